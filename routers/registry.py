@@ -1,0 +1,44 @@
+"""Routers by name. Each entry imports its module only when asked for, so that a proxy
+running the ``random`` router never loads torch."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from routers.base import Router
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class RouterOptions:
+    """What a router needs to load: where checkpoints live, the device, the model pair to score."""
+
+    checkpoint_dir: Path = CHECKPOINT_ROOT
+    device: str = "auto"
+    strong_model: str | None = None
+    weak_model: str | None = None
+
+
+# name -> "module:factory"; the factory takes RouterOptions and returns a Router.
+_FACTORIES: dict[str, str] = {
+    "random": "routers.random_router:RandomRouter.from_options",
+}
+
+
+def available_routers() -> list[str]:
+    """Names of every router that can be loaded."""
+    return sorted(_FACTORIES)
+
+
+def load_router(name: str, options: RouterOptions | None = None) -> Router:
+    """Build the router called ``name``; raise KeyError for an unknown name."""
+    if name not in _FACTORIES:
+        raise KeyError(name)
+    module_name, _, attribute = _FACTORIES[name].partition(":")
+    factory = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        factory = getattr(factory, part)
+    return factory(options or RouterOptions())

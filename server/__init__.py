@@ -1,0 +1,1 @@
+"""routegate's gateway: the FastAPI app, its upstream client, metrics, settings and CLI."""

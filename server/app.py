@@ -1,0 +1,186 @@
+"""The FastAPI application: routes, error handlers and the gateway's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
+from server.errors import APIError
+from server.metrics import render_metrics
+from server.model_names import DEFAULT_ALIAS, ModelNames
+from server.openapi import CHAT_COMPLETION_OPENAPI
+from server.proxy import ChatProxy
+from server.scoring import ScorerPool
+from server.settings import Settings, SettingsError, load_settings
+from server.upstream import Upstream
+
+log = logging.getLogger("routegate")
+
+
+class Gateway:
+    """Everything one process serves with: upstream pools, routers, model names, the proxy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        routers = available_routers()
+        if settings.router not in routers:
+            raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
+        self.names = ModelNames(settings, routers)
+        for alias in self.names.aliases:
+            try:
+                self.names.resolve(alias)
+            except APIError as error:
+                raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
+        options = RouterOptions(
+            checkpoint_dir=settings.checkpoint_dir or CHECKPOINT_ROOT,
+            device=settings.device,
+            strong_model=settings.strong.model,
+            weak_model=settings.weak.model,
+        )
+        self.scorers = ScorerPool(
+            options, settings.score_batch_size, settings.score_batch_wait_ms / 1000, settings.score_cache_size
+        )
+        self.upstreams: dict[str, Upstream] = {}
+        self.proxy: ChatProxy | None = None
+        self.load_error: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Upstream pools open and the default router loaded."""
+        return self.proxy is not None and self.scorers.loaded(self.settings.router)
+
+    async def start(self) -> None:
+        """Open the upstream pools; load the default router in the background."""
+        self.upstreams = {
+            "strong": Upstream("strong", self.settings.strong, self.settings),
+            "weak": Upstream("weak", self.settings.weak, self.settings),
+        }
+        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers)
+        self._loading = asyncio.create_task(self._load_default_router())
+
+    async def _load_default_router(self) -> None:
+        try:
+            await self.scorers.get(self.settings.router)
+            log.info("router %s loaded", self.settings.router)
+        except Exception as error:
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.exception("could not load router %s", self.settings.router)
+
+    async def aclose(self) -> None:
+        """Close the upstream pools and stop scoring."""
+        if self._loading is not None:
+            self._loading.cancel()
+        await self.scorers.aclose()
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
+
+
+def _check_client_key(request: Request, settings: Settings) -> None:
+    if not settings.api_keys:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    matched = False
+    for key in settings.api_keys:  # every key compared, in constant time, whatever matches
+        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise APIError(
+            401,
+            "Incorrect API key provided. Send your routegate key as 'Authorization: Bearer <key>'.",
+            code="invalid_api_key",
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
+    settings = settings or load_settings()
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        yield
+        await gateway.aclose()
+
+    app = FastAPI(title="routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+
+    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETION_OPENAPI, tags=["chat"])
+    async def chat_completions(request: Request) -> Response:
+        """Route a chat completion to the strong or weak upstream and relay its answer."""
+        _check_client_key(request, settings)
+        if not gateway.ready:
+            await _wait_ready(gateway)
+        assert gateway.proxy is not None
+        return await gateway.proxy.handle(request)
+
+    @app.get("/v1/models", tags=["models"])
+    async def list_models(request: Request) -> JSONResponse:
+        """The router models, aliases and upstream models a client may name."""
+        _check_client_key(request, settings)
+        return JSONResponse(
+            {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()]}
+        )
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> JSONResponse:
+        """Liveness: the process answers."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready", tags=["ops"])
+    async def ready() -> JSONResponse:
+        """Readiness: the default router is loaded and the upstream pools are open."""
+        if gateway.ready:
+            return JSONResponse({"status": "ready", "router": settings.router})
+        return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus_metrics() -> Response:
+        """Prometheus metrics in the text exposition format."""
+        body, content_type = render_metrics()
+        return Response(body, media_type=content_type)
+
+    _install_error_handlers(app)
+    return app
+
+
+async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
+    """Hold a request while the default router loads; 503 if it failed or takes too long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not gateway.ready:
+        if gateway.load_error is not None or loop.time() >= deadline:
+            raise APIError(503, "routegate is not ready: its router is not loaded.", type="server_error", code="not_ready")
+        await asyncio.sleep(0.05)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI-style body; nothing leaks a stack trace."""
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, error: APIError) -> Response:
+        return error.to_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> Response:
+        return APIError(400, "Invalid request.", code="invalid_request").to_response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+        return APIError(error.status_code, str(error.detail), code=code, headers=dict(error.headers or {})).to_response()
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception) -> Response:
+        log.exception("unhandled error")
+        return APIError(500, "Internal error in routegate.", type="server_error", code="internal_error").to_response()

@@ -1,0 +1,154 @@
+"""Reading a chat completion request: size limit, JSON, the checks the OpenAI API makes, and
+the text a router scores."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from server.errors import APIError, bad_request
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Top-level fields whose type the OpenAI API checks: name -> (accepted types, readable type name).
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "stream": ((bool,), "boolean"),
+    "temperature": ((int, float), "number"),
+    "top_p": ((int, float), "number"),
+    "presence_penalty": ((int, float), "number"),
+    "frequency_penalty": ((int, float), "number"),
+    "n": ((int,), "integer"),
+    "max_tokens": ((int,), "integer"),
+    "max_completion_tokens": ((int,), "integer"),
+    "seed": ((int,), "integer"),
+    "logprobs": ((bool,), "boolean"),
+    "top_logprobs": ((int,), "integer"),
+    "user": ((str,), "string"),
+    "tools": ((list,), "array"),
+    "response_format": ((dict,), "object"),
+    "stream_options": ((dict,), "object"),
+    "logit_bias": ((dict,), "object"),
+    "metadata": ((dict,), "object"),
+    "stop": ((str, list), "string or array"),
+    "tool_choice": ((str, dict), "string or object"),
+    "parallel_tool_calls": ((bool,), "boolean"),
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+    "max_tokens": (1, float("inf")),
+    "max_completion_tokens": (1, float("inf")),
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"Request body is larger than the {limit} bytes allowed.", code="request_too_large")
+
+
+def parse_chat_request(body: bytes) -> dict[str, Any]:
+    """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad_request(
+            "We could not parse the JSON body of your request. The body must be valid JSON (UTF-8).",
+            code="invalid_json",
+        ) from None
+    if not isinstance(payload, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_type")
+    model = payload.get("model")
+    if model is None:
+        raise bad_request("you must provide a model parameter", param="model", code="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string.", param="model", code="invalid_type")
+    _check_messages(payload.get("messages"))
+    for name, (types, type_name) in _FIELD_TYPES.items():
+        value = payload.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise bad_request(f"Invalid type for '{name}': expected {type_name}.", param=name, code="invalid_type")
+        low, high = _RANGES.get(name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
+    return payload
+
+
+def _check_messages(messages: object) -> None:
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    if not isinstance(messages, list):
+        raise bad_request("Invalid type for 'messages': expected an array.", param="messages", code="invalid_type")
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", param="messages", code="empty_array")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise bad_request(f"Missing or invalid '{param}.role'.", param=f"{param}.role", code="invalid_type")
+        if role not in ROLES:
+            raise bad_request(
+                f"Invalid value for '{param}.role': '{role[:64]}'. Supported: {', '.join(sorted(ROLES))}.",
+                param=f"{param}.role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(
+                f"Invalid type for '{param}.content': expected a string or an array of content parts.",
+                param=f"{param}.content",
+                code="invalid_type",
+            )
+        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+            raise bad_request(
+                f"Invalid type for '{param}.content': every content part must be an object.",
+                param=f"{param}.content",
+                code="invalid_type",
+            )
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's text: its string content, or its text parts joined by newlines."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def routed_text(messages: list[dict[str, Any]], mode: str, turns: int, max_chars: int) -> str:
+    """What the router scores: the last user message (``last_user``) or the last ``turns``
+    messages (``conversation``), keeping the most recent ``max_chars`` characters."""
+    if mode == "conversation":
+        recent = [message for message in messages if message.get("role") in ("user", "assistant")][-turns:]
+        text = "\n\n".join(f"{message['role']}: {message_text(message)}" for message in recent)
+        return text[-max_chars:]
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)[:max_chars]
+    return ""

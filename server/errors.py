@@ -1,0 +1,51 @@
+"""OpenAI-style errors: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+
+class APIError(Exception):
+    """An error answered to the client as an OpenAI error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The JSON body the OpenAI API would send for this error."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_response(self, headers: dict[str, str] | None = None) -> Response:
+        """Render as an HTTP response, with ``headers`` added to the error's own."""
+        return Response(
+            json.dumps(self.body()).encode(),
+            status_code=self.status,
+            media_type="application/json",
+            headers={**self.headers, **(headers or {})},
+        )
+
+    def to_sse(self) -> bytes:
+        """Render as a final server-sent event, for a stream that has already started."""
+        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    """400 for a request the OpenAI API would refuse."""
+    return APIError(400, message, param=param, code=code)

@@ -1,0 +1,114 @@
+"""Prometheus metrics, named after prometheus-client's conventions (``_total``, ``_seconds``, USD).
+
+Set ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported (``routegate serve --workers N``
+does) and every worker's ``/metrics`` reports the sum over all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    disable_created_metrics,
+    multiprocess,
+)
+
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
+
+REQUESTS = Counter(
+    "routegate_requests_total",
+    "Chat completion requests answered, by router, serving tier, upstream model and HTTP status.",
+    ["router", "tier", "model", "status"],
+)
+ROUTER_SCORE = Histogram(
+    "routegate_router_score",
+    "Router scores: the strong model's predicted win probability.",
+    ["router"],
+    buckets=SCORE_BUCKETS,
+)
+ROUTER_THRESHOLD = Gauge(
+    "routegate_router_threshold",
+    "Threshold of the latest routed request, by router.",
+    ["router"],
+    multiprocess_mode="mostrecent",
+)
+ROUTING_SECONDS = Histogram(
+    "routegate_routing_duration_seconds",
+    "Time to score a request with its router, cache hits included.",
+    ["router"],
+    buckets=LATENCY_BUCKETS,
+)
+SCORE_CACHE_LOOKUPS = Counter(
+    "routegate_score_cache_lookups_total", "Score cache look-ups, by router and result (hit|miss).", ["router", "result"]
+)
+UPSTREAM_SECONDS = Histogram(
+    "routegate_upstream_duration_seconds",
+    "Time from sending a request upstream to its last byte, by tier and model.",
+    ["tier", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_TTFB_SECONDS = Histogram(
+    "routegate_upstream_ttfb_seconds",
+    "Time from sending a request upstream to the first byte of its body, by tier and model.",
+    ["tier", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    "routegate_tokens_total",
+    "Tokens reported in upstream usage, by tier, model and kind (prompt|completion).",
+    ["tier", "model", "kind"],
+)
+COST_USD = Counter(
+    "routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"]
+)
+ALL_STRONG_COST_USD = Counter(
+    "routegate_all_strong_cost_usd_total",
+    "Cost in USD the same tokens would have had on the strong upstream (the all-strong counterfactual).",
+    ["tier", "model"],
+)
+FALLBACKS = Counter(
+    "routegate_fallbacks_total", "Requests sent to the other tier after failures.", ["from_tier", "to_tier", "reason"]
+)
+UPSTREAM_ERRORS = Counter(
+    "routegate_upstream_errors_total", "Failed upstream attempts, by tier and reason.", ["tier", "reason"]
+)
+UPSTREAM_RETRIES = Counter(
+    "routegate_upstream_retries_total", "Upstream attempts repeated after a failure, by tier and reason.", ["tier", "reason"]
+)
+IN_FLIGHT = Gauge(
+    "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
+)
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The metrics in Prometheus text format, summed over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def record_usage(tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]) -> None:
+    """Count the tokens of an upstream ``usage`` object and their cost, real and all-strong."""
+    if not isinstance(usage, dict):
+        return
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
+    completion = completion if isinstance(completion, int) and completion >= 0 else 0
+    if not prompt and not completion:
+        return
+    TOKENS.labels(tier, model, "prompt").inc(prompt)
+    TOKENS.labels(tier, model, "completion").inc(completion)
+    COST_USD.labels(tier, model).inc((prompt * prices[0] + completion * prices[1]) / 1e6)
+    ALL_STRONG_COST_USD.labels(tier, model).inc((prompt * strong_prices[0] + completion * strong_prices[1]) / 1e6)

@@ -1,0 +1,72 @@
+"""What a request's ``model`` names: a router and threshold, an alias of one, or an upstream model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from server.errors import APIError, bad_request
+from server.settings import Settings
+
+ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)$")
+DEFAULT_ALIAS = "auto"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: routed (``router`` and ``threshold`` set) or straight to ``tier``."""
+
+    router: str | None = None
+    threshold: float | None = None
+    tier: str | None = None
+
+
+class ModelNames:
+    """Resolves ``model`` strings against the settings and the known routers."""
+
+    def __init__(self, settings: Settings, routers: list[str]) -> None:
+        self.routers = routers
+        self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
+        self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
+
+    def resolve(self, model: str) -> Target:
+        """The target for ``model``; 400 for a bad router or threshold, 404 for an unknown name."""
+        if model in self.aliases:
+            return self._parse_router_model(self.aliases[model], param="model")
+        if model.startswith("router-"):
+            return self._parse_router_model(model, param="model")
+        if model in self.upstream_models:
+            return Target(tier=self.upstream_models[model])
+        raise APIError(
+            404,
+            f"The model '{model[:200]}' does not exist. Valid models: {', '.join(self.listed())}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _parse_router_model(self, model: str, param: str) -> Target:
+        match = ROUTER_MODEL.match(model)
+        if match is None:
+            raise bad_request(
+                f"'{model[:200]}' is not of the form router-<router>-<threshold>.", param=param, code="invalid_model"
+            )
+        router = match["router"]
+        if router not in self.routers:
+            raise bad_request(
+                f"Unknown router '{router}'. Known routers: {', '.join(self.routers)}.", param=param, code="unknown_router"
+            )
+        try:
+            threshold = float(match["threshold"])
+        except ValueError:
+            threshold = float("nan")
+        if not 0.0 <= threshold <= 1.0:
+            raise bad_request(
+                f"Threshold '{match['threshold'][:32]}' must be a number in [0, 1].", param=param, code="invalid_threshold"
+            )
+        return Target(router=router, threshold=threshold)
+
+    def listed(self) -> list[str]:
+        """Every name a client may send: aliases, one router model per router, upstream models."""
+        default_threshold = self._parse_router_model(self.aliases[DEFAULT_ALIAS], "model").threshold
+        router_models = [f"router-{router}-{default_threshold}" for router in self.routers]
+        return [*self.aliases, *router_models, *self.upstream_models]

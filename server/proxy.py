@@ -1,0 +1,250 @@
+"""``POST /v1/chat/completions``: check the request, route it, forward it, relay the answer and
+record the decision."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import metrics
+from server.chat_request import parse_chat_request, read_body, routed_text
+from server.errors import APIError
+from server.model_names import ModelNames, Target
+from server.relay import RelayResponse, StreamWatcher
+from server.scoring import ScorerPool
+from server.settings import Settings
+from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure
+
+log = logging.getLogger("routegate.proxy")
+OTHER_TIER = {"strong": "weak", "weak": "strong"}
+_RELAYED_HEADERS = ("content-type", "retry-after")
+
+
+@dataclass
+class Decision:
+    """Where one request goes and why."""
+
+    router: str
+    tier: str
+    reason: str
+    request_id: str
+    score: float | None = None
+    threshold: float | None = None
+
+    def headers(self, model: str) -> dict[str, str]:
+        """The ``x-routegate-*`` headers that tell the client the decision."""
+        headers = {
+            "x-routegate-router": self.router,
+            "x-routegate-tier": self.tier,
+            "x-routegate-model": model,
+            "x-routegate-decision": self.reason,
+        }
+        if self.score is not None:
+            headers["x-routegate-score"] = f"{self.score:.6f}"
+        if self.threshold is not None:
+            headers["x-routegate-threshold"] = f"{self.threshold:g}"
+        return headers
+
+
+def request_id_of(request: Request) -> str:
+    """The client's ``x-request-id`` when it is short and printable, else a new one."""
+    given = request.headers.get("x-request-id", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+class ChatProxy:
+    """Handles chat completion requests for one gateway."""
+
+    def __init__(
+        self, settings: Settings, upstreams: dict[str, Upstream], names: ModelNames, scorers: ScorerPool
+    ) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self.names = names
+        self.scorers = scorers
+        self._strong_prices = upstreams["strong"].prices
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one ``POST /v1/chat/completions``."""
+        request_id = request_id_of(request)
+        started = time.monotonic()
+        metrics.IN_FLIGHT.inc()
+        handed_to_stream = False
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            payload = parse_chat_request(body)
+            decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id)
+            response = await self._forward(decision, payload, started)
+            handed_to_stream = isinstance(response, RelayResponse)
+            return response
+        except APIError as error:
+            metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
+            log.info("request_id=%s status=%d error=%s", request_id, error.status, error.code)
+            return error.to_response({"x-request-id": request_id})
+        finally:
+            if not handed_to_stream:
+                metrics.IN_FLIGHT.dec()
+
+    async def _decide(self, target: Target, payload: dict[str, Any], request_id: str) -> Decision:
+        if target.tier is not None:
+            return Decision(router="none", tier=target.tier, reason="direct", request_id=request_id)
+        assert target.router is not None and target.threshold is not None
+        scorer = await self.scorers.get(target.router)
+        text = routed_text(
+            payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
+        )
+        try:
+            score = await scorer.score(text)
+        except Exception:
+            log.exception("router %s failed", target.router)
+            raise APIError(500, f"The router '{target.router}' failed.", type="server_error", code="router_error") from None
+        metrics.ROUTER_THRESHOLD.labels(target.router).set(target.threshold)
+        tier = "strong" if score >= target.threshold else "weak"
+        return Decision(
+            router=target.router, tier=tier, reason="score", request_id=request_id, score=score, threshold=target.threshold
+        )
+
+    def _body_for(self, payload: dict[str, Any], upstream: Upstream) -> bytes:
+        return json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, separators=(",", ":")).encode()
+
+    async def _forward(self, decision: Decision, payload: dict[str, Any], started: float) -> Response:
+        request_id = decision.request_id
+        stream = payload.get("stream") is True
+        tiers = [decision.tier]
+        if self.settings.fallback:
+            tiers.append(OTHER_TIER[decision.tier])
+        extra_headers = {"x-request-id": request_id}
+        for position, tier in enumerate(tiers):
+            upstream = self.upstreams[tier]
+            attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)
+            body = self._body_for(payload, upstream)
+            sent_at = time.monotonic()
+            try:
+                if stream:
+                    result: StreamStart | CompletedResponse = await attempts.stream(upstream, body, request_id)
+                else:
+                    result, ttfb = await attempts.complete(upstream, body, request_id)
+            except UpstreamFailure as failure:
+                if position + 1 < len(tiers):
+                    next_tier = tiers[position + 1]
+                    metrics.FALLBACKS.labels(tier, next_tier, failure.reason).inc()
+                    extra_headers["x-routegate-fallback"] = f"{tier}->{next_tier}:{failure.reason}"
+                    log.warning("request_id=%s fallback %s->%s reason=%s", request_id, tier, next_tier, failure.reason)
+                    continue
+                return self._failure_response(decision, upstream, failure, extra_headers)
+            decision.tier = tier
+            headers = {**decision.headers(upstream.model), **extra_headers}
+            if isinstance(result, StreamStart):
+                metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(result.ttfb)
+                return self._relay(decision, upstream, result, headers, sent_at, started)
+            if not stream:
+                metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(ttfb)
+            return self._complete(decision, upstream, result, headers, sent_at, started)
+        raise AssertionError("unreachable: the last tier either answers or fails")
+
+    def _complete(
+        self,
+        decision: Decision,
+        upstream: Upstream,
+        result: CompletedResponse,
+        headers: dict[str, str],
+        sent_at: float,
+        started: float,
+    ) -> Response:
+        metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(time.monotonic() - sent_at)
+        if 200 <= result.status < 300:
+            try:
+                metrics.record_usage(
+                    upstream.tier, upstream.model, json.loads(result.body).get("usage"), upstream.prices, self._strong_prices
+                )
+            except (ValueError, AttributeError):
+                pass
+        for name in _RELAYED_HEADERS:
+            if name in result.headers:
+                headers[name] = result.headers[name]
+        self._count(decision, upstream, result.status, started)
+        return Response(result.body, status_code=result.status, headers=headers)
+
+    def _relay(
+        self,
+        decision: Decision,
+        upstream: Upstream,
+        start: StreamStart,
+        headers: dict[str, str],
+        sent_at: float,
+        started: float,
+    ) -> RelayResponse:
+        watcher = StreamWatcher()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            watcher.feed(start.first_chunk)
+            yield start.first_chunk
+            try:
+                async for chunk in start.chunks:
+                    watcher.feed(chunk)
+                    yield chunk
+            except httpx.HTTPError as error:
+                reason = "timeout" if isinstance(error, httpx.TimeoutException) else "stream_cut"
+                yield self._stream_error(upstream, reason)
+                return
+            if not watcher.done:
+                yield self._stream_error(upstream, "stream_cut")
+
+        relayed = chunks()
+
+        async def on_close(completed: bool) -> None:
+            await relayed.aclose()
+            await start.response.aclose()
+            metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(time.monotonic() - sent_at)
+            metrics.record_usage(upstream.tier, upstream.model, watcher.usage, upstream.prices, self._strong_prices)
+            status = 200 if completed else 499
+            self._count(decision, upstream, status, started)
+            metrics.IN_FLIGHT.dec()
+
+        media_type = start.response.headers.get("content-type", "text/event-stream")
+        return RelayResponse(relayed, headers, on_close, media_type=media_type)
+
+    def _stream_error(self, upstream: Upstream, reason: str) -> bytes:
+        metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
+        message = f"The {upstream.tier} upstream stream ended early ({reason})."
+        return APIError(502, message, type="upstream_error", code=reason).to_sse()
+
+    def _failure_response(
+        self, decision: Decision, upstream: Upstream, failure: UpstreamFailure, headers: dict[str, str]
+    ) -> Response:
+        headers = {**decision.headers(upstream.model), **headers}
+        decision.tier = upstream.tier
+        if failure.response is not None:  # a 429 after every try: the client should back off too
+            return self._complete(decision, upstream, failure.response, headers, time.monotonic(), time.monotonic())
+        if failure.timeout:
+            error = APIError(504, f"The {upstream.tier} upstream timed out.", type="upstream_error", code="upstream_timeout")
+        else:
+            error = APIError(
+                502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error"
+            )
+        metrics.REQUESTS.labels(decision.router, upstream.tier, upstream.model, str(error.status)).inc()
+        return error.to_response(headers)
+
+    def _count(self, decision: Decision, upstream: Upstream, status: int, started: float) -> None:
+        metrics.REQUESTS.labels(decision.router, upstream.tier, upstream.model, str(status)).inc()
+        log.info(
+            "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
+            decision.request_id,
+            decision.router,
+            "-" if decision.score is None else f"{decision.score:.4f}",
+            upstream.tier,
+            upstream.model,
+            status,
+            (time.monotonic() - started) * 1000,
+        )

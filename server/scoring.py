@@ -1,0 +1,148 @@
+"""Scoring off the event loop: concurrent requests' prompts are micro-batched into one router
+call on a dedicated thread, and scores are kept in a per-process LRU cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from routers.base import Router
+from routers.registry import RouterOptions, load_router
+from server import metrics
+
+
+class ScoreCache:
+    """A bounded least-recently-used map from routed text to score."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._scores: OrderedDict[str, float] = OrderedDict()
+
+    def get(self, text: str) -> float | None:
+        score = self._scores.get(text)
+        if score is not None:
+            self._scores.move_to_end(text)
+        return score
+
+    def put(self, text: str, score: float) -> None:
+        if self.size <= 0:
+            return
+        self._scores[text] = score
+        self._scores.move_to_end(text)
+        if len(self._scores) > self.size:
+            self._scores.popitem(last=False)
+
+
+class Scorer:
+    """Scores texts with one router, batching concurrent calls (at most ``batch_size`` texts,
+    waiting at most ``batch_wait`` seconds for a batch to fill)."""
+
+    def __init__(self, router: Router, batch_size: int, batch_wait: float, cache_size: int) -> None:
+        self.router = router
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
+        self.cache = ScoreCache(cache_size if router.cacheable else 0)
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"score-{router.name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._hit = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "hit")
+        self._miss = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "miss")
+
+    async def score(self, text: str) -> float:
+        """The router's score for ``text``; records it and the time taken in the metrics."""
+        started = time.perf_counter()
+        score = self.cache.get(text) if self.cache.size else None
+        if score is not None:
+            self._hit.inc()
+        else:
+            if self.cache.size:
+                self._miss.inc()
+            if self.router.blocking:
+                score = await self._batched(text)
+            else:
+                score = float(self.router.score([text])[0])
+            self.cache.put(text, score)
+        metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
+        metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
+        return score
+
+    async def _batched(self, text: str) -> float:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run_batches(), name=f"scorer-{self.router.name}")
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        await self._queue.put((text, future))
+        return await future
+
+    async def _next_batch(self) -> list[tuple[str, asyncio.Future[float]]]:
+        batch = [await self._queue.get()]
+        deadline = time.monotonic() + self.batch_wait
+        while len(batch) < self.batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [(text, future) for text, future in batch if not future.done()]
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            texts = list(dict.fromkeys(text for text, _ in batch))
+            try:
+                scores = await loop.run_in_executor(self._executor, self.router.score, texts)
+                by_text = {text: float(score) for text, score in zip(texts, scores, strict=True)}
+            except Exception as error:  # the router failed: every waiting request hears of it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for text, future in batch:
+                if not future.done():
+                    future.set_result(by_text[text])
+
+    async def aclose(self) -> None:
+        """Stop the batching task and the scoring thread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ScorerPool:
+    """One Scorer per router, each router loaded once per process, off the event loop."""
+
+    def __init__(self, options: RouterOptions, batch_size: int, batch_wait: float, cache_size: int) -> None:
+        self.options = options
+        self._settings = (batch_size, batch_wait, cache_size)
+        self._scorers: dict[str, Scorer] = {}
+        self._lock = asyncio.Lock()
+
+    def loaded(self, name: str) -> bool:
+        """Whether the router called ``name`` is ready to score."""
+        return name in self._scorers
+
+    async def get(self, name: str) -> Scorer:
+        """The Scorer of router ``name``, loading the router on first use."""
+        scorer = self._scorers.get(name)
+        if scorer is not None:
+            return scorer
+        async with self._lock:
+            if name not in self._scorers:
+                router = await asyncio.to_thread(load_router, name, self.options)
+                self._scorers[name] = Scorer(router, *self._settings)
+        return self._scorers[name]
+
+    async def aclose(self) -> None:
+        """Stop every Scorer."""
+        for scorer in self._scorers.values():
+            await scorer.aclose()

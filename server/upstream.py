@@ -1,0 +1,226 @@
+"""The HTTP side: one pooled client per upstream tier, with retries under a total deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from server import metrics
+from server.settings import Settings, UpstreamSettings
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class UpstreamFailure(Exception):
+    """Every try of one tier failed; ``timeout`` tells 504 from 502, ``response`` holds a last 429."""
+
+    def __init__(self, tier: str, reason: str, *, timeout: bool = False, response: CompletedResponse | None = None):
+        super().__init__(f"{tier} upstream failed: {reason}")
+        self.tier = tier
+        self.reason = reason
+        self.timeout = timeout
+        self.response = response
+
+
+@dataclass
+class StreamStart:
+    """A 2xx streamed answer whose first body chunk has arrived; ``chunks`` yields the rest."""
+
+    response: httpx.Response
+    chunks: AsyncIterator[bytes]
+    first_chunk: bytes
+    ttfb: float
+
+
+@dataclass
+class CompletedResponse:
+    """A non-streamed upstream answer, read whole."""
+
+    status: int
+    body: bytes
+    headers: httpx.Headers
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """Parse ``Retry-After`` (seconds or an HTTP date); None when absent or unreadable."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class Upstream:
+    """An OpenAI-compatible upstream: its model, prices and a keep-alive connection pool."""
+
+    def __init__(self, tier: str, upstream: UpstreamSettings, settings: Settings) -> None:
+        self.tier = tier
+        self.model = upstream.model
+        self.prices = (upstream.input_price, upstream.output_price)
+        headers = {"content-type": "application/json"}
+        if upstream.api_key is not None:
+            headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            base_url=upstream.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=settings.connect_timeout),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_keepalive_connections,
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    def _request(self, body: bytes, request_id: str) -> httpx.Request:
+        return self._client.build_request(
+            "POST", "/chat/completions", content=body, headers={"x-request-id": request_id}
+        )
+
+    async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
+        """Send the request and return once the response headers arrived; the body is not read."""
+        return await self._client.send(self._request(body, request_id), stream=True)
+
+
+class Attempts:
+    """Tries one upstream up to ``1 + retries`` times inside the request's total deadline."""
+
+    def __init__(self, settings: Settings, deadline: float) -> None:
+        self.retries = settings.retries
+        self.backoff = settings.retry_backoff
+        self.deadline = deadline
+
+    async def _pause(self, tier: str, reason: str, attempt: int, retry_after: float | None) -> bool:
+        """Sleep before the next try; False when no try is left or the deadline would pass."""
+        if attempt >= self.retries:
+            return False
+        delay = retry_after if retry_after is not None else self.backoff * (2**attempt)
+        if time.monotonic() + delay >= self.deadline:
+            return False
+        metrics.UPSTREAM_RETRIES.labels(tier, reason).inc()
+        await asyncio.sleep(delay)
+        return True
+
+    async def complete(self, upstream: Upstream, body: bytes, request_id: str) -> tuple[CompletedResponse, float]:
+        """A non-streamed request: the upstream's answer (2xx or a relayable 4xx) and its TTFB."""
+        attempt = 0
+        while True:
+            reason, timeout, retry_after, last = await self._try_complete(upstream, body, request_id)
+            if reason is None and last is not None:
+                return last
+            metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
+            if not await self._pause(upstream.tier, reason, attempt, retry_after):
+                raise UpstreamFailure(
+                    upstream.tier, reason, timeout=timeout, response=last[0] if last and reason == "http_429" else None
+                )
+            attempt += 1
+
+    async def _try_complete(
+        self, upstream: Upstream, body: bytes, request_id: str
+    ) -> tuple[str | None, bool, float | None, tuple[CompletedResponse, float] | None]:
+        started = time.monotonic()
+        remaining = self.deadline - started
+        if remaining <= 0:
+            return "timeout", True, None, None
+        try:
+            async with asyncio.timeout(remaining):
+                response = await upstream.open_stream(body, request_id)
+                try:
+                    chunks = []
+                    ttfb: float | None = None
+                    async for chunk in response.aiter_raw():
+                        if ttfb is None:
+                            ttfb = time.monotonic() - started
+                        chunks.append(chunk)
+                finally:
+                    await response.aclose()
+        except (httpx.TimeoutException, TimeoutError):
+            return "timeout", True, None, None
+        except httpx.ConnectError:
+            return "connect", False, None, None
+        except httpx.HTTPError:
+            return "protocol", False, None, None
+        completed = CompletedResponse(response.status_code, b"".join(chunks), response.headers)
+        result = (completed, ttfb if ttfb is not None else time.monotonic() - started)
+        if response.status_code in RETRYABLE_STATUSES:
+            reason = "http_429" if response.status_code == 429 else "http_5xx"
+            return reason, False, retry_after_seconds(response.headers), result
+        if response.status_code >= 500:
+            return "http_5xx", False, None, result
+        if response.is_success and not _is_json_object(completed.body):
+            return "invalid_response", False, None, result
+        return None, False, None, result
+
+    async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
+        """A streamed request: the open 2xx stream with its first chunk, or a relayable 4xx read whole.
+
+        Failures before the first body byte are retried like non-streamed ones.
+        """
+        attempt = 0
+        while True:
+            reason, timeout, retry_after, result = await self._try_stream(upstream, body, request_id)
+            if reason is None and result is not None:
+                return result
+            metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
+            if not await self._pause(upstream.tier, reason, attempt, retry_after):
+                last = result if isinstance(result, CompletedResponse) and reason == "http_429" else None
+                raise UpstreamFailure(upstream.tier, reason, timeout=timeout, response=last)
+            attempt += 1
+
+    async def _try_stream(
+        self, upstream: Upstream, body: bytes, request_id: str
+    ) -> tuple[str | None, bool, float | None, StreamStart | CompletedResponse | None]:
+        started = time.monotonic()
+        remaining = self.deadline - started
+        if remaining <= 0:
+            return "timeout", True, None, None
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(remaining):
+                response = await upstream.open_stream(body, request_id)
+                if not response.is_success:
+                    completed = CompletedResponse(response.status_code, await response.aread(), response.headers)
+                    await response.aclose()
+                    if response.status_code in RETRYABLE_STATUSES:
+                        reason = "http_429" if response.status_code == 429 else "http_5xx"
+                        return reason, False, retry_after_seconds(response.headers), completed
+                    if response.status_code >= 500:
+                        return "http_5xx", False, None, completed
+                    return None, False, None, completed
+                chunks = response.aiter_raw()
+                first = b""
+                while not first:
+                    next_chunk = await anext(chunks, None)
+                    if next_chunk is None:
+                        await response.aclose()
+                        return "stream_cut", False, None, None
+                    first = next_chunk
+        except (httpx.TimeoutException, TimeoutError):
+            if response is not None:
+                await response.aclose()
+            return "timeout", True, None, None
+        except httpx.ConnectError:
+            return "connect", False, None, None
+        except httpx.HTTPError:
+            if response is not None:
+                await response.aclose()
+            return "protocol", False, None, None
+        return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False

@@ -1,0 +1,131 @@
+"""Shared fixtures: two fake upstreams (strong, weak) and a real routegate process in front of them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fake_upstream import FakeUpstream, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+STRONG_MODEL = "fake-strong"
+WEAK_MODEL = "fake-weak"
+STRONG_KEY = "sk-strong-upstream-secret-0123456789"
+WEAK_KEY = "sk-weak-upstream-secret-9876543210"
+
+
+class Proxy:
+    """A routegate process: its URL, its log file and its process."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics").text
+
+
+def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict[str, str]:
+    """Environment for a routegate in front of the two fakes, with ``settings`` as ROUTEGATE_* vars."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")}
+    env.update(
+        {
+            "ROUTEGATE_STRONG__BASE_URL": strong.url,
+            "ROUTEGATE_STRONG__MODEL": STRONG_MODEL,
+            "ROUTEGATE_STRONG__API_KEY": STRONG_KEY,
+            "ROUTEGATE_STRONG__INPUT_PRICE": "10",
+            "ROUTEGATE_STRONG__OUTPUT_PRICE": "30",
+            "ROUTEGATE_WEAK__BASE_URL": weak.url,
+            "ROUTEGATE_WEAK__MODEL": WEAK_MODEL,
+            "ROUTEGATE_WEAK__API_KEY": WEAK_KEY,
+            "ROUTEGATE_WEAK__INPUT_PRICE": "0.5",
+            "ROUTEGATE_WEAK__OUTPUT_PRICE": "1.5",
+            "ROUTEGATE_ROUTER": "random",
+            "ROUTEGATE_RETRY_BACKOFF": "0.01",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update({f"ROUTEGATE_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+@contextmanager
+def running_proxy(env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60) -> Iterator[Proxy]:
+    """Start ``routegate serve`` on a free port and wait until ``/ready`` answers 200."""
+    port = free_port()
+    log_path = tmp_path / f"routegate-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    proxy = Proxy(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"routegate exited with {process.returncode}:\n{proxy.log()}")
+            try:
+                if httpx.get(f"{proxy.url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"routegate not ready after {ready_timeout}s:\n{proxy.log()}")
+            time.sleep(0.05)
+        yield proxy
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def strong() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream("strong").start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="session")
+def weak() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream("weak").start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_upstreams(request: pytest.FixtureRequest) -> None:
+    """Every test starts with empty, well-behaved fakes."""
+    for name in ("strong", "weak"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
+
+
+@pytest.fixture(scope="session")
+def proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """One routegate with the random router, shared by tests that do not read exact metric values."""
+    with running_proxy(proxy_env(strong, weak), tmp_path_factory.mktemp("proxy")) as running:
+        yield running
