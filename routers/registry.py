@@ -14,12 +14,13 @@ CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 
 @dataclass(frozen=True)
 class RouterOptions:
-    """What a router needs to load: where checkpoints live, the device, the model pair to score."""
+    """What a router needs to load: where checkpoints live, the device, and the model pair to
+    score, by the names the router saw in training."""
 
     checkpoint_dir: Path = CHECKPOINT_ROOT
     device: str = "auto"
-    strong_model: str | None = None
-    weak_model: str | None = None
+    strong_model: str = "gpt-4-1106-preview"
+    weak_model: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
 # name -> "module:factory"; the factory takes RouterOptions and returns a Router.

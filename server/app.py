@@ -43,8 +43,8 @@ class Gateway:
         options = RouterOptions(
             checkpoint_dir=settings.checkpoint_dir or CHECKPOINT_ROOT,
             device=settings.device,
-            strong_model=settings.strong.model,
-            weak_model=settings.weak.model,
+            strong_model=settings.router_strong_model,
+            weak_model=settings.router_weak_model,
         )
         self.scorers = ScorerPool(
             options, settings.score_batch_size, settings.score_batch_wait_ms / 1000, settings.score_cache_size

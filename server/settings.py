@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     router: str = "mf"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
+    router_strong_model: str = Field("gpt-4-1106-preview", description="strong model's name in the router's training data")
+    router_weak_model: str = Field(
+        "mistralai/Mixtral-8x7B-Instruct-v0.1", description="weak model's name in the router's training data"
+    )
     checkpoint_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     route_on: Literal["last_user", "conversation"] = "last_user"
