@@ -66,13 +66,15 @@ def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict
 
 
 @contextmanager
-def running_proxy(env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60) -> Iterator[Proxy]:
-    """Start ``routegate serve`` on a free port and wait until ``/ready`` answers 200."""
+def running_proxy(
+    env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60, module: str = "server.cli"
+) -> Iterator[Proxy]:
+    """Start ``routegate serve`` (``python -m <module> serve``) on a free port and wait until ``/ready`` answers 200."""
     port = free_port()
     log_path = tmp_path / f"routegate-{port}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", module, "serve", "--port", str(port), *args],
             cwd=REPO,
             env=env,
             stdout=log_file,

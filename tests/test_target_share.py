@@ -1,0 +1,48 @@
+"""A 30% strong-call target on a shifting stream of real prompts, through a real routegate.
+
+The stream is 800 MMLU questions, then 800 GSM8K/MATH problems (see ``tests/replay.py``). The
+router is the shipped ``mf`` router when its checkpoint is present, else the deterministic
+stand-in of ``tests/standin_router.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from pathlib import Path
+
+import pytest
+
+from routers.registry import CHECKPOINT_ROOT, available_routers
+from tests.conftest import proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+from tests.replay import data_dir, replay, shifted_stream
+
+TARGET = 0.30
+EASY, HARD = 800, 800
+LEARNED = "mf"
+USE_LEARNED = LEARNED in available_routers() and (CHECKPOINT_ROOT / LEARNED).is_dir()
+ROUTER = LEARNED if USE_LEARNED else "standin"
+MODULE = "server.cli" if USE_LEARNED else "tests.standin_router"
+
+
+@pytest.mark.skipif(not data_dir().is_dir(), reason=f"no routing data at {data_dir()}")
+def test_realised_share_converges_to_the_target_through_a_shift(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    prompts = shifted_stream(EASY, HARD)
+    env = proxy_env(strong, weak, router=ROUTER, score_cache_size="0", log_level="warning")
+    with running_proxy(env, tmp_path, module=MODULE, ready_timeout=180) as proxy:
+        routed = asyncio.run(replay(proxy.api, f"router-{ROUTER}-30%", prompts))
+    strong_flags = [decision.tier == "strong" for decision in routed]
+    assert sum(strong_flags) == len(strong.received) and len(routed) - sum(strong_flags) == len(weak.received)
+
+    last_500 = sum(strong_flags[-500:]) / 500
+    settled_easy = sum(strong_flags[EASY - 500 : EASY]) / 500
+    assert abs(last_500 - TARGET) <= 0.03, f"last 500: {last_500:.3f}"
+    assert abs(settled_easy - TARGET) <= 0.03, f"easy phase: {settled_easy:.3f}"
+
+    easy_threshold = statistics.median(decision.threshold for decision in routed[EASY - 200 : EASY])
+    hard_threshold = statistics.median(decision.threshold for decision in routed[-200:])
+    assert abs(hard_threshold - easy_threshold) >= 0.02, (easy_threshold, hard_threshold)
+    # the shift is real: the easy phase's threshold would have sent a very different share of the hard prompts
+    stale_share = sum(decision.score >= easy_threshold for decision in routed[-500:]) / 500
+    assert abs(stale_share - TARGET) > 0.05, f"a fixed threshold would have given {stale_share:.3f}"
