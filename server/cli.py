@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    # routegate logs one line per chat request itself (request id, router, tier, status, duration)
     if settings.workers > 1:
         uvicorn.run(
             "server.app:create_app",
@@ -45,9 +46,10 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            access_log=False,
         )
     else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
     return 0
 
 

@@ -45,12 +45,18 @@ class UpstreamSettings(BaseModel):
         return value
 
 
+TIER_DEFAULTS: dict[str, dict[str, object]] = {
+    "strong": {"model": "gpt-4o", "input_price": 2.5, "output_price": 10.0},
+    "weak": {"model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
+}
+
+
 def _default_strong() -> UpstreamSettings:
-    return UpstreamSettings(model="gpt-4o", input_price=2.5, output_price=10.0)
+    return UpstreamSettings(**TIER_DEFAULTS["strong"])
 
 
 def _default_weak() -> UpstreamSettings:
-    return UpstreamSettings(model="gpt-4o-mini", input_price=0.15, output_price=0.6)
+    return UpstreamSettings(**TIER_DEFAULTS["weak"])
 
 
 class Settings(BaseSettings):
@@ -96,6 +102,16 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a scoring batch")
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_defaults(cls, data: object) -> object:
+        """A tier given in part (say only ``ROUTEGATE_STRONG__BASE_URL``) keeps the defaults of the rest."""
+        if isinstance(data, dict):
+            for tier, defaults in TIER_DEFAULTS.items():
+                if isinstance(data.get(tier), dict):
+                    data = {**data, tier: {**defaults, **data[tier]}}
+        return data
 
     @model_validator(mode="after")
     def _openai_key_from_env(self) -> Settings:

@@ -258,3 +258,16 @@ def test_retry_recovers_on_the_same_tier(proxy: Proxy, strong: FakeUpstream, wea
     assert raw.headers["x-routegate-tier"] == "strong"
     assert "x-routegate-fallback" not in raw.headers
     assert len(strong.received) == 2 and not weak.received
+
+
+def test_stream_falls_back_before_its_first_byte(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    strong.behaviour.fail_statuses = [502, 502, 502]
+    with httpx.stream(
+        "POST", f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["x-routegate-tier"] == "weak"
+        assert response.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+        body = response.read()
+    assert b"weak-0" in body and body.rstrip().endswith(b"data: [DONE]")
+    assert len(strong.received) == 3 and len(weak.received) == 1

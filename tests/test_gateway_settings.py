@@ -175,3 +175,19 @@ def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], 
     assert result.returncode == 2
     assert named in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
+    from server.settings import load_settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("ROUTEGATE_WEAK__MODEL", "my-small-model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
+    settings = load_settings()
+    assert (settings.strong.base_url, settings.strong.model, settings.strong.input_price) == ("http://127.0.0.1:9/v1", "gpt-4o", 2.5)
+    assert settings.strong.api_key is None, "OPENAI_API_KEY is only for upstreams on the OpenAI API"
+    assert (settings.weak.model, settings.weak.output_price) == ("my-small-model", 0.6)
+    assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"
