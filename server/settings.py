@@ -97,7 +97,10 @@ class Settings(BaseSettings):
     fallback: bool = True
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
-    max_keepalive_connections: int = Field(128, ge=0)
+    max_keepalive_connections: int = Field(128, ge=0, description="idle connections kept (httpx transport)")
+    upstream_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="connection pool under the httpx client: aiohttp's (faster) or httpcore's"
+    )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a scoring batch")

@@ -13,6 +13,7 @@ import httpx
 
 from server import metrics
 from server.settings import Settings, UpstreamSettings
+from server.transport import AiohttpTransport
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -66,7 +67,8 @@ class Upstream:
         self.tier = tier
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
-        headers = {"content-type": "application/json"}
+        # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if upstream.api_key is not None:
             headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
         self._client = httpx.AsyncClient(
@@ -77,6 +79,7 @@ class Upstream:
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_keepalive_connections,
             ),
+            transport=AiohttpTransport(settings.max_connections) if settings.upstream_transport == "aiohttp" else None,
         )
 
     async def aclose(self) -> None:
