@@ -67,9 +67,11 @@ class Upstream:
         self.tier = tier
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
-        self._url = f"{upstream.base_url}/chat/completions"
+        self._url = httpx.URL(f"{upstream.base_url}/chat/completions")  # parsed once, not per request
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
-        self._headers = {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
+        self._headers = httpx.Headers(
+            {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
+        )
         if upstream.api_key is not None:
             self._headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
         self._timeouts = {
@@ -97,13 +99,9 @@ class Upstream:
 
     async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
         """Send the request and return once the response headers arrived; the body is not read."""
-        request = httpx.Request(
-            "POST",
-            self._url,
-            headers={**self._headers, "x-request-id": request_id},
-            content=body,
-            extensions={"timeout": self._timeouts},
-        )
+        headers = self._headers.copy()
+        headers["x-request-id"] = request_id
+        request = httpx.Request("POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts})
         return await self._transport.handle_async_request(request)
 
 
