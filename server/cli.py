@@ -37,7 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
+    if settings.workers > 1:  # uvicorn's own graceful shutdown: in-flight requests finish, new connections are refused
         uvicorn.run(
             "server.app:create_app",
             factory=True,
@@ -45,9 +45,22 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        from server.shutdown import DrainingServer
+
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
+        server = DrainingServer(config)
+        server.run()
+        if not server.started:
+            return 1
     return 0
 
 

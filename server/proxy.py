@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import metrics
+from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body, routed_text
 from server.errors import APIError
 from server.model_names import ModelNames, Target
@@ -74,19 +75,24 @@ class ChatProxy:
         self.names = names
         self.scorers = scorers
         self._strong_prices = upstreams["strong"].prices
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout
+        )
 
     async def handle(self, request: Request) -> Response:
         """Answer one ``POST /v1/chat/completions``."""
         request_id = request_id_of(request)
         started = time.monotonic()
         metrics.IN_FLIGHT.inc()
-        handed_to_stream = False
+        admitted = handed_to_stream = False
         try:
             body = await read_body(request, self.settings.max_body_bytes)
             payload = parse_chat_request(body)
             decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id)
+            await self.admission.acquire()
+            admitted = True
             response = await self._forward(decision, payload, started)
-            handed_to_stream = isinstance(response, RelayResponse)
+            handed_to_stream = isinstance(response, RelayResponse)  # its on_close releases what is held
             return response
         except APIError as error:
             metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
@@ -95,6 +101,8 @@ class ChatProxy:
         finally:
             if not handed_to_stream:
                 metrics.IN_FLIGHT.dec()
+                if admitted:
+                    self.admission.release()
 
     async def _decide(self, target: Target, payload: dict[str, Any], request_id: str) -> Decision:
         if target.tier is not None:
@@ -174,7 +182,8 @@ class ChatProxy:
             if name in result.headers:
                 headers[name] = result.headers[name]
         self._count(decision, upstream, result.status, started)
-        return Response(result.body, status_code=result.status, headers=headers)
+        body = result.body if result.status < 400 else upstream.redact(result.body)
+        return Response(body, status_code=result.status, headers=headers)
 
     def _relay(
         self,
@@ -211,6 +220,7 @@ class ChatProxy:
             status = 200 if completed else 499
             self._count(decision, upstream, status, started)
             metrics.IN_FLIGHT.dec()
+            self.admission.release()
 
         media_type = start.response.headers.get("content-type", "text/event-stream")
         return RelayResponse(relayed, headers, on_close, media_type=media_type)

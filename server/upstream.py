@@ -15,6 +15,8 @@ from server import metrics
 from server.settings import Settings, UpstreamSettings
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+NOT_RETRIED = frozenset({"too_large"})  # failures a second try would only repeat
+REDACTED = b"[redacted]"
 
 
 class UpstreamFailure(Exception):
@@ -59,6 +61,27 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class _CountedStream(httpx.AsyncByteStream):
+    """An upstream response body that keeps ``routegate_upstream_responses_open`` right: +1 when
+    the headers arrive, -1 when the body is closed, however that happens."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, tier: str) -> None:
+        self._stream = stream
+        self._open = metrics.UPSTREAM_RESPONSES_OPEN.labels(tier)
+        self._closed = False
+        self._open.inc()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._open.dec()
+        await self._stream.aclose()
+
+
 class Upstream:
     """An OpenAI-compatible upstream: its model, prices and a keep-alive connection pool."""
 
@@ -66,9 +89,12 @@ class Upstream:
         self.tier = tier
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
+        self.max_response_bytes = settings.max_response_bytes
         headers = {"content-type": "application/json"}
+        self._secret = b""
         if upstream.api_key is not None:
             headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
+            self._secret = upstream.api_key.get_secret_value().encode()
         self._client = httpx.AsyncClient(
             base_url=upstream.base_url,
             headers=headers,
@@ -90,7 +116,14 @@ class Upstream:
 
     async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
         """Send the request and return once the response headers arrived; the body is not read."""
-        return await self._client.send(self._request(body, request_id), stream=True)
+        response = await self._client.send(self._request(body, request_id), stream=True)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CountedStream(response.stream, self.tier)
+        return response
+
+    def redact(self, data: bytes) -> bytes:
+        """``data`` with this upstream's key blanked out (upstream error bodies may quote it)."""
+        return data.replace(self._secret, REDACTED) if self._secret and self._secret in data else data
 
 
 class Attempts:
@@ -120,7 +153,7 @@ class Attempts:
             if reason is None and last is not None:
                 return last
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
-            if not await self._pause(upstream.tier, reason, attempt, retry_after):
+            if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
                 raise UpstreamFailure(
                     upstream.tier, reason, timeout=timeout, response=last[0] if last and reason == "http_429" else None
                 )
@@ -138,10 +171,17 @@ class Attempts:
                 response = await upstream.open_stream(body, request_id)
                 try:
                     chunks = []
+                    size = 0
                     ttfb: float | None = None
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > upstream.max_response_bytes:
+                        return "too_large", False, None, None
                     async for chunk in response.aiter_raw():
                         if ttfb is None:
                             ttfb = time.monotonic() - started
+                        size += len(chunk)
+                        if size > upstream.max_response_bytes:
+                            return "too_large", False, None, None
                         chunks.append(chunk)
                 finally:
                     await response.aclose()
