@@ -23,7 +23,7 @@ from server.model_names import ModelNames, Target
 from server.relay import RelayResponse, StreamWatcher
 from server.scoring import ScorerPool
 from server.settings import Settings
-from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure
+from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure, is_json_object
 
 log = logging.getLogger("routegate.proxy")
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
@@ -182,7 +182,13 @@ class ChatProxy:
             if name in result.headers:
                 headers[name] = result.headers[name]
         self._count(decision, upstream, result.status, started)
-        body = result.body if result.status < 400 else upstream.redact(result.body)
+        body = result.body
+        if result.status >= 400:
+            body = upstream.redact(body)
+            if not is_json_object(body):  # e.g. an HTML page from a load balancer: the SDK needs JSON
+                message = f"The {upstream.tier} upstream answered {result.status} without a JSON error body."
+                body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
+                headers["content-type"] = "application/json"
         return Response(body, status_code=result.status, headers=headers)
 
     def _relay(

@@ -198,7 +198,7 @@ class Attempts:
             return reason, False, retry_after_seconds(response.headers), result
         if response.status_code >= 500:
             return "http_5xx", False, None, result
-        if response.is_success and not _is_json_object(completed.body):
+        if response.is_success and not is_json_object(completed.body):
             return "invalid_response", False, None, result
         return None, False, None, result
 
@@ -259,7 +259,8 @@ class Attempts:
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 
-def _is_json_object(body: bytes) -> bool:
+def is_json_object(body: bytes) -> bool:
+    """Whether ``body`` parses as a JSON object."""
     try:
         return isinstance(json.loads(body), dict)
     except ValueError:
