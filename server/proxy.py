@@ -3,6 +3,7 @@ record the decision."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from server.model_names import ModelNames, Target
 from server.relay import RelayResponse, StreamWatcher
 from server.scoring import ScorerPool
 from server.settings import Settings
+from server.shutdown import DRAIN
 from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure, is_json_object
 
 log = logging.getLogger("routegate.proxy")
@@ -98,6 +100,16 @@ class ChatProxy:
             metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
             log.info("request_id=%s status=%d error=%s", request_id, error.status, error.code)
             return error.to_response({"x-request-id": request_id})
+        except asyncio.CancelledError:
+            if not DRAIN.draining:
+                raise
+            # The shutdown grace period ran out: answer rather than leave the client a bare 500.
+            metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+            log.warning("request_id=%s cut by shutdown", request_id)
+            error = APIError(
+                503, "routegate shut down before this request finished.", type="server_error", code="shutting_down"
+            )
+            return error.to_response({"x-request-id": request_id, "connection": "close"})
         finally:
             if not handed_to_stream:
                 metrics.IN_FLIGHT.dec()
