@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
 from server import metrics
 from server.errors import APIError
+from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import DEFAULT_ALIAS, ModelNames
 from server.openapi import CHAT_COMPLETION_OPENAPI
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
     settings = settings or load_settings()
     gateway = Gateway(settings)
+    BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import BoundedHeadersProtocol
 
     try:
         app = create_app(settings)  # fails here, once, on settings the gateway cannot use
@@ -46,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers=settings.workers,
             log_level=settings.log_level,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
         )
     else:
         from server.shutdown import DrainingServer
@@ -56,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
         )
         server = DrainingServer(config)
         server.run()

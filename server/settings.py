@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = True
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
     max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")
