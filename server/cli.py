@@ -31,13 +31,15 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import BoundedHeadersProtocol
 
     try:
         app = create_app(settings)  # fails here, once, on settings the gateway cannot use
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
-    # routegate logs one line per chat request itself (request id, router, tier, status, duration)
+    # routegate logs one line per chat request itself (request id, router, tier, status, duration);
+    # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
     if settings.workers > 1:
         uvicorn.run(
             "server.app:create_app",
@@ -47,9 +49,25 @@ def _serve(args: argparse.Namespace) -> int:
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
         )
     else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+        from server.shutdown import DrainingServer
+
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
+        )
+        server = DrainingServer(config)
+        server.run()
+        if not server.started:
+            return 1
     return 0
 
 

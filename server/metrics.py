@@ -6,6 +6,7 @@ does) and every worker's ``/metrics`` reports the sum over all workers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import (
@@ -88,9 +89,38 @@ IN_FLIGHT = Gauge(
     "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
 )
 
+UPSTREAM_ACTIVE = Gauge(
+    "routegate_upstream_requests_active",
+    "Requests holding one of the ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream slots.",
+    multiprocess_mode="livesum",
+)
+QUEUED = Gauge(
+    "routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum"
+)
+REJECTED = Counter(
+    "routegate_requests_rejected_total",
+    "Requests refused before reaching an upstream, by reason (queue_full|queue_timeout|shutting_down).",
+    ["reason"],
+)
+UPSTREAM_RESPONSES_OPEN = Gauge(
+    "routegate_upstream_responses_open",
+    "Upstream HTTP responses open (headers received, body not yet closed), by tier.",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_TASKS = Gauge(
+    "routegate_event_loop_tasks",
+    "asyncio tasks alive in the serving process, sampled when /metrics is read.",
+    multiprocess_mode="livesum",
+)
+
 
 def render_metrics() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, summed over workers in multiprocess mode."""
+    try:
+        EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop: nothing to sample
+        pass
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

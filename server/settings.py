@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = True
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
+    max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
+    max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")
+    queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")
     max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
     max_keepalive_connections: int = Field(128, ge=0, description="idle connections kept (httpx transport)")
     upstream_transport: Literal["aiohttp", "httpx"] = Field(
