@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
+from server import metrics
 from server.errors import APIError
 from server.metrics import render_metrics
 from server.model_names import DEFAULT_ALIAS, ModelNames
@@ -35,6 +36,7 @@ class Gateway:
         if settings.router not in routers:
             raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
         self.names = ModelNames(settings, routers)
+        metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
