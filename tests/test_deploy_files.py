@@ -41,9 +41,8 @@ def compose() -> dict[str, Any]:
 
 
 def _dockerfile_env() -> dict[str, str]:
-    """ENV settings of the Dockerfile's final stage."""
-    final_stage = (REPO / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
-    joined = re.sub(r"\\\n\s*", " ", final_stage)
+    """ENV settings of the Dockerfile, every stage."""
+    joined = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
     env: dict[str, str] = {}
     for line in joined.splitlines():
         if line.startswith("ENV "):
@@ -131,7 +130,14 @@ def test_every_routegate_env_name_is_a_setting(compose: dict[str, Any], monkeypa
 def test_ports_agree(compose: dict[str, Any]) -> None:
     services = compose["services"]
     gateway_port = int(_dockerfile_env()["ROUTEGATE_PORT"])
-    assert f"EXPOSE {gateway_port}" in (REPO / "Dockerfile").read_text()
+    stages = {
+        match[1]: stage
+        for stage in re.split(r"\n(?=FROM )", (REPO / "Dockerfile").read_text())
+        if (match := re.match(r"FROM \S+ AS (\S+)", stage))
+    }
+    assert f"EXPOSE {gateway_port}" in stages["routegate"]
+    assert services["routegate"]["build"]["target"] == "routegate"
+    assert services["local-llm"]["build"]["target"] == "local-llm"
     for name in ("routegate", "routegate-local"):
         assert [port["target"] for port in services[name]["ports"]] == [gateway_port]
         assert "ROUTEGATE_PORT" not in services[name]["environment"]
@@ -148,7 +154,8 @@ def test_ports_agree(compose: dict[str, Any]) -> None:
     llm_port = local_llm["command"][local_llm["command"].index("--port") + 1]
     assert services["routegate-local"]["environment"]["ROUTEGATE_WEAK__BASE_URL"] == f"http://local-llm:{llm_port}/v1"
     assert local_llm["expose"] == [llm_port]
-    assert f":{llm_port}/" in " ".join(local_llm["healthcheck"]["test"])
+    assert f":{llm_port}/health" in " ".join(local_llm["healthcheck"]["test"])
+    assert f"EXPOSE {llm_port}" in stages["local-llm"] and f'"--port", "{llm_port}"' in stages["local-llm"]
 
 
 def test_prometheus_and_grafana_find_their_files_in_the_containers(compose: dict[str, Any]) -> None:
