@@ -38,6 +38,7 @@ class Gateway:
         if settings.router not in routers:
             raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
         self.names = ModelNames(settings, routers)
+        metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
