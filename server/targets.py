@@ -48,6 +48,18 @@ def read_calibration(path: Path) -> dict[float, float]:
     return {share: threshold for share, threshold in table.items() if 0 <= share <= 1 and 0 <= threshold <= 1}
 
 
+def write_calibration(path: Path, scores: Sequence[float], steps: int = 100, **info: object) -> dict[float, float]:
+    """Write a calibration file for ``scores`` (a router's scores on reference prompts): the
+    threshold for every share ``0, 1/steps, ..., 1``, plus ``info`` (router, data, ...)."""
+    from routers.evaluation import threshold_for_share
+
+    table = {index / steps: threshold_for_share(scores, index / steps) for index in range(steps + 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {**info, "prompts": len(scores), "thresholds": {f"{share:g}": threshold for share, threshold in table.items()}}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return table
+
+
 def seed_scores(calibration: dict[float, float], count: int) -> list[float]:
     """``count`` scores spread like the calibration prompts' scores.
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from server.targets import DailyBudget, ShareController, Targets, read_calibration, seed_scores, utc_day_start
+from server.targets import (
+    DailyBudget,
+    ShareController,
+    Targets,
+    read_calibration,
+    seed_scores,
+    utc_day_start,
+    write_calibration,
+)
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 
@@ -53,6 +61,16 @@ def test_calibration_seeds_the_first_threshold(tmp_path: Path) -> None:
     for tenth in range(1, 10):
         unseeded.decide("mf", 0.3, tenth / 10)
     assert unseeded.decide("mf", 0.3, 0.5).threshold == 0.7  # then the 70% quantile of the scores seen
+
+
+def test_written_calibration_reads_back_and_seeds_the_quantile(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    reference = [rng.betavariate(2, 3) for _ in range(2000)]
+    write_calibration(tmp_path / "mf" / "calibration.json", reference, router="mf", data="reference.jsonl")
+    table = read_calibration(tmp_path / "mf" / "calibration.json")
+    assert len(table) == 101 and table[0.5] == sorted(reference)[-1000]
+    first = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path).decide("mf", 0.2, 0.5).threshold
+    assert abs(first - sorted(reference)[-400]) < 0.01  # the reference's 80% quantile
 
 
 def test_unusable_calibration_is_ignored(tmp_path: Path) -> None:
