@@ -2,7 +2,7 @@
 
     python bench/target_share_plot.py [--router mf] [--target 30] [--out bench/target_share.png]
 
-Starts two fake upstreams and a real ``routegate serve`` (as the tests do), replays 800 MMLU
+Starts two fake upstreams and a real ``routegate serve`` (as the tests do), replays 700 MMLU
 then 800 GSM8K/MATH prompts from ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the
 async openai SDK, prints the realised shares and thresholds per phase and writes a PNG: the
 rolling strong share against the target, and the threshold the proxy used.
@@ -34,7 +34,7 @@ def main() -> None:
     default_router = "mf" if "mf" in available_routers() and (CHECKPOINT_ROOT / "mf").is_dir() else "standin"
     parser.add_argument("--router", default=default_router)
     parser.add_argument("--target", type=float, default=30.0, help="target strong share in percent")
-    parser.add_argument("--easy", type=int, default=800)
+    parser.add_argument("--easy", type=int, default=700)
     parser.add_argument("--hard", type=int, default=800)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "target_share.png")
     args = parser.parse_args()
