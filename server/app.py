@@ -58,6 +58,7 @@ class Gateway:
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
             budget = DailyBudget(settings.daily_budget_usd / settings.workers)
+            metrics.BUDGET_REMAINING_USD.set(budget.remaining_usd)
         self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
         self.upstreams: dict[str, Upstream] = {}

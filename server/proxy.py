@@ -190,6 +190,7 @@ class ChatProxy:
         self.targets.record(router, target, effective, decision.tier == "strong")
         if self.targets.budget is not None:
             self.targets.budget.count_request()
+            metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         labels = (router, f"{target:g}")
         metrics.TARGET_SHARE.labels(*labels).set(target)
         metrics.TARGET_EFFECTIVE_SHARE.labels(*labels).set(effective)
