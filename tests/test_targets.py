@@ -8,6 +8,8 @@ import random
 import re
 from pathlib import Path
 
+import openai
+import pytest
 from openai import OpenAI
 
 from server.targets import (
@@ -108,6 +110,9 @@ def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak
             for index in range(60)
         ]
         metrics = proxy.metrics()
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.chat.completions.create(model="router-random-150%", messages=[{"role": "user", "content": "x"}])
+    assert bad.value.body["code"] == "invalid_target" and bad.value.body["param"] == "model"
     assert "router-random-30%" in listed
     assert all(h["x-routegate-target"] == "0.5" and h["x-routegate-decision"] == "score" for h in headers)
     strong_calls = sum(h["x-routegate-tier"] == "strong" for h in headers)
