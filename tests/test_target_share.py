@@ -31,7 +31,7 @@ def test_realised_share_converges_to_the_target_through_a_shift(strong: FakeUpst
     prompts = shifted_stream(EASY, HARD)
     env = proxy_env(strong, weak, router=ROUTER, score_cache_size="0", log_level="warning")
     with running_proxy(env, tmp_path, module=MODULE, ready_timeout=180) as proxy:
-        routed = asyncio.run(replay(proxy.api, f"router-{ROUTER}-30%", prompts))
+        routed = asyncio.run(replay(proxy.api, f"router-{ROUTER}-30%", prompts, concurrency=32))
     strong_flags = [decision.tier == "strong" for decision in routed]
     assert sum(strong_flags) == len(strong.received) and len(routed) - sum(strong_flags) == len(weak.received)
 
