@@ -11,17 +11,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
 from server import metrics
 from server.errors import APIError
+from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import DEFAULT_ALIAS, ModelNames
 from server.openapi import CHAT_COMPLETION_OPENAPI
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
+from server.shutdown import DRAIN
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
     settings = settings or load_settings()
     gateway = Gateway(settings)
+    BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -121,6 +124,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """Route a chat completion to the strong or weak upstream and relay its answer."""
         _check_client_key(request, settings)
+        if DRAIN.draining:
+            metrics.REJECTED.labels("shutting_down").inc()
+            metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+            raise APIError(
+                503,
+                "routegate is shutting down; send the request again (another instance will take it).",
+                type="server_error",
+                code="shutting_down",
+                headers={"connection": "close", "retry-after": "1"},
+            )
         if not gateway.ready:
             await _wait_ready(gateway)
         assert gateway.proxy is not None
@@ -139,14 +152,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", tags=["ops"])
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "loading, failed or shutting down"}})
     async def ready() -> JSONResponse:
         """Readiness: the default router is loaded and the upstream pools are open."""
+        if DRAIN.draining:
+            return JSONResponse({"status": "draining", "router": settings.router}, status_code=503)
         if gateway.ready:
             return JSONResponse({"status": "ready", "router": settings.router})
         return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics in the text exposition format."""
         body, content_type = render_metrics()

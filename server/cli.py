@@ -61,12 +61,15 @@ def _run(settings: Settings) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import BoundedHeadersProtocol
 
     try:
         app = create_app(settings)  # fails here, once, on settings the gateway cannot use
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    # routegate logs one line per chat request itself (request id, router, tier, status, duration);
+    # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
     if settings.workers > 1:
         uvicorn.run(
             "server.app:create_app",
@@ -75,9 +78,26 @@ def _run(settings: Settings) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
         )
     else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        from server.shutdown import DrainingServer
+
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
+        )
+        server = DrainingServer(config)
+        server.run()
+        if not server.started:
+            return 1
     return 0
 
 

@@ -6,6 +6,7 @@ does) and every worker's ``/metrics`` reports the sum over all workers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping
 
@@ -90,6 +91,31 @@ IN_FLIGHT = Gauge(
     "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
 )
 
+UPSTREAM_ACTIVE = Gauge(
+    "routegate_upstream_requests_active",
+    "Requests holding one of the ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream slots.",
+    multiprocess_mode="livesum",
+)
+QUEUED = Gauge(
+    "routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum"
+)
+REJECTED = Counter(
+    "routegate_requests_rejected_total",
+    "Requests refused before reaching an upstream, by reason (queue_full|queue_timeout|shutting_down).",
+    ["reason"],
+)
+UPSTREAM_RESPONSES_OPEN = Gauge(
+    "routegate_upstream_responses_open",
+    "Upstream HTTP responses open (headers received, body not yet closed), by tier.",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_TASKS = Gauge(
+    "routegate_event_loop_tasks",
+    "asyncio tasks alive in the serving process, sampled when /metrics is read.",
+    multiprocess_mode="livesum",
+)
+
 
 def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
     """Create at zero the series known at start-up (``models`` maps tier -> upstream model).
@@ -114,6 +140,10 @@ def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
 
 def render_metrics() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, summed over workers in multiprocess mode."""
+    try:
+        EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop: nothing to sample
+        pass
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -3,6 +3,7 @@ record the decision."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,13 +17,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server import metrics
+from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body, routed_text
 from server.errors import APIError
 from server.model_names import ModelNames, Target
 from server.relay import RelayResponse, StreamWatcher
 from server.scoring import ScorerPool
 from server.settings import Settings
-from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure
+from server.shutdown import DRAIN
+from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure, is_json_object
 
 log = logging.getLogger("routegate.proxy")
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
@@ -74,27 +77,44 @@ class ChatProxy:
         self.names = names
         self.scorers = scorers
         self._strong_prices = upstreams["strong"].prices
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout
+        )
 
     async def handle(self, request: Request) -> Response:
         """Answer one ``POST /v1/chat/completions``."""
         request_id = request_id_of(request)
         started = time.monotonic()
         metrics.IN_FLIGHT.inc()
-        handed_to_stream = False
+        admitted = handed_to_stream = False
         try:
             body = await read_body(request, self.settings.max_body_bytes)
             payload = parse_chat_request(body)
             decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id)
+            await self.admission.acquire()
+            admitted = True
             response = await self._forward(decision, payload, started)
-            handed_to_stream = isinstance(response, RelayResponse)
+            handed_to_stream = isinstance(response, RelayResponse)  # its on_close releases what is held
             return response
         except APIError as error:
             metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
             log.info("request_id=%s status=%d error=%s", request_id, error.status, error.code)
             return error.to_response({"x-request-id": request_id})
+        except asyncio.CancelledError:
+            if not DRAIN.draining:
+                raise
+            # The shutdown grace period ran out: answer rather than leave the client a bare 500.
+            metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+            log.warning("request_id=%s cut by shutdown", request_id)
+            error = APIError(
+                503, "routegate shut down before this request finished.", type="server_error", code="shutting_down"
+            )
+            return error.to_response({"x-request-id": request_id, "connection": "close"})
         finally:
             if not handed_to_stream:
                 metrics.IN_FLIGHT.dec()
+                if admitted:
+                    self.admission.release()
 
     async def _decide(self, target: Target, payload: dict[str, Any], request_id: str) -> Decision:
         if target.tier is not None:
@@ -174,7 +194,14 @@ class ChatProxy:
             if name in result.headers:
                 headers[name] = result.headers[name]
         self._count(decision, upstream, result.status, started)
-        return Response(result.body, status_code=result.status, headers=headers)
+        body = result.body
+        if result.status >= 400:
+            body = upstream.redact(body)
+            if not is_json_object(body):  # e.g. an HTML page from a load balancer: the SDK needs JSON
+                message = f"The {upstream.tier} upstream answered {result.status} without a JSON error body."
+                body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
+                headers["content-type"] = "application/json"
+        return Response(body, status_code=result.status, headers=headers)
 
     def _relay(
         self,
@@ -211,6 +238,7 @@ class ChatProxy:
             status = 200 if completed else 499
             self._count(decision, upstream, status, started)
             metrics.IN_FLIGHT.dec()
+            self.admission.release()
 
         media_type = start.response.headers.get("content-type", "text/event-stream")
         return RelayResponse(relayed, headers, on_close, media_type=media_type)
