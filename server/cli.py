@@ -101,6 +101,14 @@ def _run(settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """Run routegate in front of a local LLM: no key, no network."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from server.demo import run_demo
+
+    return run_demo(args.host, args.port, args.llm_port, args.router)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``routegate`` subcommand."""
     parser = argparse.ArgumentParser(prog="routegate", description="OpenAI-compatible strong/weak routing proxy.")
@@ -112,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="run the proxy in front of a local LLM (no key, no network)")
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    demo.add_argument("--llm-port", type=int, help="port of the local LLM server (default: a free one)")
+    demo.add_argument("--router", help="router (default: ROUTEGATE_ROUTER when its checkpoint is here, else random)")
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -83,9 +83,19 @@ class Settings(BaseSettings):
     )
     checkpoint_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    route_on: Literal["last_user", "conversation"] = "last_user"
+    route_on: Literal["last_user", "conversation", "sticky"] = "last_user"
     conversation_turns: int = Field(4, ge=1)
     max_router_chars: int = Field(4000, ge=1, description="characters of routed text given to the router")
+    sticky_max_conversations: int = Field(100_000, ge=1, description="conversations remembered as strong (route_on=sticky)")
+    sticky_ttl_seconds: float = Field(3600.0, gt=0, description="a sticky conversation is forgotten after this idle time")
+
+    target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
+    target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
+    target_feedback_horizon: int = Field(100, ge=1, description="decisions the realised-share feedback remembers")
+    daily_budget_usd: float | None = Field(None, gt=0, description="strong-tier USD per UTC day; tightens target routes")
+
+    allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
+    override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
     api_keys: list[SecretStr] = Field(default_factory=list)
 
