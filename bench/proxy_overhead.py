@@ -517,6 +517,11 @@ def compute_ratios(run: Run, concurrency: list[int]) -> dict:
         ratios["mf_rps_over_encoder_rate_cell"] = f"plain c={best.concurrency}"
     else:
         ratios["mf_rps_over_encoder_rate"] = None
+    for name in ("routegate-random", "routegate-mf"):
+        report = run.targets.get(name)
+        key = name.replace("-", "_")
+        ratios[f"ready_s_{key}"] = report.ready_s if report else None
+        ratios[f"rss_mb_{key}_after_run"] = report.rss_mb if report else None
     return ratios
 
 
@@ -556,6 +561,9 @@ def print_report(run: Run) -> None:
         print(f"{mode}: p50 added by routegate random at c=1: {_fmt(ratios[f'p50_added_ms_c1_routegate_random_{mode}'], '.2f')} ms; "
               f"routegate mf p50 at c=1: {_fmt(ratios[f'p50_ms_c1_routegate_mf_{mode}'], '.2f')} ms "
               f"({_fmt(ratios[f'p50_added_ms_c1_routegate_mf_{mode}'], '.2f')} ms over direct)")  # fmt: skip
+    for name in ("routegate_random", "routegate_mf"):
+        print(f"{name.replace('_', '-')}: /ready {_fmt(ratios[f'ready_s_{name}'], '.2f')} s after start, "
+              f"RSS {_fmt(ratios[f'rss_mb_{name}_after_run'], '.0f')} MiB after its load")  # fmt: skip
     mf_ratio = ratios["mf_rps_over_encoder_rate"]
     if mf_ratio is None:
         print("mf req/s / encoder raw batched rate: - (mf not measured)")
