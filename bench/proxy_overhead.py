@@ -268,6 +268,19 @@ def upstream_completions(mock_url: str) -> int:
         return json.loads(response.read())["completions"]
 
 
+def wait_drained(mock_url: str, settle: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until the upstream stops receiving: the requests a proxy still had queued when wrk stopped
+    must not steal CPU from the next cell."""
+    deadline = time.monotonic() + limit
+    last = upstream_completions(mock_url)
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        now = upstream_completions(mock_url)
+        if now == last:
+            return
+        last = now
+
+
 def check_answers(url: str, model: str) -> None:
     """One plain and one streamed request must come back 200 with the mock's answer; RuntimeError otherwise."""
     for stream in (False, True):
@@ -453,11 +466,16 @@ def measure_target(target: Target, args: argparse.Namespace, load: LoadGenerator
         for stream in (False, True):
             for concurrency in args.concurrency:
                 load.run(url, target.model, stream, concurrency, args.warmup)
+                wait_drained(mock_url)
                 cell = Cell(target.name, stream, concurrency)
                 before = upstream_completions(mock_url)
                 try:
                     result = load.run(url, target.model, stream, concurrency, args.duration)
                     cell.__dict__.update(result)
+                    if cell.requests < concurrency:  # each connection finished less than one request
+                        cell.error = f"only {cell.requests} requests finished in {args.duration} s over {concurrency} connections: raise --duration"
+                    if cell.requests == 0:
+                        cell.p50_ms = cell.p99_ms = None
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                     cell.error = str(error)
                 cell.upstream_completions = upstream_completions(mock_url) - before
@@ -477,13 +495,22 @@ def measure_target(target: Target, args: argparse.Namespace, load: LoadGenerator
 def _cell_text(cell: Cell) -> str:
     if cell.rps is None:
         return f"error: {cell.error}"
-    errors = f"  ({cell.non_2xx} non-2xx, {cell.socket_errors} socket errors)" if cell.non_2xx or cell.socket_errors else ""
-    return f"{cell.rps:9.1f} req/s  p50 {cell.p50_ms:8.2f} ms  p99 {cell.p99_ms:8.2f} ms{errors}"
+    return f"{cell.rps:9.1f} req/s  p50 {_fmt(cell.p50_ms, '8.2f')} ms  p99 {_fmt(cell.p99_ms, '8.2f')} ms  {_cell_note(cell)}"
+
+
+def _cell_note(cell: Cell) -> str:
+    """What makes a cell's numbers doubtful, or an empty string."""
+    notes = [cell.error] if cell.error else []
+    if cell.non_2xx or cell.socket_errors:
+        notes.append(f"{cell.non_2xx} non-2xx, {cell.socket_errors} socket errors")
+    if cell.rps is not None and cell.upstream_completions < cell.requests:
+        notes.append(f"upstream saw only {cell.upstream_completions} of {cell.requests}")
+    return "; ".join(notes)
 
 
 def _find(run: Run, target: str, stream: bool, concurrency: int) -> Cell | None:
     for cell in run.cells:
-        if (cell.target, cell.stream, cell.concurrency) == (target, stream, concurrency) and cell.rps:
+        if (cell.target, cell.stream, cell.concurrency) == (target, stream, concurrency) and cell.rps and not cell.error:
             return cell
     return None
 
@@ -509,7 +536,7 @@ def compute_ratios(run: Run, concurrency: list[int]) -> dict:
         ratios[f"p50_added_ms_c1_routegate_random_{mode}"] = random1.p50_ms - direct1.p50_ms if random1 and direct1 else None
         ratios[f"p50_ms_c1_routegate_mf_{mode}"] = mf1.p50_ms if mf1 else None
         ratios[f"p50_added_ms_c1_routegate_mf_{mode}"] = mf1.p50_ms - direct1.p50_ms if mf1 and direct1 else None
-    mf_cells = [cell for cell in run.cells if cell.target == "routegate-mf" and not cell.stream and cell.rps]
+    mf_cells = [cell for cell in run.cells if cell.target == "routegate-mf" and not cell.stream and cell.rps and not cell.error]
     encoder_rate = run.encoder.get("prompts_per_s")
     if mf_cells and encoder_rate:
         best = max(mf_cells, key=lambda cell: cell.rps or 0)
@@ -534,9 +561,7 @@ def print_report(run: Run) -> None:
           f"{run.machine['loadavg_end']} at end; {run.settings['duration_s']:g} s per cell after {run.settings['warmup_s']:g} s warm-up")  # fmt: skip
     print(f"\n{'target':18} {'mode':6} {'c':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}  note")
     for cell in run.cells:
-        note = cell.error or (f"{cell.non_2xx} non-2xx, {cell.socket_errors} socket errors" if cell.non_2xx or cell.socket_errors else "")
-        if not note and cell.upstream_completions < cell.requests:
-            note = f"upstream saw only {cell.upstream_completions} of {cell.requests}"
+        note = _cell_note(cell)
         print(f"{cell.target:18} {'stream' if cell.stream else 'plain':6} {cell.concurrency:>4} {_fmt(cell.rps, '.1f'):>10} "
               f"{_fmt(cell.p50_ms, '.2f'):>9} {_fmt(cell.p99_ms, '.2f'):>9}  {note}")  # fmt: skip
     print(f"\n{'target':18} {'status':8} {'ready s':>8} {'RSS MiB':>8}")
