@@ -58,7 +58,6 @@ class Gateway:
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
             budget = DailyBudget(settings.daily_budget_usd / settings.workers)
-            metrics.BUDGET_REMAINING_USD.set(budget.remaining_usd)
         self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
         self.upstreams: dict[str, Upstream] = {}
@@ -78,6 +77,8 @@ class Gateway:
             "weak": Upstream("weak", self.settings.weak, self.settings),
         }
         self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
+        if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
+            metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_default_router())
 
     async def _load_default_router(self) -> None:

@@ -124,3 +124,14 @@ def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak
     assert re.search(r'^routegate_target_threshold\{router="random",target="0.5"\} \S+$', metrics, re.M)
     realised = float(re.search(r'^routegate_target_realised_share\{router="random",target="0.5"\} (\S+)$', metrics, re.M).group(1))
     assert realised == sum(h["x-routegate-tier"] == "strong" for h in headers[-50:]) / 50  # window: last 50
+
+
+def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """Each of two workers keeps half the budget; the gauge adds up the serving processes only."""
+    strong_cost = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6
+    env = proxy_env(strong, weak, daily_budget_usd="1", workers="2")
+    with running_proxy(env, tmp_path, ready_timeout=120) as proxy:
+        client = OpenAI(base_url=proxy.api, api_key="unused")
+        client.chat.completions.create(model="router-random-0", messages=[{"role": "user", "content": "hi"}])
+        remaining = float(re.search(r"^routegate_budget_remaining_usd (\S+)$", proxy.metrics(), re.M).group(1))
+    assert abs(remaining - (1.0 - strong_cost)) < 1e-9
