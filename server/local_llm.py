@@ -139,11 +139,11 @@ def generation_options(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("n", 1) != 1:
         raise bad_request("This local server generates one choice per request (n=1).", param="n", code="invalid_value")
     max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens") or DEFAULT_MAX_TOKENS
-    stop = payload.get("stop")
+    temperature, top_p, stop = payload.get("temperature"), payload.get("top_p"), payload.get("stop")
     return {
         "max_tokens": min(max_tokens, MAX_TOKENS_LIMIT),
-        "temperature": float(payload.get("temperature", 1.0) if payload.get("temperature") is not None else 1.0),
-        "top_p": float(payload.get("top_p") if payload.get("top_p") is not None else 1.0),
+        "temperature": 1.0 if temperature is None else float(temperature),
+        "top_p": 1.0 if top_p is None else float(top_p),
         "seed": payload.get("seed"),
         "stop": [stop] if isinstance(stop, str) else list(stop or []),
     }

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
 from openai import OpenAI
 
 from tests.conftest import REPO
@@ -94,6 +96,9 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
         local = OpenAI(base_url=f"http://127.0.0.1:{llm_port}/v1", api_key="none")
         again = local.chat.completions.create(model="any-name", messages=messages, max_tokens=8, temperature=0)
         assert again.choices[0].message.content == answer and again.model == "any-name"
+        with pytest.raises(openai.BadRequestError) as refused:  # one choice per request
+            local.chat.completions.create(model="any-name", messages=messages, max_tokens=2, n=2)
+        assert refused.value.body["param"] == "n"
     finally:
         llm.terminate()
         llm.wait(timeout=30)
