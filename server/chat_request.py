@@ -91,13 +91,22 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         value = payload.get(name)
         if value is None:
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not _has_type(value, types):
             raise bad_request(f"Invalid type for '{name}': expected {type_name}.", param=name, code="invalid_type")
         low, high = RANGES.get(name, (None, None))
         if low is not None and not low <= value <= high:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
     _check_tools(payload.get("tools"))
     return payload
+
+
+def _has_type(value: object, types: tuple[type, ...]) -> bool:
+    """JSON Schema's typing: a bool is no number, and an integral number such as 2.0 is an integer."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, float) and int in types and value.is_integer():
+        return True
+    return isinstance(value, types)
 
 
 def _refuse_constant(name: str) -> float:
