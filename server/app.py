@@ -97,6 +97,7 @@ def _check_client_key(request: Request, settings: Settings) -> None:
     for key in settings.api_keys:  # every key compared, in constant time, whatever matches
         matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
     if scheme.lower() != "bearer" or not matched:
+        log.debug("client key refused (%s)", "wrong key" if scheme.lower() == "bearer" else "not 'Bearer <key>'")
         raise APIError(
             401,
             "Incorrect API key provided. Send your routegate key as 'Authorization: Bearer <key>'.",
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log.debug("settings: %s", settings.model_dump())  # SecretStr fields print as '**********'
         await gateway.start()
         yield
         await gateway.aclose()

@@ -149,6 +149,7 @@ class ChatProxy:
             upstream = self.upstreams[tier]
             attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)
             body = self._body_for(payload, upstream)
+            log.debug("request_id=%s forwarding %d bytes to the %s upstream at %s", request_id, len(body), tier, upstream.base_url)
             sent_at = time.monotonic()
             try:
                 if stream:
