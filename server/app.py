@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
 from server import metrics
+from server.conversations import StickyStore
 from server.errors import APIError
 from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
@@ -24,6 +25,7 @@ from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
 from server.shutdown import DRAIN
+from server.targets import DailyBudget, Targets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
@@ -38,6 +40,7 @@ class Gateway:
         if settings.router not in routers:
             raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
         self.names = ModelNames(settings, routers)
+        metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
@@ -52,6 +55,11 @@ class Gateway:
         self.scorers = ScorerPool(
             options, settings.score_batch_size, settings.score_batch_wait_ms / 1000, settings.score_cache_size
         )
+        budget = None
+        if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
+            budget = DailyBudget(settings.daily_budget_usd / settings.workers)
+        self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
+        self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
@@ -68,7 +76,7 @@ class Gateway:
             "strong": Upstream("strong", self.settings.strong, self.settings),
             "weak": Upstream("weak", self.settings.weak, self.settings),
         }
-        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers)
+        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
         self._loading = asyncio.create_task(self._load_default_router())
 
     async def _load_default_router(self) -> None:

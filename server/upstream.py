@@ -14,6 +14,7 @@ import httpx
 
 from server import metrics
 from server.settings import Settings, UpstreamSettings
+from server.transport import AiohttpTransport
 
 log = logging.getLogger("routegate.upstream")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -93,33 +94,44 @@ class Upstream:
         self.prices = (upstream.input_price, upstream.output_price)
         self.max_response_bytes = settings.max_response_bytes
         self.base_url = upstream.base_url
-        headers = {"content-type": "application/json"}
+        self._url = httpx.URL(f"{upstream.base_url}/chat/completions")  # parsed once, not per request
+        # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
+        self._headers = httpx.Headers(
+            {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
+        )
         self._secret = b""
         if upstream.api_key is not None:
-            headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
+            self._headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
             self._secret = upstream.api_key.get_secret_value().encode()
-        self._client = httpx.AsyncClient(
-            base_url=upstream.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=settings.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_keepalive_connections,
-            ),
-        )
+        self._timeouts = {
+            "connect": settings.connect_timeout,
+            "read": settings.read_timeout,
+            "write": settings.read_timeout,
+            "pool": settings.connect_timeout,
+        }
+        # The transport is the pool; httpx's client layer (cookies, redirects, URL and header
+        # merging) would only add cost to a hop that sends one fixed kind of request.
+        self._transport: httpx.AsyncBaseTransport
+        if settings.upstream_transport == "aiohttp":
+            self._transport = AiohttpTransport(settings.max_connections)
+        else:
+            self._transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=settings.max_connections,
+                    max_keepalive_connections=settings.max_keepalive_connections,
+                )
+            )
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
-
-    def _request(self, body: bytes, request_id: str) -> httpx.Request:
-        return self._client.build_request(
-            "POST", "/chat/completions", content=body, headers={"x-request-id": request_id}
-        )
+        await self._transport.aclose()
 
     async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
         """Send the request and return once the response headers arrived; the body is not read."""
-        response = await self._client.send(self._request(body, request_id), stream=True)
+        headers = self._headers.copy()
+        headers["x-request-id"] = request_id
+        request = httpx.Request("POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts})
+        response = await self._transport.handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _CountedStream(response.stream, self.tier)
         return response
