@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import MetricDelta, metric_value
+from tests.metric_values import MetricDelta
+from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
 OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "0.5"}
@@ -69,12 +70,12 @@ def test_open_streams_hold_their_slots_until_they_end(small_proxy: Proxy, strong
             response = open_streams.enter_context(streams.stream("POST", "/chat/completions", json=request))
             readers.append(response.iter_raw())
             assert next(readers[-1]).startswith(b"data: ")
-        assert metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") == 2
+        assert metric_sum(small_proxy.metrics(), "routegate_upstream_requests_active") == 2
         refused = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
     # The clients left: their streams end and give their slots back.
     deadline = time.monotonic() + 5
-    while metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") and time.monotonic() < deadline:
+    while metric_sum(small_proxy.metrics(), "routegate_upstream_requests_active") and time.monotonic() < deadline:
         time.sleep(0.05)
     answered = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
     assert answered.status_code == 200
