@@ -41,8 +41,8 @@ def serve_fakes(connection: Connection, fault_rate: float) -> None:
     """Child process: run the strong and weak fakes until told to stop, then report their faults."""
     import logging
 
-    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # injected stream cuts log tracebacks
     fakes = [FakeUpstream(name).start() for name in ("strong", "weak")]
+    logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # injected stream cuts log tracebacks
     for fake in fakes:
         fake.behaviour = Behaviour(fault_rate=fault_rate, chunks=8)
     connection.send([(fake.url, fake.port) for fake in fakes])
@@ -168,7 +168,11 @@ def main() -> int:
     print("routegate resident memory (MiB): " + ", ".join(f"{at} {kib / 1024:.1f}" for at, kib in memory.items()))
     drift = memory["end"] / memory["start"] - 1
     print(f"start -> end: {drift:+.1%} (start = after the first 1,000 requests)")
-    recovered = [line for line in metrics.splitlines() if line.startswith("routegate_fallbacks_total") or line.startswith("routegate_upstream_retries_total")]
+    recovered = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(("routegate_fallbacks_total", "routegate_upstream_retries_total")) and not line.endswith(" 0.0")
+    ]
     print("\n".join(recovered))
     return 0
 
