@@ -24,7 +24,7 @@ MESSAGES = [{"role": "user", "content": "Say something."}]
 MAX_RESPONSE_BYTES = 1024 * 1024
 FAULT_SETTINGS = {
     "retries": "1",
-    "read_timeout": "0.5",
+    "read_timeout": "1",
     "connect_timeout": "0.5",
     "total_timeout": "5",
     "max_response_bytes": str(MAX_RESPONSE_BYTES),
@@ -159,7 +159,7 @@ def test_429_on_both_tiers_is_relayed_with_retry_after(
 
 
 def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
-    strong.behaviour.delay = 2.0  # ROUTEGATE_READ_TIMEOUT=0.5
+    strong.behaviour.delay = 3.0  # ROUTEGATE_READ_TIMEOUT=1
     delta = MetricDelta(fault_proxy.metrics)
     raw = chat(fault_proxy)
     delta.after()
@@ -170,7 +170,7 @@ def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak:
 
 
 def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
-    strong.behaviour.delay = weak.behaviour.delay = 2.0
+    strong.behaviour.delay = weak.behaviour.delay = 3.0
     delta = MetricDelta(fault_proxy.metrics)
     with pytest.raises(openai.APIStatusError) as raised:
         chat(fault_proxy)
@@ -303,19 +303,19 @@ def test_huge_response_over_the_limit_is_refused_without_retry(
 
 
 def test_slow_trickling_stream_is_relayed_to_the_end(fault_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.chunks, strong.behaviour.chunk_delay = 4, 0.3  # 1.2 s in all, each gap under the 0.5 s read timeout
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 6, 0.2  # 1.2 s in all, each gap well under the 1 s read timeout
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()
     assert error is None
-    assert pieces == [f"strong-{index} " for index in range(4)]
+    assert pieces == [f"strong-{index} " for index in range(6)]
     assert delta("routegate_upstream_errors_total") == 0
 
 
 def test_stream_stalling_past_the_read_timeout_ends_with_an_error_event(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
 ) -> None:
-    strong.behaviour.chunks, strong.behaviour.chunk_delay = 3, 1.0
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 3, 2.5
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()

@@ -18,7 +18,7 @@ from tests.metric_values import MetricDelta
 from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
-OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "0.5"}
+OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ async def _concurrent_chats(proxy: Proxy, count: int) -> list[object]:
 
 
 def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.delay = 1.5  # both slots stay busy well past the 0.5 s queue wait
+    strong.behaviour.delay = 3.0  # both slots stay busy well past the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
     results = asyncio.run(_concurrent_chats(small_proxy, 6))
     delta.after()
@@ -47,12 +47,12 @@ def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong:
         assert error.body["code"] == "overloaded" and error.body["type"] == "requests"
     assert len(strong.received) == 2 and strong.max_in_flight == 2
     assert delta("routegate_requests_rejected_total", reason="queue_full") == 2  # the queue holds two ...
-    assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 0.5 s in vain
+    assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 1 s in vain
     assert delta("routegate_requests_total", status="429") == 4
 
 
 def test_a_short_wait_in_the_queue_is_served(small_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.delay = 0.1  # a slot frees up well inside the 0.5 s queue wait
+    strong.behaviour.delay = 0.1  # a slot frees up well inside the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
     results = asyncio.run(_concurrent_chats(small_proxy, 3))
     delta.after()
