@@ -100,6 +100,7 @@ def chat_completion_openapi(models: list[str]) -> dict[str, object]:
                     "400": "invalid request",
                     "401": "missing or wrong client key",
                     "404": "unknown model",
+                    "408": "request body not received in time",
                     "413": "body too large",
                     "431": "request headers too large",
                     "429": "upstream rate limit, or routegate at its concurrency limit (Retry-After)",

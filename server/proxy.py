@@ -105,7 +105,7 @@ class ChatProxy:
         metrics.IN_FLIGHT.inc()
         admitted = handed_to_stream = False
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
             payload = parse_chat_request(body)
             decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id, request)
             await self.admission.acquire()

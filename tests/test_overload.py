@@ -1,9 +1,11 @@
 """Overload: at most ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream requests at once; the rest wait in
-a bounded queue for a bounded time, then get a 429 with Retry-After."""
+a bounded queue for a bounded time, then get a 429 with Retry-After. Clients that stall mid-upload
+are answered 408 after ROUTEGATE_BODY_TIMEOUT instead of holding their connection for ever."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,7 +20,7 @@ from tests.metric_values import MetricDelta
 from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
-OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "1"}
+OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "1", "body_timeout": "0.5"}
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,22 @@ def test_open_streams_hold_their_slots_until_they_end(small_proxy: Proxy, strong
         time.sleep(0.05)
     answered = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
     assert answered.status_code == 200
+
+
+def test_a_client_stalling_mid_body_gets_408(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n{\"model\": "
+        )
+        answer = b""
+        while b"}}" not in answer:  # the whole error body, ROUTEGATE_BODY_TIMEOUT=0.5 later
+            received = stalled.recv(65536)
+            if not received:
+                break
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code": "request_timeout"' in answer
+    assert not strong.received
+    assert metric_sum(small_proxy.metrics(), "routegate_requests_in_flight") == 0
