@@ -316,7 +316,7 @@ class ChatProxy:
             self.admission.release()
 
         media_type = start.response.headers.get("content-type", "text/event-stream")
-        return RelayResponse(relayed, headers, on_close, media_type=media_type)
+        return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)
 
     def _record_usage(self, upstream: Upstream, usage: object) -> None:
         """Meter an answer's tokens and cost; charge the daily budget."""
@@ -361,3 +361,11 @@ class ChatProxy:
             status,
             (time.monotonic() - started) * 1000,
         )
+
+
+def _shutdown_event() -> bytes | None:
+    """The final SSE event of a stream cut because the shutdown grace period ran out."""
+    if not DRAIN.draining:
+        return None
+    message = "routegate shut down before this stream finished."
+    return APIError(503, message, type="server_error", code="shutting_down").to_sse()
