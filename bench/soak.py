@@ -18,7 +18,6 @@ import asyncio
 import json
 import multiprocessing
 from multiprocessing.connection import Connection
-import statistics
 import sys
 import tempfile
 import time

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.conftest import WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
 from tests.metric_values import MetricDelta
 
