@@ -2,7 +2,7 @@
 
 It records what it receives and answers with a fixed completion and usage, plain or streamed;
 ``behaviour`` makes it misbehave on purpose (error statuses, HTML pages, malformed JSON, slow or
-cut streams, huge answers). ``Blackhole`` and ``closed_port`` stand in for upstreams that cannot
+cut streams, huge answers). ``Blackhole`` and ``closed_port_url`` stand in for upstreams that cannot
 be reached at all. Everything listens on 127.0.0.1 only.
 """
 
@@ -51,15 +51,18 @@ class Behaviour:
     fail_content_type: str = "application/json"
     echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
     malformed_json: bool = False  # 200 with a truncated JSON body
-    cut_after: int | None = None  # streams stop after this many content chunks ...
-    cut_mode: str = "abort"  # ... by dropping the connection ("abort"), ending the body ("end") or sending [DONE] ("done")
+    cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
+    cut_mode: str = "abort"  # connection ("abort"), ending the body ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
-    fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS, drawn at random (the soak's faults)
+    fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
 
 # Faults drawn at random with ``fault_rate``: plain requests get one of the first three, streams
 # one of 503, 429, a cut before the first byte or (the only unrecoverable one) a cut mid-way.
-RANDOM_FAULTS = {False: ("http_503", "http_429", "malformed_json"), True: ("http_503", "http_429", "cut_before_first_byte", "cut_midway")}
+RANDOM_FAULTS = {
+    False: ("http_503", "http_429", "malformed_json"),
+    True: ("http_503", "http_429", "cut_before_first_byte", "cut_midway"),
+}
 
 
 class StreamAborted(Exception):
@@ -76,7 +79,7 @@ class Blackhole:
         self._listener.listen(0)
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._fillers = []
+        self._fillers: list[socket.socket] = []
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
@@ -109,7 +112,7 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.chunk_sent_at: list[float] = []
         self.streams_finished = 0
-        self.streams_disconnected = 0
+        self.streams_disconnected = 0  # streams that ended before their last chunk (client gone, or cut)
         self.faults_injected: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
