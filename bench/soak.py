@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 from multiprocessing.connection import Connection
 import sys
 import tempfile
@@ -46,7 +47,8 @@ def serve_fakes(connection: Connection, fault_rate: float) -> None:
         fake.behaviour = Behaviour(fault_rate=fault_rate, chunks=8)
     connection.send([(fake.url, fake.port) for fake in fakes])
     connection.recv()
-    connection.send({fake.name: dict(fake.faults_injected) for fake in fakes} | {"received": sum(len(f.received) for f in fakes)})
+    faults = {fake.name: dict(fake.faults_injected) for fake in fakes}
+    connection.send({**faults, "received": sum(len(fake.received) for fake in fakes)})
     for fake in fakes:
         fake.stop()
 
@@ -90,7 +92,7 @@ async def drive(url: str, model: str, total: int, concurrency: int, on_checkpoin
     """``total`` requests from ``concurrency`` workers, every other one streamed."""
     results: list[tuple[float, str, bool]] = []
     next_index = 0
-    checkpoints = {min(1000, total // 4): "start", total // 2: "middle", total: "end"}
+    checkpoints = {warm_up(total): "start", total // 2: "middle", total: "end"}
     progress = tqdm(total=total, unit="req", desc="soak")
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -113,9 +115,40 @@ async def drive(url: str, model: str, total: int, concurrency: int, on_checkpoin
     return results
 
 
+def warm_up(total: int) -> int:
+    """Requests after which the "start" memory is read (the pools and caches have filled by then)."""
+    return min(1000, total // 4)
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def report(results: list[tuple[float, str, bool]], injected: dict, memory: dict[str, int], metrics: str) -> None:
+    """Print what the clients saw next to what was injected, latencies and memory."""
+    faults = {name: counts for name, counts in injected.items() if name != "received"}
+    all_faults = sum(sum(counts.values()) for counts in faults.values())
+    unrecoverable = sum(counts.get("cut_midway", 0) for counts in faults.values())
+    outcomes = Counter(outcome for _, outcome, _ in results)
+    share = all_faults / injected["received"]
+    print(f"upstream requests {injected['received']}, faults injected {all_faults} ({share:.1%}): {faults}")
+    print(f"client outcomes: {dict(outcomes)}")
+    errors = len(results) - outcomes["ok"]
+    print(f"client errors {errors}; unrecoverable faults injected (streams cut mid-way) {unrecoverable}")
+    print(f"{'':10} {'p50 ms':>8} {'p99 ms':>8}")
+    groups = {
+        "all": [latency for latency, _, _ in results],
+        "plain": [latency for latency, _, stream in results if not stream],
+        "streamed": [latency for latency, _, stream in results if stream],
+    }
+    for kind, values in groups.items():
+        print(f"{kind:10} {percentile(values, 0.5) * 1000:8.1f} {percentile(values, 0.99) * 1000:8.1f}")
+    print("routegate resident memory (MiB): " + ", ".join(f"{at} {kib / 1024:.1f}" for at, kib in memory.items()))
+    print(f"start -> end: {memory['end'] / memory['start'] - 1:+.1%} (start = after the first {warm_up(len(results))} requests)")
+    for line in metrics.splitlines():
+        if line.startswith(("routegate_fallbacks_total", "routegate_upstream_retries_total")) and not line.endswith(" 0.0"):
+            print(line)
 
 
 def main() -> int:
@@ -137,42 +170,26 @@ def main() -> int:
     settings = {"retries": "2", "fallback": "true", "log_level": "warning", "read_timeout": "10"}
     env = proxy_env(_Address(strong_url), _Address(weak_url), router=router, **settings)
     memory: dict[str, int] = {}
-    with tempfile.TemporaryDirectory() as logs, running_proxy(env, Path(logs)) as proxy:
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as logs, running_proxy(env, Path(logs), ready_timeout=600) as proxy:
         pid = proxy.process.pid
         memory["before load"] = resident_kib(pid)
-        model = f"router-{router}-0.5"
+        url, model = f"{proxy.api}/chat/completions", f"router-{router}-0.5"
         started = time.perf_counter()
         results = asyncio.run(
-            drive(f"{proxy.api}/chat/completions", model, args.requests, args.concurrency, lambda at: memory.__setitem__(at, resident_kib(pid)))
+            drive(url, model, args.requests, args.concurrency, lambda at: memory.__setitem__(at, resident_kib(pid)))
         )
         elapsed = time.perf_counter() - started
         metrics = proxy.metrics()
     parent.send("stop")
     injected = parent.recv()
     fakes.join(timeout=10)
-
-    outcomes = Counter(outcome for _, outcome, _ in results)
-    unrecoverable = sum(counts.get("cut_midway", 0) for name, counts in injected.items() if name != "received")
-    all_faults = sum(sum(counts.values()) for name, counts in injected.items() if name != "received")
-    latencies = {kind: [latency for latency, _, stream in results if stream == (kind == "streamed")] for kind in ("plain", "streamed")}
-    print(f"\nrouter {router}, {len(results)} requests, concurrency {args.concurrency}, {elapsed:.1f} s ({len(results) / elapsed:.0f} req/s)")
-    print(f"upstream requests {injected['received']}, faults injected {all_faults} ({all_faults / injected['received']:.1%}): "
-          f"strong {injected['strong']}, weak {injected['weak']}")
-    print(f"client outcomes: {dict(outcomes)}")
-    errors = len(results) - outcomes["ok"]
-    print(f"client errors {errors} vs unrecoverable faults injected (streams cut mid-way) {unrecoverable}")
-    print(f"{'':10} {'p50 ms':>8} {'p99 ms':>8}")
-    for kind, values in [("all", [latency for latency, _, _ in results]), *latencies.items()]:
-        print(f"{kind:10} {percentile(values, 0.5) * 1000:8.1f} {percentile(values, 0.99) * 1000:8.1f}")
-    print("routegate resident memory (MiB): " + ", ".join(f"{at} {kib / 1024:.1f}" for at, kib in memory.items()))
-    drift = memory["end"] / memory["start"] - 1
-    print(f"start -> end: {drift:+.1%} (start = after the first 1,000 requests)")
-    recovered = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith(("routegate_fallbacks_total", "routegate_upstream_retries_total")) and not line.endswith(" 0.0")
-    ]
-    print("\n".join(recovered))
+    print(
+        f"\nrouter {router}, {len(results)} requests, concurrency {args.concurrency}, {elapsed:.1f} s "
+        f"({len(results) / elapsed:.0f} req/s) on {os.cpu_count()} CPUs, "
+        f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
+    report(results, injected, memory, metrics)
     return 0
 
 
