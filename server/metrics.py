@@ -157,6 +157,9 @@ def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
     """
+    for router in routers:  # histograms too: a router's first scores must show in rate()
+        ROUTING_SECONDS.labels(router)
+        ROUTER_SCORE.labels(router)
     for tier, model in models.items():
         for router in (*routers, "none"):
             REQUESTS.labels(router, tier, model, "200")
