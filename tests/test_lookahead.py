@@ -28,6 +28,15 @@ SHIPPED = CHECKPOINT_ROOT / "lookahead"
 GPT4, MIXTRAL = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machine two threads spin-wait each other (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_inference_input_is_prompt_then_one_fully_masked_block_per_candidate() -> None:
     example = build_example(LAYOUT, [7, 8, 9, 10, 11, 12, 13], candidates=[2, 0])
 
