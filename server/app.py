@@ -11,16 +11,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
+from server import metrics
+from server.conversations import StickyStore
 from server.errors import APIError
+from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import DEFAULT_ALIAS, ModelNames
 from server.openapi import CHAT_COMPLETION_OPENAPI
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
+from server.shutdown import DRAIN
+from server.targets import DailyBudget, Targets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
@@ -35,6 +40,7 @@ class Gateway:
         if settings.router not in routers:
             raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
         self.names = ModelNames(settings, routers)
+        metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
@@ -49,6 +55,11 @@ class Gateway:
         self.scorers = ScorerPool(
             options, settings.score_batch_size, settings.score_batch_wait_ms / 1000, settings.score_cache_size
         )
+        budget = None
+        if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
+            budget = DailyBudget(settings.daily_budget_usd / settings.workers)
+        self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
+        self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
@@ -65,7 +76,7 @@ class Gateway:
             "strong": Upstream("strong", self.settings.strong, self.settings),
             "weak": Upstream("weak", self.settings.weak, self.settings),
         }
-        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers)
+        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
         self._loading = asyncio.create_task(self._load_default_router())
 
     async def _load_default_router(self) -> None:
@@ -105,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
     settings = settings or load_settings()
     gateway = Gateway(settings)
+    BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -119,6 +131,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """Route a chat completion to the strong or weak upstream and relay its answer."""
         _check_client_key(request, settings)
+        if DRAIN.draining:
+            metrics.REJECTED.labels("shutting_down").inc()
+            metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+            raise APIError(
+                503,
+                "routegate is shutting down; send the request again (another instance will take it).",
+                type="server_error",
+                code="shutting_down",
+                headers={"connection": "close", "retry-after": "1"},
+            )
         if not gateway.ready:
             await _wait_ready(gateway)
         assert gateway.proxy is not None
@@ -137,14 +159,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", tags=["ops"])
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "loading, failed or shutting down"}})
     async def ready() -> JSONResponse:
         """Readiness: the default router is loaded and the upstream pools are open."""
+        if DRAIN.draining:
+            return JSONResponse({"status": "draining", "router": settings.router}, status_code=503)
         if gateway.ready:
             return JSONResponse({"status": "ready", "router": settings.router})
         return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         """Prometheus metrics in the text exposition format."""
         body, content_type = render_metrics()

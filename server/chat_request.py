@@ -4,6 +4,7 @@ the text a router scores."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +13,7 @@ from server.errors import APIError, bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Top-level fields whose type the OpenAI API checks: name -> (accepted types, readable type name).
-_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stream": ((bool,), "boolean"),
     "temperature": ((int, float), "number"),
     "top_p": ((int, float), "number"),
@@ -34,7 +35,9 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "tool_choice": ((str, dict), "string or object"),
     "parallel_tool_calls": ((bool,), "boolean"),
 }
-_RANGES: dict[str, tuple[float, float]] = {
+# A \uD800-\uDFFF escape: the body may hold a lone surrogate, which is no Unicode text.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),
     "presence_penalty": (-2, 2),
@@ -68,7 +71,9 @@ def _too_large(limit: int) -> APIError:
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body, parse_constant=_refuse_constant)
+        if _SURROGATE_ESCAPE.search(body):
+            json.dumps(payload, ensure_ascii=False).encode()  # raises on a lone surrogate
     except (ValueError, RecursionError):
         raise bad_request(
             "We could not parse the JSON body of your request. The body must be valid JSON (UTF-8).",
@@ -82,16 +87,31 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
     if not isinstance(model, str) or not model:
         raise bad_request("'model' must be a non-empty string.", param="model", code="invalid_type")
     _check_messages(payload.get("messages"))
-    for name, (types, type_name) in _FIELD_TYPES.items():
+    for name, (types, type_name) in FIELD_TYPES.items():
         value = payload.get(name)
         if value is None:
             continue
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise bad_request(f"Invalid type for '{name}': expected {type_name}.", param=name, code="invalid_type")
-        low, high = _RANGES.get(name, (None, None))
+        low, high = RANGES.get(name, (None, None))
         if low is not None and not low <= value <= high:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
+    _check_tools(payload.get("tools"))
     return payload
+
+
+def _refuse_constant(name: str) -> float:
+    """NaN and Infinity are not JSON; Python's parser would accept them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_tools(tools: object) -> None:
+    if isinstance(tools, list):
+        for index, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise bad_request(
+                    f"Invalid type for 'tools[{index}]': expected an object.", param=f"tools[{index}]", code="invalid_type"
+                )
 
 
 def _check_messages(messages: object) -> None:
@@ -121,9 +141,11 @@ def _check_messages(messages: object) -> None:
                 param=f"{param}.content",
                 code="invalid_type",
             )
-        if isinstance(content, list) and not all(isinstance(part, dict) for part in content):
+        if isinstance(content, list) and not all(
+            isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+        ):
             raise bad_request(
-                f"Invalid type for '{param}.content': every content part must be an object.",
+                f"Invalid type for '{param}.content': every content part must be an object with a string 'type'.",
                 param=f"{param}.content",
                 code="invalid_type",
             )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from server.settings import SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -22,8 +24,36 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     for key, value in overrides.items():  # worker processes read their settings from the environment
         os.environ[f"ROUTEGATE_{key.upper()}"] = str(value)
-    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="routegate-metrics-")
+    made_dir = _prepare_multiprocess_dir(settings.workers)
+    try:
+        return _run(settings)
+    finally:
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
+
+
+def _prepare_multiprocess_dir(workers: int) -> str | None:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory the workers share their metrics in.
+
+    A given directory is emptied of a previous run's files (they would add old counts to the
+    totals); with several workers and none given, a new one is made and returned for removal at exit.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers > 1:
+        made = tempfile.mkdtemp(prefix="routegate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+        return made
+    return None
+
+
+def _run(settings: Settings) -> int:
+    """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -31,12 +61,15 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.http_protocol import BoundedHeadersProtocol
 
     try:
         app = create_app(settings)  # fails here, once, on settings the gateway cannot use
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    # routegate logs one line per chat request itself (request id, router, tier, status, duration);
+    # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
     if settings.workers > 1:
         uvicorn.run(
             "server.app:create_app",
@@ -45,10 +78,35 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
         )
     else:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        from server.shutdown import DrainingServer
+
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+            http=BoundedHeadersProtocol,
+        )
+        server = DrainingServer(config)
+        server.run()
+        if not server.started:
+            return 1
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Run routegate in front of a local LLM: no key, no network."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from server.demo import run_demo
+
+    return run_demo(args.host, args.port, args.llm_port, args.router)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="run the proxy in front of a local LLM (no key, no network)")
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    demo.add_argument("--llm-port", type=int, help="port of the local LLM server (default: a free one)")
+    demo.add_argument("--router", help="router (default: ROUTEGATE_ROUTER when its checkpoint is here, else random)")
+    demo.set_defaults(run=_demo)
     return parser
 
 

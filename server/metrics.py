@@ -6,7 +6,9 @@ does) and every worker's ``/metrics`` reports the sum over all workers.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +23,7 @@ from prometheus_client import (
 
 disable_created_metrics()
 
+UPSTREAM_FAILURE_REASONS = ("connect", "timeout", "protocol", "http_429", "http_5xx", "invalid_response", "stream_cut")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
 
@@ -84,13 +87,97 @@ UPSTREAM_ERRORS = Counter(
 UPSTREAM_RETRIES = Counter(
     "routegate_upstream_retries_total", "Upstream attempts repeated after a failure, by tier and reason.", ["tier", "reason"]
 )
+TARGET_SHARE = Gauge(
+    "routegate_target_share",
+    "Strong share a target route asks for (router-<router>-<percent>%), by router and target.",
+    ["router", "target"],
+    multiprocess_mode="max",
+)
+TARGET_EFFECTIVE_SHARE = Gauge(
+    "routegate_target_effective_share",
+    "Strong share a target route aims at after the daily budget tightened it.",
+    ["router", "target"],
+    multiprocess_mode="mostrecent",
+)
+TARGET_REALISED_SHARE = Gauge(
+    "routegate_target_realised_share",
+    "Strong share of a target route's recent decisions (its window), as of its latest request.",
+    ["router", "target"],
+    multiprocess_mode="mostrecent",
+)
+TARGET_THRESHOLD = Gauge(
+    "routegate_target_threshold",
+    "Threshold a target route compared its latest score with.",
+    ["router", "target"],
+    multiprocess_mode="mostrecent",
+)
+BUDGET_REMAINING_USD = Gauge(
+    "routegate_budget_remaining_usd",
+    "Daily strong-tier budget left today (UTC), summed over live workers.",
+    multiprocess_mode="livesum",
+)
+STICKY_CONVERSATIONS = Gauge(
+    "routegate_sticky_conversations",
+    "Conversations remembered as strong (route_on=sticky), summed over live workers.",
+    multiprocess_mode="livesum",
+)
 IN_FLIGHT = Gauge(
     "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
 )
 
+UPSTREAM_ACTIVE = Gauge(
+    "routegate_upstream_requests_active",
+    "Requests holding one of the ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream slots.",
+    multiprocess_mode="livesum",
+)
+QUEUED = Gauge(
+    "routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum"
+)
+REJECTED = Counter(
+    "routegate_requests_rejected_total",
+    "Requests refused before reaching an upstream, by reason (queue_full|queue_timeout|shutting_down).",
+    ["reason"],
+)
+UPSTREAM_RESPONSES_OPEN = Gauge(
+    "routegate_upstream_responses_open",
+    "Upstream HTTP responses open (headers received, body not yet closed), by tier.",
+    ["tier"],
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_TASKS = Gauge(
+    "routegate_event_loop_tasks",
+    "asyncio tasks alive in the serving process, sampled when /metrics is read.",
+    multiprocess_mode="livesum",
+)
+
+
+def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
+    """Create at zero the series known at start-up (``models`` maps tier -> upstream model).
+
+    A counter series that first appears with its first increment loses that increment in
+    ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
+    """
+    for tier, model in models.items():
+        for router in (*routers, "none"):
+            REQUESTS.labels(router, tier, model, "200")
+        for kind in ("prompt", "completion"):
+            TOKENS.labels(tier, model, kind)
+        COST_USD.labels(tier, model)
+        ALL_STRONG_COST_USD.labels(tier, model)
+        for reason in UPSTREAM_FAILURE_REASONS:
+            UPSTREAM_ERRORS.labels(tier, reason)
+            UPSTREAM_RETRIES.labels(tier, reason)
+            for other in models:
+                if other != tier:
+                    FALLBACKS.labels(tier, other, reason)
+
 
 def render_metrics() -> tuple[bytes, str]:
     """The metrics in Prometheus text format, summed over workers in multiprocess mode."""
+    try:
+        EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
+    except RuntimeError:  # no running loop: nothing to sample
+        pass
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -98,17 +185,23 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def record_usage(tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]) -> None:
-    """Count the tokens of an upstream ``usage`` object and their cost, real and all-strong."""
+def record_usage(
+    tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]
+) -> tuple[float, float]:
+    """Count the tokens of an upstream ``usage`` object and their cost, real and all-strong;
+    return both costs in USD (zeros without usage)."""
     if not isinstance(usage, dict):
-        return
+        return 0.0, 0.0
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
     prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
     completion = completion if isinstance(completion, int) and completion >= 0 else 0
     if not prompt and not completion:
-        return
+        return 0.0, 0.0
+    cost = (prompt * prices[0] + completion * prices[1]) / 1e6
+    all_strong_cost = (prompt * strong_prices[0] + completion * strong_prices[1]) / 1e6
     TOKENS.labels(tier, model, "prompt").inc(prompt)
     TOKENS.labels(tier, model, "completion").inc(completion)
-    COST_USD.labels(tier, model).inc((prompt * prices[0] + completion * prices[1]) / 1e6)
-    ALL_STRONG_COST_USD.labels(tier, model).inc((prompt * strong_prices[0] + completion * strong_prices[1]) / 1e6)
+    COST_USD.labels(tier, model).inc(cost)
+    ALL_STRONG_COST_USD.labels(tier, model).inc(all_strong_cost)
+    return cost, all_strong_cost

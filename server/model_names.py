@@ -1,4 +1,5 @@
-"""What a request's ``model`` names: a router and threshold, an alias of one, or an upstream model."""
+"""What a request's ``model`` names: a router with a threshold (``router-mf-0.5``) or a target
+strong share (``router-mf-30%``), an alias of one, or an upstream model."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ DEFAULT_ALIAS = "auto"
 
 @dataclass(frozen=True)
 class Target:
-    """Where a request goes: routed (``router`` and ``threshold`` set) or straight to ``tier``."""
+    """Where a request goes: routed (``router`` and either ``threshold`` or a ``target`` strong
+    share set) or straight to ``tier``."""
 
     router: str | None = None
     threshold: float | None = None
     tier: str | None = None
+    target: float | None = None
 
 
 class ModelNames:
@@ -26,6 +29,7 @@ class ModelNames:
 
     def __init__(self, settings: Settings, routers: list[str]) -> None:
         self.routers = routers
+        self.target_share = settings.target_share
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
 
@@ -48,13 +52,17 @@ class ModelNames:
         match = ROUTER_MODEL.match(model)
         if match is None:
             raise bad_request(
-                f"'{model[:200]}' is not of the form router-<router>-<threshold>.", param=param, code="invalid_model"
+                f"'{model[:200]}' is not of the form router-<router>-<threshold> or router-<router>-<percent>%.",
+                param=param,
+                code="invalid_model",
             )
         router = match["router"]
         if router not in self.routers:
             raise bad_request(
                 f"Unknown router '{router}'. Known routers: {', '.join(self.routers)}.", param=param, code="unknown_router"
             )
+        if match["threshold"].endswith("%"):
+            return Target(router=router, target=_parse_percent(match["threshold"], param))
         try:
             threshold = float(match["threshold"])
         except ValueError:
@@ -69,4 +77,22 @@ class ModelNames:
         """Every name a client may send: aliases, one router model per router, upstream models."""
         default_threshold = self._parse_router_model(self.aliases[DEFAULT_ALIAS], "model").threshold
         router_models = [f"router-{router}-{default_threshold}" for router in self.routers]
-        return [*self.aliases, *router_models, *self.upstream_models]
+        target_models = [f"router-{router}-{format_percent(self.target_share)}" for router in self.routers]
+        return [*self.aliases, *router_models, *target_models, *self.upstream_models]
+
+
+def format_percent(share: float) -> str:
+    """A share in [0, 1] as the ``<percent>%`` of a target model string (0.3 -> ``30%``)."""
+    return f"{round(share * 100, 6):g}%"
+
+
+def _parse_percent(text: str, param: str) -> float:
+    try:
+        percent = float(text[:-1])
+    except ValueError:
+        percent = float("nan")
+    if not 0.0 <= percent <= 100.0:
+        raise bad_request(
+            f"Target share '{text[:32]}' must be a percentage in [0, 100], e.g. 30%.", param=param, code="invalid_target"
+        )
+    return percent / 100.0

@@ -3,6 +3,8 @@ FastAPI cannot derive it): the part of OpenAI's schema that routegate checks, pl
 
 from __future__ import annotations
 
+from server.chat_request import FIELD_TYPES, RANGES, ROLES
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -23,29 +25,44 @@ _MESSAGE = {
     "type": "object",
     "required": ["role"],
     "properties": {
-        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "role": {"type": "string", "enum": sorted(ROLES)},
         "content": {
             "anyOf": [
                 {"type": "string"},
-                {"type": "array", "items": {"type": "object"}},
+                {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}},
+                },
                 {"type": "null"},
             ]
         },
     },
 }
+# JSON Schema for each Python type the request checks accept (a bool is no number here either).
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def _field_schema(name: str) -> dict[str, object]:
+    """The schema of one checked top-level field, from the same table the handler checks with."""
+    types, _ = FIELD_TYPES[name]
+    names = ["number"] if float in types else [_JSON_TYPES[kind] for kind in types]
+    schema: dict[str, object] = {"type": [*names, "null"]}  # null means "not given", as in OpenAI's API
+    low, high = RANGES.get(name, (None, None))
+    if low is not None:
+        schema["minimum"] = low
+    if high is not None and high != float("inf"):
+        schema["maximum"] = high
+    return schema
+
+
 _REQUEST = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
         "model": {"type": "string", "minLength": 1, "description": "router-<router>-<threshold>, an alias, or an upstream model"},
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-        "stream": {"type": "boolean"},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
-        "n": {"type": "integer", "minimum": 1, "maximum": 128},
-        "max_tokens": {"type": "integer", "minimum": 1},
+        **{name: _field_schema(name) for name in FIELD_TYPES},
         "tools": {"type": "array", "items": {"type": "object"}},
-        "response_format": {"type": "object"},
     },
     "additionalProperties": True,
 }
@@ -76,9 +93,9 @@ CHAT_COMPLETION_OPENAPI = {
                 "401": "missing or wrong client key",
                 "404": "unknown model",
                 "413": "body too large",
-                "429": "upstream rate limit",
+                "429": "upstream rate limit, or routegate at its concurrency limit (Retry-After)",
                 "502": "upstream failed",
-                "503": "not ready",
+                "503": "not ready, or shutting down",
                 "504": "upstream timed out",
             }.items()
         },

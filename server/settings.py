@@ -45,12 +45,18 @@ class UpstreamSettings(BaseModel):
         return value
 
 
+TIER_DEFAULTS: dict[str, dict[str, object]] = {
+    "strong": {"model": "gpt-4o", "input_price": 2.5, "output_price": 10.0},
+    "weak": {"model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
+}
+
+
 def _default_strong() -> UpstreamSettings:
-    return UpstreamSettings(model="gpt-4o", input_price=2.5, output_price=10.0)
+    return UpstreamSettings(**TIER_DEFAULTS["strong"])
 
 
 def _default_weak() -> UpstreamSettings:
-    return UpstreamSettings(model="gpt-4o-mini", input_price=0.15, output_price=0.6)
+    return UpstreamSettings(**TIER_DEFAULTS["weak"])
 
 
 class Settings(BaseSettings):
@@ -77,9 +83,19 @@ class Settings(BaseSettings):
     )
     checkpoint_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    route_on: Literal["last_user", "conversation"] = "last_user"
+    route_on: Literal["last_user", "conversation", "sticky"] = "last_user"
     conversation_turns: int = Field(4, ge=1)
     max_router_chars: int = Field(4000, ge=1, description="characters of routed text given to the router")
+    sticky_max_conversations: int = Field(100_000, ge=1, description="conversations remembered as strong (route_on=sticky)")
+    sticky_ttl_seconds: float = Field(3600.0, gt=0, description="a sticky conversation is forgotten after this idle time")
+
+    target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
+    target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
+    target_feedback_horizon: int = Field(100, ge=1, description="decisions the realised-share feedback remembers")
+    daily_budget_usd: float | None = Field(None, gt=0, description="strong-tier USD per UTC day; tightens target routes")
+
+    allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
+    override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
     api_keys: list[SecretStr] = Field(default_factory=list)
 
@@ -90,12 +106,31 @@ class Settings(BaseSettings):
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = True
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
+    max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
+    max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
+    max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")
+    queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
+    shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")
     max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
-    max_keepalive_connections: int = Field(128, ge=0)
+    max_keepalive_connections: int = Field(128, ge=0, description="idle connections kept (httpx transport)")
+    upstream_transport: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="connection pool under the httpx client: aiohttp's (faster) or httpcore's"
+    )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a scoring batch")
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_defaults(cls, data: object) -> object:
+        """A tier given in part (say only ``ROUTEGATE_STRONG__BASE_URL``) keeps the defaults of the rest."""
+        if isinstance(data, dict):
+            for tier, defaults in TIER_DEFAULTS.items():
+                if isinstance(data.get(tier), dict):
+                    data = {**data, tier: {**defaults, **data[tier]}}
+        return data
 
     @model_validator(mode="after")
     def _openai_key_from_env(self) -> Settings:

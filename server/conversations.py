@@ -1,0 +1,89 @@
+"""Sticky conversations: once a conversation went to the strong tier, its follow-ups stay there.
+
+A conversation is known by the client's ``x-routegate-conversation-id`` header or, without it,
+by a hash of its messages: a strong request remembers the hash of all its messages, and a
+follow-up (the same messages, the assistant's reply, a new user turn) finds it by hashing the
+messages before its last assistant reply. The store is per process, bounded (least recently
+used entries go first) and forgets a conversation after ``ttl`` seconds without a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.chat_request import message_text
+
+CONVERSATION_HEADER = "x-routegate-conversation-id"
+_MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class ConversationKeys:
+    """Where to look a conversation up (``previous``; None for a first turn) and where to remember it."""
+
+    previous: str | None
+    current: str
+
+
+def _messages_hash(messages: list[dict[str, Any]]) -> str:
+    canonical = [
+        [message.get("role"), message_text(message), message.get("name"), message.get("tool_call_id")]
+        for message in messages
+    ]
+    return "h:" + hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
+
+
+def conversation_keys(messages: list[dict[str, Any]], conversation_id: str | None) -> ConversationKeys:
+    """The keys of a request: its client-given id, else hashes of its earlier and of all messages."""
+    if conversation_id:
+        key = "id:" + conversation_id[:_MAX_ID_CHARS]
+        return ConversationKeys(previous=key, current=key)
+    last_reply = max((index for index, message in enumerate(messages) if message.get("role") == "assistant"), default=None)
+    previous = None if last_reply is None else _messages_hash(messages[:last_reply])
+    return ConversationKeys(previous=previous, current=_messages_hash(messages))
+
+
+class StickyStore:
+    """Conversations that went strong, bounded to ``max_size`` entries, each kept ``ttl`` seconds
+    after its last use."""
+
+    def __init__(self, max_size: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_size = max_size
+        self.ttl = ttl
+        self._clock = clock
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def is_strong(self, key: str | None) -> bool:
+        """Whether ``key``'s conversation went strong and has not expired; refreshes it if so."""
+        if key is None:
+            return False
+        expiry = self._expiry.get(key)
+        now = self._clock()
+        if expiry is None:
+            return False
+        if expiry <= now:
+            del self._expiry[key]
+            return False
+        self._expiry[key] = now + self.ttl
+        self._expiry.move_to_end(key)
+        return True
+
+    def remember(self, key: str) -> None:
+        """Mark ``key``'s conversation strong for the next ``ttl`` seconds."""
+        now = self._clock()
+        self._expiry[key] = now + self.ttl
+        self._expiry.move_to_end(key)
+        while self._expiry:
+            oldest, expiry = next(iter(self._expiry.items()))
+            if len(self._expiry) <= self.max_size and expiry > now:
+                break
+            del self._expiry[oldest]

@@ -1,0 +1,78 @@
+"""uvicorn's httptools HTTP/1.1 protocol with a cap on the size of a request's head.
+
+httptools buffers a request line and headers of any size (a 20 MB header is read whole), so a
+client could make the process hold as much memory as it sends. Past ``max_header_bytes`` the
+request is answered 431 with an OpenAI-style error and the connection closed.
+"""
+
+from __future__ import annotations
+
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+
+
+class BoundedHeadersProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that refuses request heads over ``max_header_bytes`` (set per process)."""
+
+    max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self._reading_head = False
+        self._received = 0  # bytes received since this request began: bounds what httptools buffers
+        self._head_size = 0  # the exact size of the parsed request line and headers
+        self._refused = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reading_head = True
+        self._received = self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        if self._head_size > self.max_header_bytes:
+            self._refused = True  # answered once the parser returns; the app never sees it
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._reading_head:
+            self._received += len(data)
+        if self._refused or (self._reading_head and self._received > self.max_header_bytes):
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self._reading_head = False
+        self._refused = True
+        message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
+        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "headers_too_large"}}
+        body = json.dumps(error).encode()
+        head = (
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+        )
+        if not self.transport.is_closing():
+            self.transport.write(head + body)
+            self.transport.close()

@@ -1,0 +1,65 @@
+"""Per-request overrides for trusted clients: force a tier or a threshold with a header.
+
+Off unless ``ROUTEGATE_ALLOW_OVERRIDES`` is true; with ``ROUTEGATE_OVERRIDE_KEYS`` set, only
+requests bearing one of those client keys may override. Headers of clients that may not
+override are ignored, so routing cannot be steered by whoever reaches the proxy.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+
+from server.errors import bad_request
+from server.settings import Settings
+
+FORCE_TIER_HEADER = "x-routegate-force-tier"
+FORCE_THRESHOLD_HEADER = "x-routegate-force-threshold"
+
+
+@dataclass(frozen=True)
+class Override:
+    """What a trusted client forced: a tier, or a threshold for this request."""
+
+    tier: str | None = None
+    threshold: float | None = None
+
+
+NO_OVERRIDE = Override()
+
+
+def _trusted(headers: Headers, settings: Settings) -> bool:
+    if not settings.allow_overrides:
+        return False
+    if not settings.override_keys:
+        return True
+    scheme, _, given = headers.get("authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    matched = False
+    for key in settings.override_keys:  # every key compared, in constant time
+        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
+    return scheme.lower() == "bearer" and matched
+
+
+def read_override(headers: Headers, settings: Settings) -> Override:
+    """The override a request asks for, if its client may override; 400 for a malformed value."""
+    tier = headers.get(FORCE_TIER_HEADER)
+    threshold_text = headers.get(FORCE_THRESHOLD_HEADER)
+    if (tier is None and threshold_text is None) or not _trusted(headers, settings):
+        return NO_OVERRIDE
+    if tier is not None:
+        tier = tier.strip().lower()
+        if tier not in ("strong", "weak"):
+            raise bad_request(f"Header '{FORCE_TIER_HEADER}' must be 'strong' or 'weak'.", param=FORCE_TIER_HEADER, code="invalid_value")
+        return Override(tier=tier)
+    try:
+        threshold = float(threshold_text)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise bad_request(
+            f"Header '{FORCE_THRESHOLD_HEADER}' must be a number in [0, 1].", param=FORCE_THRESHOLD_HEADER, code="invalid_value"
+        )
+    return Override(threshold=threshold)

@@ -1,0 +1,64 @@
+"""Graceful shutdown: on SIGTERM the process drains before it stops.
+
+While draining, requests already in flight (streams included) run on, new chat requests get a 503
+``shutting_down`` error and ``/ready`` answers 503 so that load balancers stop sending traffic.
+The process stops when nothing is in flight any more or ``ROUTEGATE_SHUTDOWN_GRACE_SECONDS`` have
+passed; uvicorn then cancels whatever is left. A second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+
+import uvicorn
+
+
+class Drain:
+    """This process's shutdown state, read by the request handlers."""
+
+    def __init__(self) -> None:
+        self.started_at: float | None = None
+
+    @property
+    def draining(self) -> bool:
+        """True once a shutdown signal arrived."""
+        return self.started_at is not None
+
+    def begin(self) -> None:
+        """Start draining (idempotent)."""
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds since draining began (0 before)."""
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
+
+
+DRAIN = Drain()  # one per process: the process is what shuts down
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains (see the module doc) instead of closing
+    the listening socket at once; in-flight requests get ``config.timeout_graceful_shutdown``
+    seconds in all."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT) and not DRAIN.draining and not self.should_exit:
+            DRAIN.begin()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if not DRAIN.draining:
+            return False
+        grace = self.config.timeout_graceful_shutdown or 0.0
+        left = grace - DRAIN.elapsed()
+        if self.server_state.tasks and left > 0:
+            return False
+        # What is still running after the grace period is cancelled almost at once by uvicorn.
+        self.config.timeout_graceful_shutdown = max(left, 0.1)
+        return True

@@ -1,0 +1,246 @@
+"""Strong-call targets: a threshold that keeps adjusting so that a share of the live traffic goes
+to the strong tier, and an optional daily budget that tightens that share.
+
+Each ``ShareController`` (one per router and target share, per process) keeps the last
+``window`` router scores in arrival order and sorted. Its threshold is the score above which
+the wanted share of that window lies (a sliding-window quantile: bounded memory, follows shifts
+in the traffic mix), corrected by feedback from the decisions it actually made: a leaky sum of
+``wanted - realised`` over the last ``feedback_horizon`` decisions raises or lowers the share
+asked of the quantile, so the realised share does not drift on ties or skewed batches.
+
+Before live scores fill the window it holds seed scores: the router's calibration
+(``<checkpoint_dir>/<router>/calibration.json``, share -> threshold on reference prompts, see
+the README), turned into representative scores, so that the very first requests are close.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("routegate.targets")
+CALIBRATION_FILE = "calibration.json"
+SECONDS_PER_DAY = 86400.0
+
+
+def read_calibration(path: Path) -> dict[float, float]:
+    """The share -> threshold map of a calibration file; empty when the file is absent or unusable.
+
+    Format: ``{"thresholds": {"<share in [0, 1]>": <threshold in [0, 1]>, ...}, ...}``; other
+    keys (router, data, model pair, date) are ignored here.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())["thresholds"]
+        table = {float(share): float(threshold) for share, threshold in raw.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        log.warning("ignoring calibration %s: %s", path, error)
+        return {}
+    return {share: threshold for share, threshold in table.items() if 0 <= share <= 1 and 0 <= threshold <= 1}
+
+
+def seed_scores(calibration: dict[float, float], count: int) -> list[float]:
+    """``count`` scores spread like the calibration prompts' scores.
+
+    Share ``s`` maps to the threshold with a fraction ``s`` of scores at or above it, so the
+    score at upper-tail fraction ``(i + 0.5) / count`` is interpolated from the table.
+    """
+    if len(calibration) < 2 or count <= 0:
+        return []
+    shares = sorted(calibration)
+    thresholds = [calibration[share] for share in shares]
+    seeds = []
+    for index in range(count):
+        share = (index + 0.5) / count
+        position = bisect.bisect_left(shares, share)
+        if position == 0:
+            seeds.append(thresholds[0])
+        elif position == len(shares):
+            seeds.append(thresholds[-1])
+        else:
+            low, high = shares[position - 1], shares[position]
+            weight = (share - low) / (high - low)
+            seeds.append(thresholds[position - 1] + weight * (thresholds[position] - thresholds[position - 1]))
+    return seeds
+
+
+class ShareController:
+    """Keeps one router's threshold where ``share`` of its recent traffic scores at or above it."""
+
+    def __init__(self, window: int, feedback_horizon: int, seeds: Sequence[float] = ()) -> None:
+        self._scores: deque[float] = deque(maxlen=window)
+        self._sorted: list[float] = []
+        self._decay = 1.0 - 1.0 / feedback_horizon
+        self._gain = 4.0 / feedback_horizon
+        self._debt = 0.0  # leaky sum of (wanted - realised) strong decisions
+        self._recent: deque[bool] = deque(maxlen=window)
+        for score in seeds[-window:]:
+            self._add(score)
+
+    def _add(self, score: float) -> None:
+        if len(self._scores) == self._scores.maxlen:
+            oldest = self._scores.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, oldest)]
+        self._scores.append(score)
+        bisect.insort(self._sorted, score)
+
+    def threshold(self, share: float) -> float:
+        """The threshold that sends ``share`` (corrected by the decisions so far) to the strong tier."""
+        wanted = min(1.0, max(0.0, share + self._gain * self._debt))
+        if not self._sorted:
+            return 1.0 - wanted
+        strong_count = round(wanted * len(self._sorted))
+        if strong_count == 0:
+            return min(1.0, math.nextafter(self._sorted[-1], math.inf))
+        return self._sorted[len(self._sorted) - strong_count]
+
+    def observe(self, score: float) -> None:
+        """Add a live router score to the window."""
+        self._add(score)
+
+    def record(self, strong: bool, share: float) -> None:
+        """Count one decision made while ``share`` was wanted."""
+        self._debt = self._decay * self._debt + (share - float(strong))
+        self._recent.append(strong)
+
+    @property
+    def realised_share(self) -> float | None:
+        """Strong share of the last ``window`` decisions; None before the first."""
+        return sum(self._recent) / len(self._recent) if self._recent else None
+
+
+def utc_day_start(now: float) -> float:
+    """The epoch time of the start of ``now``'s UTC day."""
+    day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+class DailyBudget:
+    """Strong-tier spend against a daily USD budget (this process's part of it), reset at 00:00 UTC.
+
+    ``affordable_share`` projects the rest of the day: routed requests keep arriving at the rate
+    seen so far today, each costing on the strong tier what an average request has cost at the
+    strong prices; the share that spends exactly what is left is the most the targets may ask.
+    """
+
+    def __init__(self, budget_usd: float, clock: Callable[[], float] = time.time) -> None:
+        self.budget_usd = budget_usd
+        self._clock = clock
+        self._started = clock()
+        self._day = utc_day_start(self._started)
+        self.spent_usd = 0.0
+        self._requests = 0
+        self._priced_requests = 0
+        self._all_strong_usd = 0.0
+
+    def _roll(self) -> float:
+        now = self._clock()
+        day = utc_day_start(now)
+        if day != self._day:
+            self._day = day
+            self.spent_usd = 0.0
+            self._requests = 0
+        return now
+
+    @property
+    def remaining_usd(self) -> float:
+        """Budget left today (negative when overspent)."""
+        self._roll()
+        return self.budget_usd - self.spent_usd
+
+    def count_request(self) -> None:
+        """One routed request arrived."""
+        self._roll()
+        self._requests += 1
+
+    def record_cost(self, tier: str, cost_usd: float, all_strong_usd: float) -> None:
+        """A request finished: what it cost on ``tier`` and what it would have cost on the strong tier."""
+        self._roll()
+        if tier == "strong":
+            self.spent_usd += cost_usd
+        if all_strong_usd > 0:
+            self._priced_requests += 1
+            self._all_strong_usd += all_strong_usd
+
+    def affordable_share(self) -> float:
+        """The largest strong share the rest of today can pay for, in [0, 1]."""
+        now = self._roll()
+        remaining = self.budget_usd - self.spent_usd
+        if remaining <= 0:
+            return 0.0
+        if not self._priced_requests or not self._requests:
+            return 1.0
+        observed_since = max(self._day, self._started)
+        rate = self._requests / max(now - observed_since, 1.0)
+        strong_cost = self._all_strong_usd / self._priced_requests
+        projected = rate * (self._day + SECONDS_PER_DAY - now) * strong_cost
+        return 1.0 if projected <= remaining else remaining / projected
+
+
+@dataclass(frozen=True)
+class TargetDecision:
+    """What a target route compares a score with."""
+
+    target: float
+    effective_target: float
+    threshold: float
+
+
+class Targets:
+    """Every ShareController of this process, by (router, target), and the shared daily budget."""
+
+    def __init__(
+        self,
+        window: int,
+        feedback_horizon: int,
+        checkpoint_dir: Path,
+        budget: DailyBudget | None = None,
+        seed_count: int = 200,
+    ) -> None:
+        self.window = window
+        self.feedback_horizon = feedback_horizon
+        self.checkpoint_dir = checkpoint_dir
+        self.budget = budget
+        self.seed_count = min(seed_count, window)
+        self._controllers: dict[tuple[str, float], ShareController] = {}
+
+    def controller(self, router: str, target: float) -> ShareController:
+        """The controller of ``router`` at ``target``, seeded from its calibration when first used."""
+        key = (router, target)
+        controller = self._controllers.get(key)
+        if controller is None:
+            calibration = read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE)
+            controller = ShareController(self.window, self.feedback_horizon, seed_scores(calibration, self.seed_count))
+            self._controllers[key] = controller
+        return controller
+
+    def effective_target(self, target: float) -> float:
+        """``target``, tightened when the daily budget cannot pay for it."""
+        if self.budget is None:
+            return target
+        return min(target, self.budget.affordable_share())
+
+    def decide(self, router: str, target: float, score: float) -> TargetDecision:
+        """The threshold for ``score`` on this route; the score then joins the window."""
+        controller = self.controller(router, target)
+        effective = self.effective_target(target)
+        threshold = controller.threshold(effective)
+        controller.observe(score)
+        return TargetDecision(target, effective, threshold)
+
+    def record(self, router: str, target: float, effective_target: float, strong: bool) -> None:
+        """Count a decision on this route (scored, sticky or forced)."""
+        self.controller(router, target).record(strong, effective_target)
+
+    def realised_share(self, router: str, target: float) -> float | None:
+        """The route's strong share over its window of recent decisions."""
+        return self.controller(router, target).realised_share

@@ -1,0 +1,183 @@
+"""The deployment files: checked by their own tools, and what they reference exists and agrees.
+
+No Docker engine runs here, so the compose file is validated and resolved by the real Compose
+binary and its references (paths, ports, settings names, datasource uid) are checked against
+the repository and the settings model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from server.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from tests.conftest import REPO
+from tests.tools import require_tool
+
+DASHBOARD = REPO / "config/grafana/dashboards/routegate.json"
+DATASOURCES = REPO / "config/grafana/provisioning/datasources/prometheus.yml"
+DASHBOARD_PROVIDERS = REPO / "config/grafana/provisioning/dashboards/routegate.yml"
+PROMETHEUS_CONFIG = REPO / "config/prometheus.yml"
+ALERTS = REPO / "config/prometheus/alerts.yml"
+
+
+def _run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The compose project with every profile on, as the Compose binary resolves it."""
+    result = _run(require_tool("docker-compose"), "--profile", "local-llm", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """ENV settings of the Dockerfile, every stage."""
+    joined = re.sub(r"\\\n\s*", " ", (REPO / "Dockerfile").read_text())
+    env: dict[str, str] = {}
+    for line in joined.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line)))
+    return env
+
+
+def _setting_exists(env_name: str) -> bool:
+    """Whether ``ROUTEGATE_A__B`` names a field of Settings (nested models by ``__``)."""
+    model: type[BaseModel] = Settings
+    parts = env_name.removeprefix(ENV_PREFIX).lower().split("__")
+    for position, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if position + 1 < len(parts):
+            if not nested:
+                return False
+            model = annotation
+    return True
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> PurePosixPath | None:
+    """The repository file a service sees at ``container_path`` through a bind mount."""
+    for volume in service.get("volumes", []):
+        target = PurePosixPath(volume["target"])
+        wanted = PurePosixPath(container_path)
+        if volume["type"] == "bind" and (wanted == target or target in wanted.parents):
+            return PurePosixPath(volume["source"]) / wanted.relative_to(target)
+    return None
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "local-llm"]], ids=["default", "local-llm"])
+def test_compose_file_validates(profile: list[str]) -> None:
+    result = _run(require_tool("docker-compose"), *profile, "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run(require_tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_prometheus_config_and_rules_pass_promtool() -> None:
+    promtool = require_tool("promtool")
+    config = _run(promtool, "check", "config", str(PROMETHEUS_CONFIG))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = _run(promtool, "check", "rules", str(ALERTS))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS: 5 rules found" in rules.stdout
+
+
+def test_bind_mounts_and_build_context_exist(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind":
+                assert PurePosixPath(volume["source"]).is_relative_to(REPO), (name, volume)
+                assert (REPO / PurePosixPath(volume["source"]).relative_to(REPO)).exists(), (name, volume)
+    assert compose["services"]["routegate"]["build"]["context"] == str(REPO)
+    assert (REPO / "Dockerfile").is_file()
+
+
+def test_every_routegate_env_name_is_a_setting(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = {"Dockerfile": _dockerfile_env()}
+    sources.update({name: service.get("environment", {}) for name, service in compose["services"].items()})
+    seen = 0
+    for source, env in sources.items():
+        for env_name, value in env.items():
+            if env_name.startswith(ENV_PREFIX):
+                seen += 1
+                assert _setting_exists(env_name), f"{source}: {env_name} is not a routegate setting"
+                monkeypatch.setenv(env_name, value)
+        try:
+            load_settings()  # the values are valid too
+        except SettingsError as error:
+            pytest.fail(f"{source}: {error}")
+        for env_name in env:
+            monkeypatch.delenv(env_name, raising=False)
+    assert seen >= 10
+    assert not _setting_exists("ROUTEGATE_STRONG__NOPE") and not _setting_exists("ROUTEGATE_PORT__X")
+
+
+def test_ports_agree(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    gateway_port = int(_dockerfile_env()["ROUTEGATE_PORT"])
+    stages = {
+        match[1]: stage
+        for stage in re.split(r"\n(?=FROM )", (REPO / "Dockerfile").read_text())
+        if (match := re.match(r"FROM \S+ AS (\S+)", stage))
+    }
+    assert f"EXPOSE {gateway_port}" in stages["routegate"]
+    assert services["routegate"]["build"]["target"] == "routegate"
+    assert services["local-llm"]["build"]["target"] == "local-llm"
+    for name in ("routegate", "routegate-local"):
+        assert [port["target"] for port in services[name]["ports"]] == [gateway_port]
+        assert "ROUTEGATE_PORT" not in services[name]["environment"]
+    # Prometheus scrapes each gateway service on the gateway's port.
+    scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    targets = [target for job in scrape for group in job["static_configs"] for target in group["targets"]]
+    assert sorted(targets) == sorted(f"{name}:{gateway_port}" for name in ("routegate", "routegate-local"))
+    # Grafana reaches Prometheus on the port Prometheus serves.
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    assert [port["target"] for port in services["prometheus"]["ports"]] == [9090]
+    # The local-LLM gateway's weak upstream is the local-llm service on the port it listens on.
+    local_llm = services["local-llm"]
+    llm_port = local_llm["command"][local_llm["command"].index("--port") + 1]
+    assert services["routegate-local"]["environment"]["ROUTEGATE_WEAK__BASE_URL"] == f"http://local-llm:{llm_port}/v1"
+    assert local_llm["expose"] == [llm_port]
+    assert f":{llm_port}/health" in " ".join(local_llm["healthcheck"]["test"])
+    assert f"EXPOSE {llm_port}" in stages["local-llm"] and f'"--port", "{llm_port}"' in stages["local-llm"]
+
+
+def test_prometheus_and_grafana_find_their_files_in_the_containers(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    config_path = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
+    assert _host_path(prometheus, config_path) == PurePosixPath(PROMETHEUS_CONFIG)
+    for rule_file in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]:
+        assert _host_path(prometheus, str(PurePosixPath(config_path).parent / rule_file)) == PurePosixPath(ALERTS)
+
+    grafana = compose["services"]["grafana"]
+    assert _host_path(grafana, "/etc/grafana/provisioning/datasources/prometheus.yml") == PurePosixPath(DATASOURCES)
+    provider = yaml.safe_load(DASHBOARD_PROVIDERS.read_text())["providers"][0]
+    assert _host_path(grafana, provider["options"]["path"] + "/routegate.json") == PurePosixPath(DASHBOARD)
+    assert _host_path(grafana, grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]) == PurePosixPath(DASHBOARD)
+
+
+def test_dashboard_uses_the_provisioned_datasource_and_has_its_variables() -> None:
+    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert {variable["name"] for variable in dashboard["templating"]["list"]} == {"router", "model"}
+    assert all(variable["datasource"]["uid"] == uid for variable in dashboard["templating"]["list"])
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        assert panel["targets"] and all(target["datasource"]["uid"] == uid for target in panel["targets"])
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])

@@ -1,0 +1,91 @@
+"""Clients that leave mid-stream: the upstream request is cancelled at once, and after 1,000 of
+them no upstream response, connection, slot or asyncio task is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.conftest import Proxy
+from tests.fake_upstream import FakeUpstream
+from tests.metric_values import MetricDelta, metric_value
+
+REQUEST = {"model": "router-random-0", "messages": [{"role": "user", "content": "Talk for a long time."}], "stream": True}
+DISCONNECTS = 1000
+CONCURRENCY = 50
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def long_stream(upstream: FakeUpstream) -> None:
+    upstream.behaviour.chunks, upstream.behaviour.chunk_delay = 10_000, 0.05  # 500 s if nobody stops it
+
+
+def gauges(proxy: Proxy) -> dict[str, float]:
+    text = proxy.metrics()
+    return {
+        name: metric_value(text, name)
+        for name in (
+            "routegate_upstream_responses_open",
+            "routegate_requests_in_flight",
+            "routegate_upstream_requests_active",
+            "routegate_event_loop_tasks",
+        )
+    }
+
+
+def test_client_disconnect_cancels_the_upstream_stream(proxy: Proxy, strong: FakeUpstream) -> None:
+    long_stream(strong)
+    delta = MetricDelta(proxy.metrics)
+    with httpx.stream("POST", f"{proxy.api}/chat/completions", json=REQUEST, timeout=10) as response:
+        first = next(response.iter_raw())
+        assert first.startswith(b"data: ")
+    # The client is gone; the fake upstream must see its stream end long before its 10,000 chunks.
+    assert wait_for(lambda: strong.streams_disconnected == 1, timeout=5)
+    assert strong.streams_finished == 0
+    assert len(strong.chunk_sent_at) < 200
+    assert wait_for(lambda: gauges(proxy)["routegate_upstream_responses_open"] == 0, timeout=5)
+    delta.after()
+    assert delta("routegate_requests_total", tier="strong", status="499") == 1
+
+
+async def _leave_after_first_chunk(client: httpx.AsyncClient, url: str, slots: asyncio.Semaphore) -> None:
+    async with slots:
+        async with client.stream("POST", url, json=REQUEST) as response:
+            async for chunk in response.aiter_raw():
+                assert chunk.startswith(b"data: ")
+                break
+
+
+async def _disconnect_many(url: str) -> None:
+    slots = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        await asyncio.gather(*(_leave_after_first_chunk(client, url, slots) for _ in range(DISCONNECTS)))
+
+
+def test_a_thousand_disconnects_leak_nothing(proxy: Proxy, strong: FakeUpstream) -> None:
+    long_stream(strong)
+    before = gauges(proxy)
+    connections_before = strong.open_connections()
+    asyncio.run(_disconnect_many(f"{proxy.api}/chat/completions"))
+    assert wait_for(lambda: strong.streams_disconnected == DISCONNECTS)
+    assert strong.streams_finished == 0
+    assert wait_for(lambda: gauges(proxy)["routegate_upstream_responses_open"] == 0)
+    after = gauges(proxy)
+    assert after["routegate_requests_in_flight"] == 0
+    assert after["routegate_upstream_requests_active"] == 0
+    # The proxy's own tasks are back where they were (a few may belong to the /metrics request itself).
+    assert after["routegate_event_loop_tasks"] <= before["routegate_event_loop_tasks"] + 2
+    assert wait_for(lambda: strong.open_connections() <= connections_before)

@@ -1,0 +1,365 @@
+"""Upstream faults injected into real fake upstreams behind a real routegate process.
+
+For each fault: what the client (the official openai SDK) gets, what the upstreams received
+(retries, fallback) and the metric that counts it. The strong tier misbehaves; the weak tier
+stays healthy unless a test breaks it too. Requests name ``router-random-0`` (score >= 0: strong).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
+from tests.metric_values import MetricDelta
+
+ROUTED_STRONG = "router-random-0"
+MESSAGES = [{"role": "user", "content": "Say something."}]
+MAX_RESPONSE_BYTES = 1024 * 1024
+FAULT_SETTINGS = {
+    "retries": "1",
+    "read_timeout": "0.5",
+    "connect_timeout": "0.5",
+    "total_timeout": "5",
+    "max_response_bytes": str(MAX_RESPONSE_BYTES),
+}
+HTML_PAGE = "<html><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>"
+
+
+@pytest.fixture(scope="module")
+def fault_proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    with running_proxy(proxy_env(strong, weak, **FAULT_SETTINGS), tmp_path_factory.mktemp("faults")) as running:
+        yield running
+
+
+def client(proxy: Proxy) -> openai.OpenAI:
+    """An SDK client that never retries on its own, so every retry seen is routegate's."""
+    return openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
+
+
+def chat(proxy: Proxy, **extra: object) -> Any:
+    """A routed-to-strong chat request; the raw response (headers, ``parse()``)."""
+    return client(proxy).chat.completions.with_raw_response.create(model=ROUTED_STRONG, messages=MESSAGES, **extra)
+
+
+def error_of(raised: pytest.ExceptionInfo[openai.APIStatusError]) -> dict:
+    body = raised.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def stream_events(proxy: Proxy) -> tuple[list[str], dict | None]:
+    """Stream through the SDK: the content pieces received and the error it raised, if any."""
+    pieces: list[str] = []
+    stream = client(proxy).chat.completions.create(model=ROUTED_STRONG, messages=MESSAGES, stream=True)
+    try:
+        for chunk in stream:
+            pieces.extend(choice.delta.content or "" for choice in chunk.choices)
+    except openai.APIError as error:
+        return pieces, error.body
+    return pieces, None
+
+
+# --- 5xx, 429 and Retry-After -----------------------------------------------------------------
+
+
+def test_one_5xx_is_retried_on_the_same_tier(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.fail_statuses = [503]
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-tier"] == "strong"
+    assert "x-routegate-fallback" not in raw.headers
+    assert raw.parse().choices[0].message.content == "answer from strong"
+    assert len(strong.received) == 2 and not weak.received
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="http_5xx") == 1
+    assert delta("routegate_upstream_retries_total", tier="strong", reason="http_5xx") == 1
+    assert delta("routegate_fallbacks_total") == 0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_persistent_5xx_falls_back_to_the_other_tier(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, status: int
+) -> None:
+    strong.behaviour.fail_statuses = [status] * 10
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-tier"] == "weak"
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert len(strong.received) == 2 and len(weak.received) == 1
+    assert weak.received[0].body["model"] == WEAK_MODEL
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="http_5xx") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="http_5xx") == 1
+    assert delta("routegate_requests_total", tier="weak", status="200") == 1
+
+
+def test_5xx_on_both_tiers_is_a_502(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.fail_statuses = [503] * 10
+    weak.behaviour.fail_statuses = [500] * 10
+    delta = MetricDelta(fault_proxy.metrics)
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    delta.after()
+    assert raised.value.status_code == 502
+    error = error_of(raised)
+    assert error["code"] == "upstream_error" and error["type"] == "upstream_error"
+    assert "weak upstream" in error["message"]
+    assert len(strong.received) == 2 and len(weak.received) == 2
+    assert delta("routegate_requests_total", status="502") == 1
+
+
+def test_retry_after_is_honoured(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.fail_statuses = [429]
+    strong.behaviour.retry_after = "0.3"
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-tier"] == "strong"
+    first, second = strong.received
+    assert second.at - first.at >= 0.3  # the retry waited as long as the upstream asked
+    assert not weak.received
+    assert delta("routegate_upstream_retries_total", tier="strong", reason="http_429") == 1
+
+
+def test_retry_after_past_the_deadline_is_not_waited_for(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    strong.behaviour.fail_statuses = [429]
+    strong.behaviour.retry_after = "60"  # beyond ROUTEGATE_TOTAL_TIMEOUT=5: fall back instead
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:http_429"
+    assert len(strong.received) == 1 and len(weak.received) == 1
+    assert delta("routegate_upstream_retries_total") == 0
+
+
+def test_429_on_both_tiers_is_relayed_with_retry_after(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    for upstream in (strong, weak):
+        upstream.behaviour.fail_statuses = [429] * 10
+        upstream.behaviour.retry_after = "30"
+    with pytest.raises(openai.RateLimitError) as raised:
+        chat(fault_proxy)
+    assert raised.value.response.headers["retry-after"] == "30"
+    assert error_of(raised)["message"] == "weak failed"
+    assert len(strong.received) == 1 and len(weak.received) == 1
+
+
+# --- transport faults -------------------------------------------------------------------------
+
+
+def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.delay = 2.0  # ROUTEGATE_READ_TIMEOUT=0.5
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:timeout"
+    assert len(strong.received) == 2 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="timeout") == 1
+
+
+def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.delay = weak.behaviour.delay = 2.0
+    delta = MetricDelta(fault_proxy.metrics)
+    with pytest.raises(openai.APIStatusError) as raised:
+        chat(fault_proxy)
+    delta.after()
+    assert raised.value.status_code == 504
+    assert error_of(raised)["code"] == "upstream_timeout"
+    assert delta("routegate_upstream_errors_total", reason="timeout") == 4
+    assert delta("routegate_requests_total", status="504") == 1
+
+
+@pytest.fixture(scope="module")
+def refused_proxy(weak: FakeUpstream, strong: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """Strong upstream on a closed port (connection refused); weak is the healthy fake."""
+    env = proxy_env(strong, weak, **FAULT_SETTINGS)
+    env["ROUTEGATE_STRONG__BASE_URL"] = closed_port_url()
+    with running_proxy(env, tmp_path_factory.mktemp("refused")) as running:
+        yield running
+
+
+def test_connection_refused_falls_back(refused_proxy: Proxy, weak: FakeUpstream) -> None:
+    delta = MetricDelta(refused_proxy.metrics)
+    raw = chat(refused_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:connect"
+    assert len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="connect") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="connect") == 1
+
+
+def test_connection_refused_without_a_healthy_tier_is_a_502(refused_proxy: Proxy, weak: FakeUpstream) -> None:
+    weak.behaviour.fail_statuses = [503] * 10
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(refused_proxy).chat.completions.create(model=WEAK_MODEL, messages=MESSAGES)
+    assert raised.value.status_code == 502
+    assert error_of(raised)["message"] == "The strong upstream failed (connect)."
+
+
+@pytest.fixture(scope="module")
+def blackhole_proxy(weak: FakeUpstream, strong: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """Strong upstream whose accept queue is full: connecting times out."""
+    blackhole = Blackhole()
+    env = proxy_env(strong, weak, **{**FAULT_SETTINGS, "connect_timeout": "0.3"})
+    env["ROUTEGATE_STRONG__BASE_URL"] = blackhole.url
+    try:
+        with running_proxy(env, tmp_path_factory.mktemp("blackhole")) as running:
+            yield running
+    finally:
+        blackhole.close()
+
+
+def test_connect_timeout_falls_back(blackhole_proxy: Proxy, weak: FakeUpstream) -> None:
+    delta = MetricDelta(blackhole_proxy.metrics)
+    raw = chat(blackhole_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:timeout"
+    assert len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
+
+
+def test_connect_timeout_without_a_healthy_tier_is_a_504(blackhole_proxy: Proxy, weak: FakeUpstream) -> None:
+    weak.behaviour.fail_statuses = [503] * 10
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(blackhole_proxy).chat.completions.create(model=WEAK_MODEL, messages=MESSAGES)
+    assert raised.value.status_code == 504
+    assert error_of(raised)["code"] == "upstream_timeout"
+
+
+# --- bodies that are not what they should be -------------------------------------------------------
+
+
+def test_malformed_json_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.malformed_json = True
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:invalid_response"
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+
+
+def test_malformed_json_on_both_tiers_is_a_502(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.malformed_json = weak.behaviour.malformed_json = True
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    assert raised.value.status_code == 502
+    assert error_of(raised)["message"] == "The weak upstream failed (invalid_response)."
+
+
+def test_html_error_page_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.fail_statuses = [502] * 10
+    strong.behaviour.fail_body, strong.behaviour.fail_content_type = HTML_PAGE, "text/html"
+    raw = chat(fault_proxy)
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+    assert raw.parse().choices[0].message.content == "answer from weak"
+
+
+def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    for upstream in (strong, weak):
+        upstream.behaviour.fail_statuses = [403] * 10  # a 4xx is relayed, not retried ...
+        upstream.behaviour.fail_body, upstream.behaviour.fail_content_type = HTML_PAGE, "text/html"
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        chat(fault_proxy)
+    assert raised.value.response.headers["content-type"] == "application/json"  # ... but as JSON
+    assert error_of(raised)["message"] == "The strong upstream answered 403 without a JSON error body."
+    assert len(strong.received) == 1 and not weak.received
+
+
+def test_huge_response_under_the_limit_is_relayed_whole(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.huge_bytes = MAX_RESPONSE_BYTES // 2
+    completion = client(fault_proxy).chat.completions.create(model=ROUTED_STRONG, messages=MESSAGES)
+    assert completion.choices[0].message.content == "x" * (MAX_RESPONSE_BYTES // 2)
+
+
+def test_huge_response_over_the_limit_is_refused_without_retry(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    strong.behaviour.huge_bytes = weak.behaviour.huge_bytes = 2 * MAX_RESPONSE_BYTES
+    delta = MetricDelta(fault_proxy.metrics)
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    delta.after()
+    assert raised.value.status_code == 502
+    assert error_of(raised)["message"] == "The weak upstream failed (too_large)."
+    assert len(strong.received) == 1 and len(weak.received) == 1  # tried once per tier
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="too_large") == 1
+    assert delta("routegate_upstream_retries_total") == 0
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+
+def test_slow_trickling_stream_is_relayed_to_the_end(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 4, 0.3  # 1.2 s in all, each gap under the 0.5 s read timeout
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None
+    assert pieces == [f"strong-{index} " for index in range(4)]
+    assert delta("routegate_upstream_errors_total") == 0
+
+
+def test_stream_stalling_past_the_read_timeout_ends_with_an_error_event(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 3, 1.0
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert pieces == ["strong-0 "]
+    assert error is not None and error["code"] == "timeout" and error["type"] == "upstream_error"
+    assert not weak.received  # the stream had reached the client: never replayed elsewhere
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 1
+    assert delta("routegate_fallbacks_total") == 0
+
+
+@pytest.mark.parametrize("mode", ["abort", "end"])
+def test_stream_cut_midway_without_done_ends_with_an_error_event(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, mode: str
+) -> None:
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, mode
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert pieces == ["strong-0 ", "strong-1 "]
+    assert error is not None and error["code"] == "stream_cut"
+    assert not weak.received
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_cut") == 1
+    assert delta("routegate_fallbacks_total") == 0
+
+
+def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "done"
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions",
+        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True},
+        timeout=30,
+    )
+    events = [line for line in raw.text.split("\n\n") if line]
+    assert len(events) == 3 and events[-1] == "data: [DONE]"
+    assert all("error" not in json.loads(event[6:]) for event in events[:-1])
+
+
+def test_stream_cut_before_the_first_byte_falls_back(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    assert len(strong.received) == 2 and len(weak.received) == 1
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1

@@ -1,0 +1,273 @@
+"""The gateway end to end: the openai SDK against a real routegate in front of two fake upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import STRONG_KEY, STRONG_MODEL, WEAK_KEY, WEAK_MODEL, Proxy
+from tests.fake_upstream import FakeUpstream
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "facts": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"k": {"type": "string"}, "v": {"type": "number"}}},
+                },
+            },
+            "required": ["city", "facts"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def client(proxy: Proxy, key: str = "client-key-not-checked") -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.api, api_key=key, max_retries=0)
+
+
+def test_threshold_zero_goes_strong_with_body_untouched_but_model(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    extra = {"logprobs": True, "top_logprobs": 2, "n": 1, "stop": ["\n\n"], "seed": 7, "user": "u-1"}
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="router-random-0.0", messages=MESSAGES, extra_body={"vendor_field": {"nested": [1, 2]}}, **extra
+    )
+    reply = raw.parse()
+    assert reply.choices[0].message.content == "answer from strong"
+    assert raw.headers["x-routegate-router"] == "random"
+    assert raw.headers["x-routegate-tier"] == "strong"
+    assert raw.headers["x-routegate-model"] == STRONG_MODEL
+    assert raw.headers["x-routegate-threshold"] == "0"
+    assert 0.0 <= float(raw.headers["x-routegate-score"]) <= 1.0
+    assert raw.headers["x-request-id"]
+    assert len(strong.received) == 1 and not weak.received
+    received = strong.received[0]
+    assert received.body == {
+        "model": STRONG_MODEL,
+        "messages": MESSAGES,
+        "vendor_field": {"nested": [1, 2]},
+        **extra,
+    }
+    assert received.headers["authorization"] == f"Bearer {STRONG_KEY}"
+
+
+def test_threshold_one_goes_weak_with_weak_key(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    raw = client(proxy, key="sk-client-secret").chat.completions.with_raw_response.create(
+        model="router-random-1.0", messages=MESSAGES
+    )
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert raw.headers["x-routegate-tier"] == "weak"
+    assert not strong.received
+    assert weak.received[0].headers["authorization"] == f"Bearer {WEAK_KEY}"
+    assert "sk-client-secret" not in json.dumps(weak.received[0].headers)
+
+
+def test_tools_and_nested_response_format_pass_through(proxy: Proxy, strong: FakeUpstream):
+    reply = client(proxy).chat.completions.create(
+        model="router-random-0.0",
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False,
+        response_format=RESPONSE_FORMAT,
+    )
+    call = reply.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    body = strong.received[0].body
+    assert body["tools"] == TOOLS
+    assert body["response_format"] == RESPONSE_FORMAT
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body["parallel_tool_calls"] is False
+
+
+def test_upstream_model_name_bypasses_routing(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    raw = client(proxy).chat.completions.with_raw_response.create(model=WEAK_MODEL, messages=MESSAGES)
+    assert raw.headers["x-routegate-router"] == "none"
+    assert raw.headers["x-routegate-decision"] == "direct"
+    assert "x-routegate-score" not in raw.headers
+    assert weak.received[0].body["model"] == WEAK_MODEL and not strong.received
+
+
+def test_auto_alias_uses_default_router_and_threshold(proxy: Proxy):
+    raw = client(proxy).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    assert raw.headers["x-routegate-router"] == "random"
+    assert raw.headers["x-routegate-threshold"] == "0.5"
+    score = float(raw.headers["x-routegate-score"])
+    assert raw.headers["x-routegate-tier"] == ("strong" if score >= 0.5 else "weak")
+
+
+def test_client_request_id_is_kept(proxy: Proxy, strong: FakeUpstream):
+    raw = client(proxy).chat.completions.with_raw_response.create(
+        model="router-random-0.0", messages=MESSAGES, extra_headers={"x-request-id": "req-abc-123"}
+    )
+    assert raw.headers["x-request-id"] == "req-abc-123"
+    assert strong.received[0].headers["x-request-id"] == "req-abc-123"
+
+
+def test_stream_arrives_incrementally_and_ends_with_done(proxy: Proxy, strong: FakeUpstream):
+    strong.behaviour.chunks = 4
+    strong.behaviour.chunk_delay = 0.4
+    with httpx.stream(
+        "POST",
+        f"{proxy.api}/chat/completions",
+        json={"model": "router-random-0.0", "messages": MESSAGES, "stream": True},
+        timeout=10,
+    ) as response:
+        assert response.headers["x-routegate-tier"] == "strong"
+        assert response.headers["content-type"].startswith("text/event-stream")
+        arrivals: list[tuple[float, bytes]] = [(time.monotonic(), chunk) for chunk in response.iter_raw()]
+    first_arrival = next(at for at, chunk in arrivals if b"strong-0" in chunk)
+    last_sent = strong.chunk_sent_at[-1]
+    assert first_arrival < last_sent, "the first chunk must reach the client before the upstream sends the last"
+    body = b"".join(chunk for _, chunk in arrivals)
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert [f"strong-{i}" for i in range(4)] == [
+        json.loads(line[6:])["choices"][0]["delta"]["content"].strip()
+        for line in body.decode().splitlines()
+        if line.startswith("data: {")
+    ]
+
+
+def test_sdk_stream_sync(proxy: Proxy, weak: FakeUpstream):
+    stream = client(proxy).chat.completions.create(
+        model="router-random-1.0", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == "weak-0 weak-1 weak-2 weak-3 weak-4 "
+    assert chunks[-1].usage.prompt_tokens == 11
+    assert weak.received[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_sdk_async_plain_and_stream(proxy: Proxy, strong: FakeUpstream):
+    async_client = openai.AsyncOpenAI(base_url=proxy.api, api_key="k", max_retries=0)
+    replies = await asyncio.gather(
+        *[async_client.chat.completions.create(model="router-random-0.0", messages=MESSAGES) for _ in range(8)]
+    )
+    assert {reply.choices[0].message.content for reply in replies} == {"answer from strong"}
+    stream = await async_client.chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True)
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+    assert text.startswith("strong-0 ")
+    assert len(strong.received) == 9
+    await async_client.close()
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("content", "param", "code"),
+    [
+        (b"{not json", None, "invalid_json"),
+        (b"[1, 2]", None, "invalid_type"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model", "missing_required_parameter"),
+        (b'{"model": "auto"}', "messages", "missing_required_parameter"),
+        (b'{"model": "auto", "messages": "hi"}', "messages", "invalid_type"),
+        (b'{"model": "auto", "messages": []}', "messages", "empty_array"),
+        (b'{"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role", "invalid_value"),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', "messages[0].content", "invalid_type"),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature", "invalid_type"),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "invalid_type"),
+        (b'{"model": "router-random-1.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_threshold"),
+        (b'{"model": "router-nosuch-0.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "unknown_router"),
+    ],
+)
+def test_bad_requests_get_openai_400(proxy: Proxy, strong: FakeUpstream, content: bytes, param: str | None, code: str):
+    response = httpx.post(f"{proxy.api}/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = error_of(response)
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    assert "Traceback" not in response.text
+    assert not strong.received
+
+
+def test_unknown_model_is_404_listing_valid_names(proxy: Proxy):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client(proxy).chat.completions.create(model="gpt-9", messages=MESSAGES)
+    error = raised.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    for name in ("auto", "router-random-0.5", STRONG_MODEL, WEAK_MODEL):
+        assert name in error["message"]
+
+
+def test_models_endpoint_lists_routers_aliases_and_upstreams(proxy: Proxy):
+    names = {model.id for model in client(proxy).models.list()}
+    assert {"auto", "router-random-0.5", STRONG_MODEL, WEAK_MODEL} <= names
+
+
+def test_health_and_ready(proxy: Proxy):
+    assert httpx.get(f"{proxy.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{proxy.url}/ready").json() == {"status": "ready", "router": "random"}
+
+
+def test_upstream_client_error_is_relayed(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    strong.behaviour.fail_statuses = [400]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES)
+    assert raised.value.body["message"] == "strong failed"
+    assert len(strong.received) == 1 and not weak.received, "a 4xx is neither retried nor sent to the other tier"
+
+
+def test_5xx_is_retried_then_falls_back_to_the_other_tier(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    strong.behaviour.fail_statuses = [500, 502, 503]
+    raw = client(proxy).chat.completions.with_raw_response.create(model="router-random-0.0", messages=MESSAGES)
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert raw.headers["x-routegate-tier"] == "weak"
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+    assert len(strong.received) == 3, "one try and two retries (ROUTEGATE_RETRIES=2)"
+    assert weak.received[0].body["model"] == WEAK_MODEL
+    assert weak.received[0].body["messages"] == MESSAGES
+
+
+def test_retry_recovers_on_the_same_tier(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    strong.behaviour.fail_statuses = [503]
+    raw = client(proxy).chat.completions.with_raw_response.create(model="router-random-0.0", messages=MESSAGES)
+    assert raw.headers["x-routegate-tier"] == "strong"
+    assert "x-routegate-fallback" not in raw.headers
+    assert len(strong.received) == 2 and not weak.received
+
+
+def test_stream_falls_back_before_its_first_byte(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    strong.behaviour.fail_statuses = [502, 502, 502]
+    with httpx.stream(
+        "POST", f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["x-routegate-tier"] == "weak"
+        assert response.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+        body = response.read()
+    assert b"weak-0" in body and body.rstrip().endswith(b"data: [DONE]")
+    assert len(strong.received) == 3 and len(weak.received) == 1

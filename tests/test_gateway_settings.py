@@ -1,0 +1,204 @@
+"""Gateway behaviour that depends on settings, each on a routegate process of its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REPO, STRONG_KEY, STRONG_MODEL, WEAK_KEY, WEAK_MODEL, proxy_env, running_proxy
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
+
+MESSAGES = [{"role": "user", "content": "Name a prime number."}]
+STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # prices in proxy_env
+WEAK_COST = (PROMPT_TOKENS * 0.5 + COMPLETION_TOKENS * 1.5) / 1e6
+
+
+def samples(metrics_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+    }
+
+
+def value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0)
+        for _ in range(10):
+            sdk.chat.completions.create(model="router-random-0.0", messages=MESSAGES)
+        for _ in range(4):
+            sdk.chat.completions.create(model="router-random-1.0", messages=MESSAGES)
+        stream = sdk.chat.completions.create(
+            model="router-random-1.0", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        assert len(list(stream)) == 6
+        with pytest.raises(openai.NotFoundError):
+            sdk.chat.completions.create(model="nope", messages=MESSAGES)
+        metrics = samples(proxy.metrics())
+
+    requests = "routegate_requests_total"
+    assert value(metrics, requests, router="random", tier="strong", model=STRONG_MODEL, status="200") == 10
+    assert value(metrics, requests, router="random", tier="weak", model=WEAK_MODEL, status="200") == 5
+    assert value(metrics, requests, router="none", tier="none", model="none", status="404") == 1
+    assert value(metrics, "routegate_router_score_count", router="random") == 15
+    assert value(metrics, "routegate_routing_duration_seconds_count", router="random") == 15
+    assert value(metrics, "routegate_tokens_total", tier="strong", model=STRONG_MODEL, kind="prompt") == 10 * PROMPT_TOKENS
+    assert value(metrics, "routegate_tokens_total", tier="weak", model=WEAK_MODEL, kind="completion") == 5 * COMPLETION_TOKENS
+    assert value(metrics, "routegate_cost_usd_total", tier="strong", model=STRONG_MODEL) == pytest.approx(10 * STRONG_COST)
+    assert value(metrics, "routegate_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(5 * WEAK_COST)
+    assert value(metrics, "routegate_all_strong_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(
+        5 * STRONG_COST
+    )
+    assert value(metrics, "routegate_upstream_duration_seconds_count", tier="strong", model=STRONG_MODEL) == 10
+    assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == 5
+    assert value(metrics, "routegate_router_threshold", router="random") == 1.0
+    assert value(metrics, "routegate_requests_in_flight") == 0
+
+
+def test_failure_without_fallback_is_502_naming_the_tier_not_the_key(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+):
+    with running_proxy(proxy_env(strong, weak, fallback="false", retries="1", read_timeout="0.3"), tmp_path) as proxy:
+        strong.behaviour.fail_statuses = [500, 500]
+        response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
+        assert response.status_code == 502
+        error = response.json()["error"]
+        assert error["code"] == "upstream_error" and "strong" in error["message"]
+        assert STRONG_KEY not in response.text and STRONG_KEY not in str(response.headers)
+        assert len(strong.received) == 2 and not weak.received
+
+        strong.behaviour.delay = 1.0
+        response = httpx.post(
+            f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES}, timeout=10
+        )
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "upstream_timeout"
+        metrics = samples(proxy.metrics())
+    assert value(metrics, "routegate_upstream_errors_total", tier="strong", reason="http_5xx") == 2
+    assert value(metrics, "routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
+    assert value(metrics, "routegate_upstream_retries_total", tier="strong", reason="http_5xx") == 1
+
+
+def test_fallback_is_counted(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak, retries="0"), tmp_path) as proxy:
+        weak.behaviour.fail_statuses = [503]
+        raw = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0).chat.completions.with_raw_response.create(
+            model="router-random-1.0", messages=MESSAGES
+        )
+        assert raw.headers["x-routegate-tier"] == "strong"
+        metrics = samples(proxy.metrics())
+    assert value(metrics, "routegate_fallbacks_total", from_tier="weak", to_tier="strong", reason="http_5xx") == 1
+    assert value(metrics, "routegate_requests_total", router="random", tier="strong", model=STRONG_MODEL, status="200") == 1
+
+
+def test_client_keys(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    env = proxy_env(strong, weak, api_keys='["rg-key-one", "rg-key-two"]')
+    with running_proxy(env, tmp_path) as proxy:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            openai.OpenAI(base_url=proxy.api, api_key="wrong", max_retries=0).chat.completions.create(
+                model="auto", messages=MESSAGES
+            )
+        assert raised.value.body["code"] == "invalid_api_key"
+        assert httpx.post(f"{proxy.api}/chat/completions", json={"model": "auto", "messages": MESSAGES}).status_code == 401
+        assert httpx.get(f"{proxy.api}/models").status_code == 401
+        reply = openai.OpenAI(base_url=proxy.api, api_key="rg-key-two", max_retries=0).chat.completions.create(
+            model="router-random-0.0", messages=MESSAGES
+        )
+        assert reply.choices[0].message.content == "answer from strong"
+        assert strong.received[0].headers["authorization"] == f"Bearer {STRONG_KEY}"
+        assert "rg-key" not in proxy.log()
+
+
+def test_body_over_the_limit_is_413(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak, max_body_bytes="2048"), tmp_path) as proxy:
+        big = [{"role": "user", "content": "x" * 4000}]
+        response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "auto", "messages": big})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+        small = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
+        assert small.status_code == 200
+        assert len(strong.received) == 1
+
+
+def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    config = tmp_path / "routegate.yaml"
+    config.write_text(
+        f"threshold: 0.0\naliases:\n  everything-weak: router-random-1.0\nweak:\n  base_url: {weak.url}\n"
+        f"  model: yaml-weak-model\n"
+    )
+    env = proxy_env(strong, weak)
+    del env["ROUTEGATE_WEAK__MODEL"]  # from the file
+    env["ROUTEGATE_WEAK__API_KEY"] = WEAK_KEY
+    with running_proxy(env, tmp_path, "--config", str(config)) as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0)
+        raw = sdk.chat.completions.with_raw_response.create(model="everything-weak", messages=MESSAGES)
+        assert raw.headers["x-routegate-model"] == "yaml-weak-model"
+        assert weak.received[0].body["model"] == "yaml-weak-model"
+        assert sdk.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES).headers[
+            "x-routegate-tier"
+        ] == "strong"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ROUTEGATE_PORT": "not-a-port"}, "ROUTEGATE_PORT"),
+        ({"ROUTEGATE_THRESHOLD": "1.5"}, "ROUTEGATE_THRESHOLD"),
+        ({"ROUTEGATE_STRONG__BASE_URL": "ftp://x"}, "ROUTEGATE_STRONG__BASE_URL"),
+        ({"ROUTEGATE_WEAK__INPUT_PRICE": "-1"}, "ROUTEGATE_WEAK__INPUT_PRICE"),
+        ({"ROUTEGATE_ROUTER": "no-such-router"}, "ROUTEGATE_ROUTER"),
+        ({"ROUTEGATE_ALIASES": '{"x": "router-random-7"}'}, "ROUTEGATE_ALIASES"),
+    ],
+)
+def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):
+    base = proxy_env(FakeUpstream("unused"), FakeUpstream("unused"), port=str(free_port()))
+    base.update(env)
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"],
+        cwd=REPO,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
+    from server.settings import load_settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("ROUTEGATE_WEAK__MODEL", "my-small-model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
+    settings = load_settings()
+    assert (settings.strong.base_url, settings.strong.model, settings.strong.input_price) == ("http://127.0.0.1:9/v1", "gpt-4o", 2.5)
+    assert settings.strong.api_key is None, "OPENAI_API_KEY is only for upstreams on the OpenAI API"
+    assert (settings.weak.model, settings.weak.output_price) == ("my-small-model", 0.6)
+    assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"
+
+
+def test_httpx_pool_transport_serves_plain_and_streamed(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak, upstream_transport="httpx"), tmp_path) as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0)
+        assert sdk.chat.completions.create(model="router-random-0.0", messages=MESSAGES).choices[0].message.content == (
+            "answer from strong"
+        )
+        chunks = list(sdk.chat.completions.create(model="router-random-1.0", messages=MESSAGES, stream=True))
+        assert "".join(chunk.choices[0].delta.content for chunk in chunks) == "weak-0 weak-1 weak-2 weak-3 weak-4 "
+        assert strong.received[0].headers["authorization"] == f"Bearer {STRONG_KEY}"

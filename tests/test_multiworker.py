@@ -1,0 +1,88 @@
+"""Several worker processes: every worker's /metrics reports the total over all workers."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.conftest import running_proxy, proxy_env
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.metrics_text import metric_sum
+
+STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
+
+
+def _send(api: str, count: int) -> None:
+    """``count`` requests routed to the strong tier, concurrently, each on its own connection."""
+
+    def one(_: int) -> None:
+        with OpenAI(base_url=api, api_key="unused", max_retries=0) as client:
+            reply = client.chat.completions.create(model="router-random-0.0", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "answer from strong"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(one, range(count)))
+
+
+def _requests_by_process(metrics_dir: Path, scratch: Path) -> dict[str, float]:
+    """Routed requests counted by each process, read from its own counter file."""
+    counted = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        alone = scratch / path.stem
+        alone.mkdir(parents=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counted[path.stem] = sum(
+            sample.value
+            for family in registry.collect()
+            for sample in family.samples
+            if sample.name == "routegate_requests_total" and sample.labels.get("router") == "random"
+        )
+    return counted
+
+
+def _scraped_totals(url: str, scrapes: int) -> list[tuple[float, float]]:
+    """(routed requests, cost) from ``scrapes`` scrapes, each on a new connection."""
+    totals = []
+    for _ in range(scrapes):
+        text = httpx.get(f"{url}/metrics", headers={"connection": "close"}).text
+        totals.append(
+            (metric_sum(text, "routegate_requests_total", router="random"), metric_sum(text, "routegate_cost_usd_total"))
+        )
+    return totals
+
+
+def test_two_workers_report_the_total(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    strong.behaviour.delay = 0.05  # requests overlap, so both workers take some
+    metrics_dir = tmp_path / "metrics"
+    env = {**proxy_env(strong, weak), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    sent = 60
+    with running_proxy(env, tmp_path, "--workers", "2") as proxy:
+        _send(proxy.api, sent)
+        totals = _scraped_totals(proxy.url, 12)
+        by_process = _requests_by_process(metrics_dir, tmp_path / "split")
+    assert len(strong.received) == sent
+    assert sum(1 for counted in by_process.values() if counted > 0) == 2, by_process  # both workers served
+    assert sum(by_process.values()) == sent
+    for requests, cost in totals:
+        assert requests == sent
+        assert cost == pytest.approx(sent * STRONG_COST)
+
+
+def test_restart_does_not_count_the_previous_run(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**proxy_env(strong, weak), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    for run, sent in enumerate((5, 3)):
+        with running_proxy(env, tmp_path, "--workers", "2") as proxy:
+            _send(proxy.api, sent)
+            totals = _scraped_totals(proxy.url, 4)
+        assert all(requests == sent for requests, _ in totals), (run, totals)

@@ -1,0 +1,80 @@
+"""Overload: at most ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream requests at once; the rest wait in
+a bounded queue for a bounded time, then get a 429 with Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+from tests.metric_values import MetricDelta, metric_value
+
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def small_proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    with running_proxy(proxy_env(strong, weak, **OVERLOAD_SETTINGS), tmp_path_factory.mktemp("overload")) as running:
+        yield running
+
+
+async def _concurrent_chats(proxy: Proxy, count: int) -> list[object]:
+    client = openai.AsyncOpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
+    async with client:
+        calls = [client.chat.completions.create(model="router-random-0", messages=MESSAGES) for _ in range(count)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.delay = 1.5  # both slots stay busy well past the 0.5 s queue wait
+    delta = MetricDelta(small_proxy.metrics)
+    results = asyncio.run(_concurrent_chats(small_proxy, 6))
+    delta.after()
+    answered = [result for result in results if isinstance(result, openai.types.chat.ChatCompletion)]
+    refused = [result for result in results if isinstance(result, openai.RateLimitError)]
+    assert len(answered) == 2 and len(refused) == 4, results
+    for error in refused:
+        assert error.response.headers["retry-after"] == "1"
+        assert error.body["code"] == "overloaded" and error.body["type"] == "requests"
+    assert len(strong.received) == 2 and strong.max_in_flight == 2
+    assert delta("routegate_requests_rejected_total", reason="queue_full") == 2  # the queue holds two ...
+    assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 0.5 s in vain
+    assert delta("routegate_requests_total", status="429") == 4
+
+
+def test_a_short_wait_in_the_queue_is_served(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.delay = 0.1  # a slot frees up well inside the 0.5 s queue wait
+    delta = MetricDelta(small_proxy.metrics)
+    results = asyncio.run(_concurrent_chats(small_proxy, 3))
+    delta.after()
+    assert all(isinstance(result, openai.types.chat.ChatCompletion) for result in results), results
+    assert strong.max_in_flight == 2
+    assert delta("routegate_requests_rejected_total") == 0
+
+
+def test_open_streams_hold_their_slots_until_they_end(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 10_000, 0.05
+    request = {"model": "router-random-0", "messages": MESSAGES, "stream": True}
+    with httpx.Client(base_url=small_proxy.api, timeout=10) as streams, ExitStack() as open_streams:
+        readers = []  # kept alive: dropping a reader closes its connection
+        for _ in range(2):
+            response = open_streams.enter_context(streams.stream("POST", "/chat/completions", json=request))
+            readers.append(response.iter_raw())
+            assert next(readers[-1]).startswith(b"data: ")
+        assert metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") == 2
+        refused = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
+    # The clients left: their streams end and give their slots back.
+    deadline = time.monotonic() + 5
+    while metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    answered = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
+    assert answered.status_code == 200

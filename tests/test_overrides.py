@@ -1,0 +1,51 @@
+"""Per-request overrides through a real routegate: off by default, then for trusted clients only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
+TRUSTED_KEY = "rg-trusted-client-key-0001"
+PLAIN_KEY = "rg-plain-client-key-0002"
+
+
+def _ask(proxy: Proxy, model: str, headers: dict[str, str], api_key: str = "unused"):
+    client = OpenAI(base_url=proxy.api, api_key=api_key, max_retries=0)
+    return client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, extra_headers=headers).headers
+
+
+def test_override_headers_are_ignored_by_default(proxy: Proxy, strong: FakeUpstream) -> None:
+    headers = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong", "x-routegate-force-threshold": "0"})
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
+    assert strong.received == []
+
+
+def test_trusted_clients_force_a_tier_or_a_threshold(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(
+        strong, weak, allow_overrides="true", api_keys=f'["{TRUSTED_KEY}", "{PLAIN_KEY}"]', override_keys=f'["{TRUSTED_KEY}"]'
+    )
+    with running_proxy(env, tmp_path) as proxy:
+        forced_tier = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, TRUSTED_KEY)
+        forced_weak = _ask(proxy, "router-random-0", {"x-routegate-force-tier": "weak"}, TRUSTED_KEY)
+        forced_threshold = _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "0"}, TRUSTED_KEY)
+        untrusted = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, PLAIN_KEY)
+        with pytest.raises(openai.BadRequestError) as bad:
+            _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "1.5"}, TRUSTED_KEY)
+        with pytest.raises(openai.BadRequestError) as bad_tier:
+            _ask(proxy, "router-random-1", {"x-routegate-force-tier": "gold"}, TRUSTED_KEY)
+    assert (forced_tier["x-routegate-tier"], forced_tier["x-routegate-decision"]) == ("strong", "forced")
+    assert "x-routegate-score" not in forced_tier
+    assert (forced_weak["x-routegate-tier"], forced_weak["x-routegate-decision"]) == ("weak", "forced")
+    assert (forced_threshold["x-routegate-tier"], forced_threshold["x-routegate-decision"]) == ("strong", "forced")
+    assert forced_threshold["x-routegate-threshold"] == "0" and "x-routegate-score" in forced_threshold
+    assert (untrusted["x-routegate-tier"], untrusted["x-routegate-decision"]) == ("weak", "score")
+    assert bad.value.body["param"] == "x-routegate-force-threshold" and bad.value.body["code"] == "invalid_value"
+    assert bad_tier.value.body["param"] == "x-routegate-force-tier"
+    assert len(strong.received) == 2 and len(weak.received) == 2

@@ -1,0 +1,167 @@
+"""A real Prometheus scrapes a real routegate after a known mix of requests; every PromQL
+expression of the Grafana dashboard and of the alert rules runs against it.
+
+The mix: 30 requests routed with threshold 0 (strong), 70 with threshold 1 (weak; 10 of them
+streamed with usage), one request that names the strong model while the strong upstream fails
+twice (one retry, then a fallback to weak) and one unknown model (404).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import STRONG_MODEL, Proxy, proxy_env, running_proxy
+from tests.dashboard import alert_rules, panel_queries, substitute, variable_queries, without_threshold
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.prometheus_server import PrometheusServer, running_prometheus
+from tests.tools import require_tool
+
+STRONG_ROUTED, WEAK_ROUTED, WEAK_STREAMED = 30, 70, 10
+STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's prices
+WEAK_COST = (PROMPT_TOKENS * 0.5 + COMPLETION_TOKENS * 1.5) / 1e6
+ANSWERED = STRONG_ROUTED + WEAK_ROUTED + 1  # + the fallback
+REALISED = STRONG_ROUTED * STRONG_COST + (WEAK_ROUTED + 1) * WEAK_COST
+ALL_STRONG = ANSWERED * STRONG_COST
+DASHBOARD_VARIABLES = {"router": ".*", "model": ".*"}  # Grafana's "All"
+RATE_INTERVAL, TIME_RANGE = "5m", "15m"  # both cover the whole test
+
+
+@dataclass
+class Stack:
+    """routegate and the Prometheus scraping it, after the mix, and the time to evaluate at."""
+
+    proxy: Proxy
+    prometheus: PrometheusServer
+    at: float
+
+    def values(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        return [(item["metric"], float(item["value"][1])) for item in self.prometheus.query(expr, self.at)]
+
+
+def _send_mix(proxy: Proxy, strong: FakeUpstream) -> None:
+    client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "How far is the moon?"}]
+    for _ in range(STRONG_ROUTED):
+        assert client.chat.completions.with_raw_response.create(model="router-random-0.0", messages=messages).headers[
+            "x-routegate-tier"
+        ] == "strong"
+    for index in range(WEAK_ROUTED):
+        if index < WEAK_STREAMED:
+            chunks = client.chat.completions.create(
+                model="router-random-1.0", messages=messages, stream=True, stream_options={"include_usage": True}
+            )
+            assert any(chunk.usage for chunk in chunks)
+        else:
+            reply = client.chat.completions.with_raw_response.create(model="router-random-1.0", messages=messages)
+            assert reply.headers["x-routegate-tier"] == "weak"
+    strong.behaviour.fail_statuses = [500, 500]
+    fallback = client.chat.completions.with_raw_response.create(model=STRONG_MODEL, messages=messages)
+    assert fallback.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=messages)
+
+
+@pytest.fixture(scope="module")
+def stack(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus_binary = require_tool("prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    with running_proxy(proxy_env(strong, weak, retries="1"), workdir) as proxy:
+        target = proxy.url.removeprefix("http://")
+        with running_prometheus(prometheus_binary, [target], workdir) as prometheus:
+            prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
+            _send_mix(proxy, strong)
+
+            def scraped_everything() -> bool:
+                counted = prometheus.query('sum(routegate_requests_total{status="404"})')
+                if not counted or float(counted[0]["value"][1]) != 1:
+                    return False
+                # every series, the ones the mix created included, has a few samples for rate()
+                return all(
+                    float(prometheus.query(f"min(count_over_time({name}[5m]))")[0]["value"][1]) >= 3
+                    for name in prometheus.metric_names("routegate_")
+                )
+
+            prometheus.wait_until(scraped_everything, "Prometheus to scrape the mix")
+            # Evaluate at the last scrape itself: then increase() and rate() need no extrapolation.
+            last_scrape = float(prometheus.query('timestamp(up{job="routegate"})')[0]["value"][1])
+            yield Stack(proxy, prometheus, last_scrape)
+
+
+def _finite(values: list[tuple[dict[str, str], float]]) -> list[float]:
+    return [value for _, value in values if math.isfinite(value)]
+
+
+@pytest.mark.parametrize("query", panel_queries(), ids=lambda query: f"{query.panel}/{query.legend}")
+def test_every_dashboard_query_returns_data(stack: Stack, query: Any) -> None:
+    expr = substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE)
+    assert _finite(stack.values(expr)), f"no data for {expr}"
+
+
+def test_dashboard_variables_list_the_router_and_models(stack: Stack) -> None:
+    queries = variable_queries()
+    assert {labels["router"] for labels, _ in stack.values(queries["router"])} == {"random"}
+    assert {labels["model"] for labels, _ in stack.values(queries["model"])} == {"fake-strong", "fake-weak"}
+
+
+def _panel_value(stack: Stack, title: str, legend: str | None = None) -> float:
+    [query] = [query for query in panel_queries() if query.panel == title and legend in (None, query.legend)]
+    [(_, value)] = stack.values(substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE))
+    return value
+
+
+def test_dashboard_shows_the_known_split_and_cost(stack: Stack) -> None:
+    assert _panel_value(stack, "Strong-call fraction") == pytest.approx(0.3, rel=1e-9)
+    assert _panel_value(stack, "Strong-call fraction by router", "{{router}}") == pytest.approx(0.3, rel=1e-9)
+    assert _panel_value(stack, "Realised cost") == pytest.approx(REALISED, rel=1e-9)
+    assert _panel_value(stack, "All-strong cost") == pytest.approx(ALL_STRONG, rel=1e-9)
+    assert _panel_value(stack, "Savings") == pytest.approx(ALL_STRONG - REALISED, rel=1e-9)
+    assert _panel_value(stack, "Savings %") == pytest.approx(1 - REALISED / ALL_STRONG, rel=1e-9)
+    assert _panel_value(stack, "Cost ratio") == pytest.approx(REALISED / ALL_STRONG, rel=1e-9)
+    assert _panel_value(stack, "Cost ratio over time") == pytest.approx(REALISED / ALL_STRONG, rel=1e-9)
+
+
+def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> None:
+    rules = alert_rules()
+    assert stack.values(rules["routegate:strong_fraction_target"]["expr"]) == [({}, 0.3)]
+    expected = {
+        # |0.3 realised - 0.3 target|
+        "RoutegateStrongFractionDrift": {(("router", "random"),): 0.0},
+        # two failed attempts at strong, 30 answers from strong; no failures at weak
+        "RoutegateUpstreamErrorRate": {(("tier", "strong"),): 2 / (2 + STRONG_ROUTED), (("tier", "weak"),): 0.0},
+        # one fallback from strong (http_5xx) in 101 answers
+        "RoutegateFallbackRate": {(("from_tier", "strong"), ("reason", "http_5xx")): 1 / ANSWERED},
+    }
+    for name, rule in rules.items():
+        if "alert" not in rule:
+            continue
+        values = stack.values(without_threshold(rule["expr"]))
+        assert _finite(values), f"{name}: no data"
+        stack.values(rule["expr"])  # the whole expression is valid PromQL too
+        for labels, value in expected.get(name, {}).items():
+            matching = [found for metric, found in values if all(metric.get(key) == want for key, want in labels)]
+            assert matching == [pytest.approx(value, abs=1e-12)], (name, labels, values)
+    assert 0 < _finite(stack.values(without_threshold(rules["RoutegateRoutingLatencyHigh"]["expr"])))[0] < 60
+
+
+def test_error_rate_alert_goes_pending_and_the_others_stay_quiet(stack: Stack) -> None:
+    def pending() -> set[str]:
+        return {alert["labels"]["alertname"] for alert in stack.prometheus.alerts()}
+
+    stack.prometheus.wait_until(lambda: "RoutegateUpstreamErrorRate" in pending(), "the error-rate alert")
+    assert pending() == {"RoutegateUpstreamErrorRate"}  # 6.25% > 5%; fallbacks 1% < 2%; drift 0
+
+
+def test_metrics_pass_promtool_check_metrics(stack: Stack) -> None:
+    body = httpx.get(f"{stack.proxy.url}/metrics").text
+    assert "routegate_router_score_bucket" in body
+    result = subprocess.run([require_tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr

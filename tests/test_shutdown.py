@@ -1,0 +1,77 @@
+"""Graceful shutdown: on SIGTERM, requests in flight (streams included) finish, new ones get a 503
+``shutting_down`` error, and whatever outlives ROUTEGATE_SHUTDOWN_GRACE_SECONDS is cut."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import openai
+
+from tests.conftest import STRONG_MODEL, WEAK_MODEL, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+GRACE_SECONDS = 3
+
+
+def _stream_pieces(api: str) -> list[str]:
+    client = openai.OpenAI(base_url=api, api_key="unused", max_retries=0, timeout=30)
+    stream = client.chat.completions.create(model=STRONG_MODEL, messages=MESSAGES, stream=True)
+    return [choice.delta.content or "" for chunk in stream for choice in chunk.choices]
+
+
+def _plain_answer(api: str) -> str:
+    client = openai.OpenAI(base_url=api, api_key="unused", max_retries=0, timeout=30)
+    return client.chat.completions.create(model=WEAK_MODEL, messages=MESSAGES).choices[0].message.content
+
+
+def _hung_client(url: str) -> socket.socket:
+    """A client that sends headers announcing a body it never sends: in flight until cut."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+        b"content-length: 1000\r\n\r\n{"
+    )
+    return sock
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 8, 0.15  # a 1.2 s stream
+    weak.behaviour.delay = 1.0  # a 1 s plain answer
+    env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS))
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(2) as pool:
+        streamed = pool.submit(_stream_pieces, proxy.api)
+        answered = pool.submit(_plain_answer, proxy.api)
+        hung = _hung_client(proxy.url)
+        deadline = time.monotonic() + 10
+        while not (strong.chunk_sent_at and weak.received) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert strong.chunk_sent_at and weak.received, "both requests are in flight"
+
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the signal is handled on the server's next tick
+
+        refused = httpx.post(f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+        assert httpx.get(f"{proxy.url}/ready").json()["status"] == "draining"
+
+        assert streamed.result(timeout=10) == [f"strong-{index} " for index in range(8)]
+        assert answered.result(timeout=10) == "answer from weak"
+        assert proxy.process.wait(timeout=GRACE_SECONDS + 10) == 0
+        # The hung request held the process until the grace period ran out, and was then cut.
+        assert "Cancel 1 running task(s), timeout graceful shutdown exceeded" in proxy.log()
+        hung.settimeout(5)
+        cut = hung.recv(65536)
+        hung.close()
+        assert cut.startswith(b"HTTP/1.1 503 ")
+        assert b'"code": "shutting_down"' in cut

@@ -1,0 +1,105 @@
+"""Sticky conversations through a real routegate: once strong, follow-ups stay strong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from server.conversations import StickyStore, conversation_keys
+from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+ALWAYS_STRONG = "router-random-0"  # every score >= 0
+ALWAYS_WEAK = "router-random-1"  # the random router scores in [0, 1)
+
+
+@pytest.fixture(scope="module")
+def sticky_proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory):
+    with running_proxy(proxy_env(strong, weak, route_on="sticky"), tmp_path_factory.mktemp("sticky")) as proxy:
+        yield proxy
+
+
+def _ask(proxy: Proxy, model: str, messages: list[dict], conversation_id: str | None = None):
+    client = OpenAI(base_url=proxy.api, api_key="unused")
+    headers = {"x-routegate-conversation-id": conversation_id} if conversation_id else None
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, extra_headers=headers)
+    reply = raw.parse()
+    return raw.headers, reply
+
+
+def test_follow_up_of_a_strong_conversation_stays_strong_by_message_hash(sticky_proxy: Proxy, strong, weak) -> None:
+    first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Prove Fermat's little theorem."}]
+    headers, reply = _ask(sticky_proxy, ALWAYS_STRONG, first)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "score")
+
+    follow_up = [*first, {"role": "assistant", "content": reply.choices[0].message.content}, {"role": "user", "content": "Thanks!"}]
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, follow_up)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+    assert "x-routegate-score" not in headers
+
+    third = [*follow_up, {"role": "assistant", "content": "You're welcome."}, {"role": "user", "content": "One more?"}]
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, third)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+    assert [received.body["messages"][-1]["content"] for received in strong.received] == [
+        "Prove Fermat's little theorem.", "Thanks!", "One more?"
+    ]
+    assert weak.received == []
+
+
+def test_other_conversations_are_scored_as_usual(sticky_proxy: Proxy, strong, weak) -> None:
+    _ask(sticky_proxy, ALWAYS_STRONG, [{"role": "user", "content": "Hard question A"}])
+    other = [
+        {"role": "user", "content": "Hard question B"},
+        {"role": "assistant", "content": "answer from strong"},
+        {"role": "user", "content": "And then?"},
+    ]
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, other)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
+    assert len(weak.received) == 1
+
+
+def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, strong, weak) -> None:
+    headers, _ = _ask(sticky_proxy, ALWAYS_STRONG, [{"role": "user", "content": "first"}], conversation_id="conv-42")
+    assert headers["x-routegate-tier"] == "strong"
+    # the client sends only the new turn: the id, not the history, ties it to the conversation
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "second"}], conversation_id="conv-42")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "second"}], conversation_id="conv-43")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
+    assert "routegate_sticky_conversations" in sticky_proxy.metrics()
+
+
+def test_without_sticky_mode_follow_ups_are_rescored(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        first = [{"role": "user", "content": "Prove it."}]
+        _ask(proxy, ALWAYS_STRONG, first, conversation_id="c1")
+        follow_up = [*first, {"role": "assistant", "content": "answer from strong"}, {"role": "user", "content": "More."}]
+        headers, _ = _ask(proxy, ALWAYS_WEAK, follow_up, conversation_id="c1")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
+
+
+def test_store_forgets_after_ttl_and_keeps_at_most_max_size() -> None:
+    now = [0.0]
+    store = StickyStore(max_size=2, ttl=10.0, clock=lambda: now[0])
+    store.remember("a")
+    now[0] = 5.0
+    assert store.is_strong("a")  # a use refreshes it: now kept until 15
+    now[0] = 14.0
+    assert store.is_strong("a")
+    now[0] = 30.0
+    assert not store.is_strong("a") and len(store) == 0
+    for key in ("x", "y", "z"):
+        store.remember(key)
+    assert len(store) == 2 and not store.is_strong("x") and store.is_strong("z")
+
+
+def test_hash_keys_chain_turns_and_ignore_unrelated_fields() -> None:
+    first = [{"role": "user", "content": "hi"}]
+    keys = conversation_keys(first, None)
+    assert keys.previous is None
+    reply = {"role": "assistant", "content": "hello", "refusal": None}
+    follow_up = conversation_keys([{"role": "user", "content": [{"type": "text", "text": "hi"}]}, reply, {"role": "user", "content": "?"}], None)
+    assert follow_up.previous == keys.current
+    assert conversation_keys(first, "abc").previous == conversation_keys([], "abc").current == "id:abc"

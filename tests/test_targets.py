@@ -1,0 +1,103 @@
+"""Target-share routes: the controller, the calibration seed, the daily budget, and the route
+through a real routegate."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from openai import OpenAI
+
+from server.targets import DailyBudget, ShareController, Targets, read_calibration, seed_scores, utc_day_start
+from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+
+NOON = utc_day_start(1_800_000_000.0) + 43_200.0
+
+
+def _run(controller: ShareController, scores: list[float], share: float) -> tuple[list[bool], list[float]]:
+    decisions, thresholds = [], []
+    for score in scores:
+        threshold = controller.threshold(share)
+        controller.observe(score)
+        decisions.append(score >= threshold)
+        thresholds.append(threshold)
+        controller.record(decisions[-1], share)
+    return decisions, thresholds
+
+
+def test_controller_tracks_the_share_through_a_shift_in_scores() -> None:
+    rng = random.Random(7)
+    low = [rng.betavariate(2, 5) for _ in range(1000)]  # easy traffic: low scores
+    high = [rng.betavariate(5, 2) for _ in range(1000)]  # hard traffic: high scores
+    decisions, thresholds = _run(ShareController(window=300, feedback_horizon=100), low + high, 0.3)
+    assert abs(sum(decisions[500:1000]) / 500 - 0.3) <= 0.03
+    assert abs(sum(decisions[-500:]) / 500 - 0.3) <= 0.03
+    assert thresholds[-1] - thresholds[999] > 0.3  # the threshold followed the scores up
+
+
+def test_calibration_seeds_the_first_threshold(tmp_path: Path) -> None:
+    router_dir = tmp_path / "mf"
+    router_dir.mkdir()
+    table = {"0.0": 0.95, "0.1": 0.8, "0.3": 0.62, "0.5": 0.5, "0.9": 0.2, "1.0": 0.05}
+    (router_dir / "calibration.json").write_text(json.dumps({"router": "mf", "thresholds": table}))
+    assert read_calibration(router_dir / "calibration.json")[0.3] == 0.62
+    seeds = seed_scores(read_calibration(router_dir / "calibration.json"), 200)
+    assert len(seeds) == 200 and max(seeds) <= 0.95 and min(seeds) >= 0.05
+    seeded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path)
+    assert abs(seeded.decide("mf", 0.3, 0.5).threshold - 0.62) < 0.02
+    unseeded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path / "none")
+    assert unseeded.decide("mf", 0.3, 0.5).threshold == 0.7  # no calibration: 1 - share until scores arrive
+    for tenth in range(1, 10):
+        unseeded.decide("mf", 0.3, tenth / 10)
+    assert unseeded.decide("mf", 0.3, 0.5).threshold == 0.7  # then the 70% quantile of the scores seen
+
+
+def test_unusable_calibration_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "calibration.json").write_text('{"thresholds": [1, 2]}')
+    assert read_calibration(tmp_path / "calibration.json") == {}
+    assert read_calibration(tmp_path / "missing.json") == {}
+
+
+def test_budget_projects_the_rest_of_the_day_and_resets_at_midnight() -> None:
+    now = [NOON - 3600.0]
+    budget = DailyBudget(10.0, clock=lambda: now[0])
+    now[0] = NOON
+    for _ in range(3600):  # one routed request a second for the last hour
+        budget.count_request()
+    budget.record_cost("weak", 0.0001, 0.001)  # an average request costs 0.001 USD on the strong tier
+    # 43,200 s left x 1 request/s x 0.001 USD = 43.2 USD at share 1; 10 USD pays for 10 / 43.2
+    assert abs(budget.affordable_share() - 10 / 43.2) < 1e-3
+    budget.record_cost("strong", 10.5, 10.5)
+    assert budget.remaining_usd == -0.5 and budget.affordable_share() == 0.0
+    now[0] = NOON + 43_200.0 + 1.0  # the next UTC day
+    assert budget.remaining_usd == 10.0
+
+
+def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    strong_cost = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
+    budget = 5 * strong_cost
+    env = proxy_env(strong, weak, daily_budget_usd=str(budget), target_window="50")
+    with running_proxy(env, tmp_path) as proxy:
+        client = OpenAI(base_url=proxy.api, api_key="unused")
+        listed = [model.id for model in client.models.list()]
+        headers = [
+            client.chat.completions.with_raw_response.create(
+                model="router-random-50%", messages=[{"role": "user", "content": f"question {index}"}]
+            ).headers
+            for index in range(60)
+        ]
+        metrics = proxy.metrics()
+    assert "router-random-30%" in listed
+    assert all(h["x-routegate-target"] == "0.5" and h["x-routegate-decision"] == "score" for h in headers)
+    strong_calls = sum(h["x-routegate-tier"] == "strong" for h in headers)
+    assert 1 <= strong_calls == len(strong.received) <= 6  # the budget pays for 5; one may be under way
+    assert float(headers[-1]["x-routegate-effective-target"]) < 0.5
+    remaining = float(re.search(r"^routegate_budget_remaining_usd (\S+)$", metrics, re.M).group(1))
+    assert abs(remaining - (budget - strong_calls * strong_cost)) < 1e-9
+    assert 'routegate_target_share{router="random",target="0.5"} 0.5' in metrics
+    assert re.search(r'^routegate_target_threshold\{router="random",target="0.5"\} \S+$', metrics, re.M)
+    realised = float(re.search(r'^routegate_target_realised_share\{router="random",target="0.5"\} (\S+)$', metrics, re.M).group(1))
+    assert realised == sum(h["x-routegate-tier"] == "strong" for h in headers[-50:]) / 50  # window: last 50

