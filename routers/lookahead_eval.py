@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from routers.data import Record, load_records
@@ -39,10 +40,10 @@ class DevSet:
     best_fixed: str  # the model with the best mean train score
 
 
-def load_dev_set(path: str) -> DevSet | None:
-    """The dev split of ``path`` (None when it has none)."""
+def load_dev_set(path: str, limit: int | None = None) -> DevSet | None:
+    """The dev split of ``path`` (its first ``limit`` records if given; None when it has none)."""
     train = load_records([path], split="train")
-    dev = load_records([path], split="dev")
+    dev = load_records([path], split="dev")[:limit]
     if not dev:
         return None
     models = sorted(dev[0]["scores"])
@@ -160,8 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="record files; their dev split is evaluated")
     parser.add_argument("--png", type=Path, default=Path("docs/lookahead_ablation.png"))
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--limit", type=int, help="only the first N dev prompts per file (a smoke run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    dev_sets = [dev for dev in (load_dev_set(path) for path in args.data) if dev is not None]
+    torch.set_num_threads(args.threads)
+    dev_sets = [dev for dev in (load_dev_set(path, args.limit) for path in args.data) if dev is not None]
     columns: dict[str, dict[str, dict[str, float]]] = {}
     for spec in args.checkpoint:
         label, _, directory = spec.partition("=")
