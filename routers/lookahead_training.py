@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import random
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +178,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def options_line(args: argparse.Namespace) -> str:
+    """Every option of ``args`` spelled out, so the stored command reproduces the run."""
+    parts = ["--data", *(shlex.quote(str(path)) for path in args.data), "--out", shlex.quote(str(args.out))]
+    for name in ("steps", "batch_size", "block_size", "prompt_tokens", "trainable_layers", "reconstruction_weight", "seed", "threads"):
+        parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    if args.no_reconstruction:
+        parts.append("--no-reconstruction")
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> Path:
     """Train and write a checkpoint to ``args.out``."""
     started = time.monotonic()
@@ -199,10 +208,11 @@ def run(args: argparse.Namespace) -> Path:
     if longest > bert.config.max_position_embeddings:
         raise SystemExit(f"inputs of {longest} tokens exceed the backbone's {bert.config.max_position_embeddings}")
     items = prepare_items(records, names, tokenizer, layout)
+    torch.manual_seed(args.seed)  # the new embeddings and heads start from the seed too
     net = new_net(config, bert)
     losses = train(net, items, layout, steps=args.steps, batch_size=args.batch_size, reconstruction=config.reconstruction, seed=args.seed, reconstruction_weight=args.reconstruction_weight)
     config.training = {
-        "command": "python -m routers.lookahead_training " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]),
+        "command": "routegate train lookahead " + options_line(args),
         "data": [Path(path).name for path in args.data],
         "train_prompts": len(items),
         "steps": args.steps,
