@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.data import Record, load_records
+from routers.data import load_records
 from routers.evaluation import PairQuality, apgr
 
 

@@ -127,6 +127,7 @@ def new_net(config: LookaheadConfig, bert: BertModel | None = None) -> Lookahead
 
 
 def layout_for(config: LookaheadConfig, bert_config: BertConfig, cls_id: int = 101, sep_id: int = 102) -> InputLayout:
+    """The input layout of ``config`` on a backbone: reserved ids start after its vocabulary."""
     return InputLayout(cls_id, sep_id, bert_config.vocab_size, config.block_size, config.prompt_tokens)
 
 
