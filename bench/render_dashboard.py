@@ -1,8 +1,8 @@
 """Render the Grafana dashboard's panels as a PNG from real Prometheus data.
 
 Starts two fake upstreams, a real ``routegate serve`` and a real Prometheus (the Debian
-``prometheus`` binary) scraping it every second, sends a traffic mix in three phases (the
-threshold changes between them; the strong upstream fails for a while in the last one), then
+``prometheus`` binary) scraping it every second, sends a traffic mix in three phases (threshold
+0.7, a 50% target route, threshold 0.8 while the strong upstream fails for a while), then
 runs every query of config/grafana/dashboards/routegate.json against Prometheus and plots them
 in the dashboard's layout with matplotlib (no Grafana runs here).
 
@@ -35,7 +35,7 @@ from tests.dashboard import dashboard, substitute  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 from tests.prometheus_server import PrometheusServer, running_prometheus  # noqa: E402
 
-PHASES = (("router-random-0.7", False), ("router-random-0.5", False), ("router-random-0.8", True))  # model, strong fails
+PHASES = (("router-random-0.7", False), ("router-random-50%", False), ("router-random-0.8", True))  # model, strong fails
 VARIABLES = {"router": ".*", "model": ".*"}
 RATE_INTERVAL = "10s"
 STEP = 2.0

@@ -20,7 +20,7 @@ from server.errors import APIError
 from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import DEFAULT_ALIAS, ModelNames
-from server.openapi import CHAT_COMPLETION_OPENAPI
+from server.openapi import chat_completion_openapi
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
@@ -105,6 +105,7 @@ def _check_client_key(request: Request, settings: Settings) -> None:
     for key in settings.api_keys:  # every key compared, in constant time, whatever matches
         matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
     if scheme.lower() != "bearer" or not matched:
+        log.debug("client key refused (%s)", "wrong key" if scheme.lower() == "bearer" else "not 'Bearer <key>'")
         raise APIError(
             401,
             "Incorrect API key provided. Send your routegate key as 'Authorization: Bearer <key>'.",
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        log.debug("settings: %s", settings.model_dump())  # SecretStr fields print as '**********'
         await gateway.start()
         yield
         await gateway.aclose()
@@ -127,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gateway
 
-    @app.post("/v1/chat/completions", openapi_extra=CHAT_COMPLETION_OPENAPI, tags=["chat"])
+    @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])
     async def chat_completions(request: Request) -> Response:
         """Route a chat completion to the strong or weak upstream and relay its answer."""
         _check_client_key(request, settings)

@@ -3,6 +3,7 @@ the text a router scores."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -49,18 +50,25 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when
+    it has not all arrived within ``timeout`` seconds (a client that stalls mid-upload)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(
+            408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout"
+        ) from None
     return b"".join(chunks)
 
 
@@ -91,13 +99,22 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         value = payload.get(name)
         if value is None:
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not _has_type(value, types):
             raise bad_request(f"Invalid type for '{name}': expected {type_name}.", param=name, code="invalid_type")
         low, high = RANGES.get(name, (None, None))
         if low is not None and not low <= value <= high:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
     _check_tools(payload.get("tools"))
     return payload
+
+
+def _has_type(value: object, types: tuple[type, ...]) -> bool:
+    """JSON Schema's typing: a bool is no number, and an integral number such as 2.0 is an integer."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, float) and int in types and value.is_integer():
+        return True
+    return isinstance(value, types)
 
 
 def _refuse_constant(name: str) -> float:

@@ -59,7 +59,7 @@ _REQUEST = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
-        "model": {"type": "string", "minLength": 1, "description": "router-<router>-<threshold>, an alias, or an upstream model"},
+        "model": {"type": "string", "minLength": 1},
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
         **{name: _field_schema(name) for name in FIELD_TYPES},
         "tools": {"type": "array", "items": {"type": "object"}},
@@ -78,26 +78,36 @@ _DECISION_HEADERS = {
     }.items()
 }
 
-CHAT_COMPLETION_OPENAPI = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST}}},
-    "responses": {
-        "200": {
-            "description": "The upstream's answer, as it sent it (JSON, or server-sent events when stream is true).",
-            "headers": _DECISION_HEADERS,
-            "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}},
+
+def chat_completion_openapi(models: list[str]) -> dict[str, object]:
+    """The operation's OpenAPI description for a gateway that serves ``models`` (other names get 404)."""
+    model = {
+        "anyOf": [{"type": "string", "enum": models}, {"type": "string", "minLength": 1}],
+        "description": "router-<router>-<threshold>, an alias, or an upstream model",
+    }
+    request = {**_REQUEST, "properties": {**_REQUEST["properties"], "model": model}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+        "responses": {
+            "200": {
+                "description": "The upstream's answer, as it sent it (JSON, or server-sent events when stream is true).",
+                "headers": _DECISION_HEADERS,
+                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **{
+                status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+                for status, description in {
+                    "400": "invalid request",
+                    "401": "missing or wrong client key",
+                    "404": "unknown model",
+                    "408": "request body not received in time",
+                    "413": "body too large",
+                    "431": "request headers too large",
+                    "429": "upstream rate limit, or routegate at its concurrency limit (Retry-After)",
+                    "502": "upstream failed",
+                    "503": "not ready, or shutting down",
+                    "504": "upstream timed out",
+                }.items()
+            },
         },
-        **{
-            status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}
-            for status, description in {
-                "400": "invalid request",
-                "401": "missing or wrong client key",
-                "404": "unknown model",
-                "413": "body too large",
-                "429": "upstream rate limit, or routegate at its concurrency limit (Retry-After)",
-                "502": "upstream failed",
-                "503": "not ready, or shutting down",
-                "504": "upstream timed out",
-            }.items()
-        },
-    },
-}
+    }

@@ -105,7 +105,7 @@ class ChatProxy:
         metrics.IN_FLIGHT.inc()
         admitted = handed_to_stream = False
         try:
-            body = await read_body(request, self.settings.max_body_bytes)
+            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
             payload = parse_chat_request(body)
             decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id, request)
             await self.admission.acquire()
@@ -224,6 +224,7 @@ class ChatProxy:
             upstream = self.upstreams[tier]
             attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)
             body = self._body_for(payload, upstream)
+            log.debug("request_id=%s forwarding %d bytes to the %s upstream at %s", request_id, len(body), tier, upstream.base_url)
             sent_at = time.monotonic()
             try:
                 if stream:
@@ -315,7 +316,7 @@ class ChatProxy:
             self.admission.release()
 
         media_type = start.response.headers.get("content-type", "text/event-stream")
-        return RelayResponse(relayed, headers, on_close, media_type=media_type)
+        return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)
 
     def _record_usage(self, upstream: Upstream, usage: object) -> None:
         """Meter an answer's tokens and cost; charge the daily budget."""
@@ -360,3 +361,11 @@ class ChatProxy:
             status,
             (time.monotonic() - started) * 1000,
         )
+
+
+def _shutdown_event() -> bytes | None:
+    """The final SSE event of a stream cut because the shutdown grace period ran out."""
+    if not DRAIN.draining:
+        return None
+    message = "routegate shut down before this stream finished."
+    return APIError(503, message, type="server_error", code="shutting_down").to_sse()

@@ -43,7 +43,10 @@ class StreamWatcher:
 
 class RelayResponse(Response):
     """Streams ``chunks`` to the client; stops reading upstream as soon as the client leaves,
-    and always calls ``on_close(completed)`` once, shielded from cancellation."""
+    and always calls ``on_close(completed)`` once, shielded from cancellation.
+
+    When the serving task itself is cancelled (a shutdown whose grace period ran out) and
+    ``on_cancel`` returns a final event, that event ends the stream instead of a bare close."""
 
     def __init__(
         self,
@@ -51,16 +54,18 @@ class RelayResponse(Response):
         headers: dict[str, str],
         on_close: Callable[[bool], Awaitable[None]],
         media_type: str = "text/event-stream",
+        on_cancel: Callable[[], bytes | None] | None = None,
     ) -> None:
         self.chunks = chunks
         self.on_close = on_close
+        self.on_cancel = on_cancel
         self.status_code = 200
         self.media_type = media_type
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        completed = False
+        completed = started = False
         try:
             async with anyio.create_task_group() as group:
 
@@ -72,6 +77,7 @@ class RelayResponse(Response):
                 group.start_soon(watch_disconnect)
                 try:
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                    started = True
                     async for chunk in self.chunks:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -80,6 +86,15 @@ class RelayResponse(Response):
                     pass
                 finally:
                     group.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            final = self.on_cancel() if started and self.on_cancel is not None else None
+            if final is None:
+                raise
+            with anyio.CancelScope(shield=True):
+                try:
+                    await send({"type": "http.response.body", "body": final, "more_body": False})
+                except OSError:
+                    pass
         finally:
             with anyio.CancelScope(shield=True):
                 await self.on_close(completed)

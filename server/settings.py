@@ -107,6 +107,7 @@ class Settings(BaseSettings):
     fallback: bool = True
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
+    body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
     max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")

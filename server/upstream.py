@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from server import metrics
 from server.settings import Settings, UpstreamSettings
 from server.transport import AiohttpTransport
 
+log = logging.getLogger("routegate.upstream")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 NOT_RETRIED = frozenset({"too_large"})  # failures a second try would only repeat
 REDACTED = b"[redacted]"
@@ -91,6 +93,7 @@ class Upstream:
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
         self.max_response_bytes = settings.max_response_bytes
+        self.base_url = upstream.base_url
         self._url = httpx.URL(f"{upstream.base_url}/chat/completions")  # parsed once, not per request
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
         self._headers = httpx.Headers(
@@ -197,11 +200,14 @@ class Attempts:
                         chunks.append(chunk)
                 finally:
                     await response.aclose()
-        except (httpx.TimeoutException, TimeoutError):
+        except (httpx.TimeoutException, TimeoutError) as error:
+            log.debug("%s upstream timed out: %r", upstream.tier, error)
             return "timeout", True, None, None
-        except httpx.ConnectError:
+        except httpx.ConnectError as error:
+            log.debug("%s upstream connect failed: %r", upstream.tier, error)
             return "connect", False, None, None
-        except httpx.HTTPError:
+        except httpx.HTTPError as error:
+            log.debug("%s upstream protocol error: %r", upstream.tier, error)
             return "protocol", False, None, None
         completed = CompletedResponse(response.status_code, b"".join(chunks), response.headers)
         result = (completed, ttfb if ttfb is not None else time.monotonic() - started)
@@ -258,13 +264,16 @@ class Attempts:
                         await response.aclose()
                         return "stream_cut", False, None, None
                     first = next_chunk
-        except (httpx.TimeoutException, TimeoutError):
+        except (httpx.TimeoutException, TimeoutError) as error:
+            log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
             return "timeout", True, None, None
-        except httpx.ConnectError:
+        except httpx.ConnectError as error:
+            log.debug("%s upstream connect failed: %r", upstream.tier, error)
             return "connect", False, None, None
-        except httpx.HTTPError:
+        except httpx.HTTPError as error:
+            log.debug("%s upstream protocol error: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
             return "protocol", False, None, None

@@ -2,7 +2,7 @@
 
 It records what it receives and answers with a fixed completion and usage, plain or streamed;
 ``behaviour`` makes it misbehave on purpose (error statuses, HTML pages, malformed JSON, slow or
-cut streams, huge answers). ``Blackhole`` and ``closed_port`` stand in for upstreams that cannot
+cut streams, huge answers). ``Blackhole`` and ``closed_port_url`` stand in for upstreams that cannot
 be reached at all. Everything listens on 127.0.0.1 only.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,9 +51,18 @@ class Behaviour:
     fail_content_type: str = "application/json"
     echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
     malformed_json: bool = False  # 200 with a truncated JSON body
-    cut_after: int | None = None  # streams stop after this many content chunks ...
-    cut_mode: str = "abort"  # ... by dropping the connection ("abort"), ending the body ("end") or sending [DONE] ("done")
+    cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
+    cut_mode: str = "abort"  # connection ("abort"), ending the body ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
+    fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
+
+
+# Faults drawn at random with ``fault_rate``: plain requests get one of the first three, streams
+# one of 503, 429, a cut before the first byte or (the only unrecoverable one) a cut mid-way.
+RANDOM_FAULTS = {
+    False: ("http_503", "http_429", "malformed_json"),
+    True: ("http_503", "http_429", "cut_before_first_byte", "cut_midway"),
+}
 
 
 class StreamAborted(Exception):
@@ -68,7 +79,7 @@ class Blackhole:
         self._listener.listen(0)
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._fillers = []
+        self._fillers: list[socket.socket] = []
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
@@ -101,7 +112,8 @@ class FakeUpstream:
         self.behaviour = Behaviour()
         self.chunk_sent_at: list[float] = []
         self.streams_finished = 0
-        self.streams_disconnected = 0
+        self.streams_disconnected = 0  # streams that ended before their last chunk (client gone, or cut)
+        self.faults_injected: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
         self.port = free_port()
@@ -128,6 +140,7 @@ class FakeUpstream:
         self.received.clear()
         self.chunk_sent_at.clear()
         self.streams_finished = self.streams_disconnected = 0
+        self.faults_injected.clear()
         self.max_in_flight = self.in_flight
         self.behaviour = Behaviour()
 
@@ -166,16 +179,24 @@ class FakeUpstream:
         behaviour = self.behaviour
         if behaviour.fail_statuses:
             return self._failure(behaviour.fail_statuses.pop(0), request.headers.get("authorization", ""))
+        stream = body.get("stream") is True
+        fault = self._draw_fault(stream)
+        if fault in ("http_503", "http_429"):
+            error = {"error": {"message": f"{self.name} injected {fault}", "type": "server_error", "param": None, "code": None}}
+            return JSONResponse(error, status_code=int(fault[-3:]), headers={"retry-after": "0"})
+        if fault in ("cut_before_first_byte", "cut_midway"):
+            cut_after = 0 if fault == "cut_before_first_byte" else 1
+            return StreamingResponse(self._stream(body["model"], False, cut_after), media_type="text/event-stream")
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
-        if behaviour.malformed_json:
+        if behaviour.malformed_json or fault == "malformed_json":
             return Response(b'{"id": "chatcmpl-broken", "choices": [{"mess', media_type="application/json")
         if body.get("tools") and body.get("tool_choice") != "none":
             try:
                 return JSONResponse(self._tool_call(body))
             except (KeyError, IndexError, TypeError):
                 return self._invalid("Invalid 'tools': each tool needs a function with a name.")
-        if body.get("stream"):
+        if stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return StreamingResponse(self._stream(body["model"], include_usage), media_type="text/event-stream")
@@ -183,6 +204,13 @@ class FakeUpstream:
         if behaviour.huge_bytes:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
         return JSONResponse(answer)
+
+    def _draw_fault(self, stream: bool) -> str | None:
+        if not self.behaviour.fault_rate or random.random() >= self.behaviour.fault_rate:
+            return None
+        fault = random.choice(RANDOM_FAULTS[stream])
+        self.faults_injected[fault] += 1
+        return fault
 
     def _failure(self, status: int, authorization: str) -> Response:
         behaviour = self.behaviour
@@ -211,10 +239,10 @@ class FakeUpstream:
         answer["choices"][0]["finish_reason"] = "tool_calls"
         return answer
 
-    async def _stream(self, model: str, include_usage: bool):
+    async def _stream(self, model: str, include_usage: bool, cut_after: int | None = None):
         finished = False
         try:
-            async for event in self._events(model, include_usage):
+            async for event in self._events(model, include_usage, cut_after):
                 yield event
             finished = True
         finally:
@@ -223,13 +251,15 @@ class FakeUpstream:
             else:
                 self.streams_disconnected += 1
 
-    async def _events(self, model: str, include_usage: bool):
+    async def _events(self, model: str, include_usage: bool, cut_after: int | None):
         behaviour = self.behaviour
+        cut_mode = "abort" if cut_after is not None else behaviour.cut_mode
+        cut_after = behaviour.cut_after if cut_after is None else cut_after
         for index in range(behaviour.chunks):
-            if index == behaviour.cut_after:
-                if behaviour.cut_mode == "abort":
+            if index == cut_after:
+                if cut_mode == "abort":
                     raise StreamAborted(f"{self.name} drops the stream after {index} chunks")
-                if behaviour.cut_mode == "done":
+                if cut_mode == "done":
                     yield b"data: [DONE]\n\n"
                 return
             chunk = {

@@ -94,7 +94,7 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _run(promtool, "check", "rules", str(ALERTS))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 5 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
 
 
 def test_bind_mounts_and_build_context_exist(compose: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ import httpx
 
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import MetricDelta, metric_value
+from tests.metric_values import MetricDelta
+from tests.metrics_text import metric_sum
 
 REQUEST = {"model": "router-random-0", "messages": [{"role": "user", "content": "Talk for a long time."}], "stream": True}
 DISCONNECTS = 1000
@@ -35,7 +36,7 @@ def long_stream(upstream: FakeUpstream) -> None:
 def gauges(proxy: Proxy) -> dict[str, float]:
     text = proxy.metrics()
     return {
-        name: metric_value(text, name)
+        name: metric_sum(text, name)
         for name in (
             "routegate_upstream_responses_open",
             "routegate_requests_in_flight",

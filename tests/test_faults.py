@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.conftest import WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
 from tests.metric_values import MetricDelta
 
@@ -24,7 +24,7 @@ MESSAGES = [{"role": "user", "content": "Say something."}]
 MAX_RESPONSE_BYTES = 1024 * 1024
 FAULT_SETTINGS = {
     "retries": "1",
-    "read_timeout": "0.5",
+    "read_timeout": "1",
     "connect_timeout": "0.5",
     "total_timeout": "5",
     "max_response_bytes": str(MAX_RESPONSE_BYTES),
@@ -148,18 +148,22 @@ def test_429_on_both_tiers_is_relayed_with_retry_after(
     for upstream in (strong, weak):
         upstream.behaviour.fail_statuses = [429] * 10
         upstream.behaviour.retry_after = "30"
+    delta = MetricDelta(fault_proxy.metrics)
     with pytest.raises(openai.RateLimitError) as raised:
         chat(fault_proxy)
+    delta.after()
     assert raised.value.response.headers["retry-after"] == "30"
     assert error_of(raised)["message"] == "weak failed"
     assert len(strong.received) == 1 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", reason="http_429") == 2
+    assert delta("routegate_requests_total", tier="weak", status="429") == 1
 
 
 # --- transport faults -------------------------------------------------------------------------
 
 
 def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
-    strong.behaviour.delay = 2.0  # ROUTEGATE_READ_TIMEOUT=0.5
+    strong.behaviour.delay = 3.0  # ROUTEGATE_READ_TIMEOUT=1
     delta = MetricDelta(fault_proxy.metrics)
     raw = chat(fault_proxy)
     delta.after()
@@ -170,7 +174,7 @@ def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak:
 
 
 def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
-    strong.behaviour.delay = weak.behaviour.delay = 2.0
+    strong.behaviour.delay = weak.behaviour.delay = 3.0
     delta = MetricDelta(fault_proxy.metrics)
     with pytest.raises(openai.APIStatusError) as raised:
         chat(fault_proxy)
@@ -202,10 +206,14 @@ def test_connection_refused_falls_back(refused_proxy: Proxy, weak: FakeUpstream)
 
 def test_connection_refused_without_a_healthy_tier_is_a_502(refused_proxy: Proxy, weak: FakeUpstream) -> None:
     weak.behaviour.fail_statuses = [503] * 10
+    delta = MetricDelta(refused_proxy.metrics)
     with pytest.raises(openai.InternalServerError) as raised:
         client(refused_proxy).chat.completions.create(model=WEAK_MODEL, messages=MESSAGES)
+    delta.after()
     assert raised.value.status_code == 502
     assert error_of(raised)["message"] == "The strong upstream failed (connect)."
+    assert delta("routegate_fallbacks_total", from_tier="weak", to_tier="strong", reason="http_5xx") == 1
+    assert delta("routegate_requests_total", tier="strong", status="502") == 1
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +240,14 @@ def test_connect_timeout_falls_back(blackhole_proxy: Proxy, weak: FakeUpstream) 
 
 def test_connect_timeout_without_a_healthy_tier_is_a_504(blackhole_proxy: Proxy, weak: FakeUpstream) -> None:
     weak.behaviour.fail_statuses = [503] * 10
+    delta = MetricDelta(blackhole_proxy.metrics)
     with pytest.raises(openai.APIStatusError) as raised:
         client(blackhole_proxy).chat.completions.create(model=WEAK_MODEL, messages=MESSAGES)
+    delta.after()
     assert raised.value.status_code == 504
     assert error_of(raised)["code"] == "upstream_timeout"
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
+    assert delta("routegate_requests_total", tier="strong", status="504") == 1
 
 
 # --- bodies that are not what they should be -------------------------------------------------------
@@ -253,35 +265,50 @@ def test_malformed_json_falls_back(fault_proxy: Proxy, strong: FakeUpstream, wea
 
 def test_malformed_json_on_both_tiers_is_a_502(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.malformed_json = weak.behaviour.malformed_json = True
+    delta = MetricDelta(fault_proxy.metrics)
     with pytest.raises(openai.InternalServerError) as raised:
         chat(fault_proxy)
+    delta.after()
     assert raised.value.status_code == 502
     assert error_of(raised)["message"] == "The weak upstream failed (invalid_response)."
+    assert delta("routegate_upstream_errors_total", reason="invalid_response") == 4
+    assert delta("routegate_requests_total", tier="weak", status="502") == 1
 
 
 def test_html_error_page_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.fail_statuses = [502] * 10
     strong.behaviour.fail_body, strong.behaviour.fail_content_type = HTML_PAGE, "text/html"
+    delta = MetricDelta(fault_proxy.metrics)
     raw = chat(fault_proxy)
+    delta.after()
     assert raw.headers["x-routegate-fallback"] == "strong->weak:http_5xx"
     assert raw.parse().choices[0].message.content == "answer from weak"
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="http_5xx") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="http_5xx") == 1
 
 
 def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     for upstream in (strong, weak):
         upstream.behaviour.fail_statuses = [403] * 10  # a 4xx is relayed, not retried ...
         upstream.behaviour.fail_body, upstream.behaviour.fail_content_type = HTML_PAGE, "text/html"
+    delta = MetricDelta(fault_proxy.metrics)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         chat(fault_proxy)
+    delta.after()
     assert raised.value.response.headers["content-type"] == "application/json"  # ... but as JSON
     assert error_of(raised)["message"] == "The strong upstream answered 403 without a JSON error body."
     assert len(strong.received) == 1 and not weak.received
+    assert delta("routegate_requests_total", tier="strong", status="403") == 1
+    assert delta("routegate_upstream_errors_total") == 0
 
 
 def test_huge_response_under_the_limit_is_relayed_whole(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.huge_bytes = MAX_RESPONSE_BYTES // 2
+    delta = MetricDelta(fault_proxy.metrics)
     completion = client(fault_proxy).chat.completions.create(model=ROUTED_STRONG, messages=MESSAGES)
+    delta.after()
     assert completion.choices[0].message.content == "x" * (MAX_RESPONSE_BYTES // 2)
+    assert delta("routegate_upstream_errors_total") == 0
 
 
 def test_huge_response_over_the_limit_is_refused_without_retry(
@@ -303,19 +330,19 @@ def test_huge_response_over_the_limit_is_refused_without_retry(
 
 
 def test_slow_trickling_stream_is_relayed_to_the_end(fault_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.chunks, strong.behaviour.chunk_delay = 4, 0.3  # 1.2 s in all, each gap under the 0.5 s read timeout
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 6, 0.2  # 1.2 s in all, each gap well under the 1 s read timeout
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()
     assert error is None
-    assert pieces == [f"strong-{index} " for index in range(4)]
+    assert pieces == [f"strong-{index} " for index in range(6)]
     assert delta("routegate_upstream_errors_total") == 0
 
 
 def test_stream_stalling_past_the_read_timeout_ends_with_an_error_event(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
 ) -> None:
-    strong.behaviour.chunks, strong.behaviour.chunk_delay = 3, 1.0
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 3, 2.5
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()
@@ -343,6 +370,7 @@ def test_stream_cut_midway_without_done_ends_with_an_error_event(
 
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "done"
+    delta = MetricDelta(fault_proxy.metrics)
     raw = httpx.post(
         f"{fault_proxy.api}/chat/completions",
         json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True},
@@ -351,6 +379,7 @@ def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, stro
     events = [line for line in raw.text.split("\n\n") if line]
     assert len(events) == 3 and events[-1] == "data: [DONE]"
     assert all("error" not in json.loads(event[6:]) for event in events[:-1])
+    assert delta.after()("routegate_upstream_errors_total") == 0  # nothing a proxy could tell from a short answer
 
 
 def test_stream_cut_before_the_first_byte_falls_back(

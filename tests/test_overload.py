@@ -1,9 +1,11 @@
 """Overload: at most ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream requests at once; the rest wait in
-a bounded queue for a bounded time, then get a 429 with Retry-After."""
+a bounded queue for a bounded time, then get a 429 with Retry-After. Clients that stall mid-upload
+are answered 408 after ROUTEGATE_BODY_TIMEOUT instead of holding their connection for ever."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -14,10 +16,11 @@ import pytest
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import MetricDelta, metric_value
+from tests.metric_values import MetricDelta
+from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
-OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "0.5"}
+OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "1", "body_timeout": "0.5"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ async def _concurrent_chats(proxy: Proxy, count: int) -> list[object]:
 
 
 def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.delay = 1.5  # both slots stay busy well past the 0.5 s queue wait
+    strong.behaviour.delay = 3.0  # both slots stay busy well past the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
     results = asyncio.run(_concurrent_chats(small_proxy, 6))
     delta.after()
@@ -46,12 +49,12 @@ def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong:
         assert error.body["code"] == "overloaded" and error.body["type"] == "requests"
     assert len(strong.received) == 2 and strong.max_in_flight == 2
     assert delta("routegate_requests_rejected_total", reason="queue_full") == 2  # the queue holds two ...
-    assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 0.5 s in vain
+    assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 1 s in vain
     assert delta("routegate_requests_total", status="429") == 4
 
 
 def test_a_short_wait_in_the_queue_is_served(small_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.delay = 0.1  # a slot frees up well inside the 0.5 s queue wait
+    strong.behaviour.delay = 0.1  # a slot frees up well inside the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
     results = asyncio.run(_concurrent_chats(small_proxy, 3))
     delta.after()
@@ -69,12 +72,31 @@ def test_open_streams_hold_their_slots_until_they_end(small_proxy: Proxy, strong
             response = open_streams.enter_context(streams.stream("POST", "/chat/completions", json=request))
             readers.append(response.iter_raw())
             assert next(readers[-1]).startswith(b"data: ")
-        assert metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") == 2
+        assert metric_sum(small_proxy.metrics(), "routegate_upstream_requests_active") == 2
         refused = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
     # The clients left: their streams end and give their slots back.
     deadline = time.monotonic() + 5
-    while metric_value(small_proxy.metrics(), "routegate_upstream_requests_active") and time.monotonic() < deadline:
+    while metric_sum(small_proxy.metrics(), "routegate_upstream_requests_active") and time.monotonic() < deadline:
         time.sleep(0.05)
     answered = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
     assert answered.status_code == 200
+
+
+def test_a_client_stalling_mid_body_gets_408(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n{\"model\": "
+        )
+        answer = b""
+        while b"}}" not in answer:  # the whole error body, ROUTEGATE_BODY_TIMEOUT=0.5 later
+            received = stalled.recv(65536)
+            if not received:
+                break
+            answer += received
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"code": "request_timeout"' in answer
+    assert not strong.received
+    assert metric_sum(small_proxy.metrics(), "routegate_requests_in_flight") == 0

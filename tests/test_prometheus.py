@@ -1,9 +1,11 @@
 """A real Prometheus scrapes a real routegate after a known mix of requests; every PromQL
 expression of the Grafana dashboard and of the alert rules runs against it.
 
-The mix: 30 requests routed with threshold 0 (strong), 70 with threshold 1 (weak; 10 of them
-streamed with usage), one request that names the strong model while the strong upstream fails
-twice (one retry, then a fallback to weak) and one unknown model (404).
+The known mix: 30 requests routed with threshold 0 (strong), 70 with threshold 1 (weak; 10 of
+them streamed with usage), one request that names the strong model while the strong upstream
+fails twice (one retry, then a fallback to weak) and one unknown model (404). The exact values
+are read at the last scrape after it. Then 10 requests to a target route (``router-random-30%``)
+feed the target-route panel and alert, which are read at the last scrape after those.
 """
 
 from __future__ import annotations
@@ -33,18 +35,23 @@ REALISED = STRONG_ROUTED * STRONG_COST + (WEAK_ROUTED + 1) * WEAK_COST
 ALL_STRONG = ANSWERED * STRONG_COST
 DASHBOARD_VARIABLES = {"router": ".*", "model": ".*"}  # Grafana's "All"
 RATE_INTERVAL, TIME_RANGE = "5m", "15m"  # both cover the whole test
+TARGET_ROUTE, TARGET_REQUESTS = "router-random-30%", 10
 
 
 @dataclass
 class Stack:
-    """routegate and the Prometheus scraping it, after the mix, and the time to evaluate at."""
+    """routegate and the Prometheus scraping it; the last scrape after the known mix (``at``) and
+    after the target-route requests (``later``); the alerts pending after the known mix."""
 
     proxy: Proxy
     prometheus: PrometheusServer
     at: float
+    later: float
+    pending_after_mix: set[str]
 
-    def values(self, expr: str) -> list[tuple[dict[str, str], float]]:
-        return [(item["metric"], float(item["value"][1])) for item in self.prometheus.query(expr, self.at)]
+    def values(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        found = self.prometheus.query(expr, self.at if at is None else at)
+        return [(item["metric"], float(item["value"][1])) for item in found]
 
 
 def _send_mix(proxy: Proxy, strong: FakeUpstream) -> None:
@@ -80,20 +87,40 @@ def stack(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.Tem
             prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
             _send_mix(proxy, strong)
 
-            def scraped_everything() -> bool:
-                counted = prometheus.query('sum(routegate_requests_total{status="404"})')
-                if not counted or float(counted[0]["value"][1]) != 1:
-                    return False
-                # every series, the ones the mix created included, has a few samples for rate()
-                return all(
-                    float(prometheus.query(f"min(count_over_time({name}[5m]))")[0]["value"][1]) >= 3
-                    for name in prometheus.metric_names("routegate_")
-                )
+            _wait_for_scrapes(prometheus, 'sum(routegate_requests_total{status="404"})', 1)
+            at = _last_scrape(prometheus)
+            prometheus.wait_until(lambda: "RoutegateUpstreamErrorRate" in _pending(prometheus), "the error-rate alert")
+            pending_after_mix = _pending(prometheus)
 
-            prometheus.wait_until(scraped_everything, "Prometheus to scrape the mix")
-            # Evaluate at the last scrape itself: then increase() and rate() need no extrapolation.
-            last_scrape = float(prometheus.query('timestamp(up{job="routegate"})')[0]["value"][1])
-            yield Stack(proxy, prometheus, last_scrape)
+            client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+            for _ in range(TARGET_REQUESTS):
+                client.chat.completions.create(model=TARGET_ROUTE, messages=[{"role": "user", "content": "And the sun?"}])
+            _wait_for_scrapes(prometheus, "count(routegate_target_realised_share)", 1)
+            yield Stack(proxy, prometheus, at, _last_scrape(prometheus), pending_after_mix)
+
+
+def _wait_for_scrapes(prometheus: PrometheusServer, expr: str, expected: float) -> None:
+    """Wait until ``expr`` reads ``expected`` and every routegate series has a few samples for rate()."""
+
+    def scraped() -> bool:
+        found = prometheus.query(expr)
+        if not found or float(found[0]["value"][1]) != expected:
+            return False
+        return all(
+            float(prometheus.query(f"min(count_over_time({name}[5m]))")[0]["value"][1]) >= 3
+            for name in prometheus.metric_names("routegate_")
+        )
+
+    prometheus.wait_until(scraped, f"Prometheus to scrape {expr} == {expected}")
+
+
+def _last_scrape(prometheus: PrometheusServer) -> float:
+    """Time of the latest scrape: evaluated there, increase() and rate() need no extrapolation."""
+    return float(prometheus.query('timestamp(up{job="routegate"})')[0]["value"][1])
+
+
+def _pending(prometheus: PrometheusServer) -> set[str]:
+    return {alert["labels"]["alertname"] for alert in prometheus.alerts()}
 
 
 def _finite(values: list[tuple[dict[str, str], float]]) -> list[float]:
@@ -103,7 +130,7 @@ def _finite(values: list[tuple[dict[str, str], float]]) -> list[float]:
 @pytest.mark.parametrize("query", panel_queries(), ids=lambda query: f"{query.panel}/{query.legend}")
 def test_every_dashboard_query_returns_data(stack: Stack, query: Any) -> None:
     expr = substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE)
-    assert _finite(stack.values(expr)), f"no data for {expr}"
+    assert _finite(stack.values(expr, stack.later)), f"no data for {expr}"
 
 
 def test_dashboard_variables_list_the_router_and_models(stack: Stack) -> None:
@@ -143,7 +170,8 @@ def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> N
     for name, rule in rules.items():
         if "alert" not in rule:
             continue
-        values = stack.values(without_threshold(rule["expr"]))
+        at = stack.later if name == "RoutegateTargetShareMissed" else stack.at
+        values = stack.values(without_threshold(rule["expr"]), at)
         assert _finite(values), f"{name}: no data"
         stack.values(rule["expr"])  # the whole expression is valid PromQL too
         for labels, value in expected.get(name, {}).items():
@@ -153,11 +181,13 @@ def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> N
 
 
 def test_error_rate_alert_goes_pending_and_the_others_stay_quiet(stack: Stack) -> None:
-    def pending() -> set[str]:
-        return {alert["labels"]["alertname"] for alert in stack.prometheus.alerts()}
+    assert stack.pending_after_mix == {"RoutegateUpstreamErrorRate"}  # 6.25% > 5%; fallbacks 1% < 2%; drift 0
 
-    stack.prometheus.wait_until(lambda: "RoutegateUpstreamErrorRate" in pending(), "the error-rate alert")
-    assert pending() == {"RoutegateUpstreamErrorRate"}  # 6.25% > 5%; fallbacks 1% < 2%; drift 0
+
+def test_target_route_panel_shows_its_target(stack: Stack) -> None:
+    [query] = [query for query in panel_queries() if query.legend == "target {{router}} {{target}}"]
+    found = stack.values(substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE), stack.later)
+    assert found == [({"router": "random", "target": "0.3"}, 0.3)]
 
 
 def test_metrics_pass_promtool_check_metrics(stack: Stack) -> None:

@@ -44,7 +44,7 @@ def _hung_client(url: str) -> socket.socket:
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path
 ) -> None:
-    strong.behaviour.chunks, strong.behaviour.chunk_delay = 8, 0.15  # a 1.2 s stream
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 6, 0.15  # a 0.9 s stream
     weak.behaviour.delay = 1.0  # a 1 s plain answer
     env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS))
     with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(2) as pool:
@@ -65,7 +65,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
         assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
         assert httpx.get(f"{proxy.url}/ready").json()["status"] == "draining"
 
-        assert streamed.result(timeout=10) == [f"strong-{index} " for index in range(8)]
+        assert streamed.result(timeout=10) == [f"strong-{index} " for index in range(6)]
         assert answered.result(timeout=10) == "answer from weak"
         assert proxy.process.wait(timeout=GRACE_SECONDS + 10) == 0
         # The hung request held the process until the grace period ran out, and was then cut.
@@ -75,3 +75,23 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
         hung.close()
         assert cut.startswith(b"HTTP/1.1 503 ")
         assert b'"code": "shutting_down"' in cut
+
+
+def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s: longer than any grace
+    with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="1"), tmp_path) as proxy:
+        client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
+        stream = client.chat.completions.create(model=STRONG_MODEL, messages=MESSAGES, stream=True)
+        pieces = [next(iter(stream)).choices[0].delta.content]
+        proxy.process.send_signal(signal.SIGTERM)
+        try:
+            for chunk in stream:
+                pieces.extend(choice.delta.content or "" for choice in chunk.choices)
+        except openai.APIError as error:
+            assert error.body["code"] == "shutting_down"
+        else:
+            raise AssertionError("the stream ended without an error event")
+        assert proxy.process.wait(timeout=15) == 0
+    assert 1 < len(pieces) < 1000  # it ran on through the grace period, then was cut

@@ -1,0 +1,190 @@
+"""Bad input: every malformed, mistyped, oversized or odd request gets a 4xx OpenAI error or is
+passed through as the OpenAI API would accept it; never a 500, never a hang."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from server.chat_request import FIELD_TYPES, RANGES
+from tests.conftest import Proxy
+from tests.fake_upstream import FakeUpstream
+
+MODEL = "router-random-0"
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+MAX_BODY_BYTES = 10 * 1024 * 1024  # the default ROUTEGATE_MAX_BODY_BYTES
+WRONG_VALUES = ["text", 1.5, 7, True, [1], {"a": 1}]
+
+
+def post(proxy: Proxy, content: bytes | Iterator[bytes], **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.api}/chat/completions",
+        content=content,
+        headers={"content-type": "application/json", **headers},
+        timeout=30,
+    )
+
+
+def post_json(proxy: Proxy, payload: object) -> httpx.Response:
+    return post(proxy, json.dumps(payload).encode())
+
+
+def openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert "Traceback" not in error["message"]
+    return error
+
+
+def wrong_value(accepted: tuple[type, ...]) -> object:
+    """A value of a type the field does not accept (a bool is not a number)."""
+    for value in WRONG_VALUES:
+        if isinstance(value, bool):
+            if bool not in accepted:
+                return value
+        elif not isinstance(value, accepted):
+            return value
+    raise AssertionError(accepted)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [', "invalid_json"),
+        (b"\xff\xfe\x00garbage", "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000 + b"}", "invalid_json"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+        (b"[]", "invalid_type"),
+        (b'"a string"', "invalid_type"),
+        (b"null", "invalid_type"),
+    ],
+    ids=["empty", "truncated", "binary", "invalid-utf8", "lone-surrogate", "nan", "huge-int", "deep-nesting", "array", "string", "null"],
+)
+def test_unparseable_bodies_are_400(proxy: Proxy, strong: FakeUpstream, body: bytes, code: str) -> None:
+    error = openai_error(post(proxy, body), 400)
+    assert error["code"] == code
+    assert not strong.received
+
+
+@pytest.mark.parametrize("name", sorted(FIELD_TYPES))
+def test_every_checked_field_refuses_a_wrong_type(proxy: Proxy, strong: FakeUpstream, name: str) -> None:
+    accepted, _ = FIELD_TYPES[name]
+    error = openai_error(post_json(proxy, {"model": MODEL, "messages": MESSAGES, name: wrong_value(accepted)}), 400)
+    assert error["param"] == name and error["code"] == "invalid_type"
+    assert not strong.received
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_every_range_is_checked(proxy: Proxy, name: str) -> None:
+    low, high = RANGES[name]
+    outside = high + 1 if high != float("inf") else low - 1
+    value = int(outside) if int in FIELD_TYPES[name][0] and float not in FIELD_TYPES[name][0] else outside
+    error = openai_error(post_json(proxy, {"model": MODEL, "messages": MESSAGES, name: value}), 400)
+    assert error["param"] == name and error["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"messages": MESSAGES}, "model"),
+        ({"model": 5, "messages": MESSAGES}, "model"),
+        ({"model": "", "messages": MESSAGES}, "model"),
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": "Hello?"}, "messages"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": ["Hello?"]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"content": "Hello?"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": 5, "content": "Hello?"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "Hello?"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": ["Hello?"]}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": MESSAGES, "tools": ["get_weather"]}, "tools[0]"),
+        ({"model": "router-nosuch-0.5", "messages": MESSAGES}, "model"),
+        ({"model": "router-random-1.5", "messages": MESSAGES}, "model"),
+    ],
+)
+def test_wrong_messages_and_models_are_400(proxy: Proxy, strong: FakeUpstream, payload: dict, param: str) -> None:
+    assert openai_error(post_json(proxy, payload), 400)["param"] == param
+    assert not strong.received
+
+
+def test_unknown_model_is_404(proxy: Proxy) -> None:
+    client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-9" + "x" * 10_000, messages=MESSAGES)
+    assert raised.value.body["code"] == "model_not_found"
+    assert len(raised.value.body["message"]) < 1000  # the name is not echoed whole
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(proxy: Proxy, strong: FakeUpstream) -> None:
+    big = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 1)}]}).encode()
+    assert openai_error(post(proxy, big), 413)["code"] == "request_too_large"
+    chunked = (big[start : start + 65536] for start in range(0, len(big), 65536))  # no content-length
+    assert openai_error(post(proxy, chunked), 413)["code"] == "request_too_large"
+    assert not strong.received
+
+
+def test_ten_megabyte_string_under_the_limit_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
+    content = "y" * 10_000_000
+    response = post_json(proxy, {"model": MODEL, "messages": [{"role": "user", "content": content}]})
+    assert response.status_code == 200
+    assert strong.received[0].body["messages"][0]["content"] == content
+
+
+def test_thousands_of_messages_pass_through(proxy: Proxy, strong: FakeUpstream) -> None:
+    messages = [{"role": ("user", "assistant")[index % 2], "content": f"turn {index}"} for index in range(2001)]
+    client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+    client.chat.completions.create(model=MODEL, messages=messages)
+    assert strong.received[0].body["messages"] == messages
+
+
+def test_image_parts_and_deep_vendor_fields_pass_through_untouched(proxy: Proxy, strong: FakeUpstream) -> None:
+    deep: object = "bottom"
+    for _ in range(200):
+        deep = {"down": [deep]}
+    content = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    ]
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": content}], "vendor_extension": deep}
+    assert post_json(proxy, payload).status_code == 200
+    received = strong.received[0].body
+    assert received["messages"][0]["content"] == content and received["vendor_extension"] == deep
+
+
+def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
+    text = "emoji \U0001f600 (sent as a surrogate pair), RTL \u05e9\u05dc\u05d5\u05dd, NUL \u0000, CJK \u4f60\u597d"
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()  # ASCII escapes
+    assert post(proxy, body).status_code == 200
+    assert strong.received[0].body["messages"][0]["content"] == text
+
+
+def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
+    body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+    one_huge = post(proxy, body, **{"x-padding": "a" * 200_000})
+    assert openai_error(one_huge, 431)["code"] == "headers_too_large"
+    many = httpx.post(
+        f"{proxy.api}/chat/completions", content=body, headers={f"x-h{index}": "v" * 20 for index in range(5000)}, timeout=30
+    )
+    assert openai_error(many, 431)["code"] == "headers_too_large"
+    assert not strong.received
+    # Headers under the limit are fine, and an overlong request id is replaced, not echoed.
+    ok = post(proxy, body, **{"x-padding": "a" * 8_000, "x-request-id": "r" * 1000})
+    assert ok.status_code == 200 and len(ok.headers["x-request-id"]) == 32
+
+
+def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:
+    assert openai_error(httpx.get(f"{proxy.api}/chat/completions"), 405)["code"] == "method_not_allowed"
+    assert openai_error(httpx.post(f"{proxy.api}/completions", json={}), 404)["code"] == "not_found"

@@ -1,0 +1,43 @@
+"""The benchmark reads wrk's --latency report right: rate, percentiles in any unit, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.proxy_overhead import parse_wrk
+
+WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:4000/v1/chat/completions
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   731.02ms  400.12ms   1.62s    70.00%
+    Req/Sec    40.10     10.00    60.00     80.00%
+  Latency Distribution
+     50%  730.93ms
+     75%    1.02s
+     90%    1.40s
+     99%    1.62s
+  104 requests in 3.00s, 80.00KB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:     34.81
+Transfer/sec:     26.66KB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    result = parse_wrk(WRK_OUTPUT)
+    assert result == {
+        "rps": 34.81,
+        "p50_ms": pytest.approx(730.93),
+        "p99_ms": pytest.approx(1620.0),
+        "requests": 104,
+        "non_2xx": 7,
+        "socket_errors": 5,
+    }
+
+
+def test_parse_wrk_microseconds_and_clean_run() -> None:
+    output = WRK_OUTPUT.replace("730.93ms", "110.00us").replace("  Socket errors: connect 0, read 2, write 0, timeout 3\n", "")
+    result = parse_wrk(output.replace("  Non-2xx or 3xx responses: 7\n", ""))
+    assert result["p50_ms"] == pytest.approx(0.11)
+    assert result["non_2xx"] == 0 and result["socket_errors"] == 0

@@ -1,0 +1,73 @@
+"""Upstream and client keys never leave the process: not in its debug log, /metrics, error bodies,
+response headers, /v1/models or the OpenAPI document, whatever path a request takes."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import STRONG_KEY, STRONG_MODEL, WEAK_KEY, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+CLIENT_KEYS = ["rg-client-key-alpha-5f1c2e9a7b", "rg-client-key-beta-0d4e8c3b16"]
+SECRETS = [STRONG_KEY, WEAK_KEY, *CLIENT_KEYS]
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+WINDOW = 10
+
+
+def dump(response: httpx.Response) -> str:
+    """Everything a client saw of one response: status line, headers and body."""
+    headers = "\n".join(f"{name}: {value}" for name, value in response.headers.multi_items())
+    return f"{response.status_code}\n{headers}\n{response.text}"
+
+
+def test_keys_appear_nowhere(strong: FakeUpstream, weak: FakeUpstream, tmp_path: pytest.TempPathFactory) -> None:
+    env = proxy_env(strong, weak, log_level="debug", api_keys=json.dumps(CLIENT_KEYS), retries="1")
+    seen: list[str] = []
+    with running_proxy(env, tmp_path) as proxy:
+        good = {"authorization": f"Bearer {CLIENT_KEYS[1]}"}
+
+        def chat(headers: dict[str, str], **payload: object) -> httpx.Response:
+            body = {"model": "router-random-0", "messages": MESSAGES, **payload}
+            response = httpx.post(f"{proxy.api}/chat/completions", json=body, headers=headers, timeout=30)
+            seen.append(dump(response))
+            return response
+
+        assert chat(good).status_code == 200
+        assert chat(good, stream=True, stream_options={"include_usage": True}).status_code == 200
+        for bad in ({}, {"authorization": f"Bearer {CLIENT_KEYS[0]}x"}, {"authorization": CLIENT_KEYS[0]}):
+            refused = chat(bad)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
+        # Upstreams that quote the key they were sent: a relayed 4xx, and 5xx all the way to a 502.
+        strong.behaviour.echo_key, strong.behaviour.fail_statuses = True, [400]
+        relayed = chat(good)
+        assert relayed.status_code == 400 and "[redacted]" in relayed.json()["error"]["message"]
+        assert STRONG_KEY in strong.received[-1].headers["authorization"]  # the upstream did get its key
+        for upstream in (strong, weak):
+            upstream.behaviour.echo_key, upstream.behaviour.fail_statuses = True, [503] * 10
+        assert chat(good).status_code == 502
+        strong.reset()
+        weak.reset()
+        strong.behaviour.cut_after = 1
+        assert chat(good, stream=True).status_code == 200  # cut mid-stream: a final error event
+
+        # The SDK's own view, including /v1/models.
+        sdk = openai.OpenAI(base_url=proxy.api, api_key=CLIENT_KEYS[0], max_retries=0)
+        raw = sdk.chat.completions.with_raw_response.create(model=STRONG_MODEL, messages=MESSAGES)
+        seen.append(f"{raw.headers}\n{raw.text}")
+        seen.append(sdk.models.list().model_dump_json())
+        for path in ("/v1/models", "/metrics", "/health", "/ready", "/openapi.json", "/nowhere"):
+            seen.append(dump(httpx.get(f"{proxy.url}{path}", headers=good)))
+        log = proxy.log()
+
+    assert "DEBUG" in log  # the process really logged at debug level
+    upstream_keys = {f"Bearer {STRONG_KEY}", f"Bearer {WEAK_KEY}"}
+    assert all(received.headers["authorization"] in upstream_keys for received in [*strong.received, *weak.received])
+    everything = "\n".join([log, *seen])
+    for secret in SECRETS:  # not the key, nor any 10 characters of it
+        for start in range(len(secret) - WINDOW + 1):
+            assert secret[start : start + WINDOW] not in everything, f"part of a key leaked: {secret[:6]}..."
