@@ -26,6 +26,7 @@ class RouterOptions:
 # name -> "module:factory"; the factory takes RouterOptions and returns a Router.
 _FACTORIES: dict[str, str] = {
     "random": "routers.random_router:RandomRouter.from_options",
+    "lookahead": "routers.lookahead:LookaheadRouter.from_options",
 }
 
 
