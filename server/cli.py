@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from routers.commands import add_router_commands
 from server.settings import SettingsError, load_settings
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.set_defaults(run=_serve)
+    add_router_commands(commands)
     return parser
 
 
