@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the pooler and classifier")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (timing runs)")
-    parser.add_argument("--limit", type=int, help="use at most this many train records per file (quick runs)")
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the base model")
-    parser.add_argument("--limit", type=int, help="use at most this many train records per file (quick runs)")
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

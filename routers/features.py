@@ -19,10 +19,15 @@ FEATURE_NAMES = (
     "question_marks",
     "option_lines",
     "log_longest_option",
+    "log_numbers",
+    "log_sentences",
+    "money_percent_fraction",
 )
 
 _MATH = set("+-*/=^<>()[]{}$\\%")
 _OPTION = re.compile(r"^\s*[A-D][.)]\s*(.*)$", re.MULTILINE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_SENTENCE = re.compile(r"[.!?](?:\s|$)")
 _CODE = re.compile(r"```|\bdef |\breturn\b|;\s*$|\bimport |#include|\bclass ", re.MULTILINE)
 
 
@@ -41,6 +46,9 @@ def structural_features(prompt: str) -> list[float]:
         float(min(prompt.count("?"), 5)),
         float(len(options)),
         math.log1p(max((len(option) for option in options), default=0)),
+        math.log1p(len(_NUMBER.findall(prompt))),
+        math.log1p(len(_SENTENCE.findall(prompt))),
+        float(sum(prompt.count(mark) for mark in ("$", "%", "/"))),
     ]
 
 

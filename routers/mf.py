@@ -1,7 +1,9 @@
 """Matrix-factorisation router (RouteLLM's MF with a richer text projection).
 
-A prompt's features (MiniLM embedding + standardised structural features) go through a small
-projection MLP to a latent vector z; model m's quality on the prompt is
+A prompt's features go through a small projection MLP to a latent vector z: standardised
+structural features (length, digits, options...) and, per model, its mean score on the prompt's
+k nearest training prompts by MiniLM embedding (the neighbourhood; training vectors are stored
+int8). Then model m's quality on the prompt is
 ``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak)``. Inference is plain numpy on the shared encoder's output.
 """
@@ -17,9 +19,15 @@ from routers.base import Router
 from routers.checkpoint import model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
+from routers.neighbourhood import Neighbourhood
 from routers.registry import RouterOptions
 
 WEIGHTS = "weights.npz"
+
+
+def prompt_inputs(structural: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
+    """Concatenate standardised structural features with neighbourhood scores centred at 0."""
+    return np.concatenate([structural, 2.0 * neighbourhood - 1.0], axis=1).astype(np.float32)
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
@@ -39,6 +47,11 @@ class MFRouter(Router):
             self._w1, self._b1 = weights["w1"], weights["b1"]
             self._w2, self._b2 = weights["w2"], weights["b2"]
             self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
+            self._neighbourhood = Neighbourhood(
+                weights["train_vectors"].astype(np.float32) * weights["train_vector_scale"][:, None],
+                weights["train_scores"].astype(np.float32),
+                int(manifest["hyperparameters"]["neighbours"]),
+            )
             # only the difference of the two models is ever needed: fold it into one vector
             self._direction = weights["classifier"] * (weights["model_vectors"][strong] - weights["model_vectors"][weak])
             self._bias = float(weights["model_bias"][strong] - weights["model_bias"][weak])
@@ -50,7 +63,8 @@ class MFRouter(Router):
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
     def features(self, prompts: Sequence[str]) -> np.ndarray:
-        return np.concatenate([encode(prompts, self._device), self._standardize(feature_matrix(prompts))], axis=1)
+        """The projection's input: structural features and neighbourhood quality per model."""
+        return prompt_inputs(self._standardize(feature_matrix(prompts)), self._neighbourhood.features(encode(prompts, self._device)))
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         hidden = self.features(prompts) @ self._w1 + self._b1

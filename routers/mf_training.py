@@ -13,7 +13,8 @@ from tqdm import tqdm
 from routers.checkpoint import write_manifest
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
-from routers.mf import WEIGHTS
+from routers.mf import WEIGHTS, prompt_inputs
+from routers.neighbourhood import Neighbourhood, quantise
 from routers.pairwise import build_comparisons, load_training_records
 
 
@@ -21,14 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train mf``."""
     parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    parser.add_argument("--hidden", type=int, default=256, help="width of the text projection's hidden layer")
-    parser.add_argument("--dim", type=int, default=64, help="latent dimension shared by prompts and models")
+    parser.add_argument("--hidden", type=int, default=64, help="width of the text projection's hidden layer")
+    parser.add_argument("--dim", type=int, default=16, help="latent dimension shared by prompts and models")
+    parser.add_argument("--neighbours", type=int, default=40, help="training prompts in each prompt's neighbourhood")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--limit", type=int, help="use at most this many train records per file (quick runs)")
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
 
@@ -41,7 +43,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"mf: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
     raw = feature_matrix(comparisons.prompts)
     standardize = Standardizer.fit(raw)
-    features = np.concatenate([cached_encode(comparisons.prompts, args.device), standardize(raw)], axis=1)
+    vectors = cached_encode(comparisons.prompts, args.device)
+    scores = np.full((len(records), len(comparisons.models)), np.nan, dtype=np.float32)
+    for row, record in enumerate(records):
+        for name, value in record["scores"].items():
+            scores[row, comparisons.models.index(name)] = value
+    neighbourhood = Neighbourhood(vectors, scores, args.neighbours)
+    features = prompt_inputs(standardize(raw), neighbourhood.features(vectors, exclude_self=True))
+    train_vectors, train_vector_scale = quantise(vectors)
 
     device = resolve_device(args.device)
     model = MFNet(features.shape[1], args.hidden, args.dim, len(comparisons.models), args.dropout).to(device)
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     state = {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()}
-    np.savez(
+    np.savez_compressed(
         args.out / WEIGHTS,
         w1=state["hidden.weight"].T.copy(),
         b1=state["hidden.bias"],
@@ -82,14 +91,17 @@ def run(args: argparse.Namespace) -> None:
         classifier=state["classifier.weight"][0],
         feature_mean=standardize.mean,
         feature_std=standardize.std,
+        train_vectors=train_vectors,
+        train_vector_scale=train_vector_scale,
+        train_scores=scores.astype(np.float16),
     )
     write_manifest(
         args.out,
         "mf",
         args.data,
         comparisons.models,
-        features=["minilm-embedding", *FEATURE_NAMES],
-        hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
+        features=[*FEATURE_NAMES, "neighbourhood mean score per model (MiniLM cosine, leave-one-out in training)"],
+        hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "neighbours", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
         prompts=len(records),
         comparisons=int(total),
     )

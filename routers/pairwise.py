@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -27,12 +28,15 @@ class Comparisons:
     weight: np.ndarray
 
 
-def load_training_records(paths: list[str], split: str = "train", limit: int | None = None) -> list[Record]:
-    """The ``split`` records of ``paths``, at most ``limit`` per file (the first ones)."""
+def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
+    """The ``split`` records of ``paths``; with ``limit``, a seeded random sample of at most that many per file."""
     records: list[Record] = []
     for path in paths:
         selected = load_records([path], split)
-        records.extend(selected[:limit] if limit else selected)
+        if limit is not None and len(selected) > limit:
+            keep = sorted(random.Random(seed).sample(range(len(selected)), limit))
+            selected = [selected[index] for index in keep]
+        records.extend(selected)
     if not records:
         raise ValueError(f"no '{split}' records in {paths}")
     return records

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=20.0, help="similarity sharpness: weight = exp(tau * (sim - max_sim))")
     parser.add_argument("--ridge", type=float, default=0.05, help="pull of each prompt's ratings toward the global ratings")
     parser.add_argument("--feature-weight", type=float, default=1.0, help="weight of the structural features in the similarity")
-    parser.add_argument("--limit", type=int, help="use at most this many train records per file (quick runs)")
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
 
 
