@@ -20,7 +20,7 @@ def shared_data_dir() -> Path:
 
 
 def write_slice(path: Path, per_split: dict[str, int]) -> Path:
-    """The first records of each split of routellm-mmlu and routellm-gsm8k, as one .jsonl.gz file."""
+    """The first short records (<= 400 characters) of each split of routellm-mmlu and routellm-gsm8k, as one file."""
     source_dir = shared_data_dir()
     if not (source_dir / "routellm-mmlu.jsonl.gz").is_file():
         pytest.skip(f"shared data not found in {source_dir} (set ROUTEGATE_SHARED_DATA)")
@@ -31,7 +31,7 @@ def write_slice(path: Path, per_split: dict[str, int]) -> Path:
             for line in lines:
                 record = json.loads(line)
                 split = record["split"]
-                if split in counts and counts[split] < per_split[split]:
+                if split in counts and counts[split] < per_split[split] and len(record["prompt"]) <= 400:
                     counts[split] += 1
                     chosen.append(record)
                 if counts == per_split:

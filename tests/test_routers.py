@@ -24,7 +24,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def data_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_slice(tmp_path_factory.mktemp("data") / "slice.jsonl.gz", {"train": 24, "dev": 16})
+    return write_slice(tmp_path_factory.mktemp("data") / "slice.jsonl.gz", {"train": 12, "dev": 8})
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     checkpoints = tmp_path / "checkpoints"
     assert main(["train", name, "--data", str(data_slice), "--out", str(checkpoints / name), *TRAIN_OPTIONS[name]]) == 0
     manifest = json.loads((checkpoints / name / "router.json").read_text())
-    assert manifest["models"] == sorted([STRONG, WEAK]) and manifest["prompts"] == 48  # train records only
+    assert manifest["models"] == sorted([STRONG, WEAK]) and manifest["prompts"] == 24  # train records only
 
     scores_path = tmp_path / "scores.jsonl"
     assert main(["score", "--router", name, "--checkpoint-dir", str(checkpoints), "--input", str(data_slice), "--output", str(scores_path)]) == 0
@@ -92,7 +92,7 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     capsys.readouterr()
     assert main(["eval", "--router", name, "--checkpoint-dir", str(checkpoints), "--data", str(data_slice), "--strong", STRONG, "--weak", WEAK, "--plot", str(plot)]) == 0
     report = capsys.readouterr().out
-    assert "32 prompts" in report  # the dev records only
+    assert "16 prompts" in report  # the dev records only
     row = next(line for line in report.splitlines() if line.strip().startswith(name))
     apgr, cpt50, cpt80 = (float(value) for value in row.split()[1:4])
     assert 0.0 <= apgr <= 1.0 and 0.0 <= cpt50 <= cpt80 <= 1.0
