@@ -21,6 +21,7 @@ from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
 from routers.neighbourhood import Neighbourhood
 from routers.registry import RouterOptions
+from routers.sw_ranking import similarity_vectors
 
 WEIGHTS = "weights.npz"
 
@@ -52,6 +53,7 @@ class MFRouter(Router):
                 weights["train_scores"].astype(np.float32),
                 int(manifest["hyperparameters"]["neighbours"]),
             )
+            self._feature_weight = float(manifest["hyperparameters"].get("feature_weight", 0.0))
             # only the difference of the two models is ever needed: fold it into one vector
             self._direction = weights["classifier"] * (weights["model_vectors"][strong] - weights["model_vectors"][weak])
             self._bias = float(weights["model_bias"][strong] - weights["model_bias"][weak])
@@ -64,7 +66,9 @@ class MFRouter(Router):
 
     def features(self, prompts: Sequence[str]) -> np.ndarray:
         """The projection's input: structural features and neighbourhood quality per model."""
-        return prompt_inputs(self._standardize(feature_matrix(prompts)), self._neighbourhood.features(encode(prompts, self._device)))
+        structural = self._standardize(feature_matrix(prompts))
+        vectors = similarity_vectors(encode(prompts, self._device), structural, self._feature_weight)
+        return prompt_inputs(structural, self._neighbourhood.features(vectors))
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         hidden = self.features(prompts) @ self._w1 + self._b1

@@ -15,6 +15,7 @@ from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf import WEIGHTS, prompt_inputs
 from routers.neighbourhood import Neighbourhood, quantise
+from routers.sw_ranking import similarity_vectors
 from routers.pairwise import build_comparisons, load_training_records
 
 
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=64, help="width of the text projection's hidden layer")
     parser.add_argument("--dim", type=int, default=16, help="latent dimension shared by prompts and models")
     parser.add_argument("--neighbours", type=int, default=40, help="training prompts in each prompt's neighbourhood")
+    parser.add_argument("--feature-weight", type=float, default=0.0, help="weight of the structural features in the neighbourhood similarity")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"mf: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
     raw = feature_matrix(comparisons.prompts)
     standardize = Standardizer.fit(raw)
-    vectors = cached_encode(comparisons.prompts, args.device)
+    vectors = similarity_vectors(cached_encode(comparisons.prompts, args.device), standardize(raw), args.feature_weight)
     scores = np.full((len(records), len(comparisons.models)), np.nan, dtype=np.float32)
     for row, record in enumerate(records):
         for name, value in record["scores"].items():
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         comparisons.models,
         features=[*FEATURE_NAMES, "neighbourhood mean score per model (MiniLM cosine, leave-one-out in training)"],
-        hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "neighbours", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
+        hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "neighbours", "feature_weight", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
         prompts=len(records),
         comparisons=int(total),
     )
