@@ -164,6 +164,6 @@ def _calibrate(args: argparse.Namespace) -> int:
     scores = score_all(_load(args.router, args), prompts, args.batch_size, f"calibrate {args.router}")
     threshold = threshold_for_share(scores, args.strong_fraction)
     share = sum(score >= threshold for score in scores) / len(scores)
-    print(f"threshold {threshold:.6f} sends {share:.1%} of {len(scores)} prompts to the strong model")
-    print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold:.6f}  (or use the model name router-{args.router}-{threshold:.6f})")
+    print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
+    print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name router-{args.router}-{threshold!r})")
     return 0

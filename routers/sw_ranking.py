@@ -28,7 +28,9 @@ WEIGHTS = "battles.npz"
 
 
 def similarity_vectors(embeddings: np.ndarray, features: np.ndarray, feature_weight: float) -> np.ndarray:
-    """Unit vectors of [embedding, feature_weight * standardised features / sqrt(#features)]."""
+    """Unit vectors of [embedding, feature_weight * standardised features / sqrt(#features)]; the embedding alone at weight 0."""
+    if feature_weight == 0:
+        return np.asarray(embeddings, dtype=np.float32)
     scaled = features * (feature_weight / np.sqrt(features.shape[1]))
     joined = np.concatenate([embeddings, scaled], axis=1)
     return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
