@@ -34,9 +34,10 @@ def test_default_proxy_serves_shipped_routers(strong: FakeUpstream, weak: FakeUp
                     tier, score, _ = _routed(client, f"router-{router}-{threshold}", prompt)
                     assert 0.0 < score < 1.0
                     assert tier == expected_tier, (router, threshold, score)
-            # at the threshold of a prompt's own score, that prompt goes strong
-            score = _routed(client, f"router-{router}-0.0", PROMPTS[1])[1]
-            assert _routed(client, f"router-{router}-{score:.6f}", PROMPTS[1])[0] == "strong"
+            # just below a prompt's own score it goes strong, just above it goes weak
+            score = _routed(client, f"router-{router}-0.0", PROMPTS[1])[1]  # header: 6 decimals
+            assert _routed(client, f"router-{router}-{score - 2e-6:.6f}", PROMPTS[1])[0] == "strong"
+            assert _routed(client, f"router-{router}-{score + 2e-6:.6f}", PROMPTS[1])[0] == "weak"
         auto = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": PROMPTS[0]}])
         assert auto.headers["x-routegate-router"] == "mf"
     sent = [received.body["messages"][-1]["content"] for received in strong.received + weak.received]
