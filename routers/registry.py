@@ -26,6 +26,10 @@ class RouterOptions:
 # name -> "module:factory"; the factory takes RouterOptions and returns a Router.
 _FACTORIES: dict[str, str] = {
     "random": "routers.random_router:RandomRouter.from_options",
+    "mf": "routers.mf:MFRouter.from_options",
+    "sw_ranking": "routers.sw_ranking:SWRankingRouter.from_options",
+    "bert": "routers.bert:BertRouter.from_options",
+    "causal_llm": "routers.causal_llm:CausalLLMRouter.from_options",
     "lookahead": "routers.lookahead:LookaheadRouter.from_options",
 }
 

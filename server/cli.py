@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from routers.commands import add_router_commands
 from server.settings import Settings, SettingsError, load_settings
 
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--llm-port", type=int, help="port of the local LLM server (default: a free one)")
     demo.add_argument("--router", help="router (default: ROUTEGATE_ROUTER when its checkpoint is here, else random)")
     demo.set_defaults(run=_demo)
+    add_router_commands(commands)
     return parser
 
 

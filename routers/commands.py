@@ -1,0 +1,170 @@
+"""The router commands of ``routegate``: train, score, eval and calibrate."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# router name -> module with add_arguments(parser) and run(args); imported only when used
+TRAINERS: dict[str, str] = {
+    "mf": "routers.mf_training",
+    "sw_ranking": "routers.sw_ranking_training",
+    "bert": "routers.bert_training",
+    "causal_llm": "routers.causal_llm_training",
+    "lookahead": "routers.lookahead_training",
+}
+
+
+def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``score``, ``eval`` and ``calibrate`` to the ``routegate`` parser."""
+    train = subparsers.add_parser(
+        "train",
+        help="train a router from record files",
+        description="Train a router. `routegate train ROUTER --help` lists that router's options.",
+    )
+    train.add_argument("router", choices=sorted(TRAINERS), help="router to train")
+    train.add_argument("options", nargs=argparse.REMAINDER, help="the router's own options (--data FILE... --out DIR ...)")
+    train.set_defaults(run=_train)
+
+    score = subparsers.add_parser("score", help="score the prompts of a record file")
+    _router_options(score)
+    score.add_argument("--router", required=True, help="router name")
+    score.add_argument("--input", required=True, type=Path, help="records with id and prompt (.jsonl or .jsonl.gz)")
+    score.add_argument("--output", required=True, type=Path, help='JSON lines {"id": ..., "score": ...}')
+    score.add_argument("--batch-size", type=int, default=64)
+    score.set_defaults(run=_score)
+
+    evaluate = subparsers.add_parser("eval", help="APGR / CPT of routers on a record file, with a plot")
+    _router_options(evaluate, pair_required=True)
+    evaluate.add_argument("--router", nargs="+", required=True, help="router names")
+    evaluate.add_argument("--data", required=True, type=Path, help="record file")
+    evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
+    evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(run=_eval)
+
+    calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
+    _router_options(calibrate)
+    calibrate.add_argument("--router", required=True)
+    calibrate.add_argument("--data", required=True, type=Path, help="records with a prompt (e.g. your own prompt log)")
+    calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
+    calibrate.add_argument("--split", default="all", help="records of this split (default all)")
+    calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.set_defaults(run=_calibrate)
+
+
+def _router_options(parser: argparse.ArgumentParser, pair_required: bool = False) -> None:
+    from routers.registry import CHECKPOINT_ROOT, RouterOptions
+
+    defaults = RouterOptions()
+    parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_ROOT, help="directory holding <router>/ checkpoints")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--strong", required=pair_required, default=defaults.strong_model, help="strong model (name in the data / the router's training)"
+    )
+    parser.add_argument("--weak", required=pair_required, default=defaults.weak_model, help="weak model (name in the data / the router's training)")
+
+
+def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from routers.embedding import use_disk_cache
+    from routers.registry import RouterOptions, load_router
+
+    use_disk_cache()
+    options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=args.strong, weak_model=args.weak)
+    try:
+        return load_router(name, options)
+    except KeyError:
+        from routers.registry import available_routers
+
+        raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}") from None
+    except Exception as error:  # a missing checkpoint or an unknown model name: say which, no traceback
+        raise SystemExit(f"routegate: cannot load router '{name}': {error}") from None
+
+
+def score_all(router, prompts: list[str], batch_size: int, label: str) -> list[float]:  # type: ignore[no-untyped-def]
+    """Scores of ``prompts`` in batches, with a progress bar."""
+    from tqdm import tqdm
+
+    scores: list[float] = []
+    with tqdm(total=len(prompts), desc=label, unit="prompt") as progress:
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            scores.extend(router.score(batch))
+            progress.update(len(batch))
+    return scores
+
+
+def _train(args: argparse.Namespace) -> int:
+    module = importlib.import_module(TRAINERS[args.router])
+    parser = argparse.ArgumentParser(prog=f"routegate train {args.router}", description=(module.__doc__ or "").strip())
+    module.add_arguments(parser)
+    module.run(parser.parse_args(args.options))
+    return 0
+
+
+def _select(path: Path, split: str) -> list[dict]:
+    from routers.data import load_records
+
+    records = load_records([path], None if split == "all" else split)
+    if not records:
+        raise SystemExit(f"routegate: no '{split}' records in {path}")
+    return records
+
+
+def _score(args: argparse.Namespace) -> int:
+    from routers.data import iter_records
+
+    records = list(iter_records(args.input))
+    missing = [number for number, record in enumerate(records, 1) if "prompt" not in record or "id" not in record]
+    if missing:
+        raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack 'id' or 'prompt'")
+    router = _load(args.router, args)
+    scores = score_all(router, [record["prompt"] for record in records], args.batch_size, f"score {args.router}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as output:
+        for record, value in zip(records, scores):
+            output.write(json.dumps({"id": record["id"], "score": value}) + "\n")
+    print(f"wrote {len(scores)} scores to {args.output}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from routers.data import pair_records
+    from routers.evaluation import PairQuality, apgr, cpt
+    from routers.plot import plot_routing_curves
+
+    records = pair_records(_select(args.data, args.split), args.strong, args.weak)
+    if not records:
+        raise SystemExit(f"routegate: no records in {args.data} score both {args.strong!r} and {args.weak!r}")
+    quality = PairQuality.of([r["scores"][args.strong] for r in records], [r["scores"][args.weak] for r in records])
+    prompts = [record["prompt"] for record in records]
+    print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {args.strong}, weak {args.weak}")
+    print(f"  strong mean {quality.strong.mean():.4f}  weak mean {quality.weak.mean():.4f}  oracle mean {quality.oracle_mean:.4f}")
+    print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
+    curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
+    for name in args.router:
+        curves[name] = score_all(_load(name, args), prompts, args.batch_size, f"eval {name}")
+    print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
+    for name, scores in curves.items():
+        print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
+    plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
+    plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {args.strong} vs {args.weak}")
+    print(f"  plot: {plot}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from routers.evaluation import threshold_for_share
+
+    if not 0.0 <= args.strong_fraction <= 1.0:
+        raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
+    prompts = [record["prompt"] for record in _select(args.data, args.split)]
+    scores = score_all(_load(args.router, args), prompts, args.batch_size, f"calibrate {args.router}")
+    threshold = threshold_for_share(scores, args.strong_fraction)
+    share = sum(score >= threshold for score in scores) / len(scores)
+    print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
+    print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name router-{args.router}-{threshold!r})")
+    return 0

@@ -1,0 +1,72 @@
+"""Structural prompt features (length, digits, code, options) that complement the embedding."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+FEATURE_NAMES = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "digit_share",
+    "math_symbol_share",
+    "upper_share",
+    "code_marker",
+    "question_marks",
+    "option_lines",
+    "log_longest_option",
+    "log_numbers",
+    "log_sentences",
+    "money_percent_fraction",
+)
+
+_MATH = set("+-*/=^<>()[]{}$\\%")
+_OPTION = re.compile(r"^\s*[A-D][.)]\s*(.*)$", re.MULTILINE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_SENTENCE = re.compile(r"[.!?](?:\s|$)")
+_CODE = re.compile(r"```|\bdef |\breturn\b|;\s*$|\bimport |#include|\bclass ", re.MULTILINE)
+
+
+def structural_features(prompt: str) -> list[float]:
+    """Raw structural features of one prompt, in FEATURE_NAMES order."""
+    chars = max(len(prompt), 1)
+    options = _OPTION.findall(prompt)
+    return [
+        math.log1p(len(prompt)),
+        math.log1p(len(prompt.split())),
+        math.log1p(prompt.count("\n")),
+        sum(c.isdigit() for c in prompt) / chars,
+        sum(c in _MATH for c in prompt) / chars,
+        sum(c.isupper() for c in prompt) / chars,
+        1.0 if _CODE.search(prompt) else 0.0,
+        float(min(prompt.count("?"), 5)),
+        float(len(options)),
+        math.log1p(max((len(option) for option in options), default=0)),
+        math.log1p(len(_NUMBER.findall(prompt))),
+        math.log1p(len(_SENTENCE.findall(prompt))),
+        float(sum(prompt.count(mark) for mark in ("$", "%", "/"))),
+    ]
+
+
+def feature_matrix(prompts: Sequence[str]) -> np.ndarray:
+    """Raw structural features, one row per prompt (float32)."""
+    return np.asarray([structural_features(p) for p in prompts], dtype=np.float32).reshape(len(prompts), len(FEATURE_NAMES))
+
+
+class Standardizer:
+    """Feature-wise (x - mean) / std with statistics fitted on training prompts."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Standardizer:
+        return cls(features.mean(axis=0), features.std(axis=0) + 1e-6)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.std).astype(np.float32)

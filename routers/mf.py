@@ -1,0 +1,77 @@
+"""Matrix-factorisation router (RouteLLM's MF with a richer text projection).
+
+A prompt's features go through a small projection MLP to a latent vector z: standardised
+structural features (length, digits, options...) and, per model, its mean score on the prompt's
+k nearest training prompts by MiniLM embedding (the neighbourhood; training vectors are stored
+int8). Then model m's quality on the prompt is
+``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
+``sigmoid(delta_strong - delta_weak)``. Inference is plain numpy on the shared encoder's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from routers.base import Router
+from routers.checkpoint import model_indices, read_manifest
+from routers.embedding import encode
+from routers.features import Standardizer, feature_matrix
+from routers.neighbourhood import Neighbourhood
+from routers.registry import RouterOptions
+from routers.sw_ranking import similarity_vectors
+
+WEIGHTS = "weights.npz"
+
+
+def prompt_inputs(structural: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
+    """Concatenate standardised structural features with neighbourhood scores centred at 0."""
+    return np.concatenate([structural, 2.0 * neighbourhood - 1.0], axis=1).astype(np.float32)
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values))
+
+
+class MFRouter(Router):
+    """Scores prompts with a trained matrix-factorisation model for one strong/weak pair."""
+
+    name = "mf"
+
+    def __init__(self, directory: Path, device: str, strong_model: str, weak_model: str) -> None:
+        manifest = read_manifest(directory, self.name)
+        self.models: list[str] = manifest["models"]
+        strong, weak = model_indices(self.models, strong_model, weak_model, directory)
+        with np.load(directory / WEIGHTS) as weights:
+            self._w1, self._b1 = weights["w1"], weights["b1"]
+            self._w2, self._b2 = weights["w2"], weights["b2"]
+            self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
+            self._neighbourhood = Neighbourhood(
+                weights["train_vectors"].astype(np.float32) * weights["train_vector_scale"][:, None],
+                weights["train_scores"].astype(np.float32),
+                int(manifest["hyperparameters"]["neighbours"]),
+            )
+            self._feature_weight = float(manifest["hyperparameters"].get("feature_weight", 0.0))
+            # only the difference of the two models is ever needed: fold it into one vector
+            self._direction = weights["classifier"] * (weights["model_vectors"][strong] - weights["model_vectors"][weak])
+            self._bias = float(weights["model_bias"][strong] - weights["model_bias"][weak])
+        self._device = device
+
+    @classmethod
+    def from_options(cls, options: RouterOptions) -> MFRouter:
+        """Registry factory: load ``<checkpoint_dir>/mf``."""
+        return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
+
+    def features(self, prompts: Sequence[str]) -> np.ndarray:
+        """The projection's input: structural features and neighbourhood quality per model."""
+        structural = self._standardize(feature_matrix(prompts))
+        vectors = similarity_vectors(encode(prompts, self._device), structural, self._feature_weight)
+        return prompt_inputs(structural, self._neighbourhood.features(vectors))
+
+    def score(self, prompts: Sequence[str]) -> list[float]:
+        hidden = self.features(prompts) @ self._w1 + self._b1
+        hidden = 0.5 * hidden * (1.0 + np.tanh(0.7978845608 * (hidden + 0.044715 * hidden**3)))  # GELU (tanh)
+        latent = hidden @ self._w2 + self._b2
+        return sigmoid(latent @ self._direction + self._bias).astype(float).tolist()

@@ -1,0 +1,40 @@
+"""Neighbourhood quality: each model's mean score on the training prompts most similar to a prompt."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Neighbourhood:
+    """k nearest training prompts by embedding cosine; per model, the mean of their scores.
+
+    ``scores`` is (prompts, models) with NaN where a model was not scored; a model with no scored
+    neighbour gets its mean over all training prompts.
+    """
+
+    def __init__(self, vectors: np.ndarray, scores: np.ndarray, k: int) -> None:
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.k = min(k, len(self.vectors) - 1)
+        self._fallback = np.nanmean(self.scores, axis=0)
+
+    def features(self, queries: np.ndarray, exclude_self: bool = False, chunk: int = 1024) -> np.ndarray:
+        """(queries, models) neighbourhood means; ``exclude_self`` when ``queries`` are the training vectors."""
+        out = np.empty((len(queries), self.scores.shape[1]), dtype=np.float32)
+        for start in range(0, len(queries), chunk):
+            similarity = queries[start : start + chunk] @ self.vectors.T
+            if exclude_self:
+                rows = np.arange(similarity.shape[0])
+                similarity[rows, rows + start] = -np.inf
+            nearest = np.argpartition(-similarity, self.k - 1, axis=1)[:, : self.k]
+            neighbour_scores = self.scores[nearest]
+            counts = np.sum(~np.isnan(neighbour_scores), axis=1)
+            sums = np.nansum(neighbour_scores, axis=1)
+            out[start : start + chunk] = np.where(counts > 0, sums / np.maximum(counts, 1), self._fallback)
+        return out
+
+
+def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 rows and their float32 scales (vectors ~= rows * scale)."""
+    scale = np.abs(vectors).max(axis=1) / 127.0 + 1e-12
+    return np.round(vectors / scale[:, None]).astype(np.int8), scale.astype(np.float32)

@@ -1,0 +1,67 @@
+"""Training data for routers: pairwise comparisons from every pair of models scored on a prompt."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from routers.data import Record, load_records
+
+
+@dataclass
+class Comparisons:
+    """Prompts and the comparisons between models on them.
+
+    ``target`` is the soft probability that model ``a`` beats model ``b``: (1 + s_a - s_b) / 2,
+    so a tie counts half and the expected target ranks prompts by the expected score gap.
+    """
+
+    prompts: list[str]
+    models: list[str]
+    prompt: np.ndarray
+    model_a: np.ndarray
+    model_b: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+
+
+def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
+    """The ``split`` records of ``paths``; with ``limit``, a seeded random sample of at most that many per file."""
+    records: list[Record] = []
+    for path in paths:
+        selected = load_records([path], split)
+        if limit is not None and len(selected) > limit:
+            keep = sorted(random.Random(seed).sample(range(len(selected)), limit))
+            selected = [selected[index] for index in keep]
+        records.extend(selected)
+    if not records:
+        raise ValueError(f"no '{split}' records in {paths}")
+    return records
+
+
+def build_comparisons(records: list[Record], models: list[str] | None = None) -> Comparisons:
+    """Every unordered model pair scored on each record; each record weighs 1 in total."""
+    models = models or sorted({name for record in records for name in record["scores"]})
+    index = {name: position for position, name in enumerate(models)}
+    prompt, model_a, model_b, target, weight = [], [], [], [], []
+    for number, record in enumerate(records):
+        scored = sorted((name, score) for name, score in record["scores"].items() if name in index)
+        pairs = list(combinations(scored, 2))
+        for (name_a, score_a), (name_b, score_b) in pairs:
+            prompt.append(number)
+            model_a.append(index[name_a])
+            model_b.append(index[name_b])
+            target.append((1.0 + score_a - score_b) / 2.0)
+            weight.append(1.0 / len(pairs))
+    return Comparisons(
+        prompts=[record["prompt"] for record in records],
+        models=models,
+        prompt=np.asarray(prompt, dtype=np.int64),
+        model_a=np.asarray(model_a, dtype=np.int64),
+        model_b=np.asarray(model_b, dtype=np.int64),
+        target=np.asarray(target, dtype=np.float32),
+        weight=np.asarray(weight, dtype=np.float32),
+    )

@@ -1,0 +1,85 @@
+"""The learned routers serve real requests through the gateway (each loaded once per process)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from openai import OpenAI
+
+from tests.conftest import REPO, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream, free_port
+from tests.router_fixtures import tiny_causal_lm, write_slice
+
+PROMPTS = ["What is 2 + 2?", "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Salmon"]
+
+
+def _routed(client: OpenAI, model: str, prompt: str) -> tuple[str, float, str]:
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": prompt}])
+    completion = raw.parse()
+    return raw.headers["x-routegate-tier"], float(raw.headers["x-routegate-score"]), completion.choices[0].message.content or ""
+
+
+def test_default_proxy_serves_shipped_routers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak)
+    del env["ROUTEGATE_ROUTER"]  # the default router: mf, from the shipped checkpoint
+    with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+        client = OpenAI(base_url=proxy.api, api_key="unused")
+        for router in ("mf", "sw_ranking", "bert"):
+            for threshold, expected_tier in (("0.0", "strong"), ("1.0", "weak")):
+                for prompt in PROMPTS:
+                    tier, score, _ = _routed(client, f"router-{router}-{threshold}", prompt)
+                    assert 0.0 < score < 1.0
+                    assert tier == expected_tier, (router, threshold, score)
+            # just below a prompt's own score it goes strong, just above it goes weak
+            score = _routed(client, f"router-{router}-0.0", PROMPTS[1])[1]  # header: 6 decimals
+            assert _routed(client, f"router-{router}-{score - 2e-6:.6f}", PROMPTS[1])[0] == "strong"
+            assert _routed(client, f"router-{router}-{score + 2e-6:.6f}", PROMPTS[1])[0] == "weak"
+        auto = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": PROMPTS[0]}])
+        assert auto.headers["x-routegate-router"] == "mf"
+    sent = [received.body["messages"][-1]["content"] for received in strong.received + weak.received]
+    assert sorted(set(sent)) == sorted(PROMPTS)
+
+
+def test_proxy_serves_a_trained_causal_llm_router(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    from server.cli import main
+
+    base = tiny_causal_lm(tmp_path / "tiny-lm")
+    data = write_slice(tmp_path / "slice.jsonl.gz", {"train": 12})
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", "causal_llm", "--data", str(data), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base), "--epochs", "5"]) == 0
+    env = proxy_env(strong, weak, router="causal_llm", checkpoint_dir=str(checkpoints), device="cpu")
+    with running_proxy(env, tmp_path, ready_timeout=120) as proxy:
+        client = OpenAI(base_url=proxy.api, api_key="unused")
+        tier, score, _ = _routed(client, "router-causal_llm-0.0", PROMPTS[0])
+        assert tier == "strong" and 0.0 < score < 1.0
+        tier, _, _ = _routed(client, "router-causal_llm-1.0", PROMPTS[0])
+        assert tier == "weak"
+    assert len(strong.received) == 1 and len(weak.received) == 1
+
+
+def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak, router="mf", router_strong_model="no-such-model")
+    port = free_port()
+    log_path = tmp_path / "routegate.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        status = None
+        for _ in range(1200):  # until the background load has failed (at most ~2 minutes)
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).json()["status"]
+            except httpx.TransportError:
+                pass
+            if status == "failed":
+                break
+            time.sleep(0.1)
+        assert status == "failed"
+        log = log_path.read_text()
+        assert "no-such-model" in log and "gpt-4-1106-preview" in log  # names the models the checkpoint knows
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

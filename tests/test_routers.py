@@ -1,0 +1,124 @@
+"""Learned routers: shipped checkpoints load and score; train -> score -> eval and calibrate on a small slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers.checkpoint import CheckpointError
+from routers import evaluation
+from routers.data import iter_records
+from routers.evaluation import PairQuality
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
+from server.cli import main
+from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
+
+SHIPPED = ["mf", "sw_ranking", "bert"]
+PROMPTS = [
+    "What is 2 + 2?",
+    "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
+    "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Salmon",
+]
+
+
+@pytest.fixture(scope="module")
+def data_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_slice(tmp_path_factory.mktemp("data") / "slice.jsonl.gz", {"train": 12, "dev": 8})
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training caches go to a temporary directory, not the user's ~/.cache."""
+    monkeypatch.setattr("routers.embedding.CACHE_DIR", tmp_path_factory.getbasetemp() / "embedding-cache")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_router_scores_each_prompt_in_range(name: str) -> None:
+    router = load_router(name)
+    scores = router.score(PROMPTS)
+    assert len(scores) == len(PROMPTS)
+    assert all(isinstance(score, float) and 0.0 <= score <= 1.0 for score in scores)
+    assert len(set(scores)) == len(PROMPTS)  # the prompt matters
+    assert router.score(PROMPTS[::-1]) == pytest.approx(scores[::-1], abs=1e-5)  # and only the prompt
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_unknown_model_names_the_models_the_checkpoint_knows(name: str) -> None:
+    with pytest.raises(CheckpointError) as error:
+        load_router(name, RouterOptions(strong_model="no-such-model"))
+    assert "no-such-model" in str(error.value) and STRONG in str(error.value)
+
+
+def test_missing_checkpoint_says_how_to_train_one(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="routegate train causal_llm"):
+        load_router("causal_llm", RouterOptions(checkpoint_dir=tmp_path))
+
+
+def test_shipped_checkpoints_record_their_command_and_stay_small() -> None:
+    total = sum(path.stat().st_size for path in CHECKPOINT_ROOT.rglob("*") if path.is_file())
+    assert total < 28 * 1024 * 1024
+    for name in SHIPPED:
+        manifest = json.loads((CHECKPOINT_ROOT / name / "router.json").read_text())
+        assert manifest["command"].startswith(f"routegate train {name}")
+        assert STRONG in manifest["models"] and WEAK in manifest["models"]
+
+
+def _scores(path: Path) -> dict[str, float]:
+    return {record["id"]: record["score"] for record in iter_records(path)}
+
+
+TRAIN_OPTIONS = {
+    "mf": ["--epochs", "2"],
+    "sw_ranking": [],
+    "bert": ["--epochs", "1", "--batch-size", "8"],
+}
+
+
+@pytest.mark.parametrize("name", TRAIN_OPTIONS)
+def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", name, "--data", str(data_slice), "--out", str(checkpoints / name), *TRAIN_OPTIONS[name]]) == 0
+    manifest = json.loads((checkpoints / name / "router.json").read_text())
+    assert manifest["models"] == sorted([STRONG, WEAK]) and manifest["prompts"] == 24  # train records only
+
+    scores_path = tmp_path / "scores.jsonl"
+    assert main(["score", "--router", name, "--checkpoint-dir", str(checkpoints), "--input", str(data_slice), "--output", str(scores_path)]) == 0
+    scores = _scores(scores_path)
+    assert list(scores) == [record["id"] for record in iter_records(data_slice)]
+    assert all(0.0 <= score <= 1.0 for score in scores.values())
+
+    plot = tmp_path / "eval.png"
+    capsys.readouterr()
+    assert main(["eval", "--router", name, "--checkpoint-dir", str(checkpoints), "--data", str(data_slice), "--strong", STRONG, "--weak", WEAK, "--plot", str(plot)]) == 0
+    report = capsys.readouterr().out
+    assert "16 prompts" in report  # the dev records only
+    row = next(line for line in report.splitlines() if line.strip().startswith(name))
+    apgr, cpt50, cpt80 = (float(value) for value in row.split()[1:4])
+    assert 0.0 <= cpt50 <= cpt80 <= 1.0
+    dev = [record for record in iter_records(data_slice) if record["split"] == "dev"]
+    quality = PairQuality.of([r["scores"][STRONG] for r in dev], [r["scores"][WEAK] for r in dev])
+    assert apgr == pytest.approx(evaluation.apgr([scores[r["id"]] for r in dev], quality), abs=1e-4)  # same scores as `score`
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_path: Path) -> None:
+    base = tiny_causal_lm(tmp_path / "tiny-lm")
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", "causal_llm", "--data", str(data_slice), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base), "--epochs", "20"]) == 0
+    router = load_router("causal_llm", RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
+    scores = router.score(PROMPTS)
+    assert len(scores) == 3 and all(0.0 <= score <= 1.0 for score in scores)
+    assert router.score(PROMPTS[:1]) == pytest.approx(scores[:1], abs=1e-4)  # padding does not change a score
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_calibrate_threshold_yields_the_requested_share(fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["calibrate", "--router", "mf", "--data", str(data_slice), "--strong-fraction", str(fraction)]) == 0
+    threshold = float(capsys.readouterr().out.split()[1])
+    assert main(["score", "--router", "mf", "--input", str(data_slice), "--output", str(tmp_path / "scores.jsonl")]) == 0
+    scores = np.asarray(list(_scores(tmp_path / "scores.jsonl").values()))
+    assert np.mean(scores >= threshold) == pytest.approx(round(fraction * len(scores)) / len(scores))
