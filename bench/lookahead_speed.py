@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from routers.data import load_records  # noqa: E402
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router  # noqa: E402
 
-DATA = ["/work/shared/data/routellm-gsm8k.jsonl.gz", "/work/shared/data/lookahead-alpacaeval.jsonl.gz"]
+DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = [str(DATA_DIR / "routellm-gsm8k.jsonl.gz"), str(DATA_DIR / "lookahead-alpacaeval.jsonl.gz")]
 
 
 def main() -> None:

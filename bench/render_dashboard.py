@@ -115,7 +115,7 @@ def draw_heatmap(axis: plt.Axes, prometheus: PrometheusServer, panel: dict, star
     counts = np.diff(np.vstack([np.zeros_like(times), cumulative]), axis=0)
     edges = [0.0] + [bucket[0] for bucket in finite]
     axis.pcolormesh(times, edges, counts[:, :-1] if counts.shape[1] == len(times) else counts, cmap="Oranges", shading="flat")
-    for labels, t, v in _series(prometheus, f'max by (router) (routegate_router_threshold{{router=~".*"}})', start, end):
+    for labels, t, v in _series(prometheus, 'max by (router) (routegate_router_threshold{router=~".*"})', start, end):
         axis.plot(t, v, color="tab:blue", linewidth=2, label=f"threshold {labels.get('router', '')}")
     axis.set_ylim(0, 1)
     axis.legend(fontsize=7, loc="upper left")

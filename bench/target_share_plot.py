@@ -3,7 +3,7 @@
     python bench/target_share_plot.py [--router mf] [--target 30] [--out bench/target_share.png]
 
 Starts two fake upstreams and a real ``routegate serve`` (as the tests do), replays 700 MMLU
-then 800 GSM8K/MATH prompts from ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the
+then 800 MATH problems from ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the
 async openai SDK, prints the realised shares and thresholds per phase and writes a PNG: the
 rolling strong share against the target, and the threshold the proxy used.
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from routers.registry import CHECKPOINT_ROOT, available_routers  # noqa: E402
+from routers.registry import installed_routers  # noqa: E402
 from tests.conftest import proxy_env, running_proxy  # noqa: E402
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 from tests.replay import replay, shifted_stream  # noqa: E402
@@ -31,7 +31,7 @@ ROLLING = 100
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_router = "mf" if "mf" in available_routers() and (CHECKPOINT_ROOT / "mf").is_dir() else "standin"
+    default_router = "mf" if "mf" in installed_routers() else "standin"
     parser.add_argument("--router", default=default_router)
     parser.add_argument("--target", type=float, default=30.0, help="target strong share in percent")
     parser.add_argument("--easy", type=int, default=700)
@@ -57,7 +57,7 @@ def main() -> None:
 
     flags = [decision.tier == "strong" for decision in routed]
     thresholds = [decision.threshold for decision in routed]
-    phases = {"easy (MMLU)": slice(0, args.easy), "hard (GSM8K/MATH)": slice(args.easy, None), "last 500": slice(-500, None)}
+    phases = {"easy (MMLU)": slice(0, args.easy), "hard (MATH)": slice(args.easy, None), "last 500": slice(-500, None)}
     print(f"router {args.router}, target {target:.2f}, {len(routed)} requests")
     print(f"{'phase':<20} {'realised share':>15} {'median threshold':>17}")
     for name, part in phases.items():
@@ -72,7 +72,7 @@ def main() -> None:
     figure, share_axis = plt.subplots(figsize=(9, 4.5))
     share_axis.plot(rolling, label=f"realised strong share (last {ROLLING} requests)", color="tab:blue")
     share_axis.axhline(target, color="tab:green", linestyle="--", label=f"target {target:.0%}")
-    share_axis.axvline(args.easy, color="grey", linestyle=":", label="mix shifts: MMLU → GSM8K/MATH")
+    share_axis.axvline(args.easy, color="grey", linestyle=":", label="mix shifts: MMLU → MATH")
     share_axis.set_xlabel("request")
     share_axis.set_ylabel("strong share")
     share_axis.set_ylim(0, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
 # router name -> module with add_arguments(parser) and run(args); imported only when used
@@ -53,6 +52,13 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
     calibrate.add_argument("--split", default="all", help="records of this split (default all)")
     calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument(
+        "--write",
+        type=Path,
+        metavar="FILE",
+        help="also write the threshold of every share (the gateway seeds target routes from "
+        "<checkpoint_dir>/<router>/calibration.json)",
+    )
     calibrate.set_defaults(run=_calibrate)
 
 
@@ -157,6 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from routers.calibration import write_calibration
     from routers.evaluation import threshold_for_share
 
     if not 0.0 <= args.strong_fraction <= 1.0:
@@ -167,4 +174,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     share = sum(score >= threshold for score in scores) / len(scores)
     print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
     print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name router-{args.router}-{threshold!r})")
+    if args.write is not None:
+        write_calibration(args.write, scores, router=args.router, data=args.data.name, split=args.split)
+        print(f"  calibration of every share written to {args.write}")
     return 0

@@ -1,8 +1,8 @@
 """Lookahead vs its ablation (MLC) on the dev splits: the table and a PNG.
 
     python -m routers.lookahead_eval --checkpoint Lookahead=routers/checkpoints/lookahead \
-        --checkpoint MLC=/tmp/lookahead-mlc --data /work/shared/data/lookahead-*.jsonl.gz \
-        /work/shared/data/routellm-gsm8k.jsonl.gz --png docs/lookahead_ablation.png
+        --checkpoint MLC=/tmp/lookahead-mlc --data ../shared/data/lookahead-*.jsonl.gz \
+        ../shared/data/routellm-gsm8k.jsonl.gz --png docs/lookahead_ablation.png
 
 Per dev set with several candidates: the share of the random->oracle gap closed when picking
 the candidate with the highest predicted score, ``(q_router - q_random) / (q_oracle - q_random)``

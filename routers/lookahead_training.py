@@ -1,7 +1,7 @@
 """Training the Lookahead router: routing loss + curriculum-masked response reconstruction.
 
-    python -m routers.lookahead_training --data /work/shared/data/lookahead-*.jsonl.gz \
-        /work/shared/data/routellm-gsm8k.jsonl.gz --out routers/checkpoints/lookahead
+    python -m routers.lookahead_training --data ../shared/data/lookahead-*.jsonl.gz \
+        ../shared/data/routellm-gsm8k.jsonl.gz --out routers/checkpoints/lookahead
 
 ``--no-reconstruction`` trains the ablation (the paper's "MLC"): the same network and inputs
 with every block fully masked and no MLM loss.

@@ -39,6 +39,12 @@ def available_routers() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def installed_routers(checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
+    """The routers that can serve from ``checkpoint_dir``: ``random``, and every learned router
+    whose checkpoint folder is there."""
+    return [name for name in available_routers() if name == "random" or (Path(checkpoint_dir) / name).is_dir()]
+
+
 def load_router(name: str, options: RouterOptions | None = None) -> Router:
     """Build the router called ``name``; raise KeyError for an unknown name."""
     if name not in _FACTORIES:

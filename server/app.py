@@ -13,13 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers
 from server import metrics
 from server.conversations import StickyStore
 from server.errors import APIError
 from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
-from server.model_names import DEFAULT_ALIAS, ModelNames
+from server.model_names import ModelNames
 from server.openapi import chat_completion_openapi
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
@@ -36,9 +36,13 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        routers = available_routers()
+        checkpoint_dir = settings.checkpoint_dir or CHECKPOINT_ROOT
+        routers = installed_routers(checkpoint_dir)
         if settings.router not in routers:
-            raise SettingsError(f"invalid settings:\n  ROUTEGATE_ROUTER: unknown router '{settings.router}'; known: {routers}")
+            raise SettingsError(
+                f"invalid settings:\n  ROUTEGATE_ROUTER: router '{settings.router}' is unknown or has no checkpoint in "
+                f"{checkpoint_dir}; installed: {routers}"
+            )
         self.names = ModelNames(settings, routers)
         metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
@@ -47,7 +51,7 @@ class Gateway:
             except APIError as error:
                 raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
         options = RouterOptions(
-            checkpoint_dir=settings.checkpoint_dir or CHECKPOINT_ROOT,
+            checkpoint_dir=checkpoint_dir,
             device=settings.device,
             strong_model=settings.router_strong_model,
             weak_model=settings.router_weak_model,

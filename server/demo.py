@@ -15,7 +15,7 @@ import time
 
 import httpx
 
-from routers.registry import CHECKPOINT_ROOT, available_routers
+from routers.registry import CHECKPOINT_ROOT, installed_routers
 from server.settings import Settings, SettingsError, load_settings
 
 STRONG_MODEL = "smollm2-135m-strong"
@@ -36,7 +36,7 @@ def demo_router(settings: Settings, wanted: str | None) -> str:
     if wanted:
         return wanted
     checkpoints = settings.checkpoint_dir or CHECKPOINT_ROOT
-    if settings.router in available_routers() and (settings.router == "random" or (checkpoints / settings.router).is_dir()):
+    if settings.router in installed_routers(checkpoints):
         return settings.router
     return "random"
 

@@ -4,6 +4,7 @@ call on a dedicated thread, and scores are kept in a per-process LRU cache."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from routers.base import Router
 from routers.registry import RouterOptions, load_router
 from server import metrics
+from server.errors import APIError
+
+log = logging.getLogger("routegate.scoring")
 
 
 class ScoreCache:
@@ -138,7 +142,13 @@ class ScorerPool:
             return scorer
         async with self._lock:
             if name not in self._scorers:
-                router = await asyncio.to_thread(load_router, name, self.options)
+                try:
+                    router = await asyncio.to_thread(load_router, name, self.options)
+                except Exception as error:  # a broken checkpoint: say so, keep serving other routers
+                    log.exception("could not load router %s", name)
+                    raise APIError(
+                        503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
+                    ) from None
                 self._scorers[name] = Scorer(router, *self._settings)
         return self._scorers[name]
 

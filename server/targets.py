@@ -16,7 +16,6 @@ the README), turned into representative scores, so that the very first requests 
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import math
 import time
@@ -26,38 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from routers.calibration import CALIBRATION_FILE, read_calibration
+
 log = logging.getLogger("routegate.targets")
-CALIBRATION_FILE = "calibration.json"
 SECONDS_PER_DAY = 86400.0
-
-
-def read_calibration(path: Path) -> dict[float, float]:
-    """The share -> threshold map of a calibration file; empty when the file is absent or unusable.
-
-    Format: ``{"thresholds": {"<share in [0, 1]>": <threshold in [0, 1]>, ...}, ...}``; other
-    keys (router, data, model pair, date) are ignored here.
-    """
-    if not path.is_file():
-        return {}
-    try:
-        raw = json.loads(path.read_text())["thresholds"]
-        table = {float(share): float(threshold) for share, threshold in raw.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        log.warning("ignoring calibration %s: %s", path, error)
-        return {}
-    return {share: threshold for share, threshold in table.items() if 0 <= share <= 1 and 0 <= threshold <= 1}
-
-
-def write_calibration(path: Path, scores: Sequence[float], steps: int = 100, **info: object) -> dict[float, float]:
-    """Write a calibration file for ``scores`` (a router's scores on reference prompts): the
-    threshold for every share ``0, 1/steps, ..., 1``, plus ``info`` (router, data, ...)."""
-    from routers.evaluation import threshold_for_share
-
-    table = {index / steps: threshold_for_share(scores, index / steps) for index in range(steps + 1)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = {**info, "prompts": len(scores), "thresholds": {f"{share:g}": threshold for share, threshold in table.items()}}
-    path.write_text(json.dumps(body, indent=1) + "\n")
-    return table
 
 
 def seed_scores(calibration: dict[float, float], count: int) -> list[float]:

@@ -9,21 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.replay import data_dir
+
 REPO = Path(__file__).resolve().parent.parent
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
 def shared_data_dir() -> Path:
-    """``shared/data`` beside the checkout (CI), or ROUTEGATE_SHARED_DATA."""
-    return Path(os.environ.get("ROUTEGATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """``shared/data`` beside the checkout (as in CI), or ``$ROUTEGATE_DATA_DIR``."""
+    return data_dir()
 
 
 def write_slice(path: Path, per_split: dict[str, int]) -> Path:
     """The first short records (<= 400 characters) of each split of routellm-mmlu and routellm-gsm8k, as one file."""
     source_dir = shared_data_dir()
     if not (source_dir / "routellm-mmlu.jsonl.gz").is_file():
-        pytest.skip(f"shared data not found in {source_dir} (set ROUTEGATE_SHARED_DATA)")
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found in {source_dir}")
+        pytest.skip(f"shared data not found in {source_dir} (set ROUTEGATE_DATA_DIR)")
     chosen = []
     for name in ("routellm-mmlu.jsonl.gz", "routellm-gsm8k.jsonl.gz"):
         counts = dict.fromkeys(per_split, 0)

@@ -202,3 +202,19 @@ def test_httpx_pool_transport_serves_plain_and_streamed(strong: FakeUpstream, we
         chunks = list(sdk.chat.completions.create(model="router-random-1.0", messages=MESSAGES, stream=True))
         assert "".join(chunk.choices[0].delta.content for chunk in chunks) == "weak-0 weak-1 weak-2 weak-3 weak-4 "
         assert strong.received[0].headers["authorization"] == f"Bearer {STRONG_KEY}"
+
+
+def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "mf").mkdir(parents=True)  # a folder, but no checkpoint in it
+    with running_proxy(proxy_env(strong, weak, checkpoint_dir=str(checkpoints)), tmp_path) as proxy:
+        names = {model.id for model in openai.OpenAI(base_url=proxy.api, api_key="k").models.list()}
+        assert "router-mf-0.5" in names and "router-bert-0.5" not in names
+        broken = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-mf-0.5", "messages": MESSAGES})
+        assert broken.status_code == 503
+        assert broken.json()["error"]["code"] == "router_unavailable"
+        missing = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-bert-0.5", "messages": MESSAGES})
+        assert (missing.status_code, missing.json()["error"]["code"]) == (400, "unknown_router")
+        served = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
+        assert served.status_code == 200
+    assert not weak.received and len(strong.received) == 1

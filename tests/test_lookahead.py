@@ -21,9 +21,10 @@ from routers.lookahead_model import LookaheadConfig, backbone_dir, collate, layo
 from routers.lookahead_training import candidate_names, prepare_items, train
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from tests.conftest import proxy_env, running_proxy
+from tests.replay import data_dir
 
 LAYOUT = InputLayout(cls_id=101, sep_id=102, base_id=1000, block_size=4, prompt_tokens=5)
-SLICE = "/work/shared/data/lookahead-humaneval.jsonl.gz"
+SLICE = str(data_dir() / "lookahead-humaneval.jsonl.gz")
 SHIPPED = CHECKPOINT_ROOT / "lookahead"
 GPT4, MIXTRAL = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 

@@ -1,6 +1,6 @@
 """A 30% strong-call target on a shifting stream of real prompts, through a real routegate.
 
-The stream is 500 MMLU questions, then 700 GSM8K/MATH problems (see ``tests/replay.py``). The
+The stream is 500 MMLU questions, then 700 MATH problems (see ``tests/replay.py``). The
 router is the shipped ``mf`` router when its checkpoint is present, else the deterministic
 stand-in of ``tests/standin_router.py``.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from routers.registry import CHECKPOINT_ROOT, available_routers
+from routers.registry import installed_routers
 from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.replay import data_dir, replay, shifted_stream
@@ -21,7 +21,7 @@ from tests.replay import data_dir, replay, shifted_stream
 TARGET = 0.30
 EASY, HARD = 500, 700
 LEARNED = "mf"
-USE_LEARNED = LEARNED in available_routers() and (CHECKPOINT_ROOT / LEARNED).is_dir()
+USE_LEARNED = LEARNED in installed_routers()
 ROUTER = LEARNED if USE_LEARNED else "standin"
 MODULE = "server.cli" if USE_LEARNED else "tests.standin_router"
 

@@ -6,22 +6,16 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from pathlib import Path
 
 import openai
 import pytest
 from openai import OpenAI
 
-from server.targets import (
-    DailyBudget,
-    ShareController,
-    Targets,
-    read_calibration,
-    seed_scores,
-    utc_day_start,
-    write_calibration,
-)
-from tests.conftest import Proxy, proxy_env, running_proxy
+from routers.calibration import read_calibration, write_calibration
+from server.targets import DailyBudget, ShareController, Targets, seed_scores, utc_day_start
+from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 
 NOON = utc_day_start(1_800_000_000.0) + 43_200.0
@@ -133,5 +127,10 @@ def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUps
     with running_proxy(env, tmp_path, ready_timeout=120) as proxy:
         client = OpenAI(base_url=proxy.api, api_key="unused")
         client.chat.completions.create(model="router-random-0", messages=[{"role": "user", "content": "hi"}])
-        remaining = float(re.search(r"^routegate_budget_remaining_usd (\S+)$", proxy.metrics(), re.M).group(1))
+        deadline = time.monotonic() + 30  # /ready answered from one worker; the other may still be starting
+        while True:
+            remaining = float(re.search(r"^routegate_budget_remaining_usd (\S+)$", proxy.metrics(), re.M).group(1))
+            if abs(remaining - (1.0 - strong_cost)) < 1e-9 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     assert abs(remaining - (1.0 - strong_cost)) < 1e-9
