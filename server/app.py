@@ -57,7 +57,11 @@ class Gateway:
             weak_model=settings.router_weak_model,
         )
         self.scorers = ScorerPool(
-            options, settings.score_batch_size, settings.score_batch_wait_ms / 1000, settings.score_cache_size
+            options,
+            settings.score_batch_size,
+            settings.score_batch_wait_ms / 1000,
+            settings.score_cache_size,
+            settings.torch_threads,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget

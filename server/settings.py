@@ -120,7 +120,12 @@ class Settings(BaseSettings):
     )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
-    score_batch_wait_ms: float = Field(2.0, ge=0, description="longest wait to fill a scoring batch")
+    score_batch_wait_ms: float = Field(
+        0.0, ge=0, description="longest wait to fill a scoring batch; 0 = score what has queued up at once"
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="torch threads for router inference on the CPU; 0 = one per core less one for the event loop"
+    )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
 
     @model_validator(mode="before")
