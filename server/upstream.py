@@ -7,8 +7,9 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
@@ -18,6 +19,9 @@ from server.transport import AiohttpTransport
 
 log = logging.getLogger("routegate.upstream")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_T = TypeVar("_T")
+# One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
+_Outcome = tuple[str | None, bool, float | None, _T | None]
 NOT_RETRIED = frozenset({"too_large"})  # failures a second try would only repeat
 REDACTED = b"[redacted]"
 
@@ -83,6 +87,17 @@ class _CountedStream(httpx.AsyncByteStream):
             self._closed = True
             self._open.dec()
         await self._stream.aclose()
+
+
+def status_failure(response: httpx.Response) -> tuple[str | None, float | None]:
+    """Why an upstream status counts as a failure (None: an answer to relay) and its Retry-After."""
+    if response.status_code == 429:
+        return "http_429", retry_after_seconds(response.headers)
+    if response.status_code in RETRYABLE_STATUSES:
+        return "http_5xx", retry_after_seconds(response.headers)
+    if response.status_code >= 500:
+        return "http_5xx", None
+    return None, None
 
 
 class Upstream:
@@ -160,23 +175,28 @@ class Attempts:
         await asyncio.sleep(delay)
         return True
 
-    async def complete(self, upstream: Upstream, body: bytes, request_id: str) -> tuple[CompletedResponse, float]:
-        """A non-streamed request: the upstream's answer (2xx or a relayable 4xx) and its TTFB."""
+    async def _retrying(self, upstream: Upstream, try_once: Callable[[], Awaitable[_Outcome[_T]]]) -> _T:
+        """Call ``try_once`` until it succeeds, no try is left, or the deadline would pass."""
         attempt = 0
         while True:
-            reason, timeout, retry_after, last = await self._try_complete(upstream, body, request_id)
-            if reason is None and last is not None:
-                return last
+            reason, timeout, retry_after, result = await try_once()
+            if reason is None and result is not None:
+                return result
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
             if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
-                raise UpstreamFailure(
-                    upstream.tier, reason, timeout=timeout, response=last[0] if last and reason == "http_429" else None
-                )
+                last = result if reason == "http_429" else None  # a 429 is relayed when nothing else answers
+                if isinstance(last, tuple):
+                    last = last[0]
+                raise UpstreamFailure(upstream.tier, reason, timeout=timeout, response=last)
             attempt += 1
+
+    async def complete(self, upstream: Upstream, body: bytes, request_id: str) -> tuple[CompletedResponse, float]:
+        """A non-streamed request: the upstream's answer (2xx or a relayable 4xx) and its TTFB."""
+        return await self._retrying(upstream, lambda: self._try_complete(upstream, body, request_id))
 
     async def _try_complete(
         self, upstream: Upstream, body: bytes, request_id: str
-    ) -> tuple[str | None, bool, float | None, tuple[CompletedResponse, float] | None]:
+    ) -> _Outcome[tuple[CompletedResponse, float]]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:
@@ -211,34 +231,21 @@ class Attempts:
             return "protocol", False, None, None
         completed = CompletedResponse(response.status_code, b"".join(chunks), response.headers)
         result = (completed, ttfb if ttfb is not None else time.monotonic() - started)
-        if response.status_code in RETRYABLE_STATUSES:
-            reason = "http_429" if response.status_code == 429 else "http_5xx"
-            return reason, False, retry_after_seconds(response.headers), result
-        if response.status_code >= 500:
-            return "http_5xx", False, None, result
-        if response.is_success and not is_json_object(completed.body):
-            return "invalid_response", False, None, result
-        return None, False, None, result
+        reason, retry_after = status_failure(response)
+        if reason is None and response.is_success and not is_json_object(completed.body):
+            reason = "invalid_response"
+        return reason, False, retry_after, result
 
     async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
         """A streamed request: the open 2xx stream with its first chunk, or a relayable 4xx read whole.
 
         Failures before the first body byte are retried like non-streamed ones.
         """
-        attempt = 0
-        while True:
-            reason, timeout, retry_after, result = await self._try_stream(upstream, body, request_id)
-            if reason is None and result is not None:
-                return result
-            metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
-            if not await self._pause(upstream.tier, reason, attempt, retry_after):
-                last = result if isinstance(result, CompletedResponse) and reason == "http_429" else None
-                raise UpstreamFailure(upstream.tier, reason, timeout=timeout, response=last)
-            attempt += 1
+        return await self._retrying(upstream, lambda: self._try_stream(upstream, body, request_id))
 
     async def _try_stream(
         self, upstream: Upstream, body: bytes, request_id: str
-    ) -> tuple[str | None, bool, float | None, StreamStart | CompletedResponse | None]:
+    ) -> _Outcome[StreamStart | CompletedResponse]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:
@@ -250,12 +257,8 @@ class Attempts:
                 if not response.is_success:
                     completed = CompletedResponse(response.status_code, await response.aread(), response.headers)
                     await response.aclose()
-                    if response.status_code in RETRYABLE_STATUSES:
-                        reason = "http_429" if response.status_code == 429 else "http_5xx"
-                        return reason, False, retry_after_seconds(response.headers), completed
-                    if response.status_code >= 500:
-                        return "http_5xx", False, None, completed
-                    return None, False, None, completed
+                    reason, retry_after = status_failure(response)
+                    return reason, False, retry_after, completed
                 chunks = response.aiter_raw()
                 first = b""
                 while not first:
