@@ -337,8 +337,8 @@ class ChatProxy:
     def _failure_response(
         self, decision: Decision, upstream: Upstream, failure: UpstreamFailure, headers: dict[str, str]
     ) -> Response:
+        decision.tier = upstream.tier  # the tier that failed last, named with its model
         headers = {**decision.headers(upstream.model), **headers}
-        decision.tier = upstream.tier
         if failure.response is not None:  # a 429 after every try: the client should back off too
             return self._complete(decision, upstream, failure.response, headers, time.monotonic(), time.monotonic())
         if failure.timeout:

@@ -73,6 +73,7 @@ def test_failure_without_fallback_is_502_naming_the_tier_not_the_key(
         strong.behaviour.fail_statuses = [500, 500]
         response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
         assert response.status_code == 502
+        assert (response.headers["x-routegate-tier"], response.headers["x-routegate-model"]) == ("strong", STRONG_MODEL)
         error = response.json()["error"]
         assert error["code"] == "upstream_error" and "strong" in error["message"]
         assert STRONG_KEY not in response.text and STRONG_KEY not in str(response.headers)
@@ -218,3 +219,15 @@ def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUps
         served = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
         assert served.status_code == 200
     assert not weak.received and len(strong.received) == 1
+
+
+def test_both_tiers_failing_is_a_502_naming_the_last_tier_tried(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak, retries="0"), tmp_path) as proxy:
+        weak.behaviour.fail_statuses = [500]
+        strong.behaviour.fail_statuses = [503]
+        response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-1.0", "messages": MESSAGES})
+    assert response.status_code == 502
+    assert response.headers["x-routegate-fallback"] == "weak->strong:http_5xx"
+    assert (response.headers["x-routegate-tier"], response.headers["x-routegate-model"]) == ("strong", STRONG_MODEL)
+    assert "strong upstream" in response.json()["error"]["message"]
+    assert len(weak.received) == 1 and len(strong.received) == 1
