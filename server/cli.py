@@ -71,31 +71,20 @@ def _run(settings: Settings) -> int:
         return 2
     # routegate logs one line per chat request itself (request id, router, tier, status, duration);
     # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
+    server_options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "http": BoundedHeadersProtocol,
+    }
     if settings.workers > 1:
-        uvicorn.run(
-            "server.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-            http=BoundedHeadersProtocol,
-        )
+        uvicorn.run("server.app:create_app", factory=True, workers=settings.workers, **server_options)
     else:
         from server.shutdown import DrainingServer
 
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
-            http=BoundedHeadersProtocol,
-        )
-        server = DrainingServer(config)
+        server = DrainingServer(uvicorn.Config(app, **server_options))
         server.run()
         if not server.started:
             return 1
