@@ -65,6 +65,16 @@ def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict
     return env
 
 
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not ended within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def running_proxy(
     env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60, module: str = "server.cli"
@@ -96,12 +106,7 @@ def running_proxy(
             time.sleep(0.05)
         yield proxy
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.fake_upstream import free_port
 
 PROMETHEUS_CONFIG = REPO / "config/prometheus.yml"
@@ -106,9 +106,4 @@ def running_prometheus(binary: str, targets: list[str], workdir: Path, scrape_in
         server.wait_until(ready, "prometheus to be ready")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
