@@ -9,7 +9,6 @@ so each epoch runs only the trained layers; ``--train-layers 6`` fine-tunes the 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,22 +18,20 @@ from routers.bert import TRAINED, load_classifier
 from routers.checkpoint import write_manifest
 from routers import embedding
 from routers.embedding import MAX_TOKENS, resolve_device, text_key
-from routers.pairwise import build_comparisons, load_training_records
+from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
 LAYERS = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train bert``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    add_training_data_arguments(parser)
     parser.add_argument("--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the pooler and classifier")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (timing runs)")
-    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

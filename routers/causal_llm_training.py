@@ -8,7 +8,6 @@ LM head's own rows for " A", " B", ... and are trained on the pairwise compariso
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -16,13 +15,12 @@ from tqdm import tqdm
 from routers.causal_llm import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
 from routers.embedding import resolve_device
-from routers.pairwise import build_comparisons, load_training_records
+from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train causal_llm``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    add_training_data_arguments(parser)
     parser.add_argument(
         "--base-model", default=PACKAGED_SMOLLM2, help="causal LM: a transformers checkpoint directory or a .gguf file (default: packaged SmolLM2-135M)"
     )
@@ -30,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the base model")
-    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

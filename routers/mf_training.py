@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,13 +15,12 @@ from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf import WEIGHTS, prompt_inputs
 from routers.neighbourhood import Neighbourhood, quantise
 from routers.sw_ranking import similarity_vectors
-from routers.pairwise import build_comparisons, load_training_records
+from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train mf``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    add_training_data_arguments(parser)
     parser.add_argument("--hidden", type=int, default=64, help="width of the text projection's hidden layer")
     parser.add_argument("--dim", type=int, default=16, help="latent dimension shared by prompts and models")
     parser.add_argument("--neighbours", type=int, default=40, help="training prompts in each prompt's neighbourhood")
@@ -32,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +28,14 @@ class Comparisons:
     model_b: np.ndarray
     target: np.ndarray
     weight: np.ndarray
+
+
+def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--out`` and ``--limit``: the options every pairwise trainer reads with
+    ``load_training_records``."""
+    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
 
 
 def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:

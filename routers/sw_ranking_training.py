@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -11,18 +10,16 @@ from tqdm import tqdm
 from routers.checkpoint import write_manifest
 from routers.embedding import cached_encode
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
-from routers.pairwise import build_comparisons, load_training_records
+from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 from routers.sw_ranking import WEIGHTS, battle_statistics, similarity_vectors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train sw_ranking``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    add_training_data_arguments(parser)
     parser.add_argument("--tau", type=float, default=10.0, help="similarity sharpness: weight = exp(tau * (sim - max_sim))")
     parser.add_argument("--ridge", type=float, default=0.05, help="pull of each prompt's ratings toward the global ratings")
     parser.add_argument("--feature-weight", type=float, default=3.0, help="weight of the structural features in the similarity")
-    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
 
 
