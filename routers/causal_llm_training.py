@@ -8,13 +8,17 @@ LM head's own rows for " A", " B", ... and are trained on the pairwise compariso
 from __future__ import annotations
 
 import argparse
+import hashlib
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from routers.causal_llm import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
-from routers.embedding import resolve_device
+from routers.embedding import CACHE_DIR, resolve_device, text_key
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
 
@@ -32,6 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
+def cached_last_hidden(model: Any, tokenizer: Any, prompts: Sequence[str], base_model: str, device: str, batch_size: int) -> torch.Tensor:
+    """``last_hidden`` of every prompt, cached outside the repository by base model, template and text hash."""
+    tag = hashlib.sha1(f"{base_model}\n{TEMPLATE}".encode()).hexdigest()[:12]
+    cache = CACHE_DIR / f"causal-llm-{tag}"
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = [cache / f"{text_key(prompt)}.npy" for prompt in prompts]
+    todo = sorted({prompt for prompt, path in zip(prompts, paths) if not path.exists()}, key=len)
+    for start in tqdm(range(0, len(todo), batch_size), desc="base model", unit="batch"):
+        batch = todo[start : start + batch_size]
+        for prompt, state in zip(batch, last_hidden(model, tokenizer, batch, device).cpu().numpy()):
+            np.save(cache / f"{text_key(prompt)}.npy", state)
+    return torch.from_numpy(np.stack([np.load(path) for path in paths]))
+
+
 def run(args: argparse.Namespace) -> None:
     """Write ``label_head.safetensors`` and ``router.json`` into ``args.out``."""
     from safetensors.torch import save_file
@@ -43,12 +61,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"causal_llm: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
     tokenizer, model = load_causal_lm(args.base_model, device)
     labels = label_token_ids(tokenizer, len(comparisons.models))
-    hidden = torch.cat(
-        [
-            last_hidden(model, tokenizer, comparisons.prompts[start : start + args.batch_size], device).cpu()
-            for start in tqdm(range(0, len(comparisons.prompts), args.batch_size), desc="base model", unit="batch")
-        ]
-    )
+    hidden = cached_last_hidden(model, tokenizer, comparisons.prompts, args.base_model, device, args.batch_size)
     rows = torch.nn.Parameter(model.get_output_embeddings().weight[labels].detach().float().cpu().clone())
     bias = torch.nn.Parameter(torch.zeros(len(labels)))
     optimizer = torch.optim.Adam([rows, bias], lr=args.lr, weight_decay=args.weight_decay)

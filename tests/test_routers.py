@@ -16,7 +16,7 @@ from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
 
-SHIPPED = ["mf", "sw_ranking", "bert"]
+SHIPPED = ["mf", "sw_ranking", "bert", "causal_llm"]
 PROMPTS = [
     "What is 2 + 2?",
     "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain why this is open.",
