@@ -1,9 +1,11 @@
 """BERT router: the MiniLM checkpoint as a sequence classifier (``AutoModelForSequenceClassification``).
 
-The classifier has one output per model seen in training (a quality score delta_m, as in the MF
-router) and the strong model's win probability is ``sigmoid(delta_strong - delta_weak)``. The
-checkpoint holds only the trained parameters (top encoder layer(s), pooler, classifier) as a
-delta over the packaged all-MiniLM-L6-v2 backbone; the rest is loaded from the package.
+The classifier reads the mean of the last layer's token states (the pooling MiniLM's sentence
+embeddings were trained with, rather than the CLS pooler) and has one output per model seen in training (a quality score
+delta_m, as in the MF router); the strong model's win probability is
+``sigmoid(delta_strong - delta_weak)``. The checkpoint holds only the trained parameters (top
+encoder layer(s) and classifier) as a delta over the packaged all-MiniLM-L6-v2 backbone; the rest
+is loaded from the package.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def load_classifier(models: int, device: str, trained: Path | None = None) -> tu
     return tokenizer, model.to(device).eval()
 
 
+def classify(model: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per-model logits from last-layer states (batch, length, hidden) and the token mask (batch, length)."""
+    weights = keep.to(hidden.dtype)[:, :, None]
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return model.classifier(model.dropout(pooled))
+
+
 class BertRouter(Router):
     """Scores prompts with the fine-tuned MiniLM classifier."""
 
@@ -63,5 +72,5 @@ class BertRouter(Router):
     def score(self, prompts: Sequence[str]) -> list[float]:
         batch = self._tokenizer(list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(self._device)
         with torch.inference_mode():
-            logits = self._model(**batch).logits.float()
+            logits = classify(self._model, self._model.bert(**batch).last_hidden_state, batch["attention_mask"]).float()
         return torch.sigmoid(logits[:, self._strong] - logits[:, self._weak]).cpu().tolist()

