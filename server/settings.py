@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="longest wait to fill a scoring batch; 0 = score what has queued up at once"
     )
     torch_threads: int = Field(
-        0, ge=0, description="torch threads for router inference on the CPU; 0 = one per core less one for the event loop"
+        0, ge=0, description="torch threads for router inference on the CPU (numpy's BLAS always gets one); 0 = one per core less one for the event loop"
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
 

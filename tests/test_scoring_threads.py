@@ -1,0 +1,75 @@
+"""Loading a router holds numpy's BLAS to one thread (its per-core threads spin on the cores torch
+and the event loop need) and gives torch the configured thread count, in the thread that scores.
+
+Measured in a fresh process (``python -m tests.test_scoring_threads``): BLAS thread limits are
+process state that other tests in this process may have set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_info
+
+from routers import registry
+from routers.base import Router
+from routers.registry import RouterOptions
+from server.scoring import ScorerPool
+
+REPO = Path(__file__).resolve().parent.parent
+SEEN: list[dict[str, object]] = []
+
+
+class ThreadCountingRouter(Router):
+    """Records, from inside ``score``, the BLAS and torch thread counts of the scoring thread."""
+
+    name = "thread-counting"
+
+    @classmethod
+    def from_options(cls, options: RouterOptions) -> ThreadCountingRouter:
+        return cls()
+
+    def score(self, prompts: Sequence[str]) -> list[float]:
+        np.ones((64, 64)) @ np.ones((64, 64))
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        SEEN.append({"blas": blas, "torch": torch.get_num_threads()})
+        return [0.5 for _ in prompts]
+
+
+def measure(torch_threads: int) -> dict[str, object]:
+    """Load the router through a ScorerPool, score one text; what the router saw while scoring it."""
+    registry._FACTORIES[ThreadCountingRouter.name] = f"{__name__}:ThreadCountingRouter.from_options"
+
+    async def score() -> float:
+        pool = ScorerPool(RouterOptions(), batch_size=8, batch_wait=0.0, cache_size=0, torch_threads=torch_threads)
+        try:
+            return await (await pool.get(ThreadCountingRouter.name)).score("hello")
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(score()) == 0.5
+    return SEEN[-1]  # the request's score, after the warm-up's
+
+
+def test_the_scoring_thread_uses_one_blas_thread_and_the_configured_torch_threads() -> None:
+    environment = {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}  # as on a 2-core machine
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.test_scoring_threads", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **environment},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["blas"] and all(count == 1 for count in seen["blas"])
+    assert seen["torch"] == 3
+
+
+if __name__ == "__main__":
+    np.ones((64, 64)) @ np.ones((64, 64))  # BLAS loaded and used by the main thread first, as in a server
+    print(json.dumps(measure(int(sys.argv[1]))))
