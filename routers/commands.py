@@ -91,14 +91,17 @@ def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def score_all(router, prompts: list[str], batch_size: int, label: str) -> list[float]:  # type: ignore[no-untyped-def]
-    """Scores of ``prompts`` in batches, with a progress bar."""
+    """Scores of ``prompts`` (in their order) with a progress bar; batches group prompts of similar
+    length, so that little of each batch is padding."""
     from tqdm import tqdm
 
-    scores: list[float] = []
+    by_length = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+    scores = [0.0] * len(prompts)
     with tqdm(total=len(prompts), desc=label, unit="prompt") as progress:
         for start in range(0, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
-            scores.extend(router.score(batch))
+            batch = by_length[start : start + batch_size]
+            for index, score in zip(batch, router.score([prompts[index] for index in batch]), strict=True):
+                scores[index] = float(score)
             progress.update(len(batch))
     return scores
 

@@ -122,3 +122,22 @@ def test_calibrate_threshold_yields_the_requested_share(fraction: float, data_sl
     assert main(["score", "--router", "mf", "--input", str(data_slice), "--output", str(tmp_path / "scores.jsonl")]) == 0
     scores = np.asarray(list(_scores(tmp_path / "scores.jsonl").values()))
     assert np.mean(scores >= threshold) == pytest.approx(round(fraction * len(scores)) / len(scores))
+
+
+def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None:
+    from routers.base import Router
+    from routers.commands import score_all
+
+    class LengthRouter(Router):
+        name = "length"
+
+        def __init__(self) -> None:
+            self.batches: list[list[str]] = []
+
+        def score(self, prompts):  # type: ignore[no-untyped-def]
+            self.batches.append(list(prompts))
+            return [len(prompt) / 100 for prompt in prompts]
+
+    router = LengthRouter()
+    assert score_all(router, ["ccc", "a", "bbbbb", "dd"], batch_size=2, label="test") == [0.03, 0.01, 0.05, 0.02]
+    assert router.batches == [["a", "dd"], ["ccc", "bbbbb"]]
