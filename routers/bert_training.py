@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from routers.bert import TRAINED, classify, load_classifier
 from routers.checkpoint import write_manifest
-from routers import embedding
-from routers.embedding import MAX_TOKENS, resolve_device, text_key
+from routers.embedding import MAX_TOKENS, resolve_device
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
+from routers.state_cache import cached_states
 
 LAYERS = 6
 
@@ -38,23 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def frozen_states(model: torch.nn.Module, tokenizer, prompts: list[str], first_trained: int, device: str) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
     """Input of encoder layer ``first_trained`` for each prompt (fp16, unpadded), cached by text hash."""
-    cache = embedding.CACHE_DIR / f"minilm{MAX_TOKENS}-layer{first_trained}-input"
-    cache.mkdir(parents=True, exist_ok=True)
-    paths = [cache / f"{text_key(prompt)}.npy" for prompt in prompts]
-    todo = sorted({prompt for prompt, path in zip(prompts, paths) if not path.exists()}, key=len)
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(todo), 32), desc=f"frozen layers 0-{first_trained - 1}", unit="batch"):
-            batch = todo[start : start + 32]
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
+
+    def compute(batch: list[str]) -> list[np.ndarray]:
+        encoded = tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
+        with torch.inference_mode():
             hidden = model.bert(**encoded, output_hidden_states=True).hidden_states[first_trained]
-            for row, prompt in enumerate(batch):
-                length = int(encoded["attention_mask"][row].sum())
-                np.save(cache / f"{text_key(prompt)}.npy", hidden[row, :length].float().cpu().numpy().astype(np.float16))
-    return [torch.from_numpy(np.load(path)) for path in paths]
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        return [hidden[row, :length].float().cpu().numpy().astype(np.float16) for row, length in enumerate(lengths)]
+
+    name = f"minilm{MAX_TOKENS}-layer{first_trained}-input"
+    states = cached_states(name, prompts, compute, batch_size=32, description=f"frozen layers 0-{first_trained - 1}")
+    return [torch.from_numpy(state) for state in states]
 
 
-def _padded(states: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a batch of (length, hidden) states; additive attention mask (batch, 1, 1, length)."""
+def _padded(states: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad a batch of (length, hidden) states; additive attention mask (batch, 1, 1, length) and
+    the token mask (batch, length)."""
     length = max(state.shape[0] for state in states)
     hidden = torch.zeros(len(states), length, states[0].shape[1])
     keep = torch.zeros(len(states), length, dtype=torch.bool)
@@ -63,7 +62,7 @@ def _padded(states: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torc
         keep[row, : state.shape[0]] = True
     mask = torch.zeros(len(states), 1, 1, length)
     mask.masked_fill_(~keep[:, None, None, :], torch.finfo(torch.float32).min)
-    return hidden.to(device), mask.to(device)
+    return hidden.to(device), mask.to(device), keep.to(device)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -146,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
 
 def _top_forward(model: torch.nn.Module, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:
     """Logits from cached inputs of layer ``first_trained``: the trained layers and the classifier."""
-    hidden, mask = _padded(states, device)
+    hidden, mask, keep = _padded(states, device)
     for layer in model.bert.encoder.layer[first_trained:]:
         hidden = layer(hidden, mask)
-    return classify(model, hidden, mask[:, 0, 0, :] == 0)
+    return classify(model, hidden, keep)

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from routers.causal_llm import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
-from routers.embedding import CACHE_DIR, resolve_device, text_key
+from routers.embedding import resolve_device
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
+from routers.state_cache import cached_states
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def cached_last_hidden(model: Any, tokenizer: Any, prompts: Sequence[str], base_model: str, device: str, batch_size: int) -> torch.Tensor:
     """``last_hidden`` of every prompt, cached outside the repository by base model, template and text hash."""
     tag = hashlib.sha1(f"{base_model}\n{TEMPLATE}".encode()).hexdigest()[:12]
-    cache = CACHE_DIR / f"causal-llm-{tag}"
-    cache.mkdir(parents=True, exist_ok=True)
-    paths = [cache / f"{text_key(prompt)}.npy" for prompt in prompts]
-    todo = sorted({prompt for prompt, path in zip(prompts, paths) if not path.exists()}, key=len)
-    for start in tqdm(range(0, len(todo), batch_size), desc="base model", unit="batch"):
-        batch = todo[start : start + batch_size]
-        for prompt, state in zip(batch, last_hidden(model, tokenizer, batch, device).cpu().numpy()):
-            np.save(cache / f"{text_key(prompt)}.npy", state)
-    return torch.from_numpy(np.stack([np.load(path) for path in paths]))
+    states = cached_states(
+        f"causal-llm-{tag}", prompts, lambda batch: last_hidden(model, tokenizer, batch, device).cpu().numpy(), batch_size, "base model"
+    )
+    return torch.from_numpy(np.stack(states))
 
 
 def run(args: argparse.Namespace) -> None:
