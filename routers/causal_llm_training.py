@@ -2,7 +2,10 @@
 
 The LM's last hidden state at the answer position is computed once per prompt (the expensive
 part: one forward pass of the base model per training prompt); the label rows start from the
-LM head's own rows for " A", " B", ... and are trained on the pairwise comparisons.
+LM head's own rows for " A", " B", ... and are trained on the pairwise comparisons, together with
+a linear term on the prompt's structural features (``routers.feature_head``); ``--hidden-l2``
+shrinks the differences between the rows, so the 576-wide state does not overfit a few thousand
+prompts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from tqdm import tqdm
 from routers.causal_llm import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
 from routers.embedding import resolve_device
-from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
+from routers.feature_head import FEATURE_HEAD, FeatureHead
+from routers.pairwise import Comparisons, add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
 from routers.state_cache import cached_states
 
 
@@ -31,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=200, help="full-batch optimiser steps over the cached hidden states")
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--weight-decay", type=float, default=1e-3)
+    parser.add_argument("--hidden-l2", type=float, default=0.1, help="penalty on the differences between the label rows")
+    parser.add_argument("--feature-l2", type=float, default=1e-4, help="penalty on the structural-feature weights")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the base model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -46,8 +51,30 @@ def cached_last_hidden(model: Any, tokenizer: Any, prompts: Sequence[str], base_
     return torch.from_numpy(np.stack(states))
 
 
+def fit_label_head(
+    hidden: torch.Tensor, feature_head: FeatureHead, feature_inputs: torch.Tensor, rows: torch.Tensor, comparisons: Comparisons, args: argparse.Namespace
+) -> torch.Tensor:
+    """Train label rows (started at ``rows``) and ``feature_head`` on the pairwise comparisons;
+    returns the rows (for the states ``hidden`` as given)."""
+    scale = hidden.std() + 1e-6
+    states = hidden / scale  # unit-scale states: one learning rate and penalty fit any base model
+    scaled_rows = torch.nn.Parameter(rows * scale)
+    optimizer = torch.optim.Adam([scaled_rows, *feature_head.parameters()], lr=args.lr)
+    progress = tqdm(range(args.epochs), desc="train label rows", unit="step")
+    for _ in progress:
+        fit = pairwise_loss(states @ scaled_rows.T + feature_head(feature_inputs), comparisons)
+        spread = scaled_rows - scaled_rows.mean(dim=0)  # only differences between rows decide
+        penalty = args.hidden_l2 * spread.square().sum() + args.feature_l2 * feature_head.weight.square().sum()
+        loss = fit + penalty
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{fit.item():.4f}")
+    return scaled_rows.detach() / scale
+
+
 def run(args: argparse.Namespace) -> None:
-    """Write ``label_head.safetensors`` and ``router.json`` into ``args.out``."""
+    """Write ``label_head.safetensors``, ``feature_head.safetensors`` and ``router.json`` into ``args.out``."""
     from safetensors.torch import save_file
 
     torch.manual_seed(args.seed)
@@ -58,24 +85,12 @@ def run(args: argparse.Namespace) -> None:
     tokenizer, model = load_causal_lm(args.base_model, device)
     labels = label_token_ids(tokenizer, len(comparisons.models))
     hidden = cached_last_hidden(model, tokenizer, comparisons.prompts, args.base_model, device, args.batch_size)
-    rows = torch.nn.Parameter(model.get_output_embeddings().weight[labels].detach().float().cpu().clone())
-    bias = torch.nn.Parameter(torch.zeros(len(labels)))
-    optimizer = torch.optim.Adam([rows, bias], lr=args.lr, weight_decay=args.weight_decay)
-    prompt, model_a, model_b = (torch.from_numpy(values) for values in (comparisons.prompt, comparisons.model_a, comparisons.model_b))
-    target, weight = torch.from_numpy(comparisons.target), torch.from_numpy(comparisons.weight)
-    scale = hidden.std() + 1e-6
-    features = hidden / scale  # the rows are stored for unscaled states (divided by the same scale)
-    progress = tqdm(range(args.epochs), desc="train label rows", unit="step")
-    for _ in progress:
-        logits = features[prompt] @ rows.T + bias
-        margin = logits.gather(1, model_a[:, None])[:, 0] - logits.gather(1, model_b[:, None])[:, 0]
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(margin, target, reduction="none") * weight).sum() / len(records)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+    feature_head = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
+    lm_rows = model.get_output_embeddings().weight[labels].detach().float().cpu()
+    rows = fit_label_head(hidden, feature_head, feature_head.inputs(comparisons.prompts), lm_rows, comparisons, args)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file({"rows": (rows.detach() / scale).contiguous(), "bias": bias.detach().contiguous()}, str(args.out / HEAD))
+    save_file({"rows": rows.contiguous()}, str(args.out / HEAD))
+    feature_head.save(args.out / FEATURE_HEAD)
     write_manifest(
         args.out,
         "causal_llm",
@@ -84,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         base_model=args.base_model,
         template=TEMPLATE,
         label_tokens=[tokenizer.decode([token]) for token in labels],
-        hyperparameters={key: getattr(args, key) for key in ("epochs", "lr", "weight_decay", "limit", "seed")},
+        hyperparameters={key: getattr(args, key) for key in ("epochs", "lr", "hidden_l2", "feature_l2", "limit", "seed")},
         prompts=len(records),
     )
     print(f"causal_llm: wrote {args.out}")

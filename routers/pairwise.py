@@ -9,6 +9,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from routers.data import Record, load_records
 
@@ -75,3 +76,11 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
         target=np.asarray(target, dtype=np.float32),
         weight=np.asarray(weight, dtype=np.float32),
     )
+
+
+def pairwise_loss(logits: torch.Tensor, comparisons: Comparisons) -> torch.Tensor:
+    """Weighted logistic loss of every comparison's margin, per prompt; ``logits`` is (prompts, models)."""
+    prompt, model_a, model_b = (torch.from_numpy(values) for values in (comparisons.prompt, comparisons.model_a, comparisons.model_b))
+    margin = logits[prompt, model_a] - logits[prompt, model_b]
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(margin, torch.from_numpy(comparisons.target), reduction="none")
+    return (losses * torch.from_numpy(comparisons.weight)).sum() / len(comparisons.prompts)

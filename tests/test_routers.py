@@ -114,6 +114,25 @@ def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_
     assert router.score(PROMPTS[:1]) == pytest.approx(scores[:1], abs=1e-4)  # padding does not change a score
 
 
+def test_causal_llm_feature_head_carries_what_the_lm_state_does_not(tmp_path: Path) -> None:
+    """Strong wins exactly on long prompts; with the LM rows held together (huge --hidden-l2), only
+    the structural-feature head can rank a long prompt above a short one."""
+    data = tmp_path / "length.jsonl"
+    with data.open("w", encoding="utf-8") as lines:
+        for number in range(40):
+            long = number % 2 == 0
+            prompt = f"Item {number}: " + ("add these numbers and explain each step of the work. " * 6 if long else "hi?")
+            scores = {STRONG: 1.0, WEAK: 0.0} if long else {STRONG: 0.0, WEAK: 1.0}
+            lines.write(json.dumps({"id": str(number), "prompt": prompt, "scores": scores, "split": "train"}) + "\n")
+    base = tiny_causal_lm(tmp_path / "tiny-lm")
+    checkpoints = tmp_path / "checkpoints"
+    command = ["train", "causal_llm", "--data", str(data), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base)]
+    assert main([*command, "--epochs", "150", "--lr", "0.05", "--hidden-l2", "1000000"]) == 0
+    router = load_router("causal_llm", RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
+    long_score, short_score = router.score(["Please add 17, 25 and 31, then explain every step of the work in detail. " * 5, "ok?"])
+    assert long_score > 0.6 and short_score < 0.4
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_calibrate_threshold_yields_the_requested_share(fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
