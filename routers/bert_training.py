@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> None:
     trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
     if args.train_layers == LAYERS:
         trained_prefixes += ("bert.embeddings.",)
-    feature_head = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
-    feature_inputs = feature_head.inputs(comparisons.prompts)
+    feature_head, feature_inputs = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
     feature_head.fit_alone(feature_inputs, comparisons)
     with torch.no_grad():
         structure = feature_head(feature_inputs).to(device)  # held fixed: the network learns what it misses

@@ -108,7 +108,7 @@ class CausalLLMRouter(Router):
         head = load_file(str(directory / HEAD))
         rows = head["rows"].float()
         self._direction = (rows[self._strong] - rows[self._weak]).to(self._device)
-        self._features = FeatureHead.load(directory / FEATURE_HEAD)
+        self._features = FeatureHead.load(directory / FEATURE_HEAD).to(self._device)
 
     @classmethod
     def from_options(cls, options: RouterOptions) -> CausalLLMRouter:
@@ -119,5 +119,5 @@ class CausalLLMRouter(Router):
         hidden = last_hidden(self._model, self._tokenizer, prompts, self._device)
         with torch.inference_mode():
             structure = self._features.logits(prompts)
-        margin = hidden @ self._direction + (structure[:, self._strong] - structure[:, self._weak]).to(self._device)
+        margin = hidden @ self._direction + structure[:, self._strong] - structure[:, self._weak]
         return torch.sigmoid(margin).cpu().tolist()

@@ -30,9 +30,12 @@ class FeatureHead(torch.nn.Module):
         self.bias = torch.nn.Parameter(bias.float())
 
     @classmethod
-    def untrained(cls, prompts: Sequence[str], models: int) -> FeatureHead:
-        """A zero head whose standardisation is fitted on the training ``prompts``."""
-        return cls(Standardizer.fit(feature_matrix(prompts)), torch.zeros(models, len(FEATURE_NAMES)), torch.zeros(models))
+    def untrained(cls, prompts: Sequence[str], models: int) -> tuple[FeatureHead, torch.Tensor]:
+        """A zero head whose standardisation is fitted on the training ``prompts``, and those
+        prompts' standardised features (its ``forward`` input)."""
+        raw = feature_matrix(prompts)
+        head = cls(Standardizer.fit(raw), torch.zeros(models, len(FEATURE_NAMES)), torch.zeros(models))
+        return head, torch.from_numpy(head.standardize(raw))
 
     @classmethod
     def load(cls, path: Path) -> FeatureHead:
@@ -59,14 +62,10 @@ class FeatureHead(torch.nn.Module):
             loss.backward()
             optimizer.step()
 
-    def inputs(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Standardised features (batch, features): compute once per training prompt, then call ``forward``."""
-        return torch.from_numpy(self.standardize(feature_matrix(prompts)))
-
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Per-model logits (batch, models) from ``inputs``."""
         return inputs.to(self.weight.device) @ self.weight.T + self.bias
 
     def logits(self, prompts: Sequence[str]) -> torch.Tensor:
         """Per-model logits (batch, models) of ``prompts``."""
-        return self(self.inputs(prompts))
+        return self(torch.from_numpy(self.standardize(feature_matrix(prompts))))
