@@ -13,7 +13,7 @@ from routers.checkpoint import write_manifest
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf import WEIGHTS, prompt_inputs
-from routers.neighbourhood import Neighbourhood, quantise
+from routers.neighbourhood import Neighbourhood, quantise, text_groups
 from routers.sw_ranking import similarity_vectors
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
         for name, value in record["scores"].items():
             scores[row, comparisons.models.index(name)] = value
     neighbourhood = Neighbourhood(vectors, scores, args.neighbours)
-    features = prompt_inputs(standardize(raw), neighbourhood.features(vectors, exclude_self=True))
+    features = prompt_inputs(standardize(raw), neighbourhood.features(vectors, groups=text_groups(comparisons.prompts)))
     train_vectors, train_vector_scale = quantise(vectors)
 
     device = resolve_device(args.device)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
         "mf",
         args.data,
         comparisons.models,
-        features=[*FEATURE_NAMES, "neighbourhood mean score per model (MiniLM cosine, leave-one-out in training)"],
+        features=[*FEATURE_NAMES, "neighbourhood mean score per model (MiniLM cosine, leaving out the prompt and its repeats in training)"],
         hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "neighbours", "feature_weight", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
         prompts=len(records),
         comparisons=int(total),

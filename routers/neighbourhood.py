@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -18,20 +20,30 @@ class Neighbourhood:
         self.k = min(k, len(self.vectors) - 1)
         self._fallback = np.nanmean(self.scores, axis=0)
 
-    def features(self, queries: np.ndarray, exclude_self: bool = False, chunk: int = 1024) -> np.ndarray:
-        """(queries, models) neighbourhood means; ``exclude_self`` when ``queries`` are the training vectors."""
+    def features(self, queries: np.ndarray, groups: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+        """(queries, models) neighbourhood means.
+
+        ``groups`` (one id per training prompt, from ``text_groups``) is given when ``queries`` are
+        the training vectors themselves: a prompt's neighbourhood then leaves out every training
+        prompt with the same text, itself and its repeats, so no prompt sees its own scores.
+        """
         out = np.empty((len(queries), self.scores.shape[1]), dtype=np.float32)
         for start in range(0, len(queries), chunk):
             similarity = queries[start : start + chunk] @ self.vectors.T
-            if exclude_self:
-                rows = np.arange(similarity.shape[0])
-                similarity[rows, rows + start] = -np.inf
+            if groups is not None:
+                similarity[groups[start : start + chunk, None] == groups[None, :]] = -np.inf
             nearest = np.argpartition(-similarity, self.k - 1, axis=1)[:, : self.k]
             neighbour_scores = self.scores[nearest]
             counts = np.sum(~np.isnan(neighbour_scores), axis=1)
             sums = np.nansum(neighbour_scores, axis=1)
             out[start : start + chunk] = np.where(counts > 0, sums / np.maximum(counts, 1), self._fallback)
         return out
+
+
+def text_groups(prompts: Sequence[str]) -> np.ndarray:
+    """One integer per prompt, equal for prompts whose text is the same up to case and whitespace."""
+    ids: dict[str, int] = {}
+    return np.asarray([ids.setdefault(" ".join(prompt.lower().split()), len(ids)) for prompt in prompts], dtype=np.int64)
 
 
 def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from routers.checkpoint import CheckpointError
 from routers import evaluation
 from routers.data import iter_records
 from routers.evaluation import PairQuality
+from routers.neighbourhood import Neighbourhood, text_groups
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
@@ -173,3 +174,16 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
     router = LengthRouter()
     assert score_all(router, ["ccc", "a", "bbbbb", "dd"], batch_size=2, label="test") == [0.03, 0.01, 0.05, 0.02]
     assert router.batches == [["a", "dd"], ["ccc", "bbbbb"]]
+
+
+def test_neighbourhood_in_training_leaves_out_a_prompts_repeats() -> None:
+    """A training prompt must not see its own label through a repeat of its text (mf's neighbourhood)."""
+    prompts = ["What is 2 + 2?", "what is  2 + 2?", "What is 3 + 3?"]
+    vectors = np.asarray([[1.0, 0.0], [1.0, 0.0], [0.8, 0.6]], dtype=np.float32)
+    scores = np.asarray([[1.0], [1.0], [0.0]], dtype=np.float32)
+    neighbourhood = Neighbourhood(vectors, scores, k=1)
+    groups = text_groups(prompts)
+    assert groups[0] == groups[1] != groups[2]
+    # the repeat is the nearest neighbour, but its score (1.0) is the prompt's own label
+    assert neighbourhood.features(vectors, groups=groups)[:, 0].tolist() == [0.0, 0.0, 1.0]
+    assert neighbourhood.features(vectors[:1])[0, 0] == 1.0  # serving: a new prompt may use its nearest repeat
