@@ -364,6 +364,15 @@ def build_targets(
     if "direct" in args.targets:
         targets.append(Target("direct", STRONG_MODEL, lambda: (None, f"{upstream}/chat/completions")))
 
+    if "floor" in args.targets:
+
+        def start_floor() -> tuple[Server, str]:
+            port = free_port()
+            command = [sys.executable, str(REPO / "bench" / "asgi_floor.py"), "--port", str(port), "--upstream", mock_url]
+            return Server("asgi-floor", command, base_env(), log_dir), f"http://127.0.0.1:{port}"
+
+        targets.append(Target("asgi-floor", STRONG_MODEL, start_floor, ready_path="/v1/models"))
+
     for router in args.routers if "routegate" in args.targets else []:
         if router == "mf" and not (REPO / "routers" / "checkpoints" / "mf").is_dir():
             targets.append(f"routegate-mf: not available (no routers/checkpoints/mf in {REPO})")
@@ -519,6 +528,8 @@ def compute_ratios(run: Run, concurrency: list[int]) -> dict:
     ratios: dict = {"per_cell": []}
     pairs = [
         ("routegate_random_over_direct", "routegate-random", "direct"),
+        ("floor_over_direct", "asgi-floor", "direct"),
+        ("routegate_random_over_floor", "routegate-random", "asgi-floor"),
         ("routegate_random_over_routellm", "routegate-random", "routellm-random"),
         ("routegate_random_over_litellm", "routegate-random", "litellm"),
         ("routegate_mf_over_routellm", "routegate-mf", "routellm-random"),
@@ -576,9 +587,11 @@ def print_report(run: Run) -> None:
     else:
         print(f"\nencoder: failed: {encoder.get('error')}")
     ratios = run.ratios
-    print(f"\n{'mode':6} {'c':>4} {'rg/direct':>10} {'rg/RouteLLM':>12} {'rg/LiteLLM':>11} {'mf/RouteLLM':>12}   (rg = routegate random; req/s ratios)")
+    print(f"\n{'mode':6} {'c':>4} {'rg/direct':>10} {'floor/direct':>13} {'rg/floor':>9} {'rg/RouteLLM':>12} {'rg/LiteLLM':>11} {'mf/RouteLLM':>12}"
+          "   (rg = routegate random, floor = bare uvicorn relay; req/s ratios)")  # fmt: skip
     for row in ratios["per_cell"]:
         print(f"{'stream' if row['stream'] else 'plain':6} {row['concurrency']:>4} {_fmt(row['routegate_random_over_direct'], '.2f'):>10} "
+              f"{_fmt(row['floor_over_direct'], '.2f'):>13} {_fmt(row['routegate_random_over_floor'], '.2f'):>9} "
               f"{_fmt(row['routegate_random_over_routellm'], '.2f'):>12} {_fmt(row['routegate_random_over_litellm'], '.2f'):>11} "
               f"{_fmt(row['routegate_mf_over_routellm'], '.2f'):>12}")  # fmt: skip
     for mode in ("plain", "stream"):
@@ -601,7 +614,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each cell (default 2)")
     parser.add_argument("--concurrency", default="1,32,128", help="comma-separated connection counts (default 1,32,128)")
     parser.add_argument("--routers", default="random,mf", help="routegate routers to measure (default random,mf)")
-    parser.add_argument("--targets", default="direct,routegate,routellm,litellm", help="which targets (default all)")
+    parser.add_argument("--targets", default="direct,floor,routegate,routellm,litellm", help="which targets (default all; floor: bench/asgi_floor.py, a bare uvicorn relay)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s cells, 1 s warm-up, c=1 and 32, 5 encoder batches")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     parser.add_argument("--encoder-batch-size", type=int, default=32)

@@ -1,4 +1,5 @@
-"""The benchmark's mock upstream speaks enough OpenAI for the official SDK: a completion and a stream."""
+"""The benchmark's mock upstream speaks enough OpenAI for the official SDK: a completion and a stream;
+the bare relay (``bench/asgi_floor.py``) passes both through unchanged."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -16,24 +18,46 @@ from tests.conftest import REPO
 from tests.fake_upstream import free_port
 
 
-@pytest.fixture(scope="module")
-def mock_client() -> Iterator[OpenAI]:
+def serve(script: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """Start ``bench/<script>`` on a free port; return it once the port accepts connections."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "mock_upstream.py"), "--port", str(port)],
+        [sys.executable, str(REPO / "bench" / script), "--port", str(port), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{script} did not start: {process.stderr.read().decode() if process.stderr else ''}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def mock_port() -> Iterator[int]:
+    process, port = serve("mock_upstream.py")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mock upstream did not start: {process.stderr.read().decode() if process.stderr else ''}")
-                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mock_client(mock_port: int) -> Iterator[OpenAI]:
+    with OpenAI(base_url=f"http://127.0.0.1:{mock_port}/v1", api_key="sk-bench", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def floor_client(mock_port: int) -> Iterator[OpenAI]:
+    process, port = serve("asgi_floor.py", "--upstream", f"http://127.0.0.1:{mock_port}")
+    try:
         with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0) as client:
             yield client
     finally:
@@ -78,3 +102,13 @@ def test_one_connection_answers_pipelined_requests_and_rejects_bad_bodies(mock_c
     with pytest.raises(Exception) as error:
         mock_client.post("/chat/completions", body={"messages": []}, cast_to=object)
     assert getattr(error.value, "status_code", None) == 400
+
+
+def test_floor_relay_passes_completion_and_stream_through(floor_client: OpenAI, mock_port: int) -> None:
+    stats = f"http://127.0.0.1:{mock_port}/stats"
+    reply = floor_client.chat.completions.create(model="mock-strong", messages=[{"role": "user", "content": "hi 3"}])
+    assert reply.model == "mock-strong" and reply.choices[0].message.content == "".join(CONTENT)
+    before = httpx.get(stats).json()["completions"]
+    chunks = list(floor_client.chat.completions.create(model="mock-weak", messages=[{"role": "user", "content": "hi 4"}], stream=True))
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "".join(CONTENT)
+    assert httpx.get(stats).json()["completions"] == before + 1  # the mock answered it: relayed, not made up
