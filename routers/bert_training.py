@@ -20,7 +20,7 @@ from routers.bert import TRAINED, classify, load_classifier
 from routers.checkpoint import write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
 from routers.feature_head import FEATURE_HEAD, FeatureHead
-from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
+from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
 from routers.state_cache import cached_states
 
 LAYERS = 6
@@ -92,10 +92,6 @@ def run(args: argparse.Namespace) -> None:
         parameter.requires_grad = name.startswith(trained_prefixes)
     states = None if args.train_layers == LAYERS else frozen_states(model, tokenizer, comparisons.prompts, first_trained, device)
 
-    # per prompt: the comparisons on it (model indices, soft targets, weights)
-    by_prompt: list[list[int]] = [[] for _ in comparisons.prompts]
-    for position, prompt in enumerate(comparisons.prompt):
-        by_prompt[prompt].append(position)
     optimizer = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}], weight_decay=0.01)
     steps = args.epochs * ((len(records) + args.batch_size - 1) // args.batch_size)
     if args.max_steps:
@@ -115,17 +111,7 @@ def run(args: argparse.Namespace) -> None:
                 logits = classify(model, model.bert(**encoded).last_hidden_state, encoded["attention_mask"])
             else:
                 logits = _top_forward(model, [states[p] for p in prompts], first_trained, device)
-            logits = logits + structure[prompts]
-            rows = [row for row, p in enumerate(prompts) for _ in by_prompt[p]]
-            positions = [position for p in prompts for position in by_prompt[p]]
-            rows_t = torch.tensor(rows, device=device)
-            index = torch.tensor(positions)
-            model_a = torch.from_numpy(comparisons.model_a[index]).to(device)
-            model_b = torch.from_numpy(comparisons.model_b[index]).to(device)
-            margin = logits[rows_t, model_a] - logits[rows_t, model_b]
-            target = torch.from_numpy(comparisons.target[index]).to(device)
-            weight = torch.from_numpy(comparisons.weight[index]).to(device)
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(margin, target, reduction="none") * weight).sum() / len(prompts)
+            loss = pairwise_loss(logits + structure[prompts], comparisons.of_prompts(prompts))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -29,6 +30,22 @@ class Comparisons:
     model_b: np.ndarray
     target: np.ndarray
     weight: np.ndarray
+
+    def of_prompts(self, prompts: Sequence[int]) -> Comparisons:
+        """The comparisons on the prompts at indices ``prompts`` (distinct), renumbered 0, 1, ...
+        in that order: a mini-batch whose logits have one row per prompt in ``prompts``."""
+        renumber = np.full(len(self.prompts), -1, dtype=np.int64)
+        renumber[np.asarray(prompts, dtype=np.int64)] = np.arange(len(prompts))
+        keep = renumber[self.prompt] >= 0
+        return Comparisons(
+            prompts=[self.prompts[index] for index in prompts],
+            models=self.models,
+            prompt=renumber[self.prompt[keep]],
+            model_a=self.model_a[keep],
+            model_b=self.model_b[keep],
+            target=self.target[keep],
+            weight=self.weight[keep],
+        )
 
 
 def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +97,10 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
 
 def pairwise_loss(logits: torch.Tensor, comparisons: Comparisons) -> torch.Tensor:
     """Weighted logistic loss of every comparison's margin, per prompt; ``logits`` is (prompts, models)."""
-    prompt, model_a, model_b = (torch.from_numpy(values) for values in (comparisons.prompt, comparisons.model_a, comparisons.model_b))
+    prompt, model_a, model_b, target, weight = (
+        torch.from_numpy(values).to(logits.device)
+        for values in (comparisons.prompt, comparisons.model_a, comparisons.model_b, comparisons.target, comparisons.weight)
+    )
     margin = logits[prompt, model_a] - logits[prompt, model_b]
-    losses = torch.nn.functional.binary_cross_entropy_with_logits(margin, torch.from_numpy(comparisons.target), reduction="none")
-    return (losses * torch.from_numpy(comparisons.weight)).sum() / len(comparisons.prompts)
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(margin, target, reduction="none")
+    return (losses * weight).sum() / len(comparisons.prompts)
