@@ -3,7 +3,7 @@
     python bench/gsm8k_headroom.py --data-dir ../shared/data [--folds 5]
 
 Rows on ``routellm-gsm8k`` dev, each with a bootstrap standard deviation over dev prompts:
-prompt-only scores (length, a logistic regression on the structural features fitted on train, the
+prompt-only scores (length, a linear score on the structural features fitted on train, the
 shipped ``mf`` checkpoint) beside scores that use what no router can see before answering: the
 six ``lookahead-gsm8k`` models' actual outcomes on the same dev question, and the number of
 steps in GPT-4's own dev answer. With ``--folds K`` it also trains ``mf`` K times, each time
@@ -28,8 +28,10 @@ from tqdm import tqdm
 from routers import mf_training
 from routers.data import Record, load_records
 from routers.evaluation import PairQuality, apgr
+from routers.feature_head import FeatureHead
 from routers.features import Standardizer, feature_matrix
 from routers.mf import MFRouter
+from routers.pairwise import build_comparisons
 
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -49,25 +51,19 @@ def bootstrap_sd(scores: np.ndarray, quality: PairQuality, resamples: int = 500)
     return float(np.std(values))
 
 
-def fit_logistic(inputs: np.ndarray, records: Sequence[Record], l2: float = 1e-2) -> Callable[[np.ndarray], np.ndarray]:
-    """L2-penalised logistic regression of the soft target (1 + strong - weak) / 2 on standardised inputs."""
+def fit_linear(inputs: np.ndarray, records: Sequence[Record]) -> Callable[[np.ndarray], np.ndarray]:
+    """A linear score on standardised ``inputs``, fitted on ``records`` as routegate's feature head
+    is (``FeatureHead.fit_alone``: pairwise logistic loss with soft targets)."""
     standardize = Standardizer.fit(inputs)
-    quality = quality_of(records)
-    x = torch.from_numpy(standardize(inputs)).double()
-    target = torch.from_numpy((1.0 + quality.strong - quality.weak) / 2.0)
-    weights = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+    head = FeatureHead(standardize, torch.zeros(2, inputs.shape[1]), torch.zeros(2))
+    head.fit_alone(torch.from_numpy(standardize(inputs)), build_comparisons(list(records), [STRONG, WEAK]))
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = x @ weights[:-1] + weights[-1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + l2 * weights[:-1].pow(2).sum()
-        loss.backward()
-        return loss
+    def score(new: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = head(torch.from_numpy(standardize(new)))
+        return (logits[:, 0] - logits[:, 1]).numpy()
 
-    optimizer.step(closure)
-    fitted = weights.detach().numpy()
-    return lambda new: standardize(new).astype(np.float64) @ fitted[:-1] + fitted[-1]
+    return score
 
 
 def answer_steps(answer: str) -> float:
@@ -89,12 +85,12 @@ def dev_rows(data_dir: Path, checkpoint: Path) -> tuple[list[tuple[str, np.ndarr
     def structure(records: Sequence[Record]) -> np.ndarray:
         return feature_matrix([r["prompt"] for r in records])
 
-    structural = fit_logistic(structure(train), train)
-    with_outcomes = fit_logistic(np.concatenate([structure(train), outcomes(train)], axis=1), train)
+    structural = fit_linear(structure(train), train)
+    with_outcomes = fit_linear(np.concatenate([structure(train), outcomes(train)], axis=1), train)
     router = MFRouter(checkpoint, "cpu", STRONG, WEAK)
     return [
         ("prompt length in characters (baseline)", np.asarray([len(r["prompt"]) for r in dev], dtype=float)),
-        ("structural features, logistic regression fitted on train", structural(structure(dev))),
+        ("structural features, linear score fitted on train", structural(structure(dev))),
         (f"shipped mf checkpoint ({checkpoint})", np.asarray(router.score([r["prompt"] for r in dev]))),
         ("NOT A ROUTER: six other models' actual dev outcomes (1 - mean)", 1.0 - outcomes(dev).mean(axis=1)),
         ("NOT A ROUTER: those outcomes + structural features, fitted on train", with_outcomes(np.concatenate([structure(dev), outcomes(dev)], axis=1))),
