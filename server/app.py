@@ -62,6 +62,7 @@ class Gateway:
             settings.score_batch_wait_ms / 1000,
             settings.score_cache_size,
             settings.torch_threads,
+            settings.score_threads,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget

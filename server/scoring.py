@@ -1,5 +1,6 @@
-"""Scoring off the event loop: concurrent requests' prompts are micro-batched into one router
-call on a dedicated thread, and scores are kept in a per-process LRU cache."""
+"""Scoring off the event loop: concurrent requests' prompts are micro-batched into router calls
+on dedicated scoring threads (several batches at once on a multi-core CPU), and scores are kept in
+a per-process LRU cache."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from routers.base import Router
+from routers.embedding import resolve_device
 from routers.registry import RouterOptions, load_router
 from server import metrics
 from server.errors import APIError
@@ -43,16 +45,18 @@ class ScoreCache:
 
 class Scorer:
     """Scores texts with one router, batching concurrent calls (at most ``batch_size`` texts,
-    waiting at most ``batch_wait`` seconds for a batch to fill)."""
+    waiting at most ``batch_wait`` seconds for a batch to fill); up to ``threads`` batches are
+    scored at once, each on its own thread."""
 
-    def __init__(self, router: Router, batch_size: int, batch_wait: float, cache_size: int) -> None:
+    def __init__(self, router: Router, batch_size: int, batch_wait: float, cache_size: int, threads: int = 1) -> None:
         self.router = router
         self.batch_size = batch_size
         self.batch_wait = batch_wait
+        self.threads = threads
         self.cache = ScoreCache(cache_size if router.cacheable else 0)
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"score-{router.name}")
-        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"score-{router.name}")
+        self._workers: list[asyncio.Task[None]] = []
         self._hit = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "hit")
         self._miss = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "miss")
 
@@ -75,8 +79,11 @@ class Scorer:
         return score
 
     async def _batched(self, text: str) -> float:
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run_batches(), name=f"scorer-{self.router.name}")
+        if not self._workers:  # each worker forms a batch from the queue, scores it, and takes the next
+            self._workers = [
+                asyncio.create_task(self._run_batches(), name=f"scorer-{self.router.name}-{index}")
+                for index in range(self.threads)
+            ]
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         await self._queue.put((text, future))
         return await future
@@ -117,39 +124,58 @@ class Scorer:
                     future.set_result(by_text[text])
 
     async def aclose(self) -> None:
-        """Stop the batching task and the scoring thread."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        """Stop the batching tasks and the scoring threads."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def limit_inference_threads(threads: int) -> None:
-    """Give torch ``threads`` intra-op threads (0: one per core, less one left to the event loop)
-    and numpy's BLAS one thread.
+def scoring_threads(requested: int, device: str) -> int:
+    """Batches a router scores at once: ``requested``, or (0) one per core on the CPU, one on a GPU.
+
+    On the CPU, batches side by side on one torch thread each beat one batch at a time on all
+    cores: MiniLM on 2 cores did 198-225 prompts/s as two single-thread batches against 155-178
+    as one two-thread batch (README, Benchmark).
+    """
+    if requested:
+        return requested
+    return 1 if resolve_device(device) == "cuda" else os.cpu_count() or 1
+
+
+def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
+    """Give torch ``torch_threads`` intra-op threads (0: the cores less one left to the event loop,
+    shared out among the ``scoring_threads``, at least one each) and numpy's BLAS one thread.
 
     The routers' numpy work (a neighbourhood lookup, a small MLP) is far too small to split; BLAS
     threads left at one per core spin on the cores torch and the event loop need: on 2 cores, one
     BLAS thread took ``mf`` from 26.9 to 23.7 ms p50 at concurrency 1 and from 104 to 112
     requests/s at 32 (medians of three interleaved runs; README, Speed). Called from the thread
-    that loads the router, before the scoring thread starts.
+    that loads the router, before the scoring threads start.
     """
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+        torch.set_num_threads(torch_threads or max(1, ((os.cpu_count() or 2) - 1) // scoring_threads))
 
 
 class ScorerPool:
     """One Scorer per router, each router loaded once per process, off the event loop."""
 
     def __init__(
-        self, options: RouterOptions, batch_size: int, batch_wait: float, cache_size: int, torch_threads: int = 0
+        self,
+        options: RouterOptions,
+        batch_size: int,
+        batch_wait: float,
+        cache_size: int,
+        torch_threads: int = 0,
+        score_threads: int = 1,
     ) -> None:
         self.options = options
         self.torch_threads = torch_threads
+        self.score_threads = score_threads
         self._settings = (batch_size, batch_wait, cache_size)
         self._scorers: dict[str, Scorer] = {}
         self._lock = asyncio.Lock()
@@ -166,21 +192,23 @@ class ScorerPool:
         async with self._lock:
             if name not in self._scorers:
                 try:
-                    router = await asyncio.to_thread(self._load, name)
+                    router, threads = await asyncio.to_thread(self._load, name)
                 except Exception as error:  # a broken checkpoint: say so, keep serving other routers
                     log.exception("could not load router %s", name)
                     raise APIError(
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
                     ) from None
-                self._scorers[name] = Scorer(router, *self._settings)
+                self._scorers[name] = Scorer(router, *self._settings, threads=threads)
         return self._scorers[name]
 
-    def _load(self, name: str) -> Router:
-        """Load a router and score once, so that lazy parts (encoder, kernels) are ready before traffic."""
+    def _load(self, name: str) -> tuple[Router, int]:
+        """Load a router and score once, so that lazy parts (encoder, kernels) are ready before
+        traffic; the router and the number of its scoring threads."""
         router = load_router(name, self.options)
-        limit_inference_threads(self.torch_threads)
+        threads = scoring_threads(self.score_threads, self.options.device)
+        limit_inference_threads(self.torch_threads, threads)
         router.score(["warm-up"])
-        return router
+        return router, threads
 
     async def aclose(self) -> None:
         """Stop every Scorer."""

@@ -123,8 +123,13 @@ class Settings(BaseSettings):
     score_batch_wait_ms: float = Field(
         0.0, ge=0, description="longest wait to fill a scoring batch; 0 = score what has queued up at once"
     )
+    score_threads: int = Field(
+        0, ge=0, description="router batches scored at once, each on its own thread; 0 = one per core on the CPU, one on a GPU"
+    )
     torch_threads: int = Field(
-        0, ge=0, description="torch threads for router inference on the CPU (numpy's BLAS always gets one); 0 = one per core less one for the event loop"
+        0,
+        ge=0,
+        description="torch threads per scoring thread on the CPU (numpy's BLAS always gets one); 0 = the cores less one for the event loop, shared out among the scoring threads, at least one each",
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
 
