@@ -13,7 +13,6 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from routers.base import Router
-from routers.embedding import resolve_device
 from routers.registry import RouterOptions, load_router
 from server import metrics
 from server.errors import APIError
@@ -140,7 +139,9 @@ def scoring_threads(requested: int, device: str) -> int:
     """
     if requested:
         return requested
-    return 1 if resolve_device(device) == "cuda" else os.cpu_count() or 1
+    torch = sys.modules.get("torch")  # not loaded: the router runs no torch model, so not on a GPU
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch is not None and torch.cuda.is_available())
+    return 1 if on_gpu else os.cpu_count() or 1
 
 
 def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:

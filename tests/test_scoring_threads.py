@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from threadpoolctl import threadpool_info
 
 from routers import registry
 from routers.base import Router
 from routers.registry import RouterOptions
-from server.scoring import ScorerPool
+from server.scoring import ScorerPool, scoring_threads
 
 REPO = Path(__file__).resolve().parent.parent
 SEEN: list[dict[str, object]] = []
@@ -68,6 +69,34 @@ def test_the_scoring_thread_uses_one_blas_thread_and_the_configured_torch_thread
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["blas"] and all(count == 1 for count in seen["blas"])
     assert seen["torch"] == 3
+
+
+RANDOM_ROUTER_LOAD = """
+import asyncio, json, sys
+from routers.registry import RouterOptions
+from server.scoring import ScorerPool, scoring_threads
+
+async def load():
+    pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads=0)
+    await pool.get("random")
+    await pool.aclose()
+
+asyncio.run(load())
+print(json.dumps({"torch": "torch" in sys.modules}))
+"""
+
+
+def test_loading_a_router_without_a_torch_model_does_not_import_torch() -> None:
+    """``random`` serves in ~90 MiB: working out its scoring threads must not pull in torch (~180 MiB)."""
+    result = subprocess.run([sys.executable, "-c", RANDOM_ROUTER_LOAD], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"torch": False}
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", os.cpu_count()), ("cuda", 1), ("cuda:1", 1)])
+def test_scoring_threads_default_to_one_per_core_on_the_cpu_and_one_on_a_gpu(device: str, expected: int) -> None:
+    assert scoring_threads(0, device) == expected
+    assert scoring_threads(3, device) == 3
 
 
 if __name__ == "__main__":
