@@ -14,8 +14,8 @@ from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf import WEIGHTS, prompt_inputs
 from routers.neighbourhood import Neighbourhood, quantise, text_groups
-from routers.sw_ranking import similarity_vectors
 from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
+from routers.sw_ranking import similarity_vectors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

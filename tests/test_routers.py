@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routers.checkpoint import CheckpointError
 from routers import evaluation
+from routers.checkpoint import CheckpointError
 from routers.data import iter_records
 from routers.evaluation import PairQuality
 from routers.neighbourhood import Neighbourhood, text_groups
