@@ -18,11 +18,11 @@ import asyncio
 import json
 import multiprocessing
 import os
-from multiprocessing.connection import Connection
 import sys
 import tempfile
 import time
 from collections import Counter
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp

@@ -13,7 +13,7 @@ from openai import OpenAI
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.conftest import running_proxy, proxy_env
+from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 from tests.metrics_text import metric_sum
 
