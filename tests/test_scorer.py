@@ -16,18 +16,24 @@ from server.scoring import Scorer
 class RecordingRouter(Router):
     """Scores a text by its length; records each batch and how many batches were inside ``score`` at once.
 
-    With ``meet`` > 1, each call waits (up to 2 s) until that many calls are inside ``score`` together.
+    With ``meet`` > 1, each call waits (up to 2 s) until that many calls are inside ``score`` together;
+    with ``hold``, calls wait (up to 5 s) until ``release``.
     """
 
     name = "recording"
 
-    def __init__(self, meet: int = 1, gate: threading.Event | None = None) -> None:
+    def __init__(self, meet: int = 1, hold: bool = False) -> None:
         self.batches: list[list[str]] = []
         self.most_at_once = 0
         self._inside = 0
         self._lock = threading.Lock()
         self._barrier = threading.Barrier(meet, timeout=2) if meet > 1 else None
-        self._gate = gate
+        self._gate = threading.Event() if hold else None
+
+    def release(self) -> None:
+        """Let held calls go on."""
+        if self._gate is not None:
+            self._gate.set()
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         with self._lock:
@@ -47,17 +53,24 @@ class RecordingRouter(Router):
                 self._inside -= 1
 
 
+async def queue_behind_a_held_batch(
+    scorer: Scorer, router: RecordingRouter, first: str, others: list[str]
+) -> tuple[asyncio.Task[float], list[asyncio.Task[float]]]:
+    """Score ``first`` and hold its batch inside the router while ``others`` queue up; then let it go."""
+    held = asyncio.create_task(scorer.score(first))
+    while not router.batches:
+        await asyncio.sleep(0.01)
+    queued = [asyncio.create_task(scorer.score(text)) for text in others]
+    await asyncio.sleep(0.05)
+    router.release()
+    return held, queued
+
+
 async def test_texts_queued_while_a_batch_runs_are_scored_together_up_to_the_batch_size() -> None:
-    gate = threading.Event()
-    router = RecordingRouter(gate=gate)
+    router = RecordingRouter(hold=True)
     scorer = Scorer(router, batch_size=3, batch_wait=0.0, cache_size=0, threads=1)
     try:
-        first = asyncio.create_task(scorer.score("a"))
-        while not router.batches:  # the first batch is inside the router, held at the gate
-            await asyncio.sleep(0.01)
-        rest = [asyncio.create_task(scorer.score("b" * n)) for n in range(1, 6)]
-        await asyncio.sleep(0.05)
-        gate.set()
+        first, rest = await queue_behind_a_held_batch(scorer, router, "a", ["b" * n for n in range(1, 6)])
         scores = await asyncio.gather(first, *rest)
     finally:
         await scorer.aclose()
@@ -93,16 +106,10 @@ async def test_a_cached_text_is_not_scored_again() -> None:
 
 
 async def test_a_router_failure_reaches_every_request_of_its_batch_and_the_scorer_goes_on() -> None:
-    gate = threading.Event()
-    router = RecordingRouter(gate=gate)
+    router = RecordingRouter(hold=True)
     scorer = Scorer(router, batch_size=8, batch_wait=0.0, cache_size=0, threads=1)
     try:
-        held = asyncio.create_task(scorer.score("hold"))
-        while not router.batches:
-            await asyncio.sleep(0.01)
-        failing = [asyncio.create_task(scorer.score(text)) for text in ("ok", "fail")]
-        await asyncio.sleep(0.05)
-        gate.set()
+        held, failing = await queue_behind_a_held_batch(scorer, router, "hold", ["ok", "fail"])
         assert await held == 0.04
         outcomes = await asyncio.gather(*failing, return_exceptions=True)
         assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
