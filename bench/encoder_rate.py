@@ -51,7 +51,8 @@ def load_encoder(device: str) -> tuple[Callable[[Sequence[str], int], object], s
 
 def side_by_side_rate(encode: Callable[[Sequence[str], int], object], prompts: Callable[[int], list[str]],
                       batch_size: int, batches: int, threads: int) -> float:  # fmt: skip
-    """Prompts/s of ``threads`` threads encoding ``batches`` batches between them, side by side."""
+    """Prompts/s of ``threads`` threads encoding ``batches`` batches between them, side by side
+    (the prompts are made before the threads start)."""
     per_thread = [[prompts(batch_size) for _ in range(max(1, batches // threads))] for _ in range(threads)]
 
     def work(texts: list[list[str]]) -> None:
@@ -75,11 +76,9 @@ def measure(batch_size: int, batches: int, singles: int, device: str, side_by_si
 
     encode, source, device = load_encoder(device)
     counter = iter(range(10**9))
-    lock = threading.Lock()
 
     def prompts(count: int) -> list[str]:
-        with lock:
-            return [PROMPT_TEMPLATE.format(run="enc", thread=0, n=next(counter)) for _ in range(count)]
+        return [PROMPT_TEMPLATE.format(run="enc", thread=0, n=next(counter)) for _ in range(count)]
 
     encode(prompts(batch_size), batch_size)  # warm-up
     started = time.perf_counter()

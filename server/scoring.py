@@ -13,6 +13,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from routers.base import Router
+from routers.embedding import resolve_device
 from routers.registry import RouterOptions, load_router
 from server import metrics
 from server.errors import APIError
@@ -139,8 +140,8 @@ def scoring_threads(requested: int, device: str) -> int:
     """
     if requested:
         return requested
-    torch = sys.modules.get("torch")  # not loaded: the router runs no torch model, so not on a GPU
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch is not None and torch.cuda.is_available())
+    # "auto" would import torch to ask; a router that has not loaded torch runs no torch model, so not on a GPU
+    on_gpu = (device != "auto" or "torch" in sys.modules) and resolve_device(device).startswith("cuda")
     return 1 if on_gpu else os.cpu_count() or 1
 
 

@@ -74,7 +74,7 @@ def test_the_scoring_thread_uses_one_blas_thread_and_the_configured_torch_thread
 RANDOM_ROUTER_LOAD = """
 import asyncio, json, sys
 from routers.registry import RouterOptions
-from server.scoring import ScorerPool, scoring_threads
+from server.scoring import ScorerPool
 
 async def load():
     pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads=0)
