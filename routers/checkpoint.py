@@ -41,11 +41,15 @@ def read_manifest(directory: Path, router: str) -> dict[str, Any]:
 
 
 def model_indices(models: list[str], strong: str, weak: str, directory: Path) -> tuple[int, int]:
-    """Indices of the strong and weak model; CheckpointError naming the known models otherwise."""
-    unknown = [name for name in (strong, weak) if name not in models]
+    """Indices of the strong and weak model, matched by ``routers.model_names.match_model``;
+    CheckpointError naming the known models otherwise."""
+    from routers.model_names import match_model
+
+    matched = {name: match_model(name, models) for name in (strong, weak)}
+    unknown = [name for name, known in matched.items() if known is None]
     if unknown:
         raise CheckpointError(
             f"the checkpoint in {directory} does not know model(s) {unknown}; set ROUTEGATE_ROUTER_STRONG_MODEL / "
             f"ROUTEGATE_ROUTER_WEAK_MODEL to models it was trained on: {models}"
         )
-    return models.index(strong), models.index(weak)
+    return models.index(matched[strong]), models.index(matched[weak])

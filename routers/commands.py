@@ -36,13 +36,24 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--batch-size", type=int, default=64)
     score.set_defaults(run=_score)
 
-    evaluate = subparsers.add_parser("eval", help="APGR / CPT of routers on a record file, with a plot")
-    _router_options(evaluate, pair_required=True)
-    evaluate.add_argument("--router", nargs="+", required=True, help="router names")
-    evaluate.add_argument("--data", required=True, type=Path, help="record file")
+    evaluate = subparsers.add_parser(
+        "eval",
+        help="APGR / CPT of routers on a record file, or across domain families (--leave-one-out), with a plot",
+        description="Either --data FILE --strong M --weak M (one file, one pair), or --leave-one-out --data-dir DIR "
+        "(train on every domain family but one, APGR on the held-out family's dev records).",
+    )
+    _router_options(evaluate)
+    evaluate.add_argument("--router", nargs="+", required=True, help="router names (with --leave-one-out, shipped:NAME scores the shipped checkpoint without retraining)")
+    evaluate.add_argument("--data", type=Path, help="record file")
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
-    evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png)")
+    evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir")
+    evaluate.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="folder of the record files (--leave-one-out)")
+    evaluate.add_argument("--families", nargs="+", help="held-out families to run (default all)")
+    evaluate.add_argument("--work-dir", type=Path, default=Path("leave-one-out"), help="fold data and checkpoints (--leave-one-out)")
+    evaluate.add_argument("--train-options", nargs="*", default=[], metavar="ROUTER=OPTIONS", help="extra trainer options per router, e.g. 'mf=--epochs 6'")
+    evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -62,16 +73,16 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(run=_calibrate)
 
 
-def _router_options(parser: argparse.ArgumentParser, pair_required: bool = False) -> None:
+def _router_options(parser: argparse.ArgumentParser) -> None:
     from routers.registry import CHECKPOINT_ROOT, RouterOptions
 
     defaults = RouterOptions()
     parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_ROOT, help="directory holding <router>/ checkpoints")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
-        "--strong", required=pair_required, default=defaults.strong_model, help="strong model (name in the data / the router's training)"
+        "--strong", default=defaults.strong_model, help="strong model (name in the data / the router's training)"
     )
-    parser.add_argument("--weak", required=pair_required, default=defaults.weak_model, help="weak model (name in the data / the router's training)")
+    parser.add_argument("--weak", default=defaults.weak_model, help="weak model (name in the data / the router's training)")
 
 
 def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -141,6 +152,10 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.leave_one_out:
+        return _eval_leave_one_out(args)
+    if args.data is None:
+        raise SystemExit("routegate eval: --data FILE is required (or --leave-one-out)")
     from routers.data import pair_records
     from routers.evaluation import PairQuality, apgr, cpt
     from routers.plot import plot_routing_curves
@@ -162,6 +177,31 @@ def _eval(args: argparse.Namespace) -> int:
     plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
     plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {args.strong} vs {args.weak}")
     print(f"  plot: {plot}")
+    return 0
+
+
+def _eval_leave_one_out(args: argparse.Namespace) -> int:
+    from routers.embedding import use_disk_cache
+    from routers.families import FAMILIES
+    from routers.leave_one_out import parse_train_options, run_leave_one_out
+    from routers.plot import plot_leave_one_out
+
+    families = args.families or list(FAMILIES)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise SystemExit(f"routegate eval: unknown families {unknown}; known: {list(FAMILIES)}")
+    use_disk_cache()
+    table = run_leave_one_out(
+        args.router, args.data_dir, args.work_dir, families, args.device, max(args.batch_size, 256),
+        parse_train_options(args.train_options), args.checkpoint_dir,
+    )
+    text = table.format()
+    print(text)
+    if args.table is not None:
+        args.table.write_text(text + "\n")
+    plot = args.plot or Path("leave-one-out.png")
+    plot_leave_one_out(table, plot)
+    print(f"plot: {plot}")
     return 0
 
 

@@ -85,10 +85,13 @@ def text_key(text: str) -> str:
 def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | None = None) -> np.ndarray:
     """``encode`` with a persistent cache by text hash (for training and evaluation, never for serving)."""
     store = (cache_dir or CACHE_DIR) / f"minilm{MAX_TOKENS}-embeddings.npz"
-    known: dict[str, np.ndarray] = {}
-    if store.is_file():
-        with np.load(store) as saved:
-            known = dict(zip(saved["keys"].tolist(), saved["vectors"]))
+    known = _stores.get(store)
+    if known is None:
+        known = {}
+        if store.is_file():
+            with np.load(store) as saved:
+                known = dict(zip(saved["keys"].tolist(), saved["vectors"]))
+        _stores[store] = known
     keys = [text_key(text) for text in texts]
     missing = sorted({key: text for key, text in zip(keys, texts) if key not in known}.items())
     if missing:
@@ -101,3 +104,7 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
     if not keys:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+#: cache file -> its entries, read once per process
+_stores: dict[Path, dict[str, np.ndarray]] = {}

@@ -1,11 +1,10 @@
-"""Matrix-factorisation router (RouteLLM's MF with a richer text projection).
+"""Matrix-factorisation router (RouteLLM's MF on a MiniLM text projection).
 
-A prompt's features go through a small projection MLP to a latent vector z: standardised
-structural features (length, digits, options...) and, per model, its mean score on the prompt's
-k nearest training prompts by MiniLM embedding (the neighbourhood; training vectors are stored
-int8). Then model m's quality on the prompt is
+A prompt's MiniLM embedding and standardised structural features (length, digits, options...)
+go through a small MLP to a latent vector z; model m's quality on the prompt is
 ``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak)``. Inference is plain numpy on the shared encoder's output.
+The trainer is ``routers/mf_training.py``.
 """
 
 from __future__ import annotations
@@ -19,16 +18,14 @@ from routers.base import Router
 from routers.checkpoint import model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
-from routers.neighbourhood import Neighbourhood
 from routers.registry import RouterOptions
-from routers.sw_ranking import similarity_vectors
 
 WEIGHTS = "weights.npz"
 
 
-def prompt_inputs(structural: np.ndarray, neighbourhood: np.ndarray) -> np.ndarray:
-    """Concatenate standardised structural features with neighbourhood scores centred at 0."""
-    return np.concatenate([structural, 2.0 * neighbourhood - 1.0], axis=1).astype(np.float32)
+def prompt_inputs(embeddings: np.ndarray, structural: np.ndarray) -> np.ndarray:
+    """The projection's input: the embedding beside the standardised structural features."""
+    return np.concatenate([embeddings, structural], axis=1).astype(np.float32)
 
 
 def sigmoid(values: np.ndarray) -> np.ndarray:
@@ -48,12 +45,6 @@ class MFRouter(Router):
             self._w1, self._b1 = weights["w1"], weights["b1"]
             self._w2, self._b2 = weights["w2"], weights["b2"]
             self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
-            self._neighbourhood = Neighbourhood(
-                weights["train_vectors"].astype(np.float32) * weights["train_vector_scale"][:, None],
-                weights["train_scores"].astype(np.float32),
-                int(manifest["hyperparameters"]["neighbours"]),
-            )
-            self._feature_weight = float(manifest["hyperparameters"].get("feature_weight", 0.0))
             # only the difference of the two models is ever needed: fold it into one vector
             self._direction = weights["classifier"] * (weights["model_vectors"][strong] - weights["model_vectors"][weak])
             self._bias = float(weights["model_bias"][strong] - weights["model_bias"][weak])
@@ -64,14 +55,9 @@ class MFRouter(Router):
         """Registry factory: load ``<checkpoint_dir>/mf``."""
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
-    def features(self, prompts: Sequence[str]) -> np.ndarray:
-        """The projection's input: structural features and neighbourhood quality per model."""
-        structural = self._standardize(feature_matrix(prompts))
-        vectors = similarity_vectors(encode(prompts, self._device), structural, self._feature_weight)
-        return prompt_inputs(structural, self._neighbourhood.features(vectors))
-
     def score(self, prompts: Sequence[str]) -> list[float]:
-        hidden = self.features(prompts) @ self._w1 + self._b1
+        inputs = prompt_inputs(encode(prompts, self._device), self._standardize(feature_matrix(prompts)))
+        hidden = inputs @ self._w1 + self._b1
         hidden = 0.5 * hidden * (1.0 + np.tanh(0.7978845608 * (hidden + 0.044715 * hidden**3)))  # GELU (tanh)
         latent = hidden @ self._w2 + self._b2
         return sigmoid(latent @ self._direction + self._bias).astype(float).tolist()

@@ -1,8 +1,30 @@
-"""``routegate train mf``: fit the matrix-factorisation router on pairwise comparisons."""
+"""``routegate train mf``: fit the matrix-factorisation router on pairwise comparisons from many
+record files (benchmarks, judges and model sets).
+
+Why the recipe looks like this (the leave-one-out table in docs/ is what chose it):
+
+* **Comparisons within a prompt, never across files.** Scores mean different things in different
+  files (0/1 correctness, a judge's win probability against a reference answer, a test pass
+  rate), so only "model a scored s_a and model b scored s_b on this prompt" is used, as the soft
+  target ``(1 + s_a - s_b) / 2``.
+* **A nuisance offset per (file, model).** How often a model wins in a file depends on that file's
+  judge, reference and answer format as much as on its prompts. A free offset per (file, model),
+  used in training and dropped at serving, absorbs those file-level differences, so the prompt
+  network learns what varies *within* a file — which prompts a weak model falls short on — and
+  not which benchmark a prompt looks like.
+* **Files weighted by the square root of their size**, so 20,000 multiple-choice questions do not
+  drown 500 open-ended prompts.
+* **Model names in normal form** (``routers.model_names``): ``gpt4_1106_preview`` in AlpacaEval
+  and ``gpt-4-1106-preview`` in RouteLLM's files share one model vector.
+"""
 
 from __future__ import annotations
 
 import argparse
+import random
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,65 +32,146 @@ from torch import nn
 from tqdm import tqdm
 
 from routers.checkpoint import write_manifest
+from routers.data import Record, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf import WEIGHTS, prompt_inputs
-from routers.neighbourhood import Neighbourhood, quantise, text_groups
-from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
-from routers.sw_ranking import similarity_vectors
+from routers.model_names import DEFAULT_PAIR, normal_form
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train mf``."""
-    add_training_data_arguments(parser)
-    parser.add_argument("--hidden", type=int, default=64, help="width of the text projection's hidden layer")
-    parser.add_argument("--dim", type=int, default=16, help="latent dimension shared by prompts and models")
-    parser.add_argument("--neighbours", type=int, default=40, help="training prompts in each prompt's neighbourhood")
-    parser.add_argument("--feature-weight", type=float, default=0.0, help="weight of the structural features in the neighbourhood similarity")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--weight", nargs="*", default=[], metavar="FILE=W", help="extra weight for a file's records, e.g. my-traffic.jsonl=5 (in-domain data)")
+    parser.add_argument("--hidden", type=int, default=128, help="width of the text projection's hidden layer")
+    parser.add_argument("--dim", type=int, default=32, help="latent dimension shared by prompts and models")
+    parser.add_argument("--pairs", type=int, default=24, help="model pairs sampled per prompt (all pairs when fewer)")
+    parser.add_argument("--offset-l2", type=float, default=1e-3, help="L2 penalty of the per-(file, model) offsets")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=256, help="prompts per step (with all their comparisons)")
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
+
+
+@dataclass
+class TrainingSet:
+    """Prompts (with their file) and the model comparisons on them."""
+
+    prompts: list[str]
+    files: list[str]
+    models: list[str]
+    prompt_file: np.ndarray
+    prompt: np.ndarray
+    model_a: np.ndarray
+    model_b: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray
+
+
+def file_stem(path: str | Path) -> str:
+    return Path(path).name.split(".")[0]
+
+
+def build_training_set(records_by_file: dict[str, list[Record]], pairs: int, seed: int, file_weights: dict[str, float]) -> TrainingSet:
+    """Comparisons of up to ``pairs`` model pairs per prompt; a file's records weigh
+    ``file_weight * sqrt(n) / n`` each, so a file counts by the square root of its size."""
+    rng = random.Random(seed)
+    files = sorted(records_by_file)
+    models = sorted({normal_form(name) for records in records_by_file.values() for record in records for name in record["scores"]})
+    index = {name: position for position, name in enumerate(models)}
+    prompts: list[str] = []
+    prompt_file, prompt, model_a, model_b, target, weight = [], [], [], [], [], []
+    for file_number, stem in enumerate(files):
+        records = records_by_file[stem]
+        record_weight = file_weights.get(stem, 1.0) / np.sqrt(max(len(records), 1))
+        for record in records:
+            scores: dict[str, list[float]] = {}
+            for name, value in record["scores"].items():
+                scores.setdefault(normal_form(name), []).append(float(value))
+            scored = sorted((index[name], sum(values) / len(values)) for name, values in scores.items())
+            candidates = list(combinations(scored, 2))
+            if len(candidates) > pairs:
+                candidates = rng.sample(candidates, pairs)
+            if not candidates:
+                continue
+            number = len(prompts)
+            prompts.append(record["prompt"])
+            prompt_file.append(file_number)
+            for (a, score_a), (b, score_b) in candidates:
+                prompt.append(number)
+                model_a.append(a)
+                model_b.append(b)
+                target.append((1.0 + score_a - score_b) / 2.0)
+                weight.append(record_weight / len(candidates))
+    weights = np.asarray(weight, dtype=np.float32)
+    return TrainingSet(
+        prompts=prompts,
+        files=files,
+        models=models,
+        prompt_file=np.asarray(prompt_file, dtype=np.int64),
+        prompt=np.asarray(prompt, dtype=np.int64),
+        model_a=np.asarray(model_a, dtype=np.int64),
+        model_b=np.asarray(model_b, dtype=np.int64),
+        target=np.asarray(target, dtype=np.float32),
+        weight=weights / weights.mean(),
+    )
+
+
+def parse_weights(pairs: list[str]) -> dict[str, float]:
+    """``FILE=W`` options -> {file stem: weight}."""
+    weights = {}
+    for item in pairs:
+        name, _, value = item.rpartition("=")
+        if not name:
+            raise SystemExit(f"routegate train mf: --weight takes FILE=W, not {item!r}")
+        weights[file_stem(name)] = float(value)
+    return weights
 
 
 def run(args: argparse.Namespace) -> None:
     """Train and write ``weights.npz`` and ``router.json`` into ``args.out``."""
     torch.manual_seed(args.seed)
-    records = load_training_records(args.data, limit=args.limit)
-    comparisons = build_comparisons(records)
-    print(f"mf: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
-    raw = feature_matrix(comparisons.prompts)
+    records_by_file = {file_stem(path): load_records([path], "train") for path in args.data}
+    data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
+    print(f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models")
+    raw = feature_matrix(data.prompts)
     standardize = Standardizer.fit(raw)
-    vectors = similarity_vectors(cached_encode(comparisons.prompts, args.device), standardize(raw), args.feature_weight)
-    scores = np.full((len(records), len(comparisons.models)), np.nan, dtype=np.float32)
-    for row, record in enumerate(records):
-        for name, value in record["scores"].items():
-            scores[row, comparisons.models.index(name)] = value
-    neighbourhood = Neighbourhood(vectors, scores, args.neighbours)
-    features = prompt_inputs(standardize(raw), neighbourhood.features(vectors, groups=text_groups(comparisons.prompts)))
-    train_vectors, train_vector_scale = quantise(vectors)
+    features = prompt_inputs(cached_encode(data.prompts, args.device), standardize(raw))
 
     device = resolve_device(args.device)
-    model = MFNet(features.shape[1], args.hidden, args.dim, len(comparisons.models), args.dropout).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model = MFNet(features.shape[1], args.hidden, args.dim, len(data.models), len(data.files), args.dropout).to(device)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for name, p in model.named_parameters() if name != "offsets.weight"], "weight_decay": args.weight_decay},
+            {"params": [model.offsets.weight], "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+    )
     x = torch.from_numpy(features).to(device)
-    prompt, model_a, model_b = (torch.from_numpy(a).to(device) for a in (comparisons.prompt, comparisons.model_a, comparisons.model_b))
-    target, weight = torch.from_numpy(comparisons.target).to(device), torch.from_numpy(comparisons.weight).to(device)
-    weight = weight / weight.mean()
-    total = len(target)
-    steps = args.epochs * ((total + args.batch_size - 1) // args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps)
-    progress = tqdm(total=steps, desc="train mf", unit="step")
+    model_a, model_b, target, weight = (torch.from_numpy(values).to(device) for values in (data.model_a, data.model_b, data.target, data.weight))
+    prompt_file = torch.from_numpy(data.prompt_file).to(device)
+    # comparisons are stored prompt by prompt: prompt p's are starts[p]:starts[p + 1]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(data.prompt, minlength=len(data.prompts)))])
+    batches_per_epoch = (len(data.prompts) + args.batch_size - 1) // args.batch_size
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * batches_per_epoch)
+    progress = tqdm(total=args.epochs * batches_per_epoch, desc="train mf", unit="step")
+    generator = np.random.default_rng(args.seed)
     for _ in range(args.epochs):
         model.train()
-        order = torch.randperm(total, device=device)
-        for start in range(0, total, args.batch_size):
-            batch = order[start : start + args.batch_size]
-            logits = model(x[prompt[batch]], model_a[batch], model_b[batch])
-            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target[batch], reduction="none") * weight[batch]).mean()
+        order = generator.permutation(len(data.prompts))
+        for start in range(0, len(order), args.batch_size):
+            rows = order[start : start + args.batch_size]
+            counts = starts[rows + 1] - starts[rows]
+            batch = torch.from_numpy(np.concatenate([np.arange(starts[row], starts[row + 1]) for row in rows]))
+            local = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))
+            rows_tensor = torch.from_numpy(rows)
+            logits = model(x[rows_tensor], prompt_file[rows_tensor], local, model_a[batch], model_b[batch])
+            loss = (nn.functional.binary_cross_entropy_with_logits(logits, target[batch], reduction="none") * weight[batch]).mean()
+            loss = loss + args.offset_l2 * model.offsets.weight.square().mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -90,40 +193,48 @@ def run(args: argparse.Namespace) -> None:
         classifier=state["classifier.weight"][0],
         feature_mean=standardize.mean,
         feature_std=standardize.std,
-        train_vectors=train_vectors,
-        train_vector_scale=train_vector_scale,
-        train_scores=scores.astype(np.float16),
     )
     write_manifest(
         args.out,
         "mf",
         args.data,
-        comparisons.models,
-        features=[*FEATURE_NAMES, "neighbourhood mean score per model (MiniLM cosine, leaving out the prompt and its repeats in training)"],
-        hyperparameters={key: getattr(args, key) for key in ("hidden", "dim", "neighbours", "feature_weight", "epochs", "batch_size", "lr", "weight_decay", "dropout", "limit", "seed")},
-        prompts=len(records),
-        comparisons=int(total),
+        data.models,
+        default_pair=list(DEFAULT_PAIR),
+        features=["minilm-embedding", *FEATURE_NAMES],
+        hyperparameters={
+            key: getattr(args, key)
+            for key in ("hidden", "dim", "pairs", "offset_l2", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed")
+        },
+        file_weights=parse_weights(args.weight),
+        prompts=len(data.prompts),
+        comparisons=len(data.target),
     )
     print(f"mf: wrote {args.out}")
 
 
 class MFNet(nn.Module):
-    """delta_m(q) = w . (v_m * proj(q)) + c_m; P(a beats b) = sigmoid(delta_a - delta_b)."""
+    """delta_m(q) = w . (v_m * proj(q)) + c_m (+ a per-(file, m) offset in training);
+    P(a beats b) = sigmoid(delta_a - delta_b)."""
 
-    def __init__(self, inputs: int, hidden: int, dim: int, models: int, dropout: float) -> None:
+    def __init__(self, inputs: int, hidden: int, dim: int, models: int, files: int, dropout: float) -> None:
         super().__init__()
+        self.models = models
         self.hidden = nn.Linear(inputs, hidden)
         self.dropout = nn.Dropout(dropout)
         self.projection = nn.Linear(hidden, dim)
         self.model_vectors = nn.Embedding(models, dim)
         self.model_bias = nn.Embedding(models, 1)
         self.classifier = nn.Linear(dim, 1, bias=False)
+        self.offsets = nn.Embedding(files * models, 1)
         nn.init.normal_(self.model_vectors.weight, std=0.5)
         nn.init.zeros_(self.model_bias.weight)
+        nn.init.zeros_(self.offsets.weight)
 
-    def delta(self, x: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
-        latent = self.projection(self.dropout(nn.functional.gelu(self.hidden(x), approximate="tanh")))
-        return self.classifier(self.model_vectors(model) * latent)[:, 0] + self.model_bias(model)[:, 0]
+    def delta(self, latent: torch.Tensor, file: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
+        quality = self.classifier(self.model_vectors(model) * latent)[:, 0] + self.model_bias(model)[:, 0]
+        return quality + self.offsets(file * self.models + model)[:, 0]
 
-    def forward(self, x: torch.Tensor, model_a: torch.Tensor, model_b: torch.Tensor) -> torch.Tensor:
-        return self.delta(x, model_a) - self.delta(x, model_b)
+    def forward(self, x: torch.Tensor, file: torch.Tensor, prompt: torch.Tensor, model_a: torch.Tensor, model_b: torch.Tensor) -> torch.Tensor:
+        """Logits of "a beats b" for comparisons on rows ``prompt`` of the prompts ``x`` (from ``file``)."""
+        latent = self.projection(self.dropout(nn.functional.gelu(self.hidden(x), approximate="tanh")))[prompt]
+        return self.delta(latent, file[prompt], model_a) - self.delta(latent, file[prompt], model_b)

@@ -40,10 +40,15 @@ class Neighbourhood:
         return out
 
 
+def normal_text(prompt: str) -> str:
+    """A prompt's text up to case and whitespace."""
+    return " ".join(prompt.lower().split())
+
+
 def text_groups(prompts: Sequence[str]) -> np.ndarray:
     """One integer per prompt, equal for prompts whose text is the same up to case and whitespace."""
     ids: dict[str, int] = {}
-    return np.asarray([ids.setdefault(" ".join(prompt.lower().split()), len(ids)) for prompt in prompts], dtype=np.int64)
+    return np.asarray([ids.setdefault(normal_text(prompt), len(ids)) for prompt in prompts], dtype=np.int64)
 
 
 def quantise(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -31,3 +31,28 @@ def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, pa
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
+
+
+def plot_leave_one_out(table, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Write a PNG of held-out APGR: one group of bars per family, one bar per router."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(table.pairs)
+    routers = table.routers()
+    width = 0.8 / len(routers)
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for number, router in enumerate(routers):
+        values = [table.family_mean(router, family) for family in families]
+        axes.bar(np.arange(len(families)) + number * width - 0.4 + width / 2, values, width, label=router)
+    axes.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.set_xticks(np.arange(len(families)), families)
+    axes.set_ylabel("held-out APGR (mean over the family's pairs)")
+    axes.set_ylim(0.3, 0.85)
+    axes.set_title("leave one family out: train on the others, evaluate on this family's dev records", fontsize=9)
+    axes.legend(fontsize=8, ncol=3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)

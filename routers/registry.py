@@ -4,6 +4,7 @@ running the ``random`` router never loads torch."""
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,14 @@ def installed_routers(checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
     """The routers that can serve from ``checkpoint_dir``: ``random``, and every learned router
     whose checkpoint folder is there."""
     return [name for name in available_routers() if name == "random" or (Path(checkpoint_dir) / name).is_dir()]
+
+
+def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
+    """The model names a router's checkpoint knows (its ``router.json``); none for ``random``."""
+    manifest = Path(checkpoint_dir) / name / "router.json"
+    if name == "random" or not manifest.is_file():
+        return []
+    return list(json.loads(manifest.read_text()).get("models", []))
 
 
 def load_router(name: str, options: RouterOptions | None = None) -> Router:

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, router_models
 from server import metrics
 from server.conversations import StickyStore
 from server.errors import APIError
@@ -53,8 +53,8 @@ class Gateway:
         options = RouterOptions(
             checkpoint_dir=checkpoint_dir,
             device=settings.device,
-            strong_model=settings.router_strong_model,
-            weak_model=settings.router_weak_model,
+            strong_model=settings.router_strong_model or settings.strong.model,
+            weak_model=settings.router_weak_model or settings.weak.model,
         )
         self.scorers = ScorerPool(
             options,
@@ -63,6 +63,7 @@ class Gateway:
             settings.score_cache_size,
             settings.torch_threads,
             settings.score_threads,
+            pair_from_settings=settings.router_strong_model is not None or settings.router_weak_model is not None,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
@@ -78,6 +79,24 @@ class Gateway:
     def ready(self) -> bool:
         """Upstream pools open and the default router loaded."""
         return self.proxy is not None and self.scorers.loaded(self.settings.router)
+
+    def scored_pair(self, router: str) -> dict[str, str] | None:
+        """The pair ``router`` scores and why (None until it is loaded, and for ``random``)."""
+        pair = self.scorers.pairs.get(router)
+        return None if pair is None else {"strong": pair.strong, "weak": pair.weak, "why": pair.why}
+
+    def routers_listing(self) -> list[dict[str, object]]:
+        """``/v1/routers``: each installed router, its known models, its scored pair."""
+        return [
+            {
+                "id": name,
+                "object": "router",
+                "loaded": self.scorers.loaded(name),
+                "models": router_models(name, self.scorers.options.checkpoint_dir),
+                "pair": self.scored_pair(name),
+            }
+            for name in self.names.routers
+        ]
 
     async def start(self) -> None:
         """Open the upstream pools; load the default router in the background."""
@@ -167,6 +186,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()]}
         )
 
+    @app.get("/v1/routers", tags=["models"])
+    async def list_routers(request: Request) -> JSONResponse:
+        """The installed routers, the model names each knows, and the pair each scores once loaded."""
+        _check_client_key(request, settings)
+        return JSONResponse({"object": "list", "default": settings.router, "data": gateway.routers_listing()})
+
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
         """Liveness: the process answers."""
@@ -178,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if DRAIN.draining:
             return JSONResponse({"status": "draining", "router": settings.router}, status_code=503)
         if gateway.ready:
-            return JSONResponse({"status": "ready", "router": settings.router})
+            return JSONResponse({"status": "ready", "router": settings.router, "pair": gateway.scored_pair(settings.router)})
         return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
 
     @app.get(

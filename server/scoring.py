@@ -5,16 +5,19 @@ a per-process LRU cache."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from routers.base import Router
 from routers.embedding import resolve_device
-from routers.registry import RouterOptions, load_router
+from routers.model_names import resolve_pair
+from routers.registry import RouterOptions, load_router, router_models
 from server import metrics
 from server.errors import APIError
 
@@ -163,6 +166,15 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
         torch.set_num_threads(torch_threads or max(1, ((os.cpu_count() or 2) - 1) // scoring_threads))
 
 
+@dataclass(frozen=True)
+class ScoredPair:
+    """The models a router scores, by its own names for them, and why those."""
+
+    strong: str
+    weak: str
+    why: str
+
+
 class ScorerPool:
     """One Scorer per router, each router loaded once per process, off the event loop."""
 
@@ -174,13 +186,18 @@ class ScorerPool:
         cache_size: int,
         torch_threads: int = 0,
         score_threads: int = 1,
+        pair_from_settings: bool = False,
     ) -> None:
         self.options = options
+        #: True when the operator named the pair: it must then be known, no fallback
+        self.pair_from_settings = pair_from_settings
         self.torch_threads = torch_threads
         self.score_threads = score_threads
         self._settings = (batch_size, batch_wait, cache_size)
         self._scorers: dict[str, Scorer] = {}
         self._lock = asyncio.Lock()
+        #: router -> the (strong, weak) pair it scores and why, once loaded
+        self.pairs: dict[str, ScoredPair] = {}
 
     def loaded(self, name: str) -> bool:
         """Whether the router called ``name`` is ready to score."""
@@ -206,7 +223,14 @@ class ScorerPool:
     def _load(self, name: str) -> tuple[Router, int]:
         """Load a router and score once, so that lazy parts (encoder, kernels) are ready before
         traffic; the router and the number of its scoring threads."""
-        router = load_router(name, self.options)
+        strong, weak = self.options.strong_model, self.options.weak_model
+        why = "set by ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL"
+        if not self.pair_from_settings:
+            strong, weak, why = resolve_pair(router_models(name, self.options.checkpoint_dir), strong, weak)
+        if name != "random":
+            log.info("router %s scores %s (strong) vs %s (weak): %s", name, strong, weak, why)
+            self.pairs[name] = ScoredPair(strong, weak, why)
+        router = load_router(name, dataclasses.replace(self.options, strong_model=strong, weak_model=weak))
         threads = scoring_threads(self.score_threads, self.options.device)
         limit_inference_threads(self.torch_threads, threads)
         router.score(["warm-up"])

@@ -77,9 +77,11 @@ class Settings(BaseSettings):
     router: str = "mf"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
-    router_strong_model: str = Field("gpt-4-1106-preview", description="strong model's name in the router's training data")
-    router_weak_model: str = Field(
-        "mistralai/Mixtral-8x7B-Instruct-v0.1", description="weak model's name in the router's training data"
+    router_strong_model: str | None = Field(
+        None, description="model the router scores as strong (default: the strong upstream's model when the router knows it)"
+    )
+    router_weak_model: str | None = Field(
+        None, description="model the router scores as weak (default: the weak upstream's model when the router knows it)"
     )
     checkpoint_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,145 @@
+"""``routegate eval --leave-one-out``: train on every domain family but one, measure APGR on the
+held-out family's dev records, for every family; beside the prompt-length and random baselines.
+
+For a router with a trainer, each fold's training records are written as record files into a
+work folder (one per source file, ``train`` split only, minus every prompt that occurs in the
+held-out family) and the router's own ``routegate train`` command fits them; the fold's router is
+then loaded from there. A router named ``shipped:<name>`` is scored from its shipped checkpoint
+instead, without retraining: held out only where its training files are outside the family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from routers.data import Record, iter_records
+from routers.evaluation import PairQuality, apgr
+from routers.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
+
+RANDOM = "random"
+LENGTH = "prompt length"
+
+
+@dataclass
+class LeaveOneOutTable:
+    """APGR per (router, family, pair), and each family's average over its pairs."""
+
+    pairs: dict[str, list[EvalPair]] = field(default_factory=dict)
+    apgr: dict[tuple[str, str, EvalPair], float] = field(default_factory=dict)
+    prompts: dict[tuple[str, EvalPair], int] = field(default_factory=dict)
+
+    def family_mean(self, router: str, family: str) -> float:
+        return float(np.mean([self.apgr[(router, family, pair)] for pair in self.pairs[family]]))
+
+    def routers(self) -> list[str]:
+        return list(dict.fromkeys(router for router, _, _ in self.apgr))
+
+    def format(self) -> str:
+        """The table as Markdown: one row per router, one column per family, plus the average."""
+        families = list(self.pairs)
+        lines = ["| router | " + " | ".join(families) + " | mean |", "|---|" + "---:|" * (len(families) + 1)]
+        for router in self.routers():
+            means = [self.family_mean(router, family) for family in families]
+            lines.append(f"| {router} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |")
+        lines += ["", "| family | file | strong | weak | dev prompts | " + " | ".join(self.routers()) + " |"]
+        lines.append("|---|---|---|---|---:|" + "---:|" * len(self.routers()))
+        for family in families:
+            for pair in self.pairs[family]:
+                values = " | ".join(f"{self.apgr[(router, family, pair)]:.3f}" for router in self.routers())
+                lines.append(f"| {family} | {pair.file} | {pair.strong} | {pair.weak} | {self.prompts[(family, pair)]} | {values} |")
+        return "\n".join(lines)
+
+
+def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
+    """The fold's training files (``train`` records outside ``held_out``, no shared prompt)."""
+    work.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, records in training_records(data_dir, held_out).items():
+        path = work / f"{stem}.jsonl.gz"
+        with gzip.open(path, "wt", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps({key: record[key] for key in ("id", "prompt", "scores", "split")}) + "\n")
+        paths.append(path)
+    return paths
+
+
+def train_fold(router: str, paths: list[Path], out: Path, extra: list[str]) -> None:
+    """Fit ``router`` on ``paths`` with its own trainer (``routegate train <router>``)."""
+    from routers.commands import TRAINERS
+
+    module = importlib.import_module(TRAINERS[router])
+    parser = argparse.ArgumentParser(prog=f"routegate train {router}")
+    module.add_arguments(parser)
+    module.run(parser.parse_args(["--data", *map(str, paths), "--out", str(out), *extra]))
+
+
+def fold_scores(router, pair: EvalPair, prompts: list[str], batch_size: int) -> list[float]:  # type: ignore[no-untyped-def]
+    from routers.commands import score_all
+
+    return score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
+
+
+def run_leave_one_out(
+    routers: list[str],
+    data_dir: Path,
+    work: Path,
+    families: list[str],
+    device: str,
+    batch_size: int,
+    train_options: dict[str, list[str]],
+    checkpoint_dir: Path,
+) -> LeaveOneOutTable:
+    """Train and score every router on every held-out family."""
+    from routers.registry import RouterOptions, load_router
+    from routers.model_names import resolve_pair
+
+    table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families})
+    for family in families:
+        records: dict[str, list[Record]] = {stem: list(iter_records(data_path(data_dir, stem))) for stem in FAMILIES[family]}
+        paths = write_fold(data_dir, family, work / family / "data") if any(not r.startswith("shipped:") for r in routers) else []
+        for pair in table.pairs[family]:
+            selected = eval_records(records[pair.file], pair)
+            quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
+            prompts = [r["prompt"] for r in selected]
+            table.prompts[(family, pair)] = len(selected)
+            table.apgr[(RANDOM, family, pair)] = 0.5
+            table.apgr[(LENGTH, family, pair)] = apgr([float(len(p)) for p in prompts], quality)
+        for name in routers:
+            router_name = name.removeprefix("shipped:")
+            directory = checkpoint_dir
+            if not name.startswith("shipped:"):
+                directory = work / family / "checkpoints"
+                print(f"leave-one-out: training {router_name} without {family}: {' '.join(train_options.get(router_name, []))}")
+                train_fold(router_name, paths, directory / router_name, train_options.get(router_name, []))
+            for pair in table.pairs[family]:
+                known = _known_models(directory / router_name)
+                strong, weak, _ = resolve_pair(known, pair.strong, pair.weak)
+                router = load_router(router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak))
+                selected = eval_records(records[pair.file], pair)
+                quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
+                scores = fold_scores(router, pair, [r["prompt"] for r in selected], batch_size)
+                table.apgr[(name, family, pair)] = apgr(scores, quality)
+                print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}")
+    return table
+
+
+def _known_models(directory: Path) -> list[str]:
+    manifest = json.loads((directory / "router.json").read_text())
+    return list(manifest["models"])
+
+
+def parse_train_options(items: list[str]) -> dict[str, list[str]]:
+    """``ROUTER=OPTIONS`` items -> {router: [option, ...]}."""
+    options: dict[str, list[str]] = {}
+    for item in items:
+        router, _, text = item.partition("=")
+        options[router] = shlex.split(text)
+    return options

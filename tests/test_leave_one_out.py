@@ -1,0 +1,133 @@
+"""Cross-domain evaluation: the leave-one-out folds never let a held-out family into training, and
+``routegate eval --leave-one-out`` trains, scores and tabulates end to end on a small data folder."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from routers.families import EVAL_PAIRS, FAMILIES, eval_records, family_of, training_records
+from routers.leave_one_out import write_fold
+from routers.model_names import match_model, normal_form, resolve_pair
+from server.cli import main
+
+MODELS = ("gpt-4o", "Meta-Llama-3.1-8B-Instruct")
+
+
+def _record(rid: str, prompt: str, split: str, strong: float, weak: float, models: tuple[str, ...] = MODELS) -> dict:
+    """A record where the 1st, 3rd, ... model scores ``strong`` and the others ``weak``."""
+    return {"id": rid, "prompt": prompt, "split": split, "scores": {name: strong if n % 2 == 0 else weak for n, name in enumerate(models)}}
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Embeddings of the made-up prompts go to a temporary cache, not the user's."""
+    monkeypatch.setattr("routers.embedding.CACHE_DIR", tmp_path_factory.getbasetemp() / "embedding-cache")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """Every family's files, each with train and dev records scored for its eval pairs; one
+    GSM8K question also sits in ``llmrouter`` (mixed), as in the real data."""
+    directory = tmp_path / "data"
+    directory.mkdir()
+    for family, stems in FAMILIES.items():
+        pairs: dict[str, tuple[str, ...]] = {}
+        for pair in EVAL_PAIRS[family]:
+            pairs[pair.file] = tuple(dict.fromkeys((*pairs.get(pair.file, ()), pair.strong, pair.weak)))
+        for stem in stems:
+            records = []
+            for number in range(12):
+                models = pairs.get(stem, MODELS)
+                split = "dev" if number % 3 == 0 else "train"
+                prompt = f"{family} {stem} question {number}: " + "x " * (number * 7 % 11)
+                records.append(_record(f"{stem}/{number}", prompt, split, float(number % 2), float(number % 4 == 1), models))
+            if stem == "llmrouter":
+                records.append(_record("llmrouter/shared", "A GSM8K question that two files share.", "train", 1.0, 0.0))
+            if stem == "routellm-gsm8k":
+                records.append(_record("gsm8k/shared", "  a gsm8k QUESTION that two files share. ", "dev", 1.0, 0.0, pairs[stem]))
+            _write(directory / f"{stem}.jsonl.gz", records)
+    return directory
+
+
+def test_a_held_out_family_never_reaches_training(data_dir: Path) -> None:
+    for held_out in FAMILIES:
+        kept = training_records(data_dir, held_out)
+        assert not set(kept) & set(FAMILIES[held_out])
+        assert {family_of(stem) for stem in kept} == set(FAMILIES) - {held_out}
+        prompts = [record["prompt"] for records in kept.values() for record in records]
+        assert all(record["split"] == "train" for records in kept.values() for record in records)
+        assert not any(prompt.startswith(held_out + " ") for prompt in prompts)
+        shared_kept = "A GSM8K question that two files share." in prompts
+        assert shared_kept == (held_out not in ("math", "mixed"))  # its own family, or a shared text (case and spaces aside)
+
+
+def test_fold_files_hold_only_the_kept_training_records(data_dir: Path, tmp_path: Path) -> None:
+    paths = write_fold(data_dir, "chat", tmp_path / "fold")
+    written = {path.name.split(".")[0]: [json.loads(line) for line in gzip.open(path, "rt")] for path in paths}
+    assert set(written) == {stem for family, stems in FAMILIES.items() if family != "chat" for stem in stems}
+    assert all(record["split"] == "train" for records in written.values() for record in records)
+
+
+def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> None:
+    pair = EVAL_PAIRS["chat"][0]
+    records = [json.loads(line) for line in gzip.open(data_dir / f"{pair.file}.jsonl.gz", "rt")]
+    selected = eval_records(records, pair)
+    assert selected and all(r["split"] == "dev" and pair.strong in r["scores"] for r in selected)
+    assert len(selected) == sum(r["split"] == "dev" for r in records)
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [
+        ("gpt-4o", "gpt-4o-2024-08-06"),
+        ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "Meta-Llama-3.1-8B-Instruct"),
+        ("gpt-4-1106-preview", "gpt4_1106_preview"),
+        ("mistralai/mixtral-8x7b-chat", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
+        ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18"),
+        ("claude-3-haiku", None),
+        ("gpt-4", None),
+    ],
+)
+def test_model_names_match_across_spellings(asked: str, expected: str | None) -> None:
+    known = ["gpt-4o-2024-05-13", "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "Meta-Llama-3.1-8B-Instruct", "gpt4_1106_preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    assert match_model(asked, known) == expected
+
+
+def test_an_unknown_pair_falls_back_to_the_default_pair_and_says_why() -> None:
+    known = [normal_form(name) for name in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")]
+    assert resolve_pair(known, "gpt-4o", "gpt-4o-mini")[:2] == ("gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")
+    strong, weak, why = resolve_pair(known, "my-local-llama", "gpt-4o-mini")
+    assert (strong, weak) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
+    assert "my-local-llama" in why and "default pair" in why
+
+
+def test_eval_leave_one_out_trains_scores_and_writes_table_and_plot(data_dir: Path, tmp_path: Path) -> None:
+    table, plot = tmp_path / "loo.md", tmp_path / "loo.png"
+    code = main(
+        [
+            "eval", "--leave-one-out", "--router", "mf", "--data-dir", str(data_dir), "--families", "chat", "mixed",
+            "--work-dir", str(tmp_path / "work"), "--train-options", "mf=--epochs 1 --hidden 8 --dim 4", "--device", "cpu",
+            "--table", str(table), "--plot", str(plot),
+        ]
+    )
+    assert code == 0
+    text = table.read_text()
+    header = text.splitlines()[0]
+    assert header == "| router | chat | mixed | mean |"
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:5]}
+    assert set(rows) == {"random", "prompt length", "mf"}
+    assert "| random | 0.500 | 0.500 | 0.500 |" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "work" / "chat" / "data" / "alpacaeval-gpt4.jsonl.gz").exists()
+    assert (tmp_path / "work" / "chat" / "checkpoints" / "mf" / "router.json").is_file()
