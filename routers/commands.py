@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import random
 from pathlib import Path
 
 # router name -> module with add_arguments(parser) and run(args); imported only when used
@@ -59,7 +60,8 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
     _router_options(calibrate)
     calibrate.add_argument("--router", required=True)
-    calibrate.add_argument("--data", required=True, type=Path, help="records with a prompt (e.g. your own prompt log)")
+    calibrate.add_argument("--data", required=True, type=Path, nargs="+", help="record files with a prompt (e.g. your own prompt log)")
+    calibrate.add_argument("--per-file", type=int, help="a seeded random sample of at most this many prompts per file (a mixed reference set)")
     calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
     calibrate.add_argument("--split", default="all", help="records of this split (default all)")
     calibrate.add_argument("--batch-size", type=int, default=64)
@@ -211,13 +213,19 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
-    prompts = [record["prompt"] for record in _select(args.data, args.split)]
+    prompts = []
+    for path in args.data:
+        selected = [record["prompt"] for record in _select(path, args.split)]
+        if args.per_file is not None and len(selected) > args.per_file:
+            selected = random.Random(0).sample(selected, args.per_file)
+        prompts += selected
     scores = score_all(_load(args.router, args), prompts, args.batch_size, f"calibrate {args.router}")
     threshold = threshold_for_share(scores, args.strong_fraction)
     share = sum(score >= threshold for score in scores) / len(scores)
     print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
     print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name router-{args.router}-{threshold!r})")
     if args.write is not None:
-        write_calibration(args.write, scores, router=args.router, data=args.data.name, split=args.split)
+        data = [path.name for path in args.data]
+        write_calibration(args.write, scores, router=args.router, data=data, split=args.split, per_file=args.per_file)
         print(f"  calibration of every share written to {args.write}")
     return 0

@@ -36,6 +36,11 @@ def load_records(paths: Iterable[str | Path], split: str | None = None) -> list[
     return [record for path in paths for record in iter_records(path) if split is None or record.get("split") == split]
 
 
+def normal_text(prompt: str) -> str:
+    """A prompt's text up to case and whitespace (how repeated questions are recognised)."""
+    return " ".join(prompt.lower().split())
+
+
 def pair_records(records: Iterable[Record], strong: str, weak: str) -> list[Record]:
     """The records scored for both ``strong`` and ``weak``."""
     return [record for record in records if strong in record.get("scores", {}) and weak in record.get("scores", {})]

@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routers.data import Record, iter_records
-from routers.neighbourhood import normal_text
+from routers.data import Record, iter_records, normal_text
 
 #: family -> record files (stems in ``shared/data``)
 FAMILIES: dict[str, tuple[str, ...]] = {

@@ -12,7 +12,7 @@ from routers import evaluation
 from routers.checkpoint import CheckpointError
 from routers.data import iter_records
 from routers.evaluation import PairQuality
-from routers.neighbourhood import Neighbourhood, text_groups
+from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
@@ -64,7 +64,7 @@ def test_shipped_checkpoints_record_their_command_and_stay_small() -> None:
     for name in SHIPPED:
         manifest = json.loads((CHECKPOINT_ROOT / name / "router.json").read_text())
         assert manifest["command"].startswith(f"routegate train {name}")
-        assert STRONG in manifest["models"] and WEAK in manifest["models"]
+        assert match_model(STRONG, manifest["models"]) and match_model(WEAK, manifest["models"])
 
 
 def _scores(path: Path) -> dict[str, float]:
@@ -83,7 +83,8 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     checkpoints = tmp_path / "checkpoints"
     assert main(["train", name, "--data", str(data_slice), "--out", str(checkpoints / name), *TRAIN_OPTIONS[name]]) == 0
     manifest = json.loads((checkpoints / name / "router.json").read_text())
-    assert manifest["models"] == sorted([STRONG, WEAK]) and manifest["prompts"] == 24  # train records only
+    assert sorted(normal_form(model) for model in manifest["models"]) == sorted(normal_form(m) for m in (STRONG, WEAK))
+    assert manifest["prompts"] == 24  # train records only
 
     scores_path = tmp_path / "scores.jsonl"
     assert main(["score", "--router", name, "--checkpoint-dir", str(checkpoints), "--input", str(data_slice), "--output", str(scores_path)]) == 0
@@ -175,15 +176,3 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
     assert score_all(router, ["ccc", "a", "bbbbb", "dd"], batch_size=2, label="test") == [0.03, 0.01, 0.05, 0.02]
     assert router.batches == [["a", "dd"], ["ccc", "bbbbb"]]
 
-
-def test_neighbourhood_in_training_leaves_out_a_prompts_repeats() -> None:
-    """A training prompt must not see its own label through a repeat of its text (mf's neighbourhood)."""
-    prompts = ["What is 2 + 2?", "what is  2 + 2?", "What is 3 + 3?"]
-    vectors = np.asarray([[1.0, 0.0], [1.0, 0.0], [0.8, 0.6]], dtype=np.float32)
-    scores = np.asarray([[1.0], [1.0], [0.0]], dtype=np.float32)
-    neighbourhood = Neighbourhood(vectors, scores, k=1)
-    groups = text_groups(prompts)
-    assert groups[0] == groups[1] != groups[2]
-    # the repeat is the nearest neighbour, but its score (1.0) is the prompt's own label
-    assert neighbourhood.features(vectors, groups=groups)[:, 0].tolist() == [0.0, 0.0, 1.0]
-    assert neighbourhood.features(vectors[:1])[0, 0] == 1.0  # serving: a new prompt may use its nearest repeat
