@@ -57,10 +57,9 @@ class Proxy:
 
 def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict[str, str]:
     """Environment for a routegate in front of the two fakes, with ``settings`` as ROUTEGATE_* vars."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")}
+    env = {key: value for key, value in os.environ.items() if key == CACHE_ENV or not key.startswith("ROUTEGATE_")}
     env.update(
         {
-            CACHE_ENV: os.environ[CACHE_ENV],
             "ROUTEGATE_STRONG__BASE_URL": strong.url,
             "ROUTEGATE_STRONG__MODEL": STRONG_MODEL,
             "ROUTEGATE_STRONG__API_KEY": STRONG_KEY,
