@@ -37,6 +37,10 @@ prometheus-tools:
 test: install prometheus-tools
 	$(PY) -m pytest
 
+# The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
 # Lint and type checks (not yet part of `make test`).
 lint: install
 	$(VENV)/bin/ruff check .
