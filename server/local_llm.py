@@ -59,7 +59,8 @@ def packaged_gguf() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where converted models are kept: ``$ROUTEGATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/routegate``, else ``~/.cache/routegate``."""
+    """Where converted models are kept: ``$ROUTEGATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/routegate``
+    or ``~/.cache/routegate``."""
     if os.environ.get("ROUTEGATE_CACHE_DIR"):
         return Path(os.environ["ROUTEGATE_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "routegate"

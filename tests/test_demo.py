@@ -115,9 +115,10 @@ def test_demo_refuses_a_port_in_use_before_loading_anything(option: str) -> None
         taken.listen()
         busy = taken.getsockname()[1]
         ports = {"--port": str(free_port()), "--llm-port": str(free_port()), option: str(busy)}
+        port_options = [part for pair in ports.items() for part in pair]
         env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
         done = subprocess.run(
-            [sys.executable, "-m", "server.cli", "demo", "--router", "random", *[part for pair in ports.items() for part in pair]],
+            [sys.executable, "-m", "server.cli", "demo", "--router", "random", *port_options],
             cwd=REPO,
             env=env,
             capture_output=True,

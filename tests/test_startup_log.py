@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, STRONG_KEY, WEAK_KEY, running_proxy, proxy_env
+from tests.conftest import REPO, STRONG_KEY, WEAK_KEY, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 
 NO_KEY = "has no API key"
 
 
-def test_an_upstream_without_a_key_is_warned_about_without_printing_keys(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+def test_an_upstream_without_a_key_is_warned_about(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     env = proxy_env(strong, weak)
     del env["ROUTEGATE_WEAK__API_KEY"]
     env.pop("OPENAI_API_KEY", None)
@@ -38,8 +38,9 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
     prompts.write_text('{"id": "a", "prompt": "What is 2 + 2?"}\n')
     home = tmp_path / "home"
     home.mkdir()
+    command = ["score", "--router", "mf", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")]
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "score", "--router", "mf", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")],
+        [sys.executable, "-m", "server.cli", *command],
         cwd=REPO,
         env={**os.environ, "HOME": str(home)},
         capture_output=True,
