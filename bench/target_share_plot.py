@@ -1,6 +1,6 @@
 """Target vs realised strong share over time, on a stream that shifts from easy to hard prompts.
 
-    python bench/target_share_plot.py [--router mf] [--target 30] [--out bench/target_share.png]
+    python bench/target_share_plot.py [--router mf] [--target 30] [--out docs/target_share.png]
 
 Starts two fake upstreams and a real ``routegate serve`` (as the tests do), replays 700 MMLU
 then 800 MATH problems from ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=30.0, help="target strong share in percent")
     parser.add_argument("--easy", type=int, default=700)
     parser.add_argument("--hard", type=int, default=800)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "target_share.png")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "target_share.png")
     args = parser.parse_args()
     module = "tests.standin_router" if args.router == "standin" else "server.cli"
     target = args.target / 100

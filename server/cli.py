@@ -13,6 +13,7 @@ from pathlib import Path
 
 from routers.commands import add_router_commands
 from server.settings import Settings, SettingsError, load_settings
+from server.upstream_keys import warn_missing_keys
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -58,6 +59,7 @@ def _run(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    warn_missing_keys(settings)
 
     import uvicorn
 
@@ -94,6 +96,7 @@ def _run(settings: Settings) -> int:
 def _demo(args: argparse.Namespace) -> int:
     """Run routegate in front of a local LLM: no key, no network."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo polls /health and /ready until its banner
     from server.demo import run_demo
 
     return run_demo(args.host, args.port, args.llm_port, args.router)

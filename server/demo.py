@@ -7,11 +7,15 @@ the mechanics of routing, not a quality gap), then serves routegate and prints h
 
 from __future__ import annotations
 
+import logging
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -24,11 +28,21 @@ LLM_START_TIMEOUT = 900.0
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be listened on now (bound as uvicorn binds: with SO_REUSEADDR)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError:
+        return True
+    return False
 
 
 def demo_router(settings: Settings, wanted: str | None) -> str:
@@ -41,11 +55,12 @@ def demo_router(settings: Settings, wanted: str | None) -> str:
     return "random"
 
 
-def _wait_for_llm(process: subprocess.Popen, url: str) -> None:
+def _wait_for_llm(process: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + LLM_START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the local LLM server exited with status {process.returncode}")
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"the local LLM server exited with status {process.returncode}; its log ({log_path}) ends:\n{tail}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
@@ -84,15 +99,24 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    for name, (where, number) in {"--port": (host, port), "--llm-port": ("127.0.0.1", llm_port)}.items():
+        if number is not None and port_in_use(where, number):
+            print(f"routegate demo: port {number} on {where} is already in use; stop what listens there or pass another {name}",
+                  file=sys.stderr)
+            return 1
     llm_port = llm_port or _free_port()
     llm_url = f"http://127.0.0.1:{llm_port}"
     chosen = demo_router(base, router)
-    print(f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU) ...", flush=True)
-    llm = subprocess.Popen([sys.executable, "-m", "server.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)])
+    llm_log = Path(tempfile.mkdtemp(prefix="routegate-demo-")) / "local-llm.log"
+    print(f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
+          flush=True)
+    with open(llm_log, "wb") as log_file:  # the LLM's loading output goes to its log, not the terminal
+        command = [sys.executable, "-m", "server.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
+        llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     # uvicorn re-raises SIGTERM once it has shut down; exit through ``finally`` so the LLM stops too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        _wait_for_llm(llm, llm_url)
+        _wait_for_llm(llm, llm_url, llm_log)
         upstream = {"base_url": f"{llm_url}/v1", "api_key": "local"}
         settings = load_settings(
             host=host,
@@ -115,23 +139,31 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
 
 
 def _serve(settings: Settings, llm_url: str) -> int:
+    """Serve routegate; the banner comes once this server (not another on the port) is ready."""
     import uvicorn
 
     from server.app import create_app
 
     url = f"http://{settings.host}:{settings.port}"
+    gateway_log = logging.getLogger("routegate")
+    gateway_log.setLevel(logging.WARNING)  # start-up lines stay quiet; the per-request lines follow the banner
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_level="warning"))
 
     def announce() -> None:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not server.should_exit:
             try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                if server.started and httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                     print(banner(url, settings.router, llm_url), flush=True)
+                    gateway_log.setLevel(logging.NOTSET)
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
 
     threading.Thread(target=announce, daemon=True).start()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    server.run()
+    if not server.started:
+        print(f"routegate demo: could not listen on {settings.host}:{settings.port}", file=sys.stderr)
+        return 1
     return 0

@@ -13,7 +13,7 @@ answers plain or streamed (server-sent events, a final usage chunk when
 
 Reading the GGUF is slow in pure Python (its tokenizer metadata is parsed several times), so the
 converted model is saved once in transformers' own format under the cache directory
-(``$XDG_CACHE_HOME/routegate`` or ``~/.cache/routegate``, ``--cache-dir``) and loaded from
+(``$ROUTEGATE_CACHE_DIR``, ``$XDG_CACHE_HOME/routegate`` or ``~/.cache/routegate``; ``--cache-dir``) and loaded from
 there on later starts.
 """
 
@@ -59,7 +59,10 @@ def packaged_gguf() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where converted models are kept: ``$XDG_CACHE_HOME/routegate``, else ``~/.cache/routegate``."""
+    """Where converted models are kept: ``$ROUTEGATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/routegate``
+    or ``~/.cache/routegate``."""
+    if os.environ.get("ROUTEGATE_CACHE_DIR"):
+        return Path(os.environ["ROUTEGATE_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "routegate"
 
 

@@ -24,9 +24,9 @@ class UpstreamSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    base_url: str = OPENAI_BASE_URL
-    api_key: SecretStr | None = None
-    model: str
+    base_url: str = Field(OPENAI_BASE_URL, description="the upstream's OpenAI-compatible API root")
+    api_key: SecretStr | None = Field(None, description="the upstream's key; unset on the OpenAI API: `$OPENAI_API_KEY`")
+    model: str = Field(description="model name sent upstream")
     input_price: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     output_price: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
 
@@ -60,22 +60,22 @@ def _default_weak() -> UpstreamSettings:
 
 
 class Settings(BaseSettings):
-    """Everything routegate can be told; see the README's settings table for each default."""
+    """Everything routegate can be told; docs/configuration.md lists each setting (``python -m server.settings_doc``)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
-    strong: UpstreamSettings = Field(default_factory=_default_strong)
-    weak: UpstreamSettings = Field(default_factory=_default_weak)
+    strong: UpstreamSettings = Field(default_factory=_default_strong, description="strong (expensive) upstream")
+    weak: UpstreamSettings = Field(default_factory=_default_weak, description="weak (cheap) upstream")
 
-    router: str = "mf"
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    router: str = Field("mf", description="default router (model `auto`)")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="default threshold (model `auto`)")
     aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
     router_strong_model: str | None = Field(
         None, description="model the router scores as strong (default: the strong upstream's model when the router knows it)"
@@ -83,10 +83,10 @@ class Settings(BaseSettings):
     router_weak_model: str | None = Field(
         None, description="model the router scores as weak (default: the weak upstream's model when the router knows it)"
     )
-    checkpoint_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    route_on: Literal["last_user", "conversation", "sticky"] = "last_user"
-    conversation_turns: int = Field(4, ge=1)
+    checkpoint_dir: Path | None = Field(None, description="where routers load their checkpoints; unset: the shipped ones")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="router device; `auto`: cuda when present")
+    route_on: Literal["last_user", "conversation", "sticky"] = Field("last_user", description="what of a conversation is routed")
+    conversation_turns: int = Field(4, ge=1, description="messages scored with route_on=conversation")
     max_router_chars: int = Field(4000, ge=1, description="characters of routed text given to the router")
     sticky_max_conversations: int = Field(100_000, ge=1, description="conversations remembered as strong (route_on=sticky)")
     sticky_ttl_seconds: float = Field(3600.0, gt=0, description="a sticky conversation is forgotten after this idle time")
@@ -99,15 +99,15 @@ class Settings(BaseSettings):
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys (Bearer); empty = no auth")
 
-    connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(120.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to connect upstream")
+    read_timeout: float = Field(120.0, gt=0, description="seconds between bytes from upstream")
     total_timeout: float = Field(300.0, gt=0, description="deadline for all tries of one request, seconds")
-    retries: int = Field(2, ge=0, le=10)
+    retries: int = Field(2, ge=0, le=10, description="retries per tier on connect errors, timeouts, 429 and 5xx")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
-    fallback: bool = True
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    fallback: bool = Field(True, description="after the retries, try the other tier (never once a stream started)")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,18 @@ STRONG_MODEL = "fake-strong"
 WEAK_MODEL = "fake-weak"
 STRONG_KEY = "sk-strong-upstream-secret-0123456789"
 WEAK_KEY = "sk-weak-upstream-secret-9876543210"
+CACHE_ENV = "ROUTEGATE_CACHE_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Caches (embeddings, hidden states, converted models) go to a temporary directory for the whole
+    session, subprocesses included, never into the user's ``~/.cache/routegate``. Set here, before any
+    test module imports ``routers.embedding`` (which reads it at import)."""
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="routegate-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop(CACHE_ENV, ""), ignore_errors=True)
 
 
 class Proxy:
@@ -43,7 +57,7 @@ class Proxy:
 
 def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict[str, str]:
     """Environment for a routegate in front of the two fakes, with ``settings`` as ROUTEGATE_* vars."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")}
+    env = {key: value for key, value in os.environ.items() if key == CACHE_ENV or not key.startswith("ROUTEGATE_")}
     env.update(
         {
             "ROUTEGATE_STRONG__BASE_URL": strong.url,

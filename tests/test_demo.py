@@ -9,6 +9,7 @@ completions are kept to a few tokens.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,9 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
         printed = log_path.read_text(errors="replace")
         api = f"http://127.0.0.1:{port}/v1"
         assert api in printed and "curl -si" in printed and "from openai import OpenAI" in printed
+        # nothing but the demo's own progress line before the banner: no uvicorn, model-loading or polling lines
+        before_banner = [line for line in printed.split(READY_LINE)[0].splitlines() if line.strip()]
+        assert len(before_banner) == 1 and before_banner[0].startswith("routegate demo: loading"), printed
 
         client = OpenAI(base_url=api, api_key="demo")
         messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -102,3 +106,25 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
     finally:
         llm.terminate()
         llm.wait(timeout=30)
+
+
+@pytest.mark.parametrize("option", ["--port", "--llm-port"])
+def test_demo_refuses_a_port_in_use_before_loading_anything(option: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = {"--port": str(free_port()), "--llm-port": str(free_port()), option: str(busy)}
+        port_options = [part for pair in ports.items() for part in pair]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OPENAI_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "demo", "--router", "random", *port_options],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done
+    assert f"port {busy} on 127.0.0.1 is already in use" in done.stderr and option in done.stderr
+    assert READY_LINE not in done.stdout + done.stderr and "loading" not in done.stdout

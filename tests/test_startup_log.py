@@ -1,0 +1,52 @@
+"""What ``routegate serve`` says about its set-up when it starts, and where tests keep caches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO, STRONG_KEY, WEAK_KEY, proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+NO_KEY = "has no API key"
+
+
+def test_an_upstream_without_a_key_is_warned_about(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    env = proxy_env(strong, weak)
+    del env["ROUTEGATE_WEAK__API_KEY"]
+    env.pop("OPENAI_API_KEY", None)
+    with running_proxy(env, tmp_path) as proxy:
+        log = proxy.log()
+    warnings = [line for line in log.splitlines() if NO_KEY in line]
+    assert len(warnings) == 1, log
+    assert "WARNING" in warnings[0] and "weak upstream" in warnings[0] and "ROUTEGATE_WEAK__API_KEY" in warnings[0]
+    assert weak.url in warnings[0] and "fake-weak" in warnings[0]
+    assert STRONG_KEY[:10] not in log and WEAK_KEY[:10] not in log
+
+
+def test_upstreams_with_keys_start_without_that_warning(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        assert NO_KEY not in proxy.log()
+
+
+def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
+    cache = Path(os.environ["ROUTEGATE_CACHE_DIR"])
+    assert not cache.is_relative_to(Path.home() / ".cache")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "What is 2 + 2?"}\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    command = ["score", "--router", "mf", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")]
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", *command],
+        cwd=REPO,
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert any(cache.glob("minilm*-embeddings.npz"))  # the subprocess inherited the session's cache directory
+    assert not (home / ".cache" / "routegate").exists()
