@@ -45,9 +45,11 @@ class MFRouter(Router):
             self._w1, self._b1 = weights["w1"], weights["b1"]
             self._w2, self._b2 = weights["w2"], weights["b2"]
             self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
-            # only the difference of the two models is ever needed: fold it into one vector
-            self._direction = weights["classifier"] * (weights["model_vectors"][strong] - weights["model_vectors"][weak])
-            self._bias = float(weights["model_bias"][strong] - weights["model_bias"][weak])
+            self._model_vectors = weights["classifier"] * weights["model_vectors"]  # (models, dim)
+            self._model_bias = weights["model_bias"]
+        # a pair needs only the difference of its two models: one vector
+        self._direction = self._model_vectors[strong] - self._model_vectors[weak]
+        self._bias = float(self._model_bias[strong] - self._model_bias[weak])
         self._device = device
 
     @classmethod
@@ -55,9 +57,17 @@ class MFRouter(Router):
         """Registry factory: load ``<checkpoint_dir>/mf``."""
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
-    def score(self, prompts: Sequence[str]) -> list[float]:
+    def latent(self, prompts: Sequence[str]) -> np.ndarray:
+        """The prompts' latent vectors z, (prompts, dim)."""
         inputs = prompt_inputs(encode(prompts, self._device), self._standardize(feature_matrix(prompts)))
         hidden = inputs @ self._w1 + self._b1
         hidden = 0.5 * hidden * (1.0 + np.tanh(0.7978845608 * (hidden + 0.044715 * hidden**3)))  # GELU (tanh)
-        latent = hidden @ self._w2 + self._b2
-        return sigmoid(latent @ self._direction + self._bias).astype(float).tolist()
+        return hidden @ self._w2 + self._b2
+
+    def score(self, prompts: Sequence[str]) -> list[float]:
+        return sigmoid(self.latent(prompts) @ self._direction + self._bias).astype(float).tolist()
+
+    def qualities(self, prompts: Sequence[str]) -> np.ndarray:
+        """Every known model's quality delta_m on each prompt, (prompts, models) in ``self.models``
+        order; ``sigmoid(delta_a - delta_b)`` is the probability that a beats b."""
+        return self.latent(prompts) @ self._model_vectors.T + self._model_bias
