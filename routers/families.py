@@ -57,8 +57,8 @@ EVAL_PAIRS: dict[str, tuple[EvalPair, ...]] = {
         EvalPair("lookahead-arenahard", "Yi-1.5-34B-Chat", "Llama-3.1-8B-Instruct"),
     ),
     "mixed": (
+        EvalPair("llmrouter", "llama-3.1-nemotron-51b-instruct", "mistral-7b-instruct-v0.3"),
         EvalPair("llmrouter", "llama-3.1-nemotron-51b-instruct", "llama-3.1-8b-instruct"),
-        EvalPair("llmrouter", "llama3-chatqa-1.5-70b", "mistral-7b-instruct-v0.3"),
     ),
 }
 
