@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from routers.data import licence_of
+
 MANIFEST = "router.json"
 
 
@@ -22,6 +24,7 @@ def write_manifest(out_dir: Path, router: str, data_files: list[str], models: li
         "router": router,
         "command": "routegate " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("routegate", "cli.py") else shlex.join(sys.argv),
         "data_files": [Path(name).name for name in data_files],
+        "data_licences": {Path(name).name: licence_of(name) for name in data_files},
         "split": "train",
         "models": models,
         **extra,

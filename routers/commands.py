@@ -55,6 +55,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--work-dir", type=Path, default=Path("leave-one-out"), help="fold data and checkpoints (--leave-one-out)")
     evaluate.add_argument("--train-options", nargs="*", default=[], metavar="ROUTER=OPTIONS", help="extra trainer options per router, e.g. 'mf=--epochs 6'")
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
+    evaluate.add_argument("--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -195,7 +196,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     use_disk_cache()
     table = run_leave_one_out(
         args.router, args.data_dir, args.work_dir, families, args.device, max(args.batch_size, 256),
-        parse_train_options(args.train_options), args.checkpoint_dir,
+        parse_train_options(args.train_options), args.checkpoint_dir, args.max_prompts,
     )
     text = table.format()
     print(text)

@@ -17,6 +17,25 @@ from typing import Any
 Record = dict[str, Any]
 
 
+#: licence of each source's data, by file-name prefix (the data folder's README has the details);
+#: a checkpoint trained on a file inherits its terms for its weights' use
+DATA_LICENCES = {
+    "routellm-": "Apache-2.0 (RouteLLM)",
+    "lookahead-": "MIT (lookahead-routing); questions and answers keep their original terms",
+    "alpacaeval-": "CC BY-NC 4.0 (AlpacaEval data): non-commercial use only",
+    "zeroeval-": "Apache-2.0 (ZeroEval)",
+    "mmlu-pro": "Apache-2.0 (MMLU-Pro)",
+    "routerbench-": "MIT (RouterBench data; the RouterDC copy ships no LICENSE file)",
+    "llmrouter": "MIT (LLMRouter)",
+}
+
+
+def licence_of(path: str | Path) -> str:
+    """The data licence of a record file, by its name; 'your own data' for other files."""
+    name = Path(path).name
+    return next((licence for prefix, licence in DATA_LICENCES.items() if name.startswith(prefix)), "your own data")
+
+
 def iter_records(path: str | Path) -> Iterator[Record]:
     """Yield the records of one ``.jsonl`` or ``.jsonl.gz`` file."""
     path = Path(path)

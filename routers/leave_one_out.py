@@ -14,6 +14,7 @@ import argparse
 import gzip
 import importlib
 import json
+import random
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,7 @@ def run_leave_one_out(
     batch_size: int,
     train_options: dict[str, list[str]],
     checkpoint_dir: Path,
+    max_prompts: int | None = None,
 ) -> LeaveOneOutTable:
     """Train and score every router on every held-out family."""
     from routers.registry import RouterOptions, load_router
@@ -105,8 +107,8 @@ def run_leave_one_out(
     for family in families:
         records: dict[str, list[Record]] = {stem: list(iter_records(data_path(data_dir, stem))) for stem in FAMILIES[family]}
         paths = write_fold(data_dir, family, work / family / "data") if any(not r.startswith("shipped:") for r in routers) else []
-        for pair in table.pairs[family]:
-            selected = eval_records(records[pair.file], pair)
+        selected_by_pair = {pair: sample(eval_records(records[pair.file], pair), max_prompts) for pair in table.pairs[family]}
+        for pair, selected in selected_by_pair.items():
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
             table.prompts[(family, pair)] = len(selected)
@@ -123,12 +125,20 @@ def run_leave_one_out(
                 known = _known_models(directory / router_name)
                 strong, weak, _ = resolve_pair(known, pair.strong, pair.weak)
                 router = load_router(router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak))
-                selected = eval_records(records[pair.file], pair)
+                selected = selected_by_pair[pair]
                 quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
                 scores = fold_scores(router, pair, [r["prompt"] for r in selected], batch_size)
                 table.apgr[(name, family, pair)] = apgr(scores, quality)
                 print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}")
     return table
+
+
+def sample(records: list[Record], limit: int | None) -> list[Record]:
+    """A seeded random sample of at most ``limit`` records, in their order (all without a limit)."""
+    if limit is None or len(records) <= limit:
+        return records
+    keep = sorted(random.Random(0).sample(range(len(records)), limit))
+    return [records[index] for index in keep]
 
 
 def _known_models(directory: Path) -> list[str]:

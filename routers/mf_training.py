@@ -21,6 +21,7 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 from dataclasses import dataclass
 from itertools import combinations
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train mf``."""
     parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    parser.add_argument("--limit", type=int, help="at most this many train records per file (the same ones every run: lowest sha1 of the id)")
     parser.add_argument("--weight", nargs="*", default=[], metavar="FILE=W", help="extra weight for a file's records, e.g. my-traffic.jsonl=5 (in-domain data)")
     parser.add_argument("--hidden", type=int, default=128, help="width of the text projection's hidden layer")
     parser.add_argument("--dim", type=int, default=32, help="latent dimension shared by prompts and models")
@@ -121,6 +123,14 @@ def build_training_set(records_by_file: dict[str, list[Record]], pairs: int, see
     )
 
 
+def first_by_hash(records: list[Record], limit: int | None) -> list[Record]:
+    """At most ``limit`` records: those with the lowest sha1 of their id. The choice of a record
+    does not depend on which others are there, so a fold that drops a few keeps the rest."""
+    if limit is None or len(records) <= limit:
+        return records
+    return sorted(records, key=lambda record: hashlib.sha1(str(record["id"]).encode()).hexdigest())[:limit]
+
+
 def parse_weights(pairs: list[str]) -> dict[str, float]:
     """``FILE=W`` options -> {file stem: weight}."""
     weights = {}
@@ -135,7 +145,7 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> None:
     """Train and write ``weights.npz`` and ``router.json`` into ``args.out``."""
     torch.manual_seed(args.seed)
-    records_by_file = {file_stem(path): load_records([path], "train") for path in args.data}
+    records_by_file = {file_stem(path): first_by_hash(load_records([path], "train"), args.limit) for path in args.data}
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
     print(f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models")
     raw = feature_matrix(data.prompts)
@@ -203,7 +213,7 @@ def run(args: argparse.Namespace) -> None:
         features=["minilm-embedding", *FEATURE_NAMES],
         hyperparameters={
             key: getattr(args, key)
-            for key in ("hidden", "dim", "pairs", "offset_l2", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed")
+            for key in ("hidden", "dim", "pairs", "offset_l2", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed", "limit")
         },
         file_weights=parse_weights(args.weight),
         prompts=len(data.prompts),

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 _ALIASES = {
     "gpt4-1106-preview": "gpt-4-1106-preview",
     "gpt-4-turbo-preview": "gpt-4-1106-preview",
+    "gpt-4o": "gpt-4o-2024-05-13",  # MMLU-Pro's gpt-4o ran in May 2024, when the alias meant this snapshot
     "gpt4": "gpt-4",
     "gpt4-0314": "gpt-4-0314",
     "gpt35-turbo-instruct": "gpt-3.5-turbo-instruct",

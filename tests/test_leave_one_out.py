@@ -89,7 +89,8 @@ def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> Non
 @pytest.mark.parametrize(
     ("asked", "expected"),
     [
-        ("gpt-4o", "gpt-4o-2024-08-06"),
+        ("gpt-4o", "gpt-4o-2024-05-13"),
+        ("gpt-4-turbo", None),
         ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
         ("meta-llama/Llama-3.1-8B-Instruct", "Meta-Llama-3.1-8B-Instruct"),
         ("gpt-4-1106-preview", "gpt4_1106_preview"),

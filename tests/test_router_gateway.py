@@ -83,3 +83,22 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_the_scored_pair_follows_the_upstream_models(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak, router="mf", strong__model="gpt-4o", weak__model="meta-llama/Llama-3.1-8B-Instruct")
+    with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+        ready = httpx.get(f"{proxy.url}/ready").json()
+        assert (ready["pair"]["strong"], ready["pair"]["weak"]) == ("gpt-4o-2024-05-13", "llama-3.1-8b-instruct")
+        listing = httpx.get(f"{proxy.api}/routers").json()
+        mf = next(router for router in listing["data"] if router["id"] == "mf")
+        assert mf["loaded"] and mf["pair"] == ready["pair"]
+        assert {"gpt-4o-2024-05-13", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"} <= set(mf["models"])
+        assert "router mf scores gpt-4o-2024-05-13 (strong) vs llama-3.1-8b-instruct (weak)" in proxy.log()
+
+
+def test_upstream_models_the_router_does_not_know_get_the_default_pair(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    with running_proxy(proxy_env(strong, weak, router="mf"), tmp_path, ready_timeout=180) as proxy:
+        pair = httpx.get(f"{proxy.url}/ready").json()["pair"]
+        assert (pair["strong"], pair["weak"]) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
+        assert "fake-strong" in pair["why"] and "default pair" in pair["why"]
