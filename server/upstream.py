@@ -280,6 +280,10 @@ class Attempts:
             if response is not None:
                 await response.aclose()
             return "protocol", False, None, None
+        except asyncio.CancelledError:  # the client left: close the upstream connection too
+            if response is not None:
+                await response.aclose()
+            raise
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 
