@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     """Everything routegate can be told; see the README's settings table for each default."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        env_ignore_empty=True,  # an empty variable (compose's ${X:-}) means "not set"
     )
 
     host: str = "127.0.0.1"

@@ -160,6 +160,10 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_WEAK__INPUT_PRICE": "-1"}, "ROUTEGATE_WEAK__INPUT_PRICE"),
         ({"ROUTEGATE_ROUTER": "no-such-router"}, "ROUTEGATE_ROUTER"),
         ({"ROUTEGATE_ALIASES": '{"x": "router-random-7"}'}, "ROUTEGATE_ALIASES"),
+        ({"ROUTEGATE_ROUTERS": '["random", "no-such-router"]'}, "ROUTEGATE_ROUTERS"),
+        ({"ROUTEGATE_TARGET_SHARE": "0.305"}, "ROUTEGATE_TARGET_SHARE"),
+        ({"ROUTEGATE_HOST": "0.0.0.0"}, "ROUTEGATE_ALLOW_UNAUTHENTICATED"),  # open to the network without client keys
+        ({"ROUTEGATE_HOST": "::"}, "ROUTEGATE_API_KEYS"),
     ],
 )
 def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):
@@ -208,7 +212,8 @@ def test_httpx_pool_transport_serves_plain_and_streamed(strong: FakeUpstream, we
 def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "mf").mkdir(parents=True)  # a folder, but no checkpoint in it
-    with running_proxy(proxy_env(strong, weak, checkpoint_dir=str(checkpoints)), tmp_path) as proxy:
+    env = proxy_env(strong, weak, checkpoint_dir=str(checkpoints), routers='["random", "mf"]')
+    with running_proxy(env, tmp_path) as proxy:
         names = {model.id for model in openai.OpenAI(base_url=proxy.api, api_key="k").models.list()}
         assert "router-mf-0.5" in names and "router-bert-0.5" not in names
         broken = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-mf-0.5", "messages": MESSAGES})
