@@ -35,7 +35,7 @@ from server.replies import reply
 from server.scoring import ScorerPool
 from server.settings import Settings
 from server.shutdown import DRAIN
-from server.targets import Targets
+from server.targets import Targets, TooManyRoutes
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -129,16 +129,19 @@ class ChatProxy:
                 ticket.close()
 
     def resolve(self, model: str) -> Target:
-        """The route ``model`` names; 400 ``invalid_target`` for a new target route past the bound."""
+        """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES
+        places here (400 ``invalid_target`` when none is left)."""
         route = self.names.resolve(model)
-        targets = self.targets
-        if route.target is not None and route.router is not None and targets is not None and not targets.accepts(route.router, route.target):
-            raise bad_request(
-                f"routegate already serves its limit of {targets.max_routes} target routes "
-                "(router-<router>-<percent>%); use one of those.",
-                param="model",
-                code="invalid_target",
-            )
+        if route.target is not None and route.router is not None and self.targets is not None:
+            try:
+                self.targets.controller(route.router, route.target)
+            except TooManyRoutes:
+                raise bad_request(
+                    f"routegate already serves its limit of {self.targets.max_routes} target routes "
+                    "(router-<router>-<percent>%); use one of those.",
+                    param="model",
+                    code="invalid_target",
+                ) from None
         return route
 
     def _refuse(self, error: APIError, request_id: str, headers: dict[str, Any] | None = None) -> Response:

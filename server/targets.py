@@ -203,10 +203,6 @@ class Targets:
         self.max_routes = max_routes
         self._controllers: dict[tuple[str, float], ShareController] = {}
 
-    def accepts(self, router: str, target: float) -> bool:
-        """Whether ``router`` at ``target`` is live already or there is room for it."""
-        return (router, target) in self._controllers or len(self._controllers) < self.max_routes
-
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
         TooManyRoutes when it is new and ``max_routes`` are live."""
