@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
     score_queue_size: int = Field(512, ge=1, description="prompts waiting for a router batch; more are scoring overload")
-    score_timeout: float = Field(2.0, gt=0, description="seconds a request may wait for its score before scoring overload")
+    score_timeout: float = Field(5.0, gt=0, description="seconds a request may wait for its score before scoring overload")
     scoring_overload: Literal["shed", "weak", "strong"] = Field(
         "shed", description="a request not scored in time: 429 (shed), or routed unscored to the weak or strong tier"
     )
