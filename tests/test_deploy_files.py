@@ -36,7 +36,7 @@ def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.Complet
     """Run ``command`` in the repository with the compose file's one required variable set."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
     environment.update(env if env is not None else {"GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD})
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=environment)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=environment, check=False)
 
 
 @pytest.fixture(scope="module")
