@@ -56,8 +56,6 @@ def _prepare_multiprocess_dir(workers: int) -> str | None:
 def _run(settings: Settings) -> int:
     """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
     import uvicorn
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 
-import httpx
 from starlette.responses import Response
 
 from server import metrics
 from server.errors import APIError
 from server.forwarding import Exchange
+from server.http_client import UpstreamError, UpstreamTimeout
 from server.recording import Outcome
 from server.relay import RelayResponse, StreamWatcher
 from server.shutdown import DRAIN
@@ -86,8 +86,8 @@ def _relay_stream(
             async for chunk in start.chunks:
                 watcher.feed(chunk)
                 yield chunk
-        except httpx.HTTPError as error:
-            reason = "timeout" if isinstance(error, httpx.TimeoutException) else "stream_cut"
+        except UpstreamError as error:
+            reason = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
             yield _stream_error(upstream, reason)
             return
         if not watcher.done:

@@ -129,10 +129,6 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")
     max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
-    max_keepalive_connections: int = Field(128, ge=0, description="idle connections kept (httpx transport)")
-    upstream_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="connection pool under the httpx client: aiohttp's (faster) or httpcore's"
-    )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(

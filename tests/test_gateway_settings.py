@@ -198,17 +198,6 @@ def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.Monke
     assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"
 
 
-def test_httpx_pool_transport_serves_plain_and_streamed(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
-    with running_proxy(proxy_env(strong, weak, upstream_transport="httpx"), tmp_path) as proxy:
-        sdk = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0)
-        assert sdk.chat.completions.create(model="router-random-0.0", messages=MESSAGES).choices[0].message.content == (
-            "answer from strong"
-        )
-        chunks = list(sdk.chat.completions.create(model="router-random-1.0", messages=MESSAGES, stream=True))
-        assert "".join(chunk.choices[0].delta.content for chunk in chunks) == "weak-0 weak-1 weak-2 weak-3 weak-4 "
-        assert strong.received[0].headers["authorization"] == f"Bearer {STRONG_KEY}"
-
-
 def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "mf").mkdir(parents=True)  # a folder, but no checkpoint in it
