@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -105,13 +104,13 @@ class ChatProxy:
 
         try:
             body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
-            payload = parse_chat_request(body)
-            route = self.resolve(payload["model"])
-            async with cancelled_on_disconnect(request):
-                await ticket.admit()
-                decision = await self.decider.decide(route, payload, request.headers, request_id)
-                exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())
-            response = reply(exchange, started, finish)  # records the outcome now, or when the stream closes
+            payload = parse_chat_request(body)  # parse
+            route = self.resolve(payload["model"])  # resolve model
+            async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
+                await ticket.admit()  # admit
+                decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
+                exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
+            response = reply(exchange, started, finish)  # relay; it records the outcome now, or when the stream closes
             return response
         except APIError as error:
             return self._refuse(error, request_id)
@@ -122,8 +121,8 @@ class ChatProxy:
             if not DRAIN.draining:
                 raise
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
-            error = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
-            return self._refuse(error, request_id, {"connection": "close"})
+            cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
+            return self._refuse(cut, request_id, {"connection": "close"})
         finally:
             if not isinstance(response, RelayResponse):  # a stream gives its ticket back when it closes
                 ticket.close()
@@ -144,7 +143,7 @@ class ChatProxy:
                 ) from None
         return route
 
-    def _refuse(self, error: APIError, request_id: str, headers: dict[str, Any] | None = None) -> Response:
+    def _refuse(self, error: APIError, request_id: str, headers: dict[str, str] | None = None) -> Response:
         metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
         log.info("request_id=%s status=%d error=%s", request_id, error.status, error.code)
         return error.to_response({"x-request-id": request_id, **(headers or {})})

@@ -5,7 +5,7 @@ when the stream closes for a streamed one."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from starlette.responses import Response
 
@@ -79,7 +79,7 @@ def _relay_stream(
     upstream = exchange.upstream
     watcher = StreamWatcher()
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         watcher.feed(start.first_chunk)
         yield start.first_chunk
         try:
