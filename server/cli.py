@@ -57,8 +57,6 @@ def _prepare_multiprocess_dir(workers: int) -> str | None:
 def _run(settings: Settings) -> int:
     """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
     warn_missing_keys(settings)
 
     import uvicorn
@@ -71,6 +69,10 @@ def _run(settings: Settings) -> int:
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    if settings.metrics_port is not None:
+        from server.metrics_server import start_metrics_server
+
+        start_metrics_server(settings.host, settings.metrics_port, settings.metrics_key)
     # routegate logs one line per chat request itself (request id, router, tier, status, duration);
     # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
     server_options = {

@@ -135,8 +135,19 @@ QUEUED = Gauge(
 )
 REJECTED = Counter(
     "routegate_requests_rejected_total",
-    "Requests refused before reaching an upstream, by reason (queue_full|queue_timeout|shutting_down).",
+    "Requests refused before reaching an upstream, by reason "
+    "(queue_full|queue_timeout|scoring_overload|budget_exhausted|shutting_down).",
     ["reason"],
+)
+UNSCORED = Counter(
+    "routegate_scoring_overload_total",
+    "Requests whose router could not score them in time, by router and reason (timeout|queue_full).",
+    ["router", "reason"],
+)
+TARGET_DECISIONS = Counter(
+    "routegate_target_decisions_total",
+    "Answered requests of a target route, by router, target and serving tier.",
+    ["router", "target", "tier"],
 )
 UPSTREAM_RESPONSES_OPEN = Gauge(
     "routegate_upstream_responses_open",

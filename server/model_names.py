@@ -28,7 +28,7 @@ class ModelNames:
     """Resolves ``model`` strings against the settings and the known routers."""
 
     def __init__(self, settings: Settings, routers: list[str]) -> None:
-        self.routers = routers
+        self.routers = routers  # the routers clients may name (ROUTEGATE_ROUTERS)
         self.target_share = settings.target_share
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
@@ -83,16 +83,14 @@ class ModelNames:
 
 def format_percent(share: float) -> str:
     """A share in [0, 1] as the ``<percent>%`` of a target model string (0.3 -> ``30%``)."""
-    return f"{round(share * 100, 6):g}%"
+    return f"{round(share * 100)}%"
 
 
 def _parse_percent(text: str, param: str) -> float:
-    try:
-        percent = float(text[:-1])
-    except ValueError:
-        percent = float("nan")
-    if not 0.0 <= percent <= 100.0:
+    """A whole percent in [0, 100] as a share: at most 101 target routes per router can exist."""
+    digits = text[:-1]
+    if not (digits.isascii() and digits.isdigit() and int(digits) <= 100):
         raise bad_request(
-            f"Target share '{text[:32]}' must be a percentage in [0, 100], e.g. 30%.", param=param, code="invalid_target"
+            f"Target share '{text[:32]}' must be a whole percentage in [0, 100], e.g. 30%.", param=param, code="invalid_target"
         )
-    return percent / 100.0
+    return int(digits) / 100.0

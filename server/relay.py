@@ -3,30 +3,53 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+_EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+_SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
+
 
 class StreamWatcher:
-    """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``,
-    without holding more than one incomplete event."""
+    """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``.
 
-    def __init__(self) -> None:
+    Linear time: each byte is searched for an event separator (a blank line) once, however the
+    events are cut into chunks. Bounded memory: an event longer than ``max_event_bytes`` (no
+    usage or [DONE] event is) is skipped, not held; ``bytes_scanned`` counts the search work.
+    """
+
+    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self.usage: dict | None = None
         self.done = False
-        self._pending = b""
+        self.max_event_bytes = max_event_bytes
+        self.bytes_scanned = 0
+        self._pending = bytearray()
+        self._searched = 0  # bytes of _pending known to start no separator
+        self._skipping = False  # inside an oversized event: drop it up to its separator
 
     def feed(self, chunk: bytes) -> None:
-        events = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-        self._pending = events.pop()
-        for event in events:
-            self._read_event(event)
+        self._pending += chunk
+        while True:
+            match = _EVENT_SEPARATOR.search(self._pending, self._searched)
+            if match is None:
+                self.bytes_scanned += len(self._pending) - self._searched
+                self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
+                if len(self._pending) > self.max_event_bytes:
+                    del self._pending[: self._searched]
+                    self._searched, self._skipping = 0, True
+                return
+            self.bytes_scanned += match.end() - self._searched
+            if not self._skipping:
+                self._read_event(bytes(self._pending[: match.start()]))
+            del self._pending[: match.end()]
+            self._searched, self._skipping = 0, False
 
     def _read_event(self, event: bytes) -> None:
-        for line in event.split(b"\n"):
+        for line in event.replace(b"\r\n", b"\n").split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()

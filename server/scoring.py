@@ -46,18 +46,24 @@ class ScoreCache:
             self._scores.popitem(last=False)
 
 
+class ScoreQueueFull(Exception):
+    """The router's queue already holds ``queue_size`` texts: this one is not scored."""
+
+
 class Scorer:
     """Scores texts with one router, batching concurrent calls (at most ``batch_size`` texts,
     waiting at most ``batch_wait`` seconds for a batch to fill); up to ``threads`` batches are
-    scored at once, each on its own thread."""
+    scored at once, each on its own thread. At most ``queue_size`` texts wait (0: no bound)."""
 
-    def __init__(self, router: Router, batch_size: int, batch_wait: float, cache_size: int, threads: int = 1) -> None:
+    def __init__(
+        self, router: Router, batch_size: int, batch_wait: float, cache_size: int, threads: int = 1, queue_size: int = 0
+    ) -> None:
         self.router = router
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.threads = threads
         self.cache = ScoreCache(cache_size if router.cacheable else 0)
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"score-{router.name}")
         self._workers: list[asyncio.Task[None]] = []
         self._hit = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "hit")
@@ -88,7 +94,10 @@ class Scorer:
                 for index in range(self.threads)
             ]
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        await self._queue.put((text, future))
+        try:
+            self._queue.put_nowait((text, future))
+        except asyncio.QueueFull:
+            raise ScoreQueueFull(self.router.name) from None
         return await future
 
     async def _next_batch(self) -> list[tuple[str, asyncio.Future[float]]]:
@@ -186,6 +195,7 @@ class ScorerPool:
         cache_size: int,
         torch_threads: int = 0,
         score_threads: int = 1,
+        queue_size: int = 0,
         pair_from_settings: bool = False,
     ) -> None:
         self.options = options
@@ -193,6 +203,7 @@ class ScorerPool:
         self.pair_from_settings = pair_from_settings
         self.torch_threads = torch_threads
         self.score_threads = score_threads
+        self.queue_size = queue_size
         self._settings = (batch_size, batch_wait, cache_size)
         self._scorers: dict[str, Scorer] = {}
         self._lock = asyncio.Lock()
@@ -217,7 +228,7 @@ class ScorerPool:
                     raise APIError(
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
                     ) from None
-                self._scorers[name] = Scorer(router, *self._settings, threads=threads)
+                self._scorers[name] = Scorer(router, *self._settings, threads=threads, queue_size=self.queue_size)
         return self._scorers[name]
 
     def _load(self, name: str) -> tuple[Router, int]:

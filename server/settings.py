@@ -7,6 +7,7 @@ worker process reads the same settings.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
@@ -63,7 +64,11 @@ class Settings(BaseSettings):
     """Everything routegate can be told; docs/configuration.md lists each setting (``python -m server.settings_doc``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        env_ignore_empty=True,  # an empty variable (compose's ${X:-}) means "not set"
     )
 
     host: str = Field("127.0.0.1", description="listen address")
@@ -75,6 +80,9 @@ class Settings(BaseSettings):
     weak: UpstreamSettings = Field(default_factory=_default_weak, description="weak (cheap) upstream")
 
     router: str = Field("mf", description="default router (model `auto`)")
+    routers: list[str] = Field(
+        default_factory=list, description="routers clients may name, loaded at start; empty = the default router and random"
+    )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default threshold (model `auto`)")
     aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
     router_strong_model: str | None = Field(
@@ -94,12 +102,19 @@ class Settings(BaseSettings):
     target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
     target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
     target_feedback_horizon: int = Field(100, ge=1, description="decisions the realised-share feedback remembers")
+    max_target_routes: int = Field(32, ge=1, description="target routes (router and whole percent) live at once; more get 400")
     daily_budget_usd: float | None = Field(None, gt=0, description="strong-tier USD per UTC day; tightens target routes")
+    budget_exhausted: Literal["weak", "reject"] = Field(
+        "weak", description="strong-tier requests once the daily budget is spent: sent weak, or refused with 429"
+    )
 
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
     api_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys (Bearer); empty = no auth")
+    allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without ROUTEGATE_API_KEYS")
+    metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port instead of the API port")
 
     connect_timeout: float = Field(5.0, gt=0, description="seconds to connect upstream")
     read_timeout: float = Field(120.0, gt=0, description="seconds between bytes from upstream")
@@ -116,10 +131,6 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")
     max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
-    max_keepalive_connections: int = Field(128, ge=0, description="idle connections kept (httpx transport)")
-    upstream_transport: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="connection pool under the httpx client: aiohttp's (faster) or httpcore's"
-    )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(
@@ -134,6 +145,11 @@ class Settings(BaseSettings):
         description="torch threads per scoring thread on the CPU (numpy's BLAS always gets one); 0 = the cores less one for the event loop, shared out among the scoring threads, at least one each",
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
+    score_queue_size: int = Field(512, ge=1, description="prompts waiting for a router batch; more are scoring overload")
+    score_timeout: float = Field(5.0, gt=0, description="seconds a request may wait for its score before scoring overload")
+    scoring_overload: Literal["shed", "weak", "strong"] = Field(
+        "shed", description="a request not scored in time: 429 (shed), or routed unscored to the weak or strong tier"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +169,24 @@ class Settings(BaseSettings):
             if upstream.api_key is None and openai_key and upstream.base_url == OPENAI_BASE_URL:
                 upstream.api_key = SecretStr(openai_key)
         return self
+
+    @model_validator(mode="after")
+    def _no_open_listener(self) -> Settings:
+        """A non-loopback listener needs client keys unless ``allow_unauthenticated`` says otherwise."""
+        if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines and ROUTEGATE_API_KEYS is empty: anyone could "
+                "spend the upstream keys. Set ROUTEGATE_API_KEYS, or ROUTEGATE_ALLOW_UNAUTHENTICATED=true to serve "
+                "without client keys (e.g. behind an authenticating reverse proxy)."
+            )
+        return self
+
+    @field_validator("target_share")
+    @classmethod
+    def _whole_percent(cls, value: float) -> float:
+        if abs(value * 100 - round(value * 100)) > 1e-9:
+            raise ValueError("must be a whole percent (e.g. 0.3 for 30%)")
+        return round(value * 100) / 100
 
     @field_validator("aliases")
     @classmethod
@@ -176,6 +210,16 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(Exception):

@@ -178,8 +178,13 @@ class TargetDecision:
     threshold: float
 
 
+class TooManyRoutes(Exception):
+    """``max_routes`` target routes are live already; a new one is refused."""
+
+
 class Targets:
-    """Every ShareController of this process, by (router, target), and the shared daily budget."""
+    """Every ShareController of this process, by (router, target), at most ``max_routes`` of
+    them, and the shared daily budget."""
 
     def __init__(
         self,
@@ -188,19 +193,24 @@ class Targets:
         checkpoint_dir: Path,
         budget: DailyBudget | None = None,
         seed_count: int = 200,
+        max_routes: int = 32,
     ) -> None:
         self.window = window
         self.feedback_horizon = feedback_horizon
         self.checkpoint_dir = checkpoint_dir
         self.budget = budget
         self.seed_count = min(seed_count, window)
+        self.max_routes = max_routes
         self._controllers: dict[tuple[str, float], ShareController] = {}
 
     def controller(self, router: str, target: float) -> ShareController:
-        """The controller of ``router`` at ``target``, seeded from its calibration when first used."""
+        """The controller of ``router`` at ``target``, seeded from its calibration when first used;
+        TooManyRoutes when it is new and ``max_routes`` are live."""
         key = (router, target)
         controller = self._controllers.get(key)
         if controller is None:
+            if len(self._controllers) >= self.max_routes:
+                raise TooManyRoutes(f"{self.max_routes} target routes are live")
             calibration = read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE)
             controller = ShareController(self.window, self.feedback_horizon, seed_scores(calibration, self.seed_count))
             self._controllers[key] = controller
@@ -212,17 +222,18 @@ class Targets:
             return target
         return min(target, self.budget.affordable_share())
 
-    def decide(self, router: str, target: float, score: float) -> TargetDecision:
-        """The threshold for ``score`` on this route; the score then joins the window."""
-        controller = self.controller(router, target)
+    def decide(self, router: str, target: float) -> TargetDecision:
+        """The threshold a score on this route is compared with now (nothing is recorded)."""
         effective = self.effective_target(target)
-        threshold = controller.threshold(effective)
-        controller.observe(score)
-        return TargetDecision(target, effective, threshold)
+        return TargetDecision(target, effective, self.controller(router, target).threshold(effective))
 
-    def record(self, router: str, target: float, effective_target: float, strong: bool) -> None:
-        """Count a decision on this route (scored, sticky or forced)."""
-        self.controller(router, target).record(strong, effective_target)
+    def record(self, router: str, target: float, effective_target: float, strong: bool, score: float | None = None) -> None:
+        """Count a decision on this route (scored, sticky or forced) whose request an upstream
+        answered; its ``score``, when it was scored, joins the window."""
+        controller = self.controller(router, target)
+        if score is not None:
+            controller.observe(score)
+        controller.record(strong, effective_target)
 
     def realised_share(self, router: str, target: float) -> float | None:
         """The route's strong share over its window of recent decisions."""

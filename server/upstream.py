@@ -7,15 +7,19 @@ import email.utils
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-import httpx
-
 from server import metrics
+from server.http_client import (
+    ConnectionPool,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from server.settings import Settings, UpstreamSettings
-from server.transport import AiohttpTransport
 
 log = logging.getLogger("routegate.upstream")
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -41,7 +45,7 @@ class UpstreamFailure(Exception):
 class StreamStart:
     """A 2xx streamed answer whose first body chunk has arrived; ``chunks`` yields the rest."""
 
-    response: httpx.Response
+    response: UpstreamResponse
     chunks: AsyncIterator[bytes]
     first_chunk: bytes
     ttfb: float
@@ -53,10 +57,10 @@ class CompletedResponse:
 
     status: int
     body: bytes
-    headers: httpx.Headers
+    headers: Mapping[str, str]
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Parse ``Retry-After`` (seconds or an HTTP date); None when absent or unreadable."""
     value = headers.get("retry-after")
     if not value:
@@ -68,28 +72,7 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-class _CountedStream(httpx.AsyncByteStream):
-    """An upstream response body that keeps ``routegate_upstream_responses_open`` right: +1 when
-    the headers arrive, -1 when the body is closed, however that happens."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, tier: str) -> None:
-        self._stream = stream
-        self._open = metrics.UPSTREAM_RESPONSES_OPEN.labels(tier)
-        self._closed = False
-        self._open.inc()
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._open.dec()
-        await self._stream.aclose()
-
-
-def status_failure(response: httpx.Response) -> tuple[str | None, float | None]:
+def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None]:
     """Why an upstream status counts as a failure (None: an answer to relay) and its Retry-After."""
     if response.status_code == 429:
         return "http_429", retry_after_seconds(response.headers)
@@ -109,47 +92,22 @@ class Upstream:
         self.prices = (upstream.input_price, upstream.output_price)
         self.max_response_bytes = settings.max_response_bytes
         self.base_url = upstream.base_url
-        self._url = httpx.URL(f"{upstream.base_url}/chat/completions")  # parsed once, not per request
+        self._url = f"{upstream.base_url}/chat/completions"
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
-        self._headers = httpx.Headers(
-            {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
-        )
+        self._headers = {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
         self._secret = b""
         if upstream.api_key is not None:
             self._headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
             self._secret = upstream.api_key.get_secret_value().encode()
-        self._timeouts = {
-            "connect": settings.connect_timeout,
-            "read": settings.read_timeout,
-            "write": settings.read_timeout,
-            "pool": settings.connect_timeout,
-        }
-        # The transport is the pool; httpx's client layer (cookies, redirects, URL and header
-        # merging) would only add cost to a hop that sends one fixed kind of request.
-        self._transport: httpx.AsyncBaseTransport
-        if settings.upstream_transport == "aiohttp":
-            self._transport = AiohttpTransport(settings.max_connections)
-        else:
-            self._transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=settings.max_connections,
-                    max_keepalive_connections=settings.max_keepalive_connections,
-                )
-            )
+        self._pool = ConnectionPool(settings.max_connections, settings.connect_timeout, settings.read_timeout)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self._transport.aclose()
+        await self._pool.aclose()
 
-    async def open_stream(self, body: bytes, request_id: str) -> httpx.Response:
+    async def open_stream(self, body: bytes, request_id: str) -> UpstreamResponse:
         """Send the request and return once the response headers arrived; the body is not read."""
-        headers = self._headers.copy()
-        headers["x-request-id"] = request_id
-        request = httpx.Request("POST", self._url, headers=headers, content=body, extensions={"timeout": self._timeouts})
-        response = await self._transport.handle_async_request(request)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _CountedStream(response.stream, self.tier)
-        return response
+        return await self._pool.post(self._url, {**self._headers, "x-request-id": request_id}, body, self.tier)
 
     def redact(self, data: bytes) -> bytes:
         """``data`` with this upstream's key blanked out (upstream error bodies may quote it)."""
@@ -220,13 +178,13 @@ class Attempts:
                         chunks.append(chunk)
                 finally:
                     await response.aclose()
-        except (httpx.TimeoutException, TimeoutError) as error:
+        except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             return "timeout", True, None, None
-        except httpx.ConnectError as error:
+        except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)
             return "connect", False, None, None
-        except httpx.HTTPError as error:
+        except UpstreamError as error:
             log.debug("%s upstream protocol error: %r", upstream.tier, error)
             return "protocol", False, None, None
         completed = CompletedResponse(response.status_code, b"".join(chunks), response.headers)
@@ -250,7 +208,7 @@ class Attempts:
         remaining = self.deadline - started
         if remaining <= 0:
             return "timeout", True, None, None
-        response: httpx.Response | None = None
+        response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(remaining):
                 response = await upstream.open_stream(body, request_id)
@@ -267,19 +225,23 @@ class Attempts:
                         await response.aclose()
                         return "stream_cut", False, None, None
                     first = next_chunk
-        except (httpx.TimeoutException, TimeoutError) as error:
+        except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
             return "timeout", True, None, None
-        except httpx.ConnectError as error:
+        except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)
             return "connect", False, None, None
-        except httpx.HTTPError as error:
+        except UpstreamError as error:
             log.debug("%s upstream protocol error: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
             return "protocol", False, None, None
+        except asyncio.CancelledError:  # the client left: close the upstream connection too
+            if response is not None:
+                await response.aclose()
+            raise
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 

@@ -113,6 +113,7 @@ class FakeUpstream:
         self.chunk_sent_at: list[float] = []
         self.streams_finished = 0
         self.streams_disconnected = 0  # streams that ended before their last chunk (client gone, or cut)
+        self.abandoned = 0  # delayed answers whose caller disconnected before they were sent
         self.faults_injected: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -139,7 +140,7 @@ class FakeUpstream:
         """Forget what was received and answer normally again."""
         self.received.clear()
         self.chunk_sent_at.clear()
-        self.streams_finished = self.streams_disconnected = 0
+        self.streams_finished = self.streams_disconnected = self.abandoned = 0
         self.faults_injected.clear()
         self.max_in_flight = self.in_flight
         self.behaviour = Behaviour()
@@ -187,8 +188,8 @@ class FakeUpstream:
         if fault in ("cut_before_first_byte", "cut_midway"):
             cut_after = 0 if fault == "cut_before_first_byte" else 1
             return StreamingResponse(self._stream(body["model"], False, cut_after), media_type="text/event-stream")
-        if behaviour.delay:
-            await asyncio.sleep(behaviour.delay)
+        if behaviour.delay and not await self._wait_unless_abandoned(request, behaviour.delay):
+            return Response(status_code=499)  # nobody reads it: the caller closed the connection
         if behaviour.malformed_json or fault == "malformed_json":
             return Response(b'{"id": "chatcmpl-broken", "choices": [{"mess', media_type="application/json")
         if body.get("tools") and body.get("tool_choice") != "none":
@@ -204,6 +205,16 @@ class FakeUpstream:
         if behaviour.huge_bytes:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
         return JSONResponse(answer)
+
+    async def _wait_unless_abandoned(self, request: Request, seconds: float) -> bool:
+        """Wait ``seconds``; False (and counted in ``abandoned``) if the caller disconnects first."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                self.abandoned += 1
+                return False
+            await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+        return True
 
     def _draw_fault(self, stream: bool) -> str | None:
         if not self.behaviour.fault_rate or random.random() >= self.behaviour.fault_rate:

@@ -8,6 +8,7 @@ the repository and the settings model.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import PurePosixPath
@@ -28,8 +29,14 @@ PROMETHEUS_CONFIG = REPO / "config/prometheus.yml"
 ALERTS = REPO / "config/prometheus/alerts.yml"
 
 
-def _run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+GRAFANA_PASSWORD = "grafana-test-password"
+
+
+def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in the repository with the compose file's one required variable set."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    environment.update(env if env is not None else {"GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD})
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=environment, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +124,51 @@ def test_every_routegate_env_name_is_a_setting(compose: dict[str, Any], monkeypa
                 seen += 1
                 assert _setting_exists(env_name), f"{source}: {env_name} is not a routegate setting"
                 monkeypatch.setenv(env_name, value)
+        if source == "Dockerfile":  # the image listens on 0.0.0.0: it needs client keys, or to be told it may go without
+            with pytest.raises(SettingsError, match="ROUTEGATE_ALLOW_UNAUTHENTICATED"):
+                load_settings()
+            monkeypatch.setenv("ROUTEGATE_API_KEYS", '["client-key"]')
         try:
             load_settings()  # the values are valid too
         except SettingsError as error:
             pytest.fail(f"{source}: {error}")
-        for env_name in env:
+        for env_name in [*env, "ROUTEGATE_API_KEYS"]:
             monkeypatch.delenv(env_name, raising=False)
     assert seen >= 10
     assert not _setting_exists("ROUTEGATE_STRONG__NOPE") and not _setting_exists("ROUTEGATE_PORT__X")
+
+
+PASSED_THROUGH = {
+    "ROUTEGATE_STRONG__API_KEY": "sk-strong-passed",
+    "ROUTEGATE_WEAK__API_KEY": "sk-weak-passed",
+    "ROUTEGATE_API_KEYS": '["client-key-passed"]',
+    "ROUTEGATE_ALIASES": '{"cheap": "router-mf-0.7"}',
+    "ROUTEGATE_DAILY_BUDGET_USD": "12.5",
+    "ROUTEGATE_BUDGET_EXHAUSTED": "reject",
+    "ROUTEGATE_ALLOW_UNAUTHENTICATED": "true",
+    "ROUTEGATE_METRICS_KEY": "metrics-key-passed",
+    "ROUTEGATE_ROUTERS": '["mf", "random"]',
+    "ROUTEGATE_ALLOW_OVERRIDES": "true",
+    "ROUTEGATE_OVERRIDE_KEYS": '["override-key-passed"]',
+    "OPENAI_API_KEY": "sk-openai-passed",
+}
+
+
+def test_compose_passes_every_key_setting_through() -> None:
+    result = _run(
+        require_tool("docker-compose"), "config", "--format", "json", env={"GRAFANA_ADMIN_PASSWORD": "pw", **PASSED_THROUGH}
+    )
+    assert result.returncode == 0, result.stderr
+    environment = json.loads(result.stdout)["services"]["routegate"]["environment"]
+    assert {name: environment.get(name) for name in PASSED_THROUGH} == PASSED_THROUGH
+
+
+def test_compose_publishes_on_loopback_and_needs_a_grafana_password(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        assert all(port["host_ip"] == "127.0.0.1" for port in service.get("ports", [])), name
+    assert compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_PASSWORD
+    missing = _run(require_tool("docker-compose"), "config", "--format", "json", env={})
+    assert "required variable GRAFANA_ADMIN_PASSWORD is missing" in missing.stderr and not missing.stdout.strip()
 
 
 def test_ports_agree(compose: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ def _routed(client: OpenAI, model: str, prompt: str) -> tuple[str, float, str]:
 def test_default_proxy_serves_shipped_routers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     env = proxy_env(strong, weak)
     del env["ROUTEGATE_ROUTER"]  # the default router: mf, from the shipped checkpoint
+    env["ROUTEGATE_ROUTERS"] = '["sw_ranking", "bert"]'  # clients may name these too
     with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
         client = OpenAI(base_url=proxy.api, api_key="unused")
         for router in ("mf", "sw_ranking", "bert"):

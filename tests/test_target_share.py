@@ -29,7 +29,8 @@ MODULE = "server.cli" if USE_LEARNED else "tests.standin_router"
 @pytest.mark.skipif(not data_dir().is_dir(), reason=f"no routing data at {data_dir()}")
 def test_realised_share_converges_to_the_target_through_a_shift(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     prompts = shifted_stream(EASY, HARD)
-    env = proxy_env(strong, weak, router=ROUTER, score_cache_size="0", log_level="warning")
+    # every prompt must be scored, however busy the CPU: no scoring overload
+    env = proxy_env(strong, weak, router=ROUTER, score_cache_size="0", log_level="warning", score_timeout="120")
     with running_proxy(env, tmp_path, module=MODULE, ready_timeout=180) as proxy:
         routed = asyncio.run(replay(proxy.api, f"router-{ROUTER}-30%", prompts, concurrency=32))
     strong_flags = [decision.tier == "strong" for decision in routed]

@@ -51,12 +51,12 @@ def test_calibration_seeds_the_first_threshold(tmp_path: Path) -> None:
     seeds = seed_scores(read_calibration(router_dir / "calibration.json"), 200)
     assert len(seeds) == 200 and max(seeds) <= 0.95 and min(seeds) >= 0.05
     seeded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path)
-    assert abs(seeded.decide("mf", 0.3, 0.5).threshold - 0.62) < 0.02
+    assert abs(seeded.decide("mf", 0.3).threshold - 0.62) < 0.02
     unseeded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path / "none")
-    assert unseeded.decide("mf", 0.3, 0.5).threshold == 0.7  # no calibration: 1 - share until scores arrive
+    assert unseeded.decide("mf", 0.3).threshold == 0.7  # no calibration: 1 - share until scores arrive
     for tenth in range(1, 10):
-        unseeded.decide("mf", 0.3, tenth / 10)
-    assert unseeded.decide("mf", 0.3, 0.5).threshold == 0.7  # then the 70% quantile of the scores seen
+        unseeded.controller("mf", 0.3).observe(tenth / 10)
+    assert unseeded.decide("mf", 0.3).threshold == 0.7  # then the 70% quantile of the scores seen
 
 
 def test_written_calibration_reads_back_and_seeds_the_quantile(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_written_calibration_reads_back_and_seeds_the_quantile(tmp_path: Path) -
     write_calibration(tmp_path / "mf" / "calibration.json", reference, router="mf", data="reference.jsonl")
     table = read_calibration(tmp_path / "mf" / "calibration.json")
     assert len(table) == 101 and table[0.5] == sorted(reference)[-1000]
-    first = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path).decide("mf", 0.2, 0.5).threshold
+    first = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path).decide("mf", 0.2).threshold
     assert abs(first - sorted(reference)[-400]) < 0.01  # the reference's 80% quantile
 
 

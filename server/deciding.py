@@ -1,0 +1,136 @@
+"""The decide step: which tier a request goes to and why, as an immutable Decision.
+
+Deciding reads the books (sticky memory, target thresholds, the budget) but writes none of
+them: they are written once, from the outcome (server/recording.py). A request whose score is
+not ready within ``score_timeout`` (or whose router's queue is full) gets the configured
+scoring-overload outcome: a 429 (``shed``) or the weak/strong tier unscored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from server import metrics
+from server.chat_request import routed_text
+from server.conversations import CONVERSATION_HEADER, StickyStore, conversation_keys
+from server.decision import Decision
+from server.errors import APIError
+from server.model_names import Target
+from server.overrides import read_override
+from server.scoring import ScoreQueueFull, ScorerPool
+from server.settings import Settings
+from server.targets import DailyBudget, Targets
+
+log = logging.getLogger("routegate.deciding")
+
+
+class Decider:
+    """Turns a resolved model name and a request into a Decision."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scorers: ScorerPool,
+        targets: Targets | None = None,
+        sticky: StickyStore | None = None,
+        budget: DailyBudget | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scorers = scorers
+        self.targets = targets
+        self.sticky = sticky if settings.route_on == "sticky" else None
+        self.budget = budget
+        self._overload_retry_after = str(max(1, math.ceil(settings.score_timeout)))
+
+    def strong_affordable(self) -> bool:
+        """False once the daily budget is spent: no request may go (or fall back) strong."""
+        return self.budget is None or self.budget.remaining_usd > 0
+
+    async def decide(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
+        """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
+        decision = await self._choose(route, payload, headers, request_id)
+        if decision.tier == "strong" and not self.strong_affordable():
+            if self.settings.budget_exhausted == "reject":
+                metrics.REJECTED.labels("budget_exhausted").inc()
+                raise APIError(
+                    429,
+                    "routegate's daily budget for the strong tier is spent; retry after 00:00 UTC or use a weaker model.",
+                    type="insufficient_quota",
+                    code="budget_exhausted",
+                )
+            decision = dataclasses.replace(decision, tier="weak", reason="budget")
+        return decision
+
+    async def _choose(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
+        if route.tier is not None:
+            return Decision(router="none", tier=route.tier, reason="direct", request_id=request_id)
+        assert route.router is not None
+        override = read_override(headers, self.settings)
+        previous = sticky_key = None
+        if self.sticky is not None:
+            keys = conversation_keys(payload["messages"], headers.get(CONVERSATION_HEADER))
+            previous, sticky_key = keys.previous, keys.current
+        effective = None
+        if route.target is not None and self.targets is not None:
+            effective = self.targets.effective_target(route.target)
+        base = Decision(
+            router=route.router,
+            tier="weak",
+            reason="score",
+            request_id=request_id,
+            target=route.target,
+            effective_target=effective,
+            sticky_key=sticky_key,
+        )
+        if override.tier is not None:
+            return dataclasses.replace(base, tier=override.tier, reason="forced")
+        if self.sticky is not None and self.sticky.is_strong(previous):
+            return dataclasses.replace(base, tier="strong", reason="sticky")
+        score = await self._score(route.router, payload)
+        if score is None:
+            return dataclasses.replace(base, tier=self.settings.scoring_overload, reason="unscored")
+        if override.threshold is not None:
+            threshold, reason = override.threshold, "forced"
+        elif route.target is not None and self.targets is not None:
+            chosen = self.targets.decide(route.router, route.target)
+            threshold, reason = chosen.threshold, "score"
+            base = dataclasses.replace(base, effective_target=chosen.effective_target)
+        else:
+            assert route.threshold is not None
+            threshold, reason = route.threshold, "score"
+        tier = "strong" if score >= threshold else "weak"
+        return dataclasses.replace(base, tier=tier, reason=reason, score=score, threshold=threshold)
+
+    async def _score(self, router: str, payload: dict[str, Any]) -> float | None:
+        """The router's score; None when scoring is overloaded and the overload outcome routes unscored."""
+        scorer = await self.scorers.get(router)
+        text = routed_text(
+            payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
+        )
+        try:
+            async with asyncio.timeout(self.settings.score_timeout):
+                return await scorer.score(text)
+        except TimeoutError:
+            reason = "timeout"
+        except ScoreQueueFull:
+            reason = "queue_full"
+        except Exception:
+            log.exception("router %s failed", router)
+            raise APIError(500, f"The router '{router}' failed.", type="server_error", code="router_error") from None
+        metrics.UNSCORED.labels(router, reason).inc()
+        if self.settings.scoring_overload != "shed":
+            return None
+        metrics.REJECTED.labels("scoring_overload").inc()
+        raise APIError(
+            429,
+            f"routegate's router '{router}' is overloaded; retry after {self._overload_retry_after} s.",
+            type="requests",
+            code="overloaded",
+            headers={"retry-after": self._overload_retry_after},
+        )

@@ -1,0 +1,42 @@
+"""A routing decision: an immutable value made once and passed along the request path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one request goes and why. A fallback to the other tier is ``dataclasses.replace``.
+
+    ``reason`` is ``direct`` (an upstream model named), ``forced`` (an override), ``sticky``,
+    ``score``, ``unscored`` (scoring overload) or ``budget`` (strong sent weak: budget spent).
+    """
+
+    router: str
+    tier: str
+    reason: str
+    request_id: str
+    score: float | None = None
+    threshold: float | None = None
+    target: float | None = None
+    effective_target: float | None = None
+    sticky_key: str | None = None  # where a strong answer is remembered (route_on=sticky)
+
+    def headers(self, model: str) -> dict[str, str]:
+        """The ``x-routegate-*`` headers that tell the client the decision."""
+        headers = {
+            "x-routegate-router": self.router,
+            "x-routegate-tier": self.tier,
+            "x-routegate-model": model,
+            "x-routegate-decision": self.reason,
+        }
+        if self.score is not None:
+            headers["x-routegate-score"] = f"{self.score:.6f}"
+        if self.threshold is not None:
+            headers["x-routegate-threshold"] = f"{self.threshold:g}"
+        if self.target is not None:
+            headers["x-routegate-target"] = f"{self.target:g}"
+        if self.effective_target is not None:
+            headers["x-routegate-effective-target"] = f"{self.effective_target:g}"
+        return headers

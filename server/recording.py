@@ -1,0 +1,107 @@
+"""The record step: one request's outcome written to the books, once, after it ended.
+
+Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
+only written for requests an upstream answered with a 2xx (budget spend: for any answer that
+reported usage); requests refused before an upstream (429, 400, 499 ...) leave no trace there.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from server import metrics
+from server.conversations import StickyStore
+from server.decision import Decision
+from server.targets import DailyBudget, Targets
+from server.upstream import Upstream
+
+log = logging.getLogger("routegate.proxy")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one request ended: the final decision, the upstream that answered (None: none did),
+    the status the client got, when it arrived, when its last try was sent and the usage reported."""
+
+    decision: Decision | None
+    upstream: Upstream | None
+    status: int
+    started: float
+    sent_at: float | None = None
+    usage: object = None
+    upstream_status: int | None = None  # what the upstream answered; None: no upstream answered
+
+
+class Recorder:
+    """Writes outcomes to the metrics and the books."""
+
+    def __init__(
+        self,
+        strong_prices: tuple[float, float],
+        targets: Targets | None = None,
+        sticky: StickyStore | None = None,
+        budget: DailyBudget | None = None,
+    ) -> None:
+        self.strong_prices = strong_prices
+        self.targets = targets
+        self.sticky = sticky
+        self.budget = budget
+
+    def record(self, outcome: Outcome) -> None:
+        """Count ``outcome``; update the books if an upstream answered it."""
+        now = time.monotonic()
+        decision, upstream = outcome.decision, outcome.upstream
+        router = decision.router if decision is not None else "none"
+        tier, model = (upstream.tier, upstream.model) if upstream is not None else ("none", "none")
+        metrics.REQUESTS.labels(router, tier, model, str(outcome.status)).inc()
+        if upstream is not None and outcome.sent_at is not None:
+            metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
+        if upstream is not None and outcome.upstream_status is not None:
+            self._charge(upstream, outcome.usage)
+            if decision is not None and 200 <= outcome.upstream_status < 300:
+                self._keep_books(decision)
+        log.info(
+            "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
+            decision.request_id if decision is not None else "-",
+            router,
+            "-" if decision is None or decision.score is None else f"{decision.score:.4f}",
+            tier,
+            model,
+            outcome.status,
+            (now - outcome.started) * 1000,
+        )
+
+    def _charge(self, upstream: Upstream, usage: object) -> None:
+        """Meter an answer's tokens and cost; charge the daily budget."""
+        cost, all_strong_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.strong_prices)
+        if self.budget is not None:
+            self.budget.record_cost(upstream.tier, cost, all_strong_cost)
+            metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
+
+    def _keep_books(self, decision: Decision) -> None:
+        """Sticky memory and target feedback for an answered request."""
+        strong = decision.tier == "strong"
+        if decision.threshold is not None:
+            metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
+        if self.sticky is not None and decision.sticky_key is not None:
+            if strong:
+                self.sticky.remember(decision.sticky_key)
+            metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
+        if decision.target is None or self.targets is None:
+            return
+        effective = decision.effective_target if decision.effective_target is not None else decision.target
+        self.targets.record(decision.router, decision.target, effective, strong, decision.score)
+        if self.budget is not None:
+            self.budget.count_request()
+        labels = (decision.router, f"{decision.target:g}")
+        metrics.TARGET_DECISIONS.labels(*labels, decision.tier).inc()
+        metrics.TARGET_SHARE.labels(*labels).set(decision.target)
+        metrics.TARGET_EFFECTIVE_SHARE.labels(*labels).set(effective)
+        realised = self.targets.realised_share(decision.router, decision.target)
+        if realised is not None:
+            metrics.TARGET_REALISED_SHARE.labels(*labels).set(realised)
+        if decision.threshold is not None and decision.reason == "score":
+            metrics.TARGET_THRESHOLD.labels(*labels).set(decision.threshold)
+

@@ -1,0 +1,119 @@
+"""The relay step: the client's response to an upstream exchange, streamed or whole. Each
+reply reports its outcome once through ``finish``: at once for a whole answer or an error,
+when the stream closes for a streamed one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Callable
+
+from starlette.responses import Response
+
+from server import metrics
+from server.errors import APIError
+from server.forwarding import Exchange
+from server.http_client import UpstreamError, UpstreamTimeout
+from server.recording import Outcome
+from server.relay import RelayResponse, StreamWatcher
+from server.shutdown import DRAIN
+from server.upstream import (
+    CompletedResponse,
+    StreamStart,
+    Upstream,
+    UpstreamFailure,
+    is_json_object,
+)
+
+_RELAYED_HEADERS = ("content-type", "retry-after")
+Finish = Callable[[Outcome], None]
+
+
+def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
+    """The response to send the client for ``exchange``."""
+    headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
+    result = exchange.result
+    if isinstance(result, StreamStart):
+        return _relay_stream(exchange, result, headers, started, finish)
+    if isinstance(result, CompletedResponse):
+        return _whole(exchange, result, headers, started, finish)
+    if result.response is not None:  # a 429 after every try: the client should back off too
+        return _whole(exchange, result.response, headers, started, finish)
+    error = _failure_error(exchange.upstream, result)
+    finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
+    return error.to_response(headers)
+
+
+def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
+    if failure.timeout:
+        return APIError(504, f"The {upstream.tier} upstream timed out.", type="upstream_error", code="upstream_timeout")
+    return APIError(
+        502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error"
+    )
+
+
+def _whole(exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish) -> Response:
+    upstream = exchange.upstream
+    usage = None
+    if 200 <= result.status < 300:
+        try:
+            usage = json.loads(result.body).get("usage")
+        except (ValueError, AttributeError):
+            usage = None
+    for name in _RELAYED_HEADERS:
+        if name in result.headers:
+            headers[name] = result.headers[name]
+    finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status))
+    body = result.body
+    if result.status >= 400:
+        body = upstream.redact(body)
+        if not is_json_object(body):  # e.g. an HTML page from a load balancer: the SDK needs JSON
+            message = f"The {upstream.tier} upstream answered {result.status} without a JSON error body."
+            body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
+            headers["content-type"] = "application/json"
+    return Response(body, status_code=result.status, headers=headers)
+
+
+def _relay_stream(
+    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish
+) -> RelayResponse:
+    upstream = exchange.upstream
+    watcher = StreamWatcher()
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        watcher.feed(start.first_chunk)
+        yield start.first_chunk
+        try:
+            async for chunk in start.chunks:
+                watcher.feed(chunk)
+                yield chunk
+        except UpstreamError as error:
+            reason = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
+            yield _stream_error(upstream, reason)
+            return
+        if not watcher.done:
+            yield _stream_error(upstream, "stream_cut")
+
+    relayed = chunks()
+
+    async def on_close(completed: bool) -> None:
+        await relayed.aclose()
+        await start.response.aclose()
+        status = 200 if completed else 499
+        finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, start.response.status_code))
+
+    media_type = start.response.headers.get("content-type", "text/event-stream")
+    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)
+
+
+def _stream_error(upstream: Upstream, reason: str) -> bytes:
+    metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
+    message = f"The {upstream.tier} upstream stream ended early ({reason})."
+    return APIError(502, message, type="upstream_error", code=reason).to_sse()
+
+
+def _shutdown_event() -> bytes | None:
+    """The final SSE event of a stream cut because the shutdown grace period ran out."""
+    if not DRAIN.draining:
+        return None
+    message = "routegate shut down before this stream finished."
+    return APIError(503, message, type="server_error", code="shutting_down").to_sse()

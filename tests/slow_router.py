@@ -1,0 +1,39 @@
+"""A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests.
+
+``python -m tests.slow_router serve ...`` runs ``routegate`` with it registered as ``slow``; it is
+installed where ``<checkpoint_dir>/slow`` exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from routers import registry
+from routers.base import Router
+
+NAME = "slow"
+
+
+class SlowRouter(Router):
+    """Scores every prompt 0.5, slowly, on the scoring threads."""
+
+    name = NAME
+    blocking = True
+
+    @classmethod
+    def from_options(cls, options: object) -> SlowRouter:
+        return cls()
+
+    def score(self, prompts: Sequence[str]) -> list[float]:
+        time.sleep(float(os.environ.get("SLOW_ROUTER_SECONDS", "0.5")))
+        return [0.5] * len(prompts)
+
+
+if __name__ == "__main__":
+    registry._FACTORIES[NAME] = "tests.slow_router:SlowRouter.from_options"
+    from server.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Bounded by construction: what clients name cannot grow the process's state, its metrics or
+its CPU use per byte without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.relay import StreamWatcher
+from tests.conftest import proxy_env, running_proxy
+from tests.fake_upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+MiB = 1 << 20
+
+
+def _target_labels(metrics_text: str) -> set[str]:
+    """Every ``target`` label value on the /metrics page."""
+    return {
+        sample.labels["target"]
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if "target" in sample.labels
+    }
+
+
+async def _send_models(url: str, models: list[str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        gate = asyncio.Semaphore(32)
+
+        async def send(model: str) -> httpx.Response:
+            async with gate:
+                return await client.post("/v1/chat/completions", json={"model": model, "messages": MESSAGES})
+
+        return await asyncio.gather(*(send(model) for model in models))
+
+
+def test_five_thousand_target_names_stay_within_the_route_bound(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    # 32 routes fill the table; then 4,968 more distinct names, whole percents written with leading zeros
+    first = [f"router-random-{percent}%" for percent in range(32)]
+    written = (f"router-random-{percent:0{width}d}%" for width in range(1, 100) for percent in range(32, 101))
+    names = first + list(dict.fromkeys(written))[: 5000 - len(first)]
+    assert len(set(names)) == 5000
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        served = asyncio.run(_send_models(proxy.url, first))
+        refused = asyncio.run(_send_models(proxy.url, names[len(first) :]))
+        metrics = proxy.metrics()
+        fractional = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-12.5%", "messages": MESSAGES})
+    assert fractional.status_code == 400 and fractional.json()["error"]["code"] == "invalid_target"
+    assert all(response.status_code == 200 for response in served)
+    assert all(response.status_code == 400 and response.json()["error"]["code"] == "invalid_target" for response in refused)
+    assert len(strong.received) + len(weak.received) == 32
+    assert len(_target_labels(metrics)) == 32
+
+
+def test_clients_name_only_the_allowed_routers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:  # ROUTEGATE_ROUTER=random, ROUTEGATE_ROUTERS unset
+        client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        listed = {model.id for model in client.models.list()}
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="router-mf-0.5", messages=MESSAGES)
+        metrics = proxy.metrics()
+        log = proxy.log()
+    assert refused.value.body["code"] == "unknown_router" and refused.value.body["param"] == "model"
+    assert not any(name.startswith("router-mf") for name in listed)
+    assert {name.split("-")[1] for name in listed if name.startswith("router-")} == {"random"}
+    assert 'router="mf"' not in metrics and "router mf loaded" not in log
+    assert not strong.received and not weak.received
+
+
+def _watch(chunks: int, chunk_bytes: int = 4096) -> StreamWatcher:
+    """A watcher fed ``chunks`` chunks of one event without a blank line, then a usage event and [DONE]."""
+    watcher = StreamWatcher()
+    watcher.feed(b"data: ")
+    for _ in range(chunks):
+        watcher.feed(b"x" * (chunk_bytes - 1) + b"\n")
+    usage = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    watcher.feed(b"\n\ndata: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+    return watcher
+
+
+def test_stream_watcher_scans_each_byte_once() -> None:
+    small, large = _watch(MiB // 4096), _watch(16 * MiB // 4096)  # 1 MiB and 16 MiB without a blank line
+    for watcher, size in ((small, MiB), (large, 16 * MiB)):
+        assert watcher.done and watcher.usage == {"prompt_tokens": 3, "completion_tokens": 4}
+        assert size <= watcher.bytes_scanned <= size + 4 * size // 4096 + 1024  # a few bytes rescanned per chunk
+    assert large.bytes_scanned / small.bytes_scanned < 17  # linear: 16 times the bytes, 16 times the work
+
+
+def test_stream_watcher_reads_events_split_anywhere() -> None:
+    events = b'data: {"a": 1}\r\n\r\ndata: {"usage": {"total_tokens": 9}}\n\ndata: [DONE]\r\n\r\n'
+    for size in (1, 2, 3, 5, 7):
+        watcher = StreamWatcher()
+        for start in range(0, len(events), size):
+            watcher.feed(events[start : start + size])
+        assert watcher.done and watcher.usage == {"total_tokens": 9}, size

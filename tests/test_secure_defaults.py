@@ -1,0 +1,107 @@
+"""Safe defaults: no open listener without client keys, keyed /metrics and /openapi.json, a
+budget that caps every strong-tier request, and no upstream work for clients that left."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from server.settings import SettingsError, load_settings
+from tests.conftest import STRONG_MODEL, proxy_env, running_proxy
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
+from tests.metrics_text import metric_sum
+
+MESSAGES = [{"role": "user", "content": "Hello?"}]
+STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_a_listener_open_to_the_network_needs_keys_or_consent(host: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ROUTEGATE_API_KEYS", "ROUTEGATE_ALLOW_UNAUTHENTICATED", "ROUTEGATE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SettingsError, match="ROUTEGATE_ALLOW_UNAUTHENTICATED"):
+        load_settings(host=host)
+    assert load_settings(host=host, api_keys=["client-key"]).host == host
+    assert load_settings(host=host, allow_unauthenticated=True).host == host
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert load_settings(host=loopback).host == loopback
+
+
+def test_metrics_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    with running_proxy(proxy_env(strong, weak, metrics_key="metrics-secret-key"), tmp_path) as proxy:
+        anonymous = httpx.get(f"{proxy.url}/metrics")
+        wrong = httpx.get(f"{proxy.url}/metrics", headers={"authorization": "Bearer metrics-secret-kex"})
+        keyed = httpx.get(f"{proxy.url}/metrics", headers={"authorization": "Bearer metrics-secret-key"})
+    for refused in (anonymous, wrong):
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        assert "metrics-secret" not in refused.text
+    assert keyed.status_code == 200 and "routegate_requests_total" in keyed.text
+
+
+def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    port = free_port()
+    env = proxy_env(strong, weak, metrics_port=str(port), metrics_key="metrics-secret-key")
+    with running_proxy(env, tmp_path) as proxy:
+        openai.OpenAI(base_url=proxy.api, api_key="unused").chat.completions.create(model="router-random-0", messages=MESSAGES)
+        on_api_port = httpx.get(f"{proxy.url}/metrics")
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        keyed = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"authorization": "Bearer metrics-secret-key"})
+    assert on_api_port.status_code == 404
+    assert anonymous.status_code == 401
+    assert keyed.status_code == 200
+    assert metric_sum(keyed.text, "routegate_requests_total", router="random", status="200") == 1
+
+
+def test_openapi_document_needs_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak, api_keys='["client-key-one"]', aliases='{"secret-alias": "router-random-0.2"}')
+    with running_proxy(env, tmp_path) as proxy:
+        anonymous = httpx.get(f"{proxy.url}/openapi.json")
+        keyed = httpx.get(f"{proxy.url}/openapi.json", headers={"authorization": "Bearer client-key-one"})
+        docs = httpx.get(f"{proxy.url}/docs")
+    assert anonymous.status_code == 401 and "secret-alias" not in anonymous.text
+    assert keyed.status_code == 200 and "secret-alias" in keyed.text and keyed.json()["openapi"].startswith("3.")
+    assert docs.status_code == 404
+
+
+@pytest.mark.parametrize("exhausted", ["weak", "reject"])
+def test_the_budget_caps_strong_requests_by_model_name(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, exhausted: str) -> None:
+    env = proxy_env(strong, weak, daily_budget_usd=str(STRONG_COST / 2), budget_exhausted=exhausted, fallback="true")
+    with running_proxy(env, tmp_path) as proxy:
+        body = {"model": STRONG_MODEL, "messages": MESSAGES}
+        first = httpx.post(f"{proxy.api}/chat/completions", json=body)  # the budget is not spent yet
+        second = httpx.post(f"{proxy.api}/chat/completions", json=body)
+        weak.behaviour.fail_statuses = [503] * 10  # nor may a failing weak tier fall back to strong
+        third = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-1.0", "messages": MESSAGES})
+        metrics = proxy.metrics()
+    assert first.status_code == 200 and first.headers["x-routegate-tier"] == "strong"
+    assert len(strong.received) == 1
+    assert metric_sum(metrics, "routegate_budget_remaining_usd") == pytest.approx(STRONG_COST / 2 - STRONG_COST)
+    if exhausted == "weak":
+        assert second.status_code == 200
+        assert (second.headers["x-routegate-tier"], second.headers["x-routegate-decision"]) == ("weak", "budget")
+        assert second.json()["choices"][0]["message"]["content"] == "answer from weak"
+    else:
+        assert second.status_code == 429 and second.json()["error"]["code"] == "budget_exhausted"
+        assert metric_sum(metrics, "routegate_requests_rejected_total", reason="budget_exhausted") == 1
+    assert third.status_code == 502 and "x-routegate-fallback" not in third.headers
+
+
+def test_a_client_that_leaves_cancels_its_plain_request_upstream(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        strong.behaviour.delay = 5.0
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes its connection
+            httpx.post(f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES}, timeout=0.5)
+        deadline = time.monotonic() + 4  # well before the upstream's 5 s answer
+        while not strong.abandoned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = proxy.metrics()
+    assert len(strong.received) == 1 and strong.abandoned == 1  # the upstream saw its caller leave
+    assert metric_sum(metrics, "routegate_requests_total", status="499") == 1
+    assert metric_sum(metrics, "routegate_requests_total", status="200") == 0
+    assert metric_sum(metrics, "routegate_tokens_total") == 0
+    assert metric_sum(metrics, "routegate_requests_in_flight") == 0
+    assert metric_sum(metrics, "routegate_upstream_requests_active") == 0
