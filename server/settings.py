@@ -51,6 +51,25 @@ TIER_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+class JudgeSettings(BaseModel):
+    """The LLM that judges shadowed answers; each field left unset is the strong upstream's."""
+
+    model_config = {"extra": "forbid"}
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    input_price: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
+    output_price: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return None if value is None else value.rstrip("/")
+
+
 def _default_strong() -> UpstreamSettings:
     return UpstreamSettings(**TIER_DEFAULTS["strong"])
 
@@ -132,6 +151,18 @@ class Settings(BaseSettings):
         description="torch threads per scoring thread on the CPU (numpy's BLAS always gets one); 0 = the cores less one for the event loop, shared out among the scoring threads, at least one each",
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
+
+    # Learning from traffic (docs/feedback.md): the store, shadow judging and the judge.
+    feedback_db: str = Field("", description="sqlite file path, sqlite:///path, postgresql://... or off; empty = the default file")
+    feedback_store_text: bool = Field(False, description="store prompt text (else only its sha1)")
+    feedback_retention_days: float = Field(30.0, gt=0, description="rows older than this are deleted")
+    feedback_queue_size: int = Field(10_000, ge=1, description="store writes waiting; more are dropped and counted")
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of routed answers also sent to the other tier and judged")
+    shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
+    shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
+    shadow_daily_budget_usd: float | None = Field(None, gt=0, description="USD per UTC day for shadow and judge calls")
+    shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @model_validator(mode="before")
     @classmethod
