@@ -17,6 +17,8 @@ from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers
 from server import metrics
 from server.conversations import StickyStore
 from server.errors import APIError
+from server.feedback import Feedback
+from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
 from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import ModelNames
@@ -69,6 +71,7 @@ class Gateway:
             budget = DailyBudget(settings.daily_budget_usd / settings.workers)
         self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
+        self.feedback = Feedback(settings, routers)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
@@ -89,6 +92,7 @@ class Gateway:
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_default_router())
+        self.feedback.start()
 
     async def _load_default_router(self) -> None:
         try:
@@ -103,6 +107,7 @@ class Gateway:
         if self._loading is not None:
             self._loading.cancel()
         await self.scorers.aclose()
+        await self.feedback.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
 
@@ -157,7 +162,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not gateway.ready:
             await _wait_ready(gateway)
         assert gateway.proxy is not None
-        return await gateway.proxy.handle(request)
+        return gateway.feedback.observe(request, await gateway.proxy.handle(request))
+
+    @app.post("/v1/feedback", openapi_extra=FEEDBACK_OPENAPI, tags=["feedback"])
+    async def feedback(request: Request) -> Response:
+        """Score an answered request by its x-request-id: {"request_id", "score": 0..1} or {"rating": "up"|"down"}."""
+        _check_client_key(request, settings)
+        return await handle_feedback(request, gateway.feedback.store, settings.body_timeout)
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(request: Request) -> JSONResponse:

@@ -107,6 +107,7 @@ class ChatProxy:
         try:
             body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
             payload = parse_chat_request(body)
+            request.state.chat_payload = payload  # read by server.feedback once the answer is out
             decision = await self._decide(self.names.resolve(payload["model"]), payload, request_id, request)
             await self.admission.acquire()
             admitted = True
