@@ -14,17 +14,17 @@ from starlette.responses import JSONResponse, Response
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, Received
 
 _ANSWERS = re.compile(
-    r"\[The Start of Assistant A's Answer\]\n(?P<a>.*)\n\[The End of Assistant A's Answer\].*"
+    r"\[User Question\]\n(?P<question>.*)\n\n\[The Start of Assistant A's Answer\]\n(?P<a>.*)\n\[The End of Assistant A's Answer\].*"
     r"\[The Start of Assistant B's Answer\]\n(?P<b>.*)\n\[The End of Assistant B's Answer\]",
     re.DOTALL,
 )
-Verdict = Callable[[str, str], str]  # (answer A, answer B) -> the reply's last words
+Verdict = Callable[[str, str, str], str]  # (question, answer A, answer B) -> the reply's last words
 
 
 def prefer(word: str) -> Verdict:
     """A judge that prefers the answer containing ``word`` ([[C]] when neither or both do)."""
 
-    def verdict(answer_a: str, answer_b: str) -> str:
+    def verdict(question: str, answer_a: str, answer_b: str) -> str:
         in_a, in_b = word in answer_a, word in answer_b
         return "[[A]]" if in_a and not in_b else "[[B]]" if in_b and not in_a else "[[C]]"
 
@@ -33,7 +33,7 @@ def prefer(word: str) -> Verdict:
 
 def always(reply: str) -> Verdict:
     """A judge that ends every reply with ``reply`` (``[[A]]``: position-biased; other text: unparsable)."""
-    return lambda answer_a, answer_b: reply
+    return lambda question, answer_a, answer_b: reply
 
 
 class FakeJudge(FakeUpstream):
@@ -62,7 +62,7 @@ class FakeJudge(FakeUpstream):
         if self.behaviour.delay:
             await asyncio.sleep(self.behaviour.delay)
         match = _ANSWERS.search(body["messages"][-1]["content"])
-        reply = "Both answers compared. " + (self.verdict(match["a"], match["b"]) if match else "no answers found")
+        reply = "Both answers compared. " + (self.verdict(match["question"], match["a"], match["b"]) if match else "no answers found")
         answer = self.completion(body["model"])
         answer["choices"][0]["message"]["content"] = reply
         answer["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
