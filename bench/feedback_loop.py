@@ -5,13 +5,13 @@ A data set's train prompts (one strong/weak pair) stand in for a user's traffic.
 replayed, in a seeded random order, through a real ``routegate serve`` with
 ``ROUTEGATE_SHADOW_RATE=1`` in front of fake upstreams whose answers name the record, and a fake
 judge that answers ``[[A]]``/``[[B]]``/``[[C]]`` from the data set's scores of that record. After
-0, 100, 300 and 1000 judged requests the estimate (the dashboard's PromQL formula, computed by
+0, 100, 300 and 1000 judged requests (of 2000 replayed) the estimate (the dashboard's PromQL formula, computed by
 server.quality from the same ``routegate_judgements_total`` counters) and its 95% interval are
 printed beside the true quality retained of the whole replay, computed from the data: the sum
 over strong-routed prompts of (strong - weak) over the sum over all prompts. Finally the judged
 traffic is exported with ``routegate feedback export`` (for ``routegate train``).
 
-    .venv/bin/python bench/feedback_loop.py --data ../shared/data/routellm-mmlu.jsonl.gz --requests 1000
+    .venv/bin/python bench/feedback_loop.py --data ../shared/data/routellm-mmlu.jsonl.gz
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,10 +99,11 @@ def main() -> int:
     parser.add_argument("--weak", default="mistralai/Mixtral-8x7B-Instruct-v0.1", help="weak model in the data")
     parser.add_argument("--router", default="mf")
     parser.add_argument("--model", default=None, help="routed model string (default router-<router>-50%%)")
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000, help="prompts replayed (the true value is theirs)")
     parser.add_argument("--checkpoints", default="0,100,300,1000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
+    parser.add_argument("--export", type=Path, default=None, help="keep the exported records in this file")
     args = parser.parse_args()
     checkpoints = [int(point) for point in args.checkpoints.split(",") if int(point) <= args.requests]
 
@@ -152,7 +154,7 @@ def main() -> int:
                     model=model, messages=[{"role": "user", "content": prompt}]
                 )
                 decisions.append((ids[prompt], reply.headers["x-routegate-tier"]))
-            out = workdir / "feedback-export.jsonl"
+            out = args.export or workdir / "feedback-export.jsonl"
             exported = subprocess.run(
                 [sys.executable, "-m", "server.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
                 cwd=REPO, capture_output=True, text=True, check=True,
@@ -160,6 +162,7 @@ def main() -> int:
     finally:
         for server in (strong, weak, judge):
             server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     truth = true_retained(decisions, scores)
     strong_share = sum(tier == "strong" for _, tier in decisions) / len(decisions)

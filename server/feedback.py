@@ -80,14 +80,13 @@ class Feedback:
     def __init__(self, settings: Settings, routers: Iterable[str]) -> None:
         self.settings = settings
         self.store: FeedbackStore | None = None
-        if settings.feedback_db.strip().lower() != "off":
-            database = Database(settings.feedback_db.strip())
+        url = settings.feedback_db.get_secret_value().strip()
+        if url.lower() != "off":
+            database = Database(url)
             self.store = FeedbackStore(database, settings.feedback_retention_days, settings.feedback_queue_size)
         self.shadow = Shadower(settings, self.store) if settings.shadow_rate > 0 else None
-        self._prices = {"strong": endpoints(settings)[0]["strong"], "weak": endpoints(settings)[0]["weak"]}
-        fm.initialise(
-            routers, {tier: endpoint.model for tier, endpoint in self._prices.items()}, endpoints(settings)[1].model
-        )
+        self._tiers, judge = endpoints(settings)
+        fm.initialise(routers, {tier: endpoint.model for tier, endpoint in self._tiers.items()}, judge.model)
 
     def start(self) -> None:
         """Start the store's writer and the shadow workers (in the serving event loop)."""
@@ -189,7 +188,7 @@ class Feedback:
             weak_model=settings.weak.model,
             prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
             completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-            cost_usd=self._prices[tier].cost(usage) if tokens else None,
+            cost_usd=self._tiers[tier].cost(usage) if tokens else None,
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
             prompt=prompt if settings.feedback_store_text else None,
         )

@@ -95,7 +95,7 @@ def _database(args: argparse.Namespace) -> Database:
     if args.db:
         return Database(args.db)
     try:
-        url = load_settings(args.config).feedback_db.strip()
+        url = load_settings(args.config).feedback_db.get_secret_value().strip()
     except SettingsError as error:
         raise SystemExit(f"routegate: {error}") from None
     if url.lower() == "off":

@@ -153,7 +153,9 @@ class Settings(BaseSettings):
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
 
     # Learning from traffic (docs/feedback.md): the store, shadow judging and the judge.
-    feedback_db: str = Field("", description="sqlite file path, sqlite:///path, postgresql://... or off; empty = the default file")
+    feedback_db: SecretStr = Field(  # secret: a postgresql:// URL may hold a password
+        SecretStr(""), description="sqlite file path, sqlite:///path, postgresql://... or off; empty = the default file"
+    )
     feedback_store_text: bool = Field(False, description="store prompt text (else only its sha1)")
     feedback_retention_days: float = Field(30.0, gt=0, description="rows older than this are deleted")
     feedback_queue_size: int = Field(10_000, ge=1, description="store writes waiting; more are dropped and counted")

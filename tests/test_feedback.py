@@ -16,7 +16,7 @@ from openai import OpenAI
 
 from tests.conftest import STRONG_KEY, WEAK_KEY, Proxy, proxy_env, running_proxy
 from tests.fake_judge import FakeJudge, always, prefer
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, free_port
 from tests.metrics_text import metric_sum
 
 CLIENT_KEY = "rg-client-key-feedback-0123456789"
@@ -37,7 +37,7 @@ def _reset_judge(judge: FakeJudge) -> None:
     judge.reset()
 
 
-def shadow_env(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, db: Path, **settings: str) -> dict[str, str]:
+def shadow_env(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, db: Path | str, **settings: str) -> dict[str, str]:
     return proxy_env(
         strong,
         weak,
@@ -287,3 +287,52 @@ def test_shadowing_changes_nothing_the_client_receives_nor_when(
         assert plain_seconds < 1.5 and shadowed_seconds < 1.5  # not waiting for the 2 s shadow and judge calls
     judged(shadowed, before, 4)  # the shadow jobs did run, later
     assert len(strong.received) == 4 and len(judge.received) == 8
+
+
+def test_a_full_shadow_queue_drops_and_counts(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    judge.behaviour.delay = 1.0
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_concurrent="1", shadow_queue_size="1")
+    with running_proxy(env, tmp_path) as proxy:
+        for _ in range(4):  # one job runs, one waits, two find the queue full
+            client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy) == 4, "four shadow outcomes")
+        assert shadow_total(proxy, tier="strong", outcome="dropped") == 2
+        assert shadow_total(proxy, tier="strong", outcome="judged") == 2
+
+
+def test_a_spent_shadow_budget_skips_until_the_next_day(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.000001")
+    with running_proxy(env, tmp_path) as proxy:
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the first judgement")
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)  # its cost spent the budget
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
+        assert len(strong.received) == 1 and len(judge.received) == 2
+
+
+def test_a_down_database_fails_no_request_and_leaks_no_secret(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    password = "db-password-never-logged-31337"
+    down = f"postgresql://routegate:{password}@127.0.0.1:{free_port()}/feedback"
+    env = shadow_env(strong, weak, judge, down, log_level="debug")
+    with running_proxy(env, tmp_path) as proxy:
+        reply = client(proxy).chat.completions.with_raw_response.create(model=WEAK_ROUTE, messages=QUESTION)
+        assert reply.parse().choices[0].message.content == "answer from weak"
+        request_id = reply.headers["x-request-id"]
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the judgement")
+        wait_until(
+            lambda: metric_sum(proxy.metrics(), "routegate_feedback_store_errors_total", reason="unavailable") >= 2,
+            "the lost decision and judgement",
+        )
+        answer = post_feedback(proxy, {"request_id": request_id, "rating": "up"})
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "feedback_unavailable"
+        metrics_text = proxy.metrics()
+    log = proxy.log()
+    assert "writes lost" in log and "postgresql://routegate@127.0.0.1" in log
+    for secret in (password, JUDGE_KEY, CLIENT_KEY):
+        assert secret not in log and secret not in metrics_text and secret not in answer.text
