@@ -116,7 +116,7 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
     if (score is None) == (rating is None):
         raise bad_request("Send exactly one of 'score' (0 to 1) and 'rating' ('up' or 'down').", code="invalid_value")
     if rating is not None:
-        if rating not in RATING_SCORES:
+        if not isinstance(rating, str) or rating not in RATING_SCORES:
             raise bad_request("'rating' must be 'up' or 'down'.", param="rating", code="invalid_value")
         score = RATING_SCORES[rating]
     elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) or not 0 <= score <= 1:

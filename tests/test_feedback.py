@@ -245,6 +245,7 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
         ({"request_id": "x", "score": 1.5}, "score"),
         ({"request_id": "x", "score": True}, "score"),
         ({"request_id": "x", "rating": "meh"}, "rating"),
+        ({"request_id": "x", "rating": {}}, "rating"),
         ({"request_id": "x"}, None),
         ({"request_id": "x", "score": 1, "rating": "up"}, None),
         ({"request_id": "", "score": 1}, "request_id"),
