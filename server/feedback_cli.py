@@ -12,11 +12,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.feedback_store import Database
 from server.quality import Verdicts, quality
 from server.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from server.feedback_store import Database
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -92,6 +94,9 @@ def record_of(row: tuple) -> dict[str, Any] | None:
 
 
 def _database(args: argparse.Namespace) -> Database:
+    # imported here: the store's metrics must not exist before `routegate serve` prepares PROMETHEUS_MULTIPROC_DIR
+    from server.feedback_store import Database
+
     if args.db:
         return Database(args.db)
     try:
