@@ -65,13 +65,13 @@ class StreamCollector:
             self.usage = event["usage"]
         if not self.keep_text or self._chars >= self.max_chars:
             return
-        try:
-            content = event["choices"][0]["delta"]["content"]
-        except (KeyError, IndexError, TypeError):
-            return
-        if isinstance(content, str):
-            self.parts.append(content)
-            self._chars += len(content)
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) and choice.get("index", 0) == 0 else None
+            if isinstance(content, str):
+                self.parts.append(content)
+                self._chars += len(content)
 
 
 class Feedback:

@@ -28,6 +28,7 @@ DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
 RETENTION_INTERVAL = 3600.0
 BATCH = 500
 CONNECT_TIMEOUT = 5
+ANSWER_TIMEOUT = 30.0  # longest wait for a feedback write's answer
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS routegate_decisions (
@@ -214,8 +215,10 @@ class FeedbackStore:
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Write what is queued (within ``timeout`` seconds) and stop the thread."""
+        if not self._thread.is_alive():
+            return
         try:
-            self._queue.put(_STOP, timeout=timeout)
+            await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
         except queue.Full:
             return
         await asyncio.to_thread(self._thread.join, timeout)
@@ -242,7 +245,10 @@ class FeedbackStore:
 
         if not self._put(_Feedback(row, time.time() - self.retention_seconds, done)):
             raise StoreUnavailable("the feedback store's queue is full")
-        return await future
+        try:
+            return await asyncio.wait_for(future, ANSWER_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable("the feedback store did not answer in time") from None
 
     def _put(self, item: object) -> bool:
         try:
