@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from openai import OpenAI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -177,7 +176,8 @@ def main() -> int:
         estimate = "-" if found.retained is None else f"{found.retained:.3f}"
         regret = "-" if found.regret_rate is None else f"{found.regret_rate:.3f}"
         waste = "-" if found.waste_rate is None else f"{found.waste_rate:.3f}"
-        print(f"| {judged} | {estimate} | {interval} | {'yes' if inside else '-' if found.retained is None else 'no'} | {regret} | {waste} |")
+        contains = "-" if found.retained is None else "yes" if inside else "no"
+        print(f"| {judged} | {estimate} | {interval} | {contains} | {regret} | {waste} |")
         figures.append({"judged": judged, **found.__dict__})
     print(f"\nexport: {exported}")
     if args.out:

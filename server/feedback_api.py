@@ -123,7 +123,8 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
         raise bad_request("'score' must be a number from 0 to 1.", param="score", code="invalid_value")
     comment = payload.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT):
-        raise bad_request(f"'comment' must be a string of at most {MAX_COMMENT} characters.", param="comment", code="invalid_value")
+        message = f"'comment' must be a string of at most {MAX_COMMENT} characters."
+        raise bad_request(message, param="comment", code="invalid_value")
     if comment is not None:  # no NUL or lone surrogate reaches the database
         comment = comment.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
     return request_id, float(score), rating, comment

@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse, Response
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, Received
 
 _ANSWERS = re.compile(
-    r"\[User Question\]\n(?P<question>.*)\n\n\[The Start of Assistant A's Answer\]\n(?P<a>.*)\n\[The End of Assistant A's Answer\].*"
+    r"\[User Question\]\n(?P<question>.*)\n\n"
+    r"\[The Start of Assistant A's Answer\]\n(?P<a>.*)\n\[The End of Assistant A's Answer\].*"
     r"\[The Start of Assistant B's Answer\]\n(?P<b>.*)\n\[The End of Assistant B's Answer\]",
     re.DOTALL,
 )
@@ -62,7 +63,8 @@ class FakeJudge(FakeUpstream):
         if self.behaviour.delay:
             await asyncio.sleep(self.behaviour.delay)
         match = _ANSWERS.search(body["messages"][-1]["content"])
-        reply = "Both answers compared. " + (self.verdict(match["question"], match["a"], match["b"]) if match else "no answers found")
+        verdict = self.verdict(match["question"], match["a"], match["b"]) if match else "no answers found"
+        reply = "Both answers compared. " + verdict
         answer = self.completion(body["model"])
         answer["choices"][0]["message"]["content"] = reply
         answer["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,

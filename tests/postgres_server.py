@@ -77,3 +77,10 @@ def running_postgres() -> Iterator[str]:
         subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
         time.sleep(0.1)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway cluster's URL, for the tests of one module (import the fixture there)."""
+    with running_postgres() as url:
+        yield url

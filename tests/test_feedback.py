@@ -14,10 +14,12 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from server.feedback_store import Database
 from tests.conftest import STRONG_KEY, WEAK_KEY, Proxy, proxy_env, running_proxy
 from tests.fake_judge import FakeJudge, always, prefer
 from tests.fake_upstream import FakeUpstream, free_port
 from tests.metrics_text import metric_sum
+from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
 
 CLIENT_KEY = "rg-client-key-feedback-0123456789"
 JUDGE_KEY = "sk-judge-secret-key-5555555555"
@@ -337,3 +339,27 @@ def test_a_down_database_fails_no_request_and_leaks_no_secret(
     assert "writes lost" in log and "postgresql://routegate@127.0.0.1" in log
     for secret in (password, JUDGE_KEY, CLIENT_KEY):
         assert secret not in log and secret not in metrics_text and secret not in answer.text
+
+
+def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, postgres_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    with running_proxy(shadow_env(strong, weak, judge, postgres_url), tmp_path) as proxy:
+        reply = client(proxy).chat.completions.with_raw_response.create(
+            model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "req-postgres"}
+        )
+        assert reply.parse().choices[0].message.content == "answer from weak"
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the judgement")
+        assert post_feedback(proxy, {"request_id": "req-postgres", "score": 0.75}).status_code == 200
+    database = Database(postgres_url)  # the proxy has stopped: everything it queued is written
+    connection = database.connect()
+    try:
+        with database.transaction(connection) as cursor:
+            cursor.execute(
+                "SELECT d.tier, d.prompt, j.verdict, f.score FROM routegate_decisions d"
+                " JOIN routegate_judgements j USING (request_id) JOIN routegate_feedback f USING (request_id)"
+                " WHERE d.request_id = 'req-postgres'"
+            )
+            assert cursor.fetchall() == [("weak", QUESTION[0]["content"], "other_better", 0.75)]
+    finally:
+        connection.close()

@@ -12,7 +12,8 @@ from pathlib import Path
 from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow
 from server.quality import Verdicts, quality
 from tests.conftest import REPO
-from tests.test_feedback_store import database, postgres_url  # noqa: F401  (fixtures)
+from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
+from tests.test_feedback_store import database  # noqa: F401  (fixture)
 
 NOW = time.time()
 
@@ -28,8 +29,8 @@ def judgement(request_id: str, chosen_tier: str, verdict: str) -> JudgementRow:
     return JudgementRow(request_id, NOW, "mf", chosen_tier, verdict, verdict, verdict, "judge", 1e-5, 1e-5)
 
 
-async def fill(database: Database) -> None:
-    store = FeedbackStore(database, retention_days=30, queue_size=100)
+async def fill(into: Database) -> None:
+    store = FeedbackStore(into, retention_days=30, queue_size=100)
     store.start()
     rows = [
         decision("r-strong-win", "weak", "hard question"), judgement("r-strong-win", "weak", "other_better"),

@@ -14,13 +14,7 @@ from prometheus_client import REGISTRY
 
 from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow, StoreUnavailable
 from tests.fake_upstream import free_port
-from tests.postgres_server import PASSWORD, running_postgres
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    with running_postgres() as url:
-        yield url
+from tests.postgres_server import PASSWORD, postgres_url  # noqa: F401  (fixture)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -64,7 +58,8 @@ async def test_rows_and_feedback_round_trip(database: Database) -> None:
     store.start()
     store.record(decision("req-1"))
     store.record(decision("req-2", tier="strong"))
-    judgement = JudgementRow("req-1", time.time(), "random", "weak", "other_better", "other_better", "other_better", "judge", 1e-5, 2e-5)
+    verdicts = ("other_better", "other_better", "other_better")
+    judgement = JudgementRow("req-1", time.time(), "random", "weak", *verdicts, "judge", 1e-5, 2e-5)
     store.record(judgement)
     assert await store.record_feedback(FeedbackRow("req-1", time.time(), 1.0, "up", "great"))
     assert await store.record_feedback(FeedbackRow("req-1", time.time(), 0.0, "down", None))  # overwrites
