@@ -83,7 +83,9 @@ class Feedback:
         url = settings.feedback_db.get_secret_value().strip()
         if url.lower() != "off":
             database = Database(url)
-            self.store = FeedbackStore(database, settings.feedback_retention_days, settings.feedback_queue_size)
+            self.store = FeedbackStore(
+                database, settings.feedback_retention_days, settings.feedback_queue_size, settings.feedback_max_rows
+            )
         self.shadow = Shadower(settings, self.store) if settings.shadow_rate > 0 else None
         self._tiers, judge = endpoints(settings)
         fm.initialise(routers, {tier: endpoint.model for tier, endpoint in self._tiers.items()}, judge.model)

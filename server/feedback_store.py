@@ -3,7 +3,8 @@
 One writer thread per process owns the connection and works through a bounded queue, so the
 event loop never waits for the database and a down database never fails a request: its writes
 are logged and counted (``routegate_feedback_store_errors_total``), then dropped. Rows older
-than the retention are deleted by the same thread, at start and hourly.
+than the retention, and the oldest beyond ``max_rows`` per table, are deleted by the same thread,
+at its first write and then hourly.
 """
 
 from __future__ import annotations
@@ -199,11 +200,12 @@ _STOP = object()
 
 
 class FeedbackStore:
-    """Writes rows through a bounded queue and one thread; ``retention_days`` bounds every table."""
+    """Writes rows through a bounded queue and one thread; ``retention_days`` and ``max_rows`` bound every table."""
 
-    def __init__(self, database: Database, retention_days: float, queue_size: int) -> None:
+    def __init__(self, database: Database, retention_days: float, queue_size: int, max_rows: int = 5_000_000) -> None:
         self.database = database
         self.retention_seconds = retention_days * 86400
+        self.max_rows = max_rows
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
@@ -314,6 +316,13 @@ class FeedbackStore:
         oldest = time.time() - self.retention_seconds
         for table in TABLES:
             cursor.execute(self.database.sql(f"DELETE FROM {table} WHERE created_at < ?"), (oldest,))
+            cursor.execute(  # the newest max_rows rows stay
+                self.database.sql(
+                    f"DELETE FROM {table} WHERE created_at < "
+                    f"(SELECT created_at FROM {table} ORDER BY created_at DESC LIMIT 1 OFFSET ?)"
+                ),
+                (self.max_rows - 1,),
+            )
         self._next_retention = time.time() + RETENTION_INTERVAL
 
     def _fail(self, items: list[object], error: Exception) -> None:

@@ -88,6 +88,19 @@ async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database:
     assert [row[0] for row in rows(database, "routegate_decisions")] == ["new", "newer"]
 
 
+async def test_the_oldest_rows_beyond_max_rows_are_deleted(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)
+    store.start()
+    for index in range(4):
+        store.record(decision(f"req-{index}", created_at=time.time() - 100 + index))
+    await store.aclose()
+    store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)  # deletes at its first write
+    store.start()
+    store.record(decision("req-4"))
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-3", "req-4"]
+
+
 async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
