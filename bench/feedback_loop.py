@@ -178,7 +178,7 @@ def main() -> int:
         waste = "-" if found.waste_rate is None else f"{found.waste_rate:.3f}"
         contains = "-" if found.retained is None else "yes" if inside else "no"
         print(f"| {judged} | {estimate} | {interval} | {contains} | {regret} | {waste} |")
-        figures.append({"judged": judged, **found.__dict__})
+        figures.append({"judged_requests": judged, **found.__dict__})
     print(f"\nexport: {exported}")
     if args.out:
         args.out.write_text(json.dumps({"true_retained": truth, "strong_share": strong_share, "points": figures}, indent=2))
