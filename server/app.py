@@ -19,6 +19,8 @@ from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, 
 from server import metrics
 from server.conversations import StickyStore
 from server.errors import APIError
+from server.feedback import Feedback
+from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
 from server.http_protocol import BoundedHeadersProtocol
 from server.metrics import render_metrics
 from server.model_names import ModelNames
@@ -74,6 +76,7 @@ class Gateway:
             max_routes=settings.max_target_routes,
         )
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
+        self.feedback = Feedback(settings, routers)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
@@ -113,6 +116,7 @@ class Gateway:
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())
+        self.feedback.start()
 
     async def _load_routers(self) -> None:
         try:
@@ -135,6 +139,7 @@ class Gateway:
         if self._loading is not None:
             self._loading.cancel()
         await self.scorers.aclose()
+        await self.feedback.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
 
@@ -210,7 +215,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not gateway.ready:
             await _wait_ready(gateway)
         assert gateway.proxy is not None
-        return await gateway.proxy.handle(request)
+        return gateway.feedback.observe(request, await gateway.proxy.handle(request))
+
+    @app.post("/v1/feedback", openapi_extra=FEEDBACK_OPENAPI, tags=["feedback"])
+    async def feedback(request: Request) -> Response:
+        """Score an answered request by its x-request-id: {"request_id", "score": 0..1} or {"rating": "up"|"down"}."""
+        _check_client_key(request, settings)
+        return await handle_feedback(request, gateway.feedback.store, settings.body_timeout)
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(request: Request) -> JSONResponse:

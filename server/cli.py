@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from routers.commands import add_router_commands
+from server.feedback_cli import add_feedback_commands
 from server.settings import Settings, SettingsError, load_settings
 from server.upstream_keys import warn_missing_keys
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--router", help="router (default: ROUTEGATE_ROUTER when its checkpoint is here, else random)")
     demo.set_defaults(run=_demo)
     add_router_commands(commands)
+    add_feedback_commands(commands)
     return parser
 
 

@@ -105,6 +105,7 @@ class ChatProxy:
         try:
             body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
             payload = parse_chat_request(body)  # parse
+            request.state.chat_payload = payload  # read by server.feedback once the answer is out
             route = self.resolve(payload["model"])  # resolve model
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit

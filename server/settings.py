@@ -52,6 +52,25 @@ TIER_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+class JudgeSettings(BaseModel):
+    """The LLM that judges shadowed answers; each field left unset is the strong upstream's."""
+
+    model_config = {"extra": "forbid"}
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    input_price: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
+    output_price: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return None if value is None else value.rstrip("/")
+
+
 def _default_strong() -> UpstreamSettings:
     return UpstreamSettings(**TIER_DEFAULTS["strong"])
 
@@ -150,6 +169,21 @@ class Settings(BaseSettings):
     scoring_overload: Literal["shed", "weak", "strong"] = Field(
         "shed", description="a request not scored in time: 429 (shed), or routed unscored to the weak or strong tier"
     )
+
+    # Learning from traffic (docs/feedback.md): the store, shadow judging and the judge.
+    feedback_db: SecretStr = Field(  # secret: a postgresql:// URL may hold a password
+        SecretStr(""), description="sqlite file path, sqlite:///path, postgresql://... or off; empty = the default file"
+    )
+    feedback_store_text: bool = Field(False, description="store prompt text (else only its sha1)")
+    feedback_retention_days: float = Field(30.0, gt=0, description="rows older than this are deleted")
+    feedback_queue_size: int = Field(10_000, ge=1, description="store writes waiting; more are dropped and counted")
+    feedback_max_rows: int = Field(5_000_000, ge=1, description="rows kept per table; the oldest beyond are deleted hourly")
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of routed answers also sent to the other tier and judged")
+    shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
+    shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
+    shadow_daily_budget_usd: float | None = Field(None, gt=0, description="USD per UTC day for shadow and judge calls")
+    shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @model_validator(mode="before")
     @classmethod

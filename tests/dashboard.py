@@ -12,6 +12,7 @@ from tests.conftest import REPO
 
 DASHBOARD = REPO / "config/grafana/dashboards/routegate.json"
 ALERT_RULES = REPO / "config/prometheus/alerts.yml"
+QUALITY_PANELS = "Quality: "  # title prefix of the shadow-judging panels (tests/test_feedback_prometheus.py)
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 _ALERT_THRESHOLD = re.compile(r"\s*(?:>|<|>=|<=)\s*[0-9.]+\s*$")
 

@@ -22,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import STRONG_MODEL, Proxy, proxy_env, running_proxy
-from tests.dashboard import alert_rules, panel_queries, substitute, variable_queries, without_threshold
+from tests.dashboard import QUALITY_PANELS, alert_rules, panel_queries, substitute, variable_queries, without_threshold
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 from tests.prometheus_server import PrometheusServer, running_prometheus
 from tests.tools import require_tool
@@ -127,7 +127,11 @@ def _finite(values: list[tuple[dict[str, str], float]]) -> list[float]:
     return [value for _, value in values if math.isfinite(value)]
 
 
-@pytest.mark.parametrize("query", panel_queries(), ids=lambda query: f"{query.panel}/{query.legend}")
+@pytest.mark.parametrize(
+    "query",
+    [query for query in panel_queries() if not query.panel.startswith(QUALITY_PANELS)],  # their own test
+    ids=lambda query: f"{query.panel}/{query.legend}",
+)
 def test_every_dashboard_query_returns_data(stack: Stack, query: Any) -> None:
     expr = substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE)
     assert _finite(stack.values(expr, stack.later)), f"no data for {expr}"

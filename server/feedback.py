@@ -1,0 +1,203 @@
+"""Learning from traffic, wired into the gateway: once the client has its whole answer, each
+answered chat request's routing decision goes to the feedback store and a sampled share of the
+routed ones to shadow judging.
+
+``observe`` reads the decision from the ``x-routegate-*`` headers of the response and the request
+body the proxy left in ``request.state``; it only attaches work that runs after the last byte is
+sent (a background task, or the stream's close), so what the client receives and when is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import feedback_metrics as fm
+from server.chat_request import routed_text
+from server.feedback_store import Database, DecisionRow, FeedbackStore
+from server.judge import answer_text
+from server.relay import RelayResponse
+from server.settings import Settings
+from server.shadow import Shadower, ShadowJob, endpoints
+
+PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
+
+
+class StreamCollector:
+    """Reads relayed SSE bytes for the ``usage`` object and, when asked, the answer's text."""
+
+    def __init__(self, keep_text: bool, max_chars: int) -> None:
+        self.keep_text = keep_text
+        self.max_chars = max_chars
+        self.usage: dict | None = None
+        self.parts: list[str] = []
+        self._chars = 0
+        self._pending = b""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def feed(self, chunk: bytes) -> None:
+        events = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        self._pending = events.pop()
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:") and (self.keep_text or b'"usage"' in line):
+                    self._read(line[5:].strip())
+
+    def _read(self, data: bytes) -> None:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        if not self.keep_text or self._chars >= self.max_chars:
+            return
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) and choice.get("index", 0) == 0 else None
+            if isinstance(content, str):
+                self.parts.append(content)
+                self._chars += len(content)
+
+
+class Feedback:
+    """The feedback store and shadow judging of one gateway process."""
+
+    def __init__(self, settings: Settings, routers: Iterable[str]) -> None:
+        self.settings = settings
+        self.store: FeedbackStore | None = None
+        url = settings.feedback_db.get_secret_value().strip()
+        if url.lower() != "off":
+            database = Database(url)
+            self.store = FeedbackStore(
+                database, settings.feedback_retention_days, settings.feedback_queue_size, settings.feedback_max_rows
+            )
+        self.shadow = Shadower(settings, self.store) if settings.shadow_rate > 0 else None
+        self._tiers, judge = endpoints(settings)
+        fm.initialise(routers, {tier: endpoint.model for tier, endpoint in self._tiers.items()}, judge.model)
+
+    def start(self) -> None:
+        """Start the store's writer and the shadow workers (in the serving event loop)."""
+        if self.store is not None:
+            self.store.start()
+        if self.shadow is not None:
+            self.shadow.start()
+
+    async def aclose(self) -> None:
+        """Stop shadowing, then write what the store still holds."""
+        if self.shadow is not None:
+            await self.shadow.aclose()
+        if self.store is not None:
+            await self.store.aclose()
+
+    def observe(self, request: Request, response: Response) -> Response:
+        """Attach the after-answer work to ``response`` (returned as it is)."""
+        payload = getattr(request.state, PAYLOAD_STATE, None)
+        if payload is None or (self.store is None and self.shadow is None):
+            return response
+        tier = response.headers.get("x-routegate-tier")
+        if tier not in ("strong", "weak"):
+            return response
+        routed = response.headers.get("x-routegate-router", "none") != "none"
+        shadow = (
+            self.shadow is not None
+            and routed
+            and response.headers.get("x-routegate-decision") == "score"
+            and self.shadow.sampled()
+        )
+        if isinstance(response, RelayResponse):
+            self._watch_stream(response, request.headers, payload, shadow)
+        elif 200 <= response.status_code < 300 and response.background is None:
+            response.background = BackgroundTask(self._after_complete, response, request.headers, payload, shadow)
+        return response
+
+    async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
+        try:
+            completion = json.loads(response.body)
+        except ValueError:
+            return
+        if isinstance(completion, dict):
+            self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
+
+    def _watch_stream(self, response: RelayResponse, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
+        collector = StreamCollector(shadow, self.settings.max_response_bytes)
+        relayed, close = response.chunks, response.on_close
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in relayed:
+                collector.feed(chunk)
+                yield chunk
+
+        watched = chunks()
+
+        async def on_close(completed: bool) -> None:
+            await watched.aclose()
+            await close(completed)
+            if completed:
+                self._answered(response.headers, headers, payload, collector.usage, collector.text, shadow)
+
+        response.chunks, response.on_close = watched, on_close
+
+    def _answered(
+        self,
+        answer_headers: Any,
+        request_headers: Headers,
+        payload: dict[str, Any],
+        usage: object,
+        text: str | None,
+        shadow: bool,
+    ) -> None:
+        """Record the decision; offer the answer to shadow judging when it was drawn."""
+        request_id = answer_headers["x-request-id"]
+        router = answer_headers.get("x-routegate-router", "none")
+        tier = answer_headers["x-routegate-tier"]
+        if self.store is not None:
+            self.store.record(self._decision(request_id, router, tier, answer_headers, payload, usage))
+        if shadow and self.shadow is not None and text is not None:
+            self.shadow.offer(ShadowJob(request_id, router, tier, payload, text), request_headers)
+
+    def _decision(
+        self, request_id: str, router: str, tier: str, headers: Any, payload: dict[str, Any], usage: object
+    ) -> DecisionRow:
+        settings = self.settings
+        prompt = routed_text(payload["messages"], settings.route_on, settings.conversation_turns, settings.max_router_chars)
+        tokens = usage if isinstance(usage, dict) else {}
+        prompt_tokens, completion_tokens = tokens.get("prompt_tokens"), tokens.get("completion_tokens")
+        return DecisionRow(
+            request_id=request_id,
+            created_at=time.time(),
+            router=router,
+            reason=headers.get("x-routegate-decision", ""),
+            score=_number(headers.get("x-routegate-score")),
+            threshold=_number(headers.get("x-routegate-threshold")),
+            tier=tier,
+            model=headers.get("x-routegate-model", ""),
+            strong_model=settings.strong.model,
+            weak_model=settings.weak.model,
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
+            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
+            cost_usd=self._tiers[tier].cost(usage) if tokens else None,
+            prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
+            prompt=prompt if settings.feedback_store_text else None,
+        )
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None

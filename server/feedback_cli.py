@@ -1,0 +1,183 @@
+"""``routegate feedback export|stats``: judged traffic as training records, and the quality figures
+of a time window, read from the feedback store (``ROUTEGATE_FEEDBACK_DB`` or ``--db``)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.quality import Verdicts, quality
+from server.settings import SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from server.feedback_store import Database
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+VERDICT_SCORES = {"chosen_better": (1.0, 0.0), "tie": (0.5, 0.5), "other_better": (0.0, 1.0)}
+JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model, d.weak_model, d.prompt,
+        d.score, d.threshold, j.chosen_tier, j.verdict, f.score, f.rating, f.comment
+    FROM routegate_decisions d
+    LEFT JOIN routegate_judgements j ON j.request_id = d.request_id
+    LEFT JOIN routegate_feedback f ON f.request_id = d.request_id
+    WHERE d.created_at >= ? AND (j.request_id IS NOT NULL OR f.request_id IS NOT NULL)
+    ORDER BY d.created_at"""
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """Epoch seconds of ``--since``: a duration back from now (``30m``, ``24h``, ``7d``) or an ISO date/time (UTC)."""
+    now = time.time() if now is None else now
+    match = _DURATION.match(value.strip())
+    if match:
+        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since: '{value}' is neither a duration (30m, 24h, 7d) nor an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def split_of(record_id: str) -> str:
+    """The shared/data split rule: dev when sha1(id) % 5 == 0, else train."""
+    return "dev" if int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % 5 == 0 else "train"
+
+
+def _rows(database: Database, since: float) -> Iterator[tuple]:
+    connection = database.connect()
+    try:
+        with database.transaction(connection) as cursor:
+            cursor.execute(database.sql(JOINED), (since,))
+            yield from cursor.fetchall()
+    finally:
+        connection.close()
+
+
+def record_of(row: tuple) -> dict[str, Any] | None:
+    """A shared/data record for one stored request (None without prompt text or usable scores)."""
+    (request_id, created_at, router, tier, strong_model, weak_model, prompt, score, threshold,
+     chosen_tier, verdict, feedback_score, rating, comment) = row
+    if prompt is None:
+        return None
+    models = {"strong": strong_model, "weak": weak_model}
+    scores: dict[str, float] = {}
+    if verdict in VERDICT_SCORES:
+        chosen, other = VERDICT_SCORES[verdict]
+        scores = {models[chosen_tier]: chosen, models["weak" if chosen_tier == "strong" else "strong"]: other}
+    elif feedback_score is not None:
+        scores = {models[tier]: feedback_score}
+    if not scores:
+        return None
+    record: dict[str, Any] = {
+        "id": request_id,
+        "source": "feedback",
+        "benchmark": "feedback",
+        "category": router,
+        "prompt": prompt,
+        "scores": scores,
+        "split": split_of(request_id),
+        "meta": {"router": router, "tier": tier, "router_score": score, "threshold": threshold, "verdict": verdict,
+                 "created_at": created_at},
+    }
+    if feedback_score is not None:
+        record["feedback"] = {"score": feedback_score, "rating": rating, "comment": comment}
+    return record
+
+
+def _database(args: argparse.Namespace) -> Database:
+    # imported here: the store's metrics must not exist before `routegate serve` prepares PROMETHEUS_MULTIPROC_DIR
+    from server.feedback_store import Database
+
+    if args.db:
+        return Database(args.db)
+    try:
+        url = load_settings(args.config).feedback_db.get_secret_value().strip()
+    except SettingsError as error:
+        raise SystemExit(f"routegate: {error}") from None
+    if url.lower() == "off":
+        raise SystemExit("routegate: ROUTEGATE_FEEDBACK_DB is off; name a store with --db")
+    return Database(url)
+
+
+def _export(args: argparse.Namespace) -> int:
+    database = _database(args)
+    written = without_text = 0
+    with open(args.out, "w", encoding="utf-8") as out:
+        for row in _rows(database, args.since):
+            record = record_of(row)
+            if record is None:
+                without_text += row[6] is None
+                continue
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+    print(f"{args.out}: {written} records from {database.describe()}")
+    if without_text:
+        print(f"{without_text} judged or rated requests have no stored prompt text (ROUTEGATE_FEEDBACK_STORE_TEXT=false)")
+    return 0
+
+
+def stats_lines(rows: list[tuple]) -> list[str]:
+    """The stats table: per router, judged pairs, regret, waste, retained with its interval, user feedback."""
+    verdicts: dict[str, Verdicts] = defaultdict(Verdicts)
+    feedback: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        router, chosen_tier, verdict, feedback_score = row[2], row[9], row[10], row[11]
+        if verdict is not None:
+            verdicts[router].add(chosen_tier, verdict)
+        if feedback_score is not None:
+            feedback[router].append(feedback_score)
+    columns = ("router", "judged", "unparsable", "regret", "waste", "retained", "95% interval", "feedback", "mean")
+    table = [columns]
+    for router in sorted(set(verdicts) | set(feedback)):
+        counts = verdicts[router]
+        figures = quality(counts)
+        interval = "-" if figures.retained_low is None else f"[{figures.retained_low:.3f}, {figures.retained_high:.3f}]"
+        scores = feedback[router]
+        table.append((
+            router, str(figures.judged), str(counts.unparsable), _fmt(figures.regret_rate), _fmt(figures.waste_rate),
+            _fmt(figures.retained), interval, str(len(scores)), _fmt(sum(scores) / len(scores) if scores else None),
+        ))
+    widths = [max(len(row[column]) for row in table) for column in range(len(columns))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _stats(args: argparse.Namespace) -> int:
+    database = _database(args)
+    rows = list(_rows(database, args.since))
+    since = datetime.fromtimestamp(args.since, timezone.utc).isoformat(timespec="seconds")
+    print(f"{database.describe()}, since {since}:")
+    print("\n".join(stats_lines(rows)))
+    return 0
+
+
+def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
+    """``routegate feedback export`` and ``routegate feedback stats``."""
+    feedback = commands.add_parser("feedback", help="judged traffic and user feedback from the feedback store")
+    actions = feedback.add_subparsers(dest="feedback_command", required=True)
+    for name, run, help_text in (
+        ("export", _export, "write judged and rated requests as training records (shared/data format)"),
+        ("stats", _stats, "print regret, waste and quality retained (with its 95%% interval) per router"),
+    ):
+        action = actions.add_parser(name, help=help_text)
+        action.add_argument("--db", help="store URL (default ROUTEGATE_FEEDBACK_DB)")
+        action.add_argument("--config", help="YAML settings file to read ROUTEGATE_FEEDBACK_DB from")
+        action.add_argument(
+            "--since", type=parse_since, default=parse_since("30d"),
+            help="window start: a duration back from now (30m, 24h, 7d) or an ISO date (default 30d)",
+        )
+        if name == "export":
+            action.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+        action.set_defaults(run=run)

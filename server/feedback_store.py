@@ -1,0 +1,340 @@
+"""The feedback store: routing decisions, judgements and user feedback in SQLite or PostgreSQL.
+
+One writer thread per process owns the connection and works through a bounded queue, so the
+event loop never waits for the database and a down database never fails a request: its writes
+are logged and counted (``routegate_feedback_store_errors_total``), then dropped. Rows older
+than the retention, and the oldest beyond ``max_rows`` per table, are deleted by the same thread,
+at its first write and then hourly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from server import feedback_metrics as fm
+
+log = logging.getLogger("routegate.feedback")
+DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
+RETENTION_INTERVAL = 3600.0
+BATCH = 500
+CONNECT_TIMEOUT = 5
+ANSWER_TIMEOUT = 30.0  # longest wait for a feedback write's answer
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS routegate_decisions (
+        request_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, router TEXT NOT NULL,
+        reason TEXT NOT NULL, score DOUBLE PRECISION, threshold DOUBLE PRECISION, tier TEXT NOT NULL,
+        model TEXT NOT NULL, strong_model TEXT NOT NULL, weak_model TEXT NOT NULL,
+        prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd DOUBLE PRECISION,
+        prompt_sha1 TEXT NOT NULL, prompt TEXT)""",
+    "CREATE INDEX IF NOT EXISTS routegate_decisions_created ON routegate_decisions (created_at)",
+    """CREATE TABLE IF NOT EXISTS routegate_judgements (
+        request_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, router TEXT NOT NULL,
+        chosen_tier TEXT NOT NULL, verdict TEXT NOT NULL, verdict_chosen_first TEXT NOT NULL,
+        verdict_chosen_second TEXT NOT NULL, judge_model TEXT NOT NULL, shadow_cost_usd DOUBLE PRECISION,
+        judge_cost_usd DOUBLE PRECISION)""",
+    "CREATE INDEX IF NOT EXISTS routegate_judgements_created ON routegate_judgements (created_at)",
+    """CREATE TABLE IF NOT EXISTS routegate_feedback (
+        request_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, score DOUBLE PRECISION NOT NULL,
+        rating TEXT, comment TEXT)""",
+    "CREATE INDEX IF NOT EXISTS routegate_feedback_created ON routegate_feedback (created_at)",
+)
+TABLES = ("routegate_decisions", "routegate_judgements", "routegate_feedback")
+
+
+@dataclass
+class DecisionRow:
+    """One answered chat request: how it was routed and what it cost."""
+
+    request_id: str
+    created_at: float
+    router: str
+    reason: str
+    score: float | None
+    threshold: float | None
+    tier: str
+    model: str
+    strong_model: str
+    weak_model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    prompt_sha1: str
+    prompt: str | None
+
+
+@dataclass
+class JudgementRow:
+    """The judge's verdict on one shadowed request (verdicts from the chosen tier's side)."""
+
+    request_id: str
+    created_at: float
+    router: str
+    chosen_tier: str
+    verdict: str
+    verdict_chosen_first: str
+    verdict_chosen_second: str
+    judge_model: str
+    shadow_cost_usd: float
+    judge_cost_usd: float
+
+
+@dataclass
+class FeedbackRow:
+    """A user's score (0..1) for one request; ``rating`` is up|down when sent as a rating."""
+
+    request_id: str
+    created_at: float
+    score: float
+    rating: str | None
+    comment: str | None
+
+
+class StoreUnavailable(Exception):
+    """The store is off, full or its database cannot be reached."""
+
+
+def _upsert(table: str, row: type) -> str:
+    columns = list(row.__dataclass_fields__)
+    updates = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT (request_id) DO UPDATE SET {updates}"
+    )
+
+
+UPSERTS: dict[type, str] = {
+    DecisionRow: _upsert("routegate_decisions", DecisionRow),
+    JudgementRow: _upsert("routegate_judgements", JudgementRow),
+    FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
+}
+
+
+class Database:
+    """Where the store lives: an SQLite file or a PostgreSQL server, from ``ROUTEGATE_FEEDBACK_DB``."""
+
+    def __init__(self, url: str) -> None:
+        self.postgres = url.startswith(("postgresql://", "postgres://"))
+        self.url = url
+        if self.postgres:
+            self.path: Path | None = None
+        else:
+            path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+            self.path = Path(path or DEFAULT_SQLITE).expanduser()
+
+    def describe(self) -> str:
+        """The location without any password, for logs."""
+        if self.path is not None:
+            return f"sqlite:{self.path}"
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        netloc = f"{parts.username}@{host}" if parts.username else host
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def redact(self, text: str) -> str:
+        """``text`` without the URL's password, should a driver message quote it."""
+        password = urlsplit(self.url).password if self.postgres else None
+        return text.replace(password, "[redacted]") if password else text
+
+    def connect(self) -> Any:
+        """A new DB-API connection with the schema in place."""
+        if self.postgres:
+            import psycopg
+
+            connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT)
+        else:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+        try:
+            with self.transaction(connection) as cursor:
+                for statement in SCHEMA:
+                    cursor.execute(statement)
+        except Exception:
+            connection.close()
+            raise
+        return connection
+
+    def sql(self, statement: str) -> str:
+        """``statement`` (written with ``?`` placeholders) in this database's parameter style."""
+        return statement.replace("?", "%s") if self.postgres else statement
+
+    @contextmanager
+    def transaction(self, connection: Any) -> Iterator[Any]:
+        """A cursor whose statements commit together, or roll back on an error."""
+        cursor = connection.cursor()
+        try:
+            yield cursor
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            cursor.close()
+
+
+@dataclass
+class _Feedback:
+    """A feedback write whose caller waits for the answer: written, or no such request."""
+
+    row: FeedbackRow
+    oldest: float
+    done: Callable[[bool | Exception], None]
+
+
+_STOP = object()
+
+
+class FeedbackStore:
+    """Writes rows through a bounded queue and one thread; ``retention_days`` and ``max_rows`` bound every table."""
+
+    def __init__(self, database: Database, retention_days: float, queue_size: int, max_rows: int = 5_000_000) -> None:
+        self.database = database
+        self.retention_seconds = retention_days * 86400
+        self.max_rows = max_rows
+        self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
+        self._connection: Any = None
+        self._next_retention = 0.0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread.start()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Write what is queued (within ``timeout`` seconds) and stop the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
+        except queue.Full:
+            return
+        await asyncio.to_thread(self._thread.join, timeout)
+
+    def record(self, row: DecisionRow | JudgementRow) -> None:
+        """Queue a row; when the queue is full it is dropped and counted."""
+        self._put(row)
+
+    async def record_feedback(self, row: FeedbackRow) -> bool:
+        """Write user feedback; False when its request is unknown or past the retention."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+
+        def done(result: bool | Exception) -> None:
+            def settle() -> None:
+                if future.done():
+                    return
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+            loop.call_soon_threadsafe(settle)
+
+        if not self._put(_Feedback(row, time.time() - self.retention_seconds, done)):
+            raise StoreUnavailable("the feedback store's queue is full")
+        try:
+            return await asyncio.wait_for(future, ANSWER_TIMEOUT)
+        except TimeoutError:
+            raise StoreUnavailable("the feedback store did not answer in time") from None
+
+    def _put(self, item: object) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            fm.STORE_ERRORS.labels("queue_full").inc()
+            return False
+        fm.STORE_QUEUED.inc()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = [self._queue.get(timeout=max(0.001, self._next_retention - time.time()))]
+            except queue.Empty:
+                batch = []
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            items = [item for item in batch if item is not _STOP]
+            fm.STORE_QUEUED.dec(len(items))
+            if items or time.time() >= self._next_retention:
+                self._write(items)
+            if stop:
+                if self._connection is not None:
+                    self._connection.close()
+                return
+
+    def _write(self, items: list[object]) -> None:
+        try:
+            if self._connection is None:
+                self._connection = self.database.connect()
+            results: list[bool] = []
+            with self.database.transaction(self._connection) as cursor:
+                for item in items:
+                    results.append(self._apply(cursor, item))
+                if time.time() >= self._next_retention:
+                    self._delete_expired(cursor)
+        except Exception as error:
+            self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
+            self._fail(items, error)
+            return
+        for item, result in zip(items, results):
+            if isinstance(item, _Feedback):
+                item.done(result)
+
+    def _apply(self, cursor: Any, item: object) -> bool:
+        if isinstance(item, _Feedback):
+            cursor.execute(
+                self.database.sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND created_at >= ?"),
+                (item.row.request_id, item.oldest),
+            )
+            if cursor.fetchone() is None:
+                return False
+            item = item.row
+        cursor.execute(self.database.sql(UPSERTS[type(item)]), tuple(asdict(item).values()))
+        return True
+
+    def _delete_expired(self, cursor: Any) -> None:
+        oldest = time.time() - self.retention_seconds
+        for table in TABLES:
+            cursor.execute(self.database.sql(f"DELETE FROM {table} WHERE created_at < ?"), (oldest,))
+            cursor.execute(  # the newest max_rows rows stay
+                self.database.sql(
+                    f"DELETE FROM {table} WHERE created_at < "
+                    f"(SELECT created_at FROM {table} ORDER BY created_at DESC LIMIT 1 OFFSET ?)"
+                ),
+                (self.max_rows - 1,),
+            )
+        self._next_retention = time.time() + RETENTION_INTERVAL
+
+    def _fail(self, items: list[object], error: Exception) -> None:
+        message = self.database.redact(f"{type(error).__name__}: {error}".strip())
+        log.warning("feedback store %s: %d writes lost: %s", self.database.describe(), len(items), message)
+        fm.STORE_ERRORS.labels("unavailable").inc(len(items))
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:
+                pass
+            self._connection = None
+        for item in items:
+            if isinstance(item, _Feedback):
+                item.done(StoreUnavailable("the feedback store's database is unavailable"))

@@ -1,0 +1,265 @@
+"""Shadow judging: a sampled share of routed answers is also sent, once the client has its whole
+answer, to the tier that was not chosen (non-streamed, same body), and a judge compares the two.
+
+Everything here runs off the request path, in at most ``shadow_max_concurrent`` worker tasks fed
+by a bounded queue: a full queue drops the job (counted), a spent daily budget skips it
+(counted), a failed call is counted and forgotten. Shadow and judge calls have their own HTTP
+client and are metered in ``routegate_shadow_cost_usd_total``, never as served traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from server import feedback_metrics as fm
+from server.feedback_store import FeedbackStore, JudgementRow
+from server.judge import answer_text, chosen_side, combine, judge_messages, parse_verdict, question_text
+from server.settings import Settings
+from server.targets import utc_day_start
+
+log = logging.getLogger("routegate.shadow")
+OTHER_TIER = {"strong": "weak", "weak": "strong"}
+NO_SHADOW_HEADER = "x-routegate-no-shadow"
+TOOL_ROLES = frozenset({"tool", "function"})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible chat completions endpoint with its model, key and prices."""
+
+    base_url: str
+    api_key: str | None
+    model: str
+    prices: tuple[float, float]
+
+    def cost(self, usage: object) -> float:
+        """USD of a ``usage`` object at this endpoint's prices (0 without usage)."""
+        if not isinstance(usage, dict):
+            return 0.0
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt = prompt if isinstance(prompt, int) and prompt > 0 else 0
+        completion = completion if isinstance(completion, int) and completion > 0 else 0
+        return (prompt * self.prices[0] + completion * self.prices[1]) / 1e6
+
+
+def endpoints(settings: Settings) -> tuple[dict[str, Endpoint], Endpoint]:
+    """The two tiers' endpoints and the judge's (each unset judge field is the strong upstream's;
+    the strong key is only sent to the strong upstream's own URL)."""
+    tiers = {
+        tier: Endpoint(
+            upstream.base_url,
+            upstream.api_key.get_secret_value() if upstream.api_key else None,
+            upstream.model,
+            (upstream.input_price, upstream.output_price),
+        )
+        for tier, upstream in (("strong", settings.strong), ("weak", settings.weak))
+    }
+    judge, strong = settings.judge, tiers["strong"]
+    base_url = judge.base_url or strong.base_url
+    api_key = judge.api_key.get_secret_value() if judge.api_key else (strong.api_key if base_url == strong.base_url else None)
+    prices = (
+        strong.prices[0] if judge.input_price is None else judge.input_price,
+        strong.prices[1] if judge.output_price is None else judge.output_price,
+    )
+    return tiers, Endpoint(base_url, api_key, judge.model or strong.model, prices)
+
+
+def excluded(headers: Any, payload: dict[str, Any], shadow_tools: bool) -> bool:
+    """Whether a request may not be shadowed: the opt-out header, or tools when they are not shadowed."""
+    if headers.get(NO_SHADOW_HEADER, "").strip() == "1":
+        return True
+    if shadow_tools:
+        return False
+    if payload.get("tools") or payload.get("functions"):
+        return True
+    return any(
+        message.get("role") in TOOL_ROLES or message.get("tool_calls") or message.get("function_call")
+        for message in payload["messages"]
+    )
+
+
+@dataclass
+class ShadowJob:
+    """A routed, answered request to shadow: what was asked and what the chosen tier answered."""
+
+    request_id: str
+    router: str
+    chosen_tier: str
+    payload: dict[str, Any]
+    chosen_answer: str
+
+
+class CallFailed(Exception):
+    """A shadow or judge call got no usable answer."""
+
+
+class ShadowBudget:
+    """USD per UTC day for shadow and judge calls (this process's part); None = unlimited."""
+
+    def __init__(self, budget_usd: float | None, clock: Callable[[], float] = time.time) -> None:
+        self.budget_usd = budget_usd
+        self._clock = clock
+        self._day = utc_day_start(clock())
+        self.spent_usd = 0.0
+
+    def _roll(self) -> None:
+        day = utc_day_start(self._clock())
+        if day != self._day:
+            self._day, self.spent_usd = day, 0.0
+
+    def exhausted(self) -> bool:
+        self._roll()
+        return self.budget_usd is not None and self.spent_usd >= self.budget_usd
+
+    def spend(self, usd: float) -> None:
+        self._roll()
+        self.spent_usd += usd
+
+
+class Shadower:
+    """Samples answered requests, queues them and runs shadow calls and judgements in workers."""
+
+    def __init__(self, settings: Settings, store: FeedbackStore | None) -> None:
+        self.rate = settings.shadow_rate
+        self.shadow_tools = settings.shadow_tools
+        self.store = store
+        self.tiers, self.judge = endpoints(settings)
+        self.budget = ShadowBudget(
+            None if settings.shadow_daily_budget_usd is None else settings.shadow_daily_budget_usd / settings.workers
+        )
+        self.workers = settings.shadow_max_concurrent
+        self.max_response_bytes = settings.max_response_bytes
+        self.total_timeout = settings.total_timeout
+        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(max(1, settings.shadow_queue_size))
+        self._queue_size = settings.shadow_queue_size
+        self._timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def sampled(self) -> bool:
+        """Whether this answer is drawn for shadowing."""
+        return self.rate > 0 and random.random() < self.rate
+
+    def start(self) -> None:
+        """Start the worker tasks (in the serving event loop)."""
+        limits = httpx.Limits(max_connections=3 * self.workers, max_keepalive_connections=3 * self.workers)
+        self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers={"user-agent": "routegate-shadow"})
+        self._tasks = [asyncio.create_task(self._work(), name=f"routegate-shadow-{n}") for n in range(self.workers)]
+
+    async def aclose(self) -> None:
+        """Stop the workers (queued and running jobs are abandoned) and close the client."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def offer(self, job: ShadowJob, headers: Any) -> None:
+        """Queue a sampled job unless it is excluded, over budget or the queue is full (each counted)."""
+        other = OTHER_TIER[job.chosen_tier]
+        if excluded(headers, job.payload, self.shadow_tools):
+            outcome = "excluded"
+        elif self.budget.exhausted():
+            outcome = "over_budget"
+        elif self._queue_size == 0 or self._queue.full():
+            outcome = "dropped"
+        else:
+            self._queue.put_nowait(job)
+            return
+        fm.SHADOW_REQUESTS.labels(other, outcome).inc()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("request_id=%s shadow job failed", job.request_id)
+
+    async def _run(self, job: ShadowJob) -> None:
+        other = OTHER_TIER[job.chosen_tier]
+        if self.budget.exhausted():
+            fm.SHADOW_REQUESTS.labels(other, "over_budget").inc()
+            return
+        endpoint = self.tiers[other]
+        body = {key: value for key, value in job.payload.items() if key not in ("stream", "stream_options")}
+        try:
+            completion = await self._call(endpoint, {**body, "model": endpoint.model}, job.request_id)
+        except CallFailed as failure:
+            log.info("request_id=%s shadow call to the %s tier failed: %s", job.request_id, other, failure)
+            fm.SHADOW_REQUESTS.labels(other, "shadow_failed").inc()
+            return
+        shadow_cost = self._meter("shadow", endpoint, completion)
+        other_answer = answer_text(completion) or ""
+        question = question_text(job.payload["messages"])
+        orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))
+        calls = [
+            self._call(self.judge, {"model": self.judge.model, "messages": judge_messages(question, a, b)}, job.request_id)
+            for a, b in orders
+        ]
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        judge_cost = sum(self._meter("judge", self.judge, reply) for reply in replies if isinstance(reply, dict))
+        failed = [reply for reply in replies if isinstance(reply, BaseException)]
+        if failed:
+            log.info("request_id=%s judge call failed: %s", job.request_id, failed[0])
+            fm.SHADOW_REQUESTS.labels(other, "judge_failed").inc()
+            return
+        first = chosen_side(parse_verdict(answer_text(replies[0])), chosen_is_a=True)
+        second = chosen_side(parse_verdict(answer_text(replies[1])), chosen_is_a=False)
+        verdict = combine(first, second)
+        fm.SHADOW_REQUESTS.labels(other, "judged").inc()
+        fm.JUDGEMENTS.labels(job.router, job.chosen_tier, verdict).inc()
+        log.info("request_id=%s judged router=%s chosen=%s verdict=%s", job.request_id, job.router, job.chosen_tier, verdict)
+        if self.store is not None:
+            self.store.record(
+                JudgementRow(
+                    job.request_id, time.time(), job.router, job.chosen_tier, verdict, first, second,
+                    self.judge.model, shadow_cost, judge_cost,
+                )
+            )
+
+    def _meter(self, kind: str, endpoint: Endpoint, completion: dict[str, Any]) -> float:
+        cost = endpoint.cost(completion.get("usage"))
+        fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
+        self.budget.spend(cost)
+        return cost
+
+    async def _call(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        """POST a chat completion; its JSON object, or CallFailed (one try, no retries)."""
+        assert self._client is not None
+        headers = {"x-request-id": request_id, "x-routegate-shadow": "1", "accept-encoding": "identity"}
+        if endpoint.api_key:
+            headers["authorization"] = f"Bearer {endpoint.api_key}"
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                async with self._client.stream(
+                    "POST", f"{endpoint.base_url}/chat/completions", json=body, headers=headers
+                ) as response:
+                    chunks, size = [], 0
+                    async for chunk in response.aiter_raw():
+                        size += len(chunk)
+                        if size > self.max_response_bytes:
+                            raise CallFailed("answer too large")
+                        chunks.append(chunk)
+        except (httpx.HTTPError, TimeoutError) as error:
+            raise CallFailed(type(error).__name__) from None
+        if not response.is_success:
+            raise CallFailed(f"HTTP {response.status_code}")
+        try:
+            completion = json.loads(b"".join(chunks))
+        except ValueError:
+            raise CallFailed("not JSON") from None
+        if not isinstance(completion, dict):
+            raise CallFailed("not a JSON object")
+        return completion

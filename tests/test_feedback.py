@@ -1,0 +1,366 @@
+"""Learning from traffic through a real routegate: shadow calls to the tier not chosen, a fake judge
+asked in both orders, verdicts in metrics and in the SQLite store, POST /v1/feedback, and proof
+that shadowing changes nothing the client receives, nor when."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from server.feedback_store import Database
+from tests.conftest import STRONG_KEY, WEAK_KEY, Proxy, proxy_env, running_proxy
+from tests.fake_judge import FakeJudge, always, prefer
+from tests.fake_upstream import FakeUpstream, free_port
+from tests.metrics_text import metric_sum
+from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
+
+CLIENT_KEY = "rg-client-key-feedback-0123456789"
+JUDGE_KEY = "sk-judge-secret-key-5555555555"
+QUESTION = [{"role": "user", "content": "Which is larger, 2**10 or 10**3?"}]
+WEAK_ROUTE, STRONG_ROUTE = "router-random-1.0", "router-random-0.0"  # thresholds 1 and 0
+
+
+@pytest.fixture(scope="module")
+def judge() -> Iterator[FakeJudge]:
+    server = FakeJudge().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_judge(judge: FakeJudge) -> None:
+    judge.reset()
+
+
+def shadow_env(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, db: Path | str, **settings: str) -> dict[str, str]:
+    return proxy_env(
+        strong,
+        weak,
+        shadow_rate="1",
+        feedback_db=str(db),
+        feedback_store_text="true",
+        judge__base_url=judge.url,
+        judge__api_key=JUDGE_KEY,
+        judge__model="fake-judge",
+        judge__input_price="100",
+        judge__output_price="200",
+        api_keys=json.dumps([CLIENT_KEY]),
+        **settings,
+    )
+
+
+@pytest.fixture(scope="module")
+def shadowing(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Proxy, Path]]:
+    workdir = tmp_path_factory.mktemp("shadowing")
+    db = workdir / "feedback.sqlite3"
+    with running_proxy(shadow_env(strong, weak, judge, db), workdir) as proxy:
+        yield proxy, db
+
+
+def client(proxy: Proxy) -> OpenAI:
+    return OpenAI(base_url=proxy.api, api_key=CLIENT_KEY, max_retries=0)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def shadow_total(proxy: Proxy, **labels: str) -> float:
+    return metric_sum(proxy.metrics(), "routegate_shadow_requests_total", **labels)
+
+
+def judged(proxy: Proxy, before: float, count: int = 1) -> None:
+    """Wait until ``count`` more shadow jobs have ended, whatever their outcome."""
+    wait_until(lambda: shadow_total(proxy) >= before + count, f"{count} shadow jobs")
+
+
+def query(db: Path, sql: str, *args: object) -> list[tuple]:
+    with sqlite3.connect(db) as connection:
+        return connection.execute(sql, args).fetchall()
+
+
+def stored(db: Path, table: str, request_id: str) -> tuple:
+    found: list[tuple] = []
+
+    def present() -> bool:
+        found[:] = query(db, f"SELECT * FROM {table} WHERE request_id = ?", request_id)
+        return bool(found)
+
+    wait_until(present, f"{request_id} in {table}")
+    return found[0]
+
+
+def test_a_weak_answer_is_shadowed_on_strong_and_judged_in_both_orders(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
+) -> None:
+    proxy, db = shadowing
+    before_text = proxy.metrics()
+    reply = client(proxy).chat.completions.with_raw_response.create(
+        model=WEAK_ROUTE, messages=QUESTION, temperature=0.2, extra_headers={"x-request-id": "req-weak-1"}
+    )
+    assert reply.headers["x-routegate-tier"] == "weak"
+    assert reply.parse().choices[0].message.content == "answer from weak"
+    judged(proxy, metric_sum(before_text, "routegate_shadow_requests_total"))
+    after_text = proxy.metrics()
+
+    [shadow] = strong.received  # the same body, for the strong model, not streamed
+    assert shadow.body == {"model": "fake-strong", "messages": QUESTION, "temperature": 0.2}
+    assert shadow.headers["authorization"] == f"Bearer {STRONG_KEY}"
+    assert shadow.headers["x-request-id"] == "req-weak-1"
+    # both orders, asked at once
+    assert sorted(judge.shown()) == [("answer from strong", "answer from weak"), ("answer from weak", "answer from strong")]
+    assert all(received.headers["authorization"] == f"Bearer {JUDGE_KEY}" for received in judge.received)
+    assert judge.received[0].body["model"] == "fake-judge"
+
+    def grew(name: str, **labels: str) -> float:
+        return metric_sum(after_text, name, **labels) - metric_sum(before_text, name, **labels)
+
+    assert grew("routegate_judgements_total", router="random", chosen_tier="weak", verdict="other_better") == 1
+    assert grew("routegate_shadow_requests_total", tier="strong", outcome="judged") == 1
+    strong_cost = (11 * 10 + 7 * 30) / 1e6
+    judge_cost = 2 * (11 * 100 + 7 * 200) / 1e6
+    assert grew("routegate_shadow_cost_usd_total", kind="shadow", model="fake-strong") == pytest.approx(strong_cost)
+    assert grew("routegate_shadow_cost_usd_total", kind="judge", model="fake-judge") == pytest.approx(judge_cost)
+    assert grew("routegate_cost_usd_total", tier="strong") == 0  # served cost: only the weak answer
+    assert grew("routegate_requests_total", tier="strong") == 0
+
+    decision = stored(db, "routegate_decisions", "req-weak-1")
+    assert decision[2:4] == ("random", "score") and decision[6:10] == ("weak", "fake-weak", "fake-strong", "fake-weak")
+    assert decision[10:12] == (11, 7) and decision[-1] == QUESTION[0]["content"]
+    judgement = stored(db, "routegate_judgements", "req-weak-1")
+    assert judgement[2:8] == ("random", "weak", "other_better", "other_better", "other_better", "fake-judge")
+    assert judgement[8:] == (pytest.approx(strong_cost), pytest.approx(judge_cost))
+
+
+def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
+    shadowing: tuple[Proxy, Path], weak: FakeUpstream, judge: FakeJudge
+) -> None:
+    proxy, db = shadowing
+    judge.verdict = prefer("weak")
+    before = shadow_total(proxy)
+    stream = client(proxy).chat.completions.create(
+        model=STRONG_ROUTE, messages=QUESTION, stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-request-id": "req-strong-stream"},
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    judged(proxy, before)
+    assert text == "strong-0 strong-1 strong-2 strong-3 strong-4 "
+    [shadow] = weak.received
+    assert "stream" not in shadow.body and "stream_options" not in shadow.body
+    assert shadow.headers["authorization"] == f"Bearer {WEAK_KEY}"
+    assert sorted(judge.shown()) == sorted([(text, "answer from weak"), ("answer from weak", text)])
+    assert stored(db, "routegate_judgements", "req-strong-stream")[3:5] == ("strong", "other_better")
+    assert stored(db, "routegate_decisions", "req-strong-stream")[10:12] == (11, 7)  # usage from the stream
+
+
+@pytest.mark.parametrize(
+    ("reply", "verdict"),
+    [("[[A]]", "tie"), ("[[C]]", "tie"), ("I cannot decide.", "unparsable"), ("[[A]] or maybe [[D]]", "unparsable")],
+)
+def test_orders_that_disagree_are_a_tie_and_a_reply_without_a_final_verdict_is_unparsable(
+    shadowing: tuple[Proxy, Path], judge: FakeJudge, reply: str, verdict: str
+) -> None:
+    proxy, _ = shadowing
+    judge.verdict = always(reply)
+    before = proxy.metrics()
+    client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+    judged(proxy, metric_sum(before, "routegate_shadow_requests_total"))
+    labels = {"router": "random", "chosen_tier": "weak", "verdict": verdict}
+    assert metric_sum(proxy.metrics(), "routegate_judgements_total", **labels) - metric_sum(
+        before, "routegate_judgements_total", **labels
+    ) == 1
+
+
+def test_opted_out_and_tool_requests_are_not_shadowed(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, judge: FakeJudge
+) -> None:
+    proxy, _ = shadowing
+    before = shadow_total(proxy, tier="strong", outcome="excluded")
+    openai = client(proxy)
+    openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-routegate-no-shadow": "1"})
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
+    openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, tools=tools)
+    tool_turn = [
+        *QUESTION,
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    openai.chat.completions.create(model=WEAK_ROUTE, messages=tool_turn)
+    wait_until(lambda: shadow_total(proxy, tier="strong", outcome="excluded") == before + 3, "three exclusions")
+    openai.chat.completions.create(model="fake-weak", messages=QUESTION)  # direct, not routed: never shadowed
+    time.sleep(0.3)
+    assert strong.received == [] and judge.received == []
+
+
+def post_feedback(proxy: Proxy, body: object, key: str | None = CLIENT_KEY) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{proxy.api}/feedback", json=body, headers=headers, timeout=10)
+
+
+def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: tuple[Proxy, Path]) -> None:
+    proxy, db = shadowing
+    reply = client(proxy).chat.completions.with_raw_response.create(
+        model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-routegate-no-shadow": "1"}
+    )
+    request_id = reply.headers["x-request-id"]
+    before = proxy.metrics()
+    answer = post_feedback(proxy, {"request_id": request_id, "rating": "up", "comment": "spot on"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"object": "feedback", "request_id": request_id, "score": 1.0, "rating": "up"}
+    assert stored(db, "routegate_feedback", request_id)[2:] == (1.0, "up", "spot on")
+    assert post_feedback(proxy, {"request_id": request_id, "score": 0.25}).status_code == 200
+    assert query(db, "SELECT score, rating, comment FROM routegate_feedback WHERE request_id = ?", request_id) == [
+        (0.25, None, None)
+    ]
+    after = proxy.metrics()
+    for rating in ("up", "score"):
+        assert metric_sum(after, "routegate_feedback_total", rating=rating) - metric_sum(
+            before, "routegate_feedback_total", rating=rating
+        ) == 1
+
+    missing = post_feedback(proxy, {"request_id": "never-seen", "rating": "down"})
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "message": missing.json()["error"]["message"], "type": "invalid_request_error", "param": "request_id",
+        "code": "request_not_found",
+    }
+    assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key=None).status_code == 401
+    assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key="wrong").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"request_id": "x", "score": 1.5}, "score"),
+        ({"request_id": "x", "score": True}, "score"),
+        ({"request_id": "x", "rating": "meh"}, "rating"),
+        ({"request_id": "x", "rating": {}}, "rating"),
+        ({"request_id": "x"}, None),
+        ({"request_id": "x", "score": 1, "rating": "up"}, None),
+        ({"request_id": "", "score": 1}, "request_id"),
+        ({"request_id": "x", "score": 1, "comment": "x" * 2001}, "comment"),
+        ({"request_id": "x", "score": 1, "stars": 5}, "stars"),
+        (["request_id"], None),
+    ],
+)
+def test_bad_feedback_bodies_get_400(shadowing: tuple[Proxy, Path], body: object, param: str | None) -> None:
+    answer = post_feedback(shadowing[0], body)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+def test_shadowing_changes_nothing_the_client_receives_nor_when(
+    shadowing: tuple[Proxy, Path], proxy: Proxy, strong: FakeUpstream, judge: FakeJudge
+) -> None:
+    """The shadow call (strong, slowed to 2 s) and the judge (2 s) run after the answer: a client of
+    the shadowing gateway gets the same bytes as one of a gateway without shadowing, at once."""
+    shadowed, _ = shadowing
+    strong.behaviour.delay = judge.behaviour.delay = 2.0
+    before = shadow_total(shadowed)
+
+    def exchange(gateway: Proxy, stream: bool) -> tuple[bytes, float]:
+        body = {"model": WEAK_ROUTE, "messages": QUESTION, "stream": stream}
+        headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "same-id"}
+        started = time.monotonic()
+        with httpx.Client(timeout=30) as http:
+            answer = http.post(f"{gateway.api}/chat/completions", json=body, headers=headers)
+            elapsed = time.monotonic() - started
+            again = http.post(f"{gateway.api}/chat/completions", json=body, headers=headers)  # same connection
+        assert answer.status_code == again.status_code == 200
+        return answer.content, max(elapsed, time.monotonic() - started - elapsed)
+
+    for stream in (False, True):
+        plain, plain_seconds = exchange(proxy, stream)
+        shadowed_bytes, shadowed_seconds = exchange(shadowed, stream)
+        assert shadowed_bytes == plain
+        assert plain_seconds < 1.5 and shadowed_seconds < 1.5  # not waiting for the 2 s shadow and judge calls
+    judged(shadowed, before, 4)  # the shadow jobs did run, later
+    assert len(strong.received) == 4 and len(judge.received) == 8
+
+
+def test_a_full_shadow_queue_drops_and_counts(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    judge.behaviour.delay = 1.0
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_concurrent="1", shadow_queue_size="1")
+    with running_proxy(env, tmp_path) as proxy:
+        for _ in range(4):  # one job runs, one waits, two find the queue full
+            client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy) == 4, "four shadow outcomes")
+        assert shadow_total(proxy, tier="strong", outcome="dropped") == 2
+        assert shadow_total(proxy, tier="strong", outcome="judged") == 2
+
+
+def test_a_spent_shadow_budget_skips_until_the_next_day(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.000001")
+    with running_proxy(env, tmp_path) as proxy:
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the first judgement")
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)  # its cost spent the budget
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
+        assert len(strong.received) == 1 and len(judge.received) == 2
+
+
+def test_a_down_database_fails_no_request_and_leaks_no_secret(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    password = "db-password-never-logged-31337"
+    down = f"postgresql://routegate:{password}@127.0.0.1:{free_port()}/feedback"
+    env = shadow_env(strong, weak, judge, down, log_level="debug")
+    with running_proxy(env, tmp_path) as proxy:
+        reply = client(proxy).chat.completions.with_raw_response.create(model=WEAK_ROUTE, messages=QUESTION)
+        assert reply.parse().choices[0].message.content == "answer from weak"
+        request_id = reply.headers["x-request-id"]
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the judgement")
+        wait_until(
+            lambda: metric_sum(proxy.metrics(), "routegate_feedback_store_errors_total", reason="unavailable") >= 2,
+            "the lost decision and judgement",
+        )
+        answer = post_feedback(proxy, {"request_id": request_id, "rating": "up"})
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "feedback_unavailable"
+        metrics_text = proxy.metrics()
+    log = proxy.log()
+    assert "writes lost" in log and "postgresql://routegate@127.0.0.1" in log
+    for secret in (password, JUDGE_KEY, CLIENT_KEY):
+        assert secret not in log and secret not in metrics_text and secret not in answer.text
+
+
+def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, postgres_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    with running_proxy(shadow_env(strong, weak, judge, postgres_url), tmp_path) as proxy:
+        reply = client(proxy).chat.completions.with_raw_response.create(
+            model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "req-postgres"}
+        )
+        assert reply.parse().choices[0].message.content == "answer from weak"
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the judgement")
+        assert post_feedback(proxy, {"request_id": "req-postgres", "score": 0.75}).status_code == 200
+    database = Database(postgres_url)  # the proxy has stopped: everything it queued is written
+    connection = database.connect()
+    try:
+        with database.transaction(connection) as cursor:
+            cursor.execute(
+                "SELECT d.tier, d.prompt, j.verdict, f.score FROM routegate_decisions d"
+                " JOIN routegate_judgements j USING (request_id) JOIN routegate_feedback f USING (request_id)"
+                " WHERE d.request_id = 'req-postgres'"
+            )
+            assert cursor.fetchall() == [("weak", QUESTION[0]["content"], "other_better", 0.75)]
+    finally:
+        connection.close()

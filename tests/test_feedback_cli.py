@@ -1,0 +1,89 @@
+"""``routegate feedback export`` and ``stats`` on a store filled with known rows (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow
+from server.quality import Verdicts, quality
+from tests.conftest import REPO
+from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
+from tests.test_feedback_store import database  # noqa: F401  (fixture)
+
+NOW = time.time()
+
+
+def decision(request_id: str, tier: str, prompt: str | None, created_at: float = NOW) -> DecisionRow:
+    return DecisionRow(
+        request_id, created_at, "mf", "score", 0.4, 0.5, tier, f"m-{tier}", "m-strong", "m-weak", 11, 7, 1e-5,
+        hashlib.sha1(b"x").hexdigest(), prompt,
+    )
+
+
+def judgement(request_id: str, chosen_tier: str, verdict: str) -> JudgementRow:
+    return JudgementRow(request_id, NOW, "mf", chosen_tier, verdict, verdict, verdict, "judge", 1e-5, 1e-5)
+
+
+async def fill(into: Database) -> None:
+    store = FeedbackStore(into, retention_days=30, queue_size=100)
+    store.start()
+    rows = [
+        decision("r-strong-win", "weak", "hard question"), judgement("r-strong-win", "weak", "other_better"),
+        decision("r-tie", "strong", "easy question"), judgement("r-tie", "strong", "tie"),
+        decision("r-weak-win", "strong", "easy again"), judgement("r-weak-win", "strong", "other_better"),
+        decision("r-kept", "strong", "tricky"), judgement("r-kept", "strong", "chosen_better"),
+        decision("r-noise", "weak", "noise"), judgement("r-noise", "weak", "unparsable"),
+        decision("r-no-text", "weak", None), judgement("r-no-text", "weak", "chosen_better"),
+        decision("r-rated", "weak", "rated only"),
+        decision("r-unjudged", "weak", "nothing known"),
+        decision("r-old", "weak", "too old", created_at=NOW - 3 * 86400), judgement("r-old", "weak", "tie"),
+    ]
+    for row in rows:
+        store.record(row)
+    assert await store.record_feedback(FeedbackRow("r-rated", NOW, 0.0, "down", "wrong"))
+    assert await store.record_feedback(FeedbackRow("r-kept", NOW, 1.0, "up", None))
+    await store.aclose()
+
+
+def routegate(*args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+async def test_export_writes_shared_data_records(database: Database, tmp_path: Path) -> None:  # noqa: F811
+    await fill(database)
+    out = tmp_path / "feedback.jsonl"
+    printed = routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
+    records = {record["id"]: record for record in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"r-strong-win", "r-tie", "r-weak-win", "r-kept", "r-rated"}
+    assert "5 records" in printed and "1 judged or rated requests have no stored prompt text" in printed
+    assert records["r-strong-win"]["scores"] == {"m-weak": 0.0, "m-strong": 1.0}
+    assert records["r-tie"]["scores"] == {"m-strong": 0.5, "m-weak": 0.5}
+    assert records["r-weak-win"]["scores"] == {"m-strong": 0.0, "m-weak": 1.0}
+    assert records["r-kept"]["scores"] == {"m-strong": 1.0, "m-weak": 0.0}
+    assert records["r-kept"]["feedback"] == {"score": 1.0, "rating": "up", "comment": None}
+    assert records["r-rated"]["scores"] == {"m-weak": 0.0}  # user feedback only: the served model's score
+    for record_id, record in records.items():
+        assert record["split"] == ("dev" if int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % 5 == 0 else "train")
+        assert record["source"] == "feedback" and record["prompt"]
+    assert records["r-strong-win"]["prompt"] == "hard question"
+
+
+async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811
+    await fill(database)
+    printed = routegate("feedback", "stats", "--db", database.url, "--since", "2d")
+    [header, row] = printed.splitlines()[1:]
+    assert header.split()[:6] == ["router", "judged", "unparsable", "regret", "waste", "retained"]
+    figures = quality(Verdicts.of([("weak", "other_better"), ("strong", "tie"), ("strong", "other_better"),
+                                   ("strong", "chosen_better"), ("weak", "unparsable"), ("weak", "chosen_better")]))
+    # a=1 b=1 c=1 d=1: (1 - 1) / (1 + 1 - 1 - 1) has no value; regret 1/2, waste 2/3
+    assert (figures.regret_rate, figures.waste_rate, figures.retained) == (0.5, 2 / 3, None)
+    cells = row.split()
+    assert cells[:7] == ["mf", "5", "1", "0.500", "0.667", "-", "-"]
+    assert cells[7:] == ["2", "0.500"]  # two feedbacks, mean 0.5

@@ -1,0 +1,128 @@
+"""The feedback store against a real SQLite file and a real PostgreSQL server: rows, feedback on
+known and unknown requests, overwrites, retention, and a database that is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow, StoreUnavailable
+from tests.fake_upstream import free_port
+from tests.postgres_server import PASSWORD, postgres_url  # noqa: F401  (fixture)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        yield Database(str(tmp_path / "store" / "feedback.sqlite3"))
+        return
+    url = request.getfixturevalue("postgres_url")
+    database = Database(url)
+    connection = database.connect()
+    with database.transaction(connection) as cursor:
+        for table in ("routegate_decisions", "routegate_judgements", "routegate_feedback"):
+            cursor.execute(f"DELETE FROM {table}")
+    connection.close()
+    yield database
+
+
+def decision(request_id: str, created_at: float | None = None, tier: str = "weak") -> DecisionRow:
+    return DecisionRow(
+        request_id, time.time() if created_at is None else created_at, "random", "score", 0.25, 0.5, tier,
+        f"fake-{tier}", "fake-strong", "fake-weak", 11, 7, 1.6e-5, "0" * 40, None,
+    )
+
+
+def rows(database: Database, table: str) -> list[tuple]:
+    connection = database.connect()
+    try:
+        with database.transaction(connection) as cursor:
+            cursor.execute(f"SELECT * FROM {table} ORDER BY request_id")
+            return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_rows_and_feedback_round_trip(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("req-1"))
+    store.record(decision("req-2", tier="strong"))
+    verdicts = ("other_better", "other_better", "other_better")
+    judgement = JudgementRow("req-1", time.time(), "random", "weak", *verdicts, "judge", 1e-5, 2e-5)
+    store.record(judgement)
+    assert await store.record_feedback(FeedbackRow("req-1", time.time(), 1.0, "up", "great"))
+    assert await store.record_feedback(FeedbackRow("req-1", time.time(), 0.0, "down", None))  # overwrites
+    assert not await store.record_feedback(FeedbackRow("no-such-request", time.time(), 1.0, "up", None))
+    await store.aclose()
+
+    decisions = rows(database, "routegate_decisions")
+    assert [row[0] for row in decisions] == ["req-1", "req-2"]
+    assert decisions[1][6:8] == ("strong", "fake-strong")
+    [stored] = rows(database, "routegate_judgements")
+    assert stored[0] == "req-1" and stored[3:5] == ("weak", "other_better")
+    assert [(row[0], row[2], row[3], row[4]) for row in rows(database, "routegate_feedback")] == [("req-1", 0.0, "down", None)]
+
+
+async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=1, queue_size=100)
+    store.start()
+    store.record(decision("old", created_at=time.time() - 2 * 86400))
+    store.record(decision("new"))
+    assert not await store.record_feedback(FeedbackRow("old", time.time(), 1.0, "up", None))
+    await store.aclose()
+    store = FeedbackStore(database, retention_days=1, queue_size=100)  # deletes at its first write
+    store.start()
+    store.record(decision("newer"))
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["new", "newer"]
+
+
+async def test_the_oldest_rows_beyond_max_rows_are_deleted(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)
+    store.start()
+    for index in range(4):
+        store.record(decision(f"req-{index}", created_at=time.time() - 100 + index))
+    await store.aclose()
+    store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)  # deletes at its first write
+    store.start()
+    store.record(decision("req-4"))
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-3", "req-4"]
+
+
+async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = Database(f"postgresql://routegate:{PASSWORD}@127.0.0.1:{free_port()}/postgres")
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    with caplog.at_level(logging.WARNING, logger="routegate.feedback"):
+        store.record(decision("req-1"))
+        with pytest.raises(StoreUnavailable):
+            await store.record_feedback(FeedbackRow("req-1", time.time(), 1.0, "up", None))
+        await store.aclose()
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 2
+    assert "writes lost" in caplog.text and "127.0.0.1" in caplog.text
+    assert PASSWORD not in caplog.text
+
+
+async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    store = FeedbackStore(Database(str(tmp_path / "feedback.sqlite3")), retention_days=30, queue_size=2)
+    dropped_before = counter("routegate_feedback_store_errors_total", reason="queue_full")
+    for index in range(5):  # the writer is not started: nothing leaves the queue
+        store.record(decision(f"req-{index}"))
+    assert counter("routegate_feedback_store_errors_total", reason="queue_full") - dropped_before == 3
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.record_feedback(FeedbackRow("req-0", time.time(), 1.0, "up", None)), 1)
