@@ -1,0 +1,97 @@
+"""Routing among several models: the policy, the price table, the evaluation command and the
+``ROUTEGATE_MODELS`` setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from routers.evaluation import threshold_for_share
+from routers.multi_model import (
+    beaten_from_logits,
+    beaten_from_scores,
+    change_points,
+    choose,
+    most_capable,
+    sweep,
+    threshold_for_cost_share,
+)
+
+
+def test_two_models_is_the_two_tier_rule():
+    """weak (cheap) and strong (most capable): strong exactly when the pair score >= t."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random(500), [0.0, 0.25, 0.5, 0.5, 1.0]])
+    beaten = np.stack([scores, np.full(len(scores), 0.5)], axis=1)  # columns: weak, strong
+    for threshold in (0.0, 0.1, 0.25, 0.5, 0.7, 1.0, float(scores[3])):
+        chosen = choose(beaten, prices=[0.2, 10.0], best=1, threshold=threshold)
+        assert (chosen == 1).tolist() == (scores >= threshold).tolist()
+
+
+def test_two_models_from_mf_deltas_match_the_pair_score():
+    """mf's pair score is sigmoid(delta_strong - delta_weak): the same as P(best beats weak)."""
+    deltas = np.array([[0.3, 1.2], [2.0, -1.0], [0.0, 0.0]])  # columns: weak, strong
+    beaten = beaten_from_logits(deltas, best=1)
+    assert beaten[:, 0] == pytest.approx(1 / (1 + np.exp(-(deltas[:, 1] - deltas[:, 0]))))
+    assert beaten[:, 1] == pytest.approx([0.5, 0.5, 0.5])
+    assert choose(beaten, [1.0, 5.0], best=1, threshold=0.5).tolist() == [1, 0, 1]
+
+
+def test_cheapest_acceptable_model_wins():
+    # columns: mid (price 3), cheap (1), best (10), dearer-but-worse (20)
+    beaten = np.array(
+        [
+            [0.2, 0.3, 0.5, 0.6],  # cheap is acceptable at t=0.4
+            [0.2, 0.9, 0.5, 0.1],  # cheap is not, mid is
+            [0.8, 0.9, 0.5, 0.1],  # neither: the most capable, never the dearer model
+        ]
+    )
+    prices = [3.0, 1.0, 10.0, 20.0]
+    assert choose(beaten, prices, best=2, threshold=0.4).tolist() == [1, 0, 2]
+    assert choose(beaten, prices, best=2, threshold=1.01).tolist() == [1, 1, 1]
+    assert choose(beaten, prices, best=2, threshold=0.0).tolist() == [2, 2, 2]
+
+
+def test_most_capable_and_score_form():
+    predicted = np.array([[0.9, 0.5, 0.1], [0.7, 0.9, 0.0]])
+    assert most_capable(predicted) == 0
+    beaten = beaten_from_scores(predicted, best=0)
+    assert beaten == pytest.approx(np.array([[0.5, 0.7, 0.9], [0.5, 0.4, 0.85]]))
+
+
+def test_sweep_runs_from_cheapest_to_all_best():
+    rng = np.random.default_rng(1)
+    beaten = rng.random((50, 4))
+    beaten[:, 3] = 0.5
+    prices = [1.0, 2.0, 4.0, 8.0]
+    thresholds, choices = sweep(beaten, prices, best=3)
+    assert (np.diff(thresholds) < 0).all()
+    assert (choices[0] == 0).all() and (choices[-1] == 3).all()
+    # each change point is a threshold, and the choice only ever moves to dearer models
+    assert set(change_points(beaten, prices, 3)) <= set(thresholds)
+    assert (np.diff(choices, axis=0) >= 0).all()
+
+
+def test_cost_share_of_two_models_is_the_strong_share():
+    """With a free weak model, spending s of the all-strong cost is sending s of the calls to it."""
+    rng = np.random.default_rng(2)
+    scores = rng.random(200)
+    beaten = np.stack([scores, np.full(200, 0.5)], axis=1)
+    costs = np.tile([0.0, 1.0], (200, 1))
+    for share in (0.0, 0.3, 0.5, 1.0):
+        threshold = threshold_for_cost_share(beaten, costs, best=1, share=share)
+        assert ((scores >= threshold) == (scores >= threshold_for_share(scores, share))).all()
+        assert (scores >= threshold).mean() == pytest.approx(share)
+
+
+def test_cost_share_spends_about_the_share():
+    rng = np.random.default_rng(3)
+    beaten = rng.random((400, 3))
+    beaten[:, 2] = 0.5
+    costs = np.tile([1.0, 3.0, 10.0], (400, 1))
+    for share in (0.2, 0.5, 0.8):
+        threshold = threshold_for_cost_share(beaten, costs, best=2, share=share)
+        chosen = choose(beaten, costs.mean(axis=0), 2, threshold)
+        assert costs[np.arange(400), chosen].sum() / 4000 == pytest.approx(share, abs=0.01)
+    with pytest.raises(ValueError):
+        threshold_for_cost_share(beaten, costs, best=2, share=1.5)
