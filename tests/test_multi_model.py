@@ -95,3 +95,26 @@ def test_cost_share_spends_about_the_share():
         assert costs[np.arange(400), chosen].sum() / 4000 == pytest.approx(share, abs=0.01)
     with pytest.raises(ValueError):
         threshold_for_cost_share(beaten, costs, best=2, share=1.5)
+
+
+def test_list_prices_by_any_spelling():
+    from routers.prices import list_price
+
+    assert list_price("gpt-4o-mini-2024-07-18") == list_price("gpt-4o-mini")
+    assert (list_price("gpt-4o-mini").input, list_price("gpt-4o-mini").output) == (0.15, 0.60)
+    assert list_price("Llama-3.1-405B-Inst-fp8@together") == list_price("Llama-3.1-405B-Inst@hyperbolic")
+    assert list_price("meta-llama/Llama-3.1-8B-Instruct") == list_price("Meta-Llama-3.1-8B-Instruct")
+    assert list_price("Yi-1.5-34B-Chat").source == "size tier"
+    assert list_price("no-such-model") is None
+
+
+def test_price_option_parsing():
+    from routers.prices import parse_prices
+
+    prices = parse_prices("a=1/2, org/b=0.5")
+    assert (prices["a"].input, prices["a"].output) == (1.0, 2.0)
+    assert (prices["org/b"].input, prices["org/b"].output) == (0.5, 0.5)
+    assert prices["a"].cost(1_000_000, 500_000) == pytest.approx(2.0)
+    for bad in ("a=x/1", "=1/2", "a=-1/2"):
+        with pytest.raises(ValueError, match="MODEL=INPUT/OUTPUT"):
+            parse_prices(bad)
