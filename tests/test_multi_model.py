@@ -118,3 +118,104 @@ def test_price_option_parsing():
     for bad in ("a=x/1", "=1/2", "a=-1/2"):
         with pytest.raises(ValueError, match="MODEL=INPUT/OUTPUT"):
             parse_prices(bad)
+
+
+# --- routegate eval --models on a small synthetic file -------------------------------------------
+
+KINDS = {  # prompt kind -> the model that gets it right
+    "cheap": ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."],
+    "mid": ["Write a short poem about the number {a} and the colour {b}.", "Compose a haiku mentioning {a} birds and {b} trees."],
+    "best": ["Prove that for every integer n > {a}, n^2 + {b} n is even or odd, and justify each step rigorously."],
+}
+
+
+def _synthetic(path, with_cost: bool = False):  # type: ignore[no-untyped-def]
+    import json
+
+    records = []
+    for number in range(90):
+        kind = list(KINDS)[number % 3]
+        template = KINDS[kind][number % len(KINDS[kind])]
+        scores = {"cheap-model": 0.0, "mid-model": 0.0, "best-model": 0.0}
+        scores[f"{kind}-model"] = 1.0
+        scores["best-model"] = max(scores["best-model"], 1.0 if kind == "mid" and number % 2 else 0.0)
+        record = {"id": str(number), "prompt": template.format(a=number, b=number * 7 % 13), "scores": scores}
+        record["split"] = "dev" if number % 5 == 0 else "train"
+        if with_cost:
+            record["meta"] = {"cost": {"cheap-model": 0.001, "mid-model": 0.002, "best-model": 0.01}}
+        records.append(record)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return records
+
+
+@pytest.fixture()
+def _private_cache(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Embeddings go to a temporary cache, not the user's ~/.cache."""
+    monkeypatch.setattr("routers.embedding.CACHE_DIR", tmp_path / "embedding-cache")
+
+
+def _table_row(report: str, first_cell: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {first_cell} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_prints_costs_baselines_and_curves(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from server.cli import main
+
+    data = tmp_path / "synthetic.jsonl"
+    records = _synthetic(data)
+    dev = [record for record in records if record["split"] == "dev"]
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", "mf", "--data", str(data), "--out", str(checkpoints / "mf"), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    prices = "cheap-model=1/1,mid-model=2/2,best-model=10/30"
+    plot = tmp_path / "curve.png"
+    command = ["eval", "--router", "mf", "--checkpoint-dir", str(checkpoints), "--data", str(data), "--models", "cheap-model,mid-model,best-model"]
+    assert main([*command, "--prices", prices, "--output-tokens", "100", "--knn", "3", "--plot", str(plot)]) == 0
+    report = capsys.readouterr().out
+    assert f"{len(dev)} prompts, 3 models" in report
+
+    # cost of a fixed model: (prompt chars / 4 x input price + 100 x output price) per 1M tokens
+    input_tokens = np.mean([len(record["prompt"]) / 4 for record in dev])
+    assert float(_table_row(report, "best-model")[1]) == pytest.approx(1000 * (input_tokens * 10 + 100 * 30) / 1e6, abs=1e-4)
+    assert float(_table_row(report, "cheap-model")[2]) == pytest.approx(np.mean([r["scores"]["cheap-model"] for r in dev]), abs=1e-4)
+    assert float(_table_row(report, "oracle")[2]) == 1.0
+
+    # kNN finds prompts of the same kind: it picks the right model for every prompt
+    knn = _table_row(report, "kNN (k=3)")
+    assert float(knn[1]) == 1.0
+    best = _table_row(report, "best fixed model")
+    best_column = ["cheap-model", "mid-model", "best-model"].index(best[4])
+    quality = np.array([[r["scores"][m] for m in ("cheap-model", "mid-model", "best-model")] for r in dev])
+    random_mean, oracle = quality.mean(axis=1).mean(), quality.max(axis=1).mean()
+    assert float(best[1]) == pytest.approx((quality[:, best_column].mean() - random_mean) / (oracle - random_mean), abs=1e-3)
+    assert float(knn[2]) == 1.0  # at the best fixed model's cost, kNN routing gets every prompt right
+    mf = _table_row(report, "mf")
+    assert -1.0 <= float(mf[1]) <= 1.0 and mf[4] in ("cheap-model", "mid-model", "best-model")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp_path):  # type: ignore[no-untyped-def]
+    from server.cli import main
+
+    data = tmp_path / "synthetic.jsonl"
+    _synthetic(data)
+    command = ["eval", "--data", str(data), "--prices", "cheap-model=1/1,mid-model=2/2,best-model=10/30"]
+    with pytest.raises(SystemExit, match="scores only a strong/weak pair"):
+        main([*command, "--router", "bert", "--models", "cheap-model,mid-model,best-model"])
+    with pytest.raises(SystemExit, match="'other-model' is not scored"):
+        main([*command, "--router", "mf", "--models", "cheap-model,other-model"])
+    with pytest.raises(SystemExit, match=r"no list price for \['mid-model'\]"):
+        main(["eval", "--data", str(data), "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "cheap-model=1/1"])
+
+
+def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-def]
+    from routers.multi_model_eval import load_model_set
+
+    data = tmp_path / "priced.jsonl"
+    _synthetic(data, with_cost=True)
+    loaded = load_model_set(data, "best-model,cheap-model", "", None, "dev")
+    assert loaded.cost_source == "meta.cost of the file"
+    assert loaded.costs[0].tolist() == [0.01, 0.001]
