@@ -219,3 +219,89 @@ def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-d
     loaded = load_model_set(data, "best-model,cheap-model", "", None, "dev")
     assert loaded.cost_source == "meta.cost of the file"
     assert loaded.costs[0].tolist() == [0.01, 0.001]
+
+
+# --- ROUTEGATE_MODELS ------------------------------------------------------------------------------
+
+THREE = [
+    {"name": "small", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-small-secret", "model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
+    {"name": "big", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o", "input_price": 2.5, "output_price": 10, "router_model": "gpt-4o-2024-08-06"},
+    {"name": "llama", "base_url": "http://127.0.0.1:8/v1/", "model": "meta-llama/Llama-3.1-70B-Instruct", "input_price": 0.88, "output_price": 0.88},
+]
+
+
+def _settings(monkeypatch, **env):  # type: ignore[no-untyped-def]
+    import json
+
+    from server.settings import load_settings
+
+    for name in [name for name in __import__("os").environ if name.startswith("ROUTEGATE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(f"ROUTEGATE_{name}", value if isinstance(value, str) else json.dumps(value))
+    return load_settings()
+
+
+def test_models_setting_from_env_json(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.model_list import model_ladder
+
+    settings = _settings(monkeypatch, MODELS=THREE)
+    assert [entry.name for entry in settings.models] == ["small", "big", "llama"]
+    assert settings.models[0].api_key.get_secret_value() == "sk-small-secret"
+    assert settings.models[1].router_model == "gpt-4o-2024-08-06" and settings.models[0].router_model is None
+    assert settings.models[2].base_url == "http://127.0.0.1:8/v1"
+    assert [entry.name for entry in model_ladder(settings)] == ["small", "llama", "big"]  # cheapest first
+    assert "sk-small-secret" not in repr(settings) and "sk-small-secret" not in str(settings.model_dump())
+
+
+def test_models_setting_from_yaml(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    import yaml
+
+    from server.settings import load_settings
+
+    for name in [name for name in __import__("os").environ if name.startswith("ROUTEGATE_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "routegate.yaml"
+    config.write_text(yaml.safe_dump({"models": THREE[1:]}))
+    assert [entry.model for entry in load_settings(config).models] == ["gpt-4o", "meta-llama/Llama-3.1-70B-Instruct"]
+
+
+def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.model_list import model_ladder
+
+    settings = _settings(monkeypatch, STRONG__MODEL="gpt-4o", WEAK__MODEL="gpt-4o-mini", ROUTER_WEAK_MODEL="gpt-4o-mini-2024-07-18")
+    assert settings.models == []
+    ladder = model_ladder(settings)
+    assert [(entry.name, entry.model) for entry in ladder] == [("weak", "gpt-4o-mini"), ("strong", "gpt-4o")]
+    assert ladder[0].router_model == "gpt-4o-mini-2024-07-18" and ladder[1].router_model is None
+    assert (ladder[1].input_price, ladder[1].output_price) == (2.5, 10.0)
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        (THREE[:1], "at least two models"),
+        ([THREE[0], {**THREE[1], "name": "SMALL"}], "'SMALL' appears twice"),
+        ([THREE[0], {**THREE[1], "name": "router-mf-0.5"}], "reserved"),
+        ([THREE[0], {**THREE[1], "name": "auto"}], "reserved"),
+        ([THREE[0], {**THREE[1], "name": "has space"}], "must be 1-64 letters"),
+        ([THREE[0], {**THREE[1], "input_price": -1}], "greater than or equal to 0"),
+        ([THREE[0], {**THREE[1], "router_model": " "}], "must not be empty"),
+        ([THREE[0], {**THREE[1], "base_url": "ftp://x"}], "http:// or https://"),
+        ([THREE[0], {**THREE[1], "colour": "blue"}], "Extra inputs are not permitted"),
+        ([{**THREE[0], "name": f"m{number}"} for number in range(17)], "at most 16 models"),
+    ],
+)
+def test_bad_model_lists_are_refused_by_name(monkeypatch, models, message):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message) as error:
+        _settings(monkeypatch, MODELS=models)
+    assert "ROUTEGATE_MODELS" in str(error.value) and "sk-small-secret" not in str(error.value)
+
+
+def test_models_and_tiers_are_exclusive(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="either ROUTEGATE_MODELS or ROUTEGATE_STRONG"):
+        _settings(monkeypatch, MODELS=THREE, STRONG__MODEL="gpt-4o")
