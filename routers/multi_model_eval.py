@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from routers.data import Record, load_records
+from routers.model_names import match_model
 from routers.multi_model import beaten_from_logits, beaten_from_scores, most_capable, picked, sweep
 from routers.prices import Price, list_price, parse_prices
 
@@ -62,8 +63,6 @@ class Curve:
 
 def resolve_models(spec: str, records: list[Record]) -> list[str]:
     """The file's spelling of each ``--models`` name (``all``: every model scored on every record)."""
-    from routers.model_names import match_model
-
     known = sorted(set.intersection(*(set(record["scores"]) for record in records)))
     if spec.strip() == "all":
         return known
@@ -78,7 +77,9 @@ def resolve_models(spec: str, records: list[Record]) -> list[str]:
     return models
 
 
-def prompt_costs(records: list[Record], models: list[str], prices: dict[str, Price], output_tokens: int | None) -> tuple[np.ndarray, str]:
+def prompt_costs(
+    records: list[Record], models: list[str], prices: dict[str, Price], output_tokens: int | None
+) -> tuple[np.ndarray, str]:
     """(prompts, models) USD per call and a note on where the numbers come from."""
     if all(set(models) <= set(record.get("meta", {}).get("cost", {})) for record in records):
         return np.array([[record["meta"]["cost"][model] for model in models] for record in records]), "meta.cost of the file"
@@ -122,7 +123,9 @@ def load_model_set(path: Path, models_spec: str, price_spec: str, output_tokens:
         costs=costs,
         cost_source=source,
         train_prompts=[record["prompt"] for record in train],
-        train_quality=np.array([[float(record["scores"].get(model, np.nan)) for model in models] for record in train]).reshape(-1, len(models)),
+        train_quality=np.array([[float(record["scores"].get(model, np.nan)) for model in models] for record in train]).reshape(
+            -1, len(models)
+        ),
     )
 
 
@@ -139,8 +142,6 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
     """Per-model logits of a registry router on the prompts, (prompts, models)."""
-    from routers.model_names import match_model
-
     if name not in MULTI_MODEL_ROUTERS:
         raise SystemExit(
             f"routegate eval: router {name!r} scores only a strong/weak pair; routing among "
@@ -151,21 +152,22 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
         from routers.mf import MFRouter
 
         known = read_manifest(checkpoint_dir / "mf", "mf")["models"]
-        columns = _columns(data.models, known, name, match_model)
-        router = MFRouter(checkpoint_dir / "mf", device, known[columns[0]], known[columns[1]])
-        return router.qualities(data.prompts)[:, columns]
+        columns = _columns(data.models, known, name)
+        mf = MFRouter(checkpoint_dir / "mf", device, known[columns[0]], known[columns[1]])
+        return mf.qualities(data.prompts)[:, columns]
     from routers.lookahead import LookaheadRouter, resolve_device
 
-    router = LookaheadRouter.from_directory(checkpoint_dir / "lookahead", device=resolve_device(device))
-    return router.logits(data.prompts, _columns(data.models, router.candidates, name, match_model))
+    lookahead = LookaheadRouter.from_directory(checkpoint_dir / "lookahead", device=resolve_device(device))
+    return lookahead.logits(data.prompts, _columns(data.models, lookahead.candidates, name))
 
 
-def _columns(models: list[str], known: list[str], router: str, match_model) -> list[int]:  # type: ignore[no-untyped-def]
-    matched = {model: match_model(model, known) for model in models}
-    unknown = [model for model, found in matched.items() if found is None]
+def _columns(models: list[str], known: list[str], router: str) -> list[int]:
+    """Where each model is among a checkpoint's models (matched by spelling); exit naming the unknown."""
+    matched = [match_model(model, known) for model in models]
+    unknown = [model for model, found in zip(models, matched, strict=True) if found is None]
     if unknown:
         raise SystemExit(f"routegate eval: the {router} checkpoint does not know {unknown}; it knows {known}")
-    return [known.index(matched[model]) for model in models]
+    return [known.index(found) for found in matched if found is not None]
 
 
 def routing_curve(name: str, predicted: np.ndarray, data: ModelSet, logits: bool) -> Curve:
@@ -181,8 +183,8 @@ def routing_curve(name: str, predicted: np.ndarray, data: ModelSet, logits: bool
 def quality_at_cost(costs: np.ndarray, qualities: np.ndarray, budget: float) -> float:
     """The best mean quality a sweep reaches spending at most ``budget`` per prompt, by one
     threshold or by mixing two neighbouring ones at random; nan when even the cheapest is dearer."""
-    reachable = [quality for cost, quality in zip(costs, qualities) if cost <= budget]
-    for (c1, q1), (c2, q2) in zip(zip(costs, qualities), zip(costs[1:], qualities[1:])):
+    reachable = [quality for cost, quality in zip(costs, qualities, strict=True) if cost <= budget]
+    for c1, q1, c2, q2 in zip(costs[:-1], qualities[:-1], costs[1:], qualities[1:], strict=True):
         if min(c1, c2) <= budget <= max(c1, c2) and c1 != c2:
             reachable.append(q1 + (q2 - q1) * (budget - c1) / (c2 - c1))
     return float(max(reachable)) if reachable else float("nan")
@@ -214,9 +216,25 @@ def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[st
     for curve in curves:
         at_cost = quality_at_cost(curve.costs, curve.qualities, budget)
         at_half = quality_at_cost(curve.costs, curve.qualities, budget / 2)
-        rows.append([curve.name, f"{gap_closed(curve.predicted.argmax(axis=1), data.quality):.3f}", f"{at_cost:.4f}", f"{at_half / reference:.1%}", curve.most_capable])
+        rows.append(
+            [
+                curve.name,
+                f"{gap_closed(curve.predicted.argmax(axis=1), data.quality):.3f}",
+                f"{at_cost:.4f}",
+                f"{at_half / reference:.1%}",
+                curve.most_capable,
+            ]
+        )
     fixed_gap = gap_closed(np.full(len(data.prompts), best), data.quality)
-    rows.append(["best fixed model", f"{fixed_gap:.3f}", f"{reference:.4f}", f"{best_fixed_at_cost(data, budget / 2) / reference:.1%}", data.models[best]])
+    rows.append(
+        [
+            "best fixed model",
+            f"{fixed_gap:.3f}",
+            f"{reference:.4f}",
+            f"{best_fixed_at_cost(data, budget / 2) / reference:.1%}",
+            data.models[best],
+        ]
+    )
     return data.models[best], rows
 
 
@@ -228,7 +246,10 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def report(data: ModelSet, curves: list[Curve]) -> str:
     """The printed tables: every fixed model, the random and oracle points, then the routers."""
     means, costs = data.quality.mean(axis=0), data.costs.mean(axis=0)
-    fixed = [[model, f"{1000 * cost:.4f}", f"{quality:.4f}"] for model, cost, quality in sorted(zip(data.models, costs, means), key=lambda row: row[1])]
+    fixed = [
+        [model, f"{1000 * cost:.4f}", f"{quality:.4f}"]
+        for model, cost, quality in sorted(zip(data.models, costs, means, strict=True), key=lambda row: row[1])
+    ]
     oracle_cost, oracle_quality = oracle_point(data)
     fixed.append(["random model", f"{1000 * costs.mean():.4f}", f"{means.mean():.4f}"])
     fixed.append(["oracle", f"{1000 * oracle_cost:.4f}", f"{oracle_quality:.4f}"])
@@ -238,7 +259,13 @@ def report(data: ModelSet, curves: list[Curve]) -> str:
             f"{data.name}: {len(data.prompts)} prompts, {len(data.models)} models; cost: {data.cost_source}",
             markdown(["model", "USD / 1k prompts", "mean quality"], fixed),
             markdown(
-                ["router", "gap closed", f"quality at {best}'s cost ({means.max():.4f})", "quality kept at 50% of that cost", "most capable (predicted)"],
+                [
+                    "router",
+                    "gap closed",
+                    f"quality at {best}'s cost ({means.max():.4f})",
+                    "quality kept at 50% of that cost",
+                    "most capable (predicted)",
+                ],
                 rows,
             ),
         ]
@@ -259,7 +286,7 @@ def plot(data: ModelSet, curves: list[Curve], path: Path) -> None:
     staircase = np.maximum.accumulate(means[order])
     axes.step(costs[order], staircase, where="post", color="grey", linestyle="--", label="best fixed model at this cost")
     axes.scatter(costs, means, color="black", zorder=3, s=18)
-    for model, cost, quality in zip(data.models, costs, means):
+    for model, cost, quality in zip(data.models, costs, means, strict=True):
         axes.annotate(model, (cost, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
     oracle_cost, oracle_quality = oracle_point(data)
     axes.scatter([1000 * oracle_cost], [oracle_quality], marker="*", s=120, color="black", label="oracle")
@@ -283,7 +310,10 @@ def run(args: argparse.Namespace) -> int:
 
     use_disk_cache()
     data = load_model_set(args.data, args.models, args.prices, args.output_tokens, args.split)
-    curves = [routing_curve(name, router_predictions(name, data, Path(args.checkpoint_dir), args.device), data, logits=True) for name in args.router]
+    curves = [
+        routing_curve(name, router_predictions(name, data, Path(args.checkpoint_dir), args.device), data, logits=True)
+        for name in args.router
+    ]
     curves.append(routing_curve(f"kNN (k={args.knn})", knn_predictions(data, args.knn, args.device), data, logits=False))
     print(report(data, curves))
     path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")

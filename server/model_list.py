@@ -24,7 +24,9 @@ RESERVED = ("auto",)
 def check_name(name: str) -> str:
     """``name`` when usable as an upstream's name; ValueError saying why not."""
     if not NAME.match(name):
-        raise ValueError(f"name {name[:80]!r} must be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit")
+        raise ValueError(
+            f"name {name[:80]!r} must be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+        )
     if name in RESERVED or name.startswith("router-"):
         raise ValueError(f"name {name!r} is reserved (`auto` and `router-...` are routed model names)")
     return name

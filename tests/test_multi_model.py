@@ -171,7 +171,17 @@ def test_eval_models_prints_costs_baselines_and_curves(tmp_path, capsys):  # typ
     capsys.readouterr()
     prices = "cheap-model=1/1,mid-model=2/2,best-model=10/30"
     plot = tmp_path / "curve.png"
-    command = ["eval", "--router", "mf", "--checkpoint-dir", str(checkpoints), "--data", str(data), "--models", "cheap-model,mid-model,best-model"]
+    command = [
+        "eval",
+        "--router",
+        "mf",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--data",
+        str(data),
+        "--models",
+        "cheap-model,mid-model,best-model",
+    ]
     assert main([*command, "--prices", prices, "--output-tokens", "100", "--knn", "3", "--plot", str(plot)]) == 0
     report = capsys.readouterr().out
     assert f"{len(dev)} prompts, 3 models" in report
@@ -179,7 +189,9 @@ def test_eval_models_prints_costs_baselines_and_curves(tmp_path, capsys):  # typ
     # cost of a fixed model: (prompt chars / 4 x input price + 100 x output price) per 1M tokens
     input_tokens = np.mean([len(record["prompt"]) / 4 for record in dev])
     assert float(_table_row(report, "best-model")[1]) == pytest.approx(1000 * (input_tokens * 10 + 100 * 30) / 1e6, abs=1e-4)
-    assert float(_table_row(report, "cheap-model")[2]) == pytest.approx(np.mean([r["scores"]["cheap-model"] for r in dev]), abs=1e-4)
+    assert float(_table_row(report, "cheap-model")[2]) == pytest.approx(
+        np.mean([r["scores"]["cheap-model"] for r in dev]), abs=1e-4
+    )
     assert float(_table_row(report, "oracle")[2]) == 1.0
 
     # kNN finds prompts of the same kind: it picks the right model for every prompt
@@ -224,9 +236,29 @@ def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-d
 # --- ROUTEGATE_MODELS ------------------------------------------------------------------------------
 
 THREE = [
-    {"name": "small", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-small-secret", "model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
-    {"name": "big", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o", "input_price": 2.5, "output_price": 10, "router_model": "gpt-4o-2024-08-06"},
-    {"name": "llama", "base_url": "http://127.0.0.1:8/v1/", "model": "meta-llama/Llama-3.1-70B-Instruct", "input_price": 0.88, "output_price": 0.88},
+    {
+        "name": "small",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "sk-small-secret",
+        "model": "gpt-4o-mini",
+        "input_price": 0.15,
+        "output_price": 0.6,
+    },
+    {
+        "name": "big",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "gpt-4o",
+        "input_price": 2.5,
+        "output_price": 10,
+        "router_model": "gpt-4o-2024-08-06",
+    },
+    {
+        "name": "llama",
+        "base_url": "http://127.0.0.1:8/v1/",
+        "model": "meta-llama/Llama-3.1-70B-Instruct",
+        "input_price": 0.88,
+        "output_price": 0.88,
+    },
 ]
 
 
@@ -269,7 +301,9 @@ def test_models_setting_from_yaml(monkeypatch, tmp_path):  # type: ignore[no-unt
 def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-untyped-def]
     from server.model_list import model_ladder
 
-    settings = _settings(monkeypatch, STRONG__MODEL="gpt-4o", WEAK__MODEL="gpt-4o-mini", ROUTER_WEAK_MODEL="gpt-4o-mini-2024-07-18")
+    settings = _settings(
+        monkeypatch, STRONG__MODEL="gpt-4o", WEAK__MODEL="gpt-4o-mini", ROUTER_WEAK_MODEL="gpt-4o-mini-2024-07-18"
+    )
     assert settings.models == []
     ladder = model_ladder(settings)
     assert [(entry.name, entry.model) for entry in ladder] == [("weak", "gpt-4o-mini"), ("strong", "gpt-4o")]
