@@ -210,7 +210,7 @@ def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[st
     from routers.lookahead_eval import gap_closed
 
     means, costs = data.quality.mean(axis=0), data.costs.mean(axis=0)
-    best = int(np.argmax(means))
+    best = int(np.lexsort((costs, -means))[0])  # the best mean quality; on a tie the cheaper model
     budget, reference = float(costs[best]), float(means[best])
     rows = []
     for curve in curves:
@@ -221,7 +221,7 @@ def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[st
                 curve.name,
                 f"{gap_closed(curve.predicted.argmax(axis=1), data.quality):.3f}",
                 f"{at_cost:.4f}",
-                f"{at_half / reference:.1%}",
+                _share(at_half, reference),
                 curve.most_capable,
             ]
         )
@@ -231,11 +231,15 @@ def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[st
             "best fixed model",
             f"{fixed_gap:.3f}",
             f"{reference:.4f}",
-            f"{best_fixed_at_cost(data, budget / 2) / reference:.1%}",
+            _share(best_fixed_at_cost(data, budget / 2), reference),
             data.models[best],
         ]
     )
     return data.models[best], rows
+
+
+def _share(quality: float, reference: float) -> str:
+    return "below every model's cost" if np.isnan(quality) else f"{quality / reference:.1%}"
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
