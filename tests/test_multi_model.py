@@ -16,6 +16,7 @@ from routers.multi_model import (
     sweep,
     threshold_for_cost_share,
 )
+from routers.registry import CHECKPOINT_ROOT as REPO_CHECKPOINTS
 
 
 def test_two_models_is_the_two_tier_rule():
@@ -339,3 +340,52 @@ def test_models_and_tiers_are_exclusive(monkeypatch):  # type: ignore[no-untyped
 
     with pytest.raises(SettingsError, match="either ROUTEGATE_MODELS or ROUTEGATE_STRONG"):
         _settings(monkeypatch, MODELS=THREE, STRONG__MODEL="gpt-4o")
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    """The lookahead router's per-candidate logits drive the table; prices come from the list."""
+    import json
+
+    from routers.lookahead import LookaheadRouter
+    from routers.lookahead_eval import gap_closed
+    from routers.prices import list_price
+    from server.cli import main
+
+    models = ["Llama-3.1-8B-Instruct", "gemma-2-9b-it", "internlm2_5-20b-chat"]
+    records = []
+    for number, templates in enumerate(list(KINDS.values()) * 4):
+        scores = {model: float(index == number % 3) for index, model in enumerate(models)}
+        prompt = templates[0].format(a=number, b=number + 1)
+        records.append({"id": str(number), "prompt": prompt, "scores": scores, "split": "dev" if number % 2 else "train"})
+    data = tmp_path / "candidates.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                "--router",
+                "lookahead",
+                "--data",
+                str(data),
+                "--models",
+                ",".join(models),
+                "--device",
+                "cpu",
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
+    report = capsys.readouterr().out
+
+    dev = [record for record in records if record["split"] == "dev"]
+    price = list_price("internlm2_5-20b-chat")
+    cost = np.mean([price.cost(len(record["prompt"]) / 4, 256) for record in dev])
+    assert float(_table_row(report, "internlm2_5-20b-chat")[1]) == pytest.approx(1000 * cost, abs=1e-4)
+    router = LookaheadRouter.from_directory(REPO_CHECKPOINTS / "lookahead")
+    logits = router.logits([record["prompt"] for record in dev], [router.candidates.index(model) for model in models])
+    quality = np.array([[record["scores"][model] for model in models] for record in dev])
+    assert float(_table_row(report, "lookahead")[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), quality), abs=1e-3)
