@@ -111,7 +111,12 @@ def load_model_set(path: Path, models_spec: str, price_spec: str, output_tokens:
         raise SystemExit(f"routegate eval: no '{split}' records in {path}")
     models = resolve_models(models_spec, evaluated)
     evaluated = [record for record in evaluated if set(models) <= set(record["scores"])]
-    given = parse_prices(price_spec) if price_spec else {}
+    given = {}
+    for asked, price in parse_prices(price_spec).items():
+        found = asked if asked in models else match_model(asked, models)
+        if found is None:
+            raise SystemExit(f"routegate eval: --prices names {asked!r}, which is not among --models {models}")
+        given[found] = price
     prices = {model: given.get(model) or list_price(model) for model in models}
     costs, source = prompt_costs(evaluated, models, {m: p for m, p in prices.items() if p is not None}, output_tokens)
     train = load_records([path], "train")

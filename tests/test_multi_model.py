@@ -220,6 +220,8 @@ def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp
         main([*command, "--router", "bert", "--models", "cheap-model,mid-model,best-model"])
     with pytest.raises(SystemExit, match="'other-model' is not scored"):
         main([*command, "--router", "mf", "--models", "cheap-model,other-model"])
+    with pytest.raises(SystemExit, match="--prices names 'other-model'"):
+        main([*command, "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "other-model=1/1"])
     with pytest.raises(SystemExit, match=r"no list price for \['mid-model'\]"):
         main(["eval", "--data", str(data), "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "cheap-model=1/1"])
 
