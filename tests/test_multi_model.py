@@ -296,6 +296,7 @@ def test_models_setting_from_yaml(monkeypatch, tmp_path):  # type: ignore[no-unt
 
     for name in [name for name in __import__("os").environ if name.startswith("ROUTEGATE_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_CONFIG", "")  # load_settings(FILE) sets it; undone after the test
     config = tmp_path / "routegate.yaml"
     config.write_text(yaml.safe_dump({"models": THREE[1:]}))
     assert [entry.model for entry in load_settings(config).models] == ["gpt-4o", "meta-llama/Llama-3.1-70B-Instruct"]
