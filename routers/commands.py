@@ -40,7 +40,8 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "eval",
         help="APGR / CPT of routers on a record file, or across domain families (--leave-one-out), with a plot",
-        description="Either --data FILE --strong M --weak M (one file, one pair), or --leave-one-out --data-dir DIR "
+        description="Either --data FILE --strong M --weak M (one file, one pair), --data FILE --models A,B,C "
+        "(routing among several models: quality against cost), or --leave-one-out --data-dir DIR "
         "(train on every domain family but one, APGR on the held-out family's dev records).",
     )
     _router_options(evaluate)
@@ -56,6 +57,10 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--train-options", nargs="*", default=[], metavar="ROUTER=OPTIONS", help="extra trainer options per router, e.g. 'mf=--epochs 6'")
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.add_argument("--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)")
+    evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
+    evaluate.add_argument("--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/prices.py)")
+    evaluate.add_argument("--output-tokens", type=int, help="output tokens per call for costs (--models; default: recorded responses, else 256)")
+    evaluate.add_argument("--knn", type=int, default=20, help="neighbours of the kNN baseline (--models)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -159,6 +164,10 @@ def _eval(args: argparse.Namespace) -> int:
         return _eval_leave_one_out(args)
     if args.data is None:
         raise SystemExit("routegate eval: --data FILE is required (or --leave-one-out)")
+    if args.models:
+        from routers.multi_model_eval import run
+
+        return run(args)
     from routers.data import pair_records
     from routers.evaluation import PairQuality, apgr, cpt
     from routers.plot import plot_routing_curves

@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from server.model_list import check_models, check_name
+
 ENV_PREFIX = "ROUTEGATE_"
 CONFIG_ENV = "ROUTEGATE_CONFIG"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -46,6 +48,25 @@ class UpstreamSettings(BaseModel):
         return value
 
 
+class ModelEntry(UpstreamSettings):
+    """One upstream of ``ROUTEGATE_MODELS`` (routing among several models; see server/model_list.py)."""
+
+    name: str = Field(description="the upstream's name in headers, metrics and requests")
+    router_model: str | None = Field(None, description="its name in the router's data; unset: matched from `model`")
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("router_model")
+    @classmethod
+    def _non_empty_router_model(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave it unset to match the model name)")
+        return value
+
+
 TIER_DEFAULTS: dict[str, dict[str, object]] = {
     "strong": {"model": "gpt-4o", "input_price": 2.5, "output_price": 10.0},
     "weak": {"model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
@@ -57,9 +78,9 @@ class JudgeSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    model: str | None = None
+    base_url: str | None = Field(None, description="judge's OpenAI-compatible API (unset: the strong upstream's)")
+    api_key: SecretStr | None = Field(None, description="judge's key (unset: the strong upstream's)")
+    model: str | None = Field(None, description="judge model (unset: the strong upstream's)")
     input_price: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
     output_price: float | None = Field(None, ge=0, description="USD per 1M completion tokens")
 
@@ -97,6 +118,11 @@ class Settings(BaseSettings):
 
     strong: UpstreamSettings = Field(default_factory=_default_strong, description="strong (expensive) upstream")
     weak: UpstreamSettings = Field(default_factory=_default_weak, description="weak (cheap) upstream")
+    models: list[ModelEntry] = Field(
+        default_factory=list,
+        description="JSON list of 2-16 upstreams to route among, each {name, base_url, api_key, model, input_price, "
+        "output_price, router_model}; empty: the strong/weak pair above",
+    )
 
     router: str = Field("mf", description="default router (model `auto`)")
     routers: list[str] = Field(
@@ -183,7 +209,7 @@ class Settings(BaseSettings):
     shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
     shadow_daily_budget_usd: float | None = Field(None, gt=0, description="USD per UTC day for shadow and judge calls")
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
-    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
 
     @model_validator(mode="before")
     @classmethod
@@ -195,11 +221,19 @@ class Settings(BaseSettings):
                     data = {**data, tier: {**defaults, **data[tier]}}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _models_or_tiers(cls, data: object) -> object:
+        """``ROUTEGATE_MODELS`` replaces the strong/weak pair; setting both is a mistake."""
+        if isinstance(data, dict) and data.get("models") and {"strong", "weak"} & data.keys():
+            raise ValueError("set either ROUTEGATE_MODELS or ROUTEGATE_STRONG__* / ROUTEGATE_WEAK__*, not both")
+        return data
+
     @model_validator(mode="after")
     def _openai_key_from_env(self) -> Settings:
         """Upstreams on the OpenAI API with no key of their own take ``OPENAI_API_KEY``."""
         openai_key = os.environ.get("OPENAI_API_KEY")
-        for upstream in (self.strong, self.weak):
+        for upstream in (self.strong, self.weak, *self.models):
             if upstream.api_key is None and openai_key and upstream.base_url == OPENAI_BASE_URL:
                 upstream.api_key = SecretStr(openai_key)
         return self
@@ -221,6 +255,11 @@ class Settings(BaseSettings):
         if abs(value * 100 - round(value * 100)) > 1e-9:
             raise ValueError("must be a whole percent (e.g. 0.3 for 30%)")
         return round(value * 100) / 100
+    @field_validator("models")
+    @classmethod
+    def _model_list(cls, value: list[ModelEntry]) -> list[ModelEntry]:
+        check_models(value)
+        return value
 
     @field_validator("aliases")
     @classmethod

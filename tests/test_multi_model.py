@@ -1,0 +1,394 @@
+"""Routing among several models: the policy, the price table, the evaluation command and the
+``ROUTEGATE_MODELS`` setting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from routers.evaluation import threshold_for_share
+from routers.multi_model import (
+    beaten_from_logits,
+    beaten_from_scores,
+    change_points,
+    choose,
+    most_capable,
+    sweep,
+    threshold_for_cost_share,
+)
+from routers.registry import CHECKPOINT_ROOT as REPO_CHECKPOINTS
+
+
+def test_two_models_is_the_two_tier_rule():
+    """weak (cheap) and strong (most capable): strong exactly when the pair score >= t."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random(500), [0.0, 0.25, 0.5, 0.5, 1.0]])
+    beaten = np.stack([scores, np.full(len(scores), 0.5)], axis=1)  # columns: weak, strong
+    for threshold in (0.0, 0.1, 0.25, 0.5, 0.7, 1.0, float(scores[3])):
+        chosen = choose(beaten, prices=[0.2, 10.0], best=1, threshold=threshold)
+        assert (chosen == 1).tolist() == (scores >= threshold).tolist()
+
+
+def test_two_models_from_mf_deltas_match_the_pair_score():
+    """mf's pair score is sigmoid(delta_strong - delta_weak): the same as P(best beats weak)."""
+    deltas = np.array([[0.3, 1.2], [2.0, -1.0], [0.0, 0.0]])  # columns: weak, strong
+    beaten = beaten_from_logits(deltas, best=1)
+    assert beaten[:, 0] == pytest.approx(1 / (1 + np.exp(-(deltas[:, 1] - deltas[:, 0]))))
+    assert beaten[:, 1] == pytest.approx([0.5, 0.5, 0.5])
+    assert choose(beaten, [1.0, 5.0], best=1, threshold=0.5).tolist() == [1, 0, 1]
+
+
+def test_cheapest_acceptable_model_wins():
+    # columns: mid (price 3), cheap (1), best (10), dearer-but-worse (20)
+    beaten = np.array(
+        [
+            [0.2, 0.3, 0.5, 0.6],  # cheap is acceptable at t=0.4
+            [0.2, 0.9, 0.5, 0.1],  # cheap is not, mid is
+            [0.8, 0.9, 0.5, 0.1],  # neither: the most capable, never the dearer model
+        ]
+    )
+    prices = [3.0, 1.0, 10.0, 20.0]
+    assert choose(beaten, prices, best=2, threshold=0.4).tolist() == [1, 0, 2]
+    assert choose(beaten, prices, best=2, threshold=1.01).tolist() == [1, 1, 1]
+    assert choose(beaten, prices, best=2, threshold=0.0).tolist() == [2, 2, 2]
+
+
+def test_most_capable_and_score_form():
+    predicted = np.array([[0.9, 0.5, 0.1], [0.7, 0.9, 0.0]])
+    assert most_capable(predicted) == 0
+    beaten = beaten_from_scores(predicted, best=0)
+    assert beaten == pytest.approx(np.array([[0.5, 0.7, 0.9], [0.5, 0.4, 0.85]]))
+
+
+def test_sweep_runs_from_cheapest_to_all_best():
+    rng = np.random.default_rng(1)
+    beaten = rng.random((50, 4))
+    beaten[:, 3] = 0.5
+    prices = [1.0, 2.0, 4.0, 8.0]
+    thresholds, choices = sweep(beaten, prices, best=3)
+    assert (np.diff(thresholds) < 0).all()
+    assert (choices[0] == 0).all() and (choices[-1] == 3).all()
+    # each change point is a threshold, and the choice only ever moves to dearer models
+    assert set(change_points(beaten, prices, 3)) <= set(thresholds)
+    assert (np.diff(choices, axis=0) >= 0).all()
+
+
+def test_cost_share_of_two_models_is_the_strong_share():
+    """With a free weak model, spending s of the all-strong cost is sending s of the calls to it."""
+    rng = np.random.default_rng(2)
+    scores = rng.random(200)
+    beaten = np.stack([scores, np.full(200, 0.5)], axis=1)
+    costs = np.tile([0.0, 1.0], (200, 1))
+    for share in (0.0, 0.3, 0.5, 1.0):
+        threshold = threshold_for_cost_share(beaten, costs, best=1, share=share)
+        assert ((scores >= threshold) == (scores >= threshold_for_share(scores, share))).all()
+        assert (scores >= threshold).mean() == pytest.approx(share)
+
+
+def test_cost_share_spends_about_the_share():
+    rng = np.random.default_rng(3)
+    beaten = rng.random((400, 3))
+    beaten[:, 2] = 0.5
+    costs = np.tile([1.0, 3.0, 10.0], (400, 1))
+    for share in (0.2, 0.5, 0.8):
+        threshold = threshold_for_cost_share(beaten, costs, best=2, share=share)
+        chosen = choose(beaten, costs.mean(axis=0), 2, threshold)
+        assert costs[np.arange(400), chosen].sum() / 4000 == pytest.approx(share, abs=0.01)
+    with pytest.raises(ValueError):
+        threshold_for_cost_share(beaten, costs, best=2, share=1.5)
+
+
+def test_list_prices_by_any_spelling():
+    from routers.prices import list_price
+
+    assert list_price("gpt-4o-mini-2024-07-18") == list_price("gpt-4o-mini")
+    assert (list_price("gpt-4o-mini").input, list_price("gpt-4o-mini").output) == (0.15, 0.60)
+    assert list_price("Llama-3.1-405B-Inst-fp8@together") == list_price("Llama-3.1-405B-Inst@hyperbolic")
+    assert list_price("meta-llama/Llama-3.1-8B-Instruct") == list_price("Meta-Llama-3.1-8B-Instruct")
+    assert list_price("Yi-1.5-34B-Chat").source == "size tier"
+    assert list_price("no-such-model") is None
+
+
+def test_price_option_parsing():
+    from routers.prices import parse_prices
+
+    prices = parse_prices("a=1/2, org/b=0.5")
+    assert (prices["a"].input, prices["a"].output) == (1.0, 2.0)
+    assert (prices["org/b"].input, prices["org/b"].output) == (0.5, 0.5)
+    assert prices["a"].cost(1_000_000, 500_000) == pytest.approx(2.0)
+    for bad in ("a=x/1", "=1/2", "a=-1/2"):
+        with pytest.raises(ValueError, match="MODEL=INPUT/OUTPUT"):
+            parse_prices(bad)
+
+
+# --- routegate eval --models on a small synthetic file -------------------------------------------
+
+KINDS = {  # prompt kind -> the model that gets it right
+    "cheap": ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."],
+    "mid": ["Write a short poem about the number {a} and the colour {b}.", "Compose a haiku mentioning {a} birds and {b} trees."],
+    "best": ["Prove that for every integer n > {a}, n^2 + {b} n is even or odd, and justify each step rigorously."],
+}
+
+
+def _synthetic(path, with_cost: bool = False):  # type: ignore[no-untyped-def]
+    import json
+
+    records = []
+    for number in range(90):
+        kind = list(KINDS)[number % 3]
+        template = KINDS[kind][number % len(KINDS[kind])]
+        scores = {"cheap-model": 0.0, "mid-model": 0.0, "best-model": 0.0}
+        scores[f"{kind}-model"] = 1.0
+        scores["best-model"] = max(scores["best-model"], 1.0 if kind == "mid" and number % 2 else 0.0)
+        record = {"id": str(number), "prompt": template.format(a=number, b=number * 7 % 13), "scores": scores}
+        record["split"] = "dev" if number % 5 == 0 else "train"
+        if with_cost:
+            record["meta"] = {"cost": {"cheap-model": 0.001, "mid-model": 0.002, "best-model": 0.01}}
+        records.append(record)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return records
+
+
+@pytest.fixture()
+def _private_cache(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Embeddings go to a temporary cache, not the user's ~/.cache."""
+    monkeypatch.setattr("routers.embedding.CACHE_DIR", tmp_path / "embedding-cache")
+
+
+def _table_row(report: str, first_cell: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| {first_cell} "))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_prints_costs_baselines_and_curves(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    from server.cli import main
+
+    data = tmp_path / "synthetic.jsonl"
+    records = _synthetic(data)
+    dev = [record for record in records if record["split"] == "dev"]
+    checkpoints = tmp_path / "checkpoints"
+    assert main(["train", "mf", "--data", str(data), "--out", str(checkpoints / "mf"), "--epochs", "2"]) == 0
+    capsys.readouterr()
+    prices = "cheap-model=1/1,mid-model=2/2,best-model=10/30"
+    plot = tmp_path / "curve.png"
+    command = [
+        "eval",
+        "--router",
+        "mf",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--data",
+        str(data),
+        "--models",
+        "cheap-model,mid-model,best-model",
+    ]
+    assert main([*command, "--prices", prices, "--output-tokens", "100", "--knn", "3", "--plot", str(plot)]) == 0
+    report = capsys.readouterr().out
+    assert f"{len(dev)} prompts, 3 models" in report
+
+    # cost of a fixed model: (prompt chars / 4 x input price + 100 x output price) per 1M tokens
+    input_tokens = np.mean([len(record["prompt"]) / 4 for record in dev])
+    assert float(_table_row(report, "best-model")[1]) == pytest.approx(1000 * (input_tokens * 10 + 100 * 30) / 1e6, abs=1e-4)
+    assert float(_table_row(report, "cheap-model")[2]) == pytest.approx(
+        np.mean([r["scores"]["cheap-model"] for r in dev]), abs=1e-4
+    )
+    assert float(_table_row(report, "oracle")[2]) == 1.0
+
+    # kNN finds prompts of the same kind: it picks the right model for every prompt
+    knn = _table_row(report, "kNN (k=3)")
+    assert float(knn[1]) == 1.0
+    best = _table_row(report, "best fixed model")
+    best_column = ["cheap-model", "mid-model", "best-model"].index(best[4])
+    quality = np.array([[r["scores"][m] for m in ("cheap-model", "mid-model", "best-model")] for r in dev])
+    random_mean, oracle = quality.mean(axis=1).mean(), quality.max(axis=1).mean()
+    assert float(best[1]) == pytest.approx((quality[:, best_column].mean() - random_mean) / (oracle - random_mean), abs=1e-3)
+    assert float(knn[2]) == 1.0  # at the best fixed model's cost, kNN routing gets every prompt right
+    mf = _table_row(report, "mf")
+    assert -1.0 <= float(mf[1]) <= 1.0 and mf[4] in ("cheap-model", "mid-model", "best-model")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp_path):  # type: ignore[no-untyped-def]
+    from server.cli import main
+
+    data = tmp_path / "synthetic.jsonl"
+    _synthetic(data)
+    command = ["eval", "--data", str(data), "--prices", "cheap-model=1/1,mid-model=2/2,best-model=10/30"]
+    with pytest.raises(SystemExit, match="scores only a strong/weak pair"):
+        main([*command, "--router", "bert", "--models", "cheap-model,mid-model,best-model"])
+    with pytest.raises(SystemExit, match="'other-model' is not scored"):
+        main([*command, "--router", "mf", "--models", "cheap-model,other-model"])
+    with pytest.raises(SystemExit, match="--prices names 'other-model'"):
+        main([*command, "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "other-model=1/1"])
+    with pytest.raises(SystemExit, match=r"no list price for \['mid-model'\]"):
+        main(["eval", "--data", str(data), "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "cheap-model=1/1"])
+
+
+def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-def]
+    from routers.multi_model_eval import load_model_set
+
+    data = tmp_path / "priced.jsonl"
+    _synthetic(data, with_cost=True)
+    loaded = load_model_set(data, "best-model,cheap-model", "", None, "dev")
+    assert loaded.cost_source == "meta.cost of the file"
+    assert loaded.costs[0].tolist() == [0.01, 0.001]
+
+
+# --- ROUTEGATE_MODELS ------------------------------------------------------------------------------
+
+THREE = [
+    {
+        "name": "small",
+        "base_url": "http://127.0.0.1:9/v1",
+        "api_key": "sk-small-secret",
+        "model": "gpt-4o-mini",
+        "input_price": 0.15,
+        "output_price": 0.6,
+    },
+    {
+        "name": "big",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "gpt-4o",
+        "input_price": 2.5,
+        "output_price": 10,
+        "router_model": "gpt-4o-2024-08-06",
+    },
+    {
+        "name": "llama",
+        "base_url": "http://127.0.0.1:8/v1/",
+        "model": "meta-llama/Llama-3.1-70B-Instruct",
+        "input_price": 0.88,
+        "output_price": 0.88,
+    },
+]
+
+
+def _settings(monkeypatch, **env):  # type: ignore[no-untyped-def]
+    import json
+
+    from server.settings import load_settings
+
+    for name in [name for name in __import__("os").environ if name.startswith("ROUTEGATE_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(f"ROUTEGATE_{name}", value if isinstance(value, str) else json.dumps(value))
+    return load_settings()
+
+
+def test_models_setting_from_env_json(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.model_list import model_ladder
+
+    settings = _settings(monkeypatch, MODELS=THREE)
+    assert [entry.name for entry in settings.models] == ["small", "big", "llama"]
+    assert settings.models[0].api_key.get_secret_value() == "sk-small-secret"
+    assert settings.models[1].router_model == "gpt-4o-2024-08-06" and settings.models[0].router_model is None
+    assert settings.models[2].base_url == "http://127.0.0.1:8/v1"
+    assert [entry.name for entry in model_ladder(settings)] == ["small", "llama", "big"]  # cheapest first
+    assert "sk-small-secret" not in repr(settings) and "sk-small-secret" not in str(settings.model_dump())
+
+
+def test_models_setting_from_yaml(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    import yaml
+
+    from server.settings import load_settings
+
+    for name in [name for name in __import__("os").environ if name.startswith("ROUTEGATE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_CONFIG", "")  # load_settings(FILE) sets it; undone after the test
+    config = tmp_path / "routegate.yaml"
+    config.write_text(yaml.safe_dump({"models": THREE[1:]}))
+    assert [entry.model for entry in load_settings(config).models] == ["gpt-4o", "meta-llama/Llama-3.1-70B-Instruct"]
+
+
+def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.model_list import model_ladder
+
+    settings = _settings(
+        monkeypatch, STRONG__MODEL="gpt-4o", WEAK__MODEL="gpt-4o-mini", ROUTER_WEAK_MODEL="gpt-4o-mini-2024-07-18"
+    )
+    assert settings.models == []
+    ladder = model_ladder(settings)
+    assert [(entry.name, entry.model) for entry in ladder] == [("weak", "gpt-4o-mini"), ("strong", "gpt-4o")]
+    assert ladder[0].router_model == "gpt-4o-mini-2024-07-18" and ladder[1].router_model is None
+    assert (ladder[1].input_price, ladder[1].output_price) == (2.5, 10.0)
+
+
+@pytest.mark.parametrize(
+    "models, message",
+    [
+        (THREE[:1], "at least two models"),
+        ([THREE[0], {**THREE[1], "name": "SMALL"}], "'SMALL' appears twice"),
+        ([THREE[0], {**THREE[1], "name": "router-mf-0.5"}], "reserved"),
+        ([THREE[0], {**THREE[1], "name": "auto"}], "reserved"),
+        ([THREE[0], {**THREE[1], "name": "has space"}], "must be 1-64 letters"),
+        ([THREE[0], {**THREE[1], "input_price": -1}], "greater than or equal to 0"),
+        ([THREE[0], {**THREE[1], "router_model": " "}], "must not be empty"),
+        ([THREE[0], {**THREE[1], "base_url": "ftp://x"}], "http:// or https://"),
+        ([THREE[0], {**THREE[1], "colour": "blue"}], "Extra inputs are not permitted"),
+        ([{**THREE[0], "name": f"m{number}"} for number in range(17)], "at most 16 models"),
+    ],
+)
+def test_bad_model_lists_are_refused_by_name(monkeypatch, models, message):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=message) as error:
+        _settings(monkeypatch, MODELS=models)
+    assert "ROUTEGATE_MODELS" in str(error.value) and "sk-small-secret" not in str(error.value)
+
+
+def test_models_and_tiers_are_exclusive(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="either ROUTEGATE_MODELS or ROUTEGATE_STRONG"):
+        _settings(monkeypatch, MODELS=THREE, STRONG__MODEL="gpt-4o")
+
+
+@pytest.mark.usefixtures("_private_cache")
+def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys):  # type: ignore[no-untyped-def]
+    """The lookahead router's per-candidate logits drive the table; prices come from the list."""
+    import json
+
+    from routers.lookahead import LookaheadRouter
+    from routers.lookahead_eval import gap_closed
+    from routers.prices import list_price
+    from server.cli import main
+
+    models = ["Llama-3.1-8B-Instruct", "gemma-2-9b-it", "internlm2_5-20b-chat"]
+    records = []
+    for number, templates in enumerate(list(KINDS.values()) * 4):
+        scores = {model: float(index == number % 3) for index, model in enumerate(models)}
+        prompt = templates[0].format(a=number, b=number + 1)
+        records.append({"id": str(number), "prompt": prompt, "scores": scores, "split": "dev" if number % 2 else "train"})
+    data = tmp_path / "candidates.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                "--router",
+                "lookahead",
+                "--data",
+                str(data),
+                "--models",
+                ",".join(models),
+                "--device",
+                "cpu",
+                "--plot",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
+    report = capsys.readouterr().out
+
+    dev = [record for record in records if record["split"] == "dev"]
+    price = list_price("internlm2_5-20b-chat")
+    cost = np.mean([price.cost(len(record["prompt"]) / 4, 256) for record in dev])
+    assert float(_table_row(report, "internlm2_5-20b-chat")[1]) == pytest.approx(1000 * cost, abs=1e-4)
+    router = LookaheadRouter.from_directory(REPO_CHECKPOINTS / "lookahead")
+    logits = router.logits([record["prompt"] for record in dev], [router.candidates.index(model) for model in models])
+    quality = np.array([[record["scores"][model] for model in models] for record in dev])
+    assert float(_table_row(report, "lookahead")[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), quality), abs=1e-3)
