@@ -76,7 +76,7 @@ class Gateway:
             max_routes=settings.max_target_routes,
         )
         self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
-        self.feedback = Feedback(settings, routers)
+        self.feedback = Feedback(settings, self.routers)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
