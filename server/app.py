@@ -24,6 +24,10 @@ from server.openapi import chat_completion_openapi
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
+from server.shared_scores import SharedScores
+from server.shared_state import shared_state_from
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedBudget, SharedTargets
 from server.shutdown import DRAIN
 from server.targets import DailyBudget, Targets
 from server.upstream import Upstream
@@ -56,6 +60,8 @@ class Gateway:
             strong_model=settings.router_strong_model,
             weak_model=settings.router_weak_model,
         )
+        self.shared_state = shared_state_from(settings)  # None: in-process state
+        shared_scores = SharedScores(self.shared_state) if self.shared_state and settings.shared_score_cache else None
         self.scorers = ScorerPool(
             options,
             settings.score_batch_size,
@@ -63,12 +69,15 @@ class Gateway:
             settings.score_cache_size,
             settings.torch_threads,
             settings.score_threads,
+            shared_scores,
         )
         budget = None
-        if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
-            budget = DailyBudget(settings.daily_budget_usd / settings.workers)
-        self.targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir, budget)
-        self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
+        if settings.daily_budget_usd is not None:  # in-process: each worker keeps its part of the budget
+            shares = 1 if self.shared_state else settings.workers
+            budget = SharedBudget(DailyBudget(settings.daily_budget_usd / shares), self.shared_state, settings.workers)
+        targets = Targets(settings.target_window, settings.target_feedback_horizon, options.checkpoint_dir)
+        self.targets = SharedTargets(targets, self.shared_state, budget)
+        self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None
@@ -105,6 +114,8 @@ class Gateway:
         await self.scorers.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.shared_state is not None:
+            await self.shared_state.aclose()
 
 
 def _check_client_key(request: Request, settings: Settings) -> None:

@@ -19,15 +19,16 @@ from starlette.responses import Response
 from server import metrics
 from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body, routed_text
-from server.conversations import CONVERSATION_HEADER, StickyStore, conversation_keys
+from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.errors import APIError
 from server.model_names import ModelNames, Target
 from server.overrides import read_override
 from server.relay import RelayResponse, StreamWatcher
 from server.scoring import ScorerPool
 from server.settings import Settings
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedTargets
 from server.shutdown import DRAIN
-from server.targets import Targets
 from server.upstream import Attempts, CompletedResponse, StreamStart, Upstream, UpstreamFailure, is_json_object
 
 log = logging.getLogger("routegate.proxy")
@@ -84,8 +85,8 @@ class ChatProxy:
         upstreams: dict[str, Upstream],
         names: ModelNames,
         scorers: ScorerPool,
-        targets: Targets | None = None,
-        sticky: StickyStore | None = None,
+        targets: SharedTargets | None = None,
+        sticky: SharedSticky | None = None,
     ) -> None:
         self.settings = settings
         self.upstreams = upstreams
@@ -143,27 +144,27 @@ class ChatProxy:
             keys = conversation_keys(payload["messages"], request.headers.get(CONVERSATION_HEADER))
         if override.tier is not None:
             decision = Decision(router=target.router, tier=override.tier, reason="forced", request_id=request_id)
-        elif keys is not None and self.sticky is not None and self.sticky.is_strong(keys.previous):
+        elif keys is not None and self.sticky is not None and await self.sticky.is_strong(keys.previous):
             decision = Decision(router=target.router, tier="strong", reason="sticky", request_id=request_id)
         else:
             score = await self._score(target.router, payload)
-            decision = self._compare(target, score, override.threshold, request_id)
+            decision = await self._compare(target, score, override.threshold, request_id)
         if keys is not None and self.sticky is not None:
             if decision.tier == "strong":
-                self.sticky.remember(keys.current)
+                await self.sticky.remember(keys.current)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if target.target is not None and self.targets is not None:
-            self._record_target(target.router, target.target, decision)
+            await self._record_target(target.router, target.target, decision)
         return decision
 
-    def _compare(self, target: Target, score: float, forced_threshold: float | None, request_id: str) -> Decision:
+    async def _compare(self, target: Target, score: float, forced_threshold: float | None, request_id: str) -> Decision:
         """Score against the forced threshold, the target route's current threshold or the fixed one."""
         assert target.router is not None
         effective_target = None
         if forced_threshold is not None:
             threshold, reason = forced_threshold, "forced"
         elif target.target is not None and self.targets is not None:
-            chosen = self.targets.decide(target.router, target.target, score)
+            chosen = await self.targets.decide(target.router, target.target, score)
             threshold, effective_target, reason = chosen.threshold, chosen.effective_target, "score"
         else:
             assert target.threshold is not None
@@ -180,16 +181,16 @@ class ChatProxy:
             effective_target=effective_target,
         )
 
-    def _record_target(self, router: str, target: float, decision: Decision) -> None:
+    async def _record_target(self, router: str, target: float, decision: Decision) -> None:
         """Feed a target route's decision back to its controller and publish its state."""
         assert self.targets is not None
         effective = decision.effective_target
         if effective is None:
-            effective = self.targets.effective_target(target)
+            effective = await self.targets.effective_target(target)
             decision.target, decision.effective_target = target, effective
-        self.targets.record(router, target, effective, decision.tier == "strong")
+        await self.targets.record(router, target, effective, decision.tier == "strong")
         if self.targets.budget is not None:
-            self.targets.budget.count_request()
+            await self.targets.budget.count_request()
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         labels = (router, f"{target:g}")
         metrics.TARGET_SHARE.labels(*labels).set(target)
@@ -239,7 +240,7 @@ class ChatProxy:
                     extra_headers["x-routegate-fallback"] = f"{tier}->{next_tier}:{failure.reason}"
                     log.warning("request_id=%s fallback %s->%s reason=%s", request_id, tier, next_tier, failure.reason)
                     continue
-                return self._failure_response(decision, upstream, failure, extra_headers)
+                return await self._failure_response(decision, upstream, failure, extra_headers)
             decision.tier = tier
             headers = {**decision.headers(upstream.model), **extra_headers}
             if isinstance(result, StreamStart):
@@ -247,10 +248,10 @@ class ChatProxy:
                 return self._relay(decision, upstream, result, headers, sent_at, started)
             if not stream:
                 metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(ttfb)
-            return self._complete(decision, upstream, result, headers, sent_at, started)
+            return await self._complete(decision, upstream, result, headers, sent_at, started)
         raise AssertionError("unreachable: the last tier either answers or fails")
 
-    def _complete(
+    async def _complete(
         self,
         decision: Decision,
         upstream: Upstream,
@@ -265,7 +266,7 @@ class ChatProxy:
                 usage = json.loads(result.body).get("usage")
             except (ValueError, AttributeError):
                 usage = None
-            self._record_usage(upstream, usage)
+            await self._record_usage(upstream, usage)
         for name in _RELAYED_HEADERS:
             if name in result.headers:
                 headers[name] = result.headers[name]
@@ -310,7 +311,7 @@ class ChatProxy:
             await relayed.aclose()
             await start.response.aclose()
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(time.monotonic() - sent_at)
-            self._record_usage(upstream, watcher.usage)
+            await self._record_usage(upstream, watcher.usage)
             status = 200 if completed else 499
             self._count(decision, upstream, status, started)
             metrics.IN_FLIGHT.dec()
@@ -319,14 +320,14 @@ class ChatProxy:
         media_type = start.response.headers.get("content-type", "text/event-stream")
         return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)
 
-    def _record_usage(self, upstream: Upstream, usage: object) -> None:
+    async def _record_usage(self, upstream: Upstream, usage: object) -> None:
         """Meter an answer's tokens and cost; charge the daily budget."""
         cost, all_strong_cost = metrics.record_usage(
             upstream.tier, upstream.model, usage, upstream.prices, self._strong_prices
         )
         budget = self.targets.budget if self.targets is not None else None
         if budget is not None:
-            budget.record_cost(upstream.tier, cost, all_strong_cost)
+            await budget.record_cost(upstream.tier, cost, all_strong_cost)
             metrics.BUDGET_REMAINING_USD.set(budget.remaining_usd)
 
     def _stream_error(self, upstream: Upstream, reason: str) -> bytes:
@@ -334,13 +335,13 @@ class ChatProxy:
         message = f"The {upstream.tier} upstream stream ended early ({reason})."
         return APIError(502, message, type="upstream_error", code=reason).to_sse()
 
-    def _failure_response(
+    async def _failure_response(
         self, decision: Decision, upstream: Upstream, failure: UpstreamFailure, headers: dict[str, str]
     ) -> Response:
         decision.tier = upstream.tier  # the tier that failed last, named with its model
         headers = {**decision.headers(upstream.model), **headers}
         if failure.response is not None:  # a 429 after every try: the client should back off too
-            return self._complete(decision, upstream, failure.response, headers, time.monotonic(), time.monotonic())
+            return await self._complete(decision, upstream, failure.response, headers, time.monotonic(), time.monotonic())
         if failure.timeout:
             error = APIError(504, f"The {upstream.tier} upstream timed out.", type="upstream_error", code="upstream_timeout")
         else:

@@ -17,6 +17,7 @@ from routers.embedding import resolve_device
 from routers.registry import RouterOptions, load_router
 from server import metrics
 from server.errors import APIError
+from server.shared_scores import SharedScores
 
 log = logging.getLogger("routegate.scoring")
 
@@ -48,8 +49,17 @@ class Scorer:
     waiting at most ``batch_wait`` seconds for a batch to fill); up to ``threads`` batches are
     scored at once, each on its own thread."""
 
-    def __init__(self, router: Router, batch_size: int, batch_wait: float, cache_size: int, threads: int = 1) -> None:
+    def __init__(
+        self,
+        router: Router,
+        batch_size: int,
+        batch_wait: float,
+        cache_size: int,
+        threads: int = 1,
+        shared: SharedScores | None = None,
+    ) -> None:
         self.router = router
+        self.shared = shared if router.cacheable else None
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.threads = threads
@@ -64,16 +74,22 @@ class Scorer:
         """The router's score for ``text``; records it and the time taken in the metrics."""
         started = time.perf_counter()
         score = self.cache.get(text) if self.cache.size else None
+        if score is None and self.shared is not None:
+            score = await self.shared.get(self.router.name, text)
+            if score is not None:
+                self.cache.put(text, score)
         if score is not None:
             self._hit.inc()
         else:
-            if self.cache.size:
+            if self.cache.size or self.shared is not None:
                 self._miss.inc()
             if self.router.blocking:
                 score = await self._batched(text)
             else:
                 score = float(self.router.score([text])[0])
             self.cache.put(text, score)
+            if self.shared is not None:
+                await self.shared.put(self.router.name, text, score)
         metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
         metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
         return score
@@ -174,8 +190,10 @@ class ScorerPool:
         cache_size: int,
         torch_threads: int = 0,
         score_threads: int = 1,
+        shared: SharedScores | None = None,
     ) -> None:
         self.options = options
+        self.shared = shared
         self.torch_threads = torch_threads
         self.score_threads = score_threads
         self._settings = (batch_size, batch_wait, cache_size)
@@ -200,7 +218,7 @@ class ScorerPool:
                     raise APIError(
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
                     ) from None
-                self._scorers[name] = Scorer(router, *self._settings, threads=threads)
+                self._scorers[name] = Scorer(router, *self._settings, threads=threads, shared=self.shared)
         return self._scorers[name]
 
     def _load(self, name: str) -> tuple[Router, int]:

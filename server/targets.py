@@ -154,6 +154,12 @@ class DailyBudget:
             self._priced_requests += 1
             self._all_strong_usd += all_strong_usd
 
+    def load_totals(self, spent_usd: float, requests: int, priced_requests: int, all_strong_usd: float, since: float) -> None:
+        """Take today's totals kept elsewhere (the replicas' shared state) as this budget's own."""
+        self._roll()
+        self.spent_usd, self._requests, self._started = spent_usd, requests, since
+        self._priced_requests, self._all_strong_usd = priced_requests, all_strong_usd
+
     def affordable_share(self) -> float:
         """The largest strong share the rest of today can pay for, in [0, 1]."""
         now = self._roll()
