@@ -67,6 +67,7 @@ class SharedState:
         self._resting_until = -math.inf
         self._logged_at = -math.inf
         self._failures_unlogged = 0
+        self._failure_logged = False
         self.up = True
         for op in OPS:
             metrics.SHARED_STATE_ERRORS.labels(op)
@@ -92,7 +93,9 @@ class SharedState:
         if not self.up:
             self.up = True
             metrics.SHARED_STATE_UP.set(1)
-            log.warning("shared state: Redis answers again; replicas share state again")
+            if self._failure_logged:  # one message per logged failure: a flapping Redis logs once per interval
+                log.warning("shared state: Redis answers again; replicas share state again")
+                self._failure_logged = False
         return result
 
     def _failed(self, op: str, error: BaseException) -> None:
@@ -115,6 +118,7 @@ class SharedState:
             )
             self._logged_at = now
             self._failures_unlogged = 0
+            self._failure_logged = True
 
     async def aclose(self) -> None:
         """Close the connection pool."""

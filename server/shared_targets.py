@@ -28,7 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 from server.shared_state import SharedState, SharedStateUnavailable
-from server.targets import CALIBRATION_FILE, DailyBudget, TargetDecision, Targets, read_calibration, seed_scores, utc_day_start
+from server.targets import (
+    CALIBRATION_FILE,
+    NOTHING_STRONG,
+    DailyBudget,
+    TargetDecision,
+    Targets,
+    read_calibration,
+    seed_scores,
+    utc_day_start,
+)
 
 ROUTE_TTL_MS = 86_400_000
 BUDGET_TTL_S = 2 * 86_400
@@ -57,7 +66,9 @@ local debt = tonumber(redis.call('HGET', KEYS[3], 'debt') or '0')
 local wanted = math.min(1, math.max(0, tonumber(ARGV[2]) + tonumber(ARGV[4]) * debt))
 local count = redis.call('ZCARD', KEYS[1])
 local result
-if count == 0 then
+if tonumber(ARGV[2]) <= 0 then
+  result = {'none', '1'}
+elseif count == 0 then
   result = {'empty', string.format('%.17g', wanted)}
 else
   local strong = math.floor(wanted * count + 0.5)
@@ -82,8 +93,8 @@ debt = tonumber(ARGV[3]) * debt + (tonumber(ARGV[2]) - strong)
 redis.call('HSET', KEYS[1], 'debt', string.format('%.17g', debt))
 local count = redis.call('HINCRBY', KEYS[1], 'strong', strong)
 redis.call('RPUSH', KEYS[2], strong)
-if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[4]) then
-  count = redis.call('HINCRBY', KEYS[1], 'strong', -tonumber(redis.call('LPOP', KEYS[2])))
+if redis.call('LLEN', KEYS[2]) > tonumber(ARGV[4]) and redis.call('LPOP', KEYS[2]) == '1' then
+  count = redis.call('HINCRBY', KEYS[1], 'strong', -1)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
@@ -252,6 +263,8 @@ def _threshold(kind: str, value: float) -> float:
     """The threshold the decide script's answer stands for (as ``ShareController.threshold``)."""
     if kind == "empty":  # no scores yet: 1 - the share wanted
         return 1.0 - value
+    if kind == "none":  # a 0% route or a spent budget
+        return NOTHING_STRONG
     if kind == "above":  # nothing to send strong: just above the highest score
         return min(1.0, math.nextafter(value, math.inf))
     return value
