@@ -96,8 +96,8 @@ class Settings(BaseSettings):
 
     redis_url: SecretStr | None = Field(None, description="redis://[:password@]host:port/db shared by replicas; unset = in-process state")
     redis_prefix: str = Field("routegate:", min_length=1, description="namespace of every key routegate writes to Redis")
-    redis_timeout_ms: float = Field(50.0, gt=0, description="longest wait for one Redis operation (connect included)")
-    redis_retry_seconds: float = Field(2.0, gt=0, description="after a Redis failure, in-process state decides this long")
+    redis_timeout_ms: float = Field(250.0, gt=0, description="longest wait for one Redis operation (connect included)")
+    redis_retry_seconds: float = Field(1.0, gt=0, description="after a Redis failure, in-process state decides this long")
     redis_max_connections: int = Field(32, ge=1, description="Redis connections per process")
     shared_score_cache: bool = Field(False, description="share router scores through Redis too (needs redis_url)")
 
