@@ -10,8 +10,10 @@ Every request takes every shared path: a ``router-random-30%`` target route (thr
 feedback in Redis), sticky conversations by ``x-routegate-conversation-id`` (a pool of ids, so
 some follow-ups are sticky) and a daily budget too large to bind (read and added to per request).
 The router is ``random``, so the gateway's own work, not scoring, is what is measured. Redis's CPU
-time and command count per request are read from the server itself (``/proc`` and ``INFO``): they
-say how many requests per second one Redis core can carry.
+time and command count per request (the commands the Lua scripts run included) are read from the
+server itself (``/proc`` and ``INFO``): they say how many requests per second one Redis core can
+carry. "shared-state fallbacks" counts Redis operations that failed or timed out (the replica
+decided with its in-process state): on a loaded machine they mean the cell measured less sharing.
 
 Needs ``redis-server`` and ``nginx`` (Debian packages) and the mock upstream of this folder.
 
@@ -308,7 +310,7 @@ def main() -> int:
                 cells.append(measure(name, f"http://127.0.0.1:{port}", concurrency, args.duration, redis_of, replicas))
                 print(f"{name:32} c={concurrency:<3} {cells[-1].rate:7.1f} req/s  p50 {cells[-1].p50_ms:6.2f} ms  p99 {cells[-1].p99_ms:6.2f} ms", file=sys.stderr)
     print(f"cores: {os.cpu_count()}; {args.duration:g} s per cell; router random; model {MODEL}; sticky ids; budget on\n")
-    print("| setup | c | req/s | p50 ms | p99 ms | failed requests | shared-state fallbacks | Redis CPU µs/request | Redis calls/request |")
+    print("| setup | c | req/s | p50 ms | p99 ms | failed requests | shared-state fallbacks | Redis CPU µs/request | Redis commands/request (scripts' own included) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         redis_cpu = "" if cell.redis_cpu_us_per_request is None else f"{cell.redis_cpu_us_per_request:.0f}"

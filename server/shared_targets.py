@@ -171,21 +171,23 @@ class SharedBudget:
         pending[2] += priced
         pending[3] += all_strong
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
-        add, sent = self._add, list(pending)
-        op = "budget_add" if any(sent) else "budget_read"
+        add, redis, sent = self._add, self.state.redis, list(pending)
         try:
-            reply = await self.state.run(op, lambda: add(keys=[key], args=[now, *sent, BUDGET_TTL_S]))
+            if any(sent):
+                reply = await self.state.run("budget_add", lambda: add(keys=[key], args=[now, *sent, BUDGET_TTL_S]))
+                totals = dict(zip(reply[::2], reply[1::2], strict=True))
+            else:
+                totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
         except SharedStateUnavailable:
             return
         for index, value in enumerate(sent):
             pending[index] -= value
-        totals = dict(zip(reply[::2], reply[1::2], strict=True))
         self.local.load_totals(
-            spent_usd=float(totals["spent"]),
-            requests=int(totals["requests"]),
-            priced_requests=int(totals["priced"]),
-            all_strong_usd=float(totals["all_strong"]),
-            since=float(totals["since"]),
+            spent_usd=float(totals.get("spent", 0.0)),
+            requests=int(totals.get("requests", 0)),
+            priced_requests=int(totals.get("priced", 0)),
+            all_strong_usd=float(totals.get("all_strong", 0.0)),
+            since=float(totals.get("since", now)),
         )
 
 
