@@ -47,6 +47,7 @@ class RedisServer:
                     "--appendonly", "no",
                     "--daemonize", "no",
                     "--requirepass", self.password,
+                    "--enable-debug-command", "local",  # DEBUG SLEEP: a Redis that stalls
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,24 @@ def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy]) -> None:
     assert metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit") == hits + 1
 
 
+def test_a_stalled_redis_costs_a_timeout_not_a_request(trio: list[Proxy], redis_server: RedisServer) -> None:
+    def errors(proxy: Proxy) -> float:
+        return metric_sum(proxy.metrics(), "routegate_shared_state_errors_total")
+
+    before = [errors(proxy) for proxy in trio]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stall = pool.submit(redis_server.client().execute_command, "DEBUG", "SLEEP", "3")
+        time.sleep(0.3)
+        tiers = [
+            _ask(proxy, "router-standin-30%", [{"role": "user", "content": _hard(20_000 + index)}])[0]["x-routegate-tier"]
+            for index, proxy in enumerate(trio)
+        ]
+        stall.result()
+    assert set(tiers) <= {"strong", "weak"}
+    assert all(errors(proxy) > count for proxy, count in zip(trio, before, strict=True))
+    assert all("TimeoutError" in proxy.log() for proxy in trio)
+
+
 def _load(proxies: list[Proxy], stop: threading.Event, failures: list[str], done: list[int]) -> None:
     """Requests round robin until ``stop``: target-route questions and two-turn sticky conversations."""
     for index in itertools.count():
@@ -217,6 +236,12 @@ def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], red
     assert redis_server.client().exists("trio:sticky:id:after-restart")
     for proxy in trio:
         log = proxy.log()
-        assert log.count("shared state: Redis failed") == 1  # many failures, one message per interval
+        failed_at = [
+            datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            for line in log.splitlines()
+            if "shared state: Redis failed" in line
+        ]
+        assert failed_at and all(later - earlier >= timedelta(seconds=60) for earlier, later in itertools.pairwise(failed_at))
+        assert metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") > len(failed_at)  # one message per interval
         assert "shared state: Redis answers again" in log
         assert redis_server.password not in log and redis_server.password not in proxy.metrics()
