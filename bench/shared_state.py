@@ -99,7 +99,9 @@ def started(command: list[str], log: Path, env: dict[str, str] | None = None) ->
             process.wait()
 
 
-def routegate(stack: ExitStack, scratch: Path, upstream: int, redis_port: int | None) -> tuple[subprocess.Popen, int]:
+def routegate(
+    stack: ExitStack, scratch: Path, upstream: int, redis_port: int | None, timeout_ms: float
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")}
     env.update(
@@ -118,6 +120,7 @@ def routegate(stack: ExitStack, scratch: Path, upstream: int, redis_port: int | 
     if redis_port is not None:
         env["ROUTEGATE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         env["ROUTEGATE_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}:"
+        env["ROUTEGATE_REDIS_TIMEOUT_MS"] = str(timeout_ms)
     process = stack.enter_context(
         started([sys.executable, "-m", "server.cli", "serve"], scratch / f"routegate-{port}.log", env)
     )
@@ -271,6 +274,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per cell and concurrency")
     parser.add_argument("--concurrency", type=int, default=32, help="clients of the throughput run")
+    parser.add_argument(
+        "--redis-timeout-ms",
+        type=float,
+        default=2000.0,
+        help="ROUTEGATE_REDIS_TIMEOUT_MS of the replicas: above the default so that a machine shared with other work measures sharing, not fallbacks",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     binaries = {name: shutil.which(name) for name in ("redis-server", "nginx")}
@@ -279,6 +288,7 @@ def main() -> int:
         print(f"missing: {', '.join(missing)} (apt-get install redis-server nginx)", file=sys.stderr)
         return 2
     cells: list[Cell] = []
+    load_before = " ".join(f"{value:.1f}" for value in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="routegate-shared-bench-") as folder, ExitStack() as stack:
         scratch = Path(folder)
         upstream = free_port()
@@ -294,8 +304,8 @@ def main() -> int:
             )
         )
         wait_port(redis_port, redis, "redis-server")
-        _, alone = routegate(stack, scratch, upstream, None)
-        shared = [routegate(stack, scratch, upstream, redis_port)[1] for _ in range(3)]
+        _, alone = routegate(stack, scratch, upstream, None, args.redis_timeout_ms)
+        shared = [routegate(stack, scratch, upstream, redis_port, args.redis_timeout_ms)[1] for _ in range(3)]
         one_behind = nginx(stack, binaries["nginx"], scratch, shared[:1])
         three_behind = nginx(stack, binaries["nginx"], scratch, shared)
         redis_ids = (redis.pid, redis_port)
@@ -309,7 +319,10 @@ def main() -> int:
             for name, port, redis_of, replicas in targets:
                 cells.append(measure(name, f"http://127.0.0.1:{port}", concurrency, args.duration, redis_of, replicas))
                 print(f"{name:32} c={concurrency:<3} {cells[-1].rate:7.1f} req/s  p50 {cells[-1].p50_ms:6.2f} ms  p99 {cells[-1].p99_ms:6.2f} ms", file=sys.stderr)
-    print(f"cores: {os.cpu_count()}; {args.duration:g} s per cell; router random; model {MODEL}; sticky ids; budget on\n")
+    print(
+        f"cores: {os.cpu_count()}; load average before: {load_before}; {args.duration:g} s per cell; router random; "
+        f"model {MODEL}; sticky ids; budget on; Redis timeout {args.redis_timeout_ms:g} ms\n"
+    )
     print("| setup | c | req/s | p50 ms | p99 ms | failed requests | shared-state fallbacks | Redis CPU µs/request | Redis commands/request (scripts' own included) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for cell in cells:

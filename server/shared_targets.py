@@ -165,23 +165,20 @@ class SharedBudget:
         day = utc_day_start(now)
         if day != self._pending_day:  # yesterday's unwritten spend no longer counts
             self._pending, self._pending_day = [0, 0.0, 0, 0.0], day
-        pending = self._pending
-        pending[0] += requests
-        pending[1] += spent
-        pending[2] += priced
-        pending[3] += all_strong
+        # taken out before the await: a concurrent request must not send the same amounts again
+        sent = [self._pending[0] + requests, self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
+        self._pending = [0, 0.0, 0, 0.0]
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
-        add, redis, sent = self._add, self.state.redis, list(pending)
+        add, redis = self._add, self.state.redis
         try:
             if any(sent):
                 reply = await self.state.run("budget_add", lambda: add(keys=[key], args=[now, *sent, BUDGET_TTL_S]))
                 totals = dict(zip(reply[::2], reply[1::2], strict=True))
             else:
                 totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
-        except SharedStateUnavailable:
+        except SharedStateUnavailable:  # written with the next operation that reaches Redis
+            self._pending = [mine + theirs for mine, theirs in zip(sent, self._pending, strict=True)]
             return
-        for index, value in enumerate(sent):
-            pending[index] -= value
         self.local.load_totals(
             spent_usd=float(totals.get("spent", 0.0)),
             requests=int(totals.get("requests", 0)),
