@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -63,6 +63,7 @@ def trio(
         route_on="sticky",
         checkpoint_dir=str(checkpoints),
         target_window="300",
+        daily_budget_usd="1000",  # far more than these tests spend: counted, never binding
     )
     with replicas(env, tmp_path_factory.mktemp("trio"), module="tests.standin_router") as proxies:
         yield proxies
@@ -156,6 +157,24 @@ def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy]) -> None:
     second, _ = _ask(trio[1], "router-standin-0.5", prompt)
     assert second["x-routegate-score"] == first["x-routegate-score"]
     assert metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit") == hits + 1
+
+
+def test_concurrent_requests_add_up_exactly(trio: list[Proxy], redis_server: RedisServer, strong: FakeUpstream) -> None:
+    """Spend and request counts from many requests at once on three replicas: none lost, none twice."""
+    redis = redis_server.client()
+    key = f"trio:budget:{datetime.now(UTC):%Y-%m-%d}"
+    before = {"requests": "0", "spent": "0", "priced": "0", **redis.hgetall(key)}
+
+    def one(index: int) -> None:
+        _ask(trio[index % 3], "router-random-50%", [{"role": "user", "content": f"concurrent {index}"}])
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(one, range(90)))
+    after = redis.hgetall(key)
+    assert int(after["requests"]) - int(before["requests"]) == 90
+    assert float(after["spent"]) - float(before["spent"]) == pytest.approx(len(strong.received) * STRONG_COST, abs=1e-12)
+    assert int(after["priced"]) - int(before["priced"]) == 90
+    assert 10 <= len(strong.received) <= 80
 
 
 def test_a_stalled_redis_costs_a_timeout_not_a_request(trio: list[Proxy], redis_server: RedisServer) -> None:
