@@ -142,9 +142,11 @@ class SharedBudget:
         return self.local.remaining_usd / self._parts
 
     async def count_request(self) -> None:
-        """One routed request arrived."""
+        """One routed request arrived (written to Redis with the next budget operation: its cost)."""
         self.local.count_request()
-        await self._share(requests=1)
+        if self.state is not None:
+            self._roll_pending()
+            self._pending[0] += 1
 
     async def record_cost(self, tier: str, cost_usd: float, all_strong_usd: float) -> None:
         """A request finished: what it cost on ``tier`` and what it would have cost on the strong tier."""
@@ -157,16 +159,22 @@ class SharedBudget:
         await self._share()
         return self.local.affordable_share()
 
-    async def _share(self, requests: int = 0, spent: float = 0.0, priced: int = 0, all_strong: float = 0.0) -> None:
+    def _roll_pending(self) -> float:
+        """Now; yesterday's unwritten amounts are dropped at 00:00 UTC (they no longer count)."""
+        now = self._clock()
+        day = utc_day_start(now)
+        if day != self._pending_day:
+            self._pending, self._pending_day = [0, 0.0, 0, 0.0], day
+        return now
+
+    async def _share(self, spent: float = 0.0, priced: int = 0, all_strong: float = 0.0) -> None:
         """Add to today's shared totals (with what earlier failures left pending) and mirror them."""
         if self.state is None or self._add is None:
             return
-        now = self._clock()
-        day = utc_day_start(now)
-        if day != self._pending_day:  # yesterday's unwritten spend no longer counts
-            self._pending, self._pending_day = [0, 0.0, 0, 0.0], day
+        now = self._roll_pending()
+        day = self._pending_day
         # taken out before the await: a concurrent request must not send the same amounts again
-        sent = [self._pending[0] + requests, self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
+        sent = [self._pending[0], self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
         self._pending = [0, 0.0, 0, 0.0]
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
