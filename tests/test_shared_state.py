@@ -63,6 +63,8 @@ def trio(
         shared_score_cache="true",
         route_on="sticky",
         checkpoint_dir=str(checkpoints),
+        router="standin",
+        routers='["random"]',  # clients may name both
         target_window="300",
         daily_budget_usd="1000",  # far more than these tests spend: counted, never binding
     )
@@ -265,3 +267,32 @@ def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], red
         assert metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") > len(failed_at)  # one message per interval
         assert "shared state: Redis answers again" in log
         assert redis_server.password not in log and redis_server.password not in proxy.metrics()
+
+
+def test_shared_books_are_written_once_from_answered_requests(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Deciding only reads Redis: a request the upstream refused leaves no score in the route's
+    window, no decision, no sticky conversation and no budget count; an answered one leaves each once."""
+    env = proxy_env(
+        strong, weak, redis_url=redis_server.url, redis_prefix="once:", route_on="sticky", daily_budget_usd="100", fallback="false"
+    )
+    redis = redis_server.client()
+    route = "once:target:{random:1}"
+    budget = f"once:budget:{datetime.now(UTC):%Y-%m-%d}"
+    with running_proxy(env, tmp_path) as proxy:
+        strong.behaviour.fail_statuses = [400]
+        with pytest.raises(openai.BadRequestError):
+            _ask(proxy, "router-random-100%", [{"role": "user", "content": "refused"}], conversation_id="refused")
+        assert not redis.exists(f"{route}:scores", f"{route}:recent", "once:sticky:id:refused")
+        assert redis.hget(budget, "requests") is None
+
+        headers, _ = _ask(proxy, "router-random-100%", [{"role": "user", "content": "answered"}], conversation_id="answered")
+        assert headers["x-routegate-tier"] == "strong"
+        assert [float(score) for _, score in redis.zrange(f"{route}:scores", 0, -1, withscores=True)] == [
+            pytest.approx(float(headers["x-routegate-score"]), abs=1e-6)
+        ]
+        assert redis.lrange(f"{route}:recent", 0, -1) == ["1"]
+        assert redis.exists("once:sticky:id:answered")
+        assert redis.hget(budget, "requests") == "1"
+        assert float(redis.hget(budget, "spent")) == pytest.approx(STRONG_COST, abs=1e-12)
