@@ -2,9 +2,9 @@
 
 Deciding reads the books (sticky memory, target thresholds, the budget) but writes none of
 them: they are written once, from the outcome (server/recording.py). With Redis
-(``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py). A request whose score is
-not ready within ``score_timeout`` (or whose router's queue is full) gets the configured
-scoring-overload outcome: a 429 (``shed``) or the weak/strong tier unscored.
+(``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py). A request
+whose score is not ready within ``score_timeout`` (or whose router's queue is full) gets the
+configured scoring-overload outcome: a 429 (``shed``) or the weak/strong tier unscored.
 """
 
 from __future__ import annotations

@@ -210,7 +210,8 @@ def _load(proxies: list[Proxy], stop: threading.Event, failures: list[str], done
             else:
                 conversation = f"outage-{index}"
                 _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": "hi"}], conversation_id=conversation)
-                _ask(proxies[(index + 1) % len(proxies)], ALWAYS_WEAK, [{"role": "user", "content": "so?"}], conversation_id=conversation)
+                follow_up = [{"role": "user", "content": "so?"}]
+                _ask(proxies[(index + 1) % len(proxies)], ALWAYS_WEAK, follow_up, conversation_id=conversation)
             done.append(index)
         except openai.OpenAIError as error:  # every failure is the test's finding
             failures.append(f"{type(error).__name__}: {error}")
@@ -275,7 +276,13 @@ def test_shared_books_are_written_once_from_answered_requests(
     """Deciding only reads Redis: a request the upstream refused leaves no score in the route's
     window, no decision, no sticky conversation and no budget count; an answered one leaves each once."""
     env = proxy_env(
-        strong, weak, redis_url=redis_server.url, redis_prefix="once:", route_on="sticky", daily_budget_usd="100", fallback="false"
+        strong,
+        weak,
+        redis_url=redis_server.url,
+        redis_prefix="once:",
+        route_on="sticky",
+        daily_budget_usd="100",
+        fallback="false",
     )
     redis = redis_server.client()
     route = "once:target:{random:1}"
