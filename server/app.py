@@ -28,6 +28,10 @@ from server.openapi import chat_completion_openapi
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool
 from server.settings import Settings, SettingsError, load_settings
+from server.shared_scores import SharedScores
+from server.shared_state import shared_state_from
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedBudget, SharedTargets
 from server.shutdown import DRAIN
 from server.targets import DailyBudget, Targets
 from server.upstream import Upstream
@@ -55,6 +59,8 @@ class Gateway:
             strong_model=settings.router_strong_model or settings.strong.model,
             weak_model=settings.router_weak_model or settings.weak.model,
         )
+        self.shared_state = shared_state_from(settings)  # None: in-process state
+        shared_scores = SharedScores(self.shared_state) if self.shared_state and settings.shared_score_cache else None
         self.scorers = ScorerPool(
             options,
             settings.score_batch_size,
@@ -64,18 +70,20 @@ class Gateway:
             settings.score_threads,
             settings.score_queue_size,
             pair_from_settings=settings.router_strong_model is not None or settings.router_weak_model is not None,
+            shared=shared_scores,
         )
         budget = None
-        if settings.daily_budget_usd is not None:  # each worker process keeps its part of the budget
-            budget = DailyBudget(settings.daily_budget_usd / settings.workers)
-        self.targets = Targets(
+        if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
+            shares = 1 if self.shared_state else settings.workers
+            budget = SharedBudget(DailyBudget(settings.daily_budget_usd / shares), self.shared_state, settings.workers)
+        targets = Targets(
             settings.target_window,
             settings.target_feedback_horizon,
             options.checkpoint_dir,
-            budget,
             max_routes=settings.max_target_routes,
         )
-        self.sticky = StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds)
+        self.targets = SharedTargets(targets, self.shared_state, budget)
+        self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
         self.feedback = Feedback(settings, self.routers)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
@@ -142,6 +150,8 @@ class Gateway:
         await self.feedback.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.shared_state is not None:
+            await self.shared_state.aclose()
 
 
 def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Path) -> list[str]:

@@ -1,9 +1,10 @@
 """The decide step: which tier a request goes to and why, as an immutable Decision.
 
 Deciding reads the books (sticky memory, target thresholds, the budget) but writes none of
-them: they are written once, from the outcome (server/recording.py). A request whose score is
-not ready within ``score_timeout`` (or whose router's queue is full) gets the configured
-scoring-overload outcome: a 429 (``shed``) or the weak/strong tier unscored.
+them: they are written once, from the outcome (server/recording.py). With Redis
+(``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py). A request
+whose score is not ready within ``score_timeout`` (or whose router's queue is full) gets the
+configured scoring-overload outcome: a 429 (``shed``) or the weak/strong tier unscored.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from starlette.datastructures import Headers
 
 from server import metrics
 from server.chat_request import routed_text
-from server.conversations import CONVERSATION_HEADER, StickyStore, conversation_keys
+from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.decision import Decision
 from server.errors import APIError
 from server.model_names import Target
 from server.overrides import read_override
 from server.scoring import ScoreQueueFull, ScorerPool
 from server.settings import Settings
-from server.targets import DailyBudget, Targets
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedBudget, SharedTargets
 
 log = logging.getLogger("routegate.deciding")
 
@@ -37,9 +39,9 @@ class Decider:
         self,
         settings: Settings,
         scorers: ScorerPool,
-        targets: Targets | None = None,
-        sticky: StickyStore | None = None,
-        budget: DailyBudget | None = None,
+        targets: SharedTargets | None = None,
+        sticky: SharedSticky | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.settings = settings
         self.scorers = scorers
@@ -49,11 +51,13 @@ class Decider:
         self._overload_retry_after = str(max(1, math.ceil(settings.score_timeout)))
 
     def strong_affordable(self) -> bool:
-        """False once the daily budget is spent: no request may go (or fall back) strong."""
+        """False once the daily budget is spent (as read by ``decide``): no request may go (or fall back) strong."""
         return self.budget is None or self.budget.remaining_usd > 0
 
     async def decide(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
         """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
+        if self.budget is not None:
+            await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
         decision = await self._choose(route, payload, headers, request_id)
         if decision.tier == "strong" and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":
@@ -90,7 +94,7 @@ class Decider:
         )
         if override.tier is not None:
             return dataclasses.replace(base, tier=override.tier, reason="forced")
-        if self.sticky is not None and self.sticky.is_strong(previous):
+        if self.sticky is not None and await self.sticky.is_strong(previous):
             return dataclasses.replace(base, tier="strong", reason="sticky")
         score = await self._score(route.router, payload)
         if score is None:
@@ -98,7 +102,7 @@ class Decider:
         if override.threshold is not None:
             threshold, reason = override.threshold, "forced"
         elif route.target is not None and self.targets is not None:
-            chosen = self.targets.decide(route.router, route.target)
+            chosen = await self.targets.decide(route.router, route.target)
             threshold, reason = chosen.threshold, "score"
             base = dataclasses.replace(base, effective_target=chosen.effective_target)
         else:

@@ -121,6 +121,16 @@ STICKY_CONVERSATIONS = Gauge(
     "Conversations remembered as strong (route_on=sticky), summed over live workers.",
     multiprocess_mode="livesum",
 )
+SHARED_STATE_UP = Gauge(
+    "routegate_shared_state_up",
+    "1 while shared state (ROUTEGATE_REDIS_URL) answers, 0 while in-process state stands in; absent without Redis.",
+    multiprocess_mode="min",
+)
+SHARED_STATE_ERRORS = Counter(
+    "routegate_shared_state_errors_total",
+    "Shared-state (Redis) operations that failed or timed out and fell back to in-process state, by operation.",
+    ["op"],
+)
 IN_FLIGHT = Gauge(
     "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
 )

@@ -21,7 +21,6 @@ from starlette.responses import Response
 from server import metrics
 from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body
-from server.conversations import StickyStore
 from server.deciding import Decider
 from server.decision import Decision
 from server.disconnects import ClientGone, cancelled_on_disconnect
@@ -33,8 +32,10 @@ from server.relay import RelayResponse
 from server.replies import reply
 from server.scoring import ScorerPool
 from server.settings import Settings
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedTargets
 from server.shutdown import DRAIN
-from server.targets import Targets, TooManyRoutes
+from server.targets import TooManyRoutes
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -78,8 +79,8 @@ class ChatProxy:
         upstreams: dict[str, Upstream],
         names: ModelNames,
         scorers: ScorerPool,
-        targets: Targets | None = None,
-        sticky: StickyStore | None = None,
+        targets: SharedTargets | None = None,
+        sticky: SharedSticky | None = None,
     ) -> None:
         self.settings = settings
         self.names = names
@@ -98,9 +99,11 @@ class ChatProxy:
         decision: Decision | None = None
         response: Response | None = None
 
-        def finish(outcome: Outcome) -> None:
-            self.recorder.record(outcome)
-            ticket.close()
+        async def finish(outcome: Outcome) -> None:
+            try:
+                await self.recorder.record(outcome)
+            finally:
+                ticket.close()
 
         try:
             body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
@@ -111,12 +114,12 @@ class ChatProxy:
                 await ticket.admit()  # admit
                 decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
                 exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
-            response = reply(exchange, started, finish)  # relay; it records the outcome now, or when the stream closes
+            response = await reply(exchange, started, finish)  # relay; it records the outcome now, or when the stream closes
             return response
         except APIError as error:
             return self._refuse(error, request_id)
         except ClientGone:
-            finish(Outcome(decision, None, 499, started))
+            await finish(Outcome(decision, None, 499, started))
             return APIError(499, "The client closed the connection.", code="client_closed").to_response()
         except asyncio.CancelledError:
             if not DRAIN.draining:

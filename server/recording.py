@@ -3,6 +3,7 @@
 Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
 only written for requests an upstream answered with a 2xx (budget spend: for any answer that
 reported usage); requests refused before an upstream (429, 400, 499 ...) leave no trace there.
+With Redis (``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import time
 from dataclasses import dataclass
 
 from server import metrics
-from server.conversations import StickyStore
 from server.decision import Decision
-from server.targets import DailyBudget, Targets
+from server.shared_sticky import SharedSticky
+from server.shared_targets import SharedBudget, SharedTargets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -40,16 +41,16 @@ class Recorder:
     def __init__(
         self,
         strong_prices: tuple[float, float],
-        targets: Targets | None = None,
-        sticky: StickyStore | None = None,
-        budget: DailyBudget | None = None,
+        targets: SharedTargets | None = None,
+        sticky: SharedSticky | None = None,
+        budget: SharedBudget | None = None,
     ) -> None:
         self.strong_prices = strong_prices
         self.targets = targets
         self.sticky = sticky
         self.budget = budget
 
-    def record(self, outcome: Outcome) -> None:
+    async def record(self, outcome: Outcome) -> None:
         """Count ``outcome``; update the books if an upstream answered it."""
         now = time.monotonic()
         decision, upstream = outcome.decision, outcome.upstream
@@ -59,9 +60,9 @@ class Recorder:
         if upstream is not None and outcome.sent_at is not None:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and outcome.upstream_status is not None:
-            self._charge(upstream, outcome.usage)
             if decision is not None and 200 <= outcome.upstream_status < 300:
-                self._keep_books(decision)
+                await self._keep_books(decision)
+            await self._charge(upstream, outcome.usage)  # after the books: the request's count goes with its cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
             decision.request_id if decision is not None else "-",
@@ -73,26 +74,26 @@ class Recorder:
             (now - outcome.started) * 1000,
         )
 
-    def _charge(self, upstream: Upstream, usage: object) -> None:
+    async def _charge(self, upstream: Upstream, usage: object) -> None:
         """Meter an answer's tokens and cost; charge the daily budget."""
         cost, all_strong_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.strong_prices)
         if self.budget is not None:
-            self.budget.record_cost(upstream.tier, cost, all_strong_cost)
+            await self.budget.record_cost(upstream.tier, cost, all_strong_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
-    def _keep_books(self, decision: Decision) -> None:
+    async def _keep_books(self, decision: Decision) -> None:
         """Sticky memory and target feedback for an answered request."""
         strong = decision.tier == "strong"
         if decision.threshold is not None:
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:
             if strong:
-                self.sticky.remember(decision.sticky_key)
+                await self.sticky.remember(decision.sticky_key)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target
-        self.targets.record(decision.router, decision.target, effective, strong, decision.score)
+        await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
         if self.budget is not None:
             self.budget.count_request()
         labels = (decision.router, f"{decision.target:g}")

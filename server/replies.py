@@ -5,7 +5,7 @@ when the stream closes for a streamed one."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.responses import Response
 
@@ -25,21 +25,21 @@ from server.upstream import (
 )
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
-Finish = Callable[[Outcome], None]
+Finish = Callable[[Outcome], Awaitable[None]]
 
 
-def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
+async def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
     """The response to send the client for ``exchange``."""
     headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
     result = exchange.result
     if isinstance(result, StreamStart):
         return _relay_stream(exchange, result, headers, started, finish)
     if isinstance(result, CompletedResponse):
-        return _whole(exchange, result, headers, started, finish)
+        return await _whole(exchange, result, headers, started, finish)
     if result.response is not None:  # a 429 after every try: the client should back off too
-        return _whole(exchange, result.response, headers, started, finish)
+        return await _whole(exchange, result.response, headers, started, finish)
     error = _failure_error(exchange.upstream, result)
-    finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
+    await finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
     return error.to_response(headers)
 
 
@@ -51,7 +51,9 @@ def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
     )
 
 
-def _whole(exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish) -> Response:
+async def _whole(
+    exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish
+) -> Response:
     upstream = exchange.upstream
     usage = None
     if 200 <= result.status < 300:
@@ -62,7 +64,7 @@ def _whole(exchange: Exchange, result: CompletedResponse, headers: dict[str, str
     for name in _RELAYED_HEADERS:
         if name in result.headers:
             headers[name] = result.headers[name]
-    finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status))
+    await finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status))
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
@@ -99,7 +101,9 @@ def _relay_stream(
         await relayed.aclose()
         await start.response.aclose()
         status = 200 if completed else 499
-        finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, start.response.status_code))
+        await finish(
+            Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, start.response.status_code)
+        )
 
     media_type = start.response.headers.get("content-type", "text/event-stream")
     return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)

@@ -20,6 +20,7 @@ from routers.model_names import resolve_pair
 from routers.registry import RouterOptions, load_router, router_models
 from server import metrics
 from server.errors import APIError
+from server.shared_scores import SharedScores
 
 log = logging.getLogger("routegate.scoring")
 
@@ -56,9 +57,17 @@ class Scorer:
     scored at once, each on its own thread. At most ``queue_size`` texts wait (0: no bound)."""
 
     def __init__(
-        self, router: Router, batch_size: int, batch_wait: float, cache_size: int, threads: int = 1, queue_size: int = 0
+        self,
+        router: Router,
+        batch_size: int,
+        batch_wait: float,
+        cache_size: int,
+        threads: int = 1,
+        queue_size: int = 0,
+        shared: SharedScores | None = None,
     ) -> None:
         self.router = router
+        self.shared = shared if router.cacheable else None
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.threads = threads
@@ -73,16 +82,22 @@ class Scorer:
         """The router's score for ``text``; records it and the time taken in the metrics."""
         started = time.perf_counter()
         score = self.cache.get(text) if self.cache.size else None
+        if score is None and self.shared is not None:
+            score = await self.shared.get(self.router.name, text)
+            if score is not None:
+                self.cache.put(text, score)
         if score is not None:
             self._hit.inc()
         else:
-            if self.cache.size:
+            if self.cache.size or self.shared is not None:
                 self._miss.inc()
             if self.router.blocking:
                 score = await self._batched(text)
             else:
                 score = float(self.router.score([text])[0])
             self.cache.put(text, score)
+            if self.shared is not None:
+                await self.shared.put(self.router.name, text, score)
         metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
         metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
         return score
@@ -197,10 +212,12 @@ class ScorerPool:
         score_threads: int = 1,
         queue_size: int = 0,
         pair_from_settings: bool = False,
+        shared: SharedScores | None = None,
     ) -> None:
         self.options = options
         #: True when the operator named the pair: it must then be known, no fallback
         self.pair_from_settings = pair_from_settings
+        self.shared = shared
         self.torch_threads = torch_threads
         self.score_threads = score_threads
         self.queue_size = queue_size
@@ -228,7 +245,9 @@ class ScorerPool:
                     raise APIError(
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
                     ) from None
-                self._scorers[name] = Scorer(router, *self._settings, threads=threads, queue_size=self.queue_size)
+                self._scorers[name] = Scorer(
+                    router, *self._settings, threads=threads, queue_size=self.queue_size, shared=self.shared
+                )
         return self._scorers[name]
 
     def _load(self, name: str) -> tuple[Router, int]:

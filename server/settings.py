@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         "weak", description="strong-tier requests once the daily budget is spent: sent weak, or refused with 429"
     )
 
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db that replicas share state through; unset = in-process state"
+    )
+    redis_prefix: str = Field("routegate:", min_length=1, description="namespace of every key routegate writes to Redis")
+    redis_timeout_ms: float = Field(250.0, gt=0, description="longest wait for one Redis operation (connect included)")
+    redis_retry_seconds: float = Field(1.0, gt=0, description="after a Redis failure, in-process state decides this long")
+    redis_max_connections: int = Field(32, ge=1, description="Redis connections per process")
+    shared_score_cache: bool = Field(False, description="share router scores through Redis too (needs redis_url)")
+
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 

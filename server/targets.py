@@ -29,6 +29,7 @@ from routers.calibration import CALIBRATION_FILE, read_calibration
 
 log = logging.getLogger("routegate.targets")
 SECONDS_PER_DAY = 86400.0
+NOTHING_STRONG = math.nextafter(1.0, math.inf)  # a threshold above every score
 
 
 def seed_scores(calibration: dict[float, float], count: int) -> list[float]:
@@ -78,6 +79,8 @@ class ShareController:
 
     def threshold(self, share: float) -> float:
         """The threshold that sends ``share`` (corrected by the decisions so far) to the strong tier."""
+        if share <= 0.0:  # a 0% route or a spent budget: nothing goes strong, whatever is owed
+            return NOTHING_STRONG
         wanted = min(1.0, max(0.0, share + self._gain * self._debt))
         if not self._sorted:
             return 1.0 - wanted
@@ -153,6 +156,12 @@ class DailyBudget:
         if all_strong_usd > 0:
             self._priced_requests += 1
             self._all_strong_usd += all_strong_usd
+
+    def load_totals(self, spent_usd: float, requests: int, priced_requests: int, all_strong_usd: float, since: float) -> None:
+        """Take today's totals kept elsewhere (the replicas' shared state) as this budget's own."""
+        self._roll()
+        self.spent_usd, self._requests, self._started = spent_usd, requests, since
+        self._priced_requests, self._all_strong_usd = priced_requests, all_strong_usd
 
     def affordable_share(self) -> float:
         """The largest strong share the rest of today can pay for, in [0, 1]."""

@@ -70,6 +70,7 @@ def scrape_config(targets: list[str], scrape_interval: str) -> dict[str, Any]:
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / path) for path in config["rule_files"]]
     job = config["scrape_configs"][0]
     job["static_configs"] = [{"targets": targets}]
+    job.pop("dns_sd_configs", None)  # the compose scale profile's replicas: no such name here
     config["scrape_configs"] = [job]
     return config
 

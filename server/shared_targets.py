@@ -1,0 +1,295 @@
+"""Target routes and the daily budget shared by every replica through Redis.
+
+``SharedTargets`` is the async face of ``Targets`` that the decide and record steps use; without
+Redis it is the process's ``Targets``. With Redis, each target route is one controller for all
+replicas, kept by two Lua scripts (each atomic, one round trip):
+
+- ``decide`` (reads only, as deciding does): the threshold is the quantile of the route's window
+  of recent scores (a sorted set of at most ``window`` scores, with a list of their ids in
+  arrival order for eviction), asked for the share corrected by the shared realised-share
+  feedback. A new route's window is seeded from the router's calibration first.
+- ``record`` (once, from an answered request's outcome): the score, when it was scored, joins
+  the window; the decision updates the leaky feedback sum and the window of recent decisions
+  whose strong share is the realised share.
+
+The route's keys expire a day after its last request. The daily budget is one hash per UTC day
+(spend, routed requests, requests priced at the strong tier, their all-strong cost, the first
+request's time), added to with ``HINCRBYFLOAT``; it expires two days later.
+
+The in-process objects are kept up to date alongside (every score, decision and cost), so that
+when Redis fails the next decision has warm state to fall back on; the budget's in-process copy
+holds the last totals read from Redis plus what this process spent since, and spend that could
+not be written is written when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from server.shared_state import SharedState, SharedStateUnavailable
+from server.targets import (
+    CALIBRATION_FILE,
+    NOTHING_STRONG,
+    DailyBudget,
+    ShareController,
+    TargetDecision,
+    Targets,
+    read_calibration,
+    seed_scores,
+    utc_day_start,
+)
+
+ROUTE_TTL_MS = 86_400_000
+BUDGET_TTL_S = 2 * 86_400
+
+_PUSH = """
+local function push(score)
+  local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  redis.call('ZADD', KEYS[1], score, id)
+  redis.call('RPUSH', KEYS[2], id)
+  if redis.call('LLEN', KEYS[2]) > window then
+    redis.call('ZREM', KEYS[1], redis.call('LPOP', KEYS[2]))
+  end
+end
+"""
+
+# KEYS: window scores (zset), their ids in arrival order (list), route state (hash: seq, debt)
+# ARGV: share wanted, window, feedback gain, ttl ms, seed scores (only while unseeded)
+DECIDE = (
+    "local window = tonumber(ARGV[2])\n"
+    + _PUSH
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  for i = 5, #ARGV do push(ARGV[i]) end
+end
+local debt = tonumber(redis.call('HGET', KEYS[3], 'debt') or '0')
+local wanted = math.min(1, math.max(0, tonumber(ARGV[1]) + tonumber(ARGV[3]) * debt))
+local count = redis.call('ZCARD', KEYS[1])
+local result
+if tonumber(ARGV[1]) <= 0 then
+  result = {'none', '1'}
+elseif count == 0 then
+  result = {'empty', string.format('%.17g', wanted)}
+else
+  local strong = math.floor(wanted * count + 0.5)
+  if strong == 0 then
+    result = {'above', redis.call('ZREVRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]}
+  else
+    result = {'at', redis.call('ZREVRANGE', KEYS[1], strong - 1, strong - 1, 'WITHSCORES')[2]}
+  end
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return result
+"""
+)
+
+# KEYS: window scores (zset), their ids (list), route state (hash: seq, debt, strong), recent decisions (list of 0/1)
+# ARGV: strong (0/1), share wanted, feedback decay, window, ttl ms, score ('' when unscored)
+RECORD = (
+    "local window = tonumber(ARGV[4])\n"
+    + _PUSH
+    + """
+if ARGV[6] ~= '' then push(ARGV[6]) end
+local strong = tonumber(ARGV[1])
+local debt = tonumber(redis.call('HGET', KEYS[3], 'debt') or '0')
+debt = tonumber(ARGV[3]) * debt + (tonumber(ARGV[2]) - strong)
+redis.call('HSET', KEYS[3], 'debt', string.format('%.17g', debt))
+local count = redis.call('HINCRBY', KEYS[3], 'strong', strong)
+redis.call('RPUSH', KEYS[4], strong)
+if redis.call('LLEN', KEYS[4]) > window and redis.call('LPOP', KEYS[4]) == '1' then
+  count = redis.call('HINCRBY', KEYS[3], 'strong', -1)
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+return {count, redis.call('LLEN', KEYS[4])}
+"""
+)
+
+# KEYS: the day's budget hash. ARGV: now, requests, spent, priced requests, all-strong USD, ttl s
+BUDGET_ADD = """
+redis.call('HSETNX', KEYS[1], 'since', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'requests', ARGV[2])
+redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'priced', ARGV[4])
+redis.call('HINCRBYFLOAT', KEYS[1], 'all_strong', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class SharedBudget:
+    """The daily budget of all replicas; ``local`` mirrors its last totals and stands in for it."""
+
+    def __init__(
+        self, local: DailyBudget, state: SharedState | None = None, workers: int = 1, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.local = local
+        self.state = state
+        self._parts = workers if state is not None else 1
+        self._clock = clock
+        self._add = state.script(BUDGET_ADD) if state is not None else None
+        self._pending = [0, 0.0, 0, 0.0]  # requests, spent, priced, all-strong USD not yet in Redis
+        self._pending_day = utc_day_start(clock())
+
+    @property
+    def budget_usd(self) -> float:
+        return self.local.budget_usd
+
+    @property
+    def remaining_usd(self) -> float:
+        """This process's part of the budget left today, as last read (negative when overspent).
+
+        In-process, ``local`` holds this worker's part already; shared, every worker of a replica
+        reads the whole remainder and reports its ``1/workers`` of it, so that the gauge's sum over
+        the replica's workers is the remainder (and every replica reports the whole of it).
+        """
+        return self.local.remaining_usd / self._parts
+
+    def count_request(self) -> None:
+        """One routed request was answered (written to Redis with the next budget operation: its cost)."""
+        self.local.count_request()
+        if self.state is not None:
+            self._roll_pending()
+            self._pending[0] += 1
+
+    async def record_cost(self, tier: str, cost_usd: float, all_strong_usd: float) -> None:
+        """A request finished: what it cost on ``tier`` and what it would have cost on the strong tier."""
+        self.local.record_cost(tier, cost_usd, all_strong_usd)
+        spent = cost_usd if tier == "strong" else 0.0
+        await self._share(spent=spent, priced=int(all_strong_usd > 0), all_strong=max(all_strong_usd, 0.0))
+
+    async def refresh(self) -> None:
+        """Read today's totals over all replicas (and send what earlier failures left pending)."""
+        await self._share()
+
+    def affordable_share(self) -> float:
+        """The largest strong share the rest of today can pay for, over all replicas, as last read."""
+        return self.local.affordable_share()
+
+    def _roll_pending(self) -> float:
+        """Now; yesterday's unwritten amounts are dropped at 00:00 UTC (they no longer count)."""
+        now = self._clock()
+        day = utc_day_start(now)
+        if day != self._pending_day:
+            self._pending, self._pending_day = [0, 0.0, 0, 0.0], day
+        return now
+
+    async def _share(self, spent: float = 0.0, priced: int = 0, all_strong: float = 0.0) -> None:
+        """Add to today's shared totals (with what earlier failures left pending) and mirror them."""
+        if self.state is None or self._add is None:
+            return
+        now = self._roll_pending()
+        day = self._pending_day
+        # taken out before the await: a concurrent request must not send the same amounts again
+        sent = [self._pending[0], self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
+        self._pending = [0, 0.0, 0, 0.0]
+        key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
+        add, redis = self._add, self.state.redis
+        try:
+            if any(sent):
+                reply = await self.state.run("budget_add", lambda: add(keys=[key], args=[now, *sent, BUDGET_TTL_S]))
+                totals = dict(zip(reply[::2], reply[1::2], strict=True))
+            else:
+                totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
+        except SharedStateUnavailable:  # written with the next operation that reaches Redis
+            self._pending = [mine + theirs for mine, theirs in zip(sent, self._pending, strict=True)]
+            return
+        self.local.load_totals(
+            spent_usd=float(totals.get("spent", 0.0)),
+            requests=int(totals.get("requests", 0)),
+            priced_requests=int(totals.get("priced", 0)),
+            all_strong_usd=float(totals.get("all_strong", 0.0)),
+            since=float(totals.get("since", now)),
+        )
+
+
+class SharedTargets:
+    """Every target route of all replicas (through ``state``) or of this process (without it)."""
+
+    def __init__(self, local: Targets, state: SharedState | None = None, budget: SharedBudget | None = None) -> None:
+        self.local = local
+        self.state = state
+        self.budget = budget
+        self._decide = state.script(DECIDE) if state is not None else None
+        self._record = state.script(RECORD) if state is not None else None
+        self._seeded: set[tuple[str, float]] = set()
+        self._realised: dict[tuple[str, float], float] = {}
+
+    @property
+    def max_routes(self) -> int:
+        return self.local.max_routes
+
+    def controller(self, router: str, target: float) -> ShareController:
+        """This process's controller of the route (TooManyRoutes when it is new and none is left):
+        it bounds the routes this replica serves and stands in while Redis fails."""
+        return self.local.controller(router, target)
+
+    def _keys(self, router: str, target: float) -> list[str]:
+        assert self.state is not None
+        route = "{" + f"{router}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
+        return [self.state.key("target", route, part) for part in ("scores", "order", "state", "recent")]
+
+    def effective_target(self, target: float) -> float:
+        """``target``, tightened when the daily budget (as last read) cannot pay for it."""
+        if self.budget is None:
+            return target
+        return min(target, self.budget.affordable_share())
+
+    async def decide(self, router: str, target: float) -> TargetDecision:
+        """The threshold a score on this route is compared with now (nothing is recorded)."""
+        effective = self.effective_target(target)
+        local_threshold = self.controller(router, target).threshold(effective)
+        if self.state is None or self._decide is None:
+            return TargetDecision(target, effective, local_threshold)
+        route = (router, target)
+        seeds: list[float] = []
+        if route not in self._seeded:
+            calibration = read_calibration(self.local.checkpoint_dir / router / CALIBRATION_FILE)
+            seeds = seed_scores(calibration, self.local.seed_count)
+        keys, window, gain = self._keys(router, target)[:3], self.local.window, 4.0 / self.local.feedback_horizon
+        decide = self._decide
+        try:
+            kind, value = await self.state.run(
+                "target_decide",
+                lambda: decide(keys=keys, args=[repr(effective), window, repr(gain), ROUTE_TTL_MS, *map(repr, seeds)]),
+            )
+        except SharedStateUnavailable:
+            self._seeded.discard(route)  # Redis may come back empty
+            return TargetDecision(target, effective, local_threshold)
+        self._seeded.add(route)
+        return TargetDecision(target, effective, _threshold(kind, float(value)))
+
+    async def record(self, router: str, target: float, effective_target: float, strong: bool, score: float | None = None) -> None:
+        """Count a decision on this route (scored, sticky or forced) whose request an upstream
+        answered; its ``score``, when it was scored, joins the window."""
+        self.local.record(router, target, effective_target, strong, score)
+        if self.state is None or self._record is None:
+            return
+        keys = self._keys(router, target)
+        decay, record = 1.0 - 1.0 / self.local.feedback_horizon, self._record
+        scored = "" if score is None else repr(score)
+        args: list[Any] = [int(strong), repr(effective_target), repr(decay), self.local.window, ROUTE_TTL_MS, scored]
+        try:
+            strong_count, count = await self.state.run("target_record", lambda: record(keys=keys, args=args))
+        except SharedStateUnavailable:
+            self._realised.pop((router, target), None)
+            return
+        self._realised[(router, target)] = int(strong_count) / int(count)
+
+    def realised_share(self, router: str, target: float) -> float | None:
+        """The route's strong share over its window of recent decisions (all replicas' when shared)."""
+        shared = self._realised.get((router, target))
+        return shared if shared is not None else self.local.realised_share(router, target)
+
+
+def _threshold(kind: str, value: float) -> float:
+    """The threshold the decide script's answer stands for (as ``ShareController.threshold``)."""
+    if kind == "empty":  # no scores yet: 1 - the share wanted
+        return 1.0 - value
+    if kind == "none":  # a 0% route or a spent budget
+        return NOTHING_STRONG
+    if kind == "above":  # nothing to send strong: just above the highest score
+        return min(1.0, math.nextafter(value, math.inf))
+    return value

@@ -1,0 +1,305 @@
+"""Three ``routegate serve`` replicas sharing one real Redis (``ROUTEGATE_REDIS_URL``): the daily
+budget, the target routes, sticky conversations and scores hold across replicas, and a Redis
+crash fails no request.
+
+Each replica is its own process with its own in-process state: without Redis, each spends the
+whole budget, sends 30% of its own slice of a target route, and forgets conversations that went
+strong on another replica (each test below fails then).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.metrics_text import metric_sum
+from tests.redis_server import RedisServer, running_redis
+
+STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
+ALWAYS_STRONG = "router-random-0"
+ALWAYS_WEAK = "router-random-1"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@contextmanager
+def replicas(env: dict[str, str], tmp_path: Path, count: int = 3, module: str = "server.cli") -> Iterator[list[Proxy]]:
+    """``count`` routegate processes started with the same settings."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_proxy(env, tmp_path, module=module)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def trio(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Proxy]]:
+    """Three replicas with the stand-in router (scores follow the prompt), sticky conversations and
+    the shared score cache."""
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    (checkpoints / "standin").mkdir()  # the stand-in router needs no checkpoint, only its folder
+    env = proxy_env(
+        strong,
+        weak,
+        redis_url=redis_server.url,
+        redis_prefix="trio:",
+        redis_retry_seconds="0.5",
+        shared_score_cache="true",
+        route_on="sticky",
+        checkpoint_dir=str(checkpoints),
+        router="standin",
+        routers='["random"]',  # clients may name both
+        target_window="300",
+        daily_budget_usd="1000",  # far more than these tests spend: counted, never binding
+    )
+    with replicas(env, tmp_path_factory.mktemp("trio"), module="tests.standin_router") as proxies:
+        yield proxies
+
+
+def _ask(proxy: Proxy, model: str, messages: list[dict], conversation_id: str | None = None) -> tuple[httpx.Headers, str]:
+    """The decision headers and the answer of one request."""
+    client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+    headers = {"x-routegate-conversation-id": conversation_id} if conversation_id else None
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, extra_headers=headers)
+    return raw.headers, raw.parse().choices[0].message.content
+
+
+def _hard(index: int) -> str:
+    return f"Compute {index}*{index + 7}+{3 * index}=?"  # math-heavy: the stand-in router scores it 0.6-1
+
+
+def _easy(index: int, topic: str) -> str:
+    letters = "".join(chr(ord("a") + int(digit)) for digit in str(index))
+    return f"Tell me a short story about a {topic} called {letters}."  # no math: scored 0-0.4
+
+
+def test_daily_budget_holds_across_replicas(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A budget of 1.5 strong answers: each replica alone would spend its first request on the
+    strong tier (3 answers, 2x the budget); shared, the first strong answer's cost is seen by all."""
+    budget = 1.5 * STRONG_COST
+    env = proxy_env(strong, weak, redis_url=redis_server.url, redis_prefix="budget:", daily_budget_usd=f"{budget!r}")
+    with replicas(env, tmp_path) as proxies:
+        tiers = [
+            _ask(proxy, "router-random-100%", [{"role": "user", "content": f"question {index}"}])[0]["x-routegate-tier"]
+            for index, proxy in zip(range(30), itertools.cycle(proxies))  # one at a time, round robin
+        ]
+        remaining = [metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") for proxy in proxies]
+    spent = len(strong.received) * STRONG_COST
+    assert tiers.count("strong") == len(strong.received) >= 1
+    assert spent <= budget + STRONG_COST, f"{len(strong.received)} strong answers for a budget of 1.5"
+    assert remaining == pytest.approx([budget - spent] * 3, abs=1e-12)  # every replica sees all spend
+    assert any(key.startswith("budget:budget:") for key in redis_server.client().scan_iter("budget:*"))
+
+
+def test_target_route_is_one_controller_over_all_replicas(trio: list[Proxy], strong: FakeUpstream) -> None:
+    """Replica 1 gets the hard prompts, replicas 2 and 3 easy ones. One shared threshold sends ~30%
+    of all requests strong, nearly all of them replica 1's; three separate controllers would each
+    send 30% of their own slice (easy prompts included)."""
+    rounds = 120
+    decisions: list[tuple[int, str]] = []
+    for index in range(rounds):
+        for replica, prompt in enumerate([_hard(index), _easy(index, "cat"), _easy(index, "dog")]):
+            headers, _ = _ask(trio[replica], "router-standin-30%", [{"role": "user", "content": prompt}])
+            assert headers["x-routegate-decision"] == "score"
+            decisions.append((replica, headers["x-routegate-tier"]))
+    last = decisions[-300:]
+    overall = sum(tier == "strong" for _, tier in last) / len(last)
+    by_replica = [
+        sum(tier == "strong" for replica, tier in last if replica == wanted) / 100 for wanted in range(3)
+    ]
+    assert abs(overall - 0.30) <= 0.03, (overall, by_replica)
+    assert by_replica[0] >= 0.8 and by_replica[1] <= 0.05 and by_replica[2] <= 0.05, by_replica
+    for proxy in trio:  # each replica reports the route's realised share over all replicas' decisions
+        realised = metric_sum(proxy.metrics(), "routegate_target_realised_share", router="standin", target="0.3")
+        assert abs(realised - 0.30) <= 0.03, realised
+
+
+def test_sticky_conversation_follows_across_replicas(trio: list[Proxy]) -> None:
+    first = [{"role": "user", "content": "Prove that there are infinitely many primes."}]
+    headers, answer = _ask(trio[0], ALWAYS_STRONG, first)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "score")
+    follow_up = [*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And twin primes?"}]
+    headers, _ = _ask(trio[2], ALWAYS_WEAK, follow_up)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+
+    headers, _ = _ask(trio[1], ALWAYS_STRONG, [{"role": "user", "content": "hello"}], conversation_id="shared-42")
+    assert headers["x-routegate-tier"] == "strong"
+    headers, _ = _ask(trio[2], ALWAYS_WEAK, [{"role": "user", "content": "again"}], conversation_id="shared-42")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+
+    weak_first = [{"role": "user", "content": "What is the capital of France?"}]
+    headers, answer = _ask(trio[0], ALWAYS_WEAK, weak_first)
+    assert headers["x-routegate-tier"] == "weak"
+    follow_up = [*weak_first, {"role": "assistant", "content": answer}, {"role": "user", "content": "And Spain?"}]
+    headers, _ = _ask(trio[2], ALWAYS_WEAK, follow_up)
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
+
+
+def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy]) -> None:
+    prompt = [{"role": "user", "content": "Integrate x^2 * sin(x) from 0 to 3."}]
+    first, _ = _ask(trio[0], "router-standin-0.5", prompt)
+    hits = metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit")
+    second, _ = _ask(trio[1], "router-standin-0.5", prompt)
+    assert second["x-routegate-score"] == first["x-routegate-score"]
+    assert metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit") == hits + 1
+
+
+def test_concurrent_requests_add_up_exactly(trio: list[Proxy], redis_server: RedisServer, strong: FakeUpstream) -> None:
+    """Spend and request counts from many requests at once on three replicas: none lost, none twice."""
+    redis = redis_server.client()
+    key = f"trio:budget:{datetime.now(UTC):%Y-%m-%d}"
+    before = {"requests": "0", "spent": "0", "priced": "0", **redis.hgetall(key)}
+
+    def one(index: int) -> None:
+        _ask(trio[index % 3], "router-random-50%", [{"role": "user", "content": f"concurrent {index}"}])
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(one, range(90)))
+    after = redis.hgetall(key)
+    assert int(after["requests"]) - int(before["requests"]) == 90
+    assert float(after["spent"]) - float(before["spent"]) == pytest.approx(len(strong.received) * STRONG_COST, abs=1e-12)
+    assert int(after["priced"]) - int(before["priced"]) == 90
+    assert 10 <= len(strong.received) <= 80
+
+
+def test_a_stalled_redis_costs_a_timeout_not_a_request(trio: list[Proxy], redis_server: RedisServer) -> None:
+    def errors(proxy: Proxy) -> float:
+        return metric_sum(proxy.metrics(), "routegate_shared_state_errors_total")
+
+    before = [errors(proxy) for proxy in trio]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stall = pool.submit(redis_server.client().execute_command, "DEBUG", "SLEEP", "3")
+        time.sleep(0.3)
+        tiers = [
+            _ask(proxy, "router-standin-30%", [{"role": "user", "content": _hard(20_000 + index)}])[0]["x-routegate-tier"]
+            for index, proxy in enumerate(trio)
+        ]
+        stall.result()
+    assert set(tiers) <= {"strong", "weak"}
+    assert all(errors(proxy) > count for proxy, count in zip(trio, before, strict=True))
+    assert all("TimeoutError" in proxy.log() for proxy in trio)
+
+
+def _load(proxies: list[Proxy], stop: threading.Event, failures: list[str], done: list[int]) -> None:
+    """Requests round robin until ``stop``: target-route questions and two-turn sticky conversations."""
+    for index in itertools.count():
+        if stop.is_set():
+            return
+        proxy = proxies[index % len(proxies)]
+        try:
+            if index % 2:
+                _ask(proxy, "router-standin-30%", [{"role": "user", "content": _hard(10_000 + index)}])
+            else:
+                conversation = f"outage-{index}"
+                _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": "hi"}], conversation_id=conversation)
+                follow_up = [{"role": "user", "content": "so?"}]
+                _ask(proxies[(index + 1) % len(proxies)], ALWAYS_WEAK, follow_up, conversation_id=conversation)
+            done.append(index)
+        except openai.OpenAIError as error:  # every failure is the test's finding
+            failures.append(f"{type(error).__name__}: {error}")
+
+
+def _wait(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], redis_server: RedisServer) -> None:
+    def up(proxy: Proxy) -> float:
+        return metric_sum(proxy.metrics(), "routegate_shared_state_up")
+
+    errors_before = sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in trio)
+    stop, failures, done = threading.Event(), [], []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        loads = [pool.submit(_load, trio[offset:] + trio[:offset], stop, failures, done) for offset in range(3)]
+        try:
+            _wait(lambda: len(done) >= 20, "requests before the crash")
+            redis_server.kill()
+            _wait(lambda: all(up(proxy) == 0 for proxy in trio), "every replica to see Redis down")
+            assert all(httpx.get(f"{proxy.url}/ready").status_code == 200 for proxy in trio)
+            during = len(done)
+            _wait(lambda: len(done) >= during + 20, "requests while Redis is down")
+            redis_server.start()
+            _wait(lambda: all(up(proxy) == 1 for proxy in trio), "every replica to use Redis again")
+            after = len(done)
+            _wait(lambda: len(done) >= after + 20, "requests after the restart")
+        finally:
+            stop.set()
+        for load in loads:
+            load.result()
+    assert failures == []
+    errors = sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in trio)
+    assert errors > errors_before
+
+    headers, _ = _ask(trio[0], ALWAYS_STRONG, [{"role": "user", "content": "after"}], conversation_id="after-restart")
+    assert headers["x-routegate-tier"] == "strong"
+    headers, _ = _ask(trio[2], ALWAYS_WEAK, [{"role": "user", "content": "still?"}], conversation_id="after-restart")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+    assert redis_server.client().exists("trio:sticky:id:after-restart")
+    for proxy in trio:
+        log = proxy.log()
+        failed_at = [
+            datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            for line in log.splitlines()
+            if "shared state: Redis failed" in line
+        ]
+        assert failed_at and all(later - earlier >= timedelta(seconds=60) for earlier, later in itertools.pairwise(failed_at))
+        assert metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") > len(failed_at)  # one message per interval
+        assert "shared state: Redis answers again" in log
+        assert redis_server.password not in log and redis_server.password not in proxy.metrics()
+
+
+def test_shared_books_are_written_once_from_answered_requests(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Deciding only reads Redis: a request the upstream refused leaves no score in the route's
+    window, no decision, no sticky conversation and no budget count; an answered one leaves each once."""
+    env = proxy_env(
+        strong,
+        weak,
+        redis_url=redis_server.url,
+        redis_prefix="once:",
+        route_on="sticky",
+        daily_budget_usd="100",
+        fallback="false",
+    )
+    redis = redis_server.client()
+    route = "once:target:{random:1}"
+    budget = f"once:budget:{datetime.now(UTC):%Y-%m-%d}"
+    with running_proxy(env, tmp_path) as proxy:
+        strong.behaviour.fail_statuses = [400]
+        with pytest.raises(openai.BadRequestError):
+            _ask(proxy, "router-random-100%", [{"role": "user", "content": "refused"}], conversation_id="refused")
+        assert not redis.exists(f"{route}:scores", f"{route}:recent", "once:sticky:id:refused")
+        assert redis.hget(budget, "requests") is None
+
+        headers, _ = _ask(proxy, "router-random-100%", [{"role": "user", "content": "answered"}], conversation_id="answered")
+        assert headers["x-routegate-tier"] == "strong"
+        assert [float(score) for _, score in redis.zrange(f"{route}:scores", 0, -1, withscores=True)] == [
+            pytest.approx(float(headers["x-routegate-score"]), abs=1e-6)
+        ]
+        assert redis.lrange(f"{route}:recent", 0, -1) == ["1"]
+        assert redis.exists("once:sticky:id:answered")
+        assert redis.hget(budget, "requests") == "1"
+        assert float(redis.hget(budget, "spent")) == pytest.approx(STRONG_COST, abs=1e-12)
