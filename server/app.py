@@ -258,7 +258,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if DRAIN.draining:
             return JSONResponse({"status": "draining", "router": settings.router}, status_code=503)
         if gateway.ready:
-            return JSONResponse({"status": "ready", "router": settings.router, "pair": gateway.scored_pair(settings.router)})
+            pair = gateway.scored_pair(settings.router)
+            return JSONResponse({"status": "ready", "router": settings.router, **({} if pair is None else {"pair": pair})})
         return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
 
     @app.get("/openapi.json", tags=["ops"], include_in_schema=False)

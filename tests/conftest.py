@@ -23,6 +23,7 @@ WEAK_MODEL = "fake-weak"
 STRONG_KEY = "sk-strong-upstream-secret-0123456789"
 WEAK_KEY = "sk-weak-upstream-secret-9876543210"
 CACHE_ENV = "ROUTEGATE_CACHE_DIR"
+FEEDBACK_ENV = "ROUTEGATE_FEEDBACK_DB"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,9 +31,12 @@ def pytest_configure(config: pytest.Config) -> None:
     session, subprocesses included, never into the user's ``~/.cache/routegate``. Set here, before any
     test module imports ``routers.embedding`` (which reads it at import)."""
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="routegate-test-cache-")
+    # the feedback store's default SQLite file lives in the user's home: tests use one in the cache dir
+    os.environ[FEEDBACK_ENV] = os.path.join(os.environ[CACHE_ENV], "feedback.sqlite3")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    os.environ.pop(FEEDBACK_ENV, None)
     shutil.rmtree(os.environ.pop(CACHE_ENV, ""), ignore_errors=True)
 
 
@@ -57,7 +61,7 @@ class Proxy:
 
 def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict[str, str]:
     """Environment for a routegate in front of the two fakes, with ``settings`` as ROUTEGATE_* vars."""
-    env = {key: value for key, value in os.environ.items() if key == CACHE_ENV or not key.startswith("ROUTEGATE_")}
+    env = {key: value for key, value in os.environ.items() if key in (CACHE_ENV, FEEDBACK_ENV) or not key.startswith("ROUTEGATE_")}
     env.update(
         {
             "ROUTEGATE_STRONG__BASE_URL": strong.url,
