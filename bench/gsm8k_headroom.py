@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers import mf_training
 from routers.data import Record, load_records
-from routers.evaluation import PairQuality, apgr
+from routers.evaluation.metrics import PairQuality, apgr
 from routers.feature_head import FeatureHead
 from routers.features import Standardizer, feature_matrix
-from routers.mf import MFRouter
-from routers.pairwise import build_comparisons
+from routers.mf import training as mf_training
+from routers.mf.router import MFRouter
+from routers.training.feature_head import fit_alone
+from routers.training.pairwise import build_comparisons
 
 STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -53,10 +54,10 @@ def bootstrap_sd(scores: np.ndarray, quality: PairQuality, resamples: int = 500)
 
 def fit_linear(inputs: np.ndarray, records: Sequence[Record]) -> Callable[[np.ndarray], np.ndarray]:
     """A linear score on standardised ``inputs``, fitted on ``records`` as routegate's feature head
-    is (``FeatureHead.fit_alone``: pairwise logistic loss with soft targets)."""
+    is (``routers.training.feature_head.fit_alone``: pairwise logistic loss with soft targets)."""
     standardize = Standardizer.fit(inputs)
     head = FeatureHead(standardize, torch.zeros(2, inputs.shape[1]), torch.zeros(2))
-    head.fit_alone(torch.from_numpy(standardize(inputs)), build_comparisons(list(records), [STRONG, WEAK]))
+    fit_alone(head, torch.from_numpy(standardize(inputs)), build_comparisons(list(records), [STRONG, WEAK]))
 
     def score(new: np.ndarray) -> np.ndarray:
         with torch.no_grad():

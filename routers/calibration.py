@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from routers.evaluation import threshold_for_share
+import numpy as np
 
 log = logging.getLogger("routegate.calibration")
 CALIBRATION_FILE = "calibration.json"
@@ -34,6 +34,17 @@ def read_calibration(path: Path) -> dict[float, float]:
         log.warning("ignoring calibration %s: %s", path, error)
         return {}
     return {share: threshold for share, threshold in table.items() if 0 <= share <= 1 and 0 <= threshold <= 1}
+
+
+def threshold_for_share(scores: Sequence[float], strong_fraction: float) -> float:
+    """The threshold that sends ``strong_fraction`` of ``scores`` to the strong model (score >= threshold)."""
+    if not 0.0 <= strong_fraction <= 1.0:
+        raise ValueError("strong_fraction must be in [0, 1]")
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    count = round(strong_fraction * len(ordered))
+    if count == 0:
+        return min(1.0, float(np.nextafter(ordered[0], np.inf))) if len(ordered) else 1.0
+    return float(ordered[count - 1])
 
 
 def write_calibration(path: Path, scores: Sequence[float], steps: int = 100, **info: object) -> dict[float, float]:

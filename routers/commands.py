@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import random
 from pathlib import Path
 
-# router name -> module with add_arguments(parser) and run(args); imported only when used
-TRAINERS: dict[str, str] = {
-    "mf": "routers.mf_training",
-    "sw_ranking": "routers.sw_ranking_training",
-    "bert": "routers.bert_training",
-    "causal_llm": "routers.causal_llm_training",
-    "lookahead": "routers.lookahead_training",
-}
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers, load_router, load_trainer, trainable_routers
 
 
 def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +17,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         help="train a router from record files",
         description="Train a router. `routegate train ROUTER --help` lists that router's options.",
     )
-    train.add_argument("router", choices=sorted(TRAINERS), help="router to train")
+    train.add_argument("router", choices=trainable_routers(), help="router to train")
     train.add_argument("options", nargs=argparse.REMAINDER, help="the router's own options (--data FILE... --out DIR ...)")
     train.set_defaults(run=_train)
 
@@ -58,7 +50,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.add_argument("--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)")
     evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
-    evaluate.add_argument("--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/prices.py)")
+    evaluate.add_argument("--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)")
     evaluate.add_argument("--output-tokens", type=int, help="output tokens per call for costs (--models; default: recorded responses, else 256)")
     evaluate.add_argument("--knn", type=int, default=20, help="neighbours of the kNN baseline (--models)")
     evaluate.set_defaults(run=_eval)
@@ -82,8 +74,6 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _router_options(parser: argparse.ArgumentParser) -> None:
-    from routers.registry import CHECKPOINT_ROOT, RouterOptions
-
     defaults = RouterOptions()
     parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_ROOT, help="directory holding <router>/ checkpoints")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -95,15 +85,12 @@ def _router_options(parser: argparse.ArgumentParser) -> None:
 
 def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from routers.embedding import use_disk_cache
-    from routers.registry import RouterOptions, load_router
 
     use_disk_cache()
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=args.strong, weak_model=args.weak)
     try:
         return load_router(name, options)
     except KeyError:
-        from routers.registry import available_routers
-
         raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}") from None
     except Exception as error:  # a missing checkpoint or an unknown model name: say which, no traceback
         raise SystemExit(f"routegate: cannot load router '{name}': {error}") from None
@@ -126,11 +113,16 @@ def score_all(router, prompts: list[str], batch_size: int, label: str) -> list[f
 
 
 def _train(args: argparse.Namespace) -> int:
-    module = importlib.import_module(TRAINERS[args.router])
-    parser = argparse.ArgumentParser(prog=f"routegate train {args.router}", description=(module.__doc__ or "").strip())
-    module.add_arguments(parser)
-    module.run(parser.parse_args(args.options))
+    run_trainer(args.router, args.options)
     return 0
+
+
+def run_trainer(router: str, argv: list[str]) -> None:
+    """Run ``routegate train ROUTER ARGV...``: the router's trainer with its own options."""
+    module = load_trainer(router)
+    parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
+    module.add_arguments(parser)
+    module.run(parser.parse_args(argv))
 
 
 def _select(path: Path, split: str) -> list[dict]:
@@ -165,12 +157,12 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data is None:
         raise SystemExit("routegate eval: --data FILE is required (or --leave-one-out)")
     if args.models:
-        from routers.multi_model_eval import run
+        from routers.evaluation.multi_model import run
 
         return run(args)
     from routers.data import pair_records
-    from routers.evaluation import PairQuality, apgr, cpt
-    from routers.plot import plot_routing_curves
+    from routers.evaluation.metrics import PairQuality, apgr, cpt
+    from routers.evaluation.plot import plot_routing_curves
 
     records = pair_records(_select(args.data, args.split), args.strong, args.weak)
     if not records:
@@ -194,9 +186,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _eval_leave_one_out(args: argparse.Namespace) -> int:
     from routers.embedding import use_disk_cache
-    from routers.families import FAMILIES
-    from routers.leave_one_out import parse_train_options, run_leave_one_out
-    from routers.plot import plot_leave_one_out
+    from routers.evaluation.families import FAMILIES
+    from routers.evaluation.leave_one_out import parse_train_options, run_leave_one_out
+    from routers.evaluation.plot import plot_leave_one_out
 
     families = args.families or list(FAMILIES)
     unknown = sorted(set(families) - set(FAMILIES))
@@ -218,8 +210,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from routers.calibration import write_calibration
-    from routers.evaluation import threshold_for_share
+    from routers.calibration import threshold_for_share, write_calibration
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")

@@ -3,7 +3,8 @@
 Prompt length, digits, answer options and the like (``routers.features``) predict which model
 wins about as well as the best published routers on their own; the ``bert`` and ``causal_llm``
 routers add this term to their per-model logits, so the network learns what the structure misses.
-The head is stored beside the router's weights as ``feature_head.safetensors``.
+The head is stored beside the router's weights as ``feature_head.safetensors``; its fitting is in
+``routers.training.feature_head``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
-from routers.pairwise import Comparisons, pairwise_loss
+from routers.features import Standardizer, feature_matrix
 
 FEATURE_HEAD = "feature_head.safetensors"
 
@@ -28,14 +27,6 @@ class FeatureHead(torch.nn.Module):
         self.standardize = standardizer
         self.weight = torch.nn.Parameter(weight.float())
         self.bias = torch.nn.Parameter(bias.float())
-
-    @classmethod
-    def untrained(cls, prompts: Sequence[str], models: int) -> tuple[FeatureHead, torch.Tensor]:
-        """A zero head whose standardisation is fitted on the training ``prompts``, and those
-        prompts' standardised features (its ``forward`` input)."""
-        raw = feature_matrix(prompts)
-        head = cls(Standardizer.fit(raw), torch.zeros(models, len(FEATURE_NAMES)), torch.zeros(models))
-        return head, torch.from_numpy(head.standardize(raw))
 
     @classmethod
     def load(cls, path: Path) -> FeatureHead:
@@ -51,16 +42,6 @@ class FeatureHead(torch.nn.Module):
 
         state = {"mean": torch.from_numpy(self.standardize.mean), "std": torch.from_numpy(self.standardize.std), "weight": self.weight, "bias": self.bias}
         save_file({name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}, str(path))
-
-    def fit_alone(self, inputs: torch.Tensor, comparisons: Comparisons, l2: float = 1e-4, steps: int = 300, lr: float = 0.05) -> None:
-        """Fit weights and bias on their own (full batch; the loss is convex): what the structure
-        predicts before a network adds what it misses."""
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        for _ in tqdm(range(steps), desc="fit feature head", unit="step"):
-            loss = pairwise_loss(self(inputs), comparisons) + l2 * self.weight.square().sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Per-model logits (batch, models) from ``inputs``."""

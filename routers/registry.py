@@ -1,5 +1,6 @@
-"""Routers by name. Each entry imports its module only when asked for, so that a proxy
-running the ``random`` router never loads torch."""
+"""Routers by name: each name's serving factory and trainer. Modules are imported only when
+asked for, so that a proxy running the ``random`` router never loads torch, and serving never
+loads a trainer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from routers.base import Router
 
@@ -25,20 +27,49 @@ class RouterOptions:
     weak_model: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 
-# name -> "module:factory"; the factory takes RouterOptions and returns a Router.
-_FACTORIES: dict[str, str] = {
-    "random": "routers.random_router:RandomRouter.from_options",
-    "mf": "routers.mf:MFRouter.from_options",
-    "sw_ranking": "routers.sw_ranking:SWRankingRouter.from_options",
-    "bert": "routers.bert:BertRouter.from_options",
-    "causal_llm": "routers.causal_llm:CausalLLMRouter.from_options",
-    "lookahead": "routers.lookahead:LookaheadRouter.from_options",
+@dataclass(frozen=True)
+class RouterEntry:
+    """Where a router's code lives: ``factory`` is ``"module:attribute"``, a callable taking
+    RouterOptions and returning the Router; ``trainer`` is the module with ``add_arguments(parser)``
+    and ``run(args)`` behind ``routegate train NAME`` (None: nothing to train)."""
+
+    factory: str
+    trainer: str | None = None
+
+
+# The one table of router names; modules are imported only when a router is loaded or trained.
+_ROUTERS: dict[str, RouterEntry] = {
+    "random": RouterEntry("routers.random.router:RandomRouter.from_options"),
+    "mf": RouterEntry("routers.mf.router:MFRouter.from_options", "routers.mf.training"),
+    "sw_ranking": RouterEntry("routers.sw_ranking.router:SWRankingRouter.from_options", "routers.sw_ranking.training"),
+    "bert": RouterEntry("routers.bert.router:BertRouter.from_options", "routers.bert.training"),
+    "causal_llm": RouterEntry("routers.causal_llm.router:CausalLLMRouter.from_options", "routers.causal_llm.training"),
+    "lookahead": RouterEntry("routers.lookahead.router:LookaheadRouter.from_options", "routers.lookahead.training"),
 }
+
+
+def register(name: str, factory: str, trainer: str | None = None) -> None:
+    """Add (or replace) the router ``name``: ``factory`` as ``"module:attribute"``, ``trainer`` a
+    module name (see RouterEntry). For routers that live outside this package (tests, plugins)."""
+    _ROUTERS[name] = RouterEntry(factory, trainer)
 
 
 def available_routers() -> list[str]:
     """Names of every router that can be loaded."""
-    return sorted(_FACTORIES)
+    return sorted(_ROUTERS)
+
+
+def trainable_routers() -> list[str]:
+    """Names of the routers ``routegate train`` can train."""
+    return sorted(name for name, entry in _ROUTERS.items() if entry.trainer is not None)
+
+
+def load_trainer(name: str) -> ModuleType:
+    """The trainer module of router ``name``; raise KeyError when it has none."""
+    trainer = _ROUTERS[name].trainer
+    if trainer is None:
+        raise KeyError(name)
+    return importlib.import_module(trainer)
 
 
 def installed_routers(checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
@@ -73,9 +104,9 @@ def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str
 
 def load_router(name: str, options: RouterOptions | None = None) -> Router:
     """Build the router called ``name``; raise KeyError for an unknown name."""
-    if name not in _FACTORIES:
+    if name not in _ROUTERS:
         raise KeyError(name)
-    module_name, _, attribute = _FACTORIES[name].partition(":")
+    module_name, _, attribute = _ROUTERS[name].factory.partition(":")
     factory = importlib.import_module(module_name)
     for part in attribute.split("."):
         factory = getattr(factory, part)

@@ -33,7 +33,7 @@ class SlowRouter(Router):
 
 
 if __name__ == "__main__":
-    registry._FACTORIES[NAME] = "tests.slow_router:SlowRouter.from_options"
+    registry.register(NAME, "tests.slow_router:SlowRouter.from_options")
     from server.cli import main
 
     sys.exit(main())

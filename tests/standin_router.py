@@ -38,7 +38,7 @@ class MathinessRouter(Router):
 
 
 if __name__ == "__main__":
-    registry._FACTORIES[NAME] = "tests.standin_router:MathinessRouter.from_options"
+    registry.register(NAME, "tests.standin_router:MathinessRouter.from_options")
     from server.cli import main
 
     sys.exit(main())

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from routers.evaluation import PairQuality, apgr, cpt, routing_curve, threshold_for_share
+from routers.calibration import threshold_for_share
+from routers.evaluation.metrics import PairQuality, apgr, cpt, routing_curve
 
 QUALITY = PairQuality.of(strong=[1, 1, 1, 0], weak=[0, 0, 1, 0])  # strong helps on the first two only
 

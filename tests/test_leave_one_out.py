@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from routers.families import EVAL_PAIRS, FAMILIES, eval_records, family_of, training_records
-from routers.leave_one_out import write_fold
+from routers.evaluation.families import EVAL_PAIRS, FAMILIES, eval_records, family_of, training_records
+from routers.evaluation.leave_one_out import write_fold
 from routers.model_names import match_model, normal_form, resolve_pair
 from server.cli import main
 

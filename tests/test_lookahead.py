@@ -15,10 +15,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from routers.data import load_records
-from routers.lookahead import LookaheadRouter
-from routers.lookahead_inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
-from routers.lookahead_model import LookaheadConfig, backbone_dir, collate, layout_for, load_checkpoint, new_net, save_checkpoint
-from routers.lookahead_training import candidate_names, prepare_items, train
+from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
+from routers.lookahead.model import LookaheadConfig, backbone_dir, collate, layout_for, load_checkpoint, new_net, save_checkpoint
+from routers.lookahead.router import LookaheadRouter
+from routers.lookahead.training import candidate_names, prepare_items, train
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from tests.conftest import proxy_env, running_proxy
 from tests.replay import data_dir

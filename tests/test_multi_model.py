@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routers.evaluation import threshold_for_share
+from routers.calibration import threshold_for_share
 from routers.multi_model import (
     beaten_from_logits,
     beaten_from_scores,
@@ -99,7 +99,7 @@ def test_cost_share_spends_about_the_share():
 
 
 def test_list_prices_by_any_spelling():
-    from routers.prices import list_price
+    from routers.evaluation.prices import list_price
 
     assert list_price("gpt-4o-mini-2024-07-18") == list_price("gpt-4o-mini")
     assert (list_price("gpt-4o-mini").input, list_price("gpt-4o-mini").output) == (0.15, 0.60)
@@ -110,7 +110,7 @@ def test_list_prices_by_any_spelling():
 
 
 def test_price_option_parsing():
-    from routers.prices import parse_prices
+    from routers.evaluation.prices import parse_prices
 
     prices = parse_prices("a=1/2, org/b=0.5")
     assert (prices["a"].input, prices["a"].output) == (1.0, 2.0)
@@ -227,7 +227,7 @@ def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp
 
 
 def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-def]
-    from routers.multi_model_eval import load_model_set
+    from routers.evaluation.multi_model import load_model_set
 
     data = tmp_path / "priced.jsonl"
     _synthetic(data, with_cost=True)
@@ -350,9 +350,9 @@ def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys
     """The lookahead router's per-candidate logits drive the table; prices come from the list."""
     import json
 
-    from routers.lookahead import LookaheadRouter
-    from routers.lookahead_eval import gap_closed
-    from routers.prices import list_price
+    from routers.evaluation.prices import list_price
+    from routers.lookahead.evaluation import gap_closed
+    from routers.lookahead.router import LookaheadRouter
     from server.cli import main
 
     models = ["Llama-3.1-8B-Instruct", "gemma-2-9b-it", "internlm2_5-20b-chat"]

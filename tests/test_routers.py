@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from routers import evaluation
 from routers.checkpoint import CheckpointError
 from routers.data import iter_records
-from routers.evaluation import PairQuality
+from routers.evaluation import metrics
+from routers.evaluation.metrics import PairQuality
 from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from server.cli import main
@@ -102,7 +102,7 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     assert 0.0 <= cpt50 <= cpt80 <= 1.0
     dev = [record for record in iter_records(data_slice) if record["split"] == "dev"]
     quality = PairQuality.of([r["scores"][STRONG] for r in dev], [r["scores"][WEAK] for r in dev])
-    assert apgr == pytest.approx(evaluation.apgr([scores[r["id"]] for r in dev], quality), abs=1e-4)  # same scores as `score`
+    assert apgr == pytest.approx(metrics.apgr([scores[r["id"]] for r in dev], quality), abs=1e-4)  # same scores as `score`
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

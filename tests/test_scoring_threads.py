@@ -46,7 +46,7 @@ class ThreadCountingRouter(Router):
 
 def measure(torch_threads: int) -> dict[str, object]:
     """Load the router through a ScorerPool, score one text; what the router saw while scoring it."""
-    registry._FACTORIES[ThreadCountingRouter.name] = f"{__name__}:ThreadCountingRouter.from_options"
+    registry.register(ThreadCountingRouter.name, f"{__name__}:ThreadCountingRouter.from_options")
 
     async def score() -> float:
         pool = ScorerPool(RouterOptions(), batch_size=8, batch_wait=0.0, cache_size=0, torch_threads=torch_threads)

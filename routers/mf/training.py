@@ -36,7 +36,7 @@ from routers.checkpoint import write_manifest
 from routers.data import Record, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
-from routers.mf import WEIGHTS, prompt_inputs
+from routers.mf.router import WEIGHTS, prompt_inputs
 from routers.model_names import DEFAULT_PAIR, normal_form
 
 

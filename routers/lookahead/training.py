@@ -1,6 +1,6 @@
 """Training the Lookahead router: routing loss + curriculum-masked response reconstruction.
 
-    python -m routers.lookahead_training --data ../shared/data/lookahead-*.jsonl.gz \
+    python -m routers.lookahead.training --data ../shared/data/lookahead-*.jsonl.gz \
         ../shared/data/routellm-gsm8k.jsonl.gz --out routers/checkpoints/lookahead
 
 ``--no-reconstruction`` trains the ablation (the paper's "MLC"): the same network and inputs
@@ -22,8 +22,8 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
 from routers.data import Record, load_records
-from routers.lookahead_inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
-from routers.lookahead_model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, new_net, save_checkpoint
+from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
+from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, new_net, save_checkpoint
 
 RESPONSE_CHARS = 400  # a response is cut to this many characters before tokenising (only its start is used)
 
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m routers.lookahead_training", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m routers.lookahead.training", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
 

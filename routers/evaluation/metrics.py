@@ -69,14 +69,3 @@ def cpt(scores: Sequence[float], quality: PairQuality, target_pgr: float) -> flo
     low_share, high_share = shares[index - 1], shares[index]
     low_gap, high_gap = gaps[index - 1], gaps[index]
     return float(low_share + (target_pgr - low_gap) * (high_share - low_share) / (high_gap - low_gap))
-
-
-def threshold_for_share(scores: Sequence[float], strong_fraction: float) -> float:
-    """The threshold that sends ``strong_fraction`` of ``scores`` to the strong model (score >= threshold)."""
-    if not 0.0 <= strong_fraction <= 1.0:
-        raise ValueError("strong_fraction must be in [0, 1]")
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
-    count = round(strong_fraction * len(ordered))
-    if count == 0:
-        return min(1.0, float(np.nextafter(ordered[0], np.inf))) if len(ordered) else 1.0
-    return float(ordered[count - 1])

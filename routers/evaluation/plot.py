@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.evaluation import PairQuality, routing_curve
+from routers.evaluation.metrics import PairQuality, routing_curve
 
 
 def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, path: Path, title: str) -> None:

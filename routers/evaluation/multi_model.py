@@ -5,7 +5,7 @@ models, on one record file's dev split.
   Otherwise ``input tokens x input price + output tokens x output price`` with input tokens =
   prompt characters / 4 and output tokens = the model's recorded response characters / 4 where
   the file has responses, else ``--output-tokens`` (default 256); prices from
-  ``routers.prices`` unless ``--prices`` names them.
+  ``routers.evaluation.prices`` unless ``--prices`` names them.
 * **Routers** give per-model predictions (``mf``'s quality deltas, ``lookahead``'s logits); the
   policy of ``routers.multi_model`` turns them into one choice per prompt at each threshold, and
   the sweep over thresholds gives the router's quality/cost curve.
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from routers.data import Record, load_records
+from routers.evaluation.prices import Price, list_price, parse_prices
 from routers.model_names import match_model
 from routers.multi_model import beaten_from_logits, beaten_from_scores, most_capable, picked, sweep
-from routers.prices import Price, list_price, parse_prices
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
@@ -154,13 +154,13 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
         )
     if name == "mf":
         from routers.checkpoint import read_manifest
-        from routers.mf import MFRouter
+        from routers.mf.router import MFRouter
 
         known = read_manifest(checkpoint_dir / "mf", "mf")["models"]
         columns = _columns(data.models, known, name)
         mf = MFRouter(checkpoint_dir / "mf", device, known[columns[0]], known[columns[1]])
         return mf.qualities(data.prompts)[:, columns]
-    from routers.lookahead import LookaheadRouter, resolve_device
+    from routers.lookahead.router import LookaheadRouter, resolve_device
 
     lookahead = LookaheadRouter.from_directory(checkpoint_dir / "lookahead", device=resolve_device(device))
     return lookahead.logits(data.prompts, _columns(data.models, lookahead.candidates, name))
@@ -212,7 +212,7 @@ def oracle_point(data: ModelSet) -> tuple[float, float]:
 def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[str]]]:
     """The best fixed model, and per router/baseline: gap closed, quality at the best fixed model's
     cost and the share of its quality kept at half that cost."""
-    from routers.lookahead_eval import gap_closed
+    from routers.lookahead.evaluation import gap_closed
 
     means, costs = data.quality.mean(axis=0), data.costs.mean(axis=0)
     best = int(np.lexsort((costs, -means))[0])  # the best mean quality; on a tie the cheaper model

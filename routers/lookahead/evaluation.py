@@ -1,6 +1,6 @@
 """Lookahead vs its ablation (MLC) on the dev splits: the table and a PNG.
 
-    python -m routers.lookahead_eval --checkpoint Lookahead=routers/checkpoints/lookahead \
+    python -m routers.lookahead.evaluation --checkpoint Lookahead=routers/checkpoints/lookahead \
         --checkpoint MLC=/tmp/lookahead-mlc --data ../shared/data/lookahead-*.jsonl.gz \
         ../shared/data/routellm-gsm8k.jsonl.gz --png docs/lookahead_ablation.png
 
@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from routers.data import load_records
-from routers.evaluation import PairQuality, apgr
+from routers.evaluation.metrics import PairQuality, apgr
 
 
 @dataclass
@@ -69,7 +69,7 @@ def pair_apgr(scores: np.ndarray, dev: DevSet) -> float:
 
 def evaluate_lookahead(directory: Path, dev_sets: list[DevSet]) -> dict[str, dict[str, float]]:
     """Gap closed and pair APGR of one Lookahead checkpoint on every dev set."""
-    from routers.lookahead import LookaheadRouter
+    from routers.lookahead.router import LookaheadRouter
 
     router = LookaheadRouter.from_directory(directory)
     results = {}
@@ -155,7 +155,7 @@ def plot(dev_sets: list[DevSet], columns: dict[str, dict[str, dict[str, float]]]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m routers.lookahead_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m routers.lookahead.evaluation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", required=True, help="LABEL=DIR of a Lookahead checkpoint (repeatable)")
     parser.add_argument("--router", action="append", default=[], help="a registry router to add for the pair rows (e.g. mf)")
     parser.add_argument("--data", nargs="+", required=True, help="record files; their dev split is evaluated")

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from routers.lookahead_inputs import IGNORE, Example, InputLayout
+from routers.lookahead.inputs import IGNORE, Example, InputLayout
 
 DELTA_FILE = "delta.safetensors"
 CONFIG_FILE = "config.json"

@@ -4,7 +4,7 @@ A prompt's MiniLM embedding and standardised structural features (length, digits
 go through a small MLP to a latent vector z; model m's quality on the prompt is
 ``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak)``. Inference is plain numpy on the shared encoder's output.
-The trainer is ``routers/mf_training.py``.
+The trainer is ``routers/mf/training.py``.
 """
 
 from __future__ import annotations

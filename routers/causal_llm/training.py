@@ -19,12 +19,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.causal_llm import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
+from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
 from routers.embedding import resolve_device
 from routers.feature_head import FEATURE_HEAD, FeatureHead
-from routers.pairwise import Comparisons, add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
-from routers.state_cache import cached_states
+from routers.training.feature_head import untrained_head
+from routers.training.pairwise import (
+    Comparisons,
+    add_training_data_arguments,
+    build_comparisons,
+    load_training_records,
+    pairwise_loss,
+)
+from routers.training.state_cache import cached_states
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
     tokenizer, model = load_causal_lm(args.base_model, device)
     labels = label_token_ids(tokenizer, len(comparisons.models))
     hidden = cached_last_hidden(model, tokenizer, comparisons.prompts, args.base_model, device, args.batch_size)
-    feature_head, feature_inputs = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
+    feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
     lm_rows = model.get_output_embeddings().weight[labels].detach().float().cpu()
     rows = fit_label_head(hidden, feature_head, feature_inputs, lm_rows, comparisons, args)
     args.out.mkdir(parents=True, exist_ok=True)

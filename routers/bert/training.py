@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.bert import TRAINED, classify, load_classifier
+from routers.bert.router import TRAINED, classify, load_classifier
 from routers.checkpoint import write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
-from routers.feature_head import FEATURE_HEAD, FeatureHead
-from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
-from routers.state_cache import cached_states
+from routers.feature_head import FEATURE_HEAD
+from routers.training.feature_head import fit_alone, untrained_head
+from routers.training.pairwise import add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
+from routers.training.state_cache import cached_states
 
 LAYERS = 6
 
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> None:
     trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
     if args.train_layers == LAYERS:
         trained_prefixes += ("bert.embeddings.",)
-    feature_head, feature_inputs = FeatureHead.untrained(comparisons.prompts, len(comparisons.models))
-    feature_head.fit_alone(feature_inputs, comparisons)
+    feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
+    fit_alone(feature_head, feature_inputs, comparisons)
     with torch.no_grad():
         structure = feature_head(feature_inputs).to(device)  # held fixed: the network learns what it misses
     head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]

@@ -10,8 +10,8 @@ from tqdm import tqdm
 from routers.checkpoint import write_manifest
 from routers.embedding import cached_encode
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
-from routers.pairwise import add_training_data_arguments, build_comparisons, load_training_records
-from routers.sw_ranking import WEIGHTS, battle_statistics, similarity_vectors
+from routers.sw_ranking.router import WEIGHTS, battle_statistics, similarity_vectors
+from routers.training.pairwise import add_training_data_arguments, build_comparisons, load_training_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,9 +10,7 @@ instead, without retraining: held out only where its training files are outside 
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import importlib
 import json
 import random
 import shlex
@@ -22,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from routers.data import Record, iter_records
-from routers.evaluation import PairQuality, apgr
-from routers.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
+from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
+from routers.evaluation.metrics import PairQuality, apgr
 
 RANDOM = "random"
 LENGTH = "prompt length"
@@ -74,12 +72,9 @@ def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
 
 def train_fold(router: str, paths: list[Path], out: Path, extra: list[str]) -> None:
     """Fit ``router`` on ``paths`` with its own trainer (``routegate train <router>``)."""
-    from routers.commands import TRAINERS
+    from routers.commands import run_trainer
 
-    module = importlib.import_module(TRAINERS[router])
-    parser = argparse.ArgumentParser(prog=f"routegate train {router}")
-    module.add_arguments(parser)
-    module.run(parser.parse_args(["--data", *map(str, paths), "--out", str(out), *extra]))
+    run_trainer(router, ["--data", *map(str, paths), "--out", str(out), *extra])
 
 
 def fold_scores(router, pair: EvalPair, prompts: list[str], batch_size: int) -> list[float]:  # type: ignore[no-untyped-def]
@@ -100,8 +95,8 @@ def run_leave_one_out(
     max_prompts: int | None = None,
 ) -> LeaveOneOutTable:
     """Train and score every router on every held-out family."""
-    from routers.registry import RouterOptions, load_router
     from routers.model_names import resolve_pair
+    from routers.registry import RouterOptions, load_router
 
     table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families})
     for family in families:

@@ -15,8 +15,8 @@ import torch
 from transformers import AutoTokenizer
 
 from routers.base import Router
-from routers.lookahead_inputs import build_example
-from routers.lookahead_model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, load_checkpoint
+from routers.lookahead.inputs import build_example
+from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, load_checkpoint
 
 CHECKPOINT_NAME = "lookahead"
 

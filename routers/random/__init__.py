@@ -1,0 +1,1 @@
+"""The random baseline router: a uniform score per prompt (no checkpoint)."""
