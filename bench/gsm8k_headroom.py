@@ -94,7 +94,10 @@ def dev_rows(data_dir: Path, checkpoint: Path) -> tuple[list[tuple[str, np.ndarr
         ("structural features, linear score fitted on train", structural(structure(dev))),
         (f"shipped mf checkpoint ({checkpoint})", np.asarray(router.score([r["prompt"] for r in dev]))),
         ("NOT A ROUTER: six other models' actual dev outcomes (1 - mean)", 1.0 - outcomes(dev).mean(axis=1)),
-        ("NOT A ROUTER: those outcomes + structural features, fitted on train", with_outcomes(np.concatenate([structure(dev), outcomes(dev)], axis=1))),
+        (
+            "NOT A ROUTER: those outcomes + structural features, fitted on train",
+            with_outcomes(np.concatenate([structure(dev), outcomes(dev)], axis=1)),
+        ),
         ("NOT A ROUTER: steps in GPT-4's own dev answer", np.asarray([answer_steps(r["responses"][STRONG]) for r in dev])),
     ], quality_of(dev)
 
@@ -121,7 +124,11 @@ def cross_validate_mf(data_dir: Path, folds: int) -> list[tuple[float, float, in
             out = Path(scratch) / f"mf-{fold}"
             parser = argparse.ArgumentParser()
             mf_training.add_arguments(parser)
-            mf_training.run(parser.parse_args(["--data", str(data_dir / "routellm-mmlu.jsonl.gz"), str(kept), "--out", str(out), "--device", "cpu"]))
+            mf_training.run(
+                parser.parse_args(
+                    ["--data", str(data_dir / "routellm-mmlu.jsonl.gz"), str(kept), "--out", str(out), "--device", "cpu"]
+                )
+            )
             quality = quality_of(held_out)
             scores = MFRouter(out, "cpu", STRONG, WEAK).score([r["prompt"] for r in held_out])
             results.append((apgr(scores, quality), apgr([len(r["prompt"]) for r in held_out], quality), len(held_out)))
@@ -132,7 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--checkpoint", type=Path, default=Path("routers/checkpoints/mf"))
-    parser.add_argument("--folds", type=int, default=0, help="also cross-validate mf over this many folds of GSM8K train (0: skip)")
+    parser.add_argument(
+        "--folds", type=int, default=0, help="also cross-validate mf over this many folds of GSM8K train (0: skip)"
+    )
     args = parser.parse_args()
     rows, quality = dev_rows(args.data_dir, args.checkpoint)
     print(f"routellm-gsm8k dev, {STRONG} vs {WEAK}: {len(quality.strong)} prompts")
@@ -146,7 +155,10 @@ def main() -> None:
         for fold, (mf_apgr, length_apgr, prompts) in enumerate(results):
             print(f"{fold:4d}  {prompts:7d}  {mf_apgr:6.3f}  {length_apgr:6.3f}")
         mf_values, length_values = np.asarray([r[0] for r in results]), np.asarray([r[1] for r in results])
-        print(f"mean  {'':7}  {mf_values.mean():6.3f}  {length_values.mean():6.3f}   (sd over folds: mf {mf_values.std():.3f}, length {length_values.std():.3f})")
+        print(
+            f"mean  {'':7}  {mf_values.mean():6.3f}  {length_values.mean():6.3f}   (sd over folds: mf "
+            f"{mf_values.std():.3f}, length {length_values.std():.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,20 @@ MAX_HEADER_BYTES = 64 * 1024
 CONTENT = ["Hash tables", " resolve collisions", " by chaining or probing."]
 PROMPT_TOKENS = 24
 COMPLETION_TOKENS = 9
-USAGE = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+USAGE = {
+    "prompt_tokens": PROMPT_TOKENS,
+    "completion_tokens": COMPLETION_TOKENS,
+    "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+}
 
-STATUS_TEXT = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Payload Too Large"}
+STATUS_TEXT = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+}
 
 
 def completion_body(model: str) -> bytes:
@@ -51,7 +62,13 @@ def stream_events(model: str) -> list[bytes]:
     created = int(time.time())
 
     def chunk(choices: list[dict], usage: dict | None = None) -> bytes:
-        event = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
+        event = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
         if usage is not None:
             event["usage"] = usage
         return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"

@@ -81,7 +81,8 @@ end
 function request()
   counter = counter + 1
   local prompt = string.format("%(template)s", run, thread_id, counter)
-  local body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"' .. prompt .. '"}],"max_tokens":16' .. extra .. '}'
+  local body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"' .. prompt
+    .. '"}],"max_tokens":16' .. extra .. '}'
   return wrk.format("POST", nil, headers, body)
 end
 """
@@ -409,7 +410,8 @@ def build_targets(
             launcher = (
                 "import sys, uvicorn\n"
                 f"sys.argv = ['openai_server', '--routers', 'random', '--port', '{port}', '--base-url', '{upstream}',"
-                f" '--api-key', '{UPSTREAM_KEY}', '--strong-model', 'openai/{STRONG_MODEL}', '--weak-model', 'openai/{WEAK_MODEL}']\n"
+                f" '--api-key', '{UPSTREAM_KEY}', '--strong-model', 'openai/{STRONG_MODEL}', '--weak-model', "
+                f"'openai/{WEAK_MODEL}']\n"
                 "import routellm.openai_server as server\n"
                 f"uvicorn.run(server.app, host='127.0.0.1', port={port}, log_level='warning', access_log=False)\n"
             )
@@ -426,7 +428,10 @@ def build_targets(
             port = free_port()
             config = scratch / "litellm_config.yaml"
             deployments = [
-                {"model_name": f"router-random-{THRESHOLD}", "litellm_params": {"model": f"openai/{model}", "api_base": upstream, "api_key": UPSTREAM_KEY}}
+                {
+                    "model_name": f"router-random-{THRESHOLD}",
+                    "litellm_params": {"model": f"openai/{model}", "api_base": upstream, "api_key": UPSTREAM_KEY},
+                }
                 for model in (STRONG_MODEL, WEAK_MODEL)
             ]  # two deployments of one name, picked at random per request: LiteLLM's nearest to a random router
             config.write_text(
@@ -490,7 +495,10 @@ def measure_target(target: Target, args: argparse.Namespace, load: LoadGenerator
                     result = load.run(url, target.model, stream, concurrency, args.duration)
                     cell.__dict__.update(result)
                     if cell.requests < concurrency:  # each connection finished less than one request
-                        cell.error = f"only {cell.requests} requests finished in {args.duration} s over {concurrency} connections: raise --duration"
+                        cell.error = (
+                            f"only {cell.requests} requests finished in {args.duration} s over {concurrency} connections: "
+                            "raise --duration"
+                        )
                     if cell.requests == 0:
                         cell.p50_ms = cell.p99_ms = None
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
@@ -558,7 +566,10 @@ def compute_ratios(run: Run, concurrency: list[int]) -> dict:
     mf_cells = [cell for cell in run.cells if cell.target == "routegate-mf" and not cell.stream and cell.rps and not cell.error]
     best = max(mf_cells, key=lambda cell: cell.rps or 0) if mf_cells else None
     ratios["mf_rps_over_encoder_rate_cell"] = f"plain c={best.concurrency}" if best else None
-    for key, rate_key in (("mf_rps_over_encoder_rate", "prompts_per_s"), ("mf_rps_over_encoder_side_by_side_rate", "side_by_side_prompts_per_s")):
+    for key, rate_key in (
+        ("mf_rps_over_encoder_rate", "prompts_per_s"),
+        ("mf_rps_over_encoder_side_by_side_rate", "side_by_side_prompts_per_s"),
+    ):
         rate = run.encoder.get(rate_key)
         ratios[key] = best.rps / rate if best and rate else None
     for name in ("routegate-random", "routegate-mf"):
@@ -575,7 +586,8 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_report(run: Run) -> None:
     print(f"\nproxy overhead, {run.machine['cpus']} CPUs, load average {run.machine['loadavg_start']} at start, "
-          f"{run.machine['loadavg_end']} at end; {run.settings['duration_s']:g} s per cell after {run.settings['warmup_s']:g} s warm-up")  # fmt: skip
+          f"{run.machine['loadavg_end']} at end; {run.settings['duration_s']:g} s per cell "
+          f"after {run.settings['warmup_s']:g} s warm-up")  # fmt: skip
     print(f"\n{'target':18} {'mode':6} {'c':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}  note")
     for cell in run.cells:
         note = _cell_note(cell)
@@ -583,29 +595,36 @@ def print_report(run: Run) -> None:
               f"{_fmt(cell.p50_ms, '.2f'):>9} {_fmt(cell.p99_ms, '.2f'):>9}  {note}")  # fmt: skip
     print(f"\n{'target':18} {'status':8} {'ready s':>8} {'RSS MiB':>8}")
     for report in run.targets.values():
-        print(f"{report.name:18} {report.status if report.status == 'ok' else '-':8} {_fmt(report.ready_s, '.2f'):>8} {_fmt(report.rss_mb, '.0f'):>8}")
+        print(
+            f"{report.name:18} {report.status if report.status == 'ok' else '-':8} "
+            f"{_fmt(report.ready_s, '.2f'):>8} {_fmt(report.rss_mb, '.0f'):>8}"
+        )
     for report in run.targets.values():
         if report.status != "ok":
             print(f"{report.name}: {report.status}")
     encoder = run.encoder
     if "prompts_per_s" in encoder:
         print(f"\nencoder ({encoder['source']}, {encoder['device']}, {encoder['torch_threads']} threads): "
-              f"{encoder['prompts_per_s']:.1f} prompts/s at batch {encoder['batch_size']}, one prompt p50 {encoder['single_prompt_p50_ms']:.1f} ms")  # fmt: skip
+              f"{encoder['prompts_per_s']:.1f} prompts/s at batch {encoder['batch_size']}, "
+              f"one prompt p50 {encoder['single_prompt_p50_ms']:.1f} ms")  # fmt: skip
         if "side_by_side_prompts_per_s" in encoder:
             print(f"encoder as {encoder['side_by_side_threads']} side-by-side batches of 1 thread each: "
                   f"{encoder['side_by_side_prompts_per_s']:.1f} prompts/s")  # fmt: skip
     else:
         print(f"\nencoder: failed: {encoder.get('error')}")
     ratios = run.ratios
-    print(f"\n{'mode':6} {'c':>4} {'rg/direct':>10} {'floor/direct':>13} {'rg/floor':>9} {'rg/RouteLLM':>12} {'rg/LiteLLM':>11} {'mf/RouteLLM':>12}"
+    print(f"\n{'mode':6} {'c':>4} {'rg/direct':>10} {'floor/direct':>13} {'rg/floor':>9} "
+          f"{'rg/RouteLLM':>12} {'rg/LiteLLM':>11} {'mf/RouteLLM':>12}"
           "   (rg = routegate random, floor = bare uvicorn relay; req/s ratios)")  # fmt: skip
     for row in ratios["per_cell"]:
-        print(f"{'stream' if row['stream'] else 'plain':6} {row['concurrency']:>4} {_fmt(row['routegate_random_over_direct'], '.2f'):>10} "
+        print(f"{'stream' if row['stream'] else 'plain':6} {row['concurrency']:>4} "
+              f"{_fmt(row['routegate_random_over_direct'], '.2f'):>10} "
               f"{_fmt(row['floor_over_direct'], '.2f'):>13} {_fmt(row['routegate_random_over_floor'], '.2f'):>9} "
               f"{_fmt(row['routegate_random_over_routellm'], '.2f'):>12} {_fmt(row['routegate_random_over_litellm'], '.2f'):>11} "
               f"{_fmt(row['routegate_mf_over_routellm'], '.2f'):>12}")  # fmt: skip
     for mode in ("plain", "stream"):
-        print(f"{mode}: p50 added by routegate random at c=1: {_fmt(ratios[f'p50_added_ms_c1_routegate_random_{mode}'], '.2f')} ms; "
+        print(f"{mode}: p50 added by routegate random at c=1: "
+              f"{_fmt(ratios[f'p50_added_ms_c1_routegate_random_{mode}'], '.2f')} ms; "
               f"routegate mf p50 at c=1: {_fmt(ratios[f'p50_ms_c1_routegate_mf_{mode}'], '.2f')} ms "
               f"({_fmt(ratios[f'p50_added_ms_c1_routegate_mf_{mode}'], '.2f')} ms over direct)")  # fmt: skip
     for name in ("routegate_random", "routegate_mf"):
@@ -625,7 +644,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each cell (default 2)")
     parser.add_argument("--concurrency", default="1,32,128", help="comma-separated connection counts (default 1,32,128)")
     parser.add_argument("--routers", default="random,mf", help="routegate routers to measure (default random,mf)")
-    parser.add_argument("--targets", default="direct,floor,routegate,routellm,litellm", help="which targets (default all; floor: bench/asgi_floor.py, a bare uvicorn relay)")
+    parser.add_argument(
+        "--targets",
+        default="direct,floor,routegate,routellm,litellm",
+        help="which targets (default all; floor: bench/asgi_floor.py, a bare uvicorn relay)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s cells, 1 s warm-up, c=1 and 32, 5 encoder batches")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     parser.add_argument("--encoder-batch-size", type=int, default=32)
@@ -635,7 +658,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=Path.home() / ".cache" / "routegate-bench",
                         help="venvs, logs and the wrk script (default ~/.cache/routegate-bench)")  # fmt: skip
     parser.add_argument("--setting", action="append", default=[], type=setting_pair, metavar="NAME=VALUE",
-                        help="a routegate setting for this run, as ROUTEGATE_NAME=VALUE (say SCORE_THREADS=1); repeatable")  # fmt: skip
+                        help="a routegate setting for this run, as ROUTEGATE_NAME=VALUE (say SCORE_THREADS=1); "
+                        "repeatable")  # fmt: skip
     parser.add_argument("--json-out", type=Path, help="also write every number as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -666,7 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     run.machine["install_s"] = round(time.monotonic() - started, 1)
     run.encoder = measure_encoder(args)
     mock_port = free_port()
-    mock = Server("mock-upstream", [sys.executable, str(REPO / "bench" / "mock_upstream.py"), "--port", str(mock_port)], base_env(), log_dir)
+    mock = Server(
+        "mock-upstream", [sys.executable, str(REPO / "bench" / "mock_upstream.py"), "--port", str(mock_port)], base_env(), log_dir
+    )
     mock_url = f"http://127.0.0.1:{mock_port}"
     try:
         mock.wait_ready(f"{mock_url}/stats", 30)
@@ -683,7 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     run.machine["wall_s"] = round(time.monotonic() - started, 1)
     run.ratios = compute_ratios(run, args.concurrency)
     print_report(run)
-    print(f"\nwall time {run.machine['wall_s']:.0f} s ({run.machine['install_s']:.0f} s of it installing venvs); server logs in {log_dir}")
+    print(
+        f"\nwall time {run.machine['wall_s']:.0f} s ({run.machine['install_s']:.0f} s of it installing "
+        f"venvs); server logs in {log_dir}"
+    )
     if args.json_out:
         payload = asdict(run)
         args.json_out.write_text(json.dumps(payload, indent=2))

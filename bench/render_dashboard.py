@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib
@@ -137,7 +137,16 @@ def render(prometheus: PrometheusServer, start: float, end: float, out: Path) ->
             (item["metric"], float(item["value"][1]))
             for item in prometheus.query(substitute(panel["targets"][0]["expr"], VARIABLES, RATE_INTERVAL, time_range), end)
         ]
-        axis.text(0.5, 0.38, _format_stat(value, panel["fieldConfig"]["defaults"].get("unit")), ha="center", va="center", fontsize=17, weight="bold", color="tab:green")
+        axis.text(
+            0.5,
+            0.38,
+            _format_stat(value, panel["fieldConfig"]["defaults"].get("unit")),
+            ha="center",
+            va="center",
+            fontsize=17,
+            weight="bold",
+            color="tab:green",
+        )
         axis.set_title(panel["title"], fontsize=10)
         axis.axis("off")
     for index, panel in enumerate(graphs):
@@ -158,7 +167,7 @@ def render(prometheus: PrometheusServer, start: float, end: float, out: Path) ->
         axis.set_xlim(0, end - start)
         axis.tick_params(labelsize=7)
         axis.set_xlabel("seconds", fontsize=7)
-    started = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M UTC")
     phases = " | ".join(f"{model}{' + strong upstream failing' if fails else ''}" for model, fails in PHASES)
     figure.suptitle(
         f"{board['title']}: dashboard queries on real Prometheus data ({started}), fake upstreams\nphases: {phases}", fontsize=12

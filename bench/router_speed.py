@@ -62,8 +62,14 @@ def main() -> None:
     from routers import embedding
 
     short, long = make_prompts(args.prompts, 38, 1), make_prompts(args.prompts, 380, 2)
-    print(f"device {embedding.resolve_device(args.device)}, torch threads {torch.get_num_threads()}, {args.prompts} prompts per pass, median of {args.repeats}")
-    print(f"{'router':<12} {'load s':>7} {'short b=1':>10} {'short b=' + str(args.batch):>11} {'long b=1':>9} {'long b=' + str(args.batch):>10}   (scores/s)")
+    print(
+        f"device {embedding.resolve_device(args.device)}, torch threads {torch.get_num_threads()}, "
+        f"{args.prompts} prompts per pass, median of {args.repeats}"
+    )
+    print(
+        f"{'router':<12} {'load s':>7} {'short b=1':>10} {'short b=' + str(args.batch):>11} {'long b=1':>9} "
+        f"{'long b=' + str(args.batch):>10}   (scores/s)"
+    )
     scorers: list[tuple[str, Callable[[Sequence[str]], object], float]] = []
     started = time.perf_counter()
     embedding.encoder(args.device)

@@ -121,9 +121,7 @@ def routegate(
         env["ROUTEGATE_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         env["ROUTEGATE_REDIS_PREFIX"] = f"bench-{uuid.uuid4().hex[:8]}:"
         env["ROUTEGATE_REDIS_TIMEOUT_MS"] = str(timeout_ms)
-    process = stack.enter_context(
-        started([sys.executable, "-m", "server.cli", "serve"], scratch / f"routegate-{port}.log", env)
-    )
+    process = stack.enter_context(started([sys.executable, "-m", "server.cli", "serve"], scratch / f"routegate-{port}.log", env))
     wait_for(f"http://127.0.0.1:{port}/ready", process, f"routegate on {port}")
     return process, port
 
@@ -246,9 +244,7 @@ def shared_state_errors(replicas: list[int]) -> float:
     return total
 
 
-def measure(
-    name: str, url: str, concurrency: int, duration: float, redis: tuple[int, int] | None, replicas: list[int]
-) -> Cell:
+def measure(name: str, url: str, concurrency: int, duration: float, redis: tuple[int, int] | None, replicas: list[int]) -> Cell:
     asyncio.run(drive(url, concurrency, min(2.0, duration / 2), f"warm-{uuid.uuid4().hex[:6]}"))
     before = (cpu_seconds(redis[0]), redis_commands(redis[1])) if redis else None
     errors_before = shared_state_errors(replicas)
@@ -278,7 +274,10 @@ def main() -> int:
         "--redis-timeout-ms",
         type=float,
         default=2000.0,
-        help="ROUTEGATE_REDIS_TIMEOUT_MS of the replicas: above the default so that a machine shared with other work measures sharing, not fallbacks",
+        help=(
+            "ROUTEGATE_REDIS_TIMEOUT_MS of the replicas: above the default so that a machine shared with other "
+            "work measures sharing, not fallbacks"
+        ),
     )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -318,12 +317,19 @@ def main() -> int:
         for concurrency in (1, args.concurrency):
             for name, port, redis_of, replicas in targets:
                 cells.append(measure(name, f"http://127.0.0.1:{port}", concurrency, args.duration, redis_of, replicas))
-                print(f"{name:32} c={concurrency:<3} {cells[-1].rate:7.1f} req/s  p50 {cells[-1].p50_ms:6.2f} ms  p99 {cells[-1].p99_ms:6.2f} ms", file=sys.stderr)
+                print(
+                    f"{name:32} c={concurrency:<3} {cells[-1].rate:7.1f} req/s  p50 {cells[-1].p50_ms:6.2f} ms  p99 "
+                    f"{cells[-1].p99_ms:6.2f} ms",
+                    file=sys.stderr,
+                )
     print(
         f"cores: {os.cpu_count()}; load average before: {load_before}; {args.duration:g} s per cell; router random; "
         f"model {MODEL}; sticky ids; budget on; Redis timeout {args.redis_timeout_ms:g} ms\n"
     )
-    print("| setup | c | req/s | p50 ms | p99 ms | failed requests | shared-state fallbacks | Redis CPU µs/request | Redis commands/request (scripts' own included) |")
+    print(
+        "| setup | c | req/s | p50 ms | p99 ms | failed requests | shared-state fallbacks | Redis CPU "
+        "µs/request | Redis commands/request (scripts' own included) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for cell in cells:
         redis_cpu = "" if cell.redis_cpu_us_per_request is None else f"{cell.redis_cpu_us_per_request:.0f}"

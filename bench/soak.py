@@ -83,7 +83,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, model: str, stre
             outcome = "stream_" + json.loads(text.rsplit("data: ", 1)[1])["error"]["code"]
         else:
             outcome = "ok" if text.rstrip().endswith("data: [DONE]") else "stream_truncated"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         outcome = type(error).__name__
     return time.perf_counter() - started, outcome
 

@@ -49,7 +49,9 @@ def main() -> None:
             routed = []
             with tqdm(total=len(prompts), desc=f"replaying through router-{args.router}-{args.target:g}%") as bar:
                 for start in range(0, len(prompts), 200):  # chunks keep the bar moving, order kept
-                    routed += asyncio.run(replay(proxy.api, f"router-{args.router}-{args.target:g}%", prompts[start : start + 200]))
+                    routed += asyncio.run(
+                        replay(proxy.api, f"router-{args.router}-{args.target:g}%", prompts[start : start + 200])
+                    )
                     bar.update(len(prompts[start : start + 200]))
     finally:
         strong.stop()
@@ -68,7 +70,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rolling = [sum(flags[max(0, i - ROLLING + 1) : i + 1]) / len(flags[max(0, i - ROLLING + 1) : i + 1]) for i in range(len(flags))]
+    rolling = [
+        sum(flags[max(0, i - ROLLING + 1) : i + 1]) / len(flags[max(0, i - ROLLING + 1) : i + 1]) for i in range(len(flags))
+    ]
     figure, share_axis = plt.subplots(figsize=(9, 4.5))
     share_axis.plot(rolling, label=f"realised strong share (last {ROLLING} requests)", color="tab:blue")
     share_axis.axhline(target, color="tab:green", linestyle="--", label=f"target {target:.0%}")

@@ -60,7 +60,9 @@ def _wait_for_llm(process: subprocess.Popen, url: str, log_path: Path) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"the local LLM server exited with status {process.returncode}; its log ({log_path}) ends:\n{tail}")
+            raise RuntimeError(
+                f"the local LLM server exited with status {process.returncode}; its log ({log_path}) ends:\n{tail}"
+            )
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
@@ -101,15 +103,19 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
         return 2
     for name, (where, number) in {"--port": (host, port), "--llm-port": ("127.0.0.1", llm_port)}.items():
         if number is not None and port_in_use(where, number):
-            print(f"routegate demo: port {number} on {where} is already in use; stop what listens there or pass another {name}",
-                  file=sys.stderr)
+            print(
+                f"routegate demo: port {number} on {where} is already in use; stop what listens there or pass another {name}",
+                file=sys.stderr,
+            )
             return 1
     llm_port = llm_port or _free_port()
     llm_url = f"http://127.0.0.1:{llm_port}"
     chosen = demo_router(base, router)
     llm_log = Path(tempfile.mkdtemp(prefix="routegate-demo-")) / "local-llm.log"
-    print(f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
-          flush=True)
+    print(
+        f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
+        flush=True,
+    )
     with open(llm_log, "wb") as log_file:  # the LLM's loading output goes to its log, not the terminal
         command = [sys.executable, "-m", "demo.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
         llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)

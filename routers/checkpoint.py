@@ -22,7 +22,9 @@ def write_manifest(out_dir: Path, router: str, data_files: list[str], models: li
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "router": router,
-        "command": "routegate " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("routegate", "cli.py") else shlex.join(sys.argv),
+        "command": "routegate " + shlex.join(sys.argv[1:])
+        if Path(sys.argv[0]).name in ("routegate", "cli.py")
+        else shlex.join(sys.argv),
         "data_files": [Path(name).name for name in data_files],
         "data_licences": {Path(name).name: licence_of(name) for name in data_files},
         "split": "train",
@@ -36,7 +38,9 @@ def read_manifest(directory: Path, router: str) -> dict[str, Any]:
     """The manifest of ``directory``; CheckpointError when there is none or it is another router's."""
     path = directory / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"no {router} checkpoint in {directory} (missing {MANIFEST}); train one with `routegate train {router}`")
+        raise CheckpointError(
+            f"no {router} checkpoint in {directory} (missing {MANIFEST}); train one with `routegate train {router}`"
+        )
     manifest = json.loads(path.read_text())
     if manifest.get("router") != router:
         raise CheckpointError(f"{directory} holds a '{manifest.get('router')}' checkpoint, not '{router}'")
@@ -48,11 +52,11 @@ def model_indices(models: list[str], strong: str, weak: str, directory: Path) ->
     CheckpointError naming the known models otherwise."""
     from routers.model_names import match_model
 
-    matched = {name: match_model(name, models) for name in (strong, weak)}
-    unknown = [name for name, known in matched.items() if known is None]
+    indices = {name: models.index(known) for name in (strong, weak) if (known := match_model(name, models)) is not None}
+    unknown = [name for name in (strong, weak) if name not in indices]
     if unknown:
         raise CheckpointError(
             f"the checkpoint in {directory} does not know model(s) {unknown}; set ROUTEGATE_ROUTER_STRONG_MODEL / "
             f"ROUTEGATE_ROUTER_WEAK_MODEL to models it was trained on: {models}"
         )
-    return models.index(matched[strong]), models.index(matched[weak])
+    return indices[strong], indices[weak]

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from routers.base import Router
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers, load_router, load_trainer, trainable_routers
 
 
@@ -37,29 +38,56 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "(train on every domain family but one, APGR on the held-out family's dev records).",
     )
     _router_options(evaluate)
-    evaluate.add_argument("--router", nargs="+", required=True, help="router names (with --leave-one-out, shipped:NAME scores the shipped checkpoint without retraining)")
+    evaluate.add_argument(
+        "--router",
+        nargs="+",
+        required=True,
+        help="router names (with --leave-one-out, shipped:NAME scores the shipped checkpoint without retraining)",
+    )
     evaluate.add_argument("--data", type=Path, help="record file")
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir")
-    evaluate.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="folder of the record files (--leave-one-out)")
+    evaluate.add_argument(
+        "--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir"
+    )
+    evaluate.add_argument(
+        "--data-dir", type=Path, default=Path("../shared/data"), help="folder of the record files (--leave-one-out)"
+    )
     evaluate.add_argument("--families", nargs="+", help="held-out families to run (default all)")
-    evaluate.add_argument("--work-dir", type=Path, default=Path("leave-one-out"), help="fold data and checkpoints (--leave-one-out)")
-    evaluate.add_argument("--train-options", nargs="*", default=[], metavar="ROUTER=OPTIONS", help="extra trainer options per router, e.g. 'mf=--epochs 6'")
+    evaluate.add_argument(
+        "--work-dir", type=Path, default=Path("leave-one-out"), help="fold data and checkpoints (--leave-one-out)"
+    )
+    evaluate.add_argument(
+        "--train-options",
+        nargs="*",
+        default=[],
+        metavar="ROUTER=OPTIONS",
+        help="extra trainer options per router, e.g. 'mf=--epochs 6'",
+    )
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
-    evaluate.add_argument("--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)")
+    evaluate.add_argument(
+        "--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)"
+    )
     evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
-    evaluate.add_argument("--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)")
-    evaluate.add_argument("--output-tokens", type=int, help="output tokens per call for costs (--models; default: recorded responses, else 256)")
+    evaluate.add_argument(
+        "--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)"
+    )
+    evaluate.add_argument(
+        "--output-tokens", type=int, help="output tokens per call for costs (--models; default: recorded responses, else 256)"
+    )
     evaluate.add_argument("--knn", type=int, default=20, help="neighbours of the kNN baseline (--models)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
     _router_options(calibrate)
     calibrate.add_argument("--router", required=True)
-    calibrate.add_argument("--data", required=True, type=Path, nargs="+", help="record files with a prompt (e.g. your own prompt log)")
-    calibrate.add_argument("--per-file", type=int, help="a seeded random sample of at most this many prompts per file (a mixed reference set)")
+    calibrate.add_argument(
+        "--data", required=True, type=Path, nargs="+", help="record files with a prompt (e.g. your own prompt log)"
+    )
+    calibrate.add_argument(
+        "--per-file", type=int, help="a seeded random sample of at most this many prompts per file (a mixed reference set)"
+    )
     calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
     calibrate.add_argument("--split", default="all", help="records of this split (default all)")
     calibrate.add_argument("--batch-size", type=int, default=64)
@@ -77,17 +105,17 @@ def _router_options(parser: argparse.ArgumentParser) -> None:
     defaults = RouterOptions()
     parser.add_argument("--checkpoint-dir", type=Path, default=CHECKPOINT_ROOT, help="directory holding <router>/ checkpoints")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument(
-        "--strong", default=defaults.strong_model, help="strong model (name in the data / the router's training)"
-    )
+    parser.add_argument("--strong", default=defaults.strong_model, help="strong model (name in the data / the router's training)")
     parser.add_argument("--weak", default=defaults.weak_model, help="weak model (name in the data / the router's training)")
 
 
-def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(name: str, args: argparse.Namespace) -> Router:
     from routers.embedding import use_disk_cache
 
     use_disk_cache()
-    options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=args.strong, weak_model=args.weak)
+    options = RouterOptions(
+        checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=args.strong, weak_model=args.weak
+    )
     try:
         return load_router(name, options)
     except KeyError:
@@ -96,7 +124,7 @@ def _load(name: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SystemExit(f"routegate: cannot load router '{name}': {error}") from None
 
 
-def score_all(router, prompts: list[str], batch_size: int, label: str) -> list[float]:  # type: ignore[no-untyped-def]
+def score_all(router: Router, prompts: list[str], batch_size: int, label: str) -> list[float]:
     """Scores of ``prompts`` (in their order) with a progress bar; batches group prompts of similar
     length, so that little of each batch is padding."""
     from tqdm import tqdm
@@ -145,7 +173,7 @@ def _score(args: argparse.Namespace) -> int:
     scores = score_all(router, [record["prompt"] for record in records], args.batch_size, f"score {args.router}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as output:
-        for record, value in zip(records, scores):
+        for record, value in zip(records, scores, strict=True):
             output.write(json.dumps({"id": record["id"], "score": value}) + "\n")
     print(f"wrote {len(scores)} scores to {args.output}")
     return 0
@@ -170,7 +198,9 @@ def _eval(args: argparse.Namespace) -> int:
     quality = PairQuality.of([r["scores"][args.strong] for r in records], [r["scores"][args.weak] for r in records])
     prompts = [record["prompt"] for record in records]
     print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {args.strong}, weak {args.weak}")
-    print(f"  strong mean {quality.strong.mean():.4f}  weak mean {quality.weak.mean():.4f}  oracle mean {quality.oracle_mean:.4f}")
+    print(
+        f"  strong mean {quality.strong.mean():.4f}  weak mean {quality.weak.mean():.4f}  oracle mean {quality.oracle_mean:.4f}"
+    )
     print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
     for name in args.router:
@@ -196,8 +226,15 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
         raise SystemExit(f"routegate eval: unknown families {unknown}; known: {list(FAMILIES)}")
     use_disk_cache()
     table = run_leave_one_out(
-        args.router, args.data_dir, args.work_dir, families, args.device, max(args.batch_size, 256),
-        parse_train_options(args.train_options), args.checkpoint_dir, args.max_prompts,
+        args.router,
+        args.data_dir,
+        args.work_dir,
+        families,
+        args.device,
+        max(args.batch_size, 256),
+        parse_train_options(args.train_options),
+        args.checkpoint_dir,
+        args.max_prompts,
     )
     text = table.format()
     print(text)
@@ -224,7 +261,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     threshold = threshold_for_share(scores, args.strong_fraction)
     share = sum(score >= threshold for score in scores) / len(scores)
     print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
-    print(f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name router-{args.router}-{threshold!r})")
+    print(
+        f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name "
+        f"router-{args.router}-{threshold!r})"
+    )
     if args.write is not None:
         data = [path.name for path in args.data]
         write_calibration(args.write, scores, router=args.router, data=data, split=args.split, per_file=args.per_file)

@@ -90,13 +90,13 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
         known = {}
         if store.is_file():
             with np.load(store) as saved:
-                known = dict(zip(saved["keys"].tolist(), saved["vectors"]))
+                known = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
         _stores[store] = known
     keys = [text_key(text) for text in texts]
-    missing = sorted({key: text for key, text in zip(keys, texts) if key not in known}.items())
+    missing = sorted({key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items())
     if missing:
         vectors = _encode([text for _, text in missing], device, progress=len(missing) > 256)
-        known.update(zip([key for key, _ in missing], vectors))
+        known.update(zip([key for key, _ in missing], vectors, strict=True))
         store.parent.mkdir(parents=True, exist_ok=True)
         partial = store.with_suffix(".tmp.npz")
         np.savez(partial, keys=np.array(list(known)), vectors=np.stack(list(known.values())))

@@ -40,7 +40,12 @@ class FeatureHead(torch.nn.Module):
         """Write the standardisation, weights and bias (fp32, a few hundred bytes)."""
         from safetensors.torch import save_file
 
-        state = {"mean": torch.from_numpy(self.standardize.mean), "std": torch.from_numpy(self.standardize.std), "weight": self.weight, "bias": self.bias}
+        state = {
+            "mean": torch.from_numpy(self.standardize.mean),
+            "std": torch.from_numpy(self.standardize.std),
+            "weight": self.weight,
+            "bias": self.bias,
+        }
         save_file({name: tensor.detach().float().contiguous().cpu() for name, tensor in state.items()}, str(path))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

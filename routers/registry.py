@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from routers.base import Router
 
@@ -107,7 +108,7 @@ def load_router(name: str, options: RouterOptions | None = None) -> Router:
     if name not in _ROUTERS:
         raise KeyError(name)
     module_name, _, attribute = _ROUTERS[name].factory.partition(":")
-    factory = importlib.import_module(module_name)
+    factory: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         factory = getattr(factory, part)
     return factory(options or RouterOptions())

@@ -238,7 +238,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The router models, aliases and upstream models a client may name."""
         _check_client_key(request, settings)
         return JSONResponse(
-            {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()]}
+            {
+                "object": "list",
+                "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()],
+            }
         )
 
     @app.get("/v1/routers", tags=["models"])
@@ -260,7 +263,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if gateway.ready:
             pair = gateway.scored_pair(settings.router)
             return JSONResponse({"status": "ready", "router": settings.router, **({} if pair is None else {"pair": pair})})
-        return JSONResponse({"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503)
+        return JSONResponse(
+            {"status": "loading" if gateway.load_error is None else "failed", "router": settings.router}, status_code=503
+        )
 
     @app.get("/openapi.json", tags=["ops"], include_in_schema=False)
     async def openapi_document(request: Request) -> JSONResponse:

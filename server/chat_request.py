@@ -66,9 +66,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                     raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
-        raise APIError(
-            408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout"
-        ) from None
+        raise APIError(408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout") from None
     return b"".join(chunks)
 
 
@@ -174,9 +172,7 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(
-            part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
+        return "\n".join(part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str))
     return ""
 
 

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from routers.commands import add_router_commands
 from server.feedback_cli import add_feedback_commands
@@ -19,7 +20,9 @@ from server.upstream_keys import warn_missing_keys
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the proxy with uvicorn until interrupted."""
-    overrides = {key: value for key, value in (("host", args.host), ("port", args.port), ("workers", args.workers)) if value is not None}
+    overrides = {
+        key: value for key, value in (("host", args.host), ("port", args.port), ("workers", args.workers)) if value is not None
+    }
     try:
         settings = load_settings(args.config, **overrides)
     except SettingsError as error:
@@ -76,7 +79,7 @@ def _run(settings: Settings) -> int:
         start_metrics_server(settings.host, settings.metrics_port, settings.metrics_key)
     # routegate logs one line per chat request itself (request id, router, tier, status, duration);
     # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
-    server_options = {
+    server_options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

@@ -33,8 +33,7 @@ class ConversationKeys:
 
 def _messages_hash(messages: list[dict[str, Any]]) -> str:
     canonical = [
-        [message.get("role"), message_text(message), message.get("name"), message.get("tool_call_id")]
-        for message in messages
+        [message.get("role"), message_text(message), message.get("name"), message.get("tool_call_id")] for message in messages
     ]
     return "h:" + hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
 

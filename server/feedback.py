@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -127,7 +127,7 @@ class Feedback:
 
     async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
         try:
-            completion = json.loads(response.body)
+            completion = json.loads(bytes(response.body))
         except ValueError:
             return
         if isinstance(completion, dict):
@@ -137,7 +137,7 @@ class Feedback:
         collector = StreamCollector(shadow, self.settings.max_response_bytes)
         relayed, close = response.chunks, response.on_close
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes]:
             async for chunk in relayed:
                 collector.feed(chunk)
                 yield chunk

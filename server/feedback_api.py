@@ -145,7 +145,11 @@ async def handle_feedback(request: Request, store: FeedbackStore | None, body_ti
             503, "The feedback store is unavailable; try again later.", type="server_error", code="feedback_unavailable"
         ) from None
     if not known:
-        raise APIError(404, "No answered request with this request_id (or it is older than the retention).",
-                       param="request_id", code="request_not_found")
+        raise APIError(
+            404,
+            "No answered request with this request_id (or it is older than the retention).",
+            param="request_id",
+            code="request_not_found",
+        )
     fm.FEEDBACK.labels(rating or "score").inc()
     return JSONResponse({"object": "feedback", "request_id": request_id, "score": score, "rating": rating})

@@ -10,7 +10,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ def parse_since(value: str, now: float | None = None) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--since: '{value}' is neither a duration (30m, 24h, 7d) nor an ISO date") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -64,8 +64,22 @@ def _rows(database: Database, since: float) -> Iterator[tuple]:
 
 def record_of(row: tuple) -> dict[str, Any] | None:
     """A shared/data record for one stored request (None without prompt text or usable scores)."""
-    (request_id, created_at, router, tier, strong_model, weak_model, prompt, score, threshold,
-     chosen_tier, verdict, feedback_score, rating, comment) = row
+    (
+        request_id,
+        created_at,
+        router,
+        tier,
+        strong_model,
+        weak_model,
+        prompt,
+        score,
+        threshold,
+        chosen_tier,
+        verdict,
+        feedback_score,
+        rating,
+        comment,
+    ) = row
     if prompt is None:
         return None
     models = {"strong": strong_model, "weak": weak_model}
@@ -85,8 +99,14 @@ def record_of(row: tuple) -> dict[str, Any] | None:
         "prompt": prompt,
         "scores": scores,
         "split": split_of(request_id),
-        "meta": {"router": router, "tier": tier, "router_score": score, "threshold": threshold, "verdict": verdict,
-                 "created_at": created_at},
+        "meta": {
+            "router": router,
+            "tier": tier,
+            "router_score": score,
+            "threshold": threshold,
+            "verdict": verdict,
+            "created_at": created_at,
+        },
     }
     if feedback_score is not None:
         record["feedback"] = {"score": feedback_score, "rating": rating, "comment": comment}
@@ -142,12 +162,21 @@ def stats_lines(rows: list[tuple]) -> list[str]:
         figures = quality(counts)
         interval = "-" if figures.retained_low is None else f"[{figures.retained_low:.3f}, {figures.retained_high:.3f}]"
         scores = feedback[router]
-        table.append((
-            router, str(figures.judged), str(counts.unparsable), _fmt(figures.regret_rate), _fmt(figures.waste_rate),
-            _fmt(figures.retained), interval, str(len(scores)), _fmt(sum(scores) / len(scores) if scores else None),
-        ))
+        table.append(
+            (
+                router,
+                str(figures.judged),
+                str(counts.unparsable),
+                _fmt(figures.regret_rate),
+                _fmt(figures.waste_rate),
+                _fmt(figures.retained),
+                interval,
+                str(len(scores)),
+                _fmt(sum(scores) / len(scores) if scores else None),
+            )
+        )
     widths = [max(len(row[column]) for row in table) for column in range(len(columns))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in table]
 
 
 def _fmt(value: float | None) -> str:
@@ -157,7 +186,7 @@ def _fmt(value: float | None) -> str:
 def _stats(args: argparse.Namespace) -> int:
     database = _database(args)
     rows = list(_rows(database, args.since))
-    since = datetime.fromtimestamp(args.since, timezone.utc).isoformat(timespec="seconds")
+    since = datetime.fromtimestamp(args.since, UTC).isoformat(timespec="seconds")
     print(f"{database.describe()}, since {since}:")
     print("\n".join(stats_lines(rows)))
     return 0
@@ -175,7 +204,9 @@ def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--db", help="store URL (default ROUTEGATE_FEEDBACK_DB)")
         action.add_argument("--config", help="YAML settings file to read ROUTEGATE_FEEDBACK_DB from")
         action.add_argument(
-            "--since", type=parse_since, default=parse_since("30d"),
+            "--since",
+            type=parse_since,
+            default=parse_since("30d"),
             help="window start: a duration back from now (30m, 24h, 7d) or an ISO date (default 30d)",
         )
         if name == "export":

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -105,8 +105,11 @@ class StoreUnavailable(Exception):
     """The store is off, full or its database cannot be reached."""
 
 
-def _upsert(table: str, row: type) -> str:
-    columns = list(row.__dataclass_fields__)
+Row = DecisionRow | JudgementRow | FeedbackRow
+
+
+def _upsert(table: str, row: type[Row]) -> str:
+    columns = [column.name for column in fields(row)]
     updates = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
@@ -114,7 +117,7 @@ def _upsert(table: str, row: type) -> str:
     )
 
 
-UPSERTS: dict[type, str] = {
+UPSERTS: dict[type[Row], str] = {
     DecisionRow: _upsert("routegate_decisions", DecisionRow),
     JudgementRow: _upsert("routegate_judgements", JudgementRow),
     FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
@@ -296,7 +299,7 @@ class FeedbackStore:
             self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
             self._fail(items, error)
             return
-        for item, result in zip(items, results):
+        for item, result in zip(items, results, strict=True):
             if isinstance(item, _Feedback):
                 item.done(result)
 
@@ -309,6 +312,7 @@ class FeedbackStore:
             if cursor.fetchone() is None:
                 return False
             item = item.row
+        assert isinstance(item, Row), item  # the queue holds rows and feedback writes only
         cursor.execute(self.database.sql(UPSERTS[type(item)]), tuple(asdict(item).values()))
         return True
 

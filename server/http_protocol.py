@@ -8,6 +8,7 @@ request is answered 431 with an OpenAI-style error and the connection closed.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -19,7 +20,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = False
         self._received = 0  # bytes received since this request began: bounds what httptools buffers

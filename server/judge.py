@@ -24,7 +24,7 @@ SYSTEM_PROMPT = (
     "comparing the two responses and provide a short explanation. Avoid any position biases and ensure that the "
     "order in which the responses were presented does not influence your decision. Do not allow the length of the "
     "responses to influence your evaluation. Do not favor certain names of the assistants. Be as objective as "
-    'possible. After providing your explanation, output your final verdict by strictly following this format: '
+    "possible. After providing your explanation, output your final verdict by strictly following this format: "
     '"[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
 )
 USER_TEMPLATE = (

@@ -70,9 +70,7 @@ TOKENS = Counter(
     "Tokens reported in upstream usage, by tier, model and kind (prompt|completion).",
     ["tier", "model", "kind"],
 )
-COST_USD = Counter(
-    "routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"]
-)
+COST_USD = Counter("routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"])
 ALL_STRONG_COST_USD = Counter(
     "routegate_all_strong_cost_usd_total",
     "Cost in USD the same tokens would have had on the strong upstream (the all-strong counterfactual).",
@@ -81,9 +79,7 @@ ALL_STRONG_COST_USD = Counter(
 FALLBACKS = Counter(
     "routegate_fallbacks_total", "Requests sent to the other tier after failures.", ["from_tier", "to_tier", "reason"]
 )
-UPSTREAM_ERRORS = Counter(
-    "routegate_upstream_errors_total", "Failed upstream attempts, by tier and reason.", ["tier", "reason"]
-)
+UPSTREAM_ERRORS = Counter("routegate_upstream_errors_total", "Failed upstream attempts, by tier and reason.", ["tier", "reason"])
 UPSTREAM_RETRIES = Counter(
     "routegate_upstream_retries_total", "Upstream attempts repeated after a failure, by tier and reason.", ["tier", "reason"]
 )
@@ -131,18 +127,14 @@ SHARED_STATE_ERRORS = Counter(
     "Shared-state (Redis) operations that failed or timed out and fell back to in-process state, by operation.",
     ["op"],
 )
-IN_FLIGHT = Gauge(
-    "routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum"
-)
+IN_FLIGHT = Gauge("routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum")
 
 UPSTREAM_ACTIVE = Gauge(
     "routegate_upstream_requests_active",
     "Requests holding one of the ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream slots.",
     multiprocess_mode="livesum",
 )
-QUEUED = Gauge(
-    "routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum"
-)
+QUEUED = Gauge("routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum")
 REJECTED = Counter(
     "routegate_requests_rejected_total",
     "Requests refused before reaching an upstream, by reason "

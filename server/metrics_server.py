@@ -29,7 +29,9 @@ def start_metrics_server(host: str, port: int, key: SecretStr | None) -> Threadi
                 return
             given = self.headers.get("authorization", "").strip().encode()
             if expected is not None and not hmac.compare_digest(given, expected):
-                self._send_error(APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key"))
+                self._send_error(
+                    APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
+                )
                 return
             body, content_type = render_metrics()
             self._send(200, body, content_type)

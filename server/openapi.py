@@ -3,6 +3,8 @@ FastAPI cannot derive it): the part of OpenAI's schema that routegate checks, pl
 
 from __future__ import annotations
 
+from typing import Any
+
 from server.chat_request import FIELD_TYPES, RANGES, ROLES
 
 _ERROR = {
@@ -55,7 +57,7 @@ def _field_schema(name: str) -> dict[str, object]:
     return schema
 
 
-_REQUEST = {
+_REQUEST: dict[str, Any] = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
@@ -92,7 +94,10 @@ def chat_completion_openapi(models: list[str]) -> dict[str, object]:
             "200": {
                 "description": "The upstream's answer, as it sent it (JSON, or server-sent events when stream is true).",
                 "headers": _DECISION_HEADERS,
-                "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}},
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
             },
             **{
                 status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}

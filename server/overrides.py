@@ -47,13 +47,15 @@ def read_override(headers: Headers, settings: Settings) -> Override:
     """The override a request asks for, if its client may override; 400 for a malformed value."""
     tier = headers.get(FORCE_TIER_HEADER)
     threshold_text = headers.get(FORCE_THRESHOLD_HEADER)
-    if (tier is None and threshold_text is None) or not _trusted(headers, settings):
-        return NO_OVERRIDE
-    if tier is not None:
+    if tier is not None and _trusted(headers, settings):  # a tier wins over a threshold
         tier = tier.strip().lower()
         if tier not in ("strong", "weak"):
-            raise bad_request(f"Header '{FORCE_TIER_HEADER}' must be 'strong' or 'weak'.", param=FORCE_TIER_HEADER, code="invalid_value")
+            raise bad_request(
+                f"Header '{FORCE_TIER_HEADER}' must be 'strong' or 'weak'.", param=FORCE_TIER_HEADER, code="invalid_value"
+            )
         return Override(tier=tier)
+    if threshold_text is None or tier is not None or not _trusted(headers, settings):
+        return NO_OVERRIDE
     try:
         threshold = float(threshold_text)
     except ValueError:

@@ -50,8 +50,12 @@ class Verdicts:
     def judged(self) -> int:
         """Pairs with a verdict (unparsable ones left out)."""
         return (
-            self.strong_chosen_better + self.strong_tie + self.strong_other_better
-            + self.weak_chosen_better + self.weak_tie + self.weak_other_better
+            self.strong_chosen_better
+            + self.strong_tie
+            + self.strong_other_better
+            + self.weak_chosen_better
+            + self.weak_tie
+            + self.weak_other_better
         )
 
 

@@ -105,4 +105,3 @@ class Recorder:
             metrics.TARGET_REALISED_SHARE.labels(*labels).set(realised)
         if decision.threshold is not None and decision.reason == "score":
             metrics.TARGET_THRESHOLD.labels(*labels).set(decision.threshold)
-

@@ -46,9 +46,7 @@ async def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
 def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
     if failure.timeout:
         return APIError(504, f"The {upstream.tier} upstream timed out.", type="upstream_error", code="upstream_timeout")
-    return APIError(
-        502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error"
-    )
+    return APIError(502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error")
 
 
 async def _whole(

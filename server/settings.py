@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -67,7 +67,7 @@ class ModelEntry(UpstreamSettings):
         return value
 
 
-TIER_DEFAULTS: dict[str, dict[str, object]] = {
+TIER_DEFAULTS: dict[str, dict[str, Any]] = {
     "strong": {"model": "gpt-4o", "input_price": 2.5, "output_price": 10.0},
     "weak": {"model": "gpt-4o-mini", "input_price": 0.15, "output_price": 0.6},
 }
@@ -196,7 +196,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0,
         ge=0,
-        description="torch threads per scoring thread on the CPU (numpy's BLAS always gets one); 0 = the cores less one for the event loop, shared out among the scoring threads, at least one each",
+        description=(
+            "torch threads per scoring thread on the CPU (numpy's BLAS always gets one); 0 = the cores less one "
+            "for the event loop, shared out among the scoring threads, at least one each"
+        ),
     )
     score_cache_size: int = Field(4096, ge=0, description="LRU entries of scores; 0 turns the cache off")
     score_queue_size: int = Field(512, ge=1, description="prompts waiting for a router batch; more are scoring overload")
@@ -264,6 +267,7 @@ class Settings(BaseSettings):
         if abs(value * 100 - round(value * 100)) > 1e-9:
             raise ValueError("must be a whole percent (e.g. 0.3 for 30%)")
         return round(value * 100) / 100
+
     @field_validator("models")
     @classmethod
     def _model_list(cls, value: list[ModelEntry]) -> list[ModelEntry]:
@@ -312,7 +316,7 @@ def _env_name(location: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in location)
 
 
-def load_settings(config_file: str | Path | None = None, **overrides: object) -> Settings:
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and ``config_file`` (YAML); raise SettingsError when invalid."""
     if config_file is not None:
         path = Path(config_file)

@@ -224,8 +224,16 @@ class Shadower:
         if self.store is not None:
             self.store.record(
                 JudgementRow(
-                    job.request_id, time.time(), job.router, job.chosen_tier, verdict, first, second,
-                    self.judge.model, shadow_cost, judge_cost,
+                    job.request_id,
+                    time.time(),
+                    job.router,
+                    job.chosen_tier,
+                    verdict,
+                    first,
+                    second,
+                    self.judge.model,
+                    shadow_cost,
+                    judge_cost,
                 )
             )
 

@@ -60,5 +60,6 @@ class DrainingServer(uvicorn.Server):
         if self.server_state.tasks and left > 0:
             return False
         # What is still running after the grace period is cancelled almost at once by uvicorn.
-        self.config.timeout_graceful_shutdown = max(left, 0.1)
+        # uvicorn annotates it int, but hands it to asyncio.wait_for as seconds, where a float is fine
+        self.config.timeout_graceful_shutdown = max(left, 0.1)  # type: ignore[assignment]
         return True

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from routers.calibration import CALIBRATION_FILE, read_calibration
@@ -106,7 +106,7 @@ class ShareController:
 
 def utc_day_start(now: float) -> float:
     """The epoch time of the start of ``now``'s UTC day."""
-    day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return day.timestamp()
 
 

@@ -138,23 +138,22 @@ class Attempts:
         attempt = 0
         while True:
             reason, timeout, retry_after, result = await try_once()
-            if reason is None and result is not None:
+            if reason is None:
+                assert result is not None, "a try without a failure brings its result"
                 return result
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
             if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
-                last = result if reason == "http_429" else None  # a 429 is relayed when nothing else answers
-                if isinstance(last, tuple):
-                    last = last[0]
-                raise UpstreamFailure(upstream.tier, reason, timeout=timeout, response=last)
+                # a 429 is relayed when nothing else answers
+                last = result[0] if isinstance(result, tuple) else result
+                relayed = last if reason == "http_429" and isinstance(last, CompletedResponse) else None
+                raise UpstreamFailure(upstream.tier, reason, timeout=timeout, response=relayed)
             attempt += 1
 
     async def complete(self, upstream: Upstream, body: bytes, request_id: str) -> tuple[CompletedResponse, float]:
         """A non-streamed request: the upstream's answer (2xx or a relayable 4xx) and its TTFB."""
         return await self._retrying(upstream, lambda: self._try_complete(upstream, body, request_id))
 
-    async def _try_complete(
-        self, upstream: Upstream, body: bytes, request_id: str
-    ) -> _Outcome[tuple[CompletedResponse, float]]:
+    async def _try_complete(self, upstream: Upstream, body: bytes, request_id: str) -> _Outcome[tuple[CompletedResponse, float]]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:
@@ -201,9 +200,7 @@ class Attempts:
         """
         return await self._retrying(upstream, lambda: self._try_stream(upstream, body, request_id))
 
-    async def _try_stream(
-        self, upstream: Upstream, body: bytes, request_id: str
-    ) -> _Outcome[StreamStart | CompletedResponse]:
+    async def _try_stream(self, upstream: Upstream, body: bytes, request_id: str) -> _Outcome[StreamStart | CompletedResponse]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:

@@ -61,7 +61,9 @@ class Proxy:
 
 def proxy_env(strong: FakeUpstream, weak: FakeUpstream, **settings: str) -> dict[str, str]:
     """Environment for a routegate in front of the two fakes, with ``settings`` as ROUTEGATE_* vars."""
-    env = {key: value for key, value in os.environ.items() if key in (CACHE_ENV, FEEDBACK_ENV) or not key.startswith("ROUTEGATE_")}
+    env = {
+        key: value for key, value in os.environ.items() if key in (CACHE_ENV, FEEDBACK_ENV) or not key.startswith("ROUTEGATE_")
+    }
     env.update(
         {
             "ROUTEGATE_STRONG__BASE_URL": strong.url,

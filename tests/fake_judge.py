@@ -67,6 +67,9 @@ class FakeJudge(FakeUpstream):
         reply = "Both answers compared. " + verdict
         answer = self.completion(body["model"])
         answer["choices"][0]["message"]["content"] = reply
-        answer["usage"] = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                           "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS}
+        answer["usage"] = {
+            "prompt_tokens": PROMPT_TOKENS,
+            "completion_tokens": COMPLETION_TOKENS,
+            "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        }
         return JSONResponse(answer)

@@ -57,8 +57,19 @@ def running_postgres() -> Iterator[str]:
     log = root / "postgres.log"
     subprocess.run(
         _as_owner(
-            [str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}", "--auth-local=trust",
-             "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync"]
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
         ),
         check=True,
         capture_output=True,

@@ -62,13 +62,28 @@ def wrong_value(accepted: tuple[type, ...]) -> object:
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "invalid_json"),
-        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000 + b"}", "invalid_json"),
+        (
+            b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000 + b"}",
+            "invalid_json",
+        ),
         (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
         (b"[]", "invalid_type"),
         (b'"a string"', "invalid_type"),
         (b"null", "invalid_type"),
     ],
-    ids=["empty", "truncated", "binary", "invalid-utf8", "lone-surrogate", "nan", "huge-int", "deep-nesting", "array", "string", "null"],
+    ids=[
+        "empty",
+        "truncated",
+        "binary",
+        "invalid-utf8",
+        "lone-surrogate",
+        "nan",
+        "huge-int",
+        "deep-nesting",
+        "array",
+        "string",
+        "null",
+    ],
 )
 def test_unparseable_bodies_are_400(proxy: Proxy, strong: FakeUpstream, body: bytes, code: str) -> None:
     error = openai_error(post(proxy, body), 400)

@@ -18,17 +18,40 @@ from tests.conftest import REPO
 def test_the_estimate_of_a_fully_judged_replay_is_the_true_value(tmp_path: Path) -> None:
     draw = random.Random(7)
     records = [
-        {"id": f"toy/{index}", "prompt": f"Toy question {index}?", "split": "train",
-         "scores": {"big": float(draw.random() < 0.8), "small": float(draw.random() < 0.5)}}
+        {
+            "id": f"toy/{index}",
+            "prompt": f"Toy question {index}?",
+            "split": "train",
+            "scores": {"big": float(draw.random() < 0.8), "small": float(draw.random() < 0.5)},
+        }
         for index in range(40)
     ]
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in records))
     out = tmp_path / "figures.json"
     run = subprocess.run(
-        [sys.executable, "bench/feedback_loop.py", "--data", str(data), "--strong", "big", "--weak", "small",
-         "--router", "random", "--requests", "30", "--checkpoints", "0,10,30", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "bench/feedback_loop.py",
+            "--data",
+            str(data),
+            "--strong",
+            "big",
+            "--weak",
+            "small",
+            "--router",
+            "random",
+            "--requests",
+            "30",
+            "--checkpoints",
+            "0,10,30",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(out.read_text())

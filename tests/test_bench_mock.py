@@ -34,7 +34,9 @@ def serve(script: str, *args: str) -> tuple[subprocess.Popen, int]:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"{script} did not start: {process.stderr.read().decode() if process.stderr else ''}")
+                raise RuntimeError(
+                    f"{script} did not start: {process.stderr.read().decode() if process.stderr else ''}"
+                ) from None
             time.sleep(0.05)
 
 
@@ -109,6 +111,8 @@ def test_floor_relay_passes_completion_and_stream_through(floor_client: OpenAI, 
     reply = floor_client.chat.completions.create(model="mock-strong", messages=[{"role": "user", "content": "hi 3"}])
     assert reply.model == "mock-strong" and reply.choices[0].message.content == "".join(CONTENT)
     before = httpx.get(stats).json()["completions"]
-    chunks = list(floor_client.chat.completions.create(model="mock-weak", messages=[{"role": "user", "content": "hi 4"}], stream=True))
+    chunks = list(
+        floor_client.chat.completions.create(model="mock-weak", messages=[{"role": "user", "content": "hi 4"}], stream=True)
+    )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "".join(CONTENT)
     assert httpx.get(stats).json()["completions"] == before + 1  # the mock answered it: relayed, not made up

@@ -86,7 +86,11 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
     assert [path.name for path in (cache / "routegate").iterdir()] == ["SmolLM2-135M-Instruct.Q4_1-98362432"]
     with open(tmp_path / "llm.log", "wb") as log_file:
         llm = subprocess.Popen(
-            [sys.executable, "-m", "demo.local_llm", "--port", str(llm_port)], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "demo.local_llm", "--port", str(llm_port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -84,7 +84,9 @@ def _host_path(service: dict[str, Any], container_path: str) -> PurePosixPath | 
     return None
 
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "local-llm"], ["--profile", "scale"]], ids=["default", "local-llm", "scale"])
+@pytest.mark.parametrize(
+    "profile", [[], ["--profile", "local-llm"], ["--profile", "scale"]], ids=["default", "local-llm", "scale"]
+)
 def test_compose_file_validates(profile: list[str]) -> None:
     result = _run(require_tool("docker-compose"), *profile, "config", "-q")
     assert result.returncode == 0, result.stderr

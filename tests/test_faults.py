@@ -129,9 +129,7 @@ def test_retry_after_is_honoured(fault_proxy: Proxy, strong: FakeUpstream, weak:
     assert delta("routegate_upstream_retries_total", tier="strong", reason="http_429") == 1
 
 
-def test_retry_after_past_the_deadline_is_not_waited_for(
-    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
-) -> None:
+def test_retry_after_past_the_deadline_is_not_waited_for(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.fail_statuses = [429]
     strong.behaviour.retry_after = "60"  # beyond ROUTEGATE_TOTAL_TIMEOUT=5: fall back instead
     delta = MetricDelta(fault_proxy.metrics)
@@ -142,9 +140,7 @@ def test_retry_after_past_the_deadline_is_not_waited_for(
     assert delta("routegate_upstream_retries_total") == 0
 
 
-def test_429_on_both_tiers_is_relayed_with_retry_after(
-    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
-) -> None:
+def test_429_on_both_tiers_is_relayed_with_retry_after(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     for upstream in (strong, weak):
         upstream.behaviour.fail_statuses = [429] * 10
         upstream.behaviour.retry_after = "30"
@@ -382,9 +378,7 @@ def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, stro
     assert delta.after()("routegate_upstream_errors_total") == 0  # nothing a proxy could tell from a short answer
 
 
-def test_stream_cut_before_the_first_byte_falls_back(
-    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
-) -> None:
+def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)

@@ -152,7 +152,10 @@ def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
     judge.verdict = prefer("weak")
     before = shadow_total(proxy)
     stream = client(proxy).chat.completions.create(
-        model=STRONG_ROUTE, messages=QUESTION, stream=True, stream_options={"include_usage": True},
+        model=STRONG_ROUTE,
+        messages=QUESTION,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_headers={"x-request-id": "req-strong-stream"},
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
@@ -179,9 +182,11 @@ def test_orders_that_disagree_are_a_tie_and_a_reply_without_a_final_verdict_is_u
     client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
     judged(proxy, metric_sum(before, "routegate_shadow_requests_total"))
     labels = {"router": "random", "chosen_tier": "weak", "verdict": verdict}
-    assert metric_sum(proxy.metrics(), "routegate_judgements_total", **labels) - metric_sum(
-        before, "routegate_judgements_total", **labels
-    ) == 1
+    assert (
+        metric_sum(proxy.metrics(), "routegate_judgements_total", **labels)
+        - metric_sum(before, "routegate_judgements_total", **labels)
+        == 1
+    )
 
 
 def test_opted_out_and_tool_requests_are_not_shadowed(
@@ -195,8 +200,11 @@ def test_opted_out_and_tool_requests_are_not_shadowed(
     openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, tools=tools)
     tool_turn = [
         *QUESTION,
-        {"role": "assistant", "content": None,
-         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     openai.chat.completions.create(model=WEAK_ROUTE, messages=tool_turn)
@@ -228,14 +236,18 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     ]
     after = proxy.metrics()
     for rating in ("up", "score"):
-        assert metric_sum(after, "routegate_feedback_total", rating=rating) - metric_sum(
-            before, "routegate_feedback_total", rating=rating
-        ) == 1
+        assert (
+            metric_sum(after, "routegate_feedback_total", rating=rating)
+            - metric_sum(before, "routegate_feedback_total", rating=rating)
+            == 1
+        )
 
     missing = post_feedback(proxy, {"request_id": "never-seen", "rating": "down"})
     assert missing.status_code == 404
     assert missing.json()["error"] == {
-        "message": missing.json()["error"]["message"], "type": "invalid_request_error", "param": "request_id",
+        "message": missing.json()["error"]["message"],
+        "type": "invalid_request_error",
+        "param": "request_id",
         "code": "request_not_found",
     }
     assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key=None).status_code == 401
@@ -293,9 +305,7 @@ def test_shadowing_changes_nothing_the_client_receives_nor_when(
     assert len(strong.received) == 4 and len(judge.received) == 8
 
 
-def test_a_full_shadow_queue_drops_and_counts(
-    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
-) -> None:
+def test_a_full_shadow_queue_drops_and_counts(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path) -> None:
     judge.behaviour.delay = 1.0
     env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_concurrent="1", shadow_queue_size="1")
     with running_proxy(env, tmp_path) as proxy:
@@ -343,7 +353,11 @@ def test_a_down_database_fails_no_request_and_leaks_no_secret(
 
 
 def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
-    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, postgres_url: str, tmp_path: Path  # noqa: F811
+    strong: FakeUpstream,
+    weak: FakeUpstream,
+    judge: FakeJudge,
+    postgres_url: str,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
 ) -> None:
     with running_proxy(shadow_env(strong, weak, judge, postgres_url), tmp_path) as proxy:
         reply = client(proxy).chat.completions.with_raw_response.create(

@@ -20,8 +20,21 @@ NOW = time.time()
 
 def decision(request_id: str, tier: str, prompt: str | None, created_at: float = NOW) -> DecisionRow:
     return DecisionRow(
-        request_id, created_at, "mf", "score", 0.4, 0.5, tier, f"m-{tier}", "m-strong", "m-weak", 11, 7, 1e-5,
-        hashlib.sha1(b"x").hexdigest(), prompt,
+        request_id,
+        created_at,
+        "mf",
+        "score",
+        0.4,
+        0.5,
+        tier,
+        f"m-{tier}",
+        "m-strong",
+        "m-weak",
+        11,
+        7,
+        1e-5,
+        hashlib.sha1(b"x").hexdigest(),
+        prompt,
     )
 
 
@@ -33,15 +46,22 @@ async def fill(into: Database) -> None:
     store = FeedbackStore(into, retention_days=30, queue_size=100)
     store.start()
     rows = [
-        decision("r-strong-win", "weak", "hard question"), judgement("r-strong-win", "weak", "other_better"),
-        decision("r-tie", "strong", "easy question"), judgement("r-tie", "strong", "tie"),
-        decision("r-weak-win", "strong", "easy again"), judgement("r-weak-win", "strong", "other_better"),
-        decision("r-kept", "strong", "tricky"), judgement("r-kept", "strong", "chosen_better"),
-        decision("r-noise", "weak", "noise"), judgement("r-noise", "weak", "unparsable"),
-        decision("r-no-text", "weak", None), judgement("r-no-text", "weak", "chosen_better"),
+        decision("r-strong-win", "weak", "hard question"),
+        judgement("r-strong-win", "weak", "other_better"),
+        decision("r-tie", "strong", "easy question"),
+        judgement("r-tie", "strong", "tie"),
+        decision("r-weak-win", "strong", "easy again"),
+        judgement("r-weak-win", "strong", "other_better"),
+        decision("r-kept", "strong", "tricky"),
+        judgement("r-kept", "strong", "chosen_better"),
+        decision("r-noise", "weak", "noise"),
+        judgement("r-noise", "weak", "unparsable"),
+        decision("r-no-text", "weak", None),
+        judgement("r-no-text", "weak", "chosen_better"),
         decision("r-rated", "weak", "rated only"),
         decision("r-unjudged", "weak", "nothing known"),
-        decision("r-old", "weak", "too old", created_at=NOW - 3 * 86400), judgement("r-old", "weak", "tie"),
+        decision("r-old", "weak", "too old", created_at=NOW - 3 * 86400),
+        judgement("r-old", "weak", "tie"),
     ]
     for row in rows:
         store.record(row)
@@ -80,8 +100,18 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
     printed = routegate("feedback", "stats", "--db", database.url, "--since", "2d")
     [header, row] = printed.splitlines()[1:]
     assert header.split()[:6] == ["router", "judged", "unparsable", "regret", "waste", "retained"]
-    figures = quality(Verdicts.of([("weak", "other_better"), ("strong", "tie"), ("strong", "other_better"),
-                                   ("strong", "chosen_better"), ("weak", "unparsable"), ("weak", "chosen_better")]))
+    figures = quality(
+        Verdicts.of(
+            [
+                ("weak", "other_better"),
+                ("strong", "tie"),
+                ("strong", "other_better"),
+                ("strong", "chosen_better"),
+                ("weak", "unparsable"),
+                ("weak", "chosen_better"),
+            ]
+        )
+    )
     # a=1 b=1 c=1 d=1: (1 - 1) / (1 + 1 - 1 - 1) has no value; regret 1/2, waste 2/3
     assert (figures.regret_rate, figures.waste_rate, figures.retained) == (0.5, 2 / 3, None)
     cells = row.split()

@@ -28,8 +28,14 @@ from tests.tools import require_tool
 MIX = {"strong": {"hard": 5, "easy": 1, "same": 1}, "weak": {"hard": 3, "easy": 2, "same": 2, "noise": 1}}
 ROUTE = {"strong": "router-random-0.0", "weak": "router-random-1.0"}
 EXPECTED = Verdicts.of(
-    (tier, "unparsable" if kind == "noise" else "tie" if kind == "same" else
-     ("chosen_better" if (kind == "hard") == (tier == "strong") else "other_better"))
+    (
+        tier,
+        "unparsable"
+        if kind == "noise"
+        else "tie"
+        if kind == "same"
+        else ("chosen_better" if (kind == "hard") == (tier == "strong") else "other_better"),
+    )
     for tier, kinds in MIX.items()
     for kind, count in kinds.items()
     for _ in range(count)
@@ -62,13 +68,18 @@ def stack(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.Tem
     judge = FakeJudge().start()
     judge.verdict = by_question
     env = proxy_env(
-        strong, weak, shadow_rate="1", feedback_db=str(workdir / "feedback.sqlite3"), judge__base_url=judge.url,
+        strong,
+        weak,
+        shadow_rate="1",
+        feedback_db=str(workdir / "feedback.sqlite3"),
+        judge__base_url=judge.url,
         judge__model="fake-judge",
     )
     try:
-        with running_proxy(env, workdir) as proxy, running_prometheus(
-            prometheus_binary, [proxy.url.removeprefix("http://")], workdir
-        ) as prometheus:
+        with (
+            running_proxy(env, workdir) as proxy,
+            running_prometheus(prometheus_binary, [proxy.url.removeprefix("http://")], workdir) as prometheus,
+        ):
             prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
             client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
             for tier, kinds in MIX.items():
@@ -102,7 +113,9 @@ QUERIES = [query for query in panel_queries() if query.panel.startswith(QUALITY_
 
 def test_the_quality_panels_exist() -> None:
     assert {query.panel.removeprefix(QUALITY_PANELS) for query in QUERIES} >= {
-        "regret rate by router", "waste rate by router", "estimated quality retained by router",
+        "regret rate by router",
+        "waste rate by router",
+        "estimated quality retained by router",
     }
 
 

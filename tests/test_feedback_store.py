@@ -34,8 +34,21 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 def decision(request_id: str, created_at: float | None = None, tier: str = "weak") -> DecisionRow:
     return DecisionRow(
-        request_id, time.time() if created_at is None else created_at, "random", "score", 0.25, 0.5, tier,
-        f"fake-{tier}", "fake-strong", "fake-weak", 11, 7, 1.6e-5, "0" * 40, None,
+        request_id,
+        time.time() if created_at is None else created_at,
+        "random",
+        "score",
+        0.25,
+        0.5,
+        tier,
+        f"fake-{tier}",
+        "fake-strong",
+        "fake-weak",
+        11,
+        7,
+        1.6e-5,
+        "0" * 40,
+        None,
     )
 
 

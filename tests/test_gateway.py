@@ -199,7 +199,11 @@ def error_of(response: httpx.Response) -> dict:
         (b'{"model": "auto", "messages": []}', "messages", "empty_array"),
         (b'{"model": "auto", "messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role", "invalid_value"),
         (b'{"model": "auto", "messages": [{"role": "user", "content": 5}]}', "messages[0].content", "invalid_type"),
-        (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature", "invalid_type"),
+        (
+            b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+            "temperature",
+            "invalid_type",
+        ),
         (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "invalid_type"),
         (b'{"model": "router-random-1.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_threshold"),
         (b'{"model": "router-nosuch-0.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "unknown_router"),

@@ -57,18 +57,14 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, "routegate_tokens_total", tier="weak", model=WEAK_MODEL, kind="completion") == 5 * COMPLETION_TOKENS
     assert value(metrics, "routegate_cost_usd_total", tier="strong", model=STRONG_MODEL) == pytest.approx(10 * STRONG_COST)
     assert value(metrics, "routegate_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(5 * WEAK_COST)
-    assert value(metrics, "routegate_all_strong_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(
-        5 * STRONG_COST
-    )
+    assert value(metrics, "routegate_all_strong_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(5 * STRONG_COST)
     assert value(metrics, "routegate_upstream_duration_seconds_count", tier="strong", model=STRONG_MODEL) == 10
     assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == 5
     assert value(metrics, "routegate_router_threshold", router="random") == 1.0
     assert value(metrics, "routegate_requests_in_flight") == 0
 
 
-def test_failure_without_fallback_is_502_naming_the_tier_not_the_key(
-    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
-):
+def test_failure_without_fallback_is_502_naming_the_tier_not_the_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     with running_proxy(proxy_env(strong, weak, fallback="false", retries="1", read_timeout="0.3"), tmp_path) as proxy:
         strong.behaviour.fail_statuses = [500, 500]
         response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
@@ -146,9 +142,9 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         raw = sdk.chat.completions.with_raw_response.create(model="everything-weak", messages=MESSAGES)
         assert raw.headers["x-routegate-model"] == "yaml-weak-model"
         assert weak.received[0].body["model"] == "yaml-weak-model"
-        assert sdk.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES).headers[
-            "x-routegate-tier"
-        ] == "strong"
+        assert (
+            sdk.chat.completions.with_raw_response.create(model="auto", messages=MESSAGES).headers["x-routegate-tier"] == "strong"
+        )
 
 
 @pytest.mark.parametrize(
@@ -192,7 +188,11 @@ def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.Monke
     monkeypatch.setenv("ROUTEGATE_WEAK__MODEL", "my-small-model")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
     settings = load_settings()
-    assert (settings.strong.base_url, settings.strong.model, settings.strong.input_price) == ("http://127.0.0.1:9/v1", "gpt-4o", 2.5)
+    assert (settings.strong.base_url, settings.strong.model, settings.strong.input_price) == (
+        "http://127.0.0.1:9/v1",
+        "gpt-4o",
+        2.5,
+    )
     assert settings.strong.api_key is None, "OPENAI_API_KEY is only for upstreams on the OpenAI API"
     assert (settings.weak.model, settings.weak.output_price) == ("my-small-model", 0.6)
     assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"

@@ -69,7 +69,10 @@ def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
     failed = [(check["check_id"], check["resource"]) for check in report["results"]["failed_checks"]]
     assert failed == [] and report["summary"]["parsing_errors"] == 0
     assert report["summary"]["passed"] >= 150
-    skipped = {(check["check_id"], check["resource"]): check["check_result"].get("suppress_comment", "") for check in report["results"]["skipped_checks"]}
+    skipped = {
+        (check["check_id"], check["resource"]): check["check_result"].get("suppress_comment", "")
+        for check in report["results"]["skipped_checks"]
+    }
     assert set(skipped) == {
         ("CKV_K8S_43", "Deployment.routegate.routegate"),  # image digest: users build the image
         ("CKV_K8S_35", "Deployment.routegate.routegate"),  # keys as env vars: how routegate reads settings
@@ -83,7 +86,11 @@ def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     files = {path.name for path in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
-    assert all(doc["metadata"].get("namespace") == kustomization["namespace"] for _, doc in _documents() if doc["kind"] not in ("Namespace", "Kustomization"))
+    assert all(
+        doc["metadata"].get("namespace") == kustomization["namespace"]
+        for _, doc in _documents()
+        if doc["kind"] not in ("Namespace", "Kustomization")
+    )
 
 
 def test_deployment_probes_drain_and_resources_fit_routegate() -> None:
@@ -119,7 +126,9 @@ def test_selectors_and_ports_agree() -> None:
     for kind in ("PodDisruptionBudget", "PodMonitor", "NetworkPolicy"):
         spec = _one(kind, "routegate")["spec"]
         assert (spec.get("selector") or spec.get("podSelector"))["matchLabels"] == labels, kind
-    assert _one("PodMonitor", "routegate")["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert _one("PodMonitor", "routegate")["spec"]["podMetricsEndpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "15s"}
+    ]
     hpa = _one("HorizontalPodAutoscaler", "routegate")["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "routegate"}
     assert hpa["minReplicas"] >= 2 and _one("PodDisruptionBudget", "routegate")["spec"]["maxUnavailable"] == 1

@@ -19,7 +19,12 @@ MODELS = ("gpt-4o", "Meta-Llama-3.1-8B-Instruct")
 
 def _record(rid: str, prompt: str, split: str, strong: float, weak: float, models: tuple[str, ...] = MODELS) -> dict:
     """A record where the 1st, 3rd, ... model scores ``strong`` and the others ``weak``."""
-    return {"id": rid, "prompt": prompt, "split": split, "scores": {name: strong if n % 2 == 0 else weak for n, name in enumerate(models)}}
+    return {
+        "id": rid,
+        "prompt": prompt,
+        "split": split,
+        "scores": {name: strong if n % 2 == 0 else weak for n, name in enumerate(models)},
+    }
 
 
 def _write(path: Path, records: list[dict]) -> None:
@@ -101,12 +106,22 @@ def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> Non
     ],
 )
 def test_model_names_match_across_spellings(asked: str, expected: str | None) -> None:
-    known = ["gpt-4o-2024-05-13", "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "Meta-Llama-3.1-8B-Instruct", "gpt4_1106_preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    known = [
+        "gpt-4o-2024-05-13",
+        "gpt-4o-2024-08-06",
+        "gpt-4o-mini-2024-07-18",
+        "Meta-Llama-3.1-8B-Instruct",
+        "gpt4_1106_preview",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    ]
     assert match_model(asked, known) == expected
 
 
 def test_an_unknown_pair_falls_back_to_the_default_pair_and_says_why() -> None:
-    known = [normal_form(name) for name in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")]
+    known = [
+        normal_form(name)
+        for name in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")
+    ]
     assert resolve_pair(known, "gpt-4o", "gpt-4o-mini")[:2] == ("gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")
     strong, weak, why = resolve_pair(known, "my-local-llama", "gpt-4o-mini")
     assert (strong, weak) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
@@ -117,9 +132,25 @@ def test_eval_leave_one_out_trains_scores_and_writes_table_and_plot(data_dir: Pa
     table, plot = tmp_path / "loo.md", tmp_path / "loo.png"
     code = main(
         [
-            "eval", "--leave-one-out", "--router", "mf", "--data-dir", str(data_dir), "--families", "chat", "mixed",
-            "--work-dir", str(tmp_path / "work"), "--train-options", "mf=--epochs 1 --hidden 8 --dim 4", "--device", "cpu",
-            "--table", str(table), "--plot", str(plot),
+            "eval",
+            "--leave-one-out",
+            "--router",
+            "mf",
+            "--data-dir",
+            str(data_dir),
+            "--families",
+            "chat",
+            "mixed",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--train-options",
+            "mf=--epochs 1 --hidden 8 --dim 4",
+            "--device",
+            "cpu",
+            "--table",
+            str(table),
+            "--plot",
+            str(plot),
         ]
     )
     assert code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -85,7 +86,7 @@ def test_masking_curriculum_rises_from_partly_to_fully_masked_and_stays() -> Non
     ratios = [mask_ratio(step, 100, start=0.25, full_at=0.7) for step in range(100)]
 
     assert ratios[0] == 0.25
-    assert all(later >= earlier for earlier, later in zip(ratios, ratios[1:]))
+    assert all(later >= earlier for earlier, later in pairwise(ratios))
     assert ratios[35] < 1.0
     assert ratios[70:] == [1.0] * 30
     with pytest.raises(ValueError):
@@ -170,7 +171,12 @@ def shipped() -> LookaheadRouter:
 
 def test_the_shipped_checkpoint_is_small_and_scores_prompts_in_unit_interval(shipped) -> None:
     size = sum(path.stat().st_size for path in SHIPPED.iterdir())
-    prompts = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether?", "hi", "Prove that there are infinitely many primes."]
+    prompts = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How "
+        "many clips did she sell altogether?",
+        "hi",
+        "Prove that there are infinitely many primes.",
+    ]
 
     scores = shipped.score(prompts)
 
@@ -190,8 +196,12 @@ def test_router_lookahead_routes_through_the_gateway_by_its_score(strong, weak, 
         client = openai.OpenAI(base_url=proxy.api, api_key="client-key", http_client=httpx.Client(timeout=60))
         below = math.floor(expected * 1000) / 1000
         above = math.ceil(expected * 1000) / 1000 + 0.001
-        to_strong = client.chat.completions.with_raw_response.create(model=f"router-lookahead-{below}", messages=[{"role": "user", "content": prompt}])
-        to_weak = client.chat.completions.with_raw_response.create(model=f"router-lookahead-{above}", messages=[{"role": "user", "content": prompt}])
+        to_strong = client.chat.completions.with_raw_response.create(
+            model=f"router-lookahead-{below}", messages=[{"role": "user", "content": prompt}]
+        )
+        to_weak = client.chat.completions.with_raw_response.create(
+            model=f"router-lookahead-{above}", messages=[{"role": "user", "content": prompt}]
+        )
 
     assert to_strong.headers["x-routegate-tier"] == "strong"
     assert to_strong.parse().choices[0].message.content == "answer from strong"

@@ -88,7 +88,7 @@ def test_a_client_stalling_mid_body_gets_408(small_proxy: Proxy, strong: FakeUps
     with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
         stalled.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
-            b"content-length: 1000\r\n\r\n{\"model\": "
+            b'content-length: 1000\r\n\r\n{"model": '
         )
         answer = b""
         while b"}}" not in answer:  # the whole error body, ROUTEGATE_BODY_TIMEOUT=0.5 later

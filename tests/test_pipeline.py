@@ -31,7 +31,9 @@ async def _burst(url: str, model: str, count: int, **payload: object) -> list[ht
         return await asyncio.gather(*calls)
 
 
-def test_refused_requests_leave_no_sticky_target_or_budget_trace(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+def test_refused_requests_leave_no_sticky_target_or_budget_trace(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
     env = proxy_env(
         strong,
         weak,
@@ -57,7 +59,11 @@ def test_refused_requests_leave_no_sticky_target_or_budget_trace(strong: FakeUps
         refused = next(index for index, response in enumerate(responses) if response.status_code == 429)
         decisions = {}
         for index in (served, refused):
-            follow_up = [*_question(index), {"role": "assistant", "content": "answer from strong"}, {"role": "user", "content": "And cubed?"}]
+            follow_up = [
+                *_question(index),
+                {"role": "assistant", "content": "answer from strong"},
+                {"role": "user", "content": "And cubed?"},
+            ]
             response = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-100%", "messages": follow_up})
             decisions[index] = response.headers["x-routegate-decision"]
     assert decisions == {served: "sticky", refused: "score"}  # the refused conversation was never remembered

@@ -58,9 +58,12 @@ def _send_mix(proxy: Proxy, strong: FakeUpstream) -> None:
     client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "How far is the moon?"}]
     for _ in range(STRONG_ROUTED):
-        assert client.chat.completions.with_raw_response.create(model="router-random-0.0", messages=messages).headers[
-            "x-routegate-tier"
-        ] == "strong"
+        assert (
+            client.chat.completions.with_raw_response.create(model="router-random-0.0", messages=messages).headers[
+                "x-routegate-tier"
+            ]
+            == "strong"
+        )
     for index in range(WEAK_ROUTED):
         if index < WEAK_STREAMED:
             chunks = client.chat.completions.create(

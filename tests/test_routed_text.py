@@ -6,7 +6,14 @@ CONVERSATION = [
     {"role": "system", "content": "be brief"},
     {"role": "user", "content": "first question"},
     {"role": "assistant", "content": "first answer"},
-    {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "question"}]},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "second"},
+            {"type": "image_url", "image_url": {"url": "x"}},
+            {"type": "text", "text": "question"},
+        ],
+    },
 ]
 
 

@@ -51,7 +51,23 @@ def test_proxy_serves_a_trained_causal_llm_router(strong: FakeUpstream, weak: Fa
     base = tiny_causal_lm(tmp_path / "tiny-lm")
     data = write_slice(tmp_path / "slice.jsonl.gz", {"train": 12})
     checkpoints = tmp_path / "checkpoints"
-    assert main(["train", "causal_llm", "--data", str(data), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base), "--epochs", "5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "causal_llm",
+                "--data",
+                str(data),
+                "--out",
+                str(checkpoints / "causal_llm"),
+                "--base-model",
+                str(base),
+                "--epochs",
+                "5",
+            ]
+        )
+        == 0
+    )
     env = proxy_env(strong, weak, router="causal_llm", checkpoint_dir=str(checkpoints), device="cpu")
     with running_proxy(env, tmp_path, ready_timeout=120) as proxy:
         client = OpenAI(base_url=proxy.api, api_key="unused")
@@ -67,7 +83,13 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
     port = free_port()
     log_path = tmp_path / "routegate.log"
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         status = None
         for _ in range(1200):  # until the background load has failed (at most ~2 minutes)
@@ -98,7 +120,9 @@ def test_the_scored_pair_follows_the_upstream_models(strong: FakeUpstream, weak:
         assert "router mf scores gpt-4o-2024-05-13 (strong) vs llama-3.1-8b-instruct (weak)" in proxy.log()
 
 
-def test_upstream_models_the_router_does_not_know_get_the_default_pair(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+def test_upstream_models_the_router_does_not_know_get_the_default_pair(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
     with running_proxy(proxy_env(strong, weak, router="mf"), tmp_path, ready_timeout=180) as proxy:
         pair = httpx.get(f"{proxy.url}/ready").json()["pair"]
         assert (pair["strong"], pair["weak"]) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")

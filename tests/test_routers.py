@@ -87,14 +87,48 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     assert manifest["prompts"] == 24  # train records only
 
     scores_path = tmp_path / "scores.jsonl"
-    assert main(["score", "--router", name, "--checkpoint-dir", str(checkpoints), "--input", str(data_slice), "--output", str(scores_path)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--router",
+                name,
+                "--checkpoint-dir",
+                str(checkpoints),
+                "--input",
+                str(data_slice),
+                "--output",
+                str(scores_path),
+            ]
+        )
+        == 0
+    )
     scores = _scores(scores_path)
     assert list(scores) == [record["id"] for record in iter_records(data_slice)]
     assert all(0.0 <= score <= 1.0 for score in scores.values())
 
     plot = tmp_path / "eval.png"
     capsys.readouterr()
-    assert main(["eval", "--router", name, "--checkpoint-dir", str(checkpoints), "--data", str(data_slice), "--strong", STRONG, "--weak", WEAK, "--plot", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--router",
+                name,
+                "--checkpoint-dir",
+                str(checkpoints),
+                "--data",
+                str(data_slice),
+                "--strong",
+                STRONG,
+                "--weak",
+                WEAK,
+                "--plot",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     report = capsys.readouterr().out
     assert "16 prompts" in report  # the dev records only
     row = next(line for line in report.splitlines() if line.strip().startswith(name))
@@ -109,7 +143,23 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
 def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_path: Path) -> None:
     base = tiny_causal_lm(tmp_path / "tiny-lm")
     checkpoints = tmp_path / "checkpoints"
-    assert main(["train", "causal_llm", "--data", str(data_slice), "--out", str(checkpoints / "causal_llm"), "--base-model", str(base), "--epochs", "20"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "causal_llm",
+                "--data",
+                str(data_slice),
+                "--out",
+                str(checkpoints / "causal_llm"),
+                "--base-model",
+                str(base),
+                "--epochs",
+                "20",
+            ]
+        )
+        == 0
+    )
     router = load_router("causal_llm", RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
     scores = router.score(PROMPTS)
     assert len(scores) == 3 and all(0.0 <= score <= 1.0 for score in scores)
@@ -144,12 +194,16 @@ def test_feature_head_ranks_by_structure_where_the_network_cannot(name: str, opt
         command += ["--base-model", str(tiny_causal_lm(tmp_path / "tiny-lm"))]
     assert main([*command, *options]) == 0
     router = load_router(name, RouterOptions(checkpoint_dir=checkpoints, device="cpu"))
-    long_score, short_score = router.score(["Please add 17, 25 and 31, then explain every step of the work in detail. " * 5, "ok?"])
+    long_score, short_score = router.score(
+        ["Please add 17, 25 and 31, then explain every step of the work in detail. " * 5, "ok?"]
+    )
     assert long_score > 0.6 and short_score < 0.4
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
-def test_calibrate_threshold_yields_the_requested_share(fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_threshold_yields_the_requested_share(
+    fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     capsys.readouterr()
     assert main(["calibrate", "--router", "mf", "--data", str(data_slice), "--strong-fraction", str(fraction)]) == 0
     threshold = float(capsys.readouterr().out.split()[1])
@@ -175,4 +229,3 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
     router = LengthRouter()
     assert score_all(router, ["ccc", "a", "bbbbb", "dd"], batch_size=2, label="test") == [0.03, 0.01, 0.05, 0.02]
     assert router.batches == [["a", "dd"], ["ccc", "bbbbb"]]
-

@@ -68,7 +68,9 @@ def test_openapi_document_needs_a_client_key(strong: FakeUpstream, weak: FakeUps
 
 
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
-def test_the_budget_caps_strong_requests_by_model_name(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, exhausted: str) -> None:
+def test_the_budget_caps_strong_requests_by_model_name(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, exhausted: str
+) -> None:
     env = proxy_env(strong, weak, daily_budget_usd=str(STRONG_COST / 2), budget_exhausted=exhausted, fallback="true")
     with running_proxy(env, tmp_path) as proxy:
         body = {"model": STRONG_MODEL, "messages": MESSAGES}
@@ -90,7 +92,9 @@ def test_the_budget_caps_strong_requests_by_model_name(strong: FakeUpstream, wea
     assert third.status_code == 502 and "x-routegate-fallback" not in third.headers
 
 
-def test_a_client_that_leaves_cancels_its_plain_request_upstream(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+def test_a_client_that_leaves_cancels_its_plain_request_upstream(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
     with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
         strong.behaviour.delay = 5.0
         with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s and closes its connection

@@ -122,9 +122,7 @@ def test_target_route_is_one_controller_over_all_replicas(trio: list[Proxy], str
             decisions.append((replica, headers["x-routegate-tier"]))
     last = decisions[-300:]
     overall = sum(tier == "strong" for _, tier in last) / len(last)
-    by_replica = [
-        sum(tier == "strong" for replica, tier in last if replica == wanted) / 100 for wanted in range(3)
-    ]
+    by_replica = [sum(tier == "strong" for replica, tier in last if replica == wanted) / 100 for wanted in range(3)]
     assert abs(overall - 0.30) <= 0.03, (overall, by_replica)
     assert by_replica[0] >= 0.8 and by_replica[1] <= 0.05 and by_replica[2] <= 0.05, by_replica
     for proxy in trio:  # each replica reports the route's realised share over all replicas' decisions

@@ -41,9 +41,7 @@ def _hung_client(url: str) -> socket.socket:
     return sock
 
 
-def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
-    strong: FakeUpstream, weak: FakeUpstream, tmp_path
-) -> None:
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     strong.behaviour.chunks, strong.behaviour.chunk_delay = 6, 0.15  # a 0.9 s stream
     weak.behaviour.delay = 1.0  # a 1 s plain answer
     env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS))
@@ -77,9 +75,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(
         assert b'"code": "shutting_down"' in cut
 
 
-def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(
-    strong: FakeUpstream, weak: FakeUpstream, tmp_path
-) -> None:
+def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s: longer than any grace
     with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="1"), tmp_path) as proxy:
         client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)

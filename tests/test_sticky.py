@@ -34,7 +34,11 @@ def test_follow_up_of_a_strong_conversation_stays_strong_by_message_hash(sticky_
     headers, reply = _ask(sticky_proxy, ALWAYS_STRONG, first)
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "score")
 
-    follow_up = [*first, {"role": "assistant", "content": reply.choices[0].message.content}, {"role": "user", "content": "Thanks!"}]
+    follow_up = [
+        *first,
+        {"role": "assistant", "content": reply.choices[0].message.content},
+        {"role": "user", "content": "Thanks!"},
+    ]
     headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, follow_up)
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
     assert "x-routegate-score" not in headers
@@ -43,7 +47,9 @@ def test_follow_up_of_a_strong_conversation_stays_strong_by_message_hash(sticky_
     headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, third)
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
     assert [received.body["messages"][-1]["content"] for received in strong.received] == [
-        "Prove Fermat's little theorem.", "Thanks!", "One more?"
+        "Prove Fermat's little theorem.",
+        "Thanks!",
+        "One more?",
     ]
     assert weak.received == []
 
@@ -100,6 +106,8 @@ def test_hash_keys_chain_turns_and_ignore_unrelated_fields() -> None:
     keys = conversation_keys(first, None)
     assert keys.previous is None
     reply = {"role": "assistant", "content": "hello", "refusal": None}
-    follow_up = conversation_keys([{"role": "user", "content": [{"type": "text", "text": "hi"}]}, reply, {"role": "user", "content": "?"}], None)
+    follow_up = conversation_keys(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, reply, {"role": "user", "content": "?"}], None
+    )
     assert follow_up.previous == keys.current
     assert conversation_keys(first, "abc").previous == conversation_keys([], "abc").current == "id:abc"

@@ -116,7 +116,9 @@ def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak
     assert abs(remaining - (budget - strong_calls * strong_cost)) < 1e-9
     assert 'routegate_target_share{router="random",target="0.5"} 0.5' in metrics
     assert re.search(r'^routegate_target_threshold\{router="random",target="0.5"\} \S+$', metrics, re.M)
-    realised = float(re.search(r'^routegate_target_realised_share\{router="random",target="0.5"\} (\S+)$', metrics, re.M).group(1))
+    realised = float(
+        re.search(r'^routegate_target_realised_share\{router="random",target="0.5"\} (\S+)$', metrics, re.M).group(1)
+    )
     assert realised == sum(h["x-routegate-tier"] == "strong" for h in headers[-50:]) / 50  # window: last 50
 
 

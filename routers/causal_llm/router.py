@@ -65,7 +65,7 @@ def load_causal_lm(name: str, device: str) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "left"  # the last position is the next-token position for every row
     tokenizer.truncation_side = "left"  # keep the template's question when a prompt is too long
-    return tokenizer, model.to(device).eval()
+    return tokenizer, model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub of .to wants a model first
 
 
 def label_token_ids(tokenizer: Any, count: int) -> list[int]:

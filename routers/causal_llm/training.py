@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train causal_llm``."""
     add_training_data_arguments(parser)
     parser.add_argument(
-        "--base-model", default=PACKAGED_SMOLLM2, help="causal LM: a transformers checkpoint directory or a .gguf file (default: packaged SmolLM2-135M)"
+        "--base-model",
+        default=PACKAGED_SMOLLM2,
+        help="causal LM: a transformers checkpoint directory or a .gguf file (default: packaged SmolLM2-135M)",
     )
     parser.add_argument("--epochs", type=int, default=200, help="full-batch optimiser steps over the cached hidden states")
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -49,17 +51,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
-def cached_last_hidden(model: Any, tokenizer: Any, prompts: Sequence[str], base_model: str, device: str, batch_size: int) -> torch.Tensor:
+def cached_last_hidden(
+    model: Any, tokenizer: Any, prompts: Sequence[str], base_model: str, device: str, batch_size: int
+) -> torch.Tensor:
     """``last_hidden`` of every prompt, cached outside the repository by base model, template and text hash."""
     tag = hashlib.sha1(f"{base_model}\n{TEMPLATE}".encode()).hexdigest()[:12]
     states = cached_states(
-        f"causal-llm-{tag}", prompts, lambda batch: last_hidden(model, tokenizer, batch, device).cpu().numpy(), batch_size, "base model"
+        f"causal-llm-{tag}",
+        prompts,
+        lambda batch: last_hidden(model, tokenizer, batch, device).cpu().numpy(),
+        batch_size,
+        "base model",
     )
     return torch.from_numpy(np.stack(states))
 
 
 def fit_label_head(
-    hidden: torch.Tensor, feature_head: FeatureHead, feature_inputs: torch.Tensor, rows: torch.Tensor, comparisons: Comparisons, args: argparse.Namespace
+    hidden: torch.Tensor,
+    feature_head: FeatureHead,
+    feature_inputs: torch.Tensor,
+    rows: torch.Tensor,
+    comparisons: Comparisons,
+    args: argparse.Namespace,
 ) -> torch.Tensor:
     """Train label rows (started at ``rows``) and ``feature_head`` on the pairwise comparisons;
     returns the rows (for the states ``hidden`` as given)."""

@@ -1,1 +1,3 @@
-"""What ``routegate eval`` and ``calibrate`` share: APGR/CPT metrics, plots, leave-one-out folds, domain families, multi-model cost curves and prices. Never imported by ``routegate serve``."""
+"""What ``routegate eval`` and ``calibrate`` share: APGR/CPT metrics, plots, leave-one-out folds,
+domain families, multi-model cost curves and list prices. ``routegate serve`` never imports it
+(tests/test_layout.py)."""

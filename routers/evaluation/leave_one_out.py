@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from routers.base import Router
 from routers.data import Record, iter_records
 from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
 from routers.evaluation.metrics import PairQuality, apgr
@@ -53,7 +54,9 @@ class LeaveOneOutTable:
         for family in families:
             for pair in self.pairs[family]:
                 values = " | ".join(f"{self.apgr[(router, family, pair)]:.3f}" for router in self.routers())
-                lines.append(f"| {family} | {pair.file} | {pair.strong} | {pair.weak} | {self.prompts[(family, pair)]} | {values} |")
+                lines.append(
+                    f"| {family} | {pair.file} | {pair.strong} | {pair.weak} | {self.prompts[(family, pair)]} | {values} |"
+                )
         return "\n".join(lines)
 
 
@@ -77,7 +80,7 @@ def train_fold(router: str, paths: list[Path], out: Path, extra: list[str]) -> N
     run_trainer(router, ["--data", *map(str, paths), "--out", str(out), *extra])
 
 
-def fold_scores(router, pair: EvalPair, prompts: list[str], batch_size: int) -> list[float]:  # type: ignore[no-untyped-def]
+def fold_scores(router: Router, pair: EvalPair, prompts: list[str], batch_size: int) -> list[float]:
     from routers.commands import score_all
 
     return score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
@@ -119,7 +122,9 @@ def run_leave_one_out(
             for pair in table.pairs[family]:
                 known = _known_models(directory / router_name)
                 strong, weak, _ = resolve_pair(known, pair.strong, pair.weak)
-                router = load_router(router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak))
+                router = load_router(
+                    router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak)
+                )
                 selected = selected_by_pair[pair]
                 quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
                 scores = fold_scores(router, pair, [r["prompt"] for r in selected], batch_size)

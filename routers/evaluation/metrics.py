@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+Scores = Sequence[float] | np.ndarray  # one value per prompt
+
 
 @dataclass(frozen=True)
 class PairQuality:
@@ -21,7 +23,7 @@ class PairQuality:
     weak: np.ndarray
 
     @classmethod
-    def of(cls, strong: Sequence[float], weak: Sequence[float]) -> PairQuality:
+    def of(cls, strong: Scores, weak: Scores) -> PairQuality:
         return cls(np.asarray(strong, dtype=np.float64), np.asarray(weak, dtype=np.float64))
 
     @property
@@ -30,13 +32,13 @@ class PairQuality:
         return float(np.maximum(self.strong, self.weak).mean())
 
 
-def routing_curve(scores: Sequence[float], quality: PairQuality) -> tuple[np.ndarray, np.ndarray]:
+def routing_curve(scores: Scores, quality: PairQuality) -> tuple[np.ndarray, np.ndarray]:
     """Strong-call shares and mean qualities at every achievable threshold, from all-weak to all-strong."""
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
     gain = (quality.strong - quality.weak)[order]
     cumulative = np.concatenate([[0.0], np.cumsum(gain)])
-    sorted_scores = scores[order]
+    sorted_scores = values[order]
     # cut only between distinct scores: tied prompts go to the same tier
     cuts = np.concatenate([[0], np.nonzero(np.diff(sorted_scores))[0] + 1, [len(scores)]])
     shares = cuts / len(scores)
@@ -50,13 +52,13 @@ def pgr(means: np.ndarray, quality: PairQuality) -> np.ndarray:
     return (means - weak_mean) / (strong_mean - weak_mean)
 
 
-def apgr(scores: Sequence[float], quality: PairQuality) -> float:
+def apgr(scores: Scores, quality: PairQuality) -> float:
     """Average PGR over strong-call shares from 0 to 1 (area under the PGR curve)."""
     shares, means = routing_curve(scores, quality)
     return float(np.trapezoid(pgr(means, quality), shares))
 
 
-def cpt(scores: Sequence[float], quality: PairQuality, target_pgr: float) -> float:
+def cpt(scores: Scores, quality: PairQuality, target_pgr: float) -> float:
     """Call-performance threshold: the smallest strong-call share whose PGR reaches ``target_pgr``."""
     shares, means = routing_curve(scores, quality)
     gaps = pgr(means, quality)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from routers.evaluation.metrics import PairQuality, routing_curve
+
+if TYPE_CHECKING:
+    from routers.evaluation.leave_one_out import LeaveOneOutTable
 
 
 def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, path: Path, title: str) -> None:
@@ -33,7 +37,7 @@ def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, pa
     plt.close(figure)
 
 
-def plot_leave_one_out(table, path: Path) -> None:  # type: ignore[no-untyped-def]
+def plot_leave_one_out(table: LeaveOneOutTable, path: Path) -> None:
     """Write a PNG of held-out APGR: one group of bars per family, one bar per router."""
     import matplotlib
 

@@ -1,1 +1,5 @@
-"""The ``lookahead`` router: a masked LM that predicts every model's answer quality (serving: ``router``, ``model``, ``inputs``; trainer: ``training``; its ablation table: ``evaluation``)."""
+"""The ``lookahead`` router: a masked LM that predicts every candidate model's answer quality.
+
+Serving: ``router``, ``model``, ``inputs``; trainer (``routegate train lookahead``): ``training``;
+the Lookahead-vs-ablation table: ``evaluation``.
+"""

@@ -139,7 +139,10 @@ def plot(dev_sets: list[DevSet], columns: dict[str, dict[str, dict[str, float]]]
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-    for axis, metric, title in ((axes[0], "gap_closed", "share of random→oracle gap closed (best candidate)"), (axes[1], "apgr", "APGR, strongest vs weakest model")):
+    for axis, metric, title in (
+        (axes[0], "gap_closed", "share of random→oracle gap closed (best candidate)"),
+        (axes[1], "apgr", "APGR, strongest vs weakest model"),
+    ):
         sets = [dev.name for dev in dev_sets if any(metric in column.get(dev.name, {}) for column in columns.values())]
         width = 0.8 / len(columns)
         for offset, (name, column) in enumerate(columns.items()):

@@ -134,7 +134,10 @@ def layout_for(config: LookaheadConfig, bert_config: BertConfig, cls_id: int = 1
 def save_checkpoint(net: LookaheadNet, config: LookaheadConfig, directory: Path) -> None:
     """Write the fp16 delta and the config to ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.detach().to(torch.float16).contiguous() for name, tensor in net.trained_state().items()}, directory / DELTA_FILE)
+    save_file(
+        {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in net.trained_state().items()},
+        directory / DELTA_FILE,
+    )
     config.save(directory)
 
 

@@ -64,7 +64,9 @@ class LookaheadRouter(Router):
         return cls.from_directory(directory, options.strong_model, options.weak_model, resolve_device(options.device))
 
     @classmethod
-    def from_directory(cls, directory: Path, strong_model: str | None = None, weak_model: str | None = None, device: str | torch.device = "cpu") -> LookaheadRouter:
+    def from_directory(
+        cls, directory: Path, strong_model: str | None = None, weak_model: str | None = None, device: str | torch.device = "cpu"
+    ) -> LookaheadRouter:
         """A router from a checkpoint directory; the pair defaults to the first two candidates."""
         if not (directory / "config.json").is_file():
             raise FileNotFoundError(f"no lookahead checkpoint in {directory}")
@@ -79,7 +81,9 @@ class LookaheadRouter(Router):
         rows = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = list(prompts[start : start + self.batch_size])
-            token_ids = self.tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=self.layout.prompt_tokens)["input_ids"]
+            token_ids = self.tokenizer(chunk, add_special_tokens=False, truncation=True, max_length=self.layout.prompt_tokens)[
+                "input_ids"
+            ]
             batch = collate([build_example(self.layout, ids, candidates) for ids in token_ids], self.device)
             with torch.inference_mode():
                 hidden = self.net(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch["slot_ids"])

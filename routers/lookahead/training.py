@@ -55,10 +55,12 @@ def prepare_items(records: list[Record], names: list[str], tokenizer, layout: In
     chunk = 512
     for start in tqdm(range(0, len(usable), chunk), desc="tokenising", unit="chunk"):
         part = usable[start : start + chunk]
-        prompts = tokenizer([record["prompt"] for record, _ in part], add_special_tokens=False, truncation=True, max_length=layout.prompt_tokens)["input_ids"]
+        prompts = tokenizer(
+            [record["prompt"] for record, _ in part], add_special_tokens=False, truncation=True, max_length=layout.prompt_tokens
+        )["input_ids"]
         texts = [record["responses"][model][:RESPONSE_CHARS] for record, models in part for model in models]
         responses = iter(tokenizer(texts, add_special_tokens=False, truncation=True, max_length=layout.block_size)["input_ids"])
-        for (record, models), prompt_ids in zip(part, prompts):
+        for (record, models), prompt_ids in zip(part, prompts, strict=True):
             targets = normalise_scores([float(record["scores"][model]) for model in models])
             items.append(TrainItem(prompt_ids, [index[model] for model in models], targets, [next(responses) for _ in models]))
     return items
@@ -135,7 +137,9 @@ def train(
     new = [p for name, p in net.named_parameters() if p.requires_grad and not name.startswith("bert.")]
     optimiser = torch.optim.AdamW([{"params": encoder, "lr": lr}, {"params": new, "lr": new_lr}], weight_decay=0.01)
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / (steps - warmup + 1e-9))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / (steps - warmup + 1e-9)))
+    )
     order: list[int] = []
     tail_route, tail_mlm = [], []
     net.train()
@@ -181,7 +185,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_line(args: argparse.Namespace) -> str:
     """Every option of ``args`` spelled out, so the stored command reproduces the run."""
     parts = ["--data", *(shlex.quote(str(path)) for path in args.data), "--out", shlex.quote(str(args.out))]
-    for name in ("steps", "batch_size", "block_size", "prompt_tokens", "trainable_layers", "reconstruction_weight", "seed", "threads"):
+    for name in (
+        "steps",
+        "batch_size",
+        "block_size",
+        "prompt_tokens",
+        "trainable_layers",
+        "reconstruction_weight",
+        "seed",
+        "threads",
+    ):
         parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_reconstruction:
         parts.append("--no-reconstruction")
@@ -210,7 +223,16 @@ def run(args: argparse.Namespace) -> Path:
     items = prepare_items(records, names, tokenizer, layout)
     torch.manual_seed(args.seed)  # the new embeddings and heads start from the seed too
     net = new_net(config, bert)
-    losses = train(net, items, layout, steps=args.steps, batch_size=args.batch_size, reconstruction=config.reconstruction, seed=args.seed, reconstruction_weight=args.reconstruction_weight)
+    losses = train(
+        net,
+        items,
+        layout,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        reconstruction=config.reconstruction,
+        seed=args.seed,
+        reconstruction_weight=args.reconstruction_weight,
+    )
     config.training = {
         "command": "routegate train lookahead " + options_line(args),
         "data": [Path(path).name for path in args.data],

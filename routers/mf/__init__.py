@@ -1,1 +1,4 @@
-"""The ``mf`` router: matrix factorisation over prompt embeddings and structural features (serving: ``router``; trainer: ``training``)."""
+"""The ``mf`` router: matrix factorisation over prompt embeddings and structural features.
+
+Serving: ``router``; trainer (``routegate train mf``): ``training``.
+"""

@@ -42,10 +42,20 @@ from routers.model_names import DEFAULT_PAIR, normal_form
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train mf``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used")
+    parser.add_argument(
+        "--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used"
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    parser.add_argument("--limit", type=int, help="at most this many train records per file (the same ones every run: lowest sha1 of the id)")
-    parser.add_argument("--weight", nargs="*", default=[], metavar="FILE=W", help="extra weight for a file's records, e.g. my-traffic.jsonl=5 (in-domain data)")
+    parser.add_argument(
+        "--limit", type=int, help="at most this many train records per file (the same ones every run: lowest sha1 of the id)"
+    )
+    parser.add_argument(
+        "--weight",
+        nargs="*",
+        default=[],
+        metavar="FILE=W",
+        help="extra weight for a file's records, e.g. my-traffic.jsonl=5 (in-domain data)",
+    )
     parser.add_argument("--hidden", type=int, default=128, help="width of the text projection's hidden layer")
     parser.add_argument("--dim", type=int, default=32, help="latent dimension shared by prompts and models")
     parser.add_argument("--pairs", type=int, default=24, help="model pairs sampled per prompt (all pairs when fewer)")
@@ -78,12 +88,16 @@ def file_stem(path: str | Path) -> str:
     return Path(path).name.split(".")[0]
 
 
-def build_training_set(records_by_file: dict[str, list[Record]], pairs: int, seed: int, file_weights: dict[str, float]) -> TrainingSet:
+def build_training_set(
+    records_by_file: dict[str, list[Record]], pairs: int, seed: int, file_weights: dict[str, float]
+) -> TrainingSet:
     """Comparisons of up to ``pairs`` model pairs per prompt; a file's records weigh
     ``file_weight * sqrt(n) / n`` each, so a file counts by the square root of its size."""
     rng = random.Random(seed)
     files = sorted(records_by_file)
-    models = sorted({normal_form(name) for records in records_by_file.values() for record in records for name in record["scores"]})
+    models = sorted(
+        {normal_form(name) for records in records_by_file.values() for record in records for name in record["scores"]}
+    )
     index = {name: position for position, name in enumerate(models)}
     prompts: list[str] = []
     prompt_file, prompt, model_a, model_b, target, weight = [], [], [], [], [], []
@@ -147,7 +161,9 @@ def run(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     records_by_file = {file_stem(path): first_by_hash(load_records([path], "train"), args.limit) for path in args.data}
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
-    print(f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models")
+    print(
+        f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models"
+    )
     raw = feature_matrix(data.prompts)
     standardize = Standardizer.fit(raw)
     features = prompt_inputs(cached_encode(data.prompts, args.device), standardize(raw))
@@ -156,13 +172,18 @@ def run(args: argparse.Namespace) -> None:
     model = MFNet(features.shape[1], args.hidden, args.dim, len(data.models), len(data.files), args.dropout).to(device)
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for name, p in model.named_parameters() if name != "offsets.weight"], "weight_decay": args.weight_decay},
+            {
+                "params": [p for name, p in model.named_parameters() if name != "offsets.weight"],
+                "weight_decay": args.weight_decay,
+            },
             {"params": [model.offsets.weight], "weight_decay": 0.0},
         ],
         lr=args.lr,
     )
     x = torch.from_numpy(features).to(device)
-    model_a, model_b, target, weight = (torch.from_numpy(values).to(device) for values in (data.model_a, data.model_b, data.target, data.weight))
+    model_a, model_b, target, weight = (
+        torch.from_numpy(values).to(device) for values in (data.model_a, data.model_b, data.target, data.weight)
+    )
     prompt_file = torch.from_numpy(data.prompt_file).to(device)
     # comparisons are stored prompt by prompt: prompt p's are starts[p]:starts[p + 1]
     starts = np.concatenate([[0], np.cumsum(np.bincount(data.prompt, minlength=len(data.prompts)))])
@@ -180,7 +201,9 @@ def run(args: argparse.Namespace) -> None:
             local = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))
             rows_tensor = torch.from_numpy(rows)
             logits = model(x[rows_tensor], prompt_file[rows_tensor], local, model_a[batch], model_b[batch])
-            loss = (nn.functional.binary_cross_entropy_with_logits(logits, target[batch], reduction="none") * weight[batch]).mean()
+            loss = (
+                nn.functional.binary_cross_entropy_with_logits(logits, target[batch], reduction="none") * weight[batch]
+            ).mean()
             loss = loss + args.offset_l2 * model.offsets.weight.square().mean()
             optimizer.zero_grad()
             loss.backward()
@@ -213,7 +236,19 @@ def run(args: argparse.Namespace) -> None:
         features=["minilm-embedding", *FEATURE_NAMES],
         hyperparameters={
             key: getattr(args, key)
-            for key in ("hidden", "dim", "pairs", "offset_l2", "epochs", "batch_size", "lr", "weight_decay", "dropout", "seed", "limit")
+            for key in (
+                "hidden",
+                "dim",
+                "pairs",
+                "offset_l2",
+                "epochs",
+                "batch_size",
+                "lr",
+                "weight_decay",
+                "dropout",
+                "seed",
+                "limit",
+            )
         },
         file_weights=parse_weights(args.weight),
         prompts=len(data.prompts),
@@ -244,7 +279,9 @@ class MFNet(nn.Module):
         quality = self.classifier(self.model_vectors(model) * latent)[:, 0] + self.model_bias(model)[:, 0]
         return quality + self.offsets(file * self.models + model)[:, 0]
 
-    def forward(self, x: torch.Tensor, file: torch.Tensor, prompt: torch.Tensor, model_a: torch.Tensor, model_b: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, file: torch.Tensor, prompt: torch.Tensor, model_a: torch.Tensor, model_b: torch.Tensor
+    ) -> torch.Tensor:
         """Logits of "a beats b" for comparisons on rows ``prompt`` of the prompts ``x`` (from ``file``)."""
         latent = self.projection(self.dropout(nn.functional.gelu(self.hidden(x), approximate="tanh")))[prompt]
         return self.delta(latent, file[prompt], model_a) - self.delta(latent, file[prompt], model_b)

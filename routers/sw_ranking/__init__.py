@@ -1,1 +1,4 @@
-"""The ``sw_ranking`` router: similarity-weighted Bradley-Terry ranking over training battles (serving: ``router``; trainer: ``training``)."""
+"""The ``sw_ranking`` router: similarity-weighted Bradley-Terry ratings over training battles.
+
+Serving: ``router``; trainer (``routegate train sw_ranking``): ``training``.
+"""

@@ -37,7 +37,13 @@ def similarity_vectors(embeddings: np.ndarray, features: np.ndarray, feature_wei
 
 
 def battle_statistics(
-    ratings: np.ndarray, prompt: np.ndarray, model_a: np.ndarray, model_b: np.ndarray, target: np.ndarray, weight: np.ndarray, prompts: int
+    ratings: np.ndarray,
+    prompt: np.ndarray,
+    model_a: np.ndarray,
+    model_b: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    prompts: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per training prompt: gradient (prompts, M) and negative Hessian (prompts, M*M) of its battles' log-likelihood."""
     models = len(ratings)
@@ -72,8 +78,13 @@ class SWRankingRouter(Router):
             self._standardize = Standardizer(saved["feature_mean"], saved["feature_std"])
             self._ratings = saved["ratings"].astype(np.float64)
             self._gradient, self._hessian = battle_statistics(
-                self._ratings, saved["prompt"], saved["model_a"], saved["model_b"], saved["target"].astype(np.float64),
-                saved["weight"].astype(np.float64), len(self._vectors),
+                self._ratings,
+                saved["prompt"],
+                saved["model_a"],
+                saved["model_b"],
+                saved["target"].astype(np.float64),
+                saved["weight"].astype(np.float64),
+                len(self._vectors),
             )
         self._device = device
 
@@ -83,7 +94,9 @@ class SWRankingRouter(Router):
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        queries = similarity_vectors(encode(prompts, self._device), self._standardize(feature_matrix(prompts)), self._feature_weight)
+        queries = similarity_vectors(
+            encode(prompts, self._device), self._standardize(feature_matrix(prompts)), self._feature_weight
+        )
         similarity = queries @ self._vectors.T
         weights = np.exp(self._tau * (similarity - similarity.max(axis=1, keepdims=True)))
         weights /= weights.sum(axis=1, keepdims=True)

@@ -23,7 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
 
 
-def fit_ratings(prompt: np.ndarray, model_a: np.ndarray, model_b: np.ndarray, target: np.ndarray, weight: np.ndarray, models: int, iterations: int = 30) -> np.ndarray:
+def fit_ratings(
+    prompt: np.ndarray,
+    model_a: np.ndarray,
+    model_b: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray,
+    models: int,
+    iterations: int = 30,
+) -> np.ndarray:
     """Global Bradley-Terry ratings by Newton's method (mean rating 0, tiny ridge for identifiability)."""
     ratings = np.zeros(models)
     for _ in tqdm(range(iterations), desc="fit ratings", unit="step"):
@@ -44,7 +52,14 @@ def run(args: argparse.Namespace) -> None:
     raw = feature_matrix(comparisons.prompts)
     standardize = Standardizer.fit(raw)
     vectors = similarity_vectors(cached_encode(comparisons.prompts, args.device), standardize(raw), args.feature_weight)
-    ratings = fit_ratings(comparisons.prompt, comparisons.model_a, comparisons.model_b, comparisons.target.astype(np.float64), comparisons.weight.astype(np.float64), len(comparisons.models))
+    ratings = fit_ratings(
+        comparisons.prompt,
+        comparisons.model_a,
+        comparisons.model_b,
+        comparisons.target.astype(np.float64),
+        comparisons.weight.astype(np.float64),
+        len(comparisons.models),
+    )
     scale = np.abs(vectors).max(axis=1) / 127.0  # int8 rows keep the checkpoint small
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(

@@ -51,7 +51,12 @@ class Comparisons:
 def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``--data``, ``--out`` and ``--limit``: the options every pairwise trainer reads with
     ``load_training_records``."""
-    parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl or .jsonl.gz); only 'train' records are used; a file named twice counts twice")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="record files (.jsonl or .jsonl.gz); only 'train' records are used; a file named twice counts twice",
+    )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
 

@@ -24,7 +24,7 @@ def cached_states(
     cache = embedding.CACHE_DIR / name  # read at call time: tests point it elsewhere
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / f"{text_key(prompt)}.npy" for prompt in prompts]
-    todo = sorted({prompt for prompt, path in zip(prompts, paths) if not path.exists()}, key=len)
+    todo = sorted({prompt for prompt, path in zip(prompts, paths, strict=True) if not path.exists()}, key=len)
     for start in tqdm(range(0, len(todo), batch_size), desc=description, unit="batch"):
         batch = todo[start : start + batch_size]
         for prompt, state in zip(batch, compute(batch), strict=True):
