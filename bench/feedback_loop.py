@@ -121,8 +121,8 @@ def main() -> int:
     db = workdir / "feedback.sqlite3"
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")},
-        "ROUTEGATE_STRONG__BASE_URL": strong.url, "ROUTEGATE_STRONG__MODEL": "fake-strong",
-        "ROUTEGATE_WEAK__BASE_URL": weak.url, "ROUTEGATE_WEAK__MODEL": "fake-weak",
+        "ROUTEGATE_STRONG__BASE_URL": strong.url, "ROUTEGATE_STRONG__MODEL": args.strong,
+        "ROUTEGATE_WEAK__BASE_URL": weak.url, "ROUTEGATE_WEAK__MODEL": args.weak,
         "ROUTEGATE_ROUTER": args.router, "ROUTEGATE_SHADOW_RATE": "1", "ROUTEGATE_SHADOW_QUEUE_SIZE": "100000",
         "ROUTEGATE_FEEDBACK_DB": str(db), "ROUTEGATE_FEEDBACK_STORE_TEXT": "true",
         "ROUTEGATE_JUDGE__BASE_URL": judge.url, "ROUTEGATE_JUDGE__MODEL": "fake-judge", "ROUTEGATE_LOG_LEVEL": "warning",
