@@ -122,9 +122,9 @@ def main() -> int:
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("ROUTEGATE_")},
         "ROUTEGATE_STRONG__BASE_URL": strong.url,
-        "ROUTEGATE_STRONG__MODEL": "fake-strong",
+        "ROUTEGATE_STRONG__MODEL": args.strong,
         "ROUTEGATE_WEAK__BASE_URL": weak.url,
-        "ROUTEGATE_WEAK__MODEL": "fake-weak",
+        "ROUTEGATE_WEAK__MODEL": args.weak,
         "ROUTEGATE_ROUTER": args.router,
         "ROUTEGATE_SHADOW_RATE": "1",
         "ROUTEGATE_SHADOW_QUEUE_SIZE": "100000",

@@ -1,9 +1,9 @@
 """Replaying a stream of real prompts through a running routegate, for the target-share test and
 ``bench/target_share_plot.py``.
 
-The stream shifts its mix: easy prompts first (MMLU questions), hard ones later (MATH
-problems), all from the dev split of ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data`` beside
-the repository).
+The stream shifts its mix: MMLU questions first, then prompts the shipped ``mf`` router scores
+higher (LLMRouter's task mix and Winogrande sentences), all from the dev split of
+``$ROUTEGATE_DATA_DIR`` (default ``../shared/data`` beside the repository).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from routers.data import iter_records
 
 REPO = Path(__file__).resolve().parent.parent
 EASY = ("routellm-mmlu.jsonl.gz",)
-HARD = ("lookahead-math.jsonl.gz",)
+HARD = ("llmrouter.jsonl.gz", "routerbench-winogrande.jsonl.gz")
 
 
 def data_dir() -> Path:
@@ -33,7 +33,7 @@ def _dev_prompts(name: str) -> list[str]:
 
 
 def shifted_stream(easy: int, hard: int, seed: int = 0) -> list[str]:
-    """``easy`` MMLU prompts, then ``hard`` MATH problems, shuffled within each phase."""
+    """``easy`` MMLU prompts, then ``hard`` prompts of the second mix, shuffled within each phase."""
     rng = random.Random(seed)
     easy_pool = _dev_prompts(EASY[0])
     hard_pool = [prompt for name in HARD for prompt in _dev_prompts(name)]

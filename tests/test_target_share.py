@@ -1,6 +1,6 @@
 """A 30% strong-call target on a shifting stream of real prompts, through a real routegate.
 
-The stream is 500 MMLU questions, then 700 MATH problems (see ``tests/replay.py``). The
+The stream is 500 MMLU questions, then 700 prompts the router scores higher (see ``tests/replay.py``). The
 router is the shipped ``mf`` router when its checkpoint is present, else the deterministic
 stand-in of ``tests/standin_router.py``.
 """
