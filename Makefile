@@ -38,36 +38,29 @@ lock:
 serve: install
 	$(VENV)/bin/routegate serve
 
-# promtool and prometheus (Debian package `prometheus`) for the metrics tests: installed when
-# missing and we are root on a Debian-like system; otherwise those tests say how (and fail under CI).
+# Debian package $(1), installed when the shell test $(2) fails and we are root on a Debian-like
+# system; otherwise the tests that need it say how (and fail under CI).
+define debian-package
+	@if ! { $(2); } >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+		else \
+			echo "$(1) missing: install the Debian package '$(1)'"; \
+		fi; \
+	fi
+endef
+
+# promtool and prometheus for the metrics tests
 prometheus-tools:
-	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-		else \
-			echo "promtool/prometheus missing: install the Debian package 'prometheus'"; \
-		fi; \
-	fi
+	$(call debian-package,prometheus,command -v promtool && command -v prometheus)
 
-# initdb and pg_ctl (Debian package `postgresql`) for the feedback store's PostgreSQL tests, the same way.
+# initdb and pg_ctl for the feedback store's PostgreSQL tests
 postgresql-tools:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
-		else \
-			echo "initdb/pg_ctl missing: install the Debian package 'postgresql'"; \
-		fi; \
-	fi
+	$(call debian-package,postgresql,ls /usr/lib/postgresql/*/bin/initdb || command -v initdb)
 
-# redis-server (Debian package `redis-server`) for the shared-state tests, installed the same way.
+# redis-server for the shared-state tests
 redis-server:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
-		else \
-			echo "redis-server missing: install the Debian package 'redis-server'"; \
-		fi; \
-	fi
+	$(call debian-package,redis-server,command -v redis-server)
 
 # checkov (the Kubernetes manifests' security check) in a venv of its own: its pins (networkx 2,
 # packaging 23, aiodns) would change the gateway's environment.

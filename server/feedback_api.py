@@ -18,6 +18,7 @@ from server import feedback_metrics as fm
 from server.chat_request import read_body
 from server.errors import APIError, bad_request
 from server.feedback_store import FeedbackRow, FeedbackStore, StoreUnavailable
+from server.openapi import ERROR_SCHEMA
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_REQUEST_ID = 128  # as the proxy accepts a client's x-request-id
@@ -25,22 +26,6 @@ MAX_COMMENT = 2000
 RATING_SCORES = {"up": 1.0, "down": 0.0}
 FIELDS = frozenset({"request_id", "score", "rating", "comment"})
 
-_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
 FEEDBACK_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -80,7 +65,7 @@ FEEDBACK_OPENAPI: dict[str, Any] = {
             },
         },
         **{
-            status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+            status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
             for status, description in (
                 ("400", "invalid body"),
                 ("401", "missing or wrong client key"),

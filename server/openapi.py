@@ -7,7 +7,8 @@ from typing import Any
 
 from server.chat_request import FIELD_TYPES, RANGES, ROLES
 
-_ERROR = {
+#: the OpenAI-style error body, as a JSON schema
+ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
     "properties": {
@@ -100,7 +101,7 @@ def chat_completion_openapi(models: list[str]) -> dict[str, object]:
                 },
             },
             **{
-                status: {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+                status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
                 for status, description in {
                     "400": "invalid request",
                     "401": "missing or wrong client key",
