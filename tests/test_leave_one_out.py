@@ -18,12 +18,13 @@ MODELS = ("gpt-4o", "Meta-Llama-3.1-8B-Instruct")
 
 
 def _record(rid: str, prompt: str, split: str, strong: float, weak: float, models: tuple[str, ...] = MODELS) -> dict:
-    """A record where the 1st, 3rd, ... model scores ``strong`` and the others ``weak``."""
+    """A record where the first model scores ``strong``, the last ``weak`` and those between in
+    between, so every pair of a file has a quality gap."""
     return {
         "id": rid,
         "prompt": prompt,
         "split": split,
-        "scores": {name: strong if n % 2 == 0 else weak for n, name in enumerate(models)},
+        "scores": {name: strong + (weak - strong) * n / (len(models) - 1) for n, name in enumerate(models)},
     }
 
 
