@@ -1,11 +1,12 @@
-"""Target vs realised strong share over time, on a stream that shifts from easy to hard prompts.
+"""Target vs realised strong share over time, on a stream whose mix shifts.
 
     python bench/target_share_plot.py [--router mf] [--target 30] [--out docs/target_share.png]
 
 Starts two fake upstreams and a real ``routegate serve`` (as the tests do), replays 700 MMLU
-then 800 MATH problems from ``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the
-async openai SDK, prints the realised shares and thresholds per phase and writes a PNG: the
-rolling strong share against the target, and the threshold the proxy used.
+questions then 800 prompts of a second mix (LLMRouter's tasks, Winogrande) from
+``$ROUTEGATE_DATA_DIR`` (default ``../shared/data``) with the async openai SDK, prints the
+realised shares and thresholds per phase and writes a PNG: the rolling strong share against the
+target, and the threshold the proxy used.
 """
 
 from __future__ import annotations
@@ -44,10 +45,17 @@ def main() -> None:
     prompts = shifted_stream(args.easy, args.hard)
     strong, weak = FakeUpstream("strong").start(), FakeUpstream("weak").start()
     try:
-        env = proxy_env(strong, weak, router=args.router, score_cache_size="0", log_level="warning")
-        with tempfile.TemporaryDirectory() as tmp, running_proxy(env, Path(tmp), module=module, ready_timeout=300) as proxy:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = {"router": args.router, "score_cache_size": "0", "log_level": "warning"}
+            if args.router == "standin":  # a router is installed where its checkpoint folder is; the stand-in needs no files
+                (Path(tmp) / "checkpoints" / "standin").mkdir(parents=True)
+                settings["checkpoint_dir"] = str(Path(tmp) / "checkpoints")
+            proxy_context = running_proxy(proxy_env(strong, weak, **settings), Path(tmp), module=module, ready_timeout=300)
             routed = []
-            with tqdm(total=len(prompts), desc=f"replaying through router-{args.router}-{args.target:g}%") as bar:
+            with (
+                proxy_context as proxy,
+                tqdm(total=len(prompts), desc=f"replaying through router-{args.router}-{args.target:g}%") as bar,
+            ):
                 for start in range(0, len(prompts), 200):  # chunks keep the bar moving, order kept
                     routed += asyncio.run(
                         replay(proxy.api, f"router-{args.router}-{args.target:g}%", prompts[start : start + 200])
@@ -59,7 +67,7 @@ def main() -> None:
 
     flags = [decision.tier == "strong" for decision in routed]
     thresholds = [decision.threshold for decision in routed]
-    phases = {"easy (MMLU)": slice(0, args.easy), "hard (MATH)": slice(args.easy, None), "last 500": slice(-500, None)}
+    phases = {"easy (MMLU)": slice(0, args.easy), "second mix": slice(args.easy, None), "last 500": slice(-500, None)}
     print(f"router {args.router}, target {target:.2f}, {len(routed)} requests")
     print(f"{'phase':<20} {'realised share':>15} {'median threshold':>17}")
     for name, part in phases.items():
@@ -76,7 +84,7 @@ def main() -> None:
     figure, share_axis = plt.subplots(figsize=(9, 4.5))
     share_axis.plot(rolling, label=f"realised strong share (last {ROLLING} requests)", color="tab:blue")
     share_axis.axhline(target, color="tab:green", linestyle="--", label=f"target {target:.0%}")
-    share_axis.axvline(args.easy, color="grey", linestyle=":", label="mix shifts: MMLU → MATH")
+    share_axis.axvline(args.easy, color="grey", linestyle=":", label="mix shifts: MMLU → LLMRouter + Winogrande")
     share_axis.set_xlabel("request")
     share_axis.set_ylabel("strong share")
     share_axis.set_ylim(0, 1)
