@@ -22,8 +22,6 @@ _ALIASES = {
     "mixtral-8x7b-chat": "mixtral-8x7b-instruct-v0.1",
     "mixtral-8x7b-instruct": "mixtral-8x7b-instruct-v0.1",
     "mistral-7b-chat": "mistral-7b-instruct-v0.2",
-    "llama-2-70b-chat": "llama-2-70b-chat",
-    "yi-34b-chat": "yi-34b-chat",
 }
 _DATE = re.compile(r"^-?(\d{4}-\d{2}-\d{2}|\d{4}|\d{2}-\d{2}|\d{8})$")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.base import Router
 from routers.data import Record, iter_records
 from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
 from routers.evaluation.metrics import PairQuality, apgr
@@ -80,12 +79,6 @@ def train_fold(router: str, paths: list[Path], out: Path, extra: list[str]) -> N
     run_trainer(router, ["--data", *map(str, paths), "--out", str(out), *extra])
 
 
-def fold_scores(router: Router, pair: EvalPair, prompts: list[str], batch_size: int) -> list[float]:
-    from routers.commands import score_all
-
-    return score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
-
-
 def run_leave_one_out(
     routers: list[str],
     data_dir: Path,
@@ -98,17 +91,20 @@ def run_leave_one_out(
     max_prompts: int | None = None,
 ) -> LeaveOneOutTable:
     """Train and score every router on every held-out family."""
+    from routers.commands import score_all
     from routers.model_names import resolve_pair
-    from routers.registry import RouterOptions, load_router
+    from routers.registry import RouterOptions, load_router, router_models
 
     table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families})
     for family in families:
         records: dict[str, list[Record]] = {stem: list(iter_records(data_path(data_dir, stem))) for stem in FAMILIES[family]}
         paths = write_fold(data_dir, family, work / family / "data") if any(not r.startswith("shipped:") for r in routers) else []
-        selected_by_pair = {pair: sample(eval_records(records[pair.file], pair), max_prompts) for pair in table.pairs[family]}
-        for pair, selected in selected_by_pair.items():
+        cases: dict[EvalPair, tuple[list[str], PairQuality]] = {}
+        for pair in table.pairs[family]:
+            selected = sample(eval_records(records[pair.file], pair), max_prompts)
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
+            cases[pair] = (prompts, quality)
             table.prompts[(family, pair)] = len(selected)
             table.apgr[(RANDOM, family, pair)] = 0.5
             table.apgr[(LENGTH, family, pair)] = apgr([float(len(p)) for p in prompts], quality)
@@ -119,15 +115,12 @@ def run_leave_one_out(
                 directory = work / family / "checkpoints"
                 print(f"leave-one-out: training {router_name} without {family}: {' '.join(train_options.get(router_name, []))}")
                 train_fold(router_name, paths, directory / router_name, train_options.get(router_name, []))
-            for pair in table.pairs[family]:
-                known = _known_models(directory / router_name)
-                strong, weak, _ = resolve_pair(known, pair.strong, pair.weak)
+            for pair, (prompts, quality) in cases.items():
+                strong, weak, _ = resolve_pair(router_models(router_name, directory), pair.strong, pair.weak)
                 router = load_router(
                     router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak)
                 )
-                selected = selected_by_pair[pair]
-                quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
-                scores = fold_scores(router, pair, [r["prompt"] for r in selected], batch_size)
+                scores = score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
                 table.apgr[(name, family, pair)] = apgr(scores, quality)
                 print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}")
     return table
@@ -139,11 +132,6 @@ def sample(records: list[Record], limit: int | None) -> list[Record]:
         return records
     keep = sorted(random.Random(0).sample(range(len(records)), limit))
     return [records[index] for index in keep]
-
-
-def _known_models(directory: Path) -> list[str]:
-    manifest = json.loads((directory / "router.json").read_text())
-    return list(manifest["models"])
 
 
 def parse_train_options(items: list[str]) -> dict[str, list[str]]:
