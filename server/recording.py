@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from server import metrics
 from server.decision import Decision
+from server.ladder import Ladder
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
 from server.upstream import Upstream
@@ -40,12 +41,14 @@ class Recorder:
 
     def __init__(
         self,
-        strong_prices: tuple[float, float],
+        ladder: Ladder,
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
         budget: SharedBudget | None = None,
     ) -> None:
-        self.strong_prices = strong_prices
+        self.ladder = ladder
+        best = ladder.entry(ladder.best)
+        self.best_prices = (best.input_price, best.output_price)  # the all-best-model counterfactual
         self.targets = targets
         self.sticky = sticky
         self.budget = budget
@@ -75,20 +78,23 @@ class Recorder:
         )
 
     async def _charge(self, upstream: Upstream, usage: object) -> None:
-        """Meter an answer's tokens and cost; charge the daily budget."""
-        cost, all_strong_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.strong_prices)
+        """Meter an answer's tokens and cost; charge the daily budget (spend on any upstream but the cheapest)."""
+        cost, all_best_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.best_prices)
         if self.budget is not None:
-            await self.budget.record_cost(upstream.tier, cost, all_strong_cost)
+            charged = "weak" if upstream.tier == self.ladder.cheapest else "strong"
+            await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
     async def _keep_books(self, decision: Decision) -> None:
         """Sticky memory and target feedback for an answered request."""
-        strong = decision.tier == "strong"
+        strong = decision.tier == self.ladder.best
         if decision.threshold is not None:
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:
-            if strong:
+            if self.ladder.pair and strong:
                 await self.sticky.remember(decision.sticky_key)
+            elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
+                await self.sticky.remember(decision.sticky_key, decision.tier)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None or self.targets is None:
             return
