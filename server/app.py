@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, multi_model_routers, router_models
 from server import metrics
 from server.conversations import StickyStore
+from server.cost_targets import CostTargets
 from server.errors import APIError
 from server.feedback import Feedback
 from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
@@ -92,6 +93,16 @@ class Gateway:
             max_routes=settings.max_target_routes,
         )
         self.targets = SharedTargets(targets, self.shared_state, budget)
+        self.cost_targets = None  # among more than two models: target routes control the cost share
+        if not self.ladder.pair:
+            prices = [(entry.input_price, entry.output_price) for entry in self.ladder.entries]
+            self.cost_targets = CostTargets(
+                settings.target_window,
+                settings.target_feedback_horizon,
+                self.ladder.best_index,
+                prices,
+                settings.max_target_routes,
+            )
         self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
         self.feedback = Feedback(settings, self.routers)
         self.upstreams: dict[str, Upstream] = {}
@@ -126,7 +137,9 @@ class Gateway:
     async def start(self) -> None:
         """Open the upstream pools; load the routers in the background, the default one first."""
         self.upstreams = {entry.name: Upstream(entry.name, entry, self.settings) for entry in self.ladder.entries}
-        self.proxy = ChatProxy(self.settings, self.ladder, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
+        self.proxy = ChatProxy(
+            self.settings, self.ladder, self.upstreams, self.names, self.scorers, self.targets, self.sticky, self.cost_targets
+        )
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())

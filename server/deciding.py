@@ -27,6 +27,7 @@ from routers.multi_model import beaten_from_logits, choose
 from server import metrics
 from server.chat_request import routed_text
 from server.conversations import CONVERSATION_HEADER, conversation_keys
+from server.cost_targets import CostTargets
 from server.decision import Decision
 from server.errors import APIError
 from server.ladder import Ladder
@@ -51,9 +52,11 @@ class Decider:
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
         budget: SharedBudget | None = None,
+        cost_targets: CostTargets | None = None,
     ) -> None:
         self.settings = settings
         self.ladder = ladder
+        self.cost_targets = cost_targets  # target routes among more than two models
         #: what ``strong`` / ``weak`` (overrides, the scoring-overload outcome) stand for
         self.tiers = {"strong": ladder.best, "weak": ladder.cheapest}
         self.scorers = scorers
@@ -118,6 +121,10 @@ class Decider:
             return dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
         if override.threshold is not None:
             threshold, reason = override.threshold, "forced"
+        elif route.target is not None and self.cost_targets is not None:
+            share = self.targets.effective_target(route.target) if self.targets is not None else route.target
+            threshold, reason = self.cost_targets.threshold(route.router, route.target, share), "score"
+            base = dataclasses.replace(base, effective_target=share)
         elif route.target is not None and self.targets is not None:
             chosen = await self.targets.decide(route.router, route.target)
             threshold, reason = chosen.threshold, "score"
@@ -148,7 +155,14 @@ class Decider:
         beaten = beaten_from_logits(np.array([logits]), best)
         chosen = int(choose(beaten, self.ladder.prices, best, threshold)[0])
         quality = 1.0 - float(beaten[0, chosen])
-        return dataclasses.replace(base, tier=self.ladder.names[chosen], reason=reason, threshold=threshold, quality=quality)
+        return dataclasses.replace(
+            base,
+            tier=self.ladder.names[chosen],
+            reason=reason,
+            threshold=threshold,
+            quality=quality,
+            beaten=tuple(float(value) for value in beaten[0]),
+        )
 
     async def _score(self, router: str, payload: dict[str, Any], per_model: bool = False) -> float | tuple[float, ...] | None:
         """The router's score (``per_model``: its logit per ladder model); None when scoring is

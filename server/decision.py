@@ -26,6 +26,7 @@ class Decision:
     effective_target: float | None = None
     sticky_key: str | None = None  # where a strong answer is remembered (route_on=sticky)
     quality: float | None = None
+    beaten: tuple[float, ...] | None = None  # P(most capable beats m) per ladder model (more than two models)
 
     def headers(self, model: str) -> dict[str, str]:
         """The ``x-routegate-*`` headers that tell the client the decision."""

@@ -201,23 +201,33 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+def usage_tokens(usage: object) -> tuple[int, int] | None:
+    """The prompt and completion tokens of an upstream ``usage`` object; None without any."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
+    completion = completion if isinstance(completion, int) and completion >= 0 else 0
+    return (prompt, completion) if prompt or completion else None
+
+
+def tokens_cost(tokens: tuple[int, int], prices: tuple[float, float]) -> float:
+    """USD of ``(prompt, completion)`` tokens at ``(input, output)`` USD per 1M tokens."""
+    return (tokens[0] * prices[0] + tokens[1] * prices[1]) / 1e6
+
+
 def record_usage(
     tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]
 ) -> tuple[float, float]:
     """Count the tokens of an upstream ``usage`` object and their cost, real and on the most
     capable upstream (``strong_prices``); return both costs in USD (zeros without usage)."""
-    if not isinstance(usage, dict):
+    tokens = usage_tokens(usage)
+    if tokens is None:
         return 0.0, 0.0
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
-    completion = completion if isinstance(completion, int) and completion >= 0 else 0
-    if not prompt and not completion:
-        return 0.0, 0.0
-    cost = (prompt * prices[0] + completion * prices[1]) / 1e6
-    all_strong_cost = (prompt * strong_prices[0] + completion * strong_prices[1]) / 1e6
-    TOKENS.labels(tier, model, "prompt").inc(prompt)
-    TOKENS.labels(tier, model, "completion").inc(completion)
+    cost, all_strong_cost = tokens_cost(tokens, prices), tokens_cost(tokens, strong_prices)
+    TOKENS.labels(tier, model, "prompt").inc(tokens[0])
+    TOKENS.labels(tier, model, "completion").inc(tokens[1])
     COST_USD.labels(tier, model).inc(cost)
     ALL_STRONG_COST_USD.labels(tier, model).inc(all_strong_cost)
     return cost, all_strong_cost

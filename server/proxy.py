@@ -21,6 +21,7 @@ from starlette.responses import Response
 from server import metrics
 from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body
+from server.cost_targets import CostTargets
 from server.deciding import Decider
 from server.decision import Decision
 from server.disconnects import ClientGone, cancelled_on_disconnect
@@ -83,17 +84,19 @@ class ChatProxy:
         scorers: ScorerPool,
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
+        cost_targets: CostTargets | None = None,
     ) -> None:
         self.settings = settings
         self.ladder = ladder
         self.names = names
         self.scorers = scorers
         self.targets = targets
+        self.cost_targets = cost_targets  # target routes among more than two models
         budget = targets.budget if targets is not None else None
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout)
-        self.decider = Decider(settings, ladder, scorers, targets, sticky, budget)
+        self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)
         self.forwarder = Forwarder(settings, ladder, upstreams)
-        self.recorder = Recorder(ladder, targets, sticky, budget)
+        self.recorder = Recorder(ladder, targets, sticky, budget, cost_targets)
 
     async def handle(self, request: Request) -> Response:
         """Answer one ``POST /v1/chat/completions``."""
@@ -142,12 +145,13 @@ class ChatProxy:
         route = self.names.resolve(model)
         if route.router is not None and not self.ladder.pair:
             self._check_multi_model(route)
-        if route.target is not None and route.router is not None and self.targets is not None:
+        controllers = self.cost_targets or self.targets
+        if route.target is not None and route.router is not None and controllers is not None:
             try:
-                self.targets.controller(route.router, route.target)
+                controllers.controller(route.router, route.target)
             except TooManyRoutes:
                 raise bad_request(
-                    f"routegate already serves its limit of {self.targets.max_routes} target routes "
+                    f"routegate already serves its limit of {controllers.max_routes} target routes "
                     "(router-<router>-<percent>%); use one of those.",
                     param="model",
                     code="invalid_target",
@@ -162,13 +166,6 @@ class ChatProxy:
                 f"{len(self.ladder.entries)} models of ROUTEGATE_MODELS needs one of: {', '.join(able) or 'none configured'}.",
                 param="model",
                 code="router_not_multi_model",
-            )
-        if route.target is not None:
-            raise bad_request(
-                "Target routes (router-<router>-<percent>%) are not served among more than two models yet; "
-                "use a threshold (router-<router>-<threshold>).",
-                param="model",
-                code="invalid_target",
             )
 
     def _refuse(self, error: APIError, request_id: str, headers: dict[str, str] | None = None) -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +278,28 @@ def test_a_pair_only_default_router_fails_start_up(fakes: dict[str, FakeUpstream
         with running_proxy(many_env(entries(fakes), checkpoints, router="standin"), tmp_path, module=MODULE):
             pass
     assert "ROUTEGATE_ROUTER: router 'standin' scores only a strong/weak pair" in str(raised.value)
+
+
+def test_target_routes_control_the_share_of_the_all_best_cost(proxy: Proxy, fakes: dict[str, FakeUpstream]):
+    """router-<r>-30% spends about 30% of what the most capable model would have cost; 0% and
+    100% are the cheapest and the most capable model for everything."""
+    rng = random.Random(7)
+    prompts = [
+        f"small-model={rng.gauss(0, 1):.3f} mid-model={rng.gauss(1, 1):.3f} big-model={rng.gauss(1.5, 1):.3f} q{index}"
+        for index in range(120)
+    ]
+    delta = MetricDelta(proxy.metrics)
+    for prompt in prompts:
+        headers, _ = ask(proxy, prompt, False, "router-standin_multi-30%")
+        assert (headers["x-routegate-target"], headers["x-routegate-decision"]) == ("0.3", "score")
+    delta.after()
+    spent = delta("routegate_cost_usd_total")
+    all_best = delta("routegate_all_strong_cost_usd_total")
+    realised = metric_sum(proxy.metrics(), "routegate_target_realised_share", router="standin_multi", target="0.3")
+    assert realised == pytest.approx(spent / all_best)  # the gauge is the cost share of the route's answers
+    assert 0.2 <= realised <= 0.4
+    assert all(len(fakes[name].received) > 0 for name in ("small", "mid", "big"))  # a split, not one model
+    for target, name in (("0%", "small"), ("100%", "big")):
+        assert {
+            ask(proxy, prompt, False, f"router-standin_multi-{target}")[0]["x-routegate-upstream"] for prompt in prompts[:5]
+        } == {name}
