@@ -303,3 +303,19 @@ def test_target_routes_control_the_share_of_the_all_best_cost(proxy: Proxy, fake
         assert {
             ask(proxy, prompt, False, f"router-standin_multi-{target}")[0]["x-routegate-upstream"] for prompt in prompts[:5]
         } == {name}
+
+
+def test_a_spent_budget_leaves_only_the_cheapest_model(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path):
+    env = many_env(entries(fakes), checkpoints, daily_budget_usd="0.00001")  # less than one answer from mid
+    with running_proxy(env, tmp_path, module=MODULE) as budget_proxy:
+        assert ask(budget_proxy, TO_MID, False)[0]["x-routegate-upstream"] == "mid"  # spends 0.000039 USD
+        headers, text = ask(budget_proxy, TO_BIG, False)
+        assert (headers["x-routegate-upstream"], headers["x-routegate-decision"], text) == (
+            "small",
+            "budget",
+            "answer from small",
+        )
+        fakes["small"].behaviour.fail_statuses = [500]
+        with pytest.raises(openai.InternalServerError):  # no fallback to a dearer model either
+            ask(budget_proxy, TO_SMALL, False)
+        assert len(fakes["mid"].received) == 1 and not fakes["big"].received
