@@ -15,9 +15,12 @@ import openai
 import pytest
 
 from tests.conftest import CACHE_ENV, FEEDBACK_ENV, Proxy, running_proxy
+from tests.dashboard import panel_queries, substitute
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 from tests.metric_values import MetricDelta
 from tests.metrics_text import metric_sum
+from tests.prometheus_server import running_prometheus
+from tests.tools import require_tool
 
 MODULE = "tests.standin_multi_router"
 # name, upstream model, input and output USD per 1M tokens: cheapest first
@@ -319,3 +322,41 @@ def test_a_spent_budget_leaves_only_the_cheapest_model(fakes: dict[str, FakeUpst
         with pytest.raises(openai.InternalServerError):  # no fallback to a dearer model either
             ask(budget_proxy, TO_SMALL, False)
         assert len(fakes["mid"].received) == 1 and not fakes["big"].received
+
+
+def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path):
+    """A real Prometheus scrapes a routegate that sent 5 requests to small, 3 to mid and 2 to big."""
+    prometheus_binary = require_tool("prometheus")
+    mix = {TO_SMALL: 5, TO_MID: 3, TO_BIG: 2}
+    with running_proxy(many_env(entries(fakes), checkpoints), tmp_path, module=MODULE) as fresh:
+        with running_prometheus(prometheus_binary, [fresh.url.removeprefix("http://")], tmp_path) as prometheus:
+            prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
+            for prompt, count in mix.items():
+                for _ in range(count):
+                    ask(fresh, prompt, False)
+
+            def scraped() -> bool:
+                found = prometheus.query('sum(routegate_requests_total{router="standin_multi"})')
+                samples = prometheus.query("min(count_over_time(routegate_cost_usd_total[5m]))")
+                return bool(found) and float(found[0]["value"][1]) == 10 and float(samples[0]["value"][1]) >= 3
+
+            prometheus.wait_until(scraped, "the mix scraped")
+            at = float(prometheus.query('timestamp(up{job="routegate"})')[0]["value"][1])
+
+            def by_tier(title: str) -> dict[str, float]:
+                [query] = [query for query in panel_queries() if query.panel == title and "all-best" not in query.legend]
+                expr = substitute(query.expr, {"router": ".*", "model": ".*"}, "5m", "15m")
+                found = prometheus.query(expr, at)
+                return {
+                    item["metric"]["tier"]: float(item["value"][1]) for item in found if math.isfinite(float(item["value"][1]))
+                }
+
+            assert by_tier("Requests by model") == {"small": 0.5, "mid": pytest.approx(0.3), "big": pytest.approx(0.2)}
+            per_request = {
+                name: PROMPT_TOKENS * price_in + COMPLETION_TOKENS * price_out for name, _, price_in, price_out in LADDER
+            }
+            all_best = 10 * per_request["big"]
+            expected = {EXPECTED[prompt][0]: count * per_request[EXPECTED[prompt][0]] / all_best for prompt, count in mix.items()}
+            assert by_tier("Cost by model, share of the all-best-model cost") == pytest.approx(expected)
+            hourly = by_tier("Cost per hour by model and all-best-model")
+            assert set(hourly) == {"small", "mid", "big"} and all(value > 0 for value in hourly.values())
