@@ -20,6 +20,7 @@ from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
 from tests.metric_values import MetricDelta
 from tests.metrics_text import metric_sum
 from tests.prometheus_server import running_prometheus
+from tests.redis_server import running_redis
 from tests.tools import require_tool
 
 MODULE = "tests.standin_multi_router"
@@ -250,6 +251,18 @@ def test_sticky_conversations_never_go_down_the_ladder(fakes: dict[str, FakeUpst
         assert turn(TO_SMALL) == ("big", "sticky")  # and then kept
         headers, _ = ask(sticky_proxy, TO_SMALL, False)  # another conversation is not affected
         assert headers["x-routegate-upstream"] == "small"
+
+
+def test_sticky_conversations_hold_across_replicas(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
+    """With Redis the conversation's model is shared: a turn on another replica stays on it."""
+    with running_redis(tmp_path / "redis") as redis_server:
+        env = many_env(entries(fakes), checkpoints, route_on="sticky", redis_url=redis_server.url, redis_prefix="many:")
+        with running_proxy(env, tmp_path, module=MODULE) as first, running_proxy(env, tmp_path, module=MODULE) as second:
+            conversation = {"x-routegate-conversation-id": "shared"}
+            assert ask(first, TO_MID, False, extra_headers=conversation)[0]["x-routegate-upstream"] == "mid"
+            assert redis_server.client().get("many:sticky:id:shared") == "mid"
+            headers, _ = ask(second, TO_SMALL, False, extra_headers=conversation)
+            assert (headers["x-routegate-upstream"], headers["x-routegate-decision"]) == ("mid", "sticky")
 
 
 def test_two_entries_are_the_two_tier_rule(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
