@@ -14,6 +14,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from server.ladder import Ladder
+from server.settings import SettingsError, load_settings
 from tests.conftest import CACHE_ENV, FEEDBACK_ENV, Proxy, running_proxy
 from tests.dashboard import panel_queries, substitute
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
@@ -373,3 +375,24 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
             assert by_tier("Cost by model, share of the all-best-model cost") == pytest.approx(expected)
             hourly = by_tier("Cost per hour by model and all-best-model")
             assert set(hourly) == {"small", "mid", "big"} and all(value > 0 for value in hourly.values())
+
+
+def _ladder(models: list[dict]) -> Ladder:
+    return Ladder.from_settings(load_settings(models=models))
+
+
+def test_the_ladder_orders_by_price_and_climbs_by_capability():
+    def entry(name: str, price: float, **extra: object) -> dict:
+        return {"name": name, "model": f"{name}-model", "input_price": price, "output_price": price, **extra}
+
+    ladder = _ladder([entry("big", 10), entry("small", 0.1), entry("huge", 50), entry("mid", 1)])
+    assert ladder.names == ["small", "mid", "big", "huge"] and ladder.best == "huge"  # none marked: the dearest
+    assert [ladder.fallbacks(name) for name in ladder.names] == [["mid", "big", "huge"], ["big", "huge"], ["huge"], ["big"]]
+    marked = _ladder([entry("big", 10, most_capable=True), entry("small", 0.1), entry("huge", 50), entry("mid", 1)])
+    assert marked.best == "big" and marked.by_capability() == ["small", "mid", "huge", "big"]
+    assert marked.fallbacks("big") == ["huge"] and marked.fallbacks("huge") == ["big"]
+    two_tiers = Ladder.from_settings(load_settings(strong={"input_price": 0.0}, weak={"input_price": 5.0}))
+    assert (two_tiers.best, two_tiers.cheapest, two_tiers.pair) == ("strong", "weak", True)  # whatever the prices
+    assert two_tiers.fallbacks("strong") == ["weak"] and two_tiers.fallbacks("weak") == ["strong"]
+    with pytest.raises(SettingsError, match="at most one model may set most_capable"):
+        _ladder([entry("a", 1, most_capable=True), entry("b", 2, most_capable=True)])
