@@ -5,12 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class Router(ABC):
     """Scores prompts: the probability that the strong model's answer beats the weak model's.
 
     A score of 1.0 means the prompt needs the strong model; the gateway routes to the strong
-    tier when ``score >= threshold``.
+    tier when ``score >= threshold``. Routers that predict a quality per model also implement
+    ``model_logits``, which routing among more than two models needs (routers/multi_model.py).
     """
 
     name: str = "router"
@@ -22,3 +25,11 @@ class Router(ABC):
     @abstractmethod
     def score(self, prompts: Sequence[str]) -> list[float]:
         """Return one win probability in [0, 1] per prompt, in order."""
+
+    def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray | None:
+        """Each of ``models``' (the router's names for them) quality logit per prompt, (prompts,
+        len(models)), with P(a beats b) = sigmoid(logit_a - logit_b); None: the router only
+        scores its strong/weak pair. ValueError for a model the router does not know."""
+        from routers.ladder import builtin_model_logits
+
+        return builtin_model_logits(self, prompts, models)

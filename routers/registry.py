@@ -32,27 +32,36 @@ class RouterOptions:
 class RouterEntry:
     """Where a router's code lives: ``factory`` is ``"module:attribute"``, a callable taking
     RouterOptions and returning the Router; ``trainer`` is the module with ``add_arguments(parser)``
-    and ``run(args)`` behind ``routegate train NAME`` (None: nothing to train)."""
+    and ``run(args)`` behind ``routegate train NAME`` (None: nothing to train); ``multi_model``:
+    its ``Router.model_logits`` predicts each model, so it can route among more than two."""
 
     factory: str
     trainer: str | None = None
+    multi_model: bool = False
 
 
 # The one table of router names; modules are imported only when a router is loaded or trained.
 _ROUTERS: dict[str, RouterEntry] = {
-    "random": RouterEntry("routers.random.router:RandomRouter.from_options"),
-    "mf": RouterEntry("routers.mf.router:MFRouter.from_options", "routers.mf.training"),
+    "random": RouterEntry("routers.random.router:RandomRouter.from_options", multi_model=True),
+    "mf": RouterEntry("routers.mf.router:MFRouter.from_options", "routers.mf.training", multi_model=True),
     "sw_ranking": RouterEntry("routers.sw_ranking.router:SWRankingRouter.from_options", "routers.sw_ranking.training"),
     "bert": RouterEntry("routers.bert.router:BertRouter.from_options", "routers.bert.training"),
     "causal_llm": RouterEntry("routers.causal_llm.router:CausalLLMRouter.from_options", "routers.causal_llm.training"),
-    "lookahead": RouterEntry("routers.lookahead.router:LookaheadRouter.from_options", "routers.lookahead.training"),
+    "lookahead": RouterEntry(
+        "routers.lookahead.router:LookaheadRouter.from_options", "routers.lookahead.training", multi_model=True
+    ),
 }
 
 
-def register(name: str, factory: str, trainer: str | None = None) -> None:
+def register(name: str, factory: str, trainer: str | None = None, multi_model: bool = False) -> None:
     """Add (or replace) the router ``name``: ``factory`` as ``"module:attribute"``, ``trainer`` a
     module name (see RouterEntry). For routers that live outside this package (tests, plugins)."""
-    _ROUTERS[name] = RouterEntry(factory, trainer)
+    _ROUTERS[name] = RouterEntry(factory, trainer, multi_model)
+
+
+def multi_model_routers() -> list[str]:
+    """Names of the routers that can route among more than two models (``Router.model_logits``)."""
+    return sorted(name for name, entry in _ROUTERS.items() if entry.multi_model)
 
 
 def available_routers() -> list[str]:

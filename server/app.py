@@ -15,18 +15,20 @@ from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, router_models
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, multi_model_routers, router_models
 from server import metrics
 from server.conversations import StickyStore
+from server.cost_targets import CostTargets
 from server.errors import APIError
 from server.feedback import Feedback
 from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
 from server.http_protocol import BoundedHeadersProtocol
+from server.ladder import Ladder
 from server.metrics import render_metrics
 from server.model_names import ModelNames
 from server.openapi import chat_completion_openapi
 from server.proxy import ChatProxy
-from server.scoring import ScorerPool
+from server.scoring import ScorerPool, ladder_router_models
 from server.settings import Settings, SettingsError, load_settings
 from server.shared_scores import SharedScores
 from server.shared_state import shared_state_from
@@ -46,18 +48,24 @@ class Gateway:
         self.settings = settings
         checkpoint_dir = settings.checkpoint_dir or CHECKPOINT_ROOT
         self.routers = allowed_routers(settings, installed_routers(checkpoint_dir), checkpoint_dir)
-        self.names = ModelNames(settings, self.routers)
-        metrics.initialise(self.routers, {"strong": settings.strong.model, "weak": settings.weak.model})
+        self.ladder = Ladder.from_settings(settings)
+        self.names = ModelNames(settings, self.routers, self.ladder)
+        metrics.initialise(
+            self.routers,
+            {entry.name: entry.model for entry in self.ladder.entries},
+            {name: self.ladder.fallbacks(name)[0] for name in self.ladder.names},
+        )
         for alias in self.names.aliases:
             try:
                 self.names.resolve(alias)
             except APIError as error:
                 raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
+        strong, weak = self.ladder.entry(self.ladder.best), self.ladder.entry(self.ladder.cheapest)
         options = RouterOptions(
             checkpoint_dir=checkpoint_dir,
             device=settings.device,
-            strong_model=settings.router_strong_model or settings.strong.model,
-            weak_model=settings.router_weak_model or settings.weak.model,
+            strong_model=strong.router_model or strong.model,
+            weak_model=weak.router_model or weak.model,
         )
         self.shared_state = shared_state_from(settings)  # None: in-process state
         shared_scores = SharedScores(self.shared_state) if self.shared_state and settings.shared_score_cache else None
@@ -69,8 +77,10 @@ class Gateway:
             settings.torch_threads,
             settings.score_threads,
             settings.score_queue_size,
-            pair_from_settings=settings.router_strong_model is not None or settings.router_weak_model is not None,
+            pair_from_settings=strong.router_model is not None or weak.router_model is not None,
             shared=shared_scores,
+            ladder_models=ladder_models(settings, self.ladder, self.routers, checkpoint_dir),
+            ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),
         )
         budget = None
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
@@ -83,6 +93,16 @@ class Gateway:
             max_routes=settings.max_target_routes,
         )
         self.targets = SharedTargets(targets, self.shared_state, budget)
+        self.cost_targets = None  # among more than two models: target routes control the cost share
+        if not self.ladder.pair:
+            prices = [(entry.input_price, entry.output_price) for entry in self.ladder.entries]
+            self.cost_targets = CostTargets(
+                settings.target_window,
+                settings.target_feedback_horizon,
+                self.ladder.best_index,
+                prices,
+                settings.max_target_routes,
+            )
         self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
         self.feedback = Feedback(settings, self.routers)
         self.upstreams: dict[str, Upstream] = {}
@@ -116,11 +136,10 @@ class Gateway:
 
     async def start(self) -> None:
         """Open the upstream pools; load the routers in the background, the default one first."""
-        self.upstreams = {
-            "strong": Upstream("strong", self.settings.strong, self.settings),
-            "weak": Upstream("weak", self.settings.weak, self.settings),
-        }
-        self.proxy = ChatProxy(self.settings, self.upstreams, self.names, self.scorers, self.targets, self.sticky)
+        self.upstreams = {entry.name: Upstream(entry.name, entry, self.settings) for entry in self.ladder.entries}
+        self.proxy = ChatProxy(
+            self.settings, self.ladder, self.upstreams, self.names, self.scorers, self.targets, self.sticky, self.cost_targets
+        )
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())
@@ -134,7 +153,7 @@ class Gateway:
             self.load_error = f"{type(error).__name__}: {error}"
             log.exception("could not load router %s", self.settings.router)
         for name in self.routers:  # the others clients may name: loaded now, not on a first request
-            if name != self.settings.router:
+            if name != self.settings.router and (self.ladder.pair or name in self.scorers.ladder_models):
                 try:
                     await self.scorers.get(name)
                     log.info("router %s loaded", name)
@@ -166,6 +185,24 @@ def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Pa
                 f"{checkpoint_dir}; installed: {installed}"
             )
     return wanted
+
+
+def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkpoint_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Among more than two models: each allowed router that predicts per model, with its names for
+    the ladder's models (none with two); SettingsError when the default router scores only a
+    pair or a router does not know an entry's model."""
+    if ladder.pair:
+        return {}
+    able = [name for name in routers if name in multi_model_routers()]
+    if settings.router not in able:
+        raise SettingsError(
+            f"invalid settings:\n  ROUTEGATE_ROUTER: router '{settings.router}' scores only a strong/weak pair; "
+            f"routing among the {len(ladder.entries)} models of ROUTEGATE_MODELS needs one of {multi_model_routers()}"
+        )
+    try:
+        return {name: ladder_router_models(name, ladder.entries, router_models(name, checkpoint_dir)) for name in able}
+    except ValueError as error:
+        raise SettingsError(f"invalid settings:\n  {error}") from None
 
 
 def bearer_matches(request: Request, keys: list[SecretStr]) -> bool:

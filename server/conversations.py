@@ -5,6 +5,7 @@ by a hash of its messages: a strong request remembers the hash of all its messag
 follow-up (the same messages, the assistant's reply, a new user turn) finds it by hashing the
 messages before its last assistant reply. The store is per process, bounded (least recently
 used entries go first) and forgets a conversation after ``ttl`` seconds without a request.
+With more than two models it remembers which upstream the conversation got.
 """
 
 from __future__ import annotations
@@ -56,33 +57,37 @@ class StickyStore:
         self.max_size = max_size
         self.ttl = ttl
         self._clock = clock
-        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._expiry: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key -> (expiry, upstream)
 
     def __len__(self) -> int:
         return len(self._expiry)
 
     def is_strong(self, key: str | None) -> bool:
         """Whether ``key``'s conversation went strong and has not expired; refreshes it if so."""
-        if key is None:
-            return False
-        expiry = self._expiry.get(key)
-        now = self._clock()
-        if expiry is None:
-            return False
-        if expiry <= now:
-            del self._expiry[key]
-            return False
-        self._expiry[key] = now + self.ttl
-        self._expiry.move_to_end(key)
-        return True
+        return self.recall(key) is not None
 
-    def remember(self, key: str) -> None:
-        """Mark ``key``'s conversation strong for the next ``ttl`` seconds."""
+    def recall(self, key: str | None) -> str | None:
+        """The upstream ``key``'s conversation was remembered with, unless expired; refreshes it."""
+        if key is None:
+            return None
+        kept = self._expiry.get(key)
         now = self._clock()
-        self._expiry[key] = now + self.ttl
+        if kept is None:
+            return None
+        if kept[0] <= now:
+            del self._expiry[key]
+            return None
+        self._expiry[key] = (now + self.ttl, kept[1])
+        self._expiry.move_to_end(key)
+        return kept[1]
+
+    def remember(self, key: str, upstream: str = "1") -> None:
+        """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl`` seconds."""
+        now = self._clock()
+        self._expiry[key] = (now + self.ttl, upstream)
         self._expiry.move_to_end(key)
         while self._expiry:
-            oldest, expiry = next(iter(self._expiry.items()))
+            oldest, (expiry, _) = next(iter(self._expiry.items()))
             if len(self._expiry) <= self.max_size and expiry > now:
                 break
             del self._expiry[oldest]

@@ -1,4 +1,9 @@
-"""The decide step: which tier a request goes to and why, as an immutable Decision.
+"""The decide step: which upstream a request goes to and why, as an immutable Decision.
+
+With two upstreams (the two tiers, or two ``ROUTEGATE_MODELS`` entries) the router's pair score
+is compared with the threshold: the most capable (``strong``) when ``score >= t``, else the other
+(``weak``). With more, the router's per-model logits go through ``routers.multi_model.choose``:
+the cheapest model whose probability of being beaten by the most capable is below ``t``.
 
 Deciding reads the books (sticky memory, target thresholds, the budget) but writes none of
 them: they are written once, from the outcome (server/recording.py). With Redis
@@ -15,13 +20,17 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 from starlette.datastructures import Headers
 
+from routers.multi_model import beaten_from_logits, choose
 from server import metrics
 from server.chat_request import routed_text
 from server.conversations import CONVERSATION_HEADER, conversation_keys
+from server.cost_targets import CostTargets
 from server.decision import Decision
 from server.errors import APIError
+from server.ladder import Ladder
 from server.model_names import Target
 from server.overrides import read_override
 from server.scoring import ScoreQueueFull, ScorerPool
@@ -38,12 +47,18 @@ class Decider:
     def __init__(
         self,
         settings: Settings,
+        ladder: Ladder,
         scorers: ScorerPool,
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
         budget: SharedBudget | None = None,
+        cost_targets: CostTargets | None = None,
     ) -> None:
         self.settings = settings
+        self.ladder = ladder
+        self.cost_targets = cost_targets  # target routes among more than two models
+        #: what ``strong`` / ``weak`` (overrides, the scoring-overload outcome) stand for
+        self.tiers = {"strong": ladder.best, "weak": ladder.cheapest}
         self.scorers = scorers
         self.targets = targets
         self.sticky = sticky if settings.route_on == "sticky" else None
@@ -51,7 +66,8 @@ class Decider:
         self._overload_retry_after = str(max(1, math.ceil(settings.score_timeout)))
 
     def strong_affordable(self) -> bool:
-        """False once the daily budget is spent (as read by ``decide``): no request may go (or fall back) strong."""
+        """False once the daily budget is spent (as read by ``decide``): no request may go (or fall
+        back) to an upstream other than the cheapest."""
         return self.budget is None or self.budget.remaining_usd > 0
 
     async def decide(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
@@ -59,7 +75,7 @@ class Decider:
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
         decision = await self._choose(route, payload, headers, request_id)
-        if decision.tier == "strong" and not self.strong_affordable():
+        if decision.tier != self.ladder.cheapest and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":
                 metrics.REJECTED.labels("budget_exhausted").inc()
                 raise APIError(
@@ -68,7 +84,7 @@ class Decider:
                     type="insufficient_quota",
                     code="budget_exhausted",
                 )
-            decision = dataclasses.replace(decision, tier="weak", reason="budget")
+            decision = dataclasses.replace(decision, tier=self.ladder.cheapest, reason="budget", quality=None)
         return decision
 
     async def _choose(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
@@ -85,7 +101,7 @@ class Decider:
             effective = self.targets.effective_target(route.target)
         base = Decision(
             router=route.router,
-            tier="weak",
+            tier=self.ladder.cheapest,
             reason="score",
             request_id=request_id,
             target=route.target,
@@ -93,14 +109,22 @@ class Decider:
             sticky_key=sticky_key,
         )
         if override.tier is not None:
-            return dataclasses.replace(base, tier=override.tier, reason="forced")
-        if self.sticky is not None and await self.sticky.is_strong(previous):
-            return dataclasses.replace(base, tier="strong", reason="sticky")
-        score = await self._score(route.router, payload)
+            return dataclasses.replace(base, tier=self.tiers[override.tier], reason="forced")
+        remembered = await self._remembered(previous)
+        if remembered == self.ladder.best:
+            return dataclasses.replace(base, tier=remembered, reason="sticky")
+        if self.ladder.pair:
+            score: float | tuple[float, ...] | None = await self._score(route.router, payload)
+        else:
+            score = await self._score(route.router, payload, per_model=True)
         if score is None:
-            return dataclasses.replace(base, tier=self.settings.scoring_overload, reason="unscored")
+            return dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
         if override.threshold is not None:
             threshold, reason = override.threshold, "forced"
+        elif route.target is not None and self.cost_targets is not None:
+            share = self.targets.effective_target(route.target) if self.targets is not None else route.target
+            threshold, reason = self.cost_targets.threshold(route.router, route.target, share), "score"
+            base = dataclasses.replace(base, effective_target=share)
         elif route.target is not None and self.targets is not None:
             chosen = await self.targets.decide(route.router, route.target)
             threshold, reason = chosen.threshold, "score"
@@ -108,18 +132,48 @@ class Decider:
         else:
             assert route.threshold is not None
             threshold, reason = route.threshold, "score"
-        tier = "strong" if score >= threshold else "weak"
-        return dataclasses.replace(base, tier=tier, reason=reason, score=score, threshold=threshold)
+        if isinstance(score, float):
+            tier = self.ladder.best if score >= threshold else self.ladder.cheapest
+            return dataclasses.replace(base, tier=tier, reason=reason, score=score, threshold=threshold)
+        decision = self._choose_model(base, score, threshold, reason)
+        if remembered is not None and self.ladder.rank(remembered) > self.ladder.rank(decision.tier):
+            decision = dataclasses.replace(decision, tier=remembered, reason="sticky", quality=None)
+        return decision
 
-    async def _score(self, router: str, payload: dict[str, Any]) -> float | None:
-        """The router's score; None when scoring is overloaded and the overload outcome routes unscored."""
+    async def _remembered(self, previous: str | None) -> str | None:
+        """The upstream a sticky conversation went to before (two upstreams: the strong one only)."""
+        if self.sticky is None:
+            return None
+        if self.ladder.pair:
+            return self.ladder.best if await self.sticky.is_strong(previous) else None
+        name = await self.sticky.recall(previous)
+        return name if name in self.ladder.names else None
+
+    def _choose_model(self, base: Decision, logits: tuple[float, ...], threshold: float, reason: str) -> Decision:
+        """``routers.multi_model.choose`` on one prompt's logits (ladder order)."""
+        best = self.ladder.best_index
+        beaten = beaten_from_logits(np.array([logits]), best)
+        chosen = int(choose(beaten, self.ladder.prices, best, threshold)[0])
+        quality = 1.0 - float(beaten[0, chosen])
+        return dataclasses.replace(
+            base,
+            tier=self.ladder.names[chosen],
+            reason=reason,
+            threshold=threshold,
+            quality=quality,
+            beaten=tuple(float(value) for value in beaten[0]),
+        )
+
+    async def _score(self, router: str, payload: dict[str, Any], per_model: bool = False) -> float | tuple[float, ...] | None:
+        """The router's score (``per_model``: its logit per ladder model); None when scoring is
+        overloaded and the overload outcome routes unscored."""
         scorer = await self.scorers.get(router)
         text = routed_text(
             payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
         )
         try:
             async with asyncio.timeout(self.settings.score_timeout):
-                return await scorer.score(text)
+                return await (scorer.model_logits(text) if per_model else scorer.score(text))
         except TimeoutError:
             reason = "timeout"
         except ScoreQueueFull:

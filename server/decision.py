@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one request goes and why. A fallback to the other tier is ``dataclasses.replace``.
+    """Where one request goes and why. A fallback to another upstream is ``dataclasses.replace``.
 
-    ``reason`` is ``direct`` (an upstream model named), ``forced`` (an override), ``sticky``,
-    ``score``, ``unscored`` (scoring overload) or ``budget`` (strong sent weak: budget spent).
+    ``tier`` is the upstream's name: ``strong``/``weak`` with two tiers, else the
+    ``ROUTEGATE_MODELS`` entry's. ``reason`` is ``direct`` (an upstream model named), ``forced``
+    (an override), ``sticky``, ``score``, ``unscored`` (scoring overload) or ``budget`` (sent to
+    the cheapest upstream: budget spent). ``quality`` (more than two models) is the chosen
+    model's predicted probability of not being beaten by the most capable one, 1 - beaten.
     """
 
     router: str
@@ -22,15 +25,20 @@ class Decision:
     target: float | None = None
     effective_target: float | None = None
     sticky_key: str | None = None  # where a strong answer is remembered (route_on=sticky)
+    quality: float | None = None
+    beaten: tuple[float, ...] | None = None  # P(most capable beats m) per ladder model (more than two models)
 
     def headers(self, model: str) -> dict[str, str]:
         """The ``x-routegate-*`` headers that tell the client the decision."""
         headers = {
             "x-routegate-router": self.router,
             "x-routegate-tier": self.tier,
+            "x-routegate-upstream": self.tier,
             "x-routegate-model": model,
             "x-routegate-decision": self.reason,
         }
+        if self.quality is not None:
+            headers["x-routegate-predicted-quality"] = f"{self.quality:.6f}"
         if self.score is not None:
             headers["x-routegate-score"] = f"{self.score:.6f}"
         if self.threshold is not None:

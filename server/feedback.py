@@ -110,7 +110,7 @@ class Feedback:
         if payload is None or (self.store is None and self.shadow is None):
             return response
         tier = response.headers.get("x-routegate-tier")
-        if tier not in ("strong", "weak"):
+        if tier not in ("strong", "weak") or self.settings.models:  # the two tiers only (not ROUTEGATE_MODELS)
             return response
         routed = response.headers.get("x-routegate-router", "none") != "none"
         shadow = (

@@ -1,5 +1,6 @@
-"""The forward step: send the request to the decided tier's upstream, with retries and, when
-that tier fails, a fallback to the other tier (``dataclasses.replace`` of the Decision)."""
+"""The forward step: send the request to the decided upstream, with retries and, when it fails,
+fallbacks (``dataclasses.replace`` of the Decision): to each more capable upstream in turn, the
+most capable to the next less capable (two tiers: strong <-> weak); see server/ladder.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from server import metrics
 from server.decision import Decision
+from server.ladder import Ladder
 from server.settings import Settings
 from server.upstream import (
     Attempts,
@@ -22,7 +24,6 @@ from server.upstream import (
 )
 
 log = logging.getLogger("routegate.proxy")
-OTHER_TIER = {"strong": "weak", "weak": "strong"}
 
 
 @dataclass(frozen=True)
@@ -38,23 +39,26 @@ class Exchange:
 
 
 class Forwarder:
-    """Sends requests to the strong and weak upstreams."""
+    """Sends requests to the ladder's upstreams."""
 
-    def __init__(self, settings: Settings, upstreams: dict[str, Upstream]) -> None:
+    def __init__(self, settings: Settings, ladder: Ladder, upstreams: dict[str, Upstream]) -> None:
         self.settings = settings
+        self.ladder = ladder
         self.upstreams = upstreams
 
     async def forward(self, decision: Decision, payload: dict[str, Any], strong_allowed: bool = True) -> Exchange:
-        """Try the decided tier, then (with fallback on, and the strong tier affordable) the other."""
+        """Try the decided upstream, then (with fallback on) its fallbacks; once the budget is spent
+        (``strong_allowed`` false) only the cheapest upstream is a fallback."""
         stream = payload.get("stream") is True
         tiers = [decision.tier]
-        other = OTHER_TIER[decision.tier]
-        if self.settings.fallback and (other != "strong" or strong_allowed):
-            tiers.append(other)
+        if self.settings.fallback:
+            fallbacks = self.ladder.fallbacks(decision.tier)
+            tiers += [tier for tier in fallbacks if strong_allowed or tier == self.ladder.cheapest]
         headers = {"x-request-id": decision.request_id}
         for position, tier in enumerate(tiers):
             upstream = self.upstreams[tier]
-            decision = dataclasses.replace(decision, tier=tier)
+            if tier != decision.tier:
+                decision = dataclasses.replace(decision, tier=tier, quality=None)
             attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)
             body = json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, separators=(",", ":")).encode()
             log.debug("request_id=%s forwarding %d bytes to the %s upstream", decision.request_id, len(body), tier)
@@ -71,7 +75,9 @@ class Forwarder:
                 if position + 1 < len(tiers):
                     next_tier = tiers[position + 1]
                     metrics.FALLBACKS.labels(tier, next_tier, failure.reason).inc()
-                    headers["x-routegate-fallback"] = f"{tier}->{next_tier}:{failure.reason}"
+                    step = f"{tier}->{next_tier}:{failure.reason}"
+                    previous = headers.get("x-routegate-fallback")
+                    headers["x-routegate-fallback"] = f"{previous},{step}" if previous else step
                     log.warning("request_id=%s fallback %s->%s reason=%s", decision.request_id, tier, next_tier, failure.reason)
                     continue
                 return Exchange(decision, upstream, sent_at, failure, headers)

@@ -29,7 +29,7 @@ SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
 
 REQUESTS = Counter(
     "routegate_requests_total",
-    "Chat completion requests answered, by router, serving tier, upstream model and HTTP status.",
+    "Chat completion requests answered, by router, serving tier (the upstream's name), upstream model and HTTP status.",
     ["router", "tier", "model", "status"],
 )
 ROUTER_SCORE = Histogram(
@@ -73,11 +73,12 @@ TOKENS = Counter(
 COST_USD = Counter("routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"])
 ALL_STRONG_COST_USD = Counter(
     "routegate_all_strong_cost_usd_total",
-    "Cost in USD the same tokens would have had on the strong upstream (the all-strong counterfactual).",
+    "Cost in USD the same tokens would have had on the most capable upstream (strong with two tiers): "
+    "the all-best-model counterfactual.",
     ["tier", "model"],
 )
 FALLBACKS = Counter(
-    "routegate_fallbacks_total", "Requests sent to the other tier after failures.", ["from_tier", "to_tier", "reason"]
+    "routegate_fallbacks_total", "Requests sent to a fallback upstream after failures.", ["from_tier", "to_tier", "reason"]
 )
 UPSTREAM_ERRORS = Counter("routegate_upstream_errors_total", "Failed upstream attempts, by tier and reason.", ["tier", "reason"])
 UPSTREAM_RETRIES = Counter(
@@ -164,8 +165,9 @@ EVENT_LOOP_TASKS = Gauge(
 )
 
 
-def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
-    """Create at zero the series known at start-up (``models`` maps tier -> upstream model).
+def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Mapping[str, str]) -> None:
+    """Create at zero the series known at start-up (``models`` maps tier -> upstream model,
+    ``fallbacks`` each tier to its first fallback).
 
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
@@ -183,9 +185,7 @@ def initialise(routers: Iterable[str], models: Mapping[str, str]) -> None:
         for reason in UPSTREAM_FAILURE_REASONS:
             UPSTREAM_ERRORS.labels(tier, reason)
             UPSTREAM_RETRIES.labels(tier, reason)
-            for other in models:
-                if other != tier:
-                    FALLBACKS.labels(tier, other, reason)
+            FALLBACKS.labels(tier, fallbacks[tier], reason)
 
 
 def render_metrics() -> tuple[bytes, str]:
@@ -201,23 +201,33 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def record_usage(
-    tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]
-) -> tuple[float, float]:
-    """Count the tokens of an upstream ``usage`` object and their cost, real and all-strong;
-    return both costs in USD (zeros without usage)."""
+def usage_tokens(usage: object) -> tuple[int, int] | None:
+    """The prompt and completion tokens of an upstream ``usage`` object; None without any."""
     if not isinstance(usage, dict):
-        return 0.0, 0.0
+        return None
     prompt = usage.get("prompt_tokens")
     completion = usage.get("completion_tokens")
     prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
     completion = completion if isinstance(completion, int) and completion >= 0 else 0
-    if not prompt and not completion:
+    return (prompt, completion) if prompt or completion else None
+
+
+def tokens_cost(tokens: tuple[int, int], prices: tuple[float, float]) -> float:
+    """USD of ``(prompt, completion)`` tokens at ``(input, output)`` USD per 1M tokens."""
+    return (tokens[0] * prices[0] + tokens[1] * prices[1]) / 1e6
+
+
+def record_usage(
+    tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]
+) -> tuple[float, float]:
+    """Count the tokens of an upstream ``usage`` object and their cost, real and on the most
+    capable upstream (``strong_prices``); return both costs in USD (zeros without usage)."""
+    tokens = usage_tokens(usage)
+    if tokens is None:
         return 0.0, 0.0
-    cost = (prompt * prices[0] + completion * prices[1]) / 1e6
-    all_strong_cost = (prompt * strong_prices[0] + completion * strong_prices[1]) / 1e6
-    TOKENS.labels(tier, model, "prompt").inc(prompt)
-    TOKENS.labels(tier, model, "completion").inc(completion)
+    cost, all_strong_cost = tokens_cost(tokens, prices), tokens_cost(tokens, strong_prices)
+    TOKENS.labels(tier, model, "prompt").inc(tokens[0])
+    TOKENS.labels(tier, model, "completion").inc(tokens[1])
     COST_USD.labels(tier, model).inc(cost)
     ALL_STRONG_COST_USD.labels(tier, model).inc(all_strong_cost)
     return cost, all_strong_cost

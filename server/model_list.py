@@ -43,16 +43,19 @@ def check_models(entries: Sequence[ModelEntry]) -> None:
         if entry.name.lower() in seen:
             raise ValueError(f"name {entry.name!r} appears twice (names are compared case-insensitively)")
         seen.add(entry.name.lower())
+    capable = [entry.name for entry in entries if entry.most_capable]
+    if len(capable) > 1:
+        raise ValueError(f"at most one model may set most_capable; {capable} do")
 
 
 def model_ladder(settings: Settings) -> list[ModelEntry]:
     """The upstreams to route among, cheapest first by ``input_price + output_price`` (ties keep the
     configured order): ``ROUTEGATE_MODELS``, or the two tiers as entries named ``weak`` and
-    ``strong`` when it is empty."""
+    ``strong`` (the most capable) when it is empty."""
     from server.settings import ModelEntry
 
     entries = list(settings.models) or [
-        ModelEntry(name=tier, **getattr(settings, tier).model_dump(), router_model=router_model)
+        ModelEntry(name=tier, **getattr(settings, tier).model_dump(), router_model=router_model, most_capable=tier == "strong")
         for tier, router_model in (("weak", settings.router_weak_model), ("strong", settings.router_strong_model))
     ]
     return sorted(entries, key=lambda entry: entry.input_price + entry.output_price)

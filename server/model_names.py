@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from server.errors import APIError, bad_request
+from server.ladder import Ladder
 from server.settings import Settings
 
 ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)$")
@@ -27,11 +28,18 @@ class Target:
 class ModelNames:
     """Resolves ``model`` strings against the settings and the known routers."""
 
-    def __init__(self, settings: Settings, routers: list[str]) -> None:
+    def __init__(self, settings: Settings, routers: list[str], ladder: Ladder) -> None:
         self.routers = routers  # the routers clients may name (ROUTEGATE_ROUTERS)
         self.target_share = settings.target_share
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
+        #: listed upstream names: the two tiers' models, or each ROUTEGATE_MODELS entry's name
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
+        #: also accepted: an entry's upstream model (the first entry with it)
+        self.upstream_aliases: dict[str, str] = {}
+        if settings.models:
+            self.upstream_models = {name: name for name in ladder.names}
+            for entry in settings.models:
+                self.upstream_aliases.setdefault(entry.model, entry.name)
 
     def resolve(self, model: str) -> Target:
         """The target for ``model``; 400 for a bad router or threshold, 404 for an unknown name."""
@@ -41,6 +49,8 @@ class ModelNames:
             return self._parse_router_model(model, param="model")
         if model in self.upstream_models:
             return Target(tier=self.upstream_models[model])
+        if model in self.upstream_aliases:
+            return Target(tier=self.upstream_aliases[model])
         raise APIError(
             404,
             f"The model '{model[:200]}' does not exist. Valid models: {', '.join(self.listed())}.",

@@ -73,10 +73,13 @@ _DECISION_HEADERS = {
     name: {"schema": {"type": "string"}, "description": description}
     for name, description in {
         "x-routegate-router": "router that decided (none for an upstream model named directly)",
-        "x-routegate-tier": "strong or weak: the tier that answered",
+        "x-routegate-tier": "strong or weak: the tier that answered (ROUTEGATE_MODELS: the entry's name)",
+        "x-routegate-upstream": "the upstream that answered: its tier or ROUTEGATE_MODELS entry name",
         "x-routegate-model": "the upstream model that answered",
         "x-routegate-score": "the router's score (routed requests)",
         "x-routegate-threshold": "the threshold it was compared with (routed requests)",
+        "x-routegate-predicted-quality": "among three or more models, a scored request: the chosen model's "
+        "predicted probability of not being beaten by the most capable one",
         "x-request-id": "the client's request id, or a new one",
     }.items()
 }

@@ -21,11 +21,13 @@ from starlette.responses import Response
 from server import metrics
 from server.admission import Admission
 from server.chat_request import parse_chat_request, read_body
+from server.cost_targets import CostTargets
 from server.deciding import Decider
 from server.decision import Decision
 from server.disconnects import ClientGone, cancelled_on_disconnect
 from server.errors import APIError, bad_request
 from server.forwarding import Forwarder
+from server.ladder import Ladder
 from server.model_names import ModelNames, Target
 from server.recording import Outcome, Recorder
 from server.relay import RelayResponse
@@ -76,20 +78,25 @@ class ChatProxy:
     def __init__(
         self,
         settings: Settings,
+        ladder: Ladder,
         upstreams: dict[str, Upstream],
         names: ModelNames,
         scorers: ScorerPool,
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
+        cost_targets: CostTargets | None = None,
     ) -> None:
         self.settings = settings
+        self.ladder = ladder
         self.names = names
+        self.scorers = scorers
         self.targets = targets
+        self.cost_targets = cost_targets  # target routes among more than two models
         budget = targets.budget if targets is not None else None
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout)
-        self.decider = Decider(settings, scorers, targets, sticky, budget)
-        self.forwarder = Forwarder(settings, upstreams)
-        self.recorder = Recorder(upstreams["strong"].prices, targets, sticky, budget)
+        self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)
+        self.forwarder = Forwarder(settings, ladder, upstreams)
+        self.recorder = Recorder(ladder, targets, sticky, budget, cost_targets)
 
     async def handle(self, request: Request) -> Response:
         """Answer one ``POST /v1/chat/completions``."""
@@ -133,19 +140,33 @@ class ChatProxy:
 
     def resolve(self, model: str) -> Target:
         """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES
-        places here (400 ``invalid_target`` when none is left)."""
+        places here (400 ``invalid_target`` when none is left). Among more than two models, a
+        router that scores only a pair is refused (400 ``router_not_multi_model``)."""
         route = self.names.resolve(model)
-        if route.target is not None and route.router is not None and self.targets is not None:
+        if route.router is not None and not self.ladder.pair:
+            self._check_multi_model(route)
+        controllers = self.cost_targets or self.targets
+        if route.target is not None and route.router is not None and controllers is not None:
             try:
-                self.targets.controller(route.router, route.target)
+                controllers.controller(route.router, route.target)
             except TooManyRoutes:
                 raise bad_request(
-                    f"routegate already serves its limit of {self.targets.max_routes} target routes "
+                    f"routegate already serves its limit of {controllers.max_routes} target routes "
                     "(router-<router>-<percent>%); use one of those.",
                     param="model",
                     code="invalid_target",
                 ) from None
         return route
+
+    def _check_multi_model(self, route: Target) -> None:
+        able = list(self.scorers.ladder_models)
+        if route.router not in able:
+            raise bad_request(
+                f"The router '{route.router}' scores only a strong/weak pair; routing among the "
+                f"{len(self.ladder.entries)} models of ROUTEGATE_MODELS needs one of: {', '.join(able) or 'none configured'}.",
+                param="model",
+                code="router_not_multi_model",
+            )
 
     def _refuse(self, error: APIError, request_id: str, headers: dict[str, str] | None = None) -> Response:
         metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()

@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 
 from server import metrics
+from server.cost_targets import CostTargets
 from server.decision import Decision
+from server.ladder import Ladder
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
 from server.upstream import Upstream
@@ -40,13 +42,17 @@ class Recorder:
 
     def __init__(
         self,
-        strong_prices: tuple[float, float],
+        ladder: Ladder,
         targets: SharedTargets | None = None,
         sticky: SharedSticky | None = None,
         budget: SharedBudget | None = None,
+        cost_targets: CostTargets | None = None,
     ) -> None:
-        self.strong_prices = strong_prices
+        self.ladder = ladder
+        best = ladder.entry(ladder.best)
+        self.best_prices = (best.input_price, best.output_price)  # the all-best-model counterfactual
         self.targets = targets
+        self.cost_targets = cost_targets  # target routes among more than two models
         self.sticky = sticky
         self.budget = budget
 
@@ -61,7 +67,7 @@ class Recorder:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and outcome.upstream_status is not None:
             if decision is not None and 200 <= outcome.upstream_status < 300:
-                await self._keep_books(decision)
+                await self._keep_books(decision, upstream, outcome.usage)
             await self._charge(upstream, outcome.usage)  # after the books: the request's count goes with its cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
@@ -75,33 +81,52 @@ class Recorder:
         )
 
     async def _charge(self, upstream: Upstream, usage: object) -> None:
-        """Meter an answer's tokens and cost; charge the daily budget."""
-        cost, all_strong_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.strong_prices)
+        """Meter an answer's tokens and cost; charge the daily budget (spend on any upstream but the cheapest)."""
+        cost, all_best_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.best_prices)
         if self.budget is not None:
-            await self.budget.record_cost(upstream.tier, cost, all_strong_cost)
+            charged = "weak" if upstream.tier == self.ladder.cheapest else "strong"
+            await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
-    async def _keep_books(self, decision: Decision) -> None:
+    async def _keep_books(self, decision: Decision, upstream: Upstream, usage: object) -> None:
         """Sticky memory and target feedback for an answered request."""
-        strong = decision.tier == "strong"
+        strong = decision.tier == self.ladder.best
         if decision.threshold is not None:
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:
-            if strong:
+            if self.ladder.pair and strong:
                 await self.sticky.remember(decision.sticky_key)
+            elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
+                await self.sticky.remember(decision.sticky_key, decision.tier)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target
-        await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
+        if self.cost_targets is not None:
+            self._record_cost_share(decision, effective, upstream, usage)
+            realised = self.cost_targets.realised_share(decision.router, decision.target)
+        else:
+            await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
+            realised = self.targets.realised_share(decision.router, decision.target)
         if self.budget is not None:
             self.budget.count_request()
         labels = (decision.router, f"{decision.target:g}")
         metrics.TARGET_DECISIONS.labels(*labels, decision.tier).inc()
         metrics.TARGET_SHARE.labels(*labels).set(decision.target)
         metrics.TARGET_EFFECTIVE_SHARE.labels(*labels).set(effective)
-        realised = self.targets.realised_share(decision.router, decision.target)
         if realised is not None:
             metrics.TARGET_REALISED_SHARE.labels(*labels).set(realised)
         if decision.threshold is not None and decision.reason == "score":
             metrics.TARGET_THRESHOLD.labels(*labels).set(decision.threshold)
+
+    def _record_cost_share(self, decision: Decision, effective: float, upstream: Upstream, usage: object) -> None:
+        """A target route among more than two models: its cost against the all-best cost, from
+        the reported tokens (without usage: a typical request's, at the two models' prices)."""
+        assert self.cost_targets is not None and decision.target is not None
+        tokens = metrics.usage_tokens(usage)
+        if tokens is not None:
+            costs = (metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices))
+        else:
+            unit = self.cost_targets.unit_costs()
+            costs = (unit[self.ladder.names.index(upstream.tier)], unit[self.ladder.best_index])
+        self.cost_targets.record(decision.router, decision.target, effective, decision.beaten, costs, tokens)

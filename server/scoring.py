@@ -1,6 +1,8 @@
 """Scoring off the event loop: concurrent requests' prompts are micro-batched into router calls
 on dedicated scoring threads (several batches at once on a multi-core CPU), and scores are kept in
-a per-process LRU cache."""
+a per-process LRU cache. Routing among more than two models, a router gives each prompt a vector
+of per-model logits (``Router.model_logits``) instead of one score; it is batched and cached the
+same way."""
 
 from __future__ import annotations
 
@@ -11,18 +13,22 @@ import os
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from routers.base import Router
 from routers.embedding import resolve_device
-from routers.model_names import resolve_pair
+from routers.model_names import match_model, resolve_pair
 from routers.registry import RouterOptions, load_router, router_models
 from server import metrics
 from server.errors import APIError
+from server.settings import ModelEntry
 from server.shared_scores import SharedScores
 
 log = logging.getLogger("routegate.scoring")
+#: a router's answer for one text: the pair score, or one logit per ladder model
+Score = float | tuple[float, ...]
 
 
 class ScoreCache:
@@ -30,15 +36,15 @@ class ScoreCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._scores: OrderedDict[str, float] = OrderedDict()
+        self._scores: OrderedDict[str, Score] = OrderedDict()
 
-    def get(self, text: str) -> float | None:
+    def get(self, text: str) -> Score | None:
         score = self._scores.get(text)
         if score is not None:
             self._scores.move_to_end(text)
         return score
 
-    def put(self, text: str, score: float) -> None:
+    def put(self, text: str, score: Score) -> None:
         if self.size <= 0:
             return
         self._scores[text] = score
@@ -54,7 +60,8 @@ class ScoreQueueFull(Exception):
 class Scorer:
     """Scores texts with one router, batching concurrent calls (at most ``batch_size`` texts,
     waiting at most ``batch_wait`` seconds for a batch to fill); up to ``threads`` batches are
-    scored at once, each on its own thread. At most ``queue_size`` texts wait (0: no bound)."""
+    scored at once, each on its own thread. At most ``queue_size`` texts wait (0: no bound).
+    With ``models`` (the router's names for the ladder's models) it gives per-model logits."""
 
     def __init__(
         self,
@@ -65,21 +72,46 @@ class Scorer:
         threads: int = 1,
         queue_size: int = 0,
         shared: SharedScores | None = None,
+        models: Sequence[str] | None = None,
     ) -> None:
         self.router = router
-        self.shared = shared if router.cacheable else None
+        self.models = tuple(models) if models is not None else None
+        # Redis keeps pair scores only: per-model logits stay in the process's cache
+        self.shared = shared if router.cacheable and self.models is None else None
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.threads = threads
         self.cache = ScoreCache(cache_size if router.cacheable else 0)
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[float]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Score]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"score-{router.name}")
         self._workers: list[asyncio.Task[None]] = []
         self._hit = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "hit")
         self._miss = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "miss")
 
+    def _call(self, texts: Sequence[str]) -> list[Score]:
+        """The router's answers for ``texts``, in order."""
+        if self.models is None:
+            return [float(score) for score in self.router.score(texts)]
+        logits = self.router.model_logits(texts, self.models)
+        if logits is None:
+            raise ValueError(f"the router {self.router.name} scores only a strong/weak pair")
+        return [tuple(float(value) for value in row) for row in logits]
+
     async def score(self, text: str) -> float:
-        """The router's score for ``text``; records it and the time taken in the metrics."""
+        """The router's pair score for ``text``."""
+        score = await self._answer(text)
+        assert isinstance(score, float)
+        metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
+        return score
+
+    async def model_logits(self, text: str) -> tuple[float, ...]:
+        """The router's logit for each ladder model on ``text`` (``models`` order)."""
+        logits = await self._answer(text)
+        assert isinstance(logits, tuple)
+        return logits
+
+    async def _answer(self, text: str) -> Score:
+        """Cached, shared or newly computed; records the time taken in the metrics."""
         started = time.perf_counter()
         score = self.cache.get(text) if self.cache.size else None
         if score is None and self.shared is not None:
@@ -94,28 +126,27 @@ class Scorer:
             if self.router.blocking:
                 score = await self._batched(text)
             else:
-                score = float(self.router.score([text])[0])
+                score = self._call([text])[0]
             self.cache.put(text, score)
-            if self.shared is not None:
+            if self.shared is not None and isinstance(score, float):
                 await self.shared.put(self.router.name, text, score)
         metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
-        metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
         return score
 
-    async def _batched(self, text: str) -> float:
+    async def _batched(self, text: str) -> Score:
         if not self._workers:  # each worker forms a batch from the queue, scores it, and takes the next
             self._workers = [
                 asyncio.create_task(self._run_batches(), name=f"scorer-{self.router.name}-{index}")
                 for index in range(self.threads)
             ]
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Score] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((text, future))
         except asyncio.QueueFull:
             raise ScoreQueueFull(self.router.name) from None
         return await future
 
-    async def _next_batch(self) -> list[tuple[str, asyncio.Future[float]]]:
+    async def _next_batch(self) -> list[tuple[str, asyncio.Future[Score]]]:
         batch = [await self._queue.get()]
         deadline = time.monotonic() + self.batch_wait
         while len(batch) < self.batch_size:
@@ -139,8 +170,8 @@ class Scorer:
                 continue
             texts = list(dict.fromkeys(text for text, _ in batch))
             try:
-                scores = await loop.run_in_executor(self._executor, self.router.score, texts)
-                by_text = {text: float(score) for text, score in zip(texts, scores, strict=True)}
+                scores = await loop.run_in_executor(self._executor, self._call, texts)
+                by_text = dict(zip(texts, scores, strict=True))
             except Exception as error:  # the router failed: every waiting request hears of it
                 for _, future in batch:
                     if not future.done():
@@ -190,6 +221,28 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
         torch.set_num_threads(torch_threads or max(1, ((os.cpu_count() or 2) - 1) // scoring_threads))
 
 
+def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequence[str]) -> tuple[str, ...]:
+    """Each ladder entry's model by ``router``'s name for it: its ``router_model``, else its ``model``
+    matched among ``known`` (the router's checkpoint's models; none known: taken as given).
+    ValueError naming the first entry the router does not know."""
+    names = []
+    for entry in entries:
+        asked = entry.router_model or entry.model
+        if not known:
+            found: str | None = asked
+        elif entry.router_model:
+            found = asked if asked in known else None
+        else:
+            found = match_model(asked, known)
+        if found is None:
+            raise ValueError(
+                f"ROUTEGATE_MODELS: the router '{router}' does not know the model {asked!r} of entry '{entry.name}'; "
+                f"set its router_model to one of the models GET /v1/routers lists for '{router}'"
+            )
+        names.append(found)
+    return tuple(names)
+
+
 @dataclass(frozen=True)
 class ScoredPair:
     """The models a router scores, by its own names for them, and why those."""
@@ -213,6 +266,8 @@ class ScorerPool:
         queue_size: int = 0,
         pair_from_settings: bool = False,
         shared: SharedScores | None = None,
+        ladder_models: dict[str, tuple[str, ...]] | None = None,
+        ladder_pair: tuple[int, int] = (1, 0),
     ) -> None:
         self.options = options
         #: True when the operator named the pair: it must then be known, no fallback
@@ -226,6 +281,10 @@ class ScorerPool:
         self._lock = asyncio.Lock()
         #: router -> the (strong, weak) pair it scores and why, once loaded
         self.pairs: dict[str, ScoredPair] = {}
+        #: router -> its names for the ladder's models (more than two models); the ladder's
+        #: (most capable, cheapest) positions are the pair it loads with
+        self.ladder_models = ladder_models or {}
+        self.ladder_pair = ladder_pair
 
     def loaded(self, name: str) -> bool:
         """Whether the router called ``name`` is ready to score."""
@@ -246,7 +305,12 @@ class ScorerPool:
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
                     ) from None
                 self._scorers[name] = Scorer(
-                    router, *self._settings, threads=threads, queue_size=self.queue_size, shared=self.shared
+                    router,
+                    *self._settings,
+                    threads=threads,
+                    queue_size=self.queue_size,
+                    shared=self.shared,
+                    models=self.ladder_models.get(name),
                 )
         return self._scorers[name]
 
@@ -255,7 +319,11 @@ class ScorerPool:
         traffic; the router and the number of its scoring threads."""
         strong, weak = self.options.strong_model, self.options.weak_model
         why = "set by ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL"
-        if not self.pair_from_settings:
+        models = self.ladder_models.get(name)
+        if models is not None:
+            strong, weak = models[self.ladder_pair[0]], models[self.ladder_pair[1]]
+            why = f"ROUTEGATE_MODELS: it predicts each of {list(models)}"
+        elif not self.pair_from_settings:
             strong, weak, why = resolve_pair(router_models(name, self.options.checkpoint_dir), strong, weak)
         if name != "random":
             log.info("router %s scores %s (strong) vs %s (weak): %s", name, strong, weak, why)
@@ -264,6 +332,8 @@ class ScorerPool:
         threads = scoring_threads(self.score_threads, self.options.device)
         limit_inference_threads(self.torch_threads, threads)
         router.score(["warm-up"])
+        if models is not None:
+            router.model_logits(["warm-up"], models)
         return router, threads
 
     async def aclose(self) -> None:

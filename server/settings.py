@@ -53,6 +53,9 @@ class ModelEntry(UpstreamSettings):
 
     name: str = Field(description="the upstream's name in headers, metrics and requests")
     router_model: str | None = Field(None, description="its name in the router's data; unset: matched from `model`")
+    most_capable: bool = Field(
+        False, description="route against this model as the most capable (at most one entry); none set: the dearest"
+    )
 
     @field_validator("name")
     @classmethod
@@ -121,7 +124,7 @@ class Settings(BaseSettings):
     models: list[ModelEntry] = Field(
         default_factory=list,
         description="JSON list of 2-16 upstreams to route among, each {name, base_url, api_key, model, input_price, "
-        "output_price, router_model}; empty: the strong/weak pair above",
+        "output_price, router_model, most_capable}; empty: the strong/weak pair above (docs/serving-many-models.md)",
     )
 
     router: str = Field("mf", description="default router (model `auto`)")

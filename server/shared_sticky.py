@@ -1,5 +1,8 @@
 """Sticky conversations seen by every replica: a Redis key per strong conversation, with a TTL.
 
+With more than two models a conversation remembers the upstream it got (its entry name, the
+key's value), read back by ``recall`` with one ``GETEX`` that also refreshes the TTL.
+
 ``SharedSticky`` is the async face of the sticky memory that the proxy uses. Without Redis it is
 the process's ``StickyStore``. With Redis, ``remember`` sets ``<prefix>sticky:<key>`` for
 ``ttl`` seconds and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
@@ -41,13 +44,30 @@ class SharedSticky:
             self.local.remember(key)
         return known_shared or known_here
 
-    async def remember(self, key: str) -> None:
-        """Mark ``key``'s conversation strong for the next ``ttl`` seconds, here and in Redis."""
-        self.local.remember(key)
+    async def recall(self, key: str | None) -> str | None:
+        """The upstream ``key``'s conversation was remembered with (on any replica); refreshes it."""
+        if key is None:
+            return None
+        known_here = self.local.recall(key)
+        if self.state is None:
+            return known_here
+        redis, name = self.state.redis, self.state.key("sticky", key)
+        try:
+            known_shared = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
+        except SharedStateUnavailable:
+            return known_here
+        if known_shared is not None and known_here is None:
+            self.local.remember(key, str(known_shared))
+        return str(known_shared) if known_shared is not None else known_here
+
+    async def remember(self, key: str, upstream: str = "1") -> None:
+        """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
+        seconds, here and in Redis."""
+        self.local.remember(key, upstream)
         if self.state is None:
             return
         redis, name = self.state.redis, self.state.key("sticky", key)
         try:
-            await self.state.run("sticky_set", lambda: redis.set(name, 1, px=self._ttl_ms))
+            await self.state.run("sticky_set", lambda: redis.set(name, upstream, px=self._ttl_ms))
         except SharedStateUnavailable:
             pass

@@ -203,3 +203,22 @@ def test_metrics_pass_promtool_check_metrics(stack: Stack) -> None:
     assert "routegate_router_score_bucket" in body
     result = subprocess.run([require_tool("promtool"), "check", "metrics"], input=body, capture_output=True, text=True)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+
+
+def test_dashboard_shows_the_split_across_models_and_the_all_best_cost(stack: Stack) -> None:
+    """With two tiers the models are strong and weak, and the all-best-model cost is the all-strong cost."""
+
+    def by_tier(title: str) -> dict[str, float]:
+        [query] = [query for query in panel_queries() if query.panel == title]
+        found = stack.values(substitute(query.expr, DASHBOARD_VARIABLES, RATE_INTERVAL, TIME_RANGE))
+        return {labels["tier"]: value for labels, value in found if math.isfinite(value)}
+
+    assert by_tier("Requests by model") == {"strong": pytest.approx(0.3), "weak": pytest.approx(0.7)}
+    shares = by_tier("Cost by model, share of the all-best-model cost")
+    assert shares == {
+        "strong": pytest.approx(STRONG_ROUTED * STRONG_COST / ALL_STRONG),
+        "weak": pytest.approx((WEAK_ROUTED + 1) * WEAK_COST / ALL_STRONG),
+    }
+    assert _panel_value(stack, "Cost per hour by model and all-best-model", "all-best-model") == pytest.approx(
+        _panel_value(stack, "Cost per hour: realised, all-strong, saved", "all-strong")
+    )

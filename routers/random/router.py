@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
+
 from routers.base import Router
 
 
@@ -25,3 +27,7 @@ class RandomRouter(Router):
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         return [self._rng.random() for _ in prompts]
+
+    def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """A fresh standard normal logit per prompt and model: every model equally likely best."""
+        return np.array([[self._rng.gauss(0.0, 1.0) for _ in models] for _ in prompts])

@@ -1,0 +1,132 @@
+"""Target routes among more than two models: ``router-<router>-<percent>%`` keeps the cost of the
+routed traffic near that share of the all-best-model cost (``router-mf-30%`` spends about 30% of
+what sending every request to the most capable model would).
+
+One ``CostShareController`` per router and target, per process (with Redis, replicas do not
+share it; the two-tier controllers of server/shared_targets.py are unchanged). It keeps the
+``window`` most recent prompts' probabilities of being beaten by the most capable model; its
+threshold is the one whose routing of that window spends the wanted share of the all-best cost
+(``routers.multi_model.threshold_for_cost_share``), each prompt costed at each model with the mean
+token counts answered so far. Feedback from the realised share (each answered request's cost over
+what the most capable model would have charged for its tokens) corrects the share asked, as the
+two-tier controller's feedback does. Until prompts arrive the threshold is ``1 - share``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from routers.multi_model import threshold_for_cost_share
+from server.targets import TooManyRoutes
+
+#: window growth (as a share of the window) after which the threshold is computed again
+RECOMPUTE_EVERY = 0.02
+ABOVE_EVERY_BEATEN = float(np.nextafter(1.0, 2.0))  # a threshold that accepts the cheapest model
+
+
+class CostShareController:
+    """Keeps one route's threshold where its window of prompts would spend ``share`` of the all-best cost."""
+
+    def __init__(self, window: int, feedback_horizon: int, best: int) -> None:
+        self.best = best
+        self._beaten: deque[tuple[float, ...]] = deque(maxlen=window)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (cost, all-best cost)
+        self._decay = 1.0 - 1.0 / feedback_horizon
+        self._gain = 4.0 / feedback_horizon
+        self._debt = 0.0  # leaky sum of (wanted - realised) cost shares
+        self._step = max(1, round(window * RECOMPUTE_EVERY))
+        self._cached: tuple[float, float] | None = None  # (wanted share, threshold)
+        self._unseen = 0  # prompts observed since the cached threshold
+
+    def threshold(self, share: float, unit_costs: Sequence[float]) -> float:
+        """The threshold that spends ``share`` (corrected by the feedback) of the all-best cost,
+        with ``unit_costs`` each model's cost of a typical request."""
+        if share <= 0.0:
+            return ABOVE_EVERY_BEATEN
+        wanted = min(1.0, max(0.0, share + self._gain * self._debt))
+        if not self._beaten:
+            return 1.0 - wanted
+        cached = self._cached
+        if cached is None or self._unseen >= self._step or abs(cached[0] - wanted) > 0.005:
+            beaten = np.array(self._beaten)
+            costs = np.tile(np.asarray(unit_costs, dtype=np.float64), (len(beaten), 1))
+            self._cached = cached = (wanted, threshold_for_cost_share(beaten, costs, self.best, wanted))
+            self._unseen = 0
+        return cached[1]
+
+    def observe(self, beaten: Sequence[float]) -> None:
+        """A scored prompt's P(most capable beats m) per model joins the window."""
+        self._beaten.append(tuple(beaten))
+        self._unseen += 1
+
+    def record(self, cost: float, all_best_cost: float, share: float) -> None:
+        """One answered request of this route, made while ``share`` was wanted."""
+        if all_best_cost <= 0:
+            return
+        self._debt = self._decay * self._debt + (share - cost / all_best_cost)
+        self._recent.append((cost, all_best_cost))
+
+    @property
+    def realised_share(self) -> float | None:
+        """Cost over all-best cost of the window's answered requests; None before the first."""
+        all_best = sum(pair[1] for pair in self._recent)
+        return sum(pair[0] for pair in self._recent) / all_best if all_best else None
+
+
+class CostTargets:
+    """Every CostShareController of this process, at most ``max_routes``, and the mean token
+    counts that cost a typical request on each model."""
+
+    def __init__(self, window: int, feedback_horizon: int, best: int, prices: Sequence[tuple[float, float]], max_routes: int):
+        self.window = window
+        self.feedback_horizon = feedback_horizon
+        self.best = best
+        self.prices = list(prices)  # (input, output) USD per 1M tokens, ladder order
+        self.max_routes = max_routes
+        self._controllers: dict[tuple[str, float], CostShareController] = {}
+        self._tokens = [1.0, 1.0]  # prompt and completion tokens answered (a prior of one each)
+        self._answers = 1
+
+    def controller(self, router: str, target: float) -> CostShareController:
+        """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``max_routes`` are live."""
+        key = (router, target)
+        controller = self._controllers.get(key)
+        if controller is None:
+            if len(self._controllers) >= self.max_routes:
+                raise TooManyRoutes(f"{self.max_routes} target routes are live")
+            controller = self._controllers[key] = CostShareController(self.window, self.feedback_horizon, self.best)
+        return controller
+
+    def unit_costs(self) -> list[float]:
+        """Each model's cost of a request with the mean token counts answered so far."""
+        prompt, completion = (count / self._answers for count in self._tokens)
+        return [prompt * input_price + completion * output_price for input_price, output_price in self.prices]
+
+    def threshold(self, router: str, target: float, share: float) -> float:
+        """The threshold a prompt on this route is compared with now, aiming at ``share``."""
+        return self.controller(router, target).threshold(share, self.unit_costs())
+
+    def record(
+        self,
+        router: str,
+        target: float,
+        share: float,
+        beaten: Sequence[float] | None,
+        costs: tuple[float, float],
+        tokens: tuple[int, int] | None,
+    ) -> None:
+        """An answered request of this route: its prompt's ``beaten`` (when scored), its cost and
+        all-best cost, and its token counts (when reported)."""
+        controller = self.controller(router, target)
+        if beaten is not None:
+            controller.observe(beaten)
+        controller.record(*costs, share)
+        if tokens is not None:
+            self._tokens = [self._tokens[0] + tokens[0], self._tokens[1] + tokens[1]]
+            self._answers += 1
+
+    def realised_share(self, router: str, target: float) -> float | None:
+        return self.controller(router, target).realised_share
