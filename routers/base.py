@@ -30,6 +30,12 @@ class Router(ABC):
         """Each of ``models``' (the router's names for them) quality logit per prompt, (prompts,
         len(models)), with P(a beats b) = sigmoid(logit_a - logit_b); None: the router only
         scores its strong/weak pair. ValueError for a model the router does not know."""
-        from routers.ladder import builtin_model_logits
+        return None
 
-        return builtin_model_logits(self, prompts, models)
+
+def model_columns(models: Sequence[str], known: Sequence[str], router: str) -> list[int]:
+    """Where each of ``models`` is among a router's ``known`` models; ValueError naming the unknown."""
+    unknown = [model for model in models if model not in known]
+    if unknown:
+        raise ValueError(f"the {router} router does not know {unknown}; it knows {list(known)}")
+    return [list(known).index(model) for model in models]

@@ -105,11 +105,13 @@ def _base_model_installed(router_dir: Path) -> bool:
 
 
 def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
-    """The model names a router's checkpoint knows (its ``router.json``); none for ``random``."""
-    manifest = Path(checkpoint_dir) / name / "router.json"
-    if name == "random" or not manifest.is_file():
-        return []
-    return list(json.loads(manifest.read_text()).get("models", []))
+    """The model names a router's checkpoint knows: its ``router.json``'s models, or a ``lookahead``
+    ``config.json``'s candidates; none for ``random``."""
+    directory = Path(checkpoint_dir) / name
+    for file, key in (("router.json", "models"), ("config.json", "candidates")):
+        if (directory / file).is_file():
+            return list(json.loads((directory / file).read_text()).get(key, []))
+    return []
 
 
 def load_router(name: str, options: RouterOptions | None = None) -> Router:

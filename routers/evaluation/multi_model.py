@@ -32,8 +32,6 @@ from routers.multi_model import beaten_from_logits, beaten_from_scores, most_cap
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
-#: routers with a prediction per model; the others only score a strong/weak pair
-MULTI_MODEL_ROUTERS = ("mf", "lookahead")
 
 
 @dataclass
@@ -146,33 +144,24 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
 
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
-    """Per-model logits of a registry router on the prompts, (prompts, models)."""
-    if name not in MULTI_MODEL_ROUTERS:
+    """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
+    from routers.registry import RouterOptions, load_router, multi_model_routers, router_models
+
+    if name not in multi_model_routers():
         raise SystemExit(
             f"routegate eval: router {name!r} scores only a strong/weak pair; routing among "
-            f"{len(data.models)} models needs one prediction per model ({', '.join(MULTI_MODEL_ROUTERS)})"
+            f"{len(data.models)} models needs one prediction per model ({', '.join(multi_model_routers())})"
         )
-    if name == "mf":
-        from routers.checkpoint import read_manifest
-        from routers.mf.router import MFRouter
-
-        known = read_manifest(checkpoint_dir / "mf", "mf")["models"]
-        columns = _columns(data.models, known, name)
-        mf = MFRouter(checkpoint_dir / "mf", device, known[columns[0]], known[columns[1]])
-        return mf.qualities(data.prompts)[:, columns]
-    from routers.lookahead.router import LookaheadRouter, resolve_device
-
-    lookahead = LookaheadRouter.from_directory(checkpoint_dir / "lookahead", device=resolve_device(device))
-    return lookahead.logits(data.prompts, _columns(data.models, lookahead.candidates, name))
-
-
-def _columns(models: list[str], known: list[str], router: str) -> list[int]:
-    """Where each model is among a checkpoint's models (matched by spelling); exit naming the unknown."""
-    matched = [match_model(model, known) for model in models]
-    unknown = [model for model, found in zip(models, matched, strict=True) if found is None]
+    known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
+    matched = [match_model(model, known) for model in data.models]
+    unknown = [model for model, found in zip(data.models, matched, strict=True) if found is None]
     if unknown:
-        raise SystemExit(f"routegate eval: the {router} checkpoint does not know {unknown}; it knows {known}")
-    return [known.index(found) for found in matched if found is not None]
+        raise SystemExit(f"routegate eval: the {name} checkpoint does not know {unknown}; it knows {known}")
+    names = [found for found in matched if found is not None]
+    router = load_router(name, RouterOptions(checkpoint_dir, device, strong_model=names[0], weak_model=names[1]))
+    logits = router.model_logits(data.prompts, names)
+    assert logits is not None  # a multi-model router
+    return np.asarray(logits)
 
 
 def routing_curve(name: str, predicted: np.ndarray, data: ModelSet, logits: bool) -> Curve:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from routers.base import Router
+from routers.base import Router, model_columns
 from routers.lookahead.inputs import build_example
 from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, load_checkpoint
 
@@ -90,15 +90,16 @@ class LookaheadRouter(Router):
                 rows.append(self.net.route_logits(hidden)[:, list(candidates)].float().cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(candidates)))
 
+    def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """The routing logits of ``models`` (names among ``self.candidates``), from one pass whose input
+        holds a block for each of them, (prompts, len(models))."""
+        return self.logits(prompts, model_columns(models, self.candidates, self.name))
+
     def candidate_scores(self, prompts: Sequence[str], candidates: Sequence[str] | None = None) -> np.ndarray:
         """Predicted normalised quality in [0, 1] of each candidate (by name; all by default) for
         each prompt, from one pass whose input holds a block for each of those candidates."""
         names = list(candidates) if candidates is not None else self.candidates
-        unknown = [name for name in names if name not in self.candidates]
-        if unknown:
-            raise ValueError(f"unknown candidates {unknown}; known: {', '.join(self.candidates)}")
-        indices = [self.candidates.index(name) for name in names]
-        return 1.0 / (1.0 + np.exp(-self.logits(prompts, indices)))
+        return 1.0 / (1.0 + np.exp(-self.model_logits(prompts, names)))
 
     def score(self, prompts: Sequence[str]) -> list[float]:
         """sigmoid(strong logit - weak logit) with the pair's two blocks in the input."""

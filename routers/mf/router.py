@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.base import Router
+from routers.base import Router, model_columns
 from routers.checkpoint import model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
@@ -71,3 +71,7 @@ class MFRouter(Router):
         """Every known model's quality delta_m on each prompt, (prompts, models) in ``self.models``
         order; ``sigmoid(delta_a - delta_b)`` is the probability that a beats b."""
         return self.latent(prompts) @ self._model_vectors.T + self._model_bias
+
+    def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """The quality deltas of ``models`` (names in ``self.models``), (prompts, len(models))."""
+        return self.qualities(prompts)[:, model_columns(models, self.models, self.name)]
