@@ -7,11 +7,12 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   files (0/1 correctness, a judge's win probability against a reference answer, a test pass
   rate), so only "model a scored s_a and model b scored s_b on this prompt" is used, as the soft
   target ``(1 + s_a - s_b) / 2``.
-* **A nuisance offset per (file, model).** How often a model wins in a file depends on that file's
-  judge, reference and answer format as much as on its prompts. A free offset per (file, model),
-  used in training and dropped at serving, absorbs those file-level differences, so the prompt
-  network learns what varies *within* a file — which prompts a weak model falls short on — and
-  not which benchmark a prompt looks like.
+* **An optional nuisance offset per (file, model)** (``--offset-l2``): how often a model wins in a
+  file depends on that file's judge, reference and answer format as much as on its prompts; a
+  free offset per (file, model), used in training and dropped at serving, absorbs that. The
+  shipped checkpoint switches it off (``--offset-l2 1000000``): held out it changes nothing, and
+  without it the per-model qualities keep what each model is good at across domains, which
+  routing among several models needs.
 * **Files weighted by the square root of their size**, so 20,000 multiple-choice questions do not
   drown 500 open-ended prompts.
 * **Model names in normal form** (``routers.model_names``): ``gpt4_1106_preview`` in AlpacaEval
