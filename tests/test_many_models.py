@@ -396,3 +396,40 @@ def test_the_ladder_orders_by_price_and_climbs_by_capability():
     assert two_tiers.fallbacks("strong") == ["weak"] and two_tiers.fallbacks("weak") == ["strong"]
     with pytest.raises(SettingsError, match="at most one model may set most_capable"):
         _ladder([entry("a", 1, most_capable=True), entry("b", 2, most_capable=True)])
+
+
+# The ladder of docs/serving-many-models.md, as its users spell the models.
+DOCUMENTED = [
+    ("mini", "gpt-4o-mini", 0.15, 0.6),
+    ("llama", "meta-llama/Llama-3.1-70B-Instruct", 0.9, 0.9),
+    ("gpt4o", "gpt-4o", 2.5, 10.0),
+]
+
+
+def test_the_shipped_mf_routes_the_documented_ladder(tmp_path: Path) -> None:
+    """The shipped ``mf`` knows the documented models by their API names and routes among them:
+    t = 0 sends a prompt to the most capable, t = 1 to the cheapest, and each answer comes from
+    the upstream its headers name."""
+    upstreams = {name: FakeUpstream(name).start() for name, *_ in DOCUMENTED}
+    models = [
+        {"name": name, "base_url": upstreams[name].url, "model": model, "input_price": price_in, "output_price": price_out}
+        for name, model, price_in, price_out in DOCUMENTED
+    ]
+    env = many_env(models, Path("routers/checkpoints").resolve(), router="mf", routers='["mf"]')
+    prompt = "Prove that there are infinitely many primes."
+    try:
+        with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+            top, _ = ask(proxy, prompt, stream=False, model="router-mf-0")
+            bottom, _ = ask(proxy, prompt, stream=True, model="router-mf-1")
+    finally:
+        for upstream in upstreams.values():
+            upstream.stop()
+    assert (top["x-routegate-upstream"], top["x-routegate-model"]) == ("gpt4o", "gpt-4o")
+    assert float(top["x-routegate-predicted-quality"]) == pytest.approx(0.5)
+    assert (bottom["x-routegate-upstream"], bottom["x-routegate-model"]) == ("mini", "gpt-4o-mini")
+    assert 0.0 < float(bottom["x-routegate-predicted-quality"]) < 1.0
+    assert [[received.body["model"] for received in upstreams[name].received] for name, *_ in DOCUMENTED] == [
+        ["gpt-4o-mini"],
+        [],
+        ["gpt-4o"],
+    ]
