@@ -331,8 +331,9 @@ class ScorerPool:
         router = load_router(name, dataclasses.replace(self.options, strong_model=strong, weak_model=weak))
         threads = scoring_threads(self.score_threads, self.options.device)
         limit_inference_threads(self.torch_threads, threads)
-        router.score(["warm-up"])
-        if models is not None:
+        if models is None:
+            router.score(["warm-up"])
+        else:  # among more than two models only the per-model logits are asked for
             router.model_logits(["warm-up"], models)
         return router, threads
 
