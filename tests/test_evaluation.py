@@ -26,6 +26,27 @@ def test_random_router_apgr_is_about_one_half():
     assert apgr(rng.random(5000), quality) == pytest.approx(0.5, abs=0.05)
 
 
+def test_apgr_and_cpt_are_undefined_when_the_strong_model_does_not_lead():
+    even = PairQuality.of(strong=[1, 0, 1, 0], weak=[0, 1, 0, 1])
+    assert np.isnan(apgr([0.9, 0.8, 0.2, 0.1], even))
+    assert np.isnan(cpt([0.9, 0.8, 0.2, 0.1], even, 0.5))
+    behind = PairQuality.of(strong=[0, 0, 1, 0], weak=[1, 1, 1, 0])
+    assert np.isnan(apgr([0.9, 0.8, 0.2, 0.1], behind))
+
+
+def test_a_lead_is_separable_only_beyond_two_standard_errors():
+    clear = PairQuality.of(strong=[1] * 30 + [0] * 70, weak=[0] * 100)  # lead 0.3, about 6.5 standard errors
+    assert clear.gap == pytest.approx(0.3)
+    assert clear.gap_z == pytest.approx(0.3 / (np.std([1] * 30 + [0] * 70, ddof=1) / 10))
+    assert clear.separable
+    within_noise = PairQuality.of(strong=[1] * 51 + [0] * 49, weak=[0] * 51 + [1] * 49)  # lead 0.02, 0.2 errors
+    assert within_noise.gap == pytest.approx(0.02)
+    assert 0 < within_noise.gap_z < 1
+    assert not within_noise.separable
+    assert PairQuality.of(strong=[1, 1, 1], weak=[0, 0, 0]).separable  # the same lead on every prompt: no noise
+    assert not PairQuality.of(strong=[1], weak=[0]).separable  # one prompt says nothing about noise
+
+
 def test_cpt_interpolates_to_the_target_gap():
     assert cpt([0.9, 0.8, 0.2, 0.1], QUALITY, 0.5) == pytest.approx(0.25)
     assert cpt([0.9, 0.8, 0.2, 0.1], QUALITY, 1.0) == pytest.approx(0.5)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from routers.evaluation.families import EVAL_PAIRS, FAMILIES, eval_records, family_of, training_records
-from routers.evaluation.leave_one_out import write_fold
+from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, eval_records, family_of, training_records
+from routers.evaluation.leave_one_out import LeaveOneOutTable, write_fold
+from routers.evaluation.metrics import PairQuality
 from routers.model_names import match_model, normal_form, resolve_pair
 from server.cli import main
 
@@ -56,7 +57,8 @@ def data_dir(tmp_path: Path) -> Path:
                 models = pairs.get(stem, MODELS)
                 split = "dev" if number % 3 == 0 else "train"
                 prompt = f"{family} {stem} question {number}: " + "x " * (number * 7 % 11)
-                records.append(_record(f"{stem}/{number}", prompt, split, float(number % 2), float(number % 4 == 1), models))
+                strong = float(number % 2 or split == "dev")  # dev: the strong model leads beyond noise
+                records.append(_record(f"{stem}/{number}", prompt, split, strong, float(number % 4 == 1), models))
             if stem == "llmrouter":
                 records.append(_record("llmrouter/shared", "A GSM8K question that two files share.", "train", 1.0, 0.0))
             if stem == "routellm-gsm8k":
@@ -164,3 +166,19 @@ def test_eval_leave_one_out_trains_scores_and_writes_table_and_plot(data_dir: Pa
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "work" / "chat" / "data" / "alpacaeval-gpt4.jsonl.gz").exists()
     assert (tmp_path / "work" / "chat" / "checkpoints" / "mf" / "router.json").is_file()
+
+
+def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
+    clear, tied = EvalPair("llmrouter", "big", "small"), EvalPair("llmrouter", "big", "medium")
+    table = LeaveOneOutTable(pairs={"mixed": [clear, tied]})
+    table.quality[("mixed", clear)] = PairQuality.of([1] * 30 + [0] * 70, [0] * 100)
+    table.quality[("mixed", tied)] = PairQuality.of([1] * 51 + [0] * 49, [0] * 51 + [1] * 49)
+    table.apgr.update({("mf", "mixed", clear): 0.6, ("mf", "mixed", tied): 3.2})
+    assert table.family_mean("mf", "mixed") == pytest.approx(0.6)
+    text = table.format()
+    assert "| mf | 0.600 | 0.600 |" in text
+    assert "| mixed | llmrouter | big | medium | 100 | n/a |" in text
+    assert "3.2" not in text
+    assert "n/a: on these 100 llmrouter prompts big leads medium by 0.020 (0.2 standard errors, under 2)" in text
+    table.quality[("mixed", clear)] = table.quality[("mixed", tied)]
+    assert "| mf | n/a | n/a |" in table.format()

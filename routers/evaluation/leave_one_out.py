@@ -21,7 +21,7 @@ import numpy as np
 
 from routers.data import Record, iter_records
 from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
-from routers.evaluation.metrics import PairQuality, apgr
+from routers.evaluation.metrics import MIN_GAP_Z, PairQuality, apgr
 
 RANDOM = "random"
 LENGTH = "prompt length"
@@ -29,14 +29,20 @@ LENGTH = "prompt length"
 
 @dataclass
 class LeaveOneOutTable:
-    """APGR per (router, family, pair), and each family's average over its pairs."""
+    """APGR per (router, family, pair), and each family's average over its pairs. A pair whose
+    sampled prompts do not show the strong model ahead by more than noise (``PairQuality.separable``)
+    is shown as n/a and left out of the averages."""
 
     pairs: dict[str, list[EvalPair]] = field(default_factory=dict)
     apgr: dict[tuple[str, str, EvalPair], float] = field(default_factory=dict)
-    prompts: dict[tuple[str, EvalPair], int] = field(default_factory=dict)
+    quality: dict[tuple[str, EvalPair], PairQuality] = field(default_factory=dict)  # of the sampled dev prompts
+
+    def counted(self, family: str, pair: EvalPair) -> bool:
+        return self.quality[(family, pair)].separable
 
     def family_mean(self, router: str, family: str) -> float:
-        return float(np.mean([self.apgr[(router, family, pair)] for pair in self.pairs[family]]))
+        values = [self.apgr[(router, family, pair)] for pair in self.pairs[family] if self.counted(family, pair)]
+        return float(np.mean(values)) if values else float("nan")
 
     def routers(self) -> list[str]:
         return list(dict.fromkeys(router for router, _, _ in self.apgr))
@@ -47,16 +53,34 @@ class LeaveOneOutTable:
         lines = ["| router | " + " | ".join(families) + " | mean |", "|---|" + "---:|" * (len(families) + 1)]
         for router in self.routers():
             means = [self.family_mean(router, family) for family in families]
-            lines.append(f"| {router} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |")
+            known = [m for m in means if not np.isnan(m)]
+            overall = float(np.mean(known)) if known else float("nan")
+            lines.append(f"| {router} | " + " | ".join(map(_cell, means)) + f" | {_cell(overall)} |")
         lines += ["", "| family | file | strong | weak | dev prompts | " + " | ".join(self.routers()) + " |"]
         lines.append("|---|---|---|---|---:|" + "---:|" * len(self.routers()))
         for family in families:
             for pair in self.pairs[family]:
-                values = " | ".join(f"{self.apgr[(router, family, pair)]:.3f}" for router in self.routers())
-                lines.append(
-                    f"| {family} | {pair.file} | {pair.strong} | {pair.weak} | {self.prompts[(family, pair)]} | {values} |"
+                counted = self.counted(family, pair)
+                values = " | ".join(
+                    _cell(self.apgr[(router, family, pair)] if counted else float("nan")) for router in self.routers()
                 )
+                prompts = len(self.quality[(family, pair)].strong)
+                lines.append(f"| {family} | {pair.file} | {pair.strong} | {pair.weak} | {prompts} | {values} |")
+        skipped = [(family, pair) for family in families for pair in self.pairs[family] if not self.counted(family, pair)]
+        if skipped:
+            lines.append("")
+        for family, pair in skipped:
+            quality = self.quality[(family, pair)]
+            lines.append(
+                f"n/a: on these {len(quality.strong)} {pair.file} prompts {pair.strong} leads {pair.weak} by "
+                f"{quality.gap:.3f} ({quality.gap_z:.1f} standard errors, under {MIN_GAP_Z:g}): "
+                "no gap to recover beyond noise, so not counted."
+            )
         return "\n".join(lines)
+
+
+def _cell(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
 def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
@@ -105,7 +129,7 @@ def run_leave_one_out(
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
             cases[pair] = (prompts, quality)
-            table.prompts[(family, pair)] = len(selected)
+            table.quality[(family, pair)] = quality
             table.apgr[(RANDOM, family, pair)] = 0.5
             table.apgr[(LENGTH, family, pair)] = apgr([float(len(p)) for p in prompts], quality)
         for name in routers:
@@ -122,7 +146,8 @@ def run_leave_one_out(
                 )
                 scores = score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
                 table.apgr[(name, family, pair)] = apgr(scores, quality)
-                print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}")
+                note = "" if quality.separable else " (not counted: no gap beyond noise)"
+                print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}{note}")
     return table
 
 

@@ -14,6 +14,10 @@ import numpy as np
 
 Scores = Sequence[float] | np.ndarray  # one value per prompt
 
+#: a pair's APGR is reported only when the strong model's lead on the prompts is at least this many
+#: standard errors: PGR divides by that lead, so a lead within noise makes APGR meaningless (3.2 or -1)
+MIN_GAP_Z = 2.0
+
 
 @dataclass(frozen=True)
 class PairQuality:
@@ -30,6 +34,25 @@ class PairQuality:
     def oracle_mean(self) -> float:
         """Mean of the better of the two answers per prompt."""
         return float(np.maximum(self.strong, self.weak).mean())
+
+    @property
+    def gap(self) -> float:
+        """The strong model's mean lead over the weak one."""
+        return float((self.strong - self.weak).mean())
+
+    @property
+    def gap_z(self) -> float:
+        """The lead in standard errors of the per-prompt differences' mean (inf when they never vary)."""
+        differences = self.strong - self.weak
+        if len(differences) < 2:
+            return 0.0
+        error = float(differences.std(ddof=1)) / np.sqrt(len(differences))
+        return self.gap / error if error > 0 else (np.inf if self.gap > 0 else 0.0)
+
+    @property
+    def separable(self) -> bool:
+        """Whether the strong model leads by more than noise (``MIN_GAP_Z``), so APGR means something."""
+        return self.gap > 0 and self.gap_z >= MIN_GAP_Z
 
 
 def routing_curve(scores: Scores, quality: PairQuality) -> tuple[np.ndarray, np.ndarray]:
@@ -53,13 +76,19 @@ def pgr(means: np.ndarray, quality: PairQuality) -> np.ndarray:
 
 
 def apgr(scores: Scores, quality: PairQuality) -> float:
-    """Average PGR over strong-call shares from 0 to 1 (area under the PGR curve)."""
+    """Average PGR over strong-call shares from 0 to 1 (area under the PGR curve); NaN when the
+    strong model does not lead on these prompts (no gap to recover)."""
+    if quality.gap <= 0:
+        return float("nan")
     shares, means = routing_curve(scores, quality)
     return float(np.trapezoid(pgr(means, quality), shares))
 
 
 def cpt(scores: Scores, quality: PairQuality, target_pgr: float) -> float:
-    """Call-performance threshold: the smallest strong-call share whose PGR reaches ``target_pgr``."""
+    """Call-performance threshold: the smallest strong-call share whose PGR reaches ``target_pgr``
+    (NaN when the strong model does not lead on these prompts)."""
+    if quality.gap <= 0:
+        return float("nan")
     shares, means = routing_curve(scores, quality)
     gaps = pgr(means, quality)
     reached = np.nonzero(gaps >= target_pgr)[0]
