@@ -206,7 +206,8 @@ def _eval(args: argparse.Namespace) -> int:
             f"  warning: the strong model leads by {quality.gap:.4f} ({quality.gap_z:.1f} standard errors) on these "
             "prompts: APGR and CPT divide by that lead, so they mean little here (NaN when there is no lead)"
         )
-    print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
+    if quality.gap > 0:
+        print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
     for name in args.router:
         curves[name] = score_all(_load(name, args), prompts, args.batch_size, f"eval {name}")

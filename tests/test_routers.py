@@ -140,6 +140,21 @@ def test_train_score_eval_on_a_slice(name: str, data_slice: Path, tmp_path: Path
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_of_a_pair_where_the_strong_model_does_not_lead_warns_and_reports_nan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "behind.jsonl"
+    records = [{"id": str(n), "prompt": "q" * (n + 1), "split": "dev", "scores": {"small": 1.0, "big": 0.0}} for n in range(6)]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    argv = ["eval", "--router", "random", "--data", str(data), "--strong", "big", "--weak", "small"]
+    assert main([*argv, "--plot", str(tmp_path / "behind.png")]) == 0
+    report = capsys.readouterr().out
+    assert "warning: the strong model leads by -1.0000" in report
+    assert "random baseline" not in report
+    row = next(line for line in report.splitlines() if line.strip().startswith("random "))
+    assert row.split()[1:4] == ["nan", "nan", "nan"]
+
+
 def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_path: Path) -> None:
     base = tiny_causal_lm(tmp_path / "tiny-lm")
     checkpoints = tmp_path / "checkpoints"
