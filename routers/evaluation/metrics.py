@@ -46,8 +46,9 @@ class PairQuality:
         differences = self.strong - self.weak
         if len(differences) < 2:
             return 0.0
+        lead = float(differences.mean())
         error = float(differences.std(ddof=1)) / np.sqrt(len(differences))
-        return self.gap / error if error > 0 else (np.inf if self.gap > 0 else 0.0)
+        return lead / error if error > 0 else (np.inf if lead > 0 else 0.0)
 
     @property
     def separable(self) -> bool:
@@ -71,8 +72,7 @@ def routing_curve(scores: Scores, quality: PairQuality) -> tuple[np.ndarray, np.
 
 def pgr(means: np.ndarray, quality: PairQuality) -> np.ndarray:
     """Performance gap recovered: 0 at the weak model's mean quality, 1 at the strong model's."""
-    weak_mean, strong_mean = quality.weak.mean(), quality.strong.mean()
-    return (means - weak_mean) / (strong_mean - weak_mean)
+    return (means - quality.weak.mean()) / quality.gap
 
 
 def apgr(scores: Scores, quality: PairQuality) -> float:
