@@ -95,8 +95,8 @@ async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database:
     assert not await store.record_feedback(FeedbackRow("old", time.time(), 1.0, "up", None))
     await store.aclose()
     store = FeedbackStore(database, retention_days=1, queue_size=100)  # deletes at its first write
+    store.record(decision("newer"))  # queued before the thread starts: the first write holds it
     store.start()
-    store.record(decision("newer"))
     await store.aclose()
     assert [row[0] for row in rows(database, "routegate_decisions")] == ["new", "newer"]
 
@@ -108,8 +108,8 @@ async def test_the_oldest_rows_beyond_max_rows_are_deleted(database: Database) -
         store.record(decision(f"req-{index}", created_at=time.time() - 100 + index))
     await store.aclose()
     store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)  # deletes at its first write
+    store.record(decision("req-4"))  # queued before the thread starts: the first write holds it
     store.start()
-    store.record(decision("req-4"))
     await store.aclose()
     assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-3", "req-4"]
 
