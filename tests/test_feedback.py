@@ -306,12 +306,12 @@ def test_shadowing_changes_nothing_the_client_receives_nor_when(
 
 
 def test_a_full_shadow_queue_drops_and_counts(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path) -> None:
-    judge.behaviour.delay = 1.0
+    judge.behaviour.delay = 5.0  # the first job outlasts the four requests, even on a loaded machine
     env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_concurrent="1", shadow_queue_size="1")
     with running_proxy(env, tmp_path) as proxy:
         for _ in range(4):  # one job runs, one waits, two find the queue full
             client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
-        wait_until(lambda: shadow_total(proxy) == 4, "four shadow outcomes")
+        wait_until(lambda: shadow_total(proxy) == 4, "four shadow outcomes", timeout=30)
         assert shadow_total(proxy, tier="strong", outcome="dropped") == 2
         assert shadow_total(proxy, tier="strong", outcome="judged") == 2
 

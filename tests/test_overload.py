@@ -54,7 +54,7 @@ def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong:
 
 
 def test_a_short_wait_in_the_queue_is_served(small_proxy: Proxy, strong: FakeUpstream) -> None:
-    strong.behaviour.delay = 0.1  # a slot frees up well inside the 1 s queue wait
+    strong.behaviour.delay = 0.3  # long enough for two requests to overlap; a slot frees up well inside the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
     results = asyncio.run(_concurrent_chats(small_proxy, 3))
     delta.after()

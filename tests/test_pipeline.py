@@ -42,7 +42,7 @@ def test_refused_requests_leave_no_sticky_target_or_budget_trace(
         max_queued_requests="0",
         daily_budget_usd="100",
     )
-    strong.behaviour.delay = 1.0  # the one slot stays busy while the others arrive
+    strong.behaviour.delay = 3.0  # the one slot stays busy while the others arrive
     with running_proxy(env, tmp_path) as proxy:
         budget_before = metric_sum(proxy.metrics(), "routegate_budget_remaining_usd")
         responses = asyncio.run(_burst(proxy.url, "router-random-100%", 20))

@@ -21,7 +21,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import redis
 from openai import OpenAI
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
@@ -31,6 +34,7 @@ from tests.redis_server import RedisServer, running_redis
 STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
 ALWAYS_STRONG = "router-random-0"
 ALWAYS_WEAK = "router-random-1"
+REDIS_TIMEOUT_MS = "2000"  # these tests are about sharing: a loaded machine must not time out a healthy Redis
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,7 @@ def trio(
         weak,
         redis_url=redis_server.url,
         redis_prefix="trio:",
+        redis_timeout_ms=REDIS_TIMEOUT_MS,
         redis_retry_seconds="0.5",
         shared_score_cache="true",
         route_on="sticky",
@@ -95,7 +100,14 @@ def test_daily_budget_holds_across_replicas(
     """A budget of 1.5 strong answers: each replica alone would spend its first request on the
     strong tier (3 answers, 2x the budget); shared, the first strong answer's cost is seen by all."""
     budget = 1.5 * STRONG_COST
-    env = proxy_env(strong, weak, redis_url=redis_server.url, redis_prefix="budget:", daily_budget_usd=f"{budget!r}")
+    env = proxy_env(
+        strong,
+        weak,
+        redis_url=redis_server.url,
+        redis_prefix="budget:",
+        redis_timeout_ms=REDIS_TIMEOUT_MS,
+        daily_budget_usd=f"{budget!r}",
+    )
     with replicas(env, tmp_path) as proxies:
         tiers = [
             _ask(proxy, "router-random-100%", [{"role": "user", "content": f"question {index}"}])[0]["x-routegate-tier"]
@@ -182,18 +194,34 @@ def test_a_stalled_redis_costs_a_timeout_not_a_request(trio: list[Proxy], redis_
     def errors(proxy: Proxy) -> float:
         return metric_sum(proxy.metrics(), "routegate_shared_state_errors_total")
 
-    before = [errors(proxy) for proxy in trio]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        stall = pool.submit(redis_server.client().execute_command, "DEBUG", "SLEEP", "3")
-        time.sleep(0.3)
-        tiers = [
-            _ask(proxy, "router-standin-30%", [{"role": "user", "content": _hard(20_000 + index)}])[0]["x-routegate-tier"]
-            for index, proxy in enumerate(trio)
+    def tier(index: int) -> str:
+        return _ask(trio[index], "router-standin-30%", [{"role": "user", "content": _hard(20_000 + index)}])[0][
+            "x-routegate-tier"
         ]
+
+    before = [errors(proxy) for proxy in trio]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        stall = pool.submit(redis_server.client().execute_command, "DEBUG", "SLEEP", "4")  # twice the replicas' timeout
+        _wait(lambda: _stalled(redis_server), "Redis to stall")
+        tiers = list(pool.map(tier, range(3)))  # at once: each replica's first Redis call falls in the stall
         stall.result()
     assert set(tiers) <= {"strong", "weak"}
     assert all(errors(proxy) > count for proxy, count in zip(trio, before, strict=True))
     assert all("TimeoutError" in proxy.log() for proxy in trio)
+
+
+def _stalled(server: RedisServer) -> bool:
+    """Whether Redis leaves a PING unanswered for 0.1 s."""
+    client = redis.Redis(
+        host="127.0.0.1", port=server.port, password=server.password, socket_timeout=0.1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    except redis.TimeoutError:
+        return True
+    finally:
+        client.close()
+    return False
 
 
 def _load(proxies: list[Proxy], stop: threading.Event, failures: list[str], done: list[int]) -> None:
