@@ -217,17 +217,9 @@ def tokens_cost(tokens: tuple[int, int], prices: tuple[float, float]) -> float:
     return (tokens[0] * prices[0] + tokens[1] * prices[1]) / 1e6
 
 
-def record_usage(
-    tier: str, model: str, usage: object, prices: tuple[float, float], strong_prices: tuple[float, float]
-) -> tuple[float, float]:
-    """Count the tokens of an upstream ``usage`` object and their cost, real and on the most
-    capable upstream (``strong_prices``); return both costs in USD (zeros without usage)."""
-    tokens = usage_tokens(usage)
-    if tokens is None:
-        return 0.0, 0.0
-    cost, all_strong_cost = tokens_cost(tokens, prices), tokens_cost(tokens, strong_prices)
+def record_usage(tier: str, model: str, tokens: tuple[int, int], costs: tuple[float, float]) -> None:
+    """Count an answer's ``(prompt, completion)`` tokens and its ``(real, all-strong)`` costs in USD."""
     TOKENS.labels(tier, model, "prompt").inc(tokens[0])
     TOKENS.labels(tier, model, "completion").inc(tokens[1])
-    COST_USD.labels(tier, model).inc(cost)
-    ALL_STRONG_COST_USD.labels(tier, model).inc(all_strong_cost)
-    return cost, all_strong_cost
+    COST_USD.labels(tier, model).inc(costs[0])
+    ALL_STRONG_COST_USD.labels(tier, model).inc(costs[1])

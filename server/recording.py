@@ -66,9 +66,11 @@ class Recorder:
         if upstream is not None and outcome.sent_at is not None:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and outcome.upstream_status is not None:
+            tokens = metrics.usage_tokens(outcome.usage)
+            costs = self._costs(upstream, tokens)
             if decision is not None and 200 <= outcome.upstream_status < 300:
-                await self._keep_books(decision, upstream, outcome.usage)
-            await self._charge(upstream, outcome.usage)  # after the books: the request's count goes with its cost
+                await self._keep_books(decision, upstream, tokens, costs)
+            await self._charge(upstream, tokens, costs)  # after the books: the request's count goes with its cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
             decision.request_id if decision is not None else "-",
@@ -80,15 +82,26 @@ class Recorder:
             (now - outcome.started) * 1000,
         )
 
-    async def _charge(self, upstream: Upstream, usage: object) -> None:
-        """Meter an answer's tokens and cost; charge the daily budget (spend on any upstream but the cheapest)."""
-        cost, all_best_cost = metrics.record_usage(upstream.tier, upstream.model, usage, upstream.prices, self.best_prices)
+    def _costs(self, upstream: Upstream, tokens: tuple[int, int] | None) -> tuple[float, float] | None:
+        """An answer's cost and what the most capable upstream would have charged for it, in USD;
+        None without usage."""
+        if tokens is None:
+            return None
+        return metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices)
+
+    async def _charge(self, upstream: Upstream, tokens: tuple[int, int] | None, costs: tuple[float, float] | None) -> None:
+        """Meter an answer's tokens and ``(real, all-best)`` costs; charge the daily budget (spend on
+        any upstream but the cheapest; nothing without usage)."""
+        if tokens is not None and costs is not None:
+            metrics.record_usage(upstream.tier, upstream.model, tokens, costs)
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.cheapest else "strong"
-            await self.budget.record_cost(charged, cost, all_best_cost)
+            await self.budget.record_cost(charged, *(costs or (0.0, 0.0)))
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
-    async def _keep_books(self, decision: Decision, upstream: Upstream, usage: object) -> None:
+    async def _keep_books(
+        self, decision: Decision, upstream: Upstream, tokens: tuple[int, int] | None, costs: tuple[float, float] | None
+    ) -> None:
         """Sticky memory and target feedback for an answered request."""
         strong = decision.tier == self.ladder.best
         if decision.threshold is not None:
@@ -103,7 +116,7 @@ class Recorder:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target
         if self.cost_targets is not None:
-            self._record_cost_share(decision, effective, upstream, usage)
+            self._record_cost_share(decision, effective, upstream, tokens, costs)
             realised = self.cost_targets.realised_share(decision.router, decision.target)
         else:
             await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
@@ -119,14 +132,18 @@ class Recorder:
         if decision.threshold is not None and decision.reason == "score":
             metrics.TARGET_THRESHOLD.labels(*labels).set(decision.threshold)
 
-    def _record_cost_share(self, decision: Decision, effective: float, upstream: Upstream, usage: object) -> None:
+    def _record_cost_share(
+        self,
+        decision: Decision,
+        effective: float,
+        upstream: Upstream,
+        tokens: tuple[int, int] | None,
+        costs: tuple[float, float] | None,
+    ) -> None:
         """A target route among more than two models: its cost against the all-best cost, from
         the reported tokens (without usage: a typical request's, at the two models' prices)."""
         assert self.cost_targets is not None and decision.target is not None
-        tokens = metrics.usage_tokens(usage)
-        if tokens is not None:
-            costs = (metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices))
-        else:
+        if costs is None:
             unit = self.cost_targets.unit_costs()
             costs = (unit[self.ladder.names.index(upstream.tier)], unit[self.ladder.best_index])
         self.cost_targets.record(decision.router, decision.target, effective, decision.beaten, costs, tokens)
