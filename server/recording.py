@@ -37,6 +37,16 @@ class Outcome:
     upstream_status: int | None = None  # what the upstream answered; None: no upstream answered
 
 
+@dataclass(frozen=True)
+class Usage:
+    """An answer's reported ``(prompt, completion)`` tokens and their cost in USD, real and on the
+    most capable upstream."""
+
+    tokens: tuple[int, int]
+    cost: float
+    all_best_cost: float
+
+
 class Recorder:
     """Writes outcomes to the metrics and the books."""
 
@@ -66,11 +76,10 @@ class Recorder:
         if upstream is not None and outcome.sent_at is not None:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and outcome.upstream_status is not None:
-            tokens = metrics.usage_tokens(outcome.usage)
-            costs = self._costs(upstream, tokens)
+            usage = self._usage(upstream, outcome.usage)
             if decision is not None and 200 <= outcome.upstream_status < 300:
-                await self._keep_books(decision, upstream, tokens, costs)
-            await self._charge(upstream, tokens, costs)  # after the books: the request's count goes with its cost
+                await self._keep_books(decision, upstream, usage)
+            await self._charge(upstream, usage)  # after the books: the request's count goes with its cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
             decision.request_id if decision is not None else "-",
@@ -82,26 +91,25 @@ class Recorder:
             (now - outcome.started) * 1000,
         )
 
-    def _costs(self, upstream: Upstream, tokens: tuple[int, int] | None) -> tuple[float, float] | None:
-        """An answer's cost and what the most capable upstream would have charged for it, in USD;
-        None without usage."""
+    def _usage(self, upstream: Upstream, reported: object) -> Usage | None:
+        """The tokens of an upstream's ``usage`` object and their costs; None without any."""
+        tokens = metrics.usage_tokens(reported)
         if tokens is None:
             return None
-        return metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices)
+        return Usage(tokens, metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices))
 
-    async def _charge(self, upstream: Upstream, tokens: tuple[int, int] | None, costs: tuple[float, float] | None) -> None:
-        """Meter an answer's tokens and ``(real, all-best)`` costs; charge the daily budget (spend on
-        any upstream but the cheapest; nothing without usage)."""
-        if tokens is not None and costs is not None:
-            metrics.record_usage(upstream.tier, upstream.model, tokens, costs)
+    async def _charge(self, upstream: Upstream, usage: Usage | None) -> None:
+        """Meter an answer's tokens and costs; charge the daily budget (spend on any upstream but
+        the cheapest; nothing without usage)."""
+        if usage is not None:
+            metrics.record_usage(upstream.tier, upstream.model, usage.tokens, (usage.cost, usage.all_best_cost))
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.cheapest else "strong"
-            await self.budget.record_cost(charged, *(costs or (0.0, 0.0)))
+            cost, all_best_cost = (usage.cost, usage.all_best_cost) if usage is not None else (0.0, 0.0)
+            await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
-    async def _keep_books(
-        self, decision: Decision, upstream: Upstream, tokens: tuple[int, int] | None, costs: tuple[float, float] | None
-    ) -> None:
+    async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""
         strong = decision.tier == self.ladder.best
         if decision.threshold is not None:
@@ -116,7 +124,7 @@ class Recorder:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target
         if self.cost_targets is not None:
-            self._record_cost_share(decision, effective, upstream, tokens, costs)
+            self._record_cost_share(decision, effective, upstream, usage)
             realised = self.cost_targets.realised_share(decision.router, decision.target)
         else:
             await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
@@ -132,18 +140,13 @@ class Recorder:
         if decision.threshold is not None and decision.reason == "score":
             metrics.TARGET_THRESHOLD.labels(*labels).set(decision.threshold)
 
-    def _record_cost_share(
-        self,
-        decision: Decision,
-        effective: float,
-        upstream: Upstream,
-        tokens: tuple[int, int] | None,
-        costs: tuple[float, float] | None,
-    ) -> None:
+    def _record_cost_share(self, decision: Decision, effective: float, upstream: Upstream, usage: Usage | None) -> None:
         """A target route among more than two models: its cost against the all-best cost, from
         the reported tokens (without usage: a typical request's, at the two models' prices)."""
         assert self.cost_targets is not None and decision.target is not None
-        if costs is None:
+        if usage is not None:
+            costs, tokens = (usage.cost, usage.all_best_cost), usage.tokens
+        else:
             unit = self.cost_targets.unit_costs()
-            costs = (unit[self.ladder.names.index(upstream.tier)], unit[self.ladder.best_index])
+            costs, tokens = (unit[self.ladder.names.index(upstream.tier)], unit[self.ladder.best_index]), None
         self.cost_targets.record(decision.router, decision.target, effective, decision.beaten, costs, tokens)
