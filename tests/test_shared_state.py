@@ -191,23 +191,25 @@ def test_concurrent_requests_add_up_exactly(trio: list[Proxy], redis_server: Red
 
 
 def test_a_stalled_redis_costs_a_timeout_not_a_request(trio: list[Proxy], redis_server: RedisServer) -> None:
-    def errors(proxy: Proxy) -> float:
-        return metric_sum(proxy.metrics(), "routegate_shared_state_errors_total")
-
     def tier(index: int) -> str:
         return _ask(trio[index], "router-standin-30%", [{"role": "user", "content": _hard(20_000 + index)}])[0][
             "x-routegate-tier"
         ]
 
-    before = [errors(proxy) for proxy in trio]
+    before = [_redis_errors(proxy) for proxy in trio]
     with ThreadPoolExecutor(max_workers=4) as pool:
         stall = pool.submit(redis_server.client().execute_command, "DEBUG", "SLEEP", "4")  # twice the replicas' timeout
         _wait(lambda: _stalled(redis_server), "Redis to stall")
         tiers = list(pool.map(tier, range(3)))  # at once: each replica's first Redis call falls in the stall
         stall.result()
     assert set(tiers) <= {"strong", "weak"}
-    assert all(errors(proxy) > count for proxy, count in zip(trio, before, strict=True))
+    assert all(_redis_errors(proxy) > count for proxy, count in zip(trio, before, strict=True))
     assert all("TimeoutError" in proxy.log() for proxy in trio)
+
+
+def _redis_errors(*proxies: Proxy) -> float:
+    """Failed Redis operations the replicas counted (``routegate_shared_state_errors_total``)."""
+    return sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in proxies)
 
 
 def _stalled(server: RedisServer) -> bool:
@@ -255,17 +257,13 @@ def _sticky_across(first: Proxy, second: Proxy, attempts: int = 5) -> tuple[tupl
     """The decision ``second`` makes on a conversation that went strong on ``first``, and the
     conversation's id. An attempt during which either replica counted a Redis error (a timeout on
     a loaded machine rests Redis for a moment) is repeated with a new conversation."""
-
-    def errors() -> float:
-        return sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in (first, second))
-
     for attempt in range(attempts):
         time.sleep(1)  # past ROUTEGATE_REDIS_RETRY_SECONDS: a rest after an earlier failure is over
-        conversation, before = f"after-restart-{attempt}", errors()
+        conversation, before = f"after-restart-{attempt}", _redis_errors(first, second)
         headers, _ = _ask(first, ALWAYS_STRONG, [{"role": "user", "content": "after"}], conversation_id=conversation)
         assert headers["x-routegate-tier"] == "strong"
         headers, _ = _ask(second, ALWAYS_WEAK, [{"role": "user", "content": "still?"}], conversation_id=conversation)
-        if errors() == before:
+        if _redis_errors(first, second) == before:
             return (headers["x-routegate-tier"], headers["x-routegate-decision"]), conversation
     raise AssertionError(f"Redis failed during each of {attempts} attempts")
 
@@ -274,7 +272,7 @@ def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], red
     def up(proxy: Proxy) -> float:
         return metric_sum(proxy.metrics(), "routegate_shared_state_up")
 
-    errors_before = sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in trio)
+    errors_before = _redis_errors(*trio)
     stop, failures, done = threading.Event(), [], []
     with ThreadPoolExecutor(max_workers=3) as pool:
         loads = [pool.submit(_load, trio[offset:] + trio[:offset], stop, failures, done) for offset in range(3)]
@@ -294,8 +292,7 @@ def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], red
         for load in loads:
             load.result()
     assert failures == []
-    errors = sum(metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") for proxy in trio)
-    assert errors > errors_before
+    assert _redis_errors(*trio) > errors_before
 
     decision, conversation = _sticky_across(trio[0], trio[2])
     assert decision == ("strong", "sticky")
@@ -308,7 +305,7 @@ def test_redis_crash_fails_no_request_and_sharing_resumes(trio: list[Proxy], red
             if "shared state: Redis failed" in line
         ]
         assert failed_at and all(later - earlier >= timedelta(seconds=60) for earlier, later in itertools.pairwise(failed_at))
-        assert metric_sum(proxy.metrics(), "routegate_shared_state_errors_total") > len(failed_at)  # one message per interval
+        assert _redis_errors(proxy) > len(failed_at)  # one message per interval
         assert "shared state: Redis answers again" in log
         assert redis_server.password not in log and redis_server.password not in proxy.metrics()
 
