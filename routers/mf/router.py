@@ -3,8 +3,11 @@
 A prompt's MiniLM embedding and standardised structural features (length, digits, options...)
 go through a small MLP to a latent vector z; model m's quality on the prompt is
 ``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
-``sigmoid(delta_strong - delta_weak)``. Inference is plain numpy on the shared encoder's output.
-The trainer is ``routers/mf/training.py``.
+``sigmoid(delta_strong - delta_weak + n * neighbour_step)``, where the neighbour step is how far
+the pair's outcomes on the most similar training prompts lie from its overall rate, in logits
+(``routers/neighbours.py``, weight ``n``; near no training prompt of the pair it is close to 0,
+so the latent model decides). Inference is plain numpy on the shared encoder's output. The trainer is
+``routers/mf/training.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from routers.base import Router, model_columns
 from routers.checkpoint import model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
+from routers.neighbours import NeighbourTable
 from routers.registry import RouterOptions
 
 WEIGHTS = "weights.npz"
@@ -50,6 +54,13 @@ class MFRouter(Router):
         # a pair needs only the difference of its two models: one vector
         self._direction = self._model_vectors[strong] - self._model_vectors[weak]
         self._bias = float(self._model_bias[strong] - self._model_bias[weak])
+        lookup = manifest.get("neighbours")
+        self._neighbour_weight = float(lookup["weight"]) if lookup else 0.0
+        self._neighbours = (
+            NeighbourTable.load(directory).pair(self.models[strong], self.models[weak], lookup["tau"], lookup["ridge"])
+            if lookup
+            else None
+        )  # None also for a pair never scored together in training: the latent model alone
         self._device = device
 
     @classmethod
@@ -57,20 +68,25 @@ class MFRouter(Router):
         """Registry factory: load ``<checkpoint_dir>/mf``."""
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
-    def latent(self, prompts: Sequence[str]) -> np.ndarray:
-        """The prompts' latent vectors z, (prompts, dim)."""
-        inputs = prompt_inputs(encode(prompts, self._device), self._standardize(feature_matrix(prompts)))
+    def latent(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+        """The latent vectors z, (prompts, dim), of ``prompts`` whose encoder embeddings are ``embeddings``."""
+        inputs = prompt_inputs(embeddings, self._standardize(feature_matrix(prompts)))
         hidden = inputs @ self._w1 + self._b1
         hidden = 0.5 * hidden * (1.0 + np.tanh(0.7978845608 * (hidden + 0.044715 * hidden**3)))  # GELU (tanh)
         return hidden @ self._w2 + self._b2
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        return sigmoid(self.latent(prompts) @ self._direction + self._bias).astype(float).tolist()
+        embeddings = encode(prompts, self._device)
+        margins = self.latent(embeddings, prompts) @ self._direction + self._bias
+        if self._neighbours is not None:
+            margins += self._neighbour_weight * self._neighbours.steps(embeddings, prompts)
+        return sigmoid(margins).astype(float).tolist()
 
     def qualities(self, prompts: Sequence[str]) -> np.ndarray:
         """Every known model's quality delta_m on each prompt, (prompts, models) in ``self.models``
-        order; ``sigmoid(delta_a - delta_b)`` is the probability that a beats b."""
-        return self.latent(prompts) @ self._model_vectors.T + self._model_bias
+        order; ``sigmoid(delta_a - delta_b)`` is the probability that a beats b (the latent model
+        alone: the neighbour step belongs to the scored pair)."""
+        return self.latent(encode(prompts, self._device), prompts) @ self._model_vectors.T + self._model_bias
 
     def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
         """The quality deltas of ``models`` (names in ``self.models``), (prompts, len(models))."""

@@ -1,0 +1,88 @@
+"""The neighbour lookup behind sw_ranking and mf's pair term: outcomes on similar training prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routers.checkpoint import CheckpointError
+from routers.neighbours import score_table
+from routers.registry import RouterOptions, load_router
+from server.cli import main
+from tests.router_fixtures import STRONG, WEAK
+
+OTHER = "other-model"
+MATH = "Solve for x: {n}x + 7 = {m}. Show each algebra step and give x as a fraction."
+CHAT = "Hi there! Could you tell me a fun fact about {animal} to share with my friends?"
+ANIMALS = ["otters", "owls", "koalas", "dolphins", "foxes", "parrots", "hedgehogs", "penguins", "lemurs", "bats"]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("routers.embedding.CACHE_DIR", tmp_path_factory.getbasetemp() / "embedding-cache")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strong model wins every algebra prompt and ties every chat prompt; OTHER is scored only
+    beside the weak model, on chat prompts of their own."""
+    rows = []
+    for number in range(10):
+        rows.append(
+            {"id": f"m{number}", "prompt": MATH.format(n=number + 2, m=3 * number + 11), "scores": {STRONG: 1.0, WEAK: 0.0}}
+        )
+        rows.append({"id": f"c{number}", "prompt": CHAT.format(animal=ANIMALS[number]), "scores": {STRONG: 1.0, WEAK: 1.0}})
+        rows.append(
+            {"id": f"o{number}", "prompt": f"Say hello to {ANIMALS[number]} #{number}.", "scores": {WEAK: 0.0, OTHER: 1.0}}
+        )
+    path = tmp_path_factory.mktemp("neighbours") / "train.jsonl"
+    path.write_text("".join(json.dumps({**row, "split": "train"}) + "\n" for row in rows))
+    return path
+
+
+def _train(router: str, records: Path, out: Path, *options: str) -> Path:
+    assert main(["train", router, "--data", str(records), "--out", str(out / router), *options]) == 0
+    return out
+
+
+def test_sw_ranking_scores_a_pair_by_its_outcomes_on_the_most_similar_prompts(records: Path, tmp_path: Path) -> None:
+    router = load_router("sw_ranking", RouterOptions(checkpoint_dir=_train("sw_ranking", records, tmp_path), device="cpu"))
+    algebra, chat = router.score(["Solve for x: 5x + 7 = 40. Show each algebra step.", CHAT.format(animal="wombats")])
+    # the pair's overall rate: outcome 1 on algebra, 0.5 (a tie) on chat -> 0.75
+    assert algebra > 0.75 > chat
+
+
+def test_sw_ranking_refuses_a_pair_never_scored_together_and_mf_scores_it_alone(records: Path, tmp_path: Path) -> None:
+    checkpoints = _train("sw_ranking", records, tmp_path)
+    with pytest.raises(CheckpointError, match="no training prompt on which both"):
+        load_router("sw_ranking", RouterOptions(checkpoint_dir=checkpoints, device="cpu", strong_model=OTHER, weak_model=STRONG))
+
+    with_term = _train("mf", records, tmp_path / "with", "--epochs", "2")
+    without = _train("mf", records, tmp_path / "without", "--epochs", "2", "--neighbour-weight", "0")
+    assert (with_term / "mf" / "neighbours.npz").is_file() and not (without / "mf" / "neighbours.npz").exists()
+    prompts = [MATH.format(n=4, m=30), CHAT.format(animal="wombats")]
+
+    def scores(directory: Path, strong: str, weak: str) -> list[float]:
+        options = RouterOptions(checkpoint_dir=directory, device="cpu", strong_model=strong, weak_model=weak)
+        return load_router("mf", options).score(prompts)
+
+    # scored together in training: the neighbour term moves the score; never together: the latent model alone
+    assert not np.allclose(scores(with_term, STRONG, WEAK), scores(without, STRONG, WEAK), atol=1e-3)
+    assert scores(with_term, OTHER, STRONG) == pytest.approx(scores(without, OTHER, STRONG), abs=1e-5)
+
+
+def test_a_prompt_in_several_files_is_one_row_with_each_models_mean() -> None:
+    prompts, models, table = score_table(
+        [
+            {"prompt": "What is  2+2?", "scores": {"gpt4_1106_preview": 1.0, "b": 0.0}},
+            {"prompt": "what is 2+2?", "scores": {"gpt-4-1106-preview": 0.0}},
+            {"prompt": "Name a colour.", "scores": {"b": 1.0}},
+        ]
+    )
+    assert prompts == ["What is  2+2?", "Name a colour."]
+    assert models == ["b", "gpt-4-1106-preview"]
+    assert table[0].tolist() == [0.0, 0.5]
+    assert table[1, 0] == 1.0 and np.isnan(table[1, 1])
