@@ -2,7 +2,8 @@
 
     python bench/router_speed.py [--device cpu|cuda] [--routers mf sw_ranking ...] [--batch 32]
 
-Each cell is the median of ``--repeats`` timed passes over distinct prompts. The first row,
+Each cell is the median of ``--repeats`` timed passes over distinct prompts, with numpy's BLAS on
+one thread as in ``routegate serve`` (``server.scoring.limit_inference_threads``). The first row,
 ``encoder``, is the shared MiniLM encoder alone: the embedding routers cannot be faster.
 Routers without a checkpoint in ``--checkpoint-dir`` are listed as unavailable.
 """
@@ -58,8 +59,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from threadpoolctl import threadpool_limits
 
     from routers import embedding
+
+    threadpool_limits(1, user_api="blas")  # as the server does: BLAS threads left spinning slow the encoder
 
     short, long = make_prompts(args.prompts, 38, 1), make_prompts(args.prompts, 380, 2)
     print(
