@@ -16,7 +16,6 @@ the weights spread over many outcomes and the margin stays close to ``logit(p0)`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +49,11 @@ class Similarity:
         _, _, components = np.linalg.svd(embeddings - mean, full_matrices=False)
         return cls(mean.astype(np.float32), components[:dims].astype(np.float32), Standardizer.fit(raw_features), feature_weight)
 
-    def vectors(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """Unit similarity vectors of ``prompts`` (whose encoder embeddings are ``embeddings``)."""
+    def vectors(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
+        """Unit similarity vectors of prompts with these encoder embeddings and raw structural features."""
         projected = (embeddings - self.mean) @ self.basis.T
         projected /= np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-        features = self.standardize(feature_matrix(prompts)) * (self.feature_weight / np.sqrt(len(self.standardize.mean)))
+        features = self.standardize(raw_features) * (self.feature_weight / np.sqrt(len(self.standardize.mean)))
         joined = np.concatenate([projected, features], axis=1)
         return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
 
@@ -90,9 +89,9 @@ class NeighbourTable:
     def build(cls, records: list[Record], dims: int, feature_weight: float, device: str) -> NeighbourTable:
         """The table of ``records`` (models by their normal form)."""
         prompts, models, scores = score_table(records)
-        embeddings = cached_encode(prompts, device)
-        similarity = Similarity.fit(embeddings, feature_matrix(prompts), dims, feature_weight)
-        return cls(similarity, similarity.vectors(embeddings, prompts), models, scores)
+        embeddings, raw_features = cached_encode(prompts, device), feature_matrix(prompts)
+        similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight)
+        return cls(similarity, similarity.vectors(embeddings, raw_features), models, scores)
 
     def save(self, directory: Path) -> None:
         """Write ``neighbours.npz`` (int8 vector rows with a scale each: small enough to commit)."""
@@ -132,7 +131,7 @@ class NeighbourTable:
         both = ~np.isnan(self.scores[:, strong]) & ~np.isnan(self.scores[:, weak])
         if not both.any():
             return None
-        outcome = (1.0 + self.scores[both, strong].astype(np.float64) - self.scores[both, weak]) / 2.0
+        outcome = (1.0 + self.scores[both, strong] - self.scores[both, weak]) / 2.0
         return PairNeighbours(self.similarity, self.vectors[both], outcome, tau, ridge)
 
 
@@ -142,18 +141,18 @@ class PairNeighbours:
     def __init__(self, similarity: Similarity, vectors: np.ndarray, outcome: np.ndarray, tau: float, ridge: float) -> None:
         self._similarity = similarity
         self._vectors = vectors
-        self._base = float(np.clip(outcome.mean(), 1e-3, 1.0 - 1e-3))
-        self._residual = outcome - self._base
+        self._base = float(np.clip(outcome.mean(dtype=np.float64), 1e-3, 1.0 - 1e-3))
+        self._residual = (outcome - self._base).astype(np.float32)
         self._tau = tau
         self._ridge = ridge
 
-    def margins(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """The strong model's logit of beating the weak one, per prompt."""
-        return np.log(self._base / (1.0 - self._base)) + self.steps(embeddings, prompts)
+    def margins(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
+        """The strong model's logit of beating the weak one, per prompt (its embedding and raw structural features)."""
+        return np.log(self._base / (1.0 - self._base)) + self.steps(embeddings, raw_features)
 
-    def steps(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
+    def steps(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """How far each prompt's margin moves from the pair's overall logit ``logit(p0)``."""
-        similarity = self._similarity.vectors(embeddings, prompts) @ self._vectors.T
+        similarity = self._similarity.vectors(embeddings, raw_features) @ self._vectors.T
         weights = np.exp(self._tau * (similarity - similarity.max(axis=1, keepdims=True)))
         weights /= weights.sum(axis=1, keepdims=True)
         return (weights @ self._residual) / (self._base * (1.0 - self._base) + self._ridge)

@@ -68,25 +68,26 @@ class MFRouter(Router):
         """Registry factory: load ``<checkpoint_dir>/mf``."""
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
-    def latent(self, embeddings: np.ndarray, prompts: Sequence[str]) -> np.ndarray:
-        """The latent vectors z, (prompts, dim), of ``prompts`` whose encoder embeddings are ``embeddings``."""
-        inputs = prompt_inputs(embeddings, self._standardize(feature_matrix(prompts)))
+    def latent(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
+        """The latent vectors z, (prompts, dim), of prompts with these encoder embeddings and raw structural features."""
+        inputs = prompt_inputs(embeddings, self._standardize(raw_features))
         hidden = inputs @ self._w1 + self._b1
         hidden = 0.5 * hidden * (1.0 + np.tanh(0.7978845608 * (hidden + 0.044715 * hidden**3)))  # GELU (tanh)
         return hidden @ self._w2 + self._b2
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        embeddings = encode(prompts, self._device)
-        margins = self.latent(embeddings, prompts) @ self._direction + self._bias
+        embeddings, raw_features = encode(prompts, self._device), feature_matrix(prompts)
+        margins = self.latent(embeddings, raw_features) @ self._direction + self._bias
         if self._neighbours is not None:
-            margins += self._neighbour_weight * self._neighbours.steps(embeddings, prompts)
+            margins += self._neighbour_weight * self._neighbours.steps(embeddings, raw_features)
         return sigmoid(margins).astype(float).tolist()
 
     def qualities(self, prompts: Sequence[str]) -> np.ndarray:
         """Every known model's quality delta_m on each prompt, (prompts, models) in ``self.models``
         order; ``sigmoid(delta_a - delta_b)`` is the probability that a beats b (the latent model
         alone: the neighbour step belongs to the scored pair)."""
-        return self.latent(encode(prompts, self._device), prompts) @ self._model_vectors.T + self._model_bias
+        latent = self.latent(encode(prompts, self._device), feature_matrix(prompts))
+        return latent @ self._model_vectors.T + self._model_bias
 
     def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
         """The quality deltas of ``models`` (names in ``self.models``), (prompts, len(models))."""

@@ -12,6 +12,7 @@ import numpy as np
 from routers.base import Router
 from routers.checkpoint import CheckpointError, model_indices, read_manifest
 from routers.embedding import encode
+from routers.features import feature_matrix
 from routers.neighbours import NeighbourTable
 from routers.registry import RouterOptions
 
@@ -41,5 +42,5 @@ class SWRankingRouter(Router):
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        margins = self._neighbours.margins(encode(prompts, self._device), prompts)
+        margins = self._neighbours.margins(encode(prompts, self._device), feature_matrix(prompts))
         return (1.0 / (1.0 + np.exp(-margins))).tolist()
