@@ -33,6 +33,12 @@ class Router(ABC):
         return None
 
 
+def win_probabilities(margins: np.ndarray) -> list[float]:
+    """sigmoid(margin) per prompt, in float64 with the margin clipped to +-30: strictly inside
+    (0, 1) however far a margin runs, so that thresholds and cost shares stay meaningful."""
+    return (1.0 / (1.0 + np.exp(-np.clip(np.asarray(margins, dtype=np.float64), -30.0, 30.0)))).tolist()
+
+
 def model_columns(models: Sequence[str], known: Sequence[str], router: str) -> list[int]:
     """Where each of ``models`` is among a router's ``known`` models; ValueError naming the unknown."""
     unknown = [model for model in models if model not in known]

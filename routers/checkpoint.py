@@ -17,6 +17,10 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, incomplete, or does not know the requested models."""
 
 
+class UnscoredPairError(CheckpointError):
+    """A checkpoint that knows both models of a pair but never saw them scored on the same prompt."""
+
+
 def write_manifest(out_dir: Path, router: str, data_files: list[str], models: list[str], **extra: Any) -> None:
     """Record the router, the command that made the checkpoint, its training files and model names."""
     out_dir.mkdir(parents=True, exist_ok=True)

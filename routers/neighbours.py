@@ -10,18 +10,21 @@ a ridge toward ``logit(p0)`` (RouteLLM's SW ranking, for two models):
     margin = logit(p0) + sum_i w_i (t_i - p0) / (p0 (1 - p0) + ridge)
 
 ``sim`` is the cosine similarity of [the embedding on the training prompts' principal
-components, weighted standardised structural features]. Near no training prompt of the pair,
-the weights spread over many outcomes and the margin stays close to ``logit(p0)``.
+components, weighted standardised structural features]. The weights are relative to the nearest
+prompt, so they do not shrink with distance: far from the pair's training prompts the step is
+an average of whatever is nearest, small when that is many unrelated outcomes, but not always.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from routers.checkpoint import CheckpointError
 from routers.data import Record, normal_text
 from routers.embedding import cached_encode
 from routers.features import Standardizer, feature_matrix
@@ -58,14 +61,17 @@ class Similarity:
         return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
 
 
-def score_table(records: list[Record]) -> tuple[list[str], list[str], np.ndarray]:
-    """Distinct prompts (case and whitespace aside), the models (normal form) and a (prompts, models)
-    table of scores: a model scored on a prompt in several files gets the mean, an unscored one NaN."""
-    merged: dict[str, tuple[str, dict[str, list[float]]]] = {}
-    for record in tqdm(records, desc="merge prompts", unit="prompt"):
-        _, scores = merged.setdefault(normal_text(record["prompt"]), (record["prompt"], {}))
-        for name, value in record["scores"].items():
-            scores.setdefault(normal_form(name), []).append(float(value))
+def score_table(records_by_file: Mapping[str, list[Record]]) -> tuple[list[str], list[str], np.ndarray]:
+    """Rows, the models (normal form) and a (rows, models) table of scores, NaN where unscored. A row
+    is a distinct prompt of one file (case and whitespace aside; a model scored on it twice gets the
+    mean): a prompt in several files has a row per file, so an outcome never compares scores of
+    different files (a judge's win rate with a pass rate)."""
+    merged: dict[tuple[str, str], tuple[str, dict[str, list[float]]]] = {}
+    for file, records in records_by_file.items():
+        for record in tqdm(records, desc=f"table {file}", unit="prompt"):
+            _, scores = merged.setdefault((file, normal_text(record["prompt"])), (record["prompt"], {}))
+            for name, value in record["scores"].items():
+                scores.setdefault(normal_form(name), []).append(float(value))
     models = sorted({name for _, scores in merged.values() for name in scores})
     column = {name: position for position, name in enumerate(models)}
     table = np.full((len(merged), len(models)), np.nan, dtype=np.float32)
@@ -86,9 +92,9 @@ class NeighbourTable:
     scores: np.ndarray
 
     @classmethod
-    def build(cls, records: list[Record], dims: int, feature_weight: float, device: str) -> NeighbourTable:
-        """The table of ``records`` (models by their normal form)."""
-        prompts, models, scores = score_table(records)
+    def build(cls, records_by_file: Mapping[str, list[Record]], dims: int, feature_weight: float, device: str) -> NeighbourTable:
+        """The table of each file's records (``score_table``)."""
+        prompts, models, scores = score_table(records_by_file)
         embeddings, raw_features = cached_encode(prompts, device), feature_matrix(prompts)
         similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight)
         return cls(similarity, similarity.vectors(embeddings, raw_features), models, scores)
@@ -111,6 +117,9 @@ class NeighbourTable:
 
     @classmethod
     def load(cls, directory: Path) -> NeighbourTable:
+        """The table saved in ``directory``; CheckpointError when there is none."""
+        if not (directory / TABLE).is_file():
+            raise CheckpointError(f"{directory} has no {TABLE} (a checkpoint of an earlier release?): retrain it")
         with np.load(directory / TABLE) as saved:
             similarity = Similarity(
                 saved["embedding_mean"],

@@ -4,6 +4,7 @@ loads a trainer."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -123,3 +124,33 @@ def load_router(name: str, options: RouterOptions | None = None) -> Router:
     for part in attribute.split("."):
         factory = getattr(factory, part)
     return factory(options or RouterOptions())
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """The strong and weak model a loaded router scores (by its names for them), and why."""
+
+    strong: str
+    weak: str
+    why: str
+
+
+def load_router_for_pair(name: str, options: RouterOptions, strong: str, weak: str) -> tuple[Router, ScoredPair]:
+    """Load router ``name`` for the pair (strong, weak) as matched among its known models
+    (``routers.model_names.resolve_pair``: the default pair when either is unknown), or for the
+    default pair when its checkpoint knows both but never saw them scored together."""
+    from routers.checkpoint import UnscoredPairError
+    from routers.model_names import DEFAULT_PAIR, resolve_pair
+
+    known = router_models(name, options.checkpoint_dir)
+    pair = ScoredPair(*resolve_pair(known, strong, weak))
+    try:
+        return load_router(name, dataclasses.replace(options, strong_model=pair.strong, weak_model=pair.weak)), pair
+    except UnscoredPairError:
+        default = ScoredPair(*resolve_pair(known, *DEFAULT_PAIR))
+        why = (
+            f"{pair.strong!r} and {pair.weak!r} were never scored on the same prompt in the router's data; "
+            f"scoring the default pair {default.strong!r} vs {default.weak!r}"
+        )
+        options = dataclasses.replace(options, strong_model=default.strong, weak_model=default.weak)
+        return load_router(name, options), ScoredPair(default.strong, default.weak, why)

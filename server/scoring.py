@@ -15,12 +15,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from routers.base import Router
 from routers.embedding import resolve_device
-from routers.model_names import match_model, resolve_pair
-from routers.registry import RouterOptions, load_router, router_models
+from routers.model_names import match_model
+from routers.registry import RouterOptions, ScoredPair, load_router, load_router_for_pair
 from server import metrics
 from server.errors import APIError
 from server.settings import ModelEntry
@@ -243,15 +242,6 @@ def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequ
     return tuple(names)
 
 
-@dataclass(frozen=True)
-class ScoredPair:
-    """The models a router scores, by its own names for them, and why those."""
-
-    strong: str
-    weak: str
-    why: str
-
-
 class ScorerPool:
     """One Scorer per router, each router loaded once per process, off the event loop."""
 
@@ -317,18 +307,20 @@ class ScorerPool:
     def _load(self, name: str) -> tuple[Router, int]:
         """Load a router and score once, so that lazy parts (encoder, kernels) are ready before
         traffic; the router and the number of its scoring threads."""
-        strong, weak = self.options.strong_model, self.options.weak_model
-        why = "set by ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL"
         models = self.ladder_models.get(name)
-        if models is not None:
-            strong, weak = models[self.ladder_pair[0]], models[self.ladder_pair[1]]
-            why = f"ROUTEGATE_MODELS: it predicts each of {list(models)}"
-        elif not self.pair_from_settings:
-            strong, weak, why = resolve_pair(router_models(name, self.options.checkpoint_dir), strong, weak)
+        if models is None and not self.pair_from_settings:
+            router, pair = load_router_for_pair(name, self.options, self.options.strong_model, self.options.weak_model)
+        else:
+            if models is not None:
+                strong, weak = models[self.ladder_pair[0]], models[self.ladder_pair[1]]
+                pair = ScoredPair(strong, weak, f"ROUTEGATE_MODELS: it predicts each of {list(models)}")
+            else:
+                strong, weak = self.options.strong_model, self.options.weak_model
+                pair = ScoredPair(strong, weak, "set by ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL")
+            router = load_router(name, dataclasses.replace(self.options, strong_model=strong, weak_model=weak))
         if name != "random":
-            log.info("router %s scores %s (strong) vs %s (weak): %s", name, strong, weak, why)
-            self.pairs[name] = ScoredPair(strong, weak, why)
-        router = load_router(name, dataclasses.replace(self.options, strong_model=strong, weak_model=weak))
+            log.info("router %s scores %s (strong) vs %s (weak): %s", name, pair.strong, pair.weak, pair.why)
+            self.pairs[name] = pair
         threads = scoring_threads(self.score_threads, self.options.device)
         limit_inference_threads(self.torch_threads, threads)
         if models is None:

@@ -30,7 +30,7 @@ def test_two_models_is_the_two_tier_rule():
 
 
 def test_two_models_from_mf_deltas_match_the_pair_score():
-    """mf's pair score is sigmoid(delta_strong - delta_weak): the same as P(best beats weak)."""
+    """mf's latent pair score is sigmoid(delta_strong - delta_weak): the same as P(best beats weak)."""
     deltas = np.array([[0.3, 1.2], [2.0, -1.0], [0.0, 0.0]])  # columns: weak, strong
     beaten = beaten_from_logits(deltas, best=1)
     assert beaten[:, 0] == pytest.approx(1 / (1 + np.exp(-(deltas[:, 1] - deltas[:, 0]))))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from routers.checkpoint import CheckpointError
+from routers.checkpoint import CheckpointError, UnscoredPairError
+from routers.model_names import normal_form
 from routers.neighbours import score_table
-from routers.registry import RouterOptions, load_router
+from routers.registry import RouterOptions, load_router, load_router_for_pair
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK
 
@@ -55,14 +57,24 @@ def test_sw_ranking_scores_a_pair_by_its_outcomes_on_the_most_similar_prompts(re
     assert algebra > 0.75 > chat
 
 
-def test_sw_ranking_refuses_a_pair_never_scored_together_and_mf_scores_it_alone(records: Path, tmp_path: Path) -> None:
+def test_a_pair_never_scored_together_gets_the_default_pair_from_sw_ranking_and_the_latent_model_from_mf(
+    records: Path, tmp_path: Path
+) -> None:
     checkpoints = _train("sw_ranking", records, tmp_path)
-    with pytest.raises(CheckpointError, match="no training prompt on which both"):
+    with pytest.raises(UnscoredPairError, match="no training prompt on which both"):
         load_router("sw_ranking", RouterOptions(checkpoint_dir=checkpoints, device="cpu", strong_model=OTHER, weak_model=STRONG))
+    router, pair = load_router_for_pair("sw_ranking", RouterOptions(checkpoint_dir=checkpoints, device="cpu"), OTHER, STRONG)
+    assert (pair.strong, pair.weak) == (normal_form(STRONG), normal_form(WEAK))
+    assert "never scored on the same prompt" in pair.why and "default pair" in pair.why
+    assert len(router.score(["hello"])) == 1
 
-    with_term = _train("mf", records, tmp_path / "with", "--epochs", "2")
-    without = _train("mf", records, tmp_path / "without", "--epochs", "2", "--neighbour-weight", "0")
-    assert (with_term / "mf" / "neighbours.npz").is_file() and not (without / "mf" / "neighbours.npz").exists()
+    with_term = _train("mf", records, tmp_path / "with", "--epochs", "2", "--device", "cpu")
+    without = tmp_path / "without"  # the same checkpoint with its neighbour step switched off
+    shutil.copytree(with_term, without)
+    (without / "mf" / "neighbours.npz").unlink()
+    manifest = json.loads((without / "mf" / "router.json").read_text())
+    assert manifest["neighbours"]["weight"] == 8.0
+    (without / "mf" / "router.json").write_text(json.dumps({**manifest, "neighbours": {}}))
     prompts = [MATH.format(n=4, m=30), CHAT.format(animal="wombats")]
 
     def scores(directory: Path, strong: str, weak: str) -> list[float]:
@@ -74,15 +86,26 @@ def test_sw_ranking_refuses_a_pair_never_scored_together_and_mf_scores_it_alone(
     assert scores(with_term, OTHER, STRONG) == pytest.approx(scores(without, OTHER, STRONG), abs=1e-5)
 
 
-def test_a_prompt_in_several_files_is_one_row_with_each_models_mean() -> None:
+def test_a_prompt_is_one_row_per_file_with_each_models_mean() -> None:
     prompts, models, table = score_table(
-        [
-            {"prompt": "What is  2+2?", "scores": {"gpt4_1106_preview": 1.0, "b": 0.0}},
-            {"prompt": "what is 2+2?", "scores": {"gpt-4-1106-preview": 0.0}},
-            {"prompt": "Name a colour.", "scores": {"b": 1.0}},
-        ]
+        {
+            "judged": [
+                {"prompt": "What is  2+2?", "scores": {"gpt4_1106_preview": 1.0, "b": 0.0}},
+                {"prompt": "what is 2+2?", "scores": {"gpt-4-1106-preview": 0.0}},
+            ],
+            "graded": [{"prompt": "What is 2+2?", "scores": {"c": 1.0}}],
+        }
     )
-    assert prompts == ["What is  2+2?", "Name a colour."]
-    assert models == ["b", "gpt-4-1106-preview"]
-    assert table[0].tolist() == [0.0, 0.5]
-    assert table[1, 0] == 1.0 and np.isnan(table[1, 1])
+    assert prompts == ["What is  2+2?", "What is 2+2?"]  # the same question in two files: two rows
+    assert models == ["b", "c", "gpt-4-1106-preview"]
+    assert table[0, 0] == 0.0 and np.isnan(table[0, 1]) and table[0, 2] == 0.5  # names normalised, repeats averaged
+    assert np.isnan(table[1, 0]) and table[1, 1] == 1.0 and np.isnan(table[1, 2])  # never compared with b
+
+
+def test_a_checkpoint_without_its_table_asks_to_be_retrained(tmp_path: Path) -> None:
+    (tmp_path / "sw_ranking").mkdir()
+    (tmp_path / "sw_ranking" / "router.json").write_text(
+        json.dumps({"router": "sw_ranking", "models": [STRONG, WEAK], "tau": 10.0, "ridge": 0.05})
+    )
+    with pytest.raises(CheckpointError, match="retrain"):
+        load_router("sw_ranking", RouterOptions(checkpoint_dir=tmp_path, device="cpu"))

@@ -127,3 +127,17 @@ def test_upstream_models_the_router_does_not_know_get_the_default_pair(
         pair = httpx.get(f"{proxy.url}/ready").json()["pair"]
         assert (pair["strong"], pair["weak"]) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
         assert "fake-strong" in pair["why"] and "default pair" in pair["why"]
+
+
+def test_a_pair_the_router_knows_but_never_saw_scored_together_gets_the_default_pair(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    # sw_ranking knows both models, but no training prompt scored Claude 3 Opus beside GPT-4-1106
+    env = proxy_env(strong, weak, router="sw_ranking", strong__model="claude-3-opus-20240229", weak__model="gpt-4-1106-preview")
+    with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+        pair = httpx.get(f"{proxy.url}/ready").json()["pair"]
+        assert (pair["strong"], pair["weak"]) == ("gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1")
+        assert "never scored on the same prompt" in pair["why"] and "default pair" in pair["why"]
+        client = OpenAI(base_url=proxy.api, api_key="unused")
+        tier, score, _ = _routed(client, "auto", PROMPTS[1])
+        assert tier in ("strong", "weak") and 0.0 < score < 1.0

@@ -116,8 +116,7 @@ def run_leave_one_out(
 ) -> LeaveOneOutTable:
     """Train and score every router on every held-out family."""
     from routers.commands import score_all
-    from routers.model_names import resolve_pair
-    from routers.registry import RouterOptions, load_router, router_models
+    from routers.registry import RouterOptions, load_router_for_pair
 
     table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families})
     for family in families:
@@ -140,10 +139,8 @@ def run_leave_one_out(
                 print(f"leave-one-out: training {router_name} without {family}: {' '.join(train_options.get(router_name, []))}")
                 train_fold(router_name, paths, directory / router_name, train_options.get(router_name, []))
             for pair, (prompts, quality) in cases.items():
-                strong, weak, _ = resolve_pair(router_models(router_name, directory), pair.strong, pair.weak)
-                router = load_router(
-                    router_name, RouterOptions(checkpoint_dir=directory, device=device, strong_model=strong, weak_model=weak)
-                )
+                options = RouterOptions(checkpoint_dir=directory, device=device)
+                router, _ = load_router_for_pair(router_name, options, pair.strong, pair.weak)
                 scores = score_all(router, prompts, batch_size, f"{pair.file} {pair.strong} vs {pair.weak}")
                 table.apgr[(name, family, pair)] = apgr(scores, quality)
                 note = "" if quality.separable else " (not counted: no gap beyond noise)"

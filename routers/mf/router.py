@@ -5,8 +5,7 @@ go through a small MLP to a latent vector z; model m's quality on the prompt is
 ``delta_m = w . (v_m * z) + c_m``, and the strong model's win probability is
 ``sigmoid(delta_strong - delta_weak + n * neighbour_step)``, where the neighbour step is how far
 the pair's outcomes on the most similar training prompts lie from its overall rate, in logits
-(``routers/neighbours.py``, weight ``n``; near no training prompt of the pair it is close to 0,
-so the latent model decides). Inference is plain numpy on the shared encoder's output. The trainer is
+(``routers/neighbours.py``, weight ``n``). Inference is plain numpy on the shared encoder's output. The trainer is
 ``routers/mf/training.py``.
 """
 
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.base import Router, model_columns
+from routers.base import Router, model_columns, win_probabilities
 from routers.checkpoint import model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import Standardizer, feature_matrix
@@ -30,10 +29,6 @@ WEIGHTS = "weights.npz"
 def prompt_inputs(embeddings: np.ndarray, structural: np.ndarray) -> np.ndarray:
     """The projection's input: the embedding beside the standardised structural features."""
     return np.concatenate([embeddings, structural], axis=1).astype(np.float32)
-
-
-def sigmoid(values: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-values))
 
 
 class MFRouter(Router):
@@ -80,7 +75,7 @@ class MFRouter(Router):
         margins = self.latent(embeddings, raw_features) @ self._direction + self._bias
         if self._neighbours is not None:
             margins += self._neighbour_weight * self._neighbours.steps(embeddings, raw_features)
-        return sigmoid(margins).astype(float).tolist()
+        return win_probabilities(margins)
 
     def qualities(self, prompts: Sequence[str]) -> np.ndarray:
         """Every known model's quality delta_m on each prompt, (prompts, models) in ``self.models``

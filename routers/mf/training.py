@@ -17,10 +17,10 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   drown 500 open-ended prompts.
 * **Model names in normal form** (``routers.model_names``): ``gpt4_1106_preview`` in AlpacaEval
   and ``gpt-4-1106-preview`` in RouteLLM's files share one model vector.
-* **A neighbour term for the scored pair** (``--neighbour-weight``, ``routers/neighbours.py``):
-  the pair's outcomes on the most similar training prompts. Held out it is near the pair's
-  overall rate and barely moves the score; on prompts like those the pair was scored on (MMLU,
-  GSM8K for GPT-4 vs Mixtral) it adds what a global latent model smooths away.
+* **A neighbour step for the scored pair** (``--neighbour-weight``, ``routers/neighbours.py``):
+  the pair's outcomes on the most similar training prompts. On prompts like those the pair was
+  scored on (MMLU, GSM8K for GPT-4 vs Mixtral) it adds what a global latent model smooths away;
+  held out it moved the leave-one-out mean by less than seed noise.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf.router import WEIGHTS, prompt_inputs
 from routers.model_names import DEFAULT_PAIR, normal_form
-from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
+from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +170,10 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train and write ``weights.npz`` and ``router.json`` into ``args.out``."""
+    """Train and write ``weights.npz``, ``neighbours.npz`` (unless ``--neighbour-weight 0``) and
+    ``router.json`` into ``args.out``."""
+    if args.neighbour_weight < 0:
+        raise SystemExit("routegate train mf: --neighbour-weight must be 0 or more")
     torch.manual_seed(args.seed)
     records_by_file = {file_stem(path): first_by_hash(load_records([path], "train"), args.limit) for path in args.data}
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
@@ -241,8 +244,11 @@ def run(args: argparse.Namespace) -> None:
         feature_std=standardize.std,
     )
     neighbours = {}
+    (args.out / TABLE).unlink(missing_ok=True)  # no stale table from an earlier run into the same folder
     if args.neighbour_weight > 0:
-        table = NeighbourTable.build(load_records(args.data, "train"), DIMS, FEATURE_WEIGHT, args.device)
+        table = NeighbourTable.build(
+            {path: load_records([path], "train") for path in args.data}, DIMS, FEATURE_WEIGHT, args.device
+        )
         table.save(args.out)
         neighbours = {"weight": args.neighbour_weight, "tau": TAU, "ridge": RIDGE, "prompts": len(table.vectors)}
     write_manifest(

@@ -1,4 +1,4 @@
-"""The ``sw_ranking`` router: similarity-weighted Bradley-Terry ratings over training battles.
+"""The ``sw_ranking`` router: a pair's outcomes on the most similar training prompts (``routers/neighbours.py``).
 
 Serving: ``router``; trainer (``routegate train sw_ranking``): ``training``.
 """

@@ -7,10 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from routers.base import Router
-from routers.checkpoint import CheckpointError, model_indices, read_manifest
+from routers.base import Router, win_probabilities
+from routers.checkpoint import UnscoredPairError, model_indices, read_manifest
 from routers.embedding import encode
 from routers.features import feature_matrix
 from routers.neighbours import NeighbourTable
@@ -29,7 +27,7 @@ class SWRankingRouter(Router):
         tau, ridge = float(manifest["tau"]), float(manifest["ridge"])
         neighbours = NeighbourTable.load(directory).pair(strong_model, weak_model, tau, ridge)
         if neighbours is None:
-            raise CheckpointError(
+            raise UnscoredPairError(
                 f"the checkpoint in {directory} has no training prompt on which both {strong_model!r} and "
                 f"{weak_model!r} were scored; choose a pair scored together in its data_files"
             )
@@ -42,5 +40,4 @@ class SWRankingRouter(Router):
         return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
 
     def score(self, prompts: Sequence[str]) -> list[float]:
-        margins = self._neighbours.margins(encode(prompts, self._device), feature_matrix(prompts))
-        return (1.0 / (1.0 + np.exp(-margins))).tolist()
+        return win_probabilities(self._neighbours.margins(encode(prompts, self._device), feature_matrix(prompts)))

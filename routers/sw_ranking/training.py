@@ -22,9 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Write ``neighbours.npz`` and ``router.json`` into ``args.out``."""
-    records = load_training_records(args.data, limit=args.limit)
-    table = NeighbourTable.build(records, args.dims, args.feature_weight, args.device)
-    print(f"sw_ranking: {len(records)} records, {len(table.vectors)} distinct prompts, {len(table.models)} models")
+    if args.dims < 1 or args.ridge <= 0 or args.tau <= 0:
+        raise SystemExit("routegate train sw_ranking: --dims, --ridge and --tau must be positive")
+    records_by_file = {path: load_training_records([path], limit=args.limit) for path in args.data}
+    table = NeighbourTable.build(records_by_file, args.dims, args.feature_weight, args.device)
+    records = sum(map(len, records_by_file.values()))
+    print(f"sw_ranking: {records} records, {len(table.vectors)} rows (distinct prompts per file), {len(table.models)} models")
     args.out.mkdir(parents=True, exist_ok=True)
     table.save(args.out)
     write_manifest(
@@ -38,6 +41,6 @@ def run(args: argparse.Namespace) -> None:
         feature_weight=args.feature_weight,
         dims=int(table.similarity.basis.shape[0]),
         limit=args.limit,
-        prompts=len(table.vectors),
+        prompts=len(table.vectors),  # rows: distinct prompts per file
     )
     print(f"sw_ranking: wrote {args.out}")
