@@ -21,12 +21,14 @@ CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 @dataclass(frozen=True)
 class RouterOptions:
     """What a router needs to load: where checkpoints live, the device, and the model pair to
-    score, by the names the router saw in training."""
+    score, by the names the router saw in training. ``stand_in``: the pair stands in for models the
+    router does not know, so evidence about this very pair (``mf``'s neighbour step) is left out."""
 
     checkpoint_dir: Path = CHECKPOINT_ROOT
     device: str = "auto"
     strong_model: str = "gpt-4-1106-preview"
     weak_model: str = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    stand_in: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,19 +140,22 @@ class ScoredPair:
 def load_router_for_pair(name: str, options: RouterOptions, strong: str, weak: str) -> tuple[Router, ScoredPair]:
     """Load router ``name`` for the pair (strong, weak) as matched among its known models
     (``routers.model_names.resolve_pair``: the default pair when either is unknown), or for the
-    default pair when its checkpoint knows both but never saw them scored together."""
+    default pair when its checkpoint knows both but never saw them scored together. A default pair
+    is loaded as a stand-in (``RouterOptions.stand_in``)."""
     from routers.checkpoint import UnscoredPairError
-    from routers.model_names import DEFAULT_PAIR, resolve_pair
+    from routers.model_names import DEFAULT_PAIR, match_model, resolve_pair
 
     known = router_models(name, options.checkpoint_dir)
     pair = ScoredPair(*resolve_pair(known, strong, weak))
+    stand_in = (pair.strong, pair.weak) != (match_model(strong, known), match_model(weak, known))
     try:
-        return load_router(name, dataclasses.replace(options, strong_model=pair.strong, weak_model=pair.weak)), pair
+        options_for_pair = dataclasses.replace(options, strong_model=pair.strong, weak_model=pair.weak, stand_in=stand_in)
+        return load_router(name, options_for_pair), pair
     except UnscoredPairError:
         default = ScoredPair(*resolve_pair(known, *DEFAULT_PAIR))
         why = (
             f"{pair.strong!r} and {pair.weak!r} were never scored on the same prompt in the router's data; "
             f"scoring the default pair {default.strong!r} vs {default.weak!r}"
         )
-        options = dataclasses.replace(options, strong_model=default.strong, weak_model=default.weak)
+        options = dataclasses.replace(options, strong_model=default.strong, weak_model=default.weak, stand_in=True)
         return load_router(name, options), ScoredPair(default.strong, default.weak, why)

@@ -84,6 +84,10 @@ def test_a_pair_never_scored_together_gets_the_default_pair_from_sw_ranking_and_
     # scored together in training: the neighbour term moves the score; never together: the latent model alone
     assert not np.allclose(scores(with_term, STRONG, WEAK), scores(without, STRONG, WEAK), atol=1e-3)
     assert scores(with_term, OTHER, STRONG) == pytest.approx(scores(without, OTHER, STRONG), abs=1e-5)
+    # models the router does not know: the default pair stands in, without that pair's own outcomes
+    stand_in, pair = load_router_for_pair("mf", RouterOptions(checkpoint_dir=with_term, device="cpu"), "new-a", "new-b")
+    assert (pair.strong, pair.weak) == (normal_form(STRONG), normal_form(WEAK)) and "default pair" in pair.why
+    assert stand_in.score(prompts) == pytest.approx(scores(without, STRONG, WEAK), abs=1e-5)
 
 
 def test_a_prompt_is_one_row_per_file_with_each_models_mean() -> None:

@@ -36,7 +36,7 @@ class MFRouter(Router):
 
     name = "mf"
 
-    def __init__(self, directory: Path, device: str, strong_model: str, weak_model: str) -> None:
+    def __init__(self, directory: Path, device: str, strong_model: str, weak_model: str, stand_in: bool = False) -> None:
         manifest = read_manifest(directory, self.name)
         self.models: list[str] = manifest["models"]
         strong, weak = model_indices(self.models, strong_model, weak_model, directory)
@@ -49,7 +49,7 @@ class MFRouter(Router):
         # a pair needs only the difference of its two models: one vector
         self._direction = self._model_vectors[strong] - self._model_vectors[weak]
         self._bias = float(self._model_bias[strong] - self._model_bias[weak])
-        lookup = manifest.get("neighbours")
+        lookup = None if stand_in else manifest.get("neighbours")  # a stand-in pair's outcomes are not the routed models
         self._neighbour_weight = float(lookup["weight"]) if lookup else 0.0
         self._neighbours = (
             NeighbourTable.load(directory).pair(self.models[strong], self.models[weak], lookup["tau"], lookup["ridge"])
@@ -61,7 +61,9 @@ class MFRouter(Router):
     @classmethod
     def from_options(cls, options: RouterOptions) -> MFRouter:
         """Registry factory: load ``<checkpoint_dir>/mf``."""
-        return cls(Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model)
+        return cls(
+            Path(options.checkpoint_dir) / cls.name, options.device, options.strong_model, options.weak_model, options.stand_in
+        )
 
     def latent(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """The latent vectors z, (prompts, dim), of prompts with these encoder embeddings and raw structural features."""
