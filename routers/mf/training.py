@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> None:
     if args.neighbour_weight < 0:
         raise SystemExit("routegate train mf: --neighbour-weight must be 0 or more")
     torch.manual_seed(args.seed)
-    records_by_file = {file_stem(path): first_by_hash(load_records([path], "train"), args.limit) for path in args.data}
+    train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
+    records_by_file = {file_stem(path): first_by_hash(records, args.limit) for path, records in train_records.items()}
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
     print(
         f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models"
@@ -246,9 +247,7 @@ def run(args: argparse.Namespace) -> None:
     neighbours = {}
     (args.out / TABLE).unlink(missing_ok=True)  # no stale table from an earlier run into the same folder
     if args.neighbour_weight > 0:
-        table = NeighbourTable.build(
-            {path: load_records([path], "train") for path in args.data}, DIMS, FEATURE_WEIGHT, args.device
-        )
+        table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device)
         table.save(args.out)
         neighbours = {"weight": args.neighbour_weight, "tau": TAU, "ridge": RIDGE, "prompts": len(table.vectors)}
     write_manifest(
