@@ -2,8 +2,7 @@
 ``meta-llama/Llama-3.1-8B-Instruct`` is ``Meta-Llama-3.1-8B-Instruct``.
 
 Names are compared by a normal form (lower case, no organisation prefix, ``_`` read as ``-``, no
-``meta-`` prefix, no ``-hf`` suffix, no AlpacaEval ``_concise``/``_verbose`` suffix: the same model
-asked for shorter or longer answers; a few known aliases), then by the longest known name that the
+``meta-`` prefix, no ``-hf`` suffix, a few known aliases), then by the longest known name that the
 asked name extends or that extends the asked name with a date.
 """
 
@@ -19,7 +18,6 @@ _ALIASES = {
     "gpt-4o": "gpt-4o-2024-05-13",  # MMLU-Pro's gpt-4o ran in May 2024, when the alias meant this snapshot
     "gpt4": "gpt-4",
     "gpt4-0314": "gpt-4-0314",
-    "gpt4-0613": "gpt-4-0613",
     "gpt35-turbo-instruct": "gpt-3.5-turbo-instruct",
     "mixtral-8x7b-chat": "mixtral-8x7b-instruct-v0.1",
     "mixtral-8x7b-instruct": "mixtral-8x7b-instruct-v0.1",
@@ -31,7 +29,7 @@ _DATE = re.compile(r"^-?(\d{4}-\d{2}-\d{2}|\d{4}|\d{2}-\d{2}|\d{8})$")
 def normal_form(name: str) -> str:
     """The comparable spelling of a model name."""
     form = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
-    form = form.removeprefix("meta-").removesuffix("-hf").removesuffix("-concise").removesuffix("-verbose")
+    form = form.removeprefix("meta-").removesuffix("-hf")
     form = re.sub(r"^llama(\d)", r"llama-\1", form)
     return _ALIASES.get(form, form)
 

@@ -103,8 +103,6 @@ def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> Non
         ("meta-llama/Llama-3.1-8B-Instruct", "Meta-Llama-3.1-8B-Instruct"),
         ("gpt-4-1106-preview", "gpt4_1106_preview"),
         ("mistralai/mixtral-8x7b-chat", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
-        ("Mixtral-8x7B-Instruct-v0.1_concise", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
-        ("gpt4_1106_preview_verbose", "gpt4_1106_preview"),
         ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18"),
         ("claude-3-haiku", None),
         ("gpt-4", None),
