@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from routers.base import Router
 from routers.embedding import resolve_device
@@ -23,7 +24,7 @@ from routers.registry import RouterOptions, ScoredPair, load_router, load_router
 from server import metrics
 from server.errors import APIError
 from server.settings import ModelEntry
-from server.shared_scores import SharedScores
+from server.shared_scores import SharedScores, scorer_identity
 
 log = logging.getLogger("routegate.scoring")
 #: a router's answer for one text: the pair score, or one logit per ladder model
@@ -72,8 +73,11 @@ class Scorer:
         queue_size: int = 0,
         shared: SharedScores | None = None,
         models: Sequence[str] | None = None,
+        shared_as: str = "",
     ) -> None:
         self.router = router
+        #: the name its scores are shared under (``scorer_identity``); the router's name by default
+        self.shared_as = shared_as or router.name
         self.models = tuple(models) if models is not None else None
         # Redis keeps pair scores only: per-model logits stay in the process's cache
         self.shared = shared if router.cacheable and self.models is None else None
@@ -114,7 +118,7 @@ class Scorer:
         started = time.perf_counter()
         score = self.cache.get(text) if self.cache.size else None
         if score is None and self.shared is not None:
-            score = await self.shared.get(self.router.name, text)
+            score = await self.shared.get(self.shared_as, text)
             if score is not None:
                 self.cache.put(text, score)
         if score is not None:
@@ -128,7 +132,7 @@ class Scorer:
                 score = self._call([text])[0]
             self.cache.put(text, score)
             if self.shared is not None and isinstance(score, float):
-                await self.shared.put(self.router.name, text, score)
+                await self.shared.put(self.shared_as, text, score)
         metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
         return score
 
@@ -288,7 +292,7 @@ class ScorerPool:
         async with self._lock:
             if name not in self._scorers:
                 try:
-                    router, threads = await asyncio.to_thread(self._load, name)
+                    router, threads, shared_as = await asyncio.to_thread(self._load, name)
                 except Exception as error:  # a broken checkpoint: say so, keep serving other routers
                     log.exception("could not load router %s", name)
                     raise APIError(
@@ -301,12 +305,14 @@ class ScorerPool:
                     queue_size=self.queue_size,
                     shared=self.shared,
                     models=self.ladder_models.get(name),
+                    shared_as=shared_as,
                 )
         return self._scorers[name]
 
-    def _load(self, name: str) -> tuple[Router, int]:
+    def _load(self, name: str) -> tuple[Router, int, str]:
         """Load a router and score once, so that lazy parts (encoder, kernels) are ready before
-        traffic; the router and the number of its scoring threads."""
+        traffic; the router, the number of its scoring threads and the name its scores are
+        shared under (``scorer_identity``; empty without a shared score cache)."""
         models = self.ladder_models.get(name)
         if models is None and not self.pair_from_settings:
             router, pair = load_router_for_pair(name, self.options, self.options.strong_model, self.options.weak_model)
@@ -327,7 +333,12 @@ class ScorerPool:
             router.score(["warm-up"])
         else:  # among more than two models only the per-model logits are asked for
             router.model_logits(["warm-up"], models)
-        return router, threads
+        shared_as = (
+            scorer_identity(name, (pair.strong, pair.weak, pair.why), Path(self.options.checkpoint_dir) / name)
+            if self.shared is not None and models is None
+            else ""
+        )
+        return router, threads, shared_as
 
     async def aclose(self) -> None:
         """Stop every Scorer."""

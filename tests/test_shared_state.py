@@ -50,15 +50,13 @@ def replicas(env: dict[str, str], tmp_path: Path, count: int = 3, module: str = 
         yield [stack.enter_context(running_proxy(env, tmp_path, module=module)) for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def trio(
-    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[Proxy]]:
-    """Three replicas with the stand-in router (scores follow the prompt), sticky conversations and
-    the shared score cache."""
-    checkpoints = tmp_path_factory.mktemp("checkpoints")
-    (checkpoints / "standin").mkdir()  # the stand-in router needs no checkpoint, only its folder
-    env = proxy_env(
+def standin_env(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, checkpoints: Path, **settings: str
+) -> dict[str, str]:
+    """Settings of a replica with the stand-in router (scores follow the prompt), sticky
+    conversations and the shared score cache."""
+    (checkpoints / "standin").mkdir(parents=True, exist_ok=True)  # the stand-in router needs no checkpoint, only its folder
+    return proxy_env(
         strong,
         weak,
         redis_url=redis_server.url,
@@ -72,7 +70,16 @@ def trio(
         routers='["random"]',  # clients may name both
         target_window="300",
         daily_budget_usd="1000",  # far more than these tests spend: counted, never binding
+        **settings,
     )
+
+
+@pytest.fixture(scope="module")
+def trio(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Proxy]]:
+    """Three replicas with the same settings (``standin_env``)."""
+    env = standin_env(redis_server, strong, weak, tmp_path_factory.mktemp("checkpoints"))
     with replicas(env, tmp_path_factory.mktemp("trio"), module="tests.standin_router") as proxies:
         yield proxies
 
@@ -170,6 +177,25 @@ def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy]) -> None:
     second, _ = _ask(trio[1], "router-standin-0.5", prompt)
     assert second["x-routegate-score"] == first["x-routegate-score"]
     assert metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit") == hits + 1
+
+
+def test_a_gateway_scoring_another_pair_does_not_read_the_shared_scores(
+    trio: list[Proxy], redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Same Redis, same prefix, same router: a gateway told to score another pair (or serving a
+    retrained checkpoint) scores the text itself instead of taking the trio's score."""
+    prompt = [{"role": "user", "content": "Differentiate x^3 * cos(x) twice."}]
+    _ask(trio[0], "router-standin-0.5", prompt)
+    other_pair = standin_env(
+        redis_server, strong, weak, tmp_path / "checkpoints", router_strong_model="gpt-4o", router_weak_model="gpt-4o-mini"
+    )
+    retrained = standin_env(redis_server, strong, weak, tmp_path / "retrained")
+    (tmp_path / "retrained" / "standin" / "router.json").write_text('{"router": "standin"}')
+    for env in (other_pair, retrained):
+        with running_proxy(env, tmp_path, module="tests.standin_router") as other:
+            _ask(other, "router-standin-0.5", prompt)
+            assert metric_sum(other.metrics(), "routegate_score_cache_lookups_total", result="hit") == 0
+            assert metric_sum(other.metrics(), "routegate_score_cache_lookups_total", result="miss") == 1
 
 
 def test_concurrent_requests_add_up_exactly(trio: list[Proxy], redis_server: RedisServer, strong: FakeUpstream) -> None:
