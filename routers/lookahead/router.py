@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from routers.base import Router, model_columns
+from routers.base import Router, model_columns, win_probabilities
 from routers.lookahead.inputs import build_example
 from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, load_checkpoint
 
@@ -104,4 +104,4 @@ class LookaheadRouter(Router):
     def score(self, prompts: Sequence[str]) -> list[float]:
         """sigmoid(strong logit - weak logit) with the pair's two blocks in the input."""
         logits = self.logits(prompts, self.pair)
-        return (1.0 / (1.0 + np.exp(-(logits[:, 0] - logits[:, 1])))).tolist()
+        return win_probabilities(logits[:, 0] - logits[:, 1])
