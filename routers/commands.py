@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from routers.base import Router
@@ -45,6 +46,13 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         help="router names (with --leave-one-out, shipped:NAME scores the shipped checkpoint without retraining)",
     )
     evaluate.add_argument("--data", type=Path, help="record file")
+    evaluate.add_argument(
+        "--score-as",
+        nargs=2,
+        metavar=("STRONG", "WEAK"),
+        help="score the prompts as this pair, ranked against the outcomes of --strong/--weak (as a gateway whose "
+        "upstreams the router knows under other names, or not at all, scores them)",
+    )
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -109,13 +117,13 @@ def _router_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weak", default=defaults.weak_model, help="weak model (name in the data / the router's training)")
 
 
-def _load(name: str, args: argparse.Namespace) -> Router:
+def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None) -> Router:
+    """Router ``name`` scoring ``pair`` (default ``--strong``/``--weak``)."""
     from routers.embedding import use_disk_cache
 
     use_disk_cache()
-    options = RouterOptions(
-        checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=args.strong, weak_model=args.weak
-    )
+    strong, weak = pair or (args.strong, args.weak)
+    options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
     try:
         return load_router(name, options)
     except KeyError:
@@ -180,6 +188,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.score_as and (args.leave_one_out or args.models):
+        raise SystemExit("routegate eval: --score-as applies to one pair (--data FILE --strong M --weak M)")
     if args.leave_one_out:
         return _eval_leave_one_out(args)
     if args.data is None:
@@ -198,6 +208,8 @@ def _eval(args: argparse.Namespace) -> int:
     quality = PairQuality.of([r["scores"][args.strong] for r in records], [r["scores"][args.weak] for r in records])
     prompts = [record["prompt"] for record in records]
     print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {args.strong}, weak {args.weak}")
+    if args.score_as:
+        print(f"  scored as the pair {args.score_as[0]} vs {args.score_as[1]}")
     print(
         f"  strong mean {quality.strong.mean():.4f}  weak mean {quality.weak.mean():.4f}  oracle mean {quality.oracle_mean:.4f}"
     )
@@ -210,7 +222,7 @@ def _eval(args: argparse.Namespace) -> int:
         print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
     for name in args.router:
-        curves[name] = score_all(_load(name, args), prompts, args.batch_size, f"eval {name}")
+        curves[name] = score_all(_load(name, args, args.score_as), prompts, args.batch_size, f"eval {name}")
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")

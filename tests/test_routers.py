@@ -215,6 +215,33 @@ def test_feature_head_ranks_by_structure_where_the_network_cannot(name: str, opt
     assert long_score > 0.6 and short_score < 0.4
 
 
+def test_eval_score_as_ranks_one_pairs_outcomes_with_another_pairs_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "chat.jsonl"
+    outcomes = [(1.0, 0.0), (1.0, 1.0), (0.5, 0.0), (1.0, 0.5), (0.0, 0.0), (1.0, 0.0)]
+    records = [
+        {"id": str(n), "prompt": PROMPTS[n % 3] + " #" * n, "split": "dev", "scores": {"big": strong, "small": weak}}
+        for n, (strong, weak) in enumerate(outcomes)
+    ]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    plot = str(tmp_path / "a.png")
+    argv = ["eval", "--router", "mf", "--data", str(data), "--strong", "big", "--weak", "small", "--plot", plot]
+    with pytest.raises(SystemExit, match="cannot load router 'mf'"):
+        main(argv)  # mf knows neither name
+    strong, weak = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    capsys.readouterr()
+    assert main([*argv, "--score-as", strong, weak]) == 0
+    report = capsys.readouterr().out
+    assert f"scored as the pair {strong} vs {weak}" in report
+    row = next(line for line in report.splitlines() if line.strip().startswith("mf "))
+    scores = load_router("mf", RouterOptions(strong_model=strong, weak_model=weak)).score([r["prompt"] for r in records])
+    quality = PairQuality.of([s for s, _ in outcomes], [w for _, w in outcomes])
+    assert float(row.split()[1]) == pytest.approx(metrics.apgr(scores, quality), abs=1e-4)
+    with pytest.raises(SystemExit, match="--score-as applies to one pair"):
+        main(["eval", "--router", "mf", "--leave-one-out", "--score-as", strong, weak])
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_calibrate_threshold_yields_the_requested_share(
     fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
