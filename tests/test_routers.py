@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from routers.checkpoint import CheckpointError
-from routers.data import iter_records
+from routers.data import iter_records, licence_of
 from routers.evaluation import metrics
 from routers.evaluation.metrics import PairQuality
 from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
+from routers.training.pairwise import build_comparisons
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
 
@@ -65,6 +66,35 @@ def test_shipped_checkpoints_record_their_command_and_stay_small() -> None:
         manifest = json.loads((CHECKPOINT_ROOT / name / "router.json").read_text())
         assert manifest["command"].startswith(f"routegate train {name}")
         assert match_model(STRONG, manifest["models"]) and match_model(WEAK, manifest["models"])
+
+
+def test_shipped_checkpoints_name_each_training_files_licence() -> None:
+    trained_on = {name: json.loads((CHECKPOINT_ROOT / name / "router.json").read_text()) for name in SHIPPED}
+    lookahead = json.loads((CHECKPOINT_ROOT / "lookahead" / "config.json").read_text())["training"]
+    trained_on["lookahead"] = {"data_files": lookahead["data"], "data_licences": lookahead["data_licences"]}
+    for name, manifest in trained_on.items():
+        assert manifest["data_files"], name
+        assert manifest["data_licences"] == {file: licence_of(file) for file in manifest["data_files"]}, name
+        assert "your own data" not in manifest["data_licences"].values(), name  # every shipped file is a known source
+
+
+def test_one_model_spelled_two_ways_is_one_output_of_a_pairwise_trainer() -> None:
+    gpt4, gpt4_alpacaeval, mixtral, mixtral_zeroeval = (
+        "gpt-4-1106-preview",
+        "gpt4_1106_preview",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        "Mixtral-8x7B-Instruct-v0.1",
+    )
+    records = [
+        {"id": "a", "prompt": "p", "split": "train", "scores": {gpt4: 1.0, mixtral: 0.0}},
+        {"id": "b", "prompt": "q", "split": "train", "scores": {gpt4_alpacaeval: 1.0, mixtral_zeroeval: 1.0}},
+        {"id": "c", "prompt": "r", "split": "train", "scores": {gpt4: 1.0, gpt4_alpacaeval: 0.0, mixtral_zeroeval: 0.0}},
+    ]
+    comparisons = build_comparisons(records)
+    assert comparisons.models == ["gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"]
+    assert comparisons.prompt.tolist() == [0, 1, 2]  # one comparison per record: the same two models
+    assert comparisons.model_a.tolist() == [0, 0, 0] and comparisons.model_b.tolist() == [1, 1, 1]
+    assert comparisons.target.tolist() == [1.0, 0.5, 0.75]  # record c: GPT-4 counts as the mean of its two spellings
 
 
 def _scores(path: Path) -> dict[str, float]:

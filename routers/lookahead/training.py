@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
-from routers.data import Record, load_records
+from routers.data import Record, licence_of, load_records
 from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
 from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, new_net, save_checkpoint
 
@@ -236,6 +236,7 @@ def run(args: argparse.Namespace) -> Path:
     config.training = {
         "command": "routegate train lookahead " + options_line(args),
         "data": [Path(path).name for path in args.data],
+        "data_licences": {Path(path).name: licence_of(path) for path in args.data},
         "train_prompts": len(items),
         "steps": args.steps,
         "batch_size": args.batch_size,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from routers.data import Record, load_records
+from routers.model_names import normal_form
 
 
 @dataclass
@@ -76,17 +77,26 @@ def load_training_records(paths: list[str], split: str = "train", limit: int | N
 
 
 def build_comparisons(records: list[Record], models: list[str] | None = None) -> Comparisons:
-    """Every unordered model pair scored on each record; each record weighs 1 in total."""
-    models = models or sorted({name for record in records for name in record["scores"]})
-    index = {name: position for position, name in enumerate(models)}
+    """Every unordered model pair scored on each record; each record weighs 1 in total.
+
+    Models are told apart by ``normal_form``, so one model spelled differently in different files
+    (``mistralai/Mixtral-8x7B-Instruct-v0.1``, ``Mixtral-8x7B-Instruct-v0.1``) is one output; two
+    spellings scored on the same record count as their mean. Without ``models`` the model list is
+    the sorted normal forms of every scored name."""
+    models = models or sorted({normal_form(name) for record in records for name in record["scores"]})
+    index = {normal_form(name): position for position, name in enumerate(models)}
     prompt, model_a, model_b, target, weight = [], [], [], [], []
     for number, record in enumerate(records):
-        scored = sorted((name, score) for name, score in record["scores"].items() if name in index)
+        by_model: dict[int, list[float]] = {}
+        for name, score in record["scores"].items():
+            if normal_form(name) in index:
+                by_model.setdefault(index[normal_form(name)], []).append(float(score))
+        scored = sorted((position, sum(values) / len(values)) for position, values in by_model.items())
         pairs = list(combinations(scored, 2))
-        for (name_a, score_a), (name_b, score_b) in pairs:
+        for (a, score_a), (b, score_b) in pairs:
             prompt.append(number)
-            model_a.append(index[name_a])
-            model_b.append(index[name_b])
+            model_a.append(a)
+            model_b.append(b)
             target.append((1.0 + score_a - score_b) / 2.0)
             weight.append(1.0 / len(pairs))
     return Comparisons(
