@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from openai import OpenAI
 
 from tests.conftest import REPO, proxy_env, running_proxy
@@ -108,16 +109,19 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
         process.wait(timeout=10)
 
 
-def test_the_scored_pair_follows_the_upstream_models(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
-    env = proxy_env(strong, weak, router="mf", strong__model="gpt-4o", weak__model="meta-llama/Llama-3.1-8B-Instruct")
+@pytest.mark.parametrize("router", ["mf", "bert"])
+def test_the_scored_pair_follows_the_upstream_models(
+    router: str, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    env = proxy_env(strong, weak, router=router, strong__model="gpt-4o", weak__model="meta-llama/Llama-3.1-8B-Instruct")
     with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
         ready = httpx.get(f"{proxy.url}/ready").json()
         assert (ready["pair"]["strong"], ready["pair"]["weak"]) == ("gpt-4o-2024-05-13", "llama-3.1-8b-instruct")
         listing = httpx.get(f"{proxy.api}/routers").json()
-        mf = next(router for router in listing["data"] if router["id"] == "mf")
-        assert mf["loaded"] and mf["pair"] == ready["pair"]
-        assert {"gpt-4o-2024-05-13", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"} <= set(mf["models"])
-        assert "router mf scores gpt-4o-2024-05-13 (strong) vs llama-3.1-8b-instruct (weak)" in proxy.log()
+        listed = next(entry for entry in listing["data"] if entry["id"] == router)
+        assert listed["loaded"] and listed["pair"] == ready["pair"]
+        assert {"gpt-4o-2024-05-13", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"} <= set(listed["models"])
+        assert f"router {router} scores gpt-4o-2024-05-13 (strong) vs llama-3.1-8b-instruct (weak)" in proxy.log()
 
 
 def test_upstream_models_the_router_does_not_know_get_the_default_pair(
