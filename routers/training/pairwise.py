@@ -89,8 +89,9 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
     for number, record in enumerate(records):
         by_model: dict[int, list[float]] = {}
         for name, score in record["scores"].items():
-            if normal_form(name) in index:
-                by_model.setdefault(index[normal_form(name)], []).append(float(score))
+            position = index.get(normal_form(name))
+            if position is not None:
+                by_model.setdefault(position, []).append(float(score))
         scored = sorted((position, sum(values) / len(values)) for position, values in by_model.items())
         pairs = list(combinations(scored, 2))
         for (a, score_a), (b, score_b) in pairs:
