@@ -285,6 +285,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if args.write is not None:
         data = [path.name for path in args.data]
-        write_calibration(args.write, scores, router=args.router, data=data, split=args.split, per_file=args.per_file)
+        write_calibration(
+            args.write,
+            scores,
+            router=args.router,
+            strong=args.strong,
+            weak=args.weak,
+            data=data,
+            split=args.split,
+            per_file=args.per_file,
+        )
         print(f"  calibration of every share written to {args.write}")
     return 0

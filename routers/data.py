@@ -21,6 +21,8 @@ Record = dict[str, Any]
 #: a checkpoint trained on a file inherits its terms for its weights' use
 DATA_LICENCES = {
     "routellm-": "Apache-2.0 (RouteLLM)",
+    "lookahead-alpacaeval": "MIT (lookahead-routing) over AlpacaEval's instructions and judgements, "
+    "CC BY-NC 4.0: non-commercial use only",
     "lookahead-": "MIT (lookahead-routing); questions and answers keep their original terms",
     "alpacaeval-": "CC BY-NC 4.0 (AlpacaEval data): non-commercial use only",
     "zeroeval-": "Apache-2.0 (ZeroEval)",

@@ -37,7 +37,7 @@ class FeatureHead(torch.nn.Module):
         return cls(Standardizer(state["mean"].numpy(), state["std"].numpy()), state["weight"], state["bias"])
 
     def save(self, path: Path) -> None:
-        """Write the standardisation, weights and bias (fp32, a few hundred bytes)."""
+        """Write the standardisation, weights and bias (fp32: 13 weights and a bias per model)."""
         from safetensors.torch import save_file
 
         state = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from routers.calibration import read_calibration
 from routers.checkpoint import CheckpointError
 from routers.data import iter_records, licence_of
 from routers.evaluation import metrics
@@ -95,6 +96,9 @@ def test_one_model_spelled_two_ways_is_one_output_of_a_pairwise_trainer() -> Non
     assert comparisons.prompt.tolist() == [0, 1, 2]  # one comparison per record: the same two models
     assert comparisons.model_a.tolist() == [0, 0, 0] and comparisons.model_b.tolist() == [1, 1, 1]
     assert comparisons.target.tolist() == [1.0, 0.5, 0.75]  # record c: GPT-4 counts as the mean of its two spellings
+    assert build_comparisons(records, [gpt4, mixtral]).models == [gpt4, mixtral]  # a given list is kept as given
+    with pytest.raises(ValueError, match="names one model twice"):
+        build_comparisons(records, [gpt4, gpt4_alpacaeval, mixtral])
 
 
 def _scores(path: Path) -> dict[str, float]:
@@ -282,6 +286,19 @@ def test_calibrate_threshold_yields_the_requested_share(
     assert main(["score", "--router", "mf", "--input", str(data_slice), "--output", str(tmp_path / "scores.jsonl")]) == 0
     scores = np.asarray(list(_scores(tmp_path / "scores.jsonl").values()))
     assert np.mean(scores >= threshold) == pytest.approx(round(fraction * len(scores)) / len(scores))
+
+
+def test_calibrate_write_records_the_scored_pair_and_the_printed_threshold(
+    data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = tmp_path / "calibration.json"
+    capsys.readouterr()
+    command = ["calibrate", "--router", "mf", "--data", str(data_slice), "--strong-fraction", "0.3", "--write", str(written)]
+    assert main(command) == 0
+    threshold = float(capsys.readouterr().out.split()[1])
+    body = json.loads(written.read_text())
+    assert (body["router"], body["strong"], body["weak"]) == ("mf", STRONG, WEAK)
+    assert read_calibration(written)[0.3] == threshold
 
 
 def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None:

@@ -82,9 +82,12 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
     Models are told apart by ``normal_form``, so one model spelled differently in different files
     (``mistralai/Mixtral-8x7B-Instruct-v0.1``, ``Mixtral-8x7B-Instruct-v0.1``) is one output; two
     spellings scored on the same record count as their mean. Without ``models`` the model list is
-    the sorted normal forms of every scored name."""
+    the sorted normal forms of every scored name; a given list is kept as given, and must not
+    name one model twice."""
     models = models or sorted({normal_form(name) for record in records for name in record["scores"]})
     index = {normal_form(name): position for position, name in enumerate(models)}
+    if len(index) < len(models):
+        raise ValueError(f"{models} names one model twice (compared by normal form)")
     prompt, model_a, model_b, target, weight = [], [], [], [], []
     for number, record in enumerate(records):
         by_model: dict[int, list[float]] = {}
