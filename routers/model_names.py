@@ -9,7 +9,7 @@ asked name extends or that extends the asked name with a date.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 # same model, other spelling (normal forms): the data sets' README lists them per file
 _ALIASES = {
@@ -32,6 +32,15 @@ def normal_form(name: str) -> str:
     form = form.removeprefix("meta-").removesuffix("-hf")
     form = re.sub(r"^llama(\d)", r"llama-\1", form)
     return _ALIASES.get(form, form)
+
+
+def scores_by_model(scores: Mapping[str, float]) -> dict[str, float]:
+    """A record's scores keyed by ``normal_form``; spellings of one model scored on the same
+    record count as their mean."""
+    by_form: dict[str, list[float]] = {}
+    for name, value in scores.items():
+        by_form.setdefault(normal_form(name), []).append(float(value))
+    return {name: sum(values) / len(values) for name, values in by_form.items()}
 
 
 def match_model(asked: str, known: Iterable[str]) -> str | None:

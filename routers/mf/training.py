@@ -42,7 +42,7 @@ from routers.data import Record, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.mf.router import WEIGHTS, prompt_inputs
-from routers.model_names import DEFAULT_PAIR, normal_form
+from routers.model_names import DEFAULT_PAIR, normal_form, scores_by_model
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable
 
 
@@ -118,10 +118,7 @@ def build_training_set(
         records = records_by_file[stem]
         record_weight = file_weights.get(stem, 1.0) / np.sqrt(max(len(records), 1))
         for record in records:
-            scores: dict[str, list[float]] = {}
-            for name, value in record["scores"].items():
-                scores.setdefault(normal_form(name), []).append(float(value))
-            scored = sorted((index[name], sum(values) / len(values)) for name, values in scores.items())
+            scored = sorted((index[name], score) for name, score in scores_by_model(record["scores"]).items())
             candidates = list(combinations(scored, 2))
             if len(candidates) > pairs:
                 candidates = rng.sample(candidates, pairs)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from routers.data import Record, load_records
-from routers.model_names import normal_form
+from routers.model_names import normal_form, scores_by_model
 
 
 @dataclass
@@ -90,12 +90,7 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
         raise ValueError(f"{models} names one model twice (compared by normal form)")
     prompt, model_a, model_b, target, weight = [], [], [], [], []
     for number, record in enumerate(records):
-        by_model: dict[int, list[float]] = {}
-        for name, score in record["scores"].items():
-            position = index.get(normal_form(name))
-            if position is not None:
-                by_model.setdefault(position, []).append(float(score))
-        scored = sorted((position, sum(values) / len(values)) for position, values in by_model.items())
+        scored = sorted((index[name], score) for name, score in scores_by_model(record["scores"]).items() if name in index)
         pairs = list(combinations(scored, 2))
         for (a, score_a), (b, score_b) in pairs:
             prompt.append(number)
