@@ -19,6 +19,7 @@ from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, 
 from server import metrics
 from server.conversations import StickyStore
 from server.cost_targets import CostTargets
+from server.disconnects import ClientGone
 from server.errors import APIError
 from server.feedback import Feedback
 from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
@@ -354,6 +355,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         return APIError(error.status_code, str(error.detail), code=code, headers=dict(error.headers or {})).to_response()
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, error: ClientGone) -> Response:
+        return APIError(499, "The client closed the connection.", code="client_closed").to_response()
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception) -> Response:

@@ -8,8 +8,9 @@ import json
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from server.disconnects import ClientGone
 from server.errors import APIError, bad_request
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -67,6 +68,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout") from None
+    except ClientDisconnect:
+        raise ClientGone from None
     return b"".join(chunks)
 
 

@@ -24,34 +24,32 @@ from server import feedback_metrics as fm
 from server.chat_request import routed_text
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
-from server.relay import RelayResponse
+from server.relay import EventSplitter, RelayResponse
 from server.settings import Settings
 from server.shadow import Shadower, ShadowJob, endpoints
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
 
 
-class StreamCollector:
-    """Reads relayed SSE bytes for the ``usage`` object and, when asked, the answer's text."""
+class AnswerText:
+    """Collects the first choice's streamed text, up to ``max_chars``, from relayed SSE bytes."""
 
-    def __init__(self, keep_text: bool, max_chars: int) -> None:
-        self.keep_text = keep_text
+    def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
-        self.usage: dict | None = None
         self.parts: list[str] = []
         self._chars = 0
-        self._pending = b""
+        self.events = EventSplitter()  # events longer than its bound are skipped
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def feed(self, chunk: bytes) -> None:
-        events = (self._pending + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
-        self._pending = events.pop()
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:") and (self.keep_text or b'"usage"' in line):
+        if self._chars >= self.max_chars:
+            return
+        for event in self.events.feed(chunk):
+            for line in event.replace(b"\r\n", b"\n").split(b"\n"):
+                if line.startswith(b"data:"):
                     self._read(line[5:].strip())
 
     def _read(self, data: bytes) -> None:
@@ -59,13 +57,7 @@ class StreamCollector:
             event = json.loads(data)
         except ValueError:
             return
-        if not isinstance(event, dict):
-            return
-        if isinstance(event.get("usage"), dict):
-            self.usage = event["usage"]
-        if not self.keep_text or self._chars >= self.max_chars:
-            return
-        choices = event.get("choices")
+        choices = event.get("choices") if isinstance(event, dict) else None
         for choice in choices if isinstance(choices, list) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
             content = delta.get("content") if isinstance(delta, dict) and choice.get("index", 0) == 0 else None
@@ -134,12 +126,13 @@ class Feedback:
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
 
     def _watch_stream(self, response: RelayResponse, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
-        collector = StreamCollector(shadow, self.settings.max_response_bytes)
+        answer = AnswerText(self.settings.max_response_bytes) if shadow else None
         relayed, close = response.chunks, response.on_close
 
         async def chunks() -> AsyncGenerator[bytes]:
             async for chunk in relayed:
-                collector.feed(chunk)
+                if answer is not None:
+                    answer.feed(chunk)
                 yield chunk
 
         watched = chunks()
@@ -147,8 +140,9 @@ class Feedback:
         async def on_close(completed: bool) -> None:
             await watched.aclose()
             await close(completed)
-            if completed:
-                self._answered(response.headers, headers, payload, collector.usage, collector.text, shadow)
+            if completed and response.watcher.cut is None:  # a stream cut upstream was not answered
+                text = answer.text if answer is not None else None
+                self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow)
 
         response.chunks, response.on_close = watched, on_close
 

@@ -26,6 +26,12 @@ from server.upstream import (
 log = logging.getLogger("routegate.proxy")
 
 
+def asks_for_usage(payload: dict[str, Any]) -> bool:
+    """Whether a streamed request asked for the final usage chunk itself."""
+    options = payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 @dataclass(frozen=True)
 class Exchange:
     """What the last upstream tried gave back: an open stream, a whole answer or a failure.
@@ -36,6 +42,7 @@ class Exchange:
     sent_at: float
     result: StreamStart | CompletedResponse | UpstreamFailure
     headers: dict[str, str] = field(default_factory=dict)  # x-request-id, x-routegate-fallback
+    hide_usage: bool = False  # a stream's usage was asked upstream for metering, not by the client
 
 
 class Forwarder:
@@ -50,16 +57,19 @@ class Forwarder:
         """Try the decided upstream, then (with fallback on) its fallbacks; once the budget is spent
         (``strong_allowed`` false) only the cheapest upstream is a fallback."""
         stream = payload.get("stream") is True
+        hide_usage = stream and self.settings.stream_usage and not asks_for_usage(payload)
+        if hide_usage:
+            payload = {**payload, "stream_options": {**payload.get("stream_options", {}), "include_usage": True}}
         tiers = [decision.tier]
         if self.settings.fallback:
             fallbacks = self.ladder.fallbacks(decision.tier)
             tiers += [tier for tier in fallbacks if strong_allowed or tier == self.ladder.cheapest]
         headers = {"x-request-id": decision.request_id}
+        attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)  # one deadline for every tier
         for position, tier in enumerate(tiers):
             upstream = self.upstreams[tier]
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None)
-            attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)
             body = json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, separators=(",", ":")).encode()
             log.debug("request_id=%s forwarding %d bytes to the %s upstream", decision.request_id, len(body), tier)
             sent_at = time.monotonic()
@@ -81,5 +91,5 @@ class Forwarder:
                     log.warning("request_id=%s fallback %s->%s reason=%s", decision.request_id, tier, next_tier, failure.reason)
                     continue
                 return Exchange(decision, upstream, sent_at, failure, headers)
-            return Exchange(decision, upstream, sent_at, result, headers)
+            return Exchange(decision, upstream, sent_at, result, headers, hide_usage)
         raise AssertionError("unreachable: the last tier either answers or fails")

@@ -23,7 +23,17 @@ from prometheus_client import (
 
 disable_created_metrics()
 
-UPSTREAM_FAILURE_REASONS = ("connect", "timeout", "protocol", "http_429", "http_5xx", "invalid_response", "stream_cut")
+UPSTREAM_FAILURE_REASONS = (
+    "connect",
+    "timeout",
+    "protocol",
+    "http_auth",
+    "http_429",
+    "http_5xx",
+    "invalid_response",
+    "too_large",
+    "stream_cut",
+)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
 

@@ -14,25 +14,25 @@ _EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
 
 
-class StreamWatcher:
-    """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``.
+class EventSplitter:
+    """Cuts relayed SSE bytes into complete events (the bytes before each blank line).
 
-    Linear time: each byte is searched for an event separator (a blank line) once, however the
-    events are cut into chunks. Bounded memory: an event longer than ``max_event_bytes`` (no
-    usage or [DONE] event is) is skipped, not held; ``bytes_scanned`` counts the search work.
+    Linear time: each byte is searched for an event separator once, however the events are cut
+    into chunks. Bounded memory: an event longer than ``max_event_bytes`` is skipped, not held;
+    ``bytes_scanned`` counts the search work.
     """
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
-        self.usage: dict | None = None
-        self.done = False
         self.max_event_bytes = max_event_bytes
         self.bytes_scanned = 0
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
         self._skipping = False  # inside an oversized event: drop it up to its separator
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The events that ``chunk`` completes."""
         self._pending += chunk
+        events: list[bytes] = []
         while True:
             match = _EVENT_SEPARATOR.search(self._pending, self._searched)
             if match is None:
@@ -41,12 +41,31 @@ class StreamWatcher:
                 if len(self._pending) > self.max_event_bytes:
                     del self._pending[: self._searched]
                     self._searched, self._skipping = 0, True
-                return
+                return events
             self.bytes_scanned += match.end() - self._searched
             if not self._skipping:
-                self._read_event(bytes(self._pending[: match.start()]))
+                events.append(bytes(self._pending[: match.start()]))
             del self._pending[: match.end()]
             self._searched, self._skipping = 0, False
+
+
+class StreamWatcher:
+    """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``; an
+    event longer than ``max_event_bytes`` (no usage or [DONE] event is) is skipped."""
+
+    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+        self.usage: dict | None = None
+        self.done = False
+        self.cut: str | None = None  # why the upstream stream ended early (set by the relay), None if it did not
+        self.events = EventSplitter(max_event_bytes)
+
+    @property
+    def bytes_scanned(self) -> int:
+        return self.events.bytes_scanned
+
+    def feed(self, chunk: bytes) -> None:
+        for event in self.events.feed(chunk):
+            self._read_event(event)
 
     def _read_event(self, event: bytes) -> None:
         for line in event.replace(b"\r\n", b"\n").split(b"\n"):
@@ -64,6 +83,62 @@ class StreamWatcher:
                     self.usage = usage
 
 
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+class UsageEventFilter:
+    """Takes the usage-only event (``"choices": []`` beside a ``usage`` object) out of relayed SSE
+    bytes, for a client that did not ask for it: routegate asks upstreams for usage on every stream.
+
+    Each complete event passes on as soon as its blank line arrives; the bytes of an unfinished
+    one wait for it. An event longer than ``max_event_bytes`` passes on unread (a usage event is
+    small), so at most that much is held."""
+
+    def __init__(self, max_event_bytes: int = 1 << 16) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._pending = bytearray()
+        self._searched = 0  # bytes of _pending known to start no separator
+        self._passing = False  # inside an oversized event: pass it on up to its separator
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of ``chunk`` (and of earlier chunks) that can go to the client now."""
+        self._pending += chunk
+        ready = bytearray()
+        while True:
+            match = _EVENT_SEPARATOR.search(self._pending, self._searched)
+            if match is None:
+                self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
+                if len(self._pending) > self.max_event_bytes:
+                    ready += self._pending[: self._searched]
+                    del self._pending[: self._searched]
+                    self._searched, self._passing = 0, True
+                return bytes(ready)
+            if self._passing or not _usage_only(bytes(self._pending[: match.start()])):
+                ready += self._pending[: match.end()]
+            del self._pending[: match.end()]
+            self._searched, self._passing = 0, False
+
+    def flush(self) -> bytes:
+        """What is still held when the upstream stream ends (an event without its blank line)."""
+        rest = bytes(self._pending)
+        self._pending.clear()
+        return rest
+
+
+def _usage_only(event: bytes) -> bool:
+    """Whether an SSE event is a chunk with no choices that carries a usage object."""
+    if b'"usage"' not in event or not _EMPTY_CHOICES.search(event):
+        return False
+    for line in event.replace(b"\r\n", b"\n").split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                data = json.loads(line[5:])
+            except ValueError:
+                return False
+            return isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
+    return False
+
+
 class RelayResponse(Response):
     """Streams ``chunks`` to the client; stops reading upstream as soon as the client leaves,
     and always calls ``on_close(completed)`` once, shielded from cancellation.
@@ -78,8 +153,10 @@ class RelayResponse(Response):
         on_close: Callable[[bool], Awaitable[None]],
         media_type: str = "text/event-stream",
         on_cancel: Callable[[], bytes | None] | None = None,
+        watcher: StreamWatcher | None = None,
     ) -> None:
         self.chunks = chunks
+        self.watcher = watcher or StreamWatcher()  # what the upstream stream held: usage, [DONE], a cut
         self.on_close = on_close
         self.on_cancel = on_cancel
         self.status_code = 200

@@ -14,7 +14,7 @@ from server.errors import APIError
 from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
 from server.recording import Outcome
-from server.relay import RelayResponse, StreamWatcher
+from server.relay import RelayResponse, StreamWatcher, UsageEventFilter
 from server.shutdown import DRAIN
 from server.upstream import (
     CompletedResponse,
@@ -46,6 +46,11 @@ async def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
 def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
     if failure.timeout:
         return APIError(504, f"The {upstream.tier} upstream timed out.", type="upstream_error", code="upstream_timeout")
+    if failure.reason == "http_auth":
+        message = (
+            f"The {upstream.tier} upstream refused routegate's credentials for it (401/403); the operator must check its key."
+        )
+        return APIError(502, message, type="upstream_error", code="upstream_auth_error")
     return APIError(502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error")
 
 
@@ -78,33 +83,40 @@ def _relay_stream(
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher()
+    usage_filter = UsageEventFilter() if exchange.hide_usage else None
+
+    def to_client(chunk: bytes) -> bytes:
+        watcher.feed(chunk)
+        return usage_filter.feed(chunk) if usage_filter is not None else chunk
 
     async def chunks() -> AsyncGenerator[bytes, None]:
-        watcher.feed(start.first_chunk)
-        yield start.first_chunk
+        if first := to_client(start.first_chunk):
+            yield first
         try:
             async for chunk in start.chunks:
-                watcher.feed(chunk)
-                yield chunk
+                if part := to_client(chunk):
+                    yield part
         except UpstreamError as error:
-            reason = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
-            yield _stream_error(upstream, reason)
-            return
-        if not watcher.done:
-            yield _stream_error(upstream, "stream_cut")
+            watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
+        else:
+            watcher.cut = None if watcher.done else "stream_cut"
+        if usage_filter is not None and (rest := usage_filter.flush()):
+            yield rest
+        if watcher.cut is not None:
+            yield _stream_error(upstream, watcher.cut)
 
     relayed = chunks()
 
     async def on_close(completed: bool) -> None:
         await relayed.aclose()
         await start.response.aclose()
-        status = 200 if completed else 499
+        status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
         await finish(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, start.response.status_code)
         )
 
     media_type = start.response.headers.get("content-type", "text/event-stream")
-    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event)
+    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event, watcher=watcher)
 
 
 def _stream_error(upstream: Upstream, reason: str) -> bytes:

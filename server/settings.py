@@ -168,7 +168,9 @@ class Settings(BaseSettings):
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
-    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted client keys (Bearer); empty = no auth")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="accepted client keys (Bearer); empty = no auth; a blank key is refused"
+    )
     allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without ROUTEGATE_API_KEYS")
     metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port instead of the API port")
@@ -179,6 +181,11 @@ class Settings(BaseSettings):
     retries: int = Field(2, ge=0, le=10, description="retries per tier on connect errors, timeouts, 429 and 5xx")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = Field(True, description="after the retries, try the other tier (never once a stream started)")
+    stream_usage: bool = Field(
+        True,
+        description="ask upstreams for usage on every stream (stream_options.include_usage) so streams are metered "
+        "and charged; the usage chunk reaches only clients that asked for it. Off for upstreams that refuse the field",
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
@@ -263,6 +270,15 @@ class Settings(BaseSettings):
                 "without client keys (e.g. behind an authenticating reverse proxy)."
             )
         return self
+
+    @field_validator("api_keys", "override_keys", "metrics_key")
+    @classmethod
+    def _no_blank_keys(cls, value: list[SecretStr] | SecretStr | None) -> list[SecretStr] | SecretStr | None:
+        """A blank key would match a bare ``Authorization: Bearer`` (e.g. an unset variable in a key list)."""
+        keys = value if isinstance(value, list) else [value] if value is not None else []
+        if any(not key.get_secret_value().strip() for key in keys):
+            raise ValueError("a client key is empty or blank: every key must have characters")
+        return value
 
     @field_validator("target_share")
     @classmethod

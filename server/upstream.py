@@ -26,7 +26,7 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
 # One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
 _Outcome = tuple[str | None, bool, float | None, _T | None]
-NOT_RETRIED = frozenset({"too_large"})  # failures a second try would only repeat
+NOT_RETRIED = frozenset({"too_large", "http_auth"})  # failures a second try would only repeat
 REDACTED = b"[redacted]"
 
 
@@ -74,6 +74,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None]:
     """Why an upstream status counts as a failure (None: an answer to relay) and its Retry-After."""
+    if response.status_code in (401, 403):  # the upstream refused routegate's own key: not the client's error
+        return "http_auth", None
     if response.status_code == 429:
         return "http_429", retry_after_seconds(response.headers)
     if response.status_code in RETRYABLE_STATUSES:
@@ -210,10 +212,12 @@ class Attempts:
             async with asyncio.timeout(remaining):
                 response = await upstream.open_stream(body, request_id)
                 if not response.is_success:
-                    completed = CompletedResponse(response.status_code, await response.aread(), response.headers)
+                    error_body = await read_at_most(response, upstream.max_response_bytes)
                     await response.aclose()
+                    if error_body is None:
+                        return "too_large", False, None, None
                     reason, retry_after = status_failure(response)
-                    return reason, False, retry_after, completed
+                    return reason, False, retry_after, CompletedResponse(response.status_code, error_body, response.headers)
                 chunks = response.aiter_raw()
                 first = b""
                 while not first:
@@ -240,6 +244,17 @@ class Attempts:
                 await response.aclose()
             raise
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
+
+
+async def read_at_most(response: UpstreamResponse, limit: int) -> bytes | None:
+    """The response's whole body, or None once it passes ``limit`` bytes (nothing more is read)."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def is_json_object(body: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from tests.metrics_text import metric_sum
@@ -24,3 +25,13 @@ class MetricDelta:
         """How much the samples called ``name`` with ``labels`` grew between the snapshots."""
         assert self._after is not None, "call after() first"
         return metric_sum(self._after, name, **labels) - metric_sum(self._before, name, **labels)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

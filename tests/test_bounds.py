@@ -12,7 +12,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.relay import StreamWatcher
+from server.feedback import AnswerText
+from server.relay import StreamWatcher, UsageEventFilter
 from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 
@@ -100,3 +101,29 @@ def test_stream_watcher_reads_events_split_anywhere() -> None:
         for start in range(0, len(events), size):
             watcher.feed(events[start : start + size])
         assert watcher.done and watcher.usage == {"total_tokens": 9}, size
+
+
+def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> None:
+    answer = AnswerText(max_chars=100)
+    answer.feed(b"data: ")
+    for _ in range(8 * MiB // 4096):  # 8 MiB without a blank line: skipped, not held
+        answer.feed(b"x" * 4096)
+    answer.feed(b'\n\ndata: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
+    assert answer.text == "hi"
+    assert answer.events.bytes_scanned <= 8 * MiB + 8 * MiB // 4096 * 4 + 1024  # each byte searched once
+
+
+def _filtered(events: bytes, size: int, max_event_bytes: int = 1 << 16) -> bytes:
+    usage_filter = UsageEventFilter(max_event_bytes)
+    relayed = b"".join(usage_filter.feed(events[start : start + size]) for start in range(0, len(events), size))
+    return relayed + usage_filter.flush()
+
+
+def test_the_usage_filter_drops_only_the_usage_only_event_however_the_bytes_are_cut() -> None:
+    content = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": null}\r\n\r\n'
+    usage_only = b'data: {"choices": [], "usage": {"total_tokens": 9}}\n\n'
+    kept = b'data: {"choices":[],"usage":null}\n\n: comment\n\ndata: [DONE]\n\n'
+    for size in (1, 2, 3, 5, 7, 1000):
+        assert _filtered(content + usage_only + kept, size) == content + kept, size
+    oversized = b"data: " + b"x" * 1000 + b"\n\n" + usage_only + b"data: [DONE]"  # ends without a blank line
+    assert _filtered(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")

@@ -4,29 +4,17 @@ them no upstream response, connection, slot or asyncio task is left behind."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import httpx
 
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import MetricDelta
+from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
 
 REQUEST = {"model": "router-random-0", "messages": [{"role": "user", "content": "Talk for a long time."}], "stream": True}
 DISCONNECTS = 1000
 CONCURRENCY = 50
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def long_stream(upstream: FakeUpstream) -> None:

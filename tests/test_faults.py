@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 
 from tests.conftest import WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
-from tests.metric_values import MetricDelta
+from tests.metric_values import MetricDelta, wait_for
 
 ROUTED_STRONG = "router-random-0"
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -181,6 +182,16 @@ def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUps
     assert delta("routegate_requests_total", status="504") == 1
 
 
+def test_the_total_timeout_is_one_deadline_for_every_tier(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    settings = {**FAULT_SETTINGS, "retries": "0", "read_timeout": "10", "total_timeout": "1.5"}
+    strong.behaviour.delay = 5.0  # answers after the deadline: the fallback tier has no time left
+    with running_proxy(proxy_env(strong, weak, **settings), tmp_path) as proxy:
+        with pytest.raises(openai.APIStatusError) as raised:
+            chat(proxy)
+    assert raised.value.status_code == 504 and error_of(raised)["code"] == "upstream_timeout"
+    assert len(strong.received) == 1 and not weak.received
+
+
 @pytest.fixture(scope="module")
 def refused_proxy(weak: FakeUpstream, strong: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     """Strong upstream on a closed port (connection refused); weak is the healthy fake."""
@@ -285,17 +296,55 @@ def test_html_error_page_falls_back(fault_proxy: Proxy, strong: FakeUpstream, we
 
 def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     for upstream in (strong, weak):
-        upstream.behaviour.fail_statuses = [403] * 10  # a 4xx is relayed, not retried ...
+        upstream.behaviour.fail_statuses = [400] * 10  # a 4xx is relayed, not retried ...
         upstream.behaviour.fail_body, upstream.behaviour.fail_content_type = HTML_PAGE, "text/html"
     delta = MetricDelta(fault_proxy.metrics)
-    with pytest.raises(openai.PermissionDeniedError) as raised:
+    with pytest.raises(openai.BadRequestError) as raised:
         chat(fault_proxy)
     delta.after()
     assert raised.value.response.headers["content-type"] == "application/json"  # ... but as JSON
-    assert error_of(raised)["message"] == "The strong upstream answered 403 without a JSON error body."
+    assert error_of(raised)["message"] == "The strong upstream answered 400 without a JSON error body."
     assert len(strong.received) == 1 and not weak.received
-    assert delta("routegate_requests_total", tier="strong", status="403") == 1
+    assert delta("routegate_requests_total", tier="strong", status="400") == 1
     assert delta("routegate_upstream_errors_total") == 0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_upstream_refusing_routegates_key_falls_back_without_retry(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, status: int
+) -> None:
+    strong.behaviour.fail_statuses = [status] * 10
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:http_auth"
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert len(strong.received) == 1 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="http_auth") == 1
+
+
+def test_upstreams_refusing_routegates_keys_are_a_502_not_the_clients_401(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    for upstream in (strong, weak):
+        upstream.behaviour.fail_statuses, upstream.behaviour.echo_key = [401] * 10, True
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    error = error_of(raised)
+    assert raised.value.status_code == 502 and error["code"] == "upstream_auth_error"
+    assert "failed for" not in raised.value.response.text  # the upstream's body, quoting its key, stays behind
+    assert len(strong.received) == 1 and len(weak.received) == 1
+
+
+def test_a_huge_error_body_before_a_stream_is_refused(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.fail_statuses, strong.behaviour.fail_body = [400], "x" * (MAX_RESPONSE_BYTES + 1)
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    assert len(strong.received) == 1 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="too_large") == 1
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="too_large") == 1
 
 
 def test_huge_response_under_the_limit_is_relayed_whole(fault_proxy: Proxy, strong: FakeUpstream) -> None:
@@ -347,6 +396,7 @@ def test_stream_stalling_past_the_read_timeout_ends_with_an_error_event(
     assert not weak.received  # the stream had reached the client: never replayed elsewhere
     assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 1
     assert delta("routegate_fallbacks_total") == 0
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="504") == 1)
 
 
 @pytest.mark.parametrize("mode", ["abort", "end"])
@@ -362,6 +412,8 @@ def test_stream_cut_midway_without_done_ends_with_an_error_event(
     assert not weak.received
     assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_cut") == 1
     assert delta("routegate_fallbacks_total") == 0
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
+    assert delta("routegate_requests_total", status="200") == 0  # not counted as answered
 
 
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:

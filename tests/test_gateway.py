@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import STRONG_KEY, STRONG_MODEL, WEAK_KEY, WEAK_MODEL, Proxy
-from tests.fake_upstream import FakeUpstream
+from tests.conftest import STRONG_KEY, STRONG_MODEL, WEAK_KEY, WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.metric_values import MetricDelta, wait_for
+from tests.metrics_text import metric_sum
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -167,6 +170,40 @@ def test_sdk_stream_sync(proxy: Proxy, weak: FakeUpstream):
     assert text == "weak-0 weak-1 weak-2 weak-3 weak-4 "
     assert chunks[-1].usage.prompt_tokens == 11
     assert weak.received[0].body["stream_options"] == {"include_usage": True}
+
+
+def test_a_stream_is_metered_and_charged_though_the_client_did_not_ask_for_usage(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+):
+    with running_proxy(proxy_env(strong, weak, daily_budget_usd="100"), tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        stream = client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True)
+        chunks = list(stream)
+        assert wait_for(lambda: delta.after()("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS)
+        remaining = metric_sum(proxy.metrics(), "routegate_budget_remaining_usd")
+    assert strong.received[0].body["stream_options"] == {"include_usage": True}  # asked upstream by routegate
+    assert all(chunk.choices for chunk in chunks)  # but the usage-only chunk did not reach the client
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "strong-0 strong-1 strong-2 strong-3 strong-4 "
+    assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx((11 * 10 + 7 * 30) / 1e6)
+    assert remaining == pytest.approx(100 - (11 * 10 + 7 * 30) / 1e6)
+
+
+def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unmetered(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+):
+    with running_proxy(proxy_env(strong, weak, stream_usage="false"), tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        plain = list(client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True))
+        asked = list(
+            client(proxy).chat.completions.create(
+                model="router-random-0.0", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        assert wait_for(lambda: delta.after()("routegate_requests_total", status="200") == 2)
+    assert "stream_options" not in strong.received[0].body and all(chunk.choices for chunk in plain)
+    assert strong.received[1].body["stream_options"] == {"include_usage": True}
+    assert asked[-1].choices == [] and asked[-1].usage.prompt_tokens == PROMPT_TOKENS
+    assert delta("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS  # the second stream's
 
 
 async def test_sdk_async_plain_and_stream(proxy: Proxy, strong: FakeUpstream):

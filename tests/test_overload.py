@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import MetricDelta
+from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
@@ -81,6 +81,19 @@ def test_open_streams_hold_their_slots_until_they_end(small_proxy: Proxy, strong
         time.sleep(0.05)
     answered = httpx.post(f"{small_proxy.api}/chat/completions", json={**request, "stream": False}, timeout=10)
     assert answered.status_code == 200
+
+
+def test_a_client_leaving_mid_upload_is_counted_as_gone_without_a_traceback(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    delta = MetricDelta(small_proxy.metrics)
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as leaving:
+        leaving.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            b'content-length: 1000\r\n\r\n{"model": '
+        )
+    assert wait_for(lambda: delta.after()("routegate_requests_total", status="499") == 1)
+    assert "Traceback" not in small_proxy.log() and "unhandled error" not in small_proxy.log()
+    assert not strong.received
 
 
 def test_a_client_stalling_mid_body_gets_408(small_proxy: Proxy, strong: FakeUpstream) -> None:

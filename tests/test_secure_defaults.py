@@ -31,6 +31,14 @@ def test_a_listener_open_to_the_network_needs_keys_or_consent(host: str, monkeyp
         assert load_settings(host=loopback).host == loopback
 
 
+@pytest.mark.parametrize("setting", ["api_keys", "override_keys", "metrics_key"])
+def test_a_blank_key_is_refused_because_a_bare_bearer_would_match_it(setting: str) -> None:
+    blank = ["client-key", " "] if setting != "metrics_key" else ""
+    with pytest.raises(SettingsError, match=f"ROUTEGATE_{setting.upper()}: .*empty or blank") as refused:
+        load_settings(**{setting: blank})
+    assert "client-key" not in str(refused.value)
+
+
 def test_metrics_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     with running_proxy(proxy_env(strong, weak, metrics_key="metrics-secret-key"), tmp_path) as proxy:
         anonymous = httpx.get(f"{proxy.url}/metrics")
