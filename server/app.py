@@ -87,11 +87,13 @@ class Gateway:
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
             shares = 1 if self.shared_state else settings.workers
             budget = SharedBudget(DailyBudget(settings.daily_budget_usd / shares), self.shared_state, settings.workers)
+        listed_routes = [(router, settings.target_share) for router in self.routers]  # in /v1/models: never refused
         targets = Targets(
             settings.target_window,
             settings.target_feedback_horizon,
             options.checkpoint_dir,
             max_routes=settings.max_target_routes,
+            pinned=listed_routes,
         )
         self.targets = SharedTargets(targets, self.shared_state, budget)
         self.cost_targets = None  # among more than two models: target routes control the cost share
@@ -103,6 +105,7 @@ class Gateway:
                 self.ladder.best_index,
                 prices,
                 settings.max_target_routes,
+                pinned=listed_routes,
             )
         self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
         self.feedback = Feedback(settings, self.routers)

@@ -15,12 +15,12 @@ two-tier controller's feedback does. Until prompts arrive the threshold is ``1 -
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from routers.multi_model import threshold_for_cost_share
-from server.targets import TooManyRoutes
+from server.targets import RouteKey, make_room
 
 #: window growth (as a share of the window) after which the threshold is computed again
 RECOMPUTE_EVERY = 0.02
@@ -80,23 +80,32 @@ class CostTargets:
     """Every CostShareController of this process, at most ``max_routes``, and the mean token
     counts that cost a typical request on each model."""
 
-    def __init__(self, window: int, feedback_horizon: int, best: int, prices: Sequence[tuple[float, float]], max_routes: int):
+    def __init__(
+        self,
+        window: int,
+        feedback_horizon: int,
+        best: int,
+        prices: Sequence[tuple[float, float]],
+        max_routes: int,
+        pinned: Iterable[RouteKey] = (),
+    ):
         self.window = window
         self.feedback_horizon = feedback_horizon
         self.best = best
         self.prices = list(prices)  # (input, output) USD per 1M tokens, ladder order
         self.max_routes = max_routes
-        self._controllers: dict[tuple[str, float], CostShareController] = {}
+        self.pinned = frozenset(pinned)
+        self._controllers: dict[RouteKey, CostShareController] = {}
         self._tokens = [1.0, 1.0]  # prompt and completion tokens answered (a prior of one each)
         self._answers = 1
 
     def controller(self, router: str, target: float) -> CostShareController:
-        """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``max_routes`` are live."""
+        """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``max_routes``
+        routes besides the pinned ones are live."""
         key = (router, target)
         controller = self._controllers.get(key)
         if controller is None:
-            if len(self._controllers) >= self.max_routes:
-                raise TooManyRoutes(f"{self.max_routes} target routes are live")
+            make_room(self._controllers, key, self.pinned, self.max_routes)
             controller = self._controllers[key] = CostShareController(self.window, self.feedback_horizon, self.best)
         return controller
 

@@ -186,7 +186,7 @@ class Feedback:
             completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
             cost_usd=self._tiers[tier].cost(usage) if tokens else None,
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
-            prompt=prompt if settings.feedback_store_text else None,
+            prompt=prompt.replace("\x00", "") if settings.feedback_store_text else None,  # PostgreSQL text holds no NUL
         )
 
 

@@ -29,6 +29,10 @@ DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
 RETENTION_INTERVAL = 3600.0
 BATCH = 500
 CONNECT_TIMEOUT = 5
+# PostgreSQL: no statement or lock wait holds the writer thread longer than this, and keepalives
+# find a connection that a failover dropped without a word (the URL's own `options` win)
+STATEMENT_TIMEOUT_MS = 15_000
+POSTGRES_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 ANSWER_TIMEOUT = 30.0  # longest wait for a feedback write's answer
 
 SCHEMA = (
@@ -157,7 +161,10 @@ class Database:
         if self.postgres:
             import psycopg
 
-            connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT)
+            limits: dict[str, Any] = dict(POSTGRES_KEEPALIVES)
+            if "options=" not in urlsplit(self.url).query:
+                limits["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+            connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **limits)
         else:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,8 +300,6 @@ class FeedbackStore:
             with self.database.transaction(self._connection) as cursor:
                 for item in items:
                     results.append(self._apply(cursor, item))
-                if time.time() >= self._next_retention:
-                    self._delete_expired(cursor)
         except Exception as error:
             self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
             self._fail(items, error)
@@ -302,6 +307,19 @@ class FeedbackStore:
         for item, result in zip(items, results, strict=True):
             if isinstance(item, _Feedback):
                 item.done(result)
+        if time.time() >= self._next_retention:
+            self._retain()
+
+    def _retain(self) -> None:
+        """Delete what is past retention, in a transaction of its own: its failure loses no write."""
+        try:
+            assert self._connection is not None
+            with self.database.transaction(self._connection) as cursor:
+                self._delete_expired(cursor)
+        except Exception as error:
+            self._next_retention = time.time() + 60.0
+            message = self.database.redact(f"{type(error).__name__}: {error}".strip())
+            log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
 
     def _apply(self, cursor: Any, item: object) -> bool:
         if isinstance(item, _Feedback):
@@ -313,6 +331,10 @@ class FeedbackStore:
                 return False
             item = item.row
         assert isinstance(item, Row), item  # the queue holds rows and feedback writes only
+        if isinstance(item, DecisionRow):  # a client that reuses an x-request-id: its earlier labels go with it
+            for table in ("routegate_judgements", "routegate_feedback"):
+                statement = f"DELETE FROM {table} WHERE request_id = ? AND created_at < ?"
+                cursor.execute(self.database.sql(statement), (item.request_id, item.created_at))
         cursor.execute(self.database.sql(UPSERTS[type(item)]), tuple(asdict(item).values()))
         return True
 

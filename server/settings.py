@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
     target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
     target_feedback_horizon: int = Field(100, ge=1, description="decisions the realised-share feedback remembers")
-    max_target_routes: int = Field(32, ge=1, description="target routes (router and whole percent) live at once; more get 400")
+    max_target_routes: int = Field(
+        32, ge=1, description="target routes (router and whole percent) clients may open besides the listed ones; more get 400"
+    )
     daily_budget_usd: float | None = Field(None, gt=0, description="strong-tier USD per UTC day; tightens target routes")
     budget_exhausted: Literal["weak", "reject"] = Field(
         "weak", description="strong-tier requests once the daily budget is spent: sent weak, or refused with 429"
@@ -229,7 +231,9 @@ class Settings(BaseSettings):
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of routed answers also sent to the other tier and judged")
     shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
     shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
-    shadow_daily_budget_usd: float | None = Field(None, gt=0, description="USD per UTC day for shadow and judge calls")
+    shadow_daily_budget_usd: float | None = Field(
+        None, gt=0, description="USD per UTC day for shadow and judge calls, per replica (not shared through Redis)"
+    )
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
 

@@ -192,6 +192,9 @@ class Shadower:
         if self.budget.exhausted():
             fm.SHADOW_REQUESTS.labels(other, "over_budget").inc()
             return
+        if not job.chosen_answer.strip():  # nothing for a judge to compare
+            fm.SHADOW_REQUESTS.labels(other, "no_answer").inc()
+            return
         endpoint = self.tiers[other]
         body = {key: value for key, value in job.payload.items() if key not in ("stream", "stream_options")}
         try:
@@ -202,6 +205,10 @@ class Shadower:
             return
         shadow_cost = self._meter("shadow", endpoint, completion)
         other_answer = answer_text(completion) or ""
+        if not other_answer.strip():
+            log.info("request_id=%s the %s tier's shadow answer is empty: not judged", job.request_id, other)
+            fm.SHADOW_REQUESTS.labels(other, "no_answer").inc()
+            return
         question = question_text(job.payload["messages"])
         orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))
         calls = [

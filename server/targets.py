@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,6 +191,16 @@ class TooManyRoutes(Exception):
     """``max_routes`` target routes are live already; a new one is refused."""
 
 
+RouteKey = tuple[str, float]  # (router, target share)
+
+
+def make_room(live: Iterable[RouteKey], key: RouteKey, pinned: frozenset[RouteKey], max_routes: int) -> None:
+    """Raise TooManyRoutes when new route ``key`` would pass ``max_routes`` routes that clients
+    opened; the ``pinned`` routes (those /v1/models lists) do not count and are never refused."""
+    if key not in pinned and sum(1 for route in live if route not in pinned) >= max_routes:
+        raise TooManyRoutes(f"{max_routes} target routes are live")
+
+
 class Targets:
     """Every ShareController of this process, by (router, target), at most ``max_routes`` of
     them, and the shared daily budget."""
@@ -203,6 +213,7 @@ class Targets:
         budget: DailyBudget | None = None,
         seed_count: int = 200,
         max_routes: int = 32,
+        pinned: Iterable[RouteKey] = (),
     ) -> None:
         self.window = window
         self.feedback_horizon = feedback_horizon
@@ -210,16 +221,16 @@ class Targets:
         self.budget = budget
         self.seed_count = min(seed_count, window)
         self.max_routes = max_routes
-        self._controllers: dict[tuple[str, float], ShareController] = {}
+        self.pinned = frozenset(pinned)
+        self._controllers: dict[RouteKey, ShareController] = {}
 
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
-        TooManyRoutes when it is new and ``max_routes`` are live."""
+        TooManyRoutes when it is new and ``max_routes`` routes besides the pinned ones are live."""
         key = (router, target)
         controller = self._controllers.get(key)
         if controller is None:
-            if len(self._controllers) >= self.max_routes:
-                raise TooManyRoutes(f"{self.max_routes} target routes are live")
+            make_room(self._controllers, key, self.pinned, self.max_routes)
             calibration = read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE)
             controller = ShareController(self.window, self.feedback_horizon, seed_scores(calibration, self.seed_count))
             self._controllers[key] = controller

@@ -54,6 +54,7 @@ class Behaviour:
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
     cut_mode: str = "abort"  # connection ("abort"), ending the body ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
+    answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
 
@@ -204,6 +205,8 @@ class FakeUpstream:
         answer = self.completion(body["model"])
         if behaviour.huge_bytes:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
+        if behaviour.answer is not None:
+            answer["choices"][0]["message"]["content"] = behaviour.answer
         return JSONResponse(answer)
 
     async def _wait_unless_abandoned(self, request: Request, seconds: float) -> bool:

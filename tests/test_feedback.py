@@ -169,6 +169,21 @@ def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
     assert stored(db, "routegate_decisions", "req-strong-stream")[10:12] == (11, 7)  # usage from the stream
 
 
+def test_an_empty_shadow_answer_is_not_judged(shadowing: tuple[Proxy, Path], strong: FakeUpstream, judge: FakeJudge) -> None:
+    proxy, db = shadowing
+    strong.behaviour.answer = ""
+    before = proxy.metrics()
+    client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "req-empty-1"})
+    judged(proxy, metric_sum(before, "routegate_shadow_requests_total"))
+    grew = shadow_total(proxy, tier="strong", outcome="no_answer") - metric_sum(
+        before, "routegate_shadow_requests_total", tier="strong", outcome="no_answer"
+    )
+    assert grew == 1 and len(strong.received) == 1  # asked, and its empty answer not judged
+    assert not judge.received
+    stored(db, "routegate_decisions", "req-empty-1")
+    assert query(db, "SELECT * FROM routegate_judgements WHERE request_id = ?", "req-empty-1") == []
+
+
 @pytest.mark.parametrize(
     ("reply", "verdict"),
     [("[[A]]", "tie"), ("[[C]]", "tie"), ("I cannot decide.", "unparsable"), ("[[A]] or maybe [[D]]", "unparsable")],
@@ -366,6 +381,8 @@ def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
         assert reply.parse().choices[0].message.content == "answer from weak"
         wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the judgement")
         assert post_feedback(proxy, {"request_id": "req-postgres", "score": 0.75}).status_code == 200
+        with_nul = [{"role": "user", "content": "before\x00after"}]  # valid JSON ("\u0000"); PostgreSQL text refuses it
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=with_nul, extra_headers={"x-request-id": "req-nul"})
     database = Database(postgres_url)  # the proxy has stopped: everything it queued is written
     connection = database.connect()
     try:
@@ -376,5 +393,9 @@ def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
                 " WHERE d.request_id = 'req-postgres'"
             )
             assert cursor.fetchall() == [("weak", QUESTION[0]["content"], "other_better", 0.75)]
+            cursor.execute("SELECT prompt FROM routegate_decisions WHERE request_id = 'req-nul'")
+            assert cursor.fetchall() == [("beforeafter",)]
+            cursor.execute("SHOW statement_timeout")  # no statement holds the store's writer for long
+            assert cursor.fetchall() == [("15s",)]
     finally:
         connection.close()

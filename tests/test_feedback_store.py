@@ -87,6 +87,22 @@ async def test_rows_and_feedback_round_trip(database: Database) -> None:
     assert [(row[0], row[2], row[3], row[4]) for row in rows(database, "routegate_feedback")] == [("req-1", 0.0, "down", None)]
 
 
+async def test_a_reused_request_id_takes_the_earlier_requests_labels_away(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    first = time.time() - 60
+    store.record(decision("reused", created_at=first))
+    store.record(JudgementRow("reused", first + 1, "random", "weak", *("other_better",) * 3, "judge", 1e-5, 2e-5))
+    assert await store.record_feedback(FeedbackRow("reused", first + 2, 0.0, "down", None))
+    store.record(decision("reused", tier="strong"))  # a second request under the same id
+    assert await store.record_feedback(FeedbackRow("reused", time.time() + 1, 1.0, "up", None))
+    await store.aclose()
+    [stored] = rows(database, "routegate_decisions")
+    assert stored[6] == "strong"
+    assert rows(database, "routegate_judgements") == []  # judged the first answer, not this one
+    assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
+
+
 async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database: Database) -> None:
     store = FeedbackStore(database, retention_days=1, queue_size=100)
     store.start()
