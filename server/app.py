@@ -88,6 +88,13 @@ class Gateway:
             shares = 1 if self.shared_state else settings.workers
             budget = SharedBudget(DailyBudget(settings.daily_budget_usd / shares), self.shared_state, settings.workers)
         listed_routes = [(router, settings.target_share) for router in self.routers]  # in /v1/models: never refused
+        for alias in self.names.aliases:  # and the target routes aliases name
+            try:
+                route = self.names.resolve(alias)
+            except APIError:  # an alias that names no valid route: its requests get the error
+                continue
+            if route.router is not None and route.target is not None:
+                listed_routes.append((route.router, route.target))
         targets = Targets(
             settings.target_window,
             settings.target_feedback_horizon,

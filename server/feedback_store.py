@@ -29,9 +29,7 @@ DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
 RETENTION_INTERVAL = 3600.0
 BATCH = 500
 CONNECT_TIMEOUT = 5
-# PostgreSQL: no statement or lock wait holds the writer thread longer than this, and keepalives
-# find a connection that a failover dropped without a word (the URL's own `options` win)
-STATEMENT_TIMEOUT_MS = 15_000
+# PostgreSQL: TCP keepalives find a connection that a failover dropped without a word
 POSTGRES_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 ANSWER_TIMEOUT = 30.0  # longest wait for a feedback write's answer
 
@@ -161,10 +159,7 @@ class Database:
         if self.postgres:
             import psycopg
 
-            limits: dict[str, Any] = dict(POSTGRES_KEEPALIVES)
-            if "options=" not in urlsplit(self.url).query:
-                limits["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-            connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **limits)
+            connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **POSTGRES_KEEPALIVES)
         else:
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +315,16 @@ class FeedbackStore:
             self._next_retention = time.time() + 60.0
             message = self.database.redact(f"{type(error).__name__}: {error}".strip())
             log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
+            self._close()
+
+    def _close(self) -> None:
+        """Drop the connection (the next write opens a new one)."""
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:
+                pass
+            self._connection = None
 
     def _apply(self, cursor: Any, item: object) -> bool:
         if isinstance(item, _Feedback):
@@ -355,12 +360,7 @@ class FeedbackStore:
         message = self.database.redact(f"{type(error).__name__}: {error}".strip())
         log.warning("feedback store %s: %d writes lost: %s", self.database.describe(), len(items), message)
         fm.STORE_ERRORS.labels("unavailable").inc(len(items))
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except Exception:
-                pass
-            self._connection = None
+        self._close()
         for item in items:
             if isinstance(item, _Feedback):
                 item.done(StoreUnavailable("the feedback store's database is unavailable"))

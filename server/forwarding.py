@@ -59,14 +59,16 @@ class Forwarder:
         stream = payload.get("stream") is True
         hide_usage = stream and self.settings.stream_usage and not asks_for_usage(payload)
         if hide_usage:
-            payload = {**payload, "stream_options": {**payload.get("stream_options", {}), "include_usage": True}}
+            options = payload.get("stream_options")
+            payload = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
         tiers = [decision.tier]
         if self.settings.fallback:
             fallbacks = self.ladder.fallbacks(decision.tier)
             tiers += [tier for tier in fallbacks if strong_allowed or tier == self.ladder.cheapest]
         headers = {"x-request-id": decision.request_id}
-        attempts = Attempts(self.settings, time.monotonic() + self.settings.total_timeout)  # one deadline for every tier
+        deadline = time.monotonic() + self.settings.total_timeout  # one deadline for every tier
         for position, tier in enumerate(tiers):
+            attempts = Attempts(self.settings, self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers)))
             upstream = self.upstreams[tier]
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None)
@@ -93,3 +95,12 @@ class Forwarder:
                 return Exchange(decision, upstream, sent_at, failure, headers)
             return Exchange(decision, upstream, sent_at, result, headers, hide_usage)
         raise AssertionError("unreachable: the last tier either answers or fails")
+
+    def _tier_deadline(self, deadline: float, fallback_left: bool) -> float:
+        """When this tier's tries must end: the request's deadline for the last tier; for one with
+        a fallback after it, early enough to leave the fallback a read timeout, or half the time
+        left when there is less."""
+        if not fallback_left:
+            return deadline
+        now = time.monotonic()
+        return max(deadline - self.settings.read_timeout, now + (deadline - now) / 2)

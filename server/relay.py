@@ -12,6 +12,8 @@ from starlette.types import Receive, Scope, Send
 
 _EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 class EventSplitter:
@@ -74,16 +76,13 @@ class StreamWatcher:
             data = line[5:].strip()
             if data == b"[DONE]":
                 self.done = True
-            elif b'"usage"' in data:
+            elif _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
                 try:
                     usage = json.loads(data).get("usage")
                 except (ValueError, AttributeError):
                     continue
                 if isinstance(usage, dict):
                     self.usage = usage
-
-
-_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 class UsageEventFilter:
@@ -127,7 +126,7 @@ class UsageEventFilter:
 
 def _usage_only(event: bytes) -> bool:
     """Whether an SSE event is a chunk with no choices that carries a usage object."""
-    if b'"usage"' not in event or not _EMPTY_CHOICES.search(event):
+    if not _USAGE_OBJECT.search(event) or not _EMPTY_CHOICES.search(event):
         return False
     for line in event.replace(b"\r\n", b"\n").split(b"\n"):
         if line.startswith(b"data:"):

@@ -97,7 +97,8 @@ def _relay_stream(
                 if part := to_client(chunk):
                     yield part
         except UpstreamError as error:
-            watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
+            if not watcher.done:  # an error after [DONE] cut nothing the client needed
+                watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
         else:
             watcher.cut = None if watcher.done else "stream_cut"
         if usage_filter is not None and (rest := usage_filter.flush()):

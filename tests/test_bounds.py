@@ -129,3 +129,14 @@ def test_the_usage_filter_drops_only_the_usage_only_event_however_the_bytes_are_
         assert _filtered(content + usage_only + kept, size) == content + kept, size
     oversized = b"data: " + b"x" * 1000 + b"\n\n" + usage_only + b"data: [DONE]"  # ends without a blank line
     assert _filtered(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")
+
+
+def test_the_listed_and_aliased_target_routes_are_served_when_the_table_is_full(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    env = proxy_env(strong, weak, max_target_routes="1", aliases='{"thrifty": "router-random-45%"}')
+    models = ["router-random-1%", "router-random-2%", "router-random-30%", "thrifty"]  # one after the other
+    with running_proxy(env, tmp_path) as proxy:
+        answers = [httpx.post(f"{proxy.api}/chat/completions", json={"model": model, "messages": MESSAGES}) for model in models]
+    assert [answer.status_code for answer in answers] == [200, 400, 200, 200]
+    assert answers[1].json()["error"]["code"] == "invalid_target"

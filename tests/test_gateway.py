@@ -206,6 +206,14 @@ def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unmetered(
     assert delta("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS  # the second stream's
 
 
+def test_a_stream_with_null_stream_options_is_answered(proxy: Proxy, strong: FakeUpstream):
+    body = {"model": "router-random-0.0", "messages": MESSAGES, "stream": True, "stream_options": None}
+    response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
+    assert response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]")
+    assert '"usage": {' not in response.text
+    assert strong.received[0].body["stream_options"] == {"include_usage": True}
+
+
 async def test_sdk_async_plain_and_stream(proxy: Proxy, strong: FakeUpstream):
     async_client = openai.AsyncOpenAI(base_url=proxy.api, api_key="k", max_retries=0)
     replies = await asyncio.gather(
