@@ -26,6 +26,11 @@ from server.upstream import (
 log = logging.getLogger("routegate.proxy")
 
 
+def request_body(payload: dict[str, Any], upstream: Upstream) -> bytes:
+    """The JSON body sent to ``upstream``: the client's, with the upstream's model."""
+    return json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def asks_for_usage(payload: dict[str, Any]) -> bool:
     """Whether a streamed request asked for the final usage chunk itself."""
     options = payload.get("stream_options")
@@ -58,9 +63,6 @@ class Forwarder:
         (``strong_allowed`` false) only the cheapest upstream is a fallback."""
         stream = payload.get("stream") is True
         hide_usage = stream and self.settings.stream_usage and not asks_for_usage(payload)
-        if hide_usage:
-            options = payload.get("stream_options")
-            payload = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
         tiers = [decision.tier]
         if self.settings.fallback:
             fallbacks = self.ladder.fallbacks(decision.tier)
@@ -72,16 +74,15 @@ class Forwarder:
             upstream = self.upstreams[tier]
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None)
-            body = json.dumps({**payload, "model": upstream.model}, ensure_ascii=False, separators=(",", ":")).encode()
-            log.debug("request_id=%s forwarding %d bytes to the %s upstream", decision.request_id, len(body), tier)
             sent_at = time.monotonic()
             try:
                 if stream:
-                    result: StreamStart | CompletedResponse = await attempts.stream(upstream, body, decision.request_id)
+                    result: StreamStart | CompletedResponse
+                    result = await self._stream(attempts, upstream, payload, hide_usage, decision.request_id)
                     if isinstance(result, StreamStart):
                         metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(result.ttfb)
                 else:
-                    result, ttfb = await attempts.complete(upstream, body, decision.request_id)
+                    result, ttfb = await attempts.complete(upstream, request_body(payload, upstream), decision.request_id)
                     metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(ttfb)
             except UpstreamFailure as failure:
                 if position + 1 < len(tiers):
@@ -95,6 +96,21 @@ class Forwarder:
                 return Exchange(decision, upstream, sent_at, failure, headers)
             return Exchange(decision, upstream, sent_at, result, headers, hide_usage)
         raise AssertionError("unreachable: the last tier either answers or fails")
+
+    async def _stream(
+        self, attempts: Attempts, upstream: Upstream, payload: dict[str, Any], meter: bool, request_id: str
+    ) -> StreamStart | CompletedResponse:
+        """Open a stream; with ``meter``, ask for its usage too, unless the upstream refused that
+        once (a 400 naming ``stream_options``): then it is asked again without, from then on."""
+        if meter and not upstream.refuses_stream_options:
+            options = payload.get("stream_options")
+            metered = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
+            result = await attempts.stream(upstream, request_body(metered, upstream), request_id)
+            if not (isinstance(result, CompletedResponse) and result.status == 400 and b"stream_options" in result.body):
+                return result
+            upstream.refuses_stream_options = True
+            log.warning("the %s upstream refuses stream_options: its streams are not metered", upstream.tier)
+        return await attempts.stream(upstream, request_body(payload, upstream), request_id)
 
     def _tier_deadline(self, deadline: float, fallback_left: bool) -> float:
         """When this tier's tries must end: the request's deadline for the last tier; for one with

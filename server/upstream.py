@@ -93,6 +93,7 @@ class Upstream:
         self.model = upstream.model
         self.prices = (upstream.input_price, upstream.output_price)
         self.max_response_bytes = settings.max_response_bytes
+        self.refuses_stream_options = False  # set once it answered 400 to the include_usage routegate added
         self.base_url = upstream.base_url
         self._url = f"{upstream.base_url}/chat/completions"
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed

@@ -55,6 +55,7 @@ class Behaviour:
     cut_mode: str = "abort"  # connection ("abort"), ending the body ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
+    refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
 
@@ -181,6 +182,8 @@ class FakeUpstream:
         behaviour = self.behaviour
         if behaviour.fail_statuses:
             return self._failure(behaviour.fail_statuses.pop(0), request.headers.get("authorization", ""))
+        if behaviour.refuse_stream_options and "stream_options" in body:
+            return self._invalid("Unrecognized request argument supplied: stream_options")
         stream = body.get("stream") is True
         fault = self._draw_fault(stream)
         if fault in ("http_503", "http_429"):

@@ -206,6 +206,24 @@ def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unmetered(
     assert delta("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS  # the second stream's
 
 
+def test_an_upstream_that_refuses_stream_options_is_asked_without_them(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    strong.behaviour.refuse_stream_options = True
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        first, second = (
+            list(client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True))
+            for _ in range(2)
+        )
+        with pytest.raises(openai.BadRequestError):  # a client's own stream_options: the upstream's answer
+            client(proxy).chat.completions.create(
+                model="router-random-0.0", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            )
+        log = proxy.log()
+    answer = "strong-0 strong-1 strong-2 strong-3 strong-4 "
+    assert ["".join(chunk.choices[0].delta.content or "" for chunk in chunks) for chunks in (first, second)] == [answer] * 2
+    assert ["stream_options" in received.body for received in strong.received] == [True, False, False, True]
+    assert not weak.received and "refuses stream_options" in log
+
+
 def test_a_stream_with_null_stream_options_is_answered(proxy: Proxy, strong: FakeUpstream):
     body = {"model": "router-random-0.0", "messages": MESSAGES, "stream": True, "stream_options": None}
     response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
