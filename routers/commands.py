@@ -256,11 +256,12 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     )
     text = table.format()
     print(text)
-    if args.table is not None:
-        args.table.write_text(text + "\n")
     plot = args.plot or Path("leave-one-out.png")
     plot_leave_one_out(table, plot)
     print(f"plot: {plot}")
+    if args.table is not None:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(text + "\n")
     return 0
 
 

@@ -134,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``routegate`` console script."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except OSError as error:  # a file named on the command line that is missing or unreadable
+        if error.filename is None:
+            raise
+        print(f"routegate: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -118,21 +118,35 @@ def _database(args: argparse.Namespace) -> Database:
     from server.feedback_store import Database
 
     if args.db:
-        return Database(args.db)
+        database = Database(args.db)
+    else:
+        try:
+            url = load_settings(args.config).feedback_db.get_secret_value().strip()
+        except SettingsError as error:
+            raise SystemExit(f"routegate: {error}") from None
+        if url.lower() == "off":
+            raise SystemExit("routegate: ROUTEGATE_FEEDBACK_DB is off; name a store with --db")
+        database = Database(url)
+    if database.path is not None and not database.path.is_file():  # reading must not create an empty store
+        raise SystemExit(f"routegate: no feedback store at {database.path}")
+    return database
+
+
+def _read_rows(database: Database, since: float) -> list[tuple]:
+    """Every stored request since ``since``; a one-line exit when the database cannot be read."""
     try:
-        url = load_settings(args.config).feedback_db.get_secret_value().strip()
-    except SettingsError as error:
-        raise SystemExit(f"routegate: {error}") from None
-    if url.lower() == "off":
-        raise SystemExit("routegate: ROUTEGATE_FEEDBACK_DB is off; name a store with --db")
-    return Database(url)
+        return list(_rows(database, since))
+    except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
+        message = database.redact(f"{type(error).__name__}: {error}")
+        raise SystemExit(f"routegate: cannot read {database.describe()}: {message}") from None
 
 
 def _export(args: argparse.Namespace) -> int:
     database = _database(args)
+    rows = _read_rows(database, args.since)  # before --out is opened: a failure leaves an earlier export whole
     written = without_text = 0
     with open(args.out, "w", encoding="utf-8") as out:
-        for row in _rows(database, args.since):
+        for row in rows:
             record = record_of(row)
             if record is None:
                 without_text += row[6] is None
@@ -185,7 +199,7 @@ def _fmt(value: float | None) -> str:
 
 def _stats(args: argparse.Namespace) -> int:
     database = _database(args)
-    rows = list(_rows(database, args.since))
+    rows = _read_rows(database, args.since)
     since = datetime.fromtimestamp(args.since, UTC).isoformat(timespec="seconds")
     print(f"{database.describe()}, since {since}:")
     print("\n".join(stats_lines(rows)))

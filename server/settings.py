@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic_settings
+import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -336,6 +338,14 @@ class SettingsError(Exception):
     """Settings that cannot be used; the message names each offending setting."""
 
 
+def _config_problem(error: Exception) -> str:
+    """What is wrong with a config file, without quoting its lines (they may hold keys)."""
+    mark = getattr(error, "problem_mark", None)
+    if isinstance(error, yaml.YAMLError):
+        return "not valid YAML" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    return "it must be a mapping of setting names to values"
+
+
 def _env_name(location: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in location)
 
@@ -349,7 +359,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         os.environ[CONFIG_ENV] = str(path.resolve())
     try:
         return Settings(**overrides)
-    except ValidationError as error:
+    except (yaml.YAMLError, ValueError) as error:  # a config file that is not YAML, or not a mapping
+        if isinstance(error, pydantic_settings.SettingsError):  # e.g. a list setting that is not JSON
+            raise SettingsError(f"invalid settings: {error}") from None
+        if not isinstance(error, ValidationError):
+            if os.environ.get(CONFIG_ENV) is None:
+                raise
+            raise SettingsError(f"invalid config file {os.environ.get(CONFIG_ENV)}: {_config_problem(error)}") from None
         lines = [
             f"{_env_name(issue['loc'])}: {issue['msg']}" if issue["loc"] else issue["msg"]
             for issue in error.errors(include_url=False, include_input=False)

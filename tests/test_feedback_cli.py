@@ -117,3 +117,19 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
     cells = row.split()
     assert cells[:7] == ["mf", "5", "1", "0.500", "0.667", "-", "-"]
     assert cells[7:] == ["2", "0.500"]  # two feedbacks, mean 0.5
+
+
+def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "feedback.sqlite3"
+    earlier = tmp_path / "export.jsonl"
+    earlier.write_text('{"id": "kept"}\n')
+    for command in (["stats"], ["export", "--out", str(earlier)]):
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", "feedback", *command, "--db", str(missing)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 1 and run.stderr.strip() == f"routegate: no feedback store at {missing}"
+    assert not missing.parent.exists() and earlier.read_text() == '{"id": "kept"}\n'

@@ -160,6 +160,7 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_TARGET_SHARE": "0.305"}, "ROUTEGATE_TARGET_SHARE"),
         ({"ROUTEGATE_HOST": "0.0.0.0"}, "ROUTEGATE_ALLOW_UNAUTHENTICATED"),  # open to the network without client keys
         ({"ROUTEGATE_HOST": "::"}, "ROUTEGATE_API_KEYS"),
+        ({"ROUTEGATE_API_KEYS": "not-json"}, "api_keys"),
     ],
 )
 def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):
@@ -225,3 +226,36 @@ def test_both_tiers_failing_is_a_502_naming_the_last_tier_tried(strong: FakeUpst
     assert (response.headers["x-routegate-tier"], response.headers["x-routegate-model"]) == ("strong", STRONG_MODEL)
     assert "strong upstream" in response.json()["error"]["message"]
     assert len(weak.received) == 1 and len(strong.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [('strong:\n  api_key: "sk-in-a-broken-file\n  model: x\n', "not valid YAML (line 4"), ("- a\n- b\n", "must be a mapping")],
+)
+def test_a_broken_config_file_is_named_without_quoting_it(config: str, said: str, tmp_path: Path):
+    path = tmp_path / "routegate.yaml"
+    path.write_text(config)
+    env = proxy_env(FakeUpstream("unused"), FakeUpstream("unused"), port=str(free_port()))
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--config", str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and said in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr and "sk-in-a-broken-file" not in result.stderr
+
+
+def test_a_missing_input_file_is_one_line_not_a_traceback(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "score", "--router", "random", "--input", str(tmp_path / "none.jsonl")]
+        + ["--output", str(tmp_path / "scores.jsonl")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"routegate: No such file or directory: {tmp_path / 'none.jsonl'}"
