@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from routers.data import Record, load_records
 from routers.evaluation.prices import Price, list_price, parse_prices
@@ -32,6 +33,7 @@ from routers.multi_model import beaten_from_logits, beaten_from_scores, most_cap
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
+SCORE_BATCH = 64  # prompts per router call, so that the progress bar moves
 
 
 @dataclass
@@ -138,7 +140,7 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
 
     if not data.train_prompts:
         raise SystemExit(f"routegate eval: {data.name} has no train records for the kNN baseline")
-    train, query = encode(data.train_prompts, device), encode(data.prompts, device)
+    train, query = encode(data.train_prompts, device, progress=True), encode(data.prompts, device, progress=True)
     nearest = np.argsort(-(query @ train.T), axis=1)[:, :k]
     return np.nanmean(data.train_quality[nearest], axis=1)
 
@@ -159,9 +161,15 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
         raise SystemExit(f"routegate eval: the {name} checkpoint does not know {unknown}; it knows {known}")
     names = [found for found in matched if found is not None]
     router = load_router(name, RouterOptions(checkpoint_dir, device, strong_model=names[0], weak_model=names[1]))
-    logits = router.model_logits(data.prompts, names)
-    assert logits is not None  # a multi-model router
-    return np.asarray(logits)
+    logits = []
+    with tqdm(total=len(data.prompts), desc=f"{name} on {data.name}", unit="prompt") as progress:
+        for start in range(0, len(data.prompts), SCORE_BATCH):
+            batch = data.prompts[start : start + SCORE_BATCH]
+            batch_logits = router.model_logits(batch, names)
+            assert batch_logits is not None  # a multi-model router
+            logits.append(np.asarray(batch_logits))
+            progress.update(len(batch))
+    return np.concatenate(logits) if logits else np.zeros((0, len(names)))
 
 
 def routing_curve(name: str, predicted: np.ndarray, data: ModelSet, logits: bool) -> Curve:
