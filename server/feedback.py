@@ -24,7 +24,7 @@ from server import feedback_metrics as fm
 from server.chat_request import routed_text
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
-from server.relay import EventSplitter, RelayResponse
+from server.relay import EventSplitter, RelayResponse, data_fields
 from server.settings import Settings
 from server.shadow import Shadower, ShadowJob, endpoints
 
@@ -48,9 +48,8 @@ class AnswerText:
         if self._chars >= self.max_chars:
             return
         for event in self.events.feed(chunk):
-            for line in event.replace(b"\r\n", b"\n").split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._read(line[5:].strip())
+            for data in data_fields(event):
+                self._read(data)
 
     def _read(self, data: bytes) -> None:
         try:

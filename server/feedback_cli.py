@@ -137,8 +137,7 @@ def _read_rows(database: Database, since: float) -> list[tuple]:
     try:
         return list(_rows(database, since))
     except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
-        message = database.redact(f"{type(error).__name__}: {error}")
-        raise SystemExit(f"routegate: cannot read {database.describe()}: {message}") from None
+        raise SystemExit(f"routegate: cannot read {database.describe()}: {database.error_text(error)}") from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -149,6 +149,10 @@ class Database:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
+    def error_text(self, error: Exception) -> str:
+        """A driver error as one line, without the URL's password."""
+        return self.redact(f"{type(error).__name__}: {error}".strip())
+
     def redact(self, text: str) -> str:
         """``text`` without the URL's password, should a driver message quote it."""
         password = urlsplit(self.url).password if self.postgres else None
@@ -313,7 +317,7 @@ class FeedbackStore:
                 self._delete_expired(cursor)
         except Exception as error:
             self._next_retention = time.time() + 60.0
-            message = self.database.redact(f"{type(error).__name__}: {error}".strip())
+            message = self.database.error_text(error)
             log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
             self._close()
 
@@ -357,7 +361,7 @@ class FeedbackStore:
         self._next_retention = time.time() + RETENTION_INTERVAL
 
     def _fail(self, items: list[object], error: Exception) -> None:
-        message = self.database.redact(f"{type(error).__name__}: {error}".strip())
+        message = self.database.error_text(error)
         log.warning("feedback store %s: %d writes lost: %s", self.database.describe(), len(items), message)
         fm.STORE_ERRORS.labels("unavailable").inc(len(items))
         self._close()

@@ -51,6 +51,11 @@ class EventSplitter:
             self._searched, self._skipping = 0, False
 
 
+def data_fields(event: bytes) -> list[bytes]:
+    """The values of an SSE event's ``data:`` lines, stripped."""
+    return [line[5:].strip() for line in event.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")]
+
+
 class StreamWatcher:
     """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``; an
     event longer than ``max_event_bytes`` (no usage or [DONE] event is) is skipped."""
@@ -70,10 +75,7 @@ class StreamWatcher:
             self._read_event(event)
 
     def _read_event(self, event: bytes) -> None:
-        for line in event.replace(b"\r\n", b"\n").split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+        for data in data_fields(event):
             if data == b"[DONE]":
                 self.done = True
             elif _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
@@ -128,14 +130,12 @@ def _usage_only(event: bytes) -> bool:
     """Whether an SSE event is a chunk with no choices that carries a usage object."""
     if not _USAGE_OBJECT.search(event) or not _EMPTY_CHOICES.search(event):
         return False
-    for line in event.replace(b"\r\n", b"\n").split(b"\n"):
-        if line.startswith(b"data:"):
-            try:
-                data = json.loads(line[5:])
-            except ValueError:
-                return False
-            return isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
-    return False
+    fields = data_fields(event)
+    try:
+        chunk = json.loads(fields[0]) if fields else None
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
 class RelayResponse(Response):

@@ -165,21 +165,11 @@ class Attempts:
             async with asyncio.timeout(remaining):
                 response = await upstream.open_stream(body, request_id)
                 try:
-                    chunks = []
-                    size = 0
-                    ttfb: float | None = None
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > upstream.max_response_bytes:
-                        return "too_large", False, None, None
-                    async for chunk in response.aiter_raw():
-                        if ttfb is None:
-                            ttfb = time.monotonic() - started
-                        size += len(chunk)
-                        if size > upstream.max_response_bytes:
-                            return "too_large", False, None, None
-                        chunks.append(chunk)
+                    read = await read_at_most(response, upstream.max_response_bytes)
                 finally:
                     await response.aclose()
+                if read is None:
+                    return "too_large", False, None, None
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             return "timeout", True, None, None
@@ -189,8 +179,9 @@ class Attempts:
         except UpstreamError as error:
             log.debug("%s upstream protocol error: %r", upstream.tier, error)
             return "protocol", False, None, None
-        completed = CompletedResponse(response.status_code, b"".join(chunks), response.headers)
-        result = (completed, ttfb if ttfb is not None else time.monotonic() - started)
+        answer, first_byte_at = read
+        completed = CompletedResponse(response.status_code, answer, response.headers)
+        result = (completed, (first_byte_at if first_byte_at is not None else time.monotonic()) - started)
         reason, retry_after = status_failure(response)
         if reason is None and response.is_success and not is_json_object(completed.body):
             reason = "invalid_response"
@@ -213,12 +204,12 @@ class Attempts:
             async with asyncio.timeout(remaining):
                 response = await upstream.open_stream(body, request_id)
                 if not response.is_success:
-                    error_body = await read_at_most(response, upstream.max_response_bytes)
+                    read = await read_at_most(response, upstream.max_response_bytes)
                     await response.aclose()
-                    if error_body is None:
+                    if read is None:
                         return "too_large", False, None, None
                     reason, retry_after = status_failure(response)
-                    return reason, False, retry_after, CompletedResponse(response.status_code, error_body, response.headers)
+                    return reason, False, retry_after, CompletedResponse(response.status_code, read[0], response.headers)
                 chunks = response.aiter_raw()
                 first = b""
                 while not first:
@@ -247,15 +238,21 @@ class Attempts:
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 
-async def read_at_most(response: UpstreamResponse, limit: int) -> bytes | None:
-    """The response's whole body, or None once it passes ``limit`` bytes (nothing more is read)."""
-    chunks, size = [], 0
+async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, float | None] | None:
+    """The response's whole body and when its first byte arrived (``time.monotonic()``; None for
+    an empty body), or None when it declares or passes more than ``limit`` bytes (nothing more is read)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size, first_byte_at = [], 0, None
     async for chunk in response.aiter_raw():
+        if first_byte_at is None:
+            first_byte_at = time.monotonic()
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
-    return b"".join(chunks)
+    return b"".join(chunks), first_byte_at
 
 
 def is_json_object(body: bytes) -> bool:
