@@ -77,7 +77,7 @@ UPSTREAM_TTFB_SECONDS = Histogram(
 )
 TOKENS = Counter(
     "routegate_tokens_total",
-    "Tokens reported in upstream usage, by tier, model and kind (prompt|completion).",
+    "Tokens reported in upstream usage (estimated where none was reported), by tier, model and kind (prompt|completion).",
     ["tier", "model", "kind"],
 )
 COST_USD = Counter("routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"])
@@ -85,6 +85,12 @@ ALL_STRONG_COST_USD = Counter(
     "routegate_all_strong_cost_usd_total",
     "Cost in USD the same tokens would have had on the most capable upstream (strong with two tiers): "
     "the all-best-model counterfactual.",
+    ["tier", "model"],
+)
+USAGE_ESTIMATED = Counter(
+    "routegate_usage_estimated_total",
+    "Answers the upstream reported no usage for (a stream the client left or that was cut, an upstream that "
+    "omits usage), whose tokens and cost were estimated, by tier and model.",
     ["tier", "model"],
 )
 FALLBACKS = Counter(
@@ -192,6 +198,7 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
             TOKENS.labels(tier, model, kind)
         COST_USD.labels(tier, model)
         ALL_STRONG_COST_USD.labels(tier, model)
+        USAGE_ESTIMATED.labels(tier, model)
         for reason in UPSTREAM_FAILURE_REASONS:
             UPSTREAM_ERRORS.labels(tier, reason)
             UPSTREAM_RETRIES.labels(tier, reason)

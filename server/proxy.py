@@ -38,6 +38,7 @@ from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedTargets
 from server.shutdown import DRAIN
 from server.targets import TooManyRoutes
+from server.token_estimate import prompt_tokens
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -121,7 +122,8 @@ class ChatProxy:
                 await ticket.admit()  # admit
                 decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
                 exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
-            response = await reply(exchange, started, finish)  # relay; it records the outcome now, or when the stream closes
+            # relay; it records the outcome now, or when the stream closes
+            response = await reply(exchange, started, finish, prompt_tokens(payload))
             return response
         except APIError as error:
             return self._refuse(error, request_id)

@@ -1,8 +1,8 @@
 """The record step: one request's outcome written to the books, once, after it ended.
 
 Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
-only written for requests an upstream answered with a 2xx (budget spend: for any answer that
-reported usage); requests refused before an upstream (429, 400, 499 ...) leave no trace there.
+only written for requests an upstream answered with a 2xx (budget spend: for any answer with
+usage, reported or, for a 2xx without, estimated); requests refused before an upstream (429, 400, 499 ...) leave no trace there.
 With Redis (``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py).
 """
 
@@ -26,7 +26,8 @@ log = logging.getLogger("routegate.proxy")
 @dataclass(frozen=True)
 class Outcome:
     """How one request ended: the final decision, the upstream that answered (None: none did),
-    the status the client got, when it arrived, when its last try was sent and the usage reported."""
+    the status the client got, when it arrived, when its last try was sent, the usage reported
+    and, for a 2xx answer, the ``(prompt, completion)`` tokens estimated for when none was."""
 
     decision: Decision | None
     upstream: Upstream | None
@@ -35,6 +36,7 @@ class Outcome:
     sent_at: float | None = None
     usage: object = None
     upstream_status: int | None = None  # what the upstream answered; None: no upstream answered
+    estimated_tokens: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Recorder:
         if upstream is not None and outcome.sent_at is not None:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and outcome.upstream_status is not None:
-            usage = self._usage(upstream, outcome.usage)
+            usage = self._usage(upstream, outcome.usage, outcome.estimated_tokens)
             if decision is not None and 200 <= outcome.upstream_status < 300:
                 await self._keep_books(decision, upstream, usage)
             await self._charge(upstream, usage)  # after the books: the request's count goes with its cost
@@ -91,9 +93,13 @@ class Recorder:
             (now - outcome.started) * 1000,
         )
 
-    def _usage(self, upstream: Upstream, reported: object) -> Usage | None:
-        """The tokens of an upstream's ``usage`` object and their costs; None without any."""
+    def _usage(self, upstream: Upstream, reported: object, estimated: tuple[int, int] | None) -> Usage | None:
+        """The tokens of an upstream's ``usage`` object, else the estimated ones, and their costs;
+        None without either."""
         tokens = metrics.usage_tokens(reported)
+        if tokens is None and estimated is not None and any(estimated):
+            tokens = estimated
+            metrics.USAGE_ESTIMATED.labels(upstream.tier, upstream.model).inc()
         if tokens is None:
             return None
         return Usage(tokens, metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices))

@@ -14,6 +14,7 @@ _EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 
 
 class EventSplitter:
@@ -57,12 +58,14 @@ def data_fields(event: bytes) -> list[bytes]:
 
 
 class StreamWatcher:
-    """Watches relayed SSE bytes for the ``usage`` object and the closing ``data: [DONE]``; an
-    event longer than ``max_event_bytes`` (no usage or [DONE] event is) is skipped."""
+    """Watches relayed SSE bytes for the ``usage`` object, the closing ``data: [DONE]`` and how
+    many chunks carried choices (the token estimate of a stream without usage); an event longer
+    than ``max_event_bytes`` (no usage or [DONE] event is) is skipped."""
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self.usage: dict | None = None
         self.done = False
+        self.choice_chunks = 0
         self.cut: str | None = None  # why the upstream stream ended early (set by the relay), None if it did not
         self.events = EventSplitter(max_event_bytes)
 
@@ -78,7 +81,10 @@ class StreamWatcher:
         for data in data_fields(event):
             if data == b"[DONE]":
                 self.done = True
-            elif _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
+                continue
+            if _SOME_CHOICE.search(data):
+                self.choice_chunks += 1
+            if _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
                 try:
                     usage = json.loads(data).get("usage")
                 except (ValueError, AttributeError):

@@ -1,6 +1,7 @@
 """The relay step: the client's response to an upstream exchange, streamed or whole. Each
 reply reports its outcome once through ``finish``: at once for a whole answer or an error,
-when the stream closes for a streamed one."""
+when the stream closes for a streamed one. An answer comes with the usage the upstream reported
+and, for when it reported none, a token estimate (server/token_estimate.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from server.http_client import UpstreamError, UpstreamTimeout
 from server.recording import Outcome
 from server.relay import RelayResponse, StreamWatcher, UsageEventFilter
 from server.shutdown import DRAIN
+from server.token_estimate import answer_tokens
 from server.upstream import (
     CompletedResponse,
     StreamStart,
@@ -28,16 +30,17 @@ _RELAYED_HEADERS = ("content-type", "retry-after")
 Finish = Callable[[Outcome], Awaitable[None]]
 
 
-async def reply(exchange: Exchange, started: float, finish: Finish) -> Response:
-    """The response to send the client for ``exchange``."""
+async def reply(exchange: Exchange, started: float, finish: Finish, prompt_tokens: int) -> Response:
+    """The response to send the client for ``exchange``; ``prompt_tokens``: the request's
+    estimated prompt tokens."""
     headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
     result = exchange.result
     if isinstance(result, StreamStart):
-        return _relay_stream(exchange, result, headers, started, finish)
+        return _relay_stream(exchange, result, headers, started, finish, prompt_tokens)
     if isinstance(result, CompletedResponse):
-        return await _whole(exchange, result, headers, started, finish)
+        return await _whole(exchange, result, headers, started, finish, prompt_tokens)
     if result.response is not None:  # a 429 after every try: the client should back off too
-        return await _whole(exchange, result.response, headers, started, finish)
+        return await _whole(exchange, result.response, headers, started, finish, prompt_tokens)
     error = _failure_error(exchange.upstream, result)
     await finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
     return error.to_response(headers)
@@ -55,19 +58,21 @@ def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
 
 
 async def _whole(
-    exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish
+    exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: int
 ) -> Response:
     upstream = exchange.upstream
-    usage = None
+    usage = estimate = None
     if 200 <= result.status < 300:
         try:
-            usage = json.loads(result.body).get("usage")
-        except (ValueError, AttributeError):
-            usage = None
+            answer = json.loads(result.body)
+        except ValueError:
+            answer = None
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        estimate = (prompt_tokens, answer_tokens(answer))
     for name in _RELAYED_HEADERS:
         if name in result.headers:
             headers[name] = result.headers[name]
-    await finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status))
+    await finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status, estimate))
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
@@ -79,7 +84,7 @@ async def _whole(
 
 
 def _relay_stream(
-    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish
+    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: int
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher()
@@ -112,8 +117,10 @@ def _relay_stream(
         await relayed.aclose()
         await start.response.aclose()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
+        estimate = (prompt_tokens, watcher.choice_chunks)
+        upstream_status = start.response.status_code
         await finish(
-            Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, start.response.status_code)
+            Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)
         )
 
     media_type = start.response.headers.get("content-type", "text/event-stream")

@@ -188,8 +188,9 @@ class Settings(BaseSettings):
     stream_usage: bool = Field(
         True,
         description="ask upstreams for usage on every stream (stream_options.include_usage) so streams are metered "
-        "and charged; the usage chunk reaches only clients that asked for it, and an upstream that refuses the field "
-        "(a 400 naming it) is asked without it from then on",
+        "and charged by the tokens they report; the usage chunk reaches only clients that asked for it, and an upstream "
+        "that refuses the field (a 400 naming it) is asked without it from then on; a stream without usage is charged "
+        "an estimate",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")

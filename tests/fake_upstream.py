@@ -56,6 +56,7 @@ class Behaviour:
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
+    omit_usage: bool = False  # non-streamed answers carry no usage object
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
 
@@ -210,6 +211,8 @@ class FakeUpstream:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
         if behaviour.answer is not None:
             answer["choices"][0]["message"]["content"] = behaviour.answer
+        if behaviour.omit_usage:
+            del answer["usage"]
         return JSONResponse(answer)
 
     async def _wait_unless_abandoned(self, request: Request, seconds: float) -> bool:

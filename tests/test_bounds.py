@@ -97,12 +97,14 @@ def test_stream_watcher_scans_each_byte_once() -> None:
 
 
 def test_stream_watcher_reads_events_split_anywhere() -> None:
-    events = b'data: {"a": 1}\r\n\r\ndata: {"usage": {"total_tokens": 9}}\n\ndata: [DONE]\r\n\r\n'
+    choice = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}\r\n\r\n'
+    events = choice * 2 + b'data: {"a": 1}\n\ndata: {"choices": [], "usage": {"total_tokens": 9}}\n\ndata: [DONE]\r\n\r\n'
     for size in (1, 2, 3, 5, 7):
         watcher = StreamWatcher()
         for start in range(0, len(events), size):
             watcher.feed(events[start : start + size])
         assert watcher.done and watcher.usage == {"total_tokens": 9}, size
+        assert watcher.choice_chunks == 2, size  # the estimate of a stream without usage: one token per choice chunk
 
 
 def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> None:

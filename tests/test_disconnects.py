@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
@@ -47,6 +48,13 @@ def test_client_disconnect_cancels_the_upstream_stream(proxy: Proxy, strong: Fak
     assert wait_for(lambda: gauges(proxy)["routegate_upstream_responses_open"] == 0, timeout=5)
     delta.after()
     assert delta("routegate_requests_total", tier="strong", status="499") == 1
+    # The upstream produced tokens before the client left: the answer is charged an estimate.
+    assert wait_for(lambda: delta.after()("routegate_cost_usd_total", tier="strong") > 0, timeout=5)
+    assert delta("routegate_usage_estimated_total", tier="strong") == 1
+    prompt = delta("routegate_tokens_total", tier="strong", kind="prompt")
+    completion = delta("routegate_tokens_total", tier="strong", kind="completion")
+    assert prompt == 1 + len(REQUEST["messages"][0]["content"]) // 4 and completion >= 1
+    assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx((prompt * 10 + completion * 30) / 1e6)
 
 
 async def _leave_after_first_chunk(client: httpx.AsyncClient, url: str, slots: asyncio.Semaphore) -> None:

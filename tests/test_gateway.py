@@ -188,7 +188,11 @@ def test_a_stream_is_metered_and_charged_though_the_client_did_not_ask_for_usage
     assert remaining == pytest.approx(100 - (11 * 10 + 7 * 30) / 1e6)
 
 
-def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unmetered(
+# MESSAGES' estimated prompt tokens: one per message plus a quarter of its characters (14 and 30)
+ESTIMATED_PROMPT_TOKENS = (1 + 14 // 4) + (1 + 30 // 4)
+
+
+def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unasked(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ):
     with running_proxy(proxy_env(strong, weak, stream_usage="false"), tmp_path) as proxy:
@@ -203,7 +207,25 @@ def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unmetered(
     assert "stream_options" not in strong.received[0].body and all(chunk.choices for chunk in plain)
     assert strong.received[1].body["stream_options"] == {"include_usage": True}
     assert asked[-1].choices == [] and asked[-1].usage.prompt_tokens == PROMPT_TOKENS
-    assert delta("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS  # the second stream's
+    # the second stream's reported usage; the first one's estimated: one token per chunk of the 5
+    estimated = ESTIMATED_PROMPT_TOKENS + 5
+    assert delta("routegate_tokens_total", tier="strong") == PROMPT_TOKENS + COMPLETION_TOKENS + estimated
+    assert delta("routegate_usage_estimated_total", tier="strong") == 1
+
+
+def test_an_answer_without_usage_is_charged_an_estimate(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    strong.behaviour.omit_usage, strong.behaviour.answer = True, "x" * 399
+    with running_proxy(proxy_env(strong, weak, daily_budget_usd="100"), tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        answer = client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES)
+        assert answer.usage is None  # relayed as the upstream sent it
+        assert wait_for(lambda: delta.after()("routegate_usage_estimated_total", tier="strong") == 1)
+        remaining = metric_sum(proxy.metrics(), "routegate_budget_remaining_usd")
+    assert delta("routegate_tokens_total", tier="strong", kind="prompt") == ESTIMATED_PROMPT_TOKENS
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") == 100  # 399 characters, rounded up
+    cost = (ESTIMATED_PROMPT_TOKENS * 10 + 100 * 30) / 1e6
+    assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx(cost)
+    assert remaining == pytest.approx(100 - cost)
 
 
 def test_an_upstream_that_refuses_stream_options_is_asked_without_them(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
