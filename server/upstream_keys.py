@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 
+from server.model_list import model_ladder
 from server.settings import Settings
 
 log = logging.getLogger("routegate")
 
 
 def missing_key_warnings(settings: Settings) -> list[str]:
-    """One line per tier whose upstream has no API key (naming the setting, never a key)."""
+    """One line per upstream (each tier, or each ``ROUTEGATE_MODELS`` entry) without an API key,
+    naming the setting to fix, never a key."""
     return [
-        f"the {tier} upstream ({upstream.base_url}, model {upstream.model}) has no API key: requests go without "
-        f"Authorization; set ROUTEGATE_{tier.upper()}__API_KEY (or OPENAI_API_KEY for the OpenAI API)"
-        for tier, upstream in (("strong", settings.strong), ("weak", settings.weak))
-        if upstream.api_key is None
+        f"the {entry.name} upstream ({entry.base_url}, model {entry.model}) has no API key: requests go without "
+        f"Authorization; set {_key_setting(settings, entry.name)} (or OPENAI_API_KEY for the OpenAI API)"
+        for entry in model_ladder(settings)
+        if entry.api_key is None
     ]
+
+
+def _key_setting(settings: Settings, name: str) -> str:
+    if settings.models:
+        return f"api_key of the ROUTEGATE_MODELS entry '{name}'"
+    return f"ROUTEGATE_{name.upper()}__API_KEY"
 
 
 def warn_missing_keys(settings: Settings) -> None:

@@ -99,10 +99,12 @@ def test_every_checked_field_refuses_a_wrong_type(proxy: Proxy, strong: FakeUpst
     assert not strong.received
 
 
-@pytest.mark.parametrize("name", sorted(RANGES))
-def test_every_range_is_checked(proxy: Proxy, name: str) -> None:
-    low, high = RANGES[name]
-    outside = high + 1 if high != float("inf") else low - 1
+@pytest.mark.parametrize(
+    ("name", "outside"),
+    [(name, RANGES[name][0] - 1) for name in sorted(RANGES)]
+    + [(name, RANGES[name][1] + 1) for name in sorted(RANGES) if RANGES[name][1] != float("inf")],
+)
+def test_every_range_is_checked_on_both_sides(proxy: Proxy, name: str, outside: float) -> None:
     value = int(outside) if int in FIELD_TYPES[name][0] and float not in FIELD_TYPES[name][0] else outside
     error = openai_error(post_json(proxy, {"model": MODEL, "messages": MESSAGES, name: value}), 400)
     assert error["param"] == name and error["code"] == "invalid_value"

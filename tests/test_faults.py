@@ -135,6 +135,20 @@ def test_retry_after_is_honoured(fault_proxy: Proxy, strong: FakeUpstream, weak:
     assert delta("routegate_upstream_retries_total", tier="strong", reason="http_429") == 1
 
 
+@pytest.mark.parametrize("value", ["soon", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_unreadable_or_past_retry_after_is_retried_at_once(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, value: str
+) -> None:
+    strong.behaviour.fail_statuses = [503]
+    strong.behaviour.retry_after = value  # not a number of seconds ahead: retried after the usual backoff
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.status_code == 200 and raw.headers["x-routegate-tier"] == "strong"
+    assert len(strong.received) == 2 and not weak.received
+    assert delta("routegate_upstream_retries_total", tier="strong", reason="http_5xx") == 1
+
+
 def test_retry_after_past_the_deadline_is_not_waited_for(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.fail_statuses = [429]
     strong.behaviour.retry_after = "60"  # beyond ROUTEGATE_TOTAL_TIMEOUT=5: fall back instead

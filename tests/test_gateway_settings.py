@@ -131,12 +131,13 @@ def test_body_over_the_limit_is_413(strong: FakeUpstream, weak: FakeUpstream, tm
 def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     config = tmp_path / "routegate.yaml"
     config.write_text(
-        f"threshold: 0.0\naliases:\n  everything-weak: router-random-1.0\nweak:\n  base_url: {weak.url}\n"
+        f"threshold: 1.0\naliases:\n  everything-weak: router-random-1.0\nweak:\n  base_url: {weak.url}\n"
         f"  model: yaml-weak-model\n"
     )
     env = proxy_env(strong, weak)
     del env["ROUTEGATE_WEAK__MODEL"]  # from the file
     env["ROUTEGATE_WEAK__API_KEY"] = WEAK_KEY
+    env["ROUTEGATE_THRESHOLD"] = "0.0"  # the environment wins over the file's 1.0 (everything weak)
     with running_proxy(env, tmp_path, "--config", str(config)) as proxy:
         sdk = openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0)
         raw = sdk.chat.completions.with_raw_response.create(model="everything-weak", messages=MESSAGES)

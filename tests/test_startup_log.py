@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from server.settings import load_settings
+from server.upstream_keys import missing_key_warnings
 from tests.conftest import REPO, STRONG_KEY, WEAK_KEY, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 
@@ -24,6 +26,19 @@ def test_an_upstream_without_a_key_is_warned_about(strong: FakeUpstream, weak: F
     assert "WARNING" in warnings[0] and "weak upstream" in warnings[0] and "ROUTEGATE_WEAK__API_KEY" in warnings[0]
     assert weak.url in warnings[0] and "fake-weak" in warnings[0]
     assert STRONG_KEY[:10] not in log and WEAK_KEY[:10] not in log
+
+
+def test_among_several_models_the_entry_without_a_key_is_warned_about(monkeypatch):
+    for name in ("OPENAI_API_KEY", "ROUTEGATE_STRONG__API_KEY", "ROUTEGATE_WEAK__API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    entries = [
+        {"name": "small", "model": "small-model", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-small-0123456789"},
+        {"name": "big", "model": "big-model", "base_url": "http://127.0.0.1:9/v1", "input_price": 5},
+    ]
+    warnings = missing_key_warnings(load_settings(models=entries))
+    assert len(warnings) == 1  # not the unused strong and weak tiers
+    assert "big upstream" in warnings[0] and "ROUTEGATE_MODELS entry 'big'" in warnings[0]
+    assert "sk-small" not in warnings[0]
 
 
 def test_upstreams_with_keys_start_without_that_warning(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):

@@ -10,6 +10,7 @@ from openai import OpenAI
 from server.conversations import StickyStore, conversation_keys
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.metrics_text import metric_sum
 
 ALWAYS_STRONG = "router-random-0"  # every score >= 0
 ALWAYS_WEAK = "router-random-1"  # the random router scores in [0, 1)
@@ -67,6 +68,7 @@ def test_other_conversations_are_scored_as_usual(sticky_proxy: Proxy, strong, we
 
 
 def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, strong, weak) -> None:
+    remembered = metric_sum(sticky_proxy.metrics(), "routegate_sticky_conversations")
     headers, _ = _ask(sticky_proxy, ALWAYS_STRONG, [{"role": "user", "content": "first"}], conversation_id="conv-42")
     assert headers["x-routegate-tier"] == "strong"
     # the client sends only the new turn: the id, not the history, ties it to the conversation
@@ -74,7 +76,8 @@ def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, stron
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
     headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "second"}], conversation_id="conv-43")
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
-    assert "routegate_sticky_conversations" in sticky_proxy.metrics()
+    # conv-42 is remembered as strong; conv-43 went weak and is not
+    assert metric_sum(sticky_proxy.metrics(), "routegate_sticky_conversations") == remembered + 1
 
 
 def test_without_sticky_mode_follow_ups_are_rescored(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
