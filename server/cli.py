@@ -87,11 +87,11 @@ def _run(settings: Settings) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         "http": BoundedHeadersProtocol,
     }
-    if settings.workers > 1:
-        uvicorn.run("server.app:create_app", factory=True, workers=settings.workers, **server_options)
-    else:
-        from server.shutdown import DrainingServer
+    from server.shutdown import DrainingServer, run_workers
 
+    if settings.workers > 1:
+        run_workers(uvicorn.Config("server.app:create_app", factory=True, workers=settings.workers, **server_options))
+    else:
         server = DrainingServer(uvicorn.Config(app, **server_options))
         server.run()
         if not server.started:

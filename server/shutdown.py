@@ -3,7 +3,9 @@
 While draining, requests already in flight (streams included) run on, new chat requests get a 503
 ``shutting_down`` error and ``/ready`` answers 503 so that load balancers stop sending traffic.
 The process stops when nothing is in flight any more or ``ROUTEGATE_SHUTDOWN_GRACE_SECONDS`` have
-passed; uvicorn then cancels whatever is left. A second signal stops it at once.
+passed; uvicorn then cancels whatever is left. A second signal stops it at once. With
+``ROUTEGATE_WORKERS`` > 1, uvicorn's supervisor passes the signal to every worker, and each drains
+the same way (``run_workers``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from types import FrameType
 
 import uvicorn
+from uvicorn.supervisors import multiprocess
 
 
 class Drain:
@@ -63,3 +66,19 @@ class DrainingServer(uvicorn.Server):
         # uvicorn annotates it int, but hands it to asyncio.wait_for as seconds, where a float is fine
         self.config.timeout_graceful_shutdown = max(left, 0.1)  # type: ignore[assignment]
         return True
+
+
+class DrainingProcess(multiprocess.Process):
+    """A uvicorn worker process whose server is a ``DrainingServer``."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config)
+        return self._server
+
+
+def run_workers(config: uvicorn.Config) -> None:
+    """Serve ``config.workers`` worker processes on one socket, each draining like a single process."""
+    multiprocess.Process = DrainingProcess  # type: ignore[misc]  # the name uvicorn's supervisor starts workers with
+    multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()

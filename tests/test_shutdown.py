@@ -41,6 +41,17 @@ def _hung_client(url: str) -> socket.socket:
     return sock
 
 
+def _drains(url: str, probes: int = 1) -> bool:
+    """Whether ``probes`` successive /ready calls, each on a new connection, all say draining within 5 s."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        statuses = {httpx.get(f"{url}/ready", headers={"connection": "close"}).json()["status"] for _ in range(probes)}
+        if statuses == {"draining"}:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     strong.behaviour.chunks, strong.behaviour.chunk_delay = 6, 0.15  # a 0.9 s stream
     weak.behaviour.delay = 1.0  # a 1 s plain answer
@@ -55,7 +66,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpst
         assert strong.chunk_sent_at and weak.received, "both requests are in flight"
 
         proxy.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)  # the signal is handled on the server's next tick
+        assert _drains(proxy.url)  # the signal is handled on the server's next tick
 
         refused = httpx.post(f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES})
         assert refused.status_code == 503
@@ -91,3 +102,23 @@ def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: Fa
             raise AssertionError("the stream ended without an error event")
         assert proxy.process.wait(timeout=15) == 0
     assert 1 < len(pieces) < 1000  # it ran on through the grace period, then was cut
+
+
+def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
+    weak.behaviour.delay = 1.5  # a plain answer in flight when the signal comes
+    env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS), workers="2")
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
+        answered = pool.submit(_plain_answer, proxy.api)
+        deadline = time.monotonic() + 10
+        while not weak.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert weak.received, "the request is in flight"
+
+        proxy.process.send_signal(signal.SIGTERM)  # to uvicorn's supervisor, which passes it on to each worker
+        assert _drains(proxy.url, probes=6)  # each new connection may reach either worker
+        refused = httpx.post(f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+
+        assert answered.result(timeout=10) == "answer from weak"
+        assert proxy.process.wait(timeout=GRACE_SECONDS + 10) == 0
+    assert len(weak.received) == 1  # the refused request never went upstream
