@@ -448,3 +448,25 @@ def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong:
     assert error is None and pieces == [f"weak-{index} " for index in range(5)]
     assert len(strong.received) == 2 and len(weak.received) == 1
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
+
+
+# --- router faults ----------------------------------------------------------------------------
+
+
+def test_a_router_that_raises_is_a_500_without_its_details(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    (tmp_path / "checkpoints" / "failing").mkdir(parents=True)  # it needs no checkpoint, only its folder
+    env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))
+    with running_proxy(env, tmp_path, module="tests.failing_router") as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "FAIL now"}])
+        after = sdk.chat.completions.with_raw_response.create(
+            model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}]
+        )
+        log = proxy.log()
+    error = error_of(raised)
+    assert raised.value.status_code == 500 and error["code"] == "router_error" and error["type"] == "server_error"
+    assert "secret detail" not in raised.value.response.text and "Traceback" not in raised.value.response.text
+    assert "router failing failed" in log and "Traceback" in log  # the operator gets the details
+    assert after.headers["x-routegate-tier"] == "weak"  # the next request is routed as usual
+    assert len(weak.received) == 1 and not strong.received

@@ -4,6 +4,7 @@ that shadowing changes nothing the client receives, nor when."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -267,6 +268,31 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     }
     assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key=None).status_code == 401
     assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key="wrong").status_code == 401
+
+
+def test_by_default_a_decision_keeps_the_prompts_hash_not_its_text(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    db = tmp_path / "feedback.sqlite3"
+    with running_proxy(proxy_env(strong, weak, feedback_db=str(db)), tmp_path) as proxy:
+        reply = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0).chat.completions.with_raw_response.create(
+            model=WEAK_ROUTE, messages=QUESTION
+        )
+        request_id = reply.headers["x-request-id"]
+        stored(db, "routegate_decisions", request_id)
+    rows = query(db, "SELECT prompt_sha1, prompt FROM routegate_decisions WHERE request_id = ?", request_id)
+    assert rows == [(hashlib.sha1(QUESTION[0]["content"].encode()).hexdigest(), None)]
+
+
+def test_with_the_store_off_feedback_is_refused_and_requests_are_answered(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    env = proxy_env(strong, weak, feedback_db="off", api_keys=json.dumps([CLIENT_KEY]))
+    with running_proxy(env, tmp_path) as proxy:
+        reply = client(proxy).chat.completions.with_raw_response.create(model=WEAK_ROUTE, messages=QUESTION)
+        refused = post_feedback(proxy, {"request_id": reply.headers["x-request-id"], "rating": "up"})
+    assert reply.status_code == 200
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "feedback_off"
 
 
 @pytest.mark.parametrize(

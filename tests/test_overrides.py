@@ -49,3 +49,11 @@ def test_trusted_clients_force_a_tier_or_a_threshold(strong: FakeUpstream, weak:
     assert bad.value.body["param"] == "x-routegate-force-threshold" and bad.value.body["code"] == "invalid_value"
     assert bad_tier.value.body["param"] == "x-routegate-force-tier"
     assert len(strong.received) == 2 and len(weak.received) == 2
+
+
+def test_without_override_keys_every_client_may_override(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak, allow_overrides="true", api_keys=f'["{PLAIN_KEY}"]')
+    with running_proxy(env, tmp_path) as proxy:
+        forced = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, PLAIN_KEY)
+    assert (forced["x-routegate-tier"], forced["x-routegate-decision"]) == ("strong", "forced")
+    assert len(strong.received) == 1 and not weak.received

@@ -64,15 +64,20 @@ def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp
     assert metric_sum(keyed.text, "routegate_requests_total", router="random", status="200") == 1
 
 
-def test_openapi_document_needs_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+def test_openapi_document_and_router_list_need_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     env = proxy_env(strong, weak, api_keys='["client-key-one"]', aliases='{"secret-alias": "router-random-0.2"}')
+    keyed_headers = {"authorization": "Bearer client-key-one"}
     with running_proxy(env, tmp_path) as proxy:
         anonymous = httpx.get(f"{proxy.url}/openapi.json")
-        keyed = httpx.get(f"{proxy.url}/openapi.json", headers={"authorization": "Bearer client-key-one"})
+        keyed = httpx.get(f"{proxy.url}/openapi.json", headers=keyed_headers)
         docs = httpx.get(f"{proxy.url}/docs")
+        routers_anonymous = httpx.get(f"{proxy.api}/routers")  # it names the upstream models
+        routers_keyed = httpx.get(f"{proxy.api}/routers", headers=keyed_headers)
     assert anonymous.status_code == 401 and "secret-alias" not in anonymous.text
     assert keyed.status_code == 200 and "secret-alias" in keyed.text and keyed.json()["openapi"].startswith("3.")
     assert docs.status_code == 404
+    assert routers_anonymous.status_code == 401 and routers_anonymous.json()["error"]["code"] == "invalid_api_key"
+    assert routers_keyed.status_code == 200 and "random" in routers_keyed.text
 
 
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
