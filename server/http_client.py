@@ -3,7 +3,7 @@ upstream, and its errors as routegate's own.
 
 aiohttp's pool was picked over httpx's (httpcore), which re-scans every pooled connection on each
 request: 1.6-2.6 ms of CPU per request at 32-128 concurrent requests against 0.1-0.17 ms for
-aiohttp's (README, "Speed"); the fault matrix (tests/test_faults.py, tests/test_disconnects.py)
+aiohttp's (docs/benchmarks.md); the fault matrix (tests/test_faults.py, tests/test_disconnects.py)
 runs on it.
 """
 

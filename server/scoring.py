@@ -197,7 +197,7 @@ def scoring_threads(requested: int, device: str) -> int:
 
     On the CPU, batches side by side on one torch thread each beat one batch at a time on all
     cores: MiniLM on 2 cores did 198-225 prompts/s as two single-thread batches against 155-178
-    as one two-thread batch (README, Benchmark).
+    as one two-thread batch (docs/benchmarks.md).
     """
     if requested:
         return requested
@@ -213,7 +213,7 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
     The routers' numpy work (a neighbourhood lookup, a small MLP) is far too small to split; BLAS
     threads left at one per core spin on the cores torch and the event loop need: on 2 cores, one
     BLAS thread took ``mf`` from 26.9 to 23.7 ms p50 at concurrency 1 and from 104 to 112
-    requests/s at 32 (medians of three interleaved runs; README, Speed). Called from the thread
+    requests/s at 32 (medians of three interleaved runs; docs/benchmarks.md). Called from the thread
     that loads the router, before the scoring threads start.
     """
     from threadpoolctl import threadpool_limits

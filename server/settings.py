@@ -79,12 +79,15 @@ TIER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class JudgeSettings(BaseModel):
-    """The LLM that judges shadowed answers; each field left unset is the strong upstream's."""
+    """The LLM that judges shadowed answers; unset fields are the strong upstream's (its key only for the
+    strong upstream's own base URL)."""
 
     model_config = {"extra": "forbid"}
 
     base_url: str | None = Field(None, description="judge's OpenAI-compatible API (unset: the strong upstream's)")
-    api_key: SecretStr | None = Field(None, description="judge's key (unset: the strong upstream's)")
+    api_key: SecretStr | None = Field(
+        None, description="judge's key (unset: the strong upstream's if the judge uses the strong base URL, else none)"
+    )
     model: str | None = Field(None, description="judge model (unset: the strong upstream's)")
     input_price: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
     output_price: float | None = Field(None, ge=0, description="USD per 1M completion tokens")

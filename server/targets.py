@@ -10,7 +10,7 @@ asked of the quantile, so the realised share does not drift on ties or skewed ba
 
 Before live scores fill the window it holds seed scores: the router's calibration
 (``<checkpoint_dir>/<router>/calibration.json``, share -> threshold on reference prompts, see
-the README), turned into representative scores, so that the very first requests are close.
+docs/routing-and-routers.md), turned into representative scores, so that the very first requests are close.
 """
 
 from __future__ import annotations
