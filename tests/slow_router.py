@@ -1,4 +1,5 @@
-"""A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests.
+"""A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests,
+and ``SLOW_ROUTER_LOAD_SECONDS`` (default 0) to load, for readiness tests.
 
 ``python -m tests.slow_router serve ...`` runs ``routegate`` with it registered as ``slow``; it is
 installed where ``<checkpoint_dir>/slow`` exists.
@@ -25,6 +26,7 @@ class SlowRouter(Router):
 
     @classmethod
     def from_options(cls, options: object) -> SlowRouter:
+        time.sleep(float(os.environ.get("SLOW_ROUTER_LOAD_SECONDS", "0")))
         return cls()
 
     def score(self, prompts: Sequence[str]) -> list[float]:

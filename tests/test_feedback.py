@@ -270,6 +270,20 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key="wrong").status_code == 401
 
 
+def test_a_judge_elsewhere_without_a_key_never_gets_the_strong_key(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3")
+    del env["ROUTEGATE_JUDGE__API_KEY"]
+    with running_proxy(env, tmp_path) as proxy:
+        before = shadow_total(proxy)
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        judged(proxy, before)
+    assert len(judge.received) == 2
+    assert all("authorization" not in received.headers for received in judge.received)
+    assert strong.received[0].headers["authorization"] == f"Bearer {STRONG_KEY}"  # the shadow call on strong has it
+
+
 def test_by_default_a_decision_keeps_the_prompts_hash_not_its_text(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from openai import OpenAI
 
 from tests.conftest import REPO, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream, free_port
+from tests.metric_values import wait_for
 from tests.router_fixtures import tiny_causal_lm, write_slice
 
 PROMPTS = ["What is 2 + 2?", "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Salmon"]
@@ -102,11 +103,51 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
                 break
             time.sleep(0.1)
         assert status == "failed"
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        refused = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert not strong.received and not weak.received
         log = log_path.read_text()
         assert "no-such-model" in log and "gpt-4-1106-preview" in log  # names the models the checkpoint knows
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"))
+    env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "3", "0"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "routegate.log", "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.slow_router", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
+        loading = httpx.get(f"{url}/ready")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        held = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)  # sent while loading
+        assert held.status_code == 200 and held.headers["x-routegate-router"] == "slow"
+        assert httpx.get(f"{url}/ready").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.mark.parametrize("router", ["mf", "bert"])
