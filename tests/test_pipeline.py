@@ -116,15 +116,20 @@ def test_scoring_overload_sheds_with_429(strong: FakeUpstream, weak: FakeUpstrea
     assert not strong.received and not weak.received
 
 
-def test_scoring_overload_can_route_unscored(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
-    env = _slow_router_env(strong, weak, tmp_path, scoring_overload="weak")
+@pytest.mark.parametrize(("tier", "model"), [("weak", "router-slow-0.0"), ("strong", "router-slow-1.0")])
+def test_scoring_overload_can_route_unscored(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, tier: str, model: str
+) -> None:
+    env = _slow_router_env(strong, weak, tmp_path, scoring_overload=tier)
     with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:
         client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
-        raw = client.chat.completions.with_raw_response.create(model="router-slow-0.0", messages=_question(1))
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=_question(1))
         metrics = proxy.metrics()
-    assert raw.headers["x-routegate-decision"] == "unscored" and raw.headers["x-routegate-tier"] == "weak"
+    # the threshold would have sent a scored request to the other tier
+    assert raw.headers["x-routegate-decision"] == "unscored" and raw.headers["x-routegate-tier"] == tier
     assert "x-routegate-score" not in raw.headers
-    assert raw.parse().choices[0].message.content == "answer from weak" and not strong.received
+    other = weak if tier == "strong" else strong
+    assert raw.parse().choices[0].message.content == f"answer from {tier}" and not other.received
     assert metric_sum(metrics, "routegate_scoring_overload_total", router="slow", reason="timeout") == 1
 
 
