@@ -8,7 +8,6 @@ stays healthy unless a test breaks it too. Requests name ``router-random-0`` (sc
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,13 +206,12 @@ def test_a_tier_that_hangs_leaves_its_fallback_time_within_the_total_timeout(
     settings = {**FAULT_SETTINGS, "read_timeout": "10", "total_timeout": "3"}
     strong.behaviour.delay = 10.0  # would hold the request past the whole deadline
     with running_proxy(proxy_env(strong, weak, **settings), tmp_path) as proxy:
-        started = time.monotonic()
         raw = chat(proxy)
-        elapsed = time.monotonic() - started
     assert raw.headers["x-routegate-fallback"] == "strong->weak:timeout"
     assert raw.parse().choices[0].message.content == "answer from weak"
     assert len(strong.received) == 1 and len(weak.received) == 1  # no retry: the fallback's time is kept
-    assert elapsed < 3.0  # one deadline for every tier, not one each
+    # strong's time ended at half the 3 s deadline (less than a read timeout was left), leaving weak the rest
+    assert 1.0 < weak.received[0].at - strong.received[0].at < 2.5
 
 
 @pytest.fixture(scope="module")

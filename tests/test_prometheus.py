@@ -175,6 +175,7 @@ def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> N
         # one fallback from strong (http_5xx) in 101 answers
         "RoutegateFallbackRate": {(("from_tier", "strong"), ("reason", "http_5xx")): 1 / ANSWERED},
     }
+    assert set(expected) <= {name for name, rule in rules.items() if "alert" in rule}  # a renamed alert fails here
     for name, rule in rules.items():
         if "alert" not in rule:
             continue
