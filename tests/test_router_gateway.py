@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -80,38 +82,47 @@ def test_proxy_serves_a_trained_causal_llm_router(strong: FakeUpstream, weak: Fa
     assert len(strong.received) == 1 and len(weak.received) == 1
 
 
-def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
-    env = proxy_env(strong, weak, router="mf", router_strong_model="no-such-model")
+HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@contextmanager
+def unready_proxy(env: dict[str, str], log_path: Path, module: str = "server.cli") -> Iterator[str]:
+    """``routegate serve`` on a free port, not waited for (its router may still load); its URL."""
     port = free_port()
-    log_path = tmp_path / "routegate.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", module, "serve", "--port", str(port)],
             cwd=REPO,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
     try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    env = proxy_env(strong, weak, router="mf", router_strong_model="no-such-model")
+    log_path = tmp_path / "routegate.log"
+    with unready_proxy(env, log_path) as url:
         status = None
         for _ in range(1200):  # until the background load has failed (at most ~2 minutes)
             try:
-                status = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).json()["status"]
+                status = httpx.get(f"{url}/ready", timeout=1).json()["status"]
             except httpx.TransportError:
                 pass
             if status == "failed":
                 break
             time.sleep(0.1)
         assert status == "failed"
-        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-        refused = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+        refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
         assert not strong.received and not weak.received
         log = log_path.read_text()
         assert "no-such-model" in log and "gpt-4-1106-preview" in log  # names the models the checkpoint knows
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready(
@@ -120,27 +131,13 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
     (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
     env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"))
     env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "3", "0"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp_path / "routegate.log", "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.slow_router", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with unready_proxy(env, tmp_path / "routegate.log", "tests.slow_router") as url:
         assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
         loading = httpx.get(f"{url}/ready")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
-        body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
-        held = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)  # sent while loading
+        held = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=30)  # sent while loading
         assert held.status_code == 200 and held.headers["x-routegate-router"] == "slow"
         assert httpx.get(f"{url}/ready").status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _answers(url: str) -> bool:
