@@ -87,11 +87,13 @@ def _run(settings: Settings) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         "http": BoundedHeadersProtocol,
     }
-    from server.shutdown import DrainingServer, run_workers
-
     if settings.workers > 1:
+        from server.workers import run_workers
+
         run_workers(uvicorn.Config("server.app:create_app", factory=True, workers=settings.workers, **server_options))
     else:
+        from server.shutdown import DrainingServer
+
         server = DrainingServer(uvicorn.Config(app, **server_options))
         server.run()
         if not server.started:

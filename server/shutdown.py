@@ -4,8 +4,8 @@ While draining, requests already in flight (streams included) run on, new chat r
 ``shutting_down`` error and ``/ready`` answers 503 so that load balancers stop sending traffic.
 The process stops when nothing is in flight any more or ``ROUTEGATE_SHUTDOWN_GRACE_SECONDS`` have
 passed; uvicorn then cancels whatever is left. A second signal stops it at once. With
-``ROUTEGATE_WORKERS`` > 1, uvicorn's supervisor passes the signal to every worker, and each drains
-the same way (``run_workers``).
+``ROUTEGATE_WORKERS`` > 1 the supervisor asks every worker to drain the same way
+(server/workers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import time
 from types import FrameType
 
 import uvicorn
-from uvicorn.supervisors import multiprocess
 
 
 class Drain:
@@ -43,12 +42,16 @@ DRAIN = Drain()  # one per process: the process is what shuts down
 
 
 class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first SIGTERM/SIGINT drains (see the module doc) instead of closing
-    the listening socket at once; in-flight requests get ``config.timeout_graceful_shutdown``
-    seconds in all."""
+    """A uvicorn server whose first ``drain_signals`` signal drains (see the module doc) instead of
+    closing the listening socket at once; in-flight requests get ``config.timeout_graceful_shutdown``
+    seconds in all. Other signals stop it the usual uvicorn way."""
+
+    def __init__(self, config: uvicorn.Config, drain_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        super().__init__(config)
+        self.drain_signals = drain_signals
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig in (signal.SIGTERM, signal.SIGINT) and not DRAIN.draining and not self.should_exit:
+        if sig in self.drain_signals and not DRAIN.draining and not self.should_exit:
             DRAIN.begin()
             return
         super().handle_exit(sig, frame)
@@ -66,19 +69,3 @@ class DrainingServer(uvicorn.Server):
         # uvicorn annotates it int, but hands it to asyncio.wait_for as seconds, where a float is fine
         self.config.timeout_graceful_shutdown = max(left, 0.1)  # type: ignore[assignment]
         return True
-
-
-class DrainingProcess(multiprocess.Process):
-    """A uvicorn worker process whose server is a ``DrainingServer``."""
-
-    @property
-    def server(self) -> uvicorn.Server:
-        if self._server is None:
-            self._server = DrainingServer(config=self.config)
-        return self._server
-
-
-def run_workers(config: uvicorn.Config) -> None:
-    """Serve ``config.workers`` worker processes on one socket, each draining like a single process."""
-    multiprocess.Process = DrainingProcess  # type: ignore[misc]  # the name uvicorn's supervisor starts workers with
-    multiprocess.Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -45,7 +45,10 @@ def _drains(url: str, probes: int = 1) -> bool:
     """Whether ``probes`` successive /ready calls, each on a new connection, all say draining within 5 s."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        statuses = {httpx.get(f"{url}/ready", headers={"connection": "close"}).json()["status"] for _ in range(probes)}
+        try:
+            statuses = {httpx.get(f"{url}/ready", headers={"connection": "close"}).json()["status"] for _ in range(probes)}
+        except httpx.TransportError:  # a worker that had nothing in flight stops at once
+            continue
         if statuses == {"draining"}:
             return True
         time.sleep(0.02)
@@ -122,3 +125,26 @@ def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: Fak
         assert answered.result(timeout=10) == "answer from weak"
         assert proxy.process.wait(timeout=GRACE_SECONDS + 10) == 0
     assert len(weak.received) == 1  # the refused request never went upstream
+
+
+def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
+    """SIGHUP replaces each worker: a retired one stops taking connections at once instead of
+    draining, so new requests reach the other workers and none gets 503."""
+    weak.behaviour.delay = 3.0  # answers in flight on the workers being retired
+    env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS), workers="2")
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(4) as pool:
+        in_flight = [pool.submit(_plain_answer, proxy.api) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        while len(weak.received) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.process.send_signal(signal.SIGHUP)
+        statuses = []
+        deadline = time.monotonic() + 8  # the replacements start, the old workers retire
+        while time.monotonic() < deadline:
+            statuses.append(httpx.get(f"{proxy.url}/ready", headers={"connection": "close"}).status_code)
+            time.sleep(0.05)
+        restarted = "Received SIGHUP" in proxy.log()
+        answers = [future.result(timeout=15) for future in in_flight]
+    assert restarted
+    assert set(statuses) == {200}, statuses
+    assert answers == ["answer from weak"] * 4  # cut or finished, every in-flight request was answered

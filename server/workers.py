@@ -1,0 +1,57 @@
+"""Several worker processes (``ROUTEGATE_WORKERS`` > 1) on one socket, under uvicorn's supervisor.
+
+Every worker drains like a single process when the service stops: the supervisor's SIGTERM or
+SIGINT reaches each worker as SIGTERM, which it drains on (server/shutdown.py). A worker retired
+while the others serve on (SIGHUP restarts the workers, SIGTTOU removes one) gets SIGINT and stops
+the usual uvicorn way, at once refusing new connections, so that they go to the other workers
+instead of a draining worker's 503.
+
+This builds on uvicorn's supervisor internals (``uvicorn.supervisors.multiprocess``, uvicorn >= 0.54):
+its workers are made from the module's ``Process`` class, which is replaced here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import uvicorn
+from uvicorn.supervisors import multiprocess
+
+from server.shutdown import DrainingServer
+
+
+class DrainingWorker(multiprocess.Process):
+    """A worker process whose server drains on SIGTERM and stops at once on SIGINT."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(config=self.config, drain_signals=(signal.SIGTERM,))
+        return self._server
+
+    def terminate(self) -> None:
+        """Retire this worker while the others serve on: SIGINT, no drain phase."""
+        if self.process.exitcode is None and self.process.pid is not None:
+            os.kill(self.process.pid, signal.SIGINT)
+            self.parent_conn.close()
+            self.child_conn.close()
+
+    def drain(self) -> None:
+        """Stop this worker with the service: SIGTERM, it drains."""
+        super().terminate()
+
+
+class DrainingSupervisor(multiprocess.Multiprocess):
+    """uvicorn's supervisor, whose workers drain when it stops."""
+
+    def terminate_all(self) -> None:
+        for worker in self.processes:
+            if isinstance(worker, DrainingWorker):
+                worker.drain()
+
+
+def run_workers(config: uvicorn.Config) -> None:
+    """Serve ``config.workers`` worker processes on one socket until the supervisor stops."""
+    multiprocess.Process = DrainingWorker  # type: ignore[misc]  # the name the supervisor makes its workers with
+    DrainingSupervisor(config, sockets=[config.bind_socket()]).run()
