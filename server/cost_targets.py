@@ -128,7 +128,7 @@ class CostTargets:
         tokens: tuple[int, int] | None,
     ) -> None:
         """An answered request of this route: its prompt's ``beaten`` (when scored), its cost and
-        all-best cost, and its token counts (when reported)."""
+        all-best cost, and its token counts (reported or estimated; None without either)."""
         controller = self.controller(router, target)
         if beaten is not None:
             controller.observe(beaten)

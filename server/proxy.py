@@ -11,6 +11,7 @@ feedback, budget) are written once, from the outcome, for requests an upstream a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -123,7 +124,7 @@ class ChatProxy:
                 decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
                 exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
             # relay; it records the outcome now, or when the stream closes
-            response = await reply(exchange, started, finish, prompt_tokens(payload))
+            response = await reply(exchange, started, finish, functools.partial(prompt_tokens, payload))
             return response
         except APIError as error:
             return self._refuse(error, request_id)

@@ -41,8 +41,8 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Usage:
-    """An answer's reported ``(prompt, completion)`` tokens and their cost in USD, real and on the
-    most capable upstream."""
+    """An answer's ``(prompt, completion)`` tokens (reported, or estimated when none were) and their
+    cost in USD, real and on the most capable upstream."""
 
     tokens: tuple[int, int]
     cost: float
@@ -97,7 +97,7 @@ class Recorder:
         """The tokens of an upstream's ``usage`` object, else the estimated ones, and their costs;
         None without either."""
         tokens = metrics.usage_tokens(reported)
-        if tokens is None and estimated is not None and any(estimated):
+        if tokens is None and not isinstance(reported, dict) and estimated is not None and any(estimated):
             tokens = estimated
             metrics.USAGE_ESTIMATED.labels(upstream.tier, upstream.model).inc()
         if tokens is None:

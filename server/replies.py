@@ -28,11 +28,12 @@ from server.upstream import (
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
 Finish = Callable[[Outcome], Awaitable[None]]
+PromptTokens = Callable[[], int]
 
 
-async def reply(exchange: Exchange, started: float, finish: Finish, prompt_tokens: int) -> Response:
-    """The response to send the client for ``exchange``; ``prompt_tokens``: the request's
-    estimated prompt tokens."""
+async def reply(exchange: Exchange, started: float, finish: Finish, prompt_tokens: PromptTokens) -> Response:
+    """The response to send the client for ``exchange``; ``prompt_tokens`` estimates the request's
+    prompt tokens, called only for an answer without usage."""
     headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
     result = exchange.result
     if isinstance(result, StreamStart):
@@ -58,17 +59,23 @@ def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
 
 
 async def _whole(
-    exchange: Exchange, result: CompletedResponse, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: int
+    exchange: Exchange,
+    result: CompletedResponse,
+    headers: dict[str, str],
+    started: float,
+    finish: Finish,
+    prompt_tokens: PromptTokens,
 ) -> Response:
     upstream = exchange.upstream
     usage = estimate = None
     if 200 <= result.status < 300:
         try:
             answer = json.loads(result.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        estimate = (prompt_tokens, answer_tokens(answer))
+        if not isinstance(usage, dict):
+            estimate = (prompt_tokens(), answer_tokens(answer))
     for name in _RELAYED_HEADERS:
         if name in result.headers:
             headers[name] = result.headers[name]
@@ -84,7 +91,7 @@ async def _whole(
 
 
 def _relay_stream(
-    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: int
+    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: PromptTokens
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher()
@@ -117,7 +124,7 @@ def _relay_stream(
         await relayed.aclose()
         await start.response.aclose()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
-        estimate = (prompt_tokens, watcher.choice_chunks)
+        estimate = (prompt_tokens(), watcher.choice_chunks) if watcher.usage is None else None
         upstream_status = start.response.status_code
         await finish(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)

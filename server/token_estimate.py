@@ -12,21 +12,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.chat_request import message_text
-
 CHARS_PER_TOKEN = 4
+_ANSWER_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 
 
 def prompt_tokens(payload: dict[str, Any]) -> int:
-    """About how many tokens a chat request's messages hold (at least one per message)."""
+    """About how many tokens a chat request holds: its messages (at least one token each, with
+    their tool calls) and its tool definitions."""
     messages = payload.get("messages")
     if not isinstance(messages, list):
         return 0
-    return sum(1 + len(message_text(message)) // CHARS_PER_TOKEN for message in messages if isinstance(message, dict))
+    tokens = sum(
+        1 + (_text_chars(message.get("content")) + _json_chars(message.get("tool_calls"))) // CHARS_PER_TOKEN
+        for message in messages
+        if isinstance(message, dict)
+    )
+    return tokens + _json_chars(payload.get("tools")) // CHARS_PER_TOKEN
 
 
 def answer_tokens(answer: object) -> int:
-    """About how many tokens a whole chat completion's (parsed JSON) choices hold: their text and tool calls."""
+    """About how many tokens a whole chat completion's (parsed JSON) choices hold: their text and
+    tool calls; 0 for anything else."""
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if not isinstance(choices, list):
         return 0
@@ -34,8 +40,20 @@ def answer_tokens(answer: object) -> int:
     for choice in choices:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
-            characters += len(message_text(message))
-            calls = message.get("tool_calls")
-            if isinstance(calls, list):
-                characters += len(json.dumps(calls))
+            characters += sum(_text_chars(message.get(field)) for field in _ANSWER_TEXT_FIELDS)
+            characters += _json_chars(message.get("tool_calls"))
     return -(-characters // CHARS_PER_TOKEN)  # rounded up: any text is at least one token
+
+
+def _text_chars(content: object) -> int:
+    """Characters of a string content, or of the text parts of a list of parts (anything else: 0)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
+    return 0
+
+
+def _json_chars(value: object) -> int:
+    """Characters of a JSON value (tool definitions or calls); 0 when absent."""
+    return len(json.dumps(value)) if value else 0

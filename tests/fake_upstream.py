@@ -57,6 +57,7 @@ class Behaviour:
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
     omit_usage: bool = False  # non-streamed answers carry no usage object
+    usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
 
@@ -211,6 +212,8 @@ class FakeUpstream:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
         if behaviour.answer is not None:
             answer["choices"][0]["message"]["content"] = behaviour.answer
+        if behaviour.usage is not None:
+            answer["usage"] = behaviour.usage
         if behaviour.omit_usage:
             del answer["usage"]
         return JSONResponse(answer)

@@ -135,7 +135,7 @@ def test_retry_after_is_honoured(fault_proxy: Proxy, strong: FakeUpstream, weak:
 
 
 @pytest.mark.parametrize("value", ["soon", "nan", "Wed, 21 Oct 2015 07:28:00 GMT"])
-def test_unreadable_or_past_retry_after_is_retried_at_once(
+def test_unreadable_or_past_retry_after_is_retried_after_the_usual_backoff(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, value: str
 ) -> None:
     strong.behaviour.fail_statuses = [503]

@@ -213,6 +213,26 @@ def test_a_stream_keeps_the_clients_stream_options_and_can_be_left_unasked(
     assert delta("routegate_usage_estimated_total", tier="strong") == 1
 
 
+def test_an_answer_with_odd_content_parts_is_relayed_and_estimated(proxy: Proxy, strong: FakeUpstream):
+    strong.behaviour.omit_usage = True
+    strong.behaviour.answer = ["a bare string part", {"type": "text", "text": "x" * 8}, None]
+    delta = MetricDelta(proxy.metrics)
+    body = {"model": "router-random-0.0", "messages": MESSAGES}
+    response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == strong.behaviour.answer  # relayed as sent
+    assert wait_for(lambda: delta.after()("routegate_usage_estimated_total", tier="strong") == 1)
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") == 2  # the 8 characters of text parts
+
+
+def test_reported_zero_usage_is_not_replaced_by_an_estimate(proxy: Proxy, strong: FakeUpstream):
+    strong.behaviour.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    delta = MetricDelta(proxy.metrics)
+    client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES)
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="200") == 1)
+    assert delta("routegate_usage_estimated_total") == 0 and delta("routegate_tokens_total") == 0
+
+
 def test_an_answer_without_usage_is_charged_an_estimate(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     strong.behaviour.omit_usage, strong.behaviour.answer = True, "x" * 399
     with running_proxy(proxy_env(strong, weak, daily_budget_usd="100"), tmp_path) as proxy:
