@@ -2,7 +2,8 @@
 
 Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
 only written for requests an upstream answered with a 2xx (budget spend: for any answer with
-usage, reported or, for a 2xx without, estimated); requests refused before an upstream (429, 400, 499 ...) leave no trace there.
+usage, reported or, for a 2xx without, estimated); requests refused before an upstream (429,
+400, 499 ...) leave no trace there.
 With Redis (``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py).
 """
 
@@ -27,7 +28,7 @@ log = logging.getLogger("routegate.proxy")
 class Outcome:
     """How one request ended: the final decision, the upstream that answered (None: none did),
     the status the client got, when it arrived, when its last try was sent, the usage reported
-    and, for a 2xx answer, the ``(prompt, completion)`` tokens estimated for when none was."""
+    and, for a 2xx answer without a usage object, its estimated ``(prompt, completion)`` tokens."""
 
     decision: Decision | None
     upstream: Upstream | None
@@ -97,7 +98,7 @@ class Recorder:
         """The tokens of an upstream's ``usage`` object, else the estimated ones, and their costs;
         None without either."""
         tokens = metrics.usage_tokens(reported)
-        if tokens is None and not isinstance(reported, dict) and estimated is not None and any(estimated):
+        if tokens is None and estimated is not None and any(estimated):
             tokens = estimated
             metrics.USAGE_ESTIMATED.labels(upstream.tier, upstream.model).inc()
         if tokens is None:

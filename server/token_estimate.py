@@ -3,8 +3,8 @@ its usage chunk, a stream cut short, an upstream that refuses ``stream_options``
 ``usage``. Without them such answers would cost nothing in the metrics and the daily budget.
 
 The estimates are rough on purpose (no tokenizer for every upstream's model): four characters
-of text per token, and one token per streamed content chunk, which is how OpenAI-compatible
-servers stream by default.
+of text per token here, and, for a stream, a token per chunk with choices
+(``relay.StreamWatcher.choice_chunks``): OpenAI-compatible servers stream about one token per chunk.
 """
 
 from __future__ import annotations

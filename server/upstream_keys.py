@@ -22,6 +22,7 @@ def missing_key_warnings(settings: Settings) -> list[str]:
 
 
 def _key_setting(settings: Settings, name: str) -> str:
+    """The setting that gives upstream ``name`` its key."""
     if settings.models:
         return f"api_key of the ROUTEGATE_MODELS entry '{name}'"
     return f"ROUTEGATE_{name.upper()}__API_KEY"

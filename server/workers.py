@@ -49,6 +49,8 @@ class DrainingSupervisor(multiprocess.Multiprocess):
         for worker in self.processes:
             if isinstance(worker, DrainingWorker):
                 worker.drain()
+            else:  # not started by run_workers: uvicorn's own stop
+                worker.terminate()
 
 
 def run_workers(config: uvicorn.Config) -> None:
