@@ -215,6 +215,40 @@ def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_
     assert router.score(PROMPTS[:1]) == pytest.approx(scores[:1], abs=1e-4)  # padding does not change a score
 
 
+def test_causal_llm_learns_the_most_scored_models_its_label_tokens_can_hold(tmp_path: Path) -> None:
+    """The tiny LM's tokenizer lower-cases, so it has 26 label tokens: of 30 models, the 4 scored on
+    the fewest records are left out, and a record that compares none of the kept models is not trained on."""
+    common = [f"model-{n:02d}" for n in range(26)]
+    rare = [f"model-{n:02d}" for n in range(26, 30)]
+    records = [
+        {
+            "id": str(n),
+            "prompt": f"Question {n}: " + "why? " * n,
+            "split": "train",
+            "scores": {m: float((n + i) % 2) for i, m in enumerate(common + rare[: 4 * (n < 5)])},
+        }
+        for n in range(10)
+    ]
+    records.append(
+        {
+            "id": "rare",
+            "prompt": "Only rare models here.",
+            "split": "train",
+            "scores": {rare[0]: 1.0, rare[1]: 0.0, common[0]: 0.5},
+        }
+    )
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "causal_llm"
+    base = tiny_causal_lm(tmp_path / "tiny-lm")
+    command = ["train", "causal_llm", "--data", str(data), "--out", str(out), "--base-model", str(base), "--epochs", "2"]
+    assert main(command) == 0
+    manifest = json.loads((out / "router.json").read_text())
+    assert manifest["models"] == common
+    assert manifest["prompts"] == 10
+    assert len(manifest["label_tokens"]) == 26
+
+
 def _strong_wins_on_long_prompts(path: Path) -> Path:
     """40 train records where the strong model wins exactly on the long prompts."""
     with path.open("w", encoding="utf-8") as lines:

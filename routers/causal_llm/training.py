@@ -5,13 +5,15 @@ part: one forward pass of the base model per training prompt); the label rows st
 LM head's own rows for " A", " B", ... and are trained on the pairwise comparisons, together with
 a linear term on the prompt's structural features (``routers.feature_head``); ``--hidden-l2``
 shrinks the differences between the rows, so the 576-wide state does not overfit a few thousand
-prompts.
+prompts. There is one label token per model, so the head learns at most as many models as the
+tokenizer has distinct label tokens (52 for SmolLM2): the ones scored on the most training records.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +23,10 @@ from tqdm import tqdm
 
 from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import write_manifest
+from routers.data import Record
 from routers.embedding import resolve_device
 from routers.feature_head import FEATURE_HEAD, FeatureHead
+from routers.model_names import scores_by_model
 from routers.training.feature_head import untrained_head
 from routers.training.pairwise import (
     Comparisons,
@@ -49,6 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the base model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+
+def most_scored_models(records: Sequence[Record], count: int) -> list[str]:
+    """The ``count`` models (normal forms) scored on the most records, most first; ties by name."""
+    scored = Counter(name for record in records for name in scores_by_model(record["scores"]))
+    return sorted(scored, key=lambda name: (-scored[name], name))[:count]
+
+
+def records_of(records: Sequence[Record], models: Sequence[str]) -> list[Record]:
+    """The records that score at least two of ``models``: the only ones that compare them."""
+    wanted = set(models)
+    return [record for record in records if len(wanted.intersection(scores_by_model(record["scores"]))) >= 2]
 
 
 def cached_last_hidden(
@@ -99,11 +115,13 @@ def run(args: argparse.Namespace) -> None:
 
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    records = load_training_records(args.data, limit=args.limit)
-    comparisons = build_comparisons(records)
-    print(f"causal_llm: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
     tokenizer, model = load_causal_lm(args.base_model, device)
-    labels = label_token_ids(tokenizer, len(comparisons.models))
+    records = load_training_records(args.data, limit=args.limit)
+    models = most_scored_models(records, len(label_token_ids(tokenizer)))  # one label token per model
+    records = records_of(records, models)
+    comparisons = build_comparisons(records, models)
+    print(f"causal_llm: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
+    labels = label_token_ids(tokenizer)[: len(models)]
     hidden = cached_last_hidden(model, tokenizer, comparisons.prompts, args.base_model, device, args.batch_size)
     feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
     lm_rows = model.get_output_embeddings().weight[labels].detach().float().cpu()
