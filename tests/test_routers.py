@@ -217,9 +217,10 @@ def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_
 
 def test_causal_llm_learns_the_most_scored_models_its_label_tokens_can_hold(tmp_path: Path) -> None:
     """The tiny LM's tokenizer lower-cases, so it has 26 label tokens: of 30 models, the 4 scored on
-    the fewest records are left out, and a record that compares none of the kept models is not trained on."""
+    the fewest records are left out (though their names sort first), and a record that compares no
+    two of the kept models is not trained on."""
     common = [f"model-{n:02d}" for n in range(26)]
-    rare = [f"model-{n:02d}" for n in range(26, 30)]
+    rare = [f"aaa-rare-{n}" for n in range(4)]
     records = [
         {
             "id": str(n),
@@ -246,7 +247,10 @@ def test_causal_llm_learns_the_most_scored_models_its_label_tokens_can_hold(tmp_
     manifest = json.loads((out / "router.json").read_text())
     assert manifest["models"] == common
     assert manifest["prompts"] == 10
-    assert len(manifest["label_tokens"]) == 26
+    router = load_router("causal_llm", RouterOptions(checkpoint_dir=tmp_path, strong_model=common[3], weak_model=common[7]))
+    assert len(router.score(PROMPTS)) == len(PROMPTS)
+    with pytest.raises(CheckpointError, match=rare[0]):
+        load_router("causal_llm", RouterOptions(checkpoint_dir=tmp_path, strong_model=rare[0], weak_model=common[7]))
 
 
 def _strong_wins_on_long_prompts(path: Path) -> Path:

@@ -117,11 +117,12 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     tokenizer, model = load_causal_lm(args.base_model, device)
     records = load_training_records(args.data, limit=args.limit)
-    models = most_scored_models(records, len(label_token_ids(tokenizer)))  # one label token per model
+    labels = label_token_ids(tokenizer)
+    models = most_scored_models(records, len(labels))  # one label token per model
+    labels = labels[: len(models)]
     records = records_of(records, models)
     comparisons = build_comparisons(records, models)
     print(f"causal_llm: {len(records)} prompts, {len(comparisons.target)} comparisons, {len(comparisons.models)} models")
-    labels = label_token_ids(tokenizer)[: len(models)]
     hidden = cached_last_hidden(model, tokenizer, comparisons.prompts, args.base_model, device, args.batch_size)
     feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
     lm_rows = model.get_output_embeddings().weight[labels].detach().float().cpu()
