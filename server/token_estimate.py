@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from server.chat_request import content_text
+
 CHARS_PER_TOKEN = 4
 _ANSWER_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
 
@@ -23,7 +25,7 @@ def prompt_tokens(payload: dict[str, Any]) -> int:
     if not isinstance(messages, list):
         return 0
     tokens = sum(
-        1 + (_text_chars(message.get("content")) + _json_chars(message.get("tool_calls"))) // CHARS_PER_TOKEN
+        1 + (len(content_text(message.get("content"))) + _json_chars(message.get("tool_calls"))) // CHARS_PER_TOKEN
         for message in messages
         if isinstance(message, dict)
     )
@@ -40,18 +42,9 @@ def answer_tokens(answer: object) -> int:
     for choice in choices:
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
-            characters += sum(_text_chars(message.get(field)) for field in _ANSWER_TEXT_FIELDS)
+            characters += sum(len(content_text(message.get(field))) for field in _ANSWER_TEXT_FIELDS)
             characters += _json_chars(message.get("tool_calls"))
     return -(-characters // CHARS_PER_TOKEN)  # rounded up: any text is at least one token
-
-
-def _text_chars(content: object) -> int:
-    """Characters of a string content, or of the text parts of a list of parts (anything else: 0)."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part["text"]) for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
-    return 0
 
 
 def _json_chars(value: object) -> int:
