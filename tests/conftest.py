@@ -96,10 +96,8 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
 
 
 @contextmanager
-def running_proxy(
-    env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60, module: str = "server.cli"
-) -> Iterator[Proxy]:
-    """Start ``routegate serve`` (``python -m <module> serve``) on a free port and wait until ``/ready`` answers 200."""
+def started_proxy(env: dict[str, str], tmp_path: Path, *args: str, module: str = "server.cli") -> Iterator[Proxy]:
+    """Start ``routegate serve`` (``python -m <module> serve``) on a free port, without waiting for it."""
     port = free_port()
     log_path = tmp_path / f"routegate-{port}.log"
     with open(log_path, "wb") as log_file:
@@ -110,12 +108,22 @@ def running_proxy(
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    proxy = Proxy(f"http://127.0.0.1:{port}", process, log_path)
     try:
+        yield Proxy(f"http://127.0.0.1:{port}", process, log_path)
+    finally:
+        stop_process(process)
+
+
+@contextmanager
+def running_proxy(
+    env: dict[str, str], tmp_path: Path, *args: str, ready_timeout: float = 60, module: str = "server.cli"
+) -> Iterator[Proxy]:
+    """``started_proxy``, once ``/ready`` answers 200."""
+    with started_proxy(env, tmp_path, *args, module=module) as proxy:
         deadline = time.monotonic() + ready_timeout
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"routegate exited with {process.returncode}:\n{proxy.log()}")
+            if proxy.process.poll() is not None:
+                raise RuntimeError(f"routegate exited with {proxy.process.returncode}:\n{proxy.log()}")
             try:
                 if httpx.get(f"{proxy.url}/ready", timeout=1).status_code == 200:
                     break
@@ -125,8 +133,6 @@ def running_proxy(
                 raise RuntimeError(f"routegate not ready after {ready_timeout}s:\n{proxy.log()}")
             time.sleep(0.05)
         yield proxy
-    finally:
-        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import REPO, proxy_env, running_proxy
-from tests.fake_upstream import FakeUpstream, free_port
+from tests.conftest import proxy_env, running_proxy, started_proxy
+from tests.fake_upstream import FakeUpstream
 from tests.metric_values import wait_for
 from tests.router_fixtures import tiny_causal_lm, write_slice
 
@@ -85,29 +81,10 @@ def test_proxy_serves_a_trained_causal_llm_router(strong: FakeUpstream, weak: Fa
 HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 
 
-@contextmanager
-def unready_proxy(env: dict[str, str], log_path: Path, module: str = "server.cli") -> Iterator[str]:
-    """``routegate serve`` on a free port, not waited for (its router may still load); its URL."""
-    port = free_port()
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", module, "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     env = proxy_env(strong, weak, router="mf", router_strong_model="no-such-model")
-    log_path = tmp_path / "routegate.log"
-    with unready_proxy(env, log_path) as url:
+    with started_proxy(env, tmp_path) as proxy:
+        url = proxy.url
         status = None
         for _ in range(1200):  # until the background load has failed (at most ~2 minutes)
             try:
@@ -121,7 +98,7 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
         refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
         assert not strong.received and not weak.received
-        log = log_path.read_text()
+        log = proxy.log()
         assert "no-such-model" in log and "gpt-4-1106-preview" in log  # names the models the checkpoint knows
 
 
@@ -131,7 +108,8 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
     (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
     env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"))
     env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "3", "0"
-    with unready_proxy(env, tmp_path / "routegate.log", "tests.slow_router") as url:
+    with started_proxy(env, tmp_path, module="tests.slow_router") as proxy:
+        url = proxy.url
         assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
         loading = httpx.get(f"{url}/ready")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
