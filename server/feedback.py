@@ -24,6 +24,7 @@ from server import feedback_metrics as fm
 from server.chat_request import routed_text
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
+from server.metrics import token_count, usage_tokens
 from server.relay import EventSplitter, RelayResponse, data_fields
 from server.settings import Settings
 from server.shadow import Shadower, ShadowJob, endpoints
@@ -108,6 +109,7 @@ class Feedback:
             self.shadow is not None
             and routed
             and response.headers.get("x-routegate-decision") == "score"
+            and "x-routegate-fallback" not in response.headers  # the tier that answered is not the one chosen
             and self.shadow.sampled()
         )
         if isinstance(response, RelayResponse):
@@ -169,7 +171,7 @@ class Feedback:
         settings = self.settings
         prompt = routed_text(payload["messages"], settings.route_on, settings.conversation_turns, settings.max_router_chars)
         tokens = usage if isinstance(usage, dict) else {}
-        prompt_tokens, completion_tokens = tokens.get("prompt_tokens"), tokens.get("completion_tokens")
+        counted = usage_tokens(usage)
         return DecisionRow(
             request_id=request_id,
             created_at=time.time(),
@@ -181,9 +183,9 @@ class Feedback:
             model=headers.get("x-routegate-model", ""),
             strong_model=settings.strong.model,
             weak_model=settings.weak.model,
-            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
-            completion_tokens=completion_tokens if isinstance(completion_tokens, int) else None,
-            cost_usd=self._tiers[tier].cost(usage) if tokens else None,
+            prompt_tokens=token_count(tokens.get("prompt_tokens")),
+            completion_tokens=token_count(tokens.get("completion_tokens")),
+            cost_usd=self._tiers[tier].cost(counted) if counted else None,
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
             prompt=prompt.replace("\x00", "") if settings.feedback_store_text else None,  # PostgreSQL text holds no NUL
         )

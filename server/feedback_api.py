@@ -7,7 +7,6 @@ optional ``"comment"``. A repeat overwrites; an unknown or expired id is a 404.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -104,7 +103,7 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
         if not isinstance(rating, str) or rating not in RATING_SCORES:
             raise bad_request("'rating' must be 'up' or 'down'.", param="rating", code="invalid_value")
         score = RATING_SCORES[rating]
-    elif isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) or not 0 <= score <= 1:
+    elif isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:  # NaN is out of range too
         raise bad_request("'score' must be a number from 0 to 1.", param="score", code="invalid_value")
     comment = payload.get("comment")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT):

@@ -32,19 +32,27 @@ JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model,
     ORDER BY d.created_at"""
 
 
+_LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
 def parse_since(value: str, now: float | None = None) -> float:
     """Epoch seconds of ``--since``: a duration back from now (``30m``, ``24h``, ``7d``) or an ISO date/time (UTC)."""
     now = time.time() if now is None else now
     match = _DURATION.match(value.strip())
     if match:
-        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
+        return _in_range(now - float(match[1]) * _UNIT_SECONDS[match[2]])
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"--since: '{value}' is neither a duration (30m, 24h, 7d) nor an ISO date") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return _in_range(moment.timestamp())
+
+
+def _in_range(seconds: float) -> float:
+    """``seconds`` clamped to the epoch .. the last second of year 9999 (what dates can print)."""
+    return min(max(seconds, 0.0), _LAST_SECOND)
 
 
 def split_of(record_id: str) -> str:

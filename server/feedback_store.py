@@ -292,6 +292,9 @@ class FeedbackStore:
                 return
 
     def _write(self, items: list[object]) -> None:
+        """Write ``items`` in one transaction, then delete what is past retention when that is due.
+        When the transaction fails on a connection that still works (a value the database refuses),
+        each item is written on its own, so that only the item at fault is lost."""
         try:
             if self._connection is None:
                 self._connection = self.database.connect()
@@ -300,14 +303,29 @@ class FeedbackStore:
                 for item in items:
                     results.append(self._apply(cursor, item))
         except Exception as error:
-            self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
-            self._fail(items, error)
+            if not items:  # only retention was due, and the database is not there
+                self._retention_failed(error)
+            elif len(items) > 1 and self._reconnected():
+                for item in items:
+                    self._write([item])
+            else:
+                self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
+                self._fail(items, error)
             return
         for item, result in zip(items, results, strict=True):
             if isinstance(item, _Feedback):
                 item.done(result)
         if time.time() >= self._next_retention:
             self._retain()
+
+    def _reconnected(self) -> bool:
+        """Whether a new connection opens (the old one is dropped either way)."""
+        self._close()
+        try:
+            self._connection = self.database.connect()
+        except Exception:
+            return False
+        return True
 
     def _retain(self) -> None:
         """Delete what is past retention, in a transaction of its own: its failure loses no write."""
@@ -316,10 +334,13 @@ class FeedbackStore:
             with self.database.transaction(self._connection) as cursor:
                 self._delete_expired(cursor)
         except Exception as error:
-            self._next_retention = time.time() + 60.0
-            message = self.database.error_text(error)
-            log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
-            self._close()
+            self._retention_failed(error)
+
+    def _retention_failed(self, error: Exception) -> None:
+        self._next_retention = time.time() + 60.0
+        message = self.database.error_text(error)
+        log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
+        self._close()
 
     def _close(self) -> None:
         """Drop the connection (the next write opens a new one)."""

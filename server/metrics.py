@@ -218,14 +218,22 @@ def render_metrics() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+MAX_TOKENS = 2**31 - 1  # more than any answer holds, and what a database INTEGER column holds
+
+
+def token_count(value: object) -> int | None:
+    """A ``usage`` field's token count, at most ``MAX_TOKENS``; None when it is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, MAX_TOKENS)
+
+
 def usage_tokens(usage: object) -> tuple[int, int] | None:
     """The prompt and completion tokens of an upstream ``usage`` object; None without any."""
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
-    prompt = prompt if isinstance(prompt, int) and prompt >= 0 else 0
-    completion = completion if isinstance(completion, int) and completion >= 0 else 0
+    prompt = token_count(usage.get("prompt_tokens")) or 0
+    completion = token_count(usage.get("completion_tokens")) or 0
     return (prompt, completion) if prompt or completion else None
 
 

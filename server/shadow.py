@@ -23,8 +23,10 @@ import httpx
 from server import feedback_metrics as fm
 from server.feedback_store import FeedbackStore, JudgementRow
 from server.judge import answer_text, chosen_side, combine, judge_messages, parse_verdict, question_text
+from server.metrics import tokens_cost, usage_tokens
 from server.settings import Settings
 from server.targets import utc_day_start
+from server.token_estimate import answer_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
@@ -41,14 +43,9 @@ class Endpoint:
     model: str
     prices: tuple[float, float]
 
-    def cost(self, usage: object) -> float:
-        """USD of a ``usage`` object at this endpoint's prices (0 without usage)."""
-        if not isinstance(usage, dict):
-            return 0.0
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        prompt = prompt if isinstance(prompt, int) and prompt > 0 else 0
-        completion = completion if isinstance(completion, int) and completion > 0 else 0
-        return (prompt * self.prices[0] + completion * self.prices[1]) / 1e6
+    def cost(self, tokens: tuple[int, int]) -> float:
+        """USD of ``(prompt, completion)`` tokens at this endpoint's prices."""
+        return tokens_cost(tokens, self.prices)
 
 
 def endpoints(settings: Settings) -> tuple[dict[str, Endpoint], Endpoint]:
@@ -203,7 +200,7 @@ class Shadower:
             log.info("request_id=%s shadow call to the %s tier failed: %s", job.request_id, other, failure)
             fm.SHADOW_REQUESTS.labels(other, "shadow_failed").inc()
             return
-        shadow_cost = self._meter("shadow", endpoint, completion)
+        shadow_cost = self._meter("shadow", endpoint, body, completion)
         other_answer = answer_text(completion) or ""
         if not other_answer.strip():
             log.info("request_id=%s the %s tier's shadow answer is empty: not judged", job.request_id, other)
@@ -211,12 +208,13 @@ class Shadower:
             return
         question = question_text(job.payload["messages"])
         orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))
-        calls = [
-            self._call(self.judge, {"model": self.judge.model, "messages": judge_messages(question, a, b)}, job.request_id)
-            for a, b in orders
-        ]
-        replies = await asyncio.gather(*calls, return_exceptions=True)
-        judge_cost = sum(self._meter("judge", self.judge, reply) for reply in replies if isinstance(reply, dict))
+        asked = [{"model": self.judge.model, "messages": judge_messages(question, a, b)} for a, b in orders]
+        replies = await asyncio.gather(*(self._call(self.judge, body, job.request_id) for body in asked), return_exceptions=True)
+        judge_cost = sum(
+            self._meter("judge", self.judge, body, reply)
+            for body, reply in zip(asked, replies, strict=True)
+            if isinstance(reply, dict)
+        )
         failed = [reply for reply in replies if isinstance(reply, BaseException)]
         if failed:
             log.info("request_id=%s judge call failed: %s", job.request_id, failed[0])
@@ -244,8 +242,10 @@ class Shadower:
                 )
             )
 
-    def _meter(self, kind: str, endpoint: Endpoint, completion: dict[str, Any]) -> float:
-        cost = endpoint.cost(completion.get("usage"))
+    def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
+        """Count a call's cost: from its usage, or estimated from its text when it reported none."""
+        tokens = usage_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
+        cost = endpoint.cost(tokens)
         fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
         self.budget.spend(cost)
         return cost

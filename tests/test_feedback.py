@@ -41,20 +41,18 @@ def _reset_judge(judge: FakeJudge) -> None:
 
 
 def shadow_env(strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, db: Path | str, **settings: str) -> dict[str, str]:
-    return proxy_env(
-        strong,
-        weak,
-        shadow_rate="1",
-        feedback_db=str(db),
-        feedback_store_text="true",
-        judge__base_url=judge.url,
-        judge__api_key=JUDGE_KEY,
-        judge__model="fake-judge",
-        judge__input_price="100",
-        judge__output_price="200",
-        api_keys=json.dumps([CLIENT_KEY]),
-        **settings,
-    )
+    defaults = {
+        "shadow_rate": "1",
+        "feedback_db": str(db),
+        "feedback_store_text": "true",
+        "judge__base_url": judge.url,
+        "judge__api_key": JUDGE_KEY,
+        "judge__model": "fake-judge",
+        "judge__input_price": "100",
+        "judge__output_price": "200",
+        "api_keys": json.dumps([CLIENT_KEY]),
+    }
+    return proxy_env(strong, weak, **{**defaults, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +233,24 @@ def test_opted_out_and_tool_requests_are_not_shadowed(
     assert [received.body["messages"] for received in strong.received] == [marker]
 
 
+def test_an_answer_from_the_fallback_tier_is_not_shadowed(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
+) -> None:
+    proxy, _ = shadowing
+    strong.behaviour.fail_statuses = [500] * 10  # every try of the chosen strong tier fails
+    reply = client(proxy).chat.completions.with_raw_response.create(model=STRONG_ROUTE, messages=QUESTION)
+    assert reply.headers["x-routegate-tier"] == "weak" and reply.headers["x-routegate-fallback"].startswith("strong->weak")
+    strong.reset()
+    weak.reset()
+    # a routed request after it is shadowed; had the fallback answer been queued first, it would show here too
+    before = shadow_total(proxy)
+    marker = [{"role": "user", "content": "A routed question after the fallback."}]
+    client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=marker)
+    judged(proxy, before)
+    assert shadow_total(proxy) == before + 1
+    assert [received.body["messages"] for received in strong.received] == [marker]  # the marker's shadow call only
+
+
 def post_feedback(proxy: Proxy, body: object, key: str | None = CLIENT_KEY) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     return httpx.post(f"{proxy.api}/feedback", json=body, headers=headers, timeout=10)
@@ -319,6 +335,7 @@ def test_with_the_store_off_feedback_is_refused_and_requests_are_answered(
     [
         ({"request_id": "x", "score": 1.5}, "score"),
         ({"request_id": "x", "score": True}, "score"),
+        ({"request_id": "x", "score": 10**400}, "score"),  # too large for a float
         ({"request_id": "x", "rating": "meh"}, "rating"),
         ({"request_id": "x", "rating": {}}, "rating"),
         ({"request_id": "x"}, None),
@@ -388,6 +405,29 @@ def test_a_spent_shadow_budget_skips_until_the_next_day(
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)  # its cost spent the budget
         wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
         assert len(strong.received) == 1 and len(judge.received) == 2
+
+
+def test_shadow_calls_without_usage_spend_the_budget_by_their_text(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    strong.behaviour.omit_usage = True  # the shadow call reports no usage; the judge costs nothing
+    env = shadow_env(
+        strong,
+        weak,
+        judge,
+        tmp_path / "feedback.sqlite3",
+        shadow_daily_budget_usd="0.000001",
+        judge__input_price="0",
+        judge__output_price="0",
+    )
+    with running_proxy(env, tmp_path) as proxy:
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the first judgement")
+        spent = metric_sum(proxy.metrics(), "routegate_shadow_cost_usd_total", kind="shadow", model="fake-strong")
+        assert spent > 0.000001  # estimated from the question's and the answer's text
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
+        assert len(strong.received) == 1
 
 
 def test_a_down_database_fails_no_request_and_leaks_no_secret(

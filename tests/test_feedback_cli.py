@@ -117,6 +117,16 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
     cells = row.split()
     assert cells[:7] == ["mf", "5", "1", "0.500", "0.667", "-", "-"]
     assert cells[7:] == ["2", "0.500"]  # two feedbacks, mean 0.5
+    # windows reaching past what a date can hold start at the epoch, or end in year 9999
+    for since, start in (("1000000d", "1970-01-01T00:00:00"), ("0001-01-01T00:00:00+01:00", "1970-01-01T00:00:00")):
+        assert (
+            routegate("feedback", "stats", "--db", database.url, "--since", since)
+            .splitlines()[0]
+            .endswith(f"since {start}+00:00:")
+        )
+    assert "since 9999-12-31T23:59:59+00:00:" in routegate(
+        "feedback", "stats", "--db", database.url, "--since", "9999-12-31T23:59:59-01:00"
+    )
 
 
 def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> None:

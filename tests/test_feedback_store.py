@@ -4,6 +4,7 @@ known and unknown requests, overwrites, retention, and a database that is down."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -155,3 +156,29 @@ async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     assert counter("routegate_feedback_store_errors_total", reason="queue_full") - dropped_before == 3
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(store.record_feedback(FeedbackRow("req-0", time.time(), 1.0, "up", None)), 1)
+
+
+async def test_a_row_the_database_refuses_loses_only_itself(database: Database) -> None:  # noqa: F811
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    refused = dataclasses.replace(decision("req-refused"), prompt_tokens=2**70)  # beyond any INTEGER column
+    for row in (decision("req-before"), refused, decision("req-after")):
+        store.record(row)  # queued before the writer starts: one batch
+    store.start()
+    assert await store.record_feedback(FeedbackRow("req-before", time.time(), 1.0, "up", None))
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-after", "req-before"]
+    assert [row[0] for row in rows(database, "routegate_feedback")] == ["req-before"]
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 1
+
+
+async def test_an_idle_store_on_a_missing_database_logs_no_lost_writes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    store = FeedbackStore(Database(str(not_a_directory / "feedback.sqlite3")), retention_days=30, queue_size=100)
+    with caplog.at_level(logging.WARNING, logger="routegate.feedback"):
+        store.start()
+        await asyncio.sleep(2.5)  # a second between tries would log three times by now
+        await store.aclose()
+    assert "writes lost" not in caplog.text
+    assert caplog.text.count("retention failed, tried again in a minute") == 1
