@@ -27,7 +27,7 @@ from server.judge import answer_text
 from server.metrics import token_count, usage_tokens
 from server.relay import EventSplitter, RelayResponse, data_fields
 from server.settings import Settings
-from server.shadow import Shadower, ShadowJob, endpoints
+from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
 
@@ -162,8 +162,11 @@ class Feedback:
         tier = answer_headers["x-routegate-tier"]
         if self.store is not None:
             self.store.record(self._decision(request_id, router, tier, answer_headers, payload, usage))
-        if shadow and self.shadow is not None and text is not None:
-            self.shadow.offer(ShadowJob(request_id, router, tier, payload, text), request_headers)
+        if shadow and self.shadow is not None:
+            if text is None:  # an answer without a first choice: nothing for a judge to compare
+                fm.SHADOW_REQUESTS.labels(OTHER_TIER[tier], "no_answer").inc()
+            else:
+                self.shadow.offer(ShadowJob(request_id, router, tier, payload, text), request_headers)
 
     def _decision(
         self, request_id: str, router: str, tier: str, headers: Any, payload: dict[str, Any], usage: object

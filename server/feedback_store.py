@@ -231,6 +231,7 @@ class FeedbackStore:
         try:
             await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
         except queue.Full:
+            log.warning("feedback store %s: busy for %g s at shutdown: queued writes lost", self.database.describe(), timeout)
             return
         await asyncio.to_thread(self._thread.join, timeout)
 

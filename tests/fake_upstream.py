@@ -57,6 +57,7 @@ class Behaviour:
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
     omit_usage: bool = False  # non-streamed answers carry no usage object
+    no_choices: bool = False  # non-streamed answers carry an empty choices list
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
@@ -216,6 +217,8 @@ class FakeUpstream:
             answer["usage"] = behaviour.usage
         if behaviour.omit_usage:
             del answer["usage"]
+        if behaviour.no_choices:
+            answer["choices"] = []
         return JSONResponse(answer)
 
     async def _wait_unless_abandoned(self, request: Request, seconds: float) -> bool:

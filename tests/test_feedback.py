@@ -183,6 +183,17 @@ def test_an_empty_shadow_answer_is_not_judged(shadowing: tuple[Proxy, Path], str
     assert query(db, "SELECT * FROM routegate_judgements WHERE request_id = ?", "req-empty-1") == []
 
 
+def test_a_chosen_answer_without_choices_is_counted_not_shadowed(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
+) -> None:
+    proxy, _ = shadowing
+    weak.behaviour.no_choices = True
+    before = shadow_total(proxy, tier="strong", outcome="no_answer")
+    assert client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION).choices == []
+    wait_until(lambda: shadow_total(proxy, tier="strong", outcome="no_answer") == before + 1, "a no_answer outcome")
+    assert strong.received == [] and judge.received == []
+
+
 @pytest.mark.parametrize(
     ("reply", "verdict"),
     [("[[A]]", "tie"), ("[[C]]", "tie"), ("I cannot decide.", "unparsable"), ("[[A]] or maybe [[D]]", "unparsable")],
