@@ -93,15 +93,18 @@ class StreamWatcher:
                     self.usage = usage
 
 
-class UsageEventFilter:
-    """Takes the usage-only event (``"choices": []`` beside a ``usage`` object) out of relayed SSE
-    bytes, for a client that did not ask for it: routegate asks upstreams for usage on every stream.
+class EventGate:
+    """Passes relayed SSE bytes on whole events only, so that whatever ends a stream early (an
+    error event after a cut, the shutdown event) follows a complete event, never half of one.
 
     Each complete event passes on as soon as its blank line arrives; the bytes of an unfinished
-    one wait for it. An event longer than ``max_event_bytes`` passes on unread (a usage event is
-    small), so at most that much is held."""
+    one wait for it. An event longer than ``max_event_bytes`` passes on unread as it comes, so at
+    most that much is held. With ``drop_usage`` the usage-only event (``"choices": []`` beside a
+    ``usage`` object) is taken out, for a client that did not ask for it: routegate asks upstreams
+    for usage on every stream."""
 
-    def __init__(self, max_event_bytes: int = 1 << 16) -> None:
+    def __init__(self, drop_usage: bool, max_event_bytes: int = 1 << 16) -> None:
+        self.drop_usage = drop_usage
         self.max_event_bytes = max_event_bytes
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
@@ -115,12 +118,12 @@ class UsageEventFilter:
             match = _EVENT_SEPARATOR.search(self._pending, self._searched)
             if match is None:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
-                if len(self._pending) > self.max_event_bytes:
+                if self._passing or len(self._pending) > self.max_event_bytes:
                     ready += self._pending[: self._searched]
                     del self._pending[: self._searched]
                     self._searched, self._passing = 0, True
                 return bytes(ready)
-            if self._passing or not _usage_only(bytes(self._pending[: match.start()])):
+            if self._passing or not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):
                 ready += self._pending[: match.end()]
             del self._pending[: match.end()]
             self._searched, self._passing = 0, False
@@ -130,6 +133,13 @@ class UsageEventFilter:
         rest = bytes(self._pending)
         self._pending.clear()
         return rest
+
+    def cut_off(self) -> bytes:
+        """Drop the unfinished event of a stream that ends early; the blank line that closes the
+        part of an oversized one that already went on (empty when none did)."""
+        self._pending.clear()
+        passed, self._passing = self._passing, False
+        return b"\n\n" if passed else b""
 
 
 def _usage_only(event: bytes) -> bool:

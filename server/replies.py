@@ -15,7 +15,7 @@ from server.errors import APIError
 from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
 from server.recording import Outcome
-from server.relay import RelayResponse, StreamWatcher, UsageEventFilter
+from server.relay import EventGate, RelayResponse, StreamWatcher
 from server.shutdown import DRAIN
 from server.token_estimate import answer_tokens
 from server.upstream import (
@@ -95,11 +95,11 @@ def _relay_stream(
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher()
-    usage_filter = UsageEventFilter() if exchange.hide_usage else None
+    events = EventGate(drop_usage=exchange.hide_usage)
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)
-        return usage_filter.feed(chunk) if usage_filter is not None else chunk
+        return events.feed(chunk)
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         if first := to_client(start.first_chunk):
@@ -113,12 +113,16 @@ def _relay_stream(
                 watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
         else:
             watcher.cut = None if watcher.done else "stream_cut"
-        if usage_filter is not None and (rest := usage_filter.flush()):
-            yield rest
         if watcher.cut is not None:
-            yield _stream_error(upstream, watcher.cut)
+            yield events.cut_off() + _stream_error(upstream, watcher.cut)
+        elif rest := events.flush():
+            yield rest
 
     relayed = chunks()
+
+    def on_cancel() -> bytes | None:
+        final = _shutdown_event()
+        return None if final is None else events.cut_off() + final
 
     async def on_close(completed: bool) -> None:
         await relayed.aclose()
@@ -131,7 +135,7 @@ def _relay_stream(
         )
 
     media_type = start.response.headers.get("content-type", "text/event-stream")
-    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=_shutdown_event, watcher=watcher)
+    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher)
 
 
 def _stream_error(upstream: Upstream, reason: str) -> bytes:

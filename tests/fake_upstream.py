@@ -52,7 +52,8 @@ class Behaviour:
     echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
     malformed_json: bool = False  # 200 with a truncated JSON body
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
-    cut_mode: str = "abort"  # connection ("abort"), ending the body ("end") or sending [DONE] ("done")
+    cut_mode: str = "abort"  # connection ("abort", or "mid_event": after half the next event), ending the body
+    # ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
@@ -282,12 +283,6 @@ class FakeUpstream:
         cut_mode = "abort" if cut_after is not None else behaviour.cut_mode
         cut_after = behaviour.cut_after if cut_after is None else cut_after
         for index in range(behaviour.chunks):
-            if index == cut_after:
-                if cut_mode == "abort":
-                    raise StreamAborted(f"{self.name} drops the stream after {index} chunks")
-                if cut_mode == "done":
-                    yield b"data: [DONE]\n\n"
-                return
             chunk = {
                 "id": f"chatcmpl-{self.name}",
                 "object": "chat.completion.chunk",
@@ -295,8 +290,17 @@ class FakeUpstream:
                 "model": model,
                 "choices": [{"index": 0, "delta": {"content": f"{self.name}-{index} "}, "finish_reason": None}],
             }
+            event = f"data: {json.dumps(chunk)}\n\n".encode()
+            if index == cut_after:
+                if cut_mode == "mid_event":
+                    yield event[: len(event) // 2]
+                if cut_mode in ("abort", "mid_event"):
+                    raise StreamAborted(f"{self.name} drops the stream after {index} chunks")
+                if cut_mode == "done":
+                    yield b"data: [DONE]\n\n"
+                return
             self.chunk_sent_at.append(time.monotonic())
-            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            yield event
             if self.behaviour.chunk_delay:
                 await asyncio.sleep(self.behaviour.chunk_delay)
         if include_usage:

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.feedback import AnswerText
-from server.relay import StreamWatcher, UsageEventFilter
+from server.relay import EventGate, StreamWatcher
 from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 
@@ -118,9 +118,9 @@ def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> 
 
 
 def _filtered(events: bytes, size: int, max_event_bytes: int = 1 << 16) -> bytes:
-    usage_filter = UsageEventFilter(max_event_bytes)
-    relayed = b"".join(usage_filter.feed(events[start : start + size]) for start in range(0, len(events), size))
-    return relayed + usage_filter.flush()
+    gate = EventGate(drop_usage=True, max_event_bytes=max_event_bytes)
+    relayed = b"".join(gate.feed(events[start : start + size]) for start in range(0, len(events), size))
+    return relayed + gate.flush()
 
 
 def test_the_usage_filter_drops_only_the_usage_only_event_however_the_bytes_are_cut() -> None:
@@ -131,6 +131,17 @@ def test_the_usage_filter_drops_only_the_usage_only_event_however_the_bytes_are_
         assert _filtered(content + usage_only + kept, size) == content + kept, size
     oversized = b"data: " + b"x" * 1000 + b"\n\n" + usage_only + b"data: [DONE]"  # ends without a blank line
     assert _filtered(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")
+
+
+def test_the_event_gate_passes_whole_events_and_a_cut_drops_the_unfinished_one() -> None:
+    first, second = b'data: {"choices": [{"index": 0}]}\n\n', b'data: {"choices": [{"index": 1}]}\n\n'
+    gate = EventGate(drop_usage=False)
+    assert gate.feed(first + second[:10]) == first  # half an event waits for its blank line
+    assert gate.cut_off() == b"" and gate.flush() == b""  # a cut drops it: the client got whole events only
+    small = EventGate(drop_usage=False, max_event_bytes=64)
+    passed = small.feed(b"data: " + b"x" * 100) + small.feed(b"y" * 10)  # oversized: passes on as it comes
+    assert passed == b"data: " + b"x" * 100 + b"y" * 7  # all but what may begin a separator
+    assert small.cut_off() == b"\n\n"  # the blank line that ends the part already sent
 
 
 def test_the_listed_and_aliased_target_routes_are_served_when_the_table_is_full(

@@ -407,7 +407,7 @@ def test_stream_stalling_past_the_read_timeout_ends_with_an_error_event(
     assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="504") == 1)
 
 
-@pytest.mark.parametrize("mode", ["abort", "end"])
+@pytest.mark.parametrize("mode", ["abort", "end", "mid_event"])  # mid_event: the client never sees half an event
 def test_stream_cut_midway_without_done_ends_with_an_error_event(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, mode: str
 ) -> None:
