@@ -28,6 +28,7 @@ UPSTREAM_FAILURE_REASONS = (
     "timeout",
     "protocol",
     "http_auth",
+    "http_redirect",
     "http_429",
     "http_5xx",
     "invalid_response",

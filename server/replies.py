@@ -55,6 +55,9 @@ def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
             f"The {upstream.tier} upstream refused routegate's credentials for it (401/403); the operator must check its key."
         )
         return APIError(502, message, type="upstream_error", code="upstream_auth_error")
+    if failure.reason == "http_redirect":
+        message = f"The {upstream.tier} upstream answered with a redirect (3xx); the operator must check its base URL."
+        return APIError(502, message, type="upstream_error", code="upstream_error")
     return APIError(502, f"The {upstream.tier} upstream failed ({failure.reason}).", type="upstream_error", code="upstream_error")
 
 

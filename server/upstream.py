@@ -27,7 +27,7 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
 # One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
 _Outcome = tuple[str | None, bool, float | None, _T | None]
-NOT_RETRIED = frozenset({"too_large", "http_auth"})  # failures a second try would only repeat
+NOT_RETRIED = frozenset({"too_large", "http_auth", "http_redirect"})  # failures a second try would only repeat
 REDACTED = b"[redacted]"
 
 
@@ -86,7 +86,13 @@ def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None
         return "http_5xx", retry_after_seconds(response.headers)
     if response.status_code >= 500:
         return "http_5xx", None
+    if 300 <= response.status_code < 400:  # not followed: an upstream URL that redirects is misconfigured
+        return "http_redirect", None
     return None, None
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 class Upstream:
@@ -214,6 +220,9 @@ class Attempts:
                         return "too_large", False, None, None
                     reason, retry_after = status_failure(response)
                     return reason, False, retry_after, CompletedResponse(response.status_code, read[0], response.headers)
+                if _media_type(response.headers) == "application/json":  # it ignored "stream": no events to relay
+                    await response.aclose()
+                    return "invalid_response", False, None, None
                 chunks = response.aiter_raw()
                 first = b""
                 while not first:

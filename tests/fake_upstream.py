@@ -59,6 +59,7 @@ class Behaviour:
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
     omit_usage: bool = False  # non-streamed answers carry no usage object
     no_choices: bool = False  # non-streamed answers carry an empty choices list
+    ignore_stream: bool = False  # streamed requests get the non-streamed JSON answer, as some servers send
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
@@ -205,7 +206,7 @@ class FakeUpstream:
                 return JSONResponse(self._tool_call(body))
             except (KeyError, IndexError, TypeError):
                 return self._invalid("Invalid 'tools': each tool needs a function with a name.")
-        if stream:
+        if stream and not behaviour.ignore_stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return StreamingResponse(self._stream(body["model"], include_usage), media_type="text/event-stream")

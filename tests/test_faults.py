@@ -331,6 +331,47 @@ def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: Fak
     assert delta("routegate_upstream_errors_total") == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_redirect_falls_back_without_a_retry(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, stream: bool
+) -> None:
+    strong.behaviour.fail_statuses = [301] * 10  # an http:// base URL that moved to https://, say
+    strong.behaviour.fail_body, strong.behaviour.fail_content_type = "<html>Moved Permanently</html>", "text/html"
+    delta = MetricDelta(fault_proxy.metrics)
+    if stream:
+        pieces, error = stream_events(fault_proxy)
+        assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    else:
+        raw = chat(fault_proxy)
+        assert raw.headers["x-routegate-fallback"] == "strong->weak:http_redirect"
+        assert raw.parse().choices[0].message.content == "answer from weak"
+    delta.after()
+    assert len(strong.received) == 1 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="http_redirect") == 1
+
+
+def test_redirects_on_both_tiers_are_a_502_naming_the_base_url(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    for upstream in (strong, weak):
+        upstream.behaviour.fail_statuses = [308] * 10
+        upstream.behaviour.fail_body, upstream.behaviour.fail_content_type = "", "text/plain"
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    assert raised.value.status_code == 502
+    error = error_of(raised)
+    assert error["code"] == "upstream_error" and "redirect" in error["message"] and "base URL" in error["message"]
+
+
+def test_a_json_answer_to_a_streamed_request_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.ignore_stream = True
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="invalid_response") == 1
+
+
 def test_upstreams_refusing_routegates_keys_are_a_502_not_the_clients_401(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
 ) -> None:
