@@ -39,6 +39,9 @@ FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 }
 # A \uD800-\uDFFF escape: the body may hold a lone surrogate, which is no Unicode text.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# JSON levels a body may nest: routegate re-encodes the body for the upstream, and Python's encoder
+# fails at about twice this depth
+MAX_NESTING = 512
 RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),
@@ -88,6 +91,8 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             "We could not parse the JSON body of your request. The body must be valid JSON (UTF-8).",
             code="invalid_json",
         ) from None
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nested_deeper(payload, MAX_NESTING):
+        raise bad_request(f"The JSON body nests more than {MAX_NESTING} levels deep.", code="invalid_json")
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_type")
     model = payload.get("model")
@@ -107,6 +112,20 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
     _check_tools(payload.get("tools"))
     return payload
+
+
+def _nested_deeper(value: object, limit: int) -> bool:
+    """Whether a decoded JSON value nests objects and arrays more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _has_type(value: object, types: tuple[type, ...]) -> bool:

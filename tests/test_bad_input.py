@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from server.chat_request import FIELD_TYPES, RANGES
+from server.chat_request import FIELD_TYPES, MAX_NESTING, RANGES
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
 
@@ -179,6 +179,24 @@ def test_image_parts_and_deep_vendor_fields_pass_through_untouched(proxy: Proxy,
     assert post_json(proxy, payload).status_code == 200
     received = strong.received[0].body
     assert received["messages"][0]["content"] == content and received["vendor_extension"] == deep
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_nesting_past_the_limit_is_a_400_at_every_depth_python_could_still_decode(
+    proxy: Proxy, strong: FakeUpstream, stream: bool
+) -> None:
+    statuses = {}
+    for depth in (MAX_NESTING - 1, MAX_NESTING, *range(MAX_NESTING + 1, 1100, 7)):  # levels, the body's object included
+        nested = b"[" * (depth - 1) + b"]" * (depth - 1)
+        body = b'{"model": "%s", "messages": [{"role": "user", "content": "x"}], "stream": %s, "vendor_extension": %s}' % (
+            MODEL.encode(),
+            b"true" if stream else b"false",
+            nested,
+        )
+        statuses[depth] = post(proxy, body).status_code
+    assert statuses.pop(MAX_NESTING - 1) == 200 and statuses.pop(MAX_NESTING) == 200
+    assert set(statuses.values()) == {400}, statuses  # never a 500 from re-encoding it for the upstream
+    assert len(strong.received) == 2
 
 
 def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
