@@ -101,15 +101,21 @@ class Forwarder:
         self, attempts: Attempts, upstream: Upstream, payload: dict[str, Any], meter: bool, request_id: str
     ) -> StreamStart | CompletedResponse:
         """Open a stream; with ``meter``, ask for its usage too, unless the upstream refused that
-        once (a 400 naming ``stream_options``): then it is asked again without, from then on."""
+        once (a 400 naming ``stream_options`` to a client that sent none, and a stream without
+        them): then it is asked again without, from then on. A client's own ``stream_options``
+        that the upstream refuses are the client's to read: its 400 is relayed."""
         if meter and not upstream.refuses_stream_options:
             options = payload.get("stream_options")
             metered = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
             result = await attempts.stream(upstream, request_body(metered, upstream), request_id)
-            if not (isinstance(result, CompletedResponse) and result.status == 400 and b"stream_options" in result.body):
+            refused = isinstance(result, CompletedResponse) and result.status == 400 and b"stream_options" in result.body
+            if not refused or "stream_options" in payload:
                 return result
-            upstream.refuses_stream_options = True
-            log.warning("the %s upstream refuses stream_options: its streams are not metered", upstream.tier)
+            result = await attempts.stream(upstream, request_body(payload, upstream), request_id)
+            if isinstance(result, StreamStart):
+                upstream.refuses_stream_options = True
+                log.warning("the %s upstream refuses stream_options: its streams are not metered", upstream.tier)
+            return result
         return await attempts.stream(upstream, request_body(payload, upstream), request_id)
 
     def _tier_deadline(self, deadline: float, fallback_left: bool) -> float:

@@ -266,6 +266,20 @@ def test_an_upstream_that_refuses_stream_options_is_asked_without_them(strong: F
     assert not weak.received and "refuses stream_options" in log
 
 
+def test_a_clients_own_refused_stream_options_do_not_stop_metering(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    strong.behaviour.refuse_stream_options = True  # as an upstream would refuse a field it does not know
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        with pytest.raises(openai.BadRequestError):  # the client's own field: its error to read
+            client(proxy).chat.completions.create(
+                model="router-random-0.0", messages=MESSAGES, stream=True, extra_body={"stream_options": {"x_field": 1}}
+            )
+        strong.behaviour.refuse_stream_options = False
+        list(client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True))
+        log = proxy.log()
+    assert strong.received[-1].body["stream_options"] == {"include_usage": True}  # still metered
+    assert "refuses stream_options" not in log
+
+
 def test_a_stream_with_null_stream_options_is_answered(proxy: Proxy, strong: FakeUpstream):
     body = {"model": "router-random-0.0", "messages": MESSAGES, "stream": True, "stream_options": None}
     response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
