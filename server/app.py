@@ -259,7 +259,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])
     async def chat_completions(request: Request) -> Response:
         """Route a chat completion to the strong or weak upstream and relay its answer."""
-        _check_client_key(request, settings)
+        try:
+            _check_client_key(request, settings)
+        except APIError:
+            metrics.REQUESTS.labels("none", "none", "none", "401").inc()
+            raise
         if DRAIN.draining:
             metrics.REJECTED.labels("shutting_down").inc()
             metrics.REQUESTS.labels("none", "none", "none", "503").inc()
@@ -271,7 +275,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 headers={"connection": "close", "retry-after": "1"},
             )
         if not gateway.ready:
-            await _wait_ready(gateway)
+            try:
+                await _wait_ready(gateway)
+            except APIError:
+                metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+                raise
         assert gateway.proxy is not None
         return gateway.feedback.observe(request, await gateway.proxy.handle(request))
 

@@ -109,6 +109,10 @@ def test_client_keys(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
         assert raised.value.body["code"] == "invalid_api_key"
         assert httpx.post(f"{proxy.api}/chat/completions", json={"model": "auto", "messages": MESSAGES}).status_code == 401
         assert httpx.get(f"{proxy.api}/models").status_code == 401
+        refused = value(
+            samples(proxy.metrics()), "routegate_requests_total", router="none", tier="none", model="none", status="401"
+        )
+        assert refused == 2  # both refused chat requests, before routing
         reply = openai.OpenAI(base_url=proxy.api, api_key="rg-key-two", max_retries=0).chat.completions.create(
             model="router-random-0.0", messages=MESSAGES
         )

@@ -12,6 +12,7 @@ from openai import OpenAI
 from tests.conftest import proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import wait_for
+from tests.metrics_text import metric_sum
 from tests.router_fixtures import tiny_causal_lm, write_slice
 
 PROMPTS = ["What is 2 + 2?", "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Salmon"]
@@ -97,6 +98,7 @@ def test_unknown_model_name_reports_a_failed_router_load(strong: FakeUpstream, w
         assert status == "failed"
         refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert metric_sum(proxy.metrics(), "routegate_requests_total", router="none", status="503") == 1
         assert not strong.received and not weak.received
         log = proxy.log()
         assert "no-such-model" in log and "gpt-4-1106-preview" in log  # names the models the checkpoint knows
