@@ -262,11 +262,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             _check_client_key(request, settings)
         except APIError:
-            metrics.REQUESTS.labels("none", "none", "none", "401").inc()
+            metrics.count_refused(401)
             raise
         if DRAIN.draining:
             metrics.REJECTED.labels("shutting_down").inc()
-            metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+            metrics.count_refused(503)
             raise APIError(
                 503,
                 "routegate is shutting down; send the request again (another instance will take it).",
@@ -278,7 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             try:
                 await _wait_ready(gateway)
             except APIError:
-                metrics.REQUESTS.labels("none", "none", "none", "503").inc()
+                metrics.count_refused(503)
                 raise
         assert gateway.proxy is not None
         return gateway.feedback.observe(request, await gateway.proxy.handle(request))

@@ -116,15 +116,13 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
 
 def _nested_deeper(value: object, limit: int) -> bool:
     """Whether a decoded JSON value nests objects and arrays more than ``limit`` levels (no recursion)."""
-    stack = [(value, 1)]
+    stack: list[tuple[dict | list, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
 
 

@@ -174,7 +174,6 @@ class Feedback:
         settings = self.settings
         prompt = routed_text(payload["messages"], settings.route_on, settings.conversation_turns, settings.max_router_chars)
         tokens = usage if isinstance(usage, dict) else {}
-        counted = usage_tokens(usage)
         return DecisionRow(
             request_id=request_id,
             created_at=time.time(),
@@ -188,7 +187,7 @@ class Feedback:
             weak_model=settings.weak.model,
             prompt_tokens=token_count(tokens.get("prompt_tokens")),
             completion_tokens=token_count(tokens.get("completion_tokens")),
-            cost_usd=self._tiers[tier].cost(counted) if counted else None,
+            cost_usd=self._tiers[tier].cost(usage_tokens(usage) or (0, 0)) if tokens else None,
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
             prompt=prompt.replace("\x00", "") if settings.feedback_store_text else None,  # PostgreSQL text holds no NUL
         )

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()  # the last printable date
 VERDICT_SCORES = {"chosen_better": (1.0, 0.0), "tie": (0.5, 0.5), "other_better": (0.0, 1.0)}
 JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model, d.weak_model, d.prompt,
         d.score, d.threshold, j.chosen_tier, j.verdict, f.score, f.rating, f.comment
@@ -30,9 +31,6 @@ JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model,
     LEFT JOIN routegate_feedback f ON f.request_id = d.request_id
     WHERE d.created_at >= ? AND (j.request_id IS NOT NULL OR f.request_id IS NOT NULL)
     ORDER BY d.created_at"""
-
-
-_LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 def parse_since(value: str, now: float | None = None) -> float:

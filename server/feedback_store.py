@@ -294,23 +294,27 @@ class FeedbackStore:
 
     def _write(self, items: list[object]) -> None:
         """Write ``items`` in one transaction, then delete what is past retention when that is due.
-        When the transaction fails on a connection that still works (a value the database refuses),
-        each item is written on its own, so that only the item at fault is lost."""
+        A batch that fails on an open connection (the database may have refused one value) is
+        written again item by item, so that such a value loses only its row."""
         try:
             if self._connection is None:
                 self._connection = self.database.connect()
+        except Exception as error:
+            if items:
+                self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
+                self._fail(items, error)
+            else:  # only retention was due, and the database is not there
+                self._retention_failed(error)
+            return
+        try:
             results: list[bool] = []
             with self.database.transaction(self._connection) as cursor:
                 for item in items:
                     results.append(self._apply(cursor, item))
         except Exception as error:
-            if not items:  # only retention was due, and the database is not there
-                self._retention_failed(error)
-            elif len(items) > 1 and self._reconnected():
-                for item in items:
-                    self._write([item])
+            if len(items) > 1:
+                self._write_each(items)
             else:
-                self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
                 self._fail(items, error)
             return
         for item, result in zip(items, results, strict=True):
@@ -319,14 +323,25 @@ class FeedbackStore:
         if time.time() >= self._next_retention:
             self._retain()
 
-    def _reconnected(self) -> bool:
-        """Whether a new connection opens (the old one is dropped either way)."""
-        self._close()
-        try:
-            self._connection = self.database.connect()
-        except Exception:
-            return False
-        return True
+    def _write_each(self, items: list[object]) -> None:
+        """Each item in a transaction of its own; after two failures in a row (the database refuses
+        every write, not one value) the rest are lost at once."""
+        failed_before = False
+        for position, item in enumerate(items):
+            try:
+                assert self._connection is not None
+                with self.database.transaction(self._connection) as cursor:
+                    result = self._apply(cursor, item)
+            except Exception as error:
+                if failed_before:
+                    self._fail(items[position:], error)
+                    return
+                failed_before = True
+                self._lose([item], error)
+                continue
+            failed_before = False
+            if isinstance(item, _Feedback):
+                item.done(result)
 
     def _retain(self) -> None:
         """Delete what is past retention, in a transaction of its own: its failure loses no write."""
@@ -338,6 +353,7 @@ class FeedbackStore:
             self._retention_failed(error)
 
     def _retention_failed(self, error: Exception) -> None:
+        """Log a failed retention (or the connect before it), drop the connection, retry in a minute."""
         self._next_retention = time.time() + 60.0
         message = self.database.error_text(error)
         log.warning("feedback store %s: retention failed, tried again in a minute: %s", self.database.describe(), message)
@@ -383,10 +399,15 @@ class FeedbackStore:
         self._next_retention = time.time() + RETENTION_INTERVAL
 
     def _fail(self, items: list[object], error: Exception) -> None:
+        """Lose ``items`` and drop the connection (the next write opens a new one)."""
+        self._lose(items, error)
+        self._close()
+
+    def _lose(self, items: list[object], error: Exception) -> None:
+        """Log and count ``items`` as lost; their feedback callers get StoreUnavailable."""
         message = self.database.error_text(error)
         log.warning("feedback store %s: %d writes lost: %s", self.database.describe(), len(items), message)
         fm.STORE_ERRORS.labels("unavailable").inc(len(items))
-        self._close()
         for item in items:
             if isinstance(item, _Feedback):
                 item.done(StoreUnavailable("the feedback store's database is unavailable"))

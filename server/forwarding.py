@@ -109,9 +109,10 @@ class Forwarder:
             metered = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
             result = await attempts.stream(upstream, request_body(metered, upstream), request_id)
             refused = isinstance(result, CompletedResponse) and result.status == 400 and b"stream_options" in result.body
-            if not refused or "stream_options" in payload:
+            if not refused or options is not None:
                 return result
-            result = await attempts.stream(upstream, request_body(payload, upstream), request_id)
+            unmetered = {key: value for key, value in payload.items() if key != "stream_options"}  # a null one too
+            result = await attempts.stream(upstream, request_body(unmetered, upstream), request_id)
             if isinstance(result, StreamStart):
                 upstream.refuses_stream_options = True
                 log.warning("the %s upstream refuses stream_options: its streams are not metered", upstream.tier)

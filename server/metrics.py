@@ -34,6 +34,7 @@ UPSTREAM_FAILURE_REASONS = (
     "invalid_response",
     "too_large",
     "stream_cut",
+    "stream_ignored",
 )
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
@@ -204,6 +205,11 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
             UPSTREAM_ERRORS.labels(tier, reason)
             UPSTREAM_RETRIES.labels(tier, reason)
             FALLBACKS.labels(tier, fallbacks[tier], reason)
+
+
+def count_refused(status: int) -> None:
+    """Count a chat request refused before routing (``none`` labels)."""
+    REQUESTS.labels("none", "none", "none", str(status)).inc()
 
 
 def render_metrics() -> tuple[bytes, str]:

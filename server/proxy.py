@@ -172,6 +172,6 @@ class ChatProxy:
             )
 
     def _refuse(self, error: APIError, request_id: str, headers: dict[str, str] | None = None) -> Response:
-        metrics.REQUESTS.labels("none", "none", "none", str(error.status)).inc()
+        metrics.count_refused(error.status)
         log.info("request_id=%s status=%d error=%s", request_id, error.status, error.code)
         return error.to_response({"x-request-id": request_id, **(headers or {})})

@@ -27,7 +27,7 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
 # One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
 _Outcome = tuple[str | None, bool, float | None, _T | None]
-NOT_RETRIED = frozenset({"too_large", "http_auth", "http_redirect"})  # failures a second try would only repeat
+NOT_RETRIED = frozenset({"too_large", "http_auth", "http_redirect", "stream_ignored"})  # failures a second try would only repeat
 REDACTED = b"[redacted]"
 
 
@@ -92,6 +92,7 @@ def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None
 
 
 def _media_type(headers: Mapping[str, str]) -> str:
+    """The ``content-type`` without its parameters, in lower case."""
     return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
@@ -222,7 +223,7 @@ class Attempts:
                     return reason, False, retry_after, CompletedResponse(response.status_code, read[0], response.headers)
                 if _media_type(response.headers) == "application/json":  # it ignored "stream": no events to relay
                     await response.aclose()
-                    return "invalid_response", False, None, None
+                    return "stream_ignored", False, None, None
                 chunks = response.aiter_raw()
                 first = b""
                 while not first:

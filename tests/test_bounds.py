@@ -117,20 +117,20 @@ def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> 
     assert answer.events.bytes_scanned <= 8 * MiB + 8 * MiB // 4096 * 4 + 1024  # each byte searched once
 
 
-def _filtered(events: bytes, size: int, max_event_bytes: int = 1 << 16) -> bytes:
+def _gated(events: bytes, size: int, max_event_bytes: int = 1 << 16) -> bytes:
     gate = EventGate(drop_usage=True, max_event_bytes=max_event_bytes)
     relayed = b"".join(gate.feed(events[start : start + size]) for start in range(0, len(events), size))
     return relayed + gate.flush()
 
 
-def test_the_usage_filter_drops_only_the_usage_only_event_however_the_bytes_are_cut() -> None:
+def test_the_event_gate_drops_only_the_usage_only_event_however_the_bytes_are_cut() -> None:
     content = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": null}\r\n\r\n'
     usage_only = b'data: {"choices": [], "usage": {"total_tokens": 9}}\n\n'
     kept = b'data: {"choices":[],"usage":null}\n\n: comment\n\ndata: [DONE]\n\n'
     for size in (1, 2, 3, 5, 7, 1000):
-        assert _filtered(content + usage_only + kept, size) == content + kept, size
+        assert _gated(content + usage_only + kept, size) == content + kept, size
     oversized = b"data: " + b"x" * 1000 + b"\n\n" + usage_only + b"data: [DONE]"  # ends without a blank line
-    assert _filtered(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")
+    assert _gated(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")
 
 
 def test_the_event_gate_passes_whole_events_and_a_cut_drops_the_unfinished_one() -> None:

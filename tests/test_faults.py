@@ -363,13 +363,16 @@ def test_redirects_on_both_tiers_are_a_502_naming_the_base_url(
     assert error["code"] == "upstream_error" and "redirect" in error["message"] and "base URL" in error["message"]
 
 
-def test_a_json_answer_to_a_streamed_request_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+def test_a_json_answer_to_a_streamed_request_falls_back_without_a_retry(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
     strong.behaviour.ignore_stream = True
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()
     assert error is None and pieces == [f"weak-{index} " for index in range(5)]
-    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="invalid_response") == 1
+    assert len(strong.received) == 1  # it would ignore "stream" again: each try is a whole answer thrown away
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="stream_ignored") == 1
 
 
 def test_upstreams_refusing_routegates_keys_are_a_502_not_the_clients_401(

@@ -248,17 +248,17 @@ def test_an_answer_from_the_fallback_tier_is_not_shadowed(
     shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
 ) -> None:
     proxy, _ = shadowing
+    before = shadow_total(proxy)
     strong.behaviour.fail_statuses = [500] * 10  # every try of the chosen strong tier fails
     reply = client(proxy).chat.completions.with_raw_response.create(model=STRONG_ROUTE, messages=QUESTION)
     assert reply.headers["x-routegate-tier"] == "weak" and reply.headers["x-routegate-fallback"].startswith("strong->weak")
     strong.reset()
     weak.reset()
     # a routed request after it is shadowed; had the fallback answer been queued first, it would show here too
-    before = shadow_total(proxy)
     marker = [{"role": "user", "content": "A routed question after the fallback."}]
     client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=marker)
     judged(proxy, before)
-    assert shadow_total(proxy) == before + 1
+    assert shadow_total(proxy) == before + 1  # one shadow job in all: the marker's
     assert [received.body["messages"] for received in strong.received] == [marker]  # the marker's shadow call only
 
 

@@ -182,3 +182,25 @@ async def test_an_idle_store_on_a_missing_database_logs_no_lost_writes(tmp_path:
         await store.aclose()
     assert "writes lost" not in caplog.text
     assert caplog.text.count("retention failed, tried again in a minute") == 1
+
+
+async def test_a_database_that_refuses_every_write_loses_the_batch_after_two_tries(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = Database(str(tmp_path / "feedback.sqlite3"))
+    connection = database.connect()
+    connection.execute("CREATE TRIGGER refuse BEFORE INSERT ON routegate_decisions BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    connection.commit()
+    connection.close()
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    for index in range(5):
+        store.record(decision(f"req-{index}"))  # queued before the writer starts: one batch
+    with caplog.at_level(logging.WARNING, logger="routegate.feedback"):
+        store.start()
+        await store.aclose()
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 5
+    assert [line.split(": ")[1] for line in caplog.text.splitlines() if "writes lost" in line] == [
+        "1 writes lost",
+        "4 writes lost",
+    ]  # one row alone, then the rest at once: not a transaction and a warning per row

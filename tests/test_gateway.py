@@ -280,6 +280,19 @@ def test_a_clients_own_refused_stream_options_do_not_stop_metering(strong: FakeU
     assert "refuses stream_options" not in log
 
 
+def test_a_null_stream_options_is_not_the_clients_own_to_an_upstream_that_refuses_the_field(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+):
+    strong.behaviour.refuse_stream_options = True  # it refuses a null one too
+    body = {"model": "router-random-0.0", "messages": MESSAGES, "stream": True, "stream_options": None}
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
+        log = proxy.log()
+    assert response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]")
+    assert ["stream_options" in received.body for received in strong.received] == [True, False]
+    assert "refuses stream_options" in log
+
+
 def test_a_stream_with_null_stream_options_is_answered(proxy: Proxy, strong: FakeUpstream):
     body = {"model": "router-random-0.0", "messages": MESSAGES, "stream": True, "stream_options": None}
     response = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=10)
