@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     from server.settings import ModelEntry, Settings
 
 MAX_MODELS = 16
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # the whole name: fullmatch
 #: names that already mean something as a request's ``model``
 RESERVED = ("auto",)
 
 
 def check_name(name: str) -> str:
     """``name`` when usable as an upstream's name; ValueError saying why not."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ValueError(
             f"name {name[:80]!r} must be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
         )

@@ -31,6 +31,7 @@ class ModelNames:
     def __init__(self, settings: Settings, routers: list[str], ladder: Ladder) -> None:
         self.routers = routers  # the routers clients may name (ROUTEGATE_ROUTERS)
         self.target_share = settings.target_share
+        self.threshold = settings.threshold
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
         #: listed upstream names: the two tiers' models, or each ROUTEGATE_MODELS entry's name
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
@@ -85,8 +86,7 @@ class ModelNames:
 
     def listed(self) -> list[str]:
         """Every name a client may send: aliases, one router model per router, upstream models."""
-        default_threshold = self._parse_router_model(self.aliases[DEFAULT_ALIAS], "model").threshold
-        router_models = [f"router-{router}-{default_threshold}" for router in self.routers]
+        router_models = [f"router-{router}-{self.threshold}" for router in self.routers]  # auto's may be a target
         target_models = [f"router-{router}-{format_percent(self.target_share)}" for router in self.routers]
         return [*self.aliases, *router_models, *target_models, *self.upstream_models]
 

@@ -144,6 +144,20 @@ def test_the_event_gate_passes_whole_events_and_a_cut_drops_the_unfinished_one()
     assert small.cut_off() == b"\n\n"  # the blank line that ends the part already sent
 
 
+def test_every_listed_model_is_served_when_auto_is_a_target_route(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    env = proxy_env(strong, weak, aliases='{"auto": "router-random-30%"}')
+    with running_proxy(env, tmp_path) as proxy:
+        listed = [model.id for model in openai.OpenAI(base_url=proxy.api, api_key="k", max_retries=0).models.list()]
+        answers = {
+            model: httpx.post(f"{proxy.api}/chat/completions", json={"model": model, "messages": MESSAGES}).status_code
+            for model in listed
+        }
+    assert "router-random-0.5" in listed  # the default threshold's route, not auto's target
+    assert set(answers.values()) == {200}, answers
+
+
 def test_the_listed_and_aliased_target_routes_are_served_when_the_table_is_full(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:

@@ -323,6 +323,7 @@ def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-
         ([THREE[0], {**THREE[1], "name": "router-mf-0.5"}], "reserved"),
         ([THREE[0], {**THREE[1], "name": "auto"}], "reserved"),
         ([THREE[0], {**THREE[1], "name": "has space"}], "must be 1-64 letters"),
+        ([THREE[0], {**THREE[1], "name": "newline\n"}], "must be 1-64 letters"),  # it would break a header
         ([THREE[0], {**THREE[1], "input_price": -1}], "greater than or equal to 0"),
         ([THREE[0], {**THREE[1], "router_model": " "}], "must not be empty"),
         ([THREE[0], {**THREE[1], "base_url": "ftp://x"}], "http:// or https://"),
