@@ -28,7 +28,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--router", required=True, help="router name")
     score.add_argument("--input", required=True, type=Path, help="records with id and prompt (.jsonl or .jsonl.gz)")
     score.add_argument("--output", required=True, type=Path, help='JSON lines {"id": ..., "score": ...}')
-    score.add_argument("--batch-size", type=int, default=64)
+    score.add_argument("--batch-size", type=positive_int, default=64)
     score.set_defaults(run=_score)
 
     evaluate = subparsers.add_parser(
@@ -55,7 +55,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
     evaluate.add_argument(
         "--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir"
     )
@@ -94,11 +94,13 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "--data", required=True, type=Path, nargs="+", help="record files with a prompt (e.g. your own prompt log)"
     )
     calibrate.add_argument(
-        "--per-file", type=int, help="a seeded random sample of at most this many prompts per file (a mixed reference set)"
+        "--per-file",
+        type=positive_int,
+        help="a seeded random sample of at most this many prompts per file (a mixed reference set)",
     )
     calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
     calibrate.add_argument("--split", default="all", help="records of this split (default all)")
-    calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument("--batch-size", type=positive_int, default=64)
     calibrate.add_argument(
         "--write",
         type=Path,
@@ -167,7 +169,21 @@ def _select(path: Path, split: str) -> list[dict]:
     records = load_records([path], None if split == "all" else split)
     if not records:
         raise SystemExit(f"routegate: no '{split}' records in {path}")
+    missing = [number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str)]
+    if missing:
+        raise SystemExit(f"routegate: {path}: records {missing[:5]} (of the '{split}' split) lack a 'prompt' string")
     return records
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _score(args: argparse.Namespace) -> int:

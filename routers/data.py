@@ -17,6 +17,10 @@ from typing import Any
 Record = dict[str, Any]
 
 
+class RecordError(ValueError):
+    """A record file line that is not a JSON object (the message names the file and line)."""
+
+
 #: licence of each source's data, by file-name prefix (the data folder's README has the details);
 #: a checkpoint trained on a file inherits its terms for its weights' use
 DATA_LICENCES = {
@@ -47,9 +51,12 @@ def iter_records(path: str | Path) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except ValueError as error:
-                raise ValueError(f"{path}:{number}: not a JSON record ({error})") from None
+                raise RecordError(f"{path}:{number}: not a JSON record ({error})") from None
+            if not isinstance(record, dict):
+                raise RecordError(f"{path}:{number}: not a JSON object")
+            yield record
 
 
 def load_records(paths: Iterable[str | Path], split: str | None = None) -> list[Record]:

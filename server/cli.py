@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from routers.commands import add_router_commands
+from routers.data import RecordError
 from server.feedback_cli import add_feedback_commands
 from server.settings import Settings, SettingsError, load_settings
 from server.upstream_keys import warn_missing_keys
@@ -142,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.filename is None:
             raise
         print(f"routegate: {error.strerror or error}: {error.filename}", file=sys.stderr)
+        return 2
+    except RecordError as error:  # a record file with a line that is not a JSON object
+        print(f"routegate: {error}", file=sys.stderr)
         return 2
 
 

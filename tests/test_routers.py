@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from routers.training.pairwise import build_comparisons
 from server.cli import main
+from tests.conftest import REPO
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
 
 SHIPPED = ["mf", "sw_ranking", "bert", "causal_llm"]
@@ -356,3 +359,45 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
     router = LengthRouter()
     assert score_all(router, ["ccc", "a", "bbbbb", "dd"], batch_size=2, label="test") == [0.03, 0.01, 0.05, 0.02]
     assert router.batches == [["a", "dd"], ["ccc", "bbbbb"]]
+
+
+@pytest.mark.parametrize(
+    ("command", "lines", "said"),
+    [
+        (
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "a", "prompt": "x"}', "{not json"],
+            ":2: not a JSON record",
+        ),
+        (["score", "--input", "{data}", "--output", "{out}"], ['["a list"]'], ":1: not a JSON object"),
+        (
+            ["calibrate", "--data", "{data}", "--split", "all", "--strong-fraction", "0.3"],
+            ['{"id": "a"}'],
+            "lack a 'prompt' string",
+        ),
+        (
+            ["calibrate", "--data", "{data}", "--per-file", "0"],
+            ['{"id": "a", "prompt": "x"}'],
+            "--per-file: must be a whole number",
+        ),
+        (
+            ["score", "--input", "{data}", "--output", "{out}", "--batch-size", "0"],
+            ['{"id": "a", "prompt": "x"}'],
+            "--batch-size",
+        ),
+    ],
+)
+def test_bad_record_files_and_counts_are_named_not_a_traceback(
+    tmp_path: Path, command: list[str], lines: list[str], said: str
+) -> None:
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    argv = [part.format(data=data, out=tmp_path / "scores.jsonl") for part in command]
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", argv[0], "--router", "random", *argv[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
