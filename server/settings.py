@@ -16,6 +16,7 @@ import pydantic_settings
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from redis.connection import parse_url
 
 from server.model_list import check_models, check_name
 
@@ -243,6 +244,20 @@ class Settings(BaseSettings):
     )
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, url: SecretStr | None) -> SecretStr | None:
+        """A URL redis-py can read; its own error would quote part of the password."""
+        if url is not None:
+            try:
+                parse_url(url.get_secret_value())
+            except ValueError:
+                raise ValueError(
+                    "is not a redis://, rediss:// or unix:// URL that can be read; "
+                    "percent-encode any '/', '#', '?' or '@' in its password"
+                ) from None
+        return url
 
     @model_validator(mode="before")
     @classmethod

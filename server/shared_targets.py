@@ -50,7 +50,7 @@ local function push(score)
   local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
   redis.call('ZADD', KEYS[1], score, id)
   redis.call('RPUSH', KEYS[2], id)
-  if redis.call('LLEN', KEYS[2]) > window then
+  while redis.call('LLEN', KEYS[2]) > window do  -- more than one after a smaller window was set
     redis.call('ZREM', KEYS[1], redis.call('LPOP', KEYS[2]))
   end
 end
@@ -99,8 +99,8 @@ debt = tonumber(ARGV[3]) * debt + (tonumber(ARGV[2]) - strong)
 redis.call('HSET', KEYS[3], 'debt', string.format('%.17g', debt))
 local count = redis.call('HINCRBY', KEYS[3], 'strong', strong)
 redis.call('RPUSH', KEYS[4], strong)
-if redis.call('LLEN', KEYS[4]) > window and redis.call('LPOP', KEYS[4]) == '1' then
-  count = redis.call('HINCRBY', KEYS[3], 'strong', -1)
+while redis.call('LLEN', KEYS[4]) > window do
+  if redis.call('LPOP', KEYS[4]) == '1' then count = redis.call('HINCRBY', KEYS[3], 'strong', -1) end
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 return {count, redis.call('LLEN', KEYS[4])}

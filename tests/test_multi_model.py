@@ -315,6 +315,14 @@ def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-
     assert (ladder[1].input_price, ladder[1].output_price) == (2.5, 10.0)
 
 
+def test_an_unreadable_redis_url_is_refused_without_its_password(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="percent-encode") as error:
+        _settings(monkeypatch, REDIS_URL="redis://:Zm9v/YmFy@127.0.0.1:6379/0")  # a base64 password with a '/'
+    assert "Zm9v" not in str(error.value) and "YmFy" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     "models, message",
     [

@@ -369,3 +369,23 @@ def test_shared_books_are_written_once_from_answered_requests(
         assert redis.exists("once:sticky:id:answered")
         assert redis.hget(budget, "requests") == "1"
         assert float(redis.hget(budget, "spent")) == pytest.approx(STRONG_COST, abs=1e-12)
+
+
+async def test_a_smaller_window_setting_shrinks_the_shared_window(redis_server: RedisServer, tmp_path: Path) -> None:
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "shrink:", 2.0, 1.0, 4)
+    wide, narrow = (
+        SharedTargets(Targets(window=window, feedback_horizon=50, checkpoint_dir=tmp_path), state) for window in (40, 10)
+    )
+    for number in range(40):  # a replica of the old release, window 40
+        await wide.record("random", 0.3, 0.3, strong=number % 2 == 0, score=number / 40)
+    await narrow.record("random", 0.3, 0.3, strong=False, score=0.5)  # after a deploy that set window 10
+    await state.aclose()
+    keys = {part: f"shrink:target:{{random:0.3}}:{part}" for part in ("scores", "order", "state", "recent")}
+    client = redis_server.client()
+    assert client.zcard(keys["scores"]) == 10 and client.llen(keys["order"]) == 10 and client.llen(keys["recent"]) == 10
+    recent = client.lrange(keys["recent"], 0, -1)
+    assert int(client.hget(keys["state"], "strong")) == recent.count("1") == 4  # 0/1 alternating, then the weak one
