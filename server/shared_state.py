@@ -35,7 +35,12 @@ T = TypeVar("T")
 
 
 class SharedStateUnavailable(Exception):
-    """Redis failed, timed out or is resting after a failure: decide with in-process state."""
+    """Redis failed, timed out or is resting after a failure: decide with in-process state.
+    ``attempted``: the operation was tried (so Redis may have run it), not skipped while resting."""
+
+    def __init__(self, op: str, attempted: bool = True) -> None:
+        super().__init__(op)
+        self.attempted = attempted
 
 
 class SharedState:
@@ -84,7 +89,7 @@ class SharedState:
     async def run(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``'s result; SharedStateUnavailable when Redis fails, is too slow or is resting."""
         if self._clock() < self._resting_until:
-            raise SharedStateUnavailable(op)
+            raise SharedStateUnavailable(op, attempted=False)
         try:
             result = await asyncio.wait_for(call(), self.timeout)
         except (RedisError, OSError, TimeoutError) as error:

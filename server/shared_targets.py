@@ -19,14 +19,18 @@ request's time), added to with ``HINCRBYFLOAT``; it expires two days later.
 The in-process objects are kept up to date alongside (every score, decision and cost), so that
 when Redis fails the next decision has warm state to fall back on; the budget's in-process copy
 holds the last totals read from Redis plus what this process spent since, and spend that could
-not be written is written when Redis answers again.
+not be written is written when Redis answers again, under its batch's number, so that Redis adds
+a batch it ran after a timeout only once.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from server.shared_state import SharedState, SharedStateUnavailable
@@ -107,16 +111,27 @@ return {count, redis.call('LLEN', KEYS[4])}
 """
 )
 
-# KEYS: the day's budget hash. ARGV: now, requests, spent, priced requests, all-strong USD, ttl s
+# KEYS: the day's budget hash. ARGV: now, ttl s, writer id, count of settled batch numbers, those
+# numbers, then per batch: number, requests, spent, priced requests, all-strong USD.
+# A batch is added once: a field op:<writer>:<number> marks it, so a batch sent again after a
+# timeout (when Redis may have run it all the same) adds nothing; the writer names the numbers it
+# will never send again, and their marks go.
 BUDGET_ADD = """
 redis.call('HSETNX', KEYS[1], 'since', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'requests', ARGV[2])
-redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'priced', ARGV[4])
-redis.call('HINCRBYFLOAT', KEYS[1], 'all_strong', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
+local settled = tonumber(ARGV[4])
+for i = 5, 4 + settled do redis.call('HDEL', KEYS[1], 'op:' .. ARGV[3] .. ':' .. ARGV[i]) end
+for i = 5 + settled, #ARGV, 5 do
+  if redis.call('HSETNX', KEYS[1], 'op:' .. ARGV[3] .. ':' .. ARGV[i], 1) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'requests', ARGV[i + 1])
+    redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[1], 'priced', ARGV[i + 3])
+    redis.call('HINCRBYFLOAT', KEYS[1], 'all_strong', ARGV[i + 4])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
+MAX_UNSETTLED = 256  # batches kept to send again; beyond, the oldest are folded into one new batch
 
 
 class SharedBudget:
@@ -130,8 +145,12 @@ class SharedBudget:
         self._parts = workers if state is not None else 1
         self._clock = clock
         self._add = state.script(BUDGET_ADD) if state is not None else None
-        self._pending = [0, 0.0, 0, 0.0]  # requests, spent, priced, all-strong USD not yet in Redis
+        self._pending = [0, 0.0, 0, 0.0]  # requests, spent, priced, all-strong USD never sent to Redis
         self._pending_day = utc_day_start(clock())
+        self._writer = secrets.token_hex(8)  # this process, in the marks of its batches
+        self._numbers = itertools.count(1)
+        self._unsettled: list[Batch] = []  # sent, but whether Redis added them is not known
+        self._settled: list[int] = []  # numbers whose marks can go: they will not be sent again
 
     @property
     def budget_usd(self) -> float:
@@ -174,27 +193,42 @@ class SharedBudget:
         day = utc_day_start(now)
         if day != self._pending_day:
             self._pending, self._pending_day = [0, 0.0, 0, 0.0], day
+            self._unsettled, self._settled = [], []
         return now
 
     async def _share(self, spent: float = 0.0, priced: int = 0, all_strong: float = 0.0) -> None:
-        """Add to today's shared totals (with what earlier failures left pending) and mirror them."""
+        """Add to today's shared totals (with what earlier failures left) and mirror them."""
         if self.state is None or self._add is None:
             return
         now = self._roll_pending()
         day = self._pending_day
         # taken out before the await: a concurrent request must not send the same amounts again
-        sent = [self._pending[0], self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
+        amounts = [self._pending[0], self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
         self._pending = [0, 0.0, 0, 0.0]
+        batches, self._unsettled = self._unsettled, []
+        settled, self._settled = self._settled, []
+        fresh = Batch(next(self._numbers), amounts) if any(amounts) else None
+        sending = [*batches, fresh] if fresh is not None else batches
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
+        args = [now, BUDGET_TTL_S, self._writer, len(settled), *settled, *(value for batch in sending for value in batch.args)]
         try:
-            if any(sent):
-                reply = await self.state.run("budget_add", lambda: add(keys=[key], args=[now, *sent, BUDGET_TTL_S]))
+            if sending or settled:
+                reply = await self.state.run("budget_add", lambda: add(keys=[key], args=args))
                 totals = dict(zip(reply[::2], reply[1::2], strict=True))
             else:
                 totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
-        except SharedStateUnavailable:  # written with the next operation that reaches Redis
-            self._pending = [mine + theirs for mine, theirs in zip(sent, self._pending, strict=True)]
+        except BaseException as error:  # Redis failed, or this task was cancelled while waiting for it
+            if isinstance(error, SharedStateUnavailable) and not error.attempted and fresh is not None:
+                batches, self._pending = batches, [mine + new for mine, new in zip(self._pending, amounts, strict=True)]
+            else:  # it may have run the script all the same: sent again under the same numbers
+                batches = sending
+            self._keep_unsettled(batches, settled)
+            if isinstance(error, SharedStateUnavailable):
+                return
+            raise
+        self._settled += [batch.number for batch in sending]
+        if utc_day_start(self._clock()) != day:  # the reply came after 00:00 UTC: yesterday's totals
             return
         self.local.load_totals(
             spent_usd=float(totals.get("spent", 0.0)),
@@ -203,6 +237,29 @@ class SharedBudget:
             all_strong_usd=float(totals.get("all_strong", 0.0)),
             since=float(totals.get("since", now)),
         )
+
+    def _keep_unsettled(self, batches: list[Batch], settled: list[int]) -> None:
+        """Keep ``batches`` to send again and ``settled`` to unmark, unless the day has turned."""
+        if utc_day_start(self._clock()) != self._pending_day:
+            return
+        self._settled = settled + self._settled
+        self._unsettled = sorted([*batches, *self._unsettled], key=lambda batch: batch.number)
+        if len(self._unsettled) > MAX_UNSETTLED:  # a Redis that keeps timing out: fold the oldest together
+            oldest = self._unsettled[: len(self._unsettled) - MAX_UNSETTLED + 1]
+            folded = [sum(values) for values in zip(*(batch.amounts for batch in oldest), strict=True)]
+            self._unsettled = [*self._unsettled[len(oldest) :], Batch(next(self._numbers), folded)]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Budget amounts sent to Redis under one number: added there at most once."""
+
+    number: int
+    amounts: list[Any]
+
+    @property
+    def args(self) -> list[Any]:
+        return [self.number, *self.amounts]
 
 
 class SharedTargets:

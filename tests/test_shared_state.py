@@ -389,3 +389,27 @@ async def test_a_smaller_window_setting_shrinks_the_shared_window(redis_server: 
     assert client.zcard(keys["scores"]) == 10 and client.llen(keys["order"]) == 10 and client.llen(keys["recent"]) == 10
     recent = client.lrange(keys["recent"], 0, -1)
     assert int(client.hget(keys["state"], "strong")) == recent.count("1") == 4  # 0/1 alternating, then the weak one
+
+
+async def test_spend_sent_again_after_a_timeout_is_added_once(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedBudget
+    from server.targets import DailyBudget
+
+    state = SharedState(redis_server.url, "resent:", 0.25, 0.2, 4)
+    budget = SharedBudget(DailyBudget(100.0), state)
+    await budget.record_cost("strong", 0.5, 1.0)
+    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "0.6"))
+    stall.start()  # Redis busy past the 250 ms timeout: it runs the next script after routegate gave up on it
+    await asyncio.sleep(0.05)
+    await budget.record_cost("strong", 1.0, 1.0)
+    stall.join()
+    await asyncio.sleep(0.3)  # past the rest after the failure
+    await budget.refresh()  # sends the timed-out batch again
+    await state.aclose()
+    [key] = redis_server.client().keys("resent:budget:*")
+    totals = redis_server.client().hgetall(key)
+    assert float(totals["spent"]) == 1.5 and int(totals["priced"]) == 2  # not 2.5 and 3
+    assert budget.local.spent_usd == 1.5
