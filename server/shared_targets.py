@@ -49,6 +49,19 @@ from server.targets import (
 ROUTE_TTL_MS = 86_400_000
 BUDGET_TTL_S = 2 * 86_400
 
+# A route's keys expire together but may be evicted one by one (maxmemory): a window whose two
+# halves disagree starts again, and a lost count of strong decisions is counted again.
+_REPAIR = """
+if redis.call('ZCARD', KEYS[1]) ~= redis.call('LLEN', KEYS[2]) then redis.call('DEL', KEYS[1], KEYS[2]) end
+if redis.call('HEXISTS', KEYS[3], 'strong') == 0 or redis.call('LLEN', KEYS[4]) == 0 then
+  local strong = 0
+  for _, decision in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if decision == '1' then strong = strong + 1 end
+  end
+  redis.call('HSET', KEYS[3], 'strong', strong)
+end
+"""
+
 _PUSH = """
 local function push(score)
   local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
@@ -60,11 +73,13 @@ local function push(score)
 end
 """
 
-# KEYS: window scores (zset), their ids in arrival order (list), route state (hash: seq, debt)
+# KEYS: window scores (zset), their ids in arrival order (list), route state (hash: seq, debt,
+# strong), recent decisions (list of 0/1)
 # ARGV: share wanted, window, feedback gain, ttl ms, seed scores (only while unseeded)
 DECIDE = (
     "local window = tonumber(ARGV[2])\n"
     + _PUSH
+    + _REPAIR
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   for i = 5, #ARGV do push(ARGV[i]) end
@@ -85,7 +100,7 @@ else
     result = {'at', redis.call('ZREVRANGE', KEYS[1], strong - 1, strong - 1, 'WITHSCORES')[2]}
   end
 end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return result
 """
 )
@@ -95,6 +110,7 @@ return result
 RECORD = (
     "local window = tonumber(ARGV[4])\n"
     + _PUSH
+    + _REPAIR
     + """
 if ARGV[6] ~= '' then push(ARGV[6]) end
 local strong = tonumber(ARGV[1])
@@ -305,7 +321,7 @@ class SharedTargets:
         if route not in self._seeded:
             calibration = read_calibration(self.local.checkpoint_dir / router / CALIBRATION_FILE)
             seeds = seed_scores(calibration, self.local.seed_count)
-        keys, window, gain = self._keys(router, target)[:3], self.local.window, 4.0 / self.local.feedback_horizon
+        keys, window, gain = self._keys(router, target), self.local.window, 4.0 / self.local.feedback_horizon
         decide = self._decide
         try:
             kind, value = await self.state.run(

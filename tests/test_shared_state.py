@@ -413,3 +413,31 @@ async def test_spend_sent_again_after_a_timeout_is_added_once(redis_server: Redi
     totals = redis_server.client().hgetall(key)
     assert float(totals["spent"]) == 1.5 and int(totals["priced"]) == 2  # not 2.5 and 3
     assert budget.local.spent_usd == 1.5
+
+
+async def test_a_route_whose_keys_were_evicted_one_by_one_is_repaired(redis_server: RedisServer, tmp_path: Path) -> None:
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "evicted:", 2.0, 1.0, 4)
+    targets = SharedTargets(Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path), state)
+    keys = {part: f"evicted:target:{{random:0.3}}:{part}" for part in ("scores", "order", "state", "recent")}
+    client = redis_server.client()
+
+    async def record(count: int, strong: bool) -> None:
+        for number in range(count):
+            await targets.record("random", 0.3, 0.3, strong=strong, score=number / count)
+
+    await record(20, strong=True)
+    client.delete(keys["order"])  # the sorted set's members could never leave it again
+    await record(30, strong=False)
+    assert client.zcard(keys["scores"]) == client.llen(keys["order"]) == 30
+    client.delete(keys["recent"])  # the strong count (20) would outlive the decisions it counted
+    await record(10, strong=False)
+    assert int(client.hget(keys["state"], "strong")) == 0 and targets.realised_share("random", 0.3) == 0.0
+    await record(5, strong=True)
+    client.delete(keys["state"])  # the count itself
+    await record(1, strong=False)
+    assert int(client.hget(keys["state"], "strong")) == client.lrange(keys["recent"], 0, -1).count("1") == 5
+    await state.aclose()
