@@ -49,26 +49,22 @@ from server.targets import (
 ROUTE_TTL_MS = 86_400_000
 BUDGET_TTL_S = 2 * 86_400
 
-# A route's keys expire together but may be evicted one by one (maxmemory): a window whose two
-# halves disagree starts again, and a lost count of strong decisions is counted again.
-_REPAIR = """
-if redis.call('ZCARD', KEYS[1]) ~= redis.call('LLEN', KEYS[2]) then redis.call('DEL', KEYS[1], KEYS[2]) end
-if redis.call('HEXISTS', KEYS[3], 'strong') == 0 or redis.call('LLEN', KEYS[4]) == 0 then
-  local strong = 0
-  for _, decision in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    if decision == '1' then strong = strong + 1 end
-  end
-  redis.call('HSET', KEYS[3], 'strong', strong)
-end
-"""
-
+# A route's keys expire together, but maxmemory may evict them one by one; the scripts notice it
+# from what their own commands return, at no extra round of commands: a window whose list of
+# ids was lost starts again, and a strong count whose route state or recent decisions were lost
+# is counted again.
 _PUSH = """
 local function push(score)
   local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
   redis.call('ZADD', KEYS[1], score, id)
-  redis.call('RPUSH', KEYS[2], id)
-  while redis.call('LLEN', KEYS[2]) > window do  -- more than one after a smaller window was set
+  local length = redis.call('RPUSH', KEYS[2], id)
+  if length == 1 and redis.call('ZCARD', KEYS[1]) > 1 then  -- the ids were lost: start again
+    redis.call('DEL', KEYS[1])
+    redis.call('ZADD', KEYS[1], score, id)
+  end
+  while length > window do  -- more than one after a smaller window was set
     redis.call('ZREM', KEYS[1], redis.call('LPOP', KEYS[2]))
+    length = length - 1
   end
 end
 """
@@ -79,7 +75,6 @@ end
 DECIDE = (
     "local window = tonumber(ARGV[2])\n"
     + _PUSH
-    + _REPAIR
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   for i = 5, #ARGV do push(ARGV[i]) end
@@ -110,20 +105,27 @@ return result
 RECORD = (
     "local window = tonumber(ARGV[4])\n"
     + _PUSH
-    + _REPAIR
     + """
+local stored = redis.call('HGET', KEYS[3], 'debt')  -- nil: the route state was lost (or is new)
 if ARGV[6] ~= '' then push(ARGV[6]) end
 local strong = tonumber(ARGV[1])
-local debt = tonumber(redis.call('HGET', KEYS[3], 'debt') or '0')
-debt = tonumber(ARGV[3]) * debt + (tonumber(ARGV[2]) - strong)
+local debt = tonumber(ARGV[3]) * tonumber(stored or '0') + (tonumber(ARGV[2]) - strong)
 redis.call('HSET', KEYS[3], 'debt', string.format('%.17g', debt))
 local count = redis.call('HINCRBY', KEYS[3], 'strong', strong)
-redis.call('RPUSH', KEYS[4], strong)
-while redis.call('LLEN', KEYS[4]) > window do
+local length = redis.call('RPUSH', KEYS[4], strong)
+while length > window do
   if redis.call('LPOP', KEYS[4]) == '1' then count = redis.call('HINCRBY', KEYS[3], 'strong', -1) end
+  length = length - 1
+end
+if (length == 1 and count ~= strong) or (not stored and length > 1) then  -- recent decisions or count lost
+  count = 0
+  for _, decision in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if decision == '1' then count = count + 1 end
+  end
+  redis.call('HSET', KEYS[3], 'strong', count)
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
-return {count, redis.call('LLEN', KEYS[4])}
+return {count, length}
 """
 )
 
