@@ -149,7 +149,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
-MAX_UNSETTLED = 256  # batches kept to send again; beyond, the oldest are folded into one new batch
+MAX_UNSETTLED = 256  # batches kept to send again; beyond, new amounts wait unsent (no new number)
 
 
 class SharedBudget:
@@ -225,7 +225,11 @@ class SharedBudget:
         self._pending = [0, 0.0, 0, 0.0]
         batches, self._unsettled = self._unsettled, []
         settled, self._settled = self._settled, []
-        fresh = Batch(next(self._numbers), amounts) if any(amounts) else None
+        fresh = None
+        if any(amounts) and len(batches) < MAX_UNSETTLED:
+            fresh = Batch(next(self._numbers), amounts)
+        elif any(amounts):  # a Redis that keeps timing out: these wait, unsent, until the batches settle
+            self._pending = amounts
         sending = [*batches, fresh] if fresh is not None else batches
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
@@ -237,11 +241,10 @@ class SharedBudget:
             else:
                 totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
         except BaseException as error:  # Redis failed, or this task was cancelled while waiting for it
-            if isinstance(error, SharedStateUnavailable) and not error.attempted and fresh is not None:
-                batches, self._pending = batches, [mine + new for mine, new in zip(self._pending, amounts, strict=True)]
+            if isinstance(error, SharedStateUnavailable) and not error.attempted:  # nothing reached Redis
+                self._keep_unsettled(day, batches, settled, unsent=fresh)
             else:  # it may have run the script all the same: sent again under the same numbers
-                batches = sending
-            self._keep_unsettled(batches, settled)
+                self._keep_unsettled(day, sending, settled)
             if isinstance(error, SharedStateUnavailable):
                 return
             raise
@@ -256,16 +259,15 @@ class SharedBudget:
             since=float(totals.get("since", now)),
         )
 
-    def _keep_unsettled(self, batches: list[Batch], settled: list[int]) -> None:
-        """Keep ``batches`` to send again and ``settled`` to unmark, unless the day has turned."""
-        if utc_day_start(self._clock()) != self._pending_day:
+    def _keep_unsettled(self, day: float, batches: list[Batch], settled: list[int], unsent: Batch | None = None) -> None:
+        """After a failure: keep ``batches`` to send again under their numbers, ``settled`` to unmark
+        and the ``unsent`` batch's amounts to send later, unless ``day`` is over (they no longer count)."""
+        if day != self._pending_day or utc_day_start(self._clock()) != day:
             return
         self._settled = settled + self._settled
         self._unsettled = sorted([*batches, *self._unsettled], key=lambda batch: batch.number)
-        if len(self._unsettled) > MAX_UNSETTLED:  # a Redis that keeps timing out: fold the oldest together
-            oldest = self._unsettled[: len(self._unsettled) - MAX_UNSETTLED + 1]
-            folded = [sum(values) for values in zip(*(batch.amounts for batch in oldest), strict=True)]
-            self._unsettled = [*self._unsettled[len(oldest) :], Batch(next(self._numbers), folded)]
+        if unsent is not None:
+            self._pending = [mine + theirs for mine, theirs in zip(self._pending, unsent.amounts, strict=True)]
 
 
 @dataclass(frozen=True)
