@@ -118,7 +118,8 @@ class Decider:
         else:
             score = await self._score(route.router, payload, per_model=True)
         if score is None:
-            return dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
+            unscored = dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
+            return self._not_below(unscored, remembered)
         if override.threshold is not None:
             threshold, reason = override.threshold, "forced"
         elif route.target is not None and self.cost_targets is not None:
@@ -135,9 +136,13 @@ class Decider:
         if isinstance(score, float):
             tier = self.ladder.best if score >= threshold else self.ladder.cheapest
             return dataclasses.replace(base, tier=tier, reason=reason, score=score, threshold=threshold)
-        decision = self._choose_model(base, score, threshold, reason)
+        return self._not_below(self._choose_model(base, score, threshold, reason), remembered)
+
+    def _not_below(self, decision: Decision, remembered: str | None) -> Decision:
+        """``decision``, or the sticky conversation's earlier upstream when that is more capable:
+        a later turn never goes to a less capable one."""
         if remembered is not None and self.ladder.rank(remembered) > self.ladder.rank(decision.tier):
-            decision = dataclasses.replace(decision, tier=remembered, reason="sticky", quality=None)
+            return dataclasses.replace(decision, tier=remembered, reason="sticky", quality=None)
         return decision
 
     async def _remembered(self, previous: str | None) -> str | None:

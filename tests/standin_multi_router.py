@@ -1,6 +1,7 @@
 """A deterministic stand-in router that predicts a quality per model, for tests of routing among
 several models: a prompt states each model's logit as ``<model>=<number>`` (absent: 0), so a test
-can compute what the policy must choose.
+can compute what the policy must choose, and ``wait=<seconds>`` makes its scoring take that long
+(on the scoring threads), for tests of scoring overload.
 
 ``python -m tests.standin_multi_router serve ...`` runs ``routegate`` with it registered as
 ``standin_multi``, beside the pair-only ``standin`` of ``tests/standin_router.py``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +35,7 @@ class StatedLogitsRouter(Router):
     """Reads each model's logit from the prompt; its pair score is sigmoid(strong - weak)."""
 
     name = NAME
-    blocking = False
+    blocking = True
 
     def __init__(self, strong_model: str, weak_model: str) -> None:
         self.pair = (strong_model, weak_model)
@@ -47,6 +49,7 @@ class StatedLogitsRouter(Router):
         return [1.0 / (1.0 + math.exp(stated_logit(p, weak) - stated_logit(p, strong))) for p in prompts]
 
     def model_logits(self, prompts: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        time.sleep(max(stated_logit(prompt, "wait") for prompt in prompts))
         return np.array([[stated_logit(prompt, model) for model in models] for prompt in prompts]).reshape(-1, len(models))
 
 

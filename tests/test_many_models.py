@@ -254,6 +254,20 @@ def test_sticky_conversations_never_go_down_the_ladder(fakes: dict[str, FakeUpst
         assert headers["x-routegate-upstream"] == "small"
 
 
+def test_a_sticky_conversation_stays_up_the_ladder_when_it_cannot_be_scored(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+) -> None:
+    env = many_env(entries(fakes), checkpoints, route_on="sticky", score_timeout="0.3", scoring_overload="weak")
+    with running_proxy(env, tmp_path, module=MODULE) as sticky_proxy:
+        conversation = {"x-routegate-conversation-id": "c-overload"}
+        headers, _ = ask(sticky_proxy, TO_MID, False, extra_headers=conversation)
+        assert headers["x-routegate-upstream"] == "mid"
+        headers, _ = ask(sticky_proxy, "wait=1 " + TO_SMALL, False, extra_headers=conversation)  # not scored in time
+        assert (headers["x-routegate-upstream"], headers["x-routegate-decision"]) == ("mid", "sticky")  # not small
+        headers, _ = ask(sticky_proxy, "wait=1 " + TO_SMALL, False)  # a new conversation: the overload rule
+        assert (headers["x-routegate-upstream"], headers["x-routegate-decision"]) == ("small", "unscored")
+
+
 def test_sticky_conversations_hold_across_replicas(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
     """With Redis the conversation's model is shared: a turn on another replica stays on it."""
     with running_redis(tmp_path / "redis") as redis_server:
