@@ -75,7 +75,7 @@ class Decider:
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
         decision = await self._choose(route, payload, headers, request_id)
-        if decision.tier != self.ladder.cheapest and not self.strong_affordable():
+        if decision.tier != self.ladder.lowest_price and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":
                 metrics.REJECTED.labels("budget_exhausted").inc()
                 raise APIError(
@@ -84,7 +84,7 @@ class Decider:
                     type="insufficient_quota",
                     code="budget_exhausted",
                 )
-            decision = dataclasses.replace(decision, tier=self.ladder.cheapest, reason="budget", quality=None)
+            decision = dataclasses.replace(decision, tier=self.ladder.lowest_price, reason="budget", quality=None)
         return decision
 
     async def _choose(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:

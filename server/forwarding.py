@@ -66,7 +66,7 @@ class Forwarder:
         tiers = [decision.tier]
         if self.settings.fallback:
             fallbacks = self.ladder.fallbacks(decision.tier)
-            tiers += [tier for tier in fallbacks if strong_allowed or tier == self.ladder.cheapest]
+            tiers += [tier for tier in fallbacks if strong_allowed or tier == self.ladder.lowest_price]
         headers = {"x-request-id": decision.request_id}
         deadline = time.monotonic() + self.settings.total_timeout  # one deadline for every tier
         for position, tier in enumerate(tiers):

@@ -44,6 +44,12 @@ class Ladder:
         return next(entry.name for entry in self.entries if entry.name != self.best)
 
     @property
+    def lowest_price(self) -> str:
+        """The cheapest entry by price, the most capable included: what the daily budget does not
+        count, and all that is used once it is spent (two tiers: ``weak``, unless priced above ``strong``)."""
+        return self.names[0]
+
+    @property
     def best_index(self) -> int:
         """The most capable entry's position in price order."""
         return self.names.index(self.best)

@@ -111,7 +111,7 @@ class Recorder:
         if usage is not None:
             metrics.record_usage(upstream.tier, upstream.model, usage.tokens, (usage.cost, usage.all_best_cost))
         if self.budget is not None:
-            charged = "weak" if upstream.tier == self.ladder.cheapest else "strong"
+            charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
             cost, all_best_cost = (usage.cost, usage.all_best_cost) if usage is not None else (0.0, 0.0)
             await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)

@@ -352,6 +352,20 @@ def test_a_spent_budget_leaves_only_the_cheapest_model(fakes: dict[str, FakeUpst
         assert len(fakes["mid"].received) == 1 and not fakes["big"].received
 
 
+def test_a_spent_budget_keeps_a_most_capable_model_that_is_also_the_cheapest(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+):
+    models = entries(fakes, extra={"small": {"most_capable": True}})  # a free-to-run model marked most capable
+    env = many_env(models, checkpoints, daily_budget_usd="0.00001")
+    with running_proxy(env, tmp_path, module=MODULE) as budget_proxy:
+        assert ask(budget_proxy, "spend", False, model="mid")[0]["x-routegate-upstream"] == "mid"  # the budget is spent
+        headers, text = ask(budget_proxy, "hello", False, model="small")
+        redirected, _ = ask(budget_proxy, "hello", False, model="big")
+    assert (headers["x-routegate-upstream"], headers["x-routegate-decision"], text) == ("small", "direct", "answer from small")
+    assert (redirected["x-routegate-upstream"], redirected["x-routegate-decision"]) == ("small", "budget")  # mid's spend counted
+    assert len(fakes["mid"].received) == 1 and not fakes["big"].received  # nothing moved to a paid model
+
+
 def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path):
     """A real Prometheus scrapes a routegate that sent 5 requests to small, 3 to mid and 2 to big."""
     prometheus_binary = require_tool("prometheus")
