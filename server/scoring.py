@@ -327,12 +327,12 @@ class ScorerPool:
         if name != "random":
             log.info("router %s scores %s (strong) vs %s (weak): %s", name, pair.strong, pair.weak, pair.why)
             self.pairs[name] = pair
-        threads = scoring_threads(self.score_threads, self.options.device)
-        limit_inference_threads(self.torch_threads, threads)
-        if models is None:
+        if models is None:  # first: a router imports torch lazily, and the thread counts depend on it
             router.score(["warm-up"])
         else:  # among more than two models only the per-model logits are asked for
             router.model_logits(["warm-up"], models)
+        threads = scoring_threads(self.score_threads, self.options.device)
+        limit_inference_threads(self.torch_threads, threads)
         shared_as = (
             scorer_identity(name, (pair.strong, pair.weak, pair.why), Path(self.options.checkpoint_dir) / name)
             if self.shared is not None and models is None

@@ -71,6 +71,33 @@ def test_the_scoring_thread_uses_one_blas_thread_and_the_configured_torch_thread
     assert seen["torch"] == 3
 
 
+MF_ROUTER_LOAD = """
+import asyncio, json, sys
+from routers.registry import RouterOptions
+from server.scoring import ScorerPool
+
+async def load():
+    pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads=2)
+    await pool.get("mf")
+    await pool.aclose()
+
+asyncio.run(load())
+import torch
+print(json.dumps({"torch": torch.get_num_threads()}))
+"""
+
+
+def test_the_default_router_gets_the_torch_thread_share_though_it_imports_torch_lazily() -> None:
+    """``mf`` imports torch only when its encoder loads: the limit must follow that, not precede it."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "4"}  # torch's own default here: 4 threads
+    result = subprocess.run(
+        [sys.executable, "-c", MF_ROUTER_LOAD], cwd=REPO, capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = max(1, ((os.cpu_count() or 2) - 1) // 2)  # the cores less one, shared by the two scoring threads
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"torch": expected}
+
+
 RANDOM_ROUTER_LOAD = """
 import asyncio, json, sys
 from routers.registry import RouterOptions
