@@ -114,8 +114,15 @@ class Scorer:
         return logits
 
     async def _answer(self, text: str) -> Score:
-        """Cached, shared or newly computed; records the time taken in the metrics."""
+        """Cached, shared or newly computed; records the time taken in the metrics, also when the
+        wait ends in a timeout (a router too slow to answer is what the latency alert is for)."""
         started = time.perf_counter()
+        try:
+            return await self._lookup_or_compute(text)
+        finally:
+            metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
+
+    async def _lookup_or_compute(self, text: str) -> Score:
         score = self.cache.get(text) if self.cache.size else None
         if score is None and self.shared is not None:
             score = await self.shared.get(self.shared_as, text)
@@ -133,7 +140,6 @@ class Scorer:
             self.cache.put(text, score)
             if self.shared is not None and isinstance(score, float):
                 await self.shared.put(self.shared_as, text, score)
-        metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
         return score
 
     async def _batched(self, text: str) -> Score:

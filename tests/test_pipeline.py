@@ -131,6 +131,8 @@ def test_scoring_overload_can_route_unscored(
     other = weak if tier == "strong" else strong
     assert raw.parse().choices[0].message.content == f"answer from {tier}" and not other.received
     assert metric_sum(metrics, "routegate_scoring_overload_total", router="slow", reason="timeout") == 1
+    # the wait that timed out is in the scoring-time histogram (the latency alert reads it)
+    assert metric_sum(metrics, "routegate_routing_duration_seconds_count", router="slow") >= 1
 
 
 def test_a_burst_past_capacity_is_refused_before_scoring(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
