@@ -121,6 +121,7 @@ class Gateway:
         self.load_error: str | None = None
         self.routers_settled = False  # every allowed router loaded or failed
         self._loading: asyncio.Task[None] | None = None
+        self._sampling: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -154,6 +155,7 @@ class Gateway:
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())
+        self._sampling = asyncio.create_task(_sample_event_loop_tasks())
         self.feedback.start()
 
     async def _load_routers(self) -> None:
@@ -174,14 +176,23 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close the upstream pools and stop scoring."""
-        if self._loading is not None:
-            self._loading.cancel()
+        for task in (self._loading, self._sampling):
+            if task is not None:
+                task.cancel()
         await self.scorers.aclose()
         await self.feedback.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
         if self.shared_state is not None:
             await self.shared_state.aclose()
+
+
+async def _sample_event_loop_tasks(interval: float = 1.0) -> None:
+    """Keep ``routegate_event_loop_tasks`` current: ``ROUTEGATE_METRICS_PORT`` renders the metrics
+    from its own thread, which cannot see this loop's tasks."""
+    while True:
+        metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
+        await asyncio.sleep(interval)
 
 
 def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Path) -> list[str]:

@@ -178,7 +178,7 @@ UPSTREAM_RESPONSES_OPEN = Gauge(
 )
 EVENT_LOOP_TASKS = Gauge(
     "routegate_event_loop_tasks",
-    "asyncio tasks alive in the serving process, sampled when /metrics is read.",
+    "asyncio tasks alive in the serving process, sampled every second and when the API port's /metrics is read.",
     multiprocess_mode="livesum",
 )
 

@@ -62,6 +62,7 @@ def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp
     assert anonymous.status_code == 401
     assert keyed.status_code == 200
     assert metric_sum(keyed.text, "routegate_requests_total", router="random", status="200") == 1
+    assert metric_sum(keyed.text, "routegate_event_loop_tasks") > 0  # sampled on the loop, not by this port's thread
 
 
 def test_openapi_document_and_router_list_need_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
