@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import sys
 import time
@@ -92,13 +93,21 @@ class Scorer:
         self._miss = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "miss")
 
     def _call(self, texts: Sequence[str]) -> list[Score]:
-        """The router's answers for ``texts``, in order."""
+        """The router's answers for ``texts``, in order; ValueError for a score outside [0, 1] (NaN
+        included) or a logit that is not finite: it would poison the score histogram and a target
+        route's window."""
         if self.models is None:
-            return [float(score) for score in self.router.score(texts)]
+            scores = [float(score) for score in self.router.score(texts)]
+            if not all(0.0 <= score <= 1.0 for score in scores):
+                raise ValueError(f"the router {self.router.name} returned a score outside [0, 1]")
+            return list(scores)
         logits = self.router.model_logits(texts, self.models)
         if logits is None:
             raise ValueError(f"the router {self.router.name} scores only a strong/weak pair")
-        return [tuple(float(value) for value in row) for row in logits]
+        rows = [tuple(float(value) for value in row) for row in logits]
+        if not all(math.isfinite(value) for row in rows for value in row):
+            raise ValueError(f"the router {self.router.name} returned a logit that is not finite")
+        return list(rows)
 
     async def score(self, text: str) -> float:
         """The router's pair score for ``text``."""

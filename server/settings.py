@@ -155,7 +155,9 @@ class Settings(BaseSettings):
 
     target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
     target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
-    target_feedback_horizon: int = Field(100, ge=1, description="decisions the realised-share feedback remembers")
+    target_feedback_horizon: int = Field(
+        100, ge=10, description="decisions the realised-share feedback remembers (under 10 it overshoots)"
+    )
     max_target_routes: int = Field(
         32, ge=1, description="target routes (router and whole percent) clients may open besides the listed ones; more get 400"
     )

@@ -1,5 +1,5 @@
-"""A router that raises for prompts containing ``FAIL`` (scores 0.0 otherwise), to test what
-clients get when a router breaks.
+"""A router that raises for prompts containing ``FAIL``, scores NaN for prompts containing ``NAN``
+(0.0 otherwise), to test what clients get when a router breaks.
 
 ``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``.
 """
@@ -28,7 +28,7 @@ class FailingRouter(Router):
     def score(self, prompts: Sequence[str]) -> list[float]:
         if any("FAIL" in prompt for prompt in prompts):
             raise RuntimeError("the failing router failed on purpose, secret detail /home/user/model.bin")
-        return [0.0] * len(prompts)
+        return [float("nan") if "NAN" in prompt else 0.0 for prompt in prompts]
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
 from tests.metric_values import MetricDelta, wait_for
+from tests.metrics_text import metric_sum
 
 ROUTED_STRONG = "router-random-0"
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -512,3 +513,18 @@ def test_a_router_that_raises_is_a_500_without_its_details(strong: FakeUpstream,
     assert "router failing failed" in log and "Traceback" in log  # the operator gets the details
     assert after.headers["x-routegate-tier"] == "weak"  # the next request is routed as usual
     assert len(weak.received) == 1 and not strong.received
+
+
+def test_a_router_score_that_is_not_a_number_is_a_router_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))
+    with running_proxy(env, tmp_path, module="tests.failing_router") as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "NAN please"}])
+        sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}])
+        metrics_text = proxy.metrics()
+    assert error_of(raised)["code"] == "router_error"
+    assert metric_sum(metrics_text, "routegate_router_score_count", router="failing") == 1  # the fine one only
+    assert metric_sum(metrics_text, "routegate_router_score_sum", router="failing") == 0.0  # not NaN
+    assert not strong.received and len(weak.received) == 1
