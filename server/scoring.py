@@ -207,8 +207,22 @@ class Scorer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container's CPU limit, which affinity does not show), at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 limit to read
+        pass
+    return max(1, cores)
+
+
 def scoring_threads(requested: int, device: str) -> int:
-    """Batches a router scores at once: ``requested``, or (0) one per core on the CPU, one on a GPU.
+    """Batches a router scores at once: ``requested``, or (0) one per available core on the CPU
+    (``available_cores``: a container's CPU limit counts), one on a GPU.
 
     On the CPU, batches side by side on one torch thread each beat one batch at a time on all
     cores: MiniLM on 2 cores did 198-225 prompts/s as two single-thread batches against 155-178
@@ -218,7 +232,7 @@ def scoring_threads(requested: int, device: str) -> int:
         return requested
     # "auto" would import torch to ask; a router that has not loaded torch runs no torch model, so not on a GPU
     on_gpu = (device != "auto" or "torch" in sys.modules) and resolve_device(device).startswith("cuda")
-    return 1 if on_gpu else os.cpu_count() or 1
+    return 1 if on_gpu else available_cores()
 
 
 def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
@@ -236,7 +250,7 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
     threadpool_limits(1, user_api="blas")
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.set_num_threads(torch_threads or max(1, ((os.cpu_count() or 2) - 1) // scoring_threads))
+        torch.set_num_threads(torch_threads or max(1, (available_cores() - 1) // scoring_threads))
 
 
 def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequence[str]) -> tuple[str, ...]:

@@ -213,7 +213,10 @@ class Settings(BaseSettings):
         0.0, ge=0, description="longest wait to fill a scoring batch; 0 = score what has queued up at once"
     )
     score_threads: int = Field(
-        0, ge=0, description="router batches scored at once, each on its own thread; 0 = one per core on the CPU, one on a GPU"
+        0,
+        ge=0,
+        description="router batches scored at once, each on its own thread; 0 = one per core on the CPU (the cores "
+        "this process may use: its CPU affinity, capped by a container CPU limit), one on a GPU",
     )
     torch_threads: int = Field(
         0,

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_info
 from routers import registry
 from routers.base import Router
 from routers.registry import RouterOptions
-from server.scoring import ScorerPool, scoring_threads
+from server.scoring import ScorerPool, available_cores, scoring_threads
 
 REPO = Path(__file__).resolve().parent.parent
 SEEN: list[dict[str, object]] = []
@@ -120,10 +120,21 @@ def test_loading_a_router_without_a_torch_model_does_not_import_torch() -> None:
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"torch": False}
 
 
-@pytest.mark.parametrize(("device", "expected"), [("cpu", os.cpu_count()), ("cuda", 1), ("cuda:1", 1)])
+@pytest.mark.parametrize(("device", "expected"), [("cpu", available_cores()), ("cuda", 1), ("cuda:1", 1)])
 def test_scoring_threads_default_to_one_per_core_on_the_cpu_and_one_on_a_gpu(device: str, expected: int) -> None:
     assert scoring_threads(0, device) == expected
     assert scoring_threads(3, device) == 3
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "quota_cores"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("150000 100000\n", 2), ("max 100000\n", None)]
+)
+def test_a_container_cpu_limit_caps_the_cores_threads_are_sized_by(tmp_path: Path, cpu_max: str, quota_cores: int | None) -> None:
+    """Kubernetes' ``cpu: 2`` on a 64-core node: 2 scoring threads, not 64 (affinity shows all 64)."""
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "cpu.max") == (affinity if quota_cores is None else min(affinity, quota_cores))
+    assert available_cores(tmp_path / "missing") == affinity
 
 
 if __name__ == "__main__":
