@@ -207,6 +207,9 @@ class Scorer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+LOAD_RETRY_SECONDS = 30.0  # after a router failed to load, its requests get 503 this long before a new try
+
+
 def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
     container's CPU limit, which affinity does not show), at least one."""
@@ -301,6 +304,7 @@ class ScorerPool:
         self.queue_size = queue_size
         self._settings = (batch_size, batch_wait, cache_size)
         self._scorers: dict[str, Scorer] = {}
+        self._failed: dict[str, tuple[float, APIError]] = {}  # router -> (when to try again, its 503)
         self._lock = asyncio.Lock()
         #: router -> the (strong, weak) pair it scores and why, once loaded
         self.pairs: dict[str, ScoredPair] = {}
@@ -318,15 +322,19 @@ class ScorerPool:
         scorer = self._scorers.get(name)
         if scorer is not None:
             return scorer
+        self._raise_if_failed_lately(name)
         async with self._lock:
             if name not in self._scorers:
+                self._raise_if_failed_lately(name)  # a request that waited for the lock: the load it waited on failed
                 try:
                     router, threads, shared_as = await asyncio.to_thread(self._load, name)
                 except Exception as error:  # a broken checkpoint: say so, keep serving other routers
-                    log.exception("could not load router %s", name)
-                    raise APIError(
+                    log.exception("could not load router %s; tried again in %g s", name, LOAD_RETRY_SECONDS)
+                    refusal = APIError(
                         503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
-                    ) from None
+                    )
+                    self._failed[name] = (time.monotonic() + LOAD_RETRY_SECONDS, refusal)
+                    raise refusal from None
                 self._scorers[name] = Scorer(
                     router,
                     *self._settings,
@@ -337,6 +345,13 @@ class ScorerPool:
                     shared_as=shared_as,
                 )
         return self._scorers[name]
+
+    def _raise_if_failed_lately(self, name: str) -> None:
+        """The 503 of a load that failed less than ``LOAD_RETRY_SECONDS`` ago: requests do not
+        load a broken router again one after the other."""
+        failed = self._failed.get(name)
+        if failed is not None and time.monotonic() < failed[0]:
+            raise failed[1]
 
     def _load(self, name: str) -> tuple[Router, int, str]:
         """Load a router and score once, so that lazy parts (encoder, kernels) are ready before

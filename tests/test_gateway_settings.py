@@ -218,7 +218,13 @@ def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUps
         assert (missing.status_code, missing.json()["error"]["code"]) == (400, "unknown_router")
         served = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})
         assert served.status_code == 200
+        again = [
+            httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-mf-0.5", "messages": MESSAGES}) for _ in range(3)
+        ]
+        assert [answer.status_code for answer in again] == [503] * 3
+        log = proxy.log()
     assert not weak.received and len(strong.received) == 1
+    assert log.count("could not load router mf") == 1  # at start; the requests after it did not load it again
 
 
 def test_both_tiers_failing_is_a_502_naming_the_last_tier_tried(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
