@@ -71,53 +71,41 @@ def test_the_scoring_thread_uses_one_blas_thread_and_the_configured_torch_thread
     assert seen["torch"] == 3
 
 
-MF_ROUTER_LOAD = """
+POOL_LOAD = """
 import asyncio, json, sys
 from routers.registry import RouterOptions
 from server.scoring import ScorerPool
 
 async def load():
-    pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads=2)
-    await pool.get("mf")
+    pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads={threads})
+    await pool.get("{router}")
     await pool.aclose()
 
 asyncio.run(load())
-import torch
-print(json.dumps({"torch": torch.get_num_threads()}))
+torch = sys.modules.get("torch")
+print(json.dumps({{"torch": torch.get_num_threads() if torch else None}}))
 """
+
+
+def torch_threads_after_loading(router: str, score_threads: int, **environment: str) -> int | None:
+    """In a fresh process: torch's thread count once a ScorerPool loaded ``router`` (None: no torch)."""
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_LOAD.format(router=router, threads=score_threads)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **environment},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["torch"]
 
 
 def test_the_default_router_gets_the_torch_thread_share_though_it_imports_torch_lazily() -> None:
     """``mf`` imports torch only when its encoder loads: the limit must follow that, not precede it."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "4"}  # torch's own default here: 4 threads
-    result = subprocess.run(
-        [sys.executable, "-c", MF_ROUTER_LOAD], cwd=REPO, capture_output=True, text=True, timeout=300, env=environment
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    expected = max(1, ((os.cpu_count() or 2) - 1) // 2)  # the cores less one, shared by the two scoring threads
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"torch": expected}
-
-
-RANDOM_ROUTER_LOAD = """
-import asyncio, json, sys
-from routers.registry import RouterOptions
-from server.scoring import ScorerPool
-
-async def load():
-    pool = ScorerPool(RouterOptions(device="auto"), batch_size=8, batch_wait=0.0, cache_size=0, score_threads=0)
-    await pool.get("random")
-    await pool.aclose()
-
-asyncio.run(load())
-print(json.dumps({"torch": "torch" in sys.modules}))
-"""
+    expected = max(1, (available_cores() - 1) // 2)  # the cores less one, shared by the two scoring threads
+    assert torch_threads_after_loading("mf", 2, OMP_NUM_THREADS="4") == expected
 
 
 def test_loading_a_router_without_a_torch_model_does_not_import_torch() -> None:
     """``random`` serves in ~90 MiB: working out its scoring threads must not pull in torch (~180 MiB)."""
-    result = subprocess.run([sys.executable, "-c", RANDOM_ROUTER_LOAD], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"torch": False}
+    assert torch_threads_after_loading("random", 0) is None
 
 
 @pytest.mark.parametrize(("device", "expected"), [("cpu", available_cores()), ("cuda", 1), ("cuda:1", 1)])
