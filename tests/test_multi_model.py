@@ -315,6 +315,14 @@ def test_two_tier_shorthand_is_a_ladder_of_two(monkeypatch):  # type: ignore[no-
     assert (ladder[1].input_price, ladder[1].output_price) == (2.5, 10.0)
 
 
+def test_a_target_feedback_horizon_under_ten_is_refused(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="ROUTEGATE_TARGET_FEEDBACK_HORIZON"):  # 1-3 overshoot the share
+        _settings(monkeypatch, TARGET_FEEDBACK_HORIZON="3")
+    assert _settings(monkeypatch, TARGET_FEEDBACK_HORIZON="10").target_feedback_horizon == 10
+
+
 def test_an_unreadable_redis_url_is_refused_without_its_password(monkeypatch):  # type: ignore[no-untyped-def]
     from server.settings import SettingsError
 
