@@ -129,7 +129,8 @@ def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: Fak
 
 def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     """SIGHUP replaces each worker: a retired one stops taking connections at once instead of
-    draining, so new requests reach the other workers and none gets 503."""
+    draining, so new requests reach the other workers and none gets 503 (a replacement still
+    loading its router holds a request until it is ready; its /ready may say 503 meanwhile)."""
     weak.behaviour.delay = 3.0  # answers in flight on the workers being retired
     env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS), workers="2")
     with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(4) as pool:
@@ -141,7 +142,8 @@ def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: Fake
         statuses = []
         deadline = time.monotonic() + 8  # the replacements start, the old workers retire
         while time.monotonic() < deadline:
-            statuses.append(httpx.get(f"{proxy.url}/ready", headers={"connection": "close"}).status_code)
+            probe = {"model": "router-random-0.0", "messages": MESSAGES}  # to strong, which answers at once
+            statuses.append(httpx.post(f"{proxy.api}/chat/completions", json=probe, headers={"connection": "close"}).status_code)
             time.sleep(0.05)
         restarted = "Received SIGHUP" in proxy.log()
         answers = [future.result(timeout=15) for future in in_flight]
