@@ -195,8 +195,8 @@ class Settings(BaseSettings):
         True,
         description="ask upstreams for usage on every stream (stream_options.include_usage) so streams are metered "
         "and charged by the tokens they report; the usage chunk reaches only clients that asked for it, and an upstream "
-        "that refuses the field (a 400 naming it) is asked without it from then on; a stream without usage is charged "
-        "an estimate",
+        "that refuses the field (a 400 naming it) when the client sent none is asked without it from then on (a client's "
+        "own field's 400 is relayed); a stream without usage is charged an estimate",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
@@ -216,7 +216,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="router batches scored at once, each on its own thread; 0 = one per core on the CPU (the cores "
-        "this process may use: its CPU affinity, capped by a container CPU limit), one on a GPU",
+        "this process may use: its CPU affinity, capped by a cgroup v2 CPU limit, as a container's), one on a GPU",
     )
     torch_threads: int = Field(
         0,
