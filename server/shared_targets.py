@@ -220,16 +220,13 @@ class SharedBudget:
             return
         now = self._roll_pending()
         day = self._pending_day
-        # taken out before the await: a concurrent request must not send the same amounts again
         amounts = [self._pending[0], self._pending[1] + spent, self._pending[2] + priced, self._pending[3] + all_strong]
-        self._pending = [0, 0.0, 0, 0.0]
         batches, self._unsettled = self._unsettled, []
         settled, self._settled = self._settled, []
-        fresh = None
-        if any(amounts) and len(batches) < MAX_UNSETTLED:
-            fresh = Batch(next(self._numbers), amounts)
-        elif any(amounts):  # a Redis that keeps timing out: these wait, unsent, until the batches settle
-            self._pending = amounts
+        # taken out before the await, so that a concurrent request does not send them again; with too
+        # many batches unsettled (a Redis that keeps timing out) they wait, unsent, until those settle
+        fresh = Batch(next(self._numbers), amounts) if any(amounts) and len(batches) < MAX_UNSETTLED else None
+        self._pending = [0, 0.0, 0, 0.0] if fresh is not None else amounts
         sending = [*batches, fresh] if fresh is not None else batches
         key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
