@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,32 @@ class UnscoredPairError(CheckpointError):
     """A checkpoint that knows both models of a pair but never saw them scored on the same prompt."""
 
 
+#: the ``routegate train`` command running now, when a trainer is called from code (a leave-one-out fold)
+_TRAIN_COMMAND: ContextVar[str | None] = ContextVar("routegate_train_command", default=None)
+
+
+@contextmanager
+def training_command(router: str, argv: list[str]) -> Iterator[None]:
+    """Within this block, manifests record ``routegate train ROUTER ARGV...`` as their command."""
+    token = _TRAIN_COMMAND.set("routegate train " + shlex.join([router, *argv]))
+    try:
+        yield
+    finally:
+        _TRAIN_COMMAND.reset(token)
+
+
+def _command() -> str:
+    if (command := _TRAIN_COMMAND.get()) is not None:
+        return command
+    return "routegate " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name in ("routegate", "cli.py") else shlex.join(sys.argv)
+
+
 def write_manifest(out_dir: Path, router: str, data_files: list[str], models: list[str], **extra: Any) -> None:
     """Record the router, the command that made the checkpoint, its training files and model names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "router": router,
-        "command": "routegate " + shlex.join(sys.argv[1:])
-        if Path(sys.argv[0]).name in ("routegate", "cli.py")
-        else shlex.join(sys.argv),
+        "command": _command(),
         "data_files": [Path(name).name for name in data_files],
         "data_licences": {Path(name).name: licence_of(name) for name in data_files},
         "split": "train",

@@ -157,10 +157,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def run_trainer(router: str, argv: list[str]) -> None:
     """Run ``routegate train ROUTER ARGV...``: the router's trainer with its own options."""
+    from routers.checkpoint import training_command
+
     module = load_trainer(router)
     parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
     module.add_arguments(parser)
-    module.run(parser.parse_args(argv))
+    with training_command(router, argv):
+        module.run(parser.parse_args(argv))
 
 
 def _select(path: Path, split: str) -> list[dict]:

@@ -8,8 +8,10 @@ One JSON object per line, plain or gzip-compressed::
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,46 @@ def load_records(paths: Iterable[str | Path], split: str | None = None) -> list[
 def normal_text(prompt: str) -> str:
     """A prompt's text up to case and whitespace (how repeated questions are recognised)."""
     return " ".join(prompt.lower().split())
+
+
+def question_key(prompt: str) -> str:
+    """A prompt's letters and digits, lower case: the same question in another file's layout
+    (other spacing, punctuation or markup) has the same key."""
+    return "".join(character for character in prompt.lower() if character.isalnum())
+
+
+class QuestionSet:
+    """Prompts, recognised again in another file's form: the same ``question_key``, or one key
+    starting with the other where the shorter has at least ``min_prefix`` characters (a file that
+    appends an answer-format instruction, or drops a question's options or tests)."""
+
+    def __init__(self, prompts: Iterable[str], min_prefix: int = 40) -> None:
+        self._keys = sorted({question_key(prompt) for prompt in prompts})
+        self._min_prefix = min_prefix
+
+    def __contains__(self, prompt: object) -> bool:
+        if not isinstance(prompt, str):
+            return False
+        key = question_key(prompt)
+        at = bisect.bisect_left(self._keys, key)
+        if at < len(self._keys) and (self._keys[at] == key or (len(key) >= self._min_prefix and self._keys[at].startswith(key))):
+            return True  # the same question, or one that continues this one
+        return self._has_prefix_of(key)
+
+    def _has_prefix_of(self, key: str) -> bool:
+        """Whether a kept key of at least ``min_prefix`` characters starts ``key``. Every key
+        between such a prefix and ``key`` in sorted order starts with it too, so the greatest key
+        not after ``key`` either is that prefix or narrows the search to their common start."""
+        probe = key
+        while len(probe) >= self._min_prefix:
+            at = bisect.bisect_right(self._keys, probe) - 1
+            if at < 0:
+                return False
+            candidate = self._keys[at]
+            if probe.startswith(candidate):
+                return len(candidate) >= self._min_prefix
+            probe = probe[: len(os.path.commonprefix([candidate, probe]))]
+        return False
 
 
 def pair_records(records: Iterable[Record], strong: str, weak: str) -> list[Record]:

@@ -66,7 +66,10 @@ class Standardizer:
 
     @classmethod
     def fit(cls, features: np.ndarray) -> Standardizer:
-        return cls(features.mean(axis=0), features.std(axis=0) + 1e-6)
+        """Statistics of ``features``; a feature constant in training keeps its scale (std 1), so a
+        prompt that differs from it later is not a million standard deviations out."""
+        std = features.std(axis=0)
+        return cls(features.mean(axis=0), np.where(std < 1e-3, 1.0, std + 1e-6))
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.std).astype(np.float32)

@@ -376,8 +376,9 @@ def _env_name(location: tuple[str | int, ...]) -> str:
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and ``config_file`` (YAML); raise SettingsError when invalid."""
-    if config_file is not None:
-        path = Path(config_file)
+    named = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
+    if named:  # given on the command line, or as ROUTEGATE_CONFIG by the operator
+        path = Path(named)
         if not path.is_file():
             raise SettingsError(f"config file not found: {path}")
         os.environ[CONFIG_ENV] = str(path.resolve())

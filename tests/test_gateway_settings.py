@@ -166,6 +166,7 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_HOST": "0.0.0.0"}, "ROUTEGATE_ALLOW_UNAUTHENTICATED"),  # open to the network without client keys
         ({"ROUTEGATE_HOST": "::"}, "ROUTEGATE_API_KEYS"),
         ({"ROUTEGATE_API_KEYS": "not-json"}, "api_keys"),
+        ({"ROUTEGATE_CONFIG": "/no/such/routegate.yaml"}, "config file not found: /no/such/routegate.yaml"),
     ],
 )
 def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from routers.data import QuestionSet
 from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, eval_records, family_of, training_records
 from routers.evaluation.leave_one_out import LeaveOneOutTable, write_fold
 from routers.evaluation.metrics import PairQuality
@@ -16,6 +17,9 @@ from routers.model_names import match_model, normal_form, resolve_pair
 from server.cli import main
 
 MODELS = ("gpt-4o", "Meta-Llama-3.1-8B-Instruct")
+#: a GSM8K question that ``llmrouter`` holds with an answer-format line appended
+BOXED = "\nAfter careful thought, put your answer in \\boxed{}."
+REWORDED = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many in all?"
 
 
 def _record(rid: str, prompt: str, split: str, strong: float, weak: float, models: tuple[str, ...] = MODELS) -> dict:
@@ -61,8 +65,10 @@ def data_dir(tmp_path: Path) -> Path:
                 records.append(_record(f"{stem}/{number}", prompt, split, strong, float(number % 4 == 1), models))
             if stem == "llmrouter":
                 records.append(_record("llmrouter/shared", "A GSM8K question that two files share.", "train", 1.0, 0.0))
+                records.append(_record("llmrouter/reworded", REWORDED + BOXED, "train", 1.0, 0.0))
             if stem == "routellm-gsm8k":
                 records.append(_record("gsm8k/shared", "  a gsm8k QUESTION that two files share. ", "dev", 1.0, 0.0, pairs[stem]))
+                records.append(_record("gsm8k/reworded", REWORDED, "dev", 1.0, 0.0, pairs[stem]))
             _write(directory / f"{stem}.jsonl.gz", records)
     return directory
 
@@ -77,6 +83,26 @@ def test_a_held_out_family_never_reaches_training(data_dir: Path) -> None:
         assert not any(prompt.startswith(held_out + " ") for prompt in prompts)
         shared_kept = "A GSM8K question that two files share." in prompts
         assert shared_kept == (held_out not in ("math", "mixed"))  # its own family, or a shared text (case and spaces aside)
+        reworded_kept = any(prompt.startswith(REWORDED) for prompt in prompts)
+        assert reworded_kept == (held_out not in ("math", "mixed"))  # also in another file's form
+
+
+@pytest.mark.parametrize(
+    ("prompt", "recognised"),
+    [
+        (REWORDED, True),
+        ("natalia SOLD clips to 48 of her friends in April and then she sold half as many clips in May how many in all", True),
+        (REWORDED + BOXED, True),  # continues a kept question
+        ("Natalia sold clips to 48 of her friends in April, and then she sold half", True),  # a kept one continues it
+        ("Natalia sold clips to 48 of her friends.", False),  # too short a start to be the same question
+        ("Natalia sold clips to 48 of her friends in April, and then she sold twice as many in June.", False),
+        ("Which of the following is true? A) 1 B) 2", True),
+        ("Which of the following is true? A) 1 B) 3", False),
+    ],
+)
+def test_a_question_is_recognised_in_another_files_form(prompt: str, recognised: bool) -> None:
+    kept = QuestionSet([REWORDED, "which of the following is TRUE?  a) 1  b) 2", "Zebra crossing rules"])
+    assert (prompt in kept) == recognised
 
 
 def test_fold_files_hold_only_the_kept_training_records(data_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +191,10 @@ def test_eval_leave_one_out_trains_scores_and_writes_table_and_plot(data_dir: Pa
     assert "| random | 0.500 | 0.500 | 0.500 |" in text
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "work" / "chat" / "data" / "alpacaeval-gpt4.jsonl.gz").exists()
-    assert (tmp_path / "work" / "chat" / "checkpoints" / "mf" / "router.json").is_file()
+    manifest = json.loads((tmp_path / "work" / "chat" / "checkpoints" / "mf" / "router.json").read_text())
+    assert manifest["command"].startswith("routegate train mf --data ")  # how this fold's checkpoint was made
+    out = tmp_path / "work" / "chat" / "checkpoints" / "mf"
+    assert manifest["command"].endswith(f"--out {out} --epochs 1 --hidden 8 --dim 4")
 
 
 def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:

@@ -401,3 +401,12 @@ def test_bad_record_files_and_counts_are_named_not_a_traceback(
         timeout=120,
     )
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_feature_constant_in_training_keeps_its_scale() -> None:
+    from routers.features import Standardizer
+
+    training = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 5.0]], dtype=np.float32)  # no prompt had the first feature
+    standardize = Standardizer.fit(training)
+    later = standardize(np.array([[2.0, 3.0]], dtype=np.float32))
+    assert later[0].tolist() == pytest.approx([2.0, 0.0], abs=1e-3)  # not 2e6 standard deviations out

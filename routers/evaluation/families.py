@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routers.data import Record, iter_records, normal_text
+from routers.data import QuestionSet, Record, iter_records
 
 #: family -> record files (stems in ``shared/data``)
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -80,12 +80,14 @@ def load_family(data_dir: Path, family: str) -> dict[str, list[Record]]:
 
 def training_records(data_dir: Path, held_out: str | None) -> dict[str, list[Record]]:
     """``train`` records of every file outside the ``held_out`` family, by file stem, leaving out
-    any record whose prompt text (case and whitespace aside) occurs anywhere in the held-out
-    family, in either split: files of other families share questions (``llmrouter`` holds GSM8K,
-    MATH and MBPP prompts), and a shared question would leak the held-out family into training."""
-    banned: set[str] = set()
-    if held_out is not None:
-        banned = {normal_text(record["prompt"]) for records in load_family(data_dir, held_out).values() for record in records}
+    any record whose question occurs anywhere in the held-out family, in either split, also in
+    another file's form (``routers.data.QuestionSet``): files of other families share questions
+    (``llmrouter`` holds GSM8K questions with an answer-format line appended, MMLU questions
+    without their options, MBPP tasks without their tests), and a shared question would leak the
+    held-out family into training."""
+    banned = QuestionSet(
+        record["prompt"] for records in (load_family(data_dir, held_out) if held_out else {}).values() for record in records
+    )
     kept: dict[str, list[Record]] = {}
     for family, stems in FAMILIES.items():
         if family == held_out:
@@ -94,7 +96,7 @@ def training_records(data_dir: Path, held_out: str | None) -> dict[str, list[Rec
             kept[stem] = [
                 record
                 for record in iter_records(data_path(data_dir, stem))
-                if record.get("split") == "train" and normal_text(record["prompt"]) not in banned
+                if record.get("split") == "train" and record["prompt"] not in banned
             ]
     return kept
 
