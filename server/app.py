@@ -55,6 +55,7 @@ class Gateway:
             self.routers,
             {entry.name: entry.model for entry in self.ladder.entries},
             {name: self.ladder.fallbacks(name)[0] for name in self.ladder.names},
+            self.ladder.best,
         )
         for alias in self.names.aliases:
             try:

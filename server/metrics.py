@@ -56,6 +56,12 @@ ROUTER_THRESHOLD = Gauge(
     ["router"],
     multiprocess_mode="mostrecent",
 )
+MOST_CAPABLE_TIER = Gauge(
+    "routegate_most_capable_tier_info",
+    "1 for the tier of the most capable upstream (strong with two tiers): the tier a strong-call share counts.",
+    ["tier"],
+    multiprocess_mode="livemax",
+)
 ROUTING_SECONDS = Histogram(
     "routegate_routing_duration_seconds",
     "Time to score a request with its router, cache hits included.",
@@ -183,13 +189,14 @@ EVENT_LOOP_TASKS = Gauge(
 )
 
 
-def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Mapping[str, str]) -> None:
+def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Mapping[str, str], most_capable: str) -> None:
     """Create at zero the series known at start-up (``models`` maps tier -> upstream model,
-    ``fallbacks`` each tier to its first fallback).
+    ``fallbacks`` each tier to its first fallback), and mark the ``most_capable`` tier.
 
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
     """
+    MOST_CAPABLE_TIER.labels(most_capable).set(1)
     for router in routers:  # histograms too: a router's first scores must show in rate()
         ROUTING_SECONDS.labels(router)
         ROUTER_SCORE.labels(router)

@@ -119,7 +119,7 @@ class Recorder:
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""
         strong = decision.tier == self.ladder.best
-        if decision.threshold is not None:
+        if decision.threshold is not None and decision.target is None:  # a target route's has a gauge of its own
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:
             if self.ladder.pair and strong:

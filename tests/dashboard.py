@@ -15,6 +15,7 @@ ALERT_RULES = REPO / "config/prometheus/alerts.yml"
 QUALITY_PANELS = "Quality: "  # title prefix of the shadow-judging panels (tests/test_feedback_prometheus.py)
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 _ALERT_THRESHOLD = re.compile(r"\s*(?:>|<|>=|<=)\s*[0-9.]+\s*$")
+_TRAFFIC_GUARD = re.compile(r"\n\s*and on \(")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,18 @@ def alert_rules() -> dict[str, dict]:
 
 
 def without_threshold(expr: str) -> str:
-    """An alert expression without its final ``> threshold`` comparison: the value it compares."""
-    stripped = _ALERT_THRESHOLD.sub("", expr.strip())
-    assert stripped != expr.strip(), f"no trailing threshold in {expr}"
+    """An alert expression without its ``> threshold`` comparison and the ``and on (...)``
+    traffic guard after it: the value it compares."""
+    compared = _TRAFFIC_GUARD.split(expr.strip(), maxsplit=1)[0]
+    stripped = _ALERT_THRESHOLD.sub("", compared)
+    assert stripped != compared, f"no trailing threshold in {expr}"
     return stripped
+
+
+def with_recording_rules_inlined(expr: str) -> str:
+    """``expr`` with each recording rule's name replaced by its expression: evaluated at any time,
+    not only after Prometheus has evaluated the rule there."""
+    for name, rule in alert_rules().items():
+        if "record" in rule:
+            expr = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", f"({rule['expr'].strip()})", expr)
+    return expr

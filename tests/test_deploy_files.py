@@ -103,7 +103,15 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _run(promtool, "check", "rules", str(ALERTS))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 7 rules found" in rules.stdout
+
+
+def test_each_alert_fires_when_it_should_and_not_otherwise() -> None:
+    """tests/alert_rules_test.yml: target routes kept out of the drift alert, idle target routes,
+    replicas judged apart, fallback reasons summed, gateways kept apart, quiet tiers not paged."""
+    promtool = require_tool("promtool")
+    result = _run(promtool, "test", "rules", str(REPO / "tests" / "alert_rules_test.yml"))
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
 
 
 def test_bind_mounts_and_build_context_exist(compose: dict[str, Any]) -> None:

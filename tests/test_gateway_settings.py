@@ -45,22 +45,31 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
         assert len(list(stream)) == 6
         with pytest.raises(openai.NotFoundError):
             sdk.chat.completions.create(model="nope", messages=MESSAGES)
+        targeted = sdk.chat.completions.with_raw_response.create(model="router-random-50%", messages=MESSAGES)
         metrics = samples(proxy.metrics())
 
+    targeted_tier = targeted.headers["x-routegate-tier"]
+    strong_answers, weak_answers = 10 + (targeted_tier == "strong"), 5 + (targeted_tier == "weak")
     requests = "routegate_requests_total"
-    assert value(metrics, requests, router="random", tier="strong", model=STRONG_MODEL, status="200") == 10
-    assert value(metrics, requests, router="random", tier="weak", model=WEAK_MODEL, status="200") == 5
+    assert value(metrics, requests, router="random", tier="strong", model=STRONG_MODEL, status="200") == strong_answers
+    assert value(metrics, requests, router="random", tier="weak", model=WEAK_MODEL, status="200") == weak_answers
     assert value(metrics, requests, router="none", tier="none", model="none", status="404") == 1
-    assert value(metrics, "routegate_router_score_count", router="random") == 15
-    assert value(metrics, "routegate_routing_duration_seconds_count", router="random") == 15
-    assert value(metrics, "routegate_tokens_total", tier="strong", model=STRONG_MODEL, kind="prompt") == 10 * PROMPT_TOKENS
-    assert value(metrics, "routegate_tokens_total", tier="weak", model=WEAK_MODEL, kind="completion") == 5 * COMPLETION_TOKENS
-    assert value(metrics, "routegate_cost_usd_total", tier="strong", model=STRONG_MODEL) == pytest.approx(10 * STRONG_COST)
-    assert value(metrics, "routegate_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(5 * WEAK_COST)
-    assert value(metrics, "routegate_all_strong_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(5 * STRONG_COST)
-    assert value(metrics, "routegate_upstream_duration_seconds_count", tier="strong", model=STRONG_MODEL) == 10
-    assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == 5
-    assert value(metrics, "routegate_router_threshold", router="random") == 1.0
+    assert value(metrics, "routegate_router_score_count", router="random") == 16
+    assert value(metrics, "routegate_routing_duration_seconds_count", router="random") == 16
+    tokens, cost = "routegate_tokens_total", "routegate_cost_usd_total"
+    assert value(metrics, tokens, tier="strong", model=STRONG_MODEL, kind="prompt") == strong_answers * PROMPT_TOKENS
+    assert value(metrics, tokens, tier="weak", model=WEAK_MODEL, kind="completion") == weak_answers * COMPLETION_TOKENS
+    assert value(metrics, cost, tier="strong", model=STRONG_MODEL) == pytest.approx(strong_answers * STRONG_COST)
+    assert value(metrics, cost, tier="weak", model=WEAK_MODEL) == pytest.approx(weak_answers * WEAK_COST)
+    assert value(metrics, "routegate_all_strong_cost_usd_total", tier="weak", model=WEAK_MODEL) == pytest.approx(
+        weak_answers * STRONG_COST
+    )
+    assert value(metrics, "routegate_upstream_duration_seconds_count", tier="strong", model=STRONG_MODEL) == strong_answers
+    assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == weak_answers
+    assert value(metrics, "routegate_router_threshold", router="random") == 1.0  # the threshold routes', not the target route's
+    assert value(metrics, "routegate_target_decisions_total", router="random", target="0.5", tier=targeted_tier) == 1
+    assert value(metrics, "routegate_most_capable_tier_info", tier="strong") == 1
+    assert ("routegate_most_capable_tier_info", (("tier", "weak"),)) not in metrics
     assert value(metrics, "routegate_requests_in_flight") == 0
 
 

@@ -402,6 +402,9 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
             assert by_tier("Cost by model, share of the all-best-model cost") == pytest.approx(expected)
             hourly = by_tier("Cost per hour by model and all-best-model")
             assert set(hourly) == {"small", "mid", "big"} and all(value > 0 for value in hourly.values())
+            [fraction] = [query for query in panel_queries() if query.panel == "Strong-call fraction"]
+            [share] = prometheus.query(substitute(fraction.expr, {"router": ".*", "model": ".*"}, "5m", "15m"), at)
+            assert float(share["value"][1]) == pytest.approx(0.2)  # the most capable entry's share, whatever its name
 
 
 def _ladder(models: list[dict]) -> Ladder:
