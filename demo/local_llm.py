@@ -210,7 +210,15 @@ async def _stream(
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    generation = asyncio.ensure_future(asyncio.to_thread(model.generate, inputs, options, streamer))
+
+    def generate() -> tuple[list[int], str]:
+        try:
+            return model.generate(inputs, options, streamer)
+        except BaseException:
+            streamer.end()  # a failed generation still ends the stream below, which would wait forever
+            raise
+
+    generation = asyncio.ensure_future(asyncio.to_thread(generate))
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:

@@ -129,6 +129,7 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
             port=port,
             workers=1,
             router=chosen,
+            models=[],  # the two tiers below, whatever ROUTEGATE_MODELS says
             strong={**upstream, "model": STRONG_MODEL, "input_price": 2.5, "output_price": 10.0},
             weak={**upstream, "model": WEAK_MODEL, "input_price": 0.15, "output_price": 0.6},
         )

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from routers.base import Router
-from routers.registry import CHECKPOINT_ROOT, RouterOptions, available_routers, load_router, load_trainer, trainable_routers
+from routers.registry import (
+    CHECKPOINT_ROOT,
+    RouterOptions,
+    available_routers,
+    installed_routers,
+    load_router,
+    load_trainer,
+    trainable_routers,
+)
 
 
 def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -261,6 +269,17 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise SystemExit(f"routegate eval: unknown families {unknown}; known: {list(FAMILIES)}")
+    retrained = sorted({name for name in args.router if not name.startswith("shipped:")} - set(trainable_routers()))
+    if retrained:
+        raise SystemExit(
+            f"routegate eval: {retrained} cannot be retrained per fold; trainable: {trainable_routers()} "
+            "(shipped:NAME scores a shipped checkpoint as it is)"
+        )
+    installed = installed_routers(args.checkpoint_dir)
+    shipped = [name.removeprefix("shipped:") for name in args.router if name.startswith("shipped:")]
+    missing = sorted(name for name in shipped if name not in installed)
+    if missing:
+        raise SystemExit(f"routegate eval: no checkpoint in {args.checkpoint_dir} for {missing}; installed: {installed}")
     use_disk_cache()
     table = run_leave_one_out(
         args.router,

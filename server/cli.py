@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from routers.checkpoint import CheckpointError
 from routers.commands import add_router_commands
 from routers.data import RecordError
 from server.feedback_cli import add_feedback_commands
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"routegate: {error.strerror or error}: {error.filename}", file=sys.stderr)
         return 2
-    except RecordError as error:  # a record file with a line that is not a JSON object
+    except (RecordError, CheckpointError) as error:  # a record file line that is not a JSON object; a missing checkpoint
         print(f"routegate: {error}", file=sys.stderr)
         return 2
 

@@ -8,6 +8,7 @@ completions are kept to a few tokens.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -33,6 +34,9 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ROUTEGATE_", "OPENAI_"))}
     cache = tmp_path / "cache"
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(cache)})
+    # a user's own upstreams in the environment: the demo serves the local LLM regardless
+    nowhere = {"base_url": "http://127.0.0.1:9/v1", "api_key": "sk-unused", "input_price": 1, "output_price": 1}
+    env["ROUTEGATE_MODELS"] = json.dumps([{"name": "a", "model": "x", **nowhere}, {"name": "b", "model": "y", **nowhere}])
     log_path = tmp_path / "demo.log"
     with open(log_path, "wb") as log_file:
         demo = subprocess.Popen(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,8 @@ def data_dir(tmp_path: Path) -> Path:
                 prompt = f"{family} {stem} question {number}: " + "x " * (number * 7 % 11)
                 strong = float(number % 2 or split == "dev")  # dev: the strong model leads beyond noise
                 records.append(_record(f"{stem}/{number}", prompt, split, strong, float(number % 4 == 1), models))
+                if stem.startswith("lookahead-"):  # what the lookahead router learns from
+                    records[-1]["responses"] = {name: f"{name} answers {number}" for name in models}
             if stem == "llmrouter":
                 records.append(_record("llmrouter/shared", "A GSM8K question that two files share.", "train", 1.0, 0.0))
                 records.append(_record("llmrouter/reworded", REWORDED + BOXED, "train", 1.0, 0.0))
@@ -110,6 +113,8 @@ def test_fold_files_hold_only_the_kept_training_records(data_dir: Path, tmp_path
     written = {path.name.split(".")[0]: [json.loads(line) for line in gzip.open(path, "rt")] for path in paths}
     assert set(written) == {stem for family, stems in FAMILIES.items() if family != "chat" for stem in stems}
     assert all(record["split"] == "train" for records in written.values() for record in records)
+    assert all("responses" in record for record in written["lookahead-humaneval"])  # lookahead trains on them
+    assert not any("responses" in record for record in written["routellm-mmlu"])
 
 
 def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> None:
@@ -211,3 +216,20 @@ def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
     assert "n/a: on these 100 llmrouter prompts big leads medium by 0.020 (0.2 standard errors, under 2)" in text
     table.quality[("mixed", clear)] = table.quality[("mixed", tied)]
     assert "| mf | n/a | n/a |" in table.format()
+
+
+@pytest.mark.parametrize(
+    ("routers", "said"),
+    [
+        (["random"], "['random'] cannot be retrained per fold"),
+        (["shipped:mf"], "no checkpoint in"),
+    ],
+)
+def test_routers_that_cannot_run_are_refused_before_any_fold(
+    routers: list[str], said: str, data_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    command = ["eval", "--leave-one-out", "--router", *routers, "--data-dir", str(data_dir), "--work-dir", str(work)]
+    with pytest.raises(SystemExit, match=re.escape(said)):
+        main([*command, "--checkpoint-dir", str(tmp_path / "no-checkpoints")])
+    assert not work.exists()  # refused before writing a fold

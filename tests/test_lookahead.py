@@ -209,3 +209,25 @@ def test_router_lookahead_routes_through_the_gateway_by_its_score(strong, weak, 
     assert to_weak.parse().choices[0].message.content == "answer from weak"
     assert float(to_strong.headers["x-routegate-score"]) == pytest.approx(expected, abs=1e-4)
     assert len(strong.received) == 1 and len(weak.received) == 1
+
+
+def test_train_command_counts_only_models_with_responses(tmp_path: Path) -> None:
+    """A file scoring hundreds of models without responses (AlpacaEval) beside one with responses
+    trains: its models add no block to an input, so they cannot make one too long."""
+    import gzip
+    import json
+
+    from server.cli import main
+
+    wide = tmp_path / "wide.jsonl.gz"
+    with gzip.open(wide, "wt", encoding="utf-8") as out:
+        for number in range(4):
+            scores = {f"model-{index}": (index * 7 + number) % 10 / 10 for index in range(300)}
+            record = {"id": f"w{number}", "prompt": f"Write a haiku {number}", "scores": scores, "split": "train"}
+            out.write(json.dumps(record) + "\n")
+    out_dir = tmp_path / "lookahead"
+    options = ["--out", str(out_dir), "--steps", "1", "--batch-size", "2", "--prompt-tokens", "16", "--trainable-layers", "1"]
+    assert main(["train", "lookahead", "--data", SLICE, str(wide), *options]) == 0
+    assert (out_dir / "config.json").is_file()
+    with pytest.raises(SystemExit, match="no train record has the responses of two or more scored models"):
+        main(["train", "lookahead", "--data", str(wide), *options])

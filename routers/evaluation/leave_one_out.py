@@ -84,14 +84,16 @@ def _cell(value: float) -> str:
 
 
 def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
-    """The fold's training files (``train`` records outside ``held_out``, no shared prompt)."""
+    """The fold's training files (``train`` records outside ``held_out``, no shared question),
+    with the records' responses where they have them."""
     work.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, records in training_records(data_dir, held_out).items():
         path = work / f"{stem}.jsonl.gz"
         with gzip.open(path, "wt", encoding="utf-8") as out:
             for record in records:
-                out.write(json.dumps({key: record[key] for key in ("id", "prompt", "scores", "split")}) + "\n")
+                kept = ("id", "prompt", "scores", "split", "responses")  # responses: what lookahead learns from
+                out.write(json.dumps({key: record[key] for key in kept if key in record}) + "\n")
         paths.append(path)
     return paths
 

@@ -217,7 +217,14 @@ def run(args: argparse.Namespace) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir())
     bert = BertModel.from_pretrained(backbone_dir(), add_pooling_layer=False)
     layout = layout_for(config, bert.config, tokenizer.cls_token_id, tokenizer.sep_token_id)
-    longest = layout.length(layout.prompt_tokens, max(len(record["scores"]) for record in records))
+    # a training input holds one block per model with a response (the others cannot be reconstructed)
+    widest = max((len(record["scores"].keys() & record.get("responses", {}).keys()) for record in records), default=0)
+    if widest < 2:
+        raise SystemExit(
+            "routegate train lookahead: no train record has the responses of two or more scored models "
+            "(lookahead learns from response texts: the lookahead-* files have them)"
+        )
+    longest = layout.length(layout.prompt_tokens, widest)
     if longest > bert.config.max_position_embeddings:
         raise SystemExit(f"inputs of {longest} tokens exceed the backbone's {bert.config.max_position_embeddings}")
     items = prepare_items(records, names, tokenizer, layout)
