@@ -16,7 +16,7 @@ from routers.checkpoint import CheckpointError
 from routers.commands import add_router_commands
 from routers.data import RecordError
 from server.feedback_cli import add_feedback_commands
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, load_settings, unknown_variable_warnings
 from server.upstream_keys import warn_missing_keys
 
 
@@ -64,6 +64,8 @@ def _run(settings: Settings) -> int:
     """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     warn_missing_keys(settings)
+    for line in unknown_variable_warnings(os.environ):
+        logging.getLogger("routegate").warning(line)
 
     import uvicorn
 

@@ -7,8 +7,10 @@ worker process reads the same settings.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -356,6 +358,26 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: ``ROUTEGATE_`` variables that routegate reads but that are not settings
+OTHER_ENV = (CONFIG_ENV, "ROUTEGATE_CACHE_DIR")
+
+
+def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``ROUTEGATE_`` environment variable that is no setting (so it is ignored:
+    most likely a misspelling), with the nearest setting's name. A nested one
+    (``ROUTEGATE_STRONG__...``) is checked by its setting, which refuses unknown fields."""
+    known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(OTHER_ENV))
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or any(upper.startswith(f"{top}__") for top in known):
+            continue
+        nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1)
+        hint = f" (did you mean {ENV_PREFIX}{nearest[0]}?)" if nearest else ""
+        lines.append(f"{name} is not a routegate setting and is ignored{hint}")
+    return lines
 
 
 class SettingsError(Exception):

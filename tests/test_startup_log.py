@@ -43,7 +43,21 @@ def test_among_several_models_the_entry_without_a_key_is_warned_about(monkeypatc
 
 def test_upstreams_with_keys_start_without_that_warning(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
-        assert NO_KEY not in proxy.log()
+        log = proxy.log()
+    assert NO_KEY not in log
+    assert "is not a routegate setting" not in log  # every variable of a normal set-up is known
+
+
+def test_a_misspelt_setting_is_named_with_the_one_meant(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    env = {**proxy_env(strong, weak), "ROUTEGATE_SHUTDOWN_GRACE_SECOND": "99", "ROUTEGATE_XYZZY": "sk-do-not-log"}
+    with running_proxy(env, tmp_path) as proxy:
+        log = proxy.log()
+    [misspelt] = [line for line in log.splitlines() if "ROUTEGATE_SHUTDOWN_GRACE_SECOND " in line]
+    assert "WARNING" in misspelt and "not a routegate setting and is ignored" in misspelt
+    assert "did you mean ROUTEGATE_SHUTDOWN_GRACE_SECONDS?" in misspelt and "99" not in misspelt
+    [unknown] = [line for line in log.splitlines() if "ROUTEGATE_XYZZY" in line]
+    assert unknown.endswith("ROUTEGATE_XYZZY is not a routegate setting and is ignored")
+    assert "sk-do-not-log" not in log
 
 
 def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
