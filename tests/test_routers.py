@@ -410,3 +410,15 @@ def test_a_feature_constant_in_training_keeps_its_scale() -> None:
     standardize = Standardizer.fit(training)
     later = standardize(np.array([[2.0, 3.0]], dtype=np.float32))
     assert later[0].tolist() == pytest.approx([2.0, 0.0], abs=1e-3)  # not 2e6 standard deviations out
+
+
+def test_an_mf_manifest_from_another_run_is_refused_not_mis_scored(tmp_path: Path) -> None:
+    import shutil
+
+    checkpoint = tmp_path / "mf"
+    shutil.copytree(CHECKPOINT_ROOT / "mf", checkpoint)
+    manifest = json.loads((checkpoint / "router.json").read_text())
+    manifest["models"] = manifest["models"][:-1]  # one model fewer than the weights hold
+    (checkpoint / "router.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="weights do not fit router.json"):
+        load_router("mf", RouterOptions(checkpoint_dir=tmp_path, device="cpu"))

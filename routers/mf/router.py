@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from routers.base import Router, model_columns, win_probabilities
-from routers.checkpoint import model_indices, read_manifest
-from routers.embedding import encode
-from routers.features import Standardizer, feature_matrix
+from routers.checkpoint import CheckpointError, model_indices, read_manifest
+from routers.embedding import EMBEDDING_DIM, encode
+from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.neighbours import NeighbourTable
 from routers.registry import RouterOptions
 
@@ -29,6 +30,15 @@ WEIGHTS = "weights.npz"
 def prompt_inputs(embeddings: np.ndarray, structural: np.ndarray) -> np.ndarray:
     """The projection's input: the embedding beside the standardised structural features."""
     return np.concatenate([embeddings, structural], axis=1).astype(np.float32)
+
+
+def _check_shapes(directory: Path, weights: Any, models: int) -> None:
+    """CheckpointError unless the weights take this encoder's inputs and hold one vector per
+    model of the manifest (a manifest and weights from two different runs would mis-score)."""
+    expected = {"w1": EMBEDDING_DIM + len(FEATURE_NAMES), "model_vectors": models, "model_bias": models}
+    found = {name: weights[name].shape[0] if name in weights else None for name in expected}
+    if found != expected:
+        raise CheckpointError(f"{directory}: weights do not fit router.json (rows {found}, expected {expected}); retrain it")
 
 
 class MFRouter(Router):
@@ -41,6 +51,7 @@ class MFRouter(Router):
         self.models: list[str] = manifest["models"]
         strong, weak = model_indices(self.models, strong_model, weak_model, directory)
         with np.load(directory / WEIGHTS) as weights:
+            _check_shapes(directory, weights, len(self.models))
             self._w1, self._b1 = weights["w1"], weights["b1"]
             self._w2, self._b2 = weights["w2"], weights["b2"]
             self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
