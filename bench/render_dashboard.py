@@ -36,7 +36,7 @@ from tests.fake_upstream import FakeUpstream  # noqa: E402
 from tests.prometheus_server import PrometheusServer, running_prometheus  # noqa: E402
 
 PHASES = (("router-random-0.7", False), ("router-random-50%", False), ("router-random-0.8", True))  # model, strong fails
-VARIABLES = {"router": ".*", "model": ".*"}
+VARIABLES = {"deployment": ".*", "router": ".*", "model": ".*"}
 RATE_INTERVAL = "10s"
 STEP = 2.0
 

@@ -69,7 +69,7 @@ def scrape_config(targets: list[str], scrape_interval: str) -> dict[str, Any]:
     config["global"].update(scrape_interval=scrape_interval, evaluation_interval=scrape_interval)
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / path) for path in config["rule_files"]]
     job = config["scrape_configs"][0]
-    job["static_configs"] = [{"targets": targets}]
+    job["static_configs"] = [{"targets": targets, "labels": {"deployment": "openai"}}]  # as the compose file labels it
     job.pop("dns_sd_configs", None)  # the compose scale profile's replicas: no such name here
     config["scrape_configs"] = [job]
     return config

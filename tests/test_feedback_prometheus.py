@@ -40,7 +40,7 @@ EXPECTED = Verdicts.of(
     for kind, count in kinds.items()
     for _ in range(count)
 )
-VARIABLES = {"router": ".*", "model": ".*"}
+VARIABLES = {"deployment": ".*", "router": ".*", "model": ".*"}
 
 
 def by_question(question: str, answer_a: str, answer_b: str) -> str:

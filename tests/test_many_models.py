@@ -370,6 +370,7 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
     """A real Prometheus scrapes a routegate that sent 5 requests to small, 3 to mid and 2 to big."""
     prometheus_binary = require_tool("prometheus")
     mix = {TO_SMALL: 5, TO_MID: 3, TO_BIG: 2}
+    every = {"deployment": ".*", "router": ".*", "model": ".*"}  # Grafana's "All"
     with running_proxy(many_env(entries(fakes), checkpoints), tmp_path, module=MODULE) as fresh:
         with running_prometheus(prometheus_binary, [fresh.url.removeprefix("http://")], tmp_path) as prometheus:
             prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
@@ -387,7 +388,7 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
 
             def by_tier(title: str) -> dict[str, float]:
                 [query] = [query for query in panel_queries() if query.panel == title and "all-best" not in query.legend]
-                expr = substitute(query.expr, {"router": ".*", "model": ".*"}, "5m", "15m")
+                expr = substitute(query.expr, every, "5m", "15m")
                 found = prometheus.query(expr, at)
                 return {
                     item["metric"]["tier"]: float(item["value"][1]) for item in found if math.isfinite(float(item["value"][1]))
@@ -403,7 +404,7 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
             hourly = by_tier("Cost per hour by model and all-best-model")
             assert set(hourly) == {"small", "mid", "big"} and all(value > 0 for value in hourly.values())
             [fraction] = [query for query in panel_queries() if query.panel == "Strong-call fraction"]
-            [share] = prometheus.query(substitute(fraction.expr, {"router": ".*", "model": ".*"}, "5m", "15m"), at)
+            [share] = prometheus.query(substitute(fraction.expr, every, "5m", "15m"), at)
             assert float(share["value"][1]) == pytest.approx(0.2)  # the most capable entry's share, whatever its name
 
 

@@ -41,7 +41,7 @@ WEAK_COST = (PROMPT_TOKENS * 0.5 + COMPLETION_TOKENS * 1.5) / 1e6
 ANSWERED = STRONG_ROUTED + WEAK_ROUTED + 1  # + the fallback
 REALISED = STRONG_ROUTED * STRONG_COST + (WEAK_ROUTED + 1) * WEAK_COST
 ALL_STRONG = ANSWERED * STRONG_COST
-DASHBOARD_VARIABLES = {"router": ".*", "model": ".*"}  # Grafana's "All"
+DASHBOARD_VARIABLES = {"deployment": ".*", "router": ".*", "model": ".*"}  # Grafana's "All"
 RATE_INTERVAL, TIME_RANGE = "5m", "15m"  # both cover the whole test
 TARGET_ROUTE, TARGET_REQUESTS = "router-random-30%", 10
 
@@ -151,6 +151,7 @@ def test_every_dashboard_query_returns_data(stack: Stack, query: Any) -> None:
 def test_dashboard_variables_list_the_router_and_models(stack: Stack) -> None:
     queries = variable_queries()
     assert {labels["router"] for labels, _ in stack.values(queries["router"])} == {"random"}  # the routers clients may name
+    assert {labels["deployment"] for labels, _ in stack.values(queries["deployment"])} == {"openai"}
     assert {labels["model"] for labels, _ in stack.values(queries["model"])} == {"fake-strong", "fake-weak"}
 
 
