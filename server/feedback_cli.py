@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from routers.data import question_key
 from server.quality import Verdicts, quality
 from server.settings import SettingsError, load_settings
 
@@ -53,9 +54,11 @@ def _in_range(seconds: float) -> float:
     return min(max(seconds, 0.0), _LAST_SECOND)
 
 
-def split_of(record_id: str) -> str:
-    """The shared/data split rule: dev when sha1(id) % 5 == 0, else train."""
-    return "dev" if int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % 5 == 0 else "train"
+def split_of(prompt: str) -> str:
+    """The shared/data split rule, keyed by the question rather than the request: dev when
+    sha1(question_key(prompt)) % 5 == 0, else train, so that a prompt asked again (the same
+    letters and digits) never lands in both splits."""
+    return "dev" if int(hashlib.sha1(question_key(prompt).encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
 def _rows(database: Database, since: float) -> Iterator[tuple]:
@@ -104,7 +107,7 @@ def record_of(row: tuple) -> dict[str, Any] | None:
         "category": router,
         "prompt": prompt,
         "scores": scores,
-        "split": split_of(request_id),
+        "split": split_of(prompt),
         "meta": {
             "router": router,
             "tier": tier,

@@ -54,6 +54,10 @@ async def fill(into: Database) -> None:
         judgement("r-weak-win", "strong", "other_better"),
         decision("r-kept", "strong", "tricky"),
         judgement("r-kept", "strong", "chosen_better"),
+        decision("r-repeat-0", "weak", "Asked twice?"),
+        judgement("r-repeat-0", "weak", "tie"),
+        decision("r-repeat-8", "strong", "asked  TWICE"),  # the same question again
+        judgement("r-repeat-8", "strong", "tie"),
         decision("r-noise", "weak", "noise"),
         judgement("r-noise", "weak", "unparsable"),
         decision("r-no-text", "weak", None),
@@ -81,18 +85,20 @@ async def test_export_writes_shared_data_records(database: Database, tmp_path: P
     out = tmp_path / "feedback.jsonl"
     printed = routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
     records = {record["id"]: record for record in map(json.loads, out.read_text().splitlines())}
-    assert set(records) == {"r-strong-win", "r-tie", "r-weak-win", "r-kept", "r-rated"}
-    assert "5 records" in printed and "1 judged or rated requests have no stored prompt text" in printed
+    assert set(records) == {"r-strong-win", "r-tie", "r-weak-win", "r-kept", "r-rated", "r-repeat-0", "r-repeat-8"}
+    assert "7 records" in printed and "1 judged or rated requests have no stored prompt text" in printed
     assert records["r-strong-win"]["scores"] == {"m-weak": 0.0, "m-strong": 1.0}
     assert records["r-tie"]["scores"] == {"m-strong": 0.5, "m-weak": 0.5}
     assert records["r-weak-win"]["scores"] == {"m-strong": 0.0, "m-weak": 1.0}
     assert records["r-kept"]["scores"] == {"m-strong": 1.0, "m-weak": 0.0}
     assert records["r-kept"]["feedback"] == {"score": 1.0, "rating": "up", "comment": None}
     assert records["r-rated"]["scores"] == {"m-weak": 0.0}  # user feedback only: the served model's score
-    for record_id, record in records.items():
-        assert record["split"] == ("dev" if int(hashlib.sha1(record_id.encode()).hexdigest(), 16) % 5 == 0 else "train")
+    for record in records.values():
+        key = "".join(character for character in record["prompt"].lower() if character.isalnum())
+        assert record["split"] == ("dev" if int(hashlib.sha1(key.encode()).hexdigest(), 16) % 5 == 0 else "train")
         assert record["source"] == "feedback" and record["prompt"]
     assert records["r-strong-win"]["prompt"] == "hard question"
+    assert records["r-repeat-0"]["split"] == records["r-repeat-8"]["split"] == "dev"  # one question, one split
 
 
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811
@@ -109,13 +115,15 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
                 ("strong", "chosen_better"),
                 ("weak", "unparsable"),
                 ("weak", "chosen_better"),
+                ("weak", "tie"),
+                ("strong", "tie"),
             ]
         )
     )
-    # a=1 b=1 c=1 d=1: (1 - 1) / (1 + 1 - 1 - 1) has no value; regret 1/2, waste 2/3
-    assert (figures.regret_rate, figures.waste_rate, figures.retained) == (0.5, 2 / 3, None)
+    # a=1 b=1 c=1 d=1: (1 - 1) / (1 + 1 - 1 - 1) has no value; regret 1/3, waste 3/4
+    assert (figures.regret_rate, figures.waste_rate, figures.retained) == (1 / 3, 3 / 4, None)
     cells = row.split()
-    assert cells[:7] == ["mf", "5", "1", "0.500", "0.667", "-", "-"]
+    assert cells[:7] == ["mf", "7", "1", "0.333", "0.750", "-", "-"]
     assert cells[7:] == ["2", "0.500"]  # two feedbacks, mean 0.5
     # windows reaching past what a date can hold start at the epoch, or end in year 9999
     for since, start in (("1000000d", "1970-01-01T00:00:00"), ("0001-01-01T00:00:00+01:00", "1970-01-01T00:00:00")):
