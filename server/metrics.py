@@ -171,6 +171,11 @@ UNSCORED = Counter(
     "Requests whose router could not score them in time, by router and reason (timeout|queue_full).",
     ["router", "reason"],
 )
+THRESHOLD_DECISIONS = Counter(
+    "routegate_threshold_decisions_total",
+    "Answered requests of threshold routes (router-<router>-<threshold>), by router and serving tier.",
+    ["router", "tier"],
+)
 TARGET_DECISIONS = Counter(
     "routegate_target_decisions_total",
     "Answered requests of a target route, by router, target and serving tier.",
@@ -196,6 +201,7 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
     """
+    MOST_CAPABLE_TIER.clear()
     MOST_CAPABLE_TIER.labels(most_capable).set(1)
     for router in routers:  # histograms too: a router's first scores must show in rate()
         ROUTING_SECONDS.labels(router)
@@ -203,6 +209,8 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
     for tier, model in models.items():
         for router in (*routers, "none"):
             REQUESTS.labels(router, tier, model, "200")
+        for router in routers:
+            THRESHOLD_DECISIONS.labels(router, tier)
         for kind in ("prompt", "completion"):
             TOKENS.labels(tier, model, kind)
         COST_USD.labels(tier, model)

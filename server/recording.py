@@ -127,6 +127,8 @@ class Recorder:
             elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
                 await self.sticky.remember(decision.sticky_key, decision.tier)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
+        if decision.target is None and decision.reason != "direct":  # a threshold route's answer
+            metrics.THRESHOLD_DECISIONS.labels(decision.router, upstream.tier).inc()
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -362,6 +363,8 @@ def is_loopback(host: str) -> bool:
 
 #: ``ROUTEGATE_`` variables that routegate reads but that are not settings
 OTHER_ENV = (CONFIG_ENV, "ROUTEGATE_CACHE_DIR")
+#: what Kubernetes sets for a Service named routegate(-...) in the same namespace (service links)
+_SERVICE_LINK = re.compile(r"ROUTEGATE_(?:\w+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)")
 
 
 def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
@@ -373,6 +376,8 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known or any(upper.startswith(f"{top}__") for top in known):
+            continue
+        if _SERVICE_LINK.fullmatch(upper):
             continue
         nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1)
         hint = f" (did you mean {ENV_PREFIX}{nearest[0]}?)" if nearest else ""

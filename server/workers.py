@@ -16,6 +16,7 @@ import os
 import signal
 
 import uvicorn
+from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.supervisors import multiprocess
 
 from server.shutdown import DrainingServer
@@ -40,6 +41,14 @@ class DrainingWorker(multiprocess.Process):
     def drain(self) -> None:
         """Stop this worker with the service: SIGTERM, it drains."""
         super().terminate()
+
+    def join(self) -> None:
+        """Wait for the process to end (the supervisor joins every worker it retires or loses);
+        then its ``live*`` gauges (requests in flight, queued, sticky conversations ...) leave the
+        sums the other workers report."""
+        super().join()
+        if self.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            prometheus_multiprocess.mark_process_dead(self.pid)
 
 
 class DrainingSupervisor(multiprocess.Multiprocess):

@@ -103,7 +103,7 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = _run(promtool, "check", "rules", str(ALERTS))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout
+    assert "SUCCESS: 6 rules found" in rules.stdout
 
 
 def test_each_alert_fires_when_it_should_and_not_otherwise() -> None:
@@ -229,7 +229,7 @@ def test_prometheus_and_grafana_find_their_files_in_the_containers(compose: dict
 def test_dashboard_uses_the_provisioned_datasource_and_has_its_variables() -> None:
     uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
     dashboard = json.loads(DASHBOARD.read_text())
-    assert {variable["name"] for variable in dashboard["templating"]["list"]} == {"router", "model"}
+    assert {variable["name"] for variable in dashboard["templating"]["list"]} == {"deployment", "router", "model"}
     assert all(variable["datasource"]["uid"] == uid for variable in dashboard["templating"]["list"])
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == uid, panel["title"]

@@ -68,6 +68,9 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == weak_answers
     assert value(metrics, "routegate_router_threshold", router="random") == 1.0  # the threshold routes', not the target route's
     assert value(metrics, "routegate_target_decisions_total", router="random", target="0.5", tier=targeted_tier) == 1
+    threshold_decisions = "routegate_threshold_decisions_total"  # the 15 threshold-route answers, not the target route's
+    assert value(metrics, threshold_decisions, router="random", tier="strong") == 10
+    assert value(metrics, threshold_decisions, router="random", tier="weak") == 5
     assert value(metrics, "routegate_most_capable_tier_info", tier="strong") == 1
     assert ("routegate_most_capable_tier_info", (("tier", "weak"),)) not in metrics
     assert value(metrics, "routegate_requests_in_flight") == 0

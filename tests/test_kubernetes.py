@@ -127,7 +127,12 @@ def test_selectors_and_ports_agree() -> None:
         spec = _one(kind, "routegate")["spec"]
         assert (spec.get("selector") or spec.get("podSelector"))["matchLabels"] == labels, kind
     assert _one("PodMonitor", "routegate")["spec"]["podMetricsEndpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "interval": "15s",
+            "relabelings": [{"sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "deployment"}],
+        }
     ]
     rules = _one("PrometheusRule", "routegate")
     alerts = yaml.safe_load((REPO / "config/prometheus/alerts.yml").read_text())
@@ -135,6 +140,7 @@ def test_selectors_and_ports_agree() -> None:
     assert rules["metadata"]["labels"] == _one("PodMonitor", "routegate")["metadata"]["labels"]
     hpa = _one("HorizontalPodAutoscaler", "routegate")["spec"]
     assert "replicas" not in deployment["spec"]  # the HPA owns the count: a fixed one would reset it on every apply
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False  # no ROUTEGATE_PORT=tcp://... from the Service
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "routegate"}
     assert hpa["minReplicas"] >= 2 and _one("PodDisruptionBudget", "routegate")["spec"]["maxUnavailable"] == 1
 

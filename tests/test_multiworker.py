@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,3 +94,27 @@ def test_restart_does_not_count_the_previous_run(strong: FakeUpstream, weak: Fak
             _send(proxy.api, sent)
             totals = _scraped_totals(proxy.url, 4)
         assert all(requests == sent for requests, _ in totals), (run, totals)
+
+
+def test_a_retired_workers_gauges_leave_the_sums(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """SIGHUP replaces both workers: what the old ones remembered (sticky conversations, in
+    process memory) is gone, and so is their share of the summed gauges."""
+    with running_proxy(proxy_env(strong, weak, workers="2", route_on="sticky"), tmp_path) as proxy:
+        for number in range(4):
+            with OpenAI(base_url=proxy.api, api_key="unused", max_retries=0) as client:
+                client.chat.completions.create(
+                    model="router-random-0.0",
+                    messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={"x-routegate-conversation-id": f"conversation-{number}"},
+                )
+        assert metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 4
+        proxy.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while proxy.log().count("Finished server process") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until both old workers are retired
+        assert proxy.log().count("Finished server process") == 2, proxy.log()
+        while metric_sum(proxy.metrics(), "routegate_sticky_conversations") and time.monotonic() < deadline:
+            time.sleep(0.2)  # the supervisor marks a worker dead once it has joined it
+        metrics = proxy.metrics()
+    assert metric_sum(metrics, "routegate_sticky_conversations") == 0
+    assert metric_sum(metrics, "routegate_most_capable_tier_info") == 1  # set again by the new workers

@@ -104,9 +104,11 @@ def stack(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.Tem
             pending_after_mix = _pending(prometheus)
 
             client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
-            for _ in range(TARGET_REQUESTS):
+            for sent in range(TARGET_REQUESTS):
                 client.chat.completions.create(model=TARGET_ROUTE, messages=[{"role": "user", "content": "And the sun?"}])
-            _wait_for_scrapes(prometheus, "count(routegate_target_realised_share)", 1)
+                if sent == 0:  # the route's series scraped once before the rest, so that increase() counts them
+                    _wait_for_scrapes(prometheus, "count(routegate_target_realised_share)", 1)
+            _wait_for_scrapes(prometheus, "sum(routegate_target_decisions_total)", TARGET_REQUESTS)
             yield Stack(proxy, prometheus, at, _last_scrape(prometheus), pending_after_mix)
 
 

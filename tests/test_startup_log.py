@@ -79,3 +79,17 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert any(cache.glob("minilm*-embeddings.npz"))  # the subprocess inherited the session's cache directory
     assert not (home / ".cache" / "routegate").exists()
+
+
+def test_kubernetes_service_links_are_not_taken_for_misspelt_settings() -> None:
+    from server.settings import unknown_variable_warnings
+
+    links = {
+        "ROUTEGATE_SERVICE_HOST": "10.0.0.1",
+        "ROUTEGATE_SERVICE_PORT_HTTP": "8000",
+        "ROUTEGATE_PORT_8000_TCP_ADDR": "10.0.0.1",
+        "ROUTEGATE_REDIS_SERVICE_PORT": "6379",
+    }
+    assert unknown_variable_warnings({**links, "ROUTEGATE_TRESHOLD": "0.4"}) == [
+        "ROUTEGATE_TRESHOLD is not a routegate setting and is ignored (did you mean ROUTEGATE_THRESHOLD?)"
+    ]
