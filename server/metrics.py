@@ -145,7 +145,7 @@ STICKY_CONVERSATIONS = Gauge(
 SHARED_STATE_UP = Gauge(
     "routegate_shared_state_up",
     "1 while shared state (ROUTEGATE_REDIS_URL) answers, 0 while in-process state stands in; absent without Redis.",
-    multiprocess_mode="min",
+    multiprocess_mode="livemin",
 )
 SHARED_STATE_ERRORS = Counter(
     "routegate_shared_state_errors_total",
@@ -173,7 +173,8 @@ UNSCORED = Counter(
 )
 THRESHOLD_DECISIONS = Counter(
     "routegate_threshold_decisions_total",
-    "Answered requests of threshold routes (router-<router>-<threshold>), by router and serving tier.",
+    "Answered requests that threshold routes (router-<router>-<threshold>) sent where their router's score said "
+    "(not sticky, forced, unscored or budget-redirected ones), by router and serving tier.",
     ["router", "tier"],
 )
 TARGET_DECISIONS = Counter(

@@ -127,7 +127,7 @@ class Recorder:
             elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
                 await self.sticky.remember(decision.sticky_key, decision.tier)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
-        if decision.target is None and decision.reason != "direct":  # a threshold route's answer
+        if decision.target is None and decision.reason == "score":  # a threshold route's own choice
             metrics.THRESHOLD_DECISIONS.labels(decision.router, upstream.tier).inc()
         if decision.target is None or self.targets is None:
             return

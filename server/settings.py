@@ -377,8 +377,8 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
         upper = name.upper()
         if not upper.startswith(ENV_PREFIX) or upper in known or any(upper.startswith(f"{top}__") for top in known):
             continue
-        if _SERVICE_LINK.fullmatch(upper):
-            continue
+        if _SERVICE_LINK.fullmatch(upper) or re.fullmatch(r"(tcp|udp|sctp)://\S+", environ[name]):
+            continue  # set by Kubernetes for a Service named routegate(-...): ROUTEGATE_REDIS_PORT=tcp://...
         nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1)
         hint = f" (did you mean {ENV_PREFIX}{nearest[0]}?)" if nearest else ""
         lines.append(f"{name} is not a routegate setting and is ignored{hint}")

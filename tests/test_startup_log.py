@@ -89,6 +89,7 @@ def test_kubernetes_service_links_are_not_taken_for_misspelt_settings() -> None:
         "ROUTEGATE_SERVICE_PORT_HTTP": "8000",
         "ROUTEGATE_PORT_8000_TCP_ADDR": "10.0.0.1",
         "ROUTEGATE_REDIS_SERVICE_PORT": "6379",
+        "ROUTEGATE_REDIS_PORT": "tcp://10.0.0.2:6379",
     }
     assert unknown_variable_warnings({**links, "ROUTEGATE_TRESHOLD": "0.4"}) == [
         "ROUTEGATE_TRESHOLD is not a routegate setting and is ignored (did you mean ROUTEGATE_THRESHOLD?)"
