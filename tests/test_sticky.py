@@ -69,6 +69,7 @@ def test_other_conversations_are_scored_as_usual(sticky_proxy: Proxy, strong, we
 
 def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, strong, weak) -> None:
     remembered = metric_sum(sticky_proxy.metrics(), "routegate_sticky_conversations")
+    scored = metric_sum(sticky_proxy.metrics(), "routegate_threshold_decisions_total")
     headers, _ = _ask(sticky_proxy, ALWAYS_STRONG, [{"role": "user", "content": "first"}], conversation_id="conv-42")
     assert headers["x-routegate-tier"] == "strong"
     # the client sends only the new turn: the id, not the history, ties it to the conversation
@@ -78,6 +79,8 @@ def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, stron
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
     # conv-42 is remembered as strong; conv-43 went weak and is not
     assert metric_sum(sticky_proxy.metrics(), "routegate_sticky_conversations") == remembered + 1
+    # the two answers decided by score count as the threshold routes' own choices, the sticky one does not
+    assert metric_sum(sticky_proxy.metrics(), "routegate_threshold_decisions_total") == scored + 2
 
 
 def test_without_sticky_mode_follow_ups_are_rescored(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
