@@ -367,15 +367,21 @@ OTHER_ENV = (CONFIG_ENV, "ROUTEGATE_CACHE_DIR")
 _SERVICE_LINK = re.compile(r"ROUTEGATE_(?:\w+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)")
 
 
+#: settings whose parts can be given one variable each (``ROUTEGATE_STRONG__BASE_URL``)
+_NESTED_SETTINGS = ("strong", "weak", "judge", "aliases")
+
+
 def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     """One line per ``ROUTEGATE_`` environment variable that is no setting (so it is ignored:
-    most likely a misspelling), with the nearest setting's name. A nested one
-    (``ROUTEGATE_STRONG__...``) is checked by its setting, which refuses unknown fields."""
+    most likely a misspelling), with the nearest setting's name. A nested one under a setting
+    with fields or keys (``ROUTEGATE_STRONG__...``, ``ROUTEGATE_ALIASES__...``) is checked by that
+    setting; under any other (``ROUTEGATE_PORT__X``) it is ignored too, and named."""
     known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(OTHER_ENV))
+    nested = [ENV_PREFIX + name.upper() + "__" for name in _NESTED_SETTINGS]
     lines = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known or any(upper.startswith(f"{top}__") for top in known):
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(tuple(nested)):
             continue
         if _SERVICE_LINK.fullmatch(upper) or re.fullmatch(r"(tcp|udp|sctp)://\S+", environ[name]):
             continue  # set by Kubernetes for a Service named routegate(-...): ROUTEGATE_REDIS_PORT=tcp://...

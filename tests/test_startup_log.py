@@ -81,7 +81,7 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
     assert not (home / ".cache" / "routegate").exists()
 
 
-def test_kubernetes_service_links_are_not_taken_for_misspelt_settings() -> None:
+def test_service_links_and_nested_settings_are_not_taken_for_misspelt_settings() -> None:
     from server.settings import unknown_variable_warnings
 
     links = {
@@ -91,6 +91,8 @@ def test_kubernetes_service_links_are_not_taken_for_misspelt_settings() -> None:
         "ROUTEGATE_REDIS_SERVICE_PORT": "6379",
         "ROUTEGATE_REDIS_PORT": "tcp://10.0.0.2:6379",
     }
-    assert unknown_variable_warnings({**links, "ROUTEGATE_TRESHOLD": "0.4"}) == [
-        "ROUTEGATE_TRESHOLD is not a routegate setting and is ignored (did you mean ROUTEGATE_THRESHOLD?)"
+    nested = {"ROUTEGATE_STRONG__BASE_URL": "http://x/v1", "ROUTEGATE_ALIASES__CHEAP": "router-mf-20%", "ROUTEGATE_PORT__X": "1"}
+    assert unknown_variable_warnings({**links, **nested, "ROUTEGATE_TRESHOLD": "0.4"}) == [
+        "ROUTEGATE_PORT__X is not a routegate setting and is ignored (did you mean ROUTEGATE_PORT?)",
+        "ROUTEGATE_TRESHOLD is not a routegate setting and is ignored (did you mean ROUTEGATE_THRESHOLD?)",
     ]
