@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -367,8 +368,10 @@ OTHER_ENV = (CONFIG_ENV, "ROUTEGATE_CACHE_DIR")
 _SERVICE_LINK = re.compile(r"ROUTEGATE_(?:\w+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_\w+)?)")
 
 
-#: settings whose parts can be given one variable each (``ROUTEGATE_STRONG__BASE_URL``)
-_NESTED_SETTINGS = ("strong", "weak", "judge", "aliases")
+def _has_parts(annotation: Any) -> bool:
+    """Whether a setting's parts can be given one variable each: a model's fields
+    (``ROUTEGATE_STRONG__BASE_URL``) or a mapping's keys (``ROUTEGATE_ALIASES__THRIFTY``)."""
+    return (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or typing.get_origin(annotation) is dict
 
 
 def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
@@ -377,7 +380,7 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     with fields or keys (``ROUTEGATE_STRONG__...``, ``ROUTEGATE_ALIASES__...``) is checked by that
     setting; under any other (``ROUTEGATE_PORT__X``) it is ignored too, and named."""
     known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | set(OTHER_ENV))
-    nested = [ENV_PREFIX + name.upper() + "__" for name in _NESTED_SETTINGS]
+    nested = [ENV_PREFIX + name.upper() + "__" for name, field in Settings.model_fields.items() if _has_parts(field.annotation)]
     lines = []
     for name in sorted(environ):
         upper = name.upper()

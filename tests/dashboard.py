@@ -73,12 +73,3 @@ def without_threshold(expr: str) -> str:
     stripped = _ALERT_THRESHOLD.sub("", compared)
     assert stripped != compared, f"no trailing threshold in {expr}"
     return stripped
-
-
-def with_recording_rules_inlined(expr: str) -> str:
-    """``expr`` with each recording rule's name replaced by its expression: evaluated at any time,
-    not only after Prometheus has evaluated the rule there."""
-    for name, rule in alert_rules().items():
-        if "record" in rule:
-            expr = re.sub(rf"(?<![\w:]){re.escape(name)}(?![\w:])", f"({rule['expr'].strip()})", expr)
-    return expr

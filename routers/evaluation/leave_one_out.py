@@ -83,6 +83,10 @@ def _cell(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{value:.3f}"
 
 
+#: what a fold's training files keep of a record (responses: what lookahead learns from)
+FOLD_FIELDS = ("id", "prompt", "scores", "split", "responses")
+
+
 def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
     """The fold's training files (``train`` records outside ``held_out``, no shared question),
     with the records' responses where they have them."""
@@ -92,8 +96,7 @@ def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:
         path = work / f"{stem}.jsonl.gz"
         with gzip.open(path, "wt", encoding="utf-8") as out:
             for record in records:
-                kept = ("id", "prompt", "scores", "split", "responses")  # responses: what lookahead learns from
-                out.write(json.dumps({key: record[key] for key in kept if key in record}) + "\n")
+                out.write(json.dumps({key: record[key] for key in FOLD_FIELDS if key in record}) + "\n")
         paths.append(path)
     return paths
 
