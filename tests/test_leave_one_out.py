@@ -66,6 +66,8 @@ def data_dir(tmp_path: Path) -> Path:
                 records.append(_record(f"{stem}/{number}", prompt, split, strong, float(number % 4 == 1), models))
                 if stem.startswith("lookahead-"):  # what the lookahead router learns from
                     records[-1]["responses"] = {name: f"{name} answers {number}" for name in models}
+                if stem == "routellm-mmlu":  # what --drop-format-failures judges by
+                    records[-1]["category"] = "anatomy"
             if stem == "llmrouter":
                 records.append(_record("llmrouter/shared", "A GSM8K question that two files share.", "train", 1.0, 0.0))
                 records.append(_record("llmrouter/reworded", REWORDED + BOXED, "train", 1.0, 0.0))
@@ -115,6 +117,7 @@ def test_fold_files_hold_only_the_kept_training_records(data_dir: Path, tmp_path
     assert all(record["split"] == "train" for records in written.values() for record in records)
     assert all("responses" in record for record in written["lookahead-humaneval"])  # lookahead trains on them
     assert not any("responses" in record for record in written["routellm-mmlu"])
+    assert all(record["category"] == "anatomy" for record in written["routellm-mmlu"])
 
 
 def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> None:

@@ -15,6 +15,7 @@ from routers.checkpoint import CheckpointError
 from routers.data import iter_records, licence_of
 from routers.evaluation import metrics
 from routers.evaluation.metrics import PairQuality
+from routers.format_failures import format_failures
 from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from routers.training.pairwise import build_comparisons
@@ -422,3 +423,41 @@ def test_an_mf_manifest_from_another_run_is_refused_not_mis_scored(tmp_path: Pat
     (checkpoint / "router.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="weights do not fit router.json"):
         load_router("mf", RouterOptions(checkpoint_dir=tmp_path, device="cpu"))
+
+
+def _records_with_a_format_failure(path: Path) -> Path:
+    """Three task categories of 50 records where ``big`` beats ``small`` and ``tiny`` loses
+    everywhere, except algebra, where ``big`` scores 0: its answers were not parsed there."""
+    topics = {
+        "algebra": "Solve for x: {a}x + {b} = {c}. Give x as a fraction.",
+        "geography": "Which river flows through city number {a} of region {b}?",
+        "biology": "Name the organelle that does task {a} in cell type {b}.",
+    }
+    with path.open("w", encoding="utf-8") as lines:
+        for category, template in topics.items():
+            for number in range(50):
+                prompt = template.format(a=number + 2, b=3 * number + 1, c=7 * number + 5)
+                big = 0.0 if category == "algebra" else float(number % 5 != 0)
+                scores = {"big": big, "small": float(number % 2 == 0), "tiny": float(number % 10 == 0)}
+                record = {"id": f"{category}/{number}", "prompt": prompt, "category": category, "split": "train"}
+                lines.write(json.dumps({**record, "scores": scores}) + "\n")
+    return path
+
+
+def test_a_whole_category_of_unparsed_answers_is_found_and_a_weak_model_is_not(tmp_path: Path) -> None:
+    records = list(iter_records(_records_with_a_format_failure(tmp_path / "records.jsonl")))
+    assert format_failures(records) == {("algebra", "big")}  # tiny is weak everywhere: its scores stand
+    assert format_failures([{**record, "category": None} for record in records]) == set()  # no categories: nothing judged
+
+
+def test_mf_can_leave_format_failures_out_and_says_which_it_dropped(tmp_path: Path) -> None:
+    data = _records_with_a_format_failure(tmp_path / "failure.jsonl")
+    out = tmp_path / "mf"
+    command = ["train", "mf", "--data", str(data), "--out", str(out), "--epochs", "1"]
+    assert main(command) == 0
+    assert json.loads((out / "router.json").read_text())["comparisons"] == 50 * 3 * 3  # by default every score counts
+    assert main([*command, "--drop-format-failures"]) == 0
+    manifest = json.loads((out / "router.json").read_text())
+    assert manifest["format_failures"] == {"failure": [["algebra", "big"]]}
+    assert manifest["comparisons"] == 50 * 3 + 50 * 3 + 50 * 1  # algebra compares only small and tiny
+    assert manifest["neighbours"]["prompts"] == 150  # the scored pair's own outcomes stay in its neighbour table

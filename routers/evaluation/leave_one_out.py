@@ -84,7 +84,7 @@ def _cell(value: float) -> str:
 
 
 #: what a fold's training files keep of a record (responses: what lookahead learns from)
-FOLD_FIELDS = ("id", "prompt", "scores", "split", "responses")
+FOLD_FIELDS = ("id", "prompt", "scores", "split", "category", "responses")
 
 
 def write_fold(data_dir: Path, held_out: str, work: Path) -> list[Path]:

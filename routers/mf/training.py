@@ -21,6 +21,9 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   the pair's outcomes on the most similar training prompts. On prompts like those the pair was
   scored on (MMLU, GSM8K for GPT-4 vs Mixtral) it adds what a global latent model smooths away;
   held out it moved the leave-one-out mean by less than seed noise.
+* **Format failures are kept by default.** ``--drop-format-failures`` leaves out of the latent
+  model the scores that record unparsed answers (``routers.format_failures``); held out it changed
+  the leave-one-out mean by less than seed noise, so the shipped checkpoint does not use it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from routers.checkpoint import write_manifest
 from routers.data import Record, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
+from routers.format_failures import format_failures, without_format_failures
 from routers.mf.router import WEIGHTS, prompt_inputs
 from routers.model_names import DEFAULT_PAIR, normal_form, scores_by_model
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable
@@ -78,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8.0,
         help="weight of the scored pair's outcomes on the most similar training prompts (every train record, "
         "not only --limit's) in the pair's score; 0: the latent model alone",
+    )
+    parser.add_argument(
+        "--drop-format-failures",
+        action="store_true",
+        help="leave out of the latent model a model's scores on a file's task category where they record unparsed "
+        "answers rather than ability (routers/format_failures.py); the neighbour table keeps them",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
 
@@ -173,7 +183,11 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit("routegate train mf: --neighbour-weight must be 0 or more")
     torch.manual_seed(args.seed)
     train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
-    records_by_file = {file_stem(path): first_by_hash(records, args.limit) for path, records in train_records.items()}
+    failures = {path: format_failures(records) if args.drop_format_failures else set() for path, records in train_records.items()}
+    records_by_file = {
+        file_stem(path): first_by_hash(without_format_failures(records, failures[path]), args.limit)
+        for path, records in train_records.items()
+    }
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
     print(
         f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models"
@@ -268,10 +282,12 @@ def run(args: argparse.Namespace) -> None:
                 "dropout",
                 "seed",
                 "limit",
+                "drop_format_failures",
             )
         },
         file_weights=parse_weights(args.weight),
         neighbours=neighbours,
+        format_failures={file_stem(path): sorted(map(list, cells)) for path, cells in failures.items() if cells},
         prompts=len(data.prompts),
         comparisons=len(data.target),
     )
