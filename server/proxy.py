@@ -137,6 +137,10 @@ class ChatProxy:
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
             cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
             return self._refuse(cut, request_id, {"connection": "close"})
+        except Exception:  # a defect in routegate: counted like any answer, the details only in the log
+            log.exception("request_id=%s unhandled error", request_id)
+            internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")
+            return self._refuse(internal, request_id)
         finally:
             if not isinstance(response, RelayResponse):  # a stream gives its ticket back when it closes
                 ticket.close()

@@ -1,13 +1,16 @@
 """A router that raises for prompts containing ``FAIL``, scores NaN for prompts containing ``NAN``
 (0.0 otherwise), to test what clients get when a router breaks.
 
-``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``.
+``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``,
+and with a defect planted after scoring: deciding raises for a request whose last message holds
+``DEFECT`` (what a bug in routegate itself looks like to a client).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from routers import registry
 from routers.base import Router
@@ -31,8 +34,23 @@ class FailingRouter(Router):
         return [float("nan") if "NAN" in prompt else 0.0 for prompt in prompts]
 
 
+def plant_defect() -> None:
+    """Make ``Decider.decide`` raise an unexpected error for requests that ask for ``DEFECT``."""
+    from server.deciding import Decider
+
+    decide = Decider.decide
+
+    async def defective(self: Decider, route: object, payload: dict[str, Any], *args: object) -> object:
+        if "DEFECT" in str(payload["messages"][-1].get("content")):
+            raise KeyError("a planted defect, secret detail /home/user/model.bin")
+        return await decide(self, route, payload, *args)  # type: ignore[arg-type]
+
+    Decider.decide = defective  # type: ignore[method-assign,assignment]
+
+
 if __name__ == "__main__":
     registry.register(NAME, "tests.failing_router:FailingRouter.from_options")
+    plant_defect()
     from server.cli import main
 
     sys.exit(main())

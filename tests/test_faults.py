@@ -515,6 +515,29 @@ def test_a_router_that_raises_is_a_500_without_its_details(strong: FakeUpstream,
     assert len(weak.received) == 1 and not strong.received
 
 
+def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))
+    with running_proxy(env, tmp_path, module="tests.failing_router") as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(
+                model="router-failing-0.5", messages=[{"role": "user", "content": "DEFECT"}], extra_headers={"x-request-id": "r1"}
+            )
+        sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}])
+        metrics_text, log = proxy.metrics(), proxy.log()
+    error = error_of(raised)
+    assert (error["code"], error["type"]) == ("internal_error", "server_error")
+    assert raised.value.response.headers["x-request-id"] == "r1"
+    assert "secret detail" not in raised.value.response.text and "Traceback" not in raised.value.response.text
+    assert "request_id=r1 unhandled error" in log and "planted defect" in log  # the operator gets the details
+    assert metric_sum(metrics_text, "routegate_requests_total", status="500") == 1  # the error-rate alert sees it
+    assert metric_sum(metrics_text, "routegate_requests_in_flight") == 0  # its slot was given back
+    assert len(weak.received) == 1 and not strong.received
+
+
 def test_a_router_score_that_is_not_a_number_is_a_router_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
     env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))
