@@ -127,7 +127,10 @@ def _database(args: argparse.Namespace) -> Database:
     from server.feedback_store import Database
 
     if args.db:
-        database = Database(args.db)
+        try:
+            database = Database(args.db)
+        except ValueError as error:
+            raise SystemExit(f"routegate: --db {error}") from None
     else:
         try:
             url = load_settings(args.config).feedback_db.get_secret_value().strip()

@@ -130,13 +130,16 @@ class Database:
     """Where the store lives: an SQLite file or a PostgreSQL server, from ``ROUTEGATE_FEEDBACK_DB``."""
 
     def __init__(self, url: str) -> None:
-        self.postgres = url.startswith(("postgresql://", "postgres://"))
-        self.url = url
-        if self.postgres:
-            self.path: Path | None = None
-        else:
-            path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
-            self.path = Path(path or DEFAULT_SQLITE).expanduser()
+        """ValueError for a URL of another kind (its scheme named, never the rest of it): a
+        typo must not turn a PostgreSQL URL into a local file named after it, password and all."""
+        scheme, separator, rest = url.partition("://")
+        kind = scheme.lower().split("+")[0] if separator else "sqlite"
+        if kind not in ("sqlite", "postgresql", "postgres"):
+            shown = f" '{scheme}://'" if scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
+            raise ValueError(f"has an unknown scheme{shown}: use a file path, sqlite:///path or postgresql://...")
+        self.postgres = kind != "sqlite"
+        self.url = f"postgresql://{rest}" if self.postgres else url  # postgresql+psycopg:// is SQLAlchemy's spelling
+        self.path: Path | None = None if self.postgres else Path((rest if separator else url) or DEFAULT_SQLITE).expanduser()
 
     def describe(self) -> str:
         """The location without any password, for logs."""

@@ -254,6 +254,18 @@ class Settings(BaseSettings):
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
 
+    @field_validator("feedback_db")
+    @classmethod
+    def _feedback_db_known(cls, url: SecretStr) -> SecretStr:
+        """An SQLite path or a PostgreSQL URL (or ``off``), found wrong at start-up rather than
+        when the first answer is stored."""
+        from server.feedback_store import Database
+
+        value = url.get_secret_value().strip()
+        if value.lower() != "off":
+            Database(value)
+        return url
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url_parses(cls, url: SecretStr | None) -> SecretStr | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -151,3 +152,16 @@ def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> Non
         )
         assert run.returncode == 1 and run.stderr.strip() == f"routegate: no feedback store at {missing}"
     assert not missing.parent.exists() and earlier.read_text() == '{"id": "kept"}\n'
+
+
+def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "feedback", "stats", "--db", "mysql://routegate:hunter2@db/feedback"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and "unknown scheme 'mysql://'" in run.stderr and "hunter2" not in run.stderr
+    assert list(tmp_path.iterdir()) == []  # no local file named after the URL

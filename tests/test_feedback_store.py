@@ -131,6 +131,17 @@ async def test_the_oldest_rows_beyond_max_rows_are_deleted(database: Database) -
     assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-3", "req-4"]
 
 
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg://", "POSTGRES://"])
+async def test_other_spellings_of_a_postgres_url_reach_postgres(scheme: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("postgres_url")
+    database = Database(scheme + url.partition("://")[2])  # not a local file named after the URL
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("req-spelt"))
+    await store.aclose()
+    assert "req-spelt" in [row[0] for row in rows(Database(url), "routegate_decisions")]
+
+
 async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
