@@ -73,7 +73,7 @@ class Feedback:
         self.settings = settings
         self.store: FeedbackStore | None = None
         url = settings.feedback_db.get_secret_value().strip()
-        if url.lower() != "off":
+        if url.lower() != "off" and not settings.models:  # it records the strong/weak pair only
             database = Database(url)
             self.store = FeedbackStore(
                 database, settings.feedback_retention_days, settings.feedback_queue_size, settings.feedback_max_rows

@@ -119,7 +119,12 @@ async def handle_feedback(request: Request, store: FeedbackStore | None, body_ti
     body = await read_body(request, MAX_BODY_BYTES, body_timeout)
     request_id, score, rating, comment = parse_feedback(body)
     if store is None:
-        raise APIError(503, "Feedback is off (ROUTEGATE_FEEDBACK_DB=off).", type="server_error", code="feedback_off")
+        raise APIError(
+            503,
+            "Feedback is off: ROUTEGATE_FEEDBACK_DB=off, or ROUTEGATE_MODELS is set (the store keeps the two tiers only).",
+            type="server_error",
+            code="feedback_off",
+        )
     known = request_id.isprintable()  # routegate never issues other ids
     try:
         if known:

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -410,6 +411,12 @@ def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstre
 
 def _ladder(models: list[dict]) -> Ladder:
     return Ladder.from_settings(load_settings(models=models))
+
+
+def test_feedback_is_refused_as_off_not_as_an_unknown_request(proxy: Proxy) -> None:
+    headers, _ = ask(proxy, "Rate this answer.", stream=False)
+    refused = httpx.post(f"{proxy.url}/v1/feedback", json={"request_id": headers["x-request-id"], "rating": "up"})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "feedback_off"  # the store records pairs only
 
 
 def test_the_ladder_orders_by_price_and_climbs_by_capability():
