@@ -83,7 +83,7 @@ def _too_large(limit: int) -> APIError:
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
+        payload = json.loads(body.decode("utf-8-sig"), parse_constant=_refuse_constant)  # bytes would pass surrogates
         if _SURROGATE_ESCAPE.search(body):
             json.dumps(payload, ensure_ascii=False).encode()  # raises on a lone surrogate
     except (ValueError, RecursionError):

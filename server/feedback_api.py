@@ -81,7 +81,7 @@ FEEDBACK_OPENAPI: dict[str, Any] = {
 def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
     """The request id, score, rating and comment of a feedback body; 400 when it is invalid."""
     try:
-        payload = json.loads(body)
+        payload = json.loads(body.decode("utf-8-sig"))  # strict: bytes would pass encoded surrogates
     except (ValueError, RecursionError):
         raise bad_request("The body must be valid JSON.", code="invalid_json") from None
     if not isinstance(payload, dict):

@@ -61,6 +61,7 @@ def wrong_value(accepted: tuple[type, ...]) -> object:
         (b"\xff\xfe\x00garbage", "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "caf\xe9"}]}', "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json"),
+        (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "hi \xed\xa0\x80"}]}', "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "invalid_json"),
         (
             b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000 + b"}",
@@ -77,6 +78,7 @@ def wrong_value(accepted: tuple[type, ...]) -> object:
         "binary",
         "invalid-utf8",
         "lone-surrogate",
+        "lone-surrogate-bytes",
         "nan",
         "huge-int",
         "deep-nesting",
