@@ -23,10 +23,10 @@ from server.upstream import (
     StreamStart,
     Upstream,
     UpstreamFailure,
-    is_json_object,
 )
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
+MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
 Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
 
@@ -86,11 +86,35 @@ async def _whole(
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
-        if not is_json_object(body):  # e.g. an HTML page from a load balancer: the SDK needs JSON
-            message = f"The {upstream.tier} upstream answered {result.status} without a JSON error body."
+        if not _is_openai_error(body):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
+            message = f"The {upstream.tier} upstream answered {result.status} without an OpenAI-style error body"
+            said = _message_in(body)
+            message += f": {said[:MAX_RELAYED_MESSAGE]}" if said else "."
             body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
     return Response(body, status_code=result.status, headers=headers)
+
+
+def _parsed(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _is_openai_error(body: bytes) -> bool:
+    """Whether ``body`` is ``{"error": {"message": ...}}``, what OpenAI SDKs read."""
+    parsed = _parsed(body)
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
+
+
+def _message_in(body: bytes) -> str | None:
+    """The text of another server's JSON error (``detail``, ``message`` or a string ``error``)."""
+    parsed = _parsed(body)
+    if not isinstance(parsed, dict):
+        return None
+    return next((value for key in ("detail", "message", "error") if isinstance(value := parsed.get(key), str)), None)
 
 
 def _relay_stream(

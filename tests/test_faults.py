@@ -326,10 +326,32 @@ def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: Fak
         chat(fault_proxy)
     delta.after()
     assert raised.value.response.headers["content-type"] == "application/json"  # ... but as JSON
-    assert error_of(raised)["message"] == "The strong upstream answered 400 without a JSON error body."
+    assert error_of(raised)["message"] == "The strong upstream answered 400 without an OpenAI-style error body."
     assert len(strong.received) == 1 and not weak.received
     assert delta("routegate_requests_total", tier="strong", status="400") == 1
     assert delta("routegate_upstream_errors_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('{"detail": "Not Found"}', "Not Found"),  # FastAPI, vLLM
+        ('{"error": "model \'llama\' not found"}', "model 'llama' not found"),  # Ollama
+        ('{"object": "error", "message": "max_tokens is too large"}', "max_tokens is too large"),  # older vLLM
+        ('{"error": {"code": 400}}', None),  # an error object without a message
+    ],
+)
+def test_an_error_body_of_another_shape_becomes_an_openai_error(
+    fault_proxy: Proxy, strong: FakeUpstream, body: str, said: str | None
+) -> None:
+    strong.behaviour.fail_statuses = [400]
+    strong.behaviour.fail_body, strong.behaviour.fail_content_type = body, "application/json"
+    with pytest.raises(openai.BadRequestError) as raised:
+        chat(fault_proxy)
+    error = error_of(raised)
+    prefix = "The strong upstream answered 400 without an OpenAI-style error body"
+    assert error["message"] == (f"{prefix}: {said}" if said else f"{prefix}.")
+    assert (error["type"], error["code"], error["param"]) == ("upstream_error", "upstream_error", None)
 
 
 @pytest.mark.parametrize("stream", [False, True])
