@@ -124,7 +124,8 @@ class ChatProxy:
                 decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
                 exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
             # relay; it records the outcome now, or when the stream closes
-            response = await reply(exchange, started, finish, functools.partial(prompt_tokens, payload))
+            estimate = functools.partial(prompt_tokens, payload)
+            response = await reply(exchange, started, finish, estimate, self.settings.client_send_timeout)
             return response
         except APIError as error:
             return self._refuse(error, request_id)

@@ -169,8 +169,10 @@ class RelayResponse(Response):
         media_type: str = "text/event-stream",
         on_cancel: Callable[[], bytes | None] | None = None,
         watcher: StreamWatcher | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         self.chunks = chunks
+        self.send_timeout = send_timeout  # a client that takes longer to accept a chunk has stopped reading
         self.watcher = watcher or StreamWatcher()  # what the upstream stream held: usage, [DONE], a cut
         self.on_close = on_close
         self.on_cancel = on_cancel
@@ -194,10 +196,12 @@ class RelayResponse(Response):
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                     started = True
                     async for chunk in self.chunks:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        with anyio.fail_after(self.send_timeout):
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    with anyio.fail_after(self.send_timeout):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
                     completed = True
-                except OSError:  # the client went away while we were sending
+                except (OSError, TimeoutError):  # the client went away, or stopped reading, while we were sending
                     pass
                 finally:
                     group.cancel_scope.cancel()

@@ -31,13 +31,16 @@ Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
 
 
-async def reply(exchange: Exchange, started: float, finish: Finish, prompt_tokens: PromptTokens) -> Response:
+async def reply(
+    exchange: Exchange, started: float, finish: Finish, prompt_tokens: PromptTokens, send_timeout: float | None = None
+) -> Response:
     """The response to send the client for ``exchange``; ``prompt_tokens`` estimates the request's
-    prompt tokens, called only for an answer without usage."""
+    prompt tokens, called only for an answer without usage; a stream whose client takes over
+    ``send_timeout`` seconds to accept a chunk ends as if the client had left."""
     headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
     result = exchange.result
     if isinstance(result, StreamStart):
-        return _relay_stream(exchange, result, headers, started, finish, prompt_tokens)
+        return _relay_stream(exchange, result, headers, started, finish, prompt_tokens, send_timeout)
     if isinstance(result, CompletedResponse):
         return await _whole(exchange, result, headers, started, finish, prompt_tokens)
     if result.response is not None:  # a 429 after every try: the client should back off too
@@ -118,7 +121,13 @@ def _message_in(body: bytes) -> str | None:
 
 
 def _relay_stream(
-    exchange: Exchange, start: StreamStart, headers: dict[str, str], started: float, finish: Finish, prompt_tokens: PromptTokens
+    exchange: Exchange,
+    start: StreamStart,
+    headers: dict[str, str],
+    started: float,
+    finish: Finish,
+    prompt_tokens: PromptTokens,
+    send_timeout: float | None,
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher()
@@ -162,7 +171,9 @@ def _relay_stream(
         )
 
     media_type = start.response.headers.get("content-type", "text/event-stream")
-    return RelayResponse(relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher)
+    return RelayResponse(
+        relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher, send_timeout=send_timeout
+    )
 
 
 def _stream_error(upstream: Upstream, reason: str) -> bytes:

@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(5.0, gt=0, description="seconds to connect upstream")
     read_timeout: float = Field(120.0, gt=0, description="seconds between bytes from upstream")
     total_timeout: float = Field(300.0, gt=0, description="deadline for all tries of one request, seconds")
+    client_send_timeout: float = Field(
+        60.0, gt=0, description="seconds a streaming client may take to accept the next chunk; slower is treated as gone (499)"
+    )
     retries: int = Field(2, ge=0, le=10, description="retries per tier on connect errors, timeouts, 429 and 5xx")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = Field(True, description="after the retries, try the other tier (never once a stream started)")

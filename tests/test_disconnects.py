@@ -4,11 +4,14 @@ them no upstream response, connection, slot or asyncio task is left behind."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Proxy
+from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
@@ -86,3 +89,29 @@ def test_a_thousand_disconnects_leak_nothing(proxy: Proxy, strong: FakeUpstream)
     # The proxy's own tasks are back where they were (a few may belong to the /metrics request itself).
     assert after["routegate_event_loop_tasks"] <= before["routegate_event_loop_tasks"] + 2
     assert wait_for(lambda: strong.open_connections() <= connections_before)
+
+
+def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    strong.behaviour.chunks = 200_000  # far more than the sockets between them can buffer
+    env = proxy_env(strong, weak, client_send_timeout="1", max_concurrent_requests="1", queue_timeout="0.5")
+    with running_proxy(env, tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = proxy.url.removeprefix("http://").split(":")
+        stalled.connect((host, int(port)))
+        body = json.dumps(REQUEST).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        head += f"content-length: {len(body)}\r\n\r\n"
+        stalled.sendall(head.encode() + body)  # ... and never reads the answer
+        try:
+            assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)
+            assert gauges(proxy)["routegate_upstream_responses_open"] == 0
+            answered = httpx.post(f"{proxy.api}/chat/completions", json={**REQUEST, "stream": False}, timeout=10)
+        finally:
+            stalled.close()
+        delta.after()
+    assert answered.status_code == 200  # the one upstream slot is free again
+    assert delta("routegate_requests_total", tier="strong", status="499") == 1
