@@ -14,6 +14,7 @@ class Decision:
     (an override), ``sticky``, ``score``, ``unscored`` (scoring overload) or ``budget`` (sent to
     the cheapest upstream: budget spent). ``quality`` (more than two models) is the chosen
     model's predicted probability of not being beaten by the most capable one, 1 - beaten.
+    ``fallback_from`` is the upstream the decision chose when a fallback answers instead.
     """
 
     router: str
@@ -27,6 +28,12 @@ class Decision:
     sticky_key: str | None = None  # where a strong answer is remembered (route_on=sticky)
     quality: float | None = None
     beaten: tuple[float, ...] | None = None  # P(most capable beats m) per ladder model (more than two models)
+    fallback_from: str | None = None
+
+    @property
+    def chosen(self) -> str:
+        """The upstream the decision chose (``tier`` unless a fallback answers)."""
+        return self.fallback_from or self.tier
 
     def headers(self, model: str) -> dict[str, str]:
         """The ``x-routegate-*`` headers that tell the client the decision."""

@@ -73,7 +73,7 @@ class Forwarder:
             attempts = Attempts(self.settings, self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers)))
             upstream = self.upstreams[tier]
             if tier != decision.tier:
-                decision = dataclasses.replace(decision, tier=tier, quality=None)
+                decision = dataclasses.replace(decision, tier=tier, quality=None, fallback_from=decision.chosen)
             sent_at = time.monotonic()
             try:
                 if stream:

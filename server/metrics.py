@@ -174,12 +174,14 @@ UNSCORED = Counter(
 THRESHOLD_DECISIONS = Counter(
     "routegate_threshold_decisions_total",
     "Answered requests that threshold routes (router-<router>-<threshold>) sent where their router's score said "
-    "(not sticky, forced, unscored or budget-redirected ones), by router and serving tier.",
+    "(not sticky, forced, unscored or budget-redirected ones), by router and the tier the score chose "
+    "(a fallback's answer counts under the tier it stood in for).",
     ["router", "tier"],
 )
 TARGET_DECISIONS = Counter(
     "routegate_target_decisions_total",
-    "Answered requests of a target route, by router, target and serving tier.",
+    "Answered requests of a target route, by router, target and the tier chosen (a fallback's answer counts under "
+    "the tier it stood in for).",
     ["router", "target", "tier"],
 )
 UPSTREAM_RESPONSES_OPEN = Gauge(

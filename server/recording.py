@@ -127,8 +127,8 @@ class Recorder:
             elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
                 await self.sticky.remember(decision.sticky_key, decision.tier)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
-        if decision.target is None and decision.reason == "score":  # a threshold route's own choice
-            metrics.THRESHOLD_DECISIONS.labels(decision.router, upstream.tier).inc()
+        if decision.target is None and decision.reason == "score":  # a threshold route's own choice, fallback or not
+            metrics.THRESHOLD_DECISIONS.labels(decision.router, decision.chosen).inc()
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target
@@ -136,12 +136,13 @@ class Recorder:
             self._record_cost_share(decision, effective, upstream, usage)
             realised = self.cost_targets.realised_share(decision.router, decision.target)
         else:
-            await self.targets.record(decision.router, decision.target, effective, strong, decision.score)
+            chose_strong = decision.chosen == self.ladder.best  # the controller steers choices, not fallbacks
+            await self.targets.record(decision.router, decision.target, effective, chose_strong, decision.score)
             realised = self.targets.realised_share(decision.router, decision.target)
         if self.budget is not None:
             self.budget.count_request()
         labels = (decision.router, f"{decision.target:g}")
-        metrics.TARGET_DECISIONS.labels(*labels, decision.tier).inc()
+        metrics.TARGET_DECISIONS.labels(*labels, decision.chosen).inc()
         metrics.TARGET_SHARE.labels(*labels).set(decision.target)
         metrics.TARGET_EFFECTIVE_SHARE.labels(*labels).set(effective)
         if realised is not None:

@@ -122,6 +122,20 @@ def test_5xx_on_both_tiers_is_a_502(fault_proxy: Proxy, strong: FakeUpstream, we
     assert delta("routegate_requests_total", status="502") == 1
 
 
+def test_a_fallback_counts_as_the_routers_choice_not_as_the_tier_that_answered(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    weak.behaviour.fail_statuses = [503] * 10
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = client(fault_proxy).chat.completions.with_raw_response.create(model="router-random-1.0", messages=MESSAGES)
+    delta.after()
+    assert (raw.headers["x-routegate-tier"], raw.headers["x-routegate-decision"]) == ("strong", "score")
+    assert raw.headers["x-routegate-fallback"] == "weak->strong:http_5xx"
+    assert delta("routegate_threshold_decisions_total", router="random", tier="weak") == 1  # what the score chose
+    assert delta("routegate_threshold_decisions_total", router="random", tier="strong") == 0
+    assert delta("routegate_requests_total", tier="strong", status="200") == 1  # what answered
+
+
 def test_retry_after_is_honoured(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.fail_statuses = [429]
     strong.behaviour.retry_after = "0.3"
