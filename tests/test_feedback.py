@@ -168,6 +168,21 @@ def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
     assert stored(db, "routegate_decisions", "req-strong-stream")[10:12] == (11, 7)  # usage from the stream
 
 
+def test_a_stream_the_client_stopped_can_be_rated_but_is_not_judged(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    proxy, db = shadowing
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 10_000, 0.05  # 500 s unless stopped
+    request = {"model": STRONG_ROUTE, "messages": QUESTION, "stream": True}
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "req-stopped"}
+    with httpx.stream("POST", f"{proxy.api}/chat/completions", json=request, headers=headers, timeout=10) as response:
+        assert next(response.iter_raw()).startswith(b"data: ")  # the user reads a little, then presses stop
+    assert stored(db, "routegate_decisions", "req-stopped")[6] == "strong"
+    assert post_feedback(proxy, {"request_id": "req-stopped", "rating": "down"}).status_code == 200
+    assert stored(db, "routegate_feedback", "req-stopped")[3] == "down"
+    assert not weak.received  # a part of an answer is not shadowed for a judge
+
+
 def test_an_empty_shadow_answer_is_not_judged(shadowing: tuple[Proxy, Path], strong: FakeUpstream, judge: FakeJudge) -> None:
     proxy, db = shadowing
     strong.behaviour.answer = ""
