@@ -297,34 +297,51 @@ class FeedbackStore:
 
     def _write(self, items: list[object]) -> None:
         """Write ``items`` in one transaction, then delete what is past retention when that is due.
-        A batch that fails on an open connection (the database may have refused one value) is
-        written again item by item, so that such a value loses only its row."""
+        A batch that fails is tried once more on a new connection (the old one may have died: a
+        failover, an idle timeout); failing again (the database may have refused one value), it is
+        written item by item, so that such a value loses only its row."""
+        if not self._connected(items):
+            return
         try:
-            if self._connection is None:
-                self._connection = self.database.connect()
+            results = self._write_batch(items)
+        except Exception:
+            self._close()
+            if not self._connected(items):
+                return
+            try:
+                results = self._write_batch(items)
+            except Exception as error:
+                if len(items) > 1:
+                    self._write_each(items)
+                else:
+                    self._fail(items, error)
+                return
+        for item, result in zip(items, results, strict=True):
+            if isinstance(item, _Feedback):
+                item.done(result)
+        if time.time() >= self._next_retention:
+            self._retain()
+
+    def _connected(self, items: list[object]) -> bool:
+        """Whether there is a connection (opened now if needed); if none can be opened, ``items``
+        are lost (or, with none, retention is put off)."""
+        if self._connection is not None:
+            return True
+        try:
+            self._connection = self.database.connect()
+            return True
         except Exception as error:
             if items:
                 self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
                 self._fail(items, error)
             else:  # only retention was due, and the database is not there
                 self._retention_failed(error)
-            return
-        try:
-            results: list[bool] = []
-            with self.database.transaction(self._connection) as cursor:
-                for item in items:
-                    results.append(self._apply(cursor, item))
-        except Exception as error:
-            if len(items) > 1:
-                self._write_each(items)
-            else:
-                self._fail(items, error)
-            return
-        for item, result in zip(items, results, strict=True):
-            if isinstance(item, _Feedback):
-                item.done(result)
-        if time.time() >= self._next_retention:
-            self._retain()
+            return False
+
+    def _write_batch(self, items: list[object]) -> list[bool]:
+        assert self._connection is not None
+        with self.database.transaction(self._connection) as cursor:
+            return [self._apply(cursor, item) for item in items]
 
     def _write_each(self, items: list[object]) -> None:
         """Each item in a transaction of its own; after two failures in a row (the database refuses

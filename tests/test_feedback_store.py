@@ -142,6 +142,27 @@ async def test_other_spellings_of_a_postgres_url_reach_postgres(scheme: str, req
     assert "req-spelt" in [row[0] for row in rows(Database(url), "routegate_decisions")]
 
 
+async def test_a_connection_the_server_dropped_loses_no_writes(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = Database(request.getfixturevalue("postgres_url"))
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("req-before"))
+    assert await store.record_feedback(FeedbackRow("req-before", time.time(), 1.0, "up", None))  # written: connected
+    admin = database.connect()  # a failover, or an idle timeout: the server ends the store's connection
+    with database.transaction(admin) as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
+    admin.close()
+    with caplog.at_level(logging.WARNING, logger="routegate.feedback"):
+        for number in range(5):
+            store.record(decision(f"req-after-{number}"))
+        await store.aclose()
+    stored = [row[0] for row in rows(database, "routegate_decisions")]
+    assert {"req-before", *(f"req-after-{number}" for number in range(5))} <= set(stored)
+    assert "writes lost" not in caplog.text
+
+
 async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
