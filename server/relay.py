@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
@@ -183,6 +184,7 @@ class RelayResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = started = False
+        sending_since: float | None = None  # when the send under way began (None: none is)
         try:
             async with anyio.create_task_group() as group:
 
@@ -191,17 +193,28 @@ class RelayResponse(Response):
                         pass
                     group.cancel_scope.cancel()
 
+                async def watch_sends(timeout: float) -> None:  # one timer a stream, not one a chunk
+                    while True:
+                        await anyio.sleep(min(timeout / 4, 1.0))
+                        if sending_since is not None and time.monotonic() - sending_since > timeout:
+                            group.cancel_scope.cancel()  # the client stopped reading: as if it had left
+                            return
+
                 group.start_soon(watch_disconnect)
+                if self.send_timeout is not None:
+                    group.start_soon(watch_sends, self.send_timeout)
                 try:
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                     started = True
                     async for chunk in self.chunks:
-                        with anyio.fail_after(self.send_timeout):
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    with anyio.fail_after(self.send_timeout):
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        sending_since = time.monotonic()
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        sending_since = None
+                    sending_since = time.monotonic()
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    sending_since = None
                     completed = True
-                except (OSError, TimeoutError):  # the client went away, or stopped reading, while we were sending
+                except OSError:  # the client went away while we were sending
                     pass
                 finally:
                     group.cancel_scope.cancel()
