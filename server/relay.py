@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -188,21 +189,20 @@ class RelayResponse(Response):
         try:
             async with anyio.create_task_group() as group:
 
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
+                async def watch_client() -> None:
+                    """End the stream when the client disconnects, or has taken over ``send_timeout``
+                    seconds to accept a chunk (it stopped reading): one timer a stream, not one a chunk."""
+                    timeout = self.send_timeout
+                    while True:
+                        with anyio.move_on_after(math.inf if timeout is None else min(timeout / 4, 1.0)):
+                            if (await receive())["type"] == "http.disconnect":
+                                break
+                            continue
+                        if timeout is not None and sending_since is not None and time.monotonic() - sending_since > timeout:
+                            break
                     group.cancel_scope.cancel()
 
-                async def watch_sends(timeout: float) -> None:  # one timer a stream, not one a chunk
-                    while True:
-                        await anyio.sleep(min(timeout / 4, 1.0))
-                        if sending_since is not None and time.monotonic() - sending_since > timeout:
-                            group.cancel_scope.cancel()  # the client stopped reading: as if it had left
-                            return
-
-                group.start_soon(watch_disconnect)
-                if self.send_timeout is not None:
-                    group.start_soon(watch_sends, self.send_timeout)
+                group.start_soon(watch_client)
                 try:
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                     started = True
