@@ -299,7 +299,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def feedback(request: Request) -> Response:
         """Score an answered request by its x-request-id: {"request_id", "score": 0..1} or {"rating": "up"|"down"}."""
         _check_client_key(request, settings)
-        return await handle_feedback(request, gateway.feedback.store, settings.body_timeout)
+        client = gateway.feedback.client_of(request.headers)
+        return await handle_feedback(request, gateway.feedback.store, settings.body_timeout, client)
 
     @app.get("/v1/models", tags=["models"])
     async def list_models(request: Request) -> JSONResponse:

@@ -30,6 +30,7 @@ from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
+CLIENT_FINGERPRINT = 16  # hex characters of the sha256 of a client key kept with its decisions
 
 
 class AnswerText:
@@ -96,6 +97,14 @@ class Feedback:
         if self.store is not None:
             await self.store.aclose()
 
+    def client_of(self, headers: Headers) -> str:
+        """Who sent a request, for the store: a fingerprint of its client key (empty without
+        ROUTEGATE_API_KEYS, when any caller may rate any request)."""
+        if not self.settings.api_keys:
+            return ""
+        key = headers.get("authorization", "").partition(" ")[2].strip()
+        return hashlib.sha256(key.encode()).hexdigest()[:CLIENT_FINGERPRINT]
+
     def observe(self, request: Request, response: Response) -> Response:
         """Attach the after-answer work to ``response`` (returned as it is)."""
         payload = getattr(request.state, PAYLOAD_STATE, None)
@@ -161,13 +170,14 @@ class Feedback:
         request_id = answer_headers["x-request-id"]
         router = answer_headers.get("x-routegate-router", "none")
         tier = answer_headers["x-routegate-tier"]
+        client = self.client_of(request_headers)
         if self.store is not None:
-            self.store.record(self._decision(request_id, router, tier, answer_headers, payload, usage))
+            self.store.record(self._decision(request_id, router, tier, answer_headers, payload, usage), client)
         if shadow and self.shadow is not None:
             if text is None:  # an answer without a first choice: nothing for a judge to compare
                 fm.SHADOW_REQUESTS.labels(OTHER_TIER[tier], "no_answer").inc()
             else:
-                self.shadow.offer(ShadowJob(request_id, router, tier, payload, text), request_headers)
+                self.shadow.offer(ShadowJob(request_id, router, tier, payload, text, client), request_headers)
 
     def _decision(
         self, request_id: str, router: str, tier: str, headers: Any, payload: dict[str, Any], usage: object

@@ -114,8 +114,8 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
     return request_id, float(score), rating, comment
 
 
-async def handle_feedback(request: Request, store: FeedbackStore | None, body_timeout: float) -> JSONResponse:
-    """Store one feedback; 404 for an unknown or expired request id."""
+async def handle_feedback(request: Request, store: FeedbackStore | None, body_timeout: float, client: str = "") -> JSONResponse:
+    """Store one feedback; 404 for an unknown or expired request id, or one of another ``client``'s."""
     body = await read_body(request, MAX_BODY_BYTES, body_timeout)
     request_id, score, rating, comment = parse_feedback(body)
     if store is None:
@@ -128,7 +128,7 @@ async def handle_feedback(request: Request, store: FeedbackStore | None, body_ti
     known = request_id.isprintable()  # routegate never issues other ids
     try:
         if known:
-            known = await store.record_feedback(FeedbackRow(request_id, time.time(), score, rating, comment))
+            known = await store.record_feedback(FeedbackRow(request_id, time.time(), score, rating, comment), client)
     except StoreUnavailable:
         raise APIError(
             503, "The feedback store is unavailable; try again later.", type="server_error", code="feedback_unavailable"

@@ -39,7 +39,7 @@ SCHEMA = (
         reason TEXT NOT NULL, score DOUBLE PRECISION, threshold DOUBLE PRECISION, tier TEXT NOT NULL,
         model TEXT NOT NULL, strong_model TEXT NOT NULL, weak_model TEXT NOT NULL,
         prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd DOUBLE PRECISION,
-        prompt_sha1 TEXT NOT NULL, prompt TEXT)""",
+        prompt_sha1 TEXT NOT NULL, prompt TEXT, client TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS routegate_decisions_created ON routegate_decisions (created_at)",
     """CREATE TABLE IF NOT EXISTS routegate_judgements (
         request_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, router TEXT NOT NULL,
@@ -53,6 +53,8 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS routegate_feedback_created ON routegate_feedback (created_at)",
 )
 TABLES = ("routegate_decisions", "routegate_judgements", "routegate_feedback")
+#: a store made before decisions had their client: the column is added (old rows: no client key)
+CLIENT_COLUMN = "client TEXT NOT NULL DEFAULT ''"
 
 
 @dataclass
@@ -120,10 +122,16 @@ def _upsert(table: str, row: type[Row]) -> str:
 
 
 UPSERTS: dict[type[Row], str] = {
-    DecisionRow: _upsert("routegate_decisions", DecisionRow),
     JudgementRow: _upsert("routegate_judgements", JudgementRow),
     FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
 }
+_DECISION_COLUMNS = [column.name for column in fields(DecisionRow)] + ["client"]
+#: another client's request under the same id leaves the row alone
+DECISION_UPSERT = (
+    f"INSERT INTO routegate_decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' for _ in _DECISION_COLUMNS)}) "
+    f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(f'{column} = excluded.{column}' for column in _DECISION_COLUMNS[1:])} "
+    "WHERE routegate_decisions.client = excluded.client"
+)
 
 
 class Database:
@@ -176,10 +184,24 @@ class Database:
             with self.transaction(connection) as cursor:
                 for statement in SCHEMA:
                     cursor.execute(statement)
+                self._add_client_column(cursor)
         except Exception:
             connection.close()
             raise
         return connection
+
+    def _add_client_column(self, cursor: Any) -> None:
+        """Give a store made by an earlier routegate its decisions' ``client`` column."""
+        if self.postgres:
+            cursor.execute(f"ALTER TABLE routegate_decisions ADD COLUMN IF NOT EXISTS {CLIENT_COLUMN}")
+            return
+        cursor.execute("PRAGMA table_info(routegate_decisions)")
+        if "client" not in {row[1] for row in cursor.fetchall()}:
+            try:
+                cursor.execute(f"ALTER TABLE routegate_decisions ADD COLUMN {CLIENT_COLUMN}")
+            except sqlite3.OperationalError as error:  # another worker added it first
+                if "duplicate column" not in str(error):
+                    raise
 
     def sql(self, statement: str) -> str:
         """``statement`` (written with ``?`` placeholders) in this database's parameter style."""
@@ -201,11 +223,20 @@ class Database:
 
 @dataclass
 class _Feedback:
-    """A feedback write whose caller waits for the answer: written, or no such request."""
+    """A feedback write whose caller waits for the answer: written, or no such request of ``client``'s."""
 
     row: FeedbackRow
     oldest: float
     done: Callable[[bool | Exception], None]
+    client: str
+
+
+@dataclass
+class _Owned:
+    """A decision or judgement of a request from ``client`` (a client-key fingerprint; empty without keys)."""
+
+    row: DecisionRow | JudgementRow
+    client: str
 
 
 _STOP = object()
@@ -238,12 +269,13 @@ class FeedbackStore:
             return
         await asyncio.to_thread(self._thread.join, timeout)
 
-    def record(self, row: DecisionRow | JudgementRow) -> None:
-        """Queue a row; when the queue is full it is dropped and counted."""
-        self._put(row)
+    def record(self, row: DecisionRow | JudgementRow, client: str = "") -> None:
+        """Queue a row of a request from ``client``; when the queue is full it is dropped and
+        counted. A request id that another client's decision holds is not overwritten, nor judged."""
+        self._put(_Owned(row, client))
 
-    async def record_feedback(self, row: FeedbackRow) -> bool:
-        """Write user feedback; False when its request is unknown or past the retention."""
+    async def record_feedback(self, row: FeedbackRow, client: str = "") -> bool:
+        """Write user feedback; False when ``client`` sent no such request, or it is past the retention."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
 
@@ -258,7 +290,7 @@ class FeedbackStore:
 
             loop.call_soon_threadsafe(settle)
 
-        if not self._put(_Feedback(row, time.time() - self.retention_seconds, done)):
+        if not self._put(_Feedback(row, time.time() - self.retention_seconds, done, client)):
             raise StoreUnavailable("the feedback store's queue is full")
         try:
             return await asyncio.wait_for(future, ANSWER_TIMEOUT)
@@ -389,20 +421,32 @@ class FeedbackStore:
             self._connection = None
 
     def _apply(self, cursor: Any, item: object) -> bool:
+        """Write one queued item; False when it is a feedback or judgement of no decision of its client's."""
+        sql = self.database.sql
         if isinstance(item, _Feedback):
             cursor.execute(
-                self.database.sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND created_at >= ?"),
-                (item.row.request_id, item.oldest),
+                sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND created_at >= ? AND client = ?"),
+                (item.row.request_id, item.oldest, item.client),
             )
             if cursor.fetchone() is None:
                 return False
-            item = item.row
-        assert isinstance(item, Row), item  # the queue holds rows and feedback writes only
-        if isinstance(item, DecisionRow):  # a client that reuses an x-request-id: its earlier labels go with it
+            cursor.execute(sql(UPSERTS[FeedbackRow]), tuple(asdict(item.row).values()))
+            return True
+        assert isinstance(item, _Owned), item  # the queue holds owned rows and feedback writes only
+        row, client = item.row, item.client
+        if isinstance(row, DecisionRow):  # a client that reuses its x-request-id: its earlier labels go with it
             for table in ("routegate_judgements", "routegate_feedback"):
-                statement = f"DELETE FROM {table} WHERE request_id = ? AND created_at < ?"
-                cursor.execute(self.database.sql(statement), (item.request_id, item.created_at))
-        cursor.execute(self.database.sql(UPSERTS[type(item)]), tuple(asdict(item).values()))
+                statement = (
+                    f"DELETE FROM {table} WHERE request_id = ? AND created_at < ? "
+                    "AND EXISTS (SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ?)"
+                )
+                cursor.execute(sql(statement), (row.request_id, row.created_at, row.request_id, client))
+            cursor.execute(sql(DECISION_UPSERT), (*asdict(row).values(), client))
+            return True
+        cursor.execute(sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ?"), (row.request_id, client))
+        if cursor.fetchone() is None:  # the id now names another client's request
+            return False
+        cursor.execute(sql(UPSERTS[JudgementRow]), tuple(asdict(row).values()))
         return True
 
     def _delete_expired(self, cursor: Any) -> None:

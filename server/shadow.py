@@ -93,6 +93,7 @@ class ShadowJob:
     chosen_tier: str
     payload: dict[str, Any]
     chosen_answer: str
+    client: str = ""  # whose request it is (server.feedback.Feedback.client_of)
 
 
 class CallFailed(Exception):
@@ -239,7 +240,8 @@ class Shadower:
                     self.judge.model,
                     shadow_cost,
                     judge_cost,
-                )
+                ),
+                job.client,
             )
 
     def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:

@@ -23,6 +23,7 @@ from tests.metrics_text import metric_sum
 from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
 
 CLIENT_KEY = "rg-client-key-feedback-0123456789"
+OTHER_KEY = "rg-other-client-key-9876543210"
 JUDGE_KEY = "sk-judge-secret-key-5555555555"
 QUESTION = [{"role": "user", "content": "Which is larger, 2**10 or 10**3?"}]
 WEAK_ROUTE, STRONG_ROUTE = "router-random-1.0", "router-random-0.0"  # thresholds 1 and 0
@@ -138,7 +139,7 @@ def test_a_weak_answer_is_shadowed_on_strong_and_judged_in_both_orders(
 
     decision = stored(db, "routegate_decisions", "req-weak-1")
     assert decision[2:4] == ("random", "score") and decision[6:10] == ("weak", "fake-weak", "fake-strong", "fake-weak")
-    assert decision[10:12] == (11, 7) and decision[-1] == QUESTION[0]["content"]
+    assert decision[10:12] == (11, 7) and decision[14] == QUESTION[0]["content"]
     judgement = stored(db, "routegate_judgements", "req-weak-1")
     assert judgement[2:8] == ("random", "weak", "other_better", "other_better", "other_better", "fake-judge")
     assert judgement[8:] == (pytest.approx(strong_cost), pytest.approx(judge_cost))
@@ -343,6 +344,26 @@ def test_by_default_a_decision_keeps_the_prompts_hash_not_its_text(
         stored(db, "routegate_decisions", request_id)
     rows = query(db, "SELECT prompt_sha1, prompt FROM routegate_decisions WHERE request_id = ?", request_id)
     assert rows == [(hashlib.sha1(QUESTION[0]["content"].encode()).hexdigest(), None)]
+
+
+def test_one_client_can_neither_rate_nor_overwrite_anothers_request(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    db = tmp_path / "feedback.sqlite3"
+    env = shadow_env(strong, weak, judge, db, shadow_rate="0", api_keys=json.dumps([CLIENT_KEY, OTHER_KEY]))
+    with running_proxy(env, tmp_path) as proxy:
+        alice, bob = client(proxy), OpenAI(base_url=proxy.api, api_key=OTHER_KEY, max_retries=0)
+        alice.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "trace-42"})
+        stored(db, "routegate_decisions", "trace-42")
+        refused = post_feedback(proxy, {"request_id": "trace-42", "rating": "down"}, key=OTHER_KEY)
+        theirs = [{"role": "user", "content": "Another question entirely."}]
+        bob.chat.completions.create(model=STRONG_ROUTE, messages=theirs, extra_headers={"x-request-id": "trace-42"})
+        rated = post_feedback(proxy, {"request_id": "trace-42", "rating": "up"})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "request_not_found"
+    assert rated.status_code == 200
+    [kept] = query(db, "SELECT tier, prompt FROM routegate_decisions WHERE request_id = ?", "trace-42")
+    assert kept == ("weak", QUESTION[0]["content"])  # alice's request, as she sent it
+    assert query(db, "SELECT rating FROM routegate_feedback") == [("up",)]
 
 
 def test_with_the_store_off_feedback_is_refused_and_requests_are_answered(

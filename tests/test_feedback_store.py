@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,42 @@ async def test_a_reused_request_id_takes_the_earlier_requests_labels_away(databa
     assert stored[6] == "strong"
     assert rows(database, "routegate_judgements") == []  # judged the first answer, not this one
     assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
+
+
+async def test_another_clients_request_under_the_same_id_is_neither_overwritten_nor_rated(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("trace-42"), client="alice")
+    store.record(decision("trace-42", tier="strong"), client="bob")  # bob sends the same x-request-id
+    store.record(JudgementRow("trace-42", time.time(), "random", "strong", *("other_better",) * 3, "judge", 1e-5, 2e-5), "bob")
+    assert not await store.record_feedback(FeedbackRow("trace-42", time.time(), 0.0, "down", None), client="bob")
+    assert await store.record_feedback(FeedbackRow("trace-42", time.time(), 1.0, "up", None), client="alice")
+    await store.aclose()
+    [kept] = rows(database, "routegate_decisions")
+    assert (kept[6], kept[-1]) == ("weak", "alice")  # alice's request, as she sent it
+    assert rows(database, "routegate_judgements") == []  # bob's judgement is not of alice's answer
+    assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("trace-42", "up")]
+
+
+async def test_a_store_made_before_decisions_had_a_client_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.sqlite3"
+    with sqlite3.connect(path) as connection:  # the decisions table as earlier routegates made it
+        connection.execute(
+            "CREATE TABLE routegate_decisions (request_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, "
+            "router TEXT NOT NULL, reason TEXT NOT NULL, score DOUBLE PRECISION, threshold DOUBLE PRECISION, "
+            "tier TEXT NOT NULL, model TEXT NOT NULL, strong_model TEXT NOT NULL, weak_model TEXT NOT NULL, "
+            "prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd DOUBLE PRECISION, prompt_sha1 TEXT NOT NULL, prompt TEXT)"
+        )
+        connection.execute(
+            "INSERT INTO routegate_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", astuple(decision("old"))
+        )
+    database = Database(str(path))
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    assert await store.record_feedback(FeedbackRow("old", time.time(), 1.0, "up", None))  # a request from before: no client
+    store.record(decision("new"), client="alice")
+    await store.aclose()
+    assert [(row[0], row[-1]) for row in rows(database, "routegate_decisions")] == [("new", "alice"), ("old", "")]
 
 
 async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database: Database) -> None:
