@@ -1,8 +1,13 @@
-"""uvicorn's httptools HTTP/1.1 protocol with a cap on the size of a request's head.
+"""uvicorn's httptools HTTP/1.1 protocol with a cap on the size of a request's head, and
+connections dropped at once when a response is left unfinished.
 
 httptools buffers a request line and headers of any size (a 20 MB header is read whole), so a
 client could make the process hold as much memory as it sends. Past ``max_header_bytes`` the
 request is answered 431 with an OpenAI-style error and the connection closed.
+
+A response the app leaves unfinished (a streaming client that stopped reading was let go, see
+``server.relay.SendWatch``) makes uvicorn close the connection, which waits for the client to read
+what is buffered: a client that never reads would keep it, and its buffer, open. It is aborted.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._received = 0  # bytes received since this request began: bounds what httptools buffers
         self._head_size = 0  # the exact size of the parsed request line and headers
         self._refused = False
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        running = set(self.tasks)
+        super()._start_asgi_task(cycle, app)
+        for task in self.tasks - running:
+            task.add_done_callback(lambda _: self._abort_if_unfinished(cycle))
+
+    def _abort_if_unfinished(self, cycle: Any) -> None:
+        if cycle.response_started and not cycle.response_complete and not cycle.disconnected:
+            self.transport.abort()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

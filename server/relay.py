@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -156,6 +156,32 @@ def _usage_only(event: bytes) -> bool:
     return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 
+class SendWatch:
+    """Cancels ``scope`` once a send has been under way (``since``) for over ``timeout`` seconds:
+    a streaming client that stopped reading without closing. One timer a stream, re-armed each
+    second; a deadline around every send, or a task a stream, cost streamed throughput, and
+    receiving again would let uvicorn read a pipelined request's body into memory."""
+
+    def __init__(self, timeout: float | None, scope: anyio.CancelScope) -> None:
+        self.since: float | None = None
+        self._timeout, self._scope = timeout, scope
+        self._handle: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self._interval = min(timeout / 4, 1.0)
+            self._handle = asyncio.get_running_loop().call_later(self._interval, self._check)
+
+    def _check(self) -> None:
+        assert self._timeout is not None
+        if self.since is not None and time.monotonic() - self.since > self._timeout:
+            self._scope.cancel()
+            return
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
 class RelayResponse(Response):
     """Streams ``chunks`` to the client; stops reading upstream as soon as the client leaves,
     and always calls ``on_close(completed)`` once, shielded from cancellation.
@@ -185,38 +211,30 @@ class RelayResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         completed = started = False
-        sending_since: float | None = None  # when the send under way began (None: none is)
         try:
             async with anyio.create_task_group() as group:
 
-                async def watch_client() -> None:
-                    """End the stream when the client disconnects, or has taken over ``send_timeout``
-                    seconds to accept a chunk (it stopped reading): one timer a stream, not one a chunk."""
-                    timeout = self.send_timeout
-                    while True:
-                        with anyio.move_on_after(math.inf if timeout is None else min(timeout / 4, 1.0)):
-                            if (await receive())["type"] == "http.disconnect":
-                                break
-                            continue
-                        if timeout is not None and sending_since is not None and time.monotonic() - sending_since > timeout:
-                            break
+                async def watch_disconnect() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
                     group.cancel_scope.cancel()
 
-                group.start_soon(watch_client)
+                group.start_soon(watch_disconnect)
+                watch = SendWatch(self.send_timeout, group.cancel_scope)
                 try:
                     await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                     started = True
                     async for chunk in self.chunks:
-                        sending_since = time.monotonic()
+                        watch.since = time.monotonic()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        sending_since = None
-                    sending_since = time.monotonic()
+                        watch.since = None
+                    watch.since = time.monotonic()
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    sending_since = None
                     completed = True
                 except OSError:  # the client went away while we were sending
                     pass
                 finally:
+                    watch.stop()
                     group.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             final = self.on_cancel() if started and self.on_cancel is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -91,6 +92,17 @@ def test_a_thousand_disconnects_leak_nothing(proxy: Proxy, strong: FakeUpstream)
     assert wait_for(lambda: strong.open_connections() <= connections_before)
 
 
+def open_sockets(proxy: Proxy) -> int:
+    """The sockets the gateway process holds open (Linux /proc)."""
+    count = 0
+    for descriptor in Path(f"/proc/{proxy.process.pid}/fd").iterdir():
+        try:
+            count += os.readlink(descriptor).startswith("socket:")
+        except OSError:  # closed while listed
+            pass
+    return count
+
+
 def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
@@ -98,6 +110,7 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
     env = proxy_env(strong, weak, client_send_timeout="1", max_concurrent_requests="1", queue_timeout="0.5")
     with running_proxy(env, tmp_path) as proxy:
         delta = MetricDelta(proxy.metrics)
+        idle_sockets = open_sockets(proxy)
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         host, port = proxy.url.removeprefix("http://").split(":")
@@ -110,6 +123,8 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
             assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)
             assert gauges(proxy)["routegate_upstream_responses_open"] == 0
             answered = httpx.post(f"{proxy.api}/chat/completions", json={**REQUEST, "stream": False}, timeout=10)
+            # its connection is dropped, not held open (with what it buffers) until the client reads
+            assert wait_for(lambda: open_sockets(proxy) <= idle_sockets, timeout=5)
         finally:
             stalled.close()
         delta.after()
