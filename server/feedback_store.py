@@ -191,9 +191,15 @@ class Database:
         return connection
 
     def _add_client_column(self, cursor: Any) -> None:
-        """Give a store made by an earlier routegate its decisions' ``client`` column."""
+        """Give a store made by an earlier routegate its decisions' ``client`` column (looked up
+        first: PostgreSQL's ALTER TABLE locks the table, and needs its owner, even when it has one)."""
         if self.postgres:
-            cursor.execute(f"ALTER TABLE routegate_decisions ADD COLUMN IF NOT EXISTS {CLIENT_COLUMN}")
+            cursor.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'routegate_decisions' AND column_name = 'client'"
+            )
+            if cursor.fetchone() is None:
+                cursor.execute(f"ALTER TABLE routegate_decisions ADD COLUMN IF NOT EXISTS {CLIENT_COLUMN}")
             return
         cursor.execute("PRAGMA table_info(routegate_decisions)")
         if "client" not in {row[1] for row in cursor.fetchall()}:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import astuple
@@ -199,6 +200,25 @@ async def test_a_connection_the_server_dropped_loses_no_writes(
     stored = [row[0] for row in rows(database, "routegate_decisions")]
     assert {"req-before", *(f"req-after-{number}" for number in range(5))} <= set(stored)
     assert "writes lost" not in caplog.text
+
+
+def test_a_postgres_store_is_upgraded_in_place_and_not_locked_once_it_is(request: pytest.FixtureRequest) -> None:
+    database = Database(request.getfixturevalue("postgres_url"))
+    admin = database.connect()
+    with database.transaction(admin) as cursor:  # the decisions table as earlier routegates made it
+        cursor.execute("ALTER TABLE routegate_decisions DROP COLUMN client")
+    database.connect().close()  # upgraded
+    with database.transaction(admin) as cursor:
+        cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'routegate_decisions'")
+        assert "client" in {row[0] for row in cursor.fetchall()}
+        cursor.execute("LOCK TABLE routegate_decisions IN ACCESS SHARE MODE")  # a long export, say
+        connecting = threading.Thread(target=lambda: database.connect().close())
+        connecting.start()
+        connecting.join(timeout=10)
+        connected = not connecting.is_alive()  # an ALTER TABLE would wait for the export's lock
+    connecting.join()
+    admin.close()
+    assert connected
 
 
 async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
