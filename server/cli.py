@@ -50,8 +50,8 @@ def _prepare_multiprocess_dir(workers: int) -> str | None:
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob("*.db"):
-            stale.unlink()
+        for stale in list(path.glob("*.db")):
+            stale.unlink(missing_ok=True)  # a file another process removed first is gone all the same
         return None
     if workers > 1:
         made = tempfile.mkdtemp(prefix="routegate-metrics-")

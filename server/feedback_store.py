@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from server import feedback_metrics as fm
+from server.settings import store_kind
 
 log = logging.getLogger("routegate.feedback")
 DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
@@ -138,14 +139,9 @@ class Database:
     """Where the store lives: an SQLite file or a PostgreSQL server, from ``ROUTEGATE_FEEDBACK_DB``."""
 
     def __init__(self, url: str) -> None:
-        """ValueError for a URL of another kind (its scheme named, never the rest of it): a
-        typo must not turn a PostgreSQL URL into a local file named after it, password and all."""
-        scheme, separator, rest = url.partition("://")
-        kind = scheme.lower().split("+")[0] if separator else "sqlite"
-        if kind not in ("sqlite", "postgresql", "postgres"):
-            shown = f" '{scheme}://'" if scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
-            raise ValueError(f"has an unknown scheme{shown}: use a file path, sqlite:///path or postgresql://...")
-        self.postgres = kind != "sqlite"
+        """ValueError for a URL of another kind (``store_kind``)."""
+        _, separator, rest = url.partition("://")
+        self.postgres = store_kind(url) == "postgresql"
         self.url = f"postgresql://{rest}" if self.postgres else url  # postgresql+psycopg:// is SQLAlchemy's spelling
         self.path: Path | None = None if self.postgres else Path((rest if separator else url) or DEFAULT_SQLITE).expanduser()
 

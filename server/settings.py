@@ -262,11 +262,9 @@ class Settings(BaseSettings):
     def _feedback_db_known(cls, url: SecretStr) -> SecretStr:
         """An SQLite path or a PostgreSQL URL (or ``off``), found wrong at start-up rather than
         when the first answer is stored."""
-        from server.feedback_store import Database
-
         value = url.get_secret_value().strip()
         if value.lower() != "off":
-            Database(value)
+            store_kind(value)
         return url
 
     @field_validator("redis_url")
@@ -407,6 +405,19 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
         hint = f" (did you mean {ENV_PREFIX}{nearest[0]}?)" if nearest else ""
         lines.append(f"{name} is not a routegate setting and is ignored{hint}")
     return lines
+
+
+def store_kind(url: str) -> str:
+    """``sqlite`` or ``postgresql``: the database a ``ROUTEGATE_FEEDBACK_DB`` value names (a path
+    is an SQLite file; ``postgres://`` and SQLAlchemy's ``postgresql+psycopg://`` are PostgreSQL).
+    ValueError naming only the scheme for any other ``scheme://``: a typo must not turn a PostgreSQL
+    URL into a local file named after it, password and all."""
+    scheme, separator, _ = url.partition("://")
+    kind = scheme.lower().split("+")[0] if separator else "sqlite"
+    if kind not in ("sqlite", "postgresql", "postgres"):
+        shown = f" '{scheme}://'" if scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
+        raise ValueError(f"has an unknown scheme{shown}: use a file path, sqlite:///path or postgresql://...")
+    return "sqlite" if kind == "sqlite" else "postgresql"
 
 
 class SettingsError(Exception):

@@ -12,6 +12,7 @@ its workers are made from the module's ``Process`` class, which is replaced here
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -48,7 +49,8 @@ class DrainingWorker(multiprocess.Process):
         sums the other workers report."""
         super().join()
         if self.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            prometheus_multiprocess.mark_process_dead(self.pid)
+            with contextlib.suppress(FileNotFoundError):  # listed, then removed by another process first
+                prometheus_multiprocess.mark_process_dead(self.pid)
 
 
 class DrainingSupervisor(multiprocess.Multiprocess):
