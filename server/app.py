@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +10,12 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, multi_model_routers, router_models
 from server import metrics
+from server.client_keys import bearer_matches, presented_key
 from server.conversations import StickyStore
 from server.cost_targets import CostTargets
 from server.disconnects import ClientGone
@@ -228,21 +227,11 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
         raise SettingsError(f"invalid settings:\n  {error}") from None
 
 
-def bearer_matches(request: Request, keys: list[SecretStr]) -> bool:
-    """Whether the request's ``Authorization: Bearer`` key is one of ``keys`` (each compared in constant time)."""
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    given_bytes = given.strip().encode()
-    matched = False
-    for key in keys:  # every key compared, whatever matches
-        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
-    return scheme.lower() == "bearer" and matched
-
-
 def _check_client_key(request: Request, settings: Settings) -> None:
     if not settings.api_keys:
         return
-    if not bearer_matches(request, settings.api_keys):
-        scheme = request.headers.get("authorization", "").partition(" ")[0]
+    if not bearer_matches(request.headers, settings.api_keys):
+        scheme = presented_key(request.headers)[0]
         log.debug("client key refused (%s)", "wrong key" if scheme.lower() == "bearer" else "not 'Bearer <key>'")
         raise APIError(
             401,
@@ -352,7 +341,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         async def prometheus_metrics(request: Request) -> Response:
             """Prometheus metrics in the text exposition format; needs ROUTEGATE_METRICS_KEY when set."""
-            if settings.metrics_key is not None and not bearer_matches(request, [settings.metrics_key]):
+            if settings.metrics_key is not None and not bearer_matches(request.headers, [settings.metrics_key]):
                 raise APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
             body, content_type = render_metrics()
             return Response(body, media_type=content_type)

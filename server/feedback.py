@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from server import feedback_metrics as fm
 from server.chat_request import routed_text
+from server.client_keys import presented_key
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
 from server.metrics import token_count, usage_tokens
@@ -102,8 +103,7 @@ class Feedback:
         ROUTEGATE_API_KEYS, when any caller may rate any request)."""
         if not self.settings.api_keys:
             return ""
-        key = headers.get("authorization", "").partition(" ")[2].strip()
-        return hashlib.sha256(key.encode()).hexdigest()[:CLIENT_FINGERPRINT]
+        return hashlib.sha256(presented_key(headers)[1].encode()).hexdigest()[:CLIENT_FINGERPRINT]
 
     def observe(self, request: Request, response: Response) -> Response:
         """Attach the after-answer work to ``response`` (returned as it is)."""

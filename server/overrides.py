@@ -7,11 +7,11 @@ override are ignored, so routing cannot be steered by whoever reaches the proxy.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
+from server.client_keys import bearer_matches
 from server.errors import bad_request
 from server.settings import Settings
 
@@ -35,12 +35,7 @@ def _trusted(headers: Headers, settings: Settings) -> bool:
         return False
     if not settings.override_keys:
         return True
-    scheme, _, given = headers.get("authorization", "").partition(" ")
-    given_bytes = given.strip().encode()
-    matched = False
-    for key in settings.override_keys:  # every key compared, in constant time
-        matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
-    return scheme.lower() == "bearer" and matched
+    return bearer_matches(headers, settings.override_keys)
 
 
 def read_override(headers: Headers, settings: Settings) -> Override:
