@@ -113,12 +113,14 @@ class StoreUnavailable(Exception):
 Row = DecisionRow | JudgementRow | FeedbackRow
 
 
-def _upsert(table: str, row: type[Row]) -> str:
-    columns = [column.name for column in fields(row)]
+def _upsert(table: str, row: type[Row], extra: tuple[str, ...] = (), only_if: str = "") -> str:
+    """Insert a ``row`` (plus the ``extra`` columns) or update the one with its request id
+    (``only_if`` that condition holds)."""
+    columns = [column.name for column in fields(row)] + list(extra)
     updates = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
-        f"ON CONFLICT (request_id) DO UPDATE SET {updates}"
+        f"ON CONFLICT (request_id) DO UPDATE SET {updates}" + (f" WHERE {only_if}" if only_if else "")
     )
 
 
@@ -126,12 +128,9 @@ UPSERTS: dict[type[Row], str] = {
     JudgementRow: _upsert("routegate_judgements", JudgementRow),
     FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
 }
-_DECISION_COLUMNS = [column.name for column in fields(DecisionRow)] + ["client"]
 #: another client's request under the same id leaves the row alone
-DECISION_UPSERT = (
-    f"INSERT INTO routegate_decisions ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' for _ in _DECISION_COLUMNS)}) "
-    f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(f'{column} = excluded.{column}' for column in _DECISION_COLUMNS[1:])} "
-    "WHERE routegate_decisions.client = excluded.client"
+DECISION_UPSERT = _upsert(
+    "routegate_decisions", DecisionRow, extra=("client",), only_if="routegate_decisions.client = excluded.client"
 )
 
 
@@ -426,11 +425,7 @@ class FeedbackStore:
         """Write one queued item; False when it is a feedback or judgement of no decision of its client's."""
         sql = self.database.sql
         if isinstance(item, _Feedback):
-            cursor.execute(
-                sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND created_at >= ? AND client = ?"),
-                (item.row.request_id, item.oldest, item.client),
-            )
-            if cursor.fetchone() is None:
+            if not self._holds_decision(cursor, item.row.request_id, item.client, item.oldest):
                 return False
             cursor.execute(sql(UPSERTS[FeedbackRow]), tuple(asdict(item.row).values()))
             return True
@@ -445,11 +440,18 @@ class FeedbackStore:
                 cursor.execute(sql(statement), (row.request_id, row.created_at, row.request_id, client))
             cursor.execute(sql(DECISION_UPSERT), (*asdict(row).values(), client))
             return True
-        cursor.execute(sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ?"), (row.request_id, client))
-        if cursor.fetchone() is None:  # the id now names another client's request
+        if not self._holds_decision(cursor, row.request_id, client):  # the id now names another client's request
             return False
         cursor.execute(sql(UPSERTS[JudgementRow]), tuple(asdict(row).values()))
         return True
+
+    def _holds_decision(self, cursor: Any, request_id: str, client: str, oldest: float = 0.0) -> bool:
+        """Whether the store holds a decision of ``client``'s under ``request_id``, made since ``oldest``."""
+        cursor.execute(
+            self.database.sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ? AND created_at >= ?"),
+            (request_id, client, oldest),
+        )
+        return cursor.fetchone() is not None
 
     def _delete_expired(self, cursor: Any) -> None:
         oldest = time.time() - self.retention_seconds

@@ -75,10 +75,7 @@ async def _whole(
     upstream = exchange.upstream
     usage = estimate = None
     if 200 <= result.status < 300:
-        try:
-            answer = json.loads(result.body)
-        except (ValueError, RecursionError):
-            answer = None
+        answer = _parsed(result.body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if not isinstance(usage, dict):
             estimate = (prompt_tokens(), answer_tokens(answer))
@@ -89,9 +86,10 @@ async def _whole(
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
-        if not _is_openai_error(body):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
+        parsed = _parsed(body)
+        if not _is_openai_error(parsed):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
             message = f"The {upstream.tier} upstream answered {result.status} without an OpenAI-style error body"
-            said = _message_in(body)
+            said = _message_in(parsed)
             message += f": {said[:MAX_RELAYED_MESSAGE]}" if said else "."
             body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
@@ -99,22 +97,21 @@ async def _whole(
 
 
 def _parsed(body: bytes) -> object:
+    """A body's JSON value; None when it is not JSON."""
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
         return None
 
 
-def _is_openai_error(body: bytes) -> bool:
-    """Whether ``body`` is ``{"error": {"message": ...}}``, what OpenAI SDKs read."""
-    parsed = _parsed(body)
+def _is_openai_error(parsed: object) -> bool:
+    """Whether a parsed body is ``{"error": {"message": ...}}``, what OpenAI SDKs read."""
     error = parsed.get("error") if isinstance(parsed, dict) else None
     return isinstance(error, dict) and isinstance(error.get("message"), str)
 
 
-def _message_in(body: bytes) -> str | None:
-    """The text of another server's JSON error (``detail``, ``message`` or a string ``error``)."""
-    parsed = _parsed(body)
+def _message_in(parsed: object) -> str | None:
+    """The text of another server's parsed JSON error (``detail``, ``message`` or a string ``error``)."""
     if not isinstance(parsed, dict):
         return None
     return next((value for key in ("detail", "message", "error") if isinstance(value := parsed.get(key), str)), None)
