@@ -84,12 +84,14 @@ k8s-rules: install
 	        "spec": {"groups": groups}}; \
 	open("deploy/kubernetes/prometheusrule.yaml", "w").write(head + yaml.safe_dump(rule, sort_keys=False, width=1000))'
 
-# Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included).
+# Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included),
+# in TEST_WORKERS processes (pytest-xdist), each test file in one of them: most tests wait on real servers.
+TEST_WORKERS ?= 2
 test: install prometheus-tools postgresql-tools redis-server checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy server routers demo
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The documentation site (MkDocs Material); tests/test_docs.py runs the same strict build under `make test`.
 docs: install
