@@ -62,7 +62,7 @@ def split_of(prompt: str) -> str:
 
 
 def _rows(database: Database, since: float) -> Iterator[tuple]:
-    connection = database.connect()
+    connection = database.connect(create_schema=False)  # reading needs no more than SELECT
     try:
         with database.transaction(connection) as cursor:
             cursor.execute(database.sql(JOINED), (since,))

@@ -164,17 +164,22 @@ class Database:
         password = urlsplit(self.url).password if self.postgres else None
         return text.replace(password, "[redacted]") if password else text
 
-    def connect(self) -> Any:
-        """A new DB-API connection with the schema in place."""
+    def connect(self, create_schema: bool = True) -> Any:
+        """A new DB-API connection with the schema in place; without ``create_schema``, for reading
+        a store that exists, with a role or a file that may only be read."""
         if self.postgres:
             import psycopg
 
             connection: Any = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT, **POSTGRES_KEEPALIVES)
         else:
             assert self.path is not None
+            if not create_schema:
+                return sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
+        if not create_schema:
+            return connection
         try:
             with self.transaction(connection) as cursor:
                 for statement in SCHEMA:

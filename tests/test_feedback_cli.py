@@ -165,3 +165,19 @@ def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: P
     )
     assert run.returncode == 1 and "unknown scheme 'mysql://'" in run.stderr and "hunter2" not in run.stderr
     assert list(tmp_path.iterdir()) == []  # no local file named after the URL
+
+
+async def test_a_role_that_may_only_read_can_export_and_print_stats(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+    owner = Database(postgres_url)
+    await fill(owner)
+    connection = owner.connect()
+    with owner.transaction(connection) as cursor:
+        cursor.execute("DROP ROLE IF EXISTS analyst")
+        cursor.execute("CREATE ROLE analyst LOGIN PASSWORD 'analyst-pw'")
+        cursor.execute("GRANT SELECT ON routegate_decisions, routegate_judgements, routegate_feedback TO analyst")
+    connection.close()
+    reader = postgres_url.replace(postgres_url.split("//")[1].split("@")[0], "analyst:analyst-pw")
+    out = tmp_path / "feedback.jsonl"
+    assert "7 records" in routegate("feedback", "export", "--db", reader, "--out", str(out), "--since", "2d")
+    assert len(out.read_text().splitlines()) == 7
+    assert routegate("feedback", "stats", "--db", reader, "--since", "2d").splitlines()[2].split()[:2] == ["mf", "7"]
