@@ -59,6 +59,9 @@ class ModelEntry(UpstreamSettings):
     """One upstream of ``ROUTEGATE_MODELS`` (routing among several models; see server/model_list.py)."""
 
     name: str = Field(description="the upstream's name in headers, metrics and requests")
+    # required here: an entry priced 0 by omission would order the ladder and escape the budget
+    input_price: float = Field(ge=0, description="USD per 1M prompt tokens")
+    output_price: float = Field(ge=0, description="USD per 1M completion tokens")
     router_model: str | None = Field(None, description="its name in the router's data; unset: matched from `model`")
     most_capable: bool = Field(
         False, description="route against this model as the most capable (at most one entry); none set: the dearest"
