@@ -124,8 +124,10 @@ class Recorder:
         if self.sticky is not None and decision.sticky_key is not None:
             if self.ladder.pair and strong:
                 await self.sticky.remember(decision.sticky_key)
-            elif not self.ladder.pair and self.ladder.rank(decision.tier) > 0:  # later turns: never a less capable one
-                await self.sticky.remember(decision.sticky_key, decision.tier)
+            elif not self.ladder.pair:  # later turns: never a less capable one, though a fallback answered
+                kept = max(decision.tier, decision.chosen, key=self.ladder.rank)
+                if self.ladder.rank(kept) > 0:
+                    await self.sticky.remember(decision.sticky_key, kept)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None and decision.reason == "score":  # a threshold route's own choice, fallback or not
             metrics.THRESHOLD_DECISIONS.labels(decision.router, decision.chosen).inc()

@@ -255,6 +255,20 @@ def test_sticky_conversations_never_go_down_the_ladder(fakes: dict[str, FakeUpst
         assert headers["x-routegate-upstream"] == "small"
 
 
+def test_a_fallback_does_not_move_a_sticky_conversation_down_the_ladder(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+) -> None:
+    env = many_env(entries(fakes), checkpoints, route_on="sticky")
+    with running_proxy(env, tmp_path, module=MODULE) as sticky_proxy:
+        conversation = {"x-routegate-conversation-id": "c-fallback"}
+        assert ask(sticky_proxy, TO_BIG, False, extra_headers=conversation)[0]["x-routegate-upstream"] == "big"
+        fakes["big"].behaviour.fail_statuses = [500]
+        headers, _ = ask(sticky_proxy, TO_SMALL, False, extra_headers=conversation)
+        assert (headers["x-routegate-upstream"], headers["x-routegate-fallback"]) == ("mid", "big->mid:http_5xx")
+        headers, _ = ask(sticky_proxy, TO_SMALL, False, extra_headers=conversation)  # big is back: so is the conversation
+        assert (headers["x-routegate-upstream"], headers["x-routegate-decision"]) == ("big", "sticky")
+
+
 def test_a_sticky_conversation_stays_up_the_ladder_when_it_cannot_be_scored(
     fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
 ) -> None:
