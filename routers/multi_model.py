@@ -88,14 +88,16 @@ def picked(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
     return np.asarray(values)[np.arange(len(choice)), choice]
 
 
-def threshold_for_cost_share(beaten: np.ndarray, costs: np.ndarray, best: int, share: float) -> float:
+def threshold_for_cost_share(
+    beaten: np.ndarray, costs: np.ndarray, best: int, share: float, prices: Sequence[float] | None = None
+) -> float:
     """The threshold whose routing of these prompts costs closest to ``share`` of sending every
-    prompt to ``best`` (ties: the cheaper routing). ``costs`` is (prompts, models) in USD; the
-    price order is each model's mean cost over the prompts."""
+    prompt to ``best`` (ties: the cheaper routing). ``costs`` is (prompts, models) in USD;
+    ``prices`` orders the candidates as the routing does (default: each model's mean cost)."""
     if not 0.0 <= share <= 1.0:
         raise ValueError("share must be in [0, 1]")
     costs = np.asarray(costs, dtype=np.float64)
-    prices = costs.mean(axis=0)
+    prices = costs.mean(axis=0) if prices is None else prices
     all_best = costs[:, best].sum()
     thresholds, choices = sweep(beaten, prices, best, limit=2000)
     spent = np.array([picked(costs, choice).sum() for choice in choices]) / (all_best or 1.0)

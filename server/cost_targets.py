@@ -41,9 +41,10 @@ class CostShareController:
         self._cached: tuple[float, float] | None = None  # (wanted share, threshold)
         self._unseen = 0  # prompts observed since the cached threshold
 
-    def threshold(self, share: float, unit_costs: Sequence[float]) -> float:
+    def threshold(self, share: float, unit_costs: Sequence[float], prices: Sequence[float]) -> float:
         """The threshold that spends ``share`` (corrected by the feedback) of the all-best cost,
-        with ``unit_costs`` each model's cost of a typical request."""
+        with ``unit_costs`` each model's cost of a typical request and ``prices`` the order in
+        which routing tries the models (input plus output price, as the ladder)."""
         if share <= 0.0:
             return ABOVE_EVERY_BEATEN
         wanted = min(1.0, max(0.0, share + self._gain * self._debt))
@@ -53,7 +54,7 @@ class CostShareController:
         if cached is None or self._unseen >= self._step or abs(cached[0] - wanted) > 0.005:
             beaten = np.array(self._beaten)
             costs = np.tile(np.asarray(unit_costs, dtype=np.float64), (len(beaten), 1))
-            self._cached = cached = (wanted, threshold_for_cost_share(beaten, costs, self.best, wanted))
+            self._cached = cached = (wanted, threshold_for_cost_share(beaten, costs, self.best, wanted, prices))
             self._unseen = 0
         return cached[1]
 
@@ -116,7 +117,8 @@ class CostTargets:
 
     def threshold(self, router: str, target: float, share: float) -> float:
         """The threshold a prompt on this route is compared with now, aiming at ``share``."""
-        return self.controller(router, target).threshold(share, self.unit_costs())
+        order = [input_price + output_price for input_price, output_price in self.prices]
+        return self.controller(router, target).threshold(share, self.unit_costs(), order)
 
     def record(
         self,

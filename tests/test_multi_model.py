@@ -85,6 +85,26 @@ def test_cost_share_of_two_models_is_the_strong_share():
         assert (scores >= threshold).mean() == pytest.approx(share)
 
 
+def test_a_cost_target_steers_the_model_order_that_routing_uses():
+    """Routing tries models by input plus output price; with prompt-heavy traffic the token-weighted
+    costs order them the other way, and the threshold must be the one for the routing that runs."""
+    from server.cost_targets import CostTargets
+
+    prices = [(1.0, 0.8), (0.5, 1.5), (10.0, 30.0)]  # ladder order: 1.8, 2.0, 40 per 1M tokens
+    targets = CostTargets(window=400, feedback_horizon=50, best=2, prices=prices, max_routes=4)
+    rng = np.random.default_rng(5)
+    beaten = rng.random((400, 3))
+    beaten[:, 2] = 0.5
+    for row in beaten:
+        targets.record("mf", 0.2, 0.2, tuple(row), (0.0, 0.0), (1000, 100))  # cost 0: no feedback to correct it
+    unit = np.array(targets.unit_costs())
+    assert unit[1] < unit[0]  # per request the second model is cheaper, though its price sum is higher
+    for share in (0.1, 0.2, 0.5):  # 0.12 / 0.21 / 0.50 when the sweep ordered them by cost per request
+        threshold = targets.threshold("mf", 0.2, share)
+        chosen = choose(beaten, [sum(price) for price in prices], 2, threshold)
+        assert unit[chosen].sum() / (unit[2] * 400) == pytest.approx(share, abs=0.002)
+
+
 def test_cost_share_spends_about_the_share():
     rng = np.random.default_rng(3)
     beaten = rng.random((400, 3))
