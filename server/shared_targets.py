@@ -314,9 +314,9 @@ class SharedTargets:
     async def decide(self, router: str, target: float) -> TargetDecision:
         """The threshold a score on this route is compared with now (nothing is recorded)."""
         effective = self.effective_target(target)
-        local_threshold = self.controller(router, target).threshold(effective)
+        controller = self.controller(router, target)
         if self.state is None or self._decide is None:
-            return TargetDecision(target, effective, local_threshold)
+            return TargetDecision(target, effective, controller.threshold(effective))
         route = (router, target)
         seeds: list[float] = []
         if route not in self._seeded:
@@ -330,8 +330,10 @@ class SharedTargets:
                 lambda: decide(keys=keys, args=[repr(effective), window, repr(gain), ROUTE_TTL_MS, *map(repr, seeds)]),
             )
         except SharedStateUnavailable:
+            if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
+                controller.forget_debt()
             self._seeded.discard(route)  # Redis may come back empty
-            return TargetDecision(target, effective, local_threshold)
+            return TargetDecision(target, effective, controller.threshold(effective))
         self._seeded.add(route)
         return TargetDecision(target, effective, _threshold(kind, float(value)))
 

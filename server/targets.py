@@ -98,6 +98,10 @@ class ShareController:
         self._debt = self._decay * self._debt + (share - float(strong))
         self._recent.append(strong)
 
+    def forget_debt(self) -> None:
+        """Start the feedback afresh (decisions counted here were made by the shared controller)."""
+        self._debt = 0.0
+
     @property
     def realised_share(self) -> float | None:
         """Strong share of the last ``window`` decisions; None before the first."""

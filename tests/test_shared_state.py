@@ -441,3 +441,28 @@ async def test_a_route_whose_keys_were_evicted_one_by_one_is_repaired(redis_serv
     await record(1, strong=False)
     assert int(client.hget(keys["state"], "strong")) == client.lrange(keys["recent"], 0, -1).count("1") == 5
     await state.aclose()
+
+
+async def test_a_replica_falling_back_from_redis_owes_nothing_for_the_shared_decisions(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Redis's controller sent none of this replica's (easy) prompts strong; when Redis stalls, the
+    replica's own controller aims at the route's share of its own window, not at all of it."""
+    import asyncio
+
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "owed:", 0.25, 5.0, 4)
+    targets = SharedTargets(Targets(window=100, feedback_horizon=50, checkpoint_dir=tmp_path), state)
+    assert (await targets.decide("random", 0.3)).threshold > 0
+    for number in range(100):
+        await targets.record("random", 0.3, 0.3, strong=False, score=number / 100)
+    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "0.6"))
+    stall.start()
+    await asyncio.sleep(0.05)
+    fallback = await targets.decide("random", 0.3)
+    stall.join()
+    await state.aclose()
+    assert fallback.threshold == pytest.approx(0.70)  # 30 of the window's 100 scores at or above it; 0.0 with the debt
