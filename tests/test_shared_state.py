@@ -121,10 +121,12 @@ def test_daily_budget_holds_across_replicas(
             for index, proxy in zip(range(30), itertools.cycle(proxies))  # one at a time, round robin
         ]
         remaining = [metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") for proxy in proxies]
+        with running_proxy(env, tmp_path) as late:  # started after the spending, asked nothing yet
+            remaining.append(metric_sum(late.metrics(), "routegate_budget_remaining_usd"))
     spent = len(strong.received) * STRONG_COST
     assert tiers.count("strong") == len(strong.received) >= 1
     assert spent <= budget + STRONG_COST, f"{len(strong.received)} strong answers for a budget of 1.5"
-    assert remaining == pytest.approx([budget - spent] * 3, abs=1e-12)  # every replica sees all spend
+    assert remaining == pytest.approx([budget - spent] * 4, abs=1e-12)  # every replica sees all spend
     assert any(key.startswith("budget:budget:") for key in redis_server.client().scan_iter("budget:*"))
 
 
