@@ -1,7 +1,8 @@
 """Sticky conversations: once a conversation went to the strong tier, its follow-ups stay there.
 
 A conversation is known by the client's ``x-routegate-conversation-id`` header or, without it,
-by a hash of its messages: a strong request remembers the hash of all its messages, and a
+by a hash of its messages (with client keys, each client's own: the key's fingerprint comes
+first): a strong request remembers the hash of all its messages, and a
 follow-up (the same messages, the assistant's reply, a new user turn) finds it by hashing the
 messages before its last assistant reply. The store is per process, bounded (least recently
 used entries go first) and forgets a conversation after ``ttl`` seconds without a request.
@@ -39,14 +40,16 @@ def _messages_hash(messages: list[dict[str, Any]]) -> str:
     return "h:" + hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()
 
 
-def conversation_keys(messages: list[dict[str, Any]], conversation_id: str | None) -> ConversationKeys:
-    """The keys of a request: its client-given id, else hashes of its earlier and of all messages."""
+def conversation_keys(messages: list[dict[str, Any]], conversation_id: str | None, client: str = "") -> ConversationKeys:
+    """The keys of a request: its client-given id, else hashes of its earlier and of all messages;
+    with a ``client`` fingerprint (client keys set), within that client's conversations only."""
+    scope = f"{client}:" if client else ""
     if conversation_id:
-        key = "id:" + conversation_id[:_MAX_ID_CHARS]
+        key = f"id:{scope}" + conversation_id[:_MAX_ID_CHARS]
         return ConversationKeys(previous=key, current=key)
     last_reply = max((index for index, message in enumerate(messages) if message.get("role") == "assistant"), default=None)
-    previous = None if last_reply is None else _messages_hash(messages[:last_reply])
-    return ConversationKeys(previous=previous, current=_messages_hash(messages))
+    previous = None if last_reply is None else scope + _messages_hash(messages[:last_reply])
+    return ConversationKeys(previous=previous, current=scope + _messages_hash(messages))
 
 
 class StickyStore:

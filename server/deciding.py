@@ -26,6 +26,7 @@ from starlette.datastructures import Headers
 from routers.multi_model import beaten_from_logits, choose
 from server import metrics
 from server.chat_request import routed_text
+from server.client_keys import client_fingerprint
 from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.cost_targets import CostTargets
 from server.decision import Decision
@@ -95,7 +96,8 @@ class Decider:
         override = read_override(headers, self.settings)
         previous = sticky_key = None
         if self.sticky is not None:
-            keys = conversation_keys(payload["messages"], headers.get(CONVERSATION_HEADER))
+            client = client_fingerprint(headers, self.settings.api_keys)
+            keys = conversation_keys(payload["messages"], headers.get(CONVERSATION_HEADER), client)
             previous, sticky_key = keys.previous, keys.current
         effective = None
         if route.target is not None and self.targets is not None:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from server import feedback_metrics as fm
 from server.chat_request import routed_text
-from server.client_keys import presented_key
+from server.client_keys import client_fingerprint
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
 from server.metrics import token_count, usage_tokens
@@ -31,7 +31,6 @@ from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
-CLIENT_FINGERPRINT = 16  # hex characters of the sha256 of a client key kept with its decisions
 
 
 class AnswerText:
@@ -101,9 +100,7 @@ class Feedback:
     def client_of(self, headers: Headers) -> str:
         """Who sent a request, for the store: a fingerprint of its client key (empty without
         ROUTEGATE_API_KEYS, when any caller may rate any request)."""
-        if not self.settings.api_keys:
-            return ""
-        return hashlib.sha256(presented_key(headers)[1].encode()).hexdigest()[:CLIENT_FINGERPRINT]
+        return client_fingerprint(headers, self.settings.api_keys)
 
     def observe(self, request: Request, response: Response) -> Response:
         """Attach the after-answer work to ``response`` (returned as it is)."""

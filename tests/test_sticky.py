@@ -117,3 +117,25 @@ def test_hash_keys_chain_turns_and_ignore_unrelated_fields() -> None:
     )
     assert follow_up.previous == keys.current
     assert conversation_keys(first, "abc").previous == conversation_keys([], "abc").current == "id:abc"
+
+
+def test_with_client_keys_each_client_has_its_own_conversations(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """Two clients that number their conversations alike, or ask the same thing: one going strong
+    decides nothing for the other, and the other cannot see it in its headers."""
+    env = proxy_env(strong, weak, route_on="sticky", api_keys='["rg-key-alice", "rg-key-bob"]')
+    with running_proxy(env, tmp_path) as proxy:
+        alice, bob = (OpenAI(base_url=proxy.api, api_key=key) for key in ("rg-key-alice", "rg-key-bob"))
+        first = [{"role": "user", "content": "Prove Fermat's little theorem."}]
+        follow_up = [*first, {"role": "assistant", "content": "answer from strong"}, {"role": "user", "content": "Thanks!"}]
+
+        def tier(client: OpenAI, model: str, messages: list[dict], conversation_id: str | None = None) -> tuple[str, str]:
+            headers = {"x-routegate-conversation-id": conversation_id} if conversation_id else None
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, extra_headers=headers)
+            return raw.headers["x-routegate-tier"], raw.headers["x-routegate-decision"]
+
+        assert tier(alice, ALWAYS_STRONG, first, "7") == ("strong", "score")
+        assert tier(bob, ALWAYS_WEAK, first, "7") == ("weak", "score")  # Bob's own conversation 7
+        assert tier(alice, ALWAYS_WEAK, follow_up, "7") == ("strong", "sticky")
+        assert tier(alice, ALWAYS_STRONG, first) == ("strong", "score")
+        assert tier(bob, ALWAYS_WEAK, follow_up) == ("weak", "score")  # the same messages, Bob's
+        assert tier(alice, ALWAYS_WEAK, follow_up) == ("strong", "sticky")
