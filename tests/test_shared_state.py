@@ -172,9 +172,12 @@ def test_sticky_conversation_follows_across_replicas(trio: list[Proxy]) -> None:
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
 
 
-def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy]) -> None:
+def test_a_score_is_computed_once_for_all_replicas(trio: list[Proxy], redis_server: RedisServer) -> None:
     prompt = [{"role": "user", "content": "Integrate x^2 * sin(x) from 0 to 3."}]
     first, _ = _ask(trio[0], "router-standin-0.5", prompt)
+    client = redis_server.client()
+    # kept no longer than a sticky conversation (ROUTEGATE_STICKY_TTL_SECONDS, 1 h): volatile-ttl evicts the cache first
+    assert 0 < max(client.ttl(key) for key in client.scan_iter("*score:standin-*")) <= 3600
     hits = metric_sum(trio[1].metrics(), "routegate_score_cache_lookups_total", result="hit")
     second, _ = _ask(trio[1], "router-standin-0.5", prompt)
     assert second["x-routegate-score"] == first["x-routegate-score"]
