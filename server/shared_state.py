@@ -5,7 +5,8 @@ Every shared operation runs through ``SharedState.run`` with a short deadline
 (``ROUTEGATE_REDIS_TIMEOUT_MS``, connecting included). One that fails or times out is counted in
 ``routegate_shared_state_errors_total{op}`` and raises ``SharedStateUnavailable``: its caller then
 decides with in-process state. Redis is left alone for ``ROUTEGATE_REDIS_RETRY_SECONDS`` after a
-failure (so a dead Redis costs one timeout per interval, not one per request), then tried again;
+failure (so a dead Redis costs one timeout per interval, not one per request), then tried again
+by one operation while the others keep deciding in-process until it answers;
 ``routegate_shared_state_up`` says which state is deciding. Failures are logged at most once per
 ``LOG_INTERVAL`` seconds.
 """
@@ -88,8 +89,11 @@ class SharedState:
 
     async def run(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()``'s result; SharedStateUnavailable when Redis fails, is too slow or is resting."""
-        if self._clock() < self._resting_until:
+        now = self._clock()
+        if now < self._resting_until:
             raise SharedStateUnavailable(op, attempted=False)
+        if not self.up:  # the rest is over: this operation tries Redis, the others wait for its outcome
+            self._resting_until = now + self.timeout
         try:
             result = await asyncio.wait_for(call(), self.timeout)
         except (RedisError, OSError, TimeoutError) as error:
@@ -97,6 +101,7 @@ class SharedState:
             raise SharedStateUnavailable(op) from None
         if not self.up:
             self.up = True
+            self._resting_until = -math.inf
             metrics.SHARED_STATE_UP.set(1)
             if self._failure_logged:  # one message per logged failure: a flapping Redis logs once per interval
                 log.warning("shared state: Redis answers again; replicas share state again")

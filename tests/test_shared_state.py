@@ -471,3 +471,34 @@ async def test_a_replica_falling_back_from_redis_owes_nothing_for_the_shared_dec
     stall.join()
     await state.aclose()
     assert fallback.threshold == pytest.approx(0.70)  # 30 of the window's 100 scores at or above it; 0.0 with the debt
+
+
+async def test_after_a_rest_one_operation_tries_redis_while_the_others_decide_locally(redis_server: RedisServer) -> None:
+    """Redis unreachable without refusing (a partition): each retry interval costs one operation
+    a timeout, not every operation that starts while the trial waits."""
+    import asyncio
+
+    from server.shared_state import SharedState, SharedStateUnavailable
+
+    state = SharedState(redis_server.url, "trial:", 0.2, 0.3, 4)
+    tried = 0
+
+    async def unanswered() -> None:
+        nonlocal tried
+        tried += 1
+        await asyncio.sleep(5)
+
+    async def attempt() -> bool:
+        try:
+            await state.run("sticky_get", unanswered)
+        except SharedStateUnavailable as error:
+            return error.attempted
+        return True
+
+    assert await attempt() and tried == 1 and not state.up
+    await asyncio.sleep(0.35)  # past the rest
+    attempted = await asyncio.gather(*(attempt() for _ in range(10)))
+    assert tried == 2 and attempted.count(True) == 1
+    await asyncio.sleep(0.35)  # past the rest after the failed trial
+    assert await state.run("sticky_get", lambda: state.redis.ping()) is True and state.up  # once it answers, all use it
+    await state.aclose()
