@@ -300,6 +300,11 @@ class SharedTargets:
         it bounds the routes this replica serves and stands in while Redis fails."""
         return self.local.controller(router, target)
 
+    def _seeds(self, router: str) -> list[float]:
+        """Scores from ``router``'s calibration that fill a new route's window."""
+        calibration = read_calibration(self.local.checkpoint_dir / router / CALIBRATION_FILE)
+        return seed_scores(calibration, self.local.seed_count)
+
     def _keys(self, router: str, target: float) -> list[str]:
         assert self.state is not None
         route = "{" + f"{router}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
@@ -318,17 +323,19 @@ class SharedTargets:
         if self.state is None or self._decide is None:
             return TargetDecision(target, effective, controller.threshold(effective))
         route = (router, target)
-        seeds: list[float] = []
-        if route not in self._seeded:
-            calibration = read_calibration(self.local.checkpoint_dir / router / CALIBRATION_FILE)
-            seeds = seed_scores(calibration, self.local.seed_count)
+        seeds = [] if route in self._seeded else self._seeds(router)
         keys, window, gain = self._keys(router, target), self.local.window, 4.0 / self.local.feedback_horizon
         decide = self._decide
+
+        async def run(seeds: list[float]) -> tuple[str, str]:
+            args: list[str | int] = [repr(effective), window, repr(gain), ROUTE_TTL_MS, *map(repr, seeds)]
+            assert self.state is not None
+            return await self.state.run("target_decide", lambda: decide(keys=keys, args=args))
+
         try:
-            kind, value = await self.state.run(
-                "target_decide",
-                lambda: decide(keys=keys, args=[repr(effective), window, repr(gain), ROUTE_TTL_MS, *map(repr, seeds)]),
-            )
+            kind, value = await run(seeds)
+            if kind == "empty" and not seeds and (seeds := self._seeds(router)):
+                kind, value = await run(seeds)  # Redis lost the route without an error (a restart, a failover)
         except SharedStateUnavailable:
             if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
                 controller.forget_debt()

@@ -502,3 +502,25 @@ async def test_after_a_rest_one_operation_tries_redis_while_the_others_decide_lo
     await asyncio.sleep(0.35)  # past the rest after the failed trial
     assert await state.run("sticky_get", lambda: state.redis.ping()) is True and state.up  # once it answers, all use it
     await state.aclose()
+
+
+async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A restart without persistence or a failover to an empty replica raises nothing: the next
+    decision finds the window empty and fills it from the calibration again."""
+    import json
+
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    (tmp_path / "mf").mkdir()
+    table = {"0.0": 0.95, "0.1": 0.8, "0.3": 0.62, "0.5": 0.5, "0.9": 0.2, "1.0": 0.05}
+    (tmp_path / "mf" / "calibration.json").write_text(json.dumps({"router": "mf", "thresholds": table}))
+    state = SharedState(redis_server.url, "lost:", 2.0, 1.0, 4)
+    targets = SharedTargets(Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path), state)
+    assert (await targets.decide("mf", 0.3)).threshold == pytest.approx(0.62, abs=0.02)
+    client = redis_server.client()
+    client.delete(*client.keys("lost:*"))
+    assert (await targets.decide("mf", 0.3)).threshold == pytest.approx(0.62, abs=0.02)  # not 1 - 0.3 until scores come
+    assert client.zcard("lost:target:{mf:0.3}:scores") == 200
+    await state.aclose()
