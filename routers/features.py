@@ -25,7 +25,9 @@ FEATURE_NAMES = (
 )
 
 _MATH = set("+-*/=^<>()[]{}$\\%")
-_OPTION = re.compile(r"^\s*[A-D][.)]\s*(.*)$", re.MULTILINE)
+# spaces and tabs only: "\s" spans newlines, and from every line start of a run of blank lines it
+# scanned the whole run (quadratic time; no prompt of the data matches differently)
+_OPTION = re.compile(r"^[ \t]*[A-D][.)][ \t]*(.*)$", re.MULTILINE)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _SENTENCE = re.compile(r"[.!?](?:\s|$)")
 _CODE = re.compile(r"```|\bdef |\breturn\b|;\s*$|\bimport |#include|\bclass ", re.MULTILINE)

@@ -461,3 +461,14 @@ def test_mf_can_leave_format_failures_out_and_says_which_it_dropped(tmp_path: Pa
     assert manifest["format_failures"] == {"failure": [["algebra", "big"]]}
     assert manifest["comparisons"] == 50 * 3 + 50 * 3 + 50 * 1  # algebra compares only small and tiny
     assert manifest["neighbours"]["prompts"] == 150  # the scored pair's own outcomes stay in its neighbour table
+
+
+def test_a_prompt_of_blank_lines_is_featurised_without_hanging() -> None:
+    """A megabyte of whitespace lines (a prompt to ``routegate score``, or a gateway with a large
+    ROUTEGATE_MAX_ROUTER_CHARS): the answer-option search took hours, quadratic in the run."""
+    code = (
+        "from routers.features import FEATURE_NAMES, structural_features as f; "
+        "values = f('A. yes\\nB) no\\n' + '    \\n' * 250_000 + 'The end.'); print(values[FEATURE_NAMES.index('option_lines')])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "2.0", run.stderr
