@@ -186,6 +186,14 @@ def _select(path: Path, split: str) -> list[dict]:
     return records
 
 
+def _file_spelling(model: str, records: list[dict]) -> str:
+    """How the file spells ``model`` (``gpt-4o`` is ``gpt-4o-2024-05-13`` there); as given when unknown."""
+    from routers.model_names import match_model
+
+    known = {name for record in records for name in record.get("scores") or {}}
+    return model if model in known else match_model(model, known) or model
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -229,12 +237,14 @@ def _eval(args: argparse.Namespace) -> int:
     from routers.evaluation.metrics import PairQuality, apgr, cpt
     from routers.evaluation.plot import plot_routing_curves
 
-    records = pair_records(_select(args.data, args.split), args.strong, args.weak)
+    selected = _select(args.data, args.split)
+    strong, weak = (_file_spelling(name, selected) for name in (args.strong, args.weak))
+    records = pair_records(selected, strong, weak)
     if not records:
         raise SystemExit(f"routegate: no records in {args.data} score both {args.strong!r} and {args.weak!r}")
-    quality = PairQuality.of([r["scores"][args.strong] for r in records], [r["scores"][args.weak] for r in records])
+    quality = PairQuality.of([r["scores"][strong] for r in records], [r["scores"][weak] for r in records])
     prompts = [record["prompt"] for record in records]
-    print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {args.strong}, weak {args.weak}")
+    print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {strong}, weak {weak}")
     if args.score_as:
         print(f"  scored as the pair {args.score_as[0]} vs {args.score_as[1]}")
     print(
@@ -254,7 +264,7 @@ def _eval(args: argparse.Namespace) -> int:
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
     plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
-    plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {args.strong} vs {args.weak}")
+    plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {strong} vs {weak}")
     print(f"  plot: {plot}")
     return 0
 

@@ -193,6 +193,21 @@ def test_eval_of_a_pair_where_the_strong_model_does_not_lead_warns_and_reports_n
     assert row.split()[1:4] == ["nan", "nan", "nan"]
 
 
+def test_eval_finds_the_pair_under_the_files_spelling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "dated.jsonl"
+    outcomes = [(1.0, 0.0), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0)]
+    records = [
+        {"id": str(n), "prompt": "q" * (n + 1), "split": "dev", "scores": {"gpt-4o-2024-05-13": s, "gpt-4o-mini-2024-07-18": w}}
+        for n, (s, w) in enumerate(outcomes)
+    ]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    argv = ["eval", "--router", "random", "--data", str(data), "--strong", "gpt-4o", "--weak", "gpt-4o-mini"]
+    assert main([*argv, "--plot", str(tmp_path / "dated.png")]) == 0
+    report = capsys.readouterr().out
+    assert "4 prompts, strong gpt-4o-2024-05-13, weak gpt-4o-mini-2024-07-18" in report
+    assert "strong mean 0.7500  weak mean 0.2500" in report
+
+
 def test_causal_llm_trains_and_scores_on_a_tiny_random_lm(data_slice: Path, tmp_path: Path) -> None:
     base = tiny_causal_lm(tmp_path / "tiny-lm")
     checkpoints = tmp_path / "checkpoints"
