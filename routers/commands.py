@@ -209,9 +209,11 @@ def _score(args: argparse.Namespace) -> int:
     from routers.data import iter_records
 
     records = list(iter_records(args.input))
-    missing = [number for number, record in enumerate(records, 1) if "prompt" not in record or "id" not in record]
+    missing = [
+        number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str) or "id" not in record
+    ]
     if missing:
-        raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack 'id' or 'prompt'")
+        raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack an 'id' or a 'prompt' string")
     router = _load(args.router, args)
     scores = score_all(router, [record["prompt"] for record in records], args.batch_size, f"score {args.router}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import bisect
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,20 +46,37 @@ def licence_of(path: str | Path) -> str:
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:
-    """Yield the records of one ``.jsonl`` or ``.jsonl.gz`` file."""
+    """Yield the records of one ``.jsonl`` or ``.jsonl.gz`` file (``scores`` an empty object when
+    a record has none); RecordError for a file or a line that is not one."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                raise RecordError(f"{path}:{number}: not a JSON record ({error})") from None
-            if not isinstance(record, dict):
-                raise RecordError(f"{path}:{number}: not a JSON object")
-            yield record
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield _record(line, f"{path}:{number}")
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}:{number + 1}: not UTF-8 text (a gzip file must be named .gz)") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
+
+
+def _record(line: str, where: str) -> Record:
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        raise RecordError(f"{where}: not a JSON record ({error})") from None
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: not a JSON object")
+    scores = record.setdefault("scores", {})
+    if not isinstance(scores, dict) or not all(_is_score(value) for value in scores.values()):
+        raise RecordError(f"{where}: 'scores' must be an object of numbers from 0 to 1")
+    return record
+
+
+def _is_score(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def load_records(paths: Iterable[str | Path], split: str | None = None) -> list[Record]:

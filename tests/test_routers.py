@@ -387,6 +387,21 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
         ),
         (["score", "--input", "{data}", "--output", "{out}"], ['["a list"]'], ":1: not a JSON object"),
         (
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "a", "prompt": null}'],
+            "lack an 'id' or a 'prompt' string",
+        ),
+        (
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "a", "prompt": "x", "scores": null}'],
+            ":1: 'scores' must be an object of numbers",
+        ),
+        (
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "a", "prompt": "x"}', '{"id": "b", "prompt": "y", "scores": {"m": "high"}}'],
+            ":2: 'scores' must be an object of numbers",
+        ),
+        (
             ["calibrate", "--data", "{data}", "--split", "all", "--strong-fraction", "0.3"],
             ['{"id": "a"}'],
             "lack a 'prompt' string",
@@ -417,6 +432,50 @@ def test_bad_record_files_and_counts_are_named_not_a_traceback(
         timeout=120,
     )
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def _said(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``routegate argv`` says when it stops on its input (a one-line error, not a traceback)."""
+    capsys.readouterr()
+    try:
+        assert main(argv) == 2
+    except SystemExit as stop:
+        return str(stop)
+    return capsys.readouterr().err
+
+
+def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+
+    line = b'{"id": "a", "prompt": "x", "split": "dev", "scores": {"big": 1, "small": 0}}\n'
+    files = {
+        "latin1.jsonl": '{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"),
+        "packed.jsonl": gzip.compress(line),
+        "plain.jsonl.gz": line,
+        "cut.jsonl.gz": gzip.compress(line * 50)[:-12],
+    }
+    expected = {
+        "latin1.jsonl": "latin1.jsonl:1: not UTF-8 text",
+        "packed.jsonl": "packed.jsonl:1: not UTF-8 text",
+        "plain.jsonl.gz": "plain.jsonl.gz: not a whole gzip file",
+        "cut.jsonl.gz": "cut.jsonl.gz: not a whole gzip file",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        said = _said(
+            ["score", "--router", "random", "--input", str(tmp_path / name), "--output", str(tmp_path / "s.jsonl")], capsys
+        )
+        assert expected[name] in said, said
+    dev_only = tmp_path / "dev.jsonl"
+    dev_only.write_bytes(line)
+    out = str(tmp_path / "mf")
+    assert "no 'train' record" in _said(["train", "mf", "--data", str(dev_only), "--out", out], capsys)
+    (tmp_path / "feb").mkdir()
+    (tmp_path / "feb" / "dev.jsonl").write_bytes(line)
+    said = _said(["train", "mf", "--data", str(dev_only), str(tmp_path / "feb" / "dev.jsonl"), "--out", out], capsys)
+    assert "two data files have one name" in said
 
 
 def test_a_feature_constant_in_training_keeps_its_scale() -> None:

@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from routers.checkpoint import write_manifest
-from routers.data import Record, load_records
+from routers.data import Record, RecordError, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.format_failures import format_failures, without_format_failures
@@ -143,6 +143,8 @@ def build_training_set(
                 model_b.append(b)
                 target.append((1.0 + score_a - score_b) / 2.0)
                 weight.append(record_weight / len(candidates))
+    if not weight:
+        raise RecordError(f"no 'train' record of {sorted(records_by_file)} scores two models: nothing to learn")
     weights = np.asarray(weight, dtype=np.float32)
     return TrainingSet(
         prompts=prompts,
@@ -181,6 +183,10 @@ def run(args: argparse.Namespace) -> None:
     ``router.json`` into ``args.out``."""
     if args.neighbour_weight < 0:
         raise SystemExit("routegate train mf: --neighbour-weight must be 0 or more")
+    stems = [file_stem(path) for path in args.data]
+    if len(set(stems)) < len(stems):  # files are told apart (and --weight keyed) by their stem
+        twice = sorted({str(path) for path, stem in zip(args.data, stems, strict=True) if stems.count(stem) > 1})
+        raise SystemExit(f"routegate train mf: two data files have one name, rename one: {twice}")
     torch.manual_seed(args.seed)
     train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
     failures = {path: format_failures(records) if args.drop_format_failures else set() for path, records in train_records.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from routers.data import Record, load_records
+from routers.data import Record, RecordError, load_records
 from routers.model_names import normal_form, scores_by_model
 
 
@@ -72,7 +72,7 @@ def load_training_records(paths: list[str], split: str = "train", limit: int | N
             selected = [selected[index] for index in keep]
         records.extend(selected)
     if not records:
-        raise ValueError(f"no '{split}' records in {paths}")
+        raise RecordError(f"no '{split}' records in {[str(path) for path in paths]}")
     return records
 
 
