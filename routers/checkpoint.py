@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +38,40 @@ def training_command(router: str, argv: list[str]) -> Iterator[None]:
         yield
     finally:
         _TRAIN_COMMAND.reset(token)
+
+
+#: (staging folder, the folder it becomes) while a trainer writes into the staging folder
+_STAGED: ContextVar[tuple[Path, Path] | None] = ContextVar("routegate_staged_checkpoint", default=None)
+
+
+@contextmanager
+def staged_checkpoint(final: Path) -> Iterator[Path]:
+    """A new folder beside ``final`` for a trainer to write into (``final`` new, empty, or a
+    checkpoint: ``router.json``, or lookahead's ``config.json``). Once the trainer returns it
+    replaces ``final`` whole (an earlier checkpoint there goes, its calibration included: it
+    belonged to the old weights); a run that fails or is interrupted leaves ``final`` as it was."""
+    if final.is_dir() and any(final.iterdir()) and not any((final / name).is_file() for name in (MANIFEST, "config.json")):
+        raise CheckpointError(f"{final} holds files but no {MANIFEST}: train into a new folder or an earlier checkpoint's")
+    staging = final.parent / f".{final.name}.training-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    token = _STAGED.set((staging, final))
+    try:
+        yield staging
+        replaced = final.parent / f".{final.name}.replaced-{os.getpid()}"
+        if final.exists():
+            final.rename(replaced)
+        staging.rename(final)
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        _STAGED.reset(token)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def published_path(path: Path) -> Path:
+    """The folder ``path`` becomes once training ends (itself unless it is a staging folder)."""
+    staged = _STAGED.get()
+    return staged[1] if staged is not None and path == staged[0] else path
 
 
 def _command() -> str:

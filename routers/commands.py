@@ -165,13 +165,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def run_trainer(router: str, argv: list[str]) -> None:
     """Run ``routegate train ROUTER ARGV...``: the router's trainer with its own options."""
-    from routers.checkpoint import training_command
+    from routers.checkpoint import staged_checkpoint, training_command
 
     module = load_trainer(router)
     parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
     module.add_arguments(parser)
-    with training_command(router, argv):
-        module.run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    with training_command(router, argv), staged_checkpoint(args.out) as staging:
+        module.run(argparse.Namespace(**{**vars(args), "out": staging}))
 
 
 def _select(path: Path, split: str) -> list[dict]:

@@ -478,6 +478,30 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     assert "two data files have one name" in said
 
 
+def test_a_retrained_checkpoint_replaces_the_old_one_whole_and_a_failed_run_leaves_it(
+    data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from routers.checkpoint import staged_checkpoint
+
+    out = tmp_path / "sw_ranking"
+    train = ["train", "sw_ranking", "--data", str(data_slice), "--out", str(out)]
+    assert main(train) == 0
+    (out / "calibration.json").write_text('{"router": "sw_ranking", "thresholds": {"0.3": 0.9}}')  # the old weights'
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(RuntimeError), staged_checkpoint(out) as staging:  # a run that stops half-way
+        (staging / "neighbours.npz").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+    assert main(train) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["neighbours.npz", "router.json"]  # no stale calibration
+    assert json.loads((out / "router.json").read_text())["command"].endswith(f"--out {out}")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert "holds files but no router.json" in _said([*train[:-1], str(tmp_path / "notes")], capsys)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
 def test_a_feature_constant_in_training_keeps_its_scale() -> None:
     from routers.features import Standardizer
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from routers.bert.router import TRAINED, classify, load_classifier
-from routers.checkpoint import write_manifest
+from routers.checkpoint import published_path, write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
 from routers.feature_head import FEATURE_HEAD
 from routers.training.feature_head import fit_alone, untrained_head
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
         prompts=len(records),
         steps=step,
     )
-    print(f"bert: wrote {args.out}")
+    print(f"bert: wrote {published_path(args.out)}")
 
 
 def _top_forward(model: Any, states: list[torch.Tensor], first_trained: int, device: str) -> torch.Tensor:

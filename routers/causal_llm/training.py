@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
-from routers.checkpoint import write_manifest
+from routers.checkpoint import published_path, write_manifest
 from routers.data import Record
 from routers.embedding import resolve_device
 from routers.feature_head import FEATURE_HEAD, FeatureHead
@@ -141,4 +141,4 @@ def run(args: argparse.Namespace) -> None:
         hyperparameters={key: getattr(args, key) for key in ("epochs", "lr", "hidden_l2", "feature_l2", "limit", "seed")},
         prompts=len(records),
     )
-    print(f"causal_llm: wrote {args.out}")
+    print(f"causal_llm: wrote {published_path(args.out)}")

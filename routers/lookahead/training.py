@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
+from routers.checkpoint import published_path
 from routers.data import Record, licence_of, load_records
 from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
 from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, new_net, save_checkpoint
@@ -184,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_line(args: argparse.Namespace) -> str:
     """Every option of ``args`` spelled out, so the stored command reproduces the run."""
-    parts = ["--data", *(shlex.quote(str(path)) for path in args.data), "--out", shlex.quote(str(args.out))]
+    parts = ["--data", *(shlex.quote(str(path)) for path in args.data), "--out", shlex.quote(str(published_path(args.out)))]
     for name in (
         "steps",
         "batch_size",
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> Path:
         **{key: round(value, 4) for key, value in losses.items()},
     }
     save_checkpoint(net, config, args.out)
-    print(f"wrote {args.out} ({len(items)} prompts, {args.steps} steps, {config.training['wall_seconds']} s)")
+    print(f"wrote {published_path(args.out)} ({len(items)} prompts, {args.steps} steps, {config.training['wall_seconds']} s)")
     return args.out
 
 

@@ -40,14 +40,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from routers.checkpoint import write_manifest
+from routers.checkpoint import published_path, write_manifest
 from routers.data import Record, RecordError, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.format_failures import format_failures, without_format_failures
 from routers.mf.router import WEIGHTS, prompt_inputs
 from routers.model_names import DEFAULT_PAIR, normal_form, scores_by_model
-from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable
+from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,7 +262,6 @@ def run(args: argparse.Namespace) -> None:
         feature_std=standardize.std,
     )
     neighbours = {}
-    (args.out / TABLE).unlink(missing_ok=True)  # no stale table from an earlier run into the same folder
     if args.neighbour_weight > 0:
         table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device)
         table.save(args.out)
@@ -297,7 +296,7 @@ def run(args: argparse.Namespace) -> None:
         prompts=len(data.prompts),
         comparisons=len(data.target),
     )
-    print(f"mf: wrote {args.out}")
+    print(f"mf: wrote {published_path(args.out)}")
 
 
 class MFNet(nn.Module):

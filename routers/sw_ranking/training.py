@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from routers.checkpoint import write_manifest
+from routers.checkpoint import published_path, write_manifest
 from routers.features import FEATURE_NAMES
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
 from routers.training.pairwise import add_training_data_arguments, load_training_records
@@ -43,4 +43,4 @@ def run(args: argparse.Namespace) -> None:
         limit=args.limit,
         prompts=len(table.vectors),  # rows: distinct prompts per file
     )
-    print(f"sw_ranking: wrote {args.out}")
+    print(f"sw_ranking: wrote {published_path(args.out)}")
