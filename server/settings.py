@@ -29,6 +29,17 @@ CONFIG_ENV = "ROUTEGATE_CONFIG"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
+PLACEHOLDER = "replace-me"  # the example Secret's values (deploy/kubernetes/secret.yaml) all hold it
+
+
+def not_placeholder(value: list[SecretStr] | SecretStr | None) -> list[SecretStr] | SecretStr | None:
+    """``value``, unless a secret in it is still one of the example Secret's placeholders."""
+    secrets = value if isinstance(value, list) else [value] if value is not None else []
+    if any(PLACEHOLDER in secret.get_secret_value() for secret in secrets):
+        raise ValueError(f"still holds the example Secret's '{PLACEHOLDER}-...' placeholder: put your own value in the Secret")
+    return value
+
+
 class UpstreamSettings(BaseModel):
     """One OpenAI-compatible upstream (the strong or the weak tier)."""
 
@@ -39,6 +50,8 @@ class UpstreamSettings(BaseModel):
     model: str = Field(description="model name sent upstream")
     input_price: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     output_price: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+
+    _real_key = field_validator("api_key")(not_placeholder)
 
     @field_validator("base_url")
     @classmethod
@@ -259,6 +272,8 @@ class Settings(BaseSettings):
     )
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
+
+    _real_secrets = field_validator("api_keys", "override_keys", "metrics_key", "redis_url", "feedback_db")(not_placeholder)
 
     @field_validator("feedback_db")
     @classmethod
