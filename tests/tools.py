@@ -21,6 +21,7 @@ INSTALL_HINTS = {
     "promtool": "apt-get install prometheus (`make test` does it as root)",
     "prometheus": "apt-get install prometheus (`make test` does it as root)",
     "redis-server": "apt-get install redis-server (`make test` does it as root)",
+    "nginx": "apt-get install nginx (`make test` does it as root)",
     "checkov": "make checkov (a venv of its own in .venv-checkov)",
 }
 OWN_VENVS = [Path(__file__).resolve().parent.parent / ".venv-checkov" / "bin"]
