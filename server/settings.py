@@ -160,10 +160,14 @@ class Settings(BaseSettings):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default threshold (model `auto`)")
     aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
     router_strong_model: str | None = Field(
-        None, description="model the router scores as strong (default: the strong upstream's model when the router knows it)"
+        None,
+        description="model the router scores as strong (default: the strong upstream's model when the router knows it); "
+        "with `ROUTEGATE_MODELS`: each entry's `router_model`",
     )
     router_weak_model: str | None = Field(
-        None, description="model the router scores as weak (default: the weak upstream's model when the router knows it)"
+        None,
+        description="model the router scores as weak (default: the weak upstream's model when the router knows it); "
+        "with `ROUTEGATE_MODELS`: each entry's `router_model`",
     )
     checkpoint_dir: Path | None = Field(None, description="where routers load their checkpoints; unset: the shipped ones")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="router device; `auto`: cuda when present")
@@ -315,6 +319,11 @@ class Settings(BaseSettings):
         """``ROUTEGATE_MODELS`` replaces the strong/weak pair; setting both is a mistake."""
         if isinstance(data, dict) and data.get("models") and {"strong", "weak"} & data.keys():
             raise ValueError("set either ROUTEGATE_MODELS or ROUTEGATE_STRONG__* / ROUTEGATE_WEAK__*, not both")
+        if isinstance(data, dict) and data.get("models") and {"router_strong_model", "router_weak_model"} & data.keys():
+            raise ValueError(
+                "ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL name the two tiers' models: "
+                "with ROUTEGATE_MODELS give an entry's router_model instead"
+            )
         return data
 
     @model_validator(mode="after")

@@ -381,6 +381,8 @@ def test_models_and_tiers_are_exclusive(monkeypatch):  # type: ignore[no-untyped
 
     with pytest.raises(SettingsError, match="either ROUTEGATE_MODELS or ROUTEGATE_STRONG"):
         _settings(monkeypatch, MODELS=THREE, STRONG__MODEL="gpt-4o")
+    with pytest.raises(SettingsError, match="with ROUTEGATE_MODELS give an entry's router_model"):  # it would be ignored
+        _settings(monkeypatch, MODELS=THREE, ROUTER_WEAK_MODEL="gpt-4o-mini-2024-07-18")
 
 
 @pytest.mark.usefixtures("_private_cache")
