@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from routers.calibration import CALIBRATION_FILE
 from routers.data import licence_of
 
 MANIFEST = "router.json"
@@ -44,32 +45,43 @@ def training_command(router: str, argv: list[str]) -> Iterator[None]:
 _STAGED: ContextVar[tuple[Path, Path] | None] = ContextVar("routegate_staged_checkpoint", default=None)
 
 
+#: files that say a folder holds a checkpoint: loaders refuse a folder without them
+MANIFESTS = (MANIFEST, "config.json")  # lookahead's is config.json
+STAGING_PREFIX = ".training-"
+
+
 @contextmanager
 def staged_checkpoint(final: Path) -> Iterator[Path]:
-    """A new folder beside ``final`` for a trainer to write into (``final`` new, empty, or a
-    checkpoint: ``router.json``, or lookahead's ``config.json``). Once the trainer returns it
-    replaces ``final`` whole (an earlier checkpoint there goes, its calibration included: it
-    belonged to the old weights); a run that fails or is interrupted leaves ``final`` as it was."""
-    if final.is_dir() and any(final.iterdir()) and not any((final / name).is_file() for name in (MANIFEST, "config.json")):
-        raise CheckpointError(f"{final} holds files but no {MANIFEST}: train into a new folder or an earlier checkpoint's")
-    staging = final.parent / f".{final.name}.training-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """A new folder inside ``final`` for a trainer to write into. Once the trainer returns, its
+    files take their places in ``final``: the old manifest goes first and the new one comes last,
+    so a folder caught half-way has none and is refused, never mis-scored; the old
+    ``calibration.json`` goes too (it belonged to the old weights). Other files stay. A run that
+    fails or is interrupted leaves ``final`` as it was (a killed run's staging folder goes at the next)."""
+    final.mkdir(parents=True, exist_ok=True)
+    for stale in final.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = final / f"{STAGING_PREFIX}{os.getpid()}"
+    staging.mkdir()
     token = _STAGED.set((staging, final))
     try:
         yield staging
-        replaced = final.parent / f".{final.name}.replaced-{os.getpid()}"
-        if final.exists():
-            final.rename(replaced)
-        staging.rename(final)
-        shutil.rmtree(replaced, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         _STAGED.reset(token)
-        shutil.rmtree(staging, ignore_errors=True)
+    for name in (*(name for name in MANIFESTS if (staging / name).exists()), CALIBRATION_FILE):
+        (final / name).unlink(missing_ok=True)
+    made = sorted(staging.iterdir(), key=lambda path: path.name in MANIFESTS)  # manifests last
+    for path in made:
+        if (final / path.name).is_dir():
+            shutil.rmtree(final / path.name)
+        os.replace(path, final / path.name)
+    staging.rmdir()
 
 
 def published_path(path: Path) -> Path:
-    """The folder ``path`` becomes once training ends (itself unless it is a staging folder)."""
+    """The folder whose files ``path``'s become once training ends (itself unless it is a staging folder)."""
     staged = _STAGED.get()
     return staged[1] if staged is not None and path == staged[0] else path
 

@@ -175,10 +175,10 @@ def run_trainer(router: str, argv: list[str]) -> None:
         module.run(argparse.Namespace(**{**vars(args), "out": staging}))
 
 
-def _select(path: Path, split: str) -> list[dict]:
+def _select(path: Path, split: str, scores: bool = True) -> list[dict]:
     from routers.data import load_records
 
-    records = load_records([path], None if split == "all" else split)
+    records = load_records([path], None if split == "all" else split, scores)
     if not records:
         raise SystemExit(f"routegate: no '{split}' records in {path}")
     missing = [number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str)]
@@ -209,7 +209,7 @@ def positive_int(text: str) -> int:
 def _score(args: argparse.Namespace) -> int:
     from routers.data import iter_records
 
-    records = list(iter_records(args.input))
+    records = list(iter_records(args.input, scores=False))
     missing = [
         number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str) or "id" not in record
     ]
@@ -323,7 +323,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
     prompts = []
     for path in args.data:
-        selected = [record["prompt"] for record in _select(path, args.split)]
+        selected = [record["prompt"] for record in _select(path, args.split, scores=False)]
         if args.per_file is not None and len(selected) > args.per_file:
             selected = random.Random(0).sample(selected, args.per_file)
         prompts += selected

@@ -45,9 +45,10 @@ def licence_of(path: str | Path) -> str:
     return next((licence for prefix, licence in DATA_LICENCES.items() if name.startswith(prefix)), "your own data")
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
+def iter_records(path: str | Path, scores: bool = True) -> Iterator[Record]:
     """Yield the records of one ``.jsonl`` or ``.jsonl.gz`` file (``scores`` an empty object when
-    a record has none); RecordError for a file or a line that is not one."""
+    a record has none); RecordError for a file or a line that is not one, or, unless ``scores`` is
+    False (a command that reads prompts only), whose scores are not numbers from 0 to 1."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     number = 0
@@ -55,22 +56,24 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         with opener(path, "rt", encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
-                    yield _record(line, f"{path}:{number}")
+                    yield _record(line, f"{path}:{number}", scores)
     except UnicodeDecodeError:
         raise RecordError(f"{path}:{number + 1}: not UTF-8 text (a gzip file must be named .gz)") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
 
 
-def _record(line: str, where: str) -> Record:
+def _record(line: str, where: str, check_scores: bool) -> Record:
     try:
         record = json.loads(line)
     except ValueError as error:
         raise RecordError(f"{where}: not a JSON record ({error})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a JSON object")
-    scores = record.setdefault("scores", {})
-    if not isinstance(scores, dict) or not all(_is_score(value) for value in scores.values()):
+    if record.get("scores") is None:
+        record["scores"] = {}
+    scores = record["scores"]
+    if check_scores and (not isinstance(scores, dict) or not all(_is_score(value) for value in scores.values())):
         raise RecordError(f"{where}: 'scores' must be an object of numbers from 0 to 1")
     return record
 
@@ -79,9 +82,9 @@ def _is_score(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def load_records(paths: Iterable[str | Path], split: str | None = None) -> list[Record]:
-    """All records of ``paths``, only those of ``split`` when it is given."""
-    return [record for path in paths for record in iter_records(path) if split is None or record.get("split") == split]
+def load_records(paths: Iterable[str | Path], split: str | None = None, scores: bool = True) -> list[Record]:
+    """All records of ``paths``, only those of ``split`` when it is given (``scores``: as ``iter_records``)."""
+    return [record for path in paths for record in iter_records(path, scores) if split is None or record.get("split") == split]
 
 
 def normal_text(prompt: str) -> str:

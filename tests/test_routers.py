@@ -392,14 +392,14 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
             "lack an 'id' or a 'prompt' string",
         ),
         (
-            ["score", "--input", "{data}", "--output", "{out}"],
-            ['{"id": "a", "prompt": "x", "scores": null}'],
-            ":1: 'scores' must be an object of numbers",
+            ["eval", "--data", "{data}", "--split", "all", "--strong", "m", "--weak", "n", "--plot", "{out}.png"],
+            ['{"id": "a", "prompt": "x", "scores": {"m": 1, "n": 0}}', '{"id": "b", "prompt": "y", "scores": {"m": "high"}}'],
+            ":2: 'scores' must be an object of numbers",
         ),
         (
-            ["score", "--input", "{data}", "--output", "{out}"],
-            ['{"id": "a", "prompt": "x"}', '{"id": "b", "prompt": "y", "scores": {"m": "high"}}'],
-            ":2: 'scores' must be an object of numbers",
+            ["eval", "--data", "{data}", "--split", "all", "--strong", "m", "--weak", "n", "--plot", "{out}.png"],
+            ['{"id": "a", "prompt": "x", "scores": {"m": 7, "n": 0}}'],
+            ":1: 'scores' must be an object of numbers from 0 to 1",
         ),
         (
             ["calibrate", "--data", "{data}", "--split", "all", "--strong-fraction", "0.3"],
@@ -476,10 +476,14 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     (tmp_path / "feb" / "dev.jsonl").write_bytes(line)
     said = _said(["train", "mf", "--data", str(dev_only), str(tmp_path / "feb" / "dev.jsonl"), "--out", out], capsys)
     assert "two data files have one name" in said
+    prompt_log = tmp_path / "log.jsonl"  # scores that are not 0-1 outcomes: score and calibrate read prompts only
+    prompt_log.write_text('{"id": "a", "prompt": "x", "scores": null}\n{"id": "b", "prompt": "y", "scores": {"stars": 7}}\n')
+    assert main(["score", "--router", "random", "--input", str(prompt_log), "--output", str(tmp_path / "s.jsonl")]) == 0
+    assert main(["calibrate", "--router", "random", "--data", str(prompt_log), "--split", "all", "--strong-fraction", "0.5"]) == 0
 
 
-def test_a_retrained_checkpoint_replaces_the_old_one_whole_and_a_failed_run_leaves_it(
-    data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_retrained_checkpoint_takes_the_old_ones_place_and_a_failed_run_leaves_it(
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from routers.checkpoint import staged_checkpoint
 
@@ -487,19 +491,19 @@ def test_a_retrained_checkpoint_replaces_the_old_one_whole_and_a_failed_run_leav
     train = ["train", "sw_ranking", "--data", str(data_slice), "--out", str(out)]
     assert main(train) == 0
     (out / "calibration.json").write_text('{"router": "sw_ranking", "thresholds": {"0.3": 0.9}}')  # the old weights'
+    (out / "NOTES.md").write_text("mine")
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     with pytest.raises(RuntimeError), staged_checkpoint(out) as staging:  # a run that stops half-way
         (staging / "neighbours.npz").write_bytes(b"half")
         raise RuntimeError("interrupted")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
-    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+    (out / ".training-999999").mkdir()  # what a killed run leaves
     assert main(train) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["neighbours.npz", "router.json"]  # no stale calibration
+    assert sorted(path.name for path in out.iterdir()) == ["NOTES.md", "neighbours.npz", "router.json"]  # no stale calibration
     assert json.loads((out / "router.json").read_text())["command"].endswith(f"--out {out}")
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "todo.txt").write_text("mine")
-    assert "holds files but no router.json" in _said([*train[:-1], str(tmp_path / "notes")], capsys)
-    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    assert load_router("sw_ranking", RouterOptions(checkpoint_dir=tmp_path, device="cpu")).score(["What is 2 + 2?"])
+    monkeypatch.chdir(out)  # the folder itself, as "."
+    assert main([*train[:-1], "."]) == 0 and (out / "router.json").is_file() and (out / "NOTES.md").read_text() == "mine"
 
 
 def test_a_feature_constant_in_training_keeps_its_scale() -> None:
