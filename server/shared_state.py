@@ -92,14 +92,15 @@ class SharedState:
         now = self._clock()
         if now < self._resting_until:
             raise SharedStateUnavailable(op, attempted=False)
-        if not self.up:  # the rest is over: this operation tries Redis, the others wait for its outcome
+        trial = not self.up  # the rest is over: this operation tries Redis, the others wait for its outcome
+        if trial:
             self._resting_until = now + self.timeout
         try:
             result = await asyncio.wait_for(call(), self.timeout)
         except (RedisError, OSError, TimeoutError) as error:
             self._failed(op, error)
             raise SharedStateUnavailable(op) from None
-        if not self.up:
+        if trial and not self.up:  # only the trial's answer ends a rest: one begun before the failure says nothing
             self.up = True
             self._resting_until = -math.inf
             metrics.SHARED_STATE_UP.set(1)

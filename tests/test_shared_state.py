@@ -497,6 +497,7 @@ async def test_after_a_rest_one_operation_tries_redis_while_the_others_decide_lo
 
     assert await attempt() and tried == 1 and not state.up
     await asyncio.sleep(0.35)  # past the rest
+
     attempted = await asyncio.gather(*(attempt() for _ in range(10)))
     assert tried == 2 and attempted.count(True) == 1
     await asyncio.sleep(0.35)  # past the rest after the failed trial
@@ -523,4 +524,29 @@ async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server:
     client.delete(*client.keys("lost:*"))
     assert (await targets.decide("mf", 0.3)).threshold == pytest.approx(0.62, abs=0.02)  # not 1 - 0.3 until scores come
     assert client.zcard("lost:target:{mf:0.3}:scores") == 200
+    await state.aclose()
+
+
+async def test_an_answer_begun_before_a_failure_does_not_end_its_rest(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from server.shared_state import SharedState, SharedStateUnavailable
+
+    state = SharedState(redis_server.url, "late:", 0.2, 0.5, 4)
+
+    async def answered_late() -> str:
+        await asyncio.sleep(0.1)
+        return "late"
+
+    async def refused() -> None:
+        raise redis.exceptions.ConnectionError("refused")
+
+    late = asyncio.create_task(state.run("sticky_get", answered_late))
+    await asyncio.sleep(0.02)
+    with pytest.raises(SharedStateUnavailable):
+        await state.run("sticky_set", refused)  # Redis fails: a rest of 0.5 s begins
+    assert await late == "late" and not state.up
+    with pytest.raises(SharedStateUnavailable) as skipped:
+        await state.run("sticky_get", lambda: state.redis.ping())
+    assert skipped.value.attempted is False  # still resting
     await state.aclose()
