@@ -118,7 +118,7 @@ class Recorder:
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""
-        strong = decision.tier == self.ladder.best
+        strong = self.ladder.best in (decision.tier, decision.chosen)  # the strong tier answered, or was chosen and failed
         if decision.threshold is not None and decision.target is None:  # a target route's has a gauge of its own
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from server.shared_state import SharedState, SharedStateUnavailable
 
-SCORE_TTL_S = 3_600  # no longer than a sticky conversation's default: under volatile-ttl a cache must go first
+SCORE_TTL_S = 3_600  # as a sticky conversation's default idle time: under volatile-ttl a day-long cache outlived them all
 
 
 def scorer_identity(router: str, pair: tuple[str, ...], checkpoint: Path) -> str:

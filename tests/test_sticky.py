@@ -139,3 +139,12 @@ def test_with_client_keys_each_client_has_its_own_conversations(strong: FakeUpst
         assert tier(alice, ALWAYS_STRONG, first) == ("strong", "score")
         assert tier(bob, ALWAYS_WEAK, follow_up) == ("weak", "score")  # the same messages, Bob's
         assert tier(alice, ALWAYS_WEAK, follow_up) == ("strong", "sticky")
+
+
+def test_a_conversation_routed_strong_stays_strong_though_a_fallback_answered(sticky_proxy: Proxy, strong, weak) -> None:
+    strong.behaviour.fail_statuses = [500] * 5  # every try at the strong tier fails: weak answers
+    headers, _ = _ask(sticky_proxy, ALWAYS_STRONG, [{"role": "user", "content": "Hard one"}], conversation_id="fell-back")
+    strong.behaviour.fail_statuses = []
+    assert (headers["x-routegate-tier"], headers["x-routegate-fallback"]) == ("weak", "strong->weak:http_5xx")
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "Next"}], conversation_id="fell-back")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
