@@ -32,8 +32,15 @@ def test_among_several_models_the_entry_without_a_key_is_warned_about(monkeypatc
     for name in ("OPENAI_API_KEY", "ROUTEGATE_STRONG__API_KEY", "ROUTEGATE_WEAK__API_KEY"):
         monkeypatch.delenv(name, raising=False)
     entries = [
-        {"name": "small", "model": "small-model", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-small-0123456789"},
-        {"name": "big", "model": "big-model", "base_url": "http://127.0.0.1:9/v1", "input_price": 5},
+        {
+            "name": "small",
+            "model": "small-model",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key": "sk-small-0123456789",
+            "input_price": 0.1,
+            "output_price": 0.4,
+        },
+        {"name": "big", "model": "big-model", "base_url": "http://127.0.0.1:9/v1", "input_price": 5, "output_price": 15},
     ]
     warnings = missing_key_warnings(load_settings(models=entries))
     assert len(warnings) == 1  # not the unused strong and weak tiers
