@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from typing import Any
 
@@ -83,7 +84,9 @@ def _too_large(limit: int) -> APIError:
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
     try:
-        payload = json.loads(body.decode("utf-8-sig"), parse_constant=_refuse_constant)  # bytes would pass surrogates
+        payload = json.loads(  # a str: bytes would pass encoded surrogates
+            body.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
         if _SURROGATE_ESCAPE.search(body):
             json.dumps(payload, ensure_ascii=False).encode()  # raises on a lone surrogate
     except (ValueError, RecursionError):
@@ -138,6 +141,15 @@ def _has_type(value: object, types: tuple[type, ...]) -> bool:
 def _refuse_constant(name: str) -> float:
     """NaN and Infinity are not JSON; Python's parser would accept them."""
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; ValueError for one too large to be finite (``1e999``), which
+    would be sent upstream as ``Infinity``, not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:32]}")
+    return value
 
 
 def _check_tools(tools: object) -> None:

@@ -64,6 +64,10 @@ def wrong_value(accepted: tuple[type, ...]) -> object:
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "hi \xed\xa0\x80"}]}', "invalid_json"),
         (b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "invalid_json"),
         (
+            b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 1e999}}',
+            "invalid_json",
+        ),
+        (
             b'{"model": "router-random-0", "messages": [{"role": "user", "content": "x"}], "seed": 1' + b"0" * 5000 + b"}",
             "invalid_json",
         ),
@@ -80,6 +84,7 @@ def wrong_value(accepted: tuple[type, ...]) -> object:
         "lone-surrogate",
         "lone-surrogate-bytes",
         "nan",
+        "overflowing-number",
         "huge-int",
         "deep-nesting",
         "array",
