@@ -14,8 +14,9 @@ two-tier controller's feedback does. Until prompts arrive the threshold is ``1 -
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -89,6 +90,7 @@ class CostTargets:
         prices: Sequence[tuple[float, float]],
         max_routes: int,
         pinned: Iterable[RouteKey] = (),
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.window = window
         self.feedback_horizon = feedback_horizon
@@ -97,17 +99,20 @@ class CostTargets:
         self.max_routes = max_routes
         self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, CostShareController] = {}
+        self._used: dict[RouteKey, float] = {}
+        self._clock = clock
         self._tokens = [1.0, 1.0]  # prompt and completion tokens answered (a prior of one each)
         self._answers = 1
 
     def controller(self, router: str, target: float) -> CostShareController:
         """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``max_routes``
-        routes besides the pinned ones are live."""
-        key = (router, target)
+        routes besides the pinned ones are live and in use (``make_room``)."""
+        key, now = (router, target), self._clock()
         controller = self._controllers.get(key)
         if controller is None:
-            make_room(self._controllers, key, self.pinned, self.max_routes)
+            make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
             controller = self._controllers[key] = CostShareController(self.window, self.feedback_horizon, self.best)
+        self._used[key] = now
         return controller
 
     def unit_costs(self) -> list[float]:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from routers.calibration import CALIBRATION_FILE, read_calibration
 
@@ -198,11 +199,30 @@ class TooManyRoutes(Exception):
 RouteKey = tuple[str, float]  # (router, target share)
 
 
-def make_room(live: Iterable[RouteKey], key: RouteKey, pinned: frozenset[RouteKey], max_routes: int) -> None:
-    """Raise TooManyRoutes when new route ``key`` would pass ``max_routes`` routes that clients
-    opened; the ``pinned`` routes (those /v1/models lists) do not count and are never refused."""
-    if key not in pinned and sum(1 for route in live if route not in pinned) >= max_routes:
+ROUTE_IDLE_SECONDS = 600.0  # a route clients opened that has had no request this long gives its place up
+
+
+def make_room(
+    live: dict[RouteKey, Any],
+    used: dict[RouteKey, float],
+    key: RouteKey,
+    pinned: frozenset[RouteKey],
+    max_routes: int,
+    now: float,
+) -> None:
+    """Make room for new route ``key`` among the ``max_routes`` routes that clients opened (the
+    ``pinned`` ones, those /v1/models lists, do not count and are never refused): the least
+    recently ``used`` goes when it has been idle ``ROUTE_IDLE_SECONDS``, else TooManyRoutes."""
+    if key in pinned:
+        return
+    opened = [route for route in live if route not in pinned]
+    if len(opened) < max_routes:
+        return
+    oldest = min(opened, key=lambda route: used.get(route, -math.inf))
+    if now - used.get(oldest, -math.inf) < ROUTE_IDLE_SECONDS:
         raise TooManyRoutes(f"{max_routes} target routes are live")
+    del live[oldest]
+    used.pop(oldest, None)
 
 
 class Targets:
@@ -218,10 +238,13 @@ class Targets:
         seed_count: int = 200,
         max_routes: int = 32,
         pinned: Iterable[RouteKey] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
         self.feedback_horizon = feedback_horizon
         self.checkpoint_dir = checkpoint_dir
+        self._clock = clock
+        self._used: dict[RouteKey, float] = {}
         self.budget = budget
         self.seed_count = min(seed_count, window)
         self.max_routes = max_routes
@@ -231,13 +254,14 @@ class Targets:
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
         TooManyRoutes when it is new and ``max_routes`` routes besides the pinned ones are live."""
-        key = (router, target)
+        key, now = (router, target), self._clock()
         controller = self._controllers.get(key)
         if controller is None:
-            make_room(self._controllers, key, self.pinned, self.max_routes)
+            make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
             calibration = read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE)
             controller = ShareController(self.window, self.feedback_horizon, seed_scores(calibration, self.seed_count))
             self._controllers[key] = controller
+        self._used[key] = now
         return controller
 
     def effective_target(self, target: float) -> float:

@@ -136,3 +136,29 @@ def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUps
                 break
             time.sleep(0.2)
     assert abs(remaining - (1.0 - strong_cost)) < 1e-9
+
+
+def test_a_route_idle_for_ten_minutes_gives_its_place_to_a_new_one(tmp_path: Path) -> None:
+    """One client opening every route it may does not close target routes to the others for good:
+    the least recently used route that has been idle ten minutes goes; a busy table still refuses."""
+    from server.cost_targets import CostTargets
+    from server.targets import ROUTE_IDLE_SECONDS, TooManyRoutes
+
+    now = [0.0]
+    listed = [("mf", 0.3)]
+    tables = [
+        Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path, max_routes=2, pinned=listed, clock=lambda: now[0]),
+        CostTargets(50, 50, best=1, prices=[(0.1, 0.4), (2.5, 10.0)], max_routes=2, pinned=listed, clock=lambda: now[0]),
+    ]
+    for table in tables:
+        now[0] = 0.0
+        table.controller("mf", 0.1)
+        table.controller("mf", 0.2)
+        now[0] = ROUTE_IDLE_SECONDS - 1
+        table.controller("mf", 0.2)  # in use
+        with pytest.raises(TooManyRoutes):
+            table.controller("mf", 0.5)  # both were used less than ten minutes ago
+        table.controller("mf", 0.3)  # a listed route is always served
+        now[0] = ROUTE_IDLE_SECONDS + 1
+        table.controller("mf", 0.5)  # 0.1 has been idle ten minutes: it goes
+        assert set(table._controllers) == {("mf", 0.2), ("mf", 0.3), ("mf", 0.5)}
