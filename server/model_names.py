@@ -11,6 +11,7 @@ from server.ladder import Ladder
 from server.settings import Settings
 
 ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)$")
+THRESHOLD = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$")  # ASCII digits, no sign, exponent or spaces: float() takes more
 DEFAULT_ALIAS = "auto"
 
 
@@ -32,7 +33,7 @@ class ModelNames:
         self.routers = routers  # the routers clients may name (ROUTEGATE_ROUTERS)
         self.target_share = settings.target_share
         self.threshold = settings.threshold
-        self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{settings.threshold}", **settings.aliases}
+        self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{format_threshold(settings.threshold)}", **settings.aliases}
         #: listed upstream names: the two tiers' models, or each ROUTEGATE_MODELS entry's name
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
         #: also accepted: an entry's upstream model (the first entry with it)
@@ -74,10 +75,7 @@ class ModelNames:
             )
         if match["threshold"].endswith("%"):
             return Target(router=router, target=_parse_percent(match["threshold"], param))
-        try:
-            threshold = float(match["threshold"])
-        except ValueError:
-            threshold = float("nan")
+        threshold = float(match["threshold"]) if THRESHOLD.match(match["threshold"]) else float("nan")
         if not 0.0 <= threshold <= 1.0:
             raise bad_request(
                 f"Threshold '{match['threshold'][:32]}' must be a number in [0, 1].", param=param, code="invalid_threshold"
@@ -86,9 +84,16 @@ class ModelNames:
 
     def listed(self) -> list[str]:
         """Every name a client may send: aliases, one router model per router, upstream models."""
-        router_models = [f"router-{router}-{self.threshold}" for router in self.routers]  # auto's may be a target
+        router_models = [
+            f"router-{router}-{format_threshold(self.threshold)}" for router in self.routers
+        ]  # auto's may be a target
         target_models = [f"router-{router}-{format_percent(self.target_share)}" for router in self.routers]
         return [*self.aliases, *router_models, *target_models, *self.upstream_models]
+
+
+def format_threshold(threshold: float) -> str:
+    """A threshold as a model string writes it: plain digits, never an exponent (5e-05 -> ``0.00005``)."""
+    return f"{threshold:.12f}".rstrip("0").rstrip(".") if threshold else "0"
 
 
 def format_percent(share: float) -> str:

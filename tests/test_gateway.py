@@ -338,6 +338,12 @@ def error_of(response: httpx.Response) -> dict:
         ),
         (b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream", "invalid_type"),
         (b'{"model": "router-random-1.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_threshold"),
+        (b'{"model": "router-random-1e0", "messages": [{"role": "user", "content": "hi"}]}', "model", "invalid_threshold"),
+        (
+            '{"model": "router-random-\u0660.\u0665", "messages": [{"role": "user", "content": "hi"}]}'.encode(),
+            "model",
+            "invalid_threshold",
+        ),
         (b'{"model": "router-nosuch-0.5", "messages": [{"role": "user", "content": "hi"}]}', "model", "unknown_router"),
     ],
 )

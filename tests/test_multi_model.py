@@ -432,3 +432,13 @@ def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys
     logits = router.logits([record["prompt"] for record in dev], [router.candidates.index(model) for model in models])
     quality = np.array([[record["scores"][model] for model in models] for record in dev])
     assert float(_table_row(report, "lookahead")[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), quality), abs=1e-3)
+
+
+def test_a_small_default_threshold_makes_a_model_name_that_resolves(monkeypatch):  # type: ignore[no-untyped-def]
+    from server.ladder import Ladder
+    from server.model_names import ModelNames
+
+    settings = _settings(monkeypatch, THRESHOLD="0.00005")
+    names = ModelNames(settings, ["mf"], Ladder.from_settings(settings))
+    assert names.aliases["auto"] == "router-mf-0.00005"  # not router-mf-5e-05, which no route parses
+    assert names.resolve("auto").threshold == 0.00005 and "router-mf-0.00005" in names.listed()
