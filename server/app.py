@@ -49,7 +49,8 @@ class Gateway:
         checkpoint_dir = settings.checkpoint_dir or CHECKPOINT_ROOT
         self.routers = allowed_routers(settings, installed_routers(checkpoint_dir), checkpoint_dir)
         self.ladder = Ladder.from_settings(settings)
-        self.names = ModelNames(settings, self.routers, self.ladder)
+        usable = self.routers if self.ladder.pair else [name for name in self.routers if name in multi_model_routers()]
+        self.names = ModelNames(settings, self.routers, self.ladder, listed_routers=usable)
         metrics.initialise(
             self.routers,
             {entry.name: entry.model for entry in self.ladder.entries},
@@ -58,9 +59,14 @@ class Gateway:
         )
         for alias in self.names.aliases:
             try:
-                self.names.resolve(alias)
+                route = self.names.resolve(alias)
             except APIError as error:
                 raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
+            if alias in settings.aliases and route.router not in (None, *usable):  # auto's is ROUTEGATE_ROUTER's check
+                raise SettingsError(
+                    f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
+                    f"strong/weak pair; routing among the models of ROUTEGATE_MODELS needs one of {usable}"
+                )
         strong, weak = self.ladder.entry(self.ladder.best), self.ladder.entry(self.ladder.cheapest)
         options = RouterOptions(
             checkpoint_dir=checkpoint_dir,

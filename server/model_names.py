@@ -29,8 +29,10 @@ class Target:
 class ModelNames:
     """Resolves ``model`` strings against the settings and the known routers."""
 
-    def __init__(self, settings: Settings, routers: list[str], ladder: Ladder) -> None:
+    def __init__(self, settings: Settings, routers: list[str], ladder: Ladder, listed_routers: list[str] | None = None) -> None:
         self.routers = routers  # the routers clients may name (ROUTEGATE_ROUTERS)
+        #: those whose routes /v1/models lists: among several models, the routers that score each model
+        self.listed_routers = routers if listed_routers is None else listed_routers
         self.target_share = settings.target_share
         self.threshold = settings.threshold
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{format_threshold(settings.threshold)}", **settings.aliases}
@@ -84,10 +86,9 @@ class ModelNames:
 
     def listed(self) -> list[str]:
         """Every name a client may send: aliases, one router model per router, upstream models."""
-        router_models = [
-            f"router-{router}-{format_threshold(self.threshold)}" for router in self.routers
-        ]  # auto's may be a target
-        target_models = [f"router-{router}-{format_percent(self.target_share)}" for router in self.routers]
+        threshold, share = format_threshold(self.threshold), format_percent(self.target_share)
+        router_models = [f"router-{router}-{threshold}" for router in self.listed_routers]  # auto's may be a target
+        target_models = [f"router-{router}-{share}" for router in self.listed_routers]
         return [*self.aliases, *router_models, *target_models, *self.upstream_models]
 
 

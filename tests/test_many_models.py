@@ -236,6 +236,8 @@ def test_a_pair_only_router_is_refused(proxy: Proxy, fakes: dict[str, FakeUpstre
     assert (error["code"], error["param"], error["type"]) == ("router_not_multi_model", "model", "invalid_request_error")
     assert "standin_multi" in error["message"] and "3 models" in error["message"]
     assert not any(upstream.received for upstream in fakes.values())
+    listed = [model.id for model in client(proxy).models.list()]
+    assert "router-standin_multi-0.5" in listed and not any(name.startswith("router-standin-") for name in listed)
 
 
 def test_sticky_conversations_never_go_down_the_ladder(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
@@ -324,6 +326,12 @@ def test_a_pair_only_default_router_fails_start_up(fakes: dict[str, FakeUpstream
         with running_proxy(many_env(entries(fakes), checkpoints, router="standin"), tmp_path, module=MODULE):
             pass
     assert "ROUTEGATE_ROUTER: router 'standin' scores only a strong/weak pair" in str(raised.value)
+    with pytest.raises(RuntimeError, match="exited") as raised:
+        with running_proxy(
+            many_env(entries(fakes), checkpoints, aliases='{"cheap": "router-standin-0.5"}'), tmp_path, module=MODULE
+        ):
+            pass
+    assert "alias 'cheap': router 'standin' scores only a strong/weak pair" in str(raised.value)
 
 
 def test_target_routes_control_the_share_of_the_all_best_cost(proxy: Proxy, fakes: dict[str, FakeUpstream]):
