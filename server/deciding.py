@@ -33,7 +33,7 @@ from server.decision import Decision
 from server.errors import APIError
 from server.ladder import Ladder
 from server.model_names import Target
-from server.overrides import read_override
+from server.overrides import Override
 from server.scoring import ScoreQueueFull, ScorerPool
 from server.settings import Settings
 from server.shared_sticky import SharedSticky
@@ -71,12 +71,14 @@ class Decider:
         back) to an upstream other than the cheapest."""
         return self.budget is None or self.budget.remaining_usd > 0
 
-    async def decide(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
+    async def decide(
+        self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str, override: Override
+    ) -> Decision:
         """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)  # a new UTC day, or others' spend
-        decision = await self._choose(route, payload, headers, request_id)
+        decision = await self._choose(route, payload, headers, request_id, override)
         if decision.tier != self.ladder.lowest_price and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":
                 metrics.REJECTED.labels("budget_exhausted").inc()
@@ -89,11 +91,12 @@ class Decider:
             decision = dataclasses.replace(decision, tier=self.ladder.lowest_price, reason="budget", quality=None)
         return decision
 
-    async def _choose(self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str) -> Decision:
+    async def _choose(
+        self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str, override: Override
+    ) -> Decision:
         if route.tier is not None:
             return Decision(router="none", tier=route.tier, reason="direct", request_id=request_id)
         assert route.router is not None
-        override = read_override(headers, self.settings)
         previous = sticky_key = None
         if self.sticky is not None:
             client = client_fingerprint(headers, self.settings.api_keys)

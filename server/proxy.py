@@ -1,6 +1,6 @@
 """``POST /v1/chat/completions``, top to bottom:
 
-parse -> resolve model -> admit -> decide (score) -> forward -> relay -> record.
+parse -> resolve model (and a trusted client's override) -> admit -> decide (score) -> forward -> relay -> record.
 
 Each step is its own module: chat_request (parse), model_names (resolve), admission (admit),
 deciding (decide), forwarding (forward), replies (relay), recording (record). Admission comes
@@ -30,6 +30,7 @@ from server.errors import APIError, bad_request
 from server.forwarding import Forwarder
 from server.ladder import Ladder
 from server.model_names import ModelNames, Target
+from server.overrides import NO_OVERRIDE, read_override
 from server.recording import Outcome, Recorder
 from server.relay import RelayResponse
 from server.replies import reply
@@ -119,9 +120,10 @@ class ChatProxy:
             payload = parse_chat_request(body)  # parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
             route = self.resolve(payload["model"])  # resolve model
+            override = read_override(request.headers, self.settings) if route.router else NO_OVERRIDE  # before a slot
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit
-                decision = await self.decider.decide(route, payload, request.headers, request_id)  # decide
+                decision = await self.decider.decide(route, payload, request.headers, request_id, override)  # decide
                 exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
             # relay; it records the outcome now, or when the stream closes
             estimate = functools.partial(prompt_tokens, payload)

@@ -57,3 +57,27 @@ def test_without_override_keys_every_client_may_override(strong: FakeUpstream, w
         forced = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, PLAIN_KEY)
     assert (forced["x-routegate-tier"], forced["x-routegate-decision"]) == ("strong", "forced")
     assert len(strong.received) == 1 and not weak.received
+
+
+def test_a_malformed_override_is_refused_before_it_waits_for_a_slot(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The only slot is taken and nothing may queue: a request with a bad override header gets its
+    400, not the 429 of a request that was admitted first."""
+    import threading
+
+    env = proxy_env(strong, weak, allow_overrides="true", max_concurrent_requests="1", max_queued_requests="0")
+    with running_proxy(env, tmp_path) as proxy:
+        weak.behaviour.delay = 2.0
+        busy = threading.Thread(target=lambda: _ask(proxy, "router-random-1", {}))
+        busy.start()
+        try:
+            for _ in range(100):  # until the slow request holds the slot
+                if weak.received:
+                    break
+                threading.Event().wait(0.02)
+            with pytest.raises(openai.BadRequestError) as bad:
+                _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "abc"})
+        finally:
+            busy.join()
+    assert bad.value.body["param"] == "x-routegate-force-threshold" and bad.value.body["code"] == "invalid_value"
