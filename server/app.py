@@ -26,7 +26,7 @@ from server.http_protocol import BoundedHeadersProtocol
 from server.ladder import Ladder
 from server.metrics import render_metrics
 from server.model_names import ModelNames
-from server.openapi import chat_completion_openapi
+from server.openapi import ERROR_SCHEMA, chat_completion_openapi
 from server.proxy import ChatProxy
 from server.scoring import ScorerPool, ladder_router_models
 from server.settings import Settings, SettingsError, load_settings
@@ -308,6 +308,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()],
             }
         )
+
+    @app.get(
+        "/v1/models/{model:path}",
+        tags=["models"],
+        responses={404: {"description": "unknown model", "content": {"application/json": {"schema": ERROR_SCHEMA}}}},
+    )
+    async def retrieve_model(model: str, request: Request) -> JSONResponse:
+        """One name a client may send (the SDK's ``models.retrieve``); 404 for a name it may not."""
+        _check_client_key(request, settings)
+        try:
+            route = gateway.names.resolve(model)
+        except APIError:
+            route = None
+        if route is None or route.router not in (None, *gateway.names.listed_routers):
+            raise APIError(404, f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found")
+        return JSONResponse({"id": model, "object": "model", "owned_by": "routegate"})
 
     @app.get("/v1/routers", tags=["models"])
     async def list_routers(request: Request) -> JSONResponse:

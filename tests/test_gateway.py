@@ -356,6 +356,16 @@ def test_bad_requests_get_openai_400(proxy: Proxy, strong: FakeUpstream, content
     assert not strong.received
 
 
+def test_a_model_a_client_may_name_can_be_retrieved(proxy: Proxy):
+    models = client(proxy).models
+    for name in ("auto", "router-random-0.5", "router-random-0.42", "router-random-30%", STRONG_MODEL):
+        assert (models.retrieve(name).id, models.retrieve(name).object) == (name, "model")
+    for name in ("gpt-9", "router-nosuch-0.5", "router-random-1.5", "a/b"):
+        with pytest.raises(openai.NotFoundError) as raised:
+            models.retrieve(name)
+        assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"
+
+
 def test_unknown_model_is_404_listing_valid_names(proxy: Proxy):
     with pytest.raises(openai.NotFoundError) as raised:
         client(proxy).chat.completions.create(model="gpt-9", messages=MESSAGES)

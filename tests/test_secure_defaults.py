@@ -74,11 +74,14 @@ def test_openapi_document_and_router_list_need_a_client_key(strong: FakeUpstream
         docs = httpx.get(f"{proxy.url}/docs")
         routers_anonymous = httpx.get(f"{proxy.api}/routers")  # it names the upstream models
         routers_keyed = httpx.get(f"{proxy.api}/routers", headers=keyed_headers)
+        alias_anonymous = httpx.get(f"{proxy.api}/models/secret-alias")  # would say the alias exists
+        alias_keyed = httpx.get(f"{proxy.api}/models/secret-alias", headers=keyed_headers)
     assert anonymous.status_code == 401 and "secret-alias" not in anonymous.text
     assert keyed.status_code == 200 and "secret-alias" in keyed.text and keyed.json()["openapi"].startswith("3.")
     assert docs.status_code == 404
     assert routers_anonymous.status_code == 401 and routers_anonymous.json()["error"]["code"] == "invalid_api_key"
     assert routers_keyed.status_code == 200 and "random" in routers_keyed.text
+    assert alias_anonymous.status_code == 401 and alias_keyed.json()["id"] == "secret-alias"
 
 
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
