@@ -135,14 +135,18 @@ class CostTargets:
         tokens: tuple[int, int] | None,
     ) -> None:
         """An answered request of this route: its prompt's ``beaten`` (when scored), its cost and
-        all-best cost, and its token counts (reported or estimated; None without either)."""
-        controller = self.controller(router, target)
-        if beaten is not None:
-            controller.observe(beaten)
-        controller.record(*costs, share)
+        all-best cost, and its token counts (reported or estimated; None without either). The
+        route's own books only while it holds its place (``make_room``): the answer stands."""
         if tokens is not None:
             self._tokens = [self._tokens[0] + tokens[0], self._tokens[1] + tokens[1]]
             self._answers += 1
+        controller = self._controllers.get((router, target))
+        if controller is None:
+            return
+        if beaten is not None:
+            controller.observe(beaten)
+        controller.record(*costs, share)
 
     def realised_share(self, router: str, target: float) -> float | None:
-        return self.controller(router, target).realised_share
+        controller = self._controllers.get((router, target))
+        return controller.realised_share if controller is not None else None

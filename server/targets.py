@@ -277,12 +277,16 @@ class Targets:
 
     def record(self, router: str, target: float, effective_target: float, strong: bool, score: float | None = None) -> None:
         """Count a decision on this route (scored, sticky or forced) whose request an upstream
-        answered; its ``score``, when it was scored, joins the window."""
-        controller = self.controller(router, target)
+        answered; its ``score``, when it was scored, joins the window. Nothing for a route that
+        gave its place up while the request ran (``make_room``): the answer stands."""
+        controller = self._controllers.get((router, target))
+        if controller is None:
+            return
         if score is not None:
             controller.observe(score)
         controller.record(strong, effective_target)
 
     def realised_share(self, router: str, target: float) -> float | None:
-        """The route's strong share over its window of recent decisions."""
-        return self.controller(router, target).realised_share
+        """The route's strong share over its window of recent decisions (None once it gave its place up)."""
+        controller = self._controllers.get((router, target))
+        return controller.realised_share if controller is not None else None

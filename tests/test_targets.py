@@ -162,3 +162,9 @@ def test_a_route_idle_for_ten_minutes_gives_its_place_to_a_new_one(tmp_path: Pat
         now[0] = ROUTE_IDLE_SECONDS + 1
         table.controller("mf", 0.5)  # 0.1 has been idle ten minutes: it goes
         assert set(table._controllers) == {("mf", 0.2), ("mf", 0.3), ("mf", 0.5)}
+        # a request of the evicted route that was still running is answered: its books are skipped, not refused
+        if isinstance(table, Targets):
+            table.record("mf", 0.1, 0.1, strong=True, score=0.9)
+        else:
+            table.record("mf", 0.1, 0.1, (0.1, 0.9), (0.001, 0.01), (10, 10))
+        assert table.realised_share("mf", 0.1) is None and ("mf", 0.1) not in table._controllers
