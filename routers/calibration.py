@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,9 @@ def write_calibration(path: Path, scores: Sequence[float], steps: int = 100, **i
     body = {**info, "prompts": len(scores), "thresholds": {f"{share:g}": threshold for share, threshold in table.items()}}
     path.write_text(json.dumps(body, indent=1) + "\n")
     return table
+
+
+def format_threshold(threshold: float) -> str:
+    """A threshold as a model name writes it (``router-mf-<threshold>``): plain digits, never an
+    exponent, and the same float when read back (5e-05 -> ``0.00005``)."""
+    return format(Decimal(repr(threshold)), "f")

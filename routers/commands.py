@@ -317,7 +317,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from routers.calibration import threshold_for_share, write_calibration
+    from routers.calibration import format_threshold, threshold_for_share, write_calibration
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
@@ -333,7 +333,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
     print(
         f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name "
-        f"router-{args.router}-{threshold!r})"
+        f"router-{args.router}-{format_threshold(threshold)})"
     )
     if args.write is not None:
         data = [path.name for path in args.data]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from routers.calibration import format_threshold
 from server.errors import APIError, bad_request
 from server.ladder import Ladder
 from server.settings import Settings
@@ -90,11 +91,6 @@ class ModelNames:
         router_models = [f"router-{router}-{threshold}" for router in self.listed_routers]  # auto's may be a target
         target_models = [f"router-{router}-{share}" for router in self.listed_routers]
         return [*self.aliases, *router_models, *target_models, *self.upstream_models]
-
-
-def format_threshold(threshold: float) -> str:
-    """A threshold as a model string writes it: plain digits, never an exponent (5e-05 -> ``0.00005``)."""
-    return f"{threshold:.12f}".rstrip("0").rstrip(".") if threshold else "0"
 
 
 def format_percent(share: float) -> str:
