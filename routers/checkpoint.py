@@ -59,8 +59,10 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
     fails or is interrupted leaves ``final`` as it was (a killed run's staging folder goes at the next)."""
     final.mkdir(parents=True, exist_ok=True)
     for stale in final.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _running(stale.name.removeprefix(STAGING_PREFIX)):  # a killed run's, not another live run's
+            shutil.rmtree(stale, ignore_errors=True)
     staging = final / f"{STAGING_PREFIX}{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier process's with this process's number
     staging.mkdir()
     token = _STAGED.set((staging, final))
     try:
@@ -70,7 +72,7 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
         raise
     finally:
         _STAGED.reset(token)
-    for name in (*(name for name in MANIFESTS if (staging / name).exists()), CALIBRATION_FILE):
+    for name in (*MANIFESTS, CALIBRATION_FILE):
         (final / name).unlink(missing_ok=True)
     made = sorted(staging.iterdir(), key=lambda path: path.name in MANIFESTS)  # manifests last
     for path in made:
@@ -78,6 +80,17 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
             shutil.rmtree(final / path.name)
         os.replace(path, final / path.name)
     staging.rmdir()
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (a staging folder's suffix) is alive."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def published_path(path: Path) -> Path:

@@ -498,8 +498,10 @@ def test_a_retrained_checkpoint_takes_the_old_ones_place_and_a_failed_run_leaves
         raise RuntimeError("interrupted")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     (out / ".training-999999").mkdir()  # what a killed run leaves
+    (out / ".training-1").mkdir()  # a live run's (process 1 runs)
     assert main(train) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["NOTES.md", "neighbours.npz", "router.json"]  # no stale calibration
+    assert sorted(path.name for path in out.iterdir()) == [".training-1", "NOTES.md", "neighbours.npz", "router.json"]
+    (out / ".training-1").rmdir()
     assert json.loads((out / "router.json").read_text())["command"].endswith(f"--out {out}")
     assert load_router("sw_ranking", RouterOptions(checkpoint_dir=tmp_path, device="cpu")).score(["What is 2 + 2?"])
     monkeypatch.chdir(out)  # the folder itself, as "."
