@@ -316,6 +316,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def retrieve_model(model: str, request: Request) -> JSONResponse:
         """One name a client may send (the SDK's ``models.retrieve``); 404 for a name it may not."""
+        if not model:  # /v1/models/ is the list, as it was before this route caught it
+            return await list_models(request)
         _check_client_key(request, settings)
         try:
             route = gateway.names.resolve(model)

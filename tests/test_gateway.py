@@ -364,6 +364,7 @@ def test_a_model_a_client_may_name_can_be_retrieved(proxy: Proxy):
         with pytest.raises(openai.NotFoundError) as raised:
             models.retrieve(name)
         assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"
+    assert "auto" in {model["id"] for model in httpx.get(f"{proxy.api}/models/").json()["data"]}
 
 
 def test_unknown_model_is_404_listing_valid_names(proxy: Proxy):
