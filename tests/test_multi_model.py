@@ -95,6 +95,7 @@ def test_a_cost_target_steers_the_model_order_that_routing_uses():
     rng = np.random.default_rng(5)
     beaten = rng.random((400, 3))
     beaten[:, 2] = 0.5
+    targets.controller("mf", 0.2)  # the route opens when a request names it
     for row in beaten:
         targets.record("mf", 0.2, 0.2, tuple(row), (0.0, 0.0), (1000, 100))  # cost 0: no feedback to correct it
     unit = np.array(targets.unit_costs())
