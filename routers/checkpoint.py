@@ -89,7 +89,7 @@ def _running(pid: str) -> bool:
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 

@@ -96,6 +96,7 @@ class CostTargets:
         self.feedback_horizon = feedback_horizon
         self.best = best
         self.prices = list(prices)  # (input, output) USD per 1M tokens, ladder order
+        self.order = [input_price + output_price for input_price, output_price in self.prices]  # as routing tries them
         self.max_routes = max_routes
         self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, CostShareController] = {}
@@ -122,8 +123,7 @@ class CostTargets:
 
     def threshold(self, router: str, target: float, share: float) -> float:
         """The threshold a prompt on this route is compared with now, aiming at ``share``."""
-        order = [input_price + output_price for input_price, output_price in self.prices]
-        return self.controller(router, target).threshold(share, self.unit_costs(), order)
+        return self.controller(router, target).threshold(share, self.unit_costs(), self.order)
 
     def record(
         self,

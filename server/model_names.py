@@ -85,6 +85,10 @@ class ModelNames:
             )
         return Target(router=router, threshold=threshold)
 
+    def serves(self, route: Target) -> bool:
+        """Whether ``route``'s router is one of the listed ones (an upstream named directly always is)."""
+        return route.router is None or route.router in self.listed_routers
+
     def listed(self) -> list[str]:
         """Every name a client may send: aliases, one router model per router, upstream models."""
         threshold, share = format_threshold(self.threshold), format_percent(self.target_share)

@@ -118,16 +118,14 @@ class Recorder:
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""
-        strong = self.ladder.best in (decision.tier, decision.chosen)  # the strong tier answered, or was chosen and failed
+        kept = max(decision.tier, decision.chosen, key=self.ladder.rank)  # the more capable, though a fallback answered
         if decision.threshold is not None and decision.target is None:  # a target route's has a gauge of its own
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
         if self.sticky is not None and decision.sticky_key is not None:
-            if self.ladder.pair and strong:
+            if self.ladder.pair and kept == self.ladder.best:
                 await self.sticky.remember(decision.sticky_key)
-            elif not self.ladder.pair:  # later turns: never a less capable one, though a fallback answered
-                kept = max(decision.tier, decision.chosen, key=self.ladder.rank)
-                if self.ladder.rank(kept) > 0:
-                    await self.sticky.remember(decision.sticky_key, kept)
+            elif not self.ladder.pair and self.ladder.rank(kept) > 0:  # later turns: never a less capable one
+                await self.sticky.remember(decision.sticky_key, kept)
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None and decision.reason == "score":  # a threshold route's own choice, fallback or not
             metrics.THRESHOLD_DECISIONS.labels(decision.router, decision.chosen).inc()

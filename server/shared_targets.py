@@ -35,14 +35,11 @@ from typing import Any
 
 from server.shared_state import SharedState, SharedStateUnavailable
 from server.targets import (
-    CALIBRATION_FILE,
     NOTHING_STRONG,
     DailyBudget,
     ShareController,
     TargetDecision,
     Targets,
-    read_calibration,
-    seed_scores,
     utc_day_start,
 )
 
@@ -300,11 +297,6 @@ class SharedTargets:
         it bounds the routes this replica serves and stands in while Redis fails."""
         return self.local.controller(router, target)
 
-    def _seeds(self, router: str) -> list[float]:
-        """Scores from ``router``'s calibration that fill a new route's window."""
-        calibration = read_calibration(self.local.checkpoint_dir / router / CALIBRATION_FILE)
-        return seed_scores(calibration, self.local.seed_count)
-
     def _keys(self, router: str, target: float) -> list[str]:
         assert self.state is not None
         route = "{" + f"{router}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
@@ -323,7 +315,7 @@ class SharedTargets:
         if self.state is None or self._decide is None:
             return TargetDecision(target, effective, controller.threshold(effective))
         route = (router, target)
-        seeds = [] if route in self._seeded else self._seeds(router)
+        seeds = [] if route in self._seeded else self.local.seeds(router)
         keys, window, gain = self._keys(router, target), self.local.window, 4.0 / self.local.feedback_horizon
         decide = self._decide
 
@@ -334,7 +326,7 @@ class SharedTargets:
 
         try:
             kind, value = await run(seeds)
-            if kind == "empty" and not seeds and (seeds := self._seeds(router)):
+            if kind == "empty" and not seeds and (seeds := self.local.seeds(router)):
                 kind, value = await run(seeds)  # Redis lost the route without an error (a restart, a failover)
         except SharedStateUnavailable:
             if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed

@@ -258,11 +258,14 @@ class Targets:
         controller = self._controllers.get(key)
         if controller is None:
             make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
-            calibration = read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE)
-            controller = ShareController(self.window, self.feedback_horizon, seed_scores(calibration, self.seed_count))
+            controller = ShareController(self.window, self.feedback_horizon, self.seeds(router))
             self._controllers[key] = controller
         self._used[key] = now
         return controller
+
+    def seeds(self, router: str) -> list[float]:
+        """Scores from ``router``'s calibration that fill a new route's window."""
+        return seed_scores(read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE), self.seed_count)
 
     def effective_target(self, target: float) -> float:
         """``target``, tightened when the daily budget cannot pay for it."""
