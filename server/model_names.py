@@ -74,7 +74,7 @@ class ModelNames:
         router = match["router"]
         if router not in self.routers:
             raise bad_request(
-                f"Unknown router '{router}'. Known routers: {', '.join(self.routers)}.", param=param, code="unknown_router"
+                f"Unknown router '{router[:64]}'. Known routers: {', '.join(self.routers)}.", param=param, code="unknown_router"
             )
         if match["threshold"].endswith("%"):
             return Target(router=router, target=_parse_percent(match["threshold"], param))
@@ -105,7 +105,7 @@ def format_percent(share: float) -> str:
 def _parse_percent(text: str, param: str) -> float:
     """A whole percent in [0, 100] as a share: at most 101 target routes per router can exist."""
     digits = text[:-1]
-    if not (digits.isascii() and digits.isdigit() and int(digits) <= 100):
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 3 and int(digits) <= 100):
         raise bad_request(
             f"Target share '{text[:32]}' must be a whole percentage in [0, 100], e.g. 30%.", param=param, code="invalid_target"
         )

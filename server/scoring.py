@@ -328,10 +328,13 @@ class ScorerPool:
                 self._raise_if_failed_lately(name)  # a request that waited for the lock: the load it waited on failed
                 try:
                     router, threads, shared_as = await asyncio.to_thread(self._load, name)
-                except Exception as error:  # a broken checkpoint: say so, keep serving other routers
+                except Exception:  # a broken checkpoint: say so, keep serving other routers
                     log.exception("could not load router %s; tried again in %g s", name, LOAD_RETRY_SECONDS)
                     refusal = APIError(
-                        503, f"The router '{name}' could not be loaded: {error}", type="server_error", code="router_unavailable"
+                        503,
+                        f"The router '{name}' could not be loaded; the gateway's log says why.",
+                        type="server_error",
+                        code="router_unavailable",
                     )
                     self._failed[name] = (time.monotonic() + LOAD_RETRY_SECONDS, refusal)
                     raise refusal from None

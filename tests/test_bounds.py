@@ -167,3 +167,20 @@ def test_the_listed_and_aliased_target_routes_are_served_when_the_table_is_full(
         answers = [httpx.post(f"{proxy.api}/chat/completions", json={"model": model, "messages": MESSAGES}) for model in models]
     assert [answer.status_code for answer in answers] == [200, 400, 200, 200]
     assert answers[1].json()["error"]["code"] == "invalid_target"
+
+
+def test_names_too_long_to_parse_are_refused_not_a_server_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    # a percent of 5,000 digits is past Python's int() limit; a router name of 100,000 letters
+    # must not come back whole in the refusal
+    huge_percent = "router-random-" + "9" * 5000 + "%"
+    long_router = "router-" + "x" * 100_000 + "-0.5"
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        chat = httpx.post(f"{proxy.api}/chat/completions", json={"model": huge_percent, "messages": MESSAGES})
+        retrieved = httpx.get(f"{proxy.api}/models/{huge_percent}")
+        unknown = httpx.post(f"{proxy.api}/chat/completions", json={"model": long_router, "messages": MESSAGES})
+        log = proxy.log()
+    assert chat.status_code == 400 and chat.json()["error"]["code"] == "invalid_target"
+    assert retrieved.status_code == 404 and retrieved.json()["error"]["code"] == "model_not_found"
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_router"
+    assert len(unknown.content) < 1000
+    assert "Traceback" not in log and not strong.received and not weak.received
