@@ -47,9 +47,9 @@ log = logging.getLogger("routegate.proxy")
 
 
 def request_id_of(request: Request) -> str:
-    """The client's ``x-request-id`` when it is short and printable, else a new one."""
+    """The client's ``x-request-id`` when it is short, ASCII and printable, else a new one."""
     given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= 128 and given.isprintable():
+    if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
         return given
     return uuid.uuid4().hex
 

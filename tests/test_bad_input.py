@@ -225,6 +225,12 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     # Headers under the limit are fine, and an overlong request id is replaced, not echoed.
     ok = post(proxy, body, **{"x-padding": "a" * 8_000, "x-request-id": "r" * 1000})
     assert ok.status_code == 200 and len(ok.headers["x-request-id"]) == 32
+    # so is one that is not ASCII (HTTP clients, shadow and judge requests among them, send ASCII only)
+    latin = httpx.post(
+        f"{proxy.api}/chat/completions", content=body, headers={"content-type": "application/json", "x-request-id": b"caf\xe9"}
+    )
+    assert latin.status_code == 200 and len(latin.headers["x-request-id"]) == 32
+    assert strong.received[-1].headers["x-request-id"] == latin.headers["x-request-id"]
 
 
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:
