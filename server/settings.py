@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import pydantic_settings
 import yaml
@@ -40,12 +41,24 @@ def not_placeholder(value: list[SecretStr] | SecretStr | None) -> list[SecretStr
     return value
 
 
+def api_root(value: str) -> str:
+    """An upstream's ``http(s)://`` API root without a trailing slash. Credentials in it are
+    refused: a URL is logged and shown where a key is not."""
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    if "@" in urlsplit(value).netloc:
+        raise ValueError("must not hold credentials (user:password@): put the key in api_key")
+    return value.rstrip("/")
+
+
 class UpstreamSettings(BaseModel):
     """One OpenAI-compatible upstream (the strong or the weak tier)."""
 
     model_config = {"extra": "forbid"}
 
-    base_url: str = Field(OPENAI_BASE_URL, description="the upstream's OpenAI-compatible API root")
+    base_url: str = Field(
+        OPENAI_BASE_URL, description="the upstream's OpenAI-compatible API root (a key goes in `api_key`, not in the URL)"
+    )
     api_key: SecretStr | None = Field(None, description="the upstream's key; unset on the OpenAI API: `$OPENAI_API_KEY`")
     model: str = Field(description="model name sent upstream")
     input_price: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
@@ -56,9 +69,7 @@ class UpstreamSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return api_root(value)
 
     @field_validator("model")
     @classmethod
@@ -116,9 +127,7 @@ class JudgeSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return None if value is None else value.rstrip("/")
+        return None if value is None else api_root(value)
 
 
 def _default_strong() -> UpstreamSettings:
