@@ -252,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     gateway = Gateway(settings)
     BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
+    BoundedHeadersProtocol.head_timeout = settings.head_timeout
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

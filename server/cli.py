@@ -80,7 +80,7 @@ def _run(settings: Settings) -> int:
     if settings.metrics_port is not None:
         from server.metrics_server import start_metrics_server
 
-        start_metrics_server(settings.host, settings.metrics_port, settings.metrics_key)
+        start_metrics_server(settings.host, settings.metrics_port, settings.metrics_key, settings.head_timeout)
     # routegate logs one line per chat request itself (request id, router, tier, status, duration);
     # uvicorn's graceful shutdown lets in-flight requests finish while new connections are refused
     server_options: dict[str, Any] = {

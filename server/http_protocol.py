@@ -5,6 +5,15 @@ httptools buffers a request line and headers of any size (a 20 MB header is read
 client could make the process hold as much memory as it sends. Past ``max_header_bytes`` the
 request is answered 431 with an OpenAI-style error and the connection closed.
 
+A connection is the app's only from a complete request head to the end of its response. Outside
+that (a new connection, a head arriving, a body still trickling in after its answer) the client
+has ``head_timeout`` seconds from its first byte (or from connecting) to finish a head; then it is
+answered 408 (mid-head) or closed. uvicorn's own keep-alive timer stops at the first byte of the
+next request, so a client sending one byte a minute would otherwise hold its connection forever.
+
+A request httptools cannot parse (``Content-Length: abc``, a non-ASCII byte in the path) is
+answered 400 with an OpenAI-style error, as everything else is.
+
 A response the app leaves unfinished (a streaming client that stopped reading was let go, see
 ``server.relay.SendWatch``) makes uvicorn close the connection, which waits for the client to read
 what is buffered: a client that never reads would keep it, and its buffer, open. It is aborted.
@@ -12,18 +21,32 @@ what is buffered: a client that never reads would keep it, and its buffer, open.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_HEAD_TIMEOUT = 20.0
+
+
+def error_response(status: bytes, message: str, code: str) -> bytes:
+    """A whole HTTP/1.1 response carrying an OpenAI-style error, closing the connection."""
+    error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    body = json.dumps(error).encode()
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )
 
 
 class BoundedHeadersProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses request heads over ``max_header_bytes`` (set per process)."""
+    """HttpToolsProtocol that refuses request heads over ``max_header_bytes`` or slower than
+    ``head_timeout`` (both set per process)."""
 
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
+    head_timeout = DEFAULT_HEAD_TIMEOUT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -31,6 +54,47 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._received = 0  # bytes received since this request began: bounds what httptools buffers
         self._head_size = 0  # the exact size of the parsed request line and headers
         self._refused = False
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_deadline()
+        super().connection_lost(exc)
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _start_head_deadline(self) -> None:
+        if self._head_deadline is None:  # a trickling client does not push its deadline back
+            self._head_deadline = self.loop.call_later(self.head_timeout, self._head_deadline_passed)
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_deadline_passed(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        if self._answering():  # a pipelined head behind a response: looked at again after it
+            self._start_head_deadline()
+            return
+        if self._reading_head:
+            self._refused = True
+            message = f"The request head was not received within {self.head_timeout:g} seconds."
+            self.transport.write(error_response(b"408 Request Timeout", message, "request_timeout"))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse, as an OpenAI-style error."""
+        self._refused = True
+        message = "The request is not valid HTTP/1.1."
+        self.transport.write(error_response(b"400 Bad Request", message, "invalid_http"))
+        self.transport.close()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         running = set(self.tasks)
@@ -57,6 +121,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        self._stop_head_deadline()  # the app's from here: its body read has its own timeout
         if self._head_size > self.max_header_bytes:
             self._refused = True  # answered once the parser returns; the app never sees it
             return
@@ -78,17 +143,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._received += len(data)
         if self._refused or (self._reading_head and self._received > self.max_header_bytes):
             self._refuse_head()
+        elif self._reading_head or not self._answering():
+            self._start_head_deadline()
 
     def _refuse_head(self) -> None:
         self._reading_head = False
         self._refused = True
         message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
-        error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "headers_too_large"}}
-        body = json.dumps(error).encode()
-        head = (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-        )
         if not self.transport.is_closing():
-            self.transport.write(head + body)
+            self.transport.write(error_response(b"431 Request Header Fields Too Large", message, "headers_too_large"))
             self.transport.close()

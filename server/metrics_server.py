@@ -18,8 +18,9 @@ from server.metrics import render_metrics
 log = logging.getLogger("routegate.metrics")
 
 
-def start_metrics_server(host: str, port: int, key: SecretStr | None) -> ThreadingHTTPServer:
-    """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; the server, for shutdown."""
+def start_metrics_server(host: str, port: int, key: SecretStr | None, timeout: float) -> ThreadingHTTPServer:
+    """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; the server, for shutdown. A
+    connection silent for ``timeout`` seconds is closed (it would hold its thread)."""
     expected = b"Bearer " + key.get_secret_value().encode() if key is not None else None
 
     class Handler(BaseHTTPRequestHandler):
@@ -49,6 +50,7 @@ def start_metrics_server(host: str, port: int, key: SecretStr | None) -> Threadi
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes are not logged
 
+    Handler.timeout = timeout
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True).start()

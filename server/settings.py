@@ -240,6 +240,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
+    head_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a client may take to send a request's line and headers, from connecting or its first byte "
+        "(408); also how long a connection may trickle bytes outside a request",
+    )
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
     max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")

@@ -4,6 +4,7 @@ passed through as the OpenAI API would accept it; never a 500, never a hang."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -231,6 +232,27 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     )
     assert latin.status_code == 200 and len(latin.headers["x-request-id"]) == 32
     assert strong.received[-1].headers["x-request-id"] == latin.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+        b"GET /v1/models/\xff HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"NOT-HTTP\r\n\r\n",
+    ],
+)
+def test_requests_that_are_not_http_get_an_openai_error(proxy: Proxy, strong: FakeUpstream, head: bytes) -> None:
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(head)
+        answer = b""
+        while received := connection.recv(65536):
+            answer += received
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in status
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    assert not strong.received
 
 
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:

@@ -1,6 +1,7 @@
 """Overload: at most ROUTEGATE_MAX_CONCURRENT_REQUESTS upstream requests at once; the rest wait in
 a bounded queue for a bounded time, then get a 429 with Retry-After. Clients that stall mid-upload
-are answered 408 after ROUTEGATE_BODY_TIMEOUT instead of holding their connection for ever."""
+are answered 408 after ROUTEGATE_BODY_TIMEOUT, and clients that trickle a request head (or bytes
+outside a request) after ROUTEGATE_HEAD_TIMEOUT, instead of holding their connection for ever."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.metrics_text import metric_sum
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
 OVERLOAD_SETTINGS = {"max_concurrent_requests": "2", "max_queued_requests": "2", "queue_timeout": "1", "body_timeout": "0.5"}
+OVERLOAD_SETTINGS["head_timeout"] = "1"
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,76 @@ def test_a_client_stalling_mid_body_gets_408(small_proxy: Proxy, strong: FakeUps
     assert b'"code": "request_timeout"' in answer
     assert not strong.received
     assert metric_sum(small_proxy.metrics(), "routegate_requests_in_flight") == 0
+
+
+def _read_until_closed(connection: socket.socket) -> bytes:
+    answer = b""
+    while received := connection.recv(65536):  # the socket's own timeout fails a connection left open
+        answer += received
+    return answer
+
+
+def test_a_client_trickling_its_request_head_gets_408_and_a_silent_one_is_closed(small_proxy: Proxy) -> None:
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=15) as trickling,
+        socket.create_connection(("127.0.0.1", port), timeout=15) as silent,
+    ):
+        trickling.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\n")
+        trickling.settimeout(0.2)
+        answer = b""
+        for _ in range(75):  # a header byte every 0.2 s for up to 15 s; the deadline is 1 s from the first byte
+            try:
+                trickling.sendall(b"x")
+                answer += trickling.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer.endswith(b"}}"):
+                break
+        silent_answer = _read_until_closed(silent)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"code": "request_timeout"' in answer and b"connection: close" in answer
+    assert silent_answer == b""
+
+
+def test_bytes_trickling_after_an_answer_do_not_hold_the_connection(small_proxy: Proxy) -> None:
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        # answered without its body being read; the client then sends that body a byte at a time
+        connection.sendall(b"GET /v1/models HTTP/1.1\r\nhost: routegate\r\ncontent-length: 100000\r\n\r\n")
+        connection.settimeout(0.2)
+        received = b""
+        closed = False
+        for _ in range(75):
+            try:
+                connection.sendall(b"x")
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert closed
+
+
+def test_a_pipelined_head_waits_for_the_answer_before_it(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.delay = 2.5  # the answer takes longer than the 1 s head deadline
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    body = b'{"model": "router-random-0", "messages": [{"role": "user", "content": "Hello?"}]}'
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body + b"GET /v1/models HTTP/1.1\r\n"
+        )
+        answer = _read_until_closed(connection)
+    first, _, second = answer.partition(b"HTTP/1.1 408 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b'"answer from strong"' in first
+    assert b'"code": "request_timeout"' in second
+    assert len(strong.received) == 1

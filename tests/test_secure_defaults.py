@@ -3,6 +3,7 @@ budget that caps every strong-tier request, and no upstream work for clients tha
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def test_metrics_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -
 
 def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     port = free_port()
-    env = proxy_env(strong, weak, metrics_port=str(port), metrics_key="metrics-secret-key")
+    env = proxy_env(strong, weak, metrics_port=str(port), metrics_key="metrics-secret-key", head_timeout="1")
     with running_proxy(env, tmp_path) as proxy:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as silent:
+            silent.sendall(b"GET /metrics HTTP/1.1\r\n")  # and then nothing: the port's thread is let go
+            assert silent.recv(65536) == b""
         openai.OpenAI(base_url=proxy.api, api_key="unused").chat.completions.create(model="router-random-0", messages=MESSAGES)
         on_api_port = httpx.get(f"{proxy.url}/metrics")
         anonymous = httpx.get(f"http://127.0.0.1:{port}/metrics")
