@@ -350,8 +350,9 @@ def install_venvs(args: argparse.Namespace, scratch: Path) -> dict[str, Path | s
 
 
 def setting_pair(text: str) -> tuple[str, str]:
-    """``NAME=VALUE`` from the command line as a pair."""
+    """``NAME=VALUE`` (or ``ROUTEGATE_NAME=VALUE``) from the command line as a pair."""
     name, separator, value = text.partition("=")
+    name = name.removeprefix("ROUTEGATE_").removeprefix("routegate_")
     if not separator or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
@@ -658,7 +659,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=Path.home() / ".cache" / "routegate-bench",
                         help="venvs, logs and the wrk script (default ~/.cache/routegate-bench)")  # fmt: skip
     parser.add_argument("--setting", action="append", default=[], type=setting_pair, metavar="NAME=VALUE",
-                        help="a routegate setting for this run, as ROUTEGATE_NAME=VALUE (say SCORE_THREADS=1); "
+                        help="a routegate setting for this run, as NAME=VALUE or ROUTEGATE_NAME=VALUE (say SCORE_THREADS=1); "
                         "repeatable")  # fmt: skip
     parser.add_argument("--json-out", type=Path, help="also write every number as JSON here")
     args = parser.parse_args(argv)
@@ -682,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(
         settings={"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency, "routers": args.routers,
                   "targets": args.targets, "wrk_threads": args.wrk_threads, "threshold": THRESHOLD, "litellm": LITELLM,
-                  "routellm": ROUTELLM_STEPS[1][0], "prompt_template": PROMPT_TEMPLATE},
+                  "routellm": ROUTELLM_STEPS[1][0], "prompt_template": PROMPT_TEMPLATE,
+                  "routegate_settings": dict(args.setting)},
         machine={"cpus": os.cpu_count(), "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg())},
     )  # fmt: skip
     load = LoadGenerator(scratch, args.wrk_threads)

@@ -1,10 +1,11 @@
-"""The benchmark reads wrk's --latency report right: rate, percentiles in any unit, errors."""
+"""The benchmark reads wrk's --latency report right (rate, percentiles in any unit, errors) and its
+--setting options as the gateway's settings."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.proxy_overhead import parse_wrk
+from bench.proxy_overhead import parse_wrk, setting_pair
 
 WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:4000/v1/chat/completions
   1 threads and 32 connections
@@ -41,3 +42,10 @@ def test_parse_wrk_microseconds_and_clean_run() -> None:
     result = parse_wrk(output.replace("  Non-2xx or 3xx responses: 7\n", ""))
     assert result["p50_ms"] == pytest.approx(0.11)
     assert result["non_2xx"] == 0 and result["socket_errors"] == 0
+
+
+def test_settings_are_named_with_or_without_the_prefix() -> None:
+    # both spellings must reach the gateway as ROUTEGATE_DAILY_BUDGET_USD, never ROUTEGATE_ROUTEGATE_...
+    assert setting_pair("ROUTEGATE_DAILY_BUDGET_USD=1000") == ("DAILY_BUDGET_USD", "1000")
+    assert setting_pair("ROUTE_ON=sticky") == ("ROUTE_ON", "sticky")
+    assert setting_pair("X=a=b") == ("X", "a=b")
