@@ -13,7 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from server.settings import ENV_PREFIX, Settings
@@ -34,6 +34,8 @@ def _default(value: object) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():
         return f"`{int(value)}`"
+    if isinstance(value, str | SecretStr) and not str(value):
+        return "empty"
     if isinstance(value, dict | list) and not value:
         return "`{}`" if isinstance(value, dict) else "`[]`"
     return f"`{value}`"

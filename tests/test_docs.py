@@ -30,6 +30,7 @@ def test_the_table_lists_every_setting_with_its_default_and_description() -> Non
     assert "| `ROUTEGATE_STRONG__MODEL` | `gpt-4o` |" in page
     assert "| `ROUTEGATE_RETRIES` | `2` | ≥ 0, ≤ 10 |" in page
     assert "`ROUTEGATE_ROUTE_ON` | `last_user` | `last_user`, `conversation`, `sticky` |" in page
+    assert "| `ROUTEGATE_FEEDBACK_DB` | empty |" in page  # not an empty code span, shown as two backticks
 
 
 def test_a_stale_table_is_caught_and_regenerated() -> None:
