@@ -88,6 +88,7 @@ class Gateway:
             shared=shared_scores,
             ladder_models=ladder_models(settings, self.ladder, self.routers, checkpoint_dir),
             ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),
+            retry_seconds=settings.router_retry_seconds,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
@@ -166,12 +167,9 @@ class Gateway:
         self.feedback.start()
 
     async def _load_routers(self) -> None:
-        try:
-            await self.scorers.get(self.settings.router)
-            log.info("router %s loaded", self.settings.router)
-        except Exception as error:
-            self.load_error = f"{type(error).__name__}: {error}"
-            log.exception("could not load router %s", self.settings.router)
+        """The default router, then the others; a default router that failed is loaded again every
+        ``router_retry_seconds`` until it loads (a volume mounted late, memory freed)."""
+        await self._load_default_router()
         for name in self.routers:  # the others clients may name: loaded now, not on a first request
             if name != self.settings.router and (self.ladder.pair or name in self.scorers.ladder_models):
                 try:
@@ -180,6 +178,20 @@ class Gateway:
                 except APIError:
                     pass  # logged by the pool; its requests are answered 503 router_unavailable
         self.routers_settled = True
+        while self.load_error is not None:
+            await asyncio.sleep(self.settings.router_retry_seconds)
+            await self._load_default_router()
+
+    async def _load_default_router(self) -> None:
+        try:
+            await self.scorers.get(self.settings.router)
+        except Exception as error:
+            if not isinstance(error, APIError):  # an APIError's cause the pool has logged
+                log.exception("could not load router %s", self.settings.router)
+            self.load_error = f"{type(error).__name__}: {error}"
+            return
+        self.load_error = None
+        log.info("router %s loaded", self.settings.router)
 
     async def aclose(self) -> None:
         """Close the upstream pools and stop scoring."""

@@ -16,6 +16,7 @@ from routers.checkpoint import CheckpointError
 from routers.commands import add_router_commands
 from routers.data import RecordError
 from server.feedback_cli import add_feedback_commands
+from server.log_setup import configure_logging
 from server.settings import Settings, SettingsError, load_settings, unknown_variable_warnings
 from server.upstream_keys import warn_missing_keys
 
@@ -62,7 +63,7 @@ def _prepare_multiprocess_dir(workers: int) -> str | None:
 
 def _run(settings: Settings) -> int:
     """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level)
     warn_missing_keys(settings)
     for line in unknown_variable_warnings(os.environ):
         logging.getLogger("routegate").warning(line)
@@ -94,7 +95,10 @@ def _run(settings: Settings) -> int:
     if settings.workers > 1:
         from server.workers import run_workers
 
-        run_workers(uvicorn.Config("server.app:create_app", factory=True, workers=settings.workers, **server_options))
+        run_workers(
+            uvicorn.Config("server.app:create_app", factory=True, workers=settings.workers, **server_options),
+            settings.worker_ready_timeout,
+        )
     else:
         from server.shutdown import DrainingServer
 
@@ -107,7 +111,7 @@ def _run(settings: Settings) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run routegate in front of a local LLM: no key, no network."""
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("info")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo polls /health and /ready until its banner
     from demo.run import run_demo
 

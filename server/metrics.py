@@ -204,7 +204,8 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
     """
-    MOST_CAPABLE_TIER.clear()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker's gauge cannot be cleared (nor needs it: set once)
+        MOST_CAPABLE_TIER.clear()
     MOST_CAPABLE_TIER.labels(most_capable).set(1)
     for router in routers:  # histograms too: a router's first scores must show in rate()
         ROUTING_SECONDS.labels(router)

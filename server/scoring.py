@@ -207,9 +207,6 @@ class Scorer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-LOAD_RETRY_SECONDS = 30.0  # after a router failed to load, its requests get 503 this long before a new try
-
-
 def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
     container's CPU limit, which affinity does not show), at least one."""
@@ -294,8 +291,11 @@ class ScorerPool:
         shared: SharedScores | None = None,
         ladder_models: dict[str, tuple[str, ...]] | None = None,
         ladder_pair: tuple[int, int] = (1, 0),
+        retry_seconds: float = 30.0,
     ) -> None:
         self.options = options
+        #: after a router failed to load, its requests get its 503 this long before a new try
+        self.retry_seconds = retry_seconds
         #: True when the operator named the pair: it must then be known, no fallback
         self.pair_from_settings = pair_from_settings
         self.shared = shared
@@ -329,14 +329,14 @@ class ScorerPool:
                 try:
                     router, threads, shared_as = await asyncio.to_thread(self._load, name)
                 except Exception:  # a broken checkpoint: say so, keep serving other routers
-                    log.exception("could not load router %s; tried again in %g s", name, LOAD_RETRY_SECONDS)
+                    log.exception("could not load router %s; tried again in %g s", name, self.retry_seconds)
                     refusal = APIError(
                         503,
                         f"The router '{name}' could not be loaded; the gateway's log says why.",
                         type="server_error",
                         code="router_unavailable",
                     )
-                    self._failed[name] = (time.monotonic() + LOAD_RETRY_SECONDS, refusal)
+                    self._failed[name] = (time.monotonic() + self.retry_seconds, refusal)
                     raise refusal from None
                 self._scorers[name] = Scorer(
                     router,
@@ -350,7 +350,7 @@ class ScorerPool:
         return self._scorers[name]
 
     def _raise_if_failed_lately(self, name: str) -> None:
-        """The 503 of a load that failed less than ``LOAD_RETRY_SECONDS`` ago: requests do not
+        """The 503 of a load that failed less than ``retry_seconds`` ago: requests do not
         load a broken router again one after the other."""
         failed = self._failed.get(name)
         if failed is not None and time.monotonic() < failed[0]:

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    worker_ready_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="on SIGHUP each worker is replaced once its replacement can score (its routers loaded); "
+        "a replacement not ready this many seconds after it started ends the restart, the old workers serving on",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
 
     strong: UpstreamSettings = Field(default_factory=_default_strong, description="strong (expensive) upstream")
@@ -276,6 +282,12 @@ class Settings(BaseSettings):
     score_timeout: float = Field(5.0, gt=0, description="seconds a request may wait for its score before scoring overload")
     scoring_overload: Literal["shed", "weak", "strong"] = Field(
         "shed", description="a request not scored in time: 429 (shed), or routed unscored to the weak or strong tier"
+    )
+    router_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="after a router failed to load, its requests get 503 this long; then it is loaded again "
+        "(the default router by itself, until it loads)",
     )
 
     # Learning from traffic (docs/feedback.md): the store, shadow judging and the judge.

@@ -3,7 +3,8 @@
 While draining, requests already in flight (streams included) run on, new chat requests get a 503
 ``shutting_down`` error and ``/ready`` answers 503 so that load balancers stop sending traffic.
 The process stops when nothing is in flight any more or ``ROUTEGATE_SHUTDOWN_GRACE_SECONDS`` have
-passed; uvicorn then cancels whatever is left. A second signal stops it at once. With
+passed; uvicorn then cancels whatever is left. A second signal ends the grace period at once:
+what is in flight is cut as when it runs out (a third SIGINT leaves without the app's clean-up). With
 ``ROUTEGATE_WORKERS`` > 1 the supervisor asks every worker to drain the same way
 (server/workers.py).
 """
@@ -51,9 +52,15 @@ class DrainingServer(uvicorn.Server):
         self.drain_signals = drain_signals
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig in self.drain_signals and not DRAIN.draining and not self.should_exit:
-            DRAIN.begin()
-            return
+        if sig in self.drain_signals and not self.should_exit:
+            if not DRAIN.draining:
+                DRAIN.begin()
+                return
+            # a second signal: the grace period ends now (uvicorn would wait it out all over again)
+            self.config.timeout_graceful_shutdown = 0.1  # type: ignore[assignment]  # seconds, as in on_tick
+        # stopping without a drain phase (a retired worker): still, what is cut when the grace period
+        # runs out is answered ``shutting_down`` and counted, not uvicorn's bare 500
+        DRAIN.begin()
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:

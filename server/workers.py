@@ -4,7 +4,9 @@ Every worker drains like a single process when the service stops: the supervisor
 SIGINT reaches each worker as SIGTERM, which it drains on (server/shutdown.py). A worker retired
 while the others serve on (SIGHUP restarts the workers, SIGTTOU removes one) gets SIGINT and stops
 the usual uvicorn way, at once refusing new connections, so that they go to the other workers
-instead of a draining worker's 503.
+instead of a draining worker's 503. A replacement counts as ready (and the worker it replaces is
+retired) once its routers are loaded, not when its server has started: one whose router does not
+load ends the restart, and the old workers serve on.
 
 This builds on uvicorn's supervisor internals (``uvicorn.supervisors.multiprocess``, uvicorn >= 0.54):
 its workers are made from the module's ``Process`` class, which is replaced here.
@@ -15,22 +17,43 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import threading
 
 import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.supervisors import multiprocess
 
+from server.log_setup import configure_logging
 from server.shutdown import DrainingServer
 
 
 class DrainingWorker(multiprocess.Process):
     """A worker process whose server drains on SIGTERM and stops at once on SIGINT."""
 
+    ready_timeout = 120.0  # seconds a replacement may take to load its routers (set by run_workers)
+
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
             self._server = DrainingServer(config=self.config, drain_signals=(signal.SIGTERM,))
         return self._server
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        """The worker process's main: its own log set-up first (a spawned process has none, and
+        routegate's request lines would be lost)."""
+        configure_logging(self.config.log_level if self.config.log_level is not None else "info")
+        super().target(sockets)
+
+    def pong(self) -> None:
+        """Answer the supervisor's health check: whether this worker can serve (its app started and
+        its routers loaded), where uvicorn answers whether its server started."""
+        self.child_conn.recv()
+        self.child_conn.send(self.server.started and _gateway_ready(self.server.config))
+
+    def wait_until_ready(self, timeout: float, should_exit: threading.Event | None = None) -> bool:
+        """uvicorn waits ``timeout_worker_healthcheck`` (5 s), less than a router takes to load."""
+        return super().wait_until_ready(self.ready_timeout, should_exit)
 
     def terminate(self) -> None:
         """Retire this worker while the others serve on: SIGINT, no drain phase."""
@@ -64,7 +87,20 @@ class DrainingSupervisor(multiprocess.Multiprocess):
                 worker.terminate()
 
 
-def run_workers(config: uvicorn.Config) -> None:
-    """Serve ``config.workers`` worker processes on one socket until the supervisor stops."""
+def _gateway_ready(config: uvicorn.Config) -> bool:
+    """Whether the gateway of the app ``config`` loaded (inside uvicorn's middleware) is ready."""
+    app = getattr(config, "loaded_app", None)
+    while app is not None:
+        gateway = getattr(getattr(app, "state", None), "gateway", None)
+        if gateway is not None:
+            return bool(gateway.ready)
+        app = getattr(app, "app", None)
+    return False
+
+
+def run_workers(config: uvicorn.Config, ready_timeout: float) -> None:
+    """Serve ``config.workers`` worker processes on one socket until the supervisor stops; a SIGHUP
+    replacement has ``ready_timeout`` seconds to load its routers."""
+    DrainingWorker.ready_timeout = ready_timeout
     multiprocess.Process = DrainingWorker  # type: ignore[misc]  # the name the supervisor makes its workers with
     DrainingSupervisor(config, sockets=[config.bind_socket()]).run()

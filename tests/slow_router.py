@@ -1,5 +1,6 @@
 """A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests,
-and ``SLOW_ROUTER_LOAD_SECONDS`` (default 0) to load, for readiness tests.
+and ``SLOW_ROUTER_LOAD_SECONDS`` (default 0) to load, for readiness tests; with
+``SLOW_ROUTER_NEEDS`` set, loading fails while that file does not exist.
 
 ``python -m tests.slow_router serve ...`` runs ``routegate`` with it registered as ``slow``; it is
 installed where ``<checkpoint_dir>/slow`` exists.
@@ -27,6 +28,9 @@ class SlowRouter(Router):
     @classmethod
     def from_options(cls, options: object) -> SlowRouter:
         time.sleep(float(os.environ.get("SLOW_ROUTER_LOAD_SECONDS", "0")))
+        needs = os.environ.get("SLOW_ROUTER_NEEDS")
+        if needs is not None and not os.path.exists(needs):
+            raise FileNotFoundError(needs)
         return cls()
 
     def score(self, prompts: Sequence[str]) -> list[float]:
@@ -34,8 +38,10 @@ class SlowRouter(Router):
         return [0.5] * len(prompts)
 
 
+# at import, not only when run: worker processes (ROUTEGATE_WORKERS > 1) import this module again
+registry.register(NAME, "tests.slow_router:SlowRouter.from_options")
+
 if __name__ == "__main__":
-    registry.register(NAME, "tests.slow_router:SlowRouter.from_options")
     from server.cli import main
 
     sys.exit(main())

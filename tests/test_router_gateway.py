@@ -120,6 +120,28 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
         assert httpx.get(f"{url}/ready").status_code == 200
 
 
+def test_a_default_router_that_failed_to_load_is_loaded_again_until_it_loads(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    mounted_late = tmp_path / "checkpoints" / "slow" / "weights"  # say, a volume mounted after start
+    env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), router_retry_seconds="0.5")
+    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(mounted_late)
+    with started_proxy(env, tmp_path, module="tests.slow_router") as proxy:
+        url = proxy.url
+        assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
+        assert wait_for(lambda: httpx.get(f"{url}/ready").json()["status"] == "failed", timeout=30)
+        refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        mounted_late.write_text("weights")
+        assert wait_for(lambda: _answers(f"{url}/ready"), timeout=30)
+        served = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=30)
+        log = proxy.log()
+    assert served.status_code == 200 and served.headers["x-routegate-router"] == "slow"
+    assert len(strong.received) + len(weak.received) == 1
+    assert "router slow loaded" in log
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1).status_code == 200

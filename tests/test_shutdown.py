@@ -11,9 +11,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import STRONG_MODEL, WEAK_MODEL, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.metric_values import wait_for
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
 GRACE_SECONDS = 3
@@ -107,6 +109,26 @@ def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: Fa
     assert 1 < len(pieces) < 1000  # it ran on through the grace period, then was cut
 
 
+def test_a_second_signal_ends_the_grace_period_at_once(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s
+    with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="40"), tmp_path) as proxy:
+        client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=60)
+        stream = client.chat.completions.create(model=STRONG_MODEL, messages=MESSAGES, stream=True)
+        pieces = [next(iter(stream)).choices[0].delta.content]
+        proxy.process.send_signal(signal.SIGTERM)
+        assert _drains(proxy.url)
+        proxy.process.send_signal(signal.SIGTERM)  # say, an operator who will not wait 40 s
+        with pytest.raises(openai.APIError) as cut:
+            for chunk in stream:
+                pieces.extend(choice.delta.content or "" for choice in chunk.choices)
+        assert cut.value.body["code"] == "shutting_down"
+        # well inside the 40 s grace period; uvicorn raises the second signal again once it has stopped
+        assert proxy.process.wait(timeout=15) == -signal.SIGTERM
+        log = proxy.log()
+    assert len(pieces) < 300  # cut within 15 s of the signals (a piece every 0.05 s), not after the 40 s grace period
+    assert "Cancel 1 running task(s)" in log
+
+
 def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     weak.behaviour.delay = 1.5  # a plain answer in flight when the signal comes
     env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS), workers="2")
@@ -150,3 +172,45 @@ def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: Fake
     assert restarted
     assert set(statuses) == {200}, statuses
     assert answers == ["answer from weak"] * 4  # cut or finished, every in-flight request was answered
+
+
+def test_a_restart_whose_new_workers_cannot_load_their_router_keeps_the_old_ones(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """SIGHUP's replacement counts as ready once its router is loaded: one that fails (its checkpoint
+    went bad since the start) ends the restart, and the old workers serve on. (While it is tried,
+    the replacement takes its share of new connections, and answers them 503 not_ready.)"""
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    weights = tmp_path / "checkpoints" / "slow" / "weights"
+    weights.write_text("weights")
+    env = proxy_env(
+        strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), workers="2", worker_ready_timeout="2"
+    )
+    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(weights)
+    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:
+        assert wait_for(lambda: proxy.log().count("router slow loaded") == 2, timeout=30)  # by both workers
+        weights.unlink()
+        proxy.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "was not ready in time; keeping worker" in proxy.log(), timeout=30)
+        probe = {"model": "router-slow-0.0", "messages": MESSAGES}
+        answers = [httpx.post(f"{proxy.api}/chat/completions", json=probe, headers={"connection": "close"}) for _ in range(20)]
+        log = proxy.log()
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) == {200}, statuses  # both old workers serve on
+    assert log.count("router slow loaded") == 2  # the replacement never did
+
+
+def test_a_request_cut_on_a_retired_worker_is_answered_shutting_down(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
+    weak.behaviour.delay = 30.0  # outlives the retired worker's grace period
+    env = proxy_env(strong, weak, shutdown_grace_seconds="1", workers="2")
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(
+            httpx.post, f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES}, timeout=60
+        )
+        deadline = time.monotonic() + 10
+        while not weak.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.process.send_signal(signal.SIGHUP)  # every worker is replaced, the one holding it among them
+        cut = held.result(timeout=45)
+    assert cut.status_code == 503, cut.text
+    assert cut.json()["error"]["code"] == "shutting_down"
