@@ -65,10 +65,14 @@ def score_table(records_by_file: Mapping[str, list[Record]]) -> tuple[list[str],
     """Rows, the models (normal form) and a (rows, models) table of scores, NaN where unscored. A row
     is a distinct prompt of one file (case and whitespace aside; a model scored on it twice gets the
     mean): a prompt in several files has a row per file, so an outcome never compares scores of
-    different files (a judge's win rate with a pass rate)."""
+    different files (a judge's win rate with a pass rate). A record scoring one model compares
+    nothing and is left out: merged with a comparison of the same prompt (an exported user rating
+    beside a judge's verdict) it would tilt that outcome towards whichever model was rated."""
     merged: dict[tuple[str, str], tuple[str, dict[str, list[float]]]] = {}
     for file, records in records_by_file.items():
         for record in tqdm(records, desc=f"table {file}", unit="prompt"):
+            if len(record["scores"]) < 2:
+                continue
             _, scores = merged.setdefault((file, normal_text(record["prompt"])), (record["prompt"], {}))
             for name, value in record["scores"].items():
                 scores.setdefault(normal_form(name), []).append(float(value))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -176,6 +177,8 @@ class Database:
             if not create_schema:
                 return sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT)
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # the owner's alone (prompts and clients' requests); SQLite gives its -wal and -shm files the same mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             connection = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
         if not create_schema:

@@ -344,6 +344,8 @@ def test_by_default_a_decision_keeps_the_prompts_hash_not_its_text(
         stored(db, "routegate_decisions", request_id)
     rows = query(db, "SELECT prompt_sha1, prompt FROM routegate_decisions WHERE request_id = ?", request_id)
     assert rows == [(hashlib.sha1(QUESTION[0]["content"].encode()).hexdigest(), None)]
+    assert db.stat().st_mode & 0o777 == 0o600  # prompts and requests are the owner's alone
+    assert all(path.stat().st_mode & 0o077 == 0 for path in tmp_path.glob("feedback.sqlite3*"))  # -wal, -shm too
 
 
 def test_one_client_can_neither_rate_nor_overwrite_anothers_request(

@@ -95,15 +95,17 @@ def test_a_prompt_is_one_row_per_file_with_each_models_mean() -> None:
         {
             "judged": [
                 {"prompt": "What is  2+2?", "scores": {"gpt4_1106_preview": 1.0, "b": 0.0}},
-                {"prompt": "what is 2+2?", "scores": {"gpt-4-1106-preview": 0.0}},
+                {"prompt": "what is 2+2?", "scores": {"gpt-4-1106-preview": 0.0, "b": 0.0}},
+                {"prompt": "What is 2+2? ", "scores": {"b": 1.0}},  # one model rated (say, a user's thumbs-up)
             ],
-            "graded": [{"prompt": "What is 2+2?", "scores": {"c": 1.0}}],
+            "graded": [{"prompt": "What is 2+2?", "scores": {"c": 1.0, "gpt-4-1106-preview": 0.0}}],
         }
     )
     assert prompts == ["What is  2+2?", "What is 2+2?"]  # the same question in two files: two rows
     assert models == ["b", "c", "gpt-4-1106-preview"]
-    assert table[0, 0] == 0.0 and np.isnan(table[0, 1]) and table[0, 2] == 0.5  # names normalised, repeats averaged
-    assert np.isnan(table[1, 0]) and table[1, 1] == 1.0 and np.isnan(table[1, 2])  # never compared with b
+    # names normalised, repeats averaged; the one-model rating left out (b would have 1/3 and "win" the tie)
+    assert table[0, 0] == 0.0 and np.isnan(table[0, 1]) and table[0, 2] == 0.5
+    assert np.isnan(table[1, 0]) and table[1, 1] == 1.0 and table[1, 2] == 0.0  # never compared with b
 
 
 def test_a_checkpoint_without_its_table_asks_to_be_retrained(tmp_path: Path) -> None:
