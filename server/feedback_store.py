@@ -178,7 +178,8 @@ class Database:
                 return sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # the owner's alone (prompts and clients' requests); SQLite gives its -wal and -shm files the same mode
-            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            if str(self.path) != ":memory:":
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             connection = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
         if not create_schema:

@@ -55,6 +55,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._head_size = 0  # the exact size of the parsed request line and headers
         self._refused = False
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -90,11 +91,20 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request httptools cannot parse, as an OpenAI-style error."""
+        """uvicorn's answer to a request httptools cannot parse, as an OpenAI-style error; while a
+        response is being sent (the bytes came pipelined behind its request) the connection is only
+        closed: a second status line in the middle of it would garble it."""
         self._refused = True
-        message = "The request is not valid HTTP/1.1."
-        self.transport.write(error_response(b"400 Bad Request", message, "invalid_http"))
+        self._stop_head_deadline()
+        if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
+            message = "The request is not valid HTTP/1.1."
+            self.transport.write(error_response(b"400 Bad Request", message, "invalid_http"))
         self.transport.close()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._upgraded = True  # the transport is the WebSocket protocol's from here
+        self._stop_head_deadline()
+        super().handle_websocket_upgrade()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         running = set(self.tasks)
@@ -141,6 +151,8 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._reading_head:
             self._received += len(data)
+        if self._upgraded:
+            return
         if self._refused or (self._reading_head and self._received > self.max_header_bytes):
             self._refuse_head()
         elif self._reading_head or not self._answering():

@@ -105,8 +105,9 @@ def format_percent(share: float) -> str:
 def _parse_percent(text: str, param: str) -> float:
     """A whole percent in [0, 100] as a share: at most 101 target routes per router can exist."""
     digits = text[:-1]
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 3 and int(digits) <= 100):
+    significant = digits.lstrip("0") or "0"  # int() refuses thousands of digits; leading zeros are fine
+    if not (digits.isascii() and digits.isdigit() and len(significant) <= 3 and int(significant) <= 100):
         raise bad_request(
             f"Target share '{text[:32]}' must be a whole percentage in [0, 100], e.g. 30%.", param=param, code="invalid_target"
         )
-    return int(digits) / 100.0
+    return int(significant) / 100.0

@@ -135,7 +135,7 @@ class ChatProxy:
             await finish(Outcome(decision, None, 499, started))
             return APIError(499, "The client closed the connection.", code="client_closed").to_response()
         except asyncio.CancelledError:
-            if not DRAIN.draining:
+            if not DRAIN.stopping:
                 raise
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
             cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")

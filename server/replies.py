@@ -181,7 +181,7 @@ def _stream_error(upstream: Upstream, reason: str) -> bytes:
 
 def _shutdown_event() -> bytes | None:
     """The final SSE event of a stream cut because the shutdown grace period ran out."""
-    if not DRAIN.draining:
+    if not DRAIN.stopping:
         return None
     message = "routegate shut down before this stream finished."
     return APIError(503, message, type="server_error", code="shutting_down").to_sse()

@@ -328,8 +328,11 @@ class ScorerPool:
                 self._raise_if_failed_lately(name)  # a request that waited for the lock: the load it waited on failed
                 try:
                     router, threads, shared_as = await asyncio.to_thread(self._load, name)
-                except Exception:  # a broken checkpoint: say so, keep serving other routers
-                    log.exception("could not load router %s; tried again in %g s", name, self.retry_seconds)
+                except Exception as error:  # a broken checkpoint: say so, keep serving other routers
+                    if name in self._failed:  # the traceback was logged at the first failure
+                        log.error("router %s still cannot be loaded (%s); tried again in %g s", name, error, self.retry_seconds)
+                    else:
+                        log.exception("could not load router %s; tried again in %g s", name, self.retry_seconds)
                     refusal = APIError(
                         503,
                         f"The router '{name}' could not be loaded; the gateway's log says why.",

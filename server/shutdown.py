@@ -23,11 +23,22 @@ class Drain:
 
     def __init__(self) -> None:
         self.started_at: float | None = None
+        self._stopping = False
 
     @property
     def draining(self) -> bool:
-        """True once a shutdown signal arrived."""
+        """True once a drain signal arrived: new chat requests are refused."""
         return self.started_at is not None
+
+    @property
+    def stopping(self) -> bool:
+        """True once the process is stopping, drained or not: what is cut at the end is answered
+        ``shutting_down``."""
+        return self._stopping or self.draining
+
+    def stop(self) -> None:
+        """The process stops without a drain phase (a retired worker): it serves what it has."""
+        self._stopping = True
 
     def begin(self) -> None:
         """Start draining (idempotent)."""
@@ -60,7 +71,7 @@ class DrainingServer(uvicorn.Server):
             self.config.timeout_graceful_shutdown = 0.1  # type: ignore[assignment]  # seconds, as in on_tick
         # stopping without a drain phase (a retired worker): still, what is cut when the grace period
         # runs out is answered ``shutting_down`` and counted, not uvicorn's bare 500
-        DRAIN.begin()
+        DRAIN.stop()
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:

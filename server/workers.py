@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+from types import FrameType
 
 import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -77,7 +78,22 @@ class DrainingWorker(multiprocess.Process):
 
 
 class DrainingSupervisor(multiprocess.Multiprocess):
-    """uvicorn's supervisor, whose workers drain when it stops."""
+    """uvicorn's supervisor, whose workers drain when it stops. A stop signal is acted on at once,
+    even during a SIGHUP restart (uvicorn would only queue it); a second one is passed on to the
+    workers, which then end their grace period."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, self._on_stop_signal)
+
+    def _on_stop_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.signal_queue.append(sig)
+        if self.should_exit.is_set():
+            for worker in self.processes:
+                if isinstance(worker, DrainingWorker):
+                    worker.drain()
+        self.should_exit.set()
 
     def terminate_all(self) -> None:
         for worker in self.processes:

@@ -178,9 +178,11 @@ def test_names_too_long_to_parse_are_refused_not_a_server_error(strong: FakeUpst
         chat = httpx.post(f"{proxy.api}/chat/completions", json={"model": huge_percent, "messages": MESSAGES})
         retrieved = httpx.get(f"{proxy.api}/models/{huge_percent}")
         unknown = httpx.post(f"{proxy.api}/chat/completions", json={"model": long_router, "messages": MESSAGES})
+        padded = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0050%", "messages": MESSAGES})
         log = proxy.log()
     assert chat.status_code == 400 and chat.json()["error"]["code"] == "invalid_target"
     assert retrieved.status_code == 404 and retrieved.json()["error"]["code"] == "model_not_found"
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_router"
     assert len(unknown.content) < 1000
-    assert "Traceback" not in log and not strong.received and not weak.received
+    assert padded.status_code == 200  # leading zeros are still a whole percent (50%)
+    assert "Traceback" not in log and len(strong.received) + len(weak.received) == 1

@@ -188,3 +188,21 @@ def test_a_pipelined_head_waits_for_the_answer_before_it(small_proxy: Proxy, str
     assert first.startswith(b"HTTP/1.1 200 ") and b'"answer from strong"' in first
     assert b'"code": "request_timeout"' in second
     assert len(strong.received) == 1
+
+
+def test_bytes_that_are_not_http_behind_a_stream_do_not_garble_it(small_proxy: Proxy, strong: FakeUpstream) -> None:
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 40, 0.05
+    port = int(small_proxy.url.rsplit(":", 1)[1])
+    body = b'{"model": "router-random-0", "stream": true, "messages": [{"role": "user", "content": "Hello?"}]}'
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        answer = connection.recv(65536)
+        while b"data: " not in answer:  # the stream has begun
+            answer += connection.recv(65536)
+        connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer += _read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1 ") == 1  # no 400 status line written into the stream

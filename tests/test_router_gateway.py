@@ -133,6 +133,7 @@ def test_a_default_router_that_failed_to_load_is_loaded_again_until_it_loads(
         assert wait_for(lambda: httpx.get(f"{url}/ready").json()["status"] == "failed", timeout=30)
         refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert wait_for(lambda: "router slow still cannot be loaded" in proxy.log(), timeout=30)
         mounted_late.write_text("weights")
         assert wait_for(lambda: _answers(f"{url}/ready"), timeout=30)
         served = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=30)
@@ -140,6 +141,8 @@ def test_a_default_router_that_failed_to_load_is_loaded_again_until_it_loads(
     assert served.status_code == 200 and served.headers["x-routegate-router"] == "slow"
     assert len(strong.received) + len(weak.received) == 1
     assert "router slow loaded" in log
+    # the traceback once, then a line a try
+    assert log.count("could not load router slow") == 1 and "router slow still cannot be loaded" in log
 
 
 def _answers(url: str) -> bool:
