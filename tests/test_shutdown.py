@@ -6,14 +6,17 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import STRONG_MODEL, WEAK_MODEL, proxy_env, running_proxy
+from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import wait_for
 
@@ -174,22 +177,31 @@ def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: Fake
     assert answers == ["answer from weak"] * 4  # cut or finished, every in-flight request was answered
 
 
+@contextmanager
+def _two_workers_then_a_broken_checkpoint(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, ready_timeout: str
+) -> Iterator[Proxy]:
+    """Two workers that loaded the slow router; then its checkpoint breaks: a replacement cannot load it."""
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    weights = tmp_path / "checkpoints" / "slow" / "weights"
+    weights.write_text("weights")
+    env = proxy_env(
+        strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), workers="2", worker_ready_timeout=ready_timeout
+    )
+    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(weights)
+    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:
+        assert wait_for(lambda: proxy.log().count("router slow loaded") == 2, timeout=30)  # by both workers
+        weights.unlink()
+        yield proxy
+
+
 def test_a_restart_whose_new_workers_cannot_load_their_router_keeps_the_old_ones(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path
 ) -> None:
     """SIGHUP's replacement counts as ready once its router is loaded: one that fails (its checkpoint
     went bad since the start) ends the restart, and the old workers serve on. (While it is tried,
     the replacement takes its share of new connections, and answers them 503 not_ready.)"""
-    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
-    weights = tmp_path / "checkpoints" / "slow" / "weights"
-    weights.write_text("weights")
-    env = proxy_env(
-        strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), workers="2", worker_ready_timeout="2"
-    )
-    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(weights)
-    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:
-        assert wait_for(lambda: proxy.log().count("router slow loaded") == 2, timeout=30)  # by both workers
-        weights.unlink()
+    with _two_workers_then_a_broken_checkpoint(strong, weak, tmp_path, ready_timeout="2") as proxy:
         proxy.process.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "was not ready in time; keeping worker" in proxy.log(), timeout=30)
         probe = {"model": "router-slow-0.0", "messages": MESSAGES}
@@ -215,16 +227,8 @@ def test_a_request_cut_on_a_retired_worker_is_answered_shutting_down(strong: Fak
 
 
 def test_a_stop_signal_during_a_restart_is_acted_on_at_once(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
-    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
-    weights = tmp_path / "checkpoints" / "slow" / "weights"
-    weights.write_text("weights")
-    env = proxy_env(
-        strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), workers="2", worker_ready_timeout="120"
-    )
-    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(weights)
-    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:
-        assert wait_for(lambda: proxy.log().count("router slow loaded") == 2, timeout=30)
-        weights.unlink()  # the restart's first replacement waits (up to 120 s) for a router that will not load
+    # the restart's first replacement waits (up to 120 s) for a router that will not load
+    with _two_workers_then_a_broken_checkpoint(strong, weak, tmp_path, ready_timeout="120") as proxy:
         proxy.process.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "router slow" in proxy.log().split("Received SIGHUP")[-1], timeout=30)
         proxy.process.send_signal(signal.SIGTERM)  # say, Kubernetes stopping the pod
