@@ -7,10 +7,9 @@ passes ``queue_timeout``, it is refused with a 429 and ``Retry-After`` instead o
 from __future__ import annotations
 
 import asyncio
-import math
 
 from server import metrics
-from server.errors import APIError
+from server.errors import APIError, retry_after
 
 
 class Admission:
@@ -22,7 +21,7 @@ class Admission:
         self.queue_timeout = queue_timeout
         self.waiting = 0
         self._slots = asyncio.Semaphore(limit)
-        self._retry_after = str(max(1, math.ceil(queue_timeout)))
+        self._retry_after = retry_after(queue_timeout)
 
     async def acquire(self) -> None:
         """Take a slot, waiting in the queue if needed; raise a 429 APIError when refused."""

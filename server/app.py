@@ -19,7 +19,7 @@ from server.client_keys import bearer_matches, presented_key
 from server.conversations import StickyStore
 from server.cost_targets import CostTargets
 from server.disconnects import ClientGone
-from server.errors import APIError
+from server.errors import APIError, retry_after
 from server.feedback import Feedback
 from server.feedback_api import FEEDBACK_OPENAPI, handle_feedback
 from server.http_protocol import BoundedHeadersProtocol
@@ -394,7 +394,13 @@ async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
     deadline = loop.time() + timeout
     while not gateway.ready:
         if gateway.load_error is not None or loop.time() >= deadline:
-            raise APIError(503, "routegate is not ready: its router is not loaded.", type="server_error", code="not_ready")
+            raise APIError(
+                503,
+                "routegate is not ready: its router is not loaded.",
+                type="server_error",
+                code="not_ready",
+                headers={"retry-after": retry_after(gateway.settings.router_retry_seconds)},
+            )
         await asyncio.sleep(0.05)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from server.client_keys import client_fingerprint
 from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.cost_targets import CostTargets
 from server.decision import Decision
-from server.errors import APIError
+from server.errors import APIError, retry_after
 from server.ladder import Ladder
 from server.model_names import Target
 from server.overrides import Override
@@ -64,7 +63,7 @@ class Decider:
         self.targets = targets
         self.sticky = sticky if settings.route_on == "sticky" else None
         self.budget = budget
-        self._overload_retry_after = str(max(1, math.ceil(settings.score_timeout)))
+        self._overload_retry_after = retry_after(settings.score_timeout)
 
     def strong_affordable(self) -> bool:
         """False once the daily budget is spent (as read by ``decide``): no request may go (or fall

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from starlette.responses import Response
 
@@ -49,3 +50,8 @@ class APIError(Exception):
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     """400 for a request the OpenAI API would refuse."""
     return APIError(400, message, param=param, code=code)
+
+
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least one."""
+    return str(max(1, math.ceil(seconds)))

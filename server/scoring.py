@@ -23,7 +23,7 @@ from routers.embedding import resolve_device
 from routers.model_names import match_model
 from routers.registry import RouterOptions, ScoredPair, load_router, load_router_for_pair
 from server import metrics
-from server.errors import APIError
+from server.errors import APIError, retry_after
 from server.settings import ModelEntry
 from server.shared_scores import SharedScores, scorer_identity
 
@@ -338,6 +338,7 @@ class ScorerPool:
                         f"The router '{name}' could not be loaded; the gateway's log says why.",
                         type="server_error",
                         code="router_unavailable",
+                        headers={"retry-after": retry_after(self.retry_seconds)},
                     )
                     self._failed[name] = (time.monotonic() + self.retry_seconds, refusal)
                     raise refusal from None

@@ -232,6 +232,7 @@ def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUps
         assert broken.status_code == 503
         assert broken.json()["error"]["code"] == "router_unavailable"
         assert str(checkpoints) not in broken.text, "the client is not told the server's paths"
+        assert broken.headers["retry-after"] == "30"  # when the router is loaded again
         missing = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-bert-0.5", "messages": MESSAGES})
         assert (missing.status_code, missing.json()["error"]["code"]) == (400, "unknown_router")
         served = httpx.post(f"{proxy.api}/chat/completions", json={"model": "router-random-0.0", "messages": MESSAGES})

@@ -133,6 +133,7 @@ def test_a_default_router_that_failed_to_load_is_loaded_again_until_it_loads(
         assert wait_for(lambda: httpx.get(f"{url}/ready").json()["status"] == "failed", timeout=30)
         refused = httpx.post(f"{url}/v1/chat/completions", json=HI)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+        assert refused.headers["retry-after"] == "1"  # the next try, ROUTEGATE_ROUTER_RETRY_SECONDS=0.5, in whole seconds
         assert wait_for(lambda: "router slow still cannot be loaded" in proxy.log(), timeout=30)
         mounted_late.write_text("weights")
         assert wait_for(lambda: _answers(f"{url}/ready"), timeout=30)
