@@ -12,7 +12,9 @@ answered 408 (mid-head) or closed. uvicorn's own keep-alive timer stops at the f
 next request, so a client sending one byte a minute would otherwise hold its connection forever.
 
 A request httptools cannot parse (``Content-Length: abc``, a non-ASCII byte in the path) is
-answered 400 with an OpenAI-style error, as everything else is.
+answered 400 with an OpenAI-style error, as everything else is, and counted rather than logged
+(uvicorn's warning line for each would let a client fill the log). Each refusal here counts in
+``routegate_http_refused_total``.
 
 A response the app leaves unfinished (a streaming client that stopped reading was let go, see
 ``server.relay.SendWatch``) makes uvicorn close the connection, which waits for the client to read
@@ -23,10 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server import metrics
+
+INVALID_REQUEST_WARNING = "Invalid HTTP request received."  # uvicorn's, for each; counted instead
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 20.0
 
@@ -39,6 +45,16 @@ def error_response(status: bytes, message: str, code: str) -> bytes:
         b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
     )
+
+
+class WithoutInvalidRequestWarnings(logging.Filter):
+    """Drops uvicorn's warning line for each request that is not HTTP (counted in metrics instead)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != INVALID_REQUEST_WARNING
+
+
+logging.getLogger("uvicorn.error").addFilter(WithoutInvalidRequestWarnings())
 
 
 class BoundedHeadersProtocol(HttpToolsProtocol):
@@ -86,6 +102,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             return
         if self._reading_head:
             self._refused = True
+            metrics.HTTP_REFUSED.labels("head_timeout").inc()
             message = f"The request head was not received within {self.head_timeout:g} seconds."
             self.transport.write(error_response(b"408 Request Timeout", message, "request_timeout"))
         self.transport.close()
@@ -96,6 +113,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         closed: a second status line in the middle of it would garble it."""
         self._refused = True
         self._stop_head_deadline()
+        metrics.HTTP_REFUSED.labels("invalid_http").inc()
         if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
             message = "The request is not valid HTTP/1.1."
             self.transport.write(error_response(b"400 Bad Request", message, "invalid_http"))
@@ -163,5 +181,6 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._refused = True
         message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
         if not self.transport.is_closing():
+            metrics.HTTP_REFUSED.labels("headers_too_large").inc()
             self.transport.write(error_response(b"431 Request Header Fields Too Large", message, "headers_too_large"))
             self.transport.close()

@@ -166,6 +166,12 @@ REJECTED = Counter(
     "(queue_full|queue_timeout|scoring_overload|budget_exhausted|shutting_down).",
     ["reason"],
 )
+HTTP_REFUSED_REASONS = ("invalid_http", "headers_too_large", "head_timeout")
+HTTP_REFUSED = Counter(
+    "routegate_http_refused_total",
+    f"Requests answered by the HTTP layer before the app saw them, by reason ({'|'.join(HTTP_REFUSED_REASONS)}).",
+    ["reason"],
+)
 UNSCORED = Counter(
     "routegate_scoring_overload_total",
     "Requests whose router could not score them in time, by router and reason (timeout|queue_full).",
@@ -207,6 +213,8 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a worker's gauge cannot be cleared (nor needs it: set once)
         MOST_CAPABLE_TIER.clear()
     MOST_CAPABLE_TIER.labels(most_capable).set(1)
+    for reason in HTTP_REFUSED_REASONS:
+        HTTP_REFUSED.labels(reason)
     for router in routers:  # histograms too: a router's first scores must show in rate()
         ROUTING_SECONDS.labels(router)
         ROUTER_SCORE.labels(router)

@@ -14,6 +14,7 @@ import pytest
 from server.chat_request import FIELD_TYPES, MAX_NESTING, RANGES
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
+from tests.metrics_text import metric_sum
 
 MODEL = "router-random-0"
 MESSAGES = [{"role": "user", "content": "Hello?"}]
@@ -215,6 +216,7 @@ def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
 
 
 def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
+    before = metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="headers_too_large")
     body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
     one_huge = post(proxy, body, **{"x-padding": "a" * 200_000})
     assert openai_error(one_huge, 431)["code"] == "headers_too_large"
@@ -223,6 +225,7 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     )
     assert openai_error(many, 431)["code"] == "headers_too_large"
     assert not strong.received
+    assert metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="headers_too_large") == before + 2
     # Headers under the limit are fine, and an overlong request id is replaced, not echoed.
     ok = post(proxy, body, **{"x-padding": "a" * 8_000, "x-request-id": "r" * 1000})
     assert ok.status_code == 200 and len(ok.headers["x-request-id"]) == 32
@@ -243,6 +246,7 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     ],
 )
 def test_requests_that_are_not_http_get_an_openai_error(proxy: Proxy, strong: FakeUpstream, head: bytes) -> None:
+    before = metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="invalid_http")
     port = int(proxy.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
         connection.sendall(head)
@@ -253,6 +257,9 @@ def test_requests_that_are_not_http_get_an_openai_error(proxy: Proxy, strong: Fa
     assert status.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in status
     assert json.loads(body)["error"]["code"] == "invalid_http"
     assert not strong.received
+    # counted, not logged: a client sending garbage in a loop does not fill the log
+    assert metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="invalid_http") == before + 1
+    assert "Invalid HTTP request received" not in proxy.log()
 
 
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:

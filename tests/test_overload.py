@@ -147,6 +147,7 @@ def test_a_client_trickling_its_request_head_gets_408_and_a_silent_one_is_closed
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b'"code": "request_timeout"' in answer and b"connection: close" in answer
     assert silent_answer == b""
+    assert metric_sum(small_proxy.metrics(), "routegate_http_refused_total", reason="head_timeout") >= 1
 
 
 def test_bytes_trickling_after_an_answer_do_not_hold_the_connection(small_proxy: Proxy) -> None:
