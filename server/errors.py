@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from http import HTTPStatus
 
 from starlette.responses import Response
 
@@ -40,6 +41,16 @@ class APIError(Exception):
             status_code=self.status,
             media_type="application/json",
             headers={**self.headers, **(headers or {})},
+        )
+
+    def to_http(self) -> bytes:
+        """Render as a whole HTTP/1.1 response that closes the connection, for the HTTP layer
+        (server.http_protocol), which answers before any app sees the request."""
+        body = json.dumps(self.body()).encode()
+        return (
+            f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
         )
 
     def to_sse(self) -> bytes:

@@ -24,27 +24,17 @@ what is buffered: a client that never reads would keep it, and its buffer, open.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server import metrics
+from server.errors import APIError
 
 INVALID_REQUEST_WARNING = "Invalid HTTP request received."  # uvicorn's, for each; counted instead
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 20.0
-
-
-def error_response(status: bytes, message: str, code: str) -> bytes:
-    """A whole HTTP/1.1 response carrying an OpenAI-style error, closing the connection."""
-    error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-    body = json.dumps(error).encode()
-    return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
-    )
 
 
 class WithoutInvalidRequestWarnings(logging.Filter):
@@ -104,7 +94,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._refused = True
             metrics.HTTP_REFUSED.labels("head_timeout").inc()
             message = f"The request head was not received within {self.head_timeout:g} seconds."
-            self.transport.write(error_response(b"408 Request Timeout", message, "request_timeout"))
+            self.transport.write(APIError(408, message, code="request_timeout").to_http())
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
@@ -116,7 +106,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         metrics.HTTP_REFUSED.labels("invalid_http").inc()
         if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
             message = "The request is not valid HTTP/1.1."
-            self.transport.write(error_response(b"400 Bad Request", message, "invalid_http"))
+            self.transport.write(APIError(400, message, code="invalid_http").to_http())
         self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
@@ -182,5 +172,5 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
         if not self.transport.is_closing():
             metrics.HTTP_REFUSED.labels("headers_too_large").inc()
-            self.transport.write(error_response(b"431 Request Header Fields Too Large", message, "headers_too_large"))
+            self.transport.write(APIError(431, message, code="headers_too_large").to_http())
             self.transport.close()
