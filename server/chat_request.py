@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -55,12 +56,21 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when
-    it has not all arrived within ``timeout`` seconds (a client that stalls mid-upload)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def declared_length(request: Request, limit: int) -> int:
+    """The request's ``Content-Length`` (0 for a chunked body); 413 when it is over ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        return 0
+    if len(declared.lstrip("0")) > len(str(limit)) or int(declared) > limit:
         raise _too_large(limit)
+    return int(declared)
+
+
+async def read_body(request: Request, limit: int, timeout: float, on_received: Callable[[int], None] | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when
+    it has not all arrived within ``timeout`` seconds (a client that stalls mid-upload);
+    ``on_received`` is told the bytes received so far after each chunk."""
+    declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -69,6 +79,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
+                if on_received is not None:
+                    on_received(size)
                 chunks.append(chunk)
     except TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} seconds.", code="request_timeout") from None

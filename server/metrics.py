@@ -163,8 +163,14 @@ QUEUED = Gauge("routegate_requests_queued", "Requests waiting for an upstream sl
 REJECTED = Counter(
     "routegate_requests_rejected_total",
     "Requests refused before reaching an upstream, by reason "
-    "(queue_full|queue_timeout|scoring_overload|budget_exhausted|shutting_down).",
+    "(queue_full|queue_timeout|body_queue_full|body_queue_timeout|body_budget_full|scoring_overload|budget_exhausted|"
+    "shutting_down).",
     ["reason"],
+)
+BODY_BYTES_PENDING = Gauge(
+    "routegate_request_body_bytes_pending",
+    "Bytes of request bodies being read and parsed, of the ROUTEGATE_MAX_PENDING_BODY_BYTES each process allows.",
+    multiprocess_mode="livesum",
 )
 HTTP_REFUSED_REASONS = ("invalid_http", "headers_too_large", "head_timeout")
 HTTP_REFUSED = Counter(

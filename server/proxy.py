@@ -2,7 +2,8 @@
 
 parse -> resolve model (and a trusted client's override) -> admit -> decide (score) -> forward -> relay -> record.
 
-Each step is its own module: chat_request (parse), model_names (resolve), admission (admit),
+Each step is its own module: chat_request (parse; body_budget bounds the bodies being read and
+parsed at once), model_names (resolve), admission (admit),
 deciding (decide), forwarding (forward), replies (relay), recording (record). Admission comes
 before scoring, so a refused request costs no router time; the books (sticky memory, target
 feedback, budget) are written once, from the outcome, for requests an upstream answered.
@@ -15,13 +16,15 @@ import functools
 import logging
 import time
 import uuid
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from server import metrics
 from server.admission import Admission
-from server.chat_request import parse_chat_request, read_body
+from server.body_budget import BodyBudget
+from server.chat_request import declared_length, parse_chat_request, read_body
 from server.cost_targets import CostTargets
 from server.deciding import Decider
 from server.decision import Decision
@@ -97,6 +100,7 @@ class ChatProxy:
         self.cost_targets = cost_targets  # target routes among more than two models
         budget = targets.budget if targets is not None else None
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout)
+        self.bodies = BodyBudget(settings.max_pending_body_bytes, settings.max_queued_requests, settings.queue_timeout)
         self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)
         self.forwarder = Forwarder(settings, ladder, upstreams)
         self.recorder = Recorder(ladder, targets, sticky, budget, cost_targets)
@@ -116,8 +120,7 @@ class ChatProxy:
                 ticket.close()
 
         try:
-            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout)
-            payload = parse_chat_request(body)  # parse
+            payload = await self.read_payload(request)  # read and parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
             route = self.resolve(payload["model"])  # resolve model
             override = read_override(request.headers, self.settings) if route.router else NO_OVERRIDE  # before a slot
@@ -147,6 +150,13 @@ class ChatProxy:
         finally:
             if not isinstance(response, RelayResponse):  # a stream gives its ticket back when it closes
                 ticket.close()
+
+    async def read_payload(self, request: Request) -> dict[str, Any]:
+        """The checked chat request, read and parsed within ROUTEGATE_MAX_PENDING_BODY_BYTES."""
+        limit = self.settings.max_body_bytes
+        async with self.bodies.hold(declared_length(request, limit)) as held:
+            body = await read_body(request, limit, self.settings.body_timeout, held.cover)
+            return parse_chat_request(body)
 
     def resolve(self, model: str) -> Target:
         """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES
