@@ -163,8 +163,7 @@ QUEUED = Gauge("routegate_requests_queued", "Requests waiting for an upstream sl
 REJECTED = Counter(
     "routegate_requests_rejected_total",
     "Requests refused before reaching an upstream, by reason "
-    "(queue_full|queue_timeout|body_queue_full|body_queue_timeout|body_budget_full|scoring_overload|budget_exhausted|"
-    "shutting_down).",
+    "(queue_full|queue_timeout|body_budget_full|scoring_overload|budget_exhausted|shutting_down).",
     ["reason"],
 )
 BODY_BYTES_PENDING = Gauge(

@@ -244,12 +244,12 @@ class Settings(BaseSettings):
         "own field's 400 is relayed); a stream without usage is charged an estimate",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
-    max_pending_body_bytes: int = Field(
-        64 * 1024 * 1024,
+    max_pending_body_bytes: int | None = Field(
+        None,
         ge=1024,
         description="request body bytes read and parsed at once per process, before admission (a body parses to several "
-        "times its size); more wait in line up to ROUTEGATE_QUEUE_TIMEOUT (at most ROUTEGATE_MAX_QUEUED_REQUESTS of them), "
-        "then get 429; at least ROUTEGATE_MAX_BODY_BYTES",
+        "times its size), counted as they arrive; a request whose body does not fit gets 429; at least "
+        "ROUTEGATE_MAX_BODY_BYTES (default: 64 MiB, or ROUTEGATE_MAX_BODY_BYTES when that is larger)",
     )
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
@@ -374,10 +374,17 @@ class Settings(BaseSettings):
                 upstream.api_key = SecretStr(openai_key)
         return self
 
+    @property
+    def pending_body_limit(self) -> int:
+        """ROUTEGATE_MAX_PENDING_BODY_BYTES, or its default: 64 MiB, or the largest body when that is larger."""
+        if self.max_pending_body_bytes is not None:
+            return self.max_pending_body_bytes
+        return max(64 * 1024 * 1024, self.max_body_bytes)
+
     @model_validator(mode="after")
     def _largest_body_fits_the_budget(self) -> Settings:
-        """A body of ROUTEGATE_MAX_BODY_BYTES must fit ROUTEGATE_MAX_PENDING_BODY_BYTES, or it would wait in vain."""
-        if self.max_pending_body_bytes < self.max_body_bytes:
+        """A body of ROUTEGATE_MAX_BODY_BYTES must fit ROUTEGATE_MAX_PENDING_BODY_BYTES, or it could never be read."""
+        if self.max_pending_body_bytes is not None and self.max_pending_body_bytes < self.max_body_bytes:
             raise ValueError(
                 f"ROUTEGATE_MAX_PENDING_BODY_BYTES ({self.max_pending_body_bytes}) is smaller than ROUTEGATE_MAX_BODY_BYTES "
                 f"({self.max_body_bytes}): the largest body allowed could never be read"

@@ -1,14 +1,12 @@
 """Request bodies are read and parsed before admission, so ROUTEGATE_MAX_PENDING_BODY_BYTES bounds
-how many bytes of them a process holds at once: past it a request waits in line for up to
-ROUTEGATE_QUEUE_TIMEOUT, then gets the 429 ``overloaded`` of a full queue, and a line of
-ROUTEGATE_MAX_QUEUED_REQUESTS is refused at once. Clients that upload slowly cannot make the
-gateway hold unbounded memory."""
+how many bytes of them a process holds at once, counted as they arrive: a request whose body does
+not fit gets the 429 ``overloaded`` of a full queue. Clients that upload slowly cannot make the
+gateway hold unbounded memory, and clients that only promise large bodies cannot lock others out."""
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -23,8 +21,7 @@ from tests.metrics_text import metric_sum
 BODY_LIMIT = 4096
 SETTINGS = {
     "max_body_bytes": str(BODY_LIMIT),
-    "max_pending_body_bytes": str(2 * BODY_LIMIT),  # two bodies of the largest size
-    "max_queued_requests": "1",
+    "max_pending_body_bytes": str(2 * BODY_LIMIT),
     "queue_timeout": "1.5",
     "body_timeout": "8",
 }
@@ -37,27 +34,35 @@ def budget_proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pyt
         yield running
 
 
+@pytest.fixture(autouse=True)
+def _no_bodies_pending(budget_proxy: Proxy) -> Iterator[None]:
+    """Each test starts and ends with the budget empty (the uploads it left closed)."""
+    assert wait_for(lambda: _pending(budget_proxy) == 0)
+    yield
+    assert wait_for(lambda: _pending(budget_proxy) == 0)
+
+
 def _full_body() -> bytes:
     """A valid chat request padded with spaces to exactly BODY_LIMIT bytes."""
     body = json.dumps(REQUEST).encode()
     return body + b" " * (BODY_LIMIT - len(body))
 
 
-def _start_upload(proxy: Proxy, stack: ExitStack) -> socket.socket:
-    """A connection that declared a body of BODY_LIMIT bytes and sent only its first byte."""
+def _start_upload(proxy: Proxy, stack: ExitStack, sent: int) -> socket.socket:
+    """A connection that declared a body of BODY_LIMIT bytes and sent only its first ``sent``."""
     port = int(proxy.url.rsplit(":", 1)[1])
     connection = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
     connection.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
         + f"content-length: {BODY_LIMIT}\r\n\r\n".encode()
-        + _full_body()[:1]
+        + _full_body()[:sent]
     )
     return connection
 
 
-def _finish_upload(connection: socket.socket) -> bytes:
+def _finish_upload(connection: socket.socket, sent: int) -> bytes:
     """Send the rest of the body; the status line and headers of the answer."""
-    connection.sendall(_full_body()[1:])
+    connection.sendall(_full_body()[sent:])
     answer = b""
     while b"\r\n\r\n" not in answer:
         received = connection.recv(65536)
@@ -71,57 +76,58 @@ def _pending(proxy: Proxy) -> float:
     return metric_sum(proxy.metrics(), "routegate_request_body_bytes_pending")
 
 
-def _post_in_background(proxy: Proxy, results: list[httpx.Response]) -> threading.Thread:
-    thread = threading.Thread(
-        target=lambda: results.append(httpx.post(f"{proxy.api}/chat/completions", json=REQUEST, timeout=30)), daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def test_bodies_past_the_budget_wait_in_a_bounded_line_then_get_429(budget_proxy: Proxy, strong: FakeUpstream) -> None:
+def test_a_body_past_the_budget_gets_429_until_bytes_are_given_back(budget_proxy: Proxy, strong: FakeUpstream) -> None:
     delta = MetricDelta(budget_proxy.metrics)
+    sent = BODY_LIMIT - 100  # two uploads this far along leave 200 bytes of the budget
     with ExitStack() as uploads:
-        for _ in range(2):
-            _start_upload(budget_proxy, uploads)
-        assert wait_for(lambda: _pending(budget_proxy) == 2 * BODY_LIMIT)
-        waiting: list[httpx.Response] = []
-        waiter = _post_in_background(budget_proxy, waiting)  # the one place in line
-        assert wait_for(lambda: delta.after()("routegate_requests_in_flight") == 3)
-        no_place = httpx.post(f"{budget_proxy.api}/chat/completions", json=REQUEST, timeout=30)
-        assert no_place.status_code == 429
-        assert no_place.json()["error"]["code"] == "overloaded" and no_place.headers["retry-after"] == "2"
-        waiter.join(timeout=10)
-        assert waiting[0].status_code == 429 and waiting[0].json()["error"]["type"] == "requests"
+        first, _second = (_start_upload(budget_proxy, uploads, sent) for _ in range(2))
+        assert wait_for(lambda: _pending(budget_proxy) == 2 * sent)
+        refused = httpx.post(f"{budget_proxy.api}/chat/completions", json={**REQUEST, "user": "x" * 200}, timeout=30)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "overloaded" and refused.json()["error"]["type"] == "requests"
+        assert refused.headers["retry-after"] == "2"
+        assert not strong.received
+        assert _finish_upload(first, sent).startswith(b"HTTP/1.1 200 ")  # it fits: it had its bytes already
+        answered = httpx.post(f"{budget_proxy.api}/chat/completions", json={**REQUEST, "user": "x" * 200}, timeout=30)
+        assert answered.status_code == 200  # the finished upload gave its bytes back
     delta.after()
-    assert delta("routegate_requests_rejected_total", reason="body_queue_full") == 1
-    assert delta("routegate_requests_rejected_total", reason="body_queue_timeout") == 1
-    assert not strong.received  # neither the refused requests nor the stalled uploads reached an upstream
-    assert wait_for(lambda: _pending(budget_proxy) == 0)  # the stalled clients left: their bytes are given back
-
-
-def test_a_body_waiting_in_line_is_read_when_an_upload_finishes(budget_proxy: Proxy, strong: FakeUpstream) -> None:
-    with ExitStack() as uploads:
-        first, _second = (_start_upload(budget_proxy, uploads) for _ in range(2))
-        assert wait_for(lambda: _pending(budget_proxy) == 2 * BODY_LIMIT)
-        waiting: list[httpx.Response] = []
-        waiter = _post_in_background(budget_proxy, waiting)
-        assert wait_for(lambda: metric_sum(budget_proxy.metrics(), "routegate_requests_in_flight") == 3)
-        assert _finish_upload(first).startswith(b"HTTP/1.1 200 ")
-        waiter.join(timeout=10)
-        assert waiting[0].status_code == 200, waiting[0].text
-    assert len(strong.received) == 2
-    assert strong.received[0].body["messages"] == REQUEST["messages"]
+    assert delta("routegate_requests_rejected_total", reason="body_budget_full") == 1
+    assert delta("routegate_requests_total", status="429") == 1
+    assert [received.body["messages"] for received in strong.received] == [REQUEST["messages"]] * 2
 
 
 def test_a_chunked_body_past_the_budget_gets_429(budget_proxy: Proxy, strong: FakeUpstream) -> None:
+    delta = MetricDelta(budget_proxy.metrics)
     with ExitStack() as uploads:
         for _ in range(2):
-            _start_upload(budget_proxy, uploads)
-        assert wait_for(lambda: _pending(budget_proxy) == 2 * BODY_LIMIT)
+            _start_upload(budget_proxy, uploads, BODY_LIMIT - 1)
+        assert wait_for(lambda: _pending(budget_proxy) == 2 * (BODY_LIMIT - 1))
         chunked = httpx.post(f"{budget_proxy.api}/chat/completions", content=iter([json.dumps(REQUEST).encode()]), timeout=30)
     assert chunked.status_code == 429 and chunked.json()["error"]["code"] == "overloaded"
+    assert delta.after()("routegate_requests_rejected_total", reason="body_budget_full") == 1
     assert not strong.received
-    assert wait_for(lambda: _pending(budget_proxy) == 0)
-    answered = httpx.post(f"{budget_proxy.api}/chat/completions", content=iter([json.dumps(REQUEST).encode()]), timeout=30)
-    assert answered.status_code == 200  # a chunked body that fits is read as before
+
+
+def test_promised_bodies_reserve_nothing(budget_proxy: Proxy, strong: FakeUpstream) -> None:
+    with ExitStack() as uploads:
+        for _ in range(8):  # eight times the budget declared, a byte of it sent
+            _start_upload(budget_proxy, uploads, 1)
+        assert wait_for(lambda: _pending(budget_proxy) == 8)
+        answered = httpx.post(f"{budget_proxy.api}/chat/completions", content=_full_body(), timeout=30)
+        chunked = httpx.post(f"{budget_proxy.api}/chat/completions", content=iter([json.dumps(REQUEST).encode()]), timeout=30)
+    assert answered.status_code == 200 and chunked.status_code == 200
+    assert len(strong.received) == 2
+
+
+@pytest.mark.parametrize("declared", ["0" * 5000 + "5", "9" * 5000])
+def test_a_content_length_of_thousands_of_digits_is_not_a_500(budget_proxy: Proxy, declared: str) -> None:
+    port = int(budget_proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
+            + f"content-length: {declared}\r\n\r\n".encode()
+            + b"{}   "
+        )
+        answer = connection.recv(65536)
+    assert answer.split(b" ", 2)[1] in (b"400", b"413"), answer
+    assert b"Traceback" not in answer and "Traceback" not in budget_proxy.log()

@@ -3,8 +3,10 @@ budget that caps every strong-tier request, and no upstream work for clients tha
 
 from __future__ import annotations
 
+import select
 import socket
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -67,6 +69,35 @@ def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp
     assert keyed.status_code == 200
     assert metric_sum(keyed.text, "routegate_requests_total", router="random", status="200") == 1
     assert metric_sum(keyed.text, "routegate_event_loop_tasks") > 0  # sampled on the loop, not by this port's thread
+
+
+def _cut_while_trickling(connection: socket.socket, data: bytes) -> bool:
+    """Send ``data`` a byte every 0.5 s (more often than any read timeout); whether the other end
+    closed the connection meanwhile."""
+    for byte in data:
+        try:
+            connection.sendall(bytes([byte]))
+            if select.select([connection], [], [], 0.5)[0] and connection.recv(65536) == b"":
+                return True
+        except OSError:  # reset by the other end
+            return True
+    return False
+
+
+def test_the_metrics_port_bounds_its_connections(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    from server.metrics_server import MAX_CONNECTIONS
+
+    port = free_port()
+    with running_proxy(proxy_env(strong, weak, metrics_port=str(port), head_timeout="3"), tmp_path), ExitStack() as held:
+        trickling = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=15))
+        idle = [held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=15)) for _ in range(MAX_CONNECTIONS - 1)]
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 503  # every place is taken
+        started = time.monotonic()
+        assert _cut_while_trickling(trickling, b"GET /metrics HTTP/1.1\r\nx-slow: " + b"a" * 20)  # never ends a head
+        assert time.monotonic() - started < 8  # cut 3 s after it was accepted, not 3 s after its last byte
+        for connection in idle:
+            assert connection.recv(65536) == b""  # the silent ones were cut too
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200  # their places are free again
 
 
 def test_openapi_document_and_router_list_need_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
