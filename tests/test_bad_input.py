@@ -120,6 +120,18 @@ def test_every_range_is_checked_on_both_sides(proxy: Proxy, name: str, outside: 
 
 
 @pytest.mark.parametrize(
+    ("name", "edge"),
+    [(name, RANGES[name][0]) for name in sorted(RANGES)]
+    + [(name, RANGES[name][1]) for name in sorted(RANGES) if RANGES[name][1] != float("inf")],
+)
+def test_every_range_accepts_its_ends(proxy: Proxy, strong: FakeUpstream, name: str, edge: float) -> None:
+    value = int(edge) if int in FIELD_TYPES[name][0] and float not in FIELD_TYPES[name][0] else edge
+    answer = post_json(proxy, {"model": MODEL, "messages": MESSAGES, name: value})
+    assert answer.status_code == 200, answer.text
+    assert strong.received[-1].body[name] == value  # relayed as sent
+
+
+@pytest.mark.parametrize(
     ("payload", "param"),
     [
         ({"messages": MESSAGES}, "model"),

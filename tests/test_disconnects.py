@@ -120,7 +120,8 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
         head += f"content-length: {len(body)}\r\n\r\n"
         stalled.sendall(head.encode() + body)  # ... and never reads the answer
         try:
-            assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)
+            assert wait_for(lambda: bool(strong.received))  # it took the one slot and reached the upstream ...
+            assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)  # ... and ended
             assert gauges(proxy)["routegate_upstream_responses_open"] == 0
             answered = httpx.post(f"{proxy.api}/chat/completions", json={**REQUEST, "stream": False}, timeout=10)
             # its connection is dropped, not held open (with what it buffers) until the client reads

@@ -181,7 +181,15 @@ def test_a_stream_the_client_stopped_can_be_rated_but_is_not_judged(
     assert stored(db, "routegate_decisions", "req-stopped")[6] == "strong"
     assert post_feedback(proxy, {"request_id": "req-stopped", "rating": "down"}).status_code == 200
     assert stored(db, "routegate_feedback", "req-stopped")[3] == "down"
-    assert not weak.received  # a part of an answer is not shadowed for a judge
+    # a whole answer after it is shadowed; had the stopped stream been queued first, it would show here too
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 1, 0.0
+    marker = [{"role": "user", "content": "A whole answer after the stopped one."}]
+    judged_before = shadow_total(proxy, outcome="judged")
+    whole = {"model": STRONG_ROUTE, "messages": marker}
+    answered = httpx.post(f"{proxy.api}/chat/completions", json=whole, headers={**headers, "x-request-id": "req-whole"})
+    assert answered.status_code == 200
+    wait_until(lambda: shadow_total(proxy, outcome="judged") == judged_before + 1, "the whole answer judged")
+    assert [received.body["messages"] for received in weak.received] == [marker]  # a part of an answer is not shadowed
 
 
 def test_an_empty_shadow_answer_is_not_judged(shadowing: tuple[Proxy, Path], strong: FakeUpstream, judge: FakeJudge) -> None:
@@ -308,8 +316,9 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
 
     missing = post_feedback(proxy, {"request_id": "never-seen", "rating": "down"})
     assert missing.status_code == 404
+    assert missing.json()["error"]["message"]
     assert missing.json()["error"] == {
-        "message": missing.json()["error"]["message"],
+        "message": missing.json()["error"]["message"],  # any wording; the rest exactly
         "type": "invalid_request_error",
         "param": "request_id",
         "code": "request_not_found",

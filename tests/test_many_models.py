@@ -370,8 +370,9 @@ def test_a_spent_budget_leaves_only_the_cheapest_model(fakes: dict[str, FakeUpst
             "answer from small",
         )
         fakes["small"].behaviour.fail_statuses = [500]
-        with pytest.raises(openai.InternalServerError):  # no fallback to a dearer model either
+        with pytest.raises(openai.InternalServerError) as failed:  # no fallback to a dearer model either
             ask(budget_proxy, TO_SMALL, False)
+        assert failed.value.status_code == 502 and failed.value.body["code"] == "upstream_error"
         assert len(fakes["mid"].received) == 1 and not fakes["big"].received
 
 

@@ -69,7 +69,10 @@ def test_sweep_runs_from_cheapest_to_all_best():
     assert (np.diff(thresholds) < 0).all()
     assert (choices[0] == 0).all() and (choices[-1] == 3).all()
     # each change point is a threshold, and the choice only ever moves to dearer models
-    assert set(change_points(beaten, prices, 3)) <= set(thresholds)
+    points = change_points(beaten, prices, 3)
+    assert set(points) <= set(thresholds) and len(points) > 10
+    for point in points:  # some prompt's choice changes just above each change point
+        assert (choose(beaten, prices, 3, point) != choose(beaten, prices, 3, np.nextafter(point, 1.0))).any()
     assert (np.diff(choices, axis=0) >= 0).all()
 
 

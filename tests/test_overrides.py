@@ -10,6 +10,7 @@ from openai import OpenAI
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.metric_values import wait_for
 
 MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
 TRUSTED_KEY = "rg-trusted-client-key-0001"
@@ -72,10 +73,7 @@ def test_a_malformed_override_is_refused_before_it_waits_for_a_slot(
         busy = threading.Thread(target=lambda: _ask(proxy, "router-random-1", {}))
         busy.start()
         try:
-            for _ in range(100):  # until the slow request holds the slot
-                if weak.received:
-                    break
-                threading.Event().wait(0.02)
+            assert wait_for(lambda: bool(weak.received))  # the slow request holds the slot
             with pytest.raises(openai.BadRequestError) as bad:
                 _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "abc"})
         finally:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from routers.registry import RouterOptions, load_router
 from tests.conftest import proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import wait_for
@@ -188,4 +189,6 @@ def test_a_pair_the_router_knows_but_never_saw_scored_together_gets_the_default_
         assert "never scored on the same prompt" in pair["why"] and "default pair" in pair["why"]
         client = OpenAI(base_url=proxy.api, api_key="unused")
         tier, score, _ = _routed(client, "auto", PROMPTS[1])
-        assert tier in ("strong", "weak") and 0.0 < score < 1.0
+    default_pair = load_router("sw_ranking", RouterOptions(strong_model=pair["strong"], weak_model=pair["weak"]))
+    assert score == pytest.approx(default_pair.score([PROMPTS[1]])[0], abs=2e-6)  # scored as the default pair
+    assert tier == ("strong" if score >= 0.5 else "weak")

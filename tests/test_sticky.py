@@ -23,7 +23,7 @@ def sticky_proxy(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pyt
 
 
 def _ask(proxy: Proxy, model: str, messages: list[dict], conversation_id: str | None = None):
-    client = OpenAI(base_url=proxy.api, api_key="unused")
+    client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
     headers = {"x-routegate-conversation-id": conversation_id} if conversation_id else None
     raw = client.chat.completions.with_raw_response.create(model=model, messages=messages, extra_headers=headers)
     reply = raw.parse()
@@ -124,7 +124,7 @@ def test_with_client_keys_each_client_has_its_own_conversations(strong: FakeUpst
     decides nothing for the other, and the other cannot see it in its headers."""
     env = proxy_env(strong, weak, route_on="sticky", api_keys='["rg-key-alice", "rg-key-bob"]')
     with running_proxy(env, tmp_path) as proxy:
-        alice, bob = (OpenAI(base_url=proxy.api, api_key=key) for key in ("rg-key-alice", "rg-key-bob"))
+        alice, bob = (OpenAI(base_url=proxy.api, api_key=key, max_retries=0) for key in ("rg-key-alice", "rg-key-bob"))
         first = [{"role": "user", "content": "Prove Fermat's little theorem."}]
         follow_up = [*first, {"role": "assistant", "content": "answer from strong"}, {"role": "user", "content": "Thanks!"}]
 

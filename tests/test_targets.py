@@ -95,7 +95,7 @@ def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak
     budget = 5 * strong_cost
     env = proxy_env(strong, weak, daily_budget_usd=str(budget), target_window="50")
     with running_proxy(env, tmp_path) as proxy:
-        client = OpenAI(base_url=proxy.api, api_key="unused")
+        client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
         listed = [model.id for model in client.models.list()]
         headers = [
             client.chat.completions.with_raw_response.create(
@@ -127,7 +127,7 @@ def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUps
     strong_cost = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6
     env = proxy_env(strong, weak, daily_budget_usd="1", workers="2")
     with running_proxy(env, tmp_path, ready_timeout=120) as proxy:
-        client = OpenAI(base_url=proxy.api, api_key="unused")
+        client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
         client.chat.completions.create(model="router-random-0", messages=[{"role": "user", "content": "hi"}])
         deadline = time.monotonic() + 30  # /ready answered from one worker; the other may still be starting
         while True:
