@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -145,10 +146,14 @@ def _database(args: argparse.Namespace) -> Database:
 
 
 def _read_rows(database: Database, since: float) -> list[tuple]:
-    """Every stored request since ``since``; a one-line exit when the database cannot be read."""
+    """Every stored request since ``since`` (none from a store no gateway has opened); a one-line exit
+    when the database cannot be read."""
     try:
         return list(_rows(database, since))
     except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
+        if database.has_no_tables(error):
+            print(f"{database.describe()} has no requests yet: no gateway has written to it", file=sys.stderr)
+            return []
         raise SystemExit(f"routegate: cannot read {database.describe()}: {database.error_text(error)}") from None
 
 

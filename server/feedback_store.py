@@ -156,6 +156,14 @@ class Database:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
+    def has_no_tables(self, error: Exception) -> bool:
+        """Whether ``error`` says the store's tables do not exist: no gateway has opened it yet."""
+        if self.postgres:
+            import psycopg
+
+            return isinstance(error, psycopg.errors.UndefinedTable)
+        return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
+
     def error_text(self, error: Exception) -> str:
         """A driver error as one line, without the URL's password."""
         return self.redact(f"{type(error).__name__}: {error}".strip())

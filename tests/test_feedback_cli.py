@@ -167,6 +167,26 @@ def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: P
     assert list(tmp_path.iterdir()) == []  # no local file named after the URL
 
 
+def test_a_store_no_gateway_has_written_to_has_nothing_to_report(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS fresh")
+        admin.execute("CREATE DATABASE fresh")
+    empty_sqlite = tmp_path / "empty.sqlite3"
+    empty_sqlite.touch()  # a file, but no tables
+    for url in (postgres_url.rsplit("/", 1)[0] + "/fresh", str(empty_sqlite)):
+        stats = subprocess.run(
+            [sys.executable, "-m", "server.cli", "feedback", "stats", "--db", url], cwd=REPO, capture_output=True, text=True
+        )
+        assert stats.returncode == 0, stats.stderr
+        assert "has no requests yet" in stats.stderr and "Traceback" not in stats.stderr
+        assert stats.stdout.splitlines()[1].split()[:2] == ["router", "judged"] and len(stats.stdout.splitlines()) == 2
+        out = tmp_path / "export.jsonl"
+        assert "0 records" in routegate("feedback", "export", "--db", url, "--out", str(out))
+        assert out.read_text() == ""
+
+
 async def test_a_role_that_may_only_read_can_export_and_print_stats(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
     owner = Database(postgres_url)
     await fill(owner)
