@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._deadline = deadline
         self._open: dict[socket.socket, float] = {}  # connection -> when it is cut; at most max_connections
         self._lock = threading.Lock()
+        self._closed = threading.Event()
         threading.Thread(target=self._cut_late_connections, name="metrics-deadlines", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -52,44 +54,51 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         with self._lock:
             self._open[request] = time.monotonic() + self._deadline
         try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread to serve it: give its place back
-            self._forget(request)
+            super().process_request(request, client_address)  # its thread ends with shutdown_request
+        except BaseException:  # no thread to serve it
             self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._forget(request)
-
-    def _forget(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: Any) -> None:
+        """Give the connection's place back, then close it: the deadline thread never sees it closed."""
         with self._lock:
-            if self._open.pop(request, None) is None:
-                return
-        self._slots.release()
+            held = self._open.pop(request, None) is not None
+        if held:
+            self._slots.release()
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection cut by its client or at its deadline is no error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def _cut_late_connections(self) -> None:
-        while True:
-            time.sleep(min(1.0, self._deadline / 4))
+        while not self._closed.wait(min(1.0, self._deadline / 4)):
             now = time.monotonic()
-            with self._lock:
-                late = [connection for connection, cut_at in self._open.items() if cut_at < now]
-            for connection in late:
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)  # its thread's read or write ends, and the thread with it
-                except OSError:
-                    pass
+            with self._lock:  # held while cutting: a connection still listed is not closed yet
+                for connection, cut_at in self._open.items():
+                    if cut_at < now:
+                        try:
+                            connection.shutdown(socket.SHUT_RDWR)  # its thread's read or write ends, and the thread
+                        except OSError:
+                            pass
 
 
 def _refuse(connection: socket.socket) -> None:
-    """A 503 to a connection past the limit, without waiting on a client that does not read."""
+    """A 503 to a connection past the limit, without waiting on a client that does not read; what
+    the client sent is read off first, so that closing sends no reset in place of the answer."""
     body = json.dumps(_BUSY.body()).encode()
     head = f"HTTP/1.0 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     try:
         connection.setblocking(False)
         connection.send(head.encode() + body)
+        connection.shutdown(socket.SHUT_WR)
+        while connection.recv(65536):
+            pass
     except OSError:
         pass
 

@@ -88,7 +88,7 @@ def test_one_5xx_is_retried_on_the_same_tier(fault_proxy: Proxy, strong: FakeUps
 @pytest.mark.parametrize(
     ("status", "reason", "tries"),
     # 5xx are retried; 401 / 403 (the upstream refused routegate's key for it) would only repeat
-    [(status, "http_5xx", 2) for status in (500, 501, 503, 504)] + [(401, "http_auth", 1), (403, "http_auth", 1)],
+    [(status, "http_5xx", 2) for status in (500, 501, 502, 503, 504)] + [(401, "http_auth", 1), (403, "http_auth", 1)],
 )
 def test_a_persistent_failure_falls_back_to_the_other_tier(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, status: int, reason: str, tries: int
