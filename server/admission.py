@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from server import metrics
-from server.errors import APIError, retry_after
+from server.errors import APIError, overloaded, retry_after
 
 
 class Admission:
@@ -49,10 +49,4 @@ class Admission:
 
     def _refuse(self, reason: str) -> APIError:
         metrics.REJECTED.labels(reason).inc()
-        return APIError(
-            429,
-            f"routegate is at its limit of {self.limit} concurrent requests; retry after {self._retry_after} s.",
-            type="requests",
-            code="overloaded",
-            headers={"retry-after": self._retry_after},
-        )
+        return overloaded(f"routegate is at its limit of {self.limit} concurrent requests", self._retry_after)

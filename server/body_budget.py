@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from server import metrics
-from server.errors import APIError, retry_after
+from server.errors import overloaded, retry_after
 
 
 class BodyBudget:
@@ -39,13 +39,7 @@ class BodyBudget:
         """Reserve ``size`` more bytes; a 429 APIError when they do not fit."""
         if self.in_use + size > self.limit:
             metrics.REJECTED.labels("body_budget_full").inc()
-            raise APIError(
-                429,
-                f"routegate is reading its limit of {self.limit} bytes of request bodies; retry after {self._retry_after} s.",
-                type="requests",
-                code="overloaded",
-                headers={"retry-after": self._retry_after},
-            )
+            raise overloaded(f"routegate is reading its limit of {self.limit} bytes of request bodies", self._retry_after)
         self.in_use += size
         metrics.BODY_BYTES_PENDING.inc(size)
 

@@ -29,7 +29,7 @@ from server.client_keys import client_fingerprint
 from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.cost_targets import CostTargets
 from server.decision import Decision
-from server.errors import APIError, retry_after
+from server.errors import APIError, overloaded, retry_after
 from server.ladder import Ladder
 from server.model_names import Target
 from server.overrides import Override
@@ -195,10 +195,4 @@ class Decider:
         if self.settings.scoring_overload != "shed":
             return None
         metrics.REJECTED.labels("scoring_overload").inc()
-        raise APIError(
-            429,
-            f"routegate's router '{router}' is overloaded; retry after {self._overload_retry_after} s.",
-            type="requests",
-            code="overloaded",
-            headers={"retry-after": self._overload_retry_after},
-        )
+        raise overloaded(f"routegate's router '{router}' is overloaded", self._overload_retry_after)

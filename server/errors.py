@@ -63,6 +63,17 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+def overloaded(message: str, retry_after_value: str) -> APIError:
+    """429 ``overloaded`` with ``Retry-After``: routegate is at one of its limits, which ``message`` names."""
+    return APIError(
+        429,
+        f"{message}; retry after {retry_after_value} s.",
+        type="requests",
+        code="overloaded",
+        headers={"retry-after": retry_after_value},
+    )
+
+
 def retry_after(seconds: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least one."""
     return str(max(1, math.ceil(seconds)))
