@@ -358,6 +358,16 @@ def setting_pair(text: str) -> tuple[str, str]:
     return name, value
 
 
+def source_commit() -> str:
+    """The routegate commit measured, ``+dirty`` when the working tree has changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def base_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ROUTEGATE_", "OPENAI_", "LITELLM_"))}
     env.update(OFFLINE_ENV)
@@ -394,8 +404,10 @@ def build_targets(
                 ROUTEGATE_STRONG__BASE_URL=upstream, ROUTEGATE_STRONG__MODEL=STRONG_MODEL, ROUTEGATE_STRONG__API_KEY=UPSTREAM_KEY,
                 ROUTEGATE_WEAK__BASE_URL=upstream, ROUTEGATE_WEAK__MODEL=WEAK_MODEL, ROUTEGATE_WEAK__API_KEY=UPSTREAM_KEY,
                 ROUTEGATE_ROUTER=router, ROUTEGATE_LOG_LEVEL="warning",
-                **{f"ROUTEGATE_{name.upper()}": value for name, value in args.setting},
+                ROUTEGATE_API_KEYS=json.dumps([CLIENT_KEY]),  # a key checked per request, as LiteLLM's master key is
+                ROUTEGATE_FEEDBACK_DB=str(scratch / f"feedback-{router}-{port}.sqlite3"),  # a fresh store, not the user's
             )  # fmt: skip
+            env.update({f"ROUTEGATE_{name.upper()}": value for name, value in args.setting})
             command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
             return Server(f"routegate-{router}", command, env, log_dir), f"http://127.0.0.1:{port}"
 
@@ -505,6 +517,7 @@ def measure_target(target: Target, args: argparse.Namespace, load: LoadGenerator
                 except (RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                     cell.error = str(error)
                 cell.upstream_completions = upstream_completions(mock_url) - before
+                cell.error = "; ".join(filter(None, (cell.error, failed_requests(cell)))) or None
                 run.cells.append(cell)
                 say(f"  {target.name:16} {'stream' if stream else 'plain':6} c={concurrency:<4} {_cell_text(cell)}")
         report.status = "ok"
@@ -527,11 +540,17 @@ def _cell_text(cell: Cell) -> str:
 def _cell_note(cell: Cell) -> str:
     """What makes a cell's numbers doubtful, or an empty string."""
     notes = [cell.error] if cell.error else []
-    if cell.non_2xx or cell.socket_errors:
-        notes.append(f"{cell.non_2xx} non-2xx, {cell.socket_errors} socket errors")
     if cell.rps is not None and cell.upstream_completions < cell.requests:
         notes.append(f"upstream saw only {cell.upstream_completions} of {cell.requests}")
     return "; ".join(notes)
+
+
+def failed_requests(cell: Cell) -> str | None:
+    """Why a cell's rate is not the rate of answered requests (None when every request was answered):
+    such a cell is reported but left out of the ratios."""
+    if cell.non_2xx or cell.socket_errors:
+        return f"{cell.non_2xx} non-2xx answers and {cell.socket_errors} socket errors in {cell.requests} requests"
+    return None
 
 
 def _find(run: Run, target: str, stream: bool, concurrency: int) -> Cell | None:
@@ -589,6 +608,7 @@ def print_report(run: Run) -> None:
     print(f"\nproxy overhead, {run.machine['cpus']} CPUs, load average {run.machine['loadavg_start']} at start, "
           f"{run.machine['loadavg_end']} at end; {run.settings['duration_s']:g} s per cell "
           f"after {run.settings['warmup_s']:g} s warm-up")  # fmt: skip
+    print(f"routegate {run.settings['routegate_commit']}, settings {run.settings['routegate_settings'] or 'default'}")
     print(f"\n{'target':18} {'mode':6} {'c':>4} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}  note")
     for cell in run.cells:
         note = _cell_note(cell)
@@ -684,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         settings={"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency, "routers": args.routers,
                   "targets": args.targets, "wrk_threads": args.wrk_threads, "threshold": THRESHOLD, "litellm": LITELLM,
                   "routellm": ROUTELLM_STEPS[1][0], "prompt_template": PROMPT_TEMPLATE,
-                  "routegate_settings": dict(args.setting)},
+                  "routegate_settings": dict(args.setting), "routegate_commit": source_commit()},
         machine={"cpus": os.cpu_count(), "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg())},
     )  # fmt: skip
     load = LoadGenerator(scratch, args.wrk_threads)

@@ -115,6 +115,7 @@ def routegate(
             "ROUTEGATE_DAILY_BUDGET_USD": "1000000",
             "ROUTEGATE_LOG_LEVEL": "warning",
             "ROUTEGATE_PORT": str(port),
+            "ROUTEGATE_FEEDBACK_DB": str(scratch / f"feedback-{port}.sqlite3"),  # its own, not the user's store
         }
     )
     if redis_port is not None:

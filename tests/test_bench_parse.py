@@ -49,3 +49,19 @@ def test_settings_are_named_with_or_without_the_prefix() -> None:
     assert setting_pair("ROUTEGATE_DAILY_BUDGET_USD=1000") == ("DAILY_BUDGET_USD", "1000")
     assert setting_pair("ROUTE_ON=sticky") == ("ROUTE_ON", "sticky")
     assert setting_pair("X=a=b") == ("X", "a=b")
+
+
+def test_a_cell_with_failed_requests_is_not_compared() -> None:
+    from bench.proxy_overhead import Cell, Run, _find, failed_requests
+
+    clean = Cell("routegate-random", False, 1, rps=500.0, requests=5000)
+    refused = Cell("routegate-random", False, 32, rps=9000.0, requests=90000, non_2xx=89000)
+    timed_out = Cell("routegate-random", True, 32, rps=400.0, requests=4000, socket_errors=3)
+    assert failed_requests(clean) is None
+    assert failed_requests(refused) == "89000 non-2xx answers and 0 socket errors in 90000 requests"
+    assert failed_requests(timed_out) == "0 non-2xx answers and 3 socket errors in 4000 requests"
+    for cell in (refused, timed_out):
+        cell.error = failed_requests(cell)
+    run = Run(settings={}, machine={}, cells=[clean, refused, timed_out])
+    assert _find(run, "routegate-random", False, 1) is clean
+    assert _find(run, "routegate-random", False, 32) is None and _find(run, "routegate-random", True, 32) is None
