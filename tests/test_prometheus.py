@@ -178,7 +178,7 @@ def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> N
     rules = alert_rules()
     assert stack.values(rules["routegate:strong_fraction_target"]["expr"]) == [({}, 0.3)]
     expected = {
-        # |0.3 realised - 0.3 target|
+        # |0.3 over 15m - 0.3 over the last day|
         "RoutegateStrongFractionDrift": {(("router", "random"),): 0.0},
         # two failed attempts at strong, 30 answers from strong; no failures at weak
         "RoutegateUpstreamErrorRate": {(("tier", "strong"),): 2 / (2 + STRONG_ROUTED), (("tier", "weak"),): 0.0},
