@@ -44,7 +44,8 @@ FROM ${PYTHON_IMAGE} AS base
 # the routegate user, so that a volume mounted there (docker-compose.yml) is writable.
 RUN groupadd --gid 10001 routegate \
  && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin routegate \
- && install -d -o 10001 -g 10001 /home/routegate/.local /home/routegate/.local/state /home/routegate/.local/state/routegate
+ && install -d -o 10001 -g 10001 /home/routegate/.local /home/routegate/.local/state /home/routegate/.local/state/routegate \
+    /home/routegate/.cache
 ENV PATH=/opt/routegate/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
@@ -57,7 +58,8 @@ WORKDIR /home/routegate
 FROM base AS local-llm
 COPY --from=build-local-llm /opt/routegate /opt/routegate
 EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+# the first start converts the GGUF (30 s to a few minutes on a busy CPU) before /health answers
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4)"]
 CMD ["python", "-m", "demo.local_llm", "--host", "0.0.0.0", "--port", "8080"]
 

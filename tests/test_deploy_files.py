@@ -162,6 +162,9 @@ PASSED_THROUGH = {
     "ROUTEGATE_ALLOW_OVERRIDES": "true",
     "ROUTEGATE_OVERRIDE_KEYS": '["override-key-passed"]',
     "OPENAI_API_KEY": "sk-openai-passed",
+    "ROUTEGATE_SHADOW_RATE": "0.05",  # the dashboard's quality panels need judged traffic
+    "ROUTEGATE_JUDGE__API_KEY": "sk-judge-passed",
+    "ROUTEGATE_JUDGE__MODEL": "judge-model-passed",
 }
 
 
