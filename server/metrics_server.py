@@ -91,11 +91,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 def _refuse(connection: socket.socket) -> None:
     """A 503 to a connection past the limit, without waiting on a client that does not read; what
     the client sent is read off first, so that closing sends no reset in place of the answer."""
-    body = json.dumps(_BUSY.body()).encode()
-    head = f"HTTP/1.0 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     try:
         connection.setblocking(False)
-        connection.send(head.encode() + body)
+        connection.send(_BUSY.to_http())
         connection.shutdown(socket.SHUT_WR)
         while connection.recv(65536):
             pass
