@@ -37,8 +37,9 @@ from encoder_rate import PROMPT_TEMPLATE  # noqa: E402  (the same prompt style f
 
 TORCH = "torch==2.13.0"  # pinned CPU build, installed first: an unpinned torch pulls a multi-GB CUDA build
 LITELLM = "litellm==1.81.13"  # pinned: a release from before the compromised ones pulled from PyPI
-ROUTELLM_STEPS = [[TORCH], ["routellm[serve]==0.2.0", LITELLM]]
-LITELLM_STEPS = [[LITELLM.replace("litellm==", "litellm[proxy]==")]]
+SERVER_STACK = "uvicorn[standard]"  # uvloop and httptools, as routegate installs: every server on the same loop and parser
+ROUTELLM_STEPS = [[TORCH], ["routellm[serve]==0.2.0", LITELLM, SERVER_STACK]]
+LITELLM_STEPS = [[LITELLM.replace("litellm==", "litellm[proxy]=="), SERVER_STACK]]
 UPSTREAM_KEY = "sk-bench-upstream"
 CLIENT_KEY = "sk-bench-master"
 STRONG_MODEL = "mock-strong"
@@ -703,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(
         settings={"duration_s": args.duration, "warmup_s": args.warmup, "concurrency": args.concurrency, "routers": args.routers,
                   "targets": args.targets, "wrk_threads": args.wrk_threads, "threshold": THRESHOLD, "litellm": LITELLM,
-                  "routellm": ROUTELLM_STEPS[1][0], "prompt_template": PROMPT_TEMPLATE,
+                  "routellm": ROUTELLM_STEPS[1][0], "server_stack": SERVER_STACK, "prompt_template": PROMPT_TEMPLATE,
                   "routegate_settings": dict(args.setting), "routegate_commit": source_commit()},
         machine={"cpus": os.cpu_count(), "loadavg_start": " ".join(f"{x:.1f}" for x in os.getloadavg())},
     )  # fmt: skip
