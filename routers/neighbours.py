@@ -13,6 +13,13 @@ a ridge toward ``logit(p0)`` (RouteLLM's SW ranking, for two models):
 components, weighted standardised structural features]. The weights are relative to the nearest
 prompt, so they do not shrink with distance: far from the pair's training prompts the step is
 an average of whatever is nearest, small when that is many unrelated outcomes, but not always.
+
+**Format failures stay with their format.** A score that records an unparsed answer
+(``routers.format_failures``: GPT-4-1106 at 3% on MMLU's high-school mathematics) says how that
+file graded answers in its format, not how the model does on such a question asked freely. An
+outcome with such a score counts for prompts in the format of its own prompt (answer options
+A-D, or none) and is left out for the others: MMLU's questions keep what the pair did on MMLU,
+and a free-form math question is not told that GPT-4 loses it.
 """
 
 from __future__ import annotations
@@ -27,12 +34,19 @@ from tqdm import tqdm
 from routers.checkpoint import CheckpointError
 from routers.data import Record, normal_text
 from routers.embedding import cached_encode
-from routers.features import Standardizer, feature_matrix
+from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
+from routers.format_failures import format_failures
 from routers.model_names import match_model, normal_form
 
 TABLE = "neighbours.npz"
 #: the shipped lookups' settings: similarity sharpness, ridge, structural-feature weight, principal components
 TAU, RIDGE, FEATURE_WEIGHT, DIMS = 10.0, 0.05, 3.0, 128
+_OPTION_LINES = FEATURE_NAMES.index("option_lines")
+
+
+def multiple_choice(raw_features: np.ndarray) -> np.ndarray:
+    """Which prompts (rows of raw structural features) present answer options A-D."""
+    return raw_features[:, _OPTION_LINES] > 0
 
 
 @dataclass(frozen=True)
@@ -61,47 +75,69 @@ class Similarity:
         return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
 
 
-def score_table(records_by_file: Mapping[str, list[Record]]) -> tuple[list[str], list[str], np.ndarray]:
-    """Rows, the models (normal form) and a (rows, models) table of scores, NaN where unscored. A row
-    is a distinct prompt of one file (case and whitespace aside; a model scored on it twice gets the
-    mean): a prompt in several files has a row per file, so an outcome never compares scores of
-    different files (a judge's win rate with a pass rate). A record scoring one model compares
-    nothing and is left out: merged with a comparison of the same prompt (an exported user rating
-    beside a judge's verdict) it would tilt that outcome towards whichever model was rated."""
-    merged: dict[tuple[str, str], tuple[str, dict[str, list[float]]]] = {}
+@dataclass(frozen=True)
+class ScoreTable:
+    """Rows (``prompts``), the ``models`` (normal form), ``scores`` (rows, models), NaN where
+    unscored, and ``failed`` (rows, models): scores that record a format failure."""
+
+    prompts: list[str]
+    models: list[str]
+    scores: np.ndarray
+    failed: np.ndarray
+
+
+def score_table(records_by_file: Mapping[str, list[Record]]) -> ScoreTable:
+    """The table of each file's records. A row is a distinct prompt of one file (case and
+    whitespace aside; a model scored on it twice gets the mean): a prompt in several files has a
+    row per file, so an outcome never compares scores of different files (a judge's win rate with
+    a pass rate). A record scoring one model compares nothing and is left out: merged with a
+    comparison of the same prompt (an exported user rating beside a judge's verdict) it would tilt
+    that outcome towards whichever model was rated. A cell is ``failed`` when one of its scores is
+    a format failure of its file (``routers.format_failures``)."""
+    merged: dict[tuple[str, str], tuple[str, dict[str, list[float]], set[str]]] = {}
     for file, records in records_by_file.items():
+        failures = format_failures(records)
         for record in tqdm(records, desc=f"table {file}", unit="prompt"):
             if len(record["scores"]) < 2:
                 continue
-            _, scores = merged.setdefault((file, normal_text(record["prompt"])), (record["prompt"], {}))
+            _, scores, failed = merged.setdefault((file, normal_text(record["prompt"])), (record["prompt"], {}, set()))
+            category = str(record.get("category"))
             for name, value in record["scores"].items():
                 scores.setdefault(normal_form(name), []).append(float(value))
-    models = sorted({name for _, scores in merged.values() for name in scores})
+                if (category, name) in failures:
+                    failed.add(normal_form(name))
+    models = sorted({name for _, scores, _ in merged.values() for name in scores})
     column = {name: position for position, name in enumerate(models)}
     table = np.full((len(merged), len(models)), np.nan, dtype=np.float32)
-    for row, (_, scores) in enumerate(merged.values()):
+    failed_cells = np.zeros(table.shape, dtype=bool)
+    for row, (_, scores, failed) in enumerate(merged.values()):
         for name, values in scores.items():
             table[row, column[name]] = np.mean(values)
-    return [prompt for prompt, _ in merged.values()], models, table
+        failed_cells[row, [column[name] for name in failed]] = True
+    return ScoreTable([prompt for prompt, _, _ in merged.values()], models, table, failed_cells)
 
 
 @dataclass(frozen=True)
 class NeighbourTable:
     """Training prompts as similarity vectors (``vectors``, one row each) and ``scores``
-    (prompts, ``models``), NaN where a model was not scored."""
+    (prompts, ``models``), NaN where a model was not scored; ``failed`` marks format failures
+    and ``multiple_choice`` the prompts that present answer options."""
 
     similarity: Similarity
     vectors: np.ndarray
     models: list[str]
     scores: np.ndarray
+    failed: np.ndarray
+    multiple_choice: np.ndarray
 
     @classmethod
     def build(cls, records_by_file: Mapping[str, list[Record]], dims: int, feature_weight: float, device: str) -> NeighbourTable:
         """The table of each file's records (``score_table``)."""
-        prompts, models, scores = score_table(records_by_file)
-        embeddings, raw_features = cached_encode(prompts, device), feature_matrix(prompts)
+        table = score_table(records_by_file)
+        embeddings, raw_features = cached_encode(table.prompts, device), feature_matrix(table.prompts)
         similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight)
-        return cls(similarity, similarity.vectors(embeddings, raw_features), models, scores)
+        vectors = similarity.vectors(embeddings, raw_features)
+        return cls(similarity, vectors, table.models, table.scores, table.failed, multiple_choice(raw_features))
 
     def save(self, directory: Path) -> None:
         """Write ``neighbours.npz`` (int8 vector rows with a scale each: small enough to commit)."""
@@ -117,6 +153,8 @@ class NeighbourTable:
             feature_weight=np.float32(self.similarity.feature_weight),
             models=np.asarray(self.models),
             scores=self.scores.astype(np.float16),
+            failed_cells=np.argwhere(self.failed).astype(np.int32),
+            multiple_choice=np.packbits(self.multiple_choice),
         )
 
     @classmethod
@@ -132,7 +170,14 @@ class NeighbourTable:
                 float(saved["feature_weight"]),
             )
             vectors = saved["vectors"].astype(np.float32) * saved["vector_scale"][:, None]
-            return cls(similarity, vectors, saved["models"].tolist(), saved["scores"].astype(np.float32))
+            scores = saved["scores"].astype(np.float32)
+            failed = np.zeros(scores.shape, dtype=bool)
+            options_shown = np.zeros(len(vectors), dtype=bool)
+            if "failed_cells" in saved:  # a table of an earlier release marks none: every outcome counts everywhere
+                rows, columns = saved["failed_cells"].T
+                failed[rows, columns] = True
+                options_shown = np.unpackbits(saved["multiple_choice"], count=len(vectors)).astype(bool)
+            return cls(similarity, vectors, saved["models"].tolist(), scores, failed, options_shown)
 
     def pair(self, strong_model: str, weak_model: str, tau: float, ridge: float) -> PairNeighbours | None:
         """The lookup for two of ``models`` (matched by ``routers.model_names.match_model``); None
@@ -145,19 +190,35 @@ class NeighbourTable:
         if not both.any():
             return None
         outcome = (1.0 + self.scores[both, strong] - self.scores[both, weak]) / 2.0
-        return PairNeighbours(self.similarity, self.vectors[both], outcome, tau, ridge)
+        failed = self.failed[both, strong] | self.failed[both, weak]
+        return PairNeighbours(
+            self.similarity, self.vectors[both], outcome, tau, ridge, np.flatnonzero(failed), self.multiple_choice[both][failed]
+        )
 
 
 class PairNeighbours:
-    """One pair's margin on a prompt from its outcomes on the nearest training prompts (module docstring)."""
+    """One pair's margin on a prompt from its outcomes on the nearest training prompts (module
+    docstring); the outcomes at ``failed_rows`` count only for prompts whose format (answer
+    options or none) is ``failed_format``'s."""
 
-    def __init__(self, similarity: Similarity, vectors: np.ndarray, outcome: np.ndarray, tau: float, ridge: float) -> None:
+    def __init__(
+        self,
+        similarity: Similarity,
+        vectors: np.ndarray,
+        outcome: np.ndarray,
+        tau: float,
+        ridge: float,
+        failed_rows: np.ndarray,
+        failed_format: np.ndarray,
+    ) -> None:
         self._similarity = similarity
         self._vectors = vectors
         self._base = float(np.clip(outcome.mean(dtype=np.float64), 1e-3, 1.0 - 1e-3))
         self._residual = (outcome - self._base).astype(np.float32)
         self._tau = tau
         self._ridge = ridge
+        self._failed_rows = failed_rows
+        self._failed_format = failed_format
 
     def margins(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """The strong model's logit of beating the weak one, per prompt (its embedding and raw structural features)."""
@@ -166,6 +227,10 @@ class PairNeighbours:
     def steps(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """How far each prompt's margin moves from the pair's overall logit ``logit(p0)``."""
         similarity = self._similarity.vectors(embeddings, raw_features) @ self._vectors.T
-        weights = np.exp(self._tau * (similarity - similarity.max(axis=1, keepdims=True)))
-        weights /= weights.sum(axis=1, keepdims=True)
+        if len(self._failed_rows):
+            other_format = multiple_choice(raw_features)[:, None] != self._failed_format[None, :]
+            similarity[:, self._failed_rows] = np.where(other_format, -np.inf, similarity[:, self._failed_rows])
+        nearest = similarity.max(axis=1, keepdims=True)
+        weights = np.exp(self._tau * (similarity - np.where(np.isfinite(nearest), nearest, 0.0)))
+        weights /= np.maximum(weights.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)  # none left: no step
         return (weights @ self._residual) / (self._base * (1.0 - self._base) + self._ridge)

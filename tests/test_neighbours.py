@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from routers.checkpoint import CheckpointError, UnscoredPairError
+from routers.embedding import encode
+from routers.features import feature_matrix
 from routers.model_names import normal_form
-from routers.neighbours import score_table
+from routers.neighbours import FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable, score_table
 from routers.registry import RouterOptions, load_router, load_router_for_pair
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK
@@ -91,7 +93,7 @@ def test_a_pair_never_scored_together_gets_the_default_pair_from_sw_ranking_and_
 
 
 def test_a_prompt_is_one_row_per_file_with_each_models_mean() -> None:
-    prompts, models, table = score_table(
+    scored = score_table(
         {
             "judged": [
                 {"prompt": "What is  2+2?", "scores": {"gpt4_1106_preview": 1.0, "b": 0.0}},
@@ -101,8 +103,10 @@ def test_a_prompt_is_one_row_per_file_with_each_models_mean() -> None:
             "graded": [{"prompt": "What is 2+2?", "scores": {"c": 1.0, "gpt-4-1106-preview": 0.0}}],
         }
     )
+    prompts, models, table = scored.prompts, scored.models, scored.scores
     assert prompts == ["What is  2+2?", "What is 2+2?"]  # the same question in two files: two rows
     assert models == ["b", "c", "gpt-4-1106-preview"]
+    assert not scored.failed.any()
     # names normalised, repeats averaged; the one-model rating left out (b would have 1/3 and "win" the tie)
     assert table[0, 0] == 0.0 and np.isnan(table[0, 1]) and table[0, 2] == 0.5
     assert np.isnan(table[1, 0]) and table[1, 1] == 1.0 and table[1, 2] == 0.0  # never compared with b
@@ -115,3 +119,42 @@ def test_a_checkpoint_without_its_table_asks_to_be_retrained(tmp_path: Path) -> 
     )
     with pytest.raises(CheckpointError, match="retrain"):
         load_router("sw_ranking", RouterOptions(checkpoint_dir=tmp_path, device="cpu"))
+
+
+def _quiz(topic: str, number: int) -> str:
+    return f"Question {number} on {topic}: which choice is right?\nA. {number}\nB. {number + 1}\nC. {number + 2}\nD. {number + 3}"
+
+
+def test_a_format_failure_counts_only_for_prompts_in_its_format(tmp_path: Path) -> None:
+    """The strong model's algebra answers in a multiple-choice file were unparsed (0 where the
+    others score 1): its quiz outcomes stay with quiz questions, not with algebra asked freely."""
+    records = []
+    for number in range(40):
+        algebra = _quiz(f"solving the equation {number}x + 7 = {3 * number + 11} for x", number)
+        history = _quiz(f"the history of the {ANIMALS[number % 10]} trade in the year {1500 + number}", number)
+        records.append({"prompt": algebra, "category": "algebra", "scores": {STRONG: 0.0, WEAK: 1.0, OTHER: 1.0}})
+        records.append({"prompt": history, "category": "history", "scores": {STRONG: 1.0, WEAK: float(number % 2), OTHER: 1.0}})
+    table = NeighbourTable.build({"quiz": records}, dims=16, feature_weight=FEATURE_WEIGHT, device="cpu")
+    strong = table.models.index(normal_form(STRONG))
+    assert table.failed[:, strong].tolist() == [True, False] * 40 and table.failed.sum() == 40
+    assert table.multiple_choice.all()
+
+    free = "Solve the equation 5x + 7 = 40 for x and explain each step."
+    quiz = _quiz("solving the equation 5x + 7 = 40 for x", 5)
+    prompts = [free, quiz]
+
+    def steps(loaded: NeighbourTable) -> np.ndarray:
+        pair = loaded.pair(STRONG, WEAK, TAU, RIDGE)
+        assert pair is not None
+        return pair.steps(encode(prompts, "cpu"), feature_matrix(prompts))
+
+    table.save(tmp_path)
+    saved = NeighbourTable.load(tmp_path)
+    free_step, quiz_step = steps(saved)
+    assert quiz_step < 0  # a quiz question like the failed ones: the file's verdict holds
+    assert free_step > 0  # asked freely: only the history outcomes, which the strong model won
+
+    with np.load(tmp_path / TABLE) as stored:  # a table of an earlier release marks no failures
+        np.savez(tmp_path / TABLE, **{key: stored[key] for key in stored.files if key not in ("failed_cells", "multiple_choice")})
+    old_free_step, old_quiz_step = steps(NeighbourTable.load(tmp_path))
+    assert old_free_step < free_step - 0.2 and old_quiz_step == pytest.approx(quiz_step, abs=1e-5)

@@ -21,9 +21,11 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   the pair's outcomes on the most similar training prompts. On prompts like those the pair was
   scored on (MMLU, GSM8K for GPT-4 vs Mixtral) it adds what a global latent model smooths away;
   held out it moved the leave-one-out mean by less than seed noise.
-* **Format failures are kept by default.** ``--drop-format-failures`` leaves out of the latent
-  model the scores that record unparsed answers (``routers.format_failures``); held out it changed
-  the leave-one-out mean by less than seed noise, so the shipped checkpoint does not use it.
+* **Format failures stay with their format.** The neighbour table counts an outcome that holds a
+  score of an unparsed answer (``routers.format_failures``) only for prompts in its prompt's format
+  (answer options or none), so MMLU's LaTeX grading does not tell free-form math that GPT-4 loses
+  it. ``--drop-format-failures`` also leaves such scores out of the latent model; held out it
+  changed the leave-one-out mean by less than seed noise, so the shipped checkpoint does not use it.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-format-failures",
         action="store_true",
         help="leave out of the latent model a model's scores on a file's task category where they record unparsed "
-        "answers rather than ability (routers/format_failures.py); the neighbour table keeps them",
+        "answers rather than ability (routers/format_failures.py); the neighbour table keeps them for prompts in their format",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
 
