@@ -17,9 +17,9 @@ an average of whatever is nearest, small when that is many unrelated outcomes, b
 **Format failures stay with their format.** A score that records an unparsed answer
 (``routers.format_failures``: GPT-4-1106 at 3% on MMLU's high-school mathematics) says how that
 file graded answers in its format, not how the model does on such a question asked freely. An
-outcome with such a score counts for prompts in the format of its own prompt (answer options
-A-D, or none) and is left out for the others: MMLU's questions keep what the pair did on MMLU,
-and a free-form math question is not told that GPT-4 loses it.
+outcome with such a score counts for prompts in the format of its own prompt (at least two
+answer options A-D, or not) and is left out of the others' steps and ``p0``: MMLU's questions
+keep what the pair did on MMLU, and a free-form math question is not told that GPT-4 loses it.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ _OPTION_LINES = FEATURE_NAMES.index("option_lines")
 
 
 def multiple_choice(raw_features: np.ndarray) -> np.ndarray:
-    """Which prompts (rows of raw structural features) present answer options A-D."""
-    return raw_features[:, _OPTION_LINES] > 0
+    """Which prompts (rows of raw structural features) present answer options (two or more lines "A." to "D.")."""
+    return raw_features[:, _OPTION_LINES] >= 2
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,8 @@ class NeighbourTable:
 
 class PairNeighbours:
     """One pair's margin on a prompt from its outcomes on the nearest training prompts (module
-    docstring); the outcomes at ``failed_rows`` count only for prompts whose format (answer
-    options or none) is ``failed_format``'s."""
+    docstring). The outcomes at ``failed_rows`` count only for prompts whose format (answer
+    options or none) is ``failed_format``'s, in the steps and in the overall rate ``p0``."""
 
     def __init__(
         self,
@@ -213,24 +213,35 @@ class PairNeighbours:
     ) -> None:
         self._similarity = similarity
         self._vectors = vectors
-        self._base = float(np.clip(outcome.mean(dtype=np.float64), 1e-3, 1.0 - 1e-3))
-        self._residual = (outcome - self._base).astype(np.float32)
+        self._outcome = outcome.astype(np.float32)
         self._tau = tau
         self._ridge = ridge
         self._failed_rows = failed_rows
         self._failed_format = failed_format
+        # p0 for free-form prompts (index 0) and for prompts with answer options (index 1)
+        self._base = np.array([self._rate(options) for options in (False, True)])
+
+    def _rate(self, options: bool) -> float:
+        """The pair's mean outcome over the rows that count for prompts with (or without) answer options."""
+        counted = np.ones(len(self._outcome), dtype=bool)
+        counted[self._failed_rows] = self._failed_format == options
+        outcomes = self._outcome[counted] if counted.any() else self._outcome
+        return float(np.clip(outcomes.mean(dtype=np.float64), 1e-3, 1.0 - 1e-3))
 
     def margins(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """The strong model's logit of beating the weak one, per prompt (its embedding and raw structural features)."""
-        return np.log(self._base / (1.0 - self._base)) + self.steps(embeddings, raw_features)
+        base = self._base[multiple_choice(raw_features).astype(int)]
+        return np.log(base / (1.0 - base)) + self.steps(embeddings, raw_features)
 
     def steps(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """How far each prompt's margin moves from the pair's overall logit ``logit(p0)``."""
+        options = multiple_choice(raw_features)
         similarity = self._similarity.vectors(embeddings, raw_features) @ self._vectors.T
         if len(self._failed_rows):
-            other_format = multiple_choice(raw_features)[:, None] != self._failed_format[None, :]
+            other_format = options[:, None] != self._failed_format[None, :]
             similarity[:, self._failed_rows] = np.where(other_format, -np.inf, similarity[:, self._failed_rows])
         nearest = similarity.max(axis=1, keepdims=True)
         weights = np.exp(self._tau * (similarity - np.where(np.isfinite(nearest), nearest, 0.0)))
         weights /= np.maximum(weights.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)  # none left: no step
-        return (weights @ self._residual) / (self._base * (1.0 - self._base) + self._ridge)
+        base = self._base[options.astype(int)]
+        return (weights @ self._outcome - base * weights.sum(axis=1)) / (base * (1.0 - base) + self._ridge)

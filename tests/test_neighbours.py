@@ -13,7 +13,7 @@ from routers.checkpoint import CheckpointError, UnscoredPairError
 from routers.embedding import encode
 from routers.features import feature_matrix
 from routers.model_names import normal_form
-from routers.neighbours import FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable, score_table
+from routers.neighbours import FEATURE_WEIGHT, RIDGE, TABLE, TAU, NeighbourTable, PairNeighbours, score_table
 from routers.registry import RouterOptions, load_router, load_router_for_pair
 from server.cli import main
 from tests.router_fixtures import STRONG, WEAK
@@ -125,36 +125,66 @@ def _quiz(topic: str, number: int) -> str:
     return f"Question {number} on {topic}: which choice is right?\nA. {number}\nB. {number + 1}\nC. {number + 2}\nD. {number + 3}"
 
 
-def test_a_format_failure_counts_only_for_prompts_in_its_format(tmp_path: Path) -> None:
-    """The strong model's algebra answers in a multiple-choice file were unparsed (0 where the
-    others score 1): its quiz outcomes stay with quiz questions, not with algebra asked freely."""
-    records = []
+FOURTH = "fourth-model"
+
+
+def _format_records() -> dict[str, list[dict]]:
+    """A quiz file (answer options) where the strong model's algebra answers failed to parse (0
+    where the others score 1), after rows the pair never shared; an essay file (free-form) where
+    the weak model's poems failed. FOURTH is scored beside the strong model on the failed rows only."""
+    quiz = [{"prompt": f"Say hello to {ANIMALS[n]} #{n}.", "scores": {WEAK: 0.0, OTHER: 1.0}} for n in range(10)]
+    essays = []
     for number in range(40):
         algebra = _quiz(f"solving the equation {number}x + 7 = {3 * number + 11} for x", number)
         history = _quiz(f"the history of the {ANIMALS[number % 10]} trade in the year {1500 + number}", number)
-        records.append({"prompt": algebra, "category": "algebra", "scores": {STRONG: 0.0, WEAK: 1.0, OTHER: 1.0}})
-        records.append({"prompt": history, "category": "history", "scores": {STRONG: 1.0, WEAK: float(number % 2), OTHER: 1.0}})
-    table = NeighbourTable.build({"quiz": records}, dims=16, feature_weight=FEATURE_WEIGHT, device="cpu")
-    strong = table.models.index(normal_form(STRONG))
-    assert table.failed[:, strong].tolist() == [True, False] * 40 and table.failed.sum() == 40
-    assert table.multiple_choice.all()
+        quiz.append({"prompt": algebra, "category": "algebra", "scores": {STRONG: 0.0, WEAK: 1.0, OTHER: 1.0, FOURTH: 1.0}})
+        quiz.append({"prompt": history, "category": "history", "scores": {STRONG: 1.0, WEAK: float(number % 2), OTHER: 1.0}})
+        poem = f"Write a short poem about {ANIMALS[number % 10]} in the rain, number {number}."
+        letter = f"Write a short letter to a friend about your {ANIMALS[number % 10]}, number {number}."
+        essays.append({"prompt": poem, "category": "poems", "scores": {STRONG: 1.0, WEAK: 0.0, OTHER: 1.0}})
+        essays.append({"prompt": letter, "category": "letters", "scores": {STRONG: 1.0, WEAK: 1.0, OTHER: 1.0}})
+    return {"quiz": quiz, "essays": essays}
 
-    free = "Solve the equation 5x + 7 = 40 for x and explain each step."
-    quiz = _quiz("solving the equation 5x + 7 = 40 for x", 5)
-    prompts = [free, quiz]
 
-    def steps(loaded: NeighbourTable) -> np.ndarray:
-        pair = loaded.pair(STRONG, WEAK, TAU, RIDGE)
-        assert pair is not None
-        return pair.steps(encode(prompts, "cpu"), feature_matrix(prompts))
+def test_a_format_failure_counts_only_for_prompts_in_its_format(tmp_path: Path) -> None:
+    """A failed score's outcome counts for prompts in its own prompt's format, in the step and in
+    the pair's overall rate; a table of an earlier release marks none."""
+    records = _format_records()
+    table = NeighbourTable.build(records, dims=16, feature_weight=FEATURE_WEIGHT, device="cpu")
+    strong, weak = table.models.index(normal_form(STRONG)), table.models.index(normal_form(WEAK))
+    assert table.failed.sum() == 80 and table.failed[:, strong].sum() == 40 and table.failed[:, weak].sum() == 40
+    assert table.multiple_choice.tolist() == [False] * 10 + [True] * 80 + [False] * 80
+
+    free_algebra = "Solve the equation 5x + 7 = 40 for x and explain each step."
+    quiz_algebra = _quiz("solving the equation 5x + 7 = 40 for x", 5)
+    free_poem = "Write a short poem about owls in the rain, number 7."
+    quiz_poem = _quiz("a short poem about owls in the rain", 7)
+    prompts = [free_algebra, quiz_algebra, free_poem, quiz_poem]
+    embeddings, features = encode(prompts, "cpu"), feature_matrix(prompts)
+
+    def pair(loaded: NeighbourTable, weak_model: str = WEAK) -> PairNeighbours:
+        found = loaded.pair(STRONG, weak_model, TAU, RIDGE)
+        assert found is not None
+        return found
 
     table.save(tmp_path)
-    saved = NeighbourTable.load(tmp_path)
-    free_step, quiz_step = steps(saved)
-    assert quiz_step < 0  # a quiz question like the failed ones: the file's verdict holds
-    assert free_step > 0  # asked freely: only the history outcomes, which the strong model won
+    saved = pair(NeighbourTable.load(tmp_path))
+    margins = saved.margins(embeddings, features)
+    assert margins[1] < 0  # a quiz question like the failed ones: the quiz file's verdict holds
+    assert margins[0] > 0  # asked freely: only outcomes the strong model won or tied count
+
+    # the overall rate each format starts from leaves out the other format's failed outcomes
+    outcome = {"algebra": 0.0, "history": 0.75, "poems": 1.0, "letters": 0.5}  # mean of (1 + s_strong - s_weak) / 2
+    free_rate = (outcome["history"] + outcome["poems"] + outcome["letters"]) / 3
+    quiz_rate = (outcome["algebra"] + outcome["history"] + outcome["letters"]) / 3
+    rates = np.array([free_rate, quiz_rate, free_rate, quiz_rate])
+    assert margins - saved.steps(embeddings, features) == pytest.approx(np.log(rates / (1 - rates)), abs=1e-4)
+
+    # a pair whose only shared rows failed in the quiz format: no step at all for a free-form prompt
+    assert pair(NeighbourTable.load(tmp_path), FOURTH).steps(embeddings, features)[0] == 0.0
 
     with np.load(tmp_path / TABLE) as stored:  # a table of an earlier release marks no failures
         np.savez(tmp_path / TABLE, **{key: stored[key] for key in stored.files if key not in ("failed_cells", "multiple_choice")})
-    old_free_step, old_quiz_step = steps(NeighbourTable.load(tmp_path))
-    assert old_free_step < free_step - 0.2 and old_quiz_step == pytest.approx(quiz_step, abs=1e-5)
+    old = pair(NeighbourTable.load(tmp_path)).margins(embeddings, features)
+    assert old[0] < margins[0] - 0.2  # the failed algebra outcomes count for the free-form question again
+    assert old[3] > margins[3] + 0.05  # and the failed poems (won by the strong model) for the quiz question
