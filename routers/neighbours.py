@@ -86,17 +86,20 @@ class ScoreTable:
     failed: np.ndarray
 
 
-def score_table(records_by_file: Mapping[str, list[Record]]) -> ScoreTable:
+def score_table(
+    records_by_file: Mapping[str, list[Record]], failures_by_file: Mapping[str, set[tuple[str, str]]] | None = None
+) -> ScoreTable:
     """The table of each file's records. A row is a distinct prompt of one file (case and
     whitespace aside; a model scored on it twice gets the mean): a prompt in several files has a
     row per file, so an outcome never compares scores of different files (a judge's win rate with
     a pass rate). A record scoring one model compares nothing and is left out: merged with a
     comparison of the same prompt (an exported user rating beside a judge's verdict) it would tilt
     that outcome towards whichever model was rated. A cell is ``failed`` when one of its scores is
-    a format failure of its file (``routers.format_failures``)."""
+    a format failure of its file: ``failures_by_file[file]`` when given (judged on all of a file's
+    records where these are a sample), else ``routers.format_failures`` of these records."""
     merged: dict[tuple[str, str], tuple[str, dict[str, list[float]], set[str]]] = {}
     for file, records in records_by_file.items():
-        failures = format_failures(records)
+        failures = failures_by_file[file] if failures_by_file is not None else format_failures(records)
         for record in tqdm(records, desc=f"table {file}", unit="prompt"):
             if len(record["scores"]) < 2:
                 continue
@@ -131,9 +134,16 @@ class NeighbourTable:
     multiple_choice: np.ndarray
 
     @classmethod
-    def build(cls, records_by_file: Mapping[str, list[Record]], dims: int, feature_weight: float, device: str) -> NeighbourTable:
+    def build(
+        cls,
+        records_by_file: Mapping[str, list[Record]],
+        dims: int,
+        feature_weight: float,
+        device: str,
+        failures_by_file: Mapping[str, set[tuple[str, str]]] | None = None,
+    ) -> NeighbourTable:
         """The table of each file's records (``score_table``)."""
-        table = score_table(records_by_file)
+        table = score_table(records_by_file, failures_by_file)
         embeddings, raw_features = cached_encode(table.prompts, device), feature_matrix(table.prompts)
         similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight)
         vectors = similarity.vectors(embeddings, raw_features)

@@ -188,3 +188,16 @@ def test_a_format_failure_counts_only_for_prompts_in_its_format(tmp_path: Path) 
     old = pair(NeighbourTable.load(tmp_path)).margins(embeddings, features)
     assert old[0] < margins[0] - 0.2  # the failed algebra outcomes count for the free-form question again
     assert old[3] > margins[3] + 0.05  # and the failed poems (won by the strong model) for the quiz question
+
+
+def test_sw_ranking_judges_format_failures_on_every_record_of_a_file_not_its_sample(tmp_path: Path) -> None:
+    path = tmp_path / "quiz.jsonl"
+    rows = [{**record, "id": f"q{n}", "split": "train"} for n, record in enumerate(_format_records()["quiz"])]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # 60 of the 90 records: about 27 algebra questions, fewer than a category needs to be judged on its own
+    _train("sw_ranking", path, tmp_path, "--limit", "60", "--dims", "16")
+    table = NeighbourTable.load(tmp_path / "sw_ranking")
+    strong, fourth = table.models.index(normal_form(STRONG)), table.models.index(normal_form(FOURTH))
+    algebra = ~np.isnan(table.scores[:, fourth])  # FOURTH is scored on the algebra questions only
+    assert 0 < algebra.sum() < 40
+    assert table.failed[:, strong].tolist() == algebra.tolist() and table.failed.sum() == algebra.sum()

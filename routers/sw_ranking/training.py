@@ -6,6 +6,7 @@ import argparse
 
 from routers.checkpoint import published_path, write_manifest
 from routers.features import FEATURE_NAMES
+from routers.format_failures import format_failures
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
 from routers.training.pairwise import add_training_data_arguments, load_training_records
 
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> None:
     if args.dims < 1 or args.ridge <= 0 or args.tau <= 0:
         raise SystemExit("routegate train sw_ranking: --dims, --ridge and --tau must be positive")
     records_by_file = {path: load_training_records([path], limit=args.limit) for path in args.data}
-    table = NeighbourTable.build(records_by_file, args.dims, args.feature_weight, args.device)
+    # format failures are judged on every train record of a file, as mf's are, not on --limit's sample
+    failures = {path: format_failures(load_training_records([path])) for path in args.data}
+    table = NeighbourTable.build(records_by_file, args.dims, args.feature_weight, args.device, failures)
     records = sum(map(len, records_by_file.values()))
     print(f"sw_ranking: {records} records, {len(table.vectors)} rows (distinct prompts per file), {len(table.models)} models")
     args.out.mkdir(parents=True, exist_ok=True)
