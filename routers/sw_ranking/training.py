@@ -8,7 +8,7 @@ from routers.checkpoint import published_path, write_manifest
 from routers.features import FEATURE_NAMES
 from routers.format_failures import format_failures
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
-from routers.training.pairwise import add_training_data_arguments, load_training_records
+from routers.training.pairwise import add_training_data_arguments, load_training_records, sample_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> None:
     """Write ``neighbours.npz`` and ``router.json`` into ``args.out``."""
     if args.dims < 1 or args.ridge <= 0 or args.tau <= 0:
         raise SystemExit("routegate train sw_ranking: --dims, --ridge and --tau must be positive")
-    records_by_file = {path: load_training_records([path], limit=args.limit) for path in args.data}
+    every_record = {path: load_training_records([path]) for path in args.data}
+    records_by_file = {path: sample_records(records, args.limit) for path, records in every_record.items()}
     # format failures are judged on every train record of a file, as mf's are, not on --limit's sample
-    failures = {path: format_failures(load_training_records([path])) for path in args.data}
+    failures = {path: format_failures(records) for path, records in every_record.items()}
     table = NeighbourTable.build(records_by_file, args.dims, args.feature_weight, args.device, failures)
     records = sum(map(len, records_by_file.values()))
     print(f"sw_ranking: {records} records, {len(table.vectors)} rows (distinct prompts per file), {len(table.models)} models")

@@ -62,15 +62,18 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
 
 
+def sample_records(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
+    """A seeded random sample of at most ``limit`` of one file's ``records``, in their order (all with no limit)."""
+    if limit is None or len(records) <= limit:
+        return records
+    return [records[index] for index in sorted(random.Random(seed).sample(range(len(records)), limit))]
+
+
 def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
     """The ``split`` records of ``paths``; with ``limit``, a seeded random sample of at most that many per file."""
     records: list[Record] = []
     for path in paths:
-        selected = load_records([path], split)
-        if limit is not None and len(selected) > limit:
-            keep = sorted(random.Random(seed).sample(range(len(selected)), limit))
-            selected = [selected[index] for index in keep]
-        records.extend(selected)
+        records.extend(sample_records(load_records([path], split), limit, seed))
     if not records:
         raise RecordError(f"no '{split}' records in {[str(path) for path in paths]}")
     return records
