@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,18 +61,34 @@ def feature_matrix(prompts: Sequence[str]) -> np.ndarray:
 
 
 class Standardizer:
-    """Feature-wise (x - mean) / std with statistics fitted on training prompts."""
+    """Feature-wise (x - mean) / std with statistics fitted on training prompts, limited to
+    ``[-clip, clip]`` when ``clip`` is set."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+    def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float | None = None) -> None:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
+        self.clip = clip
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> Standardizer:
+    def fit(cls, features: np.ndarray, clip: float | None = None) -> Standardizer:
         """Statistics of ``features``; a feature constant in training keeps its scale (std 1), so a
         prompt that differs from it later is not a million standard deviations out."""
         std = features.std(axis=0)
-        return cls(features.mean(axis=0), np.where(std < 1e-3, 1.0, std + 1e-6))
+        return cls(features.mean(axis=0), np.where(std < 1e-3, 1.0, std + 1e-6), clip)
+
+    @classmethod
+    def from_arrays(cls, saved: Mapping[str, np.ndarray]) -> Standardizer:
+        """The statistics that ``arrays`` saved (a file without ``feature_clip`` sets no limit)."""
+        clip = float(saved["feature_clip"]) if "feature_clip" in saved else None
+        return cls(saved["feature_mean"], saved["feature_std"], clip)
+
+    def arrays(self) -> dict[str, Any]:
+        """The statistics as arrays to save beside a model's weights (``np.savez`` keywords)."""
+        clip = {} if self.clip is None else {"feature_clip": np.asarray(self.clip, dtype=np.float32)}
+        return {"feature_mean": self.mean, "feature_std": self.std, **clip}
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        return ((features - self.mean) / self.std).astype(np.float32)
+        standardized = (features - self.mean) / self.std
+        if self.clip is not None:
+            standardized = np.clip(standardized, -self.clip, self.clip)
+        return standardized.astype(np.float32)

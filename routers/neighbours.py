@@ -60,11 +60,14 @@ class Similarity:
     feature_weight: float
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, raw_features: np.ndarray, dims: int, feature_weight: float) -> Similarity:
+    def fit(
+        cls, embeddings: np.ndarray, raw_features: np.ndarray, dims: int, feature_weight: float, feature_clip: float | None = None
+    ) -> Similarity:
         """The top ``dims`` principal components of ``embeddings``; features standardised on ``raw_features``."""
         mean = embeddings.mean(axis=0)
         _, _, components = np.linalg.svd(embeddings - mean, full_matrices=False)
-        return cls(mean.astype(np.float32), components[:dims].astype(np.float32), Standardizer.fit(raw_features), feature_weight)
+        standardize = Standardizer.fit(raw_features, feature_clip)
+        return cls(mean.astype(np.float32), components[:dims].astype(np.float32), standardize, feature_weight)
 
     def vectors(self, embeddings: np.ndarray, raw_features: np.ndarray) -> np.ndarray:
         """Unit similarity vectors of prompts with these encoder embeddings and raw structural features."""
@@ -141,11 +144,12 @@ class NeighbourTable:
         feature_weight: float,
         device: str,
         failures_by_file: Mapping[str, set[tuple[str, str]]] | None = None,
+        feature_clip: float | None = None,
     ) -> NeighbourTable:
         """The table of each file's records (``score_table``)."""
         table = score_table(records_by_file, failures_by_file)
         embeddings, raw_features = cached_encode(table.prompts, device), feature_matrix(table.prompts)
-        similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight)
+        similarity = Similarity.fit(embeddings, raw_features, dims, feature_weight, feature_clip)
         vectors = similarity.vectors(embeddings, raw_features)
         return cls(similarity, vectors, table.models, table.scores, table.failed, multiple_choice(raw_features))
 
@@ -158,8 +162,7 @@ class NeighbourTable:
             vector_scale=scale.astype(np.float32),
             embedding_mean=self.similarity.mean,
             embedding_basis=self.similarity.basis,
-            feature_mean=self.similarity.standardize.mean,
-            feature_std=self.similarity.standardize.std,
+            **self.similarity.standardize.arrays(),
             feature_weight=np.float32(self.similarity.feature_weight),
             models=np.asarray(self.models),
             scores=self.scores.astype(np.float16),
@@ -176,7 +179,7 @@ class NeighbourTable:
             similarity = Similarity(
                 saved["embedding_mean"],
                 saved["embedding_basis"],
-                Standardizer(saved["feature_mean"], saved["feature_std"]),
+                Standardizer.from_arrays(saved),
                 float(saved["feature_weight"]),
             )
             vectors = saved["vectors"].astype(np.float32) * saved["vector_scale"][:, None]

@@ -515,6 +515,23 @@ def test_a_feature_constant_in_training_keeps_its_scale() -> None:
     standardize = Standardizer.fit(training)
     later = standardize(np.array([[2.0, 3.0]], dtype=np.float32))
     assert later[0].tolist() == pytest.approx([2.0, 0.0], abs=1e-3)  # not 2e6 standard deviations out
+    clipped = Standardizer.fit(training, clip=1.5)(np.array([[2.0, 30.0], [-2.0, 3.0]], dtype=np.float32))
+    assert clipped.ravel().tolist() == pytest.approx([1.5, 1.5, -1.5, 0.0], abs=1e-3)  # limited both ways, inside untouched
+
+
+def test_mf_scores_a_feature_beyond_its_clip_as_at_the_clip(data_slice: Path, tmp_path: Path) -> None:
+    """MiniLM is uncased, so a prompt in capitals differs from its title-case twin only in the share
+    of upper-case letters, far above training's in both: with ``--feature-clip`` (kept in the
+    checkpoint, latent model and neighbour table) the two score the same."""
+    twins = ["What Is The Sum Of Two And Two?", "WHAT IS THE SUM OF TWO AND TWO?"]
+    scores = {}
+    for clip in (0, 1):
+        out = tmp_path / f"clip-{clip}" / "mf"
+        train = ["train", "mf", "--data", str(data_slice), "--out", str(out), "--epochs", "2"]
+        assert main([*train, "--feature-clip", str(clip)]) == 0
+        scores[clip] = load_router("mf", RouterOptions(checkpoint_dir=out.parent, device="cpu")).score(twins)
+    assert scores[0][0] != pytest.approx(scores[0][1], abs=1e-6)  # without a limit the capitals move the score
+    assert scores[1][0] == pytest.approx(scores[1][1], abs=1e-6)
 
 
 def test_an_mf_manifest_from_another_run_is_refused_not_mis_scored(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ class MFRouter(Router):
             _check_shapes(directory, weights, len(self.models))
             self._w1, self._b1 = weights["w1"], weights["b1"]
             self._w2, self._b2 = weights["w2"], weights["b2"]
-            self._standardize = Standardizer(weights["feature_mean"], weights["feature_std"])
+            self._standardize = Standardizer.from_arrays(weights)
             self._model_vectors = weights["classifier"] * weights["model_vectors"]  # (models, dim)
             self._model_bias = weights["model_bias"]
         # a pair needs only the difference of its two models: one vector

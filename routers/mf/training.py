@@ -21,6 +21,11 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   the pair's outcomes on the most similar training prompts. On prompts like those the pair was
   scored on (MMLU, GSM8K for GPT-4 vs Mixtral) it adds what a global latent model smooths away;
   held out it moved the leave-one-out mean by less than seed noise.
+* **Structural features limited to 3 standard deviations** (``--feature-clip``). A feature that
+  training hardly saw vary (answer options when no multiple-choice file is in training, code
+  markers without code files) would otherwise reach 40 or more standard deviations on a new
+  domain's prompts and move the score by whatever the untrained weights say; held out, the
+  limit kept the leave-one-out mean and made it steadier across seeds.
 * **Format failures stay with their format.** The neighbour table counts an outcome that holds a
   score of an unparsed answer (``routers.format_failures``) only for prompts in its prompt's format
   (answer options or none), so MMLU's LaTeX grading does not tell free-form math that GPT-4 loses
@@ -90,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out of the latent model a model's scores on a file's task category where they record unparsed "
         "answers rather than ability (routers/format_failures.py); the neighbour table keeps them for prompts in their format",
+    )
+    parser.add_argument(
+        "--feature-clip",
+        type=float,
+        default=3.0,
+        help="limit standardised structural features to +-this many standard deviations, in the latent model and the "
+        "neighbour table (a feature rare in training cannot push a prompt's score arbitrarily far); 0: no limit",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
 
@@ -183,8 +195,8 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> None:
     """Train and write ``weights.npz``, ``neighbours.npz`` (unless ``--neighbour-weight 0``) and
     ``router.json`` into ``args.out``."""
-    if args.neighbour_weight < 0:
-        raise SystemExit("routegate train mf: --neighbour-weight must be 0 or more")
+    if args.neighbour_weight < 0 or args.feature_clip < 0:
+        raise SystemExit("routegate train mf: --neighbour-weight and --feature-clip must be 0 or more")
     stems = [file_stem(path) for path in args.data]
     if len(set(stems)) < len(stems):  # files are told apart (and --weight keyed) by their stem
         twice = sorted({str(path) for path, stem in zip(args.data, stems, strict=True) if stems.count(stem) > 1})
@@ -201,7 +213,8 @@ def run(args: argparse.Namespace) -> None:
         f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models"
     )
     raw = feature_matrix(data.prompts)
-    standardize = Standardizer.fit(raw)
+    clip = args.feature_clip or None
+    standardize = Standardizer.fit(raw, clip)
     features = prompt_inputs(cached_encode(data.prompts, args.device), standardize(raw))
 
     device = resolve_device(args.device)
@@ -260,12 +273,11 @@ def run(args: argparse.Namespace) -> None:
         model_vectors=state["model_vectors.weight"],
         model_bias=state["model_bias.weight"][:, 0],
         classifier=state["classifier.weight"][0],
-        feature_mean=standardize.mean,
-        feature_std=standardize.std,
+        **standardize.arrays(),
     )
     neighbours = {}
     if args.neighbour_weight > 0:
-        table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device)
+        table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device, feature_clip=clip)
         table.save(args.out)
         neighbours = {"weight": args.neighbour_weight, "tau": TAU, "ridge": RIDGE, "prompts": len(table.vectors)}
     write_manifest(
@@ -290,6 +302,7 @@ def run(args: argparse.Namespace) -> None:
                 "seed",
                 "limit",
                 "drop_format_failures",
+                "feature_clip",
             )
         },
         file_weights=parse_weights(args.weight),
