@@ -143,7 +143,9 @@ def main() -> None:
     parser.add_argument("--weak", default=DEFAULT_PAIR[1])
     args = parser.parse_args()
     router = MFRouter(args.checkpoint_dir / "mf", "cpu", args.strong, args.weak)
-    pair = [match_model(name, router.models) or name for name in (args.strong, args.weak)]
+    strong, weak = (match_model(name, router.models) for name in (args.strong, args.weak))
+    assert strong and weak, "MFRouter refuses a model it does not know"
+    pair = [strong, weak]
     rows = []
     for kind, requests in REQUESTS.items():
         latent = router.model_logits(requests, pair) @ np.array([1.0, -1.0])

@@ -65,6 +65,8 @@ class Standardizer:
     ``[-clip, clip]`` when ``clip`` is set."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, clip: float | None = None) -> None:
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"a feature clip is a positive number of standard deviations, not {clip}")
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.clip = clip
@@ -84,8 +86,8 @@ class Standardizer:
 
     def arrays(self) -> dict[str, Any]:
         """The statistics as arrays to save beside a model's weights (``np.savez`` keywords)."""
-        clip = {} if self.clip is None else {"feature_clip": np.asarray(self.clip, dtype=np.float32)}
-        return {"feature_mean": self.mean, "feature_std": self.std, **clip}
+        limit = {} if self.clip is None else {"feature_clip": np.asarray(self.clip, dtype=np.float32)}
+        return {"feature_mean": self.mean, "feature_std": self.std, **limit}
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         standardized = (features - self.mean) / self.std

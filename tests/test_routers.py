@@ -508,7 +508,7 @@ def test_a_retrained_checkpoint_takes_the_old_ones_place_and_a_failed_run_leaves
     assert main([*train[:-1], "."]) == 0 and (out / "router.json").is_file() and (out / "NOTES.md").read_text() == "mine"
 
 
-def test_a_feature_constant_in_training_keeps_its_scale() -> None:
+def test_a_feature_constant_in_training_keeps_its_scale_and_a_clip_bounds_both_ways() -> None:
     from routers.features import Standardizer
 
     training = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 5.0]], dtype=np.float32)  # no prompt had the first feature
@@ -517,6 +517,9 @@ def test_a_feature_constant_in_training_keeps_its_scale() -> None:
     assert later[0].tolist() == pytest.approx([2.0, 0.0], abs=1e-3)  # not 2e6 standard deviations out
     clipped = Standardizer.fit(training, clip=1.5)(np.array([[2.0, 30.0], [-2.0, 3.0]], dtype=np.float32))
     assert clipped.ravel().tolist() == pytest.approx([1.5, 1.5, -1.5, 0.0], abs=1e-3)  # limited both ways, inside untouched
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive number"):
+            Standardizer.fit(training, clip=bad)
 
 
 def test_mf_scores_a_feature_beyond_its_clip_as_at_the_clip(data_slice: Path, tmp_path: Path) -> None:

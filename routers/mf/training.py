@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 from itertools import combinations
@@ -196,7 +197,7 @@ def parse_weights(pairs: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> None:
     """Train and write ``weights.npz``, ``neighbours.npz`` (unless ``--neighbour-weight 0``) and
     ``router.json`` into ``args.out``."""
-    if args.neighbour_weight < 0 or args.feature_clip < 0:
+    if args.neighbour_weight < 0 or not (math.isfinite(args.feature_clip) and args.feature_clip >= 0):
         raise SystemExit("routegate train mf: --neighbour-weight and --feature-clip must be 0 or more")
     stems = [file_stem(path) for path in args.data]
     if len(set(stems)) < len(stems):  # files are told apart (and --weight keyed) by their stem
