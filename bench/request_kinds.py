@@ -58,12 +58,10 @@ REQUESTS: dict[str, list[str]] = {
         "oranges. If the first two statements are true, is the third true, false, or uncertain?",
         "A is the father of B. B is the father of C. What is the relationship between A and C?",
         "Which word does not belong with the others? tyre, steering wheel, car, engine",
-        "One morning after sunrise, Suresh stood facing a pole. The shadow of the pole fell exactly to "
-        "his right. Which direction "
-        "was the shadow pointing: east, south, west, or north? Explain your reasoning.",
-        "A train leaves at 3pm at 60 mph and another leaves the same station at 4pm at 80 mph in the "
-        "same direction. When does the "
-        "second catch up?",
+        "One morning after sunrise, Suresh stood facing a pole. The shadow of the pole fell exactly to his right. "
+        "Which direction was the shadow pointing: east, south, west, or north? Explain your reasoning.",
+        "A train leaves at 3pm at 60 mph and another leaves the same station at 4pm at 80 mph in the same direction. "
+        "When does the second catch up?",
     ],
     "math": [
         "The vertices of a triangle are at points (0, 0), (-1, 1), and (3, 3). What is the area of the triangle?",
@@ -73,9 +71,8 @@ REQUESTS: dict[str, list[str]] = {
         "Find x such that 3x + 10 = 5(x - 2).",
         "How many integers are in the solution of the inequality |x + 5| < 10?",
         "When a number is divided by 10, the remainder is 4. What is the remainder when twice the number is divided by 4?",
-        "Some people got on a bus at the terminal. At the first stop, half of them got off and 4 more "
-        "got on. At the second stop, 6 "
-        "got off and 8 more got on. 25 people headed to the third stop. How many got on at the terminal?",
+        "Some people got on a bus at the terminal. At the first stop, half of them got off and 4 more got on. "
+        "At the second stop, 6 got off and 8 more got on. 25 people headed to the third stop. How many got on at the terminal?",
     ],
     "coding": [
         "Develop a Python program that reads all the text files under a directory and returns the top-5 most frequent words.",

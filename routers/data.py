@@ -12,6 +12,7 @@ import bisect
 import gzip
 import json
 import os
+import random
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -130,6 +131,13 @@ class QuestionSet:
                 return len(candidate) >= self._min_prefix
             probe = probe[: len(os.path.commonprefix([candidate, probe]))]
         return False
+
+
+def sample_records(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
+    """A seeded random sample of at most ``limit`` of one file's ``records``, in their order (all with no limit)."""
+    if limit is None or len(records) <= limit:
+        return records
+    return [records[index] for index in sorted(random.Random(seed).sample(range(len(records)), limit))]
 
 
 def pair_records(records: Iterable[Record], strong: str, weak: str) -> list[Record]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import random
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from routers.data import Record, iter_records
+from routers.data import Record, iter_records, sample_records
 from routers.evaluation.families import EVAL_PAIRS, FAMILIES, EvalPair, data_path, eval_records, training_records
 from routers.evaluation.metrics import MIN_GAP_Z, PairQuality, apgr
 
@@ -129,7 +128,7 @@ def run_leave_one_out(
         paths = write_fold(data_dir, family, work / family / "data") if any(not r.startswith("shipped:") for r in routers) else []
         cases: dict[EvalPair, tuple[list[str], PairQuality]] = {}
         for pair in table.pairs[family]:
-            selected = sample(eval_records(records[pair.file], pair), max_prompts)
+            selected = sample_records(eval_records(records[pair.file], pair), max_prompts)
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
             cases[pair] = (prompts, quality)
@@ -151,14 +150,6 @@ def run_leave_one_out(
                 note = "" if quality.separable else " (not counted: no gap beyond noise)"
                 print(f"  {family:<10} {pair.file:<26} {name:<20} APGR {table.apgr[(name, family, pair)]:.3f}{note}")
     return table
-
-
-def sample(records: list[Record], limit: int | None) -> list[Record]:
-    """A seeded random sample of at most ``limit`` records, in their order (all without a limit)."""
-    if limit is None or len(records) <= limit:
-        return records
-    keep = sorted(random.Random(0).sample(range(len(records)), limit))
-    return [records[index] for index in keep]
 
 
 def parse_train_options(items: list[str]) -> dict[str, list[str]]:

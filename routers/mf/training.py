@@ -205,9 +205,11 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"routegate train mf: two data files have one name, rename one: {twice}")
     torch.manual_seed(args.seed)
     train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
-    failures = {path: format_failures(records) if args.drop_format_failures else set() for path, records in train_records.items()}
+    # judged once, on every train record of a file: the neighbour table marks them; --drop-format-failures drops them
+    failures = {path: format_failures(records) for path, records in train_records.items()}
+    dropped = failures if args.drop_format_failures else {path: set() for path in train_records}
     records_by_file = {
-        file_stem(path): first_by_hash(without_format_failures(records, failures[path]), args.limit)
+        file_stem(path): first_by_hash(without_format_failures(records, dropped[path]), args.limit)
         for path, records in train_records.items()
     }
     data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
@@ -279,7 +281,7 @@ def run(args: argparse.Namespace) -> None:
     )
     neighbours = {}
     if args.neighbour_weight > 0:
-        table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device, feature_clip=clip)
+        table = NeighbourTable.build(train_records, DIMS, FEATURE_WEIGHT, args.device, failures, clip)
         table.save(args.out)
         neighbours = {"weight": args.neighbour_weight, "tau": TAU, "ridge": RIDGE, "prompts": len(table.vectors)}
     write_manifest(
@@ -309,7 +311,7 @@ def run(args: argparse.Namespace) -> None:
         },
         file_weights=parse_weights(args.weight),
         neighbours=neighbours,
-        format_failures={file_stem(path): sorted(map(list, cells)) for path, cells in failures.items() if cells},
+        format_failures={file_stem(path): sorted(map(list, cells)) for path, cells in dropped.items() if cells},
         prompts=len(data.prompts),
         comparisons=len(data.target),
     )

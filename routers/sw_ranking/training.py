@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 
 from routers.checkpoint import published_path, write_manifest
+from routers.data import sample_records
 from routers.features import FEATURE_NAMES
 from routers.format_failures import format_failures
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
-from routers.training.pairwise import add_training_data_arguments, load_training_records, sample_records
+from routers.training.pairwise import add_training_data_arguments, load_training_records
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from routers.data import Record, RecordError, load_records
+from routers.data import Record, RecordError, load_records, sample_records
 from routers.model_names import normal_form, scores_by_model
 
 
@@ -60,13 +59,6 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
-
-
-def sample_records(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:
-    """A seeded random sample of at most ``limit`` of one file's ``records``, in their order (all with no limit)."""
-    if limit is None or len(records) <= limit:
-        return records
-    return [records[index] for index in sorted(random.Random(seed).sample(range(len(records)), limit))]
 
 
 def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
