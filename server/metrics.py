@@ -153,6 +153,12 @@ SHARED_STATE_ERRORS = Counter(
     "Shared-state (Redis) operations that failed or timed out and fell back to in-process state, by operation.",
     ["op"],
 )
+SHARED_STATE_BUSY = Counter(
+    "routegate_shared_state_busy_total",
+    "Shared-state (Redis) operations decided in-process because every Redis connection of the process stayed busy "
+    "for the operation's deadline (Redis not counted as failed), by operation.",
+    ["op"],
+)
 IN_FLIGHT = Gauge("routegate_requests_in_flight", "Chat completion requests being handled.", multiprocess_mode="livesum")
 
 UPSTREAM_ACTIVE = Gauge(

@@ -214,7 +214,9 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("routegate:", min_length=1, description="namespace of every key routegate writes to Redis")
     redis_timeout_ms: float = Field(250.0, gt=0, description="longest wait for one Redis operation (connect included)")
     redis_retry_seconds: float = Field(1.0, gt=0, description="after a Redis failure, in-process state decides this long")
-    redis_max_connections: int = Field(32, ge=1, description="Redis connections per process")
+    redis_max_connections: int = Field(
+        32, ge=1, description="Redis connections per process; an operation that finds all busy waits up to the Redis timeout"
+    )
     shared_score_cache: bool = Field(False, description="share router scores through Redis too (needs redis_url)")
 
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")

@@ -9,6 +9,12 @@ failure (so a dead Redis costs one timeout per interval, not one per request), t
 by one operation while the others keep deciding in-process until it answers;
 ``routegate_shared_state_up`` says which state is deciding. Failures are logged at most once per
 ``LOG_INTERVAL`` seconds.
+
+An operation holds one of ``ROUTEGATE_REDIS_MAX_CONNECTIONS`` slots, so the pool never runs dry
+while Redis works: under a burst, an operation waits up to the deadline for a slot, and one that
+gets none is decided in-process and counted in ``routegate_shared_state_busy_total{op}``, without
+taking a healthy Redis for a failed one (which would send every operation in-process for the
+retry interval).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class SharedState:
             decode_responses=True,
         )
         self.redis = Redis(connection_pool=pool)
+        self._slots = asyncio.Semaphore(max_connections)  # one per pooled connection: the pool never blocks
         self.prefix = prefix
         self.timeout = timeout
         self.retry_seconds = retry_seconds
@@ -77,6 +84,7 @@ class SharedState:
         self.up = True
         for op in OPS:
             metrics.SHARED_STATE_ERRORS.labels(op)
+            metrics.SHARED_STATE_BUSY.labels(op)
         metrics.SHARED_STATE_UP.set(1)
 
     def key(self, *parts: str) -> str:
@@ -88,9 +96,23 @@ class SharedState:
         return self.redis.register_script(source)
 
     async def run(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``'s result; SharedStateUnavailable when Redis fails, is too slow or is resting."""
+        """``call()``'s result; SharedStateUnavailable when Redis fails, is too slow or is resting, or
+        when every connection stays busy for the deadline."""
+        if self._clock() < self._resting_until:
+            raise SharedStateUnavailable(op, attempted=False)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.timeout)
+        except TimeoutError:
+            metrics.SHARED_STATE_BUSY.labels(op).inc()
+            raise SharedStateUnavailable(op, attempted=False) from None
+        try:
+            return await self._run_in_slot(op, call)
+        finally:
+            self._slots.release()
+
+    async def _run_in_slot(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
         now = self._clock()
-        if now < self._resting_until:
+        if now < self._resting_until:  # Redis failed while this operation waited for a slot
             raise SharedStateUnavailable(op, attempted=False)
         trial = not self.up  # the rest is over: this operation tries Redis, the others wait for its outcome
         if trial:

@@ -578,9 +578,9 @@ def test_mf_can_leave_format_failures_out_and_says_which_it_dropped(tmp_path: Pa
     data = _records_with_a_format_failure(tmp_path / "failure.jsonl")
     out = tmp_path / "mf"
     command = ["train", "mf", "--data", str(data), "--out", str(out), "--epochs", "1"]
-    assert main(command) == 0
-    assert json.loads((out / "router.json").read_text())["comparisons"] == 50 * 3 * 3  # by default every score counts
-    assert main([*command, "--drop-format-failures"]) == 0
+    assert main([*command, "--no-drop-format-failures"]) == 0
+    assert json.loads((out / "router.json").read_text())["comparisons"] == 50 * 3 * 3  # every score counts
+    assert main(command) == 0  # the default leaves them out
     manifest = json.loads((out / "router.json").read_text())
     assert manifest["format_failures"] == {"failure": [["algebra", "big"]]}
     assert manifest["comparisons"] == 50 * 3 + 50 * 3 + 50 * 1  # algebra compares only small and tiny

@@ -505,6 +505,43 @@ async def test_after_a_rest_one_operation_tries_redis_while_the_others_decide_lo
     await state.aclose()
 
 
+async def test_a_burst_beyond_the_connection_pool_is_not_taken_for_a_failed_redis(redis_server: RedisServer) -> None:
+    """More operations at once than ROUTEGATE_REDIS_MAX_CONNECTIONS: the ones that find no free
+    connection within the deadline are decided in-process and counted as busy, and Redis stays
+    up for every other operation (taken for failed, it would rest for the retry interval)."""
+    import asyncio
+
+    from server import metrics
+    from server.shared_state import SharedState, SharedStateUnavailable
+
+    state = SharedState(redis_server.url, "burst:", 0.5, 5.0, 1)
+    pool = state.redis.connection_pool
+    busy_before = metrics.SHARED_STATE_BUSY.labels("sticky_get")._value.get()
+    errors_before = metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get()
+
+    async def hold_a_connection() -> None:
+        connection = await pool.get_connection()
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            await pool.release(connection)
+
+    async def attempt() -> str:
+        try:  # each holds the one connection for 0.2 s: the third waits 0.4 s, the fourth would wait 0.6
+            await state.run("sticky_get", hold_a_connection)
+        except SharedStateUnavailable as error:
+            return "tried" if error.attempted else "in-process"
+        return "answered"
+
+    outcomes = await asyncio.gather(*(attempt() for _ in range(4)))
+    assert sorted(outcomes) == ["answered", "answered", "answered", "in-process"]
+    assert state.up and metrics.SHARED_STATE_UP._value.get() == 1
+    assert metrics.SHARED_STATE_BUSY.labels("sticky_get")._value.get() == busy_before + 1
+    assert metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get() == errors_before
+    assert await state.run("sticky_get", lambda: state.redis.ping()) is True  # no rest began
+    await state.aclose()
+
+
 async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server: RedisServer, tmp_path: Path) -> None:
     """A restart without persistence or a failover to an empty replica raises nothing: the next
     decision finds the window empty and fills it from the calibration again."""

@@ -9,8 +9,8 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   target ``(1 + s_a - s_b) / 2``.
 * **An optional nuisance offset per (file, model)** (``--offset-l2``): how often a model wins in a
   file depends on that file's judge, reference and answer format as much as on its prompts; a
-  free offset per (file, model), used in training and dropped at serving, absorbs that. The
-  shipped checkpoint switches it off (``--offset-l2 1000000``): held out it changes nothing, and
+  free offset per (file, model), used in training and dropped at serving, can absorb that. The
+  default all but switches it off (``--offset-l2 1000000``): held out it changes nothing, and
   without it the per-model qualities keep what each model is good at across domains, which
   routing among several models needs.
 * **Files weighted by the square root of their size**, so 20,000 multiple-choice questions do not
@@ -29,7 +29,7 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
 * **Format failures stay with their format.** The neighbour table counts an outcome that holds a
   score of an unparsed answer (``routers.format_failures``) only for prompts in its prompt's format
   (answer options or none), so MMLU's LaTeX grading does not tell free-form math that GPT-4 loses
-  it. ``--drop-format-failures`` (in the shipped command) also leaves such scores out of the
+  it. ``--drop-format-failures`` (the default) also leaves such scores out of the
   latent model, which otherwise scores one-line math requests for GPT-4 vs Mixtral far below
   writing ones; held out it changed the leave-one-out mean by less than seed noise.
 """
@@ -77,8 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hidden", type=int, default=128, help="width of the text projection's hidden layer")
     parser.add_argument("--dim", type=int, default=32, help="latent dimension shared by prompts and models")
-    parser.add_argument("--pairs", type=int, default=24, help="model pairs sampled per prompt (all pairs when fewer)")
-    parser.add_argument("--offset-l2", type=float, default=1e-3, help="L2 penalty of the per-(file, model) offsets")
+    parser.add_argument("--pairs", type=int, default=48, help="model pairs sampled per prompt (all pairs when fewer)")
+    parser.add_argument(
+        "--offset-l2",
+        type=float,
+        default=1e6,
+        help="L2 penalty of the per-(file, model) offsets, used in training and dropped at serving; the default all but "
+        "switches them off (0.001 lets them absorb each file's judge and answer format)",
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per step (with all their comparisons)")
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -94,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drop-format-failures",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="leave out of the latent model a model's scores on a file's task category where they record unparsed "
         "answers rather than ability (routers/format_failures.py); the neighbour table keeps them for prompts in their format",
     )
