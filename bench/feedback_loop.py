@@ -5,7 +5,7 @@ A data set's train prompts (one strong/weak pair) stand in for a user's traffic.
 replayed, in a seeded random order, through a real ``routegate serve`` with
 ``ROUTEGATE_SHADOW_RATE=1`` in front of fake upstreams whose answers name the record, and a fake
 judge that answers ``[[A]]``/``[[B]]``/``[[C]]`` from the data set's scores of that record. After
-0, 100, 300 and 1000 judged requests (of 2000 replayed) the estimate (the dashboard's PromQL formula, computed by
+0, 100, 300, 1000 and all 2000 judged requests the estimate (the dashboard's PromQL formula, computed by
 server.quality from the same ``routegate_judgements_total`` counters) and its 95% interval are
 printed beside the true quality retained of the whole replay, computed from the data: the sum
 over strong-routed prompts of (strong - weak) over the sum over all prompts. Finally the judged
@@ -99,7 +99,9 @@ def main() -> int:
     parser.add_argument("--router", default="mf")
     parser.add_argument("--model", default=None, help="routed model string (default router-<router>-50%%)")
     parser.add_argument("--requests", type=int, default=2000, help="prompts replayed (the true value is theirs)")
-    parser.add_argument("--checkpoints", default="0,100,300,1000")
+    parser.add_argument(
+        "--checkpoints", default="0,100,300,1000,2000", help="judged counts to report at (all replayed: equals the true value)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     parser.add_argument("--export", type=Path, default=None, help="keep the exported records in this file")

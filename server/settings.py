@@ -215,7 +215,7 @@ class Settings(BaseSettings):
     redis_timeout_ms: float = Field(250.0, gt=0, description="longest wait for one Redis operation (connect included)")
     redis_retry_seconds: float = Field(1.0, gt=0, description="after a Redis failure, in-process state decides this long")
     redis_max_connections: int = Field(
-        32, ge=1, description="Redis connections per process; an operation that finds all busy waits up to the Redis timeout"
+        32, ge=1, description="Redis connections per process; an operation that finds all busy waits for one within its timeout"
     )
     shared_score_cache: bool = Field(False, description="share router scores through Redis too (needs redis_url)")
 

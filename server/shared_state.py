@@ -11,10 +11,11 @@ by one operation while the others keep deciding in-process until it answers;
 ``LOG_INTERVAL`` seconds.
 
 An operation holds one of ``ROUTEGATE_REDIS_MAX_CONNECTIONS`` slots, so the pool never runs dry
-while Redis works: under a burst, an operation waits up to the deadline for a slot, and one that
-gets none is decided in-process and counted in ``routegate_shared_state_busy_total{op}``, without
+while Redis works. Under a burst an operation waits for a slot within its deadline (the wait and
+the call share it); one that gets no slot in time, or whose call runs out of the time its wait
+left, is decided in-process and counted in ``routegate_shared_state_busy_total{op}``, without
 taking a healthy Redis for a failed one (which would send every operation in-process for the
-retry interval).
+retry interval). Operations that found a slot free at once still find out that Redis failed.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ T = TypeVar("T")
 
 
 class SharedStateUnavailable(Exception):
-    """Redis failed, timed out or is resting after a failure: decide with in-process state.
-    ``attempted``: the operation was tried (so Redis may have run it), not skipped while resting."""
+    """Redis failed, timed out or is resting after a failure, or every connection stayed busy:
+    decide with in-process state. ``attempted``: the operation was tried (so Redis may have run
+    it), not skipped; ``busy``: Redis was not taken for failed (its state still stands)."""
 
-    def __init__(self, op: str, attempted: bool = True) -> None:
+    def __init__(self, op: str, attempted: bool = True, busy: bool = False) -> None:
         super().__init__(op)
         self.attempted = attempted
+        self.busy = busy
 
 
 class SharedState:
@@ -100,26 +103,42 @@ class SharedState:
         when every connection stays busy for the deadline."""
         if self._clock() < self._resting_until:
             raise SharedStateUnavailable(op, attempted=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        queued = self._slots.locked()  # no slot free: this operation waits, within its deadline
+        if queued:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.timeout)
+            except TimeoutError:
+                raise self._busy(op, attempted=False) from None
+        else:
+            await self._slots.acquire()  # returns at once, before any other operation runs
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.timeout)
-        except TimeoutError:
-            metrics.SHARED_STATE_BUSY.labels(op).inc()
-            raise SharedStateUnavailable(op, attempted=False) from None
-        try:
-            return await self._run_in_slot(op, call)
+            return await self._run_in_slot(op, call, deadline - loop.time() if queued else self.timeout, queued)
         finally:
             self._slots.release()
 
-    async def _run_in_slot(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+    def _busy(self, op: str, attempted: bool) -> SharedStateUnavailable:
+        metrics.SHARED_STATE_BUSY.labels(op).inc()
+        return SharedStateUnavailable(op, attempted=attempted, busy=True)
+
+    async def _run_in_slot(self, op: str, call: Callable[[], Awaitable[T]], time_left: float, queued: bool) -> T:
         now = self._clock()
         if now < self._resting_until:  # Redis failed while this operation waited for a slot
             raise SharedStateUnavailable(op, attempted=False)
+        if time_left <= 0:
+            raise self._busy(op, attempted=False)
         trial = not self.up  # the rest is over: this operation tries Redis, the others wait for its outcome
         if trial:
-            self._resting_until = now + self.timeout
+            self._resting_until = now + time_left
         try:
-            result = await asyncio.wait_for(call(), self.timeout)
-        except (RedisError, OSError, TimeoutError) as error:
+            result = await asyncio.wait_for(call(), time_left)
+        except TimeoutError:
+            if queued:  # out of the time its wait for a slot left: not a sign that Redis failed
+                raise self._busy(op, attempted=True) from None
+            self._failed(op, TimeoutError(f"no answer in {self.timeout:g}s"))
+            raise SharedStateUnavailable(op) from None
+        except (RedisError, OSError) as error:
             self._failed(op, error)
             raise SharedStateUnavailable(op) from None
         if trial and not self.up:  # only the trial's answer ends a rest: one begun before the failure says nothing

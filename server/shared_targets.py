@@ -48,11 +48,15 @@ BUDGET_TTL_S = 2 * 86_400
 
 # A route's keys expire together, but maxmemory may evict them one by one; the scripts notice it
 # from what their own commands return, at no extra round of commands: a window whose list of
-# ids was lost starts again, and a strong count whose route state or recent decisions were lost
-# is counted again.
+# ids was lost starts again, ids go on past the window's when the route state (their counter)
+# was lost, and a strong count whose route state or recent decisions were lost is counted again.
 _PUSH = """
 local function push(score)
   local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  if id == 1 and redis.call('LLEN', KEYS[2]) > 0 then  -- the counter was lost, not the window
+    for _, known in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do id = math.max(id, tonumber(known) + 1) end
+    redis.call('HSET', KEYS[3], 'seq', id)
+  end
   redis.call('ZADD', KEYS[1], score, id)
   local length = redis.call('RPUSH', KEYS[2], id)
   if length == 1 and redis.call('ZCARD', KEYS[1]) > 1 then  -- the ids were lost: start again
@@ -328,10 +332,11 @@ class SharedTargets:
             kind, value = await run(seeds)
             if kind == "empty" and not seeds and (seeds := self.local.seeds(router)):
                 kind, value = await run(seeds)  # Redis lost the route without an error (a restart, a failover)
-        except SharedStateUnavailable:
-            if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
-                controller.forget_debt()
-            self._seeded.discard(route)  # Redis may come back empty
+        except SharedStateUnavailable as unavailable:
+            if not unavailable.busy:  # Redis failed, not only this process's connections were busy
+                if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
+                    controller.forget_debt()
+                self._seeded.discard(route)  # Redis may come back empty
             return TargetDecision(target, effective, controller.threshold(effective))
         self._seeded.add(route)
         return TargetDecision(target, effective, _threshold(kind, float(value)))

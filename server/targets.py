@@ -250,6 +250,7 @@ class Targets:
         self.max_routes = max_routes
         self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, ShareController] = {}
+        self._seeds: dict[str, list[float]] = {}  # by router: one per installed router
 
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
@@ -264,8 +265,11 @@ class Targets:
         return controller
 
     def seeds(self, router: str) -> list[float]:
-        """Scores from ``router``'s calibration that fill a new route's window."""
-        return seed_scores(read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE), self.seed_count)
+        """Scores from ``router``'s calibration that fill a new route's window (read once: a worker
+        replaced on SIGHUP reads a new calibration)."""
+        if router not in self._seeds:
+            self._seeds[router] = seed_scores(read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE), self.seed_count)
+        return self._seeds[router]
 
     def effective_target(self, target: float) -> float:
         """``target``, tightened when the daily budget cannot pay for it."""

@@ -448,6 +448,31 @@ async def test_a_route_whose_keys_were_evicted_one_by_one_is_repaired(redis_serv
     await state.aclose()
 
 
+async def test_a_window_whose_route_state_was_evicted_keeps_its_scores(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The route state holds the counter that names each score in the window: evicted alone, the
+    counter must not start again at ids the window still holds (the new scores would overwrite
+    old ones and then be trimmed with them, emptying the window for a window's worth of requests)."""
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "counter:", 2.0, 1.0, 4)
+    targets = SharedTargets(Targets(window=10, feedback_horizon=50, checkpoint_dir=tmp_path), state)
+    keys = {part: f"counter:target:{{random:0.3}}:{part}" for part in ("scores", "order", "state", "recent")}
+    client = redis_server.client()
+    for number in range(10):
+        await targets.record("random", 0.3, 0.3, strong=False, score=number / 100)
+    client.delete(keys["state"])
+    for number in range(5):
+        await targets.record("random", 0.3, 0.3, strong=False, score=0.5 + number / 100)
+    order = client.lrange(keys["order"], 0, -1)
+    assert len(order) == len(set(order)) == client.zcard(keys["scores"]) == 10
+    assert sorted(float(score) for _, score in client.zrange(keys["scores"], 0, -1, withscores=True)) == pytest.approx(
+        [0.05, 0.06, 0.07, 0.08, 0.09, 0.5, 0.51, 0.52, 0.53, 0.54]
+    )  # the five newest and the five before them
+    await state.aclose()
+
+
 async def test_a_replica_falling_back_from_redis_owes_nothing_for_the_shared_decisions(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -506,9 +531,10 @@ async def test_after_a_rest_one_operation_tries_redis_while_the_others_decide_lo
 
 
 async def test_a_burst_beyond_the_connection_pool_is_not_taken_for_a_failed_redis(redis_server: RedisServer) -> None:
-    """More operations at once than ROUTEGATE_REDIS_MAX_CONNECTIONS: the ones that find no free
-    connection within the deadline are decided in-process and counted as busy, and Redis stays
-    up for every other operation (taken for failed, it would rest for the retry interval)."""
+    """More operations at once than ROUTEGATE_REDIS_MAX_CONNECTIONS: an operation waits for a free
+    connection within its deadline (the wait and the call share it); one that runs out of time is
+    decided in-process and counted as busy, and Redis stays up for every other operation (taken
+    for failed, it would rest for the retry interval)."""
     import asyncio
 
     from server import metrics
@@ -526,17 +552,21 @@ async def test_a_burst_beyond_the_connection_pool_is_not_taken_for_a_failed_redi
         finally:
             await pool.release(connection)
 
-    async def attempt() -> str:
-        try:  # each holds the one connection for 0.2 s: the third waits 0.4 s, the fourth would wait 0.6
+    async def attempt() -> tuple[str, float]:
+        started = time.monotonic()
+        try:  # each holds the one connection for 0.2 s: the third gets it at 0.4 s, the fourth never
             await state.run("sticky_get", hold_a_connection)
+            outcome = "answered"
         except SharedStateUnavailable as error:
-            return "tried" if error.attempted else "in-process"
-        return "answered"
+            assert error.busy
+            outcome = "cut short" if error.attempted else "no connection"
+        return outcome, time.monotonic() - started
 
-    outcomes = await asyncio.gather(*(attempt() for _ in range(4)))
-    assert sorted(outcomes) == ["answered", "answered", "answered", "in-process"]
+    results = await asyncio.gather(*(attempt() for _ in range(4)))
+    assert sorted(outcome for outcome, _ in results) == ["answered", "answered", "cut short", "no connection"]
+    assert max(elapsed for _, elapsed in results) < 0.5 + 0.25  # one deadline for the wait and the call, not two
     assert state.up and metrics.SHARED_STATE_UP._value.get() == 1
-    assert metrics.SHARED_STATE_BUSY.labels("sticky_get")._value.get() == busy_before + 1
+    assert metrics.SHARED_STATE_BUSY.labels("sticky_get")._value.get() == busy_before + 2
     assert metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get() == errors_before
     assert await state.run("sticky_get", lambda: state.redis.ping()) is True  # no rest began
     await state.aclose()
