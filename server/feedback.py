@@ -56,7 +56,7 @@ class AnswerText:
     def _read(self, data: bytes) -> None:
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         choices = event.get("choices") if isinstance(event, dict) else None
         for choice in choices if isinstance(choices, list) else ():
@@ -127,7 +127,7 @@ class Feedback:
     async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
         try:
             completion = json.loads(bytes(response.body))
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(completion, dict):
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)

@@ -50,6 +50,15 @@ class Exchange:
     hide_usage: bool = False  # a stream's usage was asked upstream for metering, not by the client
 
 
+@dataclass
+class Sent:
+    """The upstream that has the request now (None before a try and after a failed one): what a
+    client that leaves while waiting for the answer is charged for."""
+
+    decision: Decision | None = None
+    upstream: Upstream | None = None
+
+
 class Forwarder:
     """Sends requests to the ladder's upstreams."""
 
@@ -58,9 +67,13 @@ class Forwarder:
         self.ladder = ladder
         self.upstreams = upstreams
 
-    async def forward(self, decision: Decision, payload: dict[str, Any], strong_allowed: bool = True) -> Exchange:
+    async def forward(
+        self, decision: Decision, payload: dict[str, Any], strong_allowed: bool = True, sent: Sent | None = None
+    ) -> Exchange:
         """Try the decided upstream, then (with fallback on) its fallbacks; once the budget is spent
-        (``strong_allowed`` false) only the cheapest upstream is a fallback."""
+        (``strong_allowed`` false) only the cheapest upstream is a fallback. ``sent`` follows the
+        upstream that has the request."""
+        sent = sent if sent is not None else Sent()
         stream = payload.get("stream") is True
         hide_usage = stream and self.settings.stream_usage and not asks_for_usage(payload)
         tiers = [decision.tier]
@@ -75,6 +88,7 @@ class Forwarder:
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None, fallback_from=decision.chosen)
             sent_at = time.monotonic()
+            sent.decision, sent.upstream = decision, upstream
             try:
                 if stream:
                     result: StreamStart | CompletedResponse
@@ -85,6 +99,7 @@ class Forwarder:
                     result, ttfb = await attempts.complete(upstream, request_body(payload, upstream), decision.request_id)
                     metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(ttfb)
             except UpstreamFailure as failure:
+                sent.upstream = None
                 if position + 1 < len(tiers):
                     next_tier = tiers[position + 1]
                     metrics.FALLBACKS.labels(tier, next_tier, failure.reason).inc()

@@ -30,7 +30,7 @@ from server.deciding import Decider
 from server.decision import Decision
 from server.disconnects import ClientGone, cancelled_on_disconnect
 from server.errors import APIError, bad_request
-from server.forwarding import Forwarder
+from server.forwarding import Forwarder, Sent
 from server.ladder import Ladder
 from server.model_names import ModelNames, Target
 from server.overrides import NO_OVERRIDE, read_override
@@ -111,6 +111,7 @@ class ChatProxy:
         started = time.monotonic()
         ticket = Ticket(self.admission)
         decision: Decision | None = None
+        sent = Sent()  # the upstream that has the request
         response: Response | None = None
 
         async def finish(outcome: Outcome) -> None:
@@ -127,7 +128,7 @@ class ChatProxy:
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit
                 decision = await self.decider.decide(route, payload, request.headers, request_id, override)  # decide
-                exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable())  # forward
+                exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable(), sent)  # forward
             # relay; it records the outcome now, or when the stream closes
             estimate = functools.partial(prompt_tokens, payload)
             response = await reply(exchange, started, finish, estimate, self.settings.client_send_timeout)
@@ -135,7 +136,10 @@ class ChatProxy:
         except APIError as error:
             return self._refuse(error, request_id)
         except ClientGone:
-            await finish(Outcome(decision, None, 499, started))
+            if sent.upstream is None:
+                await finish(Outcome(decision, None, 499, started))
+            else:  # the upstream has the prompt and may bill it: charged an estimate, as a stream left early is
+                await finish(Outcome(sent.decision, sent.upstream, 499, started, estimated_tokens=(prompt_tokens(payload), 0)))
             return APIError(499, "The client closed the connection.", code="client_closed").to_response()
         except asyncio.CancelledError:
             if not DRAIN.stopping:

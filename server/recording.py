@@ -2,8 +2,9 @@
 
 Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
 only written for requests an upstream answered with a 2xx (budget spend: for any answer with
-usage, reported or, for a 2xx without, estimated); requests refused before an upstream (429,
-400, 499 ...) leave no trace there.
+usage, reported or, for a 2xx without, estimated, and for a request whose client left while an
+upstream had it, its prompt estimated); requests refused before an upstream (429, 400, 499 ...)
+leave no trace there.
 With Redis (``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py).
 """
 
@@ -26,9 +27,10 @@ log = logging.getLogger("routegate.proxy")
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one request ended: the final decision, the upstream that answered (None: none did),
-    the status the client got, when it arrived, when its last try was sent, the usage reported
-    and, for a 2xx answer without a usage object, its estimated ``(prompt, completion)`` tokens."""
+    """How one request ended: the final decision, the upstream that answered or had the request
+    when its client left (None: none), the status the client got, when it arrived, when its last
+    try was sent, the usage reported and, for a 2xx answer without a usage object or a client
+    that left, its estimated ``(prompt, completion)`` tokens."""
 
     decision: Decision | None
     upstream: Upstream | None
@@ -78,9 +80,9 @@ class Recorder:
         metrics.REQUESTS.labels(router, tier, model, str(outcome.status)).inc()
         if upstream is not None and outcome.sent_at is not None:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
-        if upstream is not None and outcome.upstream_status is not None:
+        if upstream is not None and (outcome.upstream_status is not None or outcome.estimated_tokens is not None):
             usage = self._usage(upstream, outcome.usage, outcome.estimated_tokens)
-            if decision is not None and 200 <= outcome.upstream_status < 300:
+            if decision is not None and outcome.upstream_status is not None and 200 <= outcome.upstream_status < 300:
                 await self._keep_books(decision, upstream, usage)
             await self._charge(upstream, usage)  # after the books: the request's count goes with its cost
         log.info(

@@ -89,7 +89,7 @@ class StreamWatcher:
             if _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
                 try:
                     usage = json.loads(data).get("usage")
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     continue
                 if isinstance(usage, dict):
                     self.usage = usage
@@ -151,7 +151,7 @@ def _usage_only(event: bytes) -> bool:
     fields = data_fields(event)
     try:
         chunk = json.loads(fields[0]) if fields else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 

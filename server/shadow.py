@@ -275,7 +275,7 @@ class Shadower:
             raise CallFailed(f"HTTP {response.status_code}")
         try:
             completion = json.loads(b"".join(chunks))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CallFailed("not JSON") from None
         if not isinstance(completion, dict):
             raise CallFailed("not a JSON object")

@@ -273,5 +273,5 @@ def is_json_object(body: bytes) -> bool:
     """Whether ``body`` parses as a JSON object."""
     try:
         return isinstance(json.loads(body), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser recurses
         return False

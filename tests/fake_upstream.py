@@ -51,6 +51,8 @@ class Behaviour:
     fail_content_type: str = "application/json"
     echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
     malformed_json: bool = False  # 200 with a truncated JSON body
+    answer_body: bytes | None = None  # non-streamed answers are these bytes (200, application/json)
+    extra_event: bytes | None = None  # streams carry an event with this data before the usage chunk
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
     cut_mode: str = "abort"  # connection ("abort", or "mid_event": after half the next event), ending the body
     # ("end") or sending [DONE] ("done")
@@ -201,6 +203,8 @@ class FakeUpstream:
             return Response(status_code=499)  # nobody reads it: the caller closed the connection
         if behaviour.malformed_json or fault == "malformed_json":
             return Response(b'{"id": "chatcmpl-broken", "choices": [{"mess', media_type="application/json")
+        if behaviour.answer_body is not None and not stream:
+            return Response(behaviour.answer_body, media_type="application/json")
         if body.get("tools") and body.get("tool_choice") != "none":
             try:
                 return JSONResponse(self._tool_call(body))
@@ -304,6 +308,8 @@ class FakeUpstream:
             yield event
             if self.behaviour.chunk_delay:
                 await asyncio.sleep(self.behaviour.chunk_delay)
+        if behaviour.extra_event is not None:
+            yield b"data: " + behaviour.extra_event + b"\n\n"
         if include_usage:
             usage = {
                 "id": f"chatcmpl-{self.name}",

@@ -61,6 +61,28 @@ def test_client_disconnect_cancels_the_upstream_stream(proxy: Proxy, strong: Fak
     assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx((prompt * 10 + completion * 30) / 1e6)
 
 
+def test_a_client_that_leaves_before_the_answer_is_charged_its_prompt(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Not streamed: the strong upstream has the prompt (and bills it) when the client gives up
+    waiting, so the daily budget and the cost metrics get its prompt estimated, as a stream left
+    early gets what it received."""
+    strong.behaviour.delay = 5.0
+    body = {**REQUEST, "stream": False}
+    with running_proxy(proxy_env(strong, weak, daily_budget_usd="1"), tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=1.0)
+        assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="499") == 1, timeout=5)
+        prompt = 1 + len(REQUEST["messages"][0]["content"]) // 4
+        assert delta("routegate_usage_estimated_total", tier="strong") == 1
+        assert delta("routegate_tokens_total", tier="strong", kind="prompt") == prompt
+        assert delta("routegate_tokens_total", tier="strong", kind="completion") == 0
+        assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx(prompt * 10 / 1e6)
+        remaining = metric_sum(proxy.metrics(), "routegate_budget_remaining_usd")
+        assert remaining == pytest.approx(1 - prompt * 10 / 1e6)
+
+
 async def _leave_after_first_chunk(client: httpx.AsyncClient, url: str, slots: asyncio.Semaphore) -> None:
     async with slots:
         async with client.stream("POST", url, json=REQUEST) as response:

@@ -307,6 +307,35 @@ def test_malformed_json_falls_back(fault_proxy: Proxy, strong: FakeUpstream, wea
     assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
 
 
+NESTED = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's parser recurses
+
+
+def test_a_too_deeply_nested_answer_is_an_invalid_response(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
+    strong.behaviour.answer_body = b'{"choices": ' + NESTED + b"}"
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:invalid_response"  # not a 500 and a traceback
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+
+
+def test_a_too_deeply_nested_stream_event_is_relayed(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """An event routegate reads for its usage but cannot parse is passed on as it came, and the
+    stream ends as it should: a client that parses it can say so, routegate does not cut it."""
+    strong.behaviour.extra_event = b'{"choices": [], "usage": {"x": ' + NESTED + b"}}"
+    delta = MetricDelta(fault_proxy.metrics)
+    body = {"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{fault_proxy.api}/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        received = b"".join(response.iter_bytes())
+    delta.after()
+    events = [event for event in received.split(b"\n\n") if event]
+    assert events[-1] == b"data: [DONE]" and events[-2].startswith(b'data: {"id"')  # the usage chunk, then the end
+    assert b'data: {"choices": [], "usage": {"x": [[[' in received
+    assert delta("routegate_requests_total", tier="strong", status="200") == 1
+
+
 def test_malformed_json_on_both_tiers_is_a_502(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.malformed_json = weak.behaviour.malformed_json = True
     delta = MetricDelta(fault_proxy.metrics)
