@@ -33,7 +33,7 @@ from server.errors import APIError, overloaded, retry_after
 from server.ladder import Ladder
 from server.model_names import Target
 from server.overrides import Override
-from server.scoring import ScoreQueueFull, ScorerPool
+from server.scoring import ScoreQueueFull, Scorer, ScorerPool
 from server.settings import Settings
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
@@ -177,15 +177,18 @@ class Decider:
     async def _score(self, router: str, payload: dict[str, Any], per_model: bool = False) -> float | tuple[float, ...] | None:
         """The router's score (``per_model``: its logit per ladder model); None when scoring is
         overloaded and the overload outcome routes unscored."""
-        scorer = await self.scorers.get(router)
         text = routed_text(
             payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
         )
+        scorer: Scorer | None = None
         try:
-            async with asyncio.timeout(self.settings.score_timeout):
+            async with asyncio.timeout(self.settings.score_timeout):  # a router still loading counts against it
+                scorer = await self.scorers.get(router)
                 return await (scorer.model_logits(text) if per_model else scorer.score(text))
         except TimeoutError:
-            reason = "timeout"
+            reason = "timeout" if scorer is not None else "loading"
+        except APIError:
+            raise  # the router could not be loaded: its 503
         except ScoreQueueFull:
             reason = "queue_full"
         except Exception:
@@ -195,4 +198,5 @@ class Decider:
         if self.settings.scoring_overload != "shed":
             return None
         metrics.REJECTED.labels("scoring_overload").inc()
-        raise overloaded(f"routegate's router '{router}' is overloaded", self._overload_retry_after)
+        state = "still loading" if reason == "loading" else "overloaded"
+        raise overloaded(f"routegate's router '{router}' is {state}", self._overload_retry_after)

@@ -186,7 +186,7 @@ HTTP_REFUSED = Counter(
 )
 UNSCORED = Counter(
     "routegate_scoring_overload_total",
-    "Requests whose router could not score them in time, by router and reason (timeout|queue_full).",
+    "Requests whose router could not score them in time, by router and reason (timeout|queue_full|loading).",
     ["router", "reason"],
 )
 THRESHOLD_DECISIONS = Counter(

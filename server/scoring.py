@@ -305,7 +305,8 @@ class ScorerPool:
         self._settings = (batch_size, batch_wait, cache_size)
         self._scorers: dict[str, Scorer] = {}
         self._failed: dict[str, tuple[float, APIError]] = {}  # router -> (when to try again, its 503)
-        self._lock = asyncio.Lock()
+        self._loading: dict[str, asyncio.Task[Scorer]] = {}  # router -> its load under way
+        self._lock = asyncio.Lock()  # one load at a time
         #: router -> the (strong, weak) pair it scores and why, once loaded
         self.pairs: dict[str, ScoredPair] = {}
         #: router -> its names for the ladder's models (more than two models); the ladder's
@@ -318,14 +319,28 @@ class ScorerPool:
         return name in self._scorers
 
     async def get(self, name: str) -> Scorer:
-        """The Scorer of router ``name``, loading the router on first use."""
+        """The Scorer of router ``name``, loading the router on first use. The load is its own
+        task: a caller that stops waiting (a timeout, a client gone) leaves it to finish for the
+        next one, and callers that come meanwhile wait for the same load."""
         scorer = self._scorers.get(name)
         if scorer is not None:
             return scorer
         self._raise_if_failed_lately(name)
+        load = self._loading.get(name)
+        if load is None:
+            load = self._loading[name] = asyncio.create_task(self._load_scorer(name))
+            load.add_done_callback(lambda done: done.cancelled() or done.exception())  # its failure is each caller's
+        return await asyncio.shield(load)
+
+    async def _load_scorer(self, name: str) -> Scorer:
+        try:
+            return await self._load_scorer_in_turn(name)
+        finally:
+            del self._loading[name]
+
+    async def _load_scorer_in_turn(self, name: str) -> Scorer:
         async with self._lock:
             if name not in self._scorers:
-                self._raise_if_failed_lately(name)  # a request that waited for the lock: the load it waited on failed
                 try:
                     router, threads, shared_as = await asyncio.to_thread(self._load, name)
                 except Exception as error:  # a broken checkpoint: say so, keep serving other routers

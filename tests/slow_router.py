@@ -1,6 +1,7 @@
 """A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests,
 and ``SLOW_ROUTER_LOAD_SECONDS`` (default 0) to load, for readiness tests; with
-``SLOW_ROUTER_NEEDS`` set, loading fails while that file does not exist.
+``SLOW_ROUTER_NEEDS`` set, loading fails while that file does not exist; with
+``SLOW_ROUTER_LOADS`` set, each load appends a line to that file.
 
 ``python -m tests.slow_router serve ...`` runs ``routegate`` with it registered as ``slow``; it is
 installed where ``<checkpoint_dir>/slow`` exists.
@@ -27,6 +28,9 @@ class SlowRouter(Router):
 
     @classmethod
     def from_options(cls, options: object) -> SlowRouter:
+        if loads := os.environ.get("SLOW_ROUTER_LOADS"):
+            with open(loads, "a") as count:
+                count.write("load\n")
         time.sleep(float(os.environ.get("SLOW_ROUTER_LOAD_SECONDS", "0")))
         needs = os.environ.get("SLOW_ROUTER_NEEDS")
         if needs is not None and not os.path.exists(needs):

@@ -10,9 +10,9 @@ import pytest
 from openai import OpenAI
 
 from routers.registry import RouterOptions, load_router
-from tests.conftest import proxy_env, running_proxy, started_proxy
+from tests.conftest import Proxy, proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import FakeUpstream
-from tests.metric_values import wait_for
+from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
 from tests.router_fixtures import tiny_causal_lm, write_slice
 
@@ -145,6 +145,47 @@ def test_a_default_router_that_failed_to_load_is_loaded_again_until_it_loads(
     assert "router slow loaded" in log
     # the traceback once, then a line a try
     assert log.count("could not load router slow") == 1 and "router slow still cannot be loaded" in log
+
+
+def test_a_router_loaded_on_a_request_is_waited_for_within_the_score_timeout_and_loaded_once(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A router that failed at start (its files came late) is loaded again by the next request
+    naming it. That request waits for it only ROUTEGATE_SCORE_TIMEOUT, like any score (then the
+    scoring overload rule: 429 here), and the load it started goes on for the requests after it
+    instead of being thrown away and started again."""
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    mounted_late, loads = tmp_path / "checkpoints" / "slow" / "weights", tmp_path / "loads"
+    env = proxy_env(
+        strong,
+        weak,
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        routers='["random", "slow"]',
+        router_retry_seconds="0.5",
+        score_timeout="1",
+    )
+    env["SLOW_ROUTER_SECONDS"], env["SLOW_ROUTER_NEEDS"] = "0", str(mounted_late)
+    env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_LOADS"] = "3", str(loads)
+    routed = {**HI, "model": "router-slow-0.5"}
+    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:  # ready: the default router, random
+        assert wait_for(lambda: "could not load router slow" in proxy.log(), timeout=30)
+        mounted_late.write_text("weights")
+        time.sleep(0.6)  # past ROUTEGATE_ROUTER_RETRY_SECONDS
+        delta = MetricDelta(proxy.metrics)
+        waited = httpx.post(f"{proxy.api}/chat/completions", json=routed, timeout=30)
+        assert waited.status_code == 429 and waited.json()["error"]["code"] == "overloaded"
+        assert "still loading" in waited.json()["error"]["message"]
+        assert wait_for(lambda: _loaded(proxy, "slow"), timeout=30)  # the load went on without a caller
+        served = httpx.post(f"{proxy.api}/chat/completions", json=routed, timeout=30)
+        delta.after()
+    assert served.status_code == 200 and served.headers["x-routegate-router"] == "slow"
+    assert delta("routegate_scoring_overload_total", router="slow", reason="loading") == 1
+    assert loads.read_text().count("load") == 2  # at start (failed), then once for both requests
+
+
+def _loaded(proxy: Proxy, router: str) -> bool:
+    listing = httpx.get(f"{proxy.api}/routers", timeout=5).json()["data"]
+    return any(entry["id"] == router and entry["loaded"] for entry in listing)
 
 
 def _answers(url: str) -> bool:
