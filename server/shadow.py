@@ -97,7 +97,13 @@ class ShadowJob:
 
 
 class CallFailed(Exception):
-    """A shadow or judge call got no usable answer."""
+    """A shadow or judge call got no usable answer. ``answer_bytes``: None when the endpoint never
+    had the request or refused it (nothing to pay), else how much answer came before it failed
+    (a timeout, an answer too large or not JSON: the endpoint may bill it)."""
+
+    def __init__(self, reason: str, answer_bytes: int | None = None) -> None:
+        super().__init__(reason)
+        self.answer_bytes = answer_bytes
 
 
 class ShadowBudget:
@@ -199,6 +205,7 @@ class Shadower:
             completion = await self._call(endpoint, {**body, "model": endpoint.model}, job.request_id)
         except CallFailed as failure:
             log.info("request_id=%s shadow call to the %s tier failed: %s", job.request_id, other, failure)
+            self._meter_failed("shadow", endpoint, body, failure)
             fm.SHADOW_REQUESTS.labels(other, "shadow_failed").inc()
             return
         shadow_cost = self._meter("shadow", endpoint, body, completion)
@@ -213,8 +220,9 @@ class Shadower:
         replies = await asyncio.gather(*(self._call(self.judge, body, job.request_id) for body in asked), return_exceptions=True)
         judge_cost = sum(
             self._meter("judge", self.judge, body, reply)
-            for body, reply in zip(asked, replies, strict=True)
             if isinstance(reply, dict)
+            else self._meter_failed("judge", self.judge, body, reply)
+            for body, reply in zip(asked, replies, strict=True)
         )
         failed = [reply for reply in replies if isinstance(reply, BaseException)]
         if failed:
@@ -252,31 +260,43 @@ class Shadower:
         self.budget.spend(cost)
         return cost
 
+    def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
+        """Count what a failed call may still cost: its prompt and the answer bytes that came, estimated."""
+        if not isinstance(failure, CallFailed) or failure.answer_bytes is None:
+            return 0.0
+        cost = endpoint.cost((prompt_tokens(body), failure.answer_bytes // 4))
+        fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
+        self.budget.spend(cost)
+        return cost
+
     async def _call(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         """POST a chat completion; its JSON object, or CallFailed (one try, no retries)."""
         assert self._client is not None
         headers = {"x-request-id": request_id, "x-routegate-shadow": "1", "accept-encoding": "identity"}
         if endpoint.api_key:
             headers["authorization"] = f"Bearer {endpoint.api_key}"
+        chunks: list[bytes] = []
+        size = 0
         try:
             async with asyncio.timeout(self.total_timeout):
                 async with self._client.stream(
                     "POST", f"{endpoint.base_url}/chat/completions", json=body, headers=headers
                 ) as response:
-                    chunks, size = [], 0
                     async for chunk in response.aiter_raw():
                         size += len(chunk)
                         if size > self.max_response_bytes:
-                            raise CallFailed("answer too large")
+                            raise CallFailed("answer too large", size)
                         chunks.append(chunk)
-        except (httpx.HTTPError, TimeoutError) as error:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # the endpoint never had the request
             raise CallFailed(type(error).__name__) from None
+        except (httpx.HTTPError, TimeoutError) as error:
+            raise CallFailed(type(error).__name__, size) from None
         if not response.is_success:
             raise CallFailed(f"HTTP {response.status_code}")
         try:
             completion = json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
-            raise CallFailed("not JSON") from None
+            raise CallFailed("not JSON", size) from None
         if not isinstance(completion, dict):
-            raise CallFailed("not a JSON object")
+            raise CallFailed("not a JSON object", size)
         return completion

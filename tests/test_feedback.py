@@ -16,6 +16,7 @@ import pytest
 from openai import OpenAI
 
 from server.feedback_store import Database
+from server.token_estimate import prompt_tokens
 from tests.conftest import STRONG_KEY, WEAK_KEY, Proxy, proxy_env, running_proxy
 from tests.fake_judge import FakeJudge, always, prefer
 from tests.fake_upstream import FakeUpstream, free_port
@@ -486,6 +487,23 @@ def test_shadow_calls_without_usage_spend_the_budget_by_their_text(
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
         wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
         assert len(strong.received) == 1
+
+
+def test_a_shadow_call_that_times_out_still_spends_its_prompt(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """The strong upstream had the shadow request (and may bill its prompt) when it ran past the
+    total timeout: its prompt, estimated, counts in the shadow cost and the shadow budget."""
+    strong.behaviour.delay = 5.0
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", total_timeout="1", shadow_daily_budget_usd="0.000001")
+    with running_proxy(env, tmp_path) as proxy:
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="shadow_failed") == 1, "the shadow call's timeout")
+        spent = metric_sum(proxy.metrics(), "routegate_shadow_cost_usd_total", kind="shadow", model="fake-strong")
+        assert spent == pytest.approx(prompt_tokens({"messages": QUESTION}) * 10 / 1e6)  # the strong tier's input price
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
+        assert len(strong.received) == 1 and not judge.received
 
 
 def test_a_down_database_fails_no_request_and_leaks_no_secret(
