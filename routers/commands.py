@@ -8,6 +8,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from routers.arguments import positive_int
 from routers.base import Router
 from routers.registry import (
     CHECKPOINT_ROOT,
@@ -16,6 +17,7 @@ from routers.registry import (
     installed_routers,
     load_router,
     load_trainer,
+    router_models,
     trainable_routers,
 )
 
@@ -83,16 +85,16 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.add_argument(
-        "--max-prompts", type=int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)"
+        "--max-prompts", type=positive_int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)"
     )
     evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
     evaluate.add_argument(
         "--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)"
     )
     evaluate.add_argument(
-        "--output-tokens", type=int, help="output tokens per call for costs (--models; default: recorded responses, else 256)"
+        "--output-tokens", type=positive_int, help="output tokens per call for costs (--models; default: recorded ones, else 256)"
     )
-    evaluate.add_argument("--knn", type=int, default=20, help="neighbours of the kNN baseline (--models)")
+    evaluate.add_argument("--knn", type=positive_int, default=20, help="neighbours of the kNN baseline (--models)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -132,14 +134,20 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
     from routers.embedding import use_disk_cache
 
     use_disk_cache()
+    from routers.model_names import match_model, normal_form
+
     strong, weak = pair or (args.strong, args.weak)
+    if name not in available_routers():
+        raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}")
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
     try:
-        return load_router(name, options)
-    except KeyError:
-        raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}") from None
-    except Exception as error:  # a missing checkpoint or an unknown model name: say which, no traceback
-        raise SystemExit(f"routegate: cannot load router '{name}': {error}") from None
+        router = load_router(name, options)
+    except Exception as error:  # a missing or broken checkpoint or an unknown model name: say which, no traceback
+        raise SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}") from None
+    models = router_models(name, args.checkpoint_dir)
+    if (match_model(strong, models) or normal_form(strong)) == (match_model(weak, models) or normal_form(weak)):
+        raise SystemExit(f"routegate: --strong {strong!r} and --weak {weak!r} name one model: a router scores two")
+    return router
 
 
 def score_all(router: Router, prompts: list[str], batch_size: int, label: str) -> list[float]:
@@ -193,17 +201,6 @@ def _file_spelling(model: str, records: list[dict]) -> str:
 
     known = {name for record in records for name in record.get("scores") or {}}
     return model if model in known else match_model(model, known) or model
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -76,6 +76,8 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
     scores = record["scores"]
     if check_scores and (not isinstance(scores, dict) or not all(_is_score(value) for value in scores.values())):
         raise RecordError(f"{where}: 'scores' must be an object of numbers from 0 to 1")
+    if check_scores and scores and (not isinstance(record.get("prompt"), str) or "id" not in record):
+        raise RecordError(f"{where}: a scored record needs an 'id' and a 'prompt' string")
     return record
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,10 +89,7 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
     store = (cache_dir or CACHE_DIR) / f"minilm{MAX_TOKENS}-embeddings.npz"
     known = _stores.get(store)
     if known is None:
-        known = {}
-        if store.is_file():
-            with np.load(store) as saved:
-                known = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+        known = _read_store(store)
         _stores[store] = known
     keys = [text_key(text) for text in texts]
     missing = sorted({key: text for key, text in zip(keys, texts, strict=True) if key not in known}.items())
@@ -98,12 +97,24 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
         vectors = _encode([text for _, text in missing], device, progress=len(missing) > 256)
         known.update(zip([key for key, _ in missing], vectors, strict=True))
         store.parent.mkdir(parents=True, exist_ok=True)
-        partial = store.with_suffix(".tmp.npz")
+        partial = store.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: two commands may write at once
         np.savez(partial, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
         partial.replace(store)
     if not keys:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+def _read_store(store: Path) -> dict[str, np.ndarray]:
+    """The cached embeddings of ``store``; none (it is written again) when it is missing or unreadable."""
+    if not store.is_file():
+        return {}
+    try:
+        with np.load(store) as saved:
+            return dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        print(f"routegate: the embedding cache {store} is unreadable ({type(error).__name__}): computed again", file=sys.stderr)
+        return {}
 
 
 #: cache file -> its entries, read once per process

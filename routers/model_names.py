@@ -16,6 +16,9 @@ _ALIASES = {
     "gpt4-1106-preview": "gpt-4-1106-preview",
     "gpt-4-turbo-preview": "gpt-4-1106-preview",
     "gpt-4o": "gpt-4o-2024-05-13",  # MMLU-Pro's gpt-4o ran in May 2024, when the alias meant this snapshot
+    # OpenAI's alias since February 2024; its MMDD snapshots carry no year, so "the latest date" would
+    # pick 1106 (November 2023) over 0125 (January 2024)
+    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
     "gpt4": "gpt-4",
     "gpt4-0314": "gpt-4-0314",
     "gpt35-turbo-instruct": "gpt-3.5-turbo-instruct",

@@ -140,10 +140,14 @@ def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> Non
         ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-2024-07-18"),
         ("claude-3-haiku", None),
         ("gpt-4", None),
+        ("gpt-3.5-turbo", "gpt-3.5-turbo-0125"),  # not 1106, whose MMDD sorts later but is older
     ],
 )
 def test_model_names_match_across_spellings(asked: str, expected: str | None) -> None:
     known = [
+        "gpt-3.5-turbo-1106",
+        "gpt-3.5-turbo-0125",
+        "gpt-3.5-turbo-0301",
         "gpt-4o-2024-05-13",
         "gpt-4o-2024-08-06",
         "gpt-4o-mini-2024-07-18",

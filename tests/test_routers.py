@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -432,6 +433,54 @@ def test_bad_record_files_and_counts_are_named_not_a_traceback(
         timeout=120,
     )
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores": {{"a": 1, "b": 0}}}}'
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight", "recrods=5"], "names no --data file"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight", "records=0"], "with W above 0"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--epochs", "0"], "--epochs: must be a whole number"),
+        (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--limit", "-1"], "--limit: must be a whole number"),
+        (["train", "bert", "--data", "{data}", "--out", "{out}", "--lr", "nan"], "--lr: must be a number above 0"),
+        (
+            ["score", "--router", "mf", "--input", "{data}", "--output", "{out}"]
+            + ["--strong", "gpt-4o", "--weak", "gpt-4o-2024-05-13"],
+            "name one model: a router scores two",
+        ),
+        (["eval", "--router", "random", "--data", "{data}", "--models", "a,b", "--prices", "a=cheap"], "--prices:"),
+        (["eval", "--router", "random", "--data", "{data}", "--models", "a,b", "--knn", "0"], "--knn: must be a whole number"),
+        (["train", "mf", "--data", "{unprompted}", "--out", "{out}"], ":2: a scored record needs an 'id' and a 'prompt'"),
+    ],
+)
+def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[str], said: str) -> None:
+    """Each would otherwise train on nothing the user meant, score a model against itself (0.5 for
+    every prompt), or stop on a traceback."""
+    data, unprompted = tmp_path / "records.jsonl", tmp_path / "unprompted.jsonl"
+    data.write_text("\n".join(RECORD.format(id=n, split=("train", "dev")[n % 2]) for n in range(8)) + "\n")
+    unprompted.write_text(RECORD.format(id=0, split="train") + '\n{"id": "1", "split": "train", "scores": {"a": 1, "b": 0}}\n')
+    command = [part.format(data=data, unprompted=unprompted, out=tmp_path / "out") for part in argv]
+    run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert not (tmp_path / "out" / "router.json").exists()
+
+
+def test_an_unreadable_embedding_cache_is_computed_again(tmp_path: Path) -> None:
+    """Half a cache file (a command killed while writing, or two writing at once) does not stop every
+    later command: it is read as empty and written again."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "minilm128-embeddings.npz").write_bytes(b"PK\x03\x04 half a zip file")
+    code = "from routers.embedding import cached_encode; print(cached_encode(['hello there']).shape)"
+    env = {**os.environ, "ROUTEGATE_CACHE_DIR": str(cache)}
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "(1, 384)", run.stderr
+    assert "is unreadable" in run.stderr
+    again = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "unreadable" not in again.stderr  # written again, whole
 
 
 def _said(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from routers.arguments import positive_float, positive_int
 from routers.bert.router import TRAINED, classify, load_classifier
 from routers.checkpoint import published_path, write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
@@ -34,11 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)"
     )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--lr", type=positive_float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the classifier")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (timing runs)")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps (timing runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

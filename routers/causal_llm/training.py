@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from routers.arguments import positive_float, positive_int
 from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import published_path, write_manifest
 from routers.data import Record
@@ -46,11 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PACKAGED_SMOLLM2,
         help="causal LM: a transformers checkpoint directory or a .gguf file (default: packaged SmolLM2-135M)",
     )
-    parser.add_argument("--epochs", type=int, default=200, help="full-batch optimiser steps over the cached hidden states")
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--epochs", type=positive_int, default=200, help="full-batch optimiser steps over cached hidden states")
+    parser.add_argument("--lr", type=positive_float, default=1e-2)
     parser.add_argument("--hidden-l2", type=float, default=0.1, help="penalty on the differences between the label rows")
     parser.add_argument("--feature-l2", type=float, default=1e-4, help="penalty on the structural-feature weights")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass of the base model")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass of the base model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 

@@ -111,8 +111,12 @@ def load_model_set(path: Path, models_spec: str, price_spec: str, output_tokens:
         raise SystemExit(f"routegate eval: no '{split}' records in {path}")
     models = resolve_models(models_spec, evaluated)
     evaluated = [record for record in evaluated if set(models) <= set(record["scores"])]
+    try:
+        asked_prices = parse_prices(price_spec)
+    except ValueError as error:
+        raise SystemExit(f"routegate eval: --prices: {error}") from None
     given = {}
-    for asked, price in parse_prices(price_spec).items():
+    for asked, price in asked_prices.items():
         found = asked if asked in models else match_model(asked, models)
         if found is None:
             raise SystemExit(f"routegate eval: --prices names {asked!r}, which is not among --models {models}")

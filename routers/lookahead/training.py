@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
+from routers.arguments import positive_int
 from routers.checkpoint import published_path
 from routers.data import Record, licence_of, load_records
 from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
@@ -170,8 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``routegate train lookahead`` options."""
     parser.add_argument("--data", nargs="+", required=True, help="record files (.jsonl[.gz]); only split == train is used")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=120)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--block-size", type=int, default=8, help="m: model-ID tokens per candidate block")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="prompts are truncated to this many tokens")
     parser.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers to train (the rest stay frozen)")

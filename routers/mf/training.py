@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from routers.arguments import positive_float, positive_int
 from routers.checkpoint import published_path, write_manifest
 from routers.data import Record, RecordError, load_records
 from routers.embedding import cached_encode, resolve_device
@@ -66,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument(
-        "--limit", type=int, help="at most this many train records per file (the same ones every run: lowest sha1 of the id)"
+        "--limit", type=positive_int, help="at most this many train records per file (the same every run: lowest sha1 of the id)"
     )
     parser.add_argument(
         "--weight",
@@ -75,9 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE=W",
         help="extra weight for a file's records, e.g. my-traffic.jsonl=5 (in-domain data)",
     )
-    parser.add_argument("--hidden", type=int, default=128, help="width of the text projection's hidden layer")
-    parser.add_argument("--dim", type=int, default=32, help="latent dimension shared by prompts and models")
-    parser.add_argument("--pairs", type=int, default=48, help="model pairs sampled per prompt (all pairs when fewer)")
+    parser.add_argument("--hidden", type=positive_int, default=128, help="width of the text projection's hidden layer")
+    parser.add_argument("--dim", type=positive_int, default=32, help="latent dimension shared by prompts and models")
+    parser.add_argument("--pairs", type=positive_int, default=48, help="model pairs sampled per prompt (all pairs when fewer)")
     parser.add_argument(
         "--offset-l2",
         type=float,
@@ -85,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="L2 penalty of the per-(file, model) offsets, used in training and dropped at serving; the default all but "
         "switches them off (0.001 lets them absorb each file's judge and answer format)",
     )
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=256, help="prompts per step (with all their comparisons)")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=positive_int, default=12)
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="prompts per step (with all their comparisons)")
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
@@ -190,14 +191,20 @@ def first_by_hash(records: list[Record], limit: int | None) -> list[Record]:
     return sorted(records, key=lambda record: hashlib.sha1(str(record["id"]).encode()).hexdigest())[:limit]
 
 
-def parse_weights(pairs: list[str]) -> dict[str, float]:
-    """``FILE=W`` options -> {file stem: weight}."""
+def parse_weights(pairs: list[str], stems: list[str]) -> dict[str, float]:
+    """``FILE=W`` options -> {file stem: weight}; each FILE one of ``--data``'s, each W above 0."""
     weights = {}
     for item in pairs:
         name, _, value = item.rpartition("=")
-        if not name:
-            raise SystemExit(f"routegate train mf: --weight takes FILE=W, not {item!r}")
-        weights[file_stem(name)] = float(value)
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not name or not (math.isfinite(weight) and weight > 0):
+            raise SystemExit(f"routegate train mf: --weight takes FILE=W with W above 0, not {item!r}")
+        if file_stem(name) not in stems:
+            raise SystemExit(f"routegate train mf: --weight {item!r} names no --data file (their names: {stems})")
+        weights[file_stem(name)] = weight
     return weights
 
 
@@ -210,6 +217,7 @@ def run(args: argparse.Namespace) -> None:
     if len(set(stems)) < len(stems):  # files are told apart (and --weight keyed) by their stem
         twice = sorted({str(path) for path, stem in zip(args.data, stems, strict=True) if stems.count(stem) > 1})
         raise SystemExit(f"routegate train mf: two data files have one name, rename one: {twice}")
+    file_weights = parse_weights(args.weight, stems)
     torch.manual_seed(args.seed)
     train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
     # judged once, on every train record of a file: the neighbour table marks them; --drop-format-failures drops them
@@ -219,7 +227,7 @@ def run(args: argparse.Namespace) -> None:
         file_stem(path): first_by_hash(without_format_failures(records, dropped[path]), args.limit)
         for path, records in train_records.items()
     }
-    data = build_training_set(records_by_file, args.pairs, args.seed, parse_weights(args.weight))
+    data = build_training_set(records_by_file, args.pairs, args.seed, file_weights)
     print(
         f"mf: {len(data.prompts)} prompts from {len(data.files)} files, {len(data.target)} comparisons, {len(data.models)} models"
     )
@@ -273,8 +281,10 @@ def run(args: argparse.Namespace) -> None:
             progress.set_postfix(loss=f"{loss.item():.4f}")
     progress.close()
     model.eval()
-    args.out.mkdir(parents=True, exist_ok=True)
     state = {name: value.detach().cpu().numpy().astype(np.float32) for name, value in model.state_dict().items()}
+    if not all(np.isfinite(value).all() for value in state.values()):
+        raise SystemExit("routegate train mf: training diverged (weights not finite); nothing written: try a lower --lr")
+    args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out / WEIGHTS,
         w1=state["hidden.weight"].T.copy(),
@@ -316,7 +326,7 @@ def run(args: argparse.Namespace) -> None:
                 "feature_clip",
             )
         },
-        file_weights=parse_weights(args.weight),
+        file_weights=file_weights,
         neighbours=neighbours,
         format_failures={file_stem(path): sorted(map(list, cells)) for path, cells in dropped.items() if cells},
         prompts=len(data.prompts),

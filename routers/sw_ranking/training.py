@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from routers.arguments import positive_int
 from routers.checkpoint import published_path, write_manifest
 from routers.data import sample_records
 from routers.features import FEATURE_NAMES
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=TAU, help="similarity sharpness: weight = exp(tau * (sim - max_sim))")
     parser.add_argument("--ridge", type=float, default=RIDGE, help="pull of each prompt's margin toward the pair's overall rate")
     parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT, help="weight of the structural features")
-    parser.add_argument("--dims", type=int, default=DIMS, help="principal components of the embedding kept in the similarity")
+    parser.add_argument("--dims", type=positive_int, default=DIMS, help="principal components of the embedding in the similarity")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from routers.arguments import positive_int
 from routers.data import Record, RecordError, load_records, sample_records
 from routers.model_names import normal_form, scores_by_model
 
@@ -58,7 +59,7 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="record files (.jsonl or .jsonl.gz); only 'train' records are used; a file named twice counts twice",
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    parser.add_argument("--limit", type=int, help="use a seeded random sample of at most this many train records per file")
+    parser.add_argument("--limit", type=positive_int, help="a seeded random sample of at most this many train records per file")
 
 
 def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
