@@ -454,7 +454,7 @@ def test_a_full_shadow_queue_drops_and_counts(strong: FakeUpstream, weak: FakeUp
         assert shadow_total(proxy, tier="strong", outcome="judged") == 2
 
 
-def test_a_spent_shadow_budget_skips_until_the_next_day(
+def test_a_spent_shadow_budget_skips_shadowing(
     strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
 ) -> None:
     env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.000001")
@@ -464,6 +464,22 @@ def test_a_spent_shadow_budget_skips_until_the_next_day(
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)  # its cost spent the budget
         wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
         assert len(strong.received) == 1 and len(judge.received) == 2
+
+
+def test_the_shadow_budget_starts_again_each_utc_day() -> None:
+    from datetime import UTC, datetime
+
+    from server.shadow import ShadowBudget
+
+    now = [datetime(2026, 3, 1, 23, 59, tzinfo=UTC).timestamp()]
+    budget = ShadowBudget(0.01, clock=lambda: now[0])
+    budget.spend(0.01)
+    assert budget.exhausted()
+    now[0] += 59  # 23:59:59, the same day
+    assert budget.exhausted()
+    now[0] += 2  # past midnight UTC
+    assert not budget.exhausted() and budget.spent_usd == 0.0
+    assert not ShadowBudget(None).exhausted()  # no budget: never spent
 
 
 def test_shadow_calls_without_usage_spend_the_budget_by_their_text(

@@ -89,8 +89,9 @@ def test_masking_curriculum_rises_from_partly_to_fully_masked_and_stays() -> Non
     assert all(later >= earlier for earlier, later in pairwise(ratios))
     assert ratios[35] < 1.0
     assert ratios[70:] == [1.0] * 30
-    with pytest.raises(ValueError):
-        build_example(LAYOUT, [7], [0], [[5]], mask_ratio=1.5)
+    for outside in (1.5, -0.1):
+        with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\]"):
+            build_example(LAYOUT, [7], [0], [[5]], mask_ratio=outside)
 
 
 def test_scores_are_normalised_per_prompt() -> None:
@@ -228,6 +229,7 @@ def test_train_command_counts_only_models_with_responses(tmp_path: Path) -> None
     out_dir = tmp_path / "lookahead"
     options = ["--out", str(out_dir), "--steps", "1", "--batch-size", "2", "--prompt-tokens", "16", "--trainable-layers", "1"]
     assert main(["train", "lookahead", "--data", SLICE, str(wide), *options]) == 0
-    assert (out_dir / "config.json").is_file()
+    with_responses = {model for record in load_records([SLICE], "train") if record.get("responses") for model in record["scores"]}
+    assert json.loads((out_dir / "config.json").read_text())["candidates"] == sorted(with_responses)  # no model-N
     with pytest.raises(SystemExit, match="no train record has the responses of two or more scored models"):
         main(["train", "lookahead", "--data", str(wide), *options])

@@ -469,28 +469,43 @@ DOCUMENTED = [
 
 def test_the_shipped_mf_routes_the_documented_ladder(tmp_path: Path) -> None:
     """The shipped ``mf`` knows the documented models by their API names and routes among them:
-    t = 0 sends a prompt to the most capable, t = 1 to the cheapest, and each answer comes from
-    the upstream its headers name."""
+    t = 0 sends a prompt to the most capable, t = 1 to the cheapest, a threshold between the
+    middle and the cheapest model's predicted chance of being beaten to the middle one, each with
+    the predicted quality the router computes, and each answer comes from the upstream its
+    headers name."""
+    from routers.model_names import match_model
+    from routers.multi_model import beaten_from_logits
+    from routers.registry import RouterOptions, load_router
+
+    prompt = "Which of the following is a mammal?\nA. Shark\nB. Whale\nC. Trout\nD. Salmon"
+    checkpoints = Path("routers/checkpoints").resolve()
+    router = load_router("mf", RouterOptions(checkpoint_dir=checkpoints, strong_model="gpt-4o", weak_model="gpt-4o-mini"))
+    names = [match_model(model, router.models) for _, model, *_ in DOCUMENTED]
+    beaten = beaten_from_logits(router.model_logits([prompt], names), 2)[0]  # type: ignore[attr-defined]
+    assert beaten[0] > beaten[1]  # the premise: the router rates Llama-70B above gpt-4o-mini on this prompt
+    middle = (beaten[0] + beaten[1]) / 2
     upstreams = {name: FakeUpstream(name).start() for name, *_ in DOCUMENTED}
     models = [
         {"name": name, "base_url": upstreams[name].url, "model": model, "input_price": price_in, "output_price": price_out}
         for name, model, price_in, price_out in DOCUMENTED
     ]
-    env = many_env(models, Path("routers/checkpoints").resolve(), router="mf", routers='["mf"]')
-    prompt = "Prove that there are infinitely many primes."
+    env = many_env(models, checkpoints, router="mf", routers='["mf"]')
     try:
         with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
             top, _ = ask(proxy, prompt, stream=False, model="router-mf-0")
             bottom, _ = ask(proxy, prompt, stream=True, model="router-mf-1")
+            between, _ = ask(proxy, prompt, stream=False, model=f"router-mf-{middle:.6f}")
     finally:
         for upstream in upstreams.values():
             upstream.stop()
     assert (top["x-routegate-upstream"], top["x-routegate-model"]) == ("gpt4o", "gpt-4o")
     assert float(top["x-routegate-predicted-quality"]) == pytest.approx(0.5)
     assert (bottom["x-routegate-upstream"], bottom["x-routegate-model"]) == ("mini", "gpt-4o-mini")
-    assert 0.0 < float(bottom["x-routegate-predicted-quality"]) < 1.0
+    assert float(bottom["x-routegate-predicted-quality"]) == pytest.approx(1 - beaten[0], abs=1e-3)
+    assert (between["x-routegate-upstream"], between["x-routegate-model"]) == ("llama", "meta-llama/Llama-3.1-70B-Instruct")
+    assert float(between["x-routegate-predicted-quality"]) == pytest.approx(1 - beaten[1], abs=1e-3)
     assert [[received.body["model"] for received in upstreams[name].received] for name, *_ in DOCUMENTED] == [
         ["gpt-4o-mini"],
-        [],
+        ["meta-llama/Llama-3.1-70B-Instruct"],
         ["gpt-4o"],
     ]

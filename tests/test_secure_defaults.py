@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from server.settings import SettingsError, load_settings
+from server.token_estimate import prompt_tokens
 from tests.conftest import STRONG_MODEL, proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
 from tests.metric_values import wait_for
@@ -161,6 +162,8 @@ def test_a_client_that_leaves_cancels_its_plain_request_upstream(
     assert len(strong.received) == 1 and strong.abandoned == 1  # the upstream saw its caller leave
     assert metric_sum(metrics, "routegate_requests_total", status="499") == 1
     assert metric_sum(metrics, "routegate_requests_total", status="200") == 0
-    assert metric_sum(metrics, "routegate_tokens_total") == 0
+    # the upstream had the prompt: its estimate is metered (and charged), no answer tokens
+    assert metric_sum(metrics, "routegate_tokens_total", kind="prompt") == prompt_tokens({"messages": MESSAGES})
+    assert metric_sum(metrics, "routegate_tokens_total", kind="completion") == 0
     assert metric_sum(metrics, "routegate_requests_in_flight") == 0
     assert metric_sum(metrics, "routegate_upstream_requests_active") == 0

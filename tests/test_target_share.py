@@ -8,6 +8,7 @@ stand-in of ``tests/standin_router.py``.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from pathlib import Path
 
@@ -26,8 +27,9 @@ ROUTER = LEARNED if USE_LEARNED else "standin"
 MODULE = "server.cli" if USE_LEARNED else "tests.standin_router"
 
 
-@pytest.mark.skipif(not data_dir().is_dir(), reason=f"no routing data at {data_dir()}")
 def test_realised_share_converges_to_the_target_through_a_shift(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    if not data_dir().is_dir():  # CI always has the data: there its absence is a failure, not a skip
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no routing data at {data_dir()}")
     prompts = shifted_stream(EASY, HARD)
     # every prompt must be scored, however busy the CPU: no scoring overload
     env = proxy_env(strong, weak, router=ROUTER, score_cache_size="0", log_level="warning", score_timeout="120")
