@@ -16,9 +16,6 @@ _ALIASES = {
     "gpt4-1106-preview": "gpt-4-1106-preview",
     "gpt-4-turbo-preview": "gpt-4-1106-preview",
     "gpt-4o": "gpt-4o-2024-05-13",  # MMLU-Pro's gpt-4o ran in May 2024, when the alias meant this snapshot
-    # OpenAI's alias since February 2024; its MMDD snapshots carry no year, so "the latest date" would
-    # pick 1106 (November 2023) over 0125 (January 2024)
-    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
     "gpt4": "gpt-4",
     "gpt4-0314": "gpt-4-0314",
     "gpt35-turbo-instruct": "gpt-3.5-turbo-instruct",
@@ -26,6 +23,9 @@ _ALIASES = {
     "mixtral-8x7b-instruct": "mixtral-8x7b-instruct-v0.1",
     "mistral-7b-chat": "mistral-7b-instruct-v0.2",
 }
+# the snapshot an undated API name points to, where "the latest date" would pick another: OpenAI's
+# MMDD snapshots carry no year, so 1106 (November 2023) sorts after 0125 (January 2024)
+_POINTS_TO = {"gpt-3.5-turbo": "gpt-3.5-turbo-0125"}
 _DATE = re.compile(r"^-?(\d{4}-\d{2}-\d{2}|\d{4}|\d{2}-\d{2}|\d{8})$")
 
 
@@ -50,7 +50,8 @@ def match_model(asked: str, known: Iterable[str]) -> str | None:
     """The known name that ``asked`` refers to, or None.
 
     Exact normal forms win; then a known name equal to ``asked`` plus a date or version suffix
-    (``gpt-4o`` -> ``gpt-4o-2024-05-13``; the latest such date); then a known name that ``asked``
+    (``gpt-4o`` -> ``gpt-4o-2024-05-13``; the snapshot the API name points to, else the latest
+    such date); then a known name that ``asked``
     extends with a date (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``).
     """
     names = list(known)
@@ -60,6 +61,8 @@ def match_model(asked: str, known: Iterable[str]) -> str | None:
         by_form.setdefault(normal_form(name), name)
     if wanted in by_form:
         return by_form[wanted]
+    if _POINTS_TO.get(wanted) in by_form:
+        return by_form[_POINTS_TO[wanted]]
     dated = sorted(form for form in by_form if form.startswith(wanted) and _DATE.match(form[len(wanted) :]))
     if dated:
         return by_form[dated[-1]]

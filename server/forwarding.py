@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,11 +53,19 @@ class Exchange:
 
 @dataclass
 class Sent:
-    """The upstream that has the request now (None before a try and after a failed one): what a
-    client that leaves while waiting for the answer is charged for."""
+    """The upstream whose try has the request now (None before a try, after a failed one and while
+    waiting to retry): what a client that leaves while waiting for the answer is charged for."""
 
     decision: Decision | None = None
     upstream: Upstream | None = None
+
+    def trying(self, decision: Decision, upstream: Upstream) -> Callable[[bool], None]:
+        """The callback ``Attempts`` calls as a try of ``upstream`` starts (True) and fails (False)."""
+
+        def mark(under_way: bool) -> None:
+            self.decision, self.upstream = decision, upstream if under_way else None
+
+        return mark
 
 
 class Forwarder:
@@ -83,12 +92,12 @@ class Forwarder:
         headers = {"x-request-id": decision.request_id}
         deadline = time.monotonic() + self.settings.total_timeout  # one deadline for every tier
         for position, tier in enumerate(tiers):
-            attempts = Attempts(self.settings, self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers)))
             upstream = self.upstreams[tier]
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None, fallback_from=decision.chosen)
+            tier_deadline = self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers))
+            attempts = Attempts(self.settings, tier_deadline, sent.trying(decision, upstream))
             sent_at = time.monotonic()
-            sent.decision, sent.upstream = decision, upstream
             try:
                 if stream:
                     result: StreamStart | CompletedResponse
@@ -99,7 +108,6 @@ class Forwarder:
                     result, ttfb = await attempts.complete(upstream, request_body(payload, upstream), decision.request_id)
                     metrics.UPSTREAM_TTFB_SECONDS.labels(tier, upstream.model).observe(ttfb)
             except UpstreamFailure as failure:
-                sent.upstream = None
                 if position + 1 < len(tiers):
                     next_tier = tiers[position + 1]
                     metrics.FALLBACKS.labels(tier, next_tier, failure.reason).inc()

@@ -250,7 +250,7 @@ class Targets:
         self.max_routes = max_routes
         self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, ShareController] = {}
-        self._seeds: dict[str, list[float]] = {}  # by router: one per installed router
+        self._seeds: dict[str, tuple[int, list[float]]] = {}  # router -> (its calibration's mtime, seeds)
 
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
@@ -265,11 +265,17 @@ class Targets:
         return controller
 
     def seeds(self, router: str) -> list[float]:
-        """Scores from ``router``'s calibration that fill a new route's window (read once: a worker
-        replaced on SIGHUP reads a new calibration)."""
-        if router not in self._seeds:
-            self._seeds[router] = seed_scores(read_calibration(self.checkpoint_dir / router / CALIBRATION_FILE), self.seed_count)
-        return self._seeds[router]
+        """Scores from ``router``'s calibration that fill a new route's window (read again only when
+        the file changes; none while it is missing)."""
+        path = self.checkpoint_dir / router / CALIBRATION_FILE
+        try:
+            changed = path.stat().st_mtime_ns
+        except OSError:
+            return []
+        known = self._seeds.get(router)
+        if known is None or known[0] != changed:
+            known = self._seeds[router] = (changed, seed_scores(read_calibration(path), self.seed_count))
+        return known[1]
 
     def effective_target(self, target: float) -> float:
         """``target``, tightened when the daily budget cannot pay for it."""

@@ -131,10 +131,11 @@ class Upstream:
 class Attempts:
     """Tries one upstream up to ``1 + retries`` times inside the request's total deadline."""
 
-    def __init__(self, settings: Settings, deadline: float) -> None:
+    def __init__(self, settings: Settings, deadline: float, on_try: Callable[[bool], None] | None = None) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff
         self.deadline = deadline
+        self._on_try = on_try or (lambda under_way: None)  # told as each try starts (True) and fails (False)
 
     async def _pause(self, tier: str, reason: str, attempt: int, retry_after: float | None) -> bool:
         """Sleep before the next try; False when no try is left or the deadline would pass."""
@@ -151,10 +152,12 @@ class Attempts:
         """Call ``try_once`` until it succeeds, no try is left, or the deadline would pass."""
         attempt = 0
         while True:
+            self._on_try(True)
             reason, timeout, retry_after, result = await try_once()
             if reason is None:
                 assert result is not None, "a try without a failure brings its result"
                 return result
+            self._on_try(False)
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
             if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
                 # a 429 is relayed when nothing else answers

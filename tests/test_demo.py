@@ -23,6 +23,7 @@ from openai import OpenAI
 
 from tests.conftest import REPO
 from tests.fake_upstream import free_port
+from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
 
 READY_LINE = "routegate demo is ready"
@@ -76,10 +77,14 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
         text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
         assert text.strip()
         assert chunks[-1].usage is not None and 0 < chunks[-1].usage.completion_tokens <= 6
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        metered = metric_sum(metrics, "routegate_tokens_total", kind="completion", model="smollm2-135m-weak")
         earlier = reply.usage.completion_tokens if raw.headers["x-routegate-tier"] == "weak" else 0
-        assert metered == chunks[-1].usage.completion_tokens + earlier  # the stream's tokens and the weak answer's
+        expected = chunks[-1].usage.completion_tokens + earlier  # the stream's tokens and the weak answer's
+
+        def metered() -> float:  # a stream is recorded as it closes, just after its last chunk went out
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            return metric_sum(metrics, "routegate_tokens_total", kind="completion", model="smollm2-135m-weak")
+
+        assert wait_for(lambda: metered() == expected, timeout=10), (metered(), expected)
     finally:
         demo.terminate()
         demo.wait(timeout=30)

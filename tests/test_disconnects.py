@@ -83,6 +83,24 @@ def test_a_client_that_leaves_before_the_answer_is_charged_its_prompt(
         assert remaining == pytest.approx(1 - prompt * 10 / 1e6)
 
 
+def test_a_client_that_leaves_while_a_refused_try_waits_to_be_retried_is_not_charged(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The strong upstream answered 429 (not billed) and asked for 3 s before the retry: a client
+    that leaves meanwhile left no upstream with its prompt, so nothing is charged."""
+    strong.behaviour.fail_statuses, strong.behaviour.retry_after = [429], "3"
+    body = {**REQUEST, "stream": False}
+    with running_proxy(proxy_env(strong, weak, daily_budget_usd="1"), tmp_path) as proxy:
+        delta = MetricDelta(proxy.metrics)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=1.0)
+        assert wait_for(lambda: delta.after()("routegate_requests_total", status="499") == 1, timeout=5)
+        assert delta("routegate_requests_total", tier="none", status="499") == 1
+        assert delta("routegate_tokens_total", kind="prompt") == 0 and delta("routegate_usage_estimated_total") == 0
+        assert metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") == 1
+    assert len(strong.received) == 1  # the retry never went
+
+
 async def _leave_after_first_chunk(client: httpx.AsyncClient, url: str, slots: asyncio.Semaphore) -> None:
     async with slots:
         async with client.stream("POST", url, json=REQUEST) as response:

@@ -141,6 +141,7 @@ def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> Non
         ("claude-3-haiku", None),
         ("gpt-4", None),
         ("gpt-3.5-turbo", "gpt-3.5-turbo-0125"),  # not 1106, whose MMDD sorts later but is older
+        ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106"),
     ],
 )
 def test_model_names_match_across_spellings(asked: str, expected: str | None) -> None:
@@ -156,6 +157,10 @@ def test_model_names_match_across_spellings(asked: str, expected: str | None) ->
         "mistralai/Mixtral-8x7B-Instruct-v0.1",
     ]
     assert match_model(asked, known) == expected
+
+
+def test_an_api_name_finds_its_only_snapshot_when_the_one_it_points_to_is_unknown() -> None:
+    assert match_model("gpt-3.5-turbo", ["gpt-3.5-turbo-1106", "gpt-4o-2024-05-13"]) == "gpt-3.5-turbo-1106"
 
 
 def test_an_unknown_pair_falls_back_to_the_default_pair_and_says_why() -> None:

@@ -441,7 +441,6 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight", "recrods=5"], "names no --data file"),
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight", "records=0"], "with W above 0"),
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--epochs", "0"], "--epochs: must be a whole number"),
         (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--limit", "-1"], "--limit: must be a whole number"),
@@ -466,6 +465,18 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "router.json").exists()
+
+
+def test_a_weight_for_a_file_not_in_data_is_named_and_left_out(tmp_path: Path) -> None:
+    """A typo, or a leave-one-out fold without the weighted file: said on stderr, not recorded."""
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(RECORD.format(id=n, split="train") for n in range(8)) + "\n")
+    out = tmp_path / "mf"
+    command = ["train", "mf", "--data", str(data), "--out", str(out), "--epochs", "1", "--weight", "recrods=5"]
+    run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "--weight 'recrods=5' names no --data file (their names: ['records'])" in run.stderr
+    assert json.loads((out / "router.json").read_text())["file_weights"] == {}
 
 
 def test_an_unreadable_embedding_cache_is_computed_again(tmp_path: Path) -> None:

@@ -69,6 +69,22 @@ def test_written_calibration_reads_back_and_seeds_the_quantile(tmp_path: Path) -
     assert abs(first - sorted(reference)[-400]) < 0.01  # the reference's 80% quantile
 
 
+def test_a_calibration_written_later_or_again_seeds_the_next_new_route(tmp_path: Path) -> None:
+    """A checkpoint volume mounted late, or ``routegate calibrate --write`` on a running gateway:
+    the next new route starts from the calibration on disk, not from what an earlier route read."""
+    import os
+
+    targets = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path)
+    assert targets.decide("mf", 0.3).threshold == 0.7  # no calibration yet: 1 - share
+    path = tmp_path / "mf" / "calibration.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"router": "mf", "thresholds": {"0.0": 0.95, "0.3": 0.62, "1.0": 0.05}}))
+    assert abs(targets.decide("mf", 0.31).threshold - 0.61) < 0.02
+    path.write_text(json.dumps({"router": "mf", "thresholds": {"0.0": 0.95, "0.3": 0.4, "1.0": 0.05}}))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a later modification time, whatever the clock's step
+    assert abs(targets.decide("mf", 0.32).threshold - 0.39) < 0.02
+
+
 def test_unusable_calibration_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "calibration.json").write_text('{"thresholds": [1, 2]}')
     assert read_calibration(tmp_path / "calibration.json") == {}
