@@ -10,7 +10,6 @@ sent (a background task, or the stream's close), so what the client receives and
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
@@ -26,7 +25,7 @@ from server.client_keys import client_fingerprint
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
 from server.metrics import token_count, usage_tokens
-from server.relay import EventSplitter, RelayResponse, data_fields
+from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 
@@ -54,10 +53,7 @@ class AnswerText:
                 self._read(data)
 
     def _read(self, data: bytes) -> None:
-        try:
-            event = json.loads(data)
-        except (ValueError, RecursionError):
-            return
+        event = json_value(data)
         choices = event.get("choices") if isinstance(event, dict) else None
         for choice in choices if isinstance(choices, list) else ():
             delta = choice.get("delta") if isinstance(choice, dict) else None
@@ -125,10 +121,7 @@ class Feedback:
         return response
 
     async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
-        try:
-            completion = json.loads(bytes(response.body))
-        except (ValueError, RecursionError):
-            return
+        completion = json_value(bytes(response.body))
         if isinstance(completion, dict):
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
 

@@ -76,13 +76,10 @@ class Forwarder:
         self.ladder = ladder
         self.upstreams = upstreams
 
-    async def forward(
-        self, decision: Decision, payload: dict[str, Any], strong_allowed: bool = True, sent: Sent | None = None
-    ) -> Exchange:
+    async def forward(self, decision: Decision, payload: dict[str, Any], sent: Sent, strong_allowed: bool = True) -> Exchange:
         """Try the decided upstream, then (with fallback on) its fallbacks; once the budget is spent
         (``strong_allowed`` false) only the cheapest upstream is a fallback. ``sent`` follows the
-        upstream that has the request."""
-        sent = sent if sent is not None else Sent()
+        upstream whose try has the request."""
         stream = payload.get("stream") is True
         hide_usage = stream and self.settings.stream_usage and not asks_for_usage(payload)
         tiers = [decision.tier]

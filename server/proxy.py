@@ -128,7 +128,7 @@ class ChatProxy:
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit
                 decision = await self.decider.decide(route, payload, request.headers, request_id, override)  # decide
-                exchange = await self.forwarder.forward(decision, payload, self.decider.strong_affordable(), sent)  # forward
+                exchange = await self.forwarder.forward(decision, payload, sent, self.decider.strong_affordable())  # forward
             # relay; it records the outcome now, or when the stream closes
             estimate = functools.partial(prompt_tokens, payload)
             response = await reply(exchange, started, finish, estimate, self.settings.client_send_timeout)

@@ -87,10 +87,8 @@ class StreamWatcher:
             if _SOME_CHOICE.search(data):
                 self.choice_chunks += 1
             if _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
-                try:
-                    usage = json.loads(data).get("usage")
-                except (ValueError, AttributeError, RecursionError):
-                    continue
+                chunk = json_value(data)
+                usage = chunk.get("usage") if isinstance(chunk, dict) else None
                 if isinstance(usage, dict):
                     self.usage = usage
 
@@ -144,15 +142,21 @@ class EventGate:
         return b"\n\n" if passed else b""
 
 
+def json_value(data: bytes) -> object:
+    """An upstream body's or event's JSON value; None when it is not JSON (or is nested deeper than
+    the parser recurses)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
 def _usage_only(event: bytes) -> bool:
     """Whether an SSE event is a chunk with no choices that carries a usage object."""
     if not _USAGE_OBJECT.search(event) or not _EMPTY_CHOICES.search(event):
         return False
     fields = data_fields(event)
-    try:
-        chunk = json.loads(fields[0]) if fields else None
-    except (ValueError, RecursionError):
-        return False
+    chunk = json_value(fields[0]) if fields else None
     return isinstance(chunk, dict) and chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict)
 
 

@@ -15,7 +15,7 @@ from server.errors import APIError
 from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
 from server.recording import Outcome
-from server.relay import EventGate, RelayResponse, StreamWatcher
+from server.relay import EventGate, RelayResponse, StreamWatcher, json_value
 from server.shutdown import DRAIN
 from server.token_estimate import answer_tokens
 from server.upstream import (
@@ -75,7 +75,7 @@ async def _whole(
     upstream = exchange.upstream
     usage = estimate = None
     if 200 <= result.status < 300:
-        answer = _parsed(result.body)
+        answer = json_value(result.body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if not isinstance(usage, dict):
             estimate = (prompt_tokens(), answer_tokens(answer))
@@ -86,7 +86,7 @@ async def _whole(
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
-        parsed = _parsed(body)
+        parsed = json_value(body)
         if not _is_openai_error(parsed):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
             message = f"The {upstream.tier} upstream answered {result.status} without an OpenAI-style error body"
             said = _message_in(parsed)
@@ -94,14 +94,6 @@ async def _whole(
             body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
     return Response(body, status_code=result.status, headers=headers)
-
-
-def _parsed(body: bytes) -> object:
-    """A body's JSON value; None when it is not JSON."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _is_openai_error(parsed: object) -> bool:

@@ -255,16 +255,17 @@ class Shadower:
     def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
         """Count a call's cost: from its usage, or estimated from its text when it reported none."""
         tokens = usage_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
-        cost = endpoint.cost(tokens)
-        fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
-        self.budget.spend(cost)
-        return cost
+        return self._spend(kind, endpoint, tokens)
 
     def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
         """Count what a failed call may still cost: its prompt and the answer bytes that came, estimated."""
         if not isinstance(failure, CallFailed) or failure.answer_bytes is None:
             return 0.0
-        cost = endpoint.cost((prompt_tokens(body), failure.answer_bytes // 4))
+        return self._spend(kind, endpoint, (prompt_tokens(body), failure.answer_bytes // 4))
+
+    def _spend(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
+        """The cost of ``(prompt, completion)`` tokens at ``endpoint``, metered and spent from the budget."""
+        cost = endpoint.cost(tokens)
         fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
         self.budget.spend(cost)
         return cost

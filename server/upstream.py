@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from server.http_client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from server.relay import json_value
 from server.settings import Settings, UpstreamSettings
 
 log = logging.getLogger("routegate.upstream")
@@ -131,11 +131,11 @@ class Upstream:
 class Attempts:
     """Tries one upstream up to ``1 + retries`` times inside the request's total deadline."""
 
-    def __init__(self, settings: Settings, deadline: float, on_try: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, settings: Settings, deadline: float, on_try: Callable[[bool], None]) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff
         self.deadline = deadline
-        self._on_try = on_try or (lambda under_way: None)  # told as each try starts (True) and fails (False)
+        self._on_try = on_try  # told as each try starts (True) and fails (False)
 
     async def _pause(self, tier: str, reason: str, attempt: int, retry_after: float | None) -> bool:
         """Sleep before the next try; False when no try is left or the deadline would pass."""
@@ -274,7 +274,4 @@ async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, f
 
 def is_json_object(body: bytes) -> bool:
     """Whether ``body`` parses as a JSON object."""
-    try:
-        return isinstance(json.loads(body), dict)
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser recurses
-        return False
+    return isinstance(json_value(body), dict)

@@ -198,10 +198,10 @@ def parse_weights(pairs: list[str], stems: list[str]) -> dict[str, float]:
     for item in pairs:
         name, _, value = item.rpartition("=")
         try:
-            weight = float(value)
-        except ValueError:
-            weight = math.nan
-        if not name or not (math.isfinite(weight) and weight > 0):
+            weight = positive_float(value)
+        except argparse.ArgumentTypeError:
+            weight = None
+        if not name or weight is None:
             raise SystemExit(f"routegate train mf: --weight takes FILE=W with W above 0, not {item!r}")
         if file_stem(name) not in stems:  # a typo, or a leave-one-out fold without that file: say so, go on
             print(f"routegate train mf: --weight {item!r} names no --data file (their names: {stems})", file=sys.stderr)
