@@ -27,7 +27,7 @@ from server.ladder import Ladder
 from server.metrics import render_metrics
 from server.model_names import ModelNames
 from server.openapi import ERROR_SCHEMA, chat_completion_openapi
-from server.proxy import ChatProxy
+from server.proxy import ChatProxy, request_id_of
 from server.scoring import ScorerPool, ladder_router_models
 from server.settings import Settings, SettingsError, load_settings
 from server.shared_scores import SharedScores
@@ -281,26 +281,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """Route a chat completion to the strong or weak upstream and relay its answer."""
         try:
-            _check_client_key(request, settings)
-        except APIError:
-            metrics.count_refused(401)
-            raise
-        if DRAIN.draining:
-            metrics.REJECTED.labels("shutting_down").inc()
-            metrics.count_refused(503)
-            raise APIError(
-                503,
-                "routegate is shutting down; send the request again (another instance will take it).",
-                type="server_error",
-                code="shutting_down",
-                headers={"connection": "close", "retry-after": "1"},
-            )
-        if not gateway.ready:
-            try:
-                await _wait_ready(gateway)
-            except APIError:
-                metrics.count_refused(503)
-                raise
+            await _admit(request, gateway)
+        except APIError as refused:
+            request_id = request_id_of(request)
+            metrics.count_refused(refused.status)
+            log.info("request_id=%s status=%d error=%s", request_id, refused.status, refused.code)
+            return refused.to_response({"x-request-id": request_id})
         assert gateway.proxy is not None
         return gateway.feedback.observe(request, await gateway.proxy.handle(request))
 
@@ -386,6 +372,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _install_error_handlers(app)
     return app
+
+
+async def _admit(request: Request, gateway: Gateway) -> None:
+    """Refuse a chat request before routing: a bad client key (401), a draining process or a
+    router that is not loaded (503)."""
+    _check_client_key(request, gateway.settings)
+    if DRAIN.draining:
+        metrics.REJECTED.labels("shutting_down").inc()
+        raise APIError(
+            503,
+            "routegate is shutting down; send the request again (another instance will take it).",
+            type="server_error",
+            code="shutting_down",
+            headers={"connection": "close", "retry-after": "1"},
+        )
+    if not gateway.ready:
+        await _wait_ready(gateway)
 
 
 async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:

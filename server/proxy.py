@@ -146,7 +146,7 @@ class ChatProxy:
                 raise
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
             cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
-            return self._refuse(cut, request_id, {"connection": "close"})
+            return self._refuse(cut, request_id, {"connection": "close", "retry-after": "1"})
         except Exception:  # a defect in routegate: counted like any answer, the details only in the log
             log.exception("request_id=%s unhandled error", request_id)
             internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")

@@ -119,7 +119,10 @@ def test_client_keys(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
                 model="auto", messages=MESSAGES
             )
         assert raised.value.body["code"] == "invalid_api_key"
-        assert httpx.post(f"{proxy.api}/chat/completions", json={"model": "auto", "messages": MESSAGES}).status_code == 401
+        anonymous = httpx.post(
+            f"{proxy.api}/chat/completions", json={"model": "auto", "messages": MESSAGES}, headers={"x-request-id": "trace-7"}
+        )
+        assert anonymous.status_code == 401 and anonymous.headers["x-request-id"] == "trace-7"
         assert httpx.get(f"{proxy.api}/models").status_code == 401
         refused = value(
             samples(proxy.metrics()), "routegate_requests_total", router="none", tier="none", model="none", status="401"

@@ -77,8 +77,8 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpst
         assert _drains(proxy.url)  # the signal is handled on the server's next tick
 
         refused = httpx.post(f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES})
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "shutting_down"
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "shutting_down" and refused.headers["x-request-id"]
         assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
         assert httpx.get(f"{proxy.url}/ready").json()["status"] == "draining"
 
@@ -90,7 +90,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpst
         hung.settimeout(5)
         cut = hung.recv(65536)
         hung.close()
-        assert cut.startswith(b"HTTP/1.1 503 ")
+        assert cut.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 1\r\n" in cut.lower()
         assert b'"code": "shutting_down"' in cut
 
 
