@@ -274,7 +274,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await gateway.aclose()
 
     # /openapi.json is served below, behind the client key: it lists every model name and alias
-    app = FastAPI(title="routegate", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="routegate",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,  # a path with a trailing slash is a 404 error body, not a bare redirect
+    )
     app.state.gateway = gateway
 
     @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])

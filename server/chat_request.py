@@ -44,6 +44,11 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # JSON levels a body may nest: routegate re-encodes the body for the upstream, and Python's encoder
 # fails at about twice this depth
 MAX_NESTING = 512
+# Objects and arrays a body may open: decoding and checking millions of empty ones would hold the
+# event loop for seconds, and no chat request needs a hundred thousand
+MAX_CONTAINERS = 100_000
+# A JSON string, escapes included: its brackets are text, not structure
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),
@@ -87,6 +92,8 @@ def _too_large(limit: int) -> APIError:
 
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
+    if _containers(body) > MAX_CONTAINERS:
+        raise bad_request(f"The JSON body holds more than {MAX_CONTAINERS} objects and arrays.", code="invalid_json")
     try:
         payload = json.loads(  # a str: bytes would pass encoded surrogates
             body.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float
@@ -119,6 +126,16 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
     _check_tools(payload.get("tools"))
     return payload
+
+
+def _containers(body: bytes) -> int:
+    """About how many objects and arrays a JSON body opens, counted in its bytes before decoding
+    (exact for valid JSON once brackets inside strings are left out, which only a large count needs)."""
+    count = body.count(b"[") + body.count(b"{")
+    if count <= MAX_CONTAINERS:
+        return count
+    structure = _JSON_STRING.sub(b'""', body)
+    return structure.count(b"[") + structure.count(b"{")
 
 
 def _nested_deeper(value: object, limit: int) -> bool:

@@ -16,6 +16,7 @@ from server import metrics
 from server.decision import Decision
 from server.ladder import Ladder
 from server.settings import Settings
+from server.token_estimate import bytes_tokens, prompt_tokens
 from server.upstream import (
     Attempts,
     CompletedResponse,
@@ -49,6 +50,7 @@ class Exchange:
     result: StreamStart | CompletedResponse | UpstreamFailure
     headers: dict[str, str] = field(default_factory=dict)  # x-request-id, x-routegate-fallback
     hide_usage: bool = False  # a stream's usage was asked upstream for metering, not by the client
+    choices: int = 1  # the answers asked for (``n``): a stream that finished each one is whole without [DONE]
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Sent:
 
     decision: Decision | None = None
     upstream: Upstream | None = None
+    # failed tries an upstream worked on: the upstream and their estimated (prompt, completion) tokens
+    spent: list[tuple[Upstream, tuple[int, int]]] = field(default_factory=list)
 
     def trying(self, decision: Decision, upstream: Upstream) -> Callable[[bool], None]:
         """The callback ``Attempts`` calls as a try of ``upstream`` starts (True) and fails (False)."""
@@ -66,6 +70,15 @@ class Sent:
             self.decision, self.upstream = decision, upstream if under_way else None
 
         return mark
+
+    def spending(self, upstream: Upstream, payload: dict[str, Any]) -> Callable[[int], None]:
+        """The callback ``Attempts`` calls with the answer bytes of a failed try that ``upstream``
+        worked on: charged its prompt and those bytes, estimated."""
+
+        def spend(answer_bytes: int) -> None:
+            self.spent.append((upstream, (prompt_tokens(payload), bytes_tokens(answer_bytes))))
+
+        return spend
 
 
 class Forwarder:
@@ -93,7 +106,7 @@ class Forwarder:
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None, fallback_from=decision.chosen)
             tier_deadline = self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers))
-            attempts = Attempts(self.settings, tier_deadline, sent.trying(decision, upstream))
+            attempts = Attempts(self.settings, tier_deadline, sent.trying(decision, upstream), sent.spending(upstream, payload))
             sent_at = time.monotonic()
             try:
                 if stream:
@@ -114,7 +127,7 @@ class Forwarder:
                     log.warning("request_id=%s fallback %s->%s reason=%s", decision.request_id, tier, next_tier, failure.reason)
                     continue
                 return Exchange(decision, upstream, sent_at, failure, headers)
-            return Exchange(decision, upstream, sent_at, result, headers, hide_usage)
+            return Exchange(decision, upstream, sent_at, result, headers, hide_usage, int(payload.get("n") or 1))
         raise AssertionError("unreachable: the last tier either answers or fails")
 
     async def _stream(

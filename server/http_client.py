@@ -24,6 +24,10 @@ class UpstreamTimeout(UpstreamError):
     """Connecting, or waiting for the next bytes, took longer than allowed."""
 
 
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """Connecting took longer than allowed: the upstream never had the request."""
+
+
 class UpstreamConnectError(UpstreamError):
     """No connection could be made."""
 
@@ -105,7 +109,7 @@ class ConnectionPool:
                 skip_auto_headers=("accept-encoding", "user-agent"),
             )
         except aiohttp.ConnectionTimeoutError as error:
-            raise UpstreamTimeout(str(error) or "connect timeout") from error
+            raise UpstreamConnectTimeout(str(error) or "connect timeout") from error
         except (aiohttp.ServerTimeoutError, TimeoutError) as error:
             raise UpstreamTimeout(str(error) or "read timeout") from error
         except aiohttp.ClientConnectorError as error:

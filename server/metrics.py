@@ -28,6 +28,7 @@ UPSTREAM_FAILURE_REASONS = (
     "timeout",
     "protocol",
     "http_auth",
+    "http_not_found",
     "http_redirect",
     "http_429",
     "http_5xx",
@@ -281,6 +282,14 @@ def usage_tokens(usage: object) -> tuple[int, int] | None:
     prompt = token_count(usage.get("prompt_tokens")) or 0
     completion = token_count(usage.get("completion_tokens")) or 0
     return (prompt, completion) if prompt or completion else None
+
+
+def reports_tokens(usage: object) -> bool:
+    """Whether an upstream ``usage`` object counts prompt or completion tokens (zero is a count);
+    an answer whose usage does not (``{"total_tokens": 9}``, ``{}``) is charged an estimate."""
+    return isinstance(usage, dict) and any(
+        token_count(usage.get(key)) is not None for key in ("prompt_tokens", "completion_tokens")
+    )
 
 
 def tokens_cost(tokens: tuple[int, int], prices: tuple[float, float]) -> float:

@@ -117,6 +117,7 @@ class ChatProxy:
         async def finish(outcome: Outcome) -> None:
             try:
                 await self.recorder.record(outcome)
+                await self.recorder.charge_spent(sent.spent)  # failed tries an upstream may bill
             finally:
                 ticket.close()
 

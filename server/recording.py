@@ -3,8 +3,9 @@
 Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
 only written for requests an upstream answered with a 2xx (budget spend: for any answer with
 usage, reported or, for a 2xx without, estimated, and for a request whose client left while an
-upstream had it, its prompt estimated); requests refused before an upstream (429, 400, 499 ...)
-leave no trace there.
+upstream had it, its prompt estimated; and for each failed try an upstream worked on, such as one
+that timed out or whose answer was not JSON, its prompt and answer bytes estimated); requests
+refused before an upstream (429, 400, 499 ...) leave no trace there.
 With Redis (``ROUTEGATE_REDIS_URL``) the books are those of all replicas (server/shared_*.py).
 """
 
@@ -95,6 +96,11 @@ class Recorder:
             outcome.status,
             (now - outcome.started) * 1000,
         )
+
+    async def charge_spent(self, spent: list[tuple[Upstream, tuple[int, int]]]) -> None:
+        """Meter and charge failed tries that an upstream worked on, each at its estimated tokens."""
+        for upstream, tokens in spent:
+            await self._charge(upstream, self._usage(upstream, None, tokens))
 
     def _usage(self, upstream: Upstream, reported: object, estimated: tuple[int, int] | None) -> Usage | None:
         """The tokens of an upstream's ``usage`` object, else the estimated ones, and their costs;

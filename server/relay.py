@@ -17,6 +17,7 @@ _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')  # not the "finish_reason": null of other chunks
 
 
 class EventSplitter:
@@ -60,16 +61,25 @@ def data_fields(event: bytes) -> list[bytes]:
 
 
 class StreamWatcher:
-    """Watches relayed SSE bytes for the ``usage`` object, the closing ``data: [DONE]`` and how
-    many chunks carried choices (the token estimate of a stream without usage); an event longer
-    than ``max_event_bytes`` (no usage or [DONE] event is) is skipped."""
+    """Watches relayed SSE bytes for the ``usage`` object, the closing ``data: [DONE]``, the
+    choices that gave their ``finish_reason`` and how many chunks carried choices (the token
+    estimate of a stream without usage); an event longer than ``max_event_bytes`` (no usage,
+    finish or [DONE] event is) is skipped."""
 
-    def __init__(self, max_event_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_event_bytes: int = 1 << 20, choices: int = 1) -> None:
         self.usage: dict | None = None
         self.done = False
+        self.choices = choices  # answers asked for (n)
+        self.finished: set[int] = set()  # indexes of the choices that gave their finish_reason
         self.choice_chunks = 0
         self.cut: str | None = None  # why the upstream stream ended early (set by the relay), None if it did not
         self.events = EventSplitter(max_event_bytes)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream said it was whole: ``[DONE]``, or a finish_reason for every choice
+        (some OpenAI-compatible servers close the stream without [DONE])."""
+        return self.done or len(self.finished) >= self.choices
 
     @property
     def bytes_scanned(self) -> int:
@@ -86,11 +96,20 @@ class StreamWatcher:
                 continue
             if _SOME_CHOICE.search(data):
                 self.choice_chunks += 1
+            if _FINISH_REASON.search(data):
+                self._read_finished(json_value(data))
             if _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
                 chunk = json_value(data)
                 usage = chunk.get("usage") if isinstance(chunk, dict) else None
                 if isinstance(usage, dict):
                     self.usage = usage
+
+    def _read_finished(self, chunk: object) -> None:
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str) and len(self.finished) < self.choices:
+                index = choice.get("index", 0)
+                self.finished.add(index if isinstance(index, int) and not isinstance(index, bool) else -1)
 
 
 class EventGate:

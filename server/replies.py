@@ -14,6 +14,7 @@ from server import metrics
 from server.errors import APIError
 from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
+from server.metrics import reports_tokens
 from server.recording import Outcome
 from server.relay import EventGate, RelayResponse, StreamWatcher, json_value
 from server.shutdown import DRAIN
@@ -58,6 +59,9 @@ def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
             f"The {upstream.tier} upstream refused routegate's credentials for it (401/403); the operator must check its key."
         )
         return APIError(502, message, type="upstream_error", code="upstream_auth_error")
+    if failure.reason == "http_not_found":
+        message = f"The {upstream.tier} upstream answered 404 Not Found; the operator must check its model name and base URL."
+        return APIError(502, message, type="upstream_error", code="upstream_error")
     if failure.reason == "http_redirect":
         message = f"The {upstream.tier} upstream answered with a redirect (3xx); the operator must check its base URL."
         return APIError(502, message, type="upstream_error", code="upstream_error")
@@ -77,7 +81,7 @@ async def _whole(
     if 200 <= result.status < 300:
         answer = json_value(result.body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        if not isinstance(usage, dict):
+        if not reports_tokens(usage):
             estimate = (prompt_tokens(), answer_tokens(answer))
     for name in _RELAYED_HEADERS:
         if name in result.headers:
@@ -119,7 +123,7 @@ def _relay_stream(
     send_timeout: float | None,
 ) -> RelayResponse:
     upstream = exchange.upstream
-    watcher = StreamWatcher()
+    watcher = StreamWatcher(choices=exchange.choices)
     events = EventGate(drop_usage=exchange.hide_usage)
 
     def to_client(chunk: bytes) -> bytes:
@@ -134,10 +138,10 @@ def _relay_stream(
                 if part := to_client(chunk):
                     yield part
         except UpstreamError as error:
-            if not watcher.done:  # an error after [DONE] cut nothing the client needed
+            if not watcher.complete:  # an error after [DONE] or every finish_reason cut nothing the client needed
                 watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
         else:
-            watcher.cut = None if watcher.done else "stream_cut"
+            watcher.cut = None if watcher.complete else "stream_cut"
         if watcher.cut is not None:
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
         elif rest := events.flush():
@@ -153,7 +157,7 @@ def _relay_stream(
         await relayed.aclose()
         await start.response.aclose()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
-        estimate = (prompt_tokens(), watcher.choice_chunks) if watcher.usage is None else None
+        estimate = (prompt_tokens(), watcher.choice_chunks) if not reports_tokens(watcher.usage) else None
         upstream_status = start.response.status_code
         await finish(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)

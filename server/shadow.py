@@ -23,10 +23,10 @@ import httpx
 from server import feedback_metrics as fm
 from server.feedback_store import FeedbackStore, JudgementRow
 from server.judge import answer_text, chosen_side, combine, judge_messages, parse_verdict, question_text
-from server.metrics import tokens_cost, usage_tokens
+from server.metrics import reports_tokens, tokens_cost, usage_tokens
 from server.settings import Settings
 from server.targets import utc_day_start
-from server.token_estimate import answer_tokens, prompt_tokens
+from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
@@ -254,14 +254,15 @@ class Shadower:
 
     def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
         """Count a call's cost: from its usage, or estimated from its text when it reported none."""
-        tokens = usage_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
+        usage = completion.get("usage")
+        tokens = (usage_tokens(usage) or (0, 0)) if reports_tokens(usage) else (prompt_tokens(body), answer_tokens(completion))
         return self._spend(kind, endpoint, tokens)
 
     def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
         """Count what a failed call may still cost: its prompt and the answer bytes that came, estimated."""
         if not isinstance(failure, CallFailed) or failure.answer_bytes is None:
             return 0.0
-        return self._spend(kind, endpoint, (prompt_tokens(body), failure.answer_bytes // 4))
+        return self._spend(kind, endpoint, (prompt_tokens(body), bytes_tokens(failure.answer_bytes)))
 
     def _spend(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
         """The cost of ``(prompt, completion)`` tokens at ``endpoint``, metered and spent from the budget."""

@@ -47,6 +47,12 @@ def answer_tokens(answer: object) -> int:
     return -(-characters // CHARS_PER_TOKEN)  # rounded up: any text is at least one token
 
 
+def bytes_tokens(answer_bytes: int) -> int:
+    """About how many tokens an answer of ``answer_bytes`` bytes holds (all of them text: an answer
+    that could not be read as one is estimated by its size)."""
+    return -(-answer_bytes // CHARS_PER_TOKEN)
+
+
 def _json_chars(value: object) -> int:
     """Characters of a JSON value (tool definitions or calls); 0 when absent."""
     return len(json.dumps(value)) if value else 0

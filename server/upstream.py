@@ -15,6 +15,7 @@ from server import metrics
 from server.http_client import (
     ConnectionPool,
     UpstreamConnectError,
+    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -27,7 +28,8 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _T = TypeVar("_T")
 # One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
 _Outcome = tuple[str | None, bool, float | None, _T | None]
-NOT_RETRIED = frozenset({"too_large", "http_auth", "http_redirect", "stream_ignored"})  # failures a second try would only repeat
+# failures a second try would only repeat
+NOT_RETRIED = frozenset({"too_large", "http_auth", "http_not_found", "http_redirect", "stream_ignored"})
 REDACTED = b"[redacted]"
 
 
@@ -80,6 +82,8 @@ def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None
     """Why an upstream status counts as a failure (None: an answer to relay) and its Retry-After."""
     if response.status_code in (401, 403):  # the upstream refused routegate's own key: not the client's error
         return "http_auth", None
+    if response.status_code == 404:  # routegate names the model and the URL: the tier is misconfigured
+        return "http_not_found", None
     if response.status_code == 429:
         return "http_429", retry_after_seconds(response.headers)
     if response.status_code in RETRYABLE_STATUSES:
@@ -131,11 +135,16 @@ class Upstream:
 class Attempts:
     """Tries one upstream up to ``1 + retries`` times inside the request's total deadline."""
 
-    def __init__(self, settings: Settings, deadline: float, on_try: Callable[[bool], None]) -> None:
+    def __init__(
+        self, settings: Settings, deadline: float, on_try: Callable[[bool], None], on_spent: Callable[[int], None]
+    ) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff
         self.deadline = deadline
         self._on_try = on_try  # told as each try starts (True) and fails (False)
+        # told of a failed try the upstream worked on, and may bill (it timed out after sending, or its
+        # answer was too large, not JSON or not a stream): the answer bytes that came
+        self._on_spent = on_spent
 
     async def _pause(self, tier: str, reason: str, attempt: int, retry_after: float | None) -> bool:
         """Sleep before the next try; False when no try is left or the deadline would pass."""
@@ -183,9 +192,12 @@ class Attempts:
                 finally:
                     await response.aclose()
                 if read is None:
+                    if response.is_success:  # an answer was made: at least this large
+                        self._on_spent(upstream.max_response_bytes)
                     return "too_large", False, None, None
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
+            self._spent_on_timeout(error)
             return "timeout", True, None, None
         except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)
@@ -199,7 +211,13 @@ class Attempts:
         reason, retry_after = status_failure(response)
         if reason is None and response.is_success and not is_json_object(completed.body):
             reason = "invalid_response"
+            self._on_spent(len(completed.body))
         return reason, False, retry_after, result
+
+    def _spent_on_timeout(self, error: BaseException) -> None:
+        """A timeout after the request was sent: the upstream may have answered it (and bill it)."""
+        if not isinstance(error, UpstreamConnectTimeout):
+            self._on_spent(0)
 
     async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
         """A streamed request: the open 2xx stream with its first chunk, or a relayable 4xx read whole.
@@ -225,7 +243,9 @@ class Attempts:
                     reason, retry_after = status_failure(response)
                     return reason, False, retry_after, CompletedResponse(response.status_code, read[0], response.headers)
                 if _media_type(response.headers) == "application/json":  # it ignored "stream": no events to relay
+                    read = await read_at_most(response, upstream.max_response_bytes)  # a whole answer, billed
                     await response.aclose()
+                    self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
                     return "stream_ignored", False, None, None
                 chunks = response.aiter_raw()
                 first = b""
@@ -239,6 +259,7 @@ class Attempts:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
+            self._spent_on_timeout(error)
             return "timeout", True, None, None
         except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)

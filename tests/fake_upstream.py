@@ -52,6 +52,7 @@ class Behaviour:
     echo_key: bool = False  # error bodies quote the caller's Authorization header, as careless upstreams do
     malformed_json: bool = False  # 200 with a truncated JSON body
     answer_body: bytes | None = None  # non-streamed answers are these bytes (200, application/json)
+    finish_without_done: bool = False  # streams end with a finish_reason chunk and close without [DONE]
     extra_event: bytes | None = None  # streams carry an event with this data before the usage chunk
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
     cut_mode: str = "abort"  # connection ("abort", or "mid_event": after half the next event), ending the body
@@ -310,6 +311,10 @@ class FakeUpstream:
                 await asyncio.sleep(self.behaviour.chunk_delay)
         if behaviour.extra_event is not None:
             yield b"data: " + behaviour.extra_event + b"\n\n"
+        if behaviour.finish_without_done:
+            last = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+            last["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            yield f"data: {json.dumps(last)}\n\n".encode()
         if include_usage:
             usage = {
                 "id": f"chatcmpl-{self.name}",
@@ -320,4 +325,6 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": 18},
             }
             yield f"data: {json.dumps(usage)}\n\n".encode()
+        if behaviour.finish_without_done:
+            return
         yield b"data: [DONE]\n\n"

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from server.chat_request import FIELD_TYPES, MAX_NESTING, RANGES
+from server.chat_request import FIELD_TYPES, MAX_CONTAINERS, MAX_NESTING, RANGES
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metrics_text import metric_sum
@@ -220,6 +220,24 @@ def test_nesting_past_the_limit_is_a_400_at_every_depth_python_could_still_decod
     assert len(strong.received) == 2
 
 
+def test_more_objects_and_arrays_than_the_limit_is_a_400_and_brackets_in_text_do_not_count(
+    proxy: Proxy, strong: FakeUpstream
+) -> None:
+    def body(empty_arrays: int, text: str = "x") -> bytes:  # the body's object, messages and its message: 3 more
+        head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
+        return head + b', "vendor_extension": [' + b",".join([b"[]"] * (empty_arrays - 1)) + b"]}"
+
+    at_the_limit = post(proxy, body(MAX_CONTAINERS - 3))
+    past_it = post(proxy, body(MAX_CONTAINERS - 2))
+    code = "[{" * MAX_CONTAINERS
+    in_text = post(proxy, body(1, code))
+    assert at_the_limit.status_code == 200
+    error = openai_error(past_it, 400)
+    assert error["code"] == "invalid_json" and f"more than {MAX_CONTAINERS} objects and arrays" in error["message"]
+    assert in_text.status_code == 200
+    assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == code
+
+
 def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
     text = "emoji \U0001f600 (sent as a surrogate pair), RTL \u05e9\u05dc\u05d5\u05dd, NUL \u0000, CJK \u4f60\u597d"
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()  # ASCII escapes
@@ -277,3 +295,5 @@ def test_requests_that_are_not_http_get_an_openai_error(proxy: Proxy, strong: Fa
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:
     assert openai_error(httpx.get(f"{proxy.api}/chat/completions"), 405)["code"] == "method_not_allowed"
     assert openai_error(httpx.post(f"{proxy.api}/completions", json={}), 404)["code"] == "not_found"
+    # not a bare 307 to the path without its slash, which clients would follow without the body
+    assert openai_error(httpx.post(f"{proxy.api}/chat/completions/", json={}), 404)["code"] == "not_found"

@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from starlette.responses import JSONResponse
 
-from tests.conftest import WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
 from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
@@ -31,6 +32,7 @@ FAULT_SETTINGS = {
     "total_timeout": "5",
     "max_response_bytes": str(MAX_RESPONSE_BYTES),
 }
+PROMPT_ESTIMATE = 1 + len("Say something.") // 4  # a token per message and per four characters
 HTML_PAGE = "<html><body><h1>502 Bad Gateway</h1><p>nginx</p></body></html>"
 
 
@@ -87,8 +89,10 @@ def test_one_5xx_is_retried_on_the_same_tier(fault_proxy: Proxy, strong: FakeUps
 
 @pytest.mark.parametrize(
     ("status", "reason", "tries"),
-    # 5xx are retried; 401 / 403 (the upstream refused routegate's key for it) would only repeat
-    [(status, "http_5xx", 2) for status in (500, 501, 502, 503, 504)] + [(401, "http_auth", 1), (403, "http_auth", 1)],
+    # 5xx are retried; 401 / 403 (the upstream refused routegate's key for it) and 404 (its model
+    # name or URL is wrong) would only repeat
+    [(status, "http_5xx", 2) for status in (500, 501, 502, 503, 504)]
+    + [(401, "http_auth", 1), (403, "http_auth", 1), (404, "http_not_found", 1)],
 )
 def test_a_persistent_failure_falls_back_to_the_other_tier(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, status: int, reason: str, tries: int
@@ -201,6 +205,11 @@ def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak:
     assert len(strong.received) == 2 and len(weak.received) == 1
     assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="timeout") == 1
+    # the strong upstream had both tries, and may bill their prompts: charged an estimate of each
+    assert delta("routegate_usage_estimated_total", tier="strong") == 2
+    assert delta("routegate_tokens_total", tier="strong", kind="prompt") == 2 * PROMPT_ESTIMATE
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") == 0
+    assert delta("routegate_cost_usd_total", tier="strong") > 0
 
 
 def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
@@ -280,6 +289,8 @@ def test_connect_timeout_falls_back(blackhole_proxy: Proxy, weak: FakeUpstream) 
     assert raw.headers["x-routegate-fallback"] == "strong->weak:timeout"
     assert len(weak.received) == 1
     assert delta("routegate_upstream_errors_total", tier="strong", reason="timeout") == 2
+    # it never had the request: nothing charged to it
+    assert delta("routegate_usage_estimated_total", tier="strong") == 0 and delta("routegate_tokens_total", tier="strong") == 0
 
 
 def test_connect_timeout_without_a_healthy_tier_is_a_504(blackhole_proxy: Proxy, weak: FakeUpstream) -> None:
@@ -305,6 +316,10 @@ def test_malformed_json_falls_back(fault_proxy: Proxy, strong: FakeUpstream, wea
     assert raw.headers["x-routegate-fallback"] == "strong->weak:invalid_response"
     assert raw.parse().choices[0].message.content == "answer from weak"
     assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+    # two answers made and thrown away: each charged its prompt and a token per four bytes
+    assert delta("routegate_usage_estimated_total", tier="strong") == 2
+    assert delta("routegate_tokens_total", tier="strong", kind="prompt") == 2 * PROMPT_ESTIMATE
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") > 0
 
 
 NESTED = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's parser recurses
@@ -429,6 +444,23 @@ def test_redirects_on_both_tiers_are_a_502_naming_the_base_url(
     assert error["code"] == "upstream_error" and "redirect" in error["message"] and "base URL" in error["message"]
 
 
+def test_404_on_both_tiers_is_a_502_naming_the_model_and_base_url(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    for upstream in (strong, weak):
+        upstream.behaviour.fail_statuses = [404] * 10
+        upstream.behaviour.fail_body = (
+            '{"error": {"message": "The model `upstream-secret-name` does not exist", "code": "model_not_found"}}'
+        )
+    with pytest.raises(openai.InternalServerError) as raised:
+        chat(fault_proxy)
+    assert raised.value.status_code == 502
+    error = error_of(raised)
+    assert error["code"] == "upstream_error" and "model name and base URL" in error["message"]
+    assert "upstream-secret-name" not in str(raised.value.body)
+    assert len(strong.received) == 1 and len(weak.received) == 1
+
+
 def test_a_json_answer_to_a_streamed_request_falls_back_without_a_retry(
     fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
 ) -> None:
@@ -439,6 +471,10 @@ def test_a_json_answer_to_a_streamed_request_falls_back_without_a_retry(
     assert error is None and pieces == [f"weak-{index} " for index in range(5)]
     assert len(strong.received) == 1  # it would ignore "stream" again: each try is a whole answer thrown away
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="stream_ignored") == 1
+    answer_bytes = len(JSONResponse(strong.completion(STRONG_MODEL)).body)  # what the fake sent
+    assert delta("routegate_usage_estimated_total", tier="strong") == 1
+    assert delta("routegate_tokens_total", tier="strong", kind="prompt") == PROMPT_ESTIMATE
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") == -(-answer_bytes // 4)
 
 
 def test_upstreams_refusing_routegates_keys_are_a_502_not_the_clients_401(
@@ -463,6 +499,7 @@ def test_a_huge_error_body_before_a_stream_is_refused(fault_proxy: Proxy, strong
     assert len(strong.received) == 1 and len(weak.received) == 1
     assert delta("routegate_upstream_errors_total", tier="strong", reason="too_large") == 1
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="too_large") == 1
+    assert delta("routegate_tokens_total", tier="strong") == 0  # an error, however large, is no answer
 
 
 def test_huge_response_under_the_limit_is_relayed_whole(fault_proxy: Proxy, strong: FakeUpstream) -> None:
@@ -487,6 +524,9 @@ def test_huge_response_over_the_limit_is_refused_without_retry(
     assert len(strong.received) == 1 and len(weak.received) == 1  # tried once per tier
     assert delta("routegate_upstream_errors_total", tier="strong", reason="too_large") == 1
     assert delta("routegate_upstream_retries_total") == 0
+    for tier in ("strong", "weak"):  # each made an answer over the limit: charged at least the limit
+        assert delta("routegate_tokens_total", tier=tier, kind="prompt") == PROMPT_ESTIMATE
+        assert delta("routegate_tokens_total", tier=tier, kind="completion") == MAX_RESPONSE_BYTES // 4
 
 
 # --- streams ----------------------------------------------------------------------------------
@@ -546,6 +586,30 @@ def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, stro
     assert len(events) == 3 and events[-1] == "data: [DONE]"
     assert all("error" not in json.loads(event[6:]) for event in events[:-1])
     assert delta.after()("routegate_upstream_errors_total") == 0  # nothing a proxy could tell from a short answer
+
+
+@pytest.mark.parametrize("answers", [1, 2])
+def test_a_stream_that_finished_every_choice_is_whole_without_done(
+    fault_proxy: Proxy, strong: FakeUpstream, answers: int
+) -> None:
+    strong.behaviour.finish_without_done = True  # as some OpenAI-compatible servers end a stream
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions",
+        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True, "n": answers},
+        timeout=30,
+    )
+    events = [json.loads(line[6:]) for line in raw.text.split("\n\n") if line]
+    assert [event["choices"][0]["delta"].get("content") for event in events if event.get("choices")][:5] == [
+        f"strong-{index} " for index in range(5)
+    ]
+    if answers == 1:  # its one choice finished: relayed as sent, an answer
+        assert "error" not in events[-1] and events[-1]["choices"][0]["finish_reason"] == "stop"
+        assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="200") == 1)
+        assert delta("routegate_upstream_errors_total") == 0
+    else:  # one of two choices finished: the stream was cut
+        assert events[-1]["error"]["code"] == "stream_cut"
+        assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
 
 
 def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:

@@ -233,6 +233,16 @@ def test_reported_zero_usage_is_not_replaced_by_an_estimate(proxy: Proxy, strong
     assert delta("routegate_usage_estimated_total") == 0 and delta("routegate_tokens_total") == 0
 
 
+@pytest.mark.parametrize("usage", [{"total_tokens": 500}, {}, {"prompt_tokens": 12.0, "completion_tokens": "7"}])
+def test_a_usage_object_without_token_counts_is_charged_an_estimate(proxy: Proxy, strong: FakeUpstream, usage: dict):
+    strong.behaviour.usage, strong.behaviour.answer = usage, "x" * 399
+    delta = MetricDelta(proxy.metrics)
+    client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES)
+    assert wait_for(lambda: delta.after()("routegate_usage_estimated_total", tier="strong") == 1)
+    assert delta("routegate_tokens_total", tier="strong", kind="prompt") == ESTIMATED_PROMPT_TOKENS
+    assert delta("routegate_tokens_total", tier="strong", kind="completion") == 100  # 399 characters, rounded up
+
+
 def test_an_answer_without_usage_is_charged_an_estimate(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
     strong.behaviour.omit_usage, strong.behaviour.answer = True, "x" * 399
     with running_proxy(proxy_env(strong, weak, daily_budget_usd="100"), tmp_path) as proxy:
