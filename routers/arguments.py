@@ -18,6 +18,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """A number from 0 up to (not including) 1, such as a dropout rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 up to 1 (not included), not {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number above 0."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from routers.registry import (
     router_models,
     trainable_routers,
 )
+
+_MISSING = object()  # a record's absent "id" (null is an id)
 
 
 def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -206,18 +209,19 @@ def _file_spelling(model: str, records: list[dict]) -> str:
 def _score(args: argparse.Namespace) -> int:
     from routers.data import iter_records
 
-    records = list(iter_records(args.input, scores=False))
+    records = [(record.get("id", _MISSING), record.get("prompt")) for record in iter_records(args.input, scores=False)]
     missing = [
-        number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str) or "id" not in record
+        number for number, (record_id, prompt) in enumerate(records, 1) if record_id is _MISSING or not isinstance(prompt, str)
     ]
     if missing:
         raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack an 'id' or a 'prompt' string")
     router = _load(args.router, args)
-    scores = score_all(router, [record["prompt"] for record in records], args.batch_size, f"score {args.router}")
+    scores = score_all(router, [str(prompt) for _, prompt in records], args.batch_size, f"score {args.router}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as output:
-        for record, value in zip(records, scores, strict=True):
-            output.write(json.dumps({"id": record["id"], "score": value}) + "\n")
+    opener = gzip.open if args.output.suffix == ".gz" else open  # a .gz name is read back as gzip
+    with opener(args.output, "wt", encoding="utf-8") as output:
+        for (record_id, _), value in zip(records, scores, strict=True):
+            output.write(json.dumps({"id": record_id, "score": value}) + "\n")
     print(f"wrote {len(scores)} scores to {args.output}")
     return 0
 

@@ -149,7 +149,7 @@ class Database:
         """The location without any password, for logs."""
         if self.path is not None:
             return f"sqlite:{self.path}"
-        parts = urlsplit(self.url)
+        parts = urlsplit(self.url)  # one that store_kind could read: no password left in its path
         host = parts.hostname or ""
         netloc = f"{parts.username}@{host}" if parts.username else host
         if parts.port:
@@ -283,9 +283,18 @@ class FeedbackStore:
         try:
             await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
         except queue.Full:
-            log.warning("feedback store %s: busy for %g s at shutdown: queued writes lost", self.database.describe(), timeout)
+            self._abandon(f"busy for {timeout:g} s at shutdown")
             return
         await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():
+            self._abandon(f"still writing {timeout:g} s after shutdown began")
+
+    def _abandon(self, why: str) -> None:
+        """Log and count the writes still queued as lost: the process exits without them."""
+        with self._queue.mutex:
+            left = sum(1 for item in self._queue.queue if item is not _STOP)
+        log.warning("feedback store %s: %s: %d queued writes lost", self.database.describe(), why, left)
+        fm.STORE_ERRORS.labels("unavailable").inc(left)
 
     def record(self, row: DecisionRow | JudgementRow, client: str = "") -> None:
         """Queue a row of a request from ``client``; when the queue is full it is dropped and

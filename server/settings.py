@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pydantic_settings
 import yaml
@@ -502,7 +502,23 @@ def store_kind(url: str) -> str:
     if kind not in ("sqlite", "postgresql", "postgres"):
         shown = f" '{scheme}://'" if scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""
         raise ValueError(f"has an unknown scheme{shown}: use a file path, sqlite:///path or postgresql://...")
-    return "sqlite" if kind == "sqlite" else "postgresql"
+    if kind == "sqlite":
+        return "sqlite"
+    parts = urlsplit(url)
+    if not _port_reads(parts) or "@" in parts.path + parts.query + parts.fragment:  # the host part ended in the password
+        raise ValueError(
+            "is not a postgresql:// URL that can be read; percent-encode any '/', '#', '?', '@' or ':' in its password"
+        )
+    return "postgresql"
+
+
+def _port_reads(parts: SplitResult) -> bool:
+    """Whether a URL's port is absent or a number (``postgresql://user:ab/cd@host`` reads ``ab`` as one)."""
+    try:
+        _ = parts.port
+    except ValueError:
+        return False
+    return True
 
 
 class SettingsError(Exception):

@@ -29,6 +29,9 @@ from server.targets import utc_day_start
 from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
+# request fields the shadow call leaves out: one answer is judged, so one is asked for (``n``); it is
+# not streamed, not stored with the client's completions, and not bought at another service tier
+_NOT_SHADOWED = frozenset({"stream", "stream_options", "n", "logprobs", "top_logprobs", "store", "metadata", "service_tier"})
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
 NO_SHADOW_HEADER = "x-routegate-no-shadow"
 TOOL_ROLES = frozenset({"tool", "function"})
@@ -200,7 +203,7 @@ class Shadower:
             fm.SHADOW_REQUESTS.labels(other, "no_answer").inc()
             return
         endpoint = self.tiers[other]
-        body = {key: value for key, value in job.payload.items() if key not in ("stream", "stream_options")}
+        body = {key: value for key, value in job.payload.items() if key not in _NOT_SHADOWED}
         try:
             completion = await self._call(endpoint, {**body, "model": endpoint.model}, job.request_id)
         except CallFailed as failure:
@@ -213,6 +216,9 @@ class Shadower:
         if not other_answer.strip():
             log.info("request_id=%s the %s tier's shadow answer is empty: not judged", job.request_id, other)
             fm.SHADOW_REQUESTS.labels(other, "no_answer").inc()
+            return
+        if self.budget.exhausted():  # the shadow answer may have spent the rest
+            fm.SHADOW_REQUESTS.labels(other, "over_budget").inc()
             return
         question = question_text(job.payload["messages"])
         orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))

@@ -157,6 +157,10 @@ def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
         messages=QUESTION,
         stream=True,
         stream_options={"include_usage": True},
+        n=1,
+        store=True,
+        metadata={"team": "search"},
+        service_tier="auto",
         extra_headers={"x-request-id": "req-strong-stream"},
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
@@ -164,6 +168,9 @@ def test_a_streamed_strong_answer_is_judged_on_the_text_the_client_got(
     assert text == "strong-0 strong-1 strong-2 strong-3 strong-4 "
     [shadow] = weak.received
     assert "stream" not in shadow.body and "stream_options" not in shadow.body
+    # one answer is judged, so one is asked for; none is stored or bought at another service tier
+    assert not {"n", "store", "metadata", "service_tier"} & set(shadow.body)
+    assert shadow.body["messages"] == QUESTION
     assert shadow.headers["authorization"] == f"Bearer {WEAK_KEY}"
     assert sorted(judge.shown()) == sorted([(text, "answer from weak"), ("answer from weak", text)])
     assert stored(db, "routegate_judgements", "req-strong-stream")[3:5] == ("strong", "other_better")
@@ -457,13 +464,25 @@ def test_a_full_shadow_queue_drops_and_counts(strong: FakeUpstream, weak: FakeUp
 def test_a_spent_shadow_budget_skips_shadowing(
     strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
 ) -> None:
-    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.000001")
+    # the shadow answer costs 0.00032 USD and the two judge calls 0.005: 0.001 is spent by the first job
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.001")
     with running_proxy(env, tmp_path) as proxy:
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
         wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the first judgement")
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)  # its cost spent the budget
         wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
         assert len(strong.received) == 1 and len(judge.received) == 2
+
+
+def test_a_shadow_answer_that_spends_the_budget_is_not_judged(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_daily_budget_usd="0.0001")
+    with running_proxy(env, tmp_path) as proxy:
+        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
+        assert len(strong.received) == 1 and not judge.received  # the 0.00032 USD answer spent it: no judge call
+        assert shadow_total(proxy, outcome="judged") == 0
 
 
 def test_the_shadow_budget_starts_again_each_utc_day() -> None:
@@ -497,12 +516,10 @@ def test_shadow_calls_without_usage_spend_the_budget_by_their_text(
     )
     with running_proxy(env, tmp_path) as proxy:
         client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
-        wait_until(lambda: shadow_total(proxy, outcome="judged") == 1, "the first judgement")
-        spent = metric_sum(proxy.metrics(), "routegate_shadow_cost_usd_total", kind="shadow", model="fake-strong")
-        assert spent > 0.000001  # estimated from the question's and the answer's text
-        client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
         wait_until(lambda: shadow_total(proxy, tier="strong", outcome="over_budget") == 1, "a skip for the budget")
-        assert len(strong.received) == 1
+        spent = metric_sum(proxy.metrics(), "routegate_shadow_cost_usd_total", kind="shadow", model="fake-strong")
+        assert spent > 0.000001  # estimated from the question's and the answer's text: it spent the budget
+        assert len(strong.received) == 1 and not judge.received
 
 
 def test_a_shadow_call_that_times_out_still_spends_its_prompt(

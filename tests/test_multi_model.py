@@ -140,7 +140,7 @@ def test_price_option_parsing():
     assert (prices["a"].input, prices["a"].output) == (1.0, 2.0)
     assert (prices["org/b"].input, prices["org/b"].output) == (0.5, 0.5)
     assert prices["a"].cost(1_000_000, 500_000) == pytest.approx(2.0)
-    for bad in ("a=x/1", "=1/2", "a=-1/2"):
+    for bad in ("a=x/1", "=1/2", "a=-1/2", "a=nan/1", "a=1/inf"):
         with pytest.raises(ValueError, match="MODEL=INPUT/OUTPUT"):
             parse_prices(bad)
 
@@ -353,6 +353,15 @@ def test_an_unreadable_redis_url_is_refused_without_its_password(monkeypatch):  
     with pytest.raises(SettingsError, match="percent-encode") as error:
         _settings(monkeypatch, REDIS_URL="redis://:Zm9v/YmFy@127.0.0.1:6379/0")  # a base64 password with a '/'
     assert "Zm9v" not in str(error.value) and "YmFy" not in str(error.value)
+
+
+@pytest.mark.parametrize("password", ["Zm9v/YmFy", "Zm9v?YmFy", "Zm9v#YmFy", "ab/cd"])
+def test_an_unreadable_feedback_db_url_is_refused_without_its_password(monkeypatch, password):  # type: ignore[no-untyped-def]
+    from server.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="percent-encode") as error:
+        _settings(monkeypatch, FEEDBACK_DB=f"postgresql://routegate:{password}@127.0.0.1:5432/feedback")
+    assert not any(part in str(error.value) for part in password.replace("?", "/").replace("#", "/").split("/"))
 
 
 @pytest.mark.parametrize(

@@ -445,6 +445,11 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--epochs", "0"], "--epochs: must be a whole number"),
         (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--limit", "-1"], "--limit: must be a whole number"),
         (["train", "bert", "--data", "{data}", "--out", "{out}", "--lr", "nan"], "--lr: must be a number above 0"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--dropout", "1.5"], "--dropout: must be a number from 0"),
+        (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--tau", "nan"], "--tau: must be a number above 0"),
+        (["train", "lookahead", "--data", "{data}", "--out", "{out}", "--threads", "0"], "--threads: must be a whole number"),
+        (["train", "bert", "--data", "{one_model}", "--out", "{out}"], "no record scores two of the"),
+        (["eval", "--leave-one-out", "--router", "mf", "--train-options", "mf --epochs 2"], "takes ROUTER=OPTIONS items"),
         (
             ["score", "--router", "mf", "--input", "{data}", "--output", "{out}"]
             + ["--strong", "gpt-4o", "--weak", "gpt-4o-2024-05-13"],
@@ -458,10 +463,11 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
 def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[str], said: str) -> None:
     """Each would otherwise train on nothing the user meant, score a model against itself (0.5 for
     every prompt), or stop on a traceback."""
-    data, unprompted = tmp_path / "records.jsonl", tmp_path / "unprompted.jsonl"
+    data, unprompted, one_model = tmp_path / "records.jsonl", tmp_path / "unprompted.jsonl", tmp_path / "one.jsonl"
     data.write_text("\n".join(RECORD.format(id=n, split=("train", "dev")[n % 2]) for n in range(8)) + "\n")
+    one_model.write_text('{"id": "0", "prompt": "question", "split": "train", "scores": {"a": 1}}\n')
     unprompted.write_text(RECORD.format(id=0, split="train") + '\n{"id": "1", "split": "train", "scores": {"a": 1, "b": 0}}\n')
-    command = [part.format(data=data, unprompted=unprompted, out=tmp_path / "out") for part in argv]
+    command = [part.format(data=data, unprompted=unprompted, one_model=one_model, out=tmp_path / "out") for part in argv]
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "router.json").exists()
@@ -539,6 +545,9 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     prompt_log = tmp_path / "log.jsonl"  # scores that are not 0-1 outcomes: score and calibrate read prompts only
     prompt_log.write_text('{"id": "a", "prompt": "x", "scores": null}\n{"id": "b", "prompt": "y", "scores": {"stars": 7}}\n')
     assert main(["score", "--router", "random", "--input", str(prompt_log), "--output", str(tmp_path / "s.jsonl")]) == 0
+    assert main(["score", "--router", "random", "--input", str(prompt_log), "--output", str(tmp_path / "s.jsonl.gz")]) == 0
+    written = [(record["id"], record["score"]) for record in iter_records(tmp_path / "s.jsonl.gz", scores=False)]
+    assert [record_id for record_id, _ in written] == ["a", "b"] and all(0 <= score <= 1 for _, score in written)
     assert main(["calibrate", "--router", "random", "--data", str(prompt_log), "--split", "all", "--strong-fraction", "0.5"]) == 0
 
 

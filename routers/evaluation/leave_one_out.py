@@ -156,6 +156,8 @@ def parse_train_options(items: list[str]) -> dict[str, list[str]]:
     """``ROUTER=OPTIONS`` items -> {router: [option, ...]}."""
     options: dict[str, list[str]] = {}
     for item in items:
-        router, _, text = item.partition("=")
+        router, equals, text = item.partition("=")
+        if not equals or not router:
+            raise SystemExit(f"routegate eval: --train-options takes ROUTER=OPTIONS items, not {item!r}")
         options[router] = shlex.split(text)
     return options

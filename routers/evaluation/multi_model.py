@@ -20,6 +20,8 @@ models, on one record file's dev split.
 from __future__ import annotations
 
 import argparse
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,8 @@ def resolve_models(spec: str, records: list[Record]) -> list[str]:
     """The file's spelling of each ``--models`` name (``all``: every model scored on every record)."""
     known = sorted(set.intersection(*(set(record["scores"]) for record in records)))
     if spec.strip() == "all":
+        if len(known) < 2:
+            raise SystemExit(f"routegate eval: --models all needs two models scored on every record; those are {known}")
         return known
     models = []
     for asked in filter(None, (part.strip() for part in spec.split(","))):
@@ -77,16 +81,32 @@ def resolve_models(spec: str, records: list[Record]) -> list[str]:
     return models
 
 
+def _field(record: object, name: str) -> dict:
+    """``record[name]`` when both are objects, else an empty one (a ``null`` or missing field)."""
+    value = record.get(name) if isinstance(record, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _is_price(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
 def prompt_costs(
     records: list[Record], models: list[str], prices: dict[str, Price], output_tokens: int | None
 ) -> tuple[np.ndarray, str]:
     """(prompts, models) USD per call and a note on where the numbers come from."""
-    if all(set(models) <= set(record.get("meta", {}).get("cost", {})) for record in records):
-        return np.array([[record["meta"]["cost"][model] for model in models] for record in records]), "meta.cost of the file"
+    if all(set(models) <= set(_field(_field(record, "meta"), "cost")) for record in records):
+        costs = np.array([[record["meta"]["cost"][model] for model in models] for record in records], dtype=object)
+        if not all(_is_price(value) for value in costs.flat):
+            raise SystemExit("routegate eval: meta.cost holds a value that is not a number of USD at least 0")
+        return costs.astype(float), "meta.cost of the file"
     missing = [model for model in models if model not in prices]
     if missing:
         raise SystemExit(f"routegate eval: no list price for {missing}; give them with --prices MODEL=IN/OUT,...")
-    with_responses = output_tokens is None and all(set(models) <= set(record.get("responses", {})) for record in records)
+    with_responses = output_tokens is None and all(
+        set(models) <= set(_field(record, "responses")) and all(isinstance(record["responses"][model], str) for model in models)
+        for record in records
+    )
     fixed = output_tokens or DEFAULT_OUTPUT_TOKENS
     costs = np.array(
         [
@@ -145,8 +165,18 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
     if not data.train_prompts:
         raise SystemExit(f"routegate eval: {data.name} has no train records for the kNN baseline")
     train, query = encode(data.train_prompts, device, progress=True), encode(data.prompts, device, progress=True)
-    nearest = np.argsort(-(query @ train.T), axis=1)[:, :k]
-    return np.nanmean(data.train_quality[nearest], axis=1)
+    similarity = query @ train.T
+    positions: dict[str, list[int]] = {}
+    for position, prompt in enumerate(data.train_prompts):
+        positions.setdefault(prompt, []).append(position)
+    for row, prompt in enumerate(data.prompts):  # a prompt evaluated is never its own neighbour (--split all)
+        similarity[row, positions.get(prompt, [])] = -np.inf
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    with warnings.catch_warnings():  # a model none of the neighbours scored: its mean over the train split
+        warnings.simplefilter("ignore", RuntimeWarning)
+        predicted = np.nanmean(data.train_quality[nearest], axis=1)
+        overall = np.nan_to_num(np.nanmean(data.train_quality, axis=0))  # 0 for a model no train record scores
+    return np.where(np.isnan(predicted), overall, predicted)
 
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:

@@ -19,6 +19,7 @@ those instead of this table.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -148,7 +149,7 @@ def parse_prices(spec: str) -> dict[str, Price]:
             price = Price(float(input_usd), float(output_usd or input_usd), "--prices")
         except ValueError:
             raise ValueError(f"bad price {entry!r}: expected MODEL=INPUT/OUTPUT (USD per 1M tokens)") from None
-        if not model or price.input < 0 or price.output < 0:
+        if not model or not (0 <= price.input < math.inf and 0 <= price.output < math.inf):  # NaN fails too
             raise ValueError(f"bad price {entry!r}: expected MODEL=INPUT/OUTPUT (USD per 1M tokens)")
         prices[model] = price
     return prices

@@ -147,7 +147,7 @@ def train(
     net.train()
     progress = tqdm(range(steps), desc="training" + (" lookahead" if reconstruction else " MLC"), unit="step", mininterval=5)
     for step in progress:
-        if len(order) < batch_size:
+        while len(order) < batch_size:  # fewer items than a batch: each pass over them in a new order
             order += rng.sample(range(len(items)), len(items))
         batch_items = [items[order.pop()] for _ in range(batch_size)]
         ratio = mask_ratio(step, steps, mask_start, mask_full_at)
@@ -180,7 +180,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconstruction-weight", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 beats 2 on a busy 2-core machine: no OpenMP spin-waits)"
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (1 beats 2 on a busy 2-core machine: no OpenMP spin-waits)",
     )
 
 

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from routers.arguments import positive_float, positive_int
+from routers.arguments import positive_float, positive_int, probability
 from routers.checkpoint import published_path, write_manifest
 from routers.data import Record, RecordError, load_records
 from routers.embedding import cached_encode, resolve_device
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=256, help="prompts per step (with all their comparisons)")
     parser.add_argument("--lr", type=positive_float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--dropout", type=probability, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--neighbour-weight",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from routers.arguments import positive_int
+from routers.arguments import positive_float, positive_int
 from routers.checkpoint import published_path, write_manifest
 from routers.data import sample_records
 from routers.features import FEATURE_NAMES
@@ -16,8 +16,12 @@ from routers.training.pairwise import add_training_data_arguments, load_training
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train sw_ranking``."""
     add_training_data_arguments(parser)
-    parser.add_argument("--tau", type=float, default=TAU, help="similarity sharpness: weight = exp(tau * (sim - max_sim))")
-    parser.add_argument("--ridge", type=float, default=RIDGE, help="pull of each prompt's margin toward the pair's overall rate")
+    parser.add_argument(
+        "--tau", type=positive_float, default=TAU, help="similarity sharpness: weight = exp(tau * (sim - max_sim))"
+    )
+    parser.add_argument(
+        "--ridge", type=positive_float, default=RIDGE, help="pull of each prompt's margin toward the pair's overall rate"
+    )
     parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT, help="weight of the structural features")
     parser.add_argument("--dims", type=positive_int, default=DIMS, help="principal components of the embedding in the similarity")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
@@ -25,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Write ``neighbours.npz`` and ``router.json`` into ``args.out``."""
-    if args.dims < 1 or args.ridge <= 0 or args.tau <= 0:
-        raise SystemExit("routegate train sw_ranking: --dims, --ridge and --tau must be positive")
     every_record = {path: load_training_records([path]) for path in args.data}
     records_by_file = {path: sample_records(records, args.limit) for path, records in every_record.items()}
     # format failures are judged on every train record of a file, as mf's are, not on --limit's sample

@@ -94,6 +94,8 @@ def build_comparisons(records: list[Record], models: list[str] | None = None) ->
             model_b.append(b)
             target.append((1.0 + score_a - score_b) / 2.0)
             weight.append(1.0 / len(pairs))
+    if not weight:
+        raise RecordError(f"no record scores two of the {len(models)} models compared: nothing to learn")
     return Comparisons(
         prompts=[record["prompt"] for record in records],
         models=models,

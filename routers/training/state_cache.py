@@ -7,6 +7,7 @@ so a retrain with other options skips the frozen network.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -28,5 +29,9 @@ def cached_states(
     for start in tqdm(range(0, len(todo), batch_size), desc=description, unit="batch"):
         batch = todo[start : start + batch_size]
         for prompt, state in zip(batch, compute(batch), strict=True):
-            np.save(cache / f"{text_key(prompt)}.npy", state)
+            path = cache / f"{text_key(prompt)}.npy"
+            partial = path.with_suffix(f".{os.getpid()}.tmp")  # a run killed mid-write leaves no broken entry
+            with partial.open("wb") as file:
+                np.save(file, state)
+            partial.replace(path)
     return [np.load(path) for path in paths]
