@@ -94,7 +94,7 @@ def record_of(row: tuple) -> dict[str, Any] | None:
         return None
     models = {"strong": strong_model, "weak": weak_model}
     scores: dict[str, float] = {}
-    if verdict in VERDICT_SCORES:
+    if verdict in VERDICT_SCORES and strong_model != weak_model:  # one model behind two URLs compares nothing
         chosen, other = VERDICT_SCORES[verdict]
         scores = {models[chosen_tier]: chosen, models["weak" if chosen_tier == "strong" else "strong"]: other}
     elif feedback_score is not None:

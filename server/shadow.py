@@ -292,8 +292,8 @@ class Shadower:
                 ) as response:
                     async for chunk in response.aiter_raw():
                         size += len(chunk)
-                        if size > self.max_response_bytes:
-                            raise CallFailed("answer too large", size)
+                        if size > self.max_response_bytes:  # only an answer, not an error, may be billed
+                            raise CallFailed("answer too large", size if response.is_success else None)
                         chunks.append(chunk)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:  # the endpoint never had the request
             raise CallFailed(type(error).__name__) from None

@@ -19,7 +19,9 @@ from tests.test_feedback_store import database  # noqa: F401  (fixture)
 NOW = time.time()
 
 
-def decision(request_id: str, tier: str, prompt: str | None, created_at: float = NOW) -> DecisionRow:
+def decision(
+    request_id: str, tier: str, prompt: str | None, created_at: float = NOW, models: tuple[str, str] = ("m-strong", "m-weak")
+) -> DecisionRow:
     return DecisionRow(
         request_id,
         created_at,
@@ -29,8 +31,7 @@ def decision(request_id: str, tier: str, prompt: str | None, created_at: float =
         0.5,
         tier,
         f"m-{tier}",
-        "m-strong",
-        "m-weak",
+        *models,
         11,
         7,
         1e-5,
@@ -100,6 +101,20 @@ async def test_export_writes_shared_data_records(database: Database, tmp_path: P
         assert record["source"] == "feedback" and record["prompt"]
     assert records["r-strong-win"]["prompt"] == "hard question"
     assert records["r-repeat-0"]["split"] == records["r-repeat-8"]["split"] == "dev"  # one question, one split
+
+
+async def test_a_verdict_between_one_model_behind_two_urls_is_not_exported(database: Database, tmp_path: Path) -> None:  # noqa: F811
+    store = FeedbackStore(database, retention_days=30, queue_size=10)
+    store.start()
+    for request_id in ("r-judged", "r-rated"):
+        store.record(decision(request_id, "weak", f"asked {request_id}", models=("m-same", "m-same")))
+    store.record(judgement("r-judged", "weak", "other_better"))  # the model against itself: nothing to learn
+    assert await store.record_feedback(FeedbackRow("r-rated", NOW, 1.0, "up", None))
+    await store.aclose()
+    out = tmp_path / "feedback.jsonl"
+    routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(record["id"], record["scores"]) for record in records] == [("r-rated", {"m-same": 1.0})]
 
 
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811
