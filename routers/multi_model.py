@@ -88,17 +88,48 @@ def picked(values: np.ndarray, choice: np.ndarray) -> np.ndarray:
     return np.asarray(values)[np.arange(len(choice)), choice]
 
 
+def cost_share_curve(
+    beaten: np.ndarray, costs: np.ndarray, best: int, prices: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every threshold at which the routing of these prompts changes, from "cheapest routing" to
+    "all to ``best``" (descending, ending at 0), and the share of the all-best cost each spends.
+    ``costs`` is (prompts, models) in USD; ``prices`` orders the candidates as the routing does
+    (default: each model's mean cost).
+
+    Exact and without routing the prompts once per threshold: a prompt's choice at ``t`` is the
+    first candidate whose running minimum of ``beaten`` is below ``t`` (``change_points``), so
+    lowering ``t`` to one of its running minima moves it one candidate on, and the cost curve is
+    the cumulative sum of those moves."""
+    beaten, costs = np.asarray(beaten, dtype=np.float64), np.asarray(costs, dtype=np.float64)
+    order = price_order(costs.mean(axis=0) if prices is None else prices)
+    upto = int(np.nonzero(order == best)[0][0])
+    all_best = costs[:, best].sum() or 1.0
+    cheapest = np.concatenate([costs[:, order[:upto]], costs[:, [best]]], axis=1)  # the cost at each candidate
+    if upto == 0:  # the most capable is the cheapest: every threshold sends every prompt to it
+        return np.array([1.0, 0.0]), np.full(2, cheapest[:, 0].sum() / all_best)
+    running = np.minimum.accumulate(beaten[:, order[:upto]], axis=1)
+    points, where = np.unique(running.ravel(), return_inverse=True)
+    moved = np.bincount(where.ravel(), weights=np.diff(cheapest, axis=1).ravel(), minlength=len(points))
+    points, spent = points[::-1], (cheapest[:, 0].sum() + np.cumsum(moved[::-1])) / all_best
+    top = min(1.0, float(np.nextafter(points[0], 2.0)))
+    if top > points[0]:  # above every running minimum: the cheapest routing
+        points, spent = np.concatenate([[top], points]), np.concatenate([[cheapest[:, 0].sum() / all_best], spent])
+    if points[-1] > 0.0:  # below every running minimum: all to best, as at the lowest one
+        points, spent = np.append(points, 0.0), np.append(spent, spent[-1])
+    return points, spent
+
+
+def threshold_for_share(curve: tuple[np.ndarray, np.ndarray], share: float) -> float:
+    """The threshold of a ``cost_share_curve`` that spends closest to ``share`` (ties: the cheaper routing)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError("share must be in [0, 1]")
+    thresholds, spent = curve
+    return float(thresholds[int(np.argmin(np.abs(spent - share)))])
+
+
 def threshold_for_cost_share(
     beaten: np.ndarray, costs: np.ndarray, best: int, share: float, prices: Sequence[float] | None = None
 ) -> float:
     """The threshold whose routing of these prompts costs closest to ``share`` of sending every
-    prompt to ``best`` (ties: the cheaper routing). ``costs`` is (prompts, models) in USD;
-    ``prices`` orders the candidates as the routing does (default: each model's mean cost)."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError("share must be in [0, 1]")
-    costs = np.asarray(costs, dtype=np.float64)
-    prices = costs.mean(axis=0) if prices is None else prices
-    all_best = costs[:, best].sum()
-    thresholds, choices = sweep(beaten, prices, best, limit=2000)
-    spent = np.array([picked(costs, choice).sum() for choice in choices]) / (all_best or 1.0)
-    return float(thresholds[int(np.argmin(np.abs(spent - share)))])
+    prompt to ``best`` (ties: the cheaper routing); see ``cost_share_curve``."""
+    return threshold_for_share(cost_share_curve(beaten, costs, best, prices), share)

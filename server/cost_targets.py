@@ -6,8 +6,9 @@ One ``CostShareController`` per router and target, per process (with Redis, repl
 share it; the two-tier controllers of server/shared_targets.py are unchanged). It keeps the
 ``window`` most recent prompts' probabilities of being beaten by the most capable model; its
 threshold is the one whose routing of that window spends the wanted share of the all-best cost
-(``routers.multi_model.threshold_for_cost_share``), each prompt costed at each model with the mean
-token counts answered so far. Feedback from the realised share (each answered request's cost over
+(``routers.multi_model.cost_share_curve``, computed again every 2% of the window, and read for the
+share wanted on each request), each prompt costed at each model with the mean token counts
+answered so far. Feedback from the realised share (each answered request's cost over
 what the most capable model would have charged for its tokens) corrects the share asked, as the
 two-tier controller's feedback does. Until prompts arrive the threshold is ``1 - share``.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from routers.multi_model import threshold_for_cost_share
+from routers.multi_model import cost_share_curve, threshold_for_share
 from server.targets import RouteKey, make_room
 
 #: window growth (as a share of the window) after which the threshold is computed again
@@ -39,8 +40,8 @@ class CostShareController:
         self._gain = 4.0 / feedback_horizon
         self._debt = 0.0  # leaky sum of (wanted - realised) cost shares
         self._step = max(1, round(window * RECOMPUTE_EVERY))
-        self._cached: tuple[float, float] | None = None  # (wanted share, threshold)
-        self._unseen = 0  # prompts observed since the cached threshold
+        self._curve: tuple[np.ndarray, np.ndarray] | None = None  # thresholds and the cost shares they spend
+        self._unseen = 0  # prompts observed since the curve
 
     def threshold(self, share: float, unit_costs: Sequence[float], prices: Sequence[float]) -> float:
         """The threshold that spends ``share`` (corrected by the feedback) of the all-best cost,
@@ -51,13 +52,12 @@ class CostShareController:
         wanted = min(1.0, max(0.0, share + self._gain * self._debt))
         if not self._beaten:
             return 1.0 - wanted
-        cached = self._cached
-        if cached is None or self._unseen >= self._step or abs(cached[0] - wanted) > 0.005:
+        if self._curve is None or self._unseen >= self._step:  # the feedback moves ``wanted`` along it
             beaten = np.array(self._beaten)
             costs = np.tile(np.asarray(unit_costs, dtype=np.float64), (len(beaten), 1))
-            self._cached = cached = (wanted, threshold_for_cost_share(beaten, costs, self.best, wanted, prices))
+            self._curve = cost_share_curve(beaten, costs, self.best, prices)
             self._unseen = 0
-        return cached[1]
+        return threshold_for_share(self._curve, wanted)
 
     def observe(self, beaten: Sequence[float]) -> None:
         """A scored prompt's P(most capable beats m) per model joins the window."""

@@ -22,7 +22,7 @@ from server.settings import SettingsError, load_settings
 if TYPE_CHECKING:
     from server.feedback_store import Database
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()  # the last printable date
 VERDICT_SCORES = {"chosen_better": (1.0, 0.0), "tie": (0.5, 0.5), "other_better": (0.0, 1.0)}

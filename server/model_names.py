@@ -11,8 +11,8 @@ from server.errors import APIError, bad_request
 from server.ladder import Ladder
 from server.settings import Settings
 
-ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)$")
-THRESHOLD = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$")  # ASCII digits, no sign, exponent or spaces: float() takes more
+ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)\Z")
+THRESHOLD = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")  # ASCII digits, no sign, exponent or spaces: float() takes more
 DEFAULT_ALIAS = "auto"
 
 

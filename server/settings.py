@@ -190,7 +190,13 @@ class Settings(BaseSettings):
     conversation_turns: int = Field(4, ge=1, description="messages scored with route_on=conversation")
     max_router_chars: int = Field(4000, ge=1, description="characters of routed text given to the router")
     sticky_max_conversations: int = Field(100_000, ge=1, description="conversations remembered as strong (route_on=sticky)")
-    sticky_ttl_seconds: float = Field(3600.0, gt=0, description="a sticky conversation is forgotten after this idle time")
+    sticky_ttl_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=86400,
+        description="a sticky conversation is forgotten after this idle time (at most a day: in Redis, "
+        "conversations must expire before the target windows and the day's budget, which an eviction takes last)",
+    )
 
     target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
     target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
@@ -335,8 +341,12 @@ class Settings(BaseSettings):
     def _redis_url_parses(cls, url: SecretStr | None) -> SecretStr | None:
         """A URL redis-py can read; its own error would quote part of the password."""
         if url is not None:
+            value = url.get_secret_value()
             try:
-                parse_url(url.get_secret_value())
+                parse_url(value)
+                parts = urlsplit(value)
+                if parts.scheme != "unix" and "@" in parts.path + parts.query + parts.fragment:  # the host ended in the password
+                    raise ValueError
             except ValueError:
                 raise ValueError(
                     "is not a redis://, rediss:// or unix:// URL that can be read; "

@@ -333,9 +333,9 @@ class SharedTargets:
             if kind == "empty" and not seeds and (seeds := self.local.seeds(router)):
                 kind, value = await run(seeds)  # Redis lost the route without an error (a restart, a failover)
         except SharedStateUnavailable as unavailable:
+            if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
+                controller.forget_debt()
             if not unavailable.busy:  # Redis failed, not only this process's connections were busy
-                if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
-                    controller.forget_debt()
                 self._seeded.discard(route)  # Redis may come back empty
             return TargetDecision(target, effective, controller.threshold(effective))
         self._seeded.add(route)

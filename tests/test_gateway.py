@@ -384,6 +384,9 @@ def test_unknown_model_is_404_listing_valid_names(proxy: Proxy):
     assert error["code"] == "model_not_found" and error["param"] == "model"
     for name in ("auto", "router-random-0.5", STRONG_MODEL, WEAK_MODEL):
         assert name in error["message"]
+    with pytest.raises(openai.BadRequestError) as raised:  # no line break after a threshold either
+        client(proxy).chat.completions.create(model="router-random-0.5\n", messages=MESSAGES)
+    assert raised.value.body["code"] == "invalid_threshold"
 
 
 def test_models_endpoint_lists_routers_aliases_and_upstreams(proxy: Proxy):

@@ -12,6 +12,7 @@ from routers.multi_model import (
     beaten_from_scores,
     change_points,
     choose,
+    cost_share_curve,
     most_capable,
     sweep,
     threshold_for_cost_share,
@@ -107,6 +108,29 @@ def test_a_cost_target_steers_the_model_order_that_routing_uses():
         threshold = targets.threshold("mf", 0.2, share)
         chosen = choose(beaten, [sum(price) for price in prices], 2, threshold)
         assert unit[chosen].sum() / (unit[2] * 400) == pytest.approx(share, abs=0.002)
+
+
+def test_the_cost_share_curve_is_what_routing_at_each_threshold_spends():
+    """Each point of the curve is the spend of ``choose`` at that threshold, for any price order,
+    ties in ``beaten`` and a most capable model anywhere in the order; between points it does not change."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        prompts, models = int(rng.integers(1, 30)), int(rng.integers(2, 6))
+        best = int(rng.integers(0, models))
+        beaten = rng.random((prompts, models)).round(int(rng.integers(1, 3)))  # one or two decimals: ties
+        beaten[:, best] = 0.5
+        costs = rng.random((prompts, models)) * np.arange(1, models + 1)
+        prices = rng.permutation(models).astype(float)
+        thresholds, spent = cost_share_curve(beaten, costs, best, prices)
+        assert thresholds[0] <= 1.0 and thresholds[-1] == 0.0 and (np.diff(thresholds) < 0).all()
+        for threshold, share in zip(thresholds, spent, strict=True):
+            routed = costs[np.arange(prompts), choose(beaten, prices, best, threshold)].sum() / costs[:, best].sum()
+            assert routed == pytest.approx(share)
+        between = (thresholds[:-1] + thresholds[1:]) / 2  # a threshold between two points spends as the higher one
+        strictly = (between < thresholds[:-1]) & (between > thresholds[1:])  # not two neighbouring floats
+        for threshold, share in zip(between[strictly], spent[:-1][strictly], strict=True):
+            routed = costs[np.arange(prompts), choose(beaten, prices, best, threshold)].sum() / costs[:, best].sum()
+            assert routed == pytest.approx(share)
 
 
 def test_cost_share_spends_about_the_share():
@@ -353,6 +377,9 @@ def test_an_unreadable_redis_url_is_refused_without_its_password(monkeypatch):  
     with pytest.raises(SettingsError, match="percent-encode") as error:
         _settings(monkeypatch, REDIS_URL="redis://:Zm9v/YmFy@127.0.0.1:6379/0")  # a base64 password with a '/'
     assert "Zm9v" not in str(error.value) and "YmFy" not in str(error.value)
+    with pytest.raises(SettingsError, match="percent-encode") as error:  # redis-py reads 123 as a port on localhost
+        _settings(monkeypatch, REDIS_URL="redis://:123/abc@redis:6379/0")
+    assert "123" not in str(error.value) and "abc" not in str(error.value)
 
 
 @pytest.mark.parametrize("password", ["Zm9v/YmFy", "Zm9v?YmFy", "Zm9v#YmFy", "ab/cd"])

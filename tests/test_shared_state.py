@@ -572,6 +572,32 @@ async def test_a_burst_beyond_the_connection_pool_is_not_taken_for_a_failed_redi
     await state.aclose()
 
 
+async def test_a_busy_redis_leaves_the_route_to_this_replicas_window_without_its_slice_debt(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """While Redis decides, this replica's own slice of decisions may be all strong (it got the hard
+    prompts): a decision that finds every connection busy uses this replica's window at the share
+    wanted, not a feedback debt run up by decisions the shared controller made."""
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "slice:", 0.3, 5.0, 1)
+    targets = SharedTargets(Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path), state)
+    await targets.decide("mf", 0.3)  # Redis decides this route
+    scores = [index / 199 for index in range(200)]
+    for score in scores:
+        await targets.record("mf", 0.3, 0.3, True, score)  # every one of this slice went strong
+    await state._slots.acquire()  # the process's one connection is in use for longer than the deadline
+    try:
+        decision = await targets.decide("mf", 0.3)
+    finally:
+        state._slots.release()
+    assert decision.threshold == pytest.approx(sorted(scores)[140])  # 60 of the 200 (30%) at or above it
+    assert state.up
+    await state.aclose()
+
+
 async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server: RedisServer, tmp_path: Path) -> None:
     """A restart without persistence or a failover to an empty replica raises nothing: the next
     decision finds the window empty and fills it from the calibration again."""
