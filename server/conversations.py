@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,9 +84,14 @@ class StickyStore:
         self._expiry.move_to_end(key)
         return kept[1]
 
-    def remember(self, key: str, upstream: str = "1") -> None:
-        """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl`` seconds."""
+    def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
+        """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
+        seconds; with ``order`` (the models from least to most capable), one remembered with a
+        more capable model keeps it."""
         now = self._clock()
+        kept = self._expiry.get(key)
+        if kept is not None and kept[0] > now and _rank(kept[1], order) > _rank(upstream, order):
+            upstream = kept[1]
         self._expiry[key] = (now + self.ttl, upstream)
         self._expiry.move_to_end(key)
         while self._expiry:
@@ -94,3 +99,8 @@ class StickyStore:
             if len(self._expiry) <= self.max_size and expiry > now:
                 break
             del self._expiry[oldest]
+
+
+def _rank(upstream: str, order: Sequence[str]) -> int:
+    """``upstream``'s place in ``order`` (least capable first); -1 when it is not there."""
+    return order.index(upstream) if upstream in order else -1

@@ -133,7 +133,7 @@ class Recorder:
             if self.ladder.pair and kept == self.ladder.best:
                 await self.sticky.remember(decision.sticky_key)
             elif not self.ladder.pair and self.ladder.rank(kept) > 0:  # later turns: never a less capable one
-                await self.sticky.remember(decision.sticky_key, kept)
+                await self.sticky.remember(decision.sticky_key, kept, self.ladder.by_capability())
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None and decision.reason == "score":  # a threshold route's own choice, fallback or not
             metrics.THRESHOLD_DECISIONS.labels(decision.router, decision.chosen).inc()

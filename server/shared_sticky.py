@@ -5,15 +5,36 @@ key's value), read back by ``recall`` with one ``GETEX`` that also refreshes the
 
 ``SharedSticky`` is the async face of the sticky memory that the proxy uses. Without Redis it is
 the process's ``StickyStore``. With Redis, ``remember`` sets ``<prefix>sticky:<key>`` for
-``ttl`` seconds and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
+``ttl`` seconds (with more than two models, in a Lua script that never lowers the model it holds) and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
 exists: one atomic round trip); the in-process store is kept too, so that a conversation this
 process saw stays sticky while Redis is down or after it lost its data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from server.conversations import StickyStore
 from server.shared_state import SharedState, SharedStateUnavailable
+
+# KEYS[1] the conversation; ARGV[1] the upstream that answered it, ARGV[2] the TTL in ms, ARGV[3..]
+# the models from least to most capable. A turn answered by a less capable model than the one
+# remembered (two turns of one conversation at once) refreshes the TTL and keeps the more capable.
+RAISE = """
+local function rank(name)
+  for index = 3, #ARGV do
+    if ARGV[index] == name then return index end
+  end
+  return 0
+end
+local current = redis.call('GET', KEYS[1])
+if current and rank(current) > rank(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return current
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
 
 
 class SharedSticky:
@@ -23,6 +44,7 @@ class SharedSticky:
         self.local = local
         self.state = state
         self._ttl_ms = max(1, round(local.ttl * 1000))
+        self._raise = state.script(RAISE) if state is not None else None
 
     def __len__(self) -> int:
         """Conversations this process remembers."""
@@ -60,14 +82,16 @@ class SharedSticky:
             self.local.remember(key, str(known_shared))
         return str(known_shared) if known_shared is not None else known_here
 
-    async def remember(self, key: str, upstream: str = "1") -> None:
+    async def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
-        seconds, here and in Redis."""
-        self.local.remember(key, upstream)
-        if self.state is None:
+        seconds, here and in Redis; with ``order`` (the models from least to most capable), one
+        remembered with a more capable model keeps it."""
+        self.local.remember(key, upstream, order)
+        if self.state is None or self._raise is None:
             return
-        redis, name = self.state.redis, self.state.key("sticky", key)
+        name, raise_to = self.state.key("sticky", key), self._raise
+        args: list[str | int] = [upstream, self._ttl_ms, *order]
         try:
-            await self.state.run("sticky_set", lambda: redis.set(name, upstream, px=self._ttl_ms))
+            await self.state.run("sticky_set", lambda: raise_to(keys=[name], args=args))
         except SharedStateUnavailable:
             pass

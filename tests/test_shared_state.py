@@ -598,6 +598,27 @@ async def test_a_busy_redis_leaves_the_route_to_this_replicas_window_without_its
     await state.aclose()
 
 
+async def test_a_conversation_kept_in_redis_never_goes_back_to_a_less_capable_model(redis_server: RedisServer) -> None:
+    """Two replicas answer turns of one conversation at once with different models: whichever
+    remembers last, Redis keeps the more capable one."""
+    from server.conversations import StickyStore
+    from server.shared_state import SharedState
+    from server.shared_sticky import SharedSticky
+
+    state = SharedState(redis_server.url, "raise:", 1.0, 1.0, 4)
+    first, second = (SharedSticky(StickyStore(100, 60.0), state) for _ in range(2))
+    order = ["small", "medium", "large"]
+    await first.remember("conversation", "large", order)
+    await second.remember("conversation", "medium", order)  # this replica never saw the large turn
+    assert redis_server.client().get("raise:sticky:conversation") == "large"
+    assert 0 < redis_server.client().pttl("raise:sticky:conversation") <= 60_000
+    assert await SharedSticky(StickyStore(100, 60.0), state).recall("conversation") == "large"
+    await second.remember("conversation", "large", order)
+    await first.remember("conversation", "small", ["small", "large"])  # a name the order ranks lower
+    assert redis_server.client().get("raise:sticky:conversation") == "large"
+    await state.aclose()
+
+
 async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server: RedisServer, tmp_path: Path) -> None:
     """A restart without persistence or a failover to an empty replica raises nothing: the next
     decision finds the window empty and fills it from the calibration again."""

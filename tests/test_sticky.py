@@ -107,6 +107,22 @@ def test_store_forgets_after_ttl_and_keeps_at_most_max_size() -> None:
     assert len(store) == 2 and not store.is_strong("x") and store.is_strong("z")
 
 
+def test_a_conversation_never_goes_back_to_a_less_capable_model() -> None:
+    """Two turns of one conversation at once, answered by different models: whichever ends last,
+    the more capable model is the one remembered (models from least to most capable)."""
+    now = [0.0]
+    store = StickyStore(max_size=10, ttl=10.0, clock=lambda: now[0])
+    order = ["small", "medium", "large"]
+    store.remember("c", "large", order)
+    store.remember("c", "medium", order)  # the turn that ended last got a less capable model
+    assert store.recall("c") == "large"
+    store.remember("c", "medium")  # without an order: as given
+    assert store.recall("c") == "medium"
+    now[0] = 30.0  # expired: a new conversation
+    store.remember("c", "small", order)
+    assert store.recall("c") == "small"
+
+
 def test_hash_keys_chain_turns_and_ignore_unrelated_fields() -> None:
     first = [{"role": "user", "content": "hi"}]
     keys = conversation_keys(first, None)
