@@ -5,7 +5,8 @@ key's value), read back by ``recall`` with one ``GETEX`` that also refreshes the
 
 ``SharedSticky`` is the async face of the sticky memory that the proxy uses. Without Redis it is
 the process's ``StickyStore``. With Redis, ``remember`` sets ``<prefix>sticky:<key>`` for
-``ttl`` seconds (with more than two models, in a Lua script that never lowers the model it holds) and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
+``ttl`` seconds (in a Lua script that never lowers the model it holds, with more than two models)
+and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
 exists: one atomic round trip); the in-process store is kept too, so that a conversation this
 process saw stays sticky while Redis is down or after it lost its data.
 """
