@@ -72,12 +72,14 @@ end
 
 # KEYS: window scores (zset), their ids in arrival order (list), route state (hash: seq, debt,
 # strong), recent decisions (list of 0/1)
-# ARGV: share wanted, window, feedback gain, ttl ms, seed scores (only while unseeded)
+# ARGV: share wanted, window, feedback gain, ttl ms, seed scores (only while unseeded, or when
+# the window holds under half of them: Redis lost it, and answers in flight began it again)
+# Returns the kind of threshold, its value and how many scores the window holds.
 DECIDE = (
     "local window = tonumber(ARGV[2])\n"
     + _PUSH
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('ZCARD', KEYS[1]) * 2 < math.min(window, #ARGV - 4) then
   for i = 5, #ARGV do push(ARGV[i]) end
 end
 local debt = tonumber(redis.call('HGET', KEYS[3], 'debt') or '0')
@@ -97,6 +99,7 @@ else
   end
 end
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+result[3] = count
 return result
 """
 )
@@ -323,15 +326,16 @@ class SharedTargets:
         keys, window, gain = self._keys(router, target), self.local.window, 4.0 / self.local.feedback_horizon
         decide = self._decide
 
-        async def run(seeds: list[float]) -> tuple[str, str]:
+        async def run(seeds: list[float]) -> tuple[str, str, int]:
             args: list[str | int] = [repr(effective), window, repr(gain), ROUTE_TTL_MS, *map(repr, seeds)]
             assert self.state is not None
             return await self.state.run("target_decide", lambda: decide(keys=keys, args=args))
 
         try:
-            kind, value = await run(seeds)
-            if kind == "empty" and not seeds and (seeds := self.local.seeds(router)):
-                kind, value = await run(seeds)  # Redis lost the route without an error (a restart, a failover)
+            kind, value, count = await run(seeds)
+            if not seeds and count * 2 < window and (seeds := self.local.seeds(router)) and count * 2 < len(seeds):
+                # Redis lost the route without an error (a restart, a failover), and answers in flight may have begun it again
+                kind, value, count = await run(seeds)
         except SharedStateUnavailable as unavailable:
             if route in self._seeded:  # Redis decided until now: its decisions leave this replica nothing owed
                 controller.forget_debt()

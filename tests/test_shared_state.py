@@ -638,6 +638,12 @@ async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server:
     client.delete(*client.keys("lost:*"))
     assert (await targets.decide("mf", 0.3)).threshold == pytest.approx(0.62, abs=0.02)  # not 1 - 0.3 until scores come
     assert client.zcard("lost:target:{mf:0.3}:scores") == 200
+    client.delete(*client.keys("lost:*"))
+    for score in (0.05, 0.1):  # answers in flight when Redis came back begin the window again
+        await targets.record("mf", 0.3, 0.3, False, score)
+    assert client.zcard("lost:target:{mf:0.3}:scores") == 2
+    assert (await targets.decide("mf", 0.3)).threshold == pytest.approx(0.62, abs=0.02)  # not the two scores' quantile
+    assert client.zcard("lost:target:{mf:0.3}:scores") == 202
     await state.aclose()
 
 
