@@ -96,6 +96,12 @@ class Scorer:
         """The router's answers for ``texts``, in order; ValueError for a score outside [0, 1] (NaN
         included) or a logit that is not finite: it would poison the score histogram and a target
         route's window."""
+        try:
+            return self._answers(texts)
+        except StopIteration as error:  # an asyncio Future cannot hold it: the batch would never end
+            raise RuntimeError(f"the router {self.router.name} let a StopIteration out") from error
+
+    def _answers(self, texts: Sequence[str]) -> list[Score]:
         if self.models is None:
             scores = [float(score) for score in self.router.score(texts)]
             if not all(0.0 <= score <= 1.0 for score in scores):

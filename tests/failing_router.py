@@ -1,4 +1,5 @@
-"""A router that raises for prompts containing ``FAIL``, scores NaN for prompts containing ``NAN``
+"""A router that raises for prompts containing ``FAIL``, lets a ``StopIteration`` out for prompts
+containing ``STOP`` (a ``next()`` on an empty iterator), scores NaN for prompts containing ``NAN``
 (0.0 otherwise), to test what clients get when a router breaks.
 
 ``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``,
@@ -8,6 +9,7 @@ and with a defect planted after scoring: deciding raises for a request whose las
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +24,7 @@ class FailingRouter(Router):
     """Raises on ``FAIL``; sends everything else to the weak tier."""
 
     name = NAME
-    blocking = False
+    blocking = os.environ.get("FAILING_ROUTER_BLOCKING") == "1"  # scored in batches on a thread, as mf is
 
     @classmethod
     def from_options(cls, options: object) -> FailingRouter:
@@ -31,6 +33,8 @@ class FailingRouter(Router):
     def score(self, prompts: Sequence[str]) -> list[float]:
         if any("FAIL" in prompt for prompt in prompts):
             raise RuntimeError("the failing router failed on purpose, secret detail /home/user/model.bin")
+        if any("STOP" in prompt for prompt in prompts):
+            next(iter(()))  # StopIteration, which an asyncio Future cannot hold
         return [float("nan") if "NAN" in prompt else 0.0 for prompt in prompts]
 
 

@@ -644,6 +644,26 @@ def test_a_router_that_raises_is_a_500_without_its_details(strong: FakeUpstream,
     assert len(weak.received) == 1 and not strong.received
 
 
+@pytest.mark.parametrize("blocking", ["0", "1"])
+def test_a_router_that_lets_stop_iteration_out_is_a_router_error(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, blocking: str
+) -> None:
+    """A ``StopIteration`` cannot be set on an asyncio Future: from a router scored on a thread it
+    would leave its batch, and every request after it, waiting for ever."""
+    (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"), score_timeout="10")
+    env["FAILING_ROUTER_BLOCKING"] = blocking
+    with running_proxy(env, tmp_path, module="tests.failing_router") as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
+        with pytest.raises(openai.InternalServerError) as stopped:
+            sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "STOP now"}])
+        after = sdk.chat.completions.with_raw_response.create(
+            model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}]
+        )
+    assert error_of(stopped)["code"] == "router_error"
+    assert after.headers["x-routegate-tier"] == "weak"  # the next request is scored as usual
+
+
 def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
