@@ -92,7 +92,8 @@ def _too_large(limit: int) -> APIError:
 
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
-    if _containers(body) > MAX_CONTAINERS:
+    containers = _containers(body)
+    if containers > MAX_CONTAINERS:
         raise bad_request(f"The JSON body holds more than {MAX_CONTAINERS} objects and arrays.", code="invalid_json")
     try:
         payload = json.loads(  # a str: bytes would pass encoded surrogates
@@ -105,7 +106,7 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
             "We could not parse the JSON body of your request. The body must be valid JSON (UTF-8).",
             code="invalid_json",
         ) from None
-    if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nested_deeper(payload, MAX_NESTING):
+    if containers > MAX_NESTING and _nested_deeper(payload, MAX_NESTING):
         raise bad_request(f"The JSON body nests more than {MAX_NESTING} levels deep.", code="invalid_json")
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_type")

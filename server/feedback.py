@@ -24,7 +24,7 @@ from server.chat_request import routed_text
 from server.client_keys import client_fingerprint
 from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text
-from server.metrics import reports_tokens, token_count, usage_tokens
+from server.metrics import reported_tokens, token_count
 from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
@@ -188,7 +188,7 @@ class Feedback:
             weak_model=settings.weak.model,
             prompt_tokens=token_count(tokens.get("prompt_tokens")),
             completion_tokens=token_count(tokens.get("completion_tokens")),
-            cost_usd=self._tiers[tier].cost(usage_tokens(usage) or (0, 0)) if reports_tokens(usage) else None,
+            cost_usd=self._tiers[tier].cost(reported) if (reported := reported_tokens(usage)) is not None else None,
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
             prompt=prompt.replace("\x00", "") if settings.feedback_store_text else None,  # PostgreSQL text holds no NUL
         )

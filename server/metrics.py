@@ -284,12 +284,13 @@ def usage_tokens(usage: object) -> tuple[int, int] | None:
     return (prompt, completion) if prompt or completion else None
 
 
-def reports_tokens(usage: object) -> bool:
-    """Whether an upstream ``usage`` object counts prompt or completion tokens (zero is a count);
-    an answer whose usage does not (``{"total_tokens": 9}``, ``{}``) is charged an estimate."""
-    return isinstance(usage, dict) and any(
-        token_count(usage.get(key)) is not None for key in ("prompt_tokens", "completion_tokens")
-    )
+def reported_tokens(usage: object) -> tuple[int, int] | None:
+    """The prompt and completion tokens an upstream ``usage`` object counts, zeros included; None
+    when it counts none (``{"total_tokens": 9}``, ``{}``, no object): such an answer is charged an estimate."""
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = (token_count(usage.get(key)) for key in ("prompt_tokens", "completion_tokens"))
+    return None if prompt is None and completion is None else (prompt or 0, completion or 0)
 
 
 def tokens_cost(tokens: tuple[int, int], prices: tuple[float, float]) -> float:

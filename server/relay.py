@@ -96,13 +96,15 @@ class StreamWatcher:
                 continue
             if _SOME_CHOICE.search(data):
                 self.choice_chunks += 1
-            if _FINISH_REASON.search(data):
-                self._read_finished(json_value(data))
-            if _USAGE_OBJECT.search(data):  # not the "usage": null of every other chunk
-                chunk = json_value(data)
-                usage = chunk.get("usage") if isinstance(chunk, dict) else None
-                if isinstance(usage, dict):
-                    self.usage = usage
+            finishes, has_usage = _FINISH_REASON.search(data), _USAGE_OBJECT.search(data)  # not the nulls of other chunks
+            if not (finishes or has_usage):
+                continue
+            chunk = json_value(data)
+            if finishes:
+                self._read_finished(chunk)
+            usage = chunk.get("usage") if has_usage and isinstance(chunk, dict) else None
+            if isinstance(usage, dict):
+                self.usage = usage
 
     def _read_finished(self, chunk: object) -> None:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None

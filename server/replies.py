@@ -14,7 +14,7 @@ from server import metrics
 from server.errors import APIError
 from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
-from server.metrics import reports_tokens
+from server.metrics import reported_tokens
 from server.recording import Outcome
 from server.relay import EventGate, RelayResponse, StreamWatcher, json_value
 from server.shutdown import DRAIN
@@ -81,7 +81,7 @@ async def _whole(
     if 200 <= result.status < 300:
         answer = json_value(result.body)
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        if not reports_tokens(usage):
+        if reported_tokens(usage) is None:
             estimate = (prompt_tokens(), answer_tokens(answer))
     for name in _RELAYED_HEADERS:
         if name in result.headers:
@@ -157,7 +157,7 @@ def _relay_stream(
         await relayed.aclose()
         await start.response.aclose()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
-        estimate = (prompt_tokens(), watcher.choice_chunks) if not reports_tokens(watcher.usage) else None
+        estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None
         upstream_status = start.response.status_code
         await finish(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)

@@ -345,7 +345,7 @@ class Settings(BaseSettings):
             try:
                 parse_url(value)
                 parts = urlsplit(value)
-                if parts.scheme != "unix" and "@" in parts.path + parts.query + parts.fragment:  # the host ended in the password
+                if parts.scheme != "unix" and not _host_part_whole(parts):
                     raise ValueError
             except ValueError:
                 raise ValueError(
@@ -515,20 +515,22 @@ def store_kind(url: str) -> str:
     if kind == "sqlite":
         return "sqlite"
     parts = urlsplit(url)
-    if not _port_reads(parts) or "@" in parts.path + parts.query + parts.fragment:  # the host part ended in the password
+    if not _host_part_whole(parts):
         raise ValueError(
             "is not a postgresql:// URL that can be read; percent-encode any '/', '#', '?', '@' or ':' in its password"
         )
     return "postgresql"
 
 
-def _port_reads(parts: SplitResult) -> bool:
-    """Whether a URL's port is absent or a number (``postgresql://user:ab/cd@host`` reads ``ab`` as one)."""
+def _host_part_whole(parts: SplitResult) -> bool:
+    """Whether a URL's user, password, host and port part ends where it should: an unencoded '/',
+    '?' or '#' in the password ends it early, leaving an '@' after it (``user:12/34@host``) or a
+    port that is no number (``user:ab/cd@host`` reads ``ab`` as one)."""
     try:
         _ = parts.port
     except ValueError:
         return False
-    return True
+    return "@" not in parts.path + parts.query + parts.fragment
 
 
 class SettingsError(Exception):

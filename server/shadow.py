@@ -23,7 +23,7 @@ import httpx
 from server import feedback_metrics as fm
 from server.feedback_store import FeedbackStore, JudgementRow
 from server.judge import answer_text, chosen_side, combine, judge_messages, parse_verdict, question_text
-from server.metrics import reports_tokens, tokens_cost, usage_tokens
+from server.metrics import reported_tokens, tokens_cost
 from server.settings import Settings
 from server.targets import utc_day_start
 from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
@@ -260,8 +260,7 @@ class Shadower:
 
     def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
         """Count a call's cost: from its usage, or estimated from its text when it reported none."""
-        usage = completion.get("usage")
-        tokens = (usage_tokens(usage) or (0, 0)) if reports_tokens(usage) else (prompt_tokens(body), answer_tokens(completion))
+        tokens = reported_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
         return self._spend(kind, endpoint, tokens)
 
     def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
