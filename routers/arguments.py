@@ -20,10 +20,7 @@ def positive_int(text: str) -> int:
 
 def probability(text: str) -> float:
     """A number from 0 up to (not including) 1, such as a dropout rate."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be a number from 0 up to 1 (not included), not {text!r}")
     return value
@@ -31,10 +28,15 @@ def probability(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """A finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
     return value
+
+
+def _number(text: str) -> float:
+    """``text`` as a float; NaN, which every range check refuses, when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan

@@ -119,7 +119,7 @@ def cost_share_curve(
     return points, spent
 
 
-def threshold_for_share(curve: tuple[np.ndarray, np.ndarray], share: float) -> float:
+def threshold_on_curve(curve: tuple[np.ndarray, np.ndarray], share: float) -> float:
     """The threshold of a ``cost_share_curve`` that spends closest to ``share`` (ties: the cheaper routing)."""
     if not 0.0 <= share <= 1.0:
         raise ValueError("share must be in [0, 1]")
@@ -132,4 +132,4 @@ def threshold_for_cost_share(
 ) -> float:
     """The threshold whose routing of these prompts costs closest to ``share`` of sending every
     prompt to ``best`` (ties: the cheaper routing); see ``cost_share_curve``."""
-    return threshold_for_share(cost_share_curve(beaten, costs, best, prices), share)
+    return threshold_on_curve(cost_share_curve(beaten, costs, best, prices), share)

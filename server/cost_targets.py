@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from routers.multi_model import cost_share_curve, threshold_for_share
+from routers.multi_model import cost_share_curve, threshold_on_curve
 from server.targets import RouteKey, make_room
 
 #: window growth (as a share of the window) after which the threshold is computed again
@@ -57,7 +57,7 @@ class CostShareController:
             costs = np.tile(np.asarray(unit_costs, dtype=np.float64), (len(beaten), 1))
             self._curve = cost_share_curve(beaten, costs, self.best, prices)
             self._unseen = 0
-        return threshold_for_share(self._curve, wanted)
+        return threshold_on_curve(self._curve, wanted)
 
     def observe(self, beaten: Sequence[float]) -> None:
         """A scored prompt's P(most capable beats m) per model joins the window."""
