@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
-import pytest
-
 from tests.replay import data_dir
+from tests.tools import missing
 
 REPO = Path(__file__).resolve().parent.parent
 STRONG = "gpt-4-1106-preview"
@@ -25,9 +23,7 @@ def write_slice(path: Path, per_split: dict[str, int]) -> Path:
     """The first short records (<= 400 characters) of each split of routellm-mmlu and routellm-gsm8k, as one file."""
     source_dir = shared_data_dir()
     if not (source_dir / "routellm-mmlu.jsonl.gz").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data not found in {source_dir}")
-        pytest.skip(f"shared data not found in {source_dir} (set ROUTEGATE_DATA_DIR)")
+        missing(f"shared data not found in {source_dir} (set ROUTEGATE_DATA_DIR)")
     chosen = []
     for name in ("routellm-mmlu.jsonl.gz", "routellm-gsm8k.jsonl.gz"):
         counts = dict.fromkeys(per_split, 0)

@@ -108,6 +108,23 @@ def test_every_checked_field_refuses_a_wrong_type(proxy: Proxy, strong: FakeUpst
     assert not strong.received
 
 
+#: the ranges of OpenAI's Chat Completions API reference, written out so that a loosened check fails
+OPENAI_RANGES = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+    "max_tokens": (1, float("inf")),
+    "max_completion_tokens": (1, float("inf")),
+}
+
+
+def test_the_checked_ranges_are_openais() -> None:
+    assert RANGES == OPENAI_RANGES
+
+
 @pytest.mark.parametrize(
     ("name", "outside"),
     [(name, RANGES[name][0] - 1) for name in sorted(RANGES)]

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from bench.mock_upstream import CONTENT, USAGE
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.fake_upstream import free_port
 
 
@@ -46,8 +46,7 @@ def mock_port() -> Iterator[int]:
     try:
         yield port
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +62,7 @@ def floor_client(mock_port: int) -> Iterator[OpenAI]:
         with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-bench", max_retries=0) as client:
             yield client
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 def test_completion_has_content_usage_and_echoes_model(mock_client: OpenAI) -> None:

@@ -21,7 +21,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.fake_upstream import free_port
 from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
@@ -86,8 +86,7 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
 
         assert wait_for(lambda: metered() == expected, timeout=10), (metered(), expected)
     finally:
-        demo.terminate()
-        demo.wait(timeout=30)
+        stop_process(demo, timeout=30)
     try:  # the demo stops its LLM server with itself
         httpx.get(f"http://127.0.0.1:{llm_port}/health", timeout=2)
         raise AssertionError("the local LLM server outlived the demo")
@@ -120,8 +119,7 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
             local.chat.completions.create(model="any-name", messages=messages, max_tokens=2, n=2)
         assert refused.value.body["param"] == "n"
     finally:
-        llm.terminate()
-        llm.wait(timeout=30)
+        stop_process(llm, timeout=30)
 
 
 @pytest.mark.parametrize("option", ["--port", "--llm-port"])

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from server.settings import ENV_PREFIX, Settings, SettingsError, load_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_process
 from tests.tools import require_tool
 
 DASHBOARD = REPO / "config/grafana/dashboards/routegate.json"
@@ -328,6 +328,6 @@ def test_the_balancer_passes_requests_on_but_not_metrics(tmp_path: Path) -> None
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
         assert metrics.status_code == 404 and "replica" not in metrics.text
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
+        stop_process(nginx)
         replica.shutdown()
+        replica.server_close()

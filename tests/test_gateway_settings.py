@@ -29,7 +29,10 @@ def samples(metrics_text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 
 def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sample ``name`` with exactly these labels; an AssertionError when the page has none."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in metrics, f"no sample {name}{labels}"
+    return metrics[key]
 
 
 def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):

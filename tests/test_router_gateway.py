@@ -110,7 +110,7 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
 ) -> None:
     (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
     env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"))
-    env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "3", "0"
+    env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "6", "0"
     with started_proxy(env, tmp_path, module="tests.slow_router") as proxy:
         url = proxy.url
         assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from server.settings import load_settings
@@ -71,7 +73,8 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
     cache = Path(os.environ["ROUTEGATE_CACHE_DIR"])
     assert not cache.is_relative_to(Path.home() / ".cache")
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"id": "a", "prompt": "What is 2 + 2?"}\n')
+    prompts.write_text(json.dumps({"id": "a", "prompt": f"What is 2 + 2? ({uuid.uuid4()})"}) + "\n")  # never cached yet
+    written_before = {path: path.stat().st_mtime_ns for path in cache.glob("minilm*-embeddings.npz")}
     home = tmp_path / "home"
     home.mkdir()
     command = ["score", "--router", "mf", "--input", str(prompts), "--output", str(tmp_path / "out.jsonl")]
@@ -84,7 +87,8 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert any(cache.glob("minilm*-embeddings.npz"))  # the subprocess inherited the session's cache directory
+    written = {path: path.stat().st_mtime_ns for path in cache.glob("minilm*-embeddings.npz")}
+    assert written != written_before  # the subprocess wrote the new embedding into the session's cache directory
     assert not (home / ".cache" / "routegate").exists()
 
 

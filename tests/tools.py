@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -27,13 +28,22 @@ INSTALL_HINTS = {
 OWN_VENVS = [Path(__file__).resolve().parent.parent / ".venv-checkov" / "bin"]
 
 
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, 0 or false): there a missing tool or data set fails."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def missing(message: str) -> NoReturn:
+    """Fail under CI, skip elsewhere: what a test needs is not here."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_tool(name: str) -> str:
     """Path of the program ``name``; fail under CI, skip elsewhere, when it is not installed."""
     search_path = os.pathsep.join([str(Path(sys.executable).parent), *map(str, OWN_VENVS), os.environ.get("PATH", "")])
     found = shutil.which(name, path=search_path)
     if found:
         return found
-    message = f"{name} is not installed: {INSTALL_HINTS.get(name, 'install it')}"
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{name} is not installed: {INSTALL_HINTS.get(name, 'install it')}")
