@@ -140,7 +140,7 @@ class Feedback:
         async def on_close(completed: bool) -> None:
             await watched.aclose()
             await close(completed)
-            if response.watcher.cut is None:  # a stream cut upstream was not answered
+            if response.watcher.cut is None:  # a stream cut or failed upstream was not answered
                 # a client that stopped the answer may still rate it; only a whole answer is judged
                 text = answer.text if answer is not None else None
                 self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)

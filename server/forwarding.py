@@ -135,13 +135,14 @@ class Forwarder:
     ) -> StreamStart | CompletedResponse:
         """Open a stream; with ``meter``, ask for its usage too, unless the upstream refused that
         once (a 400 naming ``stream_options`` to a client that sent none, and a stream without
-        them): then it is asked again without, from then on. A client's own ``stream_options``
-        that the upstream refuses are the client's to read: its 400 is relayed."""
+        them; a 422 for servers that validate a request's fields so): then it is asked again
+        without, from then on. A client's own ``stream_options`` that the upstream refuses are the
+        client's to read: its 400 is relayed."""
         if meter and not upstream.refuses_stream_options:
             options = payload.get("stream_options")
             metered = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
             result = await attempts.stream(upstream, request_body(metered, upstream), request_id)
-            refused = isinstance(result, CompletedResponse) and result.status == 400 and b"stream_options" in result.body
+            refused = isinstance(result, CompletedResponse) and result.status in (400, 422) and b"stream_options" in result.body
             if not refused or options is not None:
                 return result
             unmetered = {key: value for key, value in payload.items() if key != "stream_options"}  # a null one too

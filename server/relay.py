@@ -18,6 +18,9 @@ _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')  # not the "finish_reason": null of other chunks
+_ERROR_OBJECT = re.compile(rb'"error"\s*:\s*\{')
+#: finish reasons that end a choice with a failure, not an answer (OpenRouter's "error", vLLM's "abort")
+FAILED_FINISHES = frozenset({"error", "abort"})
 
 
 class EventSplitter:
@@ -62,9 +65,9 @@ def data_fields(event: bytes) -> list[bytes]:
 
 class StreamWatcher:
     """Watches relayed SSE bytes for the ``usage`` object, the closing ``data: [DONE]``, the
-    choices that gave their ``finish_reason`` and how many chunks carried choices (the token
-    estimate of a stream without usage); an event longer than ``max_event_bytes`` (no usage,
-    finish or [DONE] event is) is skipped."""
+    choices that gave their ``finish_reason``, the upstream's own error events (``failed``) and
+    how many chunks carried choices (the token estimate of a stream without usage); an event
+    longer than ``max_event_bytes`` (no usage, finish, error or [DONE] event is) is skipped."""
 
     def __init__(self, max_event_bytes: int = 1 << 20, choices: int = 1) -> None:
         self.usage: dict | None = None
@@ -72,6 +75,7 @@ class StreamWatcher:
         self.choices = choices  # answers asked for (n)
         self.finished: set[int] = set()  # indexes of the choices that gave their finish_reason
         self.choice_chunks = 0
+        self.failed = False  # an event said the upstream failed: {"error": {...}}, or a finish_reason "error"/"abort"
         self.cut: str | None = None  # why the upstream stream ended early (set by the relay), None if it did not
         self.events = EventSplitter(max_event_bytes)
 
@@ -97,9 +101,12 @@ class StreamWatcher:
             if _SOME_CHOICE.search(data):
                 self.choice_chunks += 1
             finishes, has_usage = _FINISH_REASON.search(data), _USAGE_OBJECT.search(data)  # not the nulls of other chunks
-            if not (finishes or has_usage):
+            has_error = _ERROR_OBJECT.search(data)
+            if not (finishes or has_usage or has_error):
                 continue
             chunk = json_value(data)
+            if has_error and isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
+                self.failed = True
             if finishes:
                 self._read_finished(chunk)
             usage = chunk.get("usage") if has_usage and isinstance(chunk, dict) else None
@@ -110,6 +117,7 @@ class StreamWatcher:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str) and len(self.finished) < self.choices:
+                self.failed = self.failed or choice["finish_reason"] in FAILED_FINISHES
                 index = choice.get("index", 0)
                 self.finished.add(index if isinstance(index, int) and not isinstance(index, bool) else -1)
 
@@ -150,9 +158,12 @@ class EventGate:
             self._searched, self._passing = 0, False
 
     def flush(self) -> bytes:
-        """What is still held when the upstream stream ends (an event without its blank line)."""
+        """What is still held when the upstream stream ends (an event without its blank line),
+        unless it is the usage-only event that ``drop_usage`` takes out."""
         rest = bytes(self._pending)
         self._pending.clear()
+        if self.drop_usage and not self._passing and _usage_only(rest):
+            return b""
         return rest
 
     def cut_off(self) -> bytes:

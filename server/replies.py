@@ -133,18 +133,21 @@ def _relay_stream(
     async def chunks() -> AsyncGenerator[bytes, None]:
         if first := to_client(start.first_chunk):
             yield first
+        broken: UpstreamError | None = None
         try:
             async for chunk in start.chunks:
                 if part := to_client(chunk):
                     yield part
         except UpstreamError as error:
-            if not watcher.complete:  # an error after [DONE] or every finish_reason cut nothing the client needed
-                watcher.cut = "timeout" if isinstance(error, UpstreamTimeout) else "stream_cut"
-        else:
-            watcher.cut = None if watcher.complete else "stream_cut"
-        if watcher.cut is not None:
+            broken = error
+        if not watcher.complete:
+            watcher.cut = "timeout" if isinstance(broken, UpstreamTimeout) else "stream_cut"
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
-        elif rest := events.flush():
+            return
+        if watcher.failed:  # an error event of the upstream's own, which the client has: not an answer
+            watcher.cut = "stream_cut"
+            metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
+        if rest := events.cut_off() if broken else events.flush():  # an error after the end: never half an event
             yield rest
 
     relayed = chunks()

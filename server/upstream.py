@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ _Outcome = tuple[str | None, bool, float | None, _T | None]
 # failures a second try would only repeat
 NOT_RETRIED = frozenset({"too_large", "http_auth", "http_not_found", "http_redirect", "stream_ignored"})
 REDACTED = b"[redacted]"
+#: a stream's first event (a ``data:`` line): what commits it to the client, ending retries and fallback
+_FIRST_EVENT = re.compile(rb"(?:^|[\r\n])data:")
+#: comments held before the first event at most: beyond this the stream is relayed as it is
+MAX_HELD_BYTES = 64 * 1024
 
 
 class UpstreamFailure(Exception):
@@ -93,6 +98,11 @@ def status_failure(response: UpstreamResponse) -> tuple[str | None, float | None
     if 300 <= response.status_code < 400:  # not followed: an upstream URL that redirects is misconfigured
         return "http_redirect", None
     return None, None
+
+
+def _encoded(headers: Mapping[str, str]) -> bool:
+    """Whether the body comes compressed (routegate asks for ``identity``): not relayable as events."""
+    return headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
 
 
 def _media_type(headers: Mapping[str, str]) -> str:
@@ -222,7 +232,8 @@ class Attempts:
     async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
         """A streamed request: the open 2xx stream with its first chunk, or a relayable 4xx read whole.
 
-        Failures before the first body byte are retried like non-streamed ones.
+        Failures before its first event are retried like non-streamed ones: comments before it
+        (keep-alives) are held, and a 2xx that is not an event stream is an ``invalid_response``.
         """
         return await self._retrying(upstream, lambda: self._try_stream(upstream, body, request_id))
 
@@ -247,14 +258,19 @@ class Attempts:
                     await response.aclose()
                     self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
                     return "stream_ignored", False, None, None
+                if _media_type(response.headers) not in ("", "text/event-stream") or _encoded(response.headers):
+                    read = await read_at_most(response, upstream.max_response_bytes)  # a page, not events
+                    await response.aclose()
+                    self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
+                    return "invalid_response", False, None, None
                 chunks = response.aiter_raw()
-                first = b""
-                while not first:
+                first = b""  # held until its first event: comments (keep-alives) alone do not commit the stream
+                while not _FIRST_EVENT.search(first) and len(first) < MAX_HELD_BYTES:
                     next_chunk = await anext(chunks, None)
                     if next_chunk is None:
                         await response.aclose()
                         return "stream_cut", False, None, None
-                    first = next_chunk
+                    first += next_chunk
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:

@@ -54,15 +54,19 @@ class Behaviour:
     answer_body: bytes | None = None  # non-streamed answers are these bytes (200, application/json)
     finish_without_done: bool = False  # streams end with a finish_reason chunk and close without [DONE]
     extra_event: bytes | None = None  # streams carry an event with this data before the usage chunk
+    cut_in_usage: bool = False  # streams drop the connection half-way through their usage chunk
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
     cut_mode: str = "abort"  # connection ("abort", or "mid_event": after half the next event), ending the body
     # ("end") or sending [DONE] ("done")
     huge_bytes: int = 0  # non-streamed answers carry this many bytes of content
     answer: str | None = None  # non-streamed answers' text instead of "answer from <name>"
     refuse_stream_options: bool = False  # 400 for a body with stream_options, as some older servers answer
+    refusal_status: int = 400  # the status of that refusal (422 from servers that validate a body's fields)
     omit_usage: bool = False  # non-streamed answers carry no usage object
     no_choices: bool = False  # non-streamed answers carry an empty choices list
     ignore_stream: bool = False  # streamed requests get the non-streamed JSON answer, as some servers send
+    stream_preamble: bytes = b""  # streams begin with these bytes (SSE comments: keep-alives)
+    stream_content_type: str = "text/event-stream"  # the content-type of streams
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
@@ -191,7 +195,7 @@ class FakeUpstream:
         if behaviour.fail_statuses:
             return self._failure(behaviour.fail_statuses.pop(0), request.headers.get("authorization", ""))
         if behaviour.refuse_stream_options and "stream_options" in body:
-            return self._invalid("Unrecognized request argument supplied: stream_options")
+            return self._invalid("Unrecognized request argument supplied: stream_options", behaviour.refusal_status)
         stream = body.get("stream") is True
         fault = self._draw_fault(stream)
         if fault in ("http_503", "http_429"):
@@ -214,7 +218,7 @@ class FakeUpstream:
         if stream and not behaviour.ignore_stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            return StreamingResponse(self._stream(body["model"], include_usage), media_type="text/event-stream")
+            return StreamingResponse(self._stream(body["model"], include_usage), media_type=behaviour.stream_content_type)
         answer = self.completion(body["model"])
         if behaviour.huge_bytes:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
@@ -255,9 +259,9 @@ class FakeUpstream:
         return JSONResponse(error, status_code=status, headers=headers)
 
     @staticmethod
-    def _invalid(message: str) -> Response:
+    def _invalid(message: str, status: int = 400) -> Response:
         error = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-        return JSONResponse(error, status_code=400)
+        return JSONResponse(error, status_code=status)
 
     def _tool_call(self, body: dict[str, Any]) -> dict[str, Any]:
         answer = self.completion(body["model"])
@@ -288,6 +292,8 @@ class FakeUpstream:
         behaviour = self.behaviour
         cut_mode = "abort" if cut_after is not None else behaviour.cut_mode
         cut_after = behaviour.cut_after if cut_after is None else cut_after
+        if behaviour.stream_preamble:
+            yield behaviour.stream_preamble
         for index in range(behaviour.chunks):
             chunk = {
                 "id": f"chatcmpl-{self.name}",
@@ -324,7 +330,11 @@ class FakeUpstream:
                 "choices": [],
                 "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS, "total_tokens": 18},
             }
-            yield f"data: {json.dumps(usage)}\n\n".encode()
+            event = f"data: {json.dumps(usage)}\n\n".encode()
+            if behaviour.cut_in_usage:
+                yield event[: len(event) // 2]
+                raise StreamAborted(f"{self.name} drops the stream in its usage chunk")
+            yield event
         if behaviour.finish_without_done:
             return
         yield b"data: [DONE]\n\n"

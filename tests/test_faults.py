@@ -612,6 +612,46 @@ def test_a_stream_that_finished_every_choice_is_whole_without_done(
         assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
 
 
+def test_a_cut_after_every_choice_finished_sends_no_half_event(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """The answer was whole when the connection broke in the usage chunk (which the client did not
+    ask for): the client gets the answer without a fragment of that chunk, and it counts as an answer."""
+    strong.behaviour.finish_without_done = strong.behaviour.cut_in_usage = True
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
+    )
+    assert raw.status_code == 200 and raw.text.endswith("\n\n") and '"usage"' not in raw.text
+    events = [json.loads(block[6:]) for block in raw.text.split("\n\n") if block]
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="200") == 1)
+    assert delta("routegate_upstream_errors_total") == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "error"}], "error": {"message": "provider failed", "code": 502}},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "abort"}]},
+    ],
+    ids=["error_event", "abort"],
+)
+def test_a_stream_the_upstream_ends_with_its_own_error_is_not_an_answer(
+    fault_proxy: Proxy, strong: FakeUpstream, failure: dict
+) -> None:
+    """OpenRouter ends a stream that failed upstream with an error event and finish_reason "error",
+    vLLM with "abort": the client gets the events as sent; routegate counts a failed stream, not an answer."""
+    strong.behaviour.chunks, strong.behaviour.extra_event = 2, json.dumps(failure).encode()
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
+    )
+    assert raw.status_code == 200 and raw.text.endswith("data: [DONE]\n\n")
+    assert json.loads(raw.text.split("\n\n")[2][6:]) == failure  # relayed as sent, nothing added after [DONE]
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
+    assert delta("routegate_requests_total", tier="strong", status="200") == 0
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_cut") == 1
+
+
 def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
     delta = MetricDelta(fault_proxy.metrics)
@@ -620,6 +660,43 @@ def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong:
     assert error is None and pieces == [f"weak-{index} " for index in range(5)]
     assert len(strong.received) == 2 and len(weak.received) == 1
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
+
+
+def test_keep_alive_comments_before_a_failure_do_not_commit_the_stream(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    """Some upstreams send SSE comments while they work (": PROCESSING"): a failure after them and
+    before any event is still retried and falls back; the comments of the stream that answers are relayed."""
+    strong.behaviour.stream_preamble = b": PROCESSING\n\n"
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
+    weak.behaviour.stream_preamble = b": PROCESSING\n\n: PROCESSING\n\n"
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions",
+        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True},
+        timeout=30,
+    )
+    delta.after()
+    assert raw.status_code == 200 and raw.text.startswith(": PROCESSING\n\n: PROCESSING\n\ndata: ")
+    events = [json.loads(block[6:]) for block in raw.text.split("\n\n") if block.startswith("data: {")]
+    assert [event["choices"][0]["delta"]["content"] for event in events if event.get("choices")] == [
+        f"weak-{index} " for index in range(5)
+    ]
+    assert len(strong.received) == 2 and len(weak.received) == 1
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
+
+
+def test_a_streamed_2xx_that_is_not_an_event_stream_falls_back(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    strong.behaviour.stream_content_type = "text/html"
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    assert len(strong.received) == 2 and len(weak.received) == 1
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="invalid_response") == 1
 
 
 # --- router faults ----------------------------------------------------------------------------

@@ -258,14 +258,17 @@ def test_an_answer_without_usage_is_charged_an_estimate(strong: FakeUpstream, we
     assert remaining == pytest.approx(100 - cost)
 
 
-def test_an_upstream_that_refuses_stream_options_is_asked_without_them(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
-    strong.behaviour.refuse_stream_options = True
+@pytest.mark.parametrize(("status", "relayed"), [(400, openai.BadRequestError), (422, openai.UnprocessableEntityError)])
+def test_an_upstream_that_refuses_stream_options_is_asked_without_them(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, status: int, relayed: type[openai.APIStatusError]
+):
+    strong.behaviour.refuse_stream_options, strong.behaviour.refusal_status = True, status
     with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
         first, second = (
             list(client(proxy).chat.completions.create(model="router-random-0.0", messages=MESSAGES, stream=True))
             for _ in range(2)
         )
-        with pytest.raises(openai.BadRequestError):  # a client's own stream_options: the upstream's answer
+        with pytest.raises(relayed):  # a client's own stream_options: the upstream's answer
             client(proxy).chat.completions.create(
                 model="router-random-0.0", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
             )
