@@ -296,7 +296,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("request_id=%s status=%d error=%s", request_id, refused.status, refused.code)
             return refused.to_response({"x-request-id": request_id})
         assert gateway.proxy is not None
-        return gateway.feedback.observe(request, await gateway.proxy.handle(request))
+        response = await gateway.proxy.handle(request)
+        try:
+            return gateway.feedback.observe(request, response)
+        except Exception:  # a defect in the after-answer work: the answer goes out (and closes) without it
+            log.exception("request_id=%s feedback could not watch the answer", request_id_of(request))
+            return response
 
     @app.post("/v1/feedback", openapi_extra=FEEDBACK_OPENAPI, tags=["feedback"])
     async def feedback(request: Request) -> Response:

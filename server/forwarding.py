@@ -42,7 +42,8 @@ def asks_for_usage(payload: dict[str, Any]) -> bool:
 @dataclass(frozen=True)
 class Exchange:
     """What the last upstream tried gave back: an open stream, a whole answer or a failure.
-    ``decision.tier`` is that upstream's tier; ``sent_at`` when its last try was sent."""
+    ``decision.tier`` is that upstream's tier; ``sent_at`` when its first try was sent (its
+    retries and their waits are in the upstream time)."""
 
     decision: Decision
     upstream: Upstream

@@ -30,7 +30,7 @@ from server.deciding import Decider
 from server.decision import Decision
 from server.disconnects import ClientGone, cancelled_on_disconnect
 from server.errors import APIError, bad_request
-from server.forwarding import Forwarder, Sent
+from server.forwarding import Exchange, Forwarder, Sent
 from server.ladder import Ladder
 from server.model_names import ModelNames, Target
 from server.overrides import NO_OVERRIDE, read_override
@@ -44,7 +44,7 @@ from server.shared_targets import SharedTargets
 from server.shutdown import DRAIN
 from server.targets import TooManyRoutes
 from server.token_estimate import prompt_tokens
-from server.upstream import Upstream
+from server.upstream import StreamStart, Upstream
 
 log = logging.getLogger("routegate.proxy")
 
@@ -112,6 +112,7 @@ class ChatProxy:
         ticket = Ticket(self.admission)
         decision: Decision | None = None
         sent = Sent()  # the upstream that has the request
+        exchange: Exchange | None = None
         response: Response | None = None
 
         async def finish(outcome: Outcome) -> None:
@@ -153,8 +154,10 @@ class ChatProxy:
             internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")
             return self._refuse(internal, request_id)
         finally:
-            if not isinstance(response, RelayResponse):  # a stream gives its ticket back when it closes
+            if not isinstance(response, RelayResponse):  # a stream gives its ticket back, and closes upstream, when it closes
                 ticket.close()
+                if exchange is not None and isinstance(exchange.result, StreamStart):  # opened, never relayed
+                    await exchange.result.response.aclose()
 
     async def read_payload(self, request: Request) -> dict[str, Any]:
         """The checked chat request, read and parsed within ROUTEGATE_MAX_PENDING_BODY_BYTES."""

@@ -272,7 +272,12 @@ class Settings(BaseSettings):
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")
     queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")
-    max_connections: int = Field(512, ge=1, description="pooled HTTP connections per upstream")
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="pooled HTTP connections per upstream; keep it at least MAX_CONCURRENT_REQUESTS: "
+        "a request waiting for a free connection spends its connect timeout there",
+    )
 
     score_batch_size: int = Field(32, ge=1, description="most prompts scored in one router call")
     score_batch_wait_ms: float = Field(
@@ -400,6 +405,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"ROUTEGATE_MAX_PENDING_BODY_BYTES ({self.max_pending_body_bytes}) is smaller than ROUTEGATE_MAX_BODY_BYTES "
                 f"({self.max_body_bytes}): the largest body allowed could never be read"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        """ROUTEGATE_METRICS_PORT is a second listener: on the API's port it would take the port first."""
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(
+                f"ROUTEGATE_METRICS_PORT ({self.metrics_port}) is ROUTEGATE_PORT: give /metrics another port, "
+                "or unset it to serve /metrics on the API port"
             )
         return self
 

@@ -98,7 +98,7 @@ def test_deployment_probes_drain_and_resources_fit_routegate() -> None:
     deployment = _one("Deployment", "routegate")
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
-    [port] = container["ports"]
+    port, _ = container["ports"]  # the API port, then the metrics port
     assert port["containerPort"] == int(settings["ROUTEGATE_PORT"]) and settings["ROUTEGATE_HOST"] == "0.0.0.0"
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port["name"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
@@ -126,9 +126,15 @@ def test_selectors_and_ports_agree() -> None:
     for kind in ("PodDisruptionBudget", "PodMonitor", "NetworkPolicy"):
         spec = _one(kind, "routegate")["spec"]
         assert (spec.get("selector") or spec.get("podSelector"))["matchLabels"] == labels, kind
+    ports = {port["name"]: port["containerPort"] for port in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    settings = _one("ConfigMap", "routegate-settings")["data"]
+    assert ports == {"http": int(settings["ROUTEGATE_PORT"]), "metrics": int(settings["ROUTEGATE_METRICS_PORT"])}
+    api, scrapes = _one("NetworkPolicy", "routegate")["spec"]["ingress"]
+    assert api == {"ports": [{"port": "http", "protocol": "TCP"}]}  # clients from anywhere
+    assert scrapes["ports"] == [{"port": "metrics", "protocol": "TCP"}] and scrapes["from"][0]["namespaceSelector"]
     assert _one("PodMonitor", "routegate")["spec"]["podMetricsEndpoints"] == [
         {
-            "port": "http",
+            "port": "metrics",
             "path": "/metrics",
             "interval": "15s",
             "relabelings": [{"sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "deployment"}],
