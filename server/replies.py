@@ -79,7 +79,7 @@ async def _whole(
     upstream = exchange.upstream
     usage = estimate = None
     if 200 <= result.status < 300:
-        answer = json_value(result.body)
+        answer = result.answer
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if reported_tokens(usage) is None:
             estimate = (prompt_tokens(), answer_tokens(answer))

@@ -66,6 +66,7 @@ class CompletedResponse:
     status: int
     body: bytes
     headers: Mapping[str, str]
+    answer: object = None  # a 2xx body's JSON value, parsed once here for every reader after
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -215,13 +216,15 @@ class Attempts:
         except UpstreamError as error:
             log.debug("%s upstream protocol error: %r", upstream.tier, error)
             return "protocol", False, None, None
-        answer, first_byte_at = read
-        completed = CompletedResponse(response.status_code, answer, response.headers)
+        body, first_byte_at = read
+        completed = CompletedResponse(response.status_code, body, response.headers)
         result = (completed, (first_byte_at if first_byte_at is not None else time.monotonic()) - started)
         reason, retry_after = status_failure(response)
-        if reason is None and response.is_success and not is_json_object(completed.body):
-            reason = "invalid_response"
-            self._on_spent(len(completed.body))
+        if reason is None and response.is_success:
+            completed.answer = json_value(body)
+            if not isinstance(completed.answer, dict):
+                reason = "invalid_response"
+                self._on_spent(len(body))
         return reason, False, retry_after, result
 
     def _spent_on_timeout(self, error: BaseException) -> None:
@@ -307,8 +310,3 @@ async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, f
             return None
         chunks.append(chunk)
     return b"".join(chunks), first_byte_at
-
-
-def is_json_object(body: bytes) -> bool:
-    """Whether ``body`` parses as a JSON object."""
-    return isinstance(json_value(body), dict)
