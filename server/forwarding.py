@@ -15,6 +15,7 @@ from typing import Any
 from server import metrics
 from server.decision import Decision
 from server.ladder import Ladder
+from server.relay import json_value
 from server.settings import Settings
 from server.token_estimate import bytes_tokens, prompt_tokens
 from server.upstream import (
@@ -143,7 +144,7 @@ class Forwarder:
             options = payload.get("stream_options")
             metered = {**payload, "stream_options": {**(options if isinstance(options, dict) else {}), "include_usage": True}}
             result = await attempts.stream(upstream, request_body(metered, upstream), request_id)
-            refused = isinstance(result, CompletedResponse) and result.status in (400, 422) and b"stream_options" in result.body
+            refused = isinstance(result, CompletedResponse) and _refuses_stream_options(result)
             if not refused or options is not None:
                 return result
             unmetered = {key: value for key, value in payload.items() if key != "stream_options"}  # a null one too
@@ -162,3 +163,22 @@ class Forwarder:
             return deadline
         now = time.monotonic()
         return max(deadline - self.settings.read_timeout, now + (deadline - now) / 2)
+
+
+def _refuses_stream_options(result: CompletedResponse) -> bool:
+    """Whether an upstream's 400 names ``stream_options``, or its 422 puts it in a validation
+    error's ``loc`` or message (a 422 that echoes the whole body as its ``input`` names it too)."""
+    if result.status == 400:
+        return b"stream_options" in result.body
+    if result.status != 422:
+        return False
+    parsed = json_value(result.body)
+    if not isinstance(parsed, dict):
+        return False
+    details = parsed.get("detail")
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and "stream_options" in (detail.get("loc") or []):
+            return True
+    error = parsed.get("error")
+    said = [details, error.get("message") if isinstance(error, dict) else error, parsed.get("message")]
+    return any(isinstance(text, str) and "stream_options" in text for text in said)

@@ -9,6 +9,7 @@ runs on it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -57,6 +58,23 @@ class UpstreamResponse:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
+        except (aiohttp.ServerTimeoutError, TimeoutError) as error:
+            raise UpstreamTimeout(str(error) or "read timeout") from error
+        except aiohttp.ClientError as error:
+            raise UpstreamProtocolError(str(error) or type(error).__name__) from error
+
+    async def next_chunk(self, within: float | None = None) -> bytes | None:
+        """The body's next bytes (``b""`` at its end), or None when none arrive within ``within``
+        seconds: then nothing was read, and ``aiter_raw`` goes on from there."""
+        try:
+            if within is None:
+                return await self._response.content.readany()
+            try:
+                return await asyncio.wait_for(self._response.content.readany(), within)
+            except aiohttp.ServerTimeoutError:
+                raise
+            except TimeoutError:
+                return None
         except (aiohttp.ServerTimeoutError, TimeoutError) as error:
             raise UpstreamTimeout(str(error) or "read timeout") from error
         except aiohttp.ClientError as error:

@@ -36,6 +36,7 @@ UPSTREAM_FAILURE_REASONS = (
     "too_large",
     "stream_cut",
     "stream_ignored",
+    "not_event_stream",
 )
 # up to ROUTEGATE_TOTAL_TIMEOUT (300 s): a long stream is measured, not clipped to the top bucket
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)
@@ -81,7 +82,7 @@ UPSTREAM_SECONDS = Histogram(
 )
 UPSTREAM_TTFB_SECONDS = Histogram(
     "routegate_upstream_ttfb_seconds",
-    "Time from sending a request upstream to the first byte of its body, by tier and model.",
+    "Time from sending a request upstream to the first byte of its body (of a stream: its first event), by tier and model.",
     ["tier", "model"],
     buckets=LATENCY_BUCKETS,
 )

@@ -159,6 +159,9 @@ def _relay_stream(
     async def on_close(completed: bool) -> None:
         await relayed.aclose()
         await start.response.aclose()
+        if watcher.failed and watcher.cut is None:  # the client left after the upstream's error event, before its end
+            watcher.cut = "stream_cut"
+            metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
         estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None
         upstream_status = start.response.status_code

@@ -244,6 +244,13 @@ class Settings(BaseSettings):
     retries: int = Field(2, ge=0, le=10, description="retries per tier on connect errors, timeouts, 429 and 5xx")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")
     fallback: bool = Field(True, description="after the retries, try the other tier (never once a stream started)")
+    stream_hold_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="how long a stream's comments before its first event (keep-alives) are held, from the first of "
+        "them, so that a failure after them is still retried and falls back; then they are relayed and the stream "
+        "has started (keep it under the idle timeout of any proxy in front)",
+    )
     stream_usage: bool = Field(
         True,
         description="ask upstreams for usage on every stream (stream_options.include_usage) so streams are metered "

@@ -30,11 +30,11 @@ _T = TypeVar("_T")
 # One try: (failure reason or None, whether it timed out, Retry-After seconds, what came back).
 _Outcome = tuple[str | None, bool, float | None, _T | None]
 # failures a second try would only repeat
-NOT_RETRIED = frozenset({"too_large", "http_auth", "http_not_found", "http_redirect", "stream_ignored"})
+NOT_RETRIED = frozenset({"too_large", "http_auth", "http_not_found", "http_redirect", "stream_ignored", "not_event_stream"})
 REDACTED = b"[redacted]"
 #: a stream's first event (a ``data:`` line): what commits it to the client, ending retries and fallback
-_FIRST_EVENT = re.compile(rb"(?:^|[\r\n])data:")
-#: comments held before the first event at most: beyond this the stream is relayed as it is
+_FIRST_EVENT = re.compile(rb"(?:^(?:\xef\xbb\xbf)?|[\r\n])data[:\r\n]")  # a data line (after a BOM)
+#: comments held before the first event at most (and ROUTEGATE_STREAM_HOLD_SECONDS): then the stream is relayed as it is
 MAX_HELD_BYTES = 64 * 1024
 
 
@@ -51,7 +51,8 @@ class UpstreamFailure(Exception):
 
 @dataclass
 class StreamStart:
-    """A 2xx streamed answer whose first body chunk has arrived; ``chunks`` yields the rest."""
+    """A 2xx streamed answer whose first event has arrived (``first_chunk``: the bytes up to it,
+    comments held before it included); ``chunks`` yields the rest."""
 
     response: UpstreamResponse
     chunks: AsyncIterator[bytes]
@@ -151,6 +152,7 @@ class Attempts:
     ) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff
+        self.hold = settings.stream_hold_seconds
         self.deadline = deadline
         self._on_try = on_try  # told as each try starts (True) and fails (False)
         # told of a failed try the upstream worked on, and may bill (it timed out after sending, or its
@@ -235,8 +237,8 @@ class Attempts:
     async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
         """A streamed request: the open 2xx stream with its first chunk, or a relayable 4xx read whole.
 
-        Failures before its first event are retried like non-streamed ones: comments before it
-        (keep-alives) are held, and a 2xx that is not an event stream is an ``invalid_response``.
+        Failures before its first event are retried like non-streamed ones (comments before it
+        are held: ``_held_start``); a 2xx that is not an event stream is ``not_event_stream``.
         """
         return await self._retrying(upstream, lambda: self._try_stream(upstream, body, request_id))
 
@@ -262,18 +264,14 @@ class Attempts:
                     self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
                     return "stream_ignored", False, None, None
                 if _media_type(response.headers) not in ("", "text/event-stream") or _encoded(response.headers):
-                    read = await read_at_most(response, upstream.max_response_bytes)  # a page, not events
+                    await response.aclose()  # a page or a compressed body, not events: it would be so again
+                    self._on_spent(0)
+                    return "not_event_stream", False, None, None
+                first = await _held_start(response, self.hold)
+                if not first:
                     await response.aclose()
-                    self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
-                    return "invalid_response", False, None, None
+                    return "stream_cut", False, None, None
                 chunks = response.aiter_raw()
-                first = b""  # held until its first event: comments (keep-alives) alone do not commit the stream
-                while not _FIRST_EVENT.search(first) and len(first) < MAX_HELD_BYTES:
-                    next_chunk = await anext(chunks, None)
-                    if next_chunk is None:
-                        await response.aclose()
-                        return "stream_cut", False, None, None
-                    first += next_chunk
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:
@@ -293,6 +291,24 @@ class Attempts:
                 await response.aclose()
             raise
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
+
+
+async def _held_start(response: UpstreamResponse, hold_seconds: float) -> bytes:
+    """A stream's bytes up to its first event (empty when it ends before any): comments before
+    it (keep-alives) do not commit the stream to the client, so a failure after them is still
+    retried, for ``hold_seconds`` after the first of them at most (a load balancer's idle
+    timeout must not fire meanwhile) and ``MAX_HELD_BYTES``."""
+    held, hold_ends = b"", None
+    while not _FIRST_EVENT.search(held) and len(held) < MAX_HELD_BYTES:
+        within = None if hold_ends is None else max(0.0, hold_ends - time.monotonic())
+        chunk = await response.next_chunk(within)
+        if chunk is None:  # held long enough: relayed as it is, the rest as it comes
+            return held
+        if not chunk:
+            return b""
+        held += chunk
+        hold_ends = hold_ends or time.monotonic() + hold_seconds
+    return held
 
 
 async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, float | None] | None:

@@ -66,7 +66,9 @@ class Behaviour:
     no_choices: bool = False  # non-streamed answers carry an empty choices list
     ignore_stream: bool = False  # streamed requests get the non-streamed JSON answer, as some servers send
     stream_preamble: bytes = b""  # streams begin with these bytes (SSE comments: keep-alives)
+    preamble_delay: float = 0.0  # seconds between the preamble and the first event
     stream_content_type: str = "text/event-stream"  # the content-type of streams
+    stream_headers: dict[str, str] = field(default_factory=dict)  # more headers on streams
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
@@ -218,7 +220,11 @@ class FakeUpstream:
         if stream and not behaviour.ignore_stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            return StreamingResponse(self._stream(body["model"], include_usage), media_type=behaviour.stream_content_type)
+            return StreamingResponse(
+                self._stream(body["model"], include_usage),
+                media_type=behaviour.stream_content_type,
+                headers=behaviour.stream_headers,
+            )
         answer = self.completion(body["model"])
         if behaviour.huge_bytes:
             answer["choices"][0]["message"]["content"] = "x" * behaviour.huge_bytes
@@ -294,6 +300,7 @@ class FakeUpstream:
         cut_after = behaviour.cut_after if cut_after is None else cut_after
         if behaviour.stream_preamble:
             yield behaviour.stream_preamble
+            await asyncio.sleep(behaviour.preamble_delay)
         for index in range(behaviour.chunks):
             chunk = {
                 "id": f"chatcmpl-{self.name}",

@@ -8,6 +8,7 @@ stays healthy unless a test breaks it too. Requests name ``router-random-0`` (sc
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -686,17 +687,39 @@ def test_keep_alive_comments_before_a_failure_do_not_commit_the_stream(
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
 
 
+def test_keep_alive_comments_are_relayed_once_held_long_enough(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """An upstream that takes its time after its keep-alives: they reach the client after
+    ROUTEGATE_STREAM_HOLD_SECONDS, before its first event, and the stream goes on to its end."""
+    strong.behaviour.stream_preamble, strong.behaviour.preamble_delay = b": PROCESSING\n\n", 5.0
+    env = proxy_env(strong, weak, stream_hold_seconds="0.5")
+    with running_proxy(env, tmp_path) as proxy:
+        body = {"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}
+        with httpx.stream("POST", f"{proxy.api}/chat/completions", json=body, timeout=30) as response:
+            started = time.monotonic()
+            parts = response.iter_raw()
+            kept_alive = next(parts)
+            waited = time.monotonic() - started
+            rest = b"".join(parts)
+    assert kept_alive == b": PROCESSING\n\n" and waited < 4.0  # relayed before the first event came (at 5 s)
+    events = [json.loads(block[6:]) for block in rest.decode().split("\n\n") if block.startswith("data: {")]
+    assert [event["choices"][0]["delta"]["content"] for event in events] == [f"strong-{index} " for index in range(5)]
+    assert len(strong.received) == 1 and not weak.received
+
+
+@pytest.mark.parametrize(
+    ("content_type", "headers"), [("text/html", {}), ("text/event-stream", {"content-encoding": "gzip"})], ids=["html", "gzip"]
+)
 def test_a_streamed_2xx_that_is_not_an_event_stream_falls_back(
-    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, content_type: str, headers: dict[str, str]
 ) -> None:
-    strong.behaviour.stream_content_type = "text/html"
+    strong.behaviour.stream_content_type, strong.behaviour.stream_headers = content_type, headers
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
     delta.after()
     assert error is None and pieces == [f"weak-{index} " for index in range(5)]
-    assert len(strong.received) == 2 and len(weak.received) == 1
-    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
-    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="invalid_response") == 1
+    assert len(strong.received) == 1 and len(weak.received) == 1  # not retried: it would be so again
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="not_event_stream") == 1
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="not_event_stream") == 1
 
 
 # --- router faults ----------------------------------------------------------------------------

@@ -406,9 +406,9 @@ async def test_spend_sent_again_after_a_timeout_is_added_once(redis_server: Redi
     state = SharedState(redis_server.url, "resent:", 0.25, 0.2, 4)
     budget = SharedBudget(DailyBudget(100.0), state)
     await budget.record_cost("strong", 0.5, 1.0)
-    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "1.5"))
+    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "2"))
     stall.start()  # Redis busy past the 250 ms timeout: it runs the next script after routegate gave up on it
-    _wait(lambda: _stalled(redis_server), "Redis to stall")
+    _wait(lambda: _stalled(redis_server) and _stalled(redis_server), "Redis to stall")  # twice: not a slow PING
     await budget.record_cost("strong", 1.0, 1.0)
     assert not state.up  # the batch timed out: refresh below sends it again
     stall.join()
@@ -489,9 +489,9 @@ async def test_a_replica_falling_back_from_redis_owes_nothing_for_the_shared_dec
     assert (await targets.decide("random", 0.3)).threshold > 0
     for number in range(100):
         await targets.record("random", 0.3, 0.3, strong=False, score=number / 100)
-    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "1.5"))
+    stall = threading.Thread(target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "2"))
     stall.start()
-    _wait(lambda: _stalled(redis_server), "Redis to stall")
+    _wait(lambda: _stalled(redis_server) and _stalled(redis_server), "Redis to stall")  # twice: not a slow PING
     fallback = await targets.decide("random", 0.3)
     assert not state.up  # decided by the replica's own controller
     stall.join()
