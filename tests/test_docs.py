@@ -62,3 +62,14 @@ def test_the_readme_is_short_and_its_links_lead_somewhere() -> None:
     assert local, "the README links into docs/"
     missing = [target for target in local if not (REPO / target).exists()]
     assert not missing, missing
+    fragments = re.findall(r"\]\((docs/[^)#\s]+\.md)#([^)\s]+)\)", text)
+    assert fragments, "the README links to sections of the docs"
+    unknown = [f"{page}#{anchor}" for page, anchor in fragments if anchor not in _heading_anchors(REPO / page)]
+    assert not unknown, unknown
+
+
+def _heading_anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as the docs site's table of contents makes them."""
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", page.read_text(), flags=re.M)
+    texts = (re.sub(r"[`*]|\[([^]]*)\]\([^)]*\)", r"\1", heading) for heading in headings)
+    return {re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", text).strip().lower()) for text in texts}
