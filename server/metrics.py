@@ -7,6 +7,7 @@ does) and every worker's ``/metrics`` reports the sum over all workers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterable, Mapping
 
@@ -145,11 +146,19 @@ STICKY_CONVERSATIONS = Gauge(
     "Conversations remembered as strong (route_on=sticky), summed over live workers.",
     multiprocess_mode="livesum",
 )
-SHARED_STATE_UP = Gauge(
-    "routegate_shared_state_up",
-    "1 while shared state (ROUTEGATE_REDIS_URL) answers, 0 while in-process state stands in; absent without Redis.",
-    multiprocess_mode="livemin",
-)
+
+
+@functools.cache
+def shared_state_up() -> Gauge:
+    """``routegate_shared_state_up``, made when a gateway first uses Redis: a gateway without
+    Redis exports no such series (an unlabelled gauge made at import would read 0, "down")."""
+    return Gauge(
+        "routegate_shared_state_up",
+        "1 while shared state (ROUTEGATE_REDIS_URL) answers, 0 while in-process state stands in; absent without Redis.",
+        multiprocess_mode="livemin",
+    )
+
+
 SHARED_STATE_ERRORS = Counter(
     "routegate_shared_state_errors_total",
     "Shared-state (Redis) operations that failed or timed out and fell back to in-process state, by operation.",

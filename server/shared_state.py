@@ -88,7 +88,7 @@ class SharedState:
         for op in OPS:
             metrics.SHARED_STATE_ERRORS.labels(op)
             metrics.SHARED_STATE_BUSY.labels(op)
-        metrics.SHARED_STATE_UP.set(1)
+        metrics.shared_state_up().set(1)
 
     def key(self, *parts: str) -> str:
         """A key in this deployment's namespace."""
@@ -144,7 +144,7 @@ class SharedState:
         if trial and not self.up:  # only the trial's answer ends a rest: one begun before the failure says nothing
             self.up = True
             self._resting_until = -math.inf
-            metrics.SHARED_STATE_UP.set(1)
+            metrics.shared_state_up().set(1)
             if self._failure_logged:  # one message per logged failure: a flapping Redis logs once per interval
                 log.warning("shared state: Redis answers again; replicas share state again")
                 self._failure_logged = False
@@ -157,7 +157,7 @@ class SharedState:
         self._failures_unlogged += 1
         if self.up:
             self.up = False
-            metrics.SHARED_STATE_UP.set(0)
+            metrics.shared_state_up().set(0)
         if now - self._logged_at >= LOG_INTERVAL:
             log.warning(
                 "shared state: Redis failed (%s in %s: %s; %d failures since the last message); "

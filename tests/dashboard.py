@@ -14,7 +14,7 @@ DASHBOARD = REPO / "config/grafana/dashboards/routegate.json"
 ALERT_RULES = REPO / "config/prometheus/alerts.yml"
 QUALITY_PANELS = "Quality: "  # title prefix of the shadow-judging panels (tests/test_feedback_prometheus.py)
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
-_ALERT_THRESHOLD = re.compile(r"\s*(?:>|<|>=|<=)\s*[0-9.]+\s*$")
+_ALERT_THRESHOLD = re.compile(r"\s*(?:>|<|>=|<=|==)\s*[0-9.]+\s*$")
 _TRAFFIC_GUARD = re.compile(r"\nand on \(")  # at the start of a line: the whole comparison's guard
 
 

@@ -76,6 +76,7 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, threshold_decisions, router="random", tier="weak") == 5
     assert value(metrics, "routegate_most_capable_tier_info", tier="strong") == 1
     assert ("routegate_most_capable_tier_info", (("tier", "weak"),)) not in metrics
+    assert not [key for key in metrics if key[0] == "routegate_shared_state_up"]  # no Redis: no "down" to alert on
     assert value(metrics, "routegate_requests_in_flight") == 0
 
 

@@ -566,7 +566,7 @@ async def test_a_burst_beyond_the_connection_pool_is_not_taken_for_a_failed_redi
     results = await asyncio.gather(*(attempt() for _ in range(4)))
     assert sorted(outcome for outcome, _ in results) == ["answered", "answered", "cut short", "no connection"]
     assert max(elapsed for _, elapsed in results) < 2.0 + 1.0  # one deadline for the wait and the call, not two
-    assert state.up and metrics.SHARED_STATE_UP._value.get() == 1
+    assert state.up and metrics.shared_state_up()._value.get() == 1
     assert metrics.SHARED_STATE_BUSY.labels("sticky_get")._value.get() == busy_before + 2
     assert metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get() == errors_before
     assert await state.run("sticky_get", lambda: state.redis.ping()) is True  # no rest began
