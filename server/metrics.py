@@ -38,6 +38,7 @@ UPSTREAM_FAILURE_REASONS = (
     "stream_cut",
     "stream_ignored",
     "not_event_stream",
+    "stream_error",
 )
 # up to ROUTEGATE_TOTAL_TIMEOUT (300 s): a long stream is measured, not clipped to the top bucket
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300)

@@ -21,7 +21,7 @@ from server.http_client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from server.relay import json_value
+from server.relay import data_fields, json_value
 from server.settings import Settings, UpstreamSettings
 
 log = logging.getLogger("routegate.upstream")
@@ -36,6 +36,7 @@ REDACTED = b"[redacted]"
 _FIRST_EVENT = re.compile(rb"(?:^(?:\xef\xbb\xbf)?|[\r\n])data[:\r\n]")  # a data line (after a BOM)
 #: comments held before the first event at most (and ROUTEGATE_STREAM_HOLD_SECONDS): then the stream is relayed as it is
 MAX_HELD_BYTES = 64 * 1024
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 class UpstreamFailure(Exception):
@@ -271,6 +272,9 @@ class Attempts:
                 if not first:
                     await response.aclose()
                     return "stream_cut", False, None, None
+                if _error_first(first):  # failed before its answer began: nothing reached the client yet
+                    await response.aclose()
+                    return "stream_error", False, None, None
                 chunks = response.aiter_raw()
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
@@ -309,6 +313,20 @@ async def _held_start(response: UpstreamResponse, hold_seconds: float) -> bytes:
         held += chunk
         hold_ends = hold_ends or time.monotonic() + hold_seconds
     return held
+
+
+def _error_first(held: bytes) -> bool:
+    """Whether a stream's first event, whole in ``held``, is an error of the upstream's own
+    (``{"error": {...}}`` without choices), as some gateways report a provider's failure."""
+    start = 0
+    for end in _EVENT_END.finditer(held):  # the whole events, up to the first with data
+        fields = data_fields(held[start : end.start()])
+        if fields:
+            data = b"\n".join(fields)
+            chunk = json_value(data) if b'"error"' in data else None  # most first events are no error: no parse
+            return isinstance(chunk, dict) and isinstance(chunk.get("error"), dict) and not chunk.get("choices")
+        start = end.end()
+    return False
 
 
 async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, float | None] | None:

@@ -687,6 +687,22 @@ def test_keep_alive_comments_before_a_failure_do_not_commit_the_stream(
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
 
 
+def test_a_stream_whose_first_event_is_an_error_is_retried_and_falls_back(
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+) -> None:
+    """A gateway upstream reporting its provider's failure as a 200 stream's first event: nothing
+    reached the client, so it is a failed try like a 5xx."""
+    strong.behaviour.stream_preamble = b'data: {"error": {"message": "provider overloaded", "code": 502}}\n\n'
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    delta.after()
+    assert error is None and pieces == [f"weak-{index} " for index in range(5)]
+    assert len(strong.received) == 2 and len(weak.received) == 1  # retried once, then the other tier
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_error") == 2
+    assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="stream_error") == 1
+
+
 def test_keep_alive_comments_are_relayed_once_held_long_enough(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     """An upstream that takes its time after its keep-alives: they reach the client after
     ROUTEGATE_STREAM_HOLD_SECONDS, before its first event, and the stream goes on to its end."""
