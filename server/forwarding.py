@@ -177,7 +177,8 @@ def _refuses_stream_options(result: CompletedResponse) -> bool:
         return False
     details = parsed.get("detail")
     for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict) and "stream_options" in (detail.get("loc") or []):
+        location = detail.get("loc") if isinstance(detail, dict) else None
+        if isinstance(location, list | tuple) and "stream_options" in location:
             return True
     error = parsed.get("error")
     said = [details, error.get("message") if isinstance(error, dict) else error, parsed.get("message")]

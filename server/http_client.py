@@ -66,15 +66,15 @@ class UpstreamResponse:
     async def next_chunk(self, within: float | None = None) -> bytes | None:
         """The body's next bytes (``b""`` at its end), or None when none arrive within ``within``
         seconds: then nothing was read, and ``aiter_raw`` goes on from there."""
+        hold = asyncio.timeout(within)  # not wait_for: on Python 3.11 it can swallow the caller's cancellation
         try:
-            if within is None:
-                return await self._response.content.readany()
             try:
-                return await asyncio.wait_for(self._response.content.readany(), within)
-            except aiohttp.ServerTimeoutError:
+                async with hold:
+                    return await self._response.content.readany()
+            except TimeoutError as error:
+                if hold.expired() and not isinstance(error, aiohttp.ServerTimeoutError):
+                    return None
                 raise
-            except TimeoutError:
-                return None
         except (aiohttp.ServerTimeoutError, TimeoutError) as error:
             raise UpstreamTimeout(str(error) or "read timeout") from error
         except aiohttp.ClientError as error:

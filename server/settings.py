@@ -233,7 +233,9 @@ class Settings(BaseSettings):
     )
     allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without ROUTEGATE_API_KEYS")
     metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
-    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port instead of the API port")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port instead of the API port (another than ROUTEGATE_PORT)"
+    )
 
     connect_timeout: float = Field(5.0, gt=0, description="seconds to connect upstream")
     read_timeout: float = Field(120.0, gt=0, description="seconds between bytes from upstream")
@@ -248,15 +250,17 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="how long a stream's comments before its first event (keep-alives) are held, from the first of "
-        "them, so that a failure after them is still retried and falls back; then they are relayed and the stream "
-        "has started (keep it under the idle timeout of any proxy in front)",
+        "them, so that a failure after them, or an error as that event, is still retried and falls back; then they are "
+        "relayed and the stream has started (a proxy in front hears nothing until the upstream's first byte and this "
+        "hold: keep both under its idle timeout)",
     )
     stream_usage: bool = Field(
         True,
         description="ask upstreams for usage on every stream (stream_options.include_usage) so streams are metered "
         "and charged by the tokens they report; the usage chunk reaches only clients that asked for it, and an upstream "
-        "that refuses the field (a 400 naming it) when the client sent none is asked without it from then on (a client's "
-        "own field's 400 is relayed); a stream without usage is charged an estimate",
+        "that refuses the field (a 400 naming it, or a 422 whose validation error names it) when the client sent none is "
+        "asked without it from then on (a client's own field's refusal is relayed); a stream without usage is charged an "
+        "estimate",
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     max_pending_body_bytes: int | None = Field(

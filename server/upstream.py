@@ -272,7 +272,8 @@ class Attempts:
                 if not first:
                     await response.aclose()
                     return "stream_cut", False, None, None
-                if _error_first(first):  # failed before its answer began: nothing reached the client yet
+                error = _first_event_error(first)
+                if error is not None and _retryable(error):  # failed before its answer began: nothing reached the client
                     await response.aclose()
                     return "stream_error", False, None, None
                 chunks = response.aiter_raw()
@@ -298,12 +299,12 @@ class Attempts:
 
 
 async def _held_start(response: UpstreamResponse, hold_seconds: float) -> bytes:
-    """A stream's bytes up to its first event (empty when it ends before any): comments before
-    it (keep-alives) do not commit the stream to the client, so a failure after them is still
-    retried, for ``hold_seconds`` after the first of them at most (a load balancer's idle
-    timeout must not fire meanwhile) and ``MAX_HELD_BYTES``."""
+    """A stream's bytes up to the end of its first event (empty when it ends before any):
+    comments before it (keep-alives) do not commit the stream to the client, so a failure after
+    them, or an error as that event, is still retried; for ``hold_seconds`` after the first byte
+    at most (a load balancer's idle timeout must not fire meanwhile) and ``MAX_HELD_BYTES``."""
     held, hold_ends = b"", None
-    while not _FIRST_EVENT.search(held) and len(held) < MAX_HELD_BYTES:
+    while _first_event_end(held) is None and len(held) < MAX_HELD_BYTES:
         within = None if hold_ends is None else max(0.0, hold_ends - time.monotonic())
         chunk = await response.next_chunk(within)
         if chunk is None:  # held long enough: relayed as it is, the rest as it comes
@@ -315,18 +316,36 @@ async def _held_start(response: UpstreamResponse, hold_seconds: float) -> bytes:
     return held
 
 
-def _error_first(held: bytes) -> bool:
-    """Whether a stream's first event, whole in ``held``, is an error of the upstream's own
-    (``{"error": {...}}`` without choices), as some gateways report a provider's failure."""
-    start = 0
-    for end in _EVENT_END.finditer(held):  # the whole events, up to the first with data
-        fields = data_fields(held[start : end.start()])
-        if fields:
-            data = b"\n".join(fields)
-            chunk = json_value(data) if b'"error"' in data else None  # most first events are no error: no parse
-            return isinstance(chunk, dict) and isinstance(chunk.get("error"), dict) and not chunk.get("choices")
-        start = end.end()
-    return False
+def _first_event_end(held: bytes) -> int | None:
+    """Where the first event with a data line ends in ``held`` (after its blank line); None before."""
+    line = _FIRST_EVENT.search(held)
+    end = _EVENT_END.search(held, line.start()) if line is not None else None
+    return end.end() if end is not None else None
+
+
+def _first_event_error(held: bytes) -> dict | None:
+    """The ``error`` object of a stream's first event when that event, whole in ``held``, is an
+    error of the upstream's own (``{"error": {...}}`` without choices), as gateways report a
+    provider's failure; else None."""
+    end = _first_event_end(held)
+    if end is None:
+        return None
+    start = _FIRST_EVENT.search(held)
+    assert start is not None
+    data = b"\n".join(data_fields(held[start.start() : end].lstrip(b"\xef\xbb\xbf\r\n")))
+    chunk = json_value(data) if b'"error"' in data else None  # most first events are no error: no parse
+    error = chunk.get("error") if isinstance(chunk, dict) and not chunk.get("choices") else None
+    return error if isinstance(error, dict) else None
+
+
+def _retryable(error: dict) -> bool:
+    """Whether an upstream's error event may go another way on another try: not one that names a
+    client error (a 4xx other than 429 as its code or status, or an invalid request), which the
+    client gets as it was sent."""
+    status = next((value for value in (error.get("code"), error.get("status")) if isinstance(value, int)), None)
+    if status is not None and 400 <= status < 500 and status != 429:
+        return False
+    return error.get("type") != "invalid_request_error"
 
 
 async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, float | None] | None:

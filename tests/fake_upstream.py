@@ -67,6 +67,7 @@ class Behaviour:
     ignore_stream: bool = False  # streamed requests get the non-streamed JSON answer, as some servers send
     stream_preamble: bytes = b""  # streams begin with these bytes (SSE comments: keep-alives)
     preamble_delay: float = 0.0  # seconds between the preamble and the first event
+    preamble_split: int = 0  # the preamble goes in two writes, split at this byte (0: one write)
     stream_content_type: str = "text/event-stream"  # the content-type of streams
     stream_headers: dict[str, str] = field(default_factory=dict)  # more headers on streams
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
@@ -299,7 +300,11 @@ class FakeUpstream:
         cut_mode = "abort" if cut_after is not None else behaviour.cut_mode
         cut_after = behaviour.cut_after if cut_after is None else cut_after
         if behaviour.stream_preamble:
-            yield behaviour.stream_preamble
+            split = behaviour.preamble_split or len(behaviour.stream_preamble)
+            yield behaviour.stream_preamble[:split]
+            if split < len(behaviour.stream_preamble):
+                await asyncio.sleep(0.05)  # a read of its own
+                yield behaviour.stream_preamble[split:]
             await asyncio.sleep(behaviour.preamble_delay)
         for index in range(behaviour.chunks):
             chunk = {

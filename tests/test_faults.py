@@ -687,12 +687,14 @@ def test_keep_alive_comments_before_a_failure_do_not_commit_the_stream(
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="protocol") == 1
 
 
+@pytest.mark.parametrize("split", [0, 8, 60], ids=["one_read", "split_in_data", "split_before_blank_line"])
 def test_a_stream_whose_first_event_is_an_error_is_retried_and_falls_back(
-    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream
+    fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, split: int
 ) -> None:
     """A gateway upstream reporting its provider's failure as a 200 stream's first event: nothing
-    reached the client, so it is a failed try like a 5xx."""
+    reached the client, so it is a failed try like a 5xx, however the event's bytes arrive."""
     strong.behaviour.stream_preamble = b'data: {"error": {"message": "provider overloaded", "code": 502}}\n\n'
+    strong.behaviour.preamble_split = split
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
     delta = MetricDelta(fault_proxy.metrics)
     pieces, error = stream_events(fault_proxy)
@@ -701,6 +703,22 @@ def test_a_stream_whose_first_event_is_an_error_is_retried_and_falls_back(
     assert len(strong.received) == 2 and len(weak.received) == 1  # retried once, then the other tier
     assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_error") == 2
     assert delta("routegate_fallbacks_total", from_tier="strong", to_tier="weak", reason="stream_error") == 1
+
+
+def test_a_first_event_that_names_a_client_error_is_relayed_not_retried(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """The same error on every try (a prompt over the context length): the client gets the
+    upstream's own words, as sent, and the stream counts as failed."""
+    error = {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "code": 400}
+    strong.behaviour.stream_preamble = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = httpx.post(
+        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
+    )
+    assert raw.status_code == 200 and json.loads(raw.text.split("\n\n")[0][6:]) == {"error": error}
+    assert len(strong.received) == 1 and raw.headers.get("x-routegate-fallback") is None
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_error") == 0
 
 
 def test_keep_alive_comments_are_relayed_once_held_long_enough(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:

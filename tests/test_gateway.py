@@ -279,12 +279,19 @@ def test_an_upstream_that_refuses_stream_options_is_asked_without_them(
     assert not weak.received and "refuses stream_options" in log
 
 
+@pytest.mark.parametrize(
+    "detail",
+    [
+        [{"type": "missing", "loc": ["body", "temperature"], "msg": "Field required", "input": {"stream_options": {}}}],
+        [{"loc": 3, "msg": "stream_options? no: field 3"}, "stream_options"],  # odd shapes: read, never a 500
+    ],
+    ids=["echoed_input", "odd_shapes"],
+)
 def test_a_422_that_only_echoes_stream_options_is_relayed_not_taken_for_a_refusal(
-    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, detail: list
 ):
     """A FastAPI-style 422 about another field echoes the whole body (routegate's stream_options
     included) as its input: the client gets it, and the stream is not sent again without them."""
-    detail = [{"type": "missing", "loc": ["body", "temperature"], "msg": "Field required", "input": {"stream_options": {}}}]
     strong.behaviour.fail_statuses, strong.behaviour.fail_body = [422], json.dumps({"detail": detail})
     with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
         with pytest.raises(openai.UnprocessableEntityError):
