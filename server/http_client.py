@@ -10,7 +10,8 @@ runs on it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 
 import aiohttp
 
@@ -37,6 +38,17 @@ class UpstreamProtocolError(UpstreamError):
     """The connection broke or the answer was not valid HTTP."""
 
 
+@contextmanager
+def _read_errors() -> Iterator[None]:
+    """aiohttp's errors while reading a body, as routegate's: a timeout, or a broken protocol."""
+    try:
+        yield
+    except (aiohttp.ServerTimeoutError, TimeoutError) as error:
+        raise UpstreamTimeout(str(error) or "read timeout") from error
+    except aiohttp.ClientError as error:
+        raise UpstreamProtocolError(str(error) or type(error).__name__) from error
+
+
 class UpstreamResponse:
     """An upstream answer whose status and headers arrived; read its body with ``aiter_raw`` or
     ``aread`` and always ``aclose`` it. Counted in ``routegate_upstream_responses_open`` while open."""
@@ -55,19 +67,15 @@ class UpstreamResponse:
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive."""
-        try:
+        with _read_errors():
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (aiohttp.ServerTimeoutError, TimeoutError) as error:
-            raise UpstreamTimeout(str(error) or "read timeout") from error
-        except aiohttp.ClientError as error:
-            raise UpstreamProtocolError(str(error) or type(error).__name__) from error
 
     async def next_chunk(self, within: float | None = None) -> bytes | None:
         """The body's next bytes (``b""`` at its end), or None when none arrive within ``within``
         seconds: then nothing was read, and ``aiter_raw`` goes on from there."""
         hold = asyncio.timeout(within)  # not wait_for: on Python 3.11 it can swallow the caller's cancellation
-        try:
+        with _read_errors():
             try:
                 async with hold:
                     return await self._response.content.readany()
@@ -75,10 +83,6 @@ class UpstreamResponse:
                 if hold.expired() and not isinstance(error, aiohttp.ServerTimeoutError):
                     return None
                 raise
-        except (aiohttp.ServerTimeoutError, TimeoutError) as error:
-            raise UpstreamTimeout(str(error) or "read timeout") from error
-        except aiohttp.ClientError as error:
-            raise UpstreamProtocolError(str(error) or type(error).__name__) from error
 
     async def aread(self) -> bytes:
         """The whole body."""

@@ -12,13 +12,13 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-_EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
+EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")  # the blank line that ends an SSE event
 _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
 _FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')  # not the "finish_reason": null of other chunks
-_ERROR_OBJECT = re.compile(rb'"error"\s*:\s*\{')
+ERROR_OBJECT = re.compile(rb'"error"\s*:\s*\{')  # what an event holding an error object (error_of) must contain
 #: finish reasons that end a choice with a failure, not an answer (OpenRouter's "error", vLLM's "abort")
 FAILED_FINISHES = frozenset({"error", "abort"})
 
@@ -43,7 +43,7 @@ class EventSplitter:
         self._pending += chunk
         events: list[bytes] = []
         while True:
-            match = _EVENT_SEPARATOR.search(self._pending, self._searched)
+            match = EVENT_SEPARATOR.search(self._pending, self._searched)
             if match is None:
                 self.bytes_scanned += len(self._pending) - self._searched
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
@@ -101,11 +101,11 @@ class StreamWatcher:
             if _SOME_CHOICE.search(data):
                 self.choice_chunks += 1
             finishes, has_usage = _FINISH_REASON.search(data), _USAGE_OBJECT.search(data)  # not the nulls of other chunks
-            has_error = _ERROR_OBJECT.search(data)
+            has_error = ERROR_OBJECT.search(data)
             if not (finishes or has_usage or has_error):
                 continue
             chunk = json_value(data)
-            if has_error and isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
+            if has_error and error_of(chunk) is not None:
                 self.failed = True
             if finishes:
                 self._read_finished(chunk)
@@ -144,7 +144,7 @@ class EventGate:
         self._pending += chunk
         ready = bytearray()
         while True:
-            match = _EVENT_SEPARATOR.search(self._pending, self._searched)
+            match = EVENT_SEPARATOR.search(self._pending, self._searched)
             if match is None:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
                 if self._passing or len(self._pending) > self.max_event_bytes:
@@ -181,6 +181,13 @@ def json_value(data: bytes) -> object:
         return json.loads(data)
     except (ValueError, RecursionError):
         return None
+
+
+def error_of(chunk: object) -> dict | None:
+    """The error object of a parsed stream event that reports the upstream's own failure
+    (``{"error": {...}}``), else None."""
+    error = chunk.get("error") if isinstance(chunk, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 def _usage_only(event: bytes) -> bool:

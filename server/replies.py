@@ -143,11 +143,7 @@ def _relay_stream(
         if not watcher.complete:
             watcher.cut = "timeout" if isinstance(broken, UpstreamTimeout) else "stream_cut"
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
-            return
-        if watcher.failed:  # an error event of the upstream's own, which the client has: not an answer
-            watcher.cut = "stream_cut"
-            metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
-        if rest := events.cut_off() if broken else events.flush():  # an error after the end: never half an event
+        elif rest := events.cut_off() if broken else events.flush():  # an error after the end: never half an event
             yield rest
 
     relayed = chunks()
@@ -159,8 +155,8 @@ def _relay_stream(
     async def on_close(completed: bool) -> None:
         await relayed.aclose()
         await start.response.aclose()
-        if watcher.failed and watcher.cut is None:  # the client left after the upstream's error event, before its end
-            watcher.cut = "stream_cut"
+        if watcher.failed and watcher.cut is None:  # an error event of the upstream's own, which the client has
+            watcher.cut = "stream_cut"  # not an answer
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
         status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
         estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None

@@ -21,7 +21,7 @@ from server.http_client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from server.relay import data_fields, json_value
+from server.relay import ERROR_OBJECT, EVENT_SEPARATOR, data_fields, error_of, json_value
 from server.settings import Settings, UpstreamSettings
 
 log = logging.getLogger("routegate.upstream")
@@ -36,7 +36,6 @@ REDACTED = b"[redacted]"
 _FIRST_EVENT = re.compile(rb"(?:^(?:\xef\xbb\xbf)?|[\r\n])data[:\r\n]")  # a data line (after a BOM)
 #: comments held before the first event at most (and ROUTEGATE_STREAM_HOLD_SECONDS): then the stream is relayed as it is
 MAX_HELD_BYTES = 64 * 1024
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
 
 class UpstreamFailure(Exception):
@@ -268,11 +267,11 @@ class Attempts:
                     await response.aclose()  # a page or a compressed body, not events: it would be so again
                     self._on_spent(0)
                     return "not_event_stream", False, None, None
-                first = await _held_start(response, self.hold)
+                first, first_event = await _held_start(response, self.hold)
                 if not first:
                     await response.aclose()
                     return "stream_cut", False, None, None
-                error = _first_event_error(first)
+                error = _event_error(first_event) if first_event is not None else None
                 if error is not None and _retryable(error):  # failed before its answer began: nothing reached the client
                     await response.aclose()
                     return "stream_error", False, None, None
@@ -298,44 +297,38 @@ class Attempts:
         return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
 
 
-async def _held_start(response: UpstreamResponse, hold_seconds: float) -> bytes:
-    """A stream's bytes up to the end of its first event (empty when it ends before any):
-    comments before it (keep-alives) do not commit the stream to the client, so a failure after
-    them, or an error as that event, is still retried; for ``hold_seconds`` after the first byte
-    at most (a load balancer's idle timeout must not fire meanwhile) and ``MAX_HELD_BYTES``."""
+async def _held_start(response: UpstreamResponse, hold_seconds: float) -> tuple[bytes, bytes | None]:
+    """A stream's bytes up to the end of its first event (empty when it ends before any), and
+    that event (None when the hold ended before it was whole): comments before it (keep-alives)
+    do not commit the stream to the client, so a failure after them, or an error as that event,
+    is still retried; for ``hold_seconds`` after the first byte at most (a load balancer's idle
+    timeout must not fire meanwhile) and ``MAX_HELD_BYTES``."""
     held, hold_ends = b"", None
-    while _first_event_end(held) is None and len(held) < MAX_HELD_BYTES:
+    while (event := _first_event(held)) is None and len(held) < MAX_HELD_BYTES:
         within = None if hold_ends is None else max(0.0, hold_ends - time.monotonic())
         chunk = await response.next_chunk(within)
         if chunk is None:  # held long enough: relayed as it is, the rest as it comes
-            return held
+            return held, None
         if not chunk:
-            return b""
+            return b"", None
         held += chunk
         hold_ends = hold_ends or time.monotonic() + hold_seconds
-    return held
+    return held, event
 
 
-def _first_event_end(held: bytes) -> int | None:
-    """Where the first event with a data line ends in ``held`` (after its blank line); None before."""
+def _first_event(held: bytes) -> bytes | None:
+    """The first event with a data line, whole in ``held`` (up to its blank line); None before."""
     line = _FIRST_EVENT.search(held)
-    end = _EVENT_END.search(held, line.start()) if line is not None else None
-    return end.end() if end is not None else None
+    end = EVENT_SEPARATOR.search(held, line.start()) if line is not None else None
+    return held[line.start() : end.start()] if line is not None and end is not None else None
 
 
-def _first_event_error(held: bytes) -> dict | None:
-    """The ``error`` object of a stream's first event when that event, whole in ``held``, is an
-    error of the upstream's own (``{"error": {...}}`` without choices), as gateways report a
-    provider's failure; else None."""
-    end = _first_event_end(held)
-    if end is None:
-        return None
-    start = _FIRST_EVENT.search(held)
-    assert start is not None
-    data = b"\n".join(data_fields(held[start.start() : end].lstrip(b"\xef\xbb\xbf\r\n")))
-    chunk = json_value(data) if b'"error"' in data else None  # most first events are no error: no parse
-    error = chunk.get("error") if isinstance(chunk, dict) and not chunk.get("choices") else None
-    return error if isinstance(error, dict) else None
+def _event_error(event: bytes) -> dict | None:
+    """The error object of a stream's first event when it is an error of the upstream's own
+    without choices, as gateways report a provider's failure; else None."""
+    data = b"\n".join(data_fields(event.lstrip(b"\xef\xbb\xbf\r\n")))
+    chunk = json_value(data) if ERROR_OBJECT.search(data) else None  # most first events are no error: no parse
+    return error_of(chunk) if isinstance(chunk, dict) and not chunk.get("choices") else None
 
 
 def _retryable(error: dict) -> bool:

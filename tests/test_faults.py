@@ -59,6 +59,12 @@ def error_of(raised: pytest.ExceptionInfo[openai.APIStatusError]) -> dict:
     return body["error"]
 
 
+def raw_stream(proxy: Proxy, **fields: Any) -> httpx.Response:
+    """A streamed request to the strong tier, read whole as the bytes that came (``fields``: more of the body)."""
+    body = {"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True, **fields}
+    return httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=30)
+
+
 def stream_events(proxy: Proxy) -> tuple[list[str], dict | None]:
     """Stream through the SDK: the content pieces received and the error it raised, if any."""
     pieces: list[str] = []
@@ -578,11 +584,7 @@ def test_stream_cut_midway_without_done_ends_with_an_error_event(
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "done"
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions",
-        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True},
-        timeout=30,
-    )
+    raw = raw_stream(fault_proxy)
     events = [line for line in raw.text.split("\n\n") if line]
     assert len(events) == 3 and events[-1] == "data: [DONE]"
     assert all("error" not in json.loads(event[6:]) for event in events[:-1])
@@ -595,11 +597,7 @@ def test_a_stream_that_finished_every_choice_is_whole_without_done(
 ) -> None:
     strong.behaviour.finish_without_done = True  # as some OpenAI-compatible servers end a stream
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions",
-        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True, "n": answers},
-        timeout=30,
-    )
+    raw = raw_stream(fault_proxy, n=answers)
     events = [json.loads(line[6:]) for line in raw.text.split("\n\n") if line]
     assert [event["choices"][0]["delta"].get("content") for event in events if event.get("choices")][:5] == [
         f"strong-{index} " for index in range(5)
@@ -618,9 +616,7 @@ def test_a_cut_after_every_choice_finished_sends_no_half_event(fault_proxy: Prox
     ask for): the client gets the answer without a fragment of that chunk, and it counts as an answer."""
     strong.behaviour.finish_without_done = strong.behaviour.cut_in_usage = True
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
-    )
+    raw = raw_stream(fault_proxy)
     assert raw.status_code == 200 and raw.text.endswith("\n\n") and '"usage"' not in raw.text
     events = [json.loads(block[6:]) for block in raw.text.split("\n\n") if block]
     assert events[-1]["choices"][0]["finish_reason"] == "stop"
@@ -643,9 +639,7 @@ def test_a_stream_the_upstream_ends_with_its_own_error_is_not_an_answer(
     vLLM with "abort": the client gets the events as sent; routegate counts a failed stream, not an answer."""
     strong.behaviour.chunks, strong.behaviour.extra_event = 2, json.dumps(failure).encode()
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
-    )
+    raw = raw_stream(fault_proxy)
     assert raw.status_code == 200 and raw.text.endswith("data: [DONE]\n\n")
     assert json.loads(raw.text.split("\n\n")[2][6:]) == failure  # relayed as sent, nothing added after [DONE]
     assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
@@ -672,11 +666,7 @@ def test_keep_alive_comments_before_a_failure_do_not_commit_the_stream(
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
     weak.behaviour.stream_preamble = b": PROCESSING\n\n: PROCESSING\n\n"
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions",
-        json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True},
-        timeout=30,
-    )
+    raw = raw_stream(fault_proxy)
     delta.after()
     assert raw.status_code == 200 and raw.text.startswith(": PROCESSING\n\n: PROCESSING\n\ndata: ")
     events = [json.loads(block[6:]) for block in raw.text.split("\n\n") if block.startswith("data: {")]
@@ -712,9 +702,7 @@ def test_a_first_event_that_names_a_client_error_is_relayed_not_retried(fault_pr
     strong.behaviour.stream_preamble = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
     delta = MetricDelta(fault_proxy.metrics)
-    raw = httpx.post(
-        f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES, "stream": True}, timeout=30
-    )
+    raw = raw_stream(fault_proxy)
     assert raw.status_code == 200 and json.loads(raw.text.split("\n\n")[0][6:]) == {"error": error}
     assert len(strong.received) == 1 and raw.headers.get("x-routegate-fallback") is None
     assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
