@@ -143,6 +143,6 @@ def model_indices(models: list[str], strong: str, weak: str, directory: Path) ->
     if unknown:
         raise CheckpointError(
             f"the checkpoint in {directory} does not know model(s) {unknown}; set ROUTEGATE_ROUTER_STRONG_MODEL / "
-            f"ROUTEGATE_ROUTER_WEAK_MODEL to models it was trained on: {models}"
+            f"ROUTEGATE_ROUTER_WEAK_MODEL (on the command line --strong / --weak) to models it was trained on: {models}"
         )
     return indices[strong], indices[weak]

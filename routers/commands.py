@@ -23,6 +23,10 @@ from routers.registry import (
 )
 
 _MISSING = object()  # a record's absent "id" (null is an id)
+#: characters of a prompt the gateway gives its router (server.settings' max_router_chars default)
+MAX_ROUTER_CHARS = 4000
+#: what a plot can be written as
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +46,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--input", required=True, type=Path, help="records with id and prompt (.jsonl or .jsonl.gz)")
     score.add_argument("--output", required=True, type=Path, help='JSON lines {"id": ..., "score": ...}')
     score.add_argument("--batch-size", type=positive_int, default=64)
+    _max_chars_option(score)
     score.set_defaults(run=_score)
 
     evaluate = subparsers.add_parser(
@@ -68,7 +73,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, help="prompts scored at once (default 64; 256 with --leave-one-out)")
     evaluate.add_argument(
         "--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir"
     )
@@ -114,6 +119,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--strong-fraction", required=True, type=float, help="share of prompts for the strong model, 0..1")
     calibrate.add_argument("--split", default="all", help="records of this split (default all)")
     calibrate.add_argument("--batch-size", type=positive_int, default=64)
+    _max_chars_option(calibrate)
     calibrate.add_argument(
         "--write",
         type=Path,
@@ -122,6 +128,16 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "<checkpoint_dir>/<router>/calibration.json)",
     )
     calibrate.set_defaults(run=_calibrate)
+
+
+def _max_chars_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-chars",
+        type=positive_int,
+        default=MAX_ROUTER_CHARS,
+        help=f"score the first this many characters of each prompt, as the gateway does (ROUTEGATE_MAX_ROUTER_CHARS, "
+        f"default {MAX_ROUTER_CHARS})",
+    )
 
 
 def _router_options(parser: argparse.ArgumentParser) -> None:
@@ -140,6 +156,11 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
     from routers.model_names import match_model, normal_form
 
     strong, weak = pair or (args.strong, args.weak)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("routegate: --device cuda, but torch finds no CUDA device here (use --device auto or cpu)")
     if name not in available_routers():
         raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}")
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
@@ -215,8 +236,11 @@ def _score(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack an 'id' or a 'prompt' string")
+    if not records:
+        raise SystemExit(f"routegate: no records in {args.input}")
     router = _load(args.router, args)
-    scores = score_all(router, [str(prompt) for _, prompt in records], args.batch_size, f"score {args.router}")
+    prompts = [str(prompt)[: args.max_chars] for _, prompt in records]
+    scores = score_all(router, prompts, args.batch_size, f"score {args.router}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if args.output.suffix == ".gz" else open  # a .gz name is read back as gzip
     with opener(args.output, "wt", encoding="utf-8") as output:
@@ -227,6 +251,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise SystemExit(f"routegate eval: --plot {args.plot} must end in {', '.join(PLOT_SUFFIXES)}")
     if args.score_as and (args.leave_one_out or args.models):
         raise SystemExit("routegate eval: --score-as applies to one pair (--data FILE --strong M --weak M)")
     if args.leave_one_out:
@@ -263,7 +289,7 @@ def _eval(args: argparse.Namespace) -> int:
         print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
     for name in args.router:
-        curves[name] = score_all(_load(name, args, args.score_as), prompts, args.batch_size, f"eval {name}")
+        curves[name] = score_all(_load(name, args, args.score_as), prompts, args.batch_size or 64, f"eval {name}")
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
@@ -301,19 +327,19 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
         args.work_dir,
         families,
         args.device,
-        max(args.batch_size, 256),
+        args.batch_size or 256,
         parse_train_options(args.train_options),
         args.checkpoint_dir,
         args.max_prompts,
     )
     text = table.format()
     print(text)
+    if args.table is not None:  # before the plot: a plot that cannot be written loses no table
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(text + "\n")
     plot = args.plot or Path("leave-one-out.png")
     plot_leave_one_out(table, plot)
     print(f"plot: {plot}")
-    if args.table is not None:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(text + "\n")
     return 0
 
 
@@ -324,7 +350,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
     prompts = []
     for path in args.data:
-        selected = [record["prompt"] for record in _select(path, args.split, scores=False)]
+        selected = [record["prompt"][: args.max_chars] for record in _select(path, args.split, scores=False)]
         if args.per_file is not None and len(selected) > args.per_file:
             selected = random.Random(0).sample(selected, args.per_file)
         prompts += selected

@@ -52,14 +52,15 @@ def iter_records(path: str | Path, scores: bool = True) -> Iterator[Record]:
     False (a command that reads prompts only), whose scores are not numbers from 0 to 1."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    number = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
+        with opener(path, "rb") as lines:
+            for number, raw in enumerate(lines, 1):
+                try:  # a line at a time, so that an error names its line; a byte-order mark is not text
+                    line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise RecordError(f"{path}:{number}: not UTF-8 text (a gzip file must be named .gz)") from None
                 if line.strip():
                     yield _record(line, f"{path}:{number}", scores)
-    except UnicodeDecodeError:
-        raise RecordError(f"{path}:{number + 1}: not UTF-8 text (a gzip file must be named .gz)") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
 
@@ -78,7 +79,18 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
         raise RecordError(f"{where}: 'scores' must be an object of numbers from 0 to 1")
     if check_scores and scores and (not isinstance(record.get("prompt"), str) or "id" not in record):
         raise RecordError(f"{where}: a scored record needs an 'id' and a 'prompt' string")
+    if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
+        raise RecordError(f"{where}: the prompt holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text")
     return record
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is Unicode text (JSON's ``\\ud800`` escapes give lone surrogates, which no encoder reads)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_score(value: object) -> bool:

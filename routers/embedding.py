@@ -6,6 +6,7 @@ Training code caches embeddings outside the repository (``~/.cache/routegate``) 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import sys
@@ -21,6 +22,8 @@ EMBEDDING_DIM = 384
 #: tokens the encoder reads (MiniLM was trained on 128; the package's default of 256 halves CPU speed)
 MAX_TOKENS = 128
 CACHE_DIR = Path(os.environ.get("ROUTEGATE_CACHE_DIR", Path.home() / ".cache" / "routegate"))
+#: new entries that make the cache file be written before the command ends (it is written then too)
+SAVE_EVERY = 4096
 
 _encoders: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -96,13 +99,30 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
     if missing:
         vectors = _encode([text for _, text in missing], device, progress=len(missing) > 256)
         known.update(zip([key for key, _ in missing], vectors, strict=True))
-        store.parent.mkdir(parents=True, exist_ok=True)
-        partial = store.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: two commands may write at once
-        np.savez(partial, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
-        partial.replace(store)
+        _unsaved[store] = _unsaved.get(store, 0) + len(missing)
+        if _unsaved[store] >= max(SAVE_EVERY, len(known) // 4):  # the whole file is rewritten: not for every batch
+            _save(store)
     if not keys:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+def _save(store: Path) -> None:
+    """Write ``store``'s entries (through a file of this process's own: two commands may write at once)."""
+    known = _stores[store]
+    store.parent.mkdir(parents=True, exist_ok=True)
+    partial = store.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(partial, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+    partial.replace(store)
+    _unsaved[store] = 0
+
+
+@atexit.register
+def save_caches() -> None:
+    """Write every cache with entries not yet on disk (at exit; a killed command computes them again)."""
+    for store, count in list(_unsaved.items()):
+        if count:
+            _save(store)
 
 
 def _read_store(store: Path) -> dict[str, np.ndarray]:
@@ -119,3 +139,5 @@ def _read_store(store: Path) -> dict[str, np.ndarray]:
 
 #: cache file -> its entries, read once per process
 _stores: dict[Path, dict[str, np.ndarray]] = {}
+#: cache file -> entries added since it was last written
+_unsaved: dict[Path, int] = {}

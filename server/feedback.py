@@ -23,7 +23,7 @@ from server import feedback_metrics as fm
 from server.chat_request import routed_text
 from server.client_keys import client_fingerprint
 from server.feedback_store import Database, DecisionRow, FeedbackStore
-from server.judge import answer_text
+from server.judge import answer_text, tool_calls_text
 from server.metrics import reported_tokens, token_count
 from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings
@@ -33,17 +33,21 @@ PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed req
 
 
 class AnswerText:
-    """Collects the first choice's streamed text, up to ``max_chars``, from relayed SSE bytes."""
+    """Collects the first choice's streamed answer, up to ``max_chars``, from relayed SSE bytes: its
+    text, or its tool calls (as ``judge.answer_text`` writes those of a whole answer) when it has none."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
         self.parts: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}  # tool call index -> the call as a whole answer holds it
         self._chars = 0
         self.events = EventSplitter()  # events longer than its bound are skipped
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        if self.parts or not self.calls:
+            return "".join(self.parts)
+        return tool_calls_text([self.calls[index] for index in sorted(self.calls)])
 
     def feed(self, chunk: bytes) -> None:
         if self._chars >= self.max_chars:
@@ -56,11 +60,33 @@ class AnswerText:
         event = json_value(data)
         choices = event.get("choices") if isinstance(event, dict) else None
         for choice in choices if isinstance(choices, list) else ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            content = delta.get("content") if isinstance(delta, dict) and choice.get("index", 0) == 0 else None
+            delta = choice.get("delta") if isinstance(choice, dict) and choice.get("index", 0) == 0 else None
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
             if isinstance(content, str):
                 self.parts.append(content)
                 self._chars += len(content)
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                self._read_call(call)
+
+    def _read_call(self, call: object) -> None:
+        """Add one streamed piece of a tool call: its id, type and name come once, its arguments in parts."""
+        if not isinstance(call, dict) or not isinstance(index := call.get("index", 0), int):
+            return
+        whole = self.calls.setdefault(index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        self._chars += 1  # a call without text still counts towards the bound
+        for field in ("id", "type"):
+            if isinstance(call.get(field), str):
+                whole[field] = call[field]
+        function = call.get("function")
+        if not isinstance(function, dict):
+            return
+        for field in ("name", "arguments"):
+            if isinstance(piece := function.get(field), str):
+                whole["function"][field] += piece
+                self._chars += len(piece)
 
 
 class Feedback:

@@ -51,9 +51,17 @@ def answer_text(completion: object) -> str | None:
         content = message.get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
-    if isinstance(content, str):
+    if isinstance(content, str) and content:
         return content
-    return json.dumps(message["tool_calls"]) if message.get("tool_calls") else ""
+    calls = message.get("tool_calls")
+    return tool_calls_text(calls) if isinstance(calls, list) and calls else ""
+
+
+def tool_calls_text(calls: list[Any]) -> str:
+    """An answer's tool calls as the judge is shown them: their id, type and function, as JSON."""
+    return json.dumps(
+        [{field: call.get(field) for field in ("id", "type", "function")} for call in calls if isinstance(call, dict)]
+    )
 
 
 def judge_messages(question: str, answer_a: str, answer_b: str) -> list[dict[str, str]]:

@@ -215,9 +215,12 @@ class FakeUpstream:
             return Response(behaviour.answer_body, media_type="application/json")
         if body.get("tools") and body.get("tool_choice") != "none":
             try:
-                return JSONResponse(self._tool_call(body))
+                answer = self._tool_call(body)
             except (KeyError, IndexError, TypeError):
                 return self._invalid("Invalid 'tools': each tool needs a function with a name.")
+            if stream:
+                return StreamingResponse(self._tool_call_events(answer), media_type="text/event-stream")
+            return JSONResponse(answer)
         if stream and not behaviour.ignore_stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -282,6 +285,22 @@ class FakeUpstream:
         }
         answer["choices"][0]["finish_reason"] = "tool_calls"
         return answer
+
+    @staticmethod
+    async def _tool_call_events(answer: dict[str, Any]):
+        """A tool-call answer streamed as OpenAI does: the call's id, type and name first, then its arguments in two parts."""
+        call = answer["choices"][0]["message"]["tool_calls"][0]
+        arguments = call["function"]["arguments"]
+        pieces = [
+            {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}},
+            {"index": 0, "function": {"arguments": arguments[: len(arguments) // 2]}},
+            {"index": 0, "function": {"arguments": arguments[len(arguments) // 2 :]}},
+        ]
+        for delta, finish in [({"role": "assistant", "tool_calls": [piece]}, None) for piece in pieces] + [({}, "tool_calls")]:
+            chunk = {key: answer[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+            chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
 
     async def _stream(self, model: str, include_usage: bool, cut_after: int | None = None):
         finished = False

@@ -276,6 +276,29 @@ def test_opted_out_and_tool_requests_are_not_shadowed(
     assert [received.body["messages"] for received in strong.received] == [marker]
 
 
+def test_with_shadow_tools_a_tool_call_answer_is_judged_streamed_or_not(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """A streamed answer that is only tool calls is put together from its pieces and shown to the
+    judge as the same answer not streamed is, not skipped as having no answer."""
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}]
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_tools="true")
+    with running_proxy(env, tmp_path) as proxy:
+        judge.reset()
+        openai = client(proxy)
+        whole = openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, tools=tools)
+        assert whole.choices[0].message.tool_calls[0].function.name == "weather"
+        stream = openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, tools=tools, stream=True)
+        pieces = [chunk.choices[0].delta.tool_calls[0] for chunk in stream if chunk.choices and chunk.choices[0].delta.tool_calls]
+        assert "".join(piece.function.arguments or "" for piece in pieces) == '{"city": "Paris"}'
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="judged") == 2, "both answers judged")
+        assert shadow_total(proxy, outcome="no_answer") == 0
+    expected = json.dumps(
+        [{"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]
+    )
+    assert judge.shown() == [(expected, expected)] * 4  # each answer and its shadow's, in both orders
+
+
 def test_an_answer_from_the_fallback_tier_is_not_shadowed(
     shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
 ) -> None:

@@ -458,6 +458,13 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         (["eval", "--router", "random", "--data", "{data}", "--models", "a,b", "--prices", "a=cheap"], "--prices:"),
         (["eval", "--router", "random", "--data", "{data}", "--models", "a,b", "--knn", "0"], "--knn: must be a whole number"),
         (["train", "mf", "--data", "{unprompted}", "--out", "{out}"], ":2: a scored record needs an 'id' and a 'prompt'"),
+        (
+            ["eval", "--router", "random", "--data", "{data}", "--strong", "a", "--weak", "b", "--plot", "x.xyz"],
+            "must end in .png",
+        ),
+        (["eval", "--router", "random", "--data", "{data}", "--models", "a,b,a"], "--models names 'a' twice"),
+        (["eval", "--router", "mff", "--data", "{data}", "--models", "a,b"], "unknown routers ['mff']"),
+        (["eval", "--router", "random", "sw_ranking", "--data", "{data}", "--models", "a,b"], "['sw_ranking'] score only a"),
     ],
 )
 def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[str], said: str) -> None:
@@ -471,6 +478,66 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "router.json").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_cuda_device_where_there_is_none_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a traceback from the first prompt missing from the embedding cache (and none when all are cached)."""
+    data = tmp_path / "records.jsonl"
+    data.write_text('{"id": "a", "prompt": "a prompt no cache holds 7f3c"}\n')
+    argv = ["score", "--router", "mf", "--device", "cuda", "--input", str(data), "--output", str(tmp_path / "s.jsonl")]
+    assert "--device cuda, but torch finds no CUDA device here" in _said(argv, capsys)
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_score_and_calibrate_read_what_the_gateway_gives_its_router(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway scores the first ROUTEGATE_MAX_ROUTER_CHARS characters of a prompt: so do the
+    commands whose numbers it uses, else a long prompt's length features differ from the gateway's."""
+    from routers.commands import MAX_ROUTER_CHARS
+    from server.settings import Settings
+
+    assert MAX_ROUTER_CHARS == Settings.model_fields["max_router_chars"].default == 4000
+    long = "Explain each step of the proof. " + "1234 + 5678 = ? " * 400
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(json.dumps({"id": name, "prompt": text}) for name, text in [("long", long), ("cut", long[:4000])]))
+    out = tmp_path / "s.jsonl"
+    assert main(["score", "--router", "mf", "--input", str(data), "--output", str(out)]) == 0
+    assert _scores(out)["long"] == _scores(out)["cut"]
+    assert main(["score", "--router", "mf", "--input", str(data), "--output", str(out), "--max-chars", str(len(long))]) == 0
+    assert _scores(out)["long"] != _scores(out)["cut"]
+    capsys.readouterr()
+    calibrate = ["calibrate", "--router", "mf", "--data", str(data), "--split", "all", "--strong-fraction", "0.5"]
+    assert main(calibrate) == 0
+    assert "sends 100.0% of 2 prompts" in capsys.readouterr().out  # the two prompts score alike
+
+
+def test_eval_among_models_of_a_file_without_train_records_leaves_out_the_knn_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(RECORD.format(id=n, split="dev") for n in range(8)) + "\n")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                "--router",
+                "random",
+                "--data",
+                str(data),
+                "--models",
+                "a,b",
+                "--prices",
+                "a=1/2,b=0.1/0.2",
+                "--plot",
+                str(tmp_path / "m.png"),
+            ]
+        )
+        == 0
+    )
+    said = capsys.readouterr().out
+    assert "records has no train records: no kNN baseline" in said and "kNN (k=" not in said
+    assert (tmp_path / "m.png").stat().st_size > 0
 
 
 def test_a_weight_for_a_file_not_in_data_is_named_and_left_out(tmp_path: Path) -> None:
@@ -528,6 +595,12 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
         "plain.jsonl.gz": "plain.jsonl.gz: not a whole gzip file",
         "cut.jsonl.gz": "cut.jsonl.gz: not a whole gzip file",
     }
+    files["late.jsonl"] = b'{"id": "a", "prompt": "x"}\n' * 899 + '{"id": "b", "prompt": "caf\u00e9"}\n'.encode("latin-1")
+    expected["late.jsonl"] = "late.jsonl:900: not UTF-8 text"
+    files["surrogate.jsonl"] = b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "abc \\ud800 def"}\n'
+    expected["surrogate.jsonl"] = "surrogate.jsonl:2: the prompt holds a lone surrogate"
+    files["empty.jsonl"] = b"\n"
+    expected["empty.jsonl"] = "no records in"
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
         said = _said(
@@ -543,7 +616,9 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     said = _said(["train", "mf", "--data", str(dev_only), str(tmp_path / "feb" / "dev.jsonl"), "--out", out], capsys)
     assert "two data files have one name" in said
     prompt_log = tmp_path / "log.jsonl"  # scores that are not 0-1 outcomes: score and calibrate read prompts only
-    prompt_log.write_text('{"id": "a", "prompt": "x", "scores": null}\n{"id": "b", "prompt": "y", "scores": {"stars": 7}}\n')
+    prompt_log.write_bytes(  # a byte-order mark, as Windows editors save
+        b'\xef\xbb\xbf{"id": "a", "prompt": "x", "scores": null}\n{"id": "b", "prompt": "y", "scores": {"stars": 7}}\n'
+    )
     assert main(["score", "--router", "random", "--input", str(prompt_log), "--output", str(tmp_path / "s.jsonl")]) == 0
     assert main(["score", "--router", "random", "--input", str(prompt_log), "--output", str(tmp_path / "s.jsonl.gz")]) == 0
     written = [(record["id"], record["score"]) for record in iter_records(tmp_path / "s.jsonl.gz", scores=False)]

@@ -75,6 +75,8 @@ def resolve_models(spec: str, records: list[Record]) -> list[str]:
         found = asked if asked in known else match_model(asked, known)
         if found is None:
             raise SystemExit(f"routegate eval: model {asked!r} is not scored on every record; known: {known}")
+        if found in models:
+            raise SystemExit(f"routegate eval: --models names {found!r} twice ({asked!r} is another spelling of it)")
         models.append(found)
     if len(set(models)) < 2:
         raise SystemExit("routegate eval: --models needs at least two different models")
@@ -162,8 +164,6 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
     """Each model's mean score on the ``k`` train prompts nearest to each prompt (cosine, MiniLM)."""
     from routers.embedding import encode
 
-    if not data.train_prompts:
-        raise SystemExit(f"routegate eval: {data.name} has no train records for the kNN baseline")
     train, query = encode(data.train_prompts, device, progress=True), encode(data.prompts, device, progress=True)
     similarity = query @ train.T
     positions: dict[str, list[int]] = {}
@@ -179,15 +179,25 @@ def knn_predictions(data: ModelSet, k: int, device: str) -> np.ndarray:
     return np.where(np.isnan(predicted), overall, predicted)
 
 
+def check_routers(names: list[str]) -> None:
+    """SystemExit unless every name is a router that predicts each model's quality (before any scoring)."""
+    from routers.registry import available_routers, multi_model_routers
+
+    unknown = [name for name in names if name not in available_routers()]
+    if unknown:
+        raise SystemExit(f"routegate eval: unknown routers {unknown}; known: {available_routers()}")
+    pair_only = [name for name in names if name not in multi_model_routers()]
+    if pair_only:
+        raise SystemExit(
+            f"routegate eval: {pair_only} score only a strong/weak pair; routing among several models needs one "
+            f"prediction per model ({', '.join(multi_model_routers())})"
+        )
+
+
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
     """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
-    from routers.registry import RouterOptions, load_router, multi_model_routers, router_models
+    from routers.registry import RouterOptions, load_router, router_models
 
-    if name not in multi_model_routers():
-        raise SystemExit(
-            f"routegate eval: router {name!r} scores only a strong/weak pair; routing among "
-            f"{len(data.models)} models needs one prediction per model ({', '.join(multi_model_routers())})"
-        )
     known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
     matched = [match_model(model, known) for model in data.models]
     unknown = [model for model, found in zip(data.models, matched, strict=True) if found is None]
@@ -348,13 +358,17 @@ def run(args: argparse.Namespace) -> int:
     """The ``routegate eval --models`` command."""
     from routers.embedding import use_disk_cache
 
+    check_routers(args.router)
     use_disk_cache()
     data = load_model_set(args.data, args.models, args.prices, args.output_tokens, args.split)
     curves = [
         routing_curve(name, router_predictions(name, data, Path(args.checkpoint_dir), args.device), data, logits=True)
         for name in args.router
     ]
-    curves.append(routing_curve(f"kNN (k={args.knn})", knn_predictions(data, args.knn, args.device), data, logits=False))
+    if data.train_prompts:
+        curves.append(routing_curve(f"kNN (k={args.knn})", knn_predictions(data, args.knn, args.device), data, logits=False))
+    else:
+        print(f"{data.name} has no train records: no kNN baseline")
     print(report(data, curves))
     path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")
     plot(data, curves, path)
