@@ -150,6 +150,8 @@ class Feedback:
         completion = json_value(bytes(response.body))
         if isinstance(completion, dict):
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
+        elif shadow:
+            _unanswered(response.headers)
 
     def _watch_stream(self, response: RelayResponse, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
         answer = AnswerText(self.settings.max_response_bytes) if shadow else None
@@ -170,6 +172,8 @@ class Feedback:
                 # a client that stopped the answer may still rate it; only a whole answer is judged
                 text = answer.text if answer is not None else None
                 self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)
+            if shadow and (response.watcher.cut is not None or not completed):
+                _unanswered(response.headers)
 
         response.chunks, response.on_close = watched, on_close
 
@@ -218,6 +222,11 @@ class Feedback:
             prompt_sha1=hashlib.sha1(prompt.encode("utf-8", "replace")).hexdigest(),
             prompt=prompt.replace("\x00", "") if settings.feedback_store_text else None,  # PostgreSQL text holds no NUL
         )
+
+
+def _unanswered(answer_headers: Any) -> None:
+    """Count an answer drawn for shadowing that the client did not receive whole (not judged)."""
+    fm.SHADOW_REQUESTS.labels(OTHER_TIER[answer_headers["x-routegate-tier"]], "unanswered").inc()
 
 
 def _number(value: str | None) -> float | None:

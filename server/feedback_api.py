@@ -98,7 +98,9 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
         )
     score, rating = payload.get("score"), payload.get("rating")
     if (score is None) == (rating is None):
-        raise bad_request("Send exactly one of 'score' (0 to 1) and 'rating' ('up' or 'down').", code="invalid_value")
+        raise bad_request(
+            "Send exactly one of 'score' (0 to 1) and 'rating' ('up' or 'down').", param="score", code="invalid_value"
+        )
     if rating is not None:
         if not isinstance(rating, str) or rating not in RATING_SCORES:
             raise bad_request("'rating' must be 'up' or 'down'.", param="rating", code="invalid_value")

@@ -8,7 +8,17 @@ from prometheus_client import Counter, Gauge
 
 TIERS = ("strong", "weak")
 VERDICTS = ("chosen_better", "tie", "other_better", "unparsable")
-SHADOW_OUTCOMES = ("judged", "excluded", "dropped", "over_budget", "no_answer", "shadow_failed", "judge_failed")
+SHADOW_OUTCOMES = (
+    "judged",
+    "excluded",
+    "too_large",
+    "dropped",
+    "over_budget",
+    "no_answer",
+    "unanswered",
+    "shadow_failed",
+    "judge_failed",
+)
 RATINGS = ("up", "down", "score")
 
 SHADOW_REQUESTS = Counter(

@@ -338,6 +338,12 @@ class Settings(BaseSettings):
         None, gt=0, description="USD per UTC day for shadow and judge calls, per replica (not shared through Redis)"
     )
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
+    shadow_max_job_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="larger shadow jobs (the request body as JSON plus the chosen answer) are skipped and counted, so "
+        "that the shadow queue holds at most about this times ROUTEGATE_SHADOW_QUEUE_SIZE",
+    )
     judge: JudgeSettings = Field(default_factory=JudgeSettings, description="the LLM that judges shadowed answers")
 
     _real_secrets = field_validator("api_keys", "override_keys", "metrics_key", "redis_url", "feedback_db")(not_placeholder)
@@ -392,6 +398,16 @@ class Settings(BaseSettings):
                 "with ROUTEGATE_MODELS give an entry's router_model instead"
             )
         return data
+
+    @model_validator(mode="after")
+    def _shadow_judges_two_tiers(self) -> Settings:
+        """Shadow judging compares the strong and the weak tier's answers: with several models it would do nothing."""
+        if self.models and self.shadow_rate > 0:
+            raise ValueError(
+                "ROUTEGATE_SHADOW_RATE judges each answer against the other of two tiers: with ROUTEGATE_MODELS "
+                "there are none, so leave it 0 (rate answers with POST /v1/feedback instead)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _openai_key_from_env(self) -> Settings:

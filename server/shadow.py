@@ -99,6 +99,13 @@ class ShadowJob:
     client: str = ""  # whose request it is (server.feedback.Feedback.client_of)
 
 
+def job_bytes(job: ShadowJob) -> int:
+    """What a queued job holds, about: its request body as JSON and the chosen answer, in UTF-8 bytes."""
+    return len(json.dumps(job.payload, ensure_ascii=False).encode("utf-8", "replace")) + len(
+        job.chosen_answer.encode("utf-8", "replace")
+    )
+
+
 class CallFailed(Exception):
     """A shadow or judge call got no usable answer. ``answer_bytes``: None when the endpoint never
     had the request or refused it (nothing to pay), else how much answer came before it failed
@@ -145,6 +152,7 @@ class Shadower:
         )
         self.workers = settings.shadow_max_concurrent
         self.max_response_bytes = settings.max_response_bytes
+        self.max_job_bytes = settings.shadow_max_job_bytes
         self.total_timeout = settings.total_timeout
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(max(1, settings.shadow_queue_size))
         self._queue_size = settings.shadow_queue_size
@@ -175,6 +183,8 @@ class Shadower:
         other = OTHER_TIER[job.chosen_tier]
         if excluded(headers, job.payload, self.shadow_tools):
             outcome = "excluded"
+        elif job_bytes(job) > self.max_job_bytes:
+            outcome = "too_large"
         elif self.budget.exhausted():
             outcome = "over_budget"
         elif self._queue_size == 0 or self._queue.full():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import APIError, OpenAI
 
 from server.feedback_store import Database
 from server.token_estimate import prompt_tokens
@@ -299,6 +299,34 @@ def test_with_shadow_tools_a_tool_call_answer_is_judged_streamed_or_not(
     assert judge.shown() == [(expected, expected)] * 4  # each answer and its shadow's, in both orders
 
 
+def test_a_shadow_job_over_its_size_is_skipped_and_counted(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """The queue holds each job's request and answer until a worker is free: a large one is not kept."""
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_job_bytes="2048")
+    with running_proxy(env, tmp_path) as proxy:
+        openai = client(proxy)
+        long = [{"role": "user", "content": "Summarise: " + "é" * 1100}]  # 2,200 bytes as UTF-8 (1,111 characters)
+        openai.chat.completions.create(model=WEAK_ROUTE, messages=long)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="too_large") == 1, "the long one skipped")
+        openai.chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="judged") == 1, "the short one judged")
+    assert [received.body["messages"] for received in strong.received] == [QUESTION]  # no shadow call for the long one
+
+
+def test_a_drawn_answer_the_client_did_not_receive_whole_is_counted_unanswered(
+    shadowing: tuple[Proxy, Path], weak: FakeUpstream, strong: FakeUpstream
+) -> None:
+    proxy, _ = shadowing
+    before = shadow_total(proxy, tier="strong", outcome="unanswered")
+    weak.behaviour.cut_after = 1  # the chosen weak tier drops the stream after one chunk
+    with pytest.raises(APIError):
+        for _ in client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, stream=True):
+            pass
+    wait_until(lambda: shadow_total(proxy, tier="strong", outcome="unanswered") == before + 1, "the cut answer counted")
+    assert strong.received == []  # nothing to compare it with: no shadow call
+
+
 def test_an_answer_from_the_fallback_tier_is_not_shadowed(
     shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
 ) -> None:
@@ -427,8 +455,8 @@ def test_with_the_store_off_feedback_is_refused_and_requests_are_answered(
         ({"request_id": "x", "score": 10**400}, "score"),  # too large for a float
         ({"request_id": "x", "rating": "meh"}, "rating"),
         ({"request_id": "x", "rating": {}}, "rating"),
-        ({"request_id": "x"}, None),
-        ({"request_id": "x", "score": 1, "rating": "up"}, None),
+        ({"request_id": "x"}, "score"),
+        ({"request_id": "x", "score": 1, "rating": "up"}, "score"),
         ({"request_id": "", "score": 1}, "request_id"),
         ({"request_id": "x", "score": 1, "comment": "x" * 2001}, "comment"),
         ({"request_id": "x", "score": 1, "stars": 5}, "stars"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,23 @@ def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.Monke
     assert settings.strong.api_key is None, "OPENAI_API_KEY is only for upstreams on the OpenAI API"
     assert (settings.weak.model, settings.weak.output_price) == ("my-small-model", 0.6)
     assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"
+
+
+def test_shadow_judging_among_several_models_fails_at_start(monkeypatch: pytest.MonkeyPatch):
+    """It compares the strong and the weak tier's answers; among several models it would start workers that never run."""
+    from server.settings import SettingsError, load_settings
+
+    for name in list(__import__("os").environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    nowhere = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "input_price": 1, "output_price": 1}
+    monkeypatch.setenv(
+        "ROUTEGATE_MODELS", json.dumps([{"name": "a", "model": "x", **nowhere}, {"name": "b", "model": "y", **nowhere}])
+    )
+    assert load_settings().shadow_rate == 0
+    monkeypatch.setenv("ROUTEGATE_SHADOW_RATE", "0.1")
+    with pytest.raises(SettingsError, match="ROUTEGATE_SHADOW_RATE judges each answer against the other of two tiers"):
+        load_settings()
 
 
 def test_routers_without_a_usable_checkpoint(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
