@@ -268,6 +268,9 @@ class FeedbackStore:
         self.retention_seconds = retention_days * 86400
         self.max_rows = max_rows
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
+        # feedback posts wait for their write: at most a tenth of the queue, so that they cannot fill it
+        # and push out other clients' decision rows
+        self._feedback_slots = max(1, queue_size // 10)
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
         self._next_retention = 0.0
@@ -317,12 +320,17 @@ class FeedbackStore:
 
             loop.call_soon_threadsafe(settle)
 
+        if self._feedback_slots == 0:
+            raise StoreUnavailable("too many feedback posts are waiting for the feedback store")
         if not self._put(_Feedback(row, time.time() - self.retention_seconds, done, client)):
             raise StoreUnavailable("the feedback store's queue is full")
+        self._feedback_slots -= 1
         try:
             return await asyncio.wait_for(future, ANSWER_TIMEOUT)
         except TimeoutError:
             raise StoreUnavailable("the feedback store did not answer in time") from None
+        finally:
+            self._feedback_slots += 1
 
     def _put(self, item: object) -> bool:
         try:
