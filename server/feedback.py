@@ -191,23 +191,32 @@ class Feedback:
         router = answer_headers.get("x-routegate-router", "none")
         tier = answer_headers["x-routegate-tier"]
         client = self.client_of(request_headers)
+        decided_at = time.time()
         if self.store is not None:
-            self.store.record(self._decision(request_id, router, tier, answer_headers, payload, usage), client)
+            self.store.record(self._decision(request_id, decided_at, router, tier, answer_headers, payload, usage), client)
         if shadow and self.shadow is not None:
             if text is None:  # an answer without a first choice: nothing for a judge to compare
                 fm.SHADOW_REQUESTS.labels(OTHER_TIER[tier], "no_answer").inc()
             else:
-                self.shadow.offer(ShadowJob(request_id, router, tier, payload, text, client), request_headers)
+                job = ShadowJob(request_id, router, tier, payload, text, client, decided_at)
+                self.shadow.offer(job, request_headers)
 
     def _decision(
-        self, request_id: str, router: str, tier: str, headers: Any, payload: dict[str, Any], usage: object
+        self,
+        request_id: str,
+        decided_at: float,
+        router: str,
+        tier: str,
+        headers: Any,
+        payload: dict[str, Any],
+        usage: object,
     ) -> DecisionRow:
         settings = self.settings
         prompt = routed_text(payload["messages"], settings.route_on, settings.conversation_turns, settings.max_router_chars)
         tokens = usage if isinstance(usage, dict) else {}
         return DecisionRow(
             request_id=request_id,
-            created_at=time.time(),
+            created_at=decided_at,
             router=router,
             reason=headers.get("x-routegate-decision", ""),
             score=_number(headers.get("x-routegate-score")),

@@ -255,6 +255,7 @@ class _Owned:
 
     row: DecisionRow | JudgementRow
     client: str
+    decided_at: float | None = None  # a judgement's decision: its created_at (None: the newest under its id)
 
 
 _STOP = object()
@@ -299,10 +300,12 @@ class FeedbackStore:
         log.warning("feedback store %s: %s: %d queued writes lost", self.database.describe(), why, left)
         fm.STORE_ERRORS.labels("unavailable").inc(left)
 
-    def record(self, row: DecisionRow | JudgementRow, client: str = "") -> None:
+    def record(self, row: DecisionRow | JudgementRow, client: str = "", decided_at: float | None = None) -> None:
         """Queue a row of a request from ``client``; when the queue is full it is dropped and
-        counted. A request id that another client's decision holds is not overwritten, nor judged."""
-        self._put(_Owned(row, client))
+        counted. A request id that another client's decision holds is not overwritten, nor judged;
+        a judgement with ``decided_at`` is stored only while the decision made then is the id's (a
+        client that reused the id since has another request under it)."""
+        self._put(_Owned(row, client, decided_at))
 
     async def record_feedback(self, row: FeedbackRow, client: str = "") -> bool:
         """Write user feedback; False when ``client`` sent no such request, or it is past the retention."""
@@ -474,17 +477,21 @@ class FeedbackStore:
                 cursor.execute(sql(statement), (row.request_id, row.created_at, row.request_id, client))
             cursor.execute(sql(DECISION_UPSERT), (*asdict(row).values(), client))
             return True
-        if not self._holds_decision(cursor, row.request_id, client):  # the id now names another client's request
+        if not self._holds_decision(cursor, row.request_id, client, decided_at=item.decided_at):  # the id names another request
             return False
         cursor.execute(sql(UPSERTS[JudgementRow]), tuple(asdict(row).values()))
         return True
 
-    def _holds_decision(self, cursor: Any, request_id: str, client: str, oldest: float = 0.0) -> bool:
-        """Whether the store holds a decision of ``client``'s under ``request_id``, made since ``oldest``."""
-        cursor.execute(
-            self.database.sql("SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ? AND created_at >= ?"),
-            (request_id, client, oldest),
-        )
+    def _holds_decision(
+        self, cursor: Any, request_id: str, client: str, oldest: float = 0.0, decided_at: float | None = None
+    ) -> bool:
+        """Whether the store holds a decision of ``client``'s under ``request_id``, made since ``oldest``
+        (and at ``decided_at`` when it is given)."""
+        sql = "SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ? AND created_at >= ?"
+        arguments: tuple[Any, ...] = (request_id, client, oldest)
+        if decided_at is not None:
+            sql, arguments = sql + " AND created_at = ?", (*arguments, decided_at)
+        cursor.execute(self.database.sql(sql), arguments)
         return cursor.fetchone() is not None
 
     def _delete_expired(self, cursor: Any) -> None:

@@ -97,6 +97,7 @@ class ShadowJob:
     payload: dict[str, Any]
     chosen_answer: str
     client: str = ""  # whose request it is (server.feedback.Feedback.client_of)
+    decided_at: float | None = None  # its decision row's created_at: a judgement is stored against that row only
 
 
 def job_bytes(job: ShadowJob) -> int:
@@ -266,6 +267,7 @@ class Shadower:
                     judge_cost,
                 ),
                 job.client,
+                job.decided_at,
             )
 
     def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:

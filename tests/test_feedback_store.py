@@ -107,6 +107,23 @@ async def test_a_reused_request_id_takes_the_earlier_requests_labels_away(databa
     assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
 
 
+async def test_a_judgement_that_ends_after_its_id_was_reused_is_not_stored_against_the_new_request(
+    database: Database,
+) -> None:
+    """The shadow call and the judge take seconds: meanwhile the client may send another request under the same id."""
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    first = time.time() - 60
+    store.record(decision("reused", created_at=first))
+    store.record(decision("reused", tier="strong", created_at=first + 30))  # the second request, answered before the judge
+    late = JudgementRow("reused", first + 40, "random", "weak", *("other_better",) * 3, "judge", 1e-5, 2e-5)
+    store.record(late, decided_at=first)  # the first answer's judgement
+    store.record(decision("other", created_at=first))
+    store.record(JudgementRow("other", first + 40, "random", "weak", *("tie",) * 3, "judge", 1e-5, 2e-5), decided_at=first)
+    await store.aclose()
+    assert [(row[0], row[4]) for row in rows(database, "routegate_judgements")] == [("other", "tie")]
+
+
 async def test_another_clients_request_under_the_same_id_is_neither_overwritten_nor_rated(database: Database) -> None:
     store = FeedbackStore(database, retention_days=30, queue_size=100)
     store.start()
