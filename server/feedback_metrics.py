@@ -39,7 +39,7 @@ SHADOW_COST_USD = Counter(
 )
 STORE_ERRORS = Counter(
     "routegate_feedback_store_errors_total",
-    "Feedback store writes lost, by reason (queue_full|unavailable).",
+    "Feedback store writes lost, by reason (queue_full|unavailable|no_decision).",
     ["reason"],
 )
 STORE_QUEUED = Gauge(
@@ -60,5 +60,5 @@ def initialise(routers: Iterable[str], models: dict[str, str], judge_model: str)
     SHADOW_COST_USD.labels("judge", judge_model)
     for rating in RATINGS:
         FEEDBACK.labels(rating)
-    for reason in ("queue_full", "unavailable"):
+    for reason in ("queue_full", "unavailable", "no_decision"):
         STORE_ERRORS.labels(reason)

@@ -261,6 +261,14 @@ class _Owned:
 _STOP = object()
 
 
+def _settle(item: object, written: bool) -> None:
+    """Answer a feedback post; count a judgement left out because its decision is not in the store."""
+    if isinstance(item, _Feedback):
+        item.done(written)
+    elif not written:  # its decision was lost or dropped, or the id names another request now
+        fm.STORE_ERRORS.labels("no_decision").inc()
+
+
 class FeedbackStore:
     """Writes rows through a bounded queue and one thread; ``retention_days`` and ``max_rows`` bound every table."""
 
@@ -387,8 +395,7 @@ class FeedbackStore:
                     self._fail(items, error)
                 return
         for item, result in zip(items, results, strict=True):
-            if isinstance(item, _Feedback):
-                item.done(result)
+            _settle(item, result)
         if time.time() >= self._next_retention:
             self._retain()
 
@@ -430,8 +437,7 @@ class FeedbackStore:
                 self._lose([item], error)
                 continue
             failed_before = False
-            if isinstance(item, _Feedback):
-                item.done(result)
+            _settle(item, result)
 
     def _retain(self) -> None:
         """Delete what is past retention, in a transaction of its own: its failure loses no write."""

@@ -112,6 +112,7 @@ async def test_a_judgement_that_ends_after_its_id_was_reused_is_not_stored_again
 ) -> None:
     """The shadow call and the judge take seconds: meanwhile the client may send another request under the same id."""
     store = FeedbackStore(database, retention_days=30, queue_size=100)
+    left_out_before = counter("routegate_feedback_store_errors_total", reason="no_decision")
     store.start()
     first = time.time() - 60
     store.record(decision("reused", created_at=first))
@@ -122,6 +123,7 @@ async def test_a_judgement_that_ends_after_its_id_was_reused_is_not_stored_again
     store.record(JudgementRow("other", first + 40, "random", "weak", *("tie",) * 3, "judge", 1e-5, 2e-5), decided_at=first)
     await store.aclose()
     assert [(row[0], row[4]) for row in rows(database, "routegate_judgements")] == [("other", "tie")]
+    assert counter("routegate_feedback_store_errors_total", reason="no_decision") - left_out_before == 1
 
 
 async def test_another_clients_request_under_the_same_id_is_neither_overwritten_nor_rated(database: Database) -> None:
