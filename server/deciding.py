@@ -156,7 +156,7 @@ class Decider:
             return None
         if self.ladder.pair:
             return self.ladder.best if await self.sticky.is_strong(previous) else None
-        name = await self.sticky.recall(previous)
+        name = await self.sticky.recall(previous, self.ladder.by_capability())
         return name if name in self.ladder.names else None
 
     def _choose_model(self, base: Decision, logits: tuple[float, ...], threshold: float, reason: str) -> Decision:

@@ -174,7 +174,7 @@ class SharedState:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)  # a pool given to Redis() is not closed by default
 
 
 def shared_state_from(settings: Settings) -> SharedState | None:

@@ -38,6 +38,11 @@ return ARGV[1]
 """
 
 
+def _rank(name: str, order: Sequence[str]) -> int:
+    """``name``'s place in ``order`` (least capable first); -1 for a name it does not hold."""
+    return order.index(name) if name in order else -1
+
+
 class SharedSticky:
     """Conversations that went strong, shared through ``state`` when given."""
 
@@ -67,8 +72,11 @@ class SharedSticky:
             self.local.remember(key)
         return known_shared or known_here
 
-    async def recall(self, key: str | None) -> str | None:
-        """The upstream ``key``'s conversation was remembered with (on any replica); refreshes it."""
+    async def recall(self, key: str | None, order: Sequence[str] = ()) -> str | None:
+        """The upstream ``key``'s conversation was remembered with (on any replica); refreshes it.
+        With ``order`` (the models from least to most capable), the more capable of what this
+        process and Redis remember, written back to Redis when it is this process's (Redis lost
+        the key, or another replica remembered it while Redis was down)."""
         if key is None:
             return None
         known_here = self.local.recall(key)
@@ -76,12 +84,19 @@ class SharedSticky:
             return known_here
         redis, name = self.state.redis, self.state.key("sticky", key)
         try:
-            known_shared = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
+            found = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
         except SharedStateUnavailable:
             return known_here
-        if known_shared is not None and known_here is None:
-            self.local.remember(key, str(known_shared))
-        return str(known_shared) if known_shared is not None else known_here
+        known_shared = None if found is None else str(found)
+        if known_here is None or known_shared == known_here:
+            if known_shared is not None and known_here is None:
+                self.local.remember(key, known_shared)
+            return known_shared
+        if known_shared is not None and _rank(known_shared, order) >= _rank(known_here, order):
+            self.local.remember(key, known_shared)
+            return known_shared
+        await self.remember(key, known_here, order)  # Redis lacks it, or holds a less capable model
+        return known_here
 
     async def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
