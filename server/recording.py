@@ -100,7 +100,7 @@ class Recorder:
     async def charge_spent(self, spent: list[tuple[Upstream, tuple[int, int]]]) -> None:
         """Meter and charge failed tries that an upstream worked on, each at its estimated tokens."""
         for upstream, tokens in spent:
-            await self._charge(upstream, self._usage(upstream, None, tokens))
+            await self._charge(upstream, self._usage(upstream, None, tokens), answered=False)
 
     def _usage(self, upstream: Upstream, reported: object, estimated: tuple[int, int] | None) -> Usage | None:
         """The tokens of an upstream's ``usage`` object, else the estimated ones, and their costs;
@@ -113,15 +113,16 @@ class Recorder:
             return None
         return Usage(tokens, metrics.tokens_cost(tokens, upstream.prices), metrics.tokens_cost(tokens, self.best_prices))
 
-    async def _charge(self, upstream: Upstream, usage: Usage | None) -> None:
+    async def _charge(self, upstream: Upstream, usage: Usage | None, answered: bool = True) -> None:
         """Meter an answer's tokens and costs; charge the daily budget (spend on any upstream but
-        the cheapest; nothing without usage)."""
+        the cheapest; nothing without usage). A failed try (not ``answered``) is spend, but not a
+        request's strong-tier price: the budget's projection averages those over answered requests."""
         if usage is not None:
             metrics.record_usage(upstream.tier, upstream.model, usage.tokens, (usage.cost, usage.all_best_cost))
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
             cost, all_best_cost = (usage.cost, usage.all_best_cost) if usage is not None else (0.0, 0.0)
-            await self.budget.record_cost(charged, cost, all_best_cost)
+            await self.budget.record_cost(charged, cost, all_best_cost if answered else 0.0)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:

@@ -151,8 +151,11 @@ for i = 5 + settled, #ARGV, 5 do
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HGETALL', KEYS[1])
+return redis.call('HMGET', KEYS[1], 'spent', 'requests', 'priced', 'all_strong', 'since')
 """
+#: the budget hash's totals, in the order the script and a read return them (not its op: marks,
+#: which grow with every process that wrote that day)
+TOTALS = ("spent", "requests", "priced", "all_strong", "since")
 MAX_UNSETTLED = 256  # batches kept to send again; beyond, new amounts wait unsent (no new number)
 
 
@@ -237,10 +240,9 @@ class SharedBudget:
         args = [now, BUDGET_TTL_S, self._writer, len(settled), *settled, *(value for batch in sending for value in batch.args)]
         try:
             if sending or settled:
-                reply = await self.state.run("budget_add", lambda: add(keys=[key], args=args))
-                totals = dict(zip(reply[::2], reply[1::2], strict=True))
+                values = await self.state.run("budget_add", lambda: add(keys=[key], args=args))
             else:
-                totals = await self.state.run("budget_read", lambda: redis.hgetall(key))
+                values = await self.state.run("budget_read", lambda: redis.hmget(key, TOTALS))
         except BaseException as error:  # Redis failed, or this task was cancelled while waiting for it
             if isinstance(error, SharedStateUnavailable) and not error.attempted:  # nothing reached Redis
                 self._keep_unsettled(day, batches, settled, unsent=fresh)
@@ -252,6 +254,7 @@ class SharedBudget:
         self._settled += [batch.number for batch in sending]
         if utc_day_start(self._clock()) != day:  # the reply came after 00:00 UTC: yesterday's totals
             return
+        totals = {name: value for name, value in zip(TOTALS, values, strict=True) if value is not None}
         self.local.load_totals(
             spent_usd=float(totals.get("spent", 0.0)),
             requests=int(totals.get("requests", 0)),

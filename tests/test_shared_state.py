@@ -374,6 +374,16 @@ def test_shared_books_are_written_once_from_answered_requests(
         assert redis.exists("once:sticky:id:answered")
         assert redis.hget(budget, "requests") == "1"
         assert float(redis.hget(budget, "spent")) == pytest.approx(STRONG_COST, abs=1e-12)
+        assert redis.hget(budget, "priced") == "1"
+
+        strong.behaviour.malformed_json = True  # 2xx answers that are not JSON: tries the upstream may bill
+        with pytest.raises(openai.APIStatusError):
+            _ask(proxy, "router-random-0.0", [{"role": "user", "content": "never answered"}])  # strong, whatever its score
+        deadline = time.monotonic() + 10  # the books are kept once the answer is out
+        while float(redis.hget(budget, "spent")) <= STRONG_COST and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert float(redis.hget(budget, "spent")) > STRONG_COST  # the failed tries are spend
+        assert (redis.hget(budget, "requests"), redis.hget(budget, "priced")) == ("1", "1")  # but not requests' prices
 
 
 async def test_a_smaller_window_setting_shrinks_the_shared_window(redis_server: RedisServer, tmp_path: Path) -> None:
