@@ -136,10 +136,12 @@ class DailyBudget:
     def _roll(self) -> float:
         now = self._clock()
         day = utc_day_start(now)
-        if day != self._day:
+        if day != self._day:  # today's figures only, as the replicas' shared budget keeps them
             self._day = day
             self.spent_usd = 0.0
             self._requests = 0
+            self._priced_requests = 0
+            self._all_strong_usd = 0.0
         return now
 
     @property

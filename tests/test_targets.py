@@ -104,6 +104,13 @@ def test_budget_projects_the_rest_of_the_day_and_resets_at_midnight() -> None:
     assert budget.remaining_usd == -0.5 and budget.affordable_share() == 0.0
     now[0] = NOON + 43_200.0 + 1.0  # the next UTC day
     assert budget.remaining_usd == 10.0
+    budget.count_request()
+    budget.record_cost("weak", 0.0001, 0.01)  # today's average: 0.01 USD, not yesterday's 0.001 or a mix of both
+    now[0] += 3600.0  # one request in an hour, 82,799 s left: 0.23 requests x 0.01 USD fits 10 USD whole
+    assert budget.affordable_share() == 1.0
+    for _ in range(35_999):  # ten a second this hour: 82,799 s x 10 x 0.01 USD = 8,280 USD at share 1
+        budget.count_request()
+    assert abs(budget.affordable_share() - 10 / (36_000 / 3600 * 82_799 * 0.01)) < 1e-4
 
 
 def test_target_route_through_the_proxy_with_a_budget(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
