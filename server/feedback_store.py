@@ -313,7 +313,8 @@ class FeedbackStore:
         counted. A request id that another client's decision holds is not overwritten, nor judged;
         a judgement with ``decided_at`` is stored only while the decision made then is the id's (a
         client that reused the id since has another request under it)."""
-        self._put(_Owned(row, client, decided_at))
+        if not self._put(_Owned(row, client, decided_at)):
+            fm.STORE_ERRORS.labels("queue_full").inc()  # lost: nobody waits for it
 
     async def record_feedback(self, row: FeedbackRow, client: str = "") -> bool:
         """Write user feedback; False when ``client`` sent no such request, or it is past the retention."""
@@ -344,10 +345,10 @@ class FeedbackStore:
             self._feedback_slots += 1
 
     def _put(self, item: object) -> bool:
+        """Queue ``item``; False when the queue is full (a feedback post is refused, not lost)."""
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            fm.STORE_ERRORS.labels("queue_full").inc()
             return False
         fm.STORE_QUEUED.inc()
         return True

@@ -265,6 +265,7 @@ async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
     assert counter("routegate_feedback_store_errors_total", reason="queue_full") - dropped_before == 3
     with pytest.raises(StoreUnavailable):
         await asyncio.wait_for(store.record_feedback(FeedbackRow("req-0", time.time(), 1.0, "up", None)), 1)
+    assert counter("routegate_feedback_store_errors_total", reason="queue_full") - dropped_before == 3  # refused, not lost
 
 
 async def test_feedback_posts_waiting_for_the_store_cannot_fill_its_queue(tmp_path: Path) -> None:
