@@ -45,8 +45,9 @@ class AnswerText:
 
     @property
     def text(self) -> str:
-        if self.parts or not self.calls:
-            return "".join(self.parts)
+        text = "".join(self.parts)
+        if text or not self.calls:
+            return text
         return tool_calls_text([self.calls[index] for index in sorted(self.calls)])
 
     def feed(self, chunk: bytes) -> None:

@@ -277,8 +277,8 @@ class FeedbackStore:
         self.retention_seconds = retention_days * 86400
         self.max_rows = max_rows
         self._queue: queue.Queue[object] = queue.Queue(queue_size)
-        # feedback posts wait for their write: at most a tenth of the queue, so that they cannot fill it
-        # and push out other clients' decision rows
+        # feedback posts in the queue (their posters may have given up waiting): at most a tenth of
+        # it, so that they cannot fill it and push out other clients' decision rows
         self._feedback_slots = max(1, queue_size // 10)
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
@@ -323,6 +323,7 @@ class FeedbackStore:
 
         def done(result: bool | Exception) -> None:
             def settle() -> None:
+                self._feedback_slots += 1  # the item has left the queue, whether or not its poster still waits
                 if future.done():
                     return
                 if isinstance(result, Exception):
@@ -341,8 +342,6 @@ class FeedbackStore:
             return await asyncio.wait_for(future, ANSWER_TIMEOUT)
         except TimeoutError:
             raise StoreUnavailable("the feedback store did not answer in time") from None
-        finally:
-            self._feedback_slots += 1
 
     def _put(self, item: object) -> bool:
         """Queue ``item``; False when the queue is full (a feedback post is refused, not lost)."""

@@ -296,7 +296,10 @@ class FakeUpstream:
             {"index": 0, "function": {"arguments": arguments[: len(arguments) // 2]}},
             {"index": 0, "function": {"arguments": arguments[len(arguments) // 2 :]}},
         ]
-        for delta, finish in [({"role": "assistant", "tool_calls": [piece]}, None) for piece in pieces] + [({}, "tool_calls")]:
+        deltas = [{"role": "assistant", "content": ""}] + [
+            {"tool_calls": [piece]} for piece in pieces
+        ]  # an empty text, as vLLM sends
+        for delta, finish in [(delta, None) for delta in deltas] + [({}, "tool_calls")]:
             chunk = {key: answer[key] for key in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
             chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
             yield f"data: {json.dumps(chunk)}\n\n".encode()

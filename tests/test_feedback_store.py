@@ -269,27 +269,35 @@ async def test_a_full_queue_drops_and_counts(tmp_path: Path) -> None:
 
 
 async def test_feedback_posts_waiting_for_the_store_cannot_fill_its_queue(tmp_path: Path) -> None:
-    """A tenth of the queue at most: beyond it a post is refused at once and decision rows still fit."""
+    """A tenth of the queue at most, counted until the writer has taken them, also when their
+    posters gave up: beyond it a post is refused at once, and decision rows still fit."""
     store = FeedbackStore(Database(str(tmp_path / "feedback.sqlite3")), retention_days=30, queue_size=20)
     dropped_before = counter("routegate_feedback_store_errors_total", reason="queue_full")
-    waiting = [  # the writer is not started: they wait for their write
-        asyncio.create_task(store.record_feedback(FeedbackRow(f"req-{index}", time.time(), 1.0, "up", None)))
-        for index in range(2)
-    ]
+
+    def post(request_id: str) -> asyncio.Task[bool]:
+        return asyncio.create_task(store.record_feedback(FeedbackRow(request_id, time.time(), 1.0, "up", None)))
+
+    waiting = [post(f"req-{index}") for index in range(2)]  # the writer is not started: they wait for their write
     await asyncio.sleep(0.1)
-    with pytest.raises(StoreUnavailable, match="too many feedback posts are waiting"):
-        await asyncio.wait_for(store.record_feedback(FeedbackRow("req-3", time.time(), 1.0, "up", None)), 1)
-    for index in range(17):
-        store.record(decision(f"req-{index}"))
-    assert counter("routegate_feedback_store_errors_total", reason="queue_full") == dropped_before  # all 17 queued
-    for task in waiting:
+    for task in waiting:  # their posters give up; their items stay queued
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
-    late = asyncio.create_task(store.record_feedback(FeedbackRow("req-4", time.time(), 1.0, "up", None)))
-    await asyncio.sleep(0.1)
-    assert not late.done()  # the cancelled posts gave their places back: it waits for its write
-    late.cancel()
-    await asyncio.gather(late, return_exceptions=True)
+    with pytest.raises(StoreUnavailable, match="too many feedback posts are waiting"):
+        await asyncio.wait_for(post("req-3"), 1)
+    for index in range(18):
+        store.record(decision(f"req-{index}"))
+    assert counter("routegate_feedback_store_errors_total", reason="queue_full") == dropped_before  # all 18 queued
+    store.start()  # the writer takes the queued items: their places are free again
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            accepted = await asyncio.wait_for(post("req-never-decided"), 10)
+            break
+        except StoreUnavailable:  # not yet: the writer hands the places back once it has written them
+            assert time.monotonic() < deadline, "the places never came back"
+            await asyncio.sleep(0.05)
+    assert accepted is False  # taken and answered: no decision under that id
+    await store.aclose()
 
 
 async def test_a_row_the_database_refuses_loses_only_itself(database: Database) -> None:  # noqa: F811

@@ -264,7 +264,7 @@ def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp
     data = tmp_path / "synthetic.jsonl"
     _synthetic(data)
     command = ["eval", "--data", str(data), "--prices", "cheap-model=1/1,mid-model=2/2,best-model=10/30"]
-    with pytest.raises(SystemExit, match="scores only a strong/weak pair"):
+    with pytest.raises(SystemExit, match=r"\[.bert.\] score only a strong/weak pair"):
         main([*command, "--router", "bert", "--models", "cheap-model,mid-model,best-model"])
     with pytest.raises(SystemExit, match="'other-model' is not scored"):
         main([*command, "--router", "mf", "--models", "cheap-model,other-model"])
