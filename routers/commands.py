@@ -130,13 +130,23 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(run=_calibrate)
 
 
+def check_device(device: str) -> None:
+    """SystemExit, before any work, when ``device`` names CUDA and torch finds none."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"routegate: --device {device}, but torch finds no CUDA device here (use --device auto or cpu)")
+
+
 def _max_chars_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-chars``: how much of each prompt a command that stands in for the gateway scores."""
     parser.add_argument(
         "--max-chars",
         type=positive_int,
         default=MAX_ROUTER_CHARS,
-        help=f"score the first this many characters of each prompt, as the gateway does (ROUTEGATE_MAX_ROUTER_CHARS, "
-        f"default {MAX_ROUTER_CHARS})",
+        help=f"score the first this many characters of each prompt (default {MAX_ROUTER_CHARS}, the gateway's default "
+        "ROUTEGATE_MAX_ROUTER_CHARS with ROUTEGATE_ROUTE_ON=last_user; give your gateway's value if you changed it)",
     )
 
 
@@ -156,11 +166,7 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
     from routers.model_names import match_model, normal_form
 
     strong, weak = pair or (args.strong, args.weak)
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("routegate: --device cuda, but torch finds no CUDA device here (use --device auto or cpu)")
+    check_device(args.device)
     if name not in available_routers():
         raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}")
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
@@ -203,6 +209,7 @@ def run_trainer(router: str, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
     module.add_arguments(parser)
     args = parser.parse_args(argv)
+    check_device(getattr(args, "device", "auto"))
     with training_command(router, argv), staged_checkpoint(args.out) as staging:
         module.run(argparse.Namespace(**{**vars(args), "out": staging}))
 
@@ -251,6 +258,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    check_device(args.device)
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise SystemExit(f"routegate eval: --plot {args.plot} must end in {', '.join(PLOT_SUFFIXES)}")
     if args.score_as and (args.leave_one_out or args.models):

@@ -108,8 +108,11 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
 
 
 def _save(store: Path) -> None:
-    """Write ``store``'s entries (through a file of this process's own: two commands may write at once)."""
+    """Write ``store``'s entries, with those another command wrote to it since this one read it
+    (through a file of this process's own: two commands may write at once)."""
     known = _stores[store]
+    for key, vector in _read_store(store).items():
+        known.setdefault(key, vector)
     store.parent.mkdir(parents=True, exist_ok=True)
     partial = store.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(partial, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
@@ -122,7 +125,10 @@ def save_caches() -> None:
     """Write every cache with entries not yet on disk (at exit; a killed command computes them again)."""
     for store, count in list(_unsaved.items()):
         if count:
-            _save(store)
+            try:
+                _save(store)
+            except OSError as error:  # a full disk or a read-only folder: the next command computes them again
+                print(f"routegate: the embedding cache {store} was not written ({error})", file=sys.stderr)
 
 
 def _read_store(store: Path) -> dict[str, np.ndarray]:

@@ -493,11 +493,11 @@ class FeedbackStore:
     ) -> bool:
         """Whether the store holds a decision of ``client``'s under ``request_id``, made since ``oldest``
         (and at ``decided_at`` when it is given)."""
-        sql = "SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ? AND created_at >= ?"
+        query = "SELECT 1 FROM routegate_decisions WHERE request_id = ? AND client = ? AND created_at >= ?"
         arguments: tuple[Any, ...] = (request_id, client, oldest)
         if decided_at is not None:
-            sql, arguments = sql + " AND created_at = ?", (*arguments, decided_at)
-        cursor.execute(self.database.sql(sql), arguments)
+            query, arguments = query + " AND created_at = ?", (*arguments, decided_at)
+        cursor.execute(self.database.sql(query), arguments)
         return cursor.fetchone() is not None
 
     def _delete_expired(self, cursor: Any) -> None:

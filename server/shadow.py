@@ -184,12 +184,12 @@ class Shadower:
         other = OTHER_TIER[job.chosen_tier]
         if excluded(headers, job.payload, self.shadow_tools):
             outcome = "excluded"
-        elif job_bytes(job) > self.max_job_bytes:
-            outcome = "too_large"
         elif self.budget.exhausted():
             outcome = "over_budget"
         elif self._queue_size == 0 or self._queue.full():
             outcome = "dropped"
+        elif job_bytes(job) > self.max_job_bytes:  # last: it writes the request out
+            outcome = "too_large"
         else:
             self._queue.put_nowait(job)
             return

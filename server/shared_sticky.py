@@ -75,8 +75,8 @@ class SharedSticky:
     async def recall(self, key: str | None, order: Sequence[str] = ()) -> str | None:
         """The upstream ``key``'s conversation was remembered with (on any replica); refreshes it.
         With ``order`` (the models from least to most capable), the more capable of what this
-        process and Redis remember, written back to Redis when it is this process's (Redis lost
-        the key, or another replica remembered it while Redis was down)."""
+        process and Redis remember (Redis lost the key, or another replica remembered it while
+        Redis was down); deciding only reads: the answer's recording raises Redis to it."""
         if key is None:
             return None
         known_here = self.local.recall(key)
@@ -95,8 +95,7 @@ class SharedSticky:
         if known_shared is not None and _rank(known_shared, order) >= _rank(known_here, order):
             self.local.remember(key, known_shared)
             return known_shared
-        await self.remember(key, known_here, order)  # Redis lacks it, or holds a less capable model
-        return known_here
+        return known_here  # Redis lacks it, or holds a less capable model
 
     async def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``

@@ -133,6 +133,10 @@ return {count, length}
 """
 )
 
+#: the budget hash's totals, in the order the script below and a read return them (not its op:
+#: marks, which grow with every process that wrote that day)
+TOTALS = ("spent", "requests", "priced", "all_strong", "since")
+
 # KEYS: the day's budget hash. ARGV: now, ttl s, writer id, count of settled batch numbers, those
 # numbers, then per batch: number, requests, spent, priced requests, all-strong USD.
 # A batch is added once: a field op:<writer>:<number> marks it, so a batch sent again after a
@@ -151,11 +155,8 @@ for i = 5 + settled, #ARGV, 5 do
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return redis.call('HMGET', KEYS[1], 'spent', 'requests', 'priced', 'all_strong', 'since')
-"""
-#: the budget hash's totals, in the order the script and a read return them (not its op: marks,
-#: which grow with every process that wrote that day)
-TOTALS = ("spent", "requests", "priced", "all_strong", "since")
+return redis.call('HMGET', KEYS[1], TOTALS)
+""".replace("TOTALS", ", ".join(f"'{name}'" for name in TOTALS))
 MAX_UNSETTLED = 256  # batches kept to send again; beyond, new amounts wait unsent (no new number)
 
 

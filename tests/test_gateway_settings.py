@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], 
 def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
     from server.settings import load_settings
 
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("ROUTEGATE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
@@ -235,7 +236,7 @@ def test_shadow_judging_among_several_models_fails_at_start(monkeypatch: pytest.
     """It compares the strong and the weak tier's answers; among several models it would start workers that never run."""
     from server.settings import SettingsError, load_settings
 
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("ROUTEGATE_"):
             monkeypatch.delenv(name)
     nowhere = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "input_price": 1, "output_price": 1}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from routers.calibration import read_calibration
 from routers.checkpoint import CheckpointError
@@ -480,7 +481,7 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     assert not (tmp_path / "out" / "router.json").exists()
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_a_cuda_device_where_there_is_none_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Not a traceback from the first prompt missing from the embedding cache (and none when all are cached)."""
     data = tmp_path / "records.jsonl"
@@ -488,6 +489,11 @@ def test_a_cuda_device_where_there_is_none_is_a_one_line_error(tmp_path: Path, c
     argv = ["score", "--router", "mf", "--device", "cuda", "--input", str(data), "--output", str(tmp_path / "s.jsonl")]
     assert "--device cuda, but torch finds no CUDA device here" in _said(argv, capsys)
     assert not (tmp_path / "s.jsonl").exists()
+    data.write_text(RECORD.format(id=0, split="train") + "\n")
+    train = ["train", "mf", "--data", str(data), "--out", str(tmp_path / "mf"), "--device", "cuda:0"]
+    assert "--device cuda:0, but torch finds no CUDA device here" in _said(train, capsys)
+    evaluate = ["eval", "--router", "random", "--data", str(data), "--models", "a,b", "--device", "cuda"]
+    assert "--device cuda, but torch finds no CUDA device here" in _said(evaluate, capsys)
 
 
 def test_score_and_calibrate_read_what_the_gateway_gives_its_router(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -565,6 +571,31 @@ def test_an_unreadable_embedding_cache_is_computed_again(tmp_path: Path) -> None
     assert "is unreadable" in run.stderr
     again = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "unreadable" not in again.stderr  # written again, whole
+
+
+def test_commands_sharing_the_embedding_cache_keep_each_others_entries(tmp_path: Path) -> None:
+    """Each holds its new entries until it ends (not a file write per batch); the last to end does
+    not drop what the other wrote meanwhile."""
+    env = {**os.environ, "ROUTEGATE_CACHE_DIR": str(tmp_path)}
+    code = (
+        "import sys; from routers import embedding\n"
+        "embedding.cached_encode(['held by ' + sys.argv[1]])\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.readline()\n"  # until told to end
+    )
+    commands = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, name], cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for name in ("one", "two")
+    ]
+    for command in commands:  # both read the cache while it was empty, and hold an entry each
+        assert command.stdout is not None and command.stdout.readline() == "holding\n"
+    for command in commands:  # one ends and writes its entry, then the other
+        command.communicate("\n", timeout=300)
+        assert command.returncode == 0
+    with np.load(tmp_path / "minilm128-embeddings.npz") as saved:
+        assert len(saved["keys"]) == 2
 
 
 def _said(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
