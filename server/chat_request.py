@@ -47,8 +47,11 @@ MAX_NESTING = 512
 # Objects and arrays a body may open: decoding and checking millions of empty ones would hold the
 # event loop for seconds, and no chat request needs a hundred thousand
 MAX_CONTAINERS = 100_000
-# A JSON string, escapes included: its brackets are text, not structure
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string, escapes included: its brackets are text, not structure. One that never closes
+# (invalid JSON, refused later) runs to the end of the body, so that each byte is read once: a
+# pattern that must find the closing quote starts again after every quote, and a body of escaped
+# quotes (\" \" ...) would hold the event loop for hours.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+\\?(?:"|\Z)', re.DOTALL)
 RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),

@@ -255,6 +255,16 @@ def test_more_objects_and_arrays_than_the_limit_is_a_400_and_brackets_in_text_do
     assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == code
 
 
+def test_a_string_that_never_closes_in_a_body_of_many_brackets_is_refused_not_a_hang(proxy: Proxy) -> None:
+    """Past the bracket count, strings are taken out before brackets are counted again; a string of
+    escaped quotes that never closes (half a megabyte) is read once, not once per quote."""
+    opening = b"[" * (MAX_CONTAINERS + 1) + b'"'
+    for tail in (b'\\"' * 200_000, b'\\"' * 200_000 + b"\\", b'\\\n"' * 150_000):
+        error = openai_error(post(proxy, opening + tail), 400)
+        assert error["code"] == "invalid_json"
+    assert httpx.get(f"{proxy.url}/health", timeout=5).status_code == 200
+
+
 def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:
     text = "emoji \U0001f600 (sent as a surrogate pair), RTL \u05e9\u05dc\u05d5\u05dd, NUL \u0000, CJK \u4f60\u597d"
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()  # ASCII escapes
