@@ -660,21 +660,27 @@ def print_report(run: Run) -> None:
         print(f"mf req/s / encoder side-by-side rate: {_fmt(ratios['mf_rps_over_encoder_side_by_side_rate'], '.2f')}")
 
 
+#: cell settings of a full run and of --quick
+FULL = {"duration": 8, "warmup": 2, "concurrency": "1,32,128", "encoder_batches": 20}
+QUICK = {"duration": 3, "warmup": 1, "concurrency": "1,32", "encoder_batches": 5}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=8, help="seconds measured per cell (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load before each cell (default 2)")
-    parser.add_argument("--concurrency", default="1,32,128", help="comma-separated connection counts (default 1,32,128)")
+    parser.add_argument("--duration", type=int, help="seconds measured per cell (default 8)")
+    parser.add_argument("--warmup", type=int, help="seconds of unmeasured load before each cell (default 2)")
+    parser.add_argument("--concurrency", help="comma-separated connection counts (default 1,32,128)")
     parser.add_argument("--routers", default="random,mf", help="routegate routers to measure (default random,mf)")
     parser.add_argument(
         "--targets",
         default="direct,floor,routegate,routellm,litellm",
         help="which targets (default all; floor: bench/asgi_floor.py, a bare uvicorn relay)",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 s cells, 1 s warm-up, c=1 and 32, 5 encoder batches")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 s cells, 1 s warm-up, c=1 and 32, 5 encoder batches, for those not given")  # fmt: skip
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: leaves the cores to the servers)")
     parser.add_argument("--encoder-batch-size", type=int, default=32)
-    parser.add_argument("--encoder-batches", type=int, default=20)
+    parser.add_argument("--encoder-batches", type=int, help="(default 20)")
     parser.add_argument("--device", default="auto", help="device of the raw encoder measurement (default auto, as routegate's)")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds a server may take to become ready")
     parser.add_argument("--scratch", type=Path, default=Path.home() / ".cache" / "routegate-bench",
@@ -684,8 +690,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "repeatable")  # fmt: skip
     parser.add_argument("--json-out", type=Path, help="also write every number as JSON here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.concurrency, args.encoder_batches = 3, 1, "1,32", 5
+    defaults = QUICK if args.quick else FULL
+    for name, value in defaults.items():  # options given on the command line win over --quick
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.routers = [r.strip() for r in args.routers.split(",") if r.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]

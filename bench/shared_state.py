@@ -282,7 +282,8 @@ def main() -> int:
     )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    binaries = {name: shutil.which(name) for name in ("redis-server", "nginx")}
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # Debian's nginx: /usr/sbin
+    binaries = {name: shutil.which(name, path=search_path) for name in ("redis-server", "nginx")}
     missing = [name for name, path in binaries.items() if path is None]
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install redis-server nginx)", file=sys.stderr)

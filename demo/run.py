@@ -72,20 +72,22 @@ def _wait_for_llm(process: subprocess.Popen, url: str, log_path: Path) -> None:
     raise RuntimeError(f"the local LLM server did not start within {LLM_START_TIMEOUT:.0f} s")
 
 
-def banner(url: str, router: str, llm_url: str) -> str:
-    """What to try, printed once routegate is ready."""
+def banner(url: str, router: str, llm_url: str, keyed: bool = False) -> str:
+    """What to try, printed once routegate is ready (``keyed``: ROUTEGATE_API_KEYS is set, so a request needs one)."""
     api = f"{url}/v1"
+    key = "<one of ROUTEGATE_API_KEYS>" if keyed else "demo"
+    authorization = f" -H 'authorization: Bearer {key}'" if keyed else ""
     return f"""
 routegate demo is ready: {api}
   router: {router}; strong tier {STRONG_MODEL} and weak tier {WEAK_MODEL}, both SmolLM2-135M-Instruct on {llm_url}/v1
 
 curl:
-  curl -si {api}/chat/completions -H 'content-type: application/json' \\
+  curl -si {api}/chat/completions -H 'content-type: application/json'{authorization} \\
     -d '{{"model": "auto", "max_tokens": 32, "messages": [{{"role": "user", "content": "Name three prime numbers."}}]}}'
 
 Python (openai SDK):
   from openai import OpenAI
-  client = OpenAI(base_url="{api}", api_key="demo")
+  client = OpenAI(base_url="{api}", api_key="{key}")
   raw = client.chat.completions.with_raw_response.create(
       model="auto", max_tokens=32, messages=[{{"role": "user", "content": "Name three prime numbers."}}])
   print(raw.headers["x-routegate-tier"], raw.parse().choices[0].message.content)
@@ -161,7 +163,7 @@ def _serve(settings: Settings, llm_url: str) -> int:
         while time.monotonic() < deadline and not server.should_exit:
             try:
                 if server.started and httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    print(banner(url, settings.router, llm_url), flush=True)
+                    print(banner(url, settings.router, llm_url, keyed=bool(settings.api_keys)), flush=True)
                     gateway_log.setLevel(logging.NOTSET)
                     return
             except httpx.TransportError:

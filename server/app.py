@@ -345,12 +345,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _check_client_key(request, settings)
         return JSONResponse({"object": "list", "default": settings.router, "data": gateway.routers_listing()})
 
-    @app.get("/health", tags=["ops"])
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["ops"])  # HEAD: load balancers' checks
     async def health() -> JSONResponse:
         """Liveness: the process answers."""
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", tags=["ops"], responses={503: {"description": "loading, failed or shutting down"}})
+    @app.api_route(
+        "/ready", methods=["GET", "HEAD"], tags=["ops"], responses={503: {"description": "loading, failed or shutting down"}}
+    )
     async def ready() -> JSONResponse:
         """Readiness: the default router is loaded and the upstream pools are open."""
         if DRAIN.draining:

@@ -91,6 +91,7 @@ def _run(settings: Settings) -> int:
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         "http": BoundedHeadersProtocol,
+        "ws": "none",  # no WebSocket routes: an upgrade request is answered as plain HTTP, an OpenAI-style 404
     }
     if settings.workers > 1:
         from server.workers import run_workers

@@ -54,6 +54,10 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
     max_header_bytes = DEFAULT_MAX_HEADER_BYTES
     head_timeout = DEFAULT_HEAD_TIMEOUT
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """Nothing: uvicorn logs two warnings for each request asking to upgrade (h2c, WebSocket),
+        which routegate answers as plain HTTP; a client sending them in a loop would fill the log."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_head = False

@@ -4,6 +4,7 @@ passed through as the OpenAI API would accept it; never a 500, never a hang."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 
@@ -317,6 +318,45 @@ def test_requests_that_are_not_http_get_an_openai_error(proxy: Proxy, strong: Fa
     # counted, not logged: a client sending garbage in a loop does not fill the log
     assert metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="invalid_http") == before + 1
     assert "Invalid HTTP request received" not in proxy.log()
+
+
+def _whole(answer: bytes) -> bool:
+    """Whether ``answer`` holds a whole HTTP response with a content-length (the connection stays open)."""
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return bool(separator) and length is not None and len(body) >= int(length[1])
+
+
+@pytest.mark.parametrize(
+    ("path", "upgrade"),
+    [
+        ("/health", b"h2c\r\nhttp2-settings: AAMAAABkAAQAAP__"),
+        ("/v1/realtime", b"websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13"),
+    ],
+)
+def test_requests_asking_to_upgrade_are_answered_as_http_and_not_logged(proxy: Proxy, path: str, upgrade: bytes) -> None:
+    """No HTTP/2 and no WebSocket routes: a plain answer (an OpenAI-style 404 for a path that does
+    not exist, not a bare 403), and no warning line per request."""
+    port = int(proxy.url.rsplit(":", 1)[1])
+    head = f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n".encode() + b"upgrade: " + upgrade + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(head)
+        answer = b""
+        while not _whole(answer) and (received := connection.recv(65536)):
+            answer += received
+    status, _, body = answer.partition(b"\r\n\r\n")
+    if path == "/health":
+        assert status.startswith(b"HTTP/1.1 200 ")
+    else:
+        assert status.startswith(b"HTTP/1.1 404 ") and b"content-type: application/json" in status
+        assert json.loads(body)["error"]["code"] == "not_found"
+    assert "upgrade" not in proxy.log().lower()
+
+
+def test_health_and_readiness_answer_head_as_load_balancers_check(proxy: Proxy) -> None:
+    for path in ("/health", "/ready"):
+        answer = httpx.head(f"{proxy.url}{path}", timeout=5)
+        assert answer.status_code == 200 and answer.content == b""
 
 
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:

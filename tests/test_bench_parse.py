@@ -65,3 +65,13 @@ def test_a_cell_with_failed_requests_is_not_compared() -> None:
     run = Run(settings={}, machine={}, cells=[clean, refused, timed_out])
     assert _find(run, "routegate-random", False, 1) is clean
     assert _find(run, "routegate-random", False, 32) is None and _find(run, "routegate-random", True, 32) is None
+
+
+def test_options_given_with_quick_are_kept() -> None:
+    """--quick fills in only what the command line leaves out: its documented c=32 runs measure c=32."""
+    from bench.proxy_overhead import parse_args
+
+    quick = parse_args(["--quick", "--concurrency", "32"])
+    assert (quick.duration, quick.warmup, quick.concurrency, quick.encoder_batches) == (3, 1, [32], 5)
+    full = parse_args(["--duration", "6"])
+    assert (full.duration, full.warmup, full.concurrency, full.encoder_batches) == (6, 2, [1, 32, 128], 20)

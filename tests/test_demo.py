@@ -142,3 +142,13 @@ def test_demo_refuses_a_port_in_use_before_loading_anything(option: str) -> None
     assert done.returncode == 1, done
     assert f"port {busy} on 127.0.0.1 is already in use" in done.stderr and option in done.stderr
     assert READY_LINE not in done.stdout + done.stderr and "loading" not in done.stdout
+
+
+def test_the_banner_says_a_key_is_needed_when_client_keys_are_set() -> None:
+    """A user with ROUTEGATE_API_KEYS in their shell: the demo keeps it, and its examples say so."""
+    from demo.run import banner
+
+    keyed = banner("http://127.0.0.1:8000", "mf", "http://127.0.0.1:9", keyed=True)
+    assert "-H 'authorization: Bearer <one of ROUTEGATE_API_KEYS>'" in keyed and 'api_key="<one of ROUTEGATE_API_KEYS>"' in keyed
+    open_one = banner("http://127.0.0.1:8000", "mf", "http://127.0.0.1:9")
+    assert "authorization" not in open_one and 'api_key="demo"' in open_one

@@ -42,7 +42,9 @@ def missing(message: str) -> NoReturn:
 
 def require_tool(name: str) -> str:
     """Path of the program ``name``; fail under CI, skip elsewhere, when it is not installed."""
-    search_path = os.pathsep.join([str(Path(sys.executable).parent), *map(str, OWN_VENVS), os.environ.get("PATH", "")])
+    search_path = os.pathsep.join(  # Debian installs servers (nginx) in /usr/sbin, off a user's PATH
+        [str(Path(sys.executable).parent), *map(str, OWN_VENVS), os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]
+    )
     found = shutil.which(name, path=search_path)
     if found:
         return found
