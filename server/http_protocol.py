@@ -35,6 +35,8 @@ from server.errors import APIError
 INVALID_REQUEST_WARNING = "Invalid HTTP request received."  # uvicorn's, for each; counted instead
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 20.0
+#: seconds a connection whose request is on its way when the server stops has to send its head
+SHUTDOWN_HEAD_GRACE = 2.0
 
 
 class WithoutInvalidRequestWarnings(logging.Filter):
@@ -66,6 +68,8 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._refused = False
         self._head_deadline: asyncio.TimerHandle | None = None
         self._upgraded = False
+        self._requests_begun = 0
+        self._stopping = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -77,6 +81,22 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     def _answering(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete
+
+    def shutdown(self) -> None:
+        """The server stops (a drained process, a retired worker). uvicorn closes every connection
+        that is not being answered, also one accepted a moment ago whose request is on its way,
+        which its client then sees cut without an answer; such a connection (no request begun yet,
+        or a head coming in) has SHUTDOWN_HEAD_GRACE seconds for its request, which is answered
+        and the connection closed. An idle connection between requests is closed at once."""
+        self._stopping = True
+        if not self._answering() and (self._requests_begun == 0 or self._reading_head):
+            self.loop.call_later(SHUTDOWN_HEAD_GRACE, self._close_unless_answering)
+            return
+        super().shutdown()
+
+    def _close_unless_answering(self) -> None:
+        if not self._answering() and not self.transport.is_closing():
+            self.transport.close()
 
     def _start_head_deadline(self) -> None:
         if self._head_deadline is None:  # a trickling client does not push its deadline back
@@ -130,6 +150,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._requests_begun += 1
         self._reading_head = True
         self._received = self._head_size = 0
 
@@ -148,6 +169,8 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._refused = True  # answered once the parser returns; the app never sees it
             return
         super().on_headers_complete()
+        if self._stopping and self.cycle is not None:  # answered, then closed: the server is stopping
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:

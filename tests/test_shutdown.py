@@ -174,6 +174,29 @@ def test_restarting_the_workers_refuses_nothing(strong: FakeUpstream, weak: Fake
     assert answers == ["answer from weak"] * 4  # cut or finished, every in-flight request was answered
 
 
+def test_a_connection_opened_just_before_the_server_stops_is_answered_not_cut(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """A client that connected a moment before the drain ended sends its request after uvicorn
+    began closing connections: it is answered (and the connection closed), not cut without a word."""
+    weak.behaviour.delay = 1.5  # in flight: the drain lasts until it is answered
+    env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS))
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
+        answered = pool.submit(_plain_answer, proxy.api)
+        assert wait_for(lambda: len(weak.received) == 1, timeout=10)
+        port = int(proxy.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
+            proxy.process.send_signal(signal.SIGTERM)
+            assert answered.result(timeout=10) == "answer from weak"
+            assert wait_for(lambda: "Shutting down" in proxy.log(), timeout=10)
+            late.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            reply = b""
+            while received := late.recv(65536):
+                reply += received
+        assert reply.startswith(b"HTTP/1.1 200 ") and b'{"status":"ok"}' in reply.replace(b" ", b"")
+        assert proxy.process.wait(timeout=15) == 0
+
+
 @contextmanager
 def _two_workers_then_a_broken_checkpoint(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, ready_timeout: str
