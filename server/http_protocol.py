@@ -183,9 +183,11 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        begun = self._requests_begun
         super().data_received(data)
-        if self._reading_head:
-            self._received += len(data)
+        if self._reading_head:  # a head that began in these bytes has what the parser took of it, not the
+            # bytes before it (a pipelined request's body)
+            self._received = self._head_size if self._requests_begun != begun else self._received + len(data)
         if self._upgraded:
             return
         if self._refused or (self._reading_head and self._received > self.max_header_bytes):
@@ -194,10 +196,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._start_head_deadline()
 
     def _refuse_head(self) -> None:
+        """Answer 431 and close; behind a response being sent (a pipelined head) only close: a
+        second status line in the middle of it would garble it."""
         self._reading_head = False
         self._refused = True
         message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
         if not self.transport.is_closing():
             metrics.HTTP_REFUSED.labels("headers_too_large").inc()
-            self.transport.write(APIError(431, message, code="headers_too_large").to_http())
+            if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
+                self.transport.write(APIError(431, message, code="headers_too_large").to_http())
             self.transport.close()

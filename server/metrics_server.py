@@ -8,7 +8,6 @@ slowly it sends (one request per connection: HTTP/1.0)."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import socket
@@ -19,7 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pydantic import SecretStr
+from starlette.datastructures import Headers
 
+from server.client_keys import bearer_matches
 from server.errors import APIError
 from server.metrics import render_metrics
 
@@ -104,15 +105,14 @@ def _refuse(connection: socket.socket) -> None:
 def start_metrics_server(host: str, port: int, key: SecretStr | None, timeout: float) -> ThreadingHTTPServer:
     """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; the server, for shutdown. A
     connection is closed ``timeout`` seconds after it was accepted (it would hold its thread)."""
-    expected = b"Bearer " + key.get_secret_value().encode() if key is not None else None
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self._send_error(APIError(404, "Not Found", code="not_found"))
                 return
-            given = self.headers.get("authorization", "").strip().encode()
-            if expected is not None and not hmac.compare_digest(given, expected):
+            given = Headers({"authorization": self.headers.get("authorization", "")})
+            if key is not None and not bearer_matches(given, [key]):  # as on the API port
                 self._send_error(
                     APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
                 )

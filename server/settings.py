@@ -229,7 +229,9 @@ class Settings(BaseSettings):
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 
     api_keys: list[SecretStr] = Field(
-        default_factory=list, description="accepted client keys (Bearer); empty = no auth; a blank key is refused"
+        default_factory=list,
+        description="accepted client keys (Bearer); empty = no auth; a blank key, or one with a character that is not "
+        "printable ASCII, is refused",
     )
     allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without ROUTEGATE_API_KEYS")
     metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
@@ -459,10 +461,13 @@ class Settings(BaseSettings):
     @field_validator("api_keys", "override_keys", "metrics_key")
     @classmethod
     def _no_blank_keys(cls, value: list[SecretStr] | SecretStr | None) -> list[SecretStr] | SecretStr | None:
-        """A blank key would match a bare ``Authorization: Bearer`` (e.g. an unset variable in a key list)."""
+        """A blank key would match a bare ``Authorization: Bearer`` (e.g. an unset variable in a key
+        list); one that is not printable ASCII could never be sent in an HTTP header as it is."""
         keys = value if isinstance(value, list) else [value] if value is not None else []
         if any(not key.get_secret_value().strip() for key in keys):
             raise ValueError("a client key is empty or blank: every key must have characters")
+        if any(not key.get_secret_value().isascii() or not key.get_secret_value().isprintable() for key in keys):
+            raise ValueError("a client key holds a character that is not printable ASCII: no client could send it")
         return value
 
     @field_validator("target_share")

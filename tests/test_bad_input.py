@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -293,6 +294,23 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     )
     assert latin.status_code == 200 and len(latin.headers["x-request-id"]) == 32
     assert strong.received[-1].headers["x-request-id"] == latin.headers["x-request-id"]
+
+
+def test_a_pipelined_request_behind_a_large_body_is_not_taken_for_oversized_headers(proxy: Proxy) -> None:
+    """Bytes of the request before it (its body) arrive in the same read as the start of its head:
+    they are not its head's."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
+    first = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    first += b"content-length: %d\r\n\r\n" % len(body) + body
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(first + b"GET /health HTTP/1.1\r\nhost: x\r\n")  # the second head, not yet whole
+        time.sleep(0.3)
+        connection.sendall(b"connection: close\r\n\r\n")
+        answer = b""
+        while received := connection.recv(65536):
+            answer += received
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"200"]
 
 
 @pytest.mark.parametrize(

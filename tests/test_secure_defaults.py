@@ -44,6 +44,15 @@ def test_a_blank_key_is_refused_because_a_bare_bearer_would_match_it(setting: st
     assert "client-key" not in str(refused.value)
 
 
+@pytest.mark.parametrize("setting", ["api_keys", "override_keys", "metrics_key"])
+def test_a_key_no_client_could_send_is_refused(setting: str) -> None:
+    """Header values travel as bytes read as Latin-1: a key with 'é' would never match (401 for every client)."""
+    key = "cl\u00e9-secr\u00e8te"
+    with pytest.raises(SettingsError, match=f"ROUTEGATE_{setting.upper()}: .*not printable ASCII") as refused:
+        load_settings(**{setting: [key] if setting != "metrics_key" else key})
+    assert key not in str(refused.value)
+
+
 def test_metrics_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     with running_proxy(proxy_env(strong, weak, metrics_key="metrics-secret-key"), tmp_path) as proxy:
         anonymous = httpx.get(f"{proxy.url}/metrics")
@@ -66,9 +75,11 @@ def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp
         on_api_port = httpx.get(f"{proxy.url}/metrics")
         anonymous = httpx.get(f"http://127.0.0.1:{port}/metrics")
         keyed = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"authorization": "Bearer metrics-secret-key"})
+        spelled = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"authorization": "bearer  metrics-secret-key"})
     assert on_api_port.status_code == 404
     assert anonymous.status_code == 401
     assert keyed.status_code == 200
+    assert spelled.status_code == 200  # as the API port reads it: any case of the scheme, spaces around the key
     assert metric_sum(keyed.text, "routegate_requests_total", router="random", status="200") == 1
     assert metric_sum(keyed.text, "routegate_event_loop_tasks") > 0  # sampled on the loop, not by this port's thread
 
