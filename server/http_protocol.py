@@ -37,6 +37,8 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 20.0
 #: seconds a connection whose request is on its way when the server stops has to send its head
 SHUTDOWN_HEAD_GRACE = 2.0
+#: a connection accepted this recently, no byte received yet, counts as one whose request is on its way
+JUST_ACCEPTED = 1.0
 
 
 class WithoutInvalidRequestWarnings(logging.Filter):
@@ -70,9 +72,11 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._upgraded = False
         self._requests_begun = 0
         self._stopping = False
+        self._accepted_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._accepted_at = self.loop.time()
         self._start_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -89,8 +93,11 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         or a head coming in) has SHUTDOWN_HEAD_GRACE seconds for its request, which is answered
         and the connection closed. An idle connection between requests is closed at once."""
         self._stopping = True
-        if not self._answering() and (self._requests_begun == 0 or self._reading_head):
-            self.loop.call_later(SHUTDOWN_HEAD_GRACE, self._close_unless_answering)
+        # within what is left of the server's own graceful timeout: past it, the app is shut down
+        grace = min(SHUTDOWN_HEAD_GRACE, (self.config.timeout_graceful_shutdown or 0.0) - 0.2)
+        just_accepted = self._requests_begun == 0 and self.loop.time() - self._accepted_at < JUST_ACCEPTED
+        if grace > 0 and not self._answering() and (just_accepted or self._reading_head):
+            self.loop.call_later(grace, self._close_unless_answering)
             return
         super().shutdown()
 
@@ -122,13 +129,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request httptools cannot parse, as an OpenAI-style error; while a
-        response is being sent (the bytes came pipelined behind its request) the connection is only
-        closed: a second status line in the middle of it would garble it."""
+        """uvicorn's answer to a request httptools cannot parse, as an OpenAI-style error; while an
+        earlier request is being answered (the bytes came pipelined behind it) the connection is only
+        closed: the error would be taken for that request's answer, or garble it."""
         self._refused = True
         self._stop_head_deadline()
         metrics.HTTP_REFUSED.labels("invalid_http").inc()
-        if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
+        if not self._answering():
             message = "The request is not valid HTTP/1.1."
             self.transport.write(APIError(400, message, code="invalid_http").to_http())
         self.transport.close()
@@ -196,13 +203,13 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
             self._start_head_deadline()
 
     def _refuse_head(self) -> None:
-        """Answer 431 and close; behind a response being sent (a pipelined head) only close: a
-        second status line in the middle of it would garble it."""
+        """Answer 431 and close; behind a request being answered (a pipelined head) only close: the
+        error would be taken for that request's answer, or garble it."""
         self._reading_head = False
         self._refused = True
         message = f"Request headers are larger than the {self.max_header_bytes} bytes allowed."
         if not self.transport.is_closing():
             metrics.HTTP_REFUSED.labels("headers_too_large").inc()
-            if not (self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete):
+            if not self._answering():
                 self.transport.write(APIError(431, message, code="headers_too_large").to_http())
             self.transport.close()

@@ -179,14 +179,14 @@ def test_a_connection_opened_just_before_the_server_stops_is_answered_not_cut(
 ) -> None:
     """A client that connected a moment before the drain ended sends its request after uvicorn
     began closing connections: it is answered (and the connection closed), not cut without a word."""
-    weak.behaviour.delay = 1.5  # in flight: the drain lasts until it is answered
+    weak.behaviour.delay = 0.5  # in flight: the drain lasts until it is answered
     env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS))
     with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
         answered = pool.submit(_plain_answer, proxy.api)
         assert wait_for(lambda: len(weak.received) == 1, timeout=10)
         port = int(proxy.url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:
-            proxy.process.send_signal(signal.SIGTERM)
+        proxy.process.send_signal(signal.SIGTERM)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as late:  # less than a second before the end
             assert answered.result(timeout=10) == "answer from weak"
             assert wait_for(lambda: "Shutting down" in proxy.log(), timeout=10)
             late.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
