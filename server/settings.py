@@ -407,7 +407,7 @@ class Settings(BaseSettings):
         if self.models and self.shadow_rate > 0:
             raise ValueError(
                 "ROUTEGATE_SHADOW_RATE judges each answer against the other of two tiers: with ROUTEGATE_MODELS "
-                "there are none, so leave it 0 (rate answers with POST /v1/feedback instead)"
+                "there are none, so leave it 0"
             )
         return self
 
