@@ -90,7 +90,7 @@ class StickyStore:
         more capable model keeps it."""
         now = self._clock()
         kept = self._expiry.get(key)
-        if kept is not None and kept[0] > now and _rank(kept[1], order) > _rank(upstream, order):
+        if kept is not None and kept[0] > now and capability_rank(kept[1], order) > capability_rank(upstream, order):
             upstream = kept[1]
         self._expiry[key] = (now + self.ttl, upstream)
         self._expiry.move_to_end(key)
@@ -101,6 +101,6 @@ class StickyStore:
             del self._expiry[oldest]
 
 
-def _rank(upstream: str, order: Sequence[str]) -> int:
+def capability_rank(upstream: str, order: Sequence[str]) -> int:
     """``upstream``'s place in ``order`` (least capable first); -1 when it is not there."""
     return order.index(upstream) if upstream in order else -1

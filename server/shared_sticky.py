@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.conversations import StickyStore
+from server.conversations import StickyStore, capability_rank
 from server.shared_state import SharedState, SharedStateUnavailable
 
 # KEYS[1] the conversation; ARGV[1] the upstream that answered it, ARGV[2] the TTL in ms, ARGV[3..]
@@ -36,11 +36,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
-
-
-def _rank(name: str, order: Sequence[str]) -> int:
-    """``name``'s place in ``order`` (least capable first); -1 for a name it does not hold."""
-    return order.index(name) if name in order else -1
 
 
 class SharedSticky:
@@ -87,15 +82,14 @@ class SharedSticky:
             found = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
         except SharedStateUnavailable:
             return known_here
-        known_shared = None if found is None else str(found)
-        if known_here is None or known_shared == known_here:
-            if known_shared is not None and known_here is None:
-                self.local.remember(key, known_shared)
-            return known_shared
-        if known_shared is not None and _rank(known_shared, order) >= _rank(known_here, order):
+        if found is None:
+            return known_here
+        known_shared = str(found)
+        if known_here is not None and capability_rank(known_here, order) > capability_rank(known_shared, order):
+            return known_here  # Redis lost it, or holds a less capable model
+        if known_shared != known_here:
             self.local.remember(key, known_shared)
-            return known_shared
-        return known_here  # Redis lacks it, or holds a less capable model
+        return known_shared
 
     async def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
