@@ -150,11 +150,15 @@ def weak() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(autouse=True)
-def _reset_upstreams(request: pytest.FixtureRequest) -> None:
-    """Every test starts with empty, well-behaved fakes."""
-    for name in ("strong", "weak"):
-        if name in request.fixturenames:
-            request.getfixturevalue(name).reset()
+def _reset_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with empty, well-behaved fakes, and leaves them so: a module fixture set up
+    before the next test's reset (a proxy that shadows, say) never meets the faults a test left."""
+    upstreams = [request.getfixturevalue(name) for name in ("strong", "weak") if name in request.fixturenames]
+    for upstream in upstreams:
+        upstream.reset()
+    yield
+    for upstream in upstreams:
+        upstream.reset()
 
 
 @pytest.fixture(scope="session")

@@ -132,15 +132,23 @@ def test_a_thousand_disconnects_leak_nothing(proxy: Proxy, strong: FakeUpstream)
     assert wait_for(lambda: strong.open_connections() <= connections_before)
 
 
-def open_sockets(proxy: Proxy) -> int:
-    """The sockets the gateway process holds open (Linux /proc)."""
-    count = 0
+def holds_connection_from(proxy: Proxy, client: socket.socket) -> bool:
+    """Whether the gateway process still holds its end of ``client``'s TCP connection (Linux /proc)."""
+    client_port = client.getsockname()[1]
+    proxy_port = client.getpeername()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, remote_port = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+        if (local_port, remote_port) == (proxy_port, client_port):
+            inodes.add(f"socket:[{fields[9]}]")
+    held = set()
     for descriptor in Path(f"/proc/{proxy.process.pid}/fd").iterdir():
         try:
-            count += os.readlink(descriptor).startswith("socket:")
+            held.add(os.readlink(descriptor))
         except OSError:  # closed while listed
             pass
-    return count
+    return bool(inodes & held)
 
 
 def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
@@ -150,7 +158,6 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
     env = proxy_env(strong, weak, client_send_timeout="1", max_concurrent_requests="1", queue_timeout="0.5")
     with running_proxy(env, tmp_path) as proxy:
         delta = MetricDelta(proxy.metrics)
-        idle_sockets = open_sockets(proxy)
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         host, port = proxy.url.removeprefix("http://").split(":")
@@ -161,11 +168,12 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
         stalled.sendall(head.encode() + body)  # ... and never reads the answer
         try:
             assert wait_for(lambda: bool(strong.received))  # it took the one slot and reached the upstream ...
+            assert holds_connection_from(proxy, stalled)
             assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)  # ... and ended
             assert gauges(proxy)["routegate_upstream_responses_open"] == 0
             answered = httpx.post(f"{proxy.api}/chat/completions", json={**REQUEST, "stream": False}, timeout=10)
             # its connection is dropped, not held open (with what it buffers) until the client reads
-            assert wait_for(lambda: open_sockets(proxy) <= idle_sockets, timeout=5)
+            assert wait_for(lambda: not holds_connection_from(proxy, stalled), timeout=5)
         finally:
             stalled.close()
         delta.after()
