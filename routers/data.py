@@ -4,6 +4,9 @@ One JSON object per line, plain or gzip-compressed::
 
     {"id": str, "prompt": str, "scores": {model: float in [0, 1]}, "split": "train" | "dev",
      "responses": {model: str} (optional), "benchmark": str (optional), ...}
+
+A ``prompt`` given as a list (a conversation's user turns, or chat messages) is read as text on
+loading (``conversation_text``).
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
         raise RecordError(f"{where}: not a JSON record ({error})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a JSON object")
+    if isinstance(record.get("prompt"), list):
+        record["prompt"] = conversation_text(record["prompt"])
+        if record["prompt"] is None:
+            raise RecordError(
+                f"{where}: 'prompt' must be a string, a list of strings (a conversation's user turns) "
+                "or a list of chat messages with a user message"
+            )
     if record.get("scores") is None:
         record["scores"] = {}
     scores = record["scores"]
@@ -82,6 +92,32 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
     if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
         raise RecordError(f"{where}: the prompt holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text")
     return record
+
+
+def conversation_text(turns: list[Any]) -> str | None:
+    """The text scored for a prompt given as a list: a conversation's user turns (strings) joined by
+    blank lines, or, of chat messages (``{"role", "content"}``), the last user message's text, as the
+    gateway routes a request by default (``ROUTEGATE_ROUTE_ON=last_user``); None for anything else."""
+    if turns and all(isinstance(turn, str) for turn in turns):
+        return "\n\n".join(turns)
+    if not turns or not all(isinstance(message, dict) for message in turns):
+        return None
+    users = [message for message in turns if message.get("role") == "user"]
+    return content_text(users[-1].get("content")) if users else None
+
+
+def content_text(content: object) -> str:
+    """The text of a chat message's content: a string as it is, the text parts of a list joined by
+    newlines (anything that is not a text part skipped: an upstream's answer is not validated), else ""."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return ""
 
 
 def _encodable(text: str) -> bool:

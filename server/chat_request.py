@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from routers.data import content_text
 from server.disconnects import ClientGone
 from server.errors import APIError, bad_request
 
@@ -226,20 +227,6 @@ def _check_messages(messages: object) -> None:
 def message_text(message: dict[str, Any]) -> str:
     """A message's text: its string content, or its text parts joined by newlines."""
     return content_text(message.get("content"))
-
-
-def content_text(content: object) -> str:
-    """The text of a content value: a string as it is, the text parts of a list joined by newlines
-    (anything that is not a text part skipped: an upstream's answer is not validated), else ""."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-    return ""
 
 
 def routed_text(messages: list[dict[str, Any]], mode: str, turns: int, max_chars: int) -> str:

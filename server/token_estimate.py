@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.chat_request import content_text
+from routers.data import content_text
 
 CHARS_PER_TOKEN = 4
 _ANSWER_TEXT_FIELDS = ("content", "refusal", "reasoning_content")
