@@ -95,15 +95,18 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
 
 
 def conversation_text(turns: list[Any]) -> str | None:
-    """The text scored for a prompt given as a list: a conversation's user turns (strings) joined by
-    blank lines, or, of chat messages (``{"role", "content"}``), the last user message's text, as the
-    gateway routes a request by default (``ROUTEGATE_ROUTE_ON=last_user``); None for anything else."""
+    """The text scored for a prompt given as a conversation, as the gateway routes a request by
+    default (``ROUTEGATE_ROUTE_ON=last_user``): the last of a list of user turns (strings), or the
+    last user message's text of a list of chat messages (``{"role", "content"}``, each with a
+    string role, a user message's content a string or a list of parts); None for anything else."""
     if turns and all(isinstance(turn, str) for turn in turns):
-        return "\n\n".join(turns)
-    if not turns or not all(isinstance(message, dict) for message in turns):
+        return turns[-1]
+    if not turns or not all(isinstance(message, dict) and isinstance(message.get("role"), str) for message in turns):
         return None
-    users = [message for message in turns if message.get("role") == "user"]
-    return content_text(users[-1].get("content")) if users else None
+    users = [message for message in turns if message["role"] == "user"]
+    if not users or not isinstance(users[-1].get("content"), (str, list)):
+        return None
+    return content_text(users[-1]["content"])
 
 
 def content_text(content: object) -> str:

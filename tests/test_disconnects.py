@@ -132,10 +132,9 @@ def test_a_thousand_disconnects_leak_nothing(proxy: Proxy, strong: FakeUpstream)
     assert wait_for(lambda: strong.open_connections() <= connections_before)
 
 
-def holds_connection_from(proxy: Proxy, client: socket.socket) -> bool:
-    """Whether the gateway process still holds its end of ``client``'s TCP connection (Linux /proc)."""
-    client_port = client.getsockname()[1]
-    proxy_port = client.getpeername()[1]
+def holds_connection(proxy: Proxy, proxy_port: int, client_port: int) -> bool:
+    """Whether the gateway process still holds its end of the TCP connection from ``client_port``
+    to its ``proxy_port`` (Linux /proc)."""
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
@@ -162,18 +161,19 @@ def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         host, port = proxy.url.removeprefix("http://").split(":")
         stalled.connect((host, int(port)))
+        client_port, proxy_port = stalled.getsockname()[1], int(port)
         body = json.dumps(REQUEST).encode()
         head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
         head += f"content-length: {len(body)}\r\n\r\n"
         stalled.sendall(head.encode() + body)  # ... and never reads the answer
         try:
+            assert wait_for(lambda: holds_connection(proxy, proxy_port, client_port))  # accepted
             assert wait_for(lambda: bool(strong.received))  # it took the one slot and reached the upstream ...
-            assert holds_connection_from(proxy, stalled)
             assert wait_for(lambda: gauges(proxy)["routegate_requests_in_flight"] == 0, timeout=30)  # ... and ended
             assert gauges(proxy)["routegate_upstream_responses_open"] == 0
             answered = httpx.post(f"{proxy.api}/chat/completions", json={**REQUEST, "stream": False}, timeout=10)
             # its connection is dropped, not held open (with what it buffers) until the client reads
-            assert wait_for(lambda: not holds_connection_from(proxy, stalled), timeout=5)
+            assert wait_for(lambda: not holds_connection(proxy, proxy_port, client_port), timeout=5)
         finally:
             stalled.close()
         delta.after()

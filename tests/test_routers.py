@@ -395,6 +395,16 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
         ),
         (
             ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "b", "prompt": [{"role": "user", "content": 7}]}'],
+            ":1: 'prompt' must be a string, a list of strings (a conversation's user turns) or a list of chat messages",
+        ),
+        (
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "b", "prompt": [{"content": "Hi"}, {"role": "user", "content": "Hello"}]}'],
+            ":1: 'prompt' must be a string, a list of strings (a conversation's user turns) or a list of chat messages",
+        ),
+        (
+            ["score", "--input", "{data}", "--output", "{out}"],
             ['{"id": "a", "prompt": null}'],
             "lack an 'id' or a 'prompt' string",
         ),
@@ -523,25 +533,25 @@ def test_score_and_calibrate_read_what_the_gateway_gives_its_router(tmp_path: Pa
 
 
 def test_score_reads_a_conversation_as_the_gateway_routes_it(tmp_path: Path) -> None:
-    """A prompt given as a conversation's user turns is scored as those turns together; given as
-    chat messages, as the last user message's text, which the gateway scores by default."""
-    turns = ["Compose a travel blog post about Hawaii.", "Rewrite it, starting every sentence with the letter A."]
+    """A prompt given as a conversation is scored as the gateway routes it by default: its last
+    user turn, or its last user message's text."""
+    turns = ["Compose a travel blog post about Hawaii.", "Now solve 12 * 17 step by step."]
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Write a haiku about autumn."},
-        {"role": "assistant", "content": "Leaves fall..."},
+        {"role": "assistant", "content": None, "tool_calls": []},
         {"role": "user", "content": [{"type": "text", "text": "Now solve 12 * 17"}, {"type": "image_url", "image_url": {}}]},
     ]
-    rows = [("turns", turns), ("joined", "\n\n".join(turns)), ("messages", messages), ("last", "Now solve 12 * 17")]
-    rows += [("first turn", turns[0])]
+    rows = [("turns", turns), ("last turn", turns[-1]), ("first turn", turns[0])]
+    rows += [("messages", messages), ("last message", "Now solve 12 * 17")]
     data = tmp_path / "records.jsonl"
     data.write_text("\n".join(json.dumps({"id": name, "prompt": prompt}) for name, prompt in rows))
     out = tmp_path / "s.jsonl"
     assert main(["score", "--router", "mf", "--input", str(data), "--output", str(out)]) == 0
     scores = _scores(out)
-    assert scores["turns"] == pytest.approx(scores["joined"], abs=1e-6)  # alike up to batching's rounding
+    assert scores["turns"] == pytest.approx(scores["last turn"], abs=1e-6)  # alike up to batching's rounding
     assert abs(scores["turns"] - scores["first turn"]) > 1e-3
-    assert scores["messages"] == pytest.approx(scores["last"], abs=1e-6)
+    assert scores["messages"] == pytest.approx(scores["last message"], abs=1e-6)
 
 
 def test_eval_among_models_of_a_file_without_train_records_leaves_out_the_knn_baseline(
