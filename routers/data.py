@@ -5,8 +5,8 @@ One JSON object per line, plain or gzip-compressed::
     {"id": str, "prompt": str, "scores": {model: float in [0, 1]}, "split": "train" | "dev",
      "responses": {model: str} (optional), "benchmark": str (optional), ...}
 
-A ``prompt`` given as a list (a conversation's user turns, or chat messages) is read as text on
-loading (``conversation_text``).
+A ``prompt`` given as a list (a conversation's user turns, or chat messages), or a request's
+``messages`` in place of a prompt, is read as text on loading (``conversation_text``).
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
         raise RecordError(f"{where}: not a JSON record ({error})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a JSON object")
+    if "prompt" not in record and isinstance(record.get("messages"), list):  # a logged request body
+        record["prompt"] = record["messages"]
     if isinstance(record.get("prompt"), list):
         record["prompt"] = conversation_text(record["prompt"])
         if record["prompt"] is None:
