@@ -25,6 +25,7 @@ from server import metrics
 from server.admission import Admission
 from server.body_budget import BodyBudget
 from server.chat_request import parse_chat_request, read_body
+from server.client_keys import client_fingerprint
 from server.cost_targets import CostTargets
 from server.deciding import Decider
 from server.decision import Decision
@@ -100,7 +101,7 @@ class ChatProxy:
         self.cost_targets = cost_targets  # target routes among more than two models
         budget = targets.budget if targets is not None else None
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout)
-        self.bodies = BodyBudget(settings.pending_body_limit, settings.queue_timeout)
+        self.bodies = BodyBudget(settings.pending_body_limit, settings.queue_timeout, settings.client_body_share)
         self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)
         self.forwarder = Forwarder(settings, ladder, upstreams)
         self.recorder = Recorder(ladder, targets, sticky, budget, cost_targets)
@@ -161,7 +162,7 @@ class ChatProxy:
 
     async def read_payload(self, request: Request) -> dict[str, Any]:
         """The checked chat request, read and parsed within ROUTEGATE_MAX_PENDING_BODY_BYTES."""
-        with self.bodies.hold() as held:
+        with self.bodies.hold(client_fingerprint(request.headers, self.settings.api_keys)) as held:
             body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout, held.cover)
             return parse_chat_request(body)
 

@@ -270,7 +270,8 @@ class Settings(BaseSettings):
         ge=1024,
         description="request body bytes read and parsed at once per process, before admission (a body parses to several "
         "times its size), counted as they arrive; a request whose body does not fit gets 429; at least "
-        "ROUTEGATE_MAX_BODY_BYTES (default: 64 MiB, or ROUTEGATE_MAX_BODY_BYTES when that is larger)",
+        "ROUTEGATE_MAX_BODY_BYTES (default: 64 MiB, or ROUTEGATE_MAX_BODY_BYTES when that is larger); with two or "
+        "more ROUTEGATE_API_KEYS one key's bodies may hold at most half of it (or one largest body)",
     )
     max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers; more get 431")
     body_timeout: float = Field(60.0, gt=0, description="seconds a client may take to send its request body (408)")
@@ -426,6 +427,14 @@ class Settings(BaseSettings):
         if self.max_pending_body_bytes is not None:
             return self.max_pending_body_bytes
         return max(64 * 1024 * 1024, self.max_body_bytes)
+
+    @property
+    def client_body_share(self) -> int:
+        """What of ``pending_body_limit`` one client key's bodies may hold: half of it, or the largest
+        body when that is more; all of it with fewer than two client keys (one client is every client)."""
+        if len(self.api_keys) < 2:
+            return self.pending_body_limit
+        return max(self.pending_body_limit // 2, self.max_body_bytes)
 
     @model_validator(mode="after")
     def _largest_body_fits_the_budget(self) -> Settings:

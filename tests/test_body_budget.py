@@ -10,6 +10,7 @@ import re
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
@@ -49,13 +50,14 @@ def _full_body() -> bytes:
     return body + b" " * (BODY_LIMIT - len(body))
 
 
-def _start_upload(proxy: Proxy, stack: ExitStack, sent: int) -> socket.socket:
+def _start_upload(proxy: Proxy, stack: ExitStack, sent: int, key: str | None = None) -> socket.socket:
     """A connection that declared a body of BODY_LIMIT bytes and sent only its first ``sent``."""
     port = int(proxy.url.rsplit(":", 1)[1])
     connection = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+    authorization = f"authorization: Bearer {key}\r\n" if key else ""
     connection.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: routegate\r\ncontent-type: application/json\r\n"
-        + f"content-length: {BODY_LIMIT}\r\n\r\n".encode()
+        + f"{authorization}content-length: {BODY_LIMIT}\r\n\r\n".encode()
         + _full_body()[:sent]
     )
     return connection
@@ -118,6 +120,31 @@ def test_promised_bodies_reserve_nothing(budget_proxy: Proxy, strong: FakeUpstre
         chunked = httpx.post(f"{budget_proxy.api}/chat/completions", content=iter([json.dumps(REQUEST).encode()]), timeout=30)
     assert answered.status_code == 200 and chunked.status_code == 200
     assert len(strong.received) == 2
+
+
+KEYS = ["rg-slow-uploader", "rg-other-client"]
+
+
+def test_one_client_key_holds_at_most_half_of_the_budget(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """With several client keys, one key's slow uploads cannot take the whole budget: its own next
+    body gets 429 past half of it, while another key's body is read and answered."""
+    settings = {**SETTINGS, "max_pending_body_bytes": str(4 * BODY_LIMIT), "api_keys": json.dumps(KEYS)}
+    with running_proxy(proxy_env(strong, weak, **settings), tmp_path) as proxy, ExitStack() as uploads:
+        sent = BODY_LIMIT - 100  # two uploads this far along leave the key 200 bytes of its half
+        for _ in range(2):
+            _start_upload(proxy, uploads, sent, key=KEYS[0])
+        assert wait_for(lambda: _pending(proxy) == 2 * sent)
+        delta = MetricDelta(proxy.metrics)
+        body = {**REQUEST, "user": "x" * 200}
+        refused = httpx.post(f"{proxy.api}/chat/completions", json=body, headers={"authorization": f"Bearer {KEYS[0]}"})
+        answered = httpx.post(f"{proxy.api}/chat/completions", json=body, headers={"authorization": f"Bearer {KEYS[1]}"})
+        delta.after()
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
+    assert "this client key's share of 8192 bytes" in refused.json()["error"]["message"]
+    assert KEYS[0] not in refused.text
+    assert answered.status_code == 200
+    assert delta("routegate_requests_rejected_total", reason="body_budget_full") == 1
+    assert len(strong.received) == 1
 
 
 @pytest.mark.parametrize(
