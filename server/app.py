@@ -122,7 +122,7 @@ class Gateway:
                 pinned=listed_routes,
             )
         self.sticky = SharedSticky(StickyStore(settings.sticky_max_conversations, settings.sticky_ttl_seconds), self.shared_state)
-        self.feedback = Feedback(settings, self.routers)
+        self.feedback = Feedback(settings, self.routers, self.shared_state)
         self.upstreams: dict[str, Upstream] = {}
         self.proxy: ChatProxy | None = None
         self.load_error: str | None = None

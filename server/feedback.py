@@ -28,6 +28,7 @@ from server.metrics import reported_tokens, token_count
 from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
+from server.shared_state import SharedState
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
 
@@ -93,7 +94,7 @@ class AnswerText:
 class Feedback:
     """The feedback store and shadow judging of one gateway process."""
 
-    def __init__(self, settings: Settings, routers: Iterable[str]) -> None:
+    def __init__(self, settings: Settings, routers: Iterable[str], state: SharedState | None = None) -> None:
         self.settings = settings
         self.store: FeedbackStore | None = None
         url = settings.feedback_db.get_secret_value().strip()
@@ -102,7 +103,7 @@ class Feedback:
             self.store = FeedbackStore(
                 database, settings.feedback_retention_days, settings.feedback_queue_size, settings.feedback_max_rows
             )
-        self.shadow = Shadower(settings, self.store) if settings.shadow_rate > 0 else None
+        self.shadow = Shadower(settings, self.store, state) if settings.shadow_rate > 0 else None
         self._tiers, judge = endpoints(settings)
         fm.initialise(routers, {tier: endpoint.model for tier, endpoint in self._tiers.items()}, judge.model)
 

@@ -338,7 +338,10 @@ class Settings(BaseSettings):
     shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
     shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
     shadow_daily_budget_usd: float | None = Field(
-        None, gt=0, description="USD per UTC day for shadow and judge calls, per replica (not shared through Redis)"
+        None,
+        gt=0,
+        description="USD per UTC day for shadow and judge calls: shared by the replicas through ROUTEGATE_REDIS_URL when "
+        "set, else per replica (split over its workers)",
     )
     shadow_tools: bool = Field(False, description="also shadow requests carrying tools or tool results")
     shadow_max_job_bytes: int = Field(

@@ -25,7 +25,9 @@ from server.feedback_store import FeedbackStore, JudgementRow
 from server.judge import answer_text, chosen_side, combine, judge_messages, parse_verdict, question_text
 from server.metrics import reported_tokens, tokens_cost
 from server.settings import Settings
-from server.targets import utc_day_start
+from server.shared_state import SharedState
+from server.shared_targets import SharedBudget
+from server.targets import DailyBudget
 from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
@@ -118,39 +120,42 @@ class CallFailed(Exception):
 
 
 class ShadowBudget:
-    """USD per UTC day for shadow and judge calls (this process's part); None = unlimited."""
+    """USD per UTC day for shadow and judge calls; None = unlimited. With Redis the replicas share
+    it (``SharedBudget`` under its own key), else each worker process keeps its part."""
 
-    def __init__(self, budget_usd: float | None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, budget_usd: float | None, workers: int = 1, state: SharedState | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.budget_usd = budget_usd
-        self._clock = clock
-        self._day = utc_day_start(clock())
-        self.spent_usd = 0.0
-
-    def _roll(self) -> None:
-        day = utc_day_start(self._clock())
-        if day != self._day:
-            self._day, self.spent_usd = day, 0.0
+        self._daily = None
+        if budget_usd is not None:
+            part = DailyBudget(budget_usd / (1 if state is not None else workers), clock)
+            self._daily = SharedBudget(part, state, workers, clock, name="shadow-budget")
 
     def exhausted(self) -> bool:
-        self._roll()
-        return self.budget_usd is not None and self.spent_usd >= self.budget_usd
+        """Whether today's budget is spent, as last read."""
+        return self._daily is not None and self._daily.local.remaining_usd <= 0
 
-    def spend(self, usd: float) -> None:
-        self._roll()
-        self.spent_usd += usd
+    async def refresh(self) -> None:
+        """Read what every replica has spent today (nothing to read in-process)."""
+        if self._daily is not None:
+            await self._daily.refresh()
+
+    async def spend(self, usd: float) -> None:
+        """Count ``usd`` spent (with Redis, added to the replicas' total and read back)."""
+        if self._daily is not None:
+            await self._daily.record_cost("strong", usd, 0.0)
 
 
 class Shadower:
     """Samples answered requests, queues them and runs shadow calls and judgements in workers."""
 
-    def __init__(self, settings: Settings, store: FeedbackStore | None) -> None:
+    def __init__(self, settings: Settings, store: FeedbackStore | None, state: SharedState | None = None) -> None:
         self.rate = settings.shadow_rate
         self.shadow_tools = settings.shadow_tools
         self.store = store
         self.tiers, self.judge = endpoints(settings)
-        self.budget = ShadowBudget(
-            None if settings.shadow_daily_budget_usd is None else settings.shadow_daily_budget_usd / settings.workers
-        )
+        self.budget = ShadowBudget(settings.shadow_daily_budget_usd, settings.workers, state)
         self.workers = settings.shadow_max_concurrent
         self.max_response_bytes = settings.max_response_bytes
         self.max_job_bytes = settings.shadow_max_job_bytes
@@ -207,6 +212,7 @@ class Shadower:
 
     async def _run(self, job: ShadowJob) -> None:
         other = OTHER_TIER[job.chosen_tier]
+        await self.budget.refresh()
         if self.budget.exhausted():
             fm.SHADOW_REQUESTS.labels(other, "over_budget").inc()
             return
@@ -219,10 +225,10 @@ class Shadower:
             completion = await self._call(endpoint, {**body, "model": endpoint.model}, job.request_id)
         except CallFailed as failure:
             log.info("request_id=%s shadow call to the %s tier failed: %s", job.request_id, other, failure)
-            self._meter_failed("shadow", endpoint, body, failure)
+            await self._meter_failed("shadow", endpoint, body, failure)
             fm.SHADOW_REQUESTS.labels(other, "shadow_failed").inc()
             return
-        shadow_cost = self._meter("shadow", endpoint, body, completion)
+        shadow_cost = await self._meter("shadow", endpoint, body, completion)
         other_answer = answer_text(completion) or ""
         if not other_answer.strip():
             log.info("request_id=%s the %s tier's shadow answer is empty: not judged", job.request_id, other)
@@ -235,12 +241,12 @@ class Shadower:
         orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))
         asked = [{"model": self.judge.model, "messages": judge_messages(question, a, b)} for a, b in orders]
         replies = await asyncio.gather(*(self._call(self.judge, body, job.request_id) for body in asked), return_exceptions=True)
-        judge_cost = sum(
-            self._meter("judge", self.judge, body, reply)
-            if isinstance(reply, dict)
-            else self._meter_failed("judge", self.judge, body, reply)
-            for body, reply in zip(asked, replies, strict=True)
-        )
+        judge_cost = 0.0
+        for body, reply in zip(asked, replies, strict=True):
+            if isinstance(reply, dict):
+                judge_cost += await self._meter("judge", self.judge, body, reply)
+            else:
+                judge_cost += await self._meter_failed("judge", self.judge, body, reply)
         failed = [reply for reply in replies if isinstance(reply, BaseException)]
         if failed:
             log.info("request_id=%s judge call failed: %s", job.request_id, failed[0])
@@ -270,22 +276,22 @@ class Shadower:
                 job.decided_at,
             )
 
-    def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
+    async def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
         """Count a call's cost: from its usage, or estimated from its text when it reported none."""
         tokens = reported_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
-        return self._spend(kind, endpoint, tokens)
+        return await self._spend(kind, endpoint, tokens)
 
-    def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
+    async def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
         """Count what a failed call may still cost: its prompt and the answer bytes that came, estimated."""
         if not isinstance(failure, CallFailed) or failure.answer_bytes is None:
             return 0.0
-        return self._spend(kind, endpoint, (prompt_tokens(body), bytes_tokens(failure.answer_bytes)))
+        return await self._spend(kind, endpoint, (prompt_tokens(body), bytes_tokens(failure.answer_bytes)))
 
-    def _spend(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
+    async def _spend(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
         """The cost of ``(prompt, completion)`` tokens at ``endpoint``, metered and spent from the budget."""
         cost = endpoint.cost(tokens)
         fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
-        self.budget.spend(cost)
+        await self.budget.spend(cost)
         return cost
 
     async def _call(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> dict[str, Any]:

@@ -164,9 +164,15 @@ class SharedBudget:
     """The daily budget of all replicas; ``local`` mirrors its last totals and stands in for it."""
 
     def __init__(
-        self, local: DailyBudget, state: SharedState | None = None, workers: int = 1, clock: Callable[[], float] = time.time
+        self,
+        local: DailyBudget,
+        state: SharedState | None = None,
+        workers: int = 1,
+        clock: Callable[[], float] = time.time,
+        name: str = "budget",
     ) -> None:
         self.local = local
+        self.name = name  # its Redis key's name: one budget per name
         self.state = state
         self._parts = workers if state is not None else 1
         self._clock = clock
@@ -236,7 +242,7 @@ class SharedBudget:
         fresh = Batch(next(self._numbers), amounts) if any(amounts) and len(batches) < MAX_UNSETTLED else None
         self._pending = [0, 0.0, 0, 0.0] if fresh is not None else amounts
         sending = [*batches, fresh] if fresh is not None else batches
-        key = self.state.key("budget", time.strftime("%Y-%m-%d", time.gmtime(day)))
+        key = self.state.key(self.name, time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
         args = [now, BUDGET_TTL_S, self._writer, len(settled), *settled, *(value for batch in sending for value in batch.args)]
         try:

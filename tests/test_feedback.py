@@ -536,19 +536,21 @@ def test_a_shadow_answer_that_spends_the_budget_is_not_judged(
         assert shadow_total(proxy, outcome="judged") == 0
 
 
-def test_the_shadow_budget_starts_again_each_utc_day() -> None:
+async def test_the_shadow_budget_starts_again_each_utc_day() -> None:
     from datetime import UTC, datetime
 
     from server.shadow import ShadowBudget
 
     now = [datetime(2026, 3, 1, 23, 59, tzinfo=UTC).timestamp()]
-    budget = ShadowBudget(0.01, clock=lambda: now[0])
-    budget.spend(0.01)
+    budget = ShadowBudget(0.02, workers=2, clock=lambda: now[0])  # each of two workers: 0.01
+    await budget.spend(0.009)
+    assert not budget.exhausted()
+    await budget.spend(0.002)
     assert budget.exhausted()
     now[0] += 59  # 23:59:59, the same day
     assert budget.exhausted()
     now[0] += 2  # past midnight UTC
-    assert not budget.exhausted() and budget.spent_usd == 0.0
+    assert not budget.exhausted()
     assert not ShadowBudget(None).exhausted()  # no budget: never spent
 
 

@@ -27,7 +27,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.fake_judge import FakeJudge
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
 from tests.redis_server import RedisServer, running_redis
 
@@ -128,6 +130,41 @@ def test_daily_budget_holds_across_replicas(
     assert spent <= budget + STRONG_COST, f"{len(strong.received)} strong answers for a budget of 1.5"
     assert remaining == pytest.approx([budget - spent] * 4, abs=1e-12)  # every replica sees all spend
     assert any(key.startswith("budget:budget:") for key in redis_server.client().scan_iter("budget:*"))
+
+
+def test_the_shadow_budget_holds_across_replicas(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A shadow budget smaller than one shadow call: the first replica's shadow call spends it, so
+    the second replica skips its first job without calling; in-process each would make its own."""
+    judge = FakeJudge().start()
+    env = proxy_env(
+        strong,
+        weak,
+        redis_url=redis_server.url,
+        redis_prefix="shadow:",
+        redis_timeout_ms=REDIS_TIMEOUT_MS,
+        shadow_rate="1",
+        feedback_db="off",
+        judge__base_url=judge.url,
+        judge__model="fake-judge",
+        shadow_daily_budget_usd=f"{STRONG_COST / 2!r}",
+    )
+    try:
+        with replicas(env, tmp_path, count=2) as proxies:
+            for index, proxy in enumerate(proxies):  # answered weak, shadowed on the strong tier
+                _ask(proxy, ALWAYS_WEAK, [{"role": "user", "content": f"question {index}"}])
+                assert wait_for(lambda proxy=proxy: metric_sum(proxy.metrics(), "routegate_shadow_requests_total") == 1)
+            over_budget = [
+                metric_sum(proxy.metrics(), "routegate_shadow_requests_total", outcome="over_budget") for proxy in proxies
+            ]
+    finally:
+        judge.stop()
+    shadow_calls = [received for received in strong.received if received.headers.get("x-routegate-shadow") == "1"]
+    assert len(shadow_calls) == 1  # the second replica knew the budget was spent
+    assert over_budget == [1, 1]  # the first after its call, the second before any
+    assert judge.received == []
+    assert any(key.startswith("shadow:shadow-budget:") for key in redis_server.client().scan_iter("shadow:*"))
 
 
 def test_target_route_is_one_controller_over_all_replicas(trio: list[Proxy], strong: FakeUpstream) -> None:
