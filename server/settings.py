@@ -435,7 +435,7 @@ class Settings(BaseSettings):
     def client_body_share(self) -> int:
         """What of ``pending_body_limit`` one client key's bodies may hold: half of it, or the largest
         body when that is more; all of it with fewer than two client keys (one client is every client)."""
-        if len(self.api_keys) < 2:
+        if len({key.get_secret_value() for key in self.api_keys}) < 2:
             return self.pending_body_limit
         return max(self.pending_body_limit // 2, self.max_body_bytes)
 

@@ -10,6 +10,7 @@ client and are metered in ``routegate_shadow_cost_usd_total``, never as served t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -35,6 +36,7 @@ log = logging.getLogger("routegate.shadow")
 # not streamed, not stored with the client's completions, and not bought at another service tier
 _NOT_SHADOWED = frozenset({"stream", "stream_options", "n", "logprobs", "top_logprobs", "store", "metadata", "service_tier"})
 OTHER_TIER = {"strong": "weak", "weak": "strong"}
+FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending the spend of cancelled jobs to Redis
 NO_SHADOW_HEADER = "x-routegate-no-shadow"
 TOOL_ROLES = frozenset({"tool", "function"})
 
@@ -130,7 +132,7 @@ class ShadowBudget:
         self._daily = None
         if budget_usd is not None:
             part = DailyBudget(budget_usd / (1 if state is not None else workers), clock)
-            self._daily = SharedBudget(part, state, workers, clock, name="shadow-budget")
+            self._daily = SharedBudget(part, state, workers, clock, name="shadow_budget")
 
     def exhausted(self) -> bool:
         """Whether today's budget is spent, as last read."""
@@ -181,6 +183,8 @@ class Shadower:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # spend a cancelled job had not yet added to the replicas' total
+            await asyncio.wait_for(self.budget.refresh(), FLUSH_TIMEOUT_S)
         if self._client is not None:
             await self._client.aclose()
 

@@ -38,7 +38,18 @@ from server.settings import Settings
 
 log = logging.getLogger("routegate.shared_state")
 LOG_INTERVAL = 60.0
-OPS = ("sticky_get", "sticky_set", "target_decide", "target_record", "budget_read", "budget_add", "score_get", "score_put")
+OPS = (
+    "sticky_get",
+    "sticky_set",
+    "target_decide",
+    "target_record",
+    "budget_read",
+    "budget_add",
+    "shadow_budget_read",
+    "shadow_budget_add",
+    "score_get",
+    "score_put",
+)
 T = TypeVar("T")
 
 

@@ -172,7 +172,7 @@ class SharedBudget:
         name: str = "budget",
     ) -> None:
         self.local = local
-        self.name = name  # its Redis key's name: one budget per name
+        self.name = name  # its Redis key's name and its operations' prefix: one budget per name
         self.state = state
         self._parts = workers if state is not None else 1
         self._clock = clock
@@ -247,9 +247,9 @@ class SharedBudget:
         args = [now, BUDGET_TTL_S, self._writer, len(settled), *settled, *(value for batch in sending for value in batch.args)]
         try:
             if sending or settled:
-                values = await self.state.run("budget_add", lambda: add(keys=[key], args=args))
+                values = await self.state.run(f"{self.name}_add", lambda: add(keys=[key], args=args))
             else:
-                values = await self.state.run("budget_read", lambda: redis.hmget(key, TOTALS))
+                values = await self.state.run(f"{self.name}_read", lambda: redis.hmget(key, TOTALS))
         except BaseException as error:  # Redis failed, or this task was cancelled while waiting for it
             if isinstance(error, SharedStateUnavailable) and not error.attempted:  # nothing reached Redis
                 self._keep_unsettled(day, batches, settled, unsent=fresh)

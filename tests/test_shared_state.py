@@ -164,7 +164,7 @@ def test_the_shadow_budget_holds_across_replicas(
     assert len(shadow_calls) == 1  # the second replica knew the budget was spent
     assert over_budget == [1, 1]  # the first after its call, the second before any
     assert judge.received == []
-    assert any(key.startswith("shadow:shadow-budget:") for key in redis_server.client().scan_iter("shadow:*"))
+    assert any(key.startswith("shadow:shadow_budget:") for key in redis_server.client().scan_iter("shadow:*"))
 
 
 def test_target_route_is_one_controller_over_all_replicas(trio: list[Proxy], strong: FakeUpstream) -> None:
