@@ -139,6 +139,9 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
     except (RuntimeError, SettingsError) as error:
         print(f"routegate demo: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the LLM loads, or uvicorn passing it on once it has stopped
+        print("routegate demo: stopped", file=sys.stderr)
+        return 0
     finally:
         llm.terminate()
         try:

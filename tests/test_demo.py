@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
             return metric_sum(metrics, "routegate_tokens_total", kind="completion", model="smollm2-135m-weak")
 
         assert wait_for(lambda: metered() == expected, timeout=10), (metered(), expected)
+        demo.send_signal(signal.SIGINT)  # Ctrl-C, as the banner says
+        assert demo.wait(timeout=30) == 0
+        assert "Traceback" not in log_path.read_text(errors="replace")
     finally:
         stop_process(demo, timeout=30)
     try:  # the demo stops its LLM server with itself
@@ -142,6 +146,44 @@ def test_demo_refuses_a_port_in_use_before_loading_anything(option: str) -> None
     assert done.returncode == 1, done
     assert f"port {busy} on 127.0.0.1 is already in use" in done.stderr and option in done.stderr
     assert READY_LINE not in done.stdout + done.stderr and "loading" not in done.stdout
+
+
+def test_ctrl_c_while_the_llm_loads_stops_both_without_a_traceback(tmp_path: Path) -> None:
+    llm_port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("ROUTEGATE_", "OPENAI_"))}
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "wb") as log_file:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "demo", "--port", str(free_port()), "--llm-port", str(llm_port)],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert wait_for(lambda: "routegate demo: loading" in log_path.read_text(errors="replace"), timeout=60)
+        assert wait_for(lambda: bool(_llm_processes(llm_port)))
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        stop_process(demo, timeout=30)
+    printed = log_path.read_text(errors="replace")
+    assert "Traceback" not in printed and "routegate demo: stopped" in printed, printed
+    assert _llm_processes(llm_port) == []  # its LLM server was stopped with it
+
+
+def _llm_processes(port: int) -> list[str]:
+    """The process ids of local LLM servers started for ``port`` (Linux /proc)."""
+    found = []
+    for process in Path("/proc").iterdir():
+        try:
+            command = (process / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone while listed
+            continue
+        if b"demo.local_llm" in command and str(port).encode() in command:
+            found.append(process.name)
+    return found
 
 
 def test_the_banner_says_a_key_is_needed_when_client_keys_are_set() -> None:
