@@ -143,6 +143,7 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
         print("routegate demo: stopped", file=sys.stderr)
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the LLM's stop short
         llm.terminate()
         try:
             llm.wait(timeout=10)
