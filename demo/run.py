@@ -118,12 +118,13 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
         f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
         flush=True,
     )
-    with open(llm_log, "wb") as log_file:  # the LLM's loading output goes to its log, not the terminal
-        command = [sys.executable, "-m", "demo.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
-        llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     # uvicorn re-raises SIGTERM once it has shut down; exit through ``finally`` so the LLM stops too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
+    llm: subprocess.Popen[bytes] | None = None
+    try:  # from before the LLM starts: a Ctrl-C at any moment after stops it
+        with open(llm_log, "wb") as log_file:  # the LLM's loading output goes to its log, not the terminal
+            command = [sys.executable, "-m", "demo.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
+            llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         _wait_for_llm(llm, llm_url, llm_log)
         upstream = {"base_url": f"{llm_url}/v1", "api_key": "local"}
         settings = load_settings(
@@ -144,11 +145,12 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the LLM's stop short
-        llm.terminate()
-        try:
-            llm.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            llm.kill()
+        if llm is not None:
+            llm.terminate()
+            try:
+                llm.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                llm.kill()
 
 
 def _serve(settings: Settings, llm_url: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -163,7 +164,10 @@ def test_ctrl_c_while_the_llm_loads_stops_both_without_a_traceback(tmp_path: Pat
         )
     try:
         assert wait_for(lambda: "routegate demo: loading" in log_path.read_text(errors="replace"), timeout=60)
-        assert wait_for(lambda: bool(_llm_processes(llm_port)))
+        llm_log = Path(re.search(r"log: (\S+local-llm\.log)", log_path.read_text(errors="replace"))[1])
+        # the LLM server has started and is loading (its own imports done long after the demo started it)
+        assert wait_for(lambda: llm_log.exists() and "loading" in llm_log.read_text(errors="replace"), timeout=60)
+        assert _llm_processes(llm_port)
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 0
     finally:
