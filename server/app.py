@@ -35,7 +35,7 @@ from server.shared_state import shared_state_from
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
 from server.shutdown import DRAIN
-from server.targets import DailyBudget, Targets
+from server.targets import Targets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
@@ -92,8 +92,7 @@ class Gateway:
         )
         budget = None
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
-            shares = 1 if self.shared_state else settings.workers
-            budget = SharedBudget(DailyBudget(settings.daily_budget_usd / shares), self.shared_state, settings.workers)
+            budget = SharedBudget.of(settings.daily_budget_usd, self.shared_state, settings.workers)
         listed_routes = [(router, settings.target_share) for router in self.routers]  # in /v1/models: never refused
         for alias in self.names.aliases:  # and the target routes aliases name
             try:

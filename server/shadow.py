@@ -28,7 +28,6 @@ from server.metrics import reported_tokens, tokens_cost
 from server.settings import Settings
 from server.shared_state import SharedState
 from server.shared_targets import SharedBudget
-from server.targets import DailyBudget
 from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
@@ -128,11 +127,7 @@ class ShadowBudget:
     def __init__(
         self, budget_usd: float | None, workers: int = 1, state: SharedState | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.budget_usd = budget_usd
-        self._daily = None
-        if budget_usd is not None:
-            part = DailyBudget(budget_usd / (1 if state is not None else workers), clock)
-            self._daily = SharedBudget(part, state, workers, clock, name="shadow_budget")
+        self._daily = None if budget_usd is None else SharedBudget.of(budget_usd, state, workers, "shadow_budget", clock)
 
     def exhausted(self) -> bool:
         """Whether today's budget is spent, as last read."""
@@ -145,7 +140,7 @@ class ShadowBudget:
 
     async def spend(self, usd: float) -> None:
         """Count ``usd`` spent (with Redis, added to the replicas' total and read back)."""
-        if self._daily is not None:
+        if self._daily is not None and usd > 0:
             await self._daily.record_cost("strong", usd, 0.0)
 
 
@@ -229,10 +224,11 @@ class Shadower:
             completion = await self._call(endpoint, {**body, "model": endpoint.model}, job.request_id)
         except CallFailed as failure:
             log.info("request_id=%s shadow call to the %s tier failed: %s", job.request_id, other, failure)
-            await self._meter_failed("shadow", endpoint, body, failure)
+            await self.budget.spend(self._meter_failed("shadow", endpoint, body, failure))
             fm.SHADOW_REQUESTS.labels(other, "shadow_failed").inc()
             return
-        shadow_cost = await self._meter("shadow", endpoint, body, completion)
+        shadow_cost = self._meter("shadow", endpoint, body, completion)
+        await self.budget.spend(shadow_cost)
         other_answer = answer_text(completion) or ""
         if not other_answer.strip():
             log.info("request_id=%s the %s tier's shadow answer is empty: not judged", job.request_id, other)
@@ -245,12 +241,13 @@ class Shadower:
         orders = ((job.chosen_answer, other_answer), (other_answer, job.chosen_answer))
         asked = [{"model": self.judge.model, "messages": judge_messages(question, a, b)} for a, b in orders]
         replies = await asyncio.gather(*(self._call(self.judge, body, job.request_id) for body in asked), return_exceptions=True)
-        judge_cost = 0.0
-        for body, reply in zip(asked, replies, strict=True):
-            if isinstance(reply, dict):
-                judge_cost += await self._meter("judge", self.judge, body, reply)
-            else:
-                judge_cost += await self._meter_failed("judge", self.judge, body, reply)
+        judge_cost = sum(
+            self._meter("judge", self.judge, body, reply)
+            if isinstance(reply, dict)
+            else self._meter_failed("judge", self.judge, body, reply)
+            for body, reply in zip(asked, replies, strict=True)
+        )
+        await self.budget.spend(judge_cost)
         failed = [reply for reply in replies if isinstance(reply, BaseException)]
         if failed:
             log.info("request_id=%s judge call failed: %s", job.request_id, failed[0])
@@ -280,22 +277,21 @@ class Shadower:
                 job.decided_at,
             )
 
-    async def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
+    def _meter(self, kind: str, endpoint: Endpoint, body: dict[str, Any], completion: dict[str, Any]) -> float:
         """Count a call's cost: from its usage, or estimated from its text when it reported none."""
         tokens = reported_tokens(completion.get("usage")) or (prompt_tokens(body), answer_tokens(completion))
-        return await self._spend(kind, endpoint, tokens)
+        return self._cost(kind, endpoint, tokens)
 
-    async def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
+    def _meter_failed(self, kind: str, endpoint: Endpoint, body: dict[str, Any], failure: BaseException) -> float:
         """Count what a failed call may still cost: its prompt and the answer bytes that came, estimated."""
         if not isinstance(failure, CallFailed) or failure.answer_bytes is None:
             return 0.0
-        return await self._spend(kind, endpoint, (prompt_tokens(body), bytes_tokens(failure.answer_bytes)))
+        return self._cost(kind, endpoint, (prompt_tokens(body), bytes_tokens(failure.answer_bytes)))
 
-    async def _spend(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
-        """The cost of ``(prompt, completion)`` tokens at ``endpoint``, metered and spent from the budget."""
+    def _cost(self, kind: str, endpoint: Endpoint, tokens: tuple[int, int]) -> float:
+        """The cost of ``(prompt, completion)`` tokens at ``endpoint``, metered (the caller spends it from the budget)."""
         cost = endpoint.cost(tokens)
         fm.SHADOW_COST_USD.labels(kind, endpoint.model).inc(cost)
-        await self.budget.spend(cost)
         return cost
 
     async def _call(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> dict[str, Any]:

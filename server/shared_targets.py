@@ -184,6 +184,20 @@ class SharedBudget:
         self._unsettled: list[Batch] = []  # sent, but whether Redis added them is not known
         self._settled: list[int] = []  # numbers whose marks can go: they will not be sent again
 
+    @classmethod
+    def of(
+        cls,
+        budget_usd: float,
+        state: SharedState | None,
+        workers: int,
+        name: str = "budget",
+        clock: Callable[[], float] = time.time,
+    ) -> SharedBudget:
+        """A daily budget of ``budget_usd``: the whole of it shared through ``state``, else this
+        process's ``1/workers`` part of it, kept in memory."""
+        part = DailyBudget(budget_usd / (1 if state is not None else workers), clock)
+        return cls(part, state, workers, clock, name)
+
     @property
     def budget_usd(self) -> float:
         return self.local.budget_usd
