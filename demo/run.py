@@ -103,6 +103,11 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
     except SettingsError as error:
         print(f"routegate: {error}", file=sys.stderr)
         return 2
+    chosen = demo_router(base, router)
+    installed = installed_routers(base.checkpoint_dir or CHECKPOINT_ROOT)
+    if chosen not in installed:  # before a minute of loading the LLM
+        print(f"routegate demo: router {chosen!r} cannot serve here; installed: {', '.join(installed)}", file=sys.stderr)
+        return 1
     for name, (where, number) in {"--port": (host, port), "--llm-port": ("127.0.0.1", llm_port)}.items():
         if number is not None and port_in_use(where, number):
             print(
@@ -112,7 +117,6 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
             return 1
     llm_port = llm_port or _free_port()
     llm_url = f"http://127.0.0.1:{llm_port}"
-    chosen = demo_router(base, router)
     llm_log = Path(tempfile.mkdtemp(prefix="routegate-demo-")) / "local-llm.log"
     print(
         f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",

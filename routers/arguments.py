@@ -18,6 +18,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = positive_int(text) if text.isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535, not {text!r}")
+    return value
+
+
 def probability(text: str) -> float:
     """A number from 0 up to (not including) 1, such as a dropout rate."""
     value = _number(text)

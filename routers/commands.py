@@ -11,6 +11,7 @@ from pathlib import Path
 
 from routers.arguments import positive_int
 from routers.base import Router
+from routers.output_files import check_writable, replaced_on_success
 from routers.registry import (
     CHECKPOINT_ROOT,
     RouterOptions,
@@ -22,7 +23,6 @@ from routers.registry import (
     trainable_routers,
 )
 
-_MISSING = object()  # a record's absent "id" (null is an id)
 #: characters of a prompt the gateway gives its router (server.settings' max_router_chars default)
 MAX_ROUTER_CHARS = 4000
 #: what a plot can be written as
@@ -77,32 +77,25 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir"
     )
-    evaluate.add_argument(
-        "--data-dir", type=Path, default=Path("../shared/data"), help="folder of the record files (--leave-one-out)"
-    )
+    evaluate.add_argument("--data-dir", type=Path, help="folder of the record files (--leave-one-out; default ../shared/data)")
     evaluate.add_argument("--families", nargs="+", help="held-out families to run (default all)")
-    evaluate.add_argument(
-        "--work-dir", type=Path, default=Path("leave-one-out"), help="fold data and checkpoints (--leave-one-out)"
-    )
+    evaluate.add_argument("--work-dir", type=Path, help="fold data and checkpoints (--leave-one-out; default leave-one-out)")
     evaluate.add_argument(
         "--train-options",
         nargs="*",
-        default=[],
         metavar="ROUTER=OPTIONS",
-        help="extra trainer options per router, e.g. 'mf=--epochs 6'",
+        help="extra trainer options per router, e.g. 'mf=--epochs 6' (--leave-one-out)",
     )
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.add_argument(
         "--max-prompts", type=positive_int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)"
     )
     evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
-    evaluate.add_argument(
-        "--prices", default="", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)"
-    )
+    evaluate.add_argument("--prices", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)")
     evaluate.add_argument(
         "--output-tokens", type=positive_int, help="output tokens per call for costs (--models; default: recorded ones, else 256)"
     )
-    evaluate.add_argument("--knn", type=positive_int, default=20, help="neighbours of the kNN baseline (--models)")
+    evaluate.add_argument("--knn", type=positive_int, help="neighbours of the kNN baseline (--models; default 20)")
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -237,20 +230,15 @@ def _file_spelling(model: str, records: list[dict]) -> str:
 def _score(args: argparse.Namespace) -> int:
     from routers.data import iter_records
 
-    records = [(record.get("id", _MISSING), record.get("prompt")) for record in iter_records(args.input, scores=False)]
-    missing = [
-        number for number, (record_id, prompt) in enumerate(records, 1) if record_id is _MISSING or not isinstance(prompt, str)
-    ]
-    if missing:
-        raise SystemExit(f"routegate: {args.input}: records {missing[:5]} lack an 'id' or a 'prompt' string")
+    records = [(record["id"], record["prompt"]) for record in iter_records(args.input, scores=False, require=("id", "prompt"))]
     if not records:
         raise SystemExit(f"routegate: no records in {args.input}")
+    check_writable(args.output)
     router = _load(args.router, args)
-    prompts = [str(prompt)[: args.max_chars] for _, prompt in records]
+    prompts = [prompt[: args.max_chars] for _, prompt in records]
     scores = score_all(router, prompts, args.batch_size, f"score {args.router}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if args.output.suffix == ".gz" else open  # a .gz name is read back as gzip
-    with opener(args.output, "wt", encoding="utf-8") as output:
+    with replaced_on_success(args.output) as staging, opener(staging, "wt", encoding="utf-8") as output:
         for (record_id, _), value in zip(records, scores, strict=True):
             output.write(json.dumps({"id": record_id, "score": value}) + "\n")
     print(f"wrote {len(scores)} scores to {args.output}")
@@ -263,6 +251,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise SystemExit(f"routegate eval: --plot {args.plot} must end in {', '.join(PLOT_SUFFIXES)}")
     if args.score_as and (args.leave_one_out or args.models):
         raise SystemExit("routegate eval: --score-as applies to one pair (--data FILE --strong M --weak M)")
+    _check_mode_options(args)
+    for path in (args.plot, args.table):
+        if path is not None:
+            check_writable(path)
     if args.leave_one_out:
         return _eval_leave_one_out(args)
     if args.data is None:
@@ -307,6 +299,35 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: eval options that only one way of running it reads, and the default each stands for
+_LEAVE_ONE_OUT_OPTIONS: dict[str, object] = {
+    "data_dir": Path("../shared/data"),
+    "families": None,
+    "work_dir": Path("leave-one-out"),
+    "train_options": [],
+    "table": None,
+    "max_prompts": None,
+}
+_MODELS_OPTIONS: dict[str, object] = {"prices": "", "output_tokens": None, "knn": 20}
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """SystemExit for an option of another way of running ``eval`` (it would be ignored); then
+    fill in the defaults of the options left out."""
+    for options, mode, chosen in (
+        (_LEAVE_ONE_OUT_OPTIONS, "--leave-one-out", args.leave_one_out),
+        (_MODELS_OPTIONS, "--models", bool(args.models)),
+    ):
+        given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name) is not None]
+        if given and not chosen:
+            raise SystemExit(f"routegate eval: {' '.join(given)} only apply with {mode}")
+        for name, default in options.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+    if args.leave_one_out and args.data is not None:
+        raise SystemExit("routegate eval: --leave-one-out reads every file in --data-dir; --data names one file to evaluate")
+
+
 def _eval_leave_one_out(args: argparse.Namespace) -> int:
     from routers.embedding import use_disk_cache
     from routers.evaluation.families import FAMILIES
@@ -343,7 +364,6 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     text = table.format()
     print(text)
     if args.table is not None:  # before the plot: a plot that cannot be written loses no table
-        args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(text + "\n")
     plot = args.plot or Path("leave-one-out.png")
     plot_leave_one_out(table, plot)
@@ -356,6 +376,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
+    if args.write is not None:
+        check_writable(args.write)
     prompts = []
     for path in args.data:
         selected = [record["prompt"][: args.max_chars] for record in _select(path, args.split, scores=False)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
+import math
 import os
 import random
 import zlib
@@ -49,10 +50,11 @@ def licence_of(path: str | Path) -> str:
     return next((licence for prefix, licence in DATA_LICENCES.items() if name.startswith(prefix)), "your own data")
 
 
-def iter_records(path: str | Path, scores: bool = True) -> Iterator[Record]:
+def iter_records(path: str | Path, scores: bool = True, require: tuple[str, ...] = ()) -> Iterator[Record]:
     """Yield the records of one ``.jsonl`` or ``.jsonl.gz`` file (``scores`` an empty object when
     a record has none); RecordError for a file or a line that is not one, or, unless ``scores`` is
-    False (a command that reads prompts only), whose scores are not numbers from 0 to 1."""
+    False (a command that reads prompts only), whose scores are not numbers from 0 to 1, or that
+    lacks a field of ``require`` ("id", a JSON value other than NaN or infinity; "prompt", text)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -63,12 +65,12 @@ def iter_records(path: str | Path, scores: bool = True) -> Iterator[Record]:
                 except UnicodeDecodeError:
                     raise RecordError(f"{path}:{number}: not UTF-8 text (a gzip file must be named .gz)") from None
                 if line.strip():
-                    yield _record(line, f"{path}:{number}", scores)
+                    yield _record(line, f"{path}:{number}", scores, require)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
 
 
-def _record(line: str, where: str, check_scores: bool) -> Record:
+def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...]) -> Record:
     try:
         record = json.loads(line)
     except ValueError as error:
@@ -93,7 +95,28 @@ def _record(line: str, where: str, check_scores: bool) -> Record:
         raise RecordError(f"{where}: a scored record needs an 'id' and a 'prompt' string")
     if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
         raise RecordError(f"{where}: the prompt holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text")
+    for field in require:
+        _check_field(record, field, where)
     return record
+
+
+#: what a required field must hold, as an error message says it
+_REQUIRED = {
+    "id": "an 'id' (any JSON value but NaN or infinity)",
+    "prompt": "a 'prompt' (a string, a list of user turns, or a list of chat messages) or a request's 'messages'",
+}
+
+
+def _check_field(record: dict[str, Any], field: str, where: str) -> None:
+    """RecordError naming the record's own fields when it lacks ``field`` (a key of ``_REQUIRED``)."""
+    value = record.get(field)
+    if field == "prompt":
+        present = isinstance(value, str)
+    else:
+        present = field in record and not (isinstance(value, float) and not math.isfinite(value))
+    if not present:
+        fields = ", ".join(repr(name) for name in list(record)[:12]) or "none"
+        raise RecordError(f"{where}: a record needs {_REQUIRED[field]}; this one has {fields}")
 
 
 def conversation_text(turns: list[Any]) -> str | None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from routers.arguments import port
 from routers.checkpoint import CheckpointError
 from routers.commands import add_router_commands
 from routers.data import RecordError
@@ -133,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the proxy in front of a local LLM (no key, no network)")
     demo.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
-    demo.add_argument("--llm-port", type=int, help="port of the local LLM server (default: a free one)")
+    demo.add_argument("--port", type=port, default=8000, help="listen port (default 8000)")
+    demo.add_argument("--llm-port", type=port, help="port of the local LLM server (default: a free one)")
     demo.add_argument("--router", help="router (default: ROUTEGATE_ROUTER when its checkpoint is here, else random)")
     demo.set_defaults(run=_demo)
     add_router_commands(commands)
@@ -147,10 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except OSError as error:  # a file named on the command line that is missing or unreadable
-        if error.filename is None:
-            raise
-        print(f"routegate: {error.strerror or error}: {error.filename}", file=sys.stderr)
+    except OSError as error:  # a file named on the command line that is missing or unreadable; a full disk
+        where = f": {error.filename}" if error.filename is not None else ""
+        print(f"routegate: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except (RecordError, CheckpointError) as error:  # a record file line that is not a JSON object; a missing checkpoint
         print(f"routegate: {error}", file=sys.stderr)

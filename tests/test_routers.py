@@ -406,7 +406,18 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
         (
             ["score", "--input", "{data}", "--output", "{out}"],
             ['{"id": "a", "prompt": null}'],
-            "lack an 'id' or a 'prompt' string",
+            ":1: a record needs a 'prompt' (a string, a list of user turns, or a list of chat messages) or a request's "
+            "'messages'; this one has 'id', 'prompt'",
+        ),
+        (  # an MT-Bench question file: the record's own fields say what to rename
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": "a", "prompt": "x"}', "", "", '{"question_id": 81, "category": "writing", "turns": ["Compose"]}'],
+            ":4: a record needs an 'id' (any JSON value but NaN or infinity); this one has 'question_id', 'category', 'turns'",
+        ),
+        (  # Python's json reads NaN, but a score line with it would not be JSON
+            ["score", "--input", "{data}", "--output", "{out}"],
+            ['{"id": NaN, "prompt": "x"}'],
+            ":1: a record needs an 'id' (any JSON value but NaN or infinity)",
         ),
         (
             ["eval", "--data", "{data}", "--split", "all", "--strong", "m", "--weak", "n", "--plot", "{out}.png"],
@@ -481,6 +492,15 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         (["eval", "--router", "random", "--data", "{data}", "--models", "a,b,a"], "--models names 'a' twice"),
         (["eval", "--router", "mff", "--data", "{data}", "--models", "a,b"], "unknown routers ['mff']"),
         (["eval", "--router", "random", "sw_ranking", "--data", "{data}", "--models", "a,b"], "['sw_ranking'] score only a"),
+        (
+            ["eval", "--router", "random", "--data", "{data}", "--strong", "a", "--weak", "b", "--table", "t.md", "--knn", "3"],
+            "--table only apply with --leave-one-out",
+        ),
+        (["eval", "--router", "random", "--data", "{data}", "--strong", "a", "--weak", "b", "--knn", "3"], "--knn only apply"),
+        (["eval", "--leave-one-out", "--router", "mf", "--data", "{data}"], "--leave-one-out reads every file in --data-dir"),
+        (["score", "--router", "random", "--input", "{data}", "--output", "{folder}"], "is a folder: name a file to write"),
+        (["demo", "--port", "70000"], "--port: must be a port from 1 to 65535, not '70000'"),
+        (["demo", "--router", "mff"], "router 'mff' cannot serve here; installed:"),
     ],
 )
 def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[str], said: str) -> None:
@@ -490,7 +510,8 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     data.write_text("\n".join(RECORD.format(id=n, split=("train", "dev")[n % 2]) for n in range(8)) + "\n")
     one_model.write_text('{"id": "0", "prompt": "question", "split": "train", "scores": {"a": 1}}\n')
     unprompted.write_text(RECORD.format(id=0, split="train") + '\n{"id": "1", "split": "train", "scores": {"a": 1, "b": 0}}\n')
-    command = [part.format(data=data, unprompted=unprompted, one_model=one_model, out=tmp_path / "out") for part in argv]
+    places = {"data": data, "unprompted": unprompted, "one_model": one_model, "out": tmp_path / "out", "folder": tmp_path}
+    command = [part.format(**places) for part in argv]
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "router.json").exists()
@@ -584,6 +605,35 @@ def test_eval_among_models_of_a_file_without_train_records_leaves_out_the_knn_ba
     said = capsys.readouterr().out
     assert "records has no train records: no kNN baseline" in said and "kNN (k=" not in said
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_eval_among_models_skips_unscored_train_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A train record without scores (a prompt log beside judged records) may lack a prompt: the
+    kNN baseline reads only scored ones, as training does."""
+    data = tmp_path / "records.jsonl"
+    lines = [RECORD.format(id=n, split=("train", "dev")[n % 2]) for n in range(8)] + ['{"id": "log-1", "split": "train"}']
+    data.write_text("\n".join(lines) + "\n")
+    argv = ["eval", "--router", "random", "--data", str(data), "--models", "a,b", "--knn", "2"]
+    assert main([*argv, "--prices", "a=1/2,b=0.1/0.2", "--plot", str(tmp_path / "m.png")]) == 0
+    assert "kNN (k=2)" in capsys.readouterr().out
+
+
+def test_an_output_is_replaced_only_once_it_is_written(tmp_path: Path) -> None:
+    """A write that fails half way (a full disk, a Ctrl-C) leaves the earlier output whole and no
+    partial file beside it; ``score`` writes its scores that way."""
+    from routers.output_files import replaced_on_success
+
+    out = tmp_path / "scores.jsonl"
+    out.write_text("earlier scores\n")
+    with pytest.raises(KeyboardInterrupt), replaced_on_success(out) as staging:
+        staging.write_text("half of the new")
+        raise KeyboardInterrupt
+    assert out.read_text() == "earlier scores\n" and [path.name for path in tmp_path.iterdir()] == ["scores.jsonl"]
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(json.dumps({"id": n, "prompt": f"question {n}"}) for n in range(3)) + "\n")
+    assert main(["score", "--router", "random", "--input", str(data), "--output", str(out)]) == 0
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["records.jsonl", "scores.jsonl"]
 
 
 def test_a_weight_for_a_file_not_in_data_is_named_and_left_out(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def load_model_set(path: Path, models_spec: str, price_spec: str, output_tokens:
         given[found] = price
     prices = {model: given.get(model) or list_price(model) for model in models}
     costs, source = prompt_costs(evaluated, models, {m: p for m, p in prices.items() if p is not None}, output_tokens)
-    train = load_records([path], "train")
+    train = [record for record in load_records([path], "train") if record["scores"]]  # a scored record has a prompt
     return ModelSet(
         name=path.name.split(".")[0],
         models=models,
