@@ -85,11 +85,11 @@ checkov: $(CHECKOV_VENV)/.installed
 k8s-rules: install
 	$(PY) -c 'import yaml; groups = yaml.safe_load(open("config/prometheus/alerts.yml"))["groups"]; \
 	yaml.SafeDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)); \
-	head = open("deploy/kubernetes/prometheusrule.yaml").read().split("apiVersion:")[0]; \
+	head = open("deploy/kubernetes-prometheus-operator/prometheusrule.yaml").read().split("apiVersion:")[0]; \
 	rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", \
 	        "metadata": {"name": "routegate", "namespace": "routegate", "labels": {"app.kubernetes.io/name": "routegate"}}, \
 	        "spec": {"groups": groups}}; \
-	open("deploy/kubernetes/prometheusrule.yaml", "w").write(head + yaml.safe_dump(rule, sort_keys=False, width=1000))'
+	open("deploy/kubernetes-prometheus-operator/prometheusrule.yaml", "w").write(head + yaml.safe_dump(rule, sort_keys=False, width=1000))'
 
 # Lint, format and type checks first (the same as `make lint`), then every test (the docs' strict build included),
 # in TEST_WORKERS processes (pytest-xdist), each test file in one of them: most tests wait on real servers.

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests (deploy/kubernetes/): valid against the Kubernetes schemas
+"""The Kubernetes manifests (deploy/kubernetes/, and deploy/kubernetes-prometheus-operator/ on top): valid against the Kubernetes schemas
 (``kubernetes-validate``, strict: unknown fields fail), clean under ``checkov`` with every skipped
 check explained, and consistent with routegate and with each other."""
 
@@ -20,6 +20,8 @@ from tests.test_deploy_files import _setting_exists
 from tests.tools import require_tool
 
 MANIFESTS = REPO / "deploy/kubernetes"
+#: the base plus the Prometheus Operator's PodMonitor and PrometheusRule (CRDs a plain cluster lacks)
+OPERATOR = REPO / "deploy/kubernetes-prometheus-operator"
 MEASURED_RSS_MIB = 700  # `mf` replica after load (README, Benchmark: 637-642 MiB; ~700 with batches)
 NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor", "PrometheusRule"}  # kustomize's file and the Prometheus Operator's CRDs
 
@@ -27,7 +29,7 @@ NOT_IN_SCHEMAS = {"Kustomization", "PodMonitor", "PrometheusRule"}  # kustomize'
 def _documents() -> list[tuple[str, dict[str, Any]]]:
     return [
         (path.name, document)
-        for path in sorted(MANIFESTS.glob("*.yaml"))
+        for path in sorted([*MANIFESTS.glob("*.yaml"), *OPERATOR.glob("*.yaml")])
         for document in yaml.safe_load_all(path.read_text())
         if document
     ]
@@ -59,7 +61,7 @@ def test_manifests_validate_against_the_kubernetes_schemas(version: str) -> None
 
 def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
     result = subprocess.run(
-        [require_tool("checkov"), "-d", str(MANIFESTS), "--framework", "kubernetes", "-o", "json", "--skip-download"],
+        [require_tool("checkov"), "-d", str(MANIFESTS.parent), "--framework", "kubernetes", "-o", "json", "--skip-download"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -83,9 +85,18 @@ def test_checkov_finds_nothing_and_every_skip_says_why() -> None:
 
 
 def test_kustomization_lists_every_manifest() -> None:
+    """The base applies on any cluster (no Prometheus Operator kind in it); the operator's folder
+    is the base and its two objects."""
     kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     files = {path.name for path in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
+    base_kinds = {doc["kind"] for path in files for doc in yaml.safe_load_all((MANIFESTS / path).read_text()) if doc}
+    assert base_kinds.isdisjoint(NOT_IN_SCHEMAS) and {"Deployment", "Service", "HorizontalPodAutoscaler"} <= base_kinds
+    operator = yaml.safe_load((OPERATOR / "kustomization.yaml").read_text())
+    operator_files = {path.name for path in OPERATOR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert operator["resources"] == ["../kubernetes", *sorted(operator_files)]
+    assert operator_files == {"podmonitor.yaml", "prometheusrule.yaml"}
+    assert operator["namespace"] == kustomization["namespace"] and operator["labels"] == kustomization["labels"]
     assert all(
         doc["metadata"].get("namespace") == kustomization["namespace"]
         for _, doc in _documents()
