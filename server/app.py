@@ -75,6 +75,7 @@ class Gateway:
             weak_model=weak.router_model or weak.model,
         )
         self.shared_state = shared_state_from(settings)  # None: in-process state
+        self.waiting_for_router = 0  # requests held while the default router loads (_wait_ready)
         shared_scores = SharedScores(self.shared_state) if self.shared_state and settings.shared_score_cache else None
         self.scorers = ScorerPool(
             options,
@@ -406,19 +407,26 @@ async def _admit(request: Request, gateway: Gateway) -> None:
 
 
 async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
-    """Hold a request while the default router loads; 503 if it failed or takes too long."""
+    """Hold a request while the default router loads; 503 if it failed or takes too long, or at
+    once when as many requests are held as could be in flight and queued (a retry storm at start)."""
+    settings = gateway.settings
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not gateway.ready:
-        if gateway.load_error is not None or loop.time() >= deadline:
-            raise APIError(
-                503,
-                "routegate is not ready: its router is not loaded.",
-                type="server_error",
-                code="not_ready",
-                headers={"retry-after": retry_after(gateway.settings.router_retry_seconds)},
-            )
-        await asyncio.sleep(0.05)
+    full = gateway.waiting_for_router >= settings.max_concurrent_requests + settings.max_queued_requests
+    gateway.waiting_for_router += 1
+    try:
+        while not gateway.ready:
+            if full or gateway.load_error is not None or loop.time() >= deadline:
+                raise APIError(
+                    503,
+                    "routegate is not ready: its router is not loaded.",
+                    type="server_error",
+                    code="not_ready",
+                    headers={"retry-after": retry_after(settings.router_retry_seconds)},
+                )
+            await asyncio.sleep(0.05)
+    finally:
+        gateway.waiting_for_router -= 1
 
 
 def _install_error_handlers(app: FastAPI) -> None:

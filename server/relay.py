@@ -17,7 +17,7 @@ _SEPARATOR_MAX = 4  # bytes of the longest separator, \r\n\r\n
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 _SOME_CHOICE = re.compile(rb'"choices"\s*:\s*\[\s*\{')
-_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')  # not the "finish_reason": null of other chunks
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"[^"]')  # not the null (or "") of other chunks
 ERROR_OBJECT = re.compile(rb'"error"\s*:\s*\{')  # what an event holding an error object (error_of) must contain
 #: finish reasons that end a choice with a failure, not an answer (OpenRouter's "error", vLLM's "abort")
 FAILED_FINISHES = frozenset({"error", "abort"})
@@ -116,8 +116,9 @@ class StreamWatcher:
     def _read_finished(self, chunk: object) -> None:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str) and len(self.finished) < self.choices:
-                self.failed = self.failed or choice["finish_reason"] in FAILED_FINISHES
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str) and reason and len(self.finished) < self.choices:  # some servers send "" until the end
+                self.failed = self.failed or reason in FAILED_FINISHES
                 index = choice.get("index", 0)
                 self.finished.add(index if isinstance(index, int) and not isinstance(index, bool) else -1)
 

@@ -107,9 +107,15 @@ def _is_openai_error(parsed: object) -> bool:
 
 
 def _message_in(parsed: object) -> str | None:
-    """The text of another server's parsed JSON error (``detail``, ``message`` or a string ``error``)."""
+    """The text of another server's parsed JSON error (``detail``, ``message`` or a string ``error``;
+    of a FastAPI validation error's list of details, the first one's place and message)."""
     if not isinstance(parsed, dict):
         return None
+    details = parsed.get("detail")
+    if isinstance(details, list) and details and isinstance(first := details[0], dict) and isinstance(first.get("msg"), str):
+        place = first.get("loc")
+        where = ".".join(str(part) for part in place) if isinstance(place, list) else ""
+        return f"{where}: {first['msg']}" if where else first["msg"]
     return next((value for key in ("detail", "message", "error") if isinstance(value := parsed.get(key), str)), None)
 
 
@@ -140,11 +146,11 @@ def _relay_stream(
                     yield part
         except UpstreamError as error:
             broken = error
-        if not watcher.complete:
+        if not (watcher.complete or watcher.failed):
             watcher.cut = "timeout" if isinstance(broken, UpstreamTimeout) else "stream_cut"
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
-        elif rest := events.cut_off() if broken else events.flush():  # an error after the end: never half an event
-            yield rest
+        elif rest := events.cut_off() if broken or not watcher.complete else events.flush():  # never half an event
+            yield rest  # (the client has the upstream's own error event: no second one)
 
     relayed = chunks()
 

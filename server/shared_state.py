@@ -118,8 +118,9 @@ class SharedState:
         deadline = loop.time() + self.timeout
         queued = self._slots.locked()  # no slot free: this operation waits, within its deadline
         if queued:
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.timeout)
+            try:  # asyncio.timeout, not wait_for: on Python 3.11 that can swallow a disconnected client's cancellation
+                async with asyncio.timeout(self.timeout):
+                    await self._slots.acquire()
             except TimeoutError:
                 raise self._busy(op, attempted=False) from None
         else:
@@ -143,7 +144,8 @@ class SharedState:
         if trial:
             self._resting_until = now + time_left
         try:
-            result = await asyncio.wait_for(call(), time_left)
+            async with asyncio.timeout(time_left):
+                result = await call()
         except TimeoutError:
             if queued:  # out of the time its wait for a slot left: not a sign that Redis failed
                 raise self._busy(op, attempted=True) from None

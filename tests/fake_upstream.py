@@ -54,6 +54,8 @@ class Behaviour:
     answer_body: bytes | None = None  # non-streamed answers are these bytes (200, application/json)
     finish_without_done: bool = False  # streams end with a finish_reason chunk and close without [DONE]
     extra_event: bytes | None = None  # streams carry an event with this data before the usage chunk
+    end_after_extra_event: bool = False  # streams close cleanly right after that event (no usage, no [DONE])
+    open_finish_reason: str | None = None  # streams' content chunks carry this finish_reason (null by default)
     cut_in_usage: bool = False  # streams drop the connection half-way through their usage chunk
     cut_after: int | None = None  # streams stop after this many content chunks, by dropping the
     cut_mode: str = "abort"  # connection ("abort", or "mid_event": after half the next event), ending the body
@@ -334,7 +336,9 @@ class FakeUpstream:
                 "object": "chat.completion.chunk",
                 "created": 1700000000,
                 "model": model,
-                "choices": [{"index": 0, "delta": {"content": f"{self.name}-{index} "}, "finish_reason": None}],
+                "choices": [
+                    {"index": 0, "delta": {"content": f"{self.name}-{index} "}, "finish_reason": behaviour.open_finish_reason}
+                ],
             }
             event = f"data: {json.dumps(chunk)}\n\n".encode()
             if index == cut_after:
@@ -351,6 +355,8 @@ class FakeUpstream:
                 await asyncio.sleep(self.behaviour.chunk_delay)
         if behaviour.extra_event is not None:
             yield b"data: " + behaviour.extra_event + b"\n\n"
+            if behaviour.end_after_extra_event:
+                return
         if behaviour.finish_without_done:
             last = {"id": f"chatcmpl-{self.name}", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
             last["choices"] = [{"index": 0, "delta": {}, "finish_reason": "stop"}]

@@ -401,6 +401,12 @@ def test_html_error_page_becomes_an_openai_error(fault_proxy: Proxy, strong: Fak
     ("body", "said"),
     [
         ('{"detail": "Not Found"}', "Not Found"),  # FastAPI, vLLM
+        (  # FastAPI's validation error: which field, and what is wrong with it
+            '{"detail": [{"type": "missing", "loc": ["body", "messages", 0, "content"], "msg": "Field required"}]}',
+            "body.messages.0.content: Field required",
+        ),
+        ('{"detail": [{"msg": "Input should be a valid list"}, "more"]}', "Input should be a valid list"),
+        ('{"detail": [7]}', None),
         ('{"error": "model \'llama\' not found"}', "model 'llama' not found"),  # Ollama
         ('{"object": "error", "message": "max_tokens is too large"}', "max_tokens is too large"),  # older vLLM
         ('{"error": {"code": 400}}', None),  # an error object without a message
@@ -645,6 +651,30 @@ def test_a_stream_the_upstream_ends_with_its_own_error_is_not_an_answer(
     assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
     assert delta("routegate_requests_total", tier="strong", status="200") == 0
     assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_cut") == 1
+
+
+def test_an_upstream_error_event_then_a_clean_close_gets_no_second_error(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """The upstream reported its failure in an event of its own and closed without [DONE]: the
+    client has that error, as sent, and no routegate error event after it."""
+    failure = {"error": {"message": "provider failed", "type": "server_error", "code": 502}}
+    strong.behaviour.chunks, strong.behaviour.extra_event = 2, json.dumps(failure).encode()
+    strong.behaviour.end_after_extra_event = True
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = raw_stream(fault_proxy)
+    events = [block for block in raw.text.split("\n\n") if block]
+    assert raw.status_code == 200 and len(events) == 3 and json.loads(events[-1][6:]) == failure
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
+
+
+def test_an_empty_finish_reason_does_not_end_the_answer(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """Some servers send "finish_reason": "" on every content chunk: a cut after them is still a
+    cut answer, which the client is told about, not a whole one."""
+    strong.behaviour.open_finish_reason = ""
+    strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "abort"
+    delta = MetricDelta(fault_proxy.metrics)
+    pieces, error = stream_events(fault_proxy)
+    assert pieces == ["strong-0 ", "strong-1 "] and error is not None and error["code"] == "stream_cut"
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
 
 
 def test_stream_cut_before_the_first_byte_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:

@@ -1,6 +1,6 @@
-"""The Kubernetes manifests (deploy/kubernetes/, and deploy/kubernetes-prometheus-operator/ on top): valid against the Kubernetes schemas
-(``kubernetes-validate``, strict: unknown fields fail), clean under ``checkov`` with every skipped
-check explained, and consistent with routegate and with each other."""
+"""The Kubernetes manifests (deploy/kubernetes/, and deploy/kubernetes-prometheus-operator/ on top):
+valid against the Kubernetes schemas (``kubernetes-validate``, strict: unknown fields fail), clean
+under ``checkov`` with every skipped check explained, and consistent with routegate and with each other."""
 
 from __future__ import annotations
 

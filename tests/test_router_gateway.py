@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -110,14 +111,20 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
 ) -> None:
     (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
     env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"))
+    env["ROUTEGATE_MAX_CONCURRENT_REQUESTS"], env["ROUTEGATE_MAX_QUEUED_REQUESTS"] = "1", "0"  # room to hold one
     env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "6", "0"
     with started_proxy(env, tmp_path, module="tests.slow_router") as proxy:
         url = proxy.url
         assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
         loading = httpx.get(f"{url}/ready")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
-        held = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=30)  # sent while loading
-        assert held.status_code == 200 and held.headers["x-routegate-router"] == "slow"
+        with ThreadPoolExecutor(2) as pool:  # sent while loading: the first is held, the second finds no room
+            held = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=HI, timeout=30)
+            time.sleep(0.5)  # it has reached the gateway
+            refused = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=5)
+            assert not held.done()  # the router still loads
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
+            assert held.result().status_code == 200 and held.result().headers["x-routegate-router"] == "slow"
         assert httpx.get(f"{url}/ready").status_code == 200
 
 

@@ -765,3 +765,25 @@ async def test_an_answer_begun_before_a_failure_does_not_end_its_rest(redis_serv
         await state.run("sticky_get", lambda: state.redis.ping())
     assert skipped.value.attempted is False  # still resting
     await state.aclose()
+
+
+async def test_a_cancelled_request_stays_cancelled_when_its_redis_answer_lands_at_once(redis_server: RedisServer) -> None:
+    """A client that leaves just as a Redis answer arrives: the request is cancelled, not carried on
+    to the upstream (Python 3.11's ``wait_for`` would return the answer and drop the cancel)."""
+    import asyncio
+
+    from server.shared_state import SharedState
+
+    state = SharedState(redis_server.url, "cancel:", 2.0, 1.0, 4)
+    answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def call() -> str:
+        return await answer
+
+    request = asyncio.create_task(state.run("sticky_read", call))
+    await asyncio.sleep(0.01)  # the operation waits on Redis's answer
+    answer.set_result("value")
+    request.cancel()  # in the same turn of the loop
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await state.aclose()
