@@ -212,7 +212,8 @@ def _select(path: Path, split: str, scores: bool = True) -> list[dict]:
 
     records = load_records([path], None if split == "all" else split, scores)
     if not records:
-        raise SystemExit(f"routegate: no '{split}' records in {path}")
+        hint = " (records without a 'split' are in none: --split all reads every record)" if split != "all" else ""
+        raise SystemExit(f"routegate: no '{split}' records in {path}{hint}")
     missing = [number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str)]
     if missing:
         raise SystemExit(f"routegate: {path}: records {missing[:5]} (of the '{split}' split) lack a 'prompt' string")

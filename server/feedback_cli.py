@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from routers.data import question_key
+from routers.output_files import check_writable, replaced_on_success
 from server.quality import Verdicts, quality
 from server.settings import SettingsError, load_settings
 
@@ -159,9 +160,13 @@ def _read_rows(database: Database, since: float) -> list[tuple]:
 
 def _export(args: argparse.Namespace) -> int:
     database = _database(args)
-    rows = _read_rows(database, args.since)  # before --out is opened: a failure leaves an earlier export whole
+    check_writable(args.out)
+    rows = _read_rows(database, args.since)
     written = without_text = 0
-    with open(args.out, "w", encoding="utf-8") as out:
+    with (  # a failure leaves an earlier export whole
+        replaced_on_success(args.out) as staging,
+        open(staging, "w", encoding="utf-8") as out,
+    ):
         for row in rows:
             record = record_of(row)
             if record is None:

@@ -173,7 +173,9 @@ class Settings(BaseSettings):
         default_factory=list, description="routers clients may name, loaded at start; empty = the default router and random"
     )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default threshold (model `auto`)")
-    aliases: dict[str, str] = Field(default_factory=dict, description="model name -> routed model string")
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="model name -> routed model string (a name not of the form router-… nor an upstream's)"
+    )
     router_strong_model: str | None = Field(
         None,
         description="model the router scores as strong (default: the strong upstream's model when the router knows it); "
@@ -404,6 +406,18 @@ class Settings(BaseSettings):
                 "with ROUTEGATE_MODELS give an entry's router_model instead"
             )
         return data
+
+    @model_validator(mode="after")
+    def _aliases_take_no_name(self) -> Settings:
+        """An alias is looked up first: named like a route or an upstream, it would take that name's
+        requests away from it."""
+        upstream_names = {self.strong.model, self.weak.model} if not self.models else set()
+        upstream_names |= {name for entry in self.models for name in (entry.name, entry.model)}
+        for alias in self.aliases:
+            if alias.startswith("router-") or alias in upstream_names:
+                taken = "a router route's name" if alias.startswith("router-") else "an upstream's name or model"
+                raise ValueError(f"ROUTEGATE_ALIASES: alias '{alias}' is {taken}, which it would take over; name it otherwise")
+        return self
 
     @model_validator(mode="after")
     def _shadow_judges_two_tiers(self) -> Settings:

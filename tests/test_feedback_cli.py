@@ -197,9 +197,9 @@ def test_a_store_no_gateway_has_written_to_has_nothing_to_report(postgres_url: s
         assert stats.returncode == 0, stats.stderr
         assert "has no requests yet" in stats.stderr and "Traceback" not in stats.stderr
         assert stats.stdout.splitlines()[1].split()[:2] == ["router", "judged"] and len(stats.stdout.splitlines()) == 2
-        out = tmp_path / "export.jsonl"
+        out = tmp_path / "exports" / "export.jsonl"  # a folder made for it, as score makes one
         assert "0 records" in routegate("feedback", "export", "--db", url, "--out", str(out))
-        assert out.read_text() == ""
+        assert out.read_text() == "" and [path.name for path in out.parent.iterdir()] == ["export.jsonl"]
 
 
 async def test_a_role_that_may_only_read_can_export_and_print_stats(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
