@@ -156,7 +156,8 @@ class Feedback:
             _unanswered(response.headers)
 
     def _watch_stream(self, response: RelayResponse, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
-        answer = AnswerText(self.settings.max_response_bytes) if shadow else None
+        # one character more than a shadow job may hold: enough to tell that it is too large
+        answer = AnswerText(self.settings.shadow_max_job_bytes + 1) if shadow else None
         relayed, close = response.chunks, response.on_close
 
         async def chunks() -> AsyncGenerator[bytes]:

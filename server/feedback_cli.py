@@ -10,7 +10,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,12 +63,21 @@ def split_of(prompt: str) -> str:
     return "dev" if int(hashlib.sha1(question_key(prompt).encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
+#: rows fetched at a time: a store of millions of requests is read in pieces, never whole
+FETCH_ROWS = 1000
+
+
 def _rows(database: Database, since: float) -> Iterator[tuple]:
     connection = database.connect(create_schema=False)  # reading needs no more than SELECT
     try:
-        with database.transaction(connection) as cursor:
+        # PostgreSQL: a server-side cursor, else psycopg holds the whole result in memory at execute
+        cursor = connection.cursor(name="routegate_read") if database.postgres else connection.cursor()
+        try:
             cursor.execute(database.sql(JOINED), (since,))
-            yield from cursor.fetchall()
+            while rows := cursor.fetchmany(FETCH_ROWS):
+                yield from rows
+        finally:
+            cursor.close()
     finally:
         connection.close()
 
@@ -146,15 +155,15 @@ def _database(args: argparse.Namespace) -> Database:
     return database
 
 
-def _read_rows(database: Database, since: float) -> list[tuple]:
-    """Every stored request since ``since`` (none from a store no gateway has opened); a one-line exit
-    when the database cannot be read."""
+def _read_rows(database: Database, since: float) -> Iterator[tuple]:
+    """Every stored request since ``since``, as they are read (none from a store no gateway has
+    opened); a one-line exit when the database cannot be read, at the start or part way."""
     try:
-        return list(_rows(database, since))
+        yield from _rows(database, since)
     except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
         if database.has_no_tables(error):
             print(f"{database.describe()} has no requests yet: no gateway has written to it", file=sys.stderr)
-            return []
+            return
         raise SystemExit(f"routegate: cannot read {database.describe()}: {database.error_text(error)}") from None
 
 
@@ -180,7 +189,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def stats_lines(rows: list[tuple]) -> list[str]:
+def stats_lines(rows: Iterable[tuple]) -> list[str]:
     """The stats table: per router, judged pairs, regret, waste, retained with its interval, user feedback."""
     verdicts: dict[str, Verdicts] = defaultdict(Verdicts)
     feedback: dict[str, list[float]] = defaultdict(list)

@@ -31,7 +31,9 @@ JUDGEMENTS = Counter(
     "Judged pairs (chosen tier's answer vs the other tier's), by router, chosen tier and verdict.",
     ["router", "chosen_tier", "verdict"],
 )
-FEEDBACK = Counter("routegate_feedback_total", "User feedback received, by rating (up|down|score).", ["rating"])
+FEEDBACK = Counter(
+    "routegate_feedback_total", "User feedback posts stored, by rating (up|down|score); a repeat post counts again.", ["rating"]
+)
 SHADOW_COST_USD = Counter(
     "routegate_shadow_cost_usd_total",
     "Cost in USD of shadow and judge calls (never part of routegate_cost_usd_total), by kind and model.",

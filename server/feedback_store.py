@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -54,6 +55,7 @@ SCHEMA = (
         rating TEXT, comment TEXT)""",
     "CREATE INDEX IF NOT EXISTS routegate_feedback_created ON routegate_feedback (created_at)",
 )
+_CREATED = re.compile(r"IF NOT EXISTS (\w+)")  # the name a schema statement creates
 TABLES = ("routegate_decisions", "routegate_judgements", "routegate_feedback")
 #: a store made before decisions had their client: the column is added (old rows: no client key)
 CLIENT_COLUMN = "client TEXT NOT NULL DEFAULT ''"
@@ -195,12 +197,23 @@ class Database:
         try:
             with self.transaction(connection) as cursor:
                 for statement in SCHEMA:
-                    cursor.execute(statement)
+                    if not (self.postgres and self._exists(cursor, statement)):
+                        cursor.execute(statement)
                 self._add_client_column(cursor)
         except Exception:
             connection.close()
             raise
         return connection
+
+    @staticmethod
+    def _exists(cursor: Any, statement: str) -> bool:
+        """Whether the table or index a PostgreSQL ``CREATE ... IF NOT EXISTS`` makes is there (looked
+        up first: the statement needs CREATE on the schema, or the table's owner for an index, even
+        when it exists, and a role that may only read and write rows has neither)."""
+        name = _CREATED.search(statement)
+        assert name is not None, statement
+        cursor.execute("SELECT to_regclass(%s)", (name[1],))
+        return cursor.fetchone()[0] is not None
 
     def _add_client_column(self, cursor: Any) -> None:
         """Give a store made by an earlier routegate its decisions' ``client`` column (looked up

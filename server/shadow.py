@@ -77,8 +77,12 @@ def endpoints(settings: Settings) -> tuple[dict[str, Endpoint], Endpoint]:
 
 
 def excluded(headers: Any, payload: dict[str, Any], shadow_tools: bool) -> bool:
-    """Whether a request may not be shadowed: the opt-out header, or tools when they are not shadowed."""
+    """Whether a request may not be shadowed: the opt-out header, a message with more than text
+    (an image, audio, a file: the judge reads text only, so its verdict would be a guess), or
+    tools when they are not shadowed."""
     if headers.get(NO_SHADOW_HEADER, "").strip() == "1":
+        return True
+    if any(_beyond_text(message.get("content")) for message in payload["messages"]):
         return True
     if shadow_tools:
         return False
@@ -88,6 +92,11 @@ def excluded(headers: Any, payload: dict[str, Any], shadow_tools: bool) -> bool:
         message.get("role") in TOOL_ROLES or message.get("tool_calls") or message.get("function_call")
         for message in payload["messages"]
     )
+
+
+def _beyond_text(content: object) -> bool:
+    """Whether a message's content holds a part that is not text."""
+    return isinstance(content, list) and any(not (isinstance(part, dict) and part.get("type") == "text") for part in content)
 
 
 @dataclass

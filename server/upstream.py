@@ -227,6 +227,8 @@ class Attempts:
             if not isinstance(completed.answer, dict):
                 reason = "invalid_response"
                 self._on_spent(len(body))
+            elif error_of(completed.answer) is not None and not completed.answer.get("choices"):
+                reason = "invalid_response"  # a gateway upstream's provider failed: an error object in a 200
         return reason, False, retry_after, result
 
     def _spent_on_timeout(self, error: BaseException) -> None:

@@ -329,6 +329,19 @@ def test_malformed_json_falls_back(fault_proxy: Proxy, strong: FakeUpstream, wea
     assert delta("routegate_tokens_total", tier="strong", kind="completion") > 0
 
 
+def test_an_error_object_in_a_200_is_a_failed_try_not_an_answer(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """A gateway upstream that reports its provider's failure as a 200 holding only an error object:
+    retried and then answered by the other tier, as a 5xx would be; never relayed as a success."""
+    strong.behaviour.answer_body = b'{"error": {"message": "provider overloaded", "code": 502}}'
+    delta = MetricDelta(fault_proxy.metrics)
+    raw = chat(fault_proxy)
+    delta.after()
+    assert raw.headers["x-routegate-fallback"] == "strong->weak:invalid_response"
+    assert raw.parse().choices[0].message.content == "answer from weak"
+    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+    assert delta("routegate_requests_total", tier="strong", status="200") == 0
+
+
 NESTED = b"[" * 100_000 + b"]" * 100_000  # valid JSON, deeper than Python's parser recurses
 
 

@@ -240,6 +240,34 @@ def test_a_postgres_store_is_upgraded_in_place_and_not_locked_once_it_is(request
     assert connected
 
 
+async def test_a_role_that_may_only_read_and_write_rows_stores_decisions(request: pytest.FixtureRequest) -> None:
+    """A gateway's PostgreSQL role need not own the tables nor create in the schema once they exist
+    (PostgreSQL 15 no longer lets every role create in ``public``)."""
+    url = request.getfixturevalue("postgres_url")
+    owner = Database(url)
+    admin = owner.connect()
+    with owner.transaction(admin) as cursor:
+        cursor.execute("CREATE ROLE writer LOGIN PASSWORD 'writer-pw'")
+        cursor.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        cursor.execute(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON routegate_decisions, routegate_judgements, routegate_feedback TO writer"
+        )
+    try:
+        writer = Database(url.replace(url.split("//")[1].split("@")[0], "writer:writer-pw"))
+        store = FeedbackStore(writer, retention_days=30, queue_size=100)
+        store.start()
+        store.record(decision("by-writer"))
+        assert await store.record_feedback(FeedbackRow("by-writer", time.time(), 1.0, "up", None))  # after the decision
+        await store.aclose()
+        assert "by-writer" in [row[0] for row in rows(owner, "routegate_decisions")]
+    finally:
+        with owner.transaction(admin) as cursor:
+            cursor.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+            cursor.execute("DROP OWNED BY writer")
+            cursor.execute("DROP ROLE writer")
+        admin.close()
+
+
 async def test_a_down_database_is_counted_logged_without_its_password_and_refuses_feedback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
