@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +30,7 @@ from server.model_names import ModelNames
 from server.openapi import ERROR_SCHEMA, chat_completion_openapi
 from server.proxy import ChatProxy, request_id_of
 from server.scoring import ScorerPool, ladder_router_models
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings, SettingsError, is_loopback, load_settings
 from server.shared_scores import SharedScores
 from server.shared_state import shared_state_from
 from server.shared_sticky import SharedSticky
@@ -248,6 +249,8 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
 
 def _check_client_key(request: Request, settings: Settings) -> None:
     if not settings.api_keys:
+        if is_loopback(settings.host):
+            _check_same_machine_origin(request)
         return
     if not bearer_matches(request.headers, settings.api_keys):
         scheme = presented_key(request.headers)[0]
@@ -256,6 +259,27 @@ def _check_client_key(request: Request, settings: Settings) -> None:
             401,
             "Incorrect API key provided. Send your routegate key as 'Authorization: Bearer <key>'.",
             code="invalid_api_key",
+        )
+
+
+def _check_same_machine_origin(request: Request) -> None:
+    """Without client keys, only this machine's programs may call a loopback gateway: a browser
+    request from a page of another site (its ``Origin``), which any web page the operator opens
+    could send, or through a DNS name rebound to 127.0.0.1, is refused. Clients that are not
+    browsers send no ``Origin``; a page served from this machine may call."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        host = None
+    if host is None or not is_loopback(host):
+        raise APIError(
+            403,
+            "routegate without client keys serves only this machine's programs: a browser request from another "
+            "site is refused. Set ROUTEGATE_API_KEYS to serve browser clients.",
+            code="cross_origin_refused",
         )
 
 

@@ -39,6 +39,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     request_queue_size = 64  # the listen backlog: socketserver's 5 drops connections a burst of scrapes opens
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int, deadline: float):
+        if ":" in address[0]:  # an IPv6 address ("::", "::1"): socketserver's default family is IPv4
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
         self._deadline = deadline

@@ -134,7 +134,7 @@ def _relay_stream(
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)
-        return events.feed(chunk)
+        return upstream.redact(events.feed(chunk))  # whole events: a key an error event quotes is in one piece
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         if first := to_client(start.first_chunk):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import re
@@ -125,10 +126,11 @@ class Upstream:
         self._url = f"{upstream.base_url}/chat/completions"
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
         self._headers = {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
-        self._secret = b""
+        self._secrets: tuple[bytes, ...] = ()  # the key as sent, and as a JSON string may spell it ("\/" for "/")
         if upstream.api_key is not None:
-            self._headers["authorization"] = f"Bearer {upstream.api_key.get_secret_value()}"
-            self._secret = upstream.api_key.get_secret_value().encode()
+            key = upstream.api_key.get_secret_value()
+            self._headers["authorization"] = f"Bearer {key}"
+            self._secrets = tuple({key.encode(), json.dumps(key)[1:-1].replace("/", "\\/").encode()} - {b""})
         self._pool = ConnectionPool(settings.max_connections, settings.connect_timeout, settings.read_timeout)
 
     async def aclose(self) -> None:
@@ -140,8 +142,11 @@ class Upstream:
         return await self._pool.post(self._url, {**self._headers, "x-request-id": request_id}, body, self.tier)
 
     def redact(self, data: bytes) -> bytes:
-        """``data`` with this upstream's key blanked out (upstream error bodies may quote it)."""
-        return data.replace(self._secret, REDACTED) if self._secret and self._secret in data else data
+        """``data`` with this upstream's key blanked out (upstream error bodies and events may quote it)."""
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, REDACTED)
+        return data
 
 
 class Attempts:
@@ -274,6 +279,9 @@ class Attempts:
                     await response.aclose()
                     return "stream_cut", False, None, None
                 error = _event_error(first_event) if first_event is not None else None
+                if error is not None and _status_of(error) in (401, 403):  # routegate's key, not the client's, refused
+                    await response.aclose()
+                    return "http_auth", False, None, None
                 if error is not None and _retryable(error):  # failed before its answer began: nothing reached the client
                     await response.aclose()
                     return "stream_error", False, None, None
@@ -337,10 +345,15 @@ def _retryable(error: dict) -> bool:
     """Whether an upstream's error event may go another way on another try: not one that names a
     client error (a 4xx other than 429 as its code or status, or an invalid request), which the
     client gets as it was sent."""
-    status = next((value for value in (error.get("code"), error.get("status")) if isinstance(value, int)), None)
+    status = _status_of(error)
     if status is not None and 400 <= status < 500 and status != 429:
         return False
     return error.get("type") != "invalid_request_error"
+
+
+def _status_of(error: dict) -> int | None:
+    """The HTTP status an upstream's error event names as its ``code`` or ``status``, if any."""
+    return next((value for value in (error.get("code"), error.get("status")) if isinstance(value, int)), None)
 
 
 async def read_at_most(response: UpstreamResponse, limit: int) -> tuple[bytes, float | None] | None:

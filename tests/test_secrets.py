@@ -54,6 +54,21 @@ def test_keys_appear_nowhere(strong: FakeUpstream, weak: FakeUpstream, tmp_path:
         weak.reset()
         strong.behaviour.cut_after = 1
         assert chat(good, stream=True).status_code == 200  # cut mid-stream: a final error event
+        # A gateway upstream's error events that quote the key: one after the answer began (relayed,
+        # the key blanked out), and a first event saying 401 (routegate's key refused: the other tier answers).
+        strong.reset()
+        strong.behaviour.chunks, strong.behaviour.end_after_extra_event = 2, True
+        strong.behaviour.extra_event = json.dumps({"error": {"message": f"quota spent for {STRONG_KEY}"}}).encode()
+        quoted = chat(good, stream=True)
+        assert quoted.status_code == 200 and "quota spent for [redacted]" in quoted.text
+        strong.reset()
+        refusal = json.dumps({"error": {"code": 401, "message": f"Incorrect API key provided: {STRONG_KEY}"}})
+        strong.behaviour.stream_preamble = f"data: {refusal}\n\n".encode()
+        strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
+        fell_back = chat(good, stream=True)
+        assert fell_back.status_code == 200 and "weak-0" in fell_back.text
+        assert fell_back.headers["x-routegate-fallback"] == "strong->weak:http_auth"
+        assert len(strong.received) == 1  # a refused key is not tried again
 
         # The SDK's own view, including /v1/models.
         sdk = openai.OpenAI(base_url=proxy.api, api_key=CLIENT_KEYS[0], max_retries=0)

@@ -84,6 +84,20 @@ def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp
     assert metric_sum(keyed.text, "routegate_event_loop_tasks") > 0  # sampled on the loop, not by this port's thread
 
 
+def test_the_metrics_port_listens_on_an_ipv6_address() -> None:
+    """ROUTEGATE_HOST=::1 (or ::) with ROUTEGATE_METRICS_PORT: the metrics listener takes the same address."""
+    from server.metrics_server import start_metrics_server
+
+    port = free_port()
+    server = start_metrics_server("::1", port, None, timeout=5.0)
+    try:
+        scraped = httpx.get(f"http://[::1]:{port}/metrics", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert scraped.status_code == 200 and "routegate_requests_total" in scraped.text
+
+
 def _bytes_sent_before_the_cut(connection: socket.socket, data: bytes) -> int | None:
     """Send ``data`` a byte every 0.5 s (more often than any read timeout); how many bytes went
     out before the other end closed the connection, None when it never did."""
@@ -132,6 +146,28 @@ def test_openapi_document_and_router_list_need_a_client_key(strong: FakeUpstream
     assert routers_anonymous.status_code == 401 and routers_anonymous.json()["error"]["code"] == "invalid_api_key"
     assert routers_keyed.status_code == 200 and "random" in routers_keyed.text
     assert alias_anonymous.status_code == 401 and alias_keyed.json()["id"] == "secret-alias"
+
+
+def test_without_client_keys_a_page_of_another_site_cannot_spend_the_upstreams(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Any web page the operator opens could post to http://127.0.0.1:8000 (a text/plain "simple"
+    request needs no preflight), or read it through a DNS name rebound to 127.0.0.1: without client
+    keys a loopback gateway refuses a browser's request from another site, and serves this machine's."""
+    body = '{"model": "router-random-0.5", "messages": [{"role": "user", "content": "Hello?"}]}'
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+
+        def post(origin: str | None) -> httpx.Response:
+            headers = {"content-type": "text/plain"} | ({"origin": origin} if origin else {})
+            return httpx.post(f"{proxy.api}/chat/completions", content=body, headers=headers, timeout=30)
+
+        refused = [post(origin) for origin in ("https://evil.example", "http://rebound.example:8000", "null")]
+        listing = httpx.get(f"{proxy.api}/models", headers={"origin": "http://rebound.example:8000"})
+        served = [post(origin) for origin in (None, "http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080")]
+    for answer in [*refused, listing]:
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "cross_origin_refused"
+    assert [answer.status_code for answer in served] == [200] * 4
+    assert len(strong.received) + len(weak.received) == 4  # only the served ones reached an upstream
 
 
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
