@@ -11,23 +11,38 @@ from pathlib import Path
 
 
 def check_writable(path: Path) -> None:
-    """Make ``path``'s folder (with its parents); SystemExit when ``path`` is a folder or its folder
-    cannot be written. OSError (a parent that is a file) names the path, as for a missing input."""
+    """Make ``path``'s folder (with its parents); SystemExit when ``path`` is a folder, or cannot be
+    written (an existing file, a device such as /dev/stdout) or made (its folder). OSError (a
+    parent that is a file) names the path, as for a missing input."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise SystemExit(f"routegate: {path} is a folder: name a file to write")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    if path.exists() or path.is_symlink():
+        if not os.access(path, os.W_OK):
+            raise SystemExit(f"routegate: cannot write {path}")
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
         raise SystemExit(f"routegate: cannot write in {path.parent}")
 
 
 @contextmanager
 def replaced_on_success(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write, moved onto ``path`` when the block ends without
-    an error and removed otherwise."""
+    an error and removed otherwise, with the mode a new file gets (or the old file's). A path that
+    is not a plain file (a symlink, /dev/stdout) is written as it is."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        yield path
+        return
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
+        os.chmod(staging, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         yield Path(staging)
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

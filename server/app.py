@@ -249,8 +249,8 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
 
 def _check_client_key(request: Request, settings: Settings) -> None:
     if not settings.api_keys:
-        if is_loopback(settings.host):
-            _check_same_machine_origin(request)
+        if is_loopback(settings.host) and not settings.allow_unauthenticated:
+            _check_same_machine_origin(request, settings.allowed_origins)
         return
     if not bearer_matches(request.headers, settings.api_keys):
         scheme = presented_key(request.headers)[0]
@@ -262,13 +262,13 @@ def _check_client_key(request: Request, settings: Settings) -> None:
         )
 
 
-def _check_same_machine_origin(request: Request) -> None:
+def _check_same_machine_origin(request: Request, allowed: list[str]) -> None:
     """Without client keys, only this machine's programs may call a loopback gateway: a browser
     request from a page of another site (its ``Origin``), which any web page the operator opens
     could send, or through a DNS name rebound to 127.0.0.1, is refused. Clients that are not
-    browsers send no ``Origin``; a page served from this machine may call."""
+    browsers send no ``Origin``; a page served from this machine, or from an ``allowed`` origin, may call."""
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or origin.rstrip("/").lower() in allowed:
         return
     try:
         host = urlsplit(origin).hostname
@@ -278,7 +278,7 @@ def _check_same_machine_origin(request: Request) -> None:
         raise APIError(
             403,
             "routegate without client keys serves only this machine's programs: a browser request from another "
-            "site is refused. Set ROUTEGATE_API_KEYS to serve browser clients.",
+            "site is refused. Set ROUTEGATE_API_KEYS, or name the site in ROUTEGATE_ALLOWED_ORIGINS.",
             code="cross_origin_refused",
         )
 

@@ -94,7 +94,7 @@ class ModelNames:
         threshold, share = format_threshold(self.threshold), format_percent(self.target_share)
         router_models = [f"router-{router}-{threshold}" for router in self.listed_routers]  # auto's may be a target
         target_models = [f"router-{router}-{share}" for router in self.listed_routers]
-        return [*self.aliases, *router_models, *target_models, *self.upstream_models]
+        return list(dict.fromkeys([*self.aliases, *router_models, *target_models, *self.upstream_models]))  # each once
 
 
 def format_percent(share: float) -> str:

@@ -150,7 +150,7 @@ def _relay_stream(
             watcher.cut = "timeout" if isinstance(broken, UpstreamTimeout) else "stream_cut"
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
         elif rest := events.cut_off() if broken or not watcher.complete else events.flush():  # never half an event
-            yield rest  # (the client has the upstream's own error event: no second one)
+            yield upstream.redact(rest)  # (the client has the upstream's own error event: no second one)
 
     relayed = chunks()
 

@@ -174,7 +174,8 @@ class Settings(BaseSettings):
     )
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default threshold (model `auto`)")
     aliases: dict[str, str] = Field(
-        default_factory=dict, description="model name -> routed model string (a name not of the form router-… nor an upstream's)"
+        default_factory=dict,
+        description="model name -> routed model string (not named like a route, router-<router>-<threshold>)",
     )
     router_strong_model: str | None = Field(
         None,
@@ -235,7 +236,16 @@ class Settings(BaseSettings):
         description="accepted client keys (Bearer); empty = no auth; a blank key, or one with a character that is not "
         "printable ASCII, is refused",
     )
-    allow_unauthenticated: bool = Field(False, description="serve a non-loopback host without ROUTEGATE_API_KEYS")
+    allow_unauthenticated: bool = Field(
+        False,
+        description="serve a non-loopback host without ROUTEGATE_API_KEYS; also lets any browser origin call a "
+        "loopback gateway without keys (an authenticating proxy in front of it)",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins (https://chat.example.com) a loopback gateway without client keys serves, "
+        "beside this machine's own",
+    )
     metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve /metrics on this port instead of the API port (another than ROUTEGATE_PORT)"
@@ -408,15 +418,13 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _aliases_take_no_name(self) -> Settings:
-        """An alias is looked up first: named like a route or an upstream, it would take that name's
-        requests away from it."""
-        upstream_names = {self.strong.model, self.weak.model} if not self.models else set()
-        upstream_names |= {name for entry in self.models for name in (entry.name, entry.model)}
+    def _aliases_take_no_route(self) -> Settings:
+        """An alias is looked up first: named like a route (``router-mf-0.5``), it would send that
+        route's requests elsewhere. (An alias named like an upstream model is allowed: it routes an
+        app that asks for that model by name.)"""
         for alias in self.aliases:
-            if alias.startswith("router-") or alias in upstream_names:
-                taken = "a router route's name" if alias.startswith("router-") else "an upstream's name or model"
-                raise ValueError(f"ROUTEGATE_ALIASES: alias '{alias}' is {taken}, which it would take over; name it otherwise")
+            if re.match(r"^router-[A-Za-z0-9_]+-[^-]+\Z", alias):
+                raise ValueError(f"ROUTEGATE_ALIASES: alias '{alias}' is a router route's name, which it would take over")
         return self
 
     @model_validator(mode="after")
@@ -508,6 +516,16 @@ class Settings(BaseSettings):
     def _model_list(cls, value: list[ModelEntry]) -> list[ModelEntry]:
         check_models(value)
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, value: list[str]) -> list[str]:
+        """``scheme://host[:port]``, lower case, no trailing slash: how an ``Origin`` header reads."""
+        origins = [origin.strip().rstrip("/").lower() for origin in value]
+        for origin in origins:
+            if "://" not in origin or "/" in origin.split("://", 1)[1]:
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], as https://chat.example.com")
+        return origins
 
     @field_validator("aliases")
     @classmethod

@@ -232,8 +232,13 @@ class Attempts:
             if not isinstance(completed.answer, dict):
                 reason = "invalid_response"
                 self._on_spent(len(body))
-            elif error_of(completed.answer) is not None and not completed.answer.get("choices"):
-                reason = "invalid_response"  # a gateway upstream's provider failed: an error object in a 200
+            elif (refusal := error_of(completed.answer)) is not None and not completed.answer.get("choices"):
+                # a gateway upstream's error object in a 200: routegate's key refused, or its provider failed;
+                # one that names the client's own error is relayed as it came, as in a stream
+                if _status_of(refusal) in (401, 403):
+                    reason = "http_auth"
+                elif _retryable(refusal):
+                    reason = "invalid_response"
         return reason, False, retry_after, result
 
     def _spent_on_timeout(self, error: BaseException) -> None:

@@ -315,20 +315,24 @@ def test_connect_timeout_without_a_healthy_tier_is_a_504(blackhole_proxy: Proxy,
 # --- bodies that are not what they should be -------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", ["malformed_json", "error_object"])
+@pytest.mark.parametrize("body", ["malformed_json", "error_object", "refused_key"])
 def test_a_200_that_is_no_answer_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, body: str) -> None:
     """Malformed JSON, or a gateway upstream reporting its provider's failure as a 200 holding only
-    an error object: retried, then answered by the other tier, as a 5xx would be."""
+    an error object: retried, then answered by the other tier, as a 5xx would be; an error object
+    naming 401 is routegate's key refused, as a 401 status is: not tried again."""
     if body == "malformed_json":
         strong.behaviour.malformed_json = True
-    else:
+    elif body == "error_object":
         strong.behaviour.answer_body = b'{"error": {"message": "provider overloaded", "code": 502}}'
+    else:
+        strong.behaviour.answer_body = b'{"error": {"message": "Invalid API key", "code": 401}}'
+    reason, tries = ("http_auth", 1) if body == "refused_key" else ("invalid_response", 2)
     delta = MetricDelta(fault_proxy.metrics)
     raw = chat(fault_proxy)
     delta.after()
-    assert raw.headers["x-routegate-fallback"] == "strong->weak:invalid_response"
+    assert raw.headers["x-routegate-fallback"] == f"strong->weak:{reason}"
     assert raw.parse().choices[0].message.content == "answer from weak"
-    assert delta("routegate_upstream_errors_total", tier="strong", reason="invalid_response") == 2
+    assert delta("routegate_upstream_errors_total", tier="strong", reason=reason) == tries == len(strong.received)
     assert delta("routegate_requests_total", tier="strong", status="200") == 0
     # a malformed answer was made and thrown away: each charged its prompt and a token per four bytes
     made = 2 if body == "malformed_json" else 0

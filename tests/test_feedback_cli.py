@@ -204,8 +204,11 @@ def test_a_store_no_gateway_has_written_to_has_nothing_to_report(postgres_url: s
 
 async def test_a_role_that_may_only_read_can_export_and_print_stats(postgres_url: str, tmp_path: Path) -> None:  # noqa: F811
     owner = Database(postgres_url)
-    await fill(owner)
     connection = owner.connect()
+    with owner.transaction(connection) as cursor:  # what other tests left in this server's tables
+        for table in ("routegate_decisions", "routegate_judgements", "routegate_feedback"):
+            cursor.execute(f"DELETE FROM {table}")
+    await fill(owner)
     with owner.transaction(connection) as cursor:
         cursor.execute("DROP ROLE IF EXISTS analyst")
         cursor.execute("CREATE ROLE analyst LOGIN PASSWORD 'analyst-pw'")

@@ -186,7 +186,7 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_ROUTER": "no-such-router"}, "ROUTEGATE_ROUTER"),
         ({"ROUTEGATE_ALIASES": '{"x": "router-random-7"}'}, "ROUTEGATE_ALIASES"),
         ({"ROUTEGATE_ALIASES": '{"router-random-0.5": "router-random-0.9"}'}, "alias 'router-random-0.5' is a router route's"),
-        ({"ROUTEGATE_ALIASES": '{"fake-weak": "router-random-0.9"}'}, "alias 'fake-weak' is an upstream's name or model"),
+        ({"ROUTEGATE_ALLOWED_ORIGINS": '["chat.example.com"]'}, "ROUTEGATE_ALLOWED_ORIGINS"),
         ({"ROUTEGATE_ROUTERS": '["random", "no-such-router"]'}, "ROUTEGATE_ROUTERS"),
         ({"ROUTEGATE_TARGET_SHARE": "0.305"}, "ROUTEGATE_TARGET_SHARE"),
         ({"ROUTEGATE_HOST": "0.0.0.0"}, "ROUTEGATE_ALLOW_UNAUTHENTICATED"),  # open to the network without client keys

@@ -118,13 +118,12 @@ def test_a_request_that_arrives_while_the_router_loads_is_held_until_it_is_ready
         assert wait_for(lambda: _answers(f"{url}/health"), timeout=30)
         loading = httpx.get(f"{url}/ready")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
-        with ThreadPoolExecutor(2) as pool:  # sent while loading: the first is held, the second finds no room
-            held = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=HI, timeout=30)
-            time.sleep(0.5)  # it has reached the gateway
-            refused = httpx.post(f"{url}/v1/chat/completions", json=HI, timeout=5)
-            assert not held.done()  # the router still loads
-            assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
-            assert held.result().status_code == 200 and held.result().headers["x-routegate-router"] == "slow"
+        with ThreadPoolExecutor(2) as pool:  # sent while loading: one is held, the other finds no room
+            sent = [pool.submit(httpx.post, f"{url}/v1/chat/completions", json=HI, timeout=30) for _ in range(2)]
+            answers = sorted((future.result() for future in sent), key=lambda answer: answer.status_code)
+        held, refused = answers
+        assert held.status_code == 200 and held.headers["x-routegate-router"] == "slow"
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "not_ready"
         assert httpx.get(f"{url}/ready").status_code == 200
 
 

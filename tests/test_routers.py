@@ -631,9 +631,19 @@ def test_an_output_is_replaced_only_once_it_is_written(tmp_path: Path) -> None:
     assert out.read_text() == "earlier scores\n" and [path.name for path in tmp_path.iterdir()] == ["scores.jsonl"]
     data = tmp_path / "records.jsonl"
     data.write_text("\n".join(json.dumps({"id": n, "prompt": f"question {n}"}) for n in range(3)) + "\n")
+    out.chmod(0o640)
     assert main(["score", "--router", "random", "--input", str(data), "--output", str(out)]) == 0
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1, 2]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["records.jsonl", "scores.jsonl"]
+    assert out.stat().st_mode & 0o777 == 0o640  # the earlier file's mode, not a temporary file's 0600
+    fresh, link = tmp_path / "new" / "s.jsonl", tmp_path / "link.jsonl"
+    link.symlink_to(out)
+    for path in (fresh, link):
+        assert main(["score", "--router", "random", "--input", str(data), "--output", str(path)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
+    assert link.is_symlink() and len(out.read_text().splitlines()) == 3  # written through the link
 
 
 def test_a_weight_for_a_file_not_in_data_is_named_and_left_out(tmp_path: Path) -> None:

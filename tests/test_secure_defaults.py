@@ -88,6 +88,11 @@ def test_the_metrics_port_listens_on_an_ipv6_address() -> None:
     """ROUTEGATE_HOST=::1 (or ::) with ROUTEGATE_METRICS_PORT: the metrics listener takes the same address."""
     from server.metrics_server import start_metrics_server
 
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
     port = free_port()
     server = start_metrics_server("::1", port, None, timeout=5.0)
     try:
@@ -164,10 +169,15 @@ def test_without_client_keys_a_page_of_another_site_cannot_spend_the_upstreams(
         refused = [post(origin) for origin in ("https://evil.example", "http://rebound.example:8000", "null")]
         listing = httpx.get(f"{proxy.api}/models", headers={"origin": "http://rebound.example:8000"})
         served = [post(origin) for origin in (None, "http://localhost:3000", "http://127.0.0.1:5173", "http://[::1]:8080")]
+    env = proxy_env(strong, weak, allowed_origins='["https://Chat.example.com/"]')
+    (tmp_path / "allowed").mkdir()
+    with running_proxy(env, tmp_path / "allowed") as proxy:
+        served.append(post("https://chat.example.com"))
+        refused.append(post("https://chat.example.com.evil.example"))
     for answer in [*refused, listing]:
         assert answer.status_code == 403 and answer.json()["error"]["code"] == "cross_origin_refused"
-    assert [answer.status_code for answer in served] == [200] * 4
-    assert len(strong.received) + len(weak.received) == 4  # only the served ones reached an upstream
+    assert [answer.status_code for answer in served] == [200] * 5
+    assert len(strong.received) + len(weak.received) == 5  # only the served ones reached an upstream
 
 
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
