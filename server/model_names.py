@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from routers.calibration import format_threshold
 from server.errors import APIError, bad_request
 from server.ladder import Ladder
-from server.settings import Settings
+from server.settings import ROUTER_MODEL, Settings
 
-ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)\Z")
 THRESHOLD = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")  # ASCII digits, no sign, exponent or spaces: float() takes more
 DEFAULT_ALIAS = "auto"
 

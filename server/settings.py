@@ -28,6 +28,8 @@ from server.model_list import check_models, check_name
 ENV_PREFIX = "ROUTEGATE_"
 CONFIG_ENV = "ROUTEGATE_CONFIG"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: a routed model string, ``router-<router>-<threshold or percent%>`` (server.model_names reads it)
+ROUTER_MODEL = re.compile(r"^router-(?P<router>[A-Za-z0-9_]+)-(?P<threshold>[^-]+)\Z")
 
 
 PLACEHOLDER = "replace-me"  # the example Secret's values (deploy/kubernetes/secret.yaml) all hold it
@@ -423,7 +425,7 @@ class Settings(BaseSettings):
         route's requests elsewhere. (An alias named like an upstream model is allowed: it routes an
         app that asks for that model by name.)"""
         for alias in self.aliases:
-            if re.match(r"^router-[A-Za-z0-9_]+-[^-]+\Z", alias):
+            if ROUTER_MODEL.match(alias):
                 raise ValueError(f"ROUTEGATE_ALIASES: alias '{alias}' is a router route's name, which it would take over")
         return self
 

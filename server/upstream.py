@@ -232,13 +232,8 @@ class Attempts:
             if not isinstance(completed.answer, dict):
                 reason = "invalid_response"
                 self._on_spent(len(body))
-            elif (refusal := error_of(completed.answer)) is not None and not completed.answer.get("choices"):
-                # a gateway upstream's error object in a 200: routegate's key refused, or its provider failed;
-                # one that names the client's own error is relayed as it came, as in a stream
-                if _status_of(refusal) in (401, 403):
-                    reason = "http_auth"
-                elif _retryable(refusal):
-                    reason = "invalid_response"
+            elif (own := _own_error(completed.answer)) is not None:  # a gateway upstream's error object in a 200
+                reason = _error_failure(own, "invalid_response")
         return reason, False, retry_after, result
 
     def _spent_on_timeout(self, error: BaseException) -> None:
@@ -283,13 +278,11 @@ class Attempts:
                 if not first:
                     await response.aclose()
                     return "stream_cut", False, None, None
-                error = _event_error(first_event) if first_event is not None else None
-                if error is not None and _status_of(error) in (401, 403):  # routegate's key, not the client's, refused
+                own = _event_error(first_event) if first_event is not None else None
+                failure = _error_failure(own, "stream_error") if own is not None else None
+                if failure is not None:  # failed before its answer began: nothing reached the client
                     await response.aclose()
-                    return "http_auth", False, None, None
-                if error is not None and _retryable(error):  # failed before its answer began: nothing reached the client
-                    await response.aclose()
-                    return "stream_error", False, None, None
+                    return failure, False, None, None
                 chunks = response.aiter_raw()
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
@@ -342,8 +335,22 @@ def _event_error(event: bytes) -> dict | None:
     """The error object of a stream's first event when it is an error of the upstream's own
     without choices, as gateways report a provider's failure; else None."""
     data = b"\n".join(data_fields(event.lstrip(b"\xef\xbb\xbf\r\n")))
-    chunk = json_value(data) if ERROR_OBJECT.search(data) else None  # most first events are no error: no parse
-    return error_of(chunk) if isinstance(chunk, dict) and not chunk.get("choices") else None
+    return _own_error(json_value(data) if ERROR_OBJECT.search(data) else None)  # most first events are no error: no parse
+
+
+def _own_error(value: object) -> dict | None:
+    """The error object of a parsed answer or event that reports the upstream's own failure (no
+    choices beside it), as gateways report a provider's failure; else None."""
+    return error_of(value) if isinstance(value, dict) and not value.get("choices") else None
+
+
+def _error_failure(error: dict, retried_as: str) -> str | None:
+    """The failure an upstream's own error object stands for: ``http_auth`` when it names 401/403
+    (routegate's key, not the client's, was refused), ``retried_as`` when another try may go
+    otherwise, None when it names the client's error (relayed as it came)."""
+    if _status_of(error) in (401, 403):
+        return "http_auth"
+    return retried_as if _retryable(error) else None
 
 
 def _retryable(error: dict) -> bool:
