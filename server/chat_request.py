@@ -45,9 +45,11 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # JSON levels a body may nest: routegate re-encodes the body for the upstream, and Python's encoder
 # fails at about twice this depth
 MAX_NESTING = 512
-# Objects and arrays a body may open: decoding and checking millions of empty ones would hold the
-# event loop for seconds, and no chat request needs a hundred thousand
+# Objects and arrays a body may open, and members (after each one's first) they may hold:
+# decoding, checking and re-encoding millions of them would hold the event loop for seconds, and no
+# chat request needs a hundred thousand objects or one object of a million keys
 MAX_CONTAINERS = 100_000
+MAX_MEMBERS = 200_000
 # A JSON string, escapes included: its brackets are text, not structure. One that never closes
 # (invalid JSON, refused later) runs to the end of the body, so that each byte is read once: a
 # pattern that must find the closing quote starts again after every quote, and a body of escaped
@@ -68,7 +70,15 @@ RANGES: dict[str, tuple[float, float]] = {
 async def read_body(request: Request, limit: int, timeout: float, on_received: Callable[[int], None] | None = None) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes and with 408 when
     it has not all arrived within ``timeout`` seconds (a client that stalls mid-upload);
-    ``on_received`` is told the bytes received so far after each chunk."""
+    ``on_received`` is told the bytes received so far after each chunk. A compressed body is
+    refused with 415: it would otherwise be read as JSON and called malformed."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise APIError(
+            415,
+            f"Content-Encoding '{encoding[:32]}' is not supported: send the request body uncompressed.",
+            code="unsupported_content_encoding",
+        )
     declared = request.headers.get("content-length", "").lstrip("0")
     if declared.isdigit() and (len(declared) > len(str(limit)) or int(declared) > limit):  # int() refuses 4,300 digits
         raise _too_large(limit)
@@ -96,9 +106,11 @@ def _too_large(limit: int) -> APIError:
 
 def parse_chat_request(body: bytes) -> dict[str, Any]:
     """Decode and check a chat completion body; raise a 400 APIError naming the bad parameter."""
-    containers = _containers(body)
+    containers, members = _structure(body)
     if containers > MAX_CONTAINERS:
         raise bad_request(f"The JSON body holds more than {MAX_CONTAINERS} objects and arrays.", code="invalid_json")
+    if members > MAX_MEMBERS:
+        raise bad_request(f"The JSON body's objects and arrays hold more than {MAX_MEMBERS} members.", code="invalid_json")
     try:
         payload = json.loads(  # a str: bytes would pass encoded surrogates
             body.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float
@@ -130,17 +142,19 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         if low is not None and not low <= value <= high:
             raise bad_request(f"Invalid value for '{name}': must be between {low} and {high}.", param=name, code="invalid_value")
     _check_tools(payload.get("tools"))
+    _check_stream_options(payload.get("stream_options"))
     return payload
 
 
-def _containers(body: bytes) -> int:
-    """About how many objects and arrays a JSON body opens, counted in its bytes before decoding
-    (exact for valid JSON once brackets inside strings are left out, which only a large count needs)."""
-    count = body.count(b"[") + body.count(b"{")
-    if count <= MAX_CONTAINERS:
-        return count
+def _structure(body: bytes) -> tuple[int, int]:
+    """About how many objects and arrays a JSON body opens, and how many commas separate their
+    members, counted in its bytes before decoding (exact for valid JSON once brackets and commas
+    inside strings are left out, which only large counts need)."""
+    containers, commas = body.count(b"[") + body.count(b"{"), body.count(b",")
+    if containers <= MAX_CONTAINERS and commas <= MAX_MEMBERS:
+        return containers, commas
     structure = _JSON_STRING.sub(b'""', body)
-    return structure.count(b"[") + structure.count(b"{")
+    return structure.count(b"[") + structure.count(b"{"), structure.count(b",")
 
 
 def _nested_deeper(value: object, limit: int) -> bool:
@@ -185,6 +199,13 @@ def _check_tools(tools: object) -> None:
                 raise bad_request(
                     f"Invalid type for 'tools[{index}]': expected an object.", param=f"tools[{index}]", code="invalid_type"
                 )
+
+
+def _check_stream_options(options: object) -> None:
+    """``include_usage`` decides whether routegate adds the usage chunk or strips it: a boolean or absent."""
+    if isinstance(options, dict) and options.get("include_usage") is not None and not isinstance(options["include_usage"], bool):
+        param = "stream_options.include_usage"
+        raise bad_request(f"Invalid type for '{param}': expected a boolean.", param=param, code="invalid_type")
 
 
 def _check_messages(messages: object) -> None:

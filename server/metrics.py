@@ -96,14 +96,14 @@ TOKENS = Counter(
 COST_USD = Counter("routegate_cost_usd_total", "Cost in USD of the tokens used, at the configured prices.", ["tier", "model"])
 ALL_STRONG_COST_USD = Counter(
     "routegate_all_strong_cost_usd_total",
-    "Cost in USD the same tokens would have had on the most capable upstream (strong with two tiers): "
-    "the all-best-model counterfactual.",
+    "Cost in USD the same answers' tokens would have had on the most capable upstream (strong with two tiers): "
+    "the all-best-model counterfactual (failed tries are not counted).",
     ["tier", "model"],
 )
 USAGE_ESTIMATED = Counter(
     "routegate_usage_estimated_total",
     "Answers the upstream reported no usage for (a stream the client left or that was cut, an upstream that "
-    "omits usage), whose tokens and cost were estimated, by tier and model.",
+    "omits usage) and failed tries an upstream worked on, whose tokens and cost were estimated, by tier and model.",
     ["tier", "model"],
 )
 FALLBACKS = Counter(

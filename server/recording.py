@@ -116,13 +116,14 @@ class Recorder:
     async def _charge(self, upstream: Upstream, usage: Usage | None, answered: bool = True) -> None:
         """Meter an answer's tokens and costs; charge the daily budget (spend on any upstream but
         the cheapest; nothing without usage). A failed try (not ``answered``) is spend, but not a
-        request's strong-tier price: the budget's projection averages those over answered requests."""
+        request's strong-tier price: the all-strong counterfactual (metric and budget projection)
+        counts answers only, so a failed cheap try lowers the savings rather than raising them."""
+        cost, all_best_cost = (usage.cost, usage.all_best_cost if answered else 0.0) if usage is not None else (0.0, 0.0)
         if usage is not None:
-            metrics.record_usage(upstream.tier, upstream.model, usage.tokens, (usage.cost, usage.all_best_cost))
+            metrics.record_usage(upstream.tier, upstream.model, usage.tokens, (cost, all_best_cost))
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
-            cost, all_best_cost = (usage.cost, usage.all_best_cost) if usage is not None else (0.0, 0.0)
-            await self.budget.record_cost(charged, cost, all_best_cost if answered else 0.0)
+            await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:

@@ -3,6 +3,7 @@ passed through as the OpenAI API would accept it; never a 500, never a hang."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import socket
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from server.chat_request import FIELD_TYPES, MAX_CONTAINERS, MAX_NESTING, RANGES
+from server.chat_request import FIELD_TYPES, MAX_CONTAINERS, MAX_MEMBERS, MAX_NESTING, RANGES
 from tests.conftest import Proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metrics_text import metric_sum
@@ -107,6 +108,17 @@ def test_every_checked_field_refuses_a_wrong_type(proxy: Proxy, strong: FakeUpst
     accepted, _ = FIELD_TYPES[name]
     error = openai_error(post_json(proxy, {"model": MODEL, "messages": MESSAGES, name: wrong_value(accepted)}), 400)
     assert error["param"] == name and error["code"] == "invalid_type"
+    assert not strong.received
+
+
+@pytest.mark.parametrize("include_usage", [1, "true", [True]])
+def test_a_stream_options_include_usage_that_is_not_a_boolean_is_refused(
+    proxy: Proxy, strong: FakeUpstream, include_usage: object
+) -> None:
+    """Not read as false: the usage chunk the client asked for would be taken out of its stream."""
+    payload = {"model": MODEL, "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": include_usage}}
+    error = openai_error(post_json(proxy, payload), 400)
+    assert error["param"] == "stream_options.include_usage" and error["code"] == "invalid_type"
     assert not strong.received
 
 
@@ -257,6 +269,28 @@ def test_more_objects_and_arrays_than_the_limit_is_a_400_and_brackets_in_text_do
     assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == code
 
 
+def test_an_object_of_more_members_than_the_limit_is_a_400_and_commas_in_text_do_not_count(
+    proxy: Proxy, strong: FakeUpstream
+) -> None:
+    """One flat object of a million keys opens no more containers than a chat message, but takes
+    seconds to decode and re-encode: its members are counted too."""
+
+    def body(keys: int, text: str = "x") -> bytes:  # 2 commas more: model|messages, role|content, messages|metadata
+        head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
+        members = b",".join(b'"k%d":%d' % (index, index) for index in range(keys))
+        return head + b', "metadata": {' + members + b"}}"
+
+    at_the_limit = post(proxy, body(MAX_MEMBERS - 2))
+    past_it = post(proxy, body(MAX_MEMBERS - 1))
+    prose = ", ".join(["word"] * (MAX_MEMBERS + 1))
+    in_text = post(proxy, body(1, prose))
+    assert at_the_limit.status_code == 200
+    error = openai_error(past_it, 400)
+    assert error["code"] == "invalid_json" and f"more than {MAX_MEMBERS} members" in error["message"]
+    assert in_text.status_code == 200
+    assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == prose
+
+
 def test_a_string_that_never_closes_in_a_body_of_many_brackets_is_refused_not_a_hang(proxy: Proxy) -> None:
     """Past the bracket count, strings are taken out before brackets are counted again; a string of
     escaped quotes that never closes (half a megabyte) is read once, not once per quote."""
@@ -265,6 +299,14 @@ def test_a_string_that_never_closes_in_a_body_of_many_brackets_is_refused_not_a_
         error = openai_error(post(proxy, opening + tail), 400)
         assert error["code"] == "invalid_json"
     assert httpx.get(f"{proxy.url}/health", timeout=5).status_code == 200
+
+
+def test_a_compressed_body_is_a_415_not_malformed_json(proxy: Proxy, strong: FakeUpstream) -> None:
+    body = json.dumps({"model": MODEL, "messages": MESSAGES}).encode()
+    gzipped = openai_error(post(proxy, gzip.compress(body), **{"content-encoding": "gzip"}), 415)
+    assert gzipped["code"] == "unsupported_content_encoding" and "'gzip'" in gzipped["message"]
+    assert not strong.received
+    assert post(proxy, body, **{"content-encoding": "identity"}).status_code == 200
 
 
 def test_unicode_passes_through(proxy: Proxy, strong: FakeUpstream) -> None:

@@ -217,6 +217,9 @@ def test_read_timeout_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak:
     assert delta("routegate_tokens_total", tier="strong", kind="prompt") == 2 * PROMPT_ESTIMATE
     assert delta("routegate_tokens_total", tier="strong", kind="completion") == 0
     assert delta("routegate_cost_usd_total", tier="strong") > 0
+    # the all-strong counterfactual counts the answer once, not the tries that failed
+    assert delta("routegate_all_strong_cost_usd_total", tier="strong") == 0
+    assert delta("routegate_all_strong_cost_usd_total", tier="weak") > 0
 
 
 def test_read_timeout_on_both_tiers_is_a_504(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream) -> None:
