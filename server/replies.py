@@ -24,6 +24,7 @@ from server.upstream import (
     StreamStart,
     Upstream,
     UpstreamFailure,
+    answer_error_status,
 )
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
@@ -78,15 +79,17 @@ async def _whole(
 ) -> Response:
     upstream = exchange.upstream
     usage = estimate = None
+    status = result.status  # what the upstream's answer stands for: its error object's 4xx in a 200
     if 200 <= result.status < 300:
         answer = result.answer
+        status = answer_error_status(answer) or status
         usage = answer.get("usage") if isinstance(answer, dict) else None
-        if reported_tokens(usage) is None:
+        if reported_tokens(usage) is None and status < 300:
             estimate = (prompt_tokens(), answer_tokens(answer))
     for name in _RELAYED_HEADERS:
         if name in result.headers:
             headers[name] = result.headers[name]
-    await finish(Outcome(exchange.decision, upstream, result.status, started, exchange.sent_at, usage, result.status, estimate))
+    await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))
     body = result.body
     if result.status >= 400:
         body = upstream.redact(body)
@@ -161,12 +164,16 @@ def _relay_stream(
     async def on_close(completed: bool) -> None:
         await relayed.aclose()
         await start.response.aclose()
-        if watcher.failed and watcher.cut is None:  # an error event of the upstream's own, which the client has
-            watcher.cut = "stream_cut"  # not an answer
-            metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
-        status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
-        estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None
-        upstream_status = start.response.status_code
+        if start.client_error is not None:  # the client's mistake, relayed as the upstream's first event: no answer
+            status = upstream_status = start.client_error
+            estimate = None
+        else:
+            if watcher.failed and watcher.cut is None:  # an error event of the upstream's own, which the client has
+                watcher.cut = "stream_cut"  # not an answer
+                metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
+            status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
+            estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None
+            upstream_status = start.response.status_code
         await finish(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)
         )

@@ -59,6 +59,7 @@ class StreamStart:
     chunks: AsyncIterator[bytes]
     first_chunk: bytes
     ttfb: float
+    client_error: int | None = None  # the first event is the upstream's error naming the client's mistake: its status
 
 
 @dataclass
@@ -302,7 +303,8 @@ class Attempts:
             if response is not None:
                 await response.aclose()
             raise
-        return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started)
+        client_error = None if own is None else client_error_status(own)
+        return None, False, None, StreamStart(response, chunks, first, time.monotonic() - started, client_error)
 
 
 async def _held_start(response: UpstreamResponse, hold_seconds: float) -> tuple[bytes, bytes | None]:
@@ -342,6 +344,19 @@ def _own_error(value: object) -> dict | None:
     """The error object of a parsed answer or event that reports the upstream's own failure (no
     choices beside it), as gateways report a provider's failure; else None."""
     return error_of(value) if isinstance(value, dict) and not value.get("choices") else None
+
+
+def answer_error_status(answer: object) -> int | None:
+    """The status a 2xx answer that is an error object of the upstream's own stands for (a
+    client error, relayed as it came; a failure would have been retried); None for an answer."""
+    own = _own_error(answer)
+    return None if own is None else client_error_status(own)
+
+
+def client_error_status(error: dict) -> int:
+    """The 4xx an upstream's relayed error object names as its ``code`` or ``status``, else 400."""
+    status = _status_of(error)
+    return status if status is not None and 400 <= status < 500 else 400
 
 
 def _error_failure(error: dict, retried_as: str) -> str | None:

@@ -742,7 +742,8 @@ def test_a_stream_whose_first_event_is_an_error_is_retried_and_falls_back(
 
 def test_a_first_event_that_names_a_client_error_is_relayed_not_retried(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     """The same error on every try (a prompt over the context length): the client gets the
-    upstream's own words, as sent, and the stream counts as failed."""
+    upstream's own words, as sent, and the request counts as the client's error it names, not as
+    an answer nor as the upstream's failure (a client's long prompts must not page anyone)."""
     error = {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "code": 400}
     strong.behaviour.stream_preamble = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 0, "abort"
@@ -750,8 +751,27 @@ def test_a_first_event_that_names_a_client_error_is_relayed_not_retried(fault_pr
     raw = raw_stream(fault_proxy)
     assert raw.status_code == 200 and json.loads(raw.text.split("\n\n")[0][6:]) == {"error": error}
     assert len(strong.received) == 1 and raw.headers.get("x-routegate-fallback") is None
-    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
-    assert delta("routegate_upstream_errors_total", tier="strong", reason="stream_error") == 0
+    assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="400") == 1)
+    assert delta("routegate_requests_total", tier="strong", status="502") == 0
+    assert delta("routegate_upstream_errors_total", tier="strong") == 0
+    assert delta("routegate_usage_estimated_total", tier="strong") == 0
+
+
+def test_a_200_holding_an_error_that_names_a_client_error_is_relayed_and_counted_as_it(
+    fault_proxy: Proxy, strong: FakeUpstream
+) -> None:
+    """The same in a whole 200 body: relayed as it came, counted as the 400 it names, not as an
+    answer (no estimated tokens charged, no upstream error)."""
+    strong.behaviour.answer_body = b'{"error": {"message": "context length exceeded", "type": "invalid_request_error"}}'
+    delta = MetricDelta(fault_proxy.metrics)
+    response = httpx.post(f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES}, timeout=30)
+    delta.after()
+    assert response.status_code == 200 and response.json()["error"]["message"] == "context length exceeded"
+    assert len(strong.received) == 1
+    assert delta("routegate_requests_total", tier="strong", status="400") == 1
+    assert delta("routegate_requests_total", tier="strong", status="200") == 0
+    assert delta("routegate_upstream_errors_total", tier="strong") == 0
+    assert delta("routegate_usage_estimated_total", tier="strong") == 0
 
 
 def test_keep_alive_comments_are_relayed_once_held_long_enough(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
