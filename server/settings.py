@@ -295,6 +295,13 @@ class Settings(BaseSettings):
         description="seconds a client may take to send a request's line and headers, from connecting or its first byte "
         "(408); also how long a connection may trickle bytes outside a request",
     )
+    keep_alive_seconds: int = Field(
+        5,
+        ge=1,
+        description="seconds an idle client connection is kept open between requests; behind a load balancer that "
+        "reuses connections, keep it above the balancer's idle timeout (ingress-nginx and AWS ALB: 60 s), or a request "
+        "sent as routegate closes the connection fails with a 502 there",
+    )
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
     max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")

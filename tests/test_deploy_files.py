@@ -285,6 +285,19 @@ def test_scale_profile_puts_the_balancer_in_front_of_replicas_sharing_redis(comp
     assert {"names": ["routegate-scaled"], "type": "A", "port": gateway_port} in sd
 
 
+def test_balancers_let_go_of_idle_connections_before_routegate_closes_them() -> None:
+    """A balancer that sends a request on a connection routegate is closing answers 502: nginx's
+    idle timeout is below routegate's default, and Kubernetes' setting above the usual 60 s of
+    the ingress or cloud balancer in front."""
+    from server.settings import Settings
+
+    conf = (REPO / "config/nginx/routegate.conf").read_text()
+    nginx_idle = int(re.search(r"^\s*keepalive_timeout (\d+)s;", conf, re.M).group(1))
+    assert nginx_idle < Settings.model_fields["keep_alive_seconds"].default
+    configmap = yaml.safe_load((REPO / "deploy/kubernetes/configmap.yaml").read_text())
+    assert int(configmap["data"]["ROUTEGATE_KEEP_ALIVE_SECONDS"]) > 60
+
+
 def test_the_balancer_passes_requests_on_but_not_metrics(tmp_path: Path) -> None:
     """The scale profile's nginx configuration, run by a real nginx in front of one stand-in replica."""
     import http.server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,21 @@ def test_a_missing_input_file_is_one_line_not_a_traceback(tmp_path: Path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"routegate: No such file or directory: {tmp_path / 'none.jsonl'}"
+
+
+def test_an_idle_client_connection_is_closed_after_keep_alive_seconds(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """ROUTEGATE_KEEP_ALIVE_SECONDS reaches the server: a connection idle after its answer is closed
+    then (uvicorn's own 5 s would keep it open past the 4 s this waits)."""
+    with running_proxy(proxy_env(strong, weak, keep_alive_seconds="1"), tmp_path) as proxy:
+        address = httpx.URL(proxy.url)
+        with socket.create_connection((address.host, address.port), timeout=10) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: routegate\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(4096)
+            assert received.startswith(b"HTTP/1.1 200")
+            connection.settimeout(4)
+            while connection.recv(4096):  # the rest of the answer, then the close
+                pass
