@@ -91,6 +91,7 @@ class Gateway:
             ladder_models=ladder_models(settings, self.ladder, self.routers, checkpoint_dir),
             ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),
             retry_seconds=settings.router_retry_seconds,
+            shared_names=self.shared_state is not None,
         )
         budget = None
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
@@ -110,7 +111,7 @@ class Gateway:
             max_routes=settings.max_target_routes,
             pinned=listed_routes,
         )
-        self.targets = SharedTargets(targets, self.shared_state, budget)
+        self.targets = SharedTargets(targets, self.shared_state, budget, self.scorers.shared_name)
         self.cost_targets = None  # among more than two models: target routes control the cost share
         if not self.ladder.pair:
             prices = [(entry.input_price, entry.output_price) for entry in self.ladder.entries]

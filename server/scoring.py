@@ -298,8 +298,12 @@ class ScorerPool:
         ladder_models: dict[str, tuple[str, ...]] | None = None,
         ladder_pair: tuple[int, int] = (1, 0),
         retry_seconds: float = 30.0,
+        shared_names: bool = False,
     ) -> None:
         self.options = options
+        #: True when other replicas share state by scorer (target routes in Redis): each router is
+        #: then named by ``scorer_identity`` even without a shared score cache
+        self.shared_names = shared_names or shared is not None
         #: after a router failed to load, its requests get its 503 this long before a new try
         self.retry_seconds = retry_seconds
         #: True when the operator named the pair: it must then be known, no fallback
@@ -323,6 +327,12 @@ class ScorerPool:
     def loaded(self, name: str) -> bool:
         """Whether the router called ``name`` is ready to score."""
         return name in self._scorers
+
+    def shared_name(self, name: str) -> str:
+        """The name router ``name``'s scores are shared under once loaded (``scorer_identity``):
+        replicas scoring another pair, or with another checkpoint, never share them."""
+        scorer = self._scorers.get(name)
+        return scorer.shared_as if scorer is not None else name
 
     async def get(self, name: str) -> Scorer:
         """The Scorer of router ``name``, loading the router on first use. The load is its own
@@ -384,7 +394,7 @@ class ScorerPool:
     def _load(self, name: str) -> tuple[Router, int, str]:
         """Load a router and score once, so that lazy parts (encoder, kernels) are ready before
         traffic; the router, the number of its scoring threads and the name its scores are
-        shared under (``scorer_identity``; empty without a shared score cache)."""
+        shared under (``scorer_identity``; empty without shared state)."""
         models = self.ladder_models.get(name)
         if models is None and not self.pair_from_settings:
             router, pair = load_router_for_pair(name, self.options, self.options.strong_model, self.options.weak_model)
@@ -407,7 +417,7 @@ class ScorerPool:
         limit_inference_threads(self.torch_threads, threads)
         shared_as = (
             scorer_identity(name, (pair.strong, pair.weak, pair.why), Path(self.options.checkpoint_dir) / name)
-            if self.shared is not None and models is None
+            if self.shared_names and models is None
             else ""
         )
         return router, threads, shared_as

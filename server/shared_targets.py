@@ -310,10 +310,19 @@ class Batch:
 class SharedTargets:
     """Every target route of all replicas (through ``state``) or of this process (without it)."""
 
-    def __init__(self, local: Targets, state: SharedState | None = None, budget: SharedBudget | None = None) -> None:
+    def __init__(
+        self,
+        local: Targets,
+        state: SharedState | None = None,
+        budget: SharedBudget | None = None,
+        shared_name: Callable[[str], str] = str,
+    ) -> None:
         self.local = local
         self.state = state
         self.budget = budget
+        #: a router's name in Redis (``scorer_identity``): replicas scoring another pair, or with
+        #: another checkpoint (a rolling deploy), keep windows of their own
+        self.shared_name = shared_name
         self._decide = state.script(DECIDE) if state is not None else None
         self._record = state.script(RECORD) if state is not None else None
         self._seeded: set[tuple[str, float]] = set()
@@ -330,7 +339,7 @@ class SharedTargets:
 
     def _keys(self, router: str, target: float) -> list[str]:
         assert self.state is not None
-        route = "{" + f"{router}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
+        route = "{" + f"{self.shared_name(router)}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
         return [self.state.key("target", route, part) for part in ("scores", "order", "state", "recent")]
 
     def effective_target(self, target: float) -> float:

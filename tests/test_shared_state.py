@@ -94,6 +94,11 @@ def _ask(proxy: Proxy, model: str, messages: list[dict], conversation_id: str | 
     return raw.headers, raw.parse().choices[0].message.content
 
 
+def _route_keys(redis: redis.Redis, prefix: str, share: str) -> list[str]:
+    """The Redis key stems of a share's target routes: ``<prefix>target:{<router>-<digest>:<share>}``."""
+    return sorted(key.removesuffix(":scores") for key in redis.keys(f"{prefix}target:{{*:{share}}}:scores"))
+
+
 def _hard(index: int) -> str:
     return f"Compute {index}*{index + 7}+{3 * index}=?"  # math-heavy: the stand-in router scores it 0.6-1
 
@@ -101,6 +106,24 @@ def _hard(index: int) -> str:
 def _easy(index: int, topic: str) -> str:
     letters = "".join(chr(ord("a") + int(digit)) for digit in str(index))
     return f"Tell me a short story about a {topic} called {letters}."  # no math: scored 0-0.4
+
+
+def test_gateways_scoring_other_pairs_keep_target_routes_of_their_own(
+    redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Two gateways on one Redis and prefix, routing other strong models (or a rolling deploy of a
+    retrained checkpoint): a router's scores for one pair are on another scale than for the other,
+    so the same share's window is not mixed; the score cache keeps them apart the same way."""
+    client = redis_server.client()
+    with ExitStack() as stack:
+        for index, strong_model in enumerate(("strong-model-a", "strong-model-b")):
+            env = proxy_env(strong, weak, redis_url=redis_server.url, redis_prefix="pairs:", strong__model=strong_model)
+            (tmp_path / str(index)).mkdir()
+            proxy = stack.enter_context(running_proxy(env, tmp_path / str(index)))
+            _ask(proxy, "router-random-50%", [{"role": "user", "content": f"question {index}"}])
+    routes = _route_keys(client, "pairs:", "0.5")
+    assert len(routes) == 2
+    assert [client.zcard(f"{route}:scores") for route in routes] == [1, 1]
 
 
 def test_daily_budget_holds_across_replicas(
@@ -393,17 +416,18 @@ def test_shared_books_are_written_once_from_answered_requests(
         fallback="false",
     )
     redis = redis_server.client()
-    route = "once:target:{random:1}"
     budget = f"once:budget:{datetime.now(UTC):%Y-%m-%d}"
     with running_proxy(env, tmp_path) as proxy:
         strong.behaviour.fail_statuses = [400]
         with pytest.raises(openai.BadRequestError):
             _ask(proxy, "router-random-100%", [{"role": "user", "content": "refused"}], conversation_id="refused")
-        assert not redis.exists(f"{route}:scores", f"{route}:recent", "once:sticky:id:refused")
+        assert not redis.keys("once:target:*") and not redis.exists("once:sticky:id:refused")
         assert redis.hget(budget, "requests") is None
 
         headers, _ = _ask(proxy, "router-random-100%", [{"role": "user", "content": "answered"}], conversation_id="answered")
         assert headers["x-routegate-tier"] == "strong"
+        [route] = _route_keys(redis, "once:", "1")
+        assert route.startswith("once:target:{random-")  # the router's shared name: scorer_identity
         assert [float(score) for _, score in redis.zrange(f"{route}:scores", 0, -1, withscores=True)] == [
             pytest.approx(float(headers["x-routegate-score"]), abs=1e-6)
         ]
