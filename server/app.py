@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,7 @@ from server.targets import Targets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
+BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
 
 
 class Gateway:
@@ -204,6 +206,9 @@ class Gateway:
         await self.feedback.aclose()
         for upstream in self.upstreams.values():
             await upstream.aclose()
+        if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.targets.budget.refresh(), BUDGET_FLUSH_TIMEOUT_S)
         if self.shared_state is not None:
             await self.shared_state.aclose()
 

@@ -126,6 +126,22 @@ def test_gateways_scoring_other_pairs_keep_target_routes_of_their_own(
     assert [client.zcard(f"{route}:scores") for route in routes] == [1, 1]
 
 
+def test_spend_redis_missed_is_sent_when_the_replica_stops(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """A strong answer while Redis was down is this replica's alone until its next budget
+    operation; a replica stopped before one (scaled down, a rolling update) sends it as it stops."""
+    with running_redis(tmp_path / "redis") as server:
+        env = proxy_env(strong, weak, redis_url=server.url, redis_prefix="flush:", daily_budget_usd="100")
+        with running_proxy(env, tmp_path) as proxy:
+            server.kill()
+            headers, _ = _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": "while Redis is down"}])
+            assert headers["x-routegate-tier"] == "strong"
+            server.start()  # empty: a restart without persistence
+            time.sleep(1.5)  # past ROUTEGATE_REDIS_RETRY_SECONDS: the flush may try Redis again
+        budget = server.client().hgetall(f"flush:budget:{datetime.now(UTC):%Y-%m-%d}")
+    assert float(budget["spent"]) == pytest.approx(STRONG_COST, abs=1e-12)
+    assert budget["priced"] == "1"
+
+
 def test_daily_budget_holds_across_replicas(
     redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
