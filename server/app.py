@@ -133,6 +133,7 @@ class Gateway:
         self.routers_settled = False  # every allowed router loaded or failed
         self._loading: asyncio.Task[None] | None = None
         self._sampling: asyncio.Task[None] | None = None
+        self._probing: asyncio.Task[None] | None = None  # Redis tried again while it is taken for failed
 
     @property
     def ready(self) -> bool:
@@ -168,6 +169,8 @@ class Gateway:
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())
         self._sampling = asyncio.create_task(_sample_event_loop_tasks())
+        if self.shared_state is not None:
+            self._probing = asyncio.create_task(self.shared_state.keep_probing())
         self.feedback.start()
 
     async def _load_routers(self) -> None:
@@ -199,7 +202,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close the upstream pools and stop scoring."""
-        for task in (self._loading, self._sampling):
+        for task in (self._loading, self._sampling, self._probing):
             if task is not None:
                 task.cancel()
         await self.scorers.aclose()

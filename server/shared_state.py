@@ -21,6 +21,7 @@ retry interval). Operations that found a slot free at once still find out that R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -49,6 +50,7 @@ OPS = (
     "shadow_budget_add",
     "score_get",
     "score_put",
+    "ping",
 )
 T = TypeVar("T")
 
@@ -184,6 +186,16 @@ class SharedState:
             self._logged_at = now
             self._failures_unlogged = 0
             self._failure_logged = True
+
+    async def keep_probing(self) -> None:
+        """While Redis is taken for failed, try it once every ``retry_seconds`` even without
+        requests: an idle process would otherwise report it down (and the alert fire) until its
+        next request."""
+        while True:
+            await asyncio.sleep(self.retry_seconds)
+            if not self.up:
+                with contextlib.suppress(SharedStateUnavailable):
+                    await self.run("ping", lambda: self.redis.ping())
 
     async def aclose(self) -> None:
         """Close the connection pool."""

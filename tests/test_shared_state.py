@@ -142,6 +142,19 @@ def test_spend_redis_missed_is_sent_when_the_replica_stops(strong: FakeUpstream,
     assert budget["priced"] == "1"
 
 
+def test_an_idle_replica_reports_redis_up_again_once_it_answers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """Without requests after an outage, a replica tries Redis on its own: its gauge (and the
+    alert on it) follows Redis, not its traffic."""
+    with running_redis(tmp_path / "redis") as server:
+        env = proxy_env(strong, weak, redis_url=server.url, redis_prefix="probe:", route_on="sticky")
+        with running_proxy(env, tmp_path) as proxy:
+            server.kill()
+            _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": "while Redis is down"}], conversation_id="c")
+            assert metric_sum(proxy.metrics(), "routegate_shared_state_up") == 0
+            server.start()
+            _wait(lambda: metric_sum(proxy.metrics(), "routegate_shared_state_up") == 1, "Redis up again", timeout=10)
+
+
 def test_daily_budget_holds_across_replicas(
     redis_server: RedisServer, strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
