@@ -59,6 +59,7 @@ class Gateway:
             {entry.name: entry.model for entry in self.ladder.entries},
             {name: self.ladder.fallbacks(name)[0] for name in self.ladder.names},
             self.ladder.best,
+            settings.threshold,
         )
         for alias in self.names.aliases:
             try:

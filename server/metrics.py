@@ -204,9 +204,9 @@ UNSCORED = Counter(
 THRESHOLD_DECISIONS = Counter(
     "routegate_threshold_decisions_total",
     "Answered requests that threshold routes (router-<router>-<threshold>) sent where their router's score said "
-    "(not sticky, forced, unscored or budget-redirected ones), by router and the tier the score chose "
-    "(a fallback's answer counts under the tier it stood in for).",
-    ["router", "tier"],
+    "(not sticky, forced, unscored or budget-redirected ones), by router, threshold (to two decimals) and the tier "
+    "the score chose (a fallback's answer counts under the tier it stood in for).",
+    ["router", "threshold", "tier"],
 )
 TARGET_DECISIONS = Counter(
     "routegate_target_decisions_total",
@@ -227,7 +227,19 @@ EVENT_LOOP_TASKS = Gauge(
 )
 
 
-def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Mapping[str, str], most_capable: str) -> None:
+def threshold_label(threshold: float) -> str:
+    """A threshold in [0, 1] as a label value, to two decimals: at most 101 per router, however
+    many thresholds clients name."""
+    return f"{round(threshold, 2):g}"
+
+
+def initialise(
+    routers: Iterable[str],
+    models: Mapping[str, str],
+    fallbacks: Mapping[str, str],
+    most_capable: str,
+    threshold: float = 0.5,
+) -> None:
     """Create at zero the series known at start-up (``models`` maps tier -> upstream model,
     ``fallbacks`` each tier to its first fallback), and mark the ``most_capable`` tier.
 
@@ -246,7 +258,7 @@ def initialise(routers: Iterable[str], models: Mapping[str, str], fallbacks: Map
         for router in (*routers, "none"):
             REQUESTS.labels(router, tier, model, "200")
         for router in routers:
-            THRESHOLD_DECISIONS.labels(router, tier)
+            THRESHOLD_DECISIONS.labels(router, threshold_label(threshold), tier)
         for kind in ("prompt", "completion"):
             TOKENS.labels(tier, model, kind)
         COST_USD.labels(tier, model)

@@ -129,16 +129,17 @@ class Recorder:
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""
         kept = max(decision.tier, decision.chosen, key=self.ladder.rank)  # the more capable, though a fallback answered
-        if decision.threshold is not None and decision.target is None:  # a target route's has a gauge of its own
-            metrics.ROUTER_THRESHOLD.labels(decision.router).set(decision.threshold)
+        # a threshold route's own choice (not forced, sticky or redirected); a target route's counts apart
+        threshold = decision.threshold if decision.reason == "score" and decision.target is None else None
+        if threshold is not None:  # fallback or not
+            metrics.ROUTER_THRESHOLD.labels(decision.router).set(threshold)
+            metrics.THRESHOLD_DECISIONS.labels(decision.router, metrics.threshold_label(threshold), decision.chosen).inc()
         if self.sticky is not None and decision.sticky_key is not None:
             if self.ladder.pair and kept == self.ladder.best:
                 await self.sticky.remember(decision.sticky_key)
             elif not self.ladder.pair and self.ladder.rank(kept) > 0:  # later turns: never a less capable one
                 await self.sticky.remember(decision.sticky_key, kept, self.ladder.by_capability())
             metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
-        if decision.target is None and decision.reason == "score":  # a threshold route's own choice, fallback or not
-            metrics.THRESHOLD_DECISIONS.labels(decision.router, decision.chosen).inc()
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target

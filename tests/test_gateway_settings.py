@@ -75,8 +75,9 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, "routegate_router_threshold", router="random") == 1.0  # the threshold routes', not the target route's
     assert value(metrics, "routegate_target_decisions_total", router="random", target="0.5", tier=targeted_tier) == 1
     threshold_decisions = "routegate_threshold_decisions_total"  # the 15 threshold-route answers, not the target route's
-    assert value(metrics, threshold_decisions, router="random", tier="strong") == 10
-    assert value(metrics, threshold_decisions, router="random", tier="weak") == 5
+    assert value(metrics, threshold_decisions, router="random", threshold="0", tier="strong") == 10
+    assert value(metrics, threshold_decisions, router="random", threshold="1", tier="weak") == 5
+    assert value(metrics, threshold_decisions, router="random", threshold="0.5", tier="strong") == 0  # auto's, from the start
     assert value(metrics, "routegate_most_capable_tier_info", tier="strong") == 1
     assert ("routegate_most_capable_tier_info", (("tier", "weak"),)) not in metrics
     assert not [key for key in metrics if key[0] == "routegate_shared_state_up"]  # no Redis: no "down" to alert on

@@ -36,6 +36,8 @@ def test_trusted_clients_force_a_tier_or_a_threshold(strong: FakeUpstream, weak:
         forced_tier = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, TRUSTED_KEY)
         forced_weak = _ask(proxy, "router-random-0", {"x-routegate-force-tier": "weak"}, TRUSTED_KEY)
         forced_threshold = _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "0"}, TRUSTED_KEY)
+        # a forced threshold is the request's own: not the router's threshold on the dashboard
+        assert 'routegate_router_threshold{router="random"}' not in proxy.metrics()
         untrusted = _ask(proxy, "router-random-1", {"x-routegate-force-tier": "strong"}, PLAIN_KEY)
         with pytest.raises(openai.BadRequestError) as bad:
             _ask(proxy, "router-random-1", {"x-routegate-force-threshold": "1.5"}, TRUSTED_KEY)
