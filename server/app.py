@@ -66,7 +66,7 @@ class Gateway:
                 route = self.names.resolve(alias)
             except APIError as error:
                 raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
-            if alias in settings.aliases and not self.names.serves(route):  # auto's is ROUTEGATE_ROUTER's check
+            if alias in settings.aliases and not self.names.serves(alias, route):  # auto's is ROUTEGATE_ROUTER's check
                 raise SettingsError(
                     f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
                     f"strong/weak pair; routing among the models of ROUTEGATE_MODELS needs one of {usable}"
@@ -369,7 +369,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             route = gateway.names.resolve(model)
         except APIError:
             route = None
-        if route is None or not gateway.names.serves(route):
+        if route is None or not gateway.names.serves(model, route):
             raise APIError(404, f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found")
         return JSONResponse({"id": model, "object": "model", "owned_by": "routegate"})
 

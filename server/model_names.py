@@ -35,6 +35,7 @@ class ModelNames:
         self.listed_routers = routers if listed_routers is None else listed_routers
         self.target_share = settings.target_share
         self.threshold = settings.threshold
+        self.fixed_routes = settings.fixed_routes  # clients name auto and the aliases only
         self.aliases = {DEFAULT_ALIAS: f"router-{settings.router}-{format_threshold(settings.threshold)}", **settings.aliases}
         #: listed upstream names: the two tiers' models, or each ROUTEGATE_MODELS entry's name
         self.upstream_models = {settings.weak.model: "weak", settings.strong.model: "strong"}
@@ -62,6 +63,17 @@ class ModelNames:
             code="model_not_found",
         )
 
+    def check_alias(self, model: str) -> None:
+        """A 403 for a name that is not ``auto`` or an alias (ROUTEGATE_FIXED_ROUTES: the
+        thresholds, shares and upstreams clients use are the operator's)."""
+        if model not in self.aliases:
+            raise APIError(
+                403,
+                f"This gateway serves only its own routes: use one of {', '.join(self.aliases)} instead of '{model[:200]}'.",
+                param="model",
+                code="model_not_allowed",
+            )
+
     def _parse_router_model(self, model: str, param: str) -> Target:
         match = ROUTER_MODEL.match(model)
         if match is None:
@@ -84,12 +96,18 @@ class ModelNames:
             )
         return Target(router=router, threshold=threshold)
 
-    def serves(self, route: Target) -> bool:
-        """Whether ``route``'s router is one of the listed ones (an upstream named directly always is)."""
+    def serves(self, model: str, route: Target) -> bool:
+        """Whether ``model`` (naming ``route``) is listed to clients: its router is one of the listed
+        ones (an upstream named directly always is), and with ROUTEGATE_FIXED_ROUTES it is an alias."""
+        if self.fixed_routes and model not in self.aliases:
+            return False
         return route.router is None or route.router in self.listed_routers
 
     def listed(self) -> list[str]:
-        """Every name a client may send: aliases, one router model per router, upstream models."""
+        """Every name a client may send: aliases, one router model per router, upstream models
+        (aliases only with ROUTEGATE_FIXED_ROUTES)."""
+        if self.fixed_routes:
+            return list(self.aliases)
         threshold, share = format_threshold(self.threshold), format_percent(self.target_share)
         router_models = [f"router-{router}-{threshold}" for router in self.listed_routers]  # auto's may be a target
         target_models = [f"router-{router}-{share}" for router in self.listed_routers]

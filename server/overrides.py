@@ -2,7 +2,7 @@
 
 Off unless ``ROUTEGATE_ALLOW_OVERRIDES`` is true; with ``ROUTEGATE_OVERRIDE_KEYS`` set, only
 requests bearing one of those client keys may override. Headers of clients that may not
-override are ignored, so routing cannot be steered by whoever reaches the proxy.
+override are ignored (the ``model`` they name is theirs unless ROUTEGATE_FIXED_ROUTES).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class Override:
 NO_OVERRIDE = Override()
 
 
-def _trusted(headers: Headers, settings: Settings) -> bool:
+def trusted(headers: Headers, settings: Settings) -> bool:
+    """Whether the request's client may override (ROUTEGATE_ALLOW_OVERRIDES, ROUTEGATE_OVERRIDE_KEYS)."""
     if not settings.allow_overrides:
         return False
     if not settings.override_keys:
@@ -42,14 +43,14 @@ def read_override(headers: Headers, settings: Settings) -> Override:
     """The override a request asks for, if its client may override; 400 for a malformed value."""
     tier = headers.get(FORCE_TIER_HEADER)
     threshold_text = headers.get(FORCE_THRESHOLD_HEADER)
-    if tier is not None and _trusted(headers, settings):  # a tier wins over a threshold
+    if tier is not None and trusted(headers, settings):  # a tier wins over a threshold
         tier = tier.strip().lower()
         if tier not in ("strong", "weak"):
             raise bad_request(
                 f"Header '{FORCE_TIER_HEADER}' must be 'strong' or 'weak'.", param=FORCE_TIER_HEADER, code="invalid_value"
             )
         return Override(tier=tier)
-    if threshold_text is None or tier is not None or not _trusted(headers, settings):
+    if threshold_text is None or tier is not None or not trusted(headers, settings):
         return NO_OVERRIDE
     try:
         threshold = float(threshold_text)

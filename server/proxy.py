@@ -34,7 +34,7 @@ from server.errors import APIError, bad_request
 from server.forwarding import Exchange, Forwarder, Sent
 from server.ladder import Ladder
 from server.model_names import ModelNames, Target
-from server.overrides import NO_OVERRIDE, read_override
+from server.overrides import NO_OVERRIDE, read_override, trusted
 from server.recording import Outcome, Recorder
 from server.relay import RelayResponse
 from server.replies import reply
@@ -126,6 +126,8 @@ class ChatProxy:
         try:
             payload = await self.read_payload(request)  # read and parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
+            if self.names.fixed_routes and not trusted(request.headers, self.settings):
+                self.names.check_alias(payload["model"])  # ROUTEGATE_FIXED_ROUTES: auto and the aliases only
             route = self.resolve(payload["model"])  # resolve model
             override = read_override(request.headers, self.settings) if route.router else NO_OVERRIDE  # before a slot
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside

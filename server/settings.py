@@ -230,6 +230,11 @@ class Settings(BaseSettings):
     )
     shared_score_cache: bool = Field(False, description="share router scores through Redis too (needs redis_url)")
 
+    fixed_routes: bool = Field(
+        False,
+        description="clients may name only auto and ROUTEGATE_ALIASES (403 for a threshold, share or upstream model of "
+        "their own choosing); clients allowed to override (ROUTEGATE_ALLOW_OVERRIDES) may name any",
+    )
     allow_overrides: bool = Field(False, description="honour x-routegate-force-tier / -force-threshold headers")
     override_keys: list[SecretStr] = Field(default_factory=list, description="client keys allowed to override; empty = any")
 

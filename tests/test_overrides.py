@@ -8,7 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import Proxy, proxy_env, running_proxy
+from tests.conftest import STRONG_MODEL, Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import wait_for
 
@@ -81,3 +81,33 @@ def test_a_malformed_override_is_refused_before_it_waits_for_a_slot(
         finally:
             busy.join()
     assert bad.value.body["param"] == "x-routegate-force-threshold" and bad.value.body["code"] == "invalid_value"
+
+
+def test_fixed_routes_leave_clients_auto_and_the_aliases(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """ROUTEGATE_FIXED_ROUTES: a client cannot pick a threshold, a share or an upstream of its own
+    (router-random-0 would send everything to the strong tier); an override client still may."""
+    env = proxy_env(
+        strong,
+        weak,
+        fixed_routes="true",
+        aliases='{"cheap": "router-random-1"}',
+        allow_overrides="true",
+        api_keys=f'["{TRUSTED_KEY}", "{PLAIN_KEY}"]',
+        override_keys=f'["{TRUSTED_KEY}"]',
+    )
+    with running_proxy(env, tmp_path) as proxy:
+        client = OpenAI(base_url=proxy.api, api_key=PLAIN_KEY, max_retries=0)
+        assert [model.id for model in client.models.list()] == ["auto", "cheap"]
+        assert _ask(proxy, "cheap", {}, PLAIN_KEY)["x-routegate-tier"] == "weak"
+        assert _ask(proxy, "auto", {}, PLAIN_KEY)["x-routegate-router"] == "random"
+        refused = []
+        for model in ("router-random-0", "router-random-100%", STRONG_MODEL):
+            with pytest.raises(openai.PermissionDeniedError) as raised:
+                _ask(proxy, model, {}, PLAIN_KEY)
+            refused.append((raised.value.body["code"], raised.value.body["param"]))
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("router-random-0")
+        trusted = _ask(proxy, "router-random-0", {}, TRUSTED_KEY)
+    assert refused == [("model_not_allowed", "model")] * 3
+    assert trusted["x-routegate-tier"] == "strong"
+    assert len(strong.received) + len(weak.received) == 3  # auto, cheap and the trusted client's: nothing refused went on
