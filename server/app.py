@@ -54,13 +54,7 @@ class Gateway:
         self.ladder = Ladder.from_settings(settings)
         usable = self.routers if self.ladder.pair else [name for name in self.routers if name in multi_model_routers()]
         self.names = ModelNames(settings, self.routers, self.ladder, listed_routers=usable)
-        metrics.initialise(
-            self.routers,
-            {entry.name: entry.model for entry in self.ladder.entries},
-            {name: self.ladder.fallbacks(name)[0] for name in self.ladder.names},
-            self.ladder.best,
-            settings.threshold,
-        )
+        alias_thresholds = set()  # auto's and the aliases': their series are exported from the start
         for alias in self.names.aliases:
             try:
                 route = self.names.resolve(alias)
@@ -71,6 +65,15 @@ class Gateway:
                     f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
                     f"strong/weak pair; routing among the models of ROUTEGATE_MODELS needs one of {usable}"
                 )
+            if route.threshold is not None:
+                alias_thresholds.add(route.threshold)
+        metrics.initialise(
+            self.routers,
+            {entry.name: entry.model for entry in self.ladder.entries},
+            {name: self.ladder.fallbacks(name)[0] for name in self.ladder.names},
+            self.ladder.best,
+            alias_thresholds,
+        )
         strong, weak = self.ladder.entry(self.ladder.best), self.ladder.entry(self.ladder.cheapest)
         options = RouterOptions(
             checkpoint_dir=checkpoint_dir,

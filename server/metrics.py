@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -238,10 +238,11 @@ def initialise(
     models: Mapping[str, str],
     fallbacks: Mapping[str, str],
     most_capable: str,
-    threshold: float = 0.5,
+    thresholds: Collection[float] = (),
 ) -> None:
     """Create at zero the series known at start-up (``models`` maps tier -> upstream model,
-    ``fallbacks`` each tier to its first fallback), and mark the ``most_capable`` tier.
+    ``fallbacks`` each tier to its first fallback, ``thresholds`` those of auto and the aliases),
+    and mark the ``most_capable`` tier.
 
     A counter series that first appears with its first increment loses that increment in
     ``rate()``/``increase()``; starting at zero, the first request, error and fallback count.
@@ -258,7 +259,8 @@ def initialise(
         for router in (*routers, "none"):
             REQUESTS.labels(router, tier, model, "200")
         for router in routers:
-            THRESHOLD_DECISIONS.labels(router, threshold_label(threshold), tier)
+            for threshold in thresholds:
+                THRESHOLD_DECISIONS.labels(router, threshold_label(threshold), tier)
         for kind in ("prompt", "completion"):
             TOKENS.labels(tier, model, kind)
         COST_USD.labels(tier, model)

@@ -91,7 +91,9 @@ def _send_mix(proxy: Proxy, strong: FakeUpstream) -> None:
 def stack(strong: FakeUpstream, weak: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_binary = require_tool("prometheus")
     workdir = tmp_path_factory.mktemp("prometheus")
-    with running_proxy(proxy_env(strong, weak, retries="1"), workdir) as proxy:
+    # the mix's thresholds as aliases: their series are exported at 0 from the start, as auto's are
+    aliases = '{"all-strong": "router-random-0.0", "all-weak": "router-random-1.0"}'
+    with running_proxy(proxy_env(strong, weak, retries="1", aliases=aliases), workdir) as proxy:
         target = proxy.url.removeprefix("http://")
         with running_prometheus(prometheus_binary, [target], workdir) as prometheus:
             prometheus.wait_until(lambda: bool(prometheus.query('up{job="routegate"} == 1')), "a first scrape")
@@ -178,8 +180,11 @@ def test_every_alert_expression_evaluates_to_the_known_values(stack: Stack) -> N
     rules = alert_rules()
     assert stack.values(rules["routegate:strong_fraction_target"]["expr"]) == [({}, 0.3)]
     expected = {
-        # |0.3 over 15m - 0.3 over the last day|
-        "RoutegateStrongFractionDrift": {(("router", "random"),): 0.0},
+        # each threshold's share over 15m against the last day: |1 - 1| at 0, |0 - 0| at 1
+        "RoutegateStrongFractionDrift": {
+            (("router", "random"), ("threshold", "0")): 0.0,
+            (("router", "random"), ("threshold", "1")): 0.0,
+        },
         # two failed attempts at strong, 30 answers from strong; no failures at weak
         "RoutegateUpstreamErrorRate": {(("tier", "strong"),): 2 / (2 + STRONG_ROUTED), (("tier", "weak"),): 0.0},
         # one fallback from strong (http_5xx) in 101 answers
