@@ -187,7 +187,8 @@ REJECTED = Counter(
 )
 BODY_BYTES_PENDING = Gauge(
     "routegate_request_body_bytes_pending",
-    "Bytes of request bodies being read and parsed, of the ROUTEGATE_MAX_PENDING_BODY_BYTES each process allows.",
+    "Bytes of request bodies held by the requests being handled (read, parsed, queued or answered), of the "
+    "ROUTEGATE_MAX_PENDING_BODY_BYTES each process allows.",
     multiprocess_mode="livesum",
 )
 HTTP_REFUSED_REASONS = ("invalid_http", "headers_too_large", "head_timeout")

@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from server import metrics
 from server.admission import Admission
-from server.body_budget import BodyBudget
+from server.body_budget import BodyBudget, Hold
 from server.chat_request import parse_chat_request, read_body
 from server.client_keys import client_fingerprint
 from server.cost_targets import CostTargets
@@ -59,11 +59,12 @@ def request_id_of(request: Request) -> str:
 
 
 class Ticket:
-    """What one request holds while it is handled (its in-flight count, then an upstream slot);
-    ``close`` gives both back, once."""
+    """What one request holds while it is handled (its in-flight count, its body's bytes, then an
+    upstream slot); ``close`` gives them back, once."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, body: Hold) -> None:
         self.admission = admission
+        self.body = body
         self.admitted = self.closed = False
         metrics.IN_FLIGHT.inc()
 
@@ -75,6 +76,7 @@ class Ticket:
         if not self.closed:
             self.closed = True
             metrics.IN_FLIGHT.dec()
+            self.body.release()
             if self.admitted:
                 self.admission.release()
 
@@ -110,7 +112,7 @@ class ChatProxy:
         """Answer one ``POST /v1/chat/completions``."""
         request_id = request_id_of(request)
         started = time.monotonic()
-        ticket = Ticket(self.admission)
+        ticket = Ticket(self.admission, self.bodies.hold(client_fingerprint(request.headers, self.settings.api_keys)))
         decision: Decision | None = None
         sent = Sent()  # the upstream that has the request
         exchange: Exchange | None = None
@@ -124,7 +126,7 @@ class ChatProxy:
                 ticket.close()
 
         try:
-            payload = await self.read_payload(request)  # read and parse
+            payload = await self.read_payload(request, ticket.body)  # read and parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
             if self.names.fixed_routes and not trusted(request.headers, self.settings):
                 self.names.check_alias(payload["model"])  # ROUTEGATE_FIXED_ROUTES: auto and the aliases only
@@ -162,11 +164,10 @@ class ChatProxy:
                 if exchange is not None and isinstance(exchange.result, StreamStart):  # opened, never relayed
                     await exchange.result.response.aclose()
 
-    async def read_payload(self, request: Request) -> dict[str, Any]:
-        """The checked chat request, read and parsed within ROUTEGATE_MAX_PENDING_BODY_BYTES."""
-        with self.bodies.hold(client_fingerprint(request.headers, self.settings.api_keys)) as held:
-            body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout, held.cover)
-            return parse_chat_request(body)
+    async def read_payload(self, request: Request, held: Hold) -> dict[str, Any]:
+        """The checked chat request, its bytes ``held`` within ROUTEGATE_MAX_PENDING_BODY_BYTES until it ends."""
+        body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout, held.cover)
+        return parse_chat_request(body)
 
     def resolve(self, model: str) -> Target:
         """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES

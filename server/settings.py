@@ -287,8 +287,10 @@ class Settings(BaseSettings):
     max_pending_body_bytes: int | None = Field(
         None,
         ge=1024,
-        description="request body bytes read and parsed at once per process, before admission (a body parses to several "
-        "times its size), counted as they arrive; a request whose body does not fit gets 429; at least "
+        description="request body bytes a process holds at once (a body parses to several times its size, and its request "
+        "keeps it while it waits for a slot and is answered), counted as they arrive and given back when the request "
+        "ends; a request whose body does not fit gets 429; the default holds 512 requests of 128 KiB (32k-token "
+        "prompts): raise it, with memory to match, for more long-context requests at once; at least "
         "ROUTEGATE_MAX_BODY_BYTES (default: 64 MiB, or ROUTEGATE_MAX_BODY_BYTES when that is larger); with two or "
         "more ROUTEGATE_API_KEYS one key's bodies may hold at most half of it (or one largest body)",
     )

@@ -1,7 +1,8 @@
-"""Request bodies are read and parsed before admission, so ROUTEGATE_MAX_PENDING_BODY_BYTES bounds
-how many bytes of them a process holds at once, counted as they arrive: a request whose body does
-not fit gets the 429 ``overloaded`` of a full queue. Clients that upload slowly cannot make the
-gateway hold unbounded memory, and clients that only promise large bodies cannot lock others out."""
+"""Request bodies are read and parsed before admission and kept until their request is answered, so
+ROUTEGATE_MAX_PENDING_BODY_BYTES bounds how many bytes of them a process holds at once, counted as
+they arrive: a request whose body does not fit gets the 429 ``overloaded`` of a full queue.
+Clients that upload slowly, or send many large requests, cannot make the gateway hold unbounded
+memory, and clients that only promise large bodies cannot lock others out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -97,6 +99,25 @@ def test_a_body_past_the_budget_gets_429_until_bytes_are_given_back(budget_proxy
     assert delta("routegate_requests_rejected_total", reason="body_budget_full") == 1
     assert delta("routegate_requests_total", status="429") == 1
     assert [received.body["messages"] for received in strong.received] == [REQUEST["messages"]] * 2
+
+
+def test_requests_being_answered_hold_their_bodies_until_they_end(budget_proxy: Proxy, strong: FakeUpstream) -> None:
+    """Two full bodies at a slow upstream hold the whole budget: a third request waits for none of
+    the memory they keep, it gets 429; once they are answered their bytes are given back."""
+    strong.behaviour.delay = 2.0
+    with ThreadPoolExecutor(2) as pool:
+        slow = [
+            pool.submit(httpx.post, f"{budget_proxy.api}/chat/completions", content=_full_body(), timeout=30) for _ in range(2)
+        ]
+        assert wait_for(lambda: len(strong.received) == 2)
+        assert _pending(budget_proxy) == 2 * BODY_LIMIT
+        refused = httpx.post(f"{budget_proxy.api}/chat/completions", json=REQUEST, timeout=30)
+        answers = [future.result() for future in slow]
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "overloaded"
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert wait_for(lambda: _pending(budget_proxy) == 0)
+    strong.behaviour.delay = 0.0
+    assert httpx.post(f"{budget_proxy.api}/chat/completions", json=REQUEST, timeout=30).status_code == 200
 
 
 def test_a_chunked_body_past_the_budget_gets_429(budget_proxy: Proxy, strong: FakeUpstream) -> None:
