@@ -29,6 +29,7 @@ from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 from server.shared_state import SharedState
+from server.upstream import answer_error_status
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
 
@@ -150,7 +151,7 @@ class Feedback:
 
     async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
         completion = json_value(bytes(response.body))
-        if isinstance(completion, dict):
+        if isinstance(completion, dict) and answer_error_status(completion) is None:  # not the upstream's error object
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
         elif shadow:
             _unanswered(response.headers)
@@ -171,11 +172,12 @@ class Feedback:
         async def on_close(completed: bool) -> None:
             await watched.aclose()
             await close(completed)
-            if response.watcher.cut is None:  # a stream cut or failed upstream was not answered
-                # a client that stopped the answer may still rate it; only a whole answer is judged
+            # a stream cut, or one holding the upstream's own error (a failure or the client's mistake), was not answered
+            answered = response.watcher.cut is None and not response.watcher.failed
+            if answered:  # a client that stopped the answer may still rate it; only a whole answer is judged
                 text = answer.text if answer is not None else None
                 self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)
-            if shadow and (response.watcher.cut is not None or not completed):
+            if shadow and (not answered or not completed):
                 _unanswered(response.headers)
 
         response.chunks, response.on_close = watched, on_close

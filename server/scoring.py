@@ -328,11 +328,11 @@ class ScorerPool:
         """Whether the router called ``name`` is ready to score."""
         return name in self._scorers
 
-    def shared_name(self, name: str) -> str:
-        """The name router ``name``'s scores are shared under once loaded (``scorer_identity``):
-        replicas scoring another pair, or with another checkpoint, never share them."""
+    def shared_name(self, name: str) -> str | None:
+        """The name router ``name``'s scores are shared under (``scorer_identity``; None until it
+        is loaded): replicas scoring another pair, or with another checkpoint, never share them."""
         scorer = self._scorers.get(name)
-        return scorer.shared_as if scorer is not None else name
+        return scorer.shared_as if scorer is not None else None
 
     async def get(self, name: str) -> Scorer:
         """The Scorer of router ``name``, loading the router on first use. The load is its own

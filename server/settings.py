@@ -488,6 +488,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _fixed_routes_hold(self) -> Settings:
+        """Without ROUTEGATE_OVERRIDE_KEYS every client may override, and so name any model."""
+        if self.fixed_routes and self.allow_overrides and not self.override_keys:
+            raise ValueError(
+                "ROUTEGATE_FIXED_ROUTES with ROUTEGATE_ALLOW_OVERRIDES needs ROUTEGATE_OVERRIDE_KEYS: without them every "
+                "client may override, and name any model"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metrics_port_is_its_own(self) -> Settings:
         """ROUTEGATE_METRICS_PORT is a second listener: on the API's port it would take the port first."""
         if self.metrics_port is not None and self.metrics_port == self.port:

@@ -21,7 +21,6 @@ retry interval). Operations that found a slot free at once still find out that R
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -194,8 +193,12 @@ class SharedState:
         while True:
             await asyncio.sleep(self.retry_seconds)
             if not self.up:
-                with contextlib.suppress(SharedStateUnavailable):
+                try:
                     await self.run("ping", lambda: self.redis.ping())
+                except SharedStateUnavailable:
+                    pass
+                except Exception:  # a defect here must not end the probing for good
+                    log.exception("shared state: the Redis probe failed")
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -315,13 +315,13 @@ class SharedTargets:
         local: Targets,
         state: SharedState | None = None,
         budget: SharedBudget | None = None,
-        shared_name: Callable[[str], str] = str,
+        shared_name: Callable[[str], str | None] = str,
     ) -> None:
         self.local = local
         self.state = state
         self.budget = budget
-        #: a router's name in Redis (``scorer_identity``): replicas scoring another pair, or with
-        #: another checkpoint (a rolling deploy), keep windows of their own
+        #: a router's name in Redis (``scorer_identity``; None until it is loaded): replicas scoring
+        #: another pair, or with another checkpoint (a rolling deploy), keep windows of their own
         self.shared_name = shared_name
         self._decide = state.script(DECIDE) if state is not None else None
         self._record = state.script(RECORD) if state is not None else None
@@ -337,9 +337,12 @@ class SharedTargets:
         it bounds the routes this replica serves and stands in while Redis fails."""
         return self.local.controller(router, target)
 
-    def _keys(self, router: str, target: float) -> list[str]:
-        assert self.state is not None
-        route = "{" + f"{self.shared_name(router)}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
+    def _keys(self, router: str, target: float) -> list[str] | None:
+        """The route's keys in Redis; None without them (no Redis, or a router not loaded yet, whose
+        scores' scale is not known: a forced decision on a route whose router failed to load)."""
+        if self.state is None or (name := self.shared_name(router)) is None:
+            return None
+        route = "{" + f"{name}:{target:g}" + "}"  # one hash slot per route (Redis Cluster)
         return [self.state.key("target", route, part) for part in ("scores", "order", "state", "recent")]
 
     def effective_target(self, target: float) -> float:
@@ -352,11 +355,12 @@ class SharedTargets:
         """The threshold a score on this route is compared with now (nothing is recorded)."""
         effective = self.effective_target(target)
         controller = self.controller(router, target)
-        if self.state is None or self._decide is None:
+        keys = self._keys(router, target)
+        if keys is None or self.state is None or self._decide is None:
             return TargetDecision(target, effective, controller.threshold(effective))
         route = (router, target)
         seeds = [] if route in self._seeded else self.local.seeds(router)
-        keys, window, gain = self._keys(router, target), self.local.window, 4.0 / self.local.feedback_horizon
+        window, gain = self.local.window, 4.0 / self.local.feedback_horizon
         decide = self._decide
 
         async def run(seeds: list[float]) -> tuple[str, str, int]:
@@ -382,9 +386,9 @@ class SharedTargets:
         """Count a decision on this route (scored, sticky or forced) whose request an upstream
         answered; its ``score``, when it was scored, joins the window."""
         self.local.record(router, target, effective_target, strong, score)
-        if self.state is None or self._record is None:
-            return
         keys = self._keys(router, target)
+        if keys is None or self.state is None or self._record is None:
+            return
         decay, record = 1.0 - 1.0 / self.local.feedback_horizon, self._record
         scored = "" if score is None else repr(score)
         args: list[Any] = [int(strong), repr(effective_target), repr(decay), self.local.window, ROUTE_TTL_MS, scored]

@@ -226,6 +226,35 @@ def test_a_chosen_answer_without_choices_is_counted_not_shadowed(
     assert strong.received == [] and judge.received == []
 
 
+def test_an_upstream_error_naming_the_clients_mistake_is_not_an_answer(
+    shadowing: tuple[Proxy, Path], strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge
+) -> None:
+    """Relayed as the upstream sent it (a stream's first event, or a 200 holding only the error):
+    no decision to rate, nothing shadowed or judged."""
+    proxy, db = shadowing
+    error = {"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error"}}
+    before = shadow_total(proxy, tier="strong", outcome="unanswered")
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "req-error-stream"}
+    weak.behaviour.stream_preamble = b"data: " + json.dumps(error).encode() + b"\n\n"
+    weak.behaviour.cut_after, weak.behaviour.cut_mode = 0, "abort"
+    request = {"model": WEAK_ROUTE, "messages": QUESTION, "stream": True}
+    streamed = httpx.post(f"{proxy.api}/chat/completions", json=request, headers=headers, timeout=10)
+    assert streamed.status_code == 200 and json.loads(streamed.text.split("\n\n")[0][6:]) == error
+    weak.reset()
+    weak.behaviour.answer_body = json.dumps(error).encode()
+    whole = {"model": WEAK_ROUTE, "messages": QUESTION}
+    relayed = httpx.post(f"{proxy.api}/chat/completions", json=whole, headers={**headers, "x-request-id": "req-error-whole"})
+    assert relayed.status_code == 200 and relayed.json() == error
+    wait_until(lambda: shadow_total(proxy, tier="strong", outcome="unanswered") == before + 2, "two unanswered outcomes")
+    weak.reset()
+    client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "req-after"})
+    stored(db, "routegate_decisions", "req-after")  # written after the two, had they been written
+    for request_id in ("req-error-stream", "req-error-whole"):
+        assert query(db, "SELECT * FROM routegate_decisions WHERE request_id = ?", request_id) == []
+    wait_until(lambda: len(strong.received) >= 1, "req-after shadowed")
+    assert [received.body["messages"] for received in strong.received] == [QUESTION]  # req-after's shadow only
+
+
 def test_an_answer_cannot_end_its_section_early_or_pose_as_a_verdict(
     shadowing: tuple[Proxy, Path], weak: FakeUpstream, judge: FakeJudge
 ) -> None:

@@ -198,6 +198,7 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_FEEDBACK_DB": "mysql://routegate:hunter2@db/feedback"}, "ROUTEGATE_FEEDBACK_DB"),
         ({"ROUTEGATE_MAX_PENDING_BODY_BYTES": "2048"}, "ROUTEGATE_MAX_PENDING_BODY_BYTES"),  # below the largest body
         ({"ROUTEGATE_PORT": "18123", "ROUTEGATE_METRICS_PORT": "18123"}, "ROUTEGATE_METRICS_PORT"),
+        ({"ROUTEGATE_FIXED_ROUTES": "true", "ROUTEGATE_ALLOW_OVERRIDES": "true"}, "ROUTEGATE_OVERRIDE_KEYS"),
     ],
 )
 def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):

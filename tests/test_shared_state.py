@@ -767,6 +767,21 @@ async def test_closing_the_shared_state_closes_its_connections(redis_server: Red
     assert ours() == 0
 
 
+async def test_a_route_whose_router_is_not_loaded_is_kept_in_process(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A forced decision on a target route whose router failed to load: the scale of its scores is
+    unknown (no scorer identity), so nothing of it goes to a window in Redis."""
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "unloaded:", 2.0, 1.0, 4)
+    targets = SharedTargets(Targets(window=10, feedback_horizon=50, checkpoint_dir=tmp_path), state, shared_name=lambda _: None)
+    await targets.record("bert", 0.3, 0.3, strong=True)
+    assert (await targets.decide("bert", 0.3)).target == 0.3
+    await state.aclose()
+    assert redis_server.client().keys("unloaded:*") == []
+
+
 async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server: RedisServer, tmp_path: Path) -> None:
     """A restart without persistence or a failover to an empty replica raises nothing: the next
     decision finds the window empty and fills it from the calibration again."""
