@@ -8,7 +8,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -251,44 +251,41 @@ def test_nesting_past_the_limit_is_a_400_at_every_depth_python_could_still_decod
     assert len(strong.received) == 2
 
 
-def test_more_objects_and_arrays_than_the_limit_is_a_400_and_brackets_in_text_do_not_count(
-    proxy: Proxy, strong: FakeUpstream
-) -> None:
-    def body(empty_arrays: int, text: str = "x") -> bytes:  # the body's object, messages and its message: 3 more
-        head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
-        return head + b', "vendor_extension": [' + b",".join([b"[]"] * (empty_arrays - 1)) + b"]}"
+def _with_containers(count: int, text: str = "x") -> bytes:
+    """A chat request of ``count`` objects and arrays: its own object, messages and message, and empty arrays."""
+    head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
+    return head + b', "vendor_extension": [' + b",".join([b"[]"] * (count - 4)) + b"]}"
 
-    at_the_limit = post(proxy, body(MAX_CONTAINERS - 3))
-    past_it = post(proxy, body(MAX_CONTAINERS - 2))
-    code = "[{" * MAX_CONTAINERS
-    in_text = post(proxy, body(1, code))
+
+def _with_members(count: int, text: str = "x") -> bytes:
+    """A chat request of ``count`` members after each object's or array's first: its own three
+    (model|messages, role|content, messages|metadata) and those of one flat object of keys."""
+    head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
+    return head + b', "metadata": {' + b",".join(b'"k%d":%d' % (index, index) for index in range(count - 2)) + b"}}"
+
+
+@pytest.mark.parametrize(
+    ("build", "limit", "said", "text"),
+    [
+        (_with_containers, MAX_CONTAINERS, f"more than {MAX_CONTAINERS} objects and arrays", "[{" * MAX_CONTAINERS),
+        (_with_members, MAX_MEMBERS, f"more than {MAX_MEMBERS} members", ", ".join(["word"] * (MAX_MEMBERS + 1))),
+    ],
+    ids=["containers", "members"],
+)
+def test_a_body_past_a_structure_limit_is_a_400_and_text_does_not_count(
+    proxy: Proxy, strong: FakeUpstream, build: Callable[..., bytes], limit: int, said: str, text: str
+) -> None:
+    """Objects and arrays, and their members (one flat object of a million keys opens no more
+    containers than a chat message, but takes seconds to decode and re-encode), are counted
+    before decoding; brackets and commas inside strings are text."""
+    at_the_limit = post(proxy, build(limit))
+    past_it = post(proxy, build(limit + 1))
+    in_text = post(proxy, build(5, text))
     assert at_the_limit.status_code == 200
     error = openai_error(past_it, 400)
-    assert error["code"] == "invalid_json" and f"more than {MAX_CONTAINERS} objects and arrays" in error["message"]
+    assert error["code"] == "invalid_json" and said in error["message"]
     assert in_text.status_code == 200
-    assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == code
-
-
-def test_an_object_of_more_members_than_the_limit_is_a_400_and_commas_in_text_do_not_count(
-    proxy: Proxy, strong: FakeUpstream
-) -> None:
-    """One flat object of a million keys opens no more containers than a chat message, but takes
-    seconds to decode and re-encode: its members are counted too."""
-
-    def body(keys: int, text: str = "x") -> bytes:  # 2 commas more: model|messages, role|content, messages|metadata
-        head = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()[:-1]
-        members = b",".join(b'"k%d":%d' % (index, index) for index in range(keys))
-        return head + b', "metadata": {' + members + b"}}"
-
-    at_the_limit = post(proxy, body(MAX_MEMBERS - 2))
-    past_it = post(proxy, body(MAX_MEMBERS - 1))
-    prose = ", ".join(["word"] * (MAX_MEMBERS + 1))
-    in_text = post(proxy, body(1, prose))
-    assert at_the_limit.status_code == 200
-    error = openai_error(past_it, 400)
-    assert error["code"] == "invalid_json" and f"more than {MAX_MEMBERS} members" in error["message"]
-    assert in_text.status_code == 200
-    assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == prose
+    assert len(strong.received) == 2 and strong.received[1].body["messages"][0]["content"] == text
 
 
 def test_a_string_that_never_closes_in_a_body_of_many_brackets_is_refused_not_a_hang(proxy: Proxy) -> None:
