@@ -125,6 +125,14 @@ class ChatProxy:
             finally:
                 ticket.close()
 
+        async def finish_unanswered(status: int) -> None:
+            """Record a request that ended before its answer (the client left, the shutdown cut it):
+            the upstream that has its prompt may bill it, so it is charged an estimate, as a stream left early is."""
+            if sent.upstream is None:
+                await finish(Outcome(decision, None, status, started))
+            else:
+                await finish(Outcome(sent.decision, sent.upstream, status, started, estimated_tokens=(prompt_tokens(payload), 0)))
+
         try:
             payload = await self.read_payload(request, ticket.body)  # read and parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
@@ -143,17 +151,17 @@ class ChatProxy:
         except APIError as error:
             return self._refuse(error, request_id)
         except ClientGone:
-            if sent.upstream is None:
-                await finish(Outcome(decision, None, 499, started))
-            else:  # the upstream has the prompt and may bill it: charged an estimate, as a stream left early is
-                await finish(Outcome(sent.decision, sent.upstream, 499, started, estimated_tokens=(prompt_tokens(payload), 0)))
+            await finish_unanswered(499)
             return APIError(499, "The client closed the connection.", code="client_closed").to_response()
         except asyncio.CancelledError:
             if not DRAIN.stopping:
                 raise
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
             cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
-            return self._refuse(cut, request_id, {"connection": "close", "retry-after": "1"})
+            if ticket.closed or sent.upstream is None:  # recorded already, or no upstream had it: refused
+                return self._refuse(cut, request_id, {"connection": "close", "retry-after": "1"})
+            await finish_unanswered(503)  # under its decision and upstream, its prompt charged
+            return cut.to_response({"x-request-id": request_id, "connection": "close", "retry-after": "1"})
         except Exception:  # a defect in routegate: counted like any answer, the details only in the log
             log.exception("request_id=%s unhandled error", request_id)
             internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")

@@ -112,6 +112,29 @@ def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: Fa
     assert 8 <= len(pieces) < 1000  # it ran on through the 1 s grace period (a chunk every 0.05 s), then was cut
 
 
+def test_a_request_cut_at_its_upstream_by_the_shutdown_is_recorded_under_its_decision(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """A plain answer that outlives the grace period: the client gets 503 shutting_down, and the
+    request is counted under its router and the upstream that had it (whose prompt may be billed,
+    so it is charged an estimate), not as one refused before routing."""
+    strong.behaviour.delay = 30.0
+    with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="1"), tmp_path) as proxy:
+        headers = {"x-request-id": "cut-at-upstream"}
+        with ThreadPoolExecutor(1) as pool:
+            body = {"model": "router-random-0", "messages": MESSAGES}
+            cut = pool.submit(httpx.post, f"{proxy.api}/chat/completions", json=body, headers=headers, timeout=30)
+            assert wait_for(lambda: len(strong.received) == 1)
+            proxy.process.send_signal(signal.SIGTERM)
+            answer = cut.result(timeout=20)
+        assert proxy.process.wait(timeout=15) == 0
+        log = proxy.log()
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "shutting_down"
+    assert answer.headers["x-request-id"] == "cut-at-upstream"
+    line = next(line for line in log.splitlines() if "request_id=cut-at-upstream" in line)
+    assert "router=random" in line and "tier=strong" in line and "status=503" in line
+
+
 def test_a_second_signal_ends_the_grace_period_at_once(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s
     with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="40"), tmp_path) as proxy:
