@@ -126,8 +126,9 @@ class ChatProxy:
                 ticket.close()
 
         async def finish_unanswered(status: int) -> None:
-            """Record a request that ended before its answer (the client left, the shutdown cut it):
-            the upstream that has its prompt may bill it, so it is charged an estimate, as a stream left early is."""
+            """Record a request that ended before its answer (the client left, the shutdown cut it, a
+            defect in routegate): the upstream that has its prompt may bill it, so it is charged an
+            estimate, as a stream left early is."""
             if sent.upstream is None:
                 await finish(Outcome(decision, None, status, started))
             else:
@@ -165,7 +166,10 @@ class ChatProxy:
         except Exception:  # a defect in routegate: counted like any answer, the details only in the log
             log.exception("request_id=%s unhandled error", request_id)
             internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")
-            return self._refuse(internal, request_id)
+            if ticket.closed or sent.upstream is None:  # recorded already, or no upstream had it: refused
+                return self._refuse(internal, request_id)
+            await finish_unanswered(500)  # under its decision and upstream, its prompt charged
+            return internal.to_response({"x-request-id": request_id})
         finally:
             if not isinstance(response, RelayResponse):  # a stream gives its ticket back, and closes upstream, when it closes
                 ticket.close()

@@ -183,6 +183,8 @@ class SharedBudget:
         self._numbers = itertools.count(1)
         self._unsettled: list[Batch] = []  # sent, but whether Redis added them is not known
         self._settled: list[int] = []  # numbers whose marks can go: they will not be sent again
+        self._calls = itertools.count()  # every operation's place in the order they were sent
+        self._mirrored = -1  # the place of the operation whose totals ``local`` holds
 
     @classmethod
     def of(
@@ -259,6 +261,7 @@ class SharedBudget:
         key = self.state.key(self.name, time.strftime("%Y-%m-%d", time.gmtime(day)))
         add, redis = self._add, self.state.redis
         args = [now, BUDGET_TTL_S, self._writer, len(settled), *settled, *(value for batch in sending for value in batch.args)]
+        call = next(self._calls)
         try:
             if sending or settled:
                 values = await self.state.run(f"{self.name}_add", lambda: add(keys=[key], args=args))
@@ -275,6 +278,9 @@ class SharedBudget:
         self._settled += [batch.number for batch in sending]
         if utc_day_start(self._clock()) != day:  # the reply came after 00:00 UTC: yesterday's totals
             return
+        if call < self._mirrored:  # a later operation's reply came first: these totals are older than local's
+            return
+        self._mirrored = call
         totals = {name: value for name, value in zip(TOTALS, values, strict=True) if value is not None}
         self.local.load_totals(
             spent_usd=float(totals.get("spent", 0.0)),

@@ -3,8 +3,9 @@ containing ``STOP`` (a ``next()`` on an empty iterator), scores NaN for prompts 
 (0.0 otherwise), to test what clients get when a router breaks.
 
 ``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``,
-and with a defect planted after scoring: deciding raises for a request whose last message holds
-``DEFECT`` (what a bug in routegate itself looks like to a client).
+and with defects planted: deciding raises for a request whose last message holds ``DEFECT``,
+and relaying the answer to one whose ``x-request-id`` is ``late-defect``, once the weak upstream has answered it
+(what a bug in routegate itself looks like to a client).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class FailingRouter(Router):
 
 
 def plant_defect() -> None:
-    """Make ``Decider.decide`` raise an unexpected error for requests that ask for ``DEFECT``."""
+    """Make ``Decider.decide`` raise an unexpected error for requests that ask for ``DEFECT``, and
+    the relay step for the request ``late-defect``."""
+    import server.proxy
     from server.deciding import Decider
 
     decide = Decider.decide
@@ -50,6 +53,15 @@ def plant_defect() -> None:
         return await decide(self, route, payload, *args)  # type: ignore[arg-type]
 
     Decider.decide = defective  # type: ignore[method-assign,assignment]
+
+    reply = server.proxy.reply
+
+    async def defective_reply(exchange: Any, *args: Any) -> Any:
+        if exchange.decision.request_id == "late-defect":
+            raise KeyError("a planted defect after the upstream answered, secret detail /home/user/model.bin")
+        return await reply(exchange, *args)
+
+    server.proxy.reply = defective_reply  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -874,6 +874,30 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
     assert len(weak.received) == 1 and not strong.received
 
 
+def test_a_defect_after_the_upstream_answered_is_counted_under_its_upstream_and_charged(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))
+    with running_proxy(env, tmp_path, module="tests.failing_router") as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(
+                model="router-failing-0.5",
+                messages=[{"role": "user", "content": "a question the weak upstream answers"}],
+                extra_headers={"x-request-id": "late-defect"},
+            )
+        metrics_text, log = proxy.metrics(), proxy.log()
+    assert error_of(raised)["code"] == "internal_error" and "secret detail" not in raised.value.response.text
+    assert "request_id=late-defect unhandled error" in log
+    assert len(weak.received) == 1  # the weak upstream had it, and may bill it
+    assert metric_sum(metrics_text, "routegate_requests_total", router="failing", tier="weak", status="500") == 1
+    assert metric_sum(metrics_text, "routegate_requests_total", router="none", allow_absent=True) == 0
+    assert metric_sum(metrics_text, "routegate_tokens_total", tier="weak", kind="prompt") > 0  # its prompt, estimated
+    assert metric_sum(metrics_text, "routegate_usage_estimated_total", tier="weak") == 1
+    assert metric_sum(metrics_text, "routegate_requests_in_flight") == 0
+
+
 def test_a_router_score_that_is_not_a_number_is_a_router_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     (tmp_path / "checkpoints" / "failing").mkdir(parents=True)
     env = proxy_env(strong, weak, router="failing", checkpoint_dir=str(tmp_path / "checkpoints"))

@@ -521,6 +521,36 @@ async def test_spend_sent_again_after_a_timeout_is_added_once(redis_server: Redi
     assert budget.local.spent_usd == 1.5
 
 
+async def test_a_late_reply_does_not_take_the_budget_back_to_older_totals(redis_server: RedisServer) -> None:
+    import asyncio
+
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedBudget
+    from server.targets import DailyBudget
+
+    state = SharedState(redis_server.url, "late:", 2.0, 0.2, 4)
+    budget = SharedBudget(DailyBudget(100.0), state)
+    add, first = budget._add, asyncio.Event()
+
+    async def slow_first_reply(**kwargs: object) -> object:
+        """Redis adds at once; the first reply reaches this replica after the second one's."""
+        totals = await add(**kwargs)
+        if not first.is_set():
+            first.set()
+            await asyncio.sleep(0.3)
+        return totals
+
+    budget._add = slow_first_reply
+    earlier = asyncio.create_task(budget.record_cost("strong", 1.0, 1.0))
+    await first.wait()
+    await budget.record_cost("strong", 2.0, 2.0)  # Redis's reply: 3.0 spent
+    await earlier  # its reply says 1.0 spent
+    await state.aclose()
+    [key] = redis_server.client().keys("late:budget:*")
+    assert float(redis_server.client().hget(key, "spent")) == 3.0
+    assert budget.local.spent_usd == 3.0 and budget.remaining_usd == 97.0
+
+
 async def test_a_route_whose_keys_were_evicted_one_by_one_is_repaired(redis_server: RedisServer, tmp_path: Path) -> None:
     from server.shared_state import SharedState
     from server.shared_targets import SharedTargets
