@@ -3,8 +3,9 @@
 One writer thread per process owns the connection and works through a bounded queue, so the
 event loop never waits for the database and a down database never fails a request: its writes
 are logged and counted (``routegate_feedback_store_errors_total``), then dropped. Rows older
-than the retention, and the oldest beyond ``max_rows`` per table, are deleted by the same thread,
-at its first write and then hourly.
+than the retention, and the oldest beyond ``max_rows`` per table (a decision that a judgement or
+feedback is about stays while they do, and they go with it), are deleted by the same thread, at
+its first write and then hourly.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ SCHEMA = (
 )
 _CREATED = re.compile(r"IF NOT EXISTS (\w+)")  # the name a schema statement creates
 TABLES = ("routegate_decisions", "routegate_judgements", "routegate_feedback")
+LABEL_TABLES = TABLES[1:]  # rows about a decision: each needs its decision
 #: a store made before decisions had their client: the column is added (old rows: no client key)
 CLIENT_COLUMN = "client TEXT NOT NULL DEFAULT ''"
 
@@ -514,15 +516,32 @@ class FeedbackStore:
         return cursor.fetchone() is not None
 
     def _delete_expired(self, cursor: Any) -> None:
-        oldest = time.time() - self.retention_seconds
+        """Delete rows past the retention and the oldest beyond ``max_rows`` per table. A decision
+        that a judgement or feedback is about stays while they do (export and stats start from the
+        decisions, and a far busier decisions table would otherwise take the labels' decisions
+        first); a judgement or feedback whose decision is gone goes with it."""
+        sql, oldest = self.database.sql, time.time() - self.retention_seconds
+        labelled = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {label} WHERE {label}.request_id = routegate_decisions.request_id)"
+            for label in LABEL_TABLES
+        )
         for table in TABLES:
-            cursor.execute(self.database.sql(f"DELETE FROM {table} WHERE created_at < ?"), (oldest,))
+            cursor.execute(sql(f"DELETE FROM {table} WHERE created_at < ?"), (oldest,))
+        for table in (*LABEL_TABLES, "routegate_decisions"):  # the labels' cap first: it frees their decisions
             cursor.execute(  # the newest max_rows rows stay
-                self.database.sql(
+                sql(
                     f"DELETE FROM {table} WHERE created_at < "
                     f"(SELECT created_at FROM {table} ORDER BY created_at DESC LIMIT 1 OFFSET ?)"
+                    + (f" AND {labelled}" if table == "routegate_decisions" else "")
                 ),
                 (self.max_rows - 1,),
+            )
+        for label in LABEL_TABLES:
+            cursor.execute(
+                sql(
+                    f"DELETE FROM {label} WHERE NOT EXISTS "
+                    f"(SELECT 1 FROM routegate_decisions WHERE routegate_decisions.request_id = {label}.request_id)"
+                )
             )
         self._next_retention = time.time() + RETENTION_INTERVAL
 

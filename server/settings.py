@@ -361,7 +361,12 @@ class Settings(BaseSettings):
     feedback_store_text: bool = Field(False, description="store prompt text (else only its sha1)")
     feedback_retention_days: float = Field(30.0, gt=0, description="rows older than this are deleted")
     feedback_queue_size: int = Field(10_000, ge=1, description="store writes waiting; more are dropped and counted")
-    feedback_max_rows: int = Field(5_000_000, ge=1, description="rows kept per table; the oldest beyond are deleted hourly")
+    feedback_max_rows: int = Field(
+        5_000_000,
+        ge=1,
+        description="rows kept per table; the oldest beyond are deleted hourly (a judged or rated request's decision "
+        "stays while its labels do)",
+    )
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of routed answers also sent to the other tier and judged")
     shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
     shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")

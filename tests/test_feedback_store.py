@@ -176,17 +176,35 @@ async def test_retention_deletes_old_rows_and_refuses_feedback_on_them(database:
     assert [row[0] for row in rows(database, "routegate_decisions")] == ["new", "newer"]
 
 
-async def test_the_oldest_rows_beyond_max_rows_are_deleted(database: Database) -> None:
+async def test_the_oldest_rows_beyond_max_rows_are_deleted_but_not_a_labelled_decision(database: Database) -> None:
     store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)
     store.start()
     for index in range(4):
         store.record(decision(f"req-{index}", created_at=time.time() - 100 + index))
+    assert await store.record_feedback(FeedbackRow("req-0", time.time(), 1.0, "up", None))
     await store.aclose()
     store = FeedbackStore(database, retention_days=30, queue_size=100, max_rows=2)  # deletes at its first write
     store.record(decision("req-4"))  # queued before the thread starts: the first write holds it
     store.start()
     await store.aclose()
-    assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-3", "req-4"]
+    # the decision the feedback is about outlives busier traffic: export and stats still find it
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["req-0", "req-3", "req-4"]
+    assert [row[0] for row in rows(database, "routegate_feedback")] == ["req-0"]
+
+
+async def test_feedback_and_judgements_go_with_their_expired_decision(database: Database) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("aged", created_at=time.time() - 2 * 86400))
+    store.record(JudgementRow("aged", time.time(), "random", "weak", *("other_better",) * 3, "judge", 1e-5, 2e-5))
+    assert await store.record_feedback(FeedbackRow("aged", time.time(), 0.0, "down", "kept a day longer than its request"))
+    await store.aclose()
+    store = FeedbackStore(database, retention_days=1, queue_size=100)  # the decision expires at its first write
+    store.record(decision("later"))
+    store.start()
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["later"]  # "aged" could be reused now
+    assert rows(database, "routegate_judgements") == rows(database, "routegate_feedback") == []
 
 
 @pytest.mark.parametrize("scheme", ["postgresql+psycopg://", "POSTGRES://"])
