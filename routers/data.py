@@ -22,6 +22,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from routers.model_names import scores_by_model
+
 Record = dict[str, Any]
 
 
@@ -209,6 +211,13 @@ class QuestionSet:
                 return len(candidate) >= self._min_prefix
             probe = probe[: len(os.path.commonprefix([candidate, probe]))]
         return False
+
+
+def comparable(records: Iterable[Record]) -> list[Record]:
+    """The records that score two or more models (told apart by ``normal_form``). One that scores
+    a single model (an exported request a user rated and no judge compared) teaches a pairwise
+    trainer nothing, so it takes no place in a file's ``--limit`` and no part in its weight."""
+    return [record for record in records if len(scores_by_model(record.get("scores") or {})) >= 2]
 
 
 def sample_records(records: list[Record], limit: int | None, seed: int = 0) -> list[Record]:

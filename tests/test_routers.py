@@ -20,7 +20,7 @@ from routers.evaluation.metrics import PairQuality
 from routers.format_failures import format_failures
 from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
-from routers.training.pairwise import build_comparisons
+from routers.training.pairwise import build_comparisons, load_training_records
 from server.cli import main
 from tests.conftest import REPO
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
@@ -105,6 +105,21 @@ def test_one_model_spelled_two_ways_is_one_output_of_a_pairwise_trainer() -> Non
     assert build_comparisons(records, [gpt4, mixtral]).models == [gpt4, mixtral]  # a given list is kept as given
     with pytest.raises(ValueError, match="names one model twice"):
         build_comparisons(records, [gpt4, gpt4_alpacaeval, mixtral])
+
+
+def test_a_record_scoring_one_model_takes_no_place_in_the_limit(tmp_path: Path) -> None:
+    """An exported request a user rated and no judge compared scores only the served model."""
+    data = tmp_path / "export.jsonl"
+    with data.open("w") as lines:
+        for number in range(16):
+            scores = {STRONG: 1.0, WEAK: 0.0} if number % 2 else {WEAK: 0.0}
+            record = {"id": f"req-{number}", "prompt": f"request number {number}", "scores": scores, "split": "train"}
+            lines.write(json.dumps(record) + "\n")
+    out = tmp_path / "mf"
+    assert main(["train", "mf", "--data", str(data), "--out", str(out), "--limit", "8", *TRAIN_OPTIONS["mf"]]) == 0
+    assert json.loads((out / "router.json").read_text())["prompts"] == 8  # all 8 compared records, not 4 of them
+    sample = load_training_records([str(data)], limit=8)  # sw_ranking's, bert's and causal_llm's
+    assert sorted(record["id"] for record in sample) == [f"req-{number}" for number in (1, 11, 13, 15, 3, 5, 7, 9)]
 
 
 def _scores(path: Path) -> dict[str, float]:

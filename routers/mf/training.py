@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from routers.arguments import positive_float, positive_int, probability
 from routers.checkpoint import published_path, write_manifest
-from routers.data import Record, RecordError, load_records
+from routers.data import Record, RecordError, comparable, load_records
 from routers.embedding import cached_encode, resolve_device
 from routers.features import FEATURE_NAMES, Standardizer, feature_matrix
 from routers.format_failures import format_failures, without_format_failures
@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"routegate train mf: two data files have one name, rename one: {twice}")
     file_weights = parse_weights(args.weight, stems)
     torch.manual_seed(args.seed)
-    train_records = {path: load_records([path], "train") for path in args.data}  # the neighbour table takes them all
+    # the neighbour table takes them all; a record scoring one model has no place in the limit or the weights
+    train_records = {path: comparable(load_records([path], "train")) for path in args.data}
     # judged once, on every train record of a file: the neighbour table marks them; --drop-format-failures drops them
     failures = {path: format_failures(records) for path, records in train_records.items()}
     dropped = failures if args.drop_format_failures else {path: set() for path in train_records}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from routers.arguments import positive_int
-from routers.data import Record, RecordError, load_records, sample_records
+from routers.data import Record, RecordError, comparable, load_records, sample_records
 from routers.model_names import normal_form, scores_by_model
 
 
@@ -63,12 +63,13 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_training_records(paths: list[str], split: str = "train", limit: int | None = None, seed: int = 0) -> list[Record]:
-    """The ``split`` records of ``paths``; with ``limit``, a seeded random sample of at most that many per file."""
+    """The ``split`` records of ``paths`` that score two or more models; with ``limit``, a seeded
+    random sample of at most that many per file."""
     records: list[Record] = []
     for path in paths:
-        records.extend(sample_records(load_records([path], split), limit, seed))
+        records.extend(sample_records(comparable(load_records([path], split)), limit, seed))
     if not records:
-        raise RecordError(f"no '{split}' records in {[str(path) for path in paths]}")
+        raise RecordError(f"no '{split}' record of {[str(path) for path in paths]} scores two models")
     return records
 
 
