@@ -25,17 +25,19 @@ def check_writable(path: Path) -> None:
 
 
 @contextmanager
-def replaced_on_success(path: Path) -> Iterator[Path]:
+def replaced_on_success(path: Path, private: bool = False) -> Iterator[Path]:
     """A temporary file beside ``path`` to write, moved onto ``path`` when the block ends without
-    an error and removed otherwise, with the mode a new file gets (or the old file's). A path that
-    is not a plain file (a symlink, /dev/stdout) is written as it is."""
+    an error and removed otherwise, with the mode a new file gets (the owner's alone when
+    ``private``) or the old file's. A path that is not a plain file (a symlink, /dev/stdout) is
+    written as it is."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         yield path
         return
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
     try:
-        os.chmod(staging, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        new_mode = 0o600 if private else 0o666 & ~_umask()
+        os.chmod(staging, path.stat().st_mode & 0o7777 if path.exists() else new_mode)
         yield Path(staging)
         os.replace(staging, path)
     finally:

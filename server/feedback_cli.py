@@ -4,6 +4,7 @@ of a time window, read from the feedback store (``ROUTEGATE_FEEDBACK_DB`` or ``-
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import re
@@ -13,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from routers.data import question_key
 from routers.output_files import check_writable, replaced_on_success
@@ -172,9 +173,9 @@ def _export(args: argparse.Namespace) -> int:
     check_writable(args.out)
     rows = _read_rows(database, args.since)
     written = without_text = 0
-    with (  # a failure leaves an earlier export whole
-        replaced_on_success(args.out) as staging,
-        open(staging, "w", encoding="utf-8") as out,
+    with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is
+        replaced_on_success(args.out, private=True) as staging,
+        _open_text(staging, compressed=args.out.suffix == ".gz") as out,
     ):
         for row in rows:
             record = record_of(row)
@@ -187,6 +188,11 @@ def _export(args: argparse.Namespace) -> int:
     if without_text:
         print(f"{without_text} judged or rated requests have no stored prompt text (ROUTEGATE_FEEDBACK_STORE_TEXT=false)")
     return 0
+
+
+def _open_text(path: Path, compressed: bool) -> TextIO:
+    """``path`` opened to write UTF-8 text, gzip-compressed when ``compressed`` (as ``--data`` reads a .gz file)."""
+    return gzip.open(path, "wt", encoding="utf-8") if compressed else open(path, "w", encoding="utf-8")
 
 
 def stats_lines(rows: Iterable[tuple]) -> list[str]:
@@ -254,5 +260,10 @@ def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
             help="window start: a duration back from now (30m, 24h, 7d) or an ISO date (default 30d)",
         )
         if name == "export":
-            action.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+            action.add_argument(
+                "--out",
+                type=Path,
+                required=True,
+                help="JSONL file to write (gzip-compressed when it ends in .gz), readable by its owner only",
+            )
         action.set_defaults(run=run)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from routers.data import iter_records
 from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow
 from server.quality import Verdicts, quality
 from tests.conftest import REPO
@@ -82,11 +86,13 @@ def routegate(*args: str) -> str:
     return run.stdout
 
 
-async def test_export_writes_shared_data_records(database: Database, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("name", ["feedback.jsonl", "feedback.jsonl.gz"])
+async def test_export_writes_shared_data_records(database: Database, tmp_path: Path, name: str) -> None:  # noqa: F811
     await fill(database)
-    out = tmp_path / "feedback.jsonl"
+    out = tmp_path / name
     printed = routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
-    records = {record["id"]: record for record in map(json.loads, out.read_text().splitlines())}
+    records = {record["id"]: record for record in iter_records(out)}  # as routegate train reads it
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # prompts and comments: the owner's alone, as the store
     assert set(records) == {"r-strong-win", "r-tie", "r-weak-win", "r-kept", "r-rated", "r-repeat-0", "r-repeat-8"}
     assert "7 records" in printed and "1 judged or rated requests have no stored prompt text" in printed
     assert records["r-strong-win"]["scores"] == {"m-weak": 0.0, "m-strong": 1.0}
