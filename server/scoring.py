@@ -260,18 +260,13 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
 
 
 def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequence[str]) -> tuple[str, ...]:
-    """Each ladder entry's model by ``router``'s name for it: its ``router_model``, else its ``model``
-    matched among ``known`` (the router's checkpoint's models; none known: taken as given).
-    ValueError naming the first entry the router does not know."""
+    """Each ladder entry's model by ``router``'s name for it: its ``router_model``, else its ``model``,
+    matched among ``known`` (the router's checkpoint's models; none known: taken as given) as a
+    pair's models are. ValueError naming the first entry the router does not know."""
     names = []
     for entry in entries:
         asked = entry.router_model or entry.model
-        if not known:
-            found: str | None = asked
-        elif entry.router_model:
-            found = asked if asked in known else None
-        else:
-            found = match_model(asked, known)
+        found = match_model(asked, known) if known else asked
         if found is None:
             raise ValueError(
                 f"ROUTEGATE_MODELS: the router '{router}' does not know the model {asked!r} of entry '{entry.name}'; "

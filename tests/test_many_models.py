@@ -321,6 +321,17 @@ def test_an_unknown_router_model_fails_start_up(fakes: dict[str, FakeUpstream], 
     assert "sk-mid-upstream-secret" not in message
 
 
+def test_a_router_model_in_another_spelling_is_found_as_a_pairs_models_are(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+) -> None:
+    """As ``meta-llama/Meta-Llama-3.1-70B-Instruct`` finds mf's ``llama-3.1-70b-instruct``."""
+    models = entries(fakes, extra={"mid": {"model": "served-as-this", "router_model": "Vendor/Mid-Model"}})
+    with running_proxy(many_env(models, checkpoints), tmp_path, module=MODULE) as proxy:
+        headers, _ = ask(proxy, TO_MID, False)
+    assert headers["x-routegate-upstream"] == "mid"
+    assert fakes["mid"].received[-1].body["model"] == "served-as-this"
+
+
 def test_a_pair_only_default_router_fails_start_up(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited") as raised:
         with running_proxy(many_env(entries(fakes), checkpoints, router="standin"), tmp_path, module=MODULE):
