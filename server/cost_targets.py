@@ -8,9 +8,9 @@ share it; the two-tier controllers of server/shared_targets.py are unchanged). I
 threshold is the one whose routing of that window spends the wanted share of the all-best cost
 (``routers.multi_model.cost_share_curve``, computed again every 2% of the window, and read for the
 share wanted on each request), each prompt costed at each model with the mean token counts
-answered so far. Feedback from the realised share (each answered request's cost over
-what the most capable model would have charged for its tokens) corrects the share asked, as the
-two-tier controller's feedback does. Until prompts arrive the threshold is ``1 - share``.
+answered so far. Feedback from the realised share (the answered requests' cost over what the
+most capable model would have charged for their tokens, each request counting by its size)
+corrects the share asked, as the two-tier controller's feedback does. Until prompts arrive the threshold is ``1 - share``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ class CostShareController:
         self.best = best
         self._beaten: deque[tuple[float, ...]] = deque(maxlen=window)
         self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (cost, all-best cost)
+        self._recent_totals = [0.0, 0.0]  # their sums
         self._decay = 1.0 - 1.0 / feedback_horizon
         self._gain = 4.0 / feedback_horizon
-        self._debt = 0.0  # leaky sum of (wanted - realised) cost shares
+        self._debt = 0.0  # leaky sum of (wanted - realised) cost, in typical all-best costs
         self._step = max(1, round(window * RECOMPUTE_EVERY))
         self._curve: tuple[np.ndarray, np.ndarray] | None = None  # thresholds and the cost shares they spend
         self._unseen = 0  # prompts observed since the curve
@@ -65,17 +66,25 @@ class CostShareController:
         self._unseen += 1
 
     def record(self, cost: float, all_best_cost: float, share: float) -> None:
-        """One answered request of this route, made while ``share`` was wanted."""
+        """One answered request of this route, made while ``share`` was wanted. It counts by its
+        size: what it spent beyond ``share`` of its all-best cost, in typical all-best costs of the
+        window, so that a long request sent to the most capable model weighs what it costs (the
+        target is a share of the cost, not an average of each request's share)."""
         if all_best_cost <= 0:
             return
-        self._debt = self._decay * self._debt + (share - cost / all_best_cost)
+        if len(self._recent) == self._recent.maxlen:
+            dropped = self._recent[0]
+            self._recent_totals = [self._recent_totals[0] - dropped[0], self._recent_totals[1] - dropped[1]]
         self._recent.append((cost, all_best_cost))
+        self._recent_totals = [self._recent_totals[0] + cost, self._recent_totals[1] + all_best_cost]
+        typical = self._recent_totals[1] / len(self._recent)
+        self._debt = self._decay * self._debt + (share * all_best_cost - cost) / typical
 
     @property
     def realised_share(self) -> float | None:
         """Cost over all-best cost of the window's answered requests; None before the first."""
-        all_best = sum(pair[1] for pair in self._recent)
-        return sum(pair[0] for pair in self._recent) / all_best if all_best else None
+        cost, all_best = self._recent_totals
+        return cost / all_best if all_best > 0 else None
 
 
 class CostTargets:

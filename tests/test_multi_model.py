@@ -110,6 +110,31 @@ def test_a_cost_target_steers_the_model_order_that_routing_uses():
         assert unit[chosen].sum() / (unit[2] * 400) == pytest.approx(share, abs=0.002)
 
 
+def test_a_cost_target_holds_when_the_long_requests_are_the_hard_ones():
+    """Half the requests short and easy, half long (4,000 + 1,000 tokens) and hard: the long ones go
+    to the most capable model and carry most of the cost, so it is the cost that must come to the
+    share, not each request's own ratio averaged (that settled at 0.30 while spending 0.52)."""
+    from server.cost_targets import CostTargets
+
+    prices = [(0.15, 0.6), (0.9, 0.9), (2.5, 10.0)]
+    targets = CostTargets(window=500, feedback_horizon=200, best=2, prices=prices, max_routes=4)
+    targets.controller("mf", 0.3)
+    rng = np.random.default_rng(0)
+    spent = all_best = 0.0
+    for number in range(6000):
+        hard = rng.random() < 0.5
+        tokens = (4000, 1000) if hard else (50, 50)
+        below_best = np.clip(rng.normal(0.75 if hard else 0.3, 0.15, 2), 0, 1)
+        beaten = (*below_best, 0.5)
+        chosen = int(choose(np.array([beaten]), [sum(price) for price in prices], 2, targets.threshold("mf", 0.3, 0.3))[0])
+        cost, best_cost = (sum(count * price for count, price in zip(tokens, prices[m], strict=True)) / 1e6 for m in (chosen, 2))
+        targets.record("mf", 0.3, 0.3, beaten, (cost, best_cost), tokens)
+        if number >= 3000:  # settled
+            spent, all_best = spent + cost, all_best + best_cost
+    assert spent / all_best == pytest.approx(0.3, abs=0.04)  # 0.325: the feedback leaks a fifth of the curve's error
+    assert targets.realised_share("mf", 0.3) == pytest.approx(0.3, abs=0.04)  # what the metric reports
+
+
 def test_the_cost_share_curve_is_what_routing_at_each_threshold_spends():
     """Each point of the curve is the spend of ``choose`` at that threshold, for any price order,
     ties in ``beaten`` and a most capable model anywhere in the order; between points it does not change."""
