@@ -6,6 +6,7 @@ import argparse
 import gzip
 import json
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -236,13 +237,14 @@ def _score(args: argparse.Namespace) -> int:
         raise SystemExit(f"routegate: no records in {args.input}")
     check_writable(args.output)
     router = _load(args.router, args)
+    print(f"score {args.router}: {args.strong} (strong) vs {args.weak} (weak)", file=sys.stderr)
     prompts = [prompt[: args.max_chars] for _, prompt in records]
     scores = score_all(router, prompts, args.batch_size, f"score {args.router}")
     opener = gzip.open if args.output.suffix == ".gz" else open  # a .gz name is read back as gzip
     with replaced_on_success(args.output) as staging, opener(staging, "wt", encoding="utf-8") as output:
         for (record_id, _), value in zip(records, scores, strict=True):
             output.write(json.dumps({"id": record_id, "score": value}) + "\n")
-    print(f"wrote {len(scores)} scores to {args.output}")
+    print(f"wrote {len(scores)} scores to {args.output}", file=sys.stderr)  # not into an --output of /dev/stdout
     return 0
 
 

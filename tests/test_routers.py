@@ -61,6 +61,18 @@ def test_unknown_model_names_the_models_the_checkpoint_knows(name: str) -> None:
     assert "no-such-model" in str(error.value) and STRONG in str(error.value)
 
 
+def test_score_names_the_pair_and_writes_only_scores_to_an_output_of_dev_stdout(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": number, "prompt": prompt}) + "\n" for number, prompt in enumerate(PROMPTS)))
+    scores = tmp_path / "scores.jsonl"
+    command = [sys.executable, "-m", "server.cli", "score", "--router", "mf", "--input", str(prompts), "--output", "/dev/stdout"]
+    with scores.open("w") as stdout:
+        run = subprocess.run(command, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert [record["id"] for record in map(json.loads, scores.read_text().splitlines())] == [0, 1, 2]
+    assert "score mf: gpt-4-1106-preview (strong) vs mistralai/Mixtral-8x7B-Instruct-v0.1 (weak)" in run.stderr
+
+
 def test_missing_checkpoint_says_how_to_train_one(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="routegate train causal_llm"):
         load_router("causal_llm", RouterOptions(checkpoint_dir=tmp_path))
@@ -490,7 +502,7 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--dropout", "1.5"], "--dropout: must be a number from 0"),
         (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--tau", "nan"], "--tau: must be a number above 0"),
         (["train", "lookahead", "--data", "{data}", "--out", "{out}", "--threads", "0"], "--threads: must be a whole number"),
-        (["train", "bert", "--data", "{one_model}", "--out", "{out}"], "no record scores two of the"),
+        (["train", "bert", "--data", "{one_model}", "--out", "{out}"], "scores two models"),
         (["eval", "--leave-one-out", "--router", "mf", "--train-options", "mf --epochs 2"], "takes ROUTER=OPTIONS items"),
         (
             ["score", "--router", "mf", "--input", "{data}", "--output", "{out}"]
