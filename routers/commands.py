@@ -118,8 +118,8 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "--write",
         type=Path,
         metavar="FILE",
-        help="also write the threshold of every share (the gateway seeds target routes from "
-        "<checkpoint_dir>/<router>/calibration.json)",
+        help="also write the threshold of every share for this pair, into FILE beside its other pairs' (the gateway "
+        "seeds target routes from the entry of the pair it scores in <checkpoint_dir>/<router>/calibration.json)",
     )
     calibrate.set_defaults(run=_calibrate)
 
@@ -376,6 +376,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from routers.calibration import format_threshold, threshold_for_share, write_calibration
+    from routers.model_names import match_model
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
@@ -397,12 +398,13 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if args.write is not None:
         data = [path.name for path in args.data]
+        known = router_models(args.router, args.checkpoint_dir)
         write_calibration(
             args.write,
             scores,
             router=args.router,
-            strong=args.strong,
-            weak=args.weak,
+            strong=match_model(args.strong, known) or args.strong,  # the router's names, as the gateway's pair
+            weak=match_model(args.weak, known) or args.weak,
             data=data,
             split=args.split,
             per_file=args.per_file,

@@ -116,6 +116,7 @@ class Gateway:
             options.checkpoint_dir,
             max_routes=settings.max_target_routes,
             pinned=listed_routes,
+            scored_pair=self.scorers.scored_pair,
         )
         self.targets = SharedTargets(targets, self.shared_state, budget, self.scorers.shared_name)
         self.cost_targets = None  # among more than two models: target routes control the cost share

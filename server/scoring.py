@@ -319,6 +319,11 @@ class ScorerPool:
         self.ladder_models = ladder_models or {}
         self.ladder_pair = ladder_pair
 
+    def scored_pair(self, name: str) -> tuple[str, str] | None:
+        """The (strong, weak) models router ``name`` scores, by its names for them; None until it is loaded."""
+        pair = self.pairs.get(name)
+        return (pair.strong, pair.weak) if pair is not None else None
+
     def loaded(self, name: str) -> bool:
         """Whether the router called ``name`` is ready to score."""
         return name in self._scorers

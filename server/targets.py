@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from routers.calibration import CALIBRATION_FILE, read_calibration
+from routers.calibration import CALIBRATION_FILE, calibration_for
 
 log = logging.getLogger("routegate.targets")
 SECONDS_PER_DAY = 86400.0
@@ -241,10 +241,12 @@ class Targets:
         max_routes: int = 32,
         pinned: Iterable[RouteKey] = (),
         clock: Callable[[], float] = time.monotonic,
+        scored_pair: Callable[[str], tuple[str, str] | None] = lambda router: None,
     ) -> None:
         self.window = window
         self.feedback_horizon = feedback_horizon
         self.checkpoint_dir = checkpoint_dir
+        self.scored_pair = scored_pair  # the pair a router scores, once it is loaded: its calibration's entry
         self._clock = clock
         self._used: dict[RouteKey, float] = {}
         self.budget = budget
@@ -252,7 +254,8 @@ class Targets:
         self.max_routes = max_routes
         self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, ShareController] = {}
-        self._seeds: dict[str, tuple[int, list[float]]] = {}  # router -> (its calibration's mtime, seeds)
+        # router -> (its calibration's mtime, the pair read for, seeds)
+        self._seeds: dict[str, tuple[int, tuple[str, str] | None, list[float]]] = {}
 
     def controller(self, router: str, target: float) -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used;
@@ -267,17 +270,29 @@ class Targets:
         return controller
 
     def seeds(self, router: str) -> list[float]:
-        """Scores from ``router``'s calibration that fill a new route's window (read again only when
-        the file changes; none while it is missing)."""
+        """Scores from ``router``'s calibration for the pair it scores that fill a new route's window
+        (read again only when the file or the pair changes; none while the file is missing)."""
         path = self.checkpoint_dir / router / CALIBRATION_FILE
         try:
             changed = path.stat().st_mtime_ns
         except OSError:
             return []
+        pair = self.scored_pair(router)
         known = self._seeds.get(router)
-        if known is None or known[0] != changed:
-            known = self._seeds[router] = (changed, seed_scores(read_calibration(path), self.seed_count))
-        return known[1]
+        if known is None or known[:2] != (changed, pair):
+            table, own = calibration_for(path, pair)
+            if pair is not None and table and not own:
+                log.warning(
+                    "%s holds no calibration of %s vs %s: target routes of '%s' start from another pair's thresholds "
+                    "until their window fills (routegate calibrate --router %s --strong ... --weak ... --write %s)",
+                    path,
+                    *pair,
+                    router,
+                    router,
+                    path,
+                )
+            known = self._seeds[router] = (changed, pair, seed_scores(table, self.seed_count))
+        return known[2]
 
     def effective_target(self, target: float) -> float:
         """``target``, tightened when the daily budget cannot pay for it."""

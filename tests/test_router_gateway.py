@@ -10,7 +10,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from routers.registry import RouterOptions, load_router
+from routers.calibration import CALIBRATION_FILE, read_calibration
+from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from tests.conftest import Proxy, proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import FakeUpstream
 from tests.metric_values import MetricDelta, wait_for
@@ -214,6 +215,22 @@ def test_the_scored_pair_follows_the_upstream_models(
         assert listed["loaded"] and listed["pair"] == ready["pair"]
         assert {"gpt-4o-2024-05-13", "gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1"} <= set(listed["models"])
         assert f"router {router} scores gpt-4o-2024-05-13 (strong) vs llama-3.1-8b-instruct (weak)" in proxy.log()
+
+
+def test_a_target_route_starts_from_the_calibration_of_the_scored_pair(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The default upstreams: mf scores gpt-4o vs gpt-4o-mini, whose scores are on another scale
+    than the default pair's (at the default pair's 30% threshold it would send about 5%)."""
+    env = proxy_env(strong, weak, router="mf", strong__model="gpt-4o", weak__model="gpt-4o-mini")
+    with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+        raw = OpenAI(base_url=proxy.api, api_key="unused").chat.completions.with_raw_response.create(
+            model="router-mf-30%", messages=[{"role": "user", "content": PROMPTS[0]}]
+        )
+    calibration = CHECKPOINT_ROOT / "mf" / CALIBRATION_FILE
+    scored = read_calibration(calibration, ("gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18"))[0.3]
+    assert float(raw.headers["x-routegate-threshold"]) == pytest.approx(scored, abs=0.01)
+    assert abs(read_calibration(calibration)[0.3] - scored) > 0.1  # the default pair's, which it started from before
 
 
 def test_upstream_models_the_router_does_not_know_get_the_default_pair(

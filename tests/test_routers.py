@@ -383,7 +383,9 @@ def test_calibrate_write_records_the_scored_pair_and_the_printed_threshold(
     assert main(command) == 0
     threshold = float(capsys.readouterr().out.split()[1])
     body = json.loads(written.read_text())
-    assert (body["router"], body["strong"], body["weak"]) == ("mf", STRONG, WEAK)
+    known = json.loads((CHECKPOINT_ROOT / "mf" / "router.json").read_text())["models"]
+    assert (body["router"], body["strong"], body["weak"]) == ("mf", match_model(STRONG, known), match_model(WEAK, known))
+    assert body["weak"] == "mixtral-8x7b-instruct-v0.1"  # the router's name, as a gateway's scored pair has it
     assert read_calibration(written)[0.3] == threshold
 
 

@@ -85,6 +85,25 @@ def test_a_calibration_written_later_or_again_seeds_the_next_new_route(tmp_path:
     assert abs(targets.decide("mf", 0.32).threshold - 0.39) < 0.02
 
 
+def test_a_route_starts_from_the_calibration_of_the_pair_its_router_scores(tmp_path: Path) -> None:
+    """One router scores two pairs on two scales: a gateway on gpt-4o vs gpt-4o-mini starts from that
+    pair's thresholds, not from the default pair's (with the shipped mf, 5% instead of 30% strong)."""
+    path = tmp_path / "mf" / "calibration.json"
+    default_pair = [0.75 + 0.2 * index / 999 for index in range(1000)]  # the 70% quantile: about 0.89
+    upstreams = [0.35 + 0.2 * index / 999 for index in range(1000)]  # about 0.49
+    write_calibration(path, default_pair, router="mf", strong="gpt-4-1106-preview", weak="mistralai/Mixtral-8x7B-Instruct-v0.1")
+    write_calibration(path, upstreams, router="mf", strong="gpt-4o", weak="gpt-4o-mini")  # as given to calibrate
+    write_calibration(path, upstreams, router="mf", strong="gpt-4o", weak="gpt-4o-mini")  # again: replaced, not added
+    written = json.loads(path.read_text())
+    assert (written["strong"], [entry["weak"] for entry in written["pairs"]]) == ("gpt-4-1106-preview", ["gpt-4o-mini"])
+    scored = {"mf": ("gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")}  # the router's names, as the gateway loads it
+    targets = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path, scored_pair=scored.get)
+    assert abs(targets.decide("mf", 0.3).threshold - 0.49) < 0.01
+    unloaded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path)  # pair not known yet: the first
+    assert abs(unloaded.decide("mf", 0.3).threshold - 0.89) < 0.01
+    assert read_calibration(path, ("claude-3-5-sonnet-20240620", "gpt-3.5-turbo-0125")) == read_calibration(path)
+
+
 def test_unusable_calibration_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "calibration.json").write_text('{"thresholds": [1, 2]}')
     assert read_calibration(tmp_path / "calibration.json") == {}
