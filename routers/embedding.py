@@ -101,7 +101,7 @@ def cached_encode(texts: Sequence[str], device: str = "auto", cache_dir: Path | 
         known.update(zip([key for key, _ in missing], vectors, strict=True))
         _unsaved[store] = _unsaved.get(store, 0) + len(missing)
         if _unsaved[store] >= max(SAVE_EVERY, len(known) // 4):  # the whole file is rewritten: not for every batch
-            _save(store)
+            _save_or_warn(store)
     if not keys:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
     return np.stack([known[key] for key in keys]).astype(np.float32)
@@ -120,15 +120,24 @@ def _save(store: Path) -> None:
     _unsaved[store] = 0
 
 
+def _save_or_warn(store: Path) -> None:
+    """``_save``; a full disk or a read-only folder costs the next command the work again, not this
+    one its result (the cache stays in memory, and this command does not try to write it again)."""
+    if store in _unwritable:
+        return
+    try:
+        _save(store)
+    except OSError as error:
+        _unwritable.add(store)
+        print(f"routegate: the embedding cache {store} was not written ({error})", file=sys.stderr)
+
+
 @atexit.register
 def save_caches() -> None:
     """Write every cache with entries not yet on disk (at exit; a killed command computes them again)."""
     for store, count in list(_unsaved.items()):
         if count:
-            try:
-                _save(store)
-            except OSError as error:  # a full disk or a read-only folder: the next command computes them again
-                print(f"routegate: the embedding cache {store} was not written ({error})", file=sys.stderr)
+            _save_or_warn(store)
 
 
 def _read_store(store: Path) -> dict[str, np.ndarray]:
@@ -147,3 +156,4 @@ def _read_store(store: Path) -> dict[str, np.ndarray]:
 _stores: dict[Path, dict[str, np.ndarray]] = {}
 #: cache file -> entries added since it was last written
 _unsaved: dict[Path, int] = {}
+_unwritable: set[Path] = set()  # caches this command failed to write: kept in memory only

@@ -702,6 +702,20 @@ def test_an_unreadable_embedding_cache_is_computed_again(tmp_path: Path) -> None
     assert again.returncode == 0 and "unreadable" not in again.stderr  # written again, whole
 
 
+def test_an_unwritable_embedding_cache_costs_a_warning_not_the_result(tmp_path: Path) -> None:
+    """A read-only or full cache folder (a container's read-only root): past the batch size at
+    which the cache is written, the command still gets its embeddings, and tries once."""
+    (tmp_path / "not-a-folder").write_text("a file where the cache folder should be")
+    code = (
+        "from routers import embedding; embedding.SAVE_EVERY = 2\n"
+        "print(embedding.cached_encode(['one', 'two', 'three']).shape, embedding.cached_encode(['four', 'five']).shape)"
+    )
+    env = {**os.environ, "ROUTEGATE_CACHE_DIR": str(tmp_path / "not-a-folder" / "cache")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "(3, 384) (2, 384)", run.stderr
+    assert run.stderr.count("was not written") == 1
+
+
 def test_commands_sharing_the_embedding_cache_keep_each_others_entries(tmp_path: Path) -> None:
     """Each holds its new entries until it ends (not a file write per batch); the last to end does
     not drop what the other wrote meanwhile."""
