@@ -275,6 +275,8 @@ def _eval(args: argparse.Namespace) -> int:
     records = pair_records(selected, strong, weak)
     if not records:
         raise SystemExit(f"routegate: no records in {args.data} score both {args.strong!r} and {args.weak!r}")
+    plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
+    check_writable(plot)  # before the scoring, as a given --plot is
     quality = PairQuality.of([r["scores"][strong] for r in records], [r["scores"][weak] for r in records])
     prompts = [record["prompt"] for record in records]
     print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {strong}, weak {weak}")
@@ -296,7 +298,6 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
-    plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
     plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {strong} vs {weak}")
     print(f"  plot: {plot}")
     return 0

@@ -389,6 +389,16 @@ def test_calibrate_write_records_the_scored_pair_and_the_printed_threshold(
     assert read_calibration(written)[0.3] == threshold
 
 
+def test_eval_stops_before_scoring_when_its_default_plot_cannot_be_written(
+    data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval-slice-dev.png").mkdir()  # where the plot would go
+    with pytest.raises(SystemExit, match="eval-slice-dev.png is a folder"):
+        main(["eval", "--router", "mf", "--data", str(data_slice), "--strong", STRONG, "--weak", WEAK, "--split", "dev"])
+    assert "APGR" not in capsys.readouterr().out  # nothing scored
+
+
 def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None:
     from routers.base import Router
     from routers.commands import score_all

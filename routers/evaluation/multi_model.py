@@ -32,6 +32,7 @@ from routers.data import Record, load_records
 from routers.evaluation.prices import Price, list_price, parse_prices
 from routers.model_names import match_model
 from routers.multi_model import beaten_from_logits, beaten_from_scores, most_capable, picked, sweep
+from routers.output_files import check_writable
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
@@ -361,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
     check_routers(args.router)
     use_disk_cache()
     data = load_model_set(args.data, args.models, args.prices, args.output_tokens, args.split)
+    path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")
+    check_writable(path)  # before the scoring, as a given --plot is
     curves = [
         routing_curve(name, router_predictions(name, data, Path(args.checkpoint_dir), args.device), data, logits=True)
         for name in args.router
@@ -370,7 +373,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{data.name} has no train records: no kNN baseline")
     print(report(data, curves))
-    path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")
     plot(data, curves, path)
     print(f"\nplot: {path}")
     return 0
