@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import gzip
 import json
-import math
 import os
 import random
 import zlib
@@ -77,6 +76,8 @@ def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...])
         record = json.loads(line)
     except ValueError as error:
         raise RecordError(f"{where}: not a JSON record ({error})") from None
+    except RecursionError:
+        raise RecordError(f"{where}: not a JSON record (nested too deeply to read)") from None
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a JSON object")
     if "prompt" not in record and isinstance(record.get("messages"), list):  # a logged request body
@@ -115,10 +116,19 @@ def _check_field(record: dict[str, Any], field: str, where: str) -> None:
     if field == "prompt":
         present = isinstance(value, str)
     else:
-        present = field in record and not (isinstance(value, float) and not math.isfinite(value))
+        present = field in record and _finite_json(value)
     if not present:
         fields = ", ".join(repr(name) for name in list(record)[:12]) or "none"
         raise RecordError(f"{where}: a record needs {_REQUIRED[field]}; this one has {fields}")
+
+
+def _finite_json(value: Any) -> bool:
+    """Whether ``value`` writes back as standard JSON (no NaN or infinity anywhere in it)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def conversation_text(turns: list[Any]) -> str | None:

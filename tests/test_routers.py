@@ -14,7 +14,7 @@ import torch
 
 from routers.calibration import read_calibration
 from routers.checkpoint import CheckpointError
-from routers.data import iter_records, licence_of
+from routers.data import RecordError, iter_records, licence_of
 from routers.evaluation import metrics
 from routers.evaluation.metrics import PairQuality
 from routers.format_failures import format_failures
@@ -554,6 +554,17 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out" / "router.json").exists()
+
+
+def test_a_record_nested_too_deeply_or_with_an_id_json_cannot_write_is_a_named_error(tmp_path: Path) -> None:
+    """Not a traceback, and not a score line that is not JSON (``{"id": [NaN], ...}``)."""
+    deep, not_finite = tmp_path / "deep.jsonl", tmp_path / "nan.jsonl"
+    deep.write_text('{"id": ' + "[" * 100_000 + "]" * 100_000 + ', "prompt": "x"}\n')
+    not_finite.write_text('{"id": [NaN], "prompt": "x"}\n')
+    with pytest.raises(RecordError, match="deep.jsonl:1: not a JSON record"):
+        list(iter_records(deep, scores=False, require=("id", "prompt")))
+    with pytest.raises(RecordError, match="nan.jsonl:1: a record needs an 'id'"):
+        list(iter_records(not_finite, scores=False, require=("id", "prompt")))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
