@@ -90,6 +90,11 @@ class ShareController:
             return min(1.0, math.nextafter(self._sorted[-1], math.inf))
         return self._sorted[len(self._sorted) - strong_count]
 
+    @property
+    def fresh(self) -> bool:
+        """Whether no decision has been recorded yet: the window holds its seeds only."""
+        return not self._recent
+
     def observe(self, score: float) -> None:
         """Add a live router score to the window."""
         self._add(score)
@@ -256,16 +261,26 @@ class Targets:
         self._controllers: dict[RouteKey, ShareController] = {}
         # router -> (its calibration's mtime, the pair read for, seeds)
         self._seeds: dict[str, tuple[int, tuple[str, str] | None, list[float]]] = {}
+        self._unpaired: set[RouteKey] = set()  # routes seeded before their router's pair was known
 
     def controller(self, router: str, target: float) -> ShareController:
-        """The controller of ``router`` at ``target``, seeded from its calibration when first used;
-        TooManyRoutes when it is new and ``max_routes`` routes besides the pinned ones are live."""
+        """The controller of ``router`` at ``target``, seeded from its calibration when first used
+        (again once the router has loaded, if it was seeded before the pair it scores was known and
+        has decided nothing); TooManyRoutes when it is new and ``max_routes`` routes besides the
+        pinned ones are live."""
         key, now = (router, target), self._clock()
         controller = self._controllers.get(key)
         if controller is None:
             make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
+            self._unpaired.intersection_update(self._controllers)  # a route that gave its place up
+        elif key in self._unpaired and self.scored_pair(router) is not None:
+            self._unpaired.discard(key)
+            controller = None if controller.fresh else controller
+        if controller is None:
             controller = ShareController(self.window, self.feedback_horizon, self.seeds(router))
             self._controllers[key] = controller
+            if self.scored_pair(router) is None:
+                self._unpaired.add(key)
         self._used[key] = now
         return controller
 

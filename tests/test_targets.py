@@ -99,8 +99,13 @@ def test_a_route_starts_from_the_calibration_of_the_pair_its_router_scores(tmp_p
     scored = {"mf": ("gpt-4o-2024-05-13", "gpt-4o-mini-2024-07-18")}  # the router's names, as the gateway loads it
     targets = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path, scored_pair=scored.get)
     assert abs(targets.decide("mf", 0.3).threshold - 0.49) < 0.01
-    unloaded = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path)  # pair not known yet: the first
-    assert abs(unloaded.decide("mf", 0.3).threshold - 0.89) < 0.01
+    loaded: dict[str, tuple[str, str]] = {}
+    lazily = Targets(window=500, feedback_horizon=100, checkpoint_dir=tmp_path, scored_pair=loaded.get)
+    assert abs(lazily.decide("mf", 0.3).threshold - 0.89) < 0.01  # the route opens before its router loads: the first
+    loaded.update(scored)  # then the router loads, before the route has decided anything
+    assert abs(lazily.decide("mf", 0.3).threshold - 0.49) < 0.01
+    lazily.record("mf", 0.3, 0.3, True, 0.5)
+    assert lazily.controller("mf", 0.3) is lazily.controller("mf", 0.3)  # once it decides, it keeps its window
     assert read_calibration(path, ("claude-3-5-sonnet-20240620", "gpt-3.5-turbo-0125")) == read_calibration(path)
 
 
