@@ -201,3 +201,16 @@ def test_sw_ranking_judges_format_failures_on_every_record_of_a_file_not_its_sam
     algebra = ~np.isnan(table.scores[:, fourth])  # FOURTH is scored on the algebra questions only
     assert 0 < algebra.sum() < 40
     assert table.failed[:, strong].tolist() == algebra.tolist() and table.failed.sum() == algebra.sum()
+
+
+def test_sw_ranking_skips_a_data_file_that_scores_one_model_per_record(
+    records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rated = tmp_path / "rated.jsonl"  # a feedback export of rated answers: one model per record
+    rated.write_text(json.dumps({"id": "r0", "prompt": "Tell me a joke.", "scores": {WEAK: 1.0}, "split": "train"}) + "\n")
+    out = tmp_path / "sw_ranking"
+    assert main(["train", "sw_ranking", "--data", str(records), str(rated), "--out", str(out)]) == 0
+    assert f"skipping {rated}" in capsys.readouterr().out
+    manifest = json.loads((out / "router.json").read_text())
+    assert manifest["data_files"] == [records.name]
+    assert main(["train", "sw_ranking", "--data", str(rated), "--out", str(out)]) == 2  # nothing to learn from: a named error

@@ -6,11 +6,11 @@ import argparse
 
 from routers.arguments import positive_float, positive_int
 from routers.checkpoint import published_path, write_manifest
-from routers.data import sample_records
+from routers.data import RecordError, comparable, load_records, sample_records
 from routers.features import FEATURE_NAMES
 from routers.format_failures import format_failures
 from routers.neighbours import DIMS, FEATURE_WEIGHT, RIDGE, TAU, NeighbourTable
-from routers.training.pairwise import add_training_data_arguments, load_training_records
+from routers.training.pairwise import add_training_data_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Write ``neighbours.npz`` and ``router.json`` into ``args.out``."""
-    every_record = {path: load_training_records([path]) for path in args.data}
+    every_record = {path: comparable(load_records([path], "train")) for path in args.data}
+    for path in [path for path, records in every_record.items() if not records]:
+        print(f"sw_ranking: skipping {path}: no train record scores two models")
+        del every_record[path]
+    if not every_record:
+        raise RecordError(f"no 'train' record of {[str(path) for path in args.data]} scores two models")
     records_by_file = {path: sample_records(records, args.limit) for path, records in every_record.items()}
     # format failures are judged on every train record of a file, as mf's are, not on --limit's sample
     failures = {path: format_failures(records) for path, records in every_record.items()}
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     write_manifest(
         args.out,
         "sw_ranking",
-        args.data,
+        list(every_record),  # the files it learned from
         table.models,
         features=["minilm-embedding", *FEATURE_NAMES],
         tau=args.tau,
