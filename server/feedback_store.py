@@ -525,23 +525,23 @@ class FeedbackStore:
             f"NOT EXISTS (SELECT 1 FROM {label} WHERE {label}.request_id = routegate_decisions.request_id)"
             for label in LABEL_TABLES
         )
-        for table in TABLES:
-            cursor.execute(sql(f"DELETE FROM {table} WHERE created_at < ?"), (oldest,))
+        for label in LABEL_TABLES:  # the labels of an expiring decision go with it, however new they are
+            cursor.execute(
+                sql(
+                    f"DELETE FROM {label} WHERE created_at < ? OR request_id IN "
+                    "(SELECT request_id FROM routegate_decisions WHERE created_at < ?)"
+                ),
+                (oldest, oldest),
+            )
+        cursor.execute(sql("DELETE FROM routegate_decisions WHERE created_at < ?"), (oldest,))
         for table in (*LABEL_TABLES, "routegate_decisions"):  # the labels' cap first: it frees their decisions
-            cursor.execute(  # the newest max_rows rows stay
+            cursor.execute(  # the newest max_rows rows stay; a labelled decision stays while its labels do
                 sql(
                     f"DELETE FROM {table} WHERE created_at < "
                     f"(SELECT created_at FROM {table} ORDER BY created_at DESC LIMIT 1 OFFSET ?)"
                     + (f" AND {labelled}" if table == "routegate_decisions" else "")
                 ),
                 (self.max_rows - 1,),
-            )
-        for label in LABEL_TABLES:
-            cursor.execute(
-                sql(
-                    f"DELETE FROM {label} WHERE NOT EXISTS "
-                    f"(SELECT 1 FROM routegate_decisions WHERE routegate_decisions.request_id = {label}.request_id)"
-                )
             )
         self._next_retention = time.time() + RETENTION_INTERVAL
 
