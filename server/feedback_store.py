@@ -133,9 +133,13 @@ UPSERTS: dict[type[Row], str] = {
     JudgementRow: _upsert("routegate_judgements", JudgementRow),
     FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
 }
-#: another client's request under the same id leaves the row alone
+#: another client's request under the same id leaves the row alone, and so does an earlier request
+#: written late (another worker's or replica's queue was behind): the later request is kept
 DECISION_UPSERT = _upsert(
-    "routegate_decisions", DecisionRow, extra=("client",), only_if="routegate_decisions.client = excluded.client"
+    "routegate_decisions",
+    DecisionRow,
+    extra=("client",),
+    only_if="routegate_decisions.client = excluded.client AND routegate_decisions.created_at <= excluded.created_at",
 )
 
 

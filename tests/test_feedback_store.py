@@ -107,6 +107,25 @@ async def test_a_reused_request_id_takes_the_earlier_requests_labels_away(databa
     assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
 
 
+async def test_an_earlier_request_under_a_reused_id_written_late_does_not_replace_the_later_one(
+    database: Database,
+) -> None:
+    """Two workers (or replicas) answer one client's two requests under one id; the first one's
+    queue is behind and writes its decision last: the later request and its rating are kept."""
+    ahead, behind = (FeedbackStore(database, retention_days=30, queue_size=100) for _ in range(2))
+    ahead.start()
+    behind.start()
+    answered = time.time() - 60
+    ahead.record(decision("reused", tier="strong", created_at=answered + 30))
+    assert await ahead.record_feedback(FeedbackRow("reused", answered + 40, 1.0, "up", None))
+    behind.record(decision("reused", created_at=answered))  # the first request's decision, written last
+    await behind.aclose()
+    await ahead.aclose()
+    [stored] = rows(database, "routegate_decisions")
+    assert (stored[1], stored[6]) == (answered + 30, "strong")
+    assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
+
+
 async def test_a_judgement_that_ends_after_its_id_was_reused_is_not_stored_against_the_new_request(
     database: Database,
 ) -> None:
