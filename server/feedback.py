@@ -9,6 +9,7 @@ sent (a background task, or the stream's close), so what the client receives and
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncGenerator, Iterable
@@ -32,6 +33,9 @@ from server.shared_state import SharedState
 from server.upstream import answer_error_status
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
+#: at shutdown, how long the store waits for streams still closing (cut at the end of the grace
+#: period, their recording still at work) to hand over their decision rows
+CLOSING_STREAMS_WAIT_S = 10.0
 
 
 class AnswerText:
@@ -106,6 +110,7 @@ class Feedback:
             )
         self.shadow = Shadower(settings, self.store, state) if settings.shadow_rate > 0 else None
         self._tiers, judge = endpoints(settings)
+        self._open_streams = 0  # streams relayed or closing that have not yet recorded their decision
         fm.initialise(routers, {tier: endpoint.model for tier, endpoint in self._tiers.items()}, judge.model)
 
     def start(self) -> None:
@@ -120,6 +125,9 @@ class Feedback:
         if self.shadow is not None:
             await self.shadow.aclose()
         if self.store is not None:
+            deadline = time.monotonic() + CLOSING_STREAMS_WAIT_S
+            while self._open_streams and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
             await self.store.aclose()
 
     def client_of(self, headers: Headers) -> str:
@@ -169,16 +177,22 @@ class Feedback:
 
         watched = chunks()
 
+        # a stream cut at shutdown records its decision as it closes, while the gateway stops: the store waits
+        self._open_streams += 1
+
         async def on_close(completed: bool) -> None:
-            await watched.aclose()
-            await close(completed)
-            # a stream cut, or one holding the upstream's own error (a failure or the client's mistake), was not answered
-            answered = response.watcher.cut is None and not response.watcher.failed
-            if answered:  # a client that stopped the answer may still rate it; only a whole answer is judged
-                text = answer.text if answer is not None else None
-                self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)
-            if shadow and (not answered or not completed):
-                _unanswered(response.headers)
+            try:
+                await watched.aclose()
+                await close(completed)
+                # a stream cut, or one holding the upstream's own error (a failure or the client's mistake), was not answered
+                answered = response.watcher.cut is None and not response.watcher.failed
+                if answered:  # a client that stopped the answer may still rate it; only a whole answer is judged
+                    text = answer.text if answer is not None else None
+                    self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)
+                if shadow and (not answered or not completed):
+                    _unanswered(response.headers)
+            finally:
+                self._open_streams -= 1
 
         response.chunks, response.on_close = watched, on_close
 

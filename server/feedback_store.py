@@ -302,6 +302,7 @@ class FeedbackStore:
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
         self._next_retention = 0.0
+        self._closed = False
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -309,6 +310,7 @@ class FeedbackStore:
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Write what is queued (within ``timeout`` seconds) and stop the thread."""
+        self._closed = True  # a write after this point would wait in a queue that nobody reads
         if not self._thread.is_alive():
             return
         try:
@@ -332,7 +334,15 @@ class FeedbackStore:
         counted. A request id that another client's decision holds is not overwritten, nor judged;
         a judgement with ``decided_at`` is stored only while the decision made then is the id's (a
         client that reused the id since has another request under it)."""
-        if not self._put(_Owned(row, client, decided_at)):
+        if self._closed:  # the process is stopping: lost, and said so
+            log.warning(
+                "feedback store %s: closed: the %s of request %s is lost",
+                self.database.describe(),
+                "decision" if isinstance(row, DecisionRow) else "judgement",
+                row.request_id[:128],
+            )
+            fm.STORE_ERRORS.labels("unavailable").inc()
+        elif not self._put(_Owned(row, client, decided_at)):
             fm.STORE_ERRORS.labels("queue_full").inc()  # lost: nobody waits for it
 
     async def record_feedback(self, row: FeedbackRow, client: str = "") -> bool:
@@ -352,6 +362,8 @@ class FeedbackStore:
 
             loop.call_soon_threadsafe(settle)
 
+        if self._closed:
+            raise StoreUnavailable("the feedback store is closed: the gateway is stopping")
         if self._feedback_slots == 0:
             raise StoreUnavailable("too many feedback posts are waiting for the feedback store")
         if not self._put(_Feedback(row, time.time() - self.retention_seconds, done, client)):

@@ -126,6 +126,22 @@ async def test_an_earlier_request_under_a_reused_id_written_late_does_not_replac
     assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("reused", "up")]
 
 
+async def test_a_row_recorded_after_the_store_closed_is_counted_and_logged_as_lost(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    store.start()
+    await store.aclose()
+    with caplog.at_level("WARNING", logger="routegate.feedback"):
+        store.record(decision("too-late"))
+    with pytest.raises(StoreUnavailable):
+        await store.record_feedback(FeedbackRow("too-late", time.time(), 1.0, "up", None))
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 1
+    assert "too-late is lost" in caplog.text
+    assert rows(database, "routegate_decisions") == []
+
+
 async def test_a_judgement_that_ends_after_its_id_was_reused_is_not_stored_against_the_new_request(
     database: Database,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import Blackhole, FakeUpstream
 from tests.metric_values import wait_for
 
 MESSAGES = [{"role": "user", "content": "Hello?"}]
@@ -110,6 +111,38 @@ def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: Fa
             raise AssertionError("the stream ended without an error event")
         assert proxy.process.wait(timeout=15) == 0
     assert 8 <= len(pieces) < 1000  # it ran on through the 1 s grace period (a chunk every 0.05 s), then was cut
+
+
+def test_a_stream_cut_by_the_shutdown_while_redis_is_slow_keeps_its_decision_row(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """A stream cut at the end of the grace period records its decision as it closes, which waits
+    on Redis (the spend, up to its timeout per call) while the gateway already stops: the store
+    waits for it, so that the user can still rate the answer they were sent."""
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s: longer than any grace
+    hole = Blackhole()  # Redis that never answers: each call takes the whole timeout
+    database = tmp_path / "feedback.sqlite3"
+    env = proxy_env(
+        strong, weak, feedback_db=str(database), shutdown_grace_seconds="1", daily_budget_usd="100",
+        redis_url=f"redis://127.0.0.1:{hole.port}/0", redis_timeout_ms="3000",
+    )  # fmt: skip
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
+            stream = client.chat.completions.create(
+                model=STRONG_MODEL, messages=MESSAGES, stream=True, extra_headers={"x-request-id": "cut-stream"}
+            )
+            next(iter(stream))
+            proxy.process.send_signal(signal.SIGTERM)
+            with pytest.raises(openai.APIError):
+                for _ in stream:
+                    pass
+            assert proxy.process.wait(timeout=30) == 0
+            log = proxy.log()
+    finally:
+        hole.close()
+    stored = sqlite3.connect(database).execute("SELECT request_id, tier FROM routegate_decisions").fetchall()
+    assert stored == [("cut-stream", "strong")], log[-2000:]
 
 
 def test_a_request_cut_at_its_upstream_by_the_shutdown_is_recorded_under_its_decision(
