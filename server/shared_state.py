@@ -187,18 +187,17 @@ class SharedState:
             self._failure_logged = True
 
     async def keep_probing(self) -> None:
-        """While Redis is taken for failed, try it once every ``retry_seconds`` even without
-        requests: an idle process would otherwise report it down (and the alert fire) until its
-        next request."""
+        """Ping Redis at start and then once every ``retry_seconds``, with or without requests: an
+        idle process would otherwise report it up before it was ever reached (a wrong URL or
+        password), or after it went away, and down after it came back, until its next request."""
         while True:
+            try:
+                await self.run("ping", lambda: self.redis.ping())
+            except SharedStateUnavailable:
+                pass
+            except Exception:  # a defect here must not end the probing for good
+                log.exception("shared state: the Redis probe failed")
             await asyncio.sleep(self.retry_seconds)
-            if not self.up:
-                try:
-                    await self.run("ping", lambda: self.redis.ping())
-                except SharedStateUnavailable:
-                    pass
-                except Exception:  # a defect here must not end the probing for good
-                    log.exception("shared state: the Redis probe failed")
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -28,7 +28,7 @@ from redis.retry import Retry
 
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_judge import FakeJudge
-from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
 from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
 from tests.redis_server import RedisServer, running_redis
@@ -153,6 +153,26 @@ def test_an_idle_replica_reports_redis_up_again_once_it_answers(strong: FakeUpst
             assert metric_sum(proxy.metrics(), "routegate_shared_state_up") == 0
             server.start()
             _wait(lambda: metric_sum(proxy.metrics(), "routegate_shared_state_up") == 1, "Redis up again", timeout=10)
+
+
+def test_an_idle_replica_reports_a_redis_it_cannot_reach_as_down(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A wrong Redis URL, or a Redis that goes away while no request comes: the gauge says so
+    without waiting for traffic."""
+    env = proxy_env(strong, weak, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_prefix="idle:")
+    (tmp_path / "never").mkdir()
+    (tmp_path / "gone").mkdir()
+    with running_proxy(env, tmp_path / "never") as proxy:
+        _wait(lambda: metric_sum(proxy.metrics(), "routegate_shared_state_up") == 0, "Redis never reached", timeout=10)
+    with running_redis(tmp_path / "redis") as server:
+        env = proxy_env(strong, weak, redis_url=server.url, redis_prefix="idle:")
+        with running_proxy(env, tmp_path / "gone") as proxy:
+            assert metric_sum(proxy.metrics(), "routegate_shared_state_up") == 1
+            server.kill()
+            _wait(lambda: metric_sum(proxy.metrics(), "routegate_shared_state_up") == 0, "Redis gone", timeout=10)
+            server.start()
+            _wait(lambda: metric_sum(proxy.metrics(), "routegate_shared_state_up") == 1, "Redis back", timeout=10)
 
 
 def test_daily_budget_holds_across_replicas(
