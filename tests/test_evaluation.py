@@ -52,6 +52,18 @@ def test_cpt_interpolates_to_the_target_gap():
     assert cpt([0.9, 0.8, 0.2, 0.1], QUALITY, 1.0) == pytest.approx(0.5)
 
 
+def test_cpt_counts_a_share_whose_pgr_is_exactly_the_target():
+    """PGR comes from a running sum: with 0/1 scores it often lands exactly on the target, and a
+    rounding error below it must not move CPT to a later crossing."""
+    quality = PairQuality.of(strong=[1, 1, 1, 0, 1, 1, 1, 1], weak=[0, 1, 0, 1, 1, 1, 0, 1])  # gains 1 0 1 -1 0 0 1 0
+    descending = np.linspace(0.9, 0.2, 8)
+    assert cpt(descending, quality, 0.5) == pytest.approx(1 / 8)  # PGR 0.5 at 1/8 (and 3/8), then 1.0 at 3/8
+    assert cpt(descending, quality, 1.0) == pytest.approx(3 / 8)
+    assert cpt(descending, quality, 0.75) == pytest.approx(2.5 / 8)  # between cuts: interpolated
+    rounded = PairQuality.of(strong=[0, 1, 1, 1, 1, 1, 1, 1, 1], weak=[1, 1, 1, 1, 0, 1, 0, 1, 0])  # PGR 0.5 at 7/9
+    assert cpt(np.linspace(0.9, 0.1, 9), rounded, 0.5) == pytest.approx(7 / 9)  # computed as 0.5 - 1e-16 there
+
+
 def test_threshold_for_share_sends_that_share():
     scores = np.linspace(0, 0.99, 1000)
     threshold = threshold_for_share(scores, 0.3)

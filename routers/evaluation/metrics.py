@@ -84,6 +84,9 @@ def apgr(scores: Scores, quality: PairQuality) -> float:
     return float(np.trapezoid(pgr(means, quality), shares))
 
 
+PGR_TOLERANCE = 1e-9
+
+
 def cpt(scores: Scores, quality: PairQuality, target_pgr: float) -> float:
     """Call-performance threshold: the smallest strong-call share whose PGR reaches ``target_pgr``
     (NaN when the strong model does not lead on these prompts)."""
@@ -91,12 +94,14 @@ def cpt(scores: Scores, quality: PairQuality, target_pgr: float) -> float:
         return float("nan")
     shares, means = routing_curve(scores, quality)
     gaps = pgr(means, quality)
-    reached = np.nonzero(gaps >= target_pgr)[0]
+    # PGR comes from a running sum: a share exactly at the target (common with 0/1 scores) may be
+    # computed a rounding error below it, and must still count
+    reached = np.nonzero(gaps >= target_pgr - PGR_TOLERANCE)[0]
     if len(reached) == 0:
         return 1.0
     index = reached[0]
-    if index == 0:
-        return float(shares[0])
+    if index == 0 or gaps[index] <= target_pgr + PGR_TOLERANCE:
+        return float(shares[index])
     low_share, high_share = shares[index - 1], shares[index]
     low_gap, high_gap = gaps[index - 1], gaps[index]
     return float(low_share + (target_pgr - low_gap) * (high_share - low_share) / (high_gap - low_gap))
