@@ -90,9 +90,8 @@ async def _whole(
         if name in result.headers:
             headers[name] = result.headers[name]
     await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))
-    body = result.body
+    body = upstream.redact(result.body)  # an error body may quote the key, also as an answer's error object in a 200
     if result.status >= 400:
-        body = upstream.redact(body)
         parsed = json_value(body)
         if not _is_openai_error(parsed):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
             message = f"The {upstream.tier} upstream answered {result.status} without an OpenAI-style error body"
