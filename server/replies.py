@@ -28,6 +28,19 @@ from server.upstream import (
 )
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
+_STAND_INS = {"content-type": "application/json"}  # for an upstream's value that cannot be sent on
+
+
+def _sendable(value: str) -> str | None:
+    """An upstream's header value when it can be sent on (Latin-1); None for one holding a byte
+    that its client decoded as a stand-in character (obs-text, as ``charset=\xe9``)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
 Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
@@ -87,8 +100,8 @@ async def _whole(
         if reported_tokens(usage) is None and status < 300:
             estimate = (prompt_tokens(), answer_tokens(answer))
     for name in _RELAYED_HEADERS:
-        if name in result.headers:
-            headers[name] = result.headers[name]
+        if name in result.headers and (value := _sendable(result.headers[name]) or _STAND_INS.get(name)):
+            headers[name] = value
     await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))
     body = upstream.redact(result.body)  # an error body may quote the key, also as an answer's error object in a 200
     if result.status >= 400:
@@ -177,7 +190,7 @@ def _relay_stream(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)
         )
 
-    media_type = start.response.headers.get("content-type", "text/event-stream")
+    media_type = _sendable(start.response.headers.get("content-type", "")) or "text/event-stream"
     return RelayResponse(
         relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher, send_timeout=send_timeout
     )

@@ -602,6 +602,24 @@ def test_stream_cut_midway_without_done_ends_with_an_error_event(
     assert delta("routegate_requests_total", status="200") == 0  # not counted as answered
 
 
+def test_an_upstream_content_type_with_a_byte_beyond_ascii_is_relayed_not_a_500(fault_proxy: Proxy, strong: FakeUpstream) -> None:
+    """A load balancer's ``charset`` with a Latin-1 byte: the answer, the upstream's 400 and a stream
+    still reach the client (with a content type that can be sent), each counted once."""
+    delta = MetricDelta(fault_proxy.metrics)
+    strong.behaviour.fail_statuses = [400]
+    strong.behaviour.fail_body = '{"error": {"message": "bad", "type": "invalid_request_error", "param": null, "code": null}}'
+    strong.behaviour.fail_content_type = "application/json; note=\u00e9"  # sent as the byte 0xE9
+    refused = httpx.post(f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES})
+    strong.behaviour.stream_content_type = "text/event-stream; note=\u00e9"
+    streamed = raw_stream(fault_proxy)
+    counted = delta.after()
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["message"] == "bad"
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert counted("routegate_requests_total") == 2 and counted("routegate_requests_total", status="500") == 0
+
+
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "done"
     delta = MetricDelta(fault_proxy.metrics)
