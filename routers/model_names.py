@@ -31,10 +31,15 @@ _DATE = re.compile(r"^-?(\d{4}-\d{2}-\d{2}|\d{4}|\d{2}-\d{2}|\d{8})$")
 
 def normal_form(name: str) -> str:
     """The comparable spelling of a model name."""
+    form = _plain_form(name)
+    return _ALIASES.get(form, form)
+
+
+def _plain_form(name: str) -> str:
+    """``normal_form`` before the aliases."""
     form = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-")
     form = form.removeprefix("meta-").removesuffix("-hf")
-    form = re.sub(r"^llama(\d)", r"llama-\1", form)
-    return _ALIASES.get(form, form)
+    return re.sub(r"^llama(\d)", r"llama-\1", form)
 
 
 def scores_by_model(scores: Mapping[str, float]) -> dict[str, float]:
@@ -63,6 +68,15 @@ def match_model(asked: str, known: Iterable[str]) -> str | None:
         return by_form[wanted]
     if _POINTS_TO.get(wanted) in by_form:
         return by_form[_POINTS_TO[wanted]]
+    for form in dict.fromkeys((wanted, _plain_form(asked))):  # an alias's snapshot unknown: another one of its name
+        found = _by_date(form, by_form)
+        if found is not None:
+            return found
+    return None
+
+
+def _by_date(wanted: str, by_form: dict[str, str]) -> str | None:
+    """The known name that is ``wanted`` plus a date (the latest), or that ``wanted`` extends with one."""
     dated = sorted(form for form in by_form if form.startswith(wanted) and _DATE.match(form[len(wanted) :]))
     if dated:
         return by_form[dated[-1]]

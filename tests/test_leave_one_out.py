@@ -159,6 +159,12 @@ def test_model_names_match_across_spellings(asked: str, expected: str | None) ->
     assert match_model(asked, known) == expected
 
 
+def test_an_aliased_name_finds_another_snapshot_when_its_own_is_not_known() -> None:
+    """``gpt-4o`` means the May 2024 snapshot where a file scores it, and any gpt-4o snapshot where none does."""
+    assert match_model("gpt-4o", ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18"]) == "gpt-4o-2024-08-06"
+    assert match_model("gpt-4o", ["gpt-4o-mini-2024-07-18"]) is None
+
+
 def test_an_api_name_finds_its_only_snapshot_when_the_one_it_points_to_is_unknown() -> None:
     assert match_model("gpt-3.5-turbo", ["gpt-3.5-turbo-1106", "gpt-4o-2024-05-13"]) == "gpt-3.5-turbo-1106"
 
