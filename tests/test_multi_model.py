@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from routers.calibration import threshold_for_share
+from routers.evaluation.multi_model import quality_at_cost
 from routers.multi_model import (
     beaten_from_logits,
     beaten_from_scores,
@@ -507,3 +508,11 @@ def test_a_small_default_threshold_makes_a_model_name_that_resolves(monkeypatch)
     names = ModelNames(settings, ["mf"], Ladder.from_settings(settings))
     assert names.aliases["auto"] == "router-mf-0.00005"  # not router-mf-5e-05, which no route parses
     assert names.resolve("auto").threshold == 0.00005 and "router-mf-0.00005" in names.listed()
+
+
+def test_a_sweep_point_at_the_budget_by_a_rounding_error_is_within_it():
+    """A router that sends every prompt to the best fixed model spends its cost, computed as another
+    mean of the same per-prompt costs that may round a last bit above it."""
+    budget = 0.1 + 0.2  # 0.30000000000000004
+    assert quality_at_cost(np.array([0.0, budget * (1 + 1e-15)]), np.array([0.5, 0.75]), budget) == 0.75
+    assert np.isnan(quality_at_cost(np.array([budget * 1.01]), np.array([0.75]), budget))

@@ -227,10 +227,14 @@ def routing_curve(name: str, predicted: np.ndarray, data: ModelSet, logits: bool
     return Curve(name, predicted, costs, qualities, data.models[best])
 
 
+COST_TOLERANCE = 1e-9
+
+
 def quality_at_cost(costs: np.ndarray, qualities: np.ndarray, budget: float) -> float:
     """The best mean quality a sweep reaches spending at most ``budget`` per prompt, by one
     threshold or by mixing two neighbouring ones at random; nan when even the cheapest is dearer."""
-    reachable = [quality for cost, quality in zip(costs, qualities, strict=True) if cost <= budget]
+    within = budget * (1 + COST_TOLERANCE)  # a mean over prompts of the budget's own costs may round above it
+    reachable = [quality for cost, quality in zip(costs, qualities, strict=True) if cost <= within]
     for c1, q1, c2, q2 in zip(costs[:-1], qualities[:-1], costs[1:], qualities[1:], strict=True):
         if min(c1, c2) <= budget <= max(c1, c2) and c1 != c2:
             reachable.append(q1 + (q2 - q1) * (budget - c1) / (c2 - c1))
@@ -240,7 +244,7 @@ def quality_at_cost(costs: np.ndarray, qualities: np.ndarray, budget: float) -> 
 def best_fixed_at_cost(data: ModelSet, budget: float) -> float:
     """Mean quality of the best single model whose mean cost is within ``budget`` (nan if none)."""
     means, costs = data.quality.mean(axis=0), data.costs.mean(axis=0)
-    within = means[costs <= budget * (1 + 1e-9)]
+    within = means[costs <= budget * (1 + COST_TOLERANCE)]
     return float(within.max()) if len(within) else float("nan")
 
 
