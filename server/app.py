@@ -279,47 +279,22 @@ def _check_client_key(request: Request, settings: Settings) -> None:
 def _check_same_machine_origin(request: Request, allowed: list[str]) -> None:
     """Without client keys, only this machine's programs may call a loopback gateway: a browser
     request from a page of another site (its ``Origin``), which any web page the operator opens
-    could send, or through a DNS name rebound to 127.0.0.1 (its ``Host``, which a browser's
-    same-site GET carries without an ``Origin``), is refused. Clients that are not browsers send no
-    ``Origin`` and name this machine as host; a page served from this machine, or from an
-    ``allowed`` origin, may call."""
+    could send, or through a DNS name rebound to 127.0.0.1, is refused. Clients that are not
+    browsers send no ``Origin``; a page served from this machine, or from an ``allowed`` origin, may call."""
     origin = request.headers.get("origin")
-    if not _names_this_machine(request.headers.get("host"), allowed):
-        raise APIError(
-            403,
-            "routegate without client keys serves only requests addressed to this machine (localhost or a loopback "
-            "address): a request for another host name is refused. Set ROUTEGATE_API_KEYS, or name the site in "
-            "ROUTEGATE_ALLOWED_ORIGINS.",
-            code="host_refused",
-        )
     if origin is None or origin.rstrip("/").lower() in allowed:
         return
-    if not is_loopback(_hostname(origin) or ""):
+    try:
+        host = urlsplit(origin).hostname
+    except ValueError:
+        host = None
+    if host is None or not is_loopback(host):
         raise APIError(
             403,
             "routegate without client keys serves only this machine's programs: a browser request from another "
             "site is refused. Set ROUTEGATE_API_KEYS, or name the site in ROUTEGATE_ALLOWED_ORIGINS.",
             code="cross_origin_refused",
         )
-
-
-def _hostname(url: str) -> str | None:
-    """The host name of an origin (``https://a.example:8443``) or, with ``//`` before it, of a ``Host`` header."""
-    try:
-        return urlsplit(url).hostname
-    except ValueError:
-        return None
-
-
-def _names_this_machine(host: str | None, allowed: list[str]) -> bool:
-    """Whether a ``Host`` header names this machine (or an allowed origin's host): a DNS name
-    rebound to 127.0.0.1 does not. A request without one (HTTP/1.0) is not a browser's."""
-    if host is None:
-        return True
-    name = _hostname(f"//{host}")
-    if name is None:
-        return False
-    return is_loopback(name) or name.endswith(".localhost") or name in {_hostname(origin) for origin in allowed}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="browser origins (https://chat.example.com) a loopback gateway without client keys serves, "
-        "beside this machine's own (and their host names, as a Host header, beside localhost and loopback addresses)",
+        "beside this machine's own",
     )
     metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
     metrics_port: int | None = Field(
