@@ -29,21 +29,19 @@ from server.upstream import (
 
 _RELAYED_HEADERS = ("content-type", "retry-after")
 _STAND_INS = {"content-type": "application/json"}  # for an upstream's value that cannot be sent on
+MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
+Finish = Callable[[Outcome], Awaitable[None]]
+PromptTokens = Callable[[], int]
 
 
 def _sendable(value: str) -> str | None:
     """An upstream's header value when it can be sent on (Latin-1); None for one holding a byte
-    that its client decoded as a stand-in character (obs-text, as ``charset=\xe9``)."""
+    that its client decoded as a stand-in character (obs-text, as a charset's Latin-1 letter)."""
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
         return None
     return value
-
-
-MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
-Finish = Callable[[Outcome], Awaitable[None]]
-PromptTokens = Callable[[], int]
 
 
 async def reply(
