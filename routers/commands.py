@@ -18,7 +18,7 @@ from routers.registry import (
     RouterOptions,
     available_routers,
     installed_routers,
-    load_router,
+    load_router_or_exit,
     load_trainer,
     router_models,
     trainable_routers,
@@ -164,10 +164,7 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
     if name not in available_routers():
         raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}")
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
-    try:
-        router = load_router(name, options)
-    except Exception as error:  # a missing or broken checkpoint or an unknown model name: say which, no traceback
-        raise SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}") from None
+    router = load_router_or_exit(name, options)
     models = router_models(name, args.checkpoint_dir)
     if (match_model(strong, models) or normal_form(strong)) == (match_model(weak, models) or normal_form(weak)):
         raise SystemExit(f"routegate: --strong {strong!r} and --weak {weak!r} name one model: a router scores two")
@@ -235,7 +232,7 @@ def _score(args: argparse.Namespace) -> int:
     records = [(record["id"], record["prompt"]) for record in iter_records(args.input, scores=False, require=("id", "prompt"))]
     if not records:
         raise SystemExit(f"routegate: no records in {args.input}")
-    check_writable(args.output)
+    check_writable(args.output, replaced=True)
     router = _load(args.router, args)
     print(f"score {args.router}: {args.strong} (strong) vs {args.weak} (weak)", file=sys.stderr)
     prompts = [prompt[: args.max_chars] for _, prompt in records]
@@ -353,6 +350,8 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     missing = sorted(name for name in shipped if name not in installed)
     if missing:
         raise SystemExit(f"routegate eval: no checkpoint in {args.checkpoint_dir} for {missing}; installed: {installed}")
+    plot = args.plot or Path("leave-one-out.png")
+    check_writable(plot)  # before the folds, as a given --plot is
     use_disk_cache()
     table = run_leave_one_out(
         args.router,
@@ -369,7 +368,6 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     print(text)
     if args.table is not None:  # before the plot: a plot that cannot be written loses no table
         args.table.write_text(text + "\n")
-    plot = args.plot or Path("leave-one-out.png")
     plot_leave_one_out(table, plot)
     print(f"plot: {plot}")
     return 0

@@ -10,17 +10,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, replaced: bool = False) -> None:
     """Make ``path``'s folder (with its parents); SystemExit when ``path`` is a folder, or cannot be
-    written (an existing file, a device such as /dev/stdout) or made (its folder). OSError (a
-    parent that is a file) names the path, as for a missing input."""
+    written (an existing file, a device such as /dev/stdout) or made (its folder). ``replaced``:
+    it will be written by ``replaced_on_success``, which makes a plain file's new version in its
+    folder, so that folder must be writable too. OSError (a parent that is a file) names the
+    path, as for a missing input."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise SystemExit(f"routegate: {path} is a folder: name a file to write")
-    if path.exists() or path.is_symlink():
-        if not os.access(path, os.W_OK):
-            raise SystemExit(f"routegate: cannot write {path}")
-    elif not os.access(path.parent, os.W_OK | os.X_OK):
+    exists = path.exists() or path.is_symlink()
+    if exists and not os.access(path, os.W_OK):
+        raise SystemExit(f"routegate: cannot write {path}")
+    made_in_folder = not exists or (replaced and path.is_file() and not path.is_symlink())
+    if made_in_folder and not os.access(path.parent, os.W_OK | os.X_OK):
         raise SystemExit(f"routegate: cannot write in {path.parent}")
 
 

@@ -109,11 +109,15 @@ def _base_model_installed(router_dir: Path) -> bool:
 
 def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
     """The model names a router's checkpoint knows: its ``router.json``'s models, or a ``lookahead``
-    ``config.json``'s candidates; none for ``random``."""
+    ``config.json``'s candidates; none for ``random`` or an unreadable manifest (loading the router
+    says what is wrong)."""
     directory = Path(checkpoint_dir) / name
     for file, key in (("router.json", "models"), ("config.json", "candidates")):
         if (directory / file).is_file():
-            return list(json.loads((directory / file).read_text()).get(key, []))
+            try:
+                return list(json.loads((directory / file).read_text()).get(key, []))
+            except (OSError, ValueError, AttributeError, TypeError):
+                return []
     return []
 
 
@@ -126,6 +130,15 @@ def load_router(name: str, options: RouterOptions | None = None) -> Router:
     for part in attribute.split("."):
         factory = getattr(factory, part)
     return factory(options or RouterOptions())
+
+
+def load_router_or_exit(name: str, options: RouterOptions) -> Router:
+    """``load_router`` for the command line: a missing or broken checkpoint or an unknown model
+    name is a SystemExit that says which, not a traceback."""
+    try:
+        return load_router(name, options)
+    except Exception as error:
+        raise SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}") from None
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def _read_rows(database: Database, since: float) -> Iterator[tuple]:
 
 def _export(args: argparse.Namespace) -> int:
     database = _database(args)
-    check_writable(args.out)
+    check_writable(args.out, replaced=True)
     rows = _read_rows(database, args.since)
     written = without_text = 0
     with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is

@@ -300,6 +300,22 @@ def test_eval_models_refuses_pair_routers_unknown_models_and_unpriced_models(tmp
         main(["eval", "--data", str(data), "--router", "mf", "--models", "cheap-model,mid-model", "--prices", "cheap-model=1/1"])
 
 
+@pytest.mark.usefixtures("_private_cache")
+@pytest.mark.parametrize("manifest", ["{not json", '{"models": ["cheap-model", "mid-model", "best-model"]}'])
+def test_eval_models_with_a_broken_checkpoint_is_a_one_line_error(tmp_path, manifest):  # type: ignore[no-untyped-def]
+    """A manifest that is not JSON, or one without the weights beside it: the router is named, no traceback."""
+    from server.cli import main
+
+    data = tmp_path / "synthetic.jsonl"
+    _synthetic(data)
+    (tmp_path / "checkpoints" / "mf").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "mf" / "router.json").write_text(manifest)
+    command = ["eval", "--data", str(data), "--router", "mf", "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    prices = "cheap-model=1/1,mid-model=2/2,best-model=10/30"
+    with pytest.raises(SystemExit, match="cannot load router 'mf'"):
+        main([*command, "--models", "cheap-model,mid-model,best-model", "--prices", prices])
+
+
 def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-def]
     from routers.evaluation.multi_model import load_model_set
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -694,6 +696,64 @@ def test_an_output_is_replaced_only_once_it_is_written(tmp_path: Path) -> None:
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
     assert link.is_symlink() and len(out.read_text().splitlines()) == 3  # written through the link
+
+
+def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_the_scoring(tmp_path: Path) -> None:
+    """``score`` makes its new output beside the old one and moves it into place: a writable file
+    in a folder the user cannot write would pass a check of the file alone, be scored, and then
+    fail on a traceback. Where the tests run as root (who writes anywhere), a forked child runs
+    the command as ``nobody``."""
+    folder = Path(tempfile.mkdtemp(prefix="routegate-read-only-"))
+    try:
+        data, out = folder / "records.jsonl", folder / "scores.jsonl"
+        data.write_text(json.dumps({"id": 0, "prompt": "question"}) + "\n")
+        out.write_text("earlier scores\n")
+        out.chmod(0o666)
+        folder.chmod(0o755 if os.geteuid() == 0 else 0o555)
+        said = _said_as_another_user(["score", "--router", "random", "--input", str(data), "--output", str(out)])
+        assert said == f"routegate: cannot write in {folder}"
+        assert out.read_text() == "earlier scores\n"
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def _said_as_another_user(argv: list[str]) -> str:
+    """How ``routegate argv`` ends in a child process, as ``nobody`` when this one is root: the
+    message it stops with, or the exception's name."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's result reaches the parent through the pipe
+        try:
+            if os.geteuid() == 0:
+                import pwd
+
+                nobody = pwd.getpwnam("nobody")
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            main(argv)
+            said = "finished"
+        except SystemExit as stop:
+            said = str(stop)
+        except BaseException as error:  # noqa: BLE001 - a traceback is what the test looks for
+            said = type(error).__name__
+        os.write(writer, said.encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        said = pipe.read()
+    os.waitpid(child, 0)
+    return said
+
+
+def test_the_default_leave_one_out_plot_is_checked_before_the_folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --plot the table goes to ./leave-one-out.png: a folder of that name stops the
+    command before any fold is trained, as a bad --plot does, not after an hour of them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "leave-one-out.png").mkdir()
+    with pytest.raises(SystemExit, match="leave-one-out.png is a folder"):
+        main(["eval", "--leave-one-out", "--router", "mf", "--data-dir", str(tmp_path / "no-data"), "--work-dir", "folds"])
+    assert not (tmp_path / "folds").exists()
 
 
 def test_a_weight_for_a_file_not_in_data_is_named_and_left_out(tmp_path: Path) -> None:

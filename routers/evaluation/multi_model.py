@@ -197,7 +197,7 @@ def check_routers(names: list[str]) -> None:
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
     """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
-    from routers.registry import RouterOptions, load_router, router_models
+    from routers.registry import RouterOptions, load_router_or_exit, router_models
 
     known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
     matched = [match_model(model, known) for model in data.models]
@@ -205,7 +205,7 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
     if unknown:
         raise SystemExit(f"routegate eval: the {name} checkpoint does not know {unknown}; it knows {known}")
     names = [found for found in matched if found is not None]
-    router = load_router(name, RouterOptions(checkpoint_dir, device, strong_model=names[0], weak_model=names[1]))
+    router = load_router_or_exit(name, RouterOptions(checkpoint_dir, device, strong_model=names[0], weak_model=names[1]))
     logits = []
     with tqdm(total=len(data.prompts), desc=f"{name} on {data.name}", unit="prompt") as progress:
         for start in range(0, len(data.prompts), SCORE_BATCH):
