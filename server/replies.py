@@ -166,9 +166,12 @@ def _relay_stream(
             yield upstream.redact(rest)  # (the client has the upstream's own error event: no second one)
 
     relayed = chunks()
+    shut_down = False  # the shutdown's grace period ran out: the client got a 503 shutting_down event
 
     def on_cancel() -> bytes | None:
+        nonlocal shut_down
         final = _shutdown_event()
+        shut_down = final is not None
         return None if final is None else events.cut_off() + final
 
     async def on_close(completed: bool) -> None:
@@ -181,7 +184,7 @@ def _relay_stream(
             if watcher.failed and watcher.cut is None:  # an error event of the upstream's own, which the client has
                 watcher.cut = "stream_cut"  # not an answer
                 metrics.UPSTREAM_ERRORS.labels(upstream.tier, watcher.cut).inc()
-            status = (504 if watcher.cut == "timeout" else 502) if watcher.cut else 200 if completed else 499
+            status = _stream_status(watcher.cut, completed, shut_down)
             estimate = (prompt_tokens(), watcher.choice_chunks) if reported_tokens(watcher.usage) is None else None
             upstream_status = start.response.status_code
         await finish(
@@ -192,6 +195,16 @@ def _relay_stream(
     return RelayResponse(
         relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher, send_timeout=send_timeout
     )
+
+
+def _stream_status(cut: str | None, completed: bool, shut_down: bool) -> int:
+    """The status a relayed stream is counted as: 502/504 for an upstream that cut it, 200 when
+    the client had it all, 503 when the shutdown cut it, 499 when the client left."""
+    if cut:
+        return 504 if cut == "timeout" else 502
+    if completed:
+        return 200
+    return 503 if shut_down else 499
 
 
 def _stream_error(upstream: Upstream, reason: str) -> bytes:

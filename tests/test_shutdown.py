@@ -96,10 +96,14 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpst
 
 
 def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
+    """The client gets a 503 ``shutting_down`` event, and the request is counted as that 503, not
+    as a client that left (499)."""
     strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s: longer than any grace
     with running_proxy(proxy_env(strong, weak, shutdown_grace_seconds="1"), tmp_path) as proxy:
         client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=30)
-        stream = client.chat.completions.create(model=STRONG_MODEL, messages=MESSAGES, stream=True)
+        stream = client.chat.completions.create(
+            model=STRONG_MODEL, messages=MESSAGES, stream=True, extra_headers={"x-request-id": "cut-stream"}
+        )
         pieces = [next(iter(stream)).choices[0].delta.content]
         proxy.process.send_signal(signal.SIGTERM)
         try:
@@ -110,7 +114,9 @@ def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: Fa
         else:
             raise AssertionError("the stream ended without an error event")
         assert proxy.process.wait(timeout=15) == 0
+        line = next(line for line in proxy.log().splitlines() if "request_id=cut-stream" in line)
     assert 8 <= len(pieces) < 1000  # it ran on through the 1 s grace period (a chunk every 0.05 s), then was cut
+    assert "tier=strong" in line and "status=503" in line, line
 
 
 def test_a_stream_cut_by_the_shutdown_while_redis_is_slow_keeps_its_decision_row(
