@@ -134,6 +134,16 @@ class ChatProxy:
             else:
                 await finish(Outcome(sent.decision, sent.upstream, status, started, estimated_tokens=(prompt_tokens(payload), 0)))
 
+        async def answer_cut_short(error: APIError, headers: dict[str, str] | None = None) -> Response:
+            """``error`` for a request cut short by the shutdown or a defect in routegate, counted once:
+            not again when its outcome is recorded already, as refused when no upstream had it."""
+            if ticket.closed:
+                return error.to_response({"x-request-id": request_id, **(headers or {})})
+            if sent.upstream is None:
+                return self._refuse(error, request_id, headers)
+            await finish_unanswered(error.status)  # under its decision and upstream, its prompt charged
+            return error.to_response({"x-request-id": request_id, **(headers or {})})
+
         try:
             payload = await self.read_payload(request, ticket.body)  # read and parse
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
@@ -159,17 +169,11 @@ class ChatProxy:
                 raise
             # The shutdown grace period ran out: answer rather than leave the client a bare 500.
             cut = APIError(503, "routegate shut down before this request finished.", type="server_error", code="shutting_down")
-            if ticket.closed or sent.upstream is None:  # recorded already, or no upstream had it: refused
-                return self._refuse(cut, request_id, {"connection": "close", "retry-after": "1"})
-            await finish_unanswered(503)  # under its decision and upstream, its prompt charged
-            return cut.to_response({"x-request-id": request_id, "connection": "close", "retry-after": "1"})
+            return await answer_cut_short(cut, {"connection": "close", "retry-after": "1"})
         except Exception:  # a defect in routegate: counted like any answer, the details only in the log
             log.exception("request_id=%s unhandled error", request_id)
             internal = APIError(500, "Internal error in routegate.", type="server_error", code="internal_error")
-            if ticket.closed or sent.upstream is None:  # recorded already, or no upstream had it: refused
-                return self._refuse(internal, request_id)
-            await finish_unanswered(500)  # under its decision and upstream, its prompt charged
-            return internal.to_response({"x-request-id": request_id})
+            return await answer_cut_short(internal)
         finally:
             if not isinstance(response, RelayResponse):  # a stream gives its ticket back, and closes upstream, when it closes
                 ticket.close()

@@ -59,8 +59,9 @@ async def reply(
     if result.response is not None:  # a 429 after every try: the client should back off too
         return await _whole(exchange, result.response, headers, started, finish, prompt_tokens)
     error = _failure_error(exchange.upstream, result)
+    response = error.to_response(headers)
     await finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
-    return error.to_response(headers)
+    return response
 
 
 def _failure_error(upstream: Upstream, failure: UpstreamFailure) -> APIError:
@@ -100,7 +101,6 @@ async def _whole(
     for name in _RELAYED_HEADERS:
         if name in result.headers and (value := _sendable(result.headers[name]) or _STAND_INS.get(name)):
             headers[name] = value
-    await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))
     body = upstream.redact(result.body)  # an error body may quote the key, also as an answer's error object in a 200
     if result.status >= 400:
         parsed = json_value(body)
@@ -110,7 +110,9 @@ async def _whole(
             message += f": {said[:MAX_RELAYED_MESSAGE]}" if said else "."
             body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
-    return Response(body, status_code=result.status, headers=headers)
+    response = Response(body, status_code=result.status, headers=headers)
+    await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))  # once built
+    return response
 
 
 def _is_openai_error(parsed: object) -> bool:

@@ -4,8 +4,8 @@ containing ``STOP`` (a ``next()`` on an empty iterator), scores NaN for prompts 
 
 ``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``,
 and with defects planted: deciding raises for a request whose last message holds ``DEFECT``,
-and relaying the answer to one whose ``x-request-id`` is ``late-defect``, once the weak upstream has answered it
-(what a bug in routegate itself looks like to a client).
+and relaying the answer to one whose ``x-request-id`` is ``late-defect``, once the weak upstream has answered it,
+or ``after-recording``, once its answer is recorded (what a bug in routegate itself looks like to a client).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class FailingRouter(Router):
 
 def plant_defect() -> None:
     """Make ``Decider.decide`` raise an unexpected error for requests that ask for ``DEFECT``, and
-    the relay step for the request ``late-defect``."""
+    the relay step for the requests ``late-defect`` and ``after-recording``."""
     import server.proxy
     from server.deciding import Decider
 
@@ -59,7 +59,10 @@ def plant_defect() -> None:
     async def defective_reply(exchange: Any, *args: Any) -> Any:
         if exchange.decision.request_id == "late-defect":
             raise KeyError("a planted defect after the upstream answered, secret detail /home/user/model.bin")
-        return await reply(exchange, *args)
+        response = await reply(exchange, *args)
+        if exchange.decision.request_id == "after-recording":
+            raise KeyError("a planted defect after the answer was recorded, secret detail /home/user/model.bin")
+        return response
 
     server.proxy.reply = defective_reply  # type: ignore[assignment]
 

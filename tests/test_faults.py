@@ -886,9 +886,15 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
                 messages=[{"role": "user", "content": "a question"}],
                 extra_headers={"x-request-id": "late-defect"},
             )
+        with pytest.raises(openai.InternalServerError) as recorded:  # a defect once the answer is recorded
+            sdk.chat.completions.create(
+                model="router-failing-0.5",
+                messages=[{"role": "user", "content": "a question"}],
+                extra_headers={"x-request-id": "after-recording"},
+            )
         sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}])
         metrics_text, log = proxy.metrics(), proxy.log()
-    for error in (raised, late):
+    for error in (raised, late, recorded):
         assert (error_of(error)["code"], error_of(error)["type"]) == ("internal_error", "server_error")
         assert "secret detail" not in error.value.response.text and "Traceback" not in error.value.response.text
     assert raised.value.response.headers["x-request-id"] == "r1"
@@ -899,7 +905,10 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
     assert metric_sum(metrics_text, "routegate_requests_total", router="failing", tier="weak", status="500") == 1
     assert metric_sum(metrics_text, "routegate_usage_estimated_total", tier="weak") == 1
     assert metric_sum(metrics_text, "routegate_requests_in_flight") == 0  # their slots were given back
-    assert len(weak.received) == 2 and not strong.received
+    assert len(weak.received) == 3 and not strong.received
+    # the one recorded before the defect is counted once, as recorded, not a second time as refused
+    assert metric_sum(metrics_text, "routegate_requests_total") == 4
+    assert "request_id=after-recording unhandled error" in log
 
 
 def test_a_router_score_that_is_not_a_number_is_a_router_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
