@@ -18,6 +18,7 @@ SHADOW_OUTCOMES = (
     "unanswered",
     "shadow_failed",
     "judge_failed",
+    "abandoned",
 )
 RATINGS = ("up", "down", "score")
 

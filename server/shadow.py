@@ -171,6 +171,7 @@ class Shadower:
         self._timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._abandoned = 0  # jobs the shutdown stopped
 
     def sampled(self) -> bool:
         """Whether this answer is drawn for shadowing."""
@@ -183,10 +184,15 @@ class Shadower:
         self._tasks = [asyncio.create_task(self._work(), name=f"routegate-shadow-{n}") for n in range(self.workers)]
 
     async def aclose(self) -> None:
-        """Stop the workers (queued and running jobs are abandoned) and close the client."""
+        """Stop the workers and close the client; queued and running jobs are abandoned (counted
+        and logged)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            self._abandon(self._queue.get_nowait())
+        if self._abandoned:
+            log.warning("shutdown abandoned %d shadow jobs, queued or under way", self._abandoned)
         with contextlib.suppress(Exception):  # spend a cancelled job had not yet added to the replicas' total
             await asyncio.wait_for(self.budget.refresh(), FLUSH_TIMEOUT_S)
         if self._client is not None:
@@ -214,9 +220,15 @@ class Shadower:
             try:
                 await self._run(job)
             except asyncio.CancelledError:
+                self._abandon(job)
                 raise
             except Exception:
                 log.exception("request_id=%s shadow job failed", job.request_id)
+
+    def _abandon(self, job: ShadowJob) -> None:
+        """Count a job the shutdown stopped before its outcome."""
+        self._abandoned += 1
+        fm.SHADOW_REQUESTS.labels(OTHER_TIER[job.chosen_tier], "abandoned").inc()
 
     async def _run(self, job: ShadowJob) -> None:
         other = OTHER_TIER[job.chosen_tier]

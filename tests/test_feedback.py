@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -575,6 +576,24 @@ def test_a_full_shadow_queue_drops_and_counts(strong: FakeUpstream, weak: FakeUp
         wait_until(lambda: shadow_total(proxy) == 4, "four shadow outcomes", timeout=30)
         assert shadow_total(proxy, tier="strong", outcome="dropped") == 2
         assert shadow_total(proxy, tier="strong", outcome="judged") == 2
+
+
+def test_shadow_jobs_the_shutdown_stops_are_counted_and_logged(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """One job waits on a slow judge and one in the queue when the gateway stops: both are
+    abandoned, and the log says how many (the gateway does not wait for shadow work)."""
+    judge.behaviour.delay = 30.0
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_concurrent="1", shadow_queue_size="2")
+    with running_proxy(env, tmp_path) as proxy:
+        for _ in range(2):
+            client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION)
+        wait_until(lambda: len(judge.received) >= 1, "the first job at the judge")
+        assert shadow_total(proxy) == 0
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(timeout=20) == 0
+        log = proxy.log()
+    assert "shutdown abandoned 2 shadow jobs, queued or under way" in log
 
 
 def test_a_spent_shadow_budget_skips_shadowing(
