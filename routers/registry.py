@@ -109,15 +109,11 @@ def _base_model_installed(router_dir: Path) -> bool:
 
 def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
     """The model names a router's checkpoint knows: its ``router.json``'s models, or a ``lookahead``
-    ``config.json``'s candidates; none for ``random`` or an unreadable manifest (loading the router
-    says what is wrong)."""
+    ``config.json``'s candidates; none for ``random``."""
     directory = Path(checkpoint_dir) / name
     for file, key in (("router.json", "models"), ("config.json", "candidates")):
         if (directory / file).is_file():
-            try:
-                return list(json.loads((directory / file).read_text()).get(key, []))
-            except (OSError, ValueError, AttributeError, TypeError):
-                return []
+            return list(json.loads((directory / file).read_text()).get(key, []))
     return []
 
 
@@ -138,7 +134,12 @@ def load_router_or_exit(name: str, options: RouterOptions) -> Router:
     try:
         return load_router(name, options)
     except Exception as error:
-        raise SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}") from None
+        raise cannot_load(name, error) from None
+
+
+def cannot_load(name: str, error: Exception) -> SystemExit:
+    """The command-line error for a router whose checkpoint cannot be read or loaded."""
+    return SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)

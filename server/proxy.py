@@ -138,6 +138,7 @@ class ChatProxy:
             """``error`` for a request cut short by the shutdown or a defect in routegate, counted once:
             not again when its outcome is recorded already, as refused when no upstream had it."""
             if ticket.closed:
+                log.info("request_id=%s status=%d error=%s (after its answer was recorded)", request_id, error.status, error.code)
                 return error.to_response({"x-request-id": request_id, **(headers or {})})
             if sent.upstream is None:
                 return self._refuse(error, request_id, headers)

@@ -172,6 +172,7 @@ class Shadower:
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned = 0  # jobs the shutdown stopped
+        self._closed = False
 
     def sampled(self) -> bool:
         """Whether this answer is drawn for shadowing."""
@@ -186,6 +187,7 @@ class Shadower:
     async def aclose(self) -> None:
         """Stop the workers and close the client; queued and running jobs are abandoned (counted
         and logged)."""
+        self._closed = True  # a job offered from here on (a stream closing late) is abandoned at once
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,6 +202,9 @@ class Shadower:
 
     def offer(self, job: ShadowJob, headers: Any) -> None:
         """Queue a sampled job unless it is excluded, over budget or the queue is full (each counted)."""
+        if self._closed:
+            self._abandon(job)
+            return
         other = OTHER_TIER[job.chosen_tier]
         if excluded(headers, job.payload, self.shadow_tools):
             outcome = "excluded"

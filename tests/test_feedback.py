@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import APIError, OpenAI
+from prometheus_client import REGISTRY
 
 from server.feedback_store import Database
 from server.token_estimate import prompt_tokens
@@ -594,6 +595,21 @@ def test_shadow_jobs_the_shutdown_stops_are_counted_and_logged(
         assert proxy.process.wait(timeout=20) == 0
         log = proxy.log()
     assert "shutdown abandoned 2 shadow jobs, queued or under way" in log
+
+
+async def test_a_job_offered_once_the_shadow_workers_stopped_is_counted_abandoned() -> None:
+    """A stream that closes while the gateway stops may offer its job after the workers are gone:
+    it is counted, not left in a queue nothing reads."""
+    from server.settings import load_settings
+    from server.shadow import Shadower, ShadowJob
+
+    shadower = Shadower(load_settings(shadow_rate=1.0), store=None)
+    shadower.start()
+    await shadower.aclose()
+    labels = {"tier": "strong", "outcome": "abandoned"}
+    before = REGISTRY.get_sample_value("routegate_shadow_requests_total", labels) or 0.0
+    shadower.offer(ShadowJob("late", "random", "weak", {"model": "m", "messages": QUESTION}, "an answer"), {})
+    assert REGISTRY.get_sample_value("routegate_shadow_requests_total", labels) == before + 1
 
 
 def test_a_spent_shadow_budget_skips_shadowing(

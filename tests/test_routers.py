@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -718,17 +720,21 @@ def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_the_scori
         shutil.rmtree(folder)
 
 
-def _said_as_another_user(argv: list[str]) -> str:
-    """How ``routegate argv`` ends in a child process, as ``nobody`` when this one is root: the
-    message it stops with, or the exception's name."""
+def _said_as_another_user(argv: list[str], timeout: float = 60) -> str:
+    """How ``routegate argv`` ends in a forked child, as ``nobody`` (no extra groups) when this
+    process is root: the message it stops with, or the exception's name. (A subprocess cannot
+    run as ``nobody`` here: the interpreter lives in root's home.)"""
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child's result reaches the parent through the pipe
+        said = "no result"
         try:
+            os.close(reader)
             if os.geteuid() == 0:
                 import pwd
 
                 nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
                 os.setgid(nobody.pw_gid)
                 os.setuid(nobody.pw_uid)
             main(argv)
@@ -737,13 +743,23 @@ def _said_as_another_user(argv: list[str]) -> str:
             said = str(stop)
         except BaseException as error:  # noqa: BLE001 - a traceback is what the test looks for
             said = type(error).__name__
-        os.write(writer, said.encode())
-        os._exit(0)
+        finally:
+            try:
+                os.write(writer, said.encode())
+            finally:
+                os._exit(0)  # never back into pytest
     os.close(writer)
-    with os.fdopen(reader) as pipe:
-        said = pipe.read()
-    os.waitpid(child, 0)
-    return said
+    try:
+        if not select.select([reader], [], [], timeout)[0]:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError(f"routegate {' '.join(argv)} did not end within {timeout} s")
+        said = b""
+        while chunk := os.read(reader, 65536):
+            said += chunk
+        return said.decode()
+    finally:
+        os.close(reader)
+        os.waitpid(child, 0)
 
 
 def test_the_default_leave_one_out_plot_is_checked_before_the_folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -197,9 +197,12 @@ def check_routers(names: list[str]) -> None:
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
     """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
-    from routers.registry import RouterOptions, load_router_or_exit, router_models
+    from routers.registry import RouterOptions, cannot_load, load_router_or_exit, router_models
 
-    known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
+    try:
+        known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
+    except (OSError, ValueError, AttributeError) as error:  # a manifest that is not a JSON object
+        raise cannot_load(name, error) from None
     matched = [match_model(model, known) for model in data.models]
     unknown = [model for model, found in zip(data.models, matched, strict=True) if found is None]
     if unknown:
