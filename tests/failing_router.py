@@ -5,7 +5,8 @@ containing ``STOP`` (a ``next()`` on an empty iterator), scores NaN for prompts 
 ``python -m tests.failing_router serve ...`` runs ``routegate`` with it registered as ``failing``,
 and with defects planted: deciding raises for a request whose last message holds ``DEFECT``,
 and relaying the answer to one whose ``x-request-id`` is ``late-defect``, once the weak upstream has answered it,
-or ``after-recording``, once its answer is recorded (what a bug in routegate itself looks like to a client).
+``while-building``, while its response is built, or ``after-recording``, once its answer is recorded (what a
+bug in routegate itself looks like to a client).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class FailingRouter(Router):
 
 def plant_defect() -> None:
     """Make ``Decider.decide`` raise an unexpected error for requests that ask for ``DEFECT``, and
-    the relay step for the requests ``late-defect`` and ``after-recording``."""
+    the relay step for the requests ``late-defect``, ``while-building`` (its plain answer's
+    response) and ``after-recording``."""
     import server.proxy
+    import server.replies
     from server.deciding import Decider
 
     decide = Decider.decide
@@ -55,16 +58,26 @@ def plant_defect() -> None:
     Decider.decide = defective  # type: ignore[method-assign,assignment]
 
     reply = server.proxy.reply
+    building = [False]  # the request being relayed is ``while-building``
 
     async def defective_reply(exchange: Any, *args: Any) -> Any:
         if exchange.decision.request_id == "late-defect":
             raise KeyError("a planted defect after the upstream answered, secret detail /home/user/model.bin")
+        building[0] = exchange.decision.request_id == "while-building"
         response = await reply(exchange, *args)
         if exchange.decision.request_id == "after-recording":
             raise KeyError("a planted defect after the answer was recorded, secret detail /home/user/model.bin")
         return response
 
+    class DefectiveResponse(server.replies.Response):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if building[0]:
+                building[0] = False
+                raise KeyError("a planted defect while building the answer, secret detail /home/user/model.bin")
+            super().__init__(*args, **kwargs)
+
     server.proxy.reply = defective_reply  # type: ignore[assignment]
+    server.replies.Response = DefectiveResponse  # type: ignore[misc]
 
 
 if __name__ == "__main__":

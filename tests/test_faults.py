@@ -886,6 +886,12 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
                 messages=[{"role": "user", "content": "a question"}],
                 extra_headers={"x-request-id": "late-defect"},
             )
+        with pytest.raises(openai.InternalServerError) as building:  # a defect while its response is built
+            sdk.chat.completions.create(
+                model="router-failing-0.5",
+                messages=[{"role": "user", "content": "a question"}],
+                extra_headers={"x-request-id": "while-building"},
+            )
         with pytest.raises(openai.InternalServerError) as recorded:  # a defect once the answer is recorded
             sdk.chat.completions.create(
                 model="router-failing-0.5",
@@ -894,7 +900,7 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
             )
         sdk.chat.completions.create(model="router-failing-0.5", messages=[{"role": "user", "content": "fine"}])
         metrics_text, log = proxy.metrics(), proxy.log()
-    for error in (raised, late, recorded):
+    for error in (raised, late, building, recorded):
         assert (error_of(error)["code"], error_of(error)["type"]) == ("internal_error", "server_error")
         assert "secret detail" not in error.value.response.text and "Traceback" not in error.value.response.text
     assert raised.value.response.headers["x-request-id"] == "r1"
@@ -902,12 +908,13 @@ def test_a_defect_in_routegate_is_a_counted_500_without_its_details(
     assert "request_id=late-defect unhandled error" in log
     # the error-rate alert sees both; the one an upstream had is its upstream's, its prompt charged (estimated)
     assert metric_sum(metrics_text, "routegate_requests_total", router="none", status="500") == 1
-    assert metric_sum(metrics_text, "routegate_requests_total", router="failing", tier="weak", status="500") == 1
-    assert metric_sum(metrics_text, "routegate_usage_estimated_total", tier="weak") == 1
+    # one while its response was built: counted as the 500 its client got (recorded once built)
+    assert metric_sum(metrics_text, "routegate_requests_total", router="failing", tier="weak", status="500") == 2
+    assert metric_sum(metrics_text, "routegate_usage_estimated_total", tier="weak") == 2
     assert metric_sum(metrics_text, "routegate_requests_in_flight") == 0  # their slots were given back
-    assert len(weak.received) == 3 and not strong.received
+    assert len(weak.received) == 4 and not strong.received
     # the one recorded before the defect is counted once, as recorded, not a second time as refused
-    assert metric_sum(metrics_text, "routegate_requests_total") == 4
+    assert metric_sum(metrics_text, "routegate_requests_total") == 5
     assert "request_id=after-recording unhandled error" in log
 
 
