@@ -41,12 +41,12 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int, deadline: float):
         if ":" in address[0]:  # an IPv6 address ("::", "::1"): socketserver's default family is IPv4
             self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
         self._deadline = deadline
         self._open: dict[socket.socket, float] = {}  # connection -> when it is cut; at most max_connections
         self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self._closed = threading.Event()  # before binding: a failed bind calls server_close
+        super().__init__(address, handler)
         threading.Thread(target=self._cut_late_connections, name="metrics-deadlines", daemon=True).start()
 
     def process_request(self, request: Any, client_address: Any) -> None:

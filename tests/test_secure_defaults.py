@@ -103,6 +103,18 @@ def test_the_metrics_port_listens_on_an_ipv6_address() -> None:
     assert scraped.status_code == 200 and "routegate_requests_total" in scraped.text
 
 
+def test_a_metrics_port_in_use_is_the_bind_error() -> None:
+    """Not an AttributeError from closing a server that never bound: ``routegate serve`` turns
+    the OSError into one line."""
+    from server.metrics_server import start_metrics_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="in use"):
+            start_metrics_server("127.0.0.1", taken.getsockname()[1], None, timeout=5.0)
+
+
 def _bytes_sent_before_the_cut(connection: socket.socket, data: bytes) -> int | None:
     """Send ``data`` a byte every 0.5 s (more often than any read timeout); how many bytes went
     out before the other end closed the connection, None when it never did."""
