@@ -42,6 +42,33 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number of at least 0, such as a weight decay."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, not {text!r}")
+    return value
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds both take it
+
+
+def random_seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**32 - 1."""
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not {text!r}")
+    return value
+
+
+def torch_device(text: str) -> str:
+    """Where torch runs: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    kind, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, not {text!r}")
+
+
 def _number(text: str) -> float:
     """``text`` as a float; NaN, which every range check refuses, when it is not a number."""
     try:

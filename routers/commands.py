@@ -20,7 +20,7 @@ from routers.registry import (
     installed_routers,
     load_router_or_exit,
     load_trainer,
-    router_models,
+    router_models_or_exit,
     trainable_routers,
 )
 
@@ -165,7 +165,7 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
         raise SystemExit(f"routegate: unknown router '{name}'; known: {available_routers()}")
     options = RouterOptions(checkpoint_dir=args.checkpoint_dir, device=args.device, strong_model=strong, weak_model=weak)
     router = load_router_or_exit(name, options)
-    models = router_models(name, args.checkpoint_dir)
+    models = router_models_or_exit(name, args.checkpoint_dir)
     if (match_model(strong, models) or normal_form(strong)) == (match_model(weak, models) or normal_form(weak)):
         raise SystemExit(f"routegate: --strong {strong!r} and --weak {weak!r} name one model: a router scores two")
     return router
@@ -397,7 +397,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if args.write is not None:
         data = [path.name for path in args.data]
-        known = router_models(args.router, args.checkpoint_dir)
+        known = router_models_or_exit(args.router, args.checkpoint_dir)
         write_calibration(
             args.write,
             scores,

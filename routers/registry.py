@@ -137,6 +137,14 @@ def load_router_or_exit(name: str, options: RouterOptions) -> Router:
         raise cannot_load(name, error) from None
 
 
+def router_models_or_exit(name: str, checkpoint_dir: Path) -> list[str]:
+    """``router_models`` for the command line: a manifest that is not a JSON object is a SystemExit."""
+    try:
+        return router_models(name, checkpoint_dir)
+    except (OSError, ValueError, AttributeError) as error:
+        raise cannot_load(name, error) from None
+
+
 def cannot_load(name: str, error: Exception) -> SystemExit:
     """The command-line error for a router whose checkpoint cannot be read or loaded."""
     return SystemExit(f"routegate: cannot load router '{name}': {type(error).__name__}: {error}")

@@ -541,6 +541,12 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         ),
         (["eval", "--router", "random", "--data", "{data}", "--strong", "a", "--weak", "b", "--knn", "3"], "--knn only apply"),
         (["eval", "--leave-one-out", "--router", "mf", "--data", "{data}"], "--leave-one-out reads every file in --data-dir"),
+        (["eval", "--leave-one-out", "--router", "mf", "--train-options", "mf=--epochs 'x"], "No closing quotation"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--seed", "-1"], "--seed: must be a whole number from 0"),
+        (["train", "bert", "--data", "{data}", "--out", "{out}", "--seed", "9" * 20], "--seed: must be a whole number from 0"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
+        (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--feature-weight", "nan"], "at least 0"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight-decay", "-1"], "must be a number of at least 0"),
         (["score", "--router", "random", "--input", "{data}", "--output", "{folder}"], "is a folder: name a file to write"),
         (["demo", "--port", "70000"], "--port: must be a port from 1 to 65535, not '70000'"),
         (["demo", "--router", "mff"], "router 'mff' cannot serve here; installed:"),
@@ -670,6 +676,26 @@ def test_eval_among_models_skips_unscored_train_records(tmp_path: Path, capsys: 
     argv = ["eval", "--router", "random", "--data", str(data), "--models", "a,b", "--knn", "2"]
     assert main([*argv, "--prices", "a=1/2,b=0.1/0.2", "--plot", str(tmp_path / "m.png")]) == 0
     assert "kNN (k=2)" in capsys.readouterr().out
+
+
+def test_eval_among_models_where_no_model_scores_is_a_report_not_a_division_by_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "zeros.jsonl"
+    data.write_text("".join(RECORD.replace('"a": 1', '"a": 0').format(id=n, split="dev") + "\n" for n in range(2)))
+    argv = ["eval", "--router", "random", "--data", str(data), "--models", "a,b", "--prices", "a=0/0,b=0/0"]
+    assert main([*argv, "--plot", str(tmp_path / "m.png")]) == 0
+    assert "n/a (the best model scores 0)" in capsys.readouterr().out
+
+
+def test_a_router_manifest_that_is_not_an_object_is_a_named_error(tmp_path: Path) -> None:
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "router.json").write_text("[1]")
+    data = tmp_path / "records.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": "question"}) + "\n")
+    argv = ["score", "--router", "random", "--checkpoint-dir", str(tmp_path), "--input", str(data)]
+    with pytest.raises(SystemExit, match="cannot load router 'random': AttributeError"):
+        main([*argv, "--output", str(tmp_path / "s.jsonl")])
 
 
 def test_an_output_is_replaced_only_once_it_is_written(tmp_path: Path) -> None:

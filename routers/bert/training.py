@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.arguments import positive_float, positive_int
+from routers.arguments import positive_float, positive_int, random_seed, torch_device
 from routers.bert.router import TRAINED, classify, load_classifier
 from routers.checkpoint import published_path, write_manifest
 from routers.embedding import MAX_TOKENS, resolve_device
@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=positive_float, default=5e-5)
     parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the classifier")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps (timing runs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda")
 
 
 def frozen_states(model: Any, tokenizer: Any, prompts: list[str], first_trained: int, device: str) -> list[torch.Tensor]:

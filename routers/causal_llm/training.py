@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.arguments import positive_float, positive_int
+from routers.arguments import positive_float, positive_int, random_seed, torch_device
 from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
 from routers.checkpoint import published_path, write_manifest
 from routers.data import Record
@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-l2", type=float, default=0.1, help="penalty on the differences between the label rows")
     parser.add_argument("--feature-l2", type=float, default=1e-4, help="penalty on the structural-feature weights")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass of the base model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=random_seed, default=0)
+    parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda")
 
 
 def most_scored_models(records: Sequence[Record], count: int) -> list[str]:

@@ -159,5 +159,8 @@ def parse_train_options(items: list[str]) -> dict[str, list[str]]:
         router, equals, text = item.partition("=")
         if not equals or not router:
             raise SystemExit(f"routegate eval: --train-options takes ROUTER=OPTIONS items, not {item!r}")
-        options[router] = shlex.split(text)
+        try:
+            options[router] = shlex.split(text)
+        except ValueError as error:  # an unbalanced quote
+            raise SystemExit(f"routegate eval: --train-options {item!r}: {error}") from None
     return options

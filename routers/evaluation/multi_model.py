@@ -197,12 +197,9 @@ def check_routers(names: list[str]) -> None:
 
 def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
     """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
-    from routers.registry import RouterOptions, cannot_load, load_router_or_exit, router_models
+    from routers.registry import RouterOptions, load_router_or_exit, router_models_or_exit
 
-    try:
-        known = router_models(name, checkpoint_dir) or list(data.models)  # random knows every name
-    except (OSError, ValueError, AttributeError) as error:  # a manifest that is not a JSON object
-        raise cannot_load(name, error) from None
+    known = router_models_or_exit(name, checkpoint_dir) or list(data.models)  # random knows every name
     matched = [match_model(model, known) for model in data.models]
     unknown = [model for model, found in zip(data.models, matched, strict=True) if found is None]
     if unknown:
@@ -293,7 +290,10 @@ def summary_rows(data: ModelSet, curves: list[Curve]) -> tuple[str, list[list[st
 
 
 def _share(quality: float, reference: float) -> str:
-    return "below every model's cost" if np.isnan(quality) else f"{quality / reference:.1%}"
+    """``quality`` as a share of the best fixed model's ``reference`` (none when that scores 0)."""
+    if np.isnan(quality):
+        return "below every model's cost"
+    return f"{quality / reference:.1%}" if reference > 0 else "n/a (the best model scores 0)"
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
-from routers.arguments import positive_int
+from routers.arguments import positive_int, random_seed
 from routers.checkpoint import published_path
 from routers.data import Record, licence_of, load_records
 from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
@@ -178,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers to train (the rest stay frozen)")
     parser.add_argument("--no-reconstruction", action="store_true", help="ablation (MLC): no response reconstruction")
     parser.add_argument("--reconstruction-weight", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--threads",
         type=positive_int,

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from routers.arguments import positive_float, positive_int, probability
+from routers.arguments import non_negative_float, positive_float, positive_int, probability, random_seed, torch_device
 from routers.checkpoint import published_path, write_manifest
 from routers.data import Record, RecordError, comparable, load_records
 from routers.embedding import cached_encode, resolve_device
@@ -90,9 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=positive_int, default=12)
     parser.add_argument("--batch-size", type=positive_int, default=256, help="prompts per step (with all their comparisons)")
     parser.add_argument("--lr", type=positive_float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=1e-4)
     parser.add_argument("--dropout", type=probability, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--neighbour-weight",
         type=float,
@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="limit standardised structural features to +-this many standard deviations, in the latent model and the "
         "neighbour table (a feature rare in training cannot push a prompt's score arbitrarily far); 0: no limit",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder and training)")
+    parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda (encoder and training)")
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from routers.arguments import positive_float, positive_int
+from routers.arguments import non_negative_float, positive_float, positive_int, torch_device
 from routers.checkpoint import published_path, write_manifest
 from routers.data import RecordError, comparable, load_records, sample_records
 from routers.features import FEATURE_NAMES
@@ -22,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ridge", type=positive_float, default=RIDGE, help="pull of each prompt's margin toward the pair's overall rate"
     )
-    parser.add_argument("--feature-weight", type=float, default=FEATURE_WEIGHT, help="weight of the structural features")
+    parser.add_argument(
+        "--feature-weight", type=non_negative_float, default=FEATURE_WEIGHT, help="weight of the structural features"
+    )
     parser.add_argument("--dims", type=positive_int, default=DIMS, help="principal components of the embedding in the similarity")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (encoder)")
+    parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda (encoder)")
 
 
 def run(args: argparse.Namespace) -> None:
