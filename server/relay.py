@@ -226,6 +226,39 @@ class SendWatch:
             self._handle.cancel()
 
 
+WHOLE_PIECE_BYTES = 64 * 1024  # a whole answer above this is sent in pieces, each waiting for the client
+
+
+class WholeResponse(Response):
+    """A whole (non-streamed) answer whose client must keep reading: a large body is sent in
+    pieces, and a client that takes over ``send_timeout`` seconds to accept one has its connection
+    aborted, so that what it did not read is not held in memory until it does."""
+
+    def __init__(self, content: bytes, status_code: int, headers: dict[str, str], send_timeout: float | None) -> None:
+        super().__init__(content, status_code=status_code, headers=headers)
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.send_timeout is None or len(self.body) <= WHOLE_PIECE_BYTES:
+            await super().__call__(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        body = memoryview(self.body)
+        with anyio.CancelScope() as sending:  # cancelled by the watch: the answer stays unfinished, its connection aborted
+            watch = SendWatch(self.send_timeout, sending)
+            try:
+                for start in range(0, len(body), WHOLE_PIECE_BYTES):
+                    piece = bytes(body[start : start + WHOLE_PIECE_BYTES])
+                    watch.since = time.monotonic()
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                watch.since = time.monotonic()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:  # the client went away while we were sending
+                pass
+            finally:
+                watch.stop()
+
+
 class RelayResponse(Response):
     """Streams ``chunks`` to the client; stops reading upstream as soon as the client leaves,
     and always calls ``on_close(completed)`` once, shielded from cancellation.

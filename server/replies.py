@@ -16,7 +16,7 @@ from server.forwarding import Exchange
 from server.http_client import UpstreamError, UpstreamTimeout
 from server.metrics import reported_tokens
 from server.recording import Outcome
-from server.relay import EventGate, RelayResponse, StreamWatcher, json_value
+from server.relay import EventGate, RelayResponse, StreamWatcher, WholeResponse, json_value
 from server.shutdown import DRAIN
 from server.token_estimate import answer_tokens
 from server.upstream import (
@@ -49,15 +49,16 @@ async def reply(
 ) -> Response:
     """The response to send the client for ``exchange``; ``prompt_tokens`` estimates the request's
     prompt tokens, called only for an answer without usage; a stream whose client takes over
-    ``send_timeout`` seconds to accept a chunk ends as if the client had left."""
+    ``send_timeout`` seconds to accept a chunk ends as if the client had left, and a whole answer's
+    connection is aborted."""
     headers = {**exchange.decision.headers(exchange.upstream.model), **exchange.headers}
     result = exchange.result
     if isinstance(result, StreamStart):
         return _relay_stream(exchange, result, headers, started, finish, prompt_tokens, send_timeout)
     if isinstance(result, CompletedResponse):
-        return await _whole(exchange, result, headers, started, finish, prompt_tokens)
+        return await _whole(exchange, result, headers, started, finish, prompt_tokens, send_timeout)
     if result.response is not None:  # a 429 after every try: the client should back off too
-        return await _whole(exchange, result.response, headers, started, finish, prompt_tokens)
+        return await _whole(exchange, result.response, headers, started, finish, prompt_tokens, send_timeout)
     error = _failure_error(exchange.upstream, result)
     response = error.to_response(headers)
     await finish(Outcome(exchange.decision, exchange.upstream, error.status, started, exchange.sent_at))
@@ -88,6 +89,7 @@ async def _whole(
     started: float,
     finish: Finish,
     prompt_tokens: PromptTokens,
+    send_timeout: float | None,
 ) -> Response:
     upstream = exchange.upstream
     usage = estimate = None
@@ -110,7 +112,7 @@ async def _whole(
             message += f": {said[:MAX_RELAYED_MESSAGE]}" if said else "."
             body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
-    response = Response(body, status_code=result.status, headers=headers)
+    response = WholeResponse(body, result.status, headers, send_timeout)
     await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))  # once built
     return response
 

@@ -262,7 +262,10 @@ class Settings(BaseSettings):
     read_timeout: float = Field(120.0, gt=0, description="seconds between bytes from upstream")
     total_timeout: float = Field(300.0, gt=0, description="deadline for all tries of one request, seconds")
     client_send_timeout: float = Field(
-        60.0, gt=0, description="seconds a streaming client may take to accept the next chunk; slower is treated as gone (499)"
+        60.0,
+        gt=0,
+        description="seconds a client may take to accept the next chunk of a stream (slower is treated as gone, 499) "
+        "or 64 KiB piece of a plain answer (slower has its connection dropped)",
     )
     retries: int = Field(2, ge=0, le=10, description="retries per tier on connect errors, timeouts, 429 and 5xx")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay in seconds, doubled each try")

@@ -69,7 +69,7 @@ def plant_defect() -> None:
             raise KeyError("a planted defect after the answer was recorded, secret detail /home/user/model.bin")
         return response
 
-    class DefectiveResponse(server.replies.Response):
+    class DefectiveResponse(server.replies.WholeResponse):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             if building[0]:
                 building[0] = False
@@ -77,7 +77,7 @@ def plant_defect() -> None:
             super().__init__(*args, **kwargs)
 
     server.proxy.reply = defective_reply  # type: ignore[assignment]
-    server.replies.Response = DefectiveResponse  # type: ignore[misc]
+    server.replies.WholeResponse = DefectiveResponse  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -150,6 +150,38 @@ def holds_connection(proxy: Proxy, proxy_port: int, client_port: int) -> bool:
     return bool(inodes & held)
 
 
+def test_a_client_that_stops_reading_a_whole_answer_has_its_connection_dropped(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A large non-streamed answer is sent in pieces: a client that stops reading it is cut after
+    ROUTEGATE_CLIENT_SEND_TIMEOUT, so the answer is not held in the gateway's memory (several
+    MB a connection) until the client reads it, as long as its connection stays open."""
+    strong.behaviour.huge_bytes = 20_000_000  # far more than the sockets between them can buffer
+    env = proxy_env(strong, weak, client_send_timeout="1")
+    with running_proxy(env, tmp_path) as proxy:
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = proxy.url.removeprefix("http://").split(":")
+        stalled.connect((host, int(port)))
+        client_port, proxy_port = stalled.getsockname()[1], int(port)
+        body = json.dumps({**REQUEST, "stream": False}).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        stalled.sendall(head.encode() + f"content-length: {len(body)}\r\n\r\n".encode() + body)  # never read
+        try:
+            assert wait_for(lambda: bool(strong.received))
+            assert wait_for(lambda: not holds_connection(proxy, proxy_port, client_port), timeout=15)
+            received = 0
+            stalled.settimeout(5)
+            try:
+                while chunk := stalled.recv(1 << 20):
+                    received += len(chunk)
+            except OSError:  # reset: what it had not read was dropped
+                pass
+        finally:
+            stalled.close()
+    assert received < 20_000_000
+
+
 def test_a_client_that_stops_reading_a_stream_gives_its_slot_back(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
