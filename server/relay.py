@@ -131,11 +131,21 @@ class EventGate:
     one wait for it. An event longer than ``max_event_bytes`` passes on unread as it comes, so at
     most that much is held. With ``drop_usage`` the usage-only event (``"choices": []`` beside a
     ``usage`` object) is taken out, for a client that did not ask for it: routegate asks upstreams
-    for usage on every stream."""
+    for usage on every stream. ``redact`` blanks secrets out of an oversized event's bytes before
+    they pass, and the last ``hold`` bytes wait for the next chunk, so that a secret cut between
+    two chunks is whole when it is blanked out (whole events are redacted by the caller)."""
 
-    def __init__(self, drop_usage: bool, max_event_bytes: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        drop_usage: bool,
+        max_event_bytes: int = 1 << 16,
+        redact: Callable[[bytes], bytes] = bytes,
+        hold: int = 0,
+    ) -> None:
         self.drop_usage = drop_usage
         self.max_event_bytes = max_event_bytes
+        self._redact = redact
+        self._hold = max(hold, _SEPARATOR_MAX - 1)  # also what may begin a separator that spans chunks
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
         self._passing = False  # inside an oversized event: pass it on up to its separator
@@ -149,8 +159,10 @@ class EventGate:
             if match is None:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
                 if self._passing or len(self._pending) > self.max_event_bytes:
-                    ready += self._pending[: self._searched]
-                    del self._pending[: self._searched]
+                    self._pending[:] = self._redact(bytes(self._pending))
+                    passed = max(0, len(self._pending) - self._hold)
+                    ready += self._pending[:passed]
+                    del self._pending[:passed]
                     self._searched, self._passing = 0, True
                 return bytes(ready)
             if self._passing or not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):

@@ -147,7 +147,7 @@ def _relay_stream(
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher(choices=exchange.choices)
-    events = EventGate(drop_usage=exchange.hide_usage)
+    events = EventGate(exchange.hide_usage, redact=upstream.redact, hold=upstream.longest_secret)
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)

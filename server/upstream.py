@@ -142,6 +142,11 @@ class Upstream:
         """Send the request and return once the response headers arrived; the body is not read."""
         return await self._pool.post(self._url, {**self._headers, "x-request-id": request_id}, body, self.tier)
 
+    @property
+    def longest_secret(self) -> int:
+        """Bytes of the longest spelling of this upstream's key (0 without one)."""
+        return max(map(len, self._secrets), default=0)
+
     def redact(self, data: bytes) -> bytes:
         """``data`` with this upstream's key blanked out (upstream error bodies and events may quote it)."""
         for secret in self._secrets:

@@ -144,6 +144,23 @@ def test_the_event_gate_passes_whole_events_and_a_cut_drops_the_unfinished_one()
     assert small.cut_off() == b"\n\n"  # the blank line that ends the part already sent
 
 
+def test_a_key_cut_between_two_chunks_of_an_oversized_event_is_blanked_out() -> None:
+    """An event over 64 KiB passes on as it comes: the key an upstream's error quotes in it may
+    arrive in two chunks, and neither half may reach the client."""
+    key = b"sk-upstream-0123456789abcdef"
+    event = b'data: {"error": {"message": "' + b"x" * 70_000 + b" bad key " + key + b'"}}\n\n'
+    cut = event.index(key) + 15
+
+    def redact(data: bytes) -> bytes:
+        return data.replace(key, b"[redacted]")
+
+    for hold in (len(key), len(key) + 40):
+        gate = EventGate(drop_usage=False, redact=redact, hold=hold)
+        relayed = b"".join(redact(gate.feed(part)) for part in (event[:cut], event[cut:])) + redact(gate.flush())
+        assert key[:12] not in relayed and key[-12:] not in relayed  # as the relay redacts what the gate passes
+        assert relayed == redact(event)
+
+
 def test_every_listed_model_is_served_when_auto_is_a_target_route(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
