@@ -115,8 +115,25 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
                 file=sys.stderr,
             )
             return 1
+    if llm_port == port:
+        print(f"routegate demo: --port and --llm-port are both {port}; give them different ports", file=sys.stderr)
+        return 1
     llm_port = llm_port or _free_port()
     llm_url = f"http://127.0.0.1:{llm_port}"
+    upstream = {"base_url": f"{llm_url}/v1", "api_key": "local"}
+    try:  # before a minute of loading the LLM: a listen address open to the network needs keys, say
+        settings = load_settings(
+            host=host,
+            port=port,
+            workers=1,
+            router=chosen,
+            models=[],  # the two tiers below, whatever ROUTEGATE_MODELS says
+            strong={**upstream, "model": STRONG_MODEL, "input_price": 2.5, "output_price": 10.0},
+            weak={**upstream, "model": WEAK_MODEL, "input_price": 0.15, "output_price": 0.6},
+        )
+    except SettingsError as error:
+        print(f"routegate demo: {error}", file=sys.stderr)
+        return 1
     llm_log = Path(tempfile.mkdtemp(prefix="routegate-demo-")) / "local-llm.log"
     print(
         f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
@@ -130,16 +147,6 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
             command = [sys.executable, "-m", "demo.local_llm", "--host", "127.0.0.1", "--port", str(llm_port)]
             llm = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         _wait_for_llm(llm, llm_url, llm_log)
-        upstream = {"base_url": f"{llm_url}/v1", "api_key": "local"}
-        settings = load_settings(
-            host=host,
-            port=port,
-            workers=1,
-            router=chosen,
-            models=[],  # the two tiers below, whatever ROUTEGATE_MODELS says
-            strong={**upstream, "model": STRONG_MODEL, "input_price": 2.5, "output_price": 10.0},
-            weak={**upstream, "model": WEAK_MODEL, "input_price": 0.15, "output_price": 0.6},
-        )
         return _serve(settings, llm_url)
     except (RuntimeError, SettingsError) as error:
         print(f"routegate demo: {error}", file=sys.stderr)

@@ -149,6 +149,32 @@ def test_demo_refuses_a_port_in_use_before_loading_anything(option: str) -> None
     assert READY_LINE not in done.stdout + done.stderr and "loading" not in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--host", "0.0.0.0"], "reachable"),  # an open listener without client keys
+        (["--port", "{port}", "--llm-port", "{port}"], "--port and --llm-port are both"),
+    ],
+)
+def test_demo_refuses_settings_it_cannot_serve_before_loading_anything(options: list[str], said: str) -> None:
+    port = str(free_port())
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPENAI_", "ROUTEGATE_API_KEYS", "ROUTEGATE_ALLOW_UNAUTHENTICATED"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "demo", "--router", "random", *(part.format(port=port) for part in options)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, done
+    assert "loading" not in done.stdout
+
+
 def test_ctrl_c_while_the_llm_loads_stops_both_without_a_traceback(tmp_path: Path) -> None:
     llm_port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ROUTEGATE_", "OPENAI_"))}
