@@ -56,7 +56,9 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
     files take their places in ``final``: the old manifest goes first and the new one comes last,
     so a folder caught half-way has none and is refused, never mis-scored; the old
     ``calibration.json`` goes too (it belonged to the old weights). Other files stay. A run that
-    fails or is interrupted leaves ``final`` as it was (a killed run's staging folder goes at the next)."""
+    fails or is interrupted leaves ``final`` as it was, or not there when it was not (a killed run's
+    staging folder goes at the next)."""
+    made_final = not final.exists()
     final.mkdir(parents=True, exist_ok=True)
     for stale in final.glob(f"{STAGING_PREFIX}*"):
         if not _running(stale.name.removeprefix(STAGING_PREFIX)):  # a killed run's, not another live run's
@@ -69,6 +71,8 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if made_final and not any(final.iterdir()):
+            final.rmdir()
         raise
     finally:
         _STAGED.reset(token)

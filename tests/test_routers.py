@@ -563,7 +563,7 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     command = [part.format(**places) for part in argv]
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
-    assert not (tmp_path / "out" / "router.json").exists()
+    assert not (tmp_path / "out").exists()  # not even an empty checkpoint folder
 
 
 def test_a_record_nested_too_deeply_or_with_an_id_json_cannot_write_is_a_named_error(tmp_path: Path) -> None:
