@@ -27,6 +27,7 @@ from server.targets import RouteKey, make_room
 #: window growth (as a share of the window) after which the threshold is computed again
 RECOMPUTE_EVERY = 0.02
 ABOVE_EVERY_BEATEN = float(np.nextafter(1.0, 2.0))  # a threshold that accepts the cheapest model
+ONLY_THE_BEST = 0.0  # a threshold that accepts no model but the most capable
 
 
 class CostShareController:
@@ -50,6 +51,8 @@ class CostShareController:
         which routing tries the models (input plus output price, as the ladder)."""
         if share <= 0.0:
             return ABOVE_EVERY_BEATEN
+        if share >= 1.0:  # a 100% route: the most capable for every prompt, also one beaten less than any so far
+            return ONLY_THE_BEST
         wanted = min(1.0, max(0.0, share + self._gain * self._debt))
         if not self._beaten:
             return 1.0 - wanted

@@ -35,6 +35,7 @@ from typing import Any
 
 from server.shared_state import SharedState, SharedStateUnavailable
 from server.targets import (
+    EVERYTHING_STRONG,
     NOTHING_STRONG,
     DailyBudget,
     ShareController,
@@ -88,6 +89,8 @@ local count = redis.call('ZCARD', KEYS[1])
 local result
 if tonumber(ARGV[1]) <= 0 then
   result = {'none', '1'}
+elseif tonumber(ARGV[1]) >= 1 then
+  result = {'all', '0'}
 elseif count == 0 then
   result = {'empty', string.format('%.17g', wanted)}
 else
@@ -417,6 +420,8 @@ def _threshold(kind: str, value: float) -> float:
         return 1.0 - value
     if kind == "none":  # a 0% route or a spent budget
         return NOTHING_STRONG
+    if kind == "all":  # a 100% route
+        return EVERYTHING_STRONG
     if kind == "above":  # nothing to send strong: just above the highest score
         return min(1.0, math.nextafter(value, math.inf))
     return value

@@ -31,6 +31,7 @@ from routers.calibration import CALIBRATION_FILE, calibration_for
 log = logging.getLogger("routegate.targets")
 SECONDS_PER_DAY = 86400.0
 NOTHING_STRONG = math.nextafter(1.0, math.inf)  # a threshold above every score
+EVERYTHING_STRONG = 0.0  # a threshold at or below every score
 
 
 def seed_scores(calibration: dict[float, float], count: int) -> list[float]:
@@ -82,6 +83,8 @@ class ShareController:
         """The threshold that sends ``share`` (corrected by the decisions so far) to the strong tier."""
         if share <= 0.0:  # a 0% route or a spent budget: nothing goes strong, whatever is owed
             return NOTHING_STRONG
+        if share >= 1.0:  # a 100% route: everything goes strong, also a score below the window's lowest
+            return EVERYTHING_STRONG
         wanted = min(1.0, max(0.0, share + self._gain * self._debt))
         if not self._sorted:
             return 1.0 - wanted

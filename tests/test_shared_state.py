@@ -624,6 +624,22 @@ async def test_a_window_whose_route_state_was_evicted_keeps_its_scores(redis_ser
     await state.aclose()
 
 
+async def test_a_full_share_route_decided_in_redis_sends_every_score_strong(redis_server: RedisServer, tmp_path: Path) -> None:
+    """router-<router>-100% through Redis: a threshold at or below every score, not the window's lowest."""
+    from server.shared_state import SharedState
+    from server.shared_targets import SharedTargets
+    from server.targets import Targets
+
+    state = SharedState(redis_server.url, "full:", 0.25, 5.0, 4)
+    targets = SharedTargets(Targets(window=100, feedback_horizon=50, checkpoint_dir=tmp_path), state)
+    for number in range(20):
+        await targets.record("random", 1.0, 1.0, strong=True, score=0.5 + number / 100)
+    decision = await targets.decide("random", 1.0)
+    assert state.up  # decided by Redis
+    await state.aclose()
+    assert decision.threshold == 0.0
+
+
 async def test_a_replica_falling_back_from_redis_owes_nothing_for_the_shared_decisions(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

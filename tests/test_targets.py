@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from openai import OpenAI
@@ -40,6 +41,23 @@ def test_controller_tracks_the_share_through_a_shift_in_scores() -> None:
     assert abs(sum(decisions[500:1000]) / 500 - 0.3) <= 0.03
     assert abs(sum(decisions[-500:]) / 500 - 0.3) <= 0.03
     assert thresholds[-1] - thresholds[999] > 0.3  # the threshold followed the scores up
+
+
+def test_a_full_share_sends_every_prompt_to_the_best_even_one_below_every_recent_score() -> None:
+    """router-<router>-100% sends everything to the strong tier (among several models: to the
+    most capable), not all but the prompts that score lower than the window's lowest."""
+    from routers.multi_model import choose
+    from server.cost_targets import CostShareController
+
+    rng = random.Random(3)
+    scores = [rng.random() for _ in range(500)]
+    decisions, _ = _run(ShareController(window=10, feedback_horizon=100), scores, 1.0)
+    assert all(decisions)
+    cost_share = CostShareController(window=10, feedback_horizon=100, best=2)
+    for _ in range(10):
+        cost_share.observe([0.5, 0.4, 0.0])
+    threshold = cost_share.threshold(1.0, unit_costs=[1.0, 2.0, 10.0], prices=[1.0, 2.0, 10.0])
+    assert list(choose(np.array([[0.1, 0.1, 0.0]]), [1.0, 2.0, 10.0], 2, threshold)) == [2]
 
 
 def test_calibration_seeds_the_first_threshold(tmp_path: Path) -> None:
