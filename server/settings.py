@@ -627,12 +627,20 @@ def unknown_variable_warnings(environ: Mapping[str, str]) -> list[str]:
     return lines
 
 
+# a value without "://" that is meant for PostgreSQL: a scheme with a slash missing, or libpq keywords
+_POSTGRES_LIKE = re.compile(
+    r"^\s*postgres(ql)?(\+[\w-]+)?(:|//)|(^|\s)(host|hostaddr|dbname|password|user|port)\s*=", re.IGNORECASE
+)
+
+
 def store_kind(url: str) -> str:
     """``sqlite`` or ``postgresql``: the database a ``ROUTEGATE_FEEDBACK_DB`` value names (a path
     is an SQLite file; ``postgres://`` and SQLAlchemy's ``postgresql+psycopg://`` are PostgreSQL).
     ValueError naming only the scheme for any other ``scheme://``: a typo must not turn a PostgreSQL
     URL into a local file named after it, password and all."""
     scheme, separator, _ = url.partition("://")
+    if not separator and _POSTGRES_LIKE.search(url):  # postgresql:/..., postgres//..., host=... password=...
+        raise ValueError("looks like a PostgreSQL address but is not a postgresql://user:password@host/dbname URL")
     kind = scheme.lower().split("+")[0] if separator else "sqlite"
     if kind not in ("sqlite", "postgresql", "postgres"):
         shown = f" '{scheme}://'" if scheme.replace("+", "").replace("-", "").replace(".", "").isalnum() else ""

@@ -175,16 +175,25 @@ def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> Non
     assert not missing.parent.exists() and earlier.read_text() == '{"id": "kept"}\n'
 
 
-def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mysql://routegate:hunter2@db/feedback", "unknown scheme 'mysql://'"),
+        ("postgresql:/routegate:hunter2@db/feedback", "looks like a PostgreSQL address"),  # a slash missing
+        ("postgres//routegate:hunter2@db/feedback", "looks like a PostgreSQL address"),
+        ("host=db user=routegate password=hunter2 dbname=feedback", "looks like a PostgreSQL address"),  # libpq's form
+    ],
+)
+def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: Path, url: str, said: str) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "server.cli", "feedback", "stats", "--db", "mysql://routegate:hunter2@db/feedback"],
+        [sys.executable, "-m", "server.cli", "feedback", "stats", "--db", url],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert run.returncode == 1 and "unknown scheme 'mysql://'" in run.stderr and "hunter2" not in run.stderr
+    assert run.returncode == 1 and said in run.stderr and "hunter2" not in run.stderr, run.stderr
     assert list(tmp_path.iterdir()) == []  # no local file named after the URL
 
 
