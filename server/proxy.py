@@ -137,12 +137,12 @@ class ChatProxy:
         async def answer_cut_short(error: APIError, headers: dict[str, str] | None = None) -> Response:
             """``error`` for a request cut short by the shutdown or a defect in routegate, counted once:
             not again when its outcome is recorded already, as refused when no upstream had it."""
+            if sent.upstream is None and not ticket.closed:
+                return self._refuse(error, request_id, headers)
             if ticket.closed:
                 log.info("request_id=%s status=%d error=%s (after its answer was recorded)", request_id, error.status, error.code)
-                return error.to_response({"x-request-id": request_id, **(headers or {})})
-            if sent.upstream is None:
-                return self._refuse(error, request_id, headers)
-            await finish_unanswered(error.status)  # under its decision and upstream, its prompt charged
+            else:
+                await finish_unanswered(error.status)  # under its decision and upstream, its prompt charged
             return error.to_response({"x-request-id": request_id, **(headers or {})})
 
         try:
