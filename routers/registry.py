@@ -138,10 +138,11 @@ def load_router_or_exit(name: str, options: RouterOptions) -> Router:
 
 
 def router_models_or_exit(name: str, checkpoint_dir: Path) -> list[str]:
-    """``router_models`` for the command line: a manifest that is not a JSON object is a SystemExit."""
+    """``router_models`` for the command line: a manifest that is not a JSON object, or whose
+    model list is not a list, is a SystemExit."""
     try:
         return router_models(name, checkpoint_dir)
-    except (OSError, ValueError, AttributeError) as error:
+    except (OSError, ValueError, AttributeError, TypeError) as error:
         raise cannot_load(name, error) from None
 
 
