@@ -131,9 +131,9 @@ class EventGate:
     one wait for it. An event longer than ``max_event_bytes`` passes on unread as it comes, so at
     most that much is held. With ``drop_usage`` the usage-only event (``"choices": []`` beside a
     ``usage`` object) is taken out, for a client that did not ask for it: routegate asks upstreams
-    for usage on every stream. ``redact`` blanks secrets out of an oversized event's bytes before
-    they pass, and the last ``hold`` bytes wait for the next chunk, so that a secret cut between
-    two chunks is whole when it is blanked out (whole events are redacted by the caller)."""
+    for usage on every stream. ``redact`` blanks secrets out of every byte that passes: a whole
+    event at once, an oversized one as its bytes pass, with the last ``hold`` bytes waiting for the
+    next chunk, so that a secret cut between two chunks is whole when it is blanked out."""
 
     def __init__(
         self,
@@ -166,7 +166,7 @@ class EventGate:
                     self._searched, self._passing = 0, True
                 return bytes(ready)
             if self._passing or not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):
-                ready += self._pending[: match.end()]
+                ready += self._redact(bytes(self._pending[: match.end()]))
             del self._pending[: match.end()]
             self._searched, self._passing = 0, False
 
@@ -177,7 +177,7 @@ class EventGate:
         self._pending.clear()
         if self.drop_usage and not self._passing and _usage_only(rest):
             return b""
-        return rest
+        return self._redact(rest)
 
     def cut_off(self) -> bytes:
         """Drop the unfinished event of a stream that ends early; the blank line that closes the

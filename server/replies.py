@@ -151,7 +151,7 @@ def _relay_stream(
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)
-        return upstream.redact(events.feed(chunk))  # whole events: a key an error event quotes is in one piece
+        return events.feed(chunk)
 
     async def chunks() -> AsyncGenerator[bytes, None]:
         if first := to_client(start.first_chunk):
@@ -167,7 +167,7 @@ def _relay_stream(
             watcher.cut = "timeout" if isinstance(broken, UpstreamTimeout) else "stream_cut"
             yield events.cut_off() + _stream_error(upstream, watcher.cut)
         elif rest := events.cut_off() if broken or not watcher.complete else events.flush():  # never half an event
-            yield upstream.redact(rest)  # (the client has the upstream's own error event: no second one)
+            yield rest  # (the client has the upstream's own error event: no second one)
 
     relayed = chunks()
     shut_down = False  # the shutdown's grace period ran out: the client got a 503 shutting_down event

@@ -156,9 +156,25 @@ def test_a_key_cut_between_two_chunks_of_an_oversized_event_is_blanked_out() -> 
 
     for hold in (len(key), len(key) + 40):
         gate = EventGate(drop_usage=False, redact=redact, hold=hold)
-        relayed = b"".join(redact(gate.feed(part)) for part in (event[:cut], event[cut:])) + redact(gate.flush())
-        assert key[:12] not in relayed and key[-12:] not in relayed  # as the relay redacts what the gate passes
+        relayed = b"".join(gate.feed(part) for part in (event[:cut], event[cut:])) + gate.flush()
+        assert key[:12] not in relayed and key[-12:] not in relayed
         assert relayed == redact(event)
+
+
+def test_the_event_gate_blanks_keys_out_of_whole_events_and_of_what_it_flushes() -> None:
+    """The gate is the one place a relayed stream's bytes are redacted: whole events, cut into
+    chunks anywhere, and an unfinished last event flushed at the stream's end."""
+    key = b"sk-upstream-0123456789abcdef"
+    event = b'data: {"error": {"message": "bad key ' + key + b'"}}\n\n'
+    tail = b'data: {"error": {"message": "' + key + b'"}}'  # no blank line: flushed when the stream ends
+
+    def redact(data: bytes) -> bytes:
+        return data.replace(key, b"[redacted]")
+
+    for cut in range(1, len(event)):
+        gate = EventGate(drop_usage=False, redact=redact, hold=len(key))
+        relayed = gate.feed(event[:cut]) + gate.feed(event[cut:] + tail) + gate.flush()
+        assert key not in relayed and relayed == redact(event + tail)
 
 
 def test_every_listed_model_is_served_when_auto_is_a_target_route(
