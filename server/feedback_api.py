@@ -88,7 +88,8 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
         raise bad_request("The body must be a JSON object.", code="invalid_type")
     unknown = sorted(set(payload) - FIELDS)
     if unknown:
-        raise bad_request(f"Unrecognized parameter: '{unknown[0][:64]}'.", param=unknown[0][:64], code="unknown_parameter")
+        name = _printable(unknown[0][:64])
+        raise bad_request(f"Unrecognized parameter: '{name}'.", param=name, code="unknown_parameter")
     request_id = payload.get("request_id")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
         raise bad_request(
@@ -112,8 +113,13 @@ def parse_feedback(body: bytes) -> tuple[str, float, str | None, str | None]:
         message = f"'comment' must be a string of at most {MAX_COMMENT} characters."
         raise bad_request(message, param="comment", code="invalid_value")
     if comment is not None:  # no NUL or lone surrogate reaches the database
-        comment = comment.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        comment = _printable(comment.replace("\x00", ""))
     return request_id, float(score), rating, comment
+
+
+def _printable(text: str) -> str:
+    """``text`` with any lone surrogate (valid in a JSON escape, not in UTF-8) replaced by '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 async def handle_feedback(request: Request, store: FeedbackStore | None, body_timeout: float, client: str = "") -> JSONResponse:

@@ -170,6 +170,8 @@ def _read_rows(database: Database, since: float) -> Iterator[tuple]:
 
 def _export(args: argparse.Namespace) -> int:
     database = _database(args)
+    if database.path is not None and _is_store_file(args.out, database.path):
+        raise SystemExit(f"routegate: --out {args.out} is the feedback store being read; name another file")
     check_writable(args.out, replaced=True)
     rows = _read_rows(database, args.since)
     written = without_text = 0
@@ -188,6 +190,12 @@ def _export(args: argparse.Namespace) -> int:
     if without_text:
         print(f"{without_text} judged or rated requests have no stored prompt text (ROUTEGATE_FEEDBACK_STORE_TEXT=false)")
     return 0
+
+
+def _is_store_file(out: Path, store: Path) -> bool:
+    """Whether ``out`` is the SQLite store or one of its journal files, by any name or link."""
+    files = [store.with_name(store.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    return any(out.resolve() == file.resolve() or (out.exists() and file.exists() and out.samefile(file)) for file in files)
 
 
 def _open_text(path: Path, compressed: bool) -> TextIO:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from server import feedback_metrics as fm
 from server.settings import store_kind
@@ -143,6 +143,34 @@ DECISION_UPSERT = _upsert(
 )
 
 
+def _sqlite_path(url: str) -> str:
+    """The file an SQLite value names: a path, ``sqlite:///path``, or ``sqlite:path`` as
+    ``Database.describe`` writes it."""
+    _, separator, rest = url.partition("://")
+    if separator:
+        return rest
+    return url[len("sqlite:") :] if url[: len("sqlite:")].lower() == "sqlite:" else url
+
+
+_CANNOT_MAKE_SHM = ("unable to open database file", "attempt to write a readonly database")
+
+
+def _read_only_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection that only reads the store at ``path``. A store in WAL mode needs its shared-memory
+    file beside it; where that cannot be made (a read-only folder or mount), the file is read as
+    it stands, which a gateway that stopped has left whole."""
+    uri = f"file:{quote(str(path.resolve()))}"
+    connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=CONNECT_TIMEOUT)
+    try:
+        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if not str(error).startswith(_CANNOT_MAKE_SHM):
+            raise
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=CONNECT_TIMEOUT)
+    return connection
+
+
 class Database:
     """Where the store lives: an SQLite file or a PostgreSQL server, from ``ROUTEGATE_FEEDBACK_DB``."""
 
@@ -151,7 +179,7 @@ class Database:
         _, separator, rest = url.partition("://")
         self.postgres = store_kind(url) == "postgresql"
         self.url = f"postgresql://{rest}" if self.postgres else url  # postgresql+psycopg:// is SQLAlchemy's spelling
-        self.path: Path | None = None if self.postgres else Path((rest if separator else url) or DEFAULT_SQLITE).expanduser()
+        self.path: Path | None = None if self.postgres else Path(_sqlite_path(url) or DEFAULT_SQLITE).expanduser()
 
     def describe(self) -> str:
         """The location without any password, for logs."""
@@ -177,9 +205,19 @@ class Database:
         return self.redact(f"{type(error).__name__}: {error}".strip())
 
     def redact(self, text: str) -> str:
-        """``text`` without the URL's password, should a driver message quote it."""
-        password = urlsplit(self.url).password if self.postgres else None
-        return text.replace(password, "[redacted]") if password else text
+        """``text`` without the URL's passwords (user info, or libpq's ``password`` and ``sslpassword``
+        query parameters), as written or decoded, should a driver message quote them."""
+        for password in sorted(self._passwords(), key=len, reverse=True):
+            text = text.replace(password, "[redacted]")
+        return text
+
+    def _passwords(self) -> set[str]:
+        if not self.postgres:
+            return set()
+        parts = urlsplit(self.url)
+        written = [parts.password or ""]
+        written += [value for name, _, value in (pair.partition("=") for pair in parts.query.split("&")) if "password" in name]
+        return {spelling for value in written for spelling in (value, unquote(value), unquote_plus(value)) if spelling}
 
     def connect(self, create_schema: bool = True) -> Any:
         """A new DB-API connection with the schema in place; without ``create_schema``, for reading
@@ -191,7 +229,7 @@ class Database:
         else:
             assert self.path is not None
             if not create_schema:
-                return sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT)
+                return _read_only_sqlite(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # the owner's alone (prompts and clients' requests); SQLite gives its -wal and -shm files the same mode
             if str(self.path) != ":memory:":

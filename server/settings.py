@@ -390,6 +390,12 @@ class Settings(BaseSettings):
 
     _real_secrets = field_validator("api_keys", "override_keys", "metrics_key", "redis_url", "feedback_db")(not_placeholder)
 
+    @field_validator("feedback_db", mode="before")
+    @classmethod
+    def _feedback_db_off_in_yaml(cls, value: object) -> object:
+        """YAML reads an unquoted ``off`` as false."""
+        return "off" if value is False else value
+
     @field_validator("feedback_db")
     @classmethod
     def _feedback_db_known(cls, url: SecretStr) -> SecretStr:

@@ -413,7 +413,10 @@ def test_an_answer_from_the_fallback_tier_is_not_shadowed(
 
 
 def post_feedback(proxy: Proxy, body: object, key: str | None = CLIENT_KEY) -> httpx.Response:
+    """POST ``body`` as JSON, or as it is when it is bytes."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, bytes):
+        return httpx.post(f"{proxy.api}/feedback", content=body, headers=headers, timeout=10)
     return httpx.post(f"{proxy.api}/feedback", json=body, headers=headers, timeout=10)
 
 
@@ -527,6 +530,7 @@ def test_with_the_store_off_feedback_is_refused_and_requests_are_answered(
         ({"request_id": "", "score": 1}, "request_id"),
         ({"request_id": "x", "score": 1, "comment": "x" * 2001}, "comment"),
         ({"request_id": "x", "score": 1, "stars": 5}, "stars"),
+        (b'{"request_id": "x", "score": 1, "\\ud800": 5}', "?"),  # a lone surrogate is not echoed back
         (["request_id"], None),
     ],
 )

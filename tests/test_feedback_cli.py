@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from routers.data import iter_records
 from server.feedback_store import Database, DecisionRow, FeedbackRow, FeedbackStore, JudgementRow
 from server.quality import Verdicts, quality
+from tests.another_user import said_as_another_user
 from tests.conftest import REPO
 from tests.postgres_server import postgres_url  # noqa: F401  (fixture)
 from tests.test_feedback_store import database  # noqa: F401  (fixture)
@@ -159,6 +162,79 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
     )
 
 
+async def test_export_refuses_to_write_over_the_store_it_reads(tmp_path: Path) -> None:
+    """``--out`` naming the SQLite store, a link to it or its write-ahead log would have replaced
+    the store (and what a running gateway still writes to it) with the export."""
+    store = tmp_path / "feedback.sqlite3"
+    await fill(Database(str(store)))
+    (tmp_path / "link.jsonl").symlink_to(store)
+    for out in (store, tmp_path / "link.jsonl", tmp_path / "feedback.sqlite3-wal", tmp_path / "." / "feedback.sqlite3"):
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", "feedback", "export", "--db", str(store), "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 1 and "is the feedback store being read" in run.stderr, run.stderr
+    assert "mf" in routegate("feedback", "stats", "--db", str(store), "--since", "2d")  # the store is whole
+
+
+async def test_a_store_named_as_routegate_prints_it_is_the_same_store(tmp_path: Path) -> None:
+    """Commands print an SQLite store as ``sqlite:/path``; given back as ``--db``, that is the
+    store, not a file named ``sqlite:/path``."""
+    store = tmp_path / "feedback.sqlite3"
+    await fill(Database(str(store)))
+    printed = routegate("feedback", "stats", "--db", f"sqlite:{store}", "--since", "2d")
+    assert printed.startswith(f"sqlite:{store}, since") and "mf" in printed
+    assert Database(f"SQLite:{store}").path == Database(f"sqlite://{store}").path == store
+
+
+async def test_a_store_that_may_only_be_read_can_be_exported() -> None:
+    """A user who may read the store but not write its folder (a read-only mount, another
+    user's folder) can export it: SQLite cannot make the shared-memory file a WAL store needs.
+    Where the tests run as root, a forked child runs the command as ``nobody``."""
+    top = Path(tempfile.mkdtemp(prefix="routegate-read-only-"))  # pytest's tmp_path is root's alone
+    folder, out = top / "store", top / "out" / "feedback.jsonl"
+    folder.mkdir()
+    out.parent.mkdir()
+    store = folder / "feedback.sqlite3"
+    await fill(Database(str(store)))
+    try:
+        top.chmod(0o755)
+        store.chmod(0o644)
+        folder.chmod(0o555)
+        out.parent.chmod(0o777)
+        said = said_as_another_user(["feedback", "export", "--db", str(store), "--out", str(out), "--since", "2d"])
+        assert said == "finished"
+        assert {record["id"] for record in iter_records(out)} == {
+            "r-strong-win",
+            "r-tie",
+            "r-weak-win",
+            "r-kept",
+            "r-rated",
+            "r-repeat-0",
+            "r-repeat-8",
+        }
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(top)
+
+
+def test_an_unquoted_off_in_the_config_file_turns_the_store_off(tmp_path: Path) -> None:
+    config = tmp_path / "routegate.yaml"
+    config.write_text("feedback_db: off\n")  # YAML 1.1 reads it as false
+    run = subprocess.run(
+        [sys.executable, "-m", "server.cli", "feedback", "stats", "--config", str(config)],
+        cwd=REPO,
+        env={name: value for name, value in os.environ.items() if name != "ROUTEGATE_FEEDBACK_DB"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1 and run.stderr.strip() == "routegate: ROUTEGATE_FEEDBACK_DB is off; name a store with --db"
+
+
 def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "typo" / "feedback.sqlite3"
     earlier = tmp_path / "export.jsonl"
@@ -182,6 +258,8 @@ def test_a_store_that_does_not_exist_is_named_not_created(tmp_path: Path) -> Non
         ("postgresql:/routegate:hunter2@db/feedback", "looks like a PostgreSQL address"),  # a slash missing
         ("postgres//routegate:hunter2@db/feedback", "looks like a PostgreSQL address"),
         ("host=db user=routegate password=hunter2 dbname=feedback", "looks like a PostgreSQL address"),  # libpq's form
+        ("postgresql://routegate@127.0.0.1:1/feedback?password=hunter2%zz", "cannot read"),  # libpq quotes a bad escape
+        ("postgresql://routegate@127.0.0.1:1/feedback?sslpassword=hunter2%zz", "cannot read"),
     ],
 )
 def test_a_store_url_of_another_kind_is_refused_without_its_password(tmp_path: Path, url: str, said: str) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ from routers.model_names import match_model, normal_form
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, load_router
 from routers.training.pairwise import build_comparisons, load_training_records
 from server.cli import main
+from tests.another_user import said_as_another_user
 from tests.conftest import REPO
 from tests.router_fixtures import STRONG, WEAK, tiny_causal_lm, write_slice
 
@@ -739,54 +738,12 @@ def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_the_scori
         out.write_text("earlier scores\n")
         out.chmod(0o666)
         folder.chmod(0o755 if os.geteuid() == 0 else 0o555)
-        said = _said_as_another_user(["score", "--router", "random", "--input", str(data), "--output", str(out)])
+        said = said_as_another_user(["score", "--router", "random", "--input", str(data), "--output", str(out)])
         assert said == f"routegate: cannot write in {folder}"
         assert out.read_text() == "earlier scores\n"
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
-
-
-def _said_as_another_user(argv: list[str], timeout: float = 60) -> str:
-    """How ``routegate argv`` ends in a forked child, as ``nobody`` (no extra groups) when this
-    process is root: the message it stops with, or the exception's name. (A subprocess cannot
-    run as ``nobody`` here: the interpreter lives in root's home.)"""
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child's result reaches the parent through the pipe
-        said = "no result"
-        try:
-            os.close(reader)
-            if os.geteuid() == 0:
-                import pwd
-
-                nobody = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-            main(argv)
-            said = "finished"
-        except SystemExit as stop:
-            said = str(stop)
-        except BaseException as error:  # noqa: BLE001 - a traceback is what the test looks for
-            said = type(error).__name__
-        finally:
-            try:
-                os.write(writer, said.encode())
-            finally:
-                os._exit(0)  # never back into pytest
-    os.close(writer)
-    try:
-        if not select.select([reader], [], [], timeout)[0]:
-            os.kill(child, signal.SIGKILL)
-            raise AssertionError(f"routegate {' '.join(argv)} did not end within {timeout} s")
-        said = b""
-        while chunk := os.read(reader, 65536):
-            said += chunk
-        return said.decode()
-    finally:
-        os.close(reader)
-        os.waitpid(child, 0)
 
 
 def test_the_default_leave_one_out_plot_is_checked_before_the_folds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
