@@ -216,7 +216,7 @@ class Gateway:
             await upstream.aclose()
         if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.targets.budget.refresh(), BUDGET_FLUSH_TIMEOUT_S)
+                await asyncio.wait_for(self.targets.budget.flush(), BUDGET_FLUSH_TIMEOUT_S)
         if self.shared_state is not None:
             await self.shared_state.aclose()
 

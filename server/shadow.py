@@ -147,6 +147,11 @@ class ShadowBudget:
         if self._daily is not None:
             await self._daily.refresh()
 
+    async def flush(self) -> None:
+        """Send what earlier failures left unsent, as this replica stops."""
+        if self._daily is not None:
+            await self._daily.flush()
+
     async def spend(self, usd: float) -> None:
         """Count ``usd`` spent (with Redis, added to the replicas' total and read back)."""
         if self._daily is not None and usd > 0:
@@ -196,7 +201,7 @@ class Shadower:
         if self._abandoned:
             log.warning("shutdown abandoned %d shadow jobs, queued or under way", self._abandoned)
         with contextlib.suppress(Exception):  # spend a cancelled job had not yet added to the replicas' total
-            await asyncio.wait_for(self.budget.refresh(), FLUSH_TIMEOUT_S)
+            await asyncio.wait_for(self.budget.flush(), FLUSH_TIMEOUT_S)
         if self._client is not None:
             await self._client.aclose()
 

@@ -131,6 +131,11 @@ class SharedState:
         finally:
             self._slots.release()
 
+    def end_rest(self) -> None:
+        """Let the next operation try Redis now, even inside the rest after a failure: a stopping
+        replica's last chance to write what it owes the others."""
+        self._resting_until = min(self._resting_until, self._clock())
+
     def _busy(self, op: str, attempted: bool) -> SharedStateUnavailable:
         metrics.SHARED_STATE_BUSY.labels(op).inc()
         return SharedStateUnavailable(op, attempted=attempted, busy=True)

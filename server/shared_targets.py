@@ -234,6 +234,13 @@ class SharedBudget:
         """Read today's totals over all replicas (and send what earlier failures left pending)."""
         await self._share()
 
+    async def flush(self) -> None:
+        """Send what earlier failures left pending as this replica stops, trying Redis even inside
+        the rest after a failure (it may well be back)."""
+        if self.state is not None:
+            self.state.end_rest()
+        await self._share()
+
     def affordable_share(self) -> float:
         """The largest strong share the rest of today can pay for, over all replicas, as last read."""
         return self.local.affordable_share()

@@ -876,6 +876,33 @@ async def test_a_route_redis_lost_without_an_error_is_seeded_again(redis_server:
     await state.aclose()
 
 
+async def test_a_stopping_replica_writes_the_spend_it_owes_even_inside_a_rest(redis_server: RedisServer) -> None:
+    """One failed call starts a rest in which spend waits, unsent; the flush as the replica stops
+    tries Redis all the same, which is back: the other replicas see every dollar."""
+    import asyncio
+
+    from server.shared_state import SharedState, SharedStateUnavailable
+    from server.shared_targets import SharedBudget
+    from server.targets import DailyBudget
+
+    state = SharedState(redis_server.url, "owed:", 0.25, 30.0, 4)
+    budget = SharedBudget(DailyBudget(100.0), state)
+    client = redis_server.client()
+    await budget.record_cost("strong", 1.0, 1.0)
+
+    async def refused() -> None:
+        raise redis.exceptions.ConnectionError("refused")
+
+    with pytest.raises(SharedStateUnavailable):
+        await state.run("budget_add", refused)  # a 30 s rest begins, though Redis is up
+    await budget.record_cost("strong", 4.0, 4.0)  # waits, unsent
+    [key] = client.keys("owed:budget:*")
+    assert float(client.hget(key, "spent")) == 1.0
+    await asyncio.wait_for(budget.flush(), 2.0)
+    assert float(client.hget(key, "spent")) == 5.0
+    await state.aclose()
+
+
 async def test_an_answer_begun_before_a_failure_does_not_end_its_rest(redis_server: RedisServer) -> None:
     import asyncio
 
