@@ -50,6 +50,11 @@ class AnswerText:
         self.events = EventSplitter()  # events longer than its bound are skipped
 
     @property
+    def whole(self) -> bool:
+        """Whether no event was too long to read (over 1 MiB): else the text misses a part."""
+        return not self.events.skipped
+
+    @property
     def text(self) -> str:
         text = "".join(self.parts)
         if text or not self.calls:
@@ -188,9 +193,12 @@ class Feedback:
                 answered = response.watcher.cut is None and not response.watcher.failed
                 if answered:  # a client that stopped the answer may still rate it; only a whole answer is judged
                     text = answer.text if answer is not None else None
-                    self._answered(response.headers, headers, payload, response.watcher.usage, text, shadow and completed)
+                    judged = shadow and completed and (answer is None or answer.whole)
+                    self._answered(response.headers, headers, payload, response.watcher.usage, text, judged)
                 if shadow and (not answered or not completed):
                     _unanswered(response.headers)
+                elif shadow and answer is not None and not answer.whole:  # an event too long to read: too large to judge
+                    fm.SHADOW_REQUESTS.labels(OTHER_TIER[response.headers["x-routegate-tier"]], "too_large").inc()
             finally:
                 self._open_streams -= 1
 

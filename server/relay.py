@@ -27,13 +27,14 @@ class EventSplitter:
     """Cuts relayed SSE bytes into complete events (the bytes before each blank line).
 
     Linear time: each byte is searched for an event separator once, however the events are cut
-    into chunks. Bounded memory: an event longer than ``max_event_bytes`` is skipped, not held;
-    ``bytes_scanned`` counts the search work.
+    into chunks. Bounded memory: an event longer than ``max_event_bytes`` is skipped, not held
+    (counted in ``skipped``); ``bytes_scanned`` counts the search work.
     """
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
         self.max_event_bytes = max_event_bytes
         self.bytes_scanned = 0
+        self.skipped = 0
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
         self._skipping = False  # inside an oversized event: drop it up to its separator
@@ -49,6 +50,7 @@ class EventSplitter:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
                 if len(self._pending) > self.max_event_bytes:
                     del self._pending[: self._searched]
+                    self.skipped += not self._skipping
                     self._searched, self._skipping = 0, True
                 return events
             self.bytes_scanned += match.end() - self._searched

@@ -381,6 +381,24 @@ def test_a_shadow_job_over_its_size_is_skipped_and_counted(
     assert [received.body["messages"] for received in strong.received] == [QUESTION]  # no shadow call for the long ones
 
 
+def test_a_streamed_answer_with_an_event_too_long_to_read_is_not_judged_on_the_rest(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """The shadow path reads a stream's events up to 1 MiB each: an answer with a longer one that
+    arrives in pieces would reach the judge without that part, so it is counted too large, as a
+    long answer is."""
+    env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3", shadow_max_job_bytes=str(8 << 20))
+    long_piece = {"choices": [{"index": 0, "delta": {"content": "x" * 4_000_000}, "finish_reason": None}]}
+    weak.behaviour.extra_event = json.dumps(long_piece).encode()
+    with running_proxy(env, tmp_path) as proxy:
+        stream = client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, stream=True)
+        received = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert len(received) > 4_000_000  # the client had all of it, in pieces
+        wait_until(lambda: shadow_total(proxy, tier="strong", outcome="too_large") == 1, "the answer counted too large")
+        assert shadow_total(proxy, tier="strong", outcome="judged") == 0
+    assert strong.received == []  # no shadow call
+
+
 def test_a_drawn_answer_the_client_did_not_receive_whole_is_counted_unanswered(
     shadowing: tuple[Proxy, Path], weak: FakeUpstream, strong: FakeUpstream
 ) -> None:
