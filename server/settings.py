@@ -367,6 +367,7 @@ class Settings(BaseSettings):
     feedback_max_rows: int = Field(
         5_000_000,
         ge=1,
+        le=10**12,  # a database's 64-bit OFFSET holds it
         description="rows kept per table; the oldest beyond are deleted hourly (a judged or rated request's decision "
         "stays while its labels do)",
     )
@@ -455,6 +456,13 @@ class Settings(BaseSettings):
         for alias in self.aliases:
             if ROUTER_MODEL.match(alias):
                 raise ValueError(f"ROUTEGATE_ALIASES: alias '{alias}' is a router route's name, which it would take over")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_cache_needs_redis(self) -> Settings:
+        """Sharing scores is done through Redis: asked for without it, it would silently do nothing."""
+        if self.shared_score_cache and self.redis_url is None:
+            raise ValueError("ROUTEGATE_SHARED_SCORE_CACHE shares scores through Redis: set ROUTEGATE_REDIS_URL too")
         return self
 
     @model_validator(mode="after")

@@ -199,6 +199,8 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_MAX_PENDING_BODY_BYTES": "2048"}, "ROUTEGATE_MAX_PENDING_BODY_BYTES"),  # below the largest body
         ({"ROUTEGATE_PORT": "18123", "ROUTEGATE_METRICS_PORT": "18123"}, "ROUTEGATE_METRICS_PORT"),
         ({"ROUTEGATE_FIXED_ROUTES": "true", "ROUTEGATE_ALLOW_OVERRIDES": "true"}, "ROUTEGATE_OVERRIDE_KEYS"),
+        ({"ROUTEGATE_SHARED_SCORE_CACHE": "true"}, "set ROUTEGATE_REDIS_URL too"),  # it would do nothing
+        ({"ROUTEGATE_FEEDBACK_MAX_ROWS": str(2**63)}, "ROUTEGATE_FEEDBACK_MAX_ROWS"),  # beyond a 64-bit OFFSET
     ],
 )
 def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], named: str):
