@@ -160,15 +160,22 @@ class ScoredPair:
     why: str
 
 
-def load_router_for_pair(name: str, options: RouterOptions, strong: str, weak: str) -> tuple[Router, ScoredPair]:
+def load_router_for_pair(
+    name: str, options: RouterOptions, strong: str, weak: str, named: tuple[bool, bool] = (False, False), named_by: str = ""
+) -> tuple[Router, ScoredPair]:
     """Load router ``name`` for the pair (strong, weak) as matched among its known models
     (``routers.model_names.resolve_pair``: the default pair when either is unknown), or for the
     default pair when its checkpoint knows both but never saw them scored together. A default pair
-    is loaded as a stand-in (``RouterOptions.stand_in``)."""
+    is loaded as a stand-in (``RouterOptions.stand_in``). A model the operator ``named`` (by the
+    setting ``named_by``) must be known: CheckpointError, not a stand-in."""
     from routers.checkpoint import UnscoredPairError
     from routers.model_names import DEFAULT_PAIR, match_model, resolve_pair
 
     known = router_models(name, options.checkpoint_dir)
+    if any(named) and known:  # (a router that knows no models, random, scores none)
+        pair, stand_in = _named_pair(name, known, (strong, weak), named, named_by)
+        options = dataclasses.replace(options, strong_model=pair.strong, weak_model=pair.weak, stand_in=stand_in)
+        return load_router(name, options), pair
     pair = ScoredPair(*resolve_pair(known, strong, weak))
     stand_in = (pair.strong, pair.weak) != (match_model(strong, known), match_model(weak, known))
     try:
@@ -182,3 +189,28 @@ def load_router_for_pair(name: str, options: RouterOptions, strong: str, weak: s
         )
         options = dataclasses.replace(options, strong_model=default.strong, weak_model=default.weak, stand_in=True)
         return load_router(name, options), ScoredPair(default.strong, default.weak, why)
+
+
+def _named_pair(
+    name: str, known: list[str], asked: tuple[str, str], named: tuple[bool, bool], named_by: str
+) -> tuple[ScoredPair, bool]:
+    """The pair to score when the operator named one or both of its models, and whether a model
+    of it stands in for an unknown one: a named model as matched among ``known`` (CheckpointError
+    when unknown); the other as its upstream's model when the router knows it, else the default
+    pair's model in its place."""
+    from routers.checkpoint import CheckpointError
+    from routers.model_names import DEFAULT_PAIR, match_model
+
+    found = [match_model(model, known) for model in asked]
+    for model, match, given in zip(asked, found, named, strict=True):
+        if given and match is None:
+            raise CheckpointError(f"router {name!r} does not know model {model!r}, named by {named_by}; it knows {known}")
+    defaults = [match_model(model, known) or model for model in DEFAULT_PAIR]
+    strong, weak = (match or default for match, default in zip(found, defaults, strict=True))
+    if strong == weak:
+        raise CheckpointError(f"router {name!r} would score {strong!r} against itself: name the other model too")
+    unknown = [model for model, match in zip(asked, found, strict=True) if match is None]
+    why = f"named by {named_by}"
+    if unknown:
+        why += f"; {unknown} unknown to the router: the default pair's model in its place"
+    return ScoredPair(strong, weak, why), bool(unknown)

@@ -92,7 +92,10 @@ class Gateway:
             settings.torch_threads,
             settings.score_threads,
             settings.score_queue_size,
-            pair_from_settings=strong.router_model is not None or weak.router_model is not None,
+            named_pair=(strong.router_model is not None, weak.router_model is not None),
+            named_by="the entries' router_model"
+            if settings.models
+            else "ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL",
             shared=shared_scores,
             ladder_models=ladder_models(settings, self.ladder, self.routers, checkpoint_dir),
             ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),

@@ -288,7 +288,8 @@ class ScorerPool:
         torch_threads: int = 0,
         score_threads: int = 1,
         queue_size: int = 0,
-        pair_from_settings: bool = False,
+        named_pair: tuple[bool, bool] = (False, False),
+        named_by: str = "",
         shared: SharedScores | None = None,
         ladder_models: dict[str, tuple[str, ...]] | None = None,
         ladder_pair: tuple[int, int] = (1, 0),
@@ -301,8 +302,9 @@ class ScorerPool:
         self.shared_names = shared_names or shared is not None
         #: after a router failed to load, its requests get its 503 this long before a new try
         self.retry_seconds = retry_seconds
-        #: True when the operator named the pair: it must then be known, no fallback
-        self.pair_from_settings = pair_from_settings
+        #: which of the (strong, weak) models the operator named (by the setting ``named_by``): a
+        #: named model must be known to the router, no stand-in
+        self.named_pair, self.named_by = named_pair, named_by
         self.shared = shared
         self.torch_threads = torch_threads
         self.score_threads = score_threads
@@ -396,15 +398,12 @@ class ScorerPool:
         traffic; the router, the number of its scoring threads and the name its scores are
         shared under (``scorer_identity``; empty without shared state)."""
         models = self.ladder_models.get(name)
-        if models is None and not self.pair_from_settings:
-            router, pair = load_router_for_pair(name, self.options, self.options.strong_model, self.options.weak_model)
+        if models is None:
+            strong, weak = self.options.strong_model, self.options.weak_model
+            router, pair = load_router_for_pair(name, self.options, strong, weak, self.named_pair, self.named_by)
         else:
-            if models is not None:
-                strong, weak = models[self.ladder_pair[0]], models[self.ladder_pair[1]]
-                pair = ScoredPair(strong, weak, f"ROUTEGATE_MODELS: it predicts each of {list(models)}")
-            else:
-                strong, weak = self.options.strong_model, self.options.weak_model
-                pair = ScoredPair(strong, weak, "set by ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL")
+            strong, weak = models[self.ladder_pair[0]], models[self.ladder_pair[1]]
+            pair = ScoredPair(strong, weak, f"ROUTEGATE_MODELS: it predicts each of {list(models)}")
             router = load_router(name, dataclasses.replace(self.options, strong_model=strong, weak_model=weak))
         if name != "random":
             log.info("router %s scores %s (strong) vs %s (weak): %s", name, pair.strong, pair.weak, pair.why)

@@ -189,6 +189,18 @@ def test_the_shipped_checkpoint_is_small_and_scores_prompts_in_unit_interval(shi
         load_router("lookahead", RouterOptions(device="cpu", strong_model="gpt-5", weak_model=MIXTRAL))
 
 
+def test_named_models_are_matched_across_spellings_as_upstream_models_are() -> None:
+    """``ROUTEGATE_ROUTER_WEAK_MODEL`` / an entry's ``router_model`` in the upstream's spelling
+    (``meta-llama/...``) finds the candidate the checkpoint names otherwise."""
+    from routers.registry import load_router_for_pair
+
+    router, pair = load_router_for_pair(
+        "lookahead", RouterOptions(device="cpu"), GPT4, "meta-llama/Llama-3.1-8B-Instruct", (True, True), "the settings"
+    )
+    assert (pair.strong, pair.weak) == (GPT4, "Llama-3.1-8B-Instruct") and pair.why == "named by the settings"
+    assert 0.0 <= router.score(["What is 2 + 2?"])[0] <= 1.0
+
+
 def test_router_lookahead_routes_through_the_gateway_by_its_score(strong, weak, tmp_path: Path, shipped) -> None:
     prompt = "A train travels 60 miles in 1.5 hours. What is its average speed in miles per hour?"
     expected = shipped.score([prompt])[0]

@@ -242,6 +242,23 @@ def test_upstream_models_the_router_does_not_know_get_the_default_pair(
         assert "fake-strong" in pair["why"] and "default pair" in pair["why"]
 
 
+def test_one_named_model_is_matched_and_the_other_follows_its_upstream(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """ROUTEGATE_ROUTER_STRONG_MODEL alone, in another spelling than the router's: the strong side
+    is the named model, the weak side its upstream's model when the router knows it, else the
+    default pair's weak model (the gateway used to fail to load the router)."""
+    env = proxy_env(strong, weak, router="mf", router_strong_model="gpt-4o", weak__model="my-local-llm")
+    with running_proxy(env, tmp_path, ready_timeout=180) as proxy:
+        ready = httpx.get(f"{proxy.url}/ready").json()
+        assert ready["status"] == "ready"
+        assert (ready["pair"]["strong"], ready["pair"]["weak"]) == ("gpt-4o-2024-05-13", "mixtral-8x7b-instruct-v0.1")
+        assert ready["pair"]["why"].startswith("named by ROUTEGATE_ROUTER_STRONG_MODEL")
+        assert "my-local-llm" in ready["pair"]["why"] and "default pair" in ready["pair"]["why"]
+        tier, _, _ = _routed(OpenAI(base_url=proxy.api, api_key="unused"), "auto", PROMPTS[0])
+        assert tier in ("strong", "weak")
+
+
 def test_a_pair_the_router_knows_but_never_saw_scored_together_gets_the_default_pair(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
