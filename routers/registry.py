@@ -109,11 +109,21 @@ def _base_model_installed(router_dir: Path) -> bool:
 
 def router_models(name: str, checkpoint_dir: Path = CHECKPOINT_ROOT) -> list[str]:
     """The model names a router's checkpoint knows: its ``router.json``'s models, or a ``lookahead``
-    ``config.json``'s candidates; none for ``random``."""
+    ``config.json``'s candidates; none for ``random``. CheckpointError for a file that cannot be
+    read, is not a JSON object, or whose list is not a list of names."""
+    from routers.checkpoint import CheckpointError
+
     directory = Path(checkpoint_dir) / name
     for file, key in (("router.json", "models"), ("config.json", "candidates")):
-        if (directory / file).is_file():
-            return list(json.loads((directory / file).read_text()).get(key, []))
+        path = directory / file
+        if path.is_file():
+            try:
+                names = json.loads(path.read_text()).get(key, [])
+            except (OSError, ValueError, AttributeError) as error:
+                raise CheckpointError(f"{path} cannot be read as a JSON object: {type(error).__name__}: {error}") from None
+            if not isinstance(names, list) or not all(isinstance(model, str) for model in names):
+                raise CheckpointError(f"{path}: '{key}' is not a list of model names")
+            return names
     return []
 
 
@@ -140,9 +150,11 @@ def load_router_or_exit(name: str, options: RouterOptions) -> Router:
 def router_models_or_exit(name: str, checkpoint_dir: Path) -> list[str]:
     """``router_models`` for the command line: a manifest that is not a JSON object, or whose
     model list is not a list, is a SystemExit."""
+    from routers.checkpoint import CheckpointError
+
     try:
         return router_models(name, checkpoint_dir)
-    except (OSError, ValueError, AttributeError, TypeError) as error:
+    except CheckpointError as error:
         raise cannot_load(name, error) from None
 
 

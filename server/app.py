@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from routers.checkpoint import CheckpointError
 from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, multi_model_routers, router_models
 from server import metrics
 from server.client_keys import bearer_matches, presented_key
@@ -154,17 +155,24 @@ class Gateway:
         return None if pair is None else {"strong": pair.strong, "weak": pair.weak, "why": pair.why}
 
     def routers_listing(self) -> list[dict[str, object]]:
-        """``/v1/routers``: each installed router, its known models, its scored pair."""
+        """``/v1/routers``: each installed router, its known models (none from a checkpoint whose
+        manifest cannot be read: its load says why), its scored pair."""
         return [
             {
                 "id": name,
                 "object": "router",
                 "loaded": self.scorers.loaded(name),
-                "models": router_models(name, self.scorers.options.checkpoint_dir),
+                "models": self._known_models(name),
                 "pair": self.scored_pair(name),
             }
             for name in self.names.routers
         ]
+
+    def _known_models(self, name: str) -> list[str]:
+        try:
+            return router_models(name, self.scorers.options.checkpoint_dir)
+        except CheckpointError:
+            return []
 
     async def start(self) -> None:
         """Open the upstream pools; load the routers in the background, the default one first."""
@@ -260,7 +268,7 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
         )
     try:
         return {name: ladder_router_models(name, ladder.entries, router_models(name, checkpoint_dir)) for name in able}
-    except ValueError as error:
+    except (ValueError, CheckpointError) as error:
         raise SettingsError(f"invalid settings:\n  {error}") from None
 
 

@@ -321,6 +321,25 @@ def test_an_unknown_router_model_fails_start_up(fakes: dict[str, FakeUpstream], 
     assert "sk-mid-upstream-secret" not in message
 
 
+def test_a_broken_router_manifest_fails_start_up_in_one_line(fakes: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    """A ``router.json`` whose model list is not a list is named at start-up, not a traceback;
+    among two models, ``GET /v1/routers`` still lists the routers (the broken one knowing none)."""
+    (tmp_path / "checkpoints" / "standin_multi").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "standin_multi" / "router.json").write_text('{"router": "standin_multi", "models": null}')
+    (tmp_path / "checkpoints" / "standin").mkdir()
+    with pytest.raises(RuntimeError, match="exited") as raised:
+        with running_proxy(many_env(entries(fakes), tmp_path / "checkpoints"), tmp_path, module=MODULE):
+            pass
+    message = str(raised.value)
+    assert "invalid settings" in message and "'models' is not a list of model names" in message
+    assert "Traceback" not in message
+    two = many_env(entries(fakes, ["small", "big"]), tmp_path / "checkpoints", router="standin")
+    with running_proxy(two, tmp_path, module=MODULE) as pair_proxy:
+        listing = httpx.get(f"{pair_proxy.api}/routers", timeout=5)
+    assert listing.status_code == 200
+    assert {entry["id"]: entry["models"] for entry in listing.json()["data"]} == {"standin_multi": [], "standin": []}
+
+
 def test_a_router_model_in_another_spelling_is_found_as_a_pairs_models_are(
     fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
 ) -> None:
