@@ -57,8 +57,9 @@ class Decider:
         self.settings = settings
         self.ladder = ladder
         self.cost_targets = cost_targets  # target routes among more than two models
-        #: what ``strong`` / ``weak`` (overrides, the scoring-overload outcome) stand for
-        self.tiers = {"strong": ladder.best, "weak": ladder.cheapest}
+        #: what ``strong`` / ``weak`` (overrides, the scoring-overload outcome) stand for: among
+        #: more than two models, ``weak`` is the cheapest by price, even when it is the most capable
+        self.tiers = {"strong": ladder.best, "weak": ladder.cheapest if ladder.pair else ladder.lowest_price}
         self.scorers = scorers
         self.targets = targets
         self.sticky = sticky if settings.route_on == "sticky" else None

@@ -420,6 +420,21 @@ def test_a_spent_budget_keeps_a_most_capable_model_that_is_also_the_cheapest(
     assert len(fakes["mid"].received) == 1 and not fakes["big"].received  # nothing moved to a paid model
 
 
+def test_weak_means_the_cheapest_model_even_when_it_is_the_most_capable(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+):
+    """``x-routegate-force-tier: weak`` and ``ROUTEGATE_SCORING_OVERLOAD=weak`` mean the cheapest
+    model: with the cheapest marked most capable that is it, not the next dearer one."""
+    models = entries(fakes, extra={"small": {"most_capable": True}})
+    env = many_env(models, checkpoints, allow_overrides="true", scoring_overload="weak", score_timeout="0.2")
+    with running_proxy(env, tmp_path, module=MODULE) as proxy:
+        forced, _ = ask(proxy, "hello", False, extra_headers={"x-routegate-force-tier": "weak"})
+        unscored, _ = ask(proxy, "wait=1 hello", False)  # the stand-in takes a second: over the score timeout
+    assert (forced["x-routegate-upstream"], forced["x-routegate-decision"]) == ("small", "forced")
+    assert (unscored["x-routegate-upstream"], unscored["x-routegate-decision"]) == ("small", "unscored")
+    assert not fakes["mid"].received and not fakes["big"].received
+
+
 def test_the_dashboard_shows_the_split_across_models(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path):
     """A real Prometheus scrapes a routegate that sent 5 requests to small, 3 to mid and 2 to big."""
     prometheus_binary = require_tool("prometheus")
