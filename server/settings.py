@@ -45,11 +45,15 @@ def not_placeholder(value: list[SecretStr] | SecretStr | None) -> list[SecretStr
 
 def api_root(value: str) -> str:
     """An upstream's ``http(s)://`` API root without a trailing slash. Credentials in it are
-    refused: a URL is logged and shown where a key is not."""
+    refused (a URL is logged and shown where a key is not), and so is a query or fragment, which
+    the paths routegate appends would end up inside."""
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
-    if "@" in urlsplit(value).netloc:
+    parts = urlsplit(value)
+    if "@" in parts.netloc:
         raise ValueError("must not hold credentials (user:password@): put the key in api_key")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("must not hold a query (?...) or fragment (#...): routegate appends /chat/completions to it")
     return value.rstrip("/")
 
 

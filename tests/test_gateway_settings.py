@@ -184,6 +184,8 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         # a password in a URL is logged and shown where a key is not
         ({"ROUTEGATE_WEAK__BASE_URL": "https://me:hunter2@llm.example/v1"}, "ROUTEGATE_WEAK__BASE_URL"),
         ({"ROUTEGATE_JUDGE__BASE_URL": "http://me:hunter2@127.0.0.1:9/v1"}, "ROUTEGATE_JUDGE__BASE_URL"),
+        # /chat/completions would land inside the query
+        ({"ROUTEGATE_WEAK__BASE_URL": "http://127.0.0.1:9/v1?api-version=2024-02-01"}, "must not hold a query"),
         ({"ROUTEGATE_WEAK__INPUT_PRICE": "-1"}, "ROUTEGATE_WEAK__INPUT_PRICE"),
         ({"ROUTEGATE_ROUTER": "no-such-router"}, "ROUTEGATE_ROUTER"),
         ({"ROUTEGATE_ALIASES": '{"x": "router-random-7"}'}, "ROUTEGATE_ALIASES"),
