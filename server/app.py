@@ -443,21 +443,28 @@ async def _admit(request: Request, gateway: Gateway) -> None:
     router that is not loaded (503)."""
     _check_client_key(request, gateway.settings)
     if DRAIN.draining:
-        metrics.REJECTED.labels("shutting_down").inc()
-        raise APIError(
-            503,
-            "routegate is shutting down; send the request again (another instance will take it).",
-            type="server_error",
-            code="shutting_down",
-            headers={"connection": "close", "retry-after": "1"},
-        )
+        raise _shutting_down()
     if not gateway.ready:
         await _wait_ready(gateway)
 
 
+def _shutting_down() -> APIError:
+    """The 503 of a request this process will not route: it is shutting down."""
+    metrics.REJECTED.labels("shutting_down").inc()
+    return APIError(
+        503,
+        "routegate is shutting down; send the request again (another instance will take it).",
+        type="server_error",
+        code="shutting_down",
+        headers={"connection": "close", "retry-after": "1"},
+    )
+
+
 async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
     """Hold a request while the default router loads; 503 if it failed or takes too long, or at
-    once when as many requests are held as could be in flight and queued (a retry storm at start)."""
+    once when as many requests are held as could be in flight and queued (a retry storm at start).
+    A held request is refused ``shutting_down`` as soon as the process drains, or when the grace
+    period of a process that stops ends while it waits."""
     settings = gateway.settings
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -465,6 +472,8 @@ async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
     gateway.waiting_for_router += 1
     try:
         while not gateway.ready:
+            if DRAIN.draining:
+                raise _shutting_down()
             if full or gateway.load_error is not None or loop.time() >= deadline:
                 raise APIError(
                     503,
@@ -474,6 +483,10 @@ async def _wait_ready(gateway: Gateway, timeout: float = 60.0) -> None:
                     headers={"retry-after": retry_after(settings.router_retry_seconds)},
                 )
             await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        if not DRAIN.stopping:  # not the shutdown: a cancellation of another kind goes on
+            raise
+        raise _shutting_down() from None
     finally:
         gateway.waiting_for_router -= 1
 

@@ -7,16 +7,19 @@ same way."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from routers.base import Router
 from routers.embedding import resolve_device
@@ -276,6 +279,39 @@ def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequ
     return tuple(names)
 
 
+T = TypeVar("T")
+
+
+async def in_daemon_thread(function: Callable[..., T], *args: object) -> T:
+    """``function(*args)`` on a daemon thread of its own: a router still loading when the process
+    stops does not hold its exit past the shutdown grace period, as a thread of the event loop's
+    executor (``asyncio.to_thread``) would."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if outcome.done():  # its caller is gone (cancelled): nobody takes the result
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = context.run(function, *args), None
+        except BaseException as failure:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, failure
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the event loop closed meanwhile: nobody waits
+            pass
+
+    threading.Thread(target=run, name=f"routegate-load-{getattr(function, '__name__', 'work')}", daemon=True).start()
+    return await outcome
+
+
 class ScorerPool:
     """One Scorer per router, each router loaded once per process, off the event loop."""
 
@@ -360,7 +396,7 @@ class ScorerPool:
         async with self._lock:
             if name not in self._scorers:
                 try:
-                    router, threads, shared_as = await asyncio.to_thread(self._load, name)
+                    router, threads, shared_as = await in_daemon_thread(self._load, name)
                 except Exception as error:  # a broken checkpoint: say so, keep serving other routers
                     if name in self._failed:  # the traceback was logged at the first failure
                         log.error("router %s still cannot be loaded (%s); tried again in %g s", name, error, self.retry_seconds)

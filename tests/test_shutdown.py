@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy
+from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream
 from tests.metric_values import wait_for
 
@@ -93,6 +93,40 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(strong: FakeUpst
         hung.close()
         assert cut.startswith(b"HTTP/1.1 503 ") and b"\r\nretry-after: 1\r\n" in cut.lower()
         assert b'"code": "shutting_down"' in cut
+
+
+def _ready_status(url: str) -> int | None:
+    try:
+        return httpx.get(f"{url}/ready", timeout=1).status_code
+    except httpx.TransportError:
+        return None
+
+
+def test_a_request_held_while_the_router_loads_is_refused_at_the_drain_and_the_load_holds_no_exit(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """A request held for the default router, still loading, gets 503 ``shutting_down`` when the
+    drain begins (it used to get uvicorn's bare 500 at the end of the grace period, uncounted), and
+    the load under way does not keep the process alive past the grace period."""
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+    env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), shutdown_grace_seconds="2")
+    env["SLOW_ROUTER_LOAD_SECONDS"], env["SLOW_ROUTER_SECONDS"] = "60", "0"
+    held_request = {"model": "router-slow-0.5", "messages": MESSAGES}
+    with started_proxy(env, tmp_path, module="tests.slow_router") as proxy:
+        assert wait_for(lambda: _ready_status(proxy.url) == 503, timeout=30)  # up, its router loading
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(httpx.post, f"{proxy.api}/chat/completions", json=held_request, timeout=30)
+            time.sleep(1)  # the request is held while the router loads
+            signalled_at = time.monotonic()
+            proxy.process.send_signal(signal.SIGTERM)
+            refused = held.result()
+        assert proxy.process.wait(timeout=30) == 0
+        exited_after = time.monotonic() - signalled_at
+        log = proxy.log()
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "shutting_down"
+    assert exited_after < 15  # the grace period and the clean-up, not the 60 s load
+    assert "status=503 error=shutting_down" in log and "Traceback" not in log
 
 
 def test_a_stream_outliving_the_grace_period_ends_with_an_error_event(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
