@@ -184,7 +184,7 @@ class Gateway:
             await self.targets.budget.refresh()  # with Redis: what the other replicas spent today
             metrics.BUDGET_REMAINING_USD.set(self.targets.budget.remaining_usd)
         self._loading = asyncio.create_task(self._load_routers())
-        self._sampling = asyncio.create_task(_sample_event_loop_tasks())
+        self._sampling = asyncio.create_task(_sample_gauges(self.sticky))
         if self.shared_state is not None:
             self._probing = asyncio.create_task(self.shared_state.keep_probing())
         self.feedback.start()
@@ -232,11 +232,13 @@ class Gateway:
             await self.shared_state.aclose()
 
 
-async def _sample_event_loop_tasks(interval: float = 1.0) -> None:
-    """Keep ``routegate_event_loop_tasks`` current: ``ROUTEGATE_METRICS_PORT`` renders the metrics
-    from its own thread, which cannot see this loop's tasks."""
+async def _sample_gauges(sticky: SharedSticky, interval: float = 1.0) -> None:
+    """Keep ``routegate_event_loop_tasks`` current (``ROUTEGATE_METRICS_PORT`` renders the metrics
+    from its own thread, which cannot see this loop's tasks), and ``routegate_sticky_conversations``
+    as conversations expire without a request."""
     while True:
         metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
+        metrics.STICKY_CONVERSATIONS.set(len(sticky))
         await asyncio.sleep(interval)
 
 

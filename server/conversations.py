@@ -63,6 +63,8 @@ class StickyStore:
         self._expiry: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key -> (expiry, upstream)
 
     def __len__(self) -> int:
+        """Conversations remembered and not expired (the expired ones, oldest first, go now)."""
+        self._drop_expired(self._clock())
         return len(self._expiry)
 
     def is_strong(self, key: str | None) -> bool:
@@ -94,6 +96,11 @@ class StickyStore:
             upstream = kept[1]
         self._expiry[key] = (now + self.ttl, upstream)
         self._expiry.move_to_end(key)
+        self._drop_expired(now)
+
+    def _drop_expired(self, now: float) -> None:
+        """Forget expired conversations, and the least recently used beyond ``max_size``: entries
+        are in order of last use, so of expiry too."""
         while self._expiry:
             oldest, (expiry, _) = next(iter(self._expiry.items()))
             if len(self._expiry) <= self.max_size and expiry > now:

@@ -10,6 +10,7 @@ from openai import OpenAI
 from server.conversations import StickyStore, conversation_keys
 from tests.conftest import Proxy, proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
 
 ALWAYS_STRONG = "router-random-0"  # every score >= 0
@@ -65,6 +66,18 @@ def test_other_conversations_are_scored_as_usual(sticky_proxy: Proxy, strong, we
     headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, other)
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("weak", "score")
     assert len(weak.received) == 1
+
+
+def test_the_sticky_gauge_counts_live_conversations_and_falls_as_they_expire(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Expired conversations are not counted, and the gauge falls without a request."""
+    env = proxy_env(strong, weak, route_on="sticky", sticky_ttl_seconds="1")
+    with running_proxy(env, tmp_path) as proxy:
+        for conversation in range(3):
+            _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": f"question {conversation}"}])
+        assert metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 3
+        assert wait_for(lambda: metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 0, timeout=5)
 
 
 def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, strong, weak) -> None:
