@@ -51,9 +51,10 @@ log = logging.getLogger("routegate.proxy")
 
 
 def request_id_of(request: Request) -> str:
-    """The client's ``x-request-id`` when it is short, ASCII and printable, else a new one."""
+    """The client's ``x-request-id`` when it is short, ASCII, printable and without spaces (it is
+    one field of the log line), else a new one."""
     given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= 128 and given.isascii() and given.isprintable():
+    if 0 < len(given) <= 128 and given.isascii() and given.isprintable() and " " not in given:
         return given
     return uuid.uuid4().hex
 

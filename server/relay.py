@@ -190,12 +190,17 @@ class EventGate:
 
 
 def json_value(data: bytes) -> object:
-    """An upstream body's or event's JSON value; None when it is not JSON (or is nested deeper than
-    the parser recurses)."""
+    """An upstream body's or event's JSON value; None when it is not JSON (``NaN`` and
+    ``Infinity`` are not: strict parsers cannot read them), or is nested deeper than the parser
+    recurses."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json)
     except (ValueError, RecursionError):
         return None
+
+
+def _not_json(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def error_of(chunk: object) -> dict | None:

@@ -6,6 +6,7 @@ and, for when it reported none, a token estimate (server/token_estimate.py)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.responses import Response
@@ -34,14 +35,18 @@ Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a header value (a tab is)
+
+
 def _sendable(value: str) -> str | None:
-    """An upstream's header value when it can be sent on (Latin-1); None for one holding a byte
-    that its client decoded as a stand-in character (obs-text, as a charset's Latin-1 letter)."""
+    """An upstream's header value when it can be sent on: Latin-1 without control characters,
+    which the HTTP server would refuse by dropping the connection. None for one holding either (a
+    byte that its client decoded as a stand-in character: obs-text, as a charset's Latin-1 letter)."""
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
         return None
-    return value
+    return None if _CONTROL.search(value) else value
 
 
 async def reply(

@@ -240,6 +240,8 @@ class Attempts:
                 self._on_spent(len(body))
             elif (own := _own_error(completed.answer)) is not None:  # a gateway upstream's error object in a 200
                 reason = _error_failure(own, "invalid_response")
+            elif not isinstance(completed.answer.get("choices"), list):  # {}, {"error": "..."}: no answer either
+                reason = "invalid_response"
         return reason, False, retry_after, result
 
     def _spent_on_timeout(self, error: BaseException) -> None:

@@ -333,6 +333,9 @@ def test_oversized_headers_are_431(proxy: Proxy, strong: FakeUpstream) -> None:
     )
     assert latin.status_code == 200 and len(latin.headers["x-request-id"]) == 32
     assert strong.received[-1].headers["x-request-id"] == latin.headers["x-request-id"]
+    # and one with spaces, which would forge fields of the log line (request_id=abc status=200 ...)
+    forged = post(proxy, body, **{"x-request-id": "abc router=mf status=200"})
+    assert forged.status_code == 200 and len(forged.headers["x-request-id"]) == 32
 
 
 def test_a_pipelined_request_behind_a_large_body_is_not_taken_for_oversized_headers(proxy: Proxy) -> None:

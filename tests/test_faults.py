@@ -22,6 +22,7 @@ from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_p
 from tests.fake_upstream import Blackhole, FakeUpstream, closed_port_url
 from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
+from tests.raw_upstream import RawUpstream, raw_response
 
 ROUTED_STRONG = "router-random-0"
 MESSAGES = [{"role": "user", "content": "Say something."}]
@@ -318,17 +319,26 @@ def test_connect_timeout_without_a_healthy_tier_is_a_504(blackhole_proxy: Proxy,
 # --- bodies that are not what they should be -------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", ["malformed_json", "error_object", "refused_key"])
+NO_ANSWERS = {
+    "error_object": b'{"error": {"message": "provider overloaded", "code": 502}}',
+    "refused_key": b'{"error": {"message": "Invalid API key", "code": 401}}',
+    "error_text": b'{"error": "provider overloaded"}',  # no choices: not an answer either
+    "error_kind": b'{"object": "error", "message": "upstream overloaded", "code": 503}',
+    "empty_object": b"{}",
+    "not_json_constant": b'{"id": "c", "choices": [], "created": NaN}',  # strict JSON parsers cannot read it
+}
+
+
+@pytest.mark.parametrize("body", ["malformed_json", *NO_ANSWERS])
 def test_a_200_that_is_no_answer_falls_back(fault_proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream, body: str) -> None:
-    """Malformed JSON, or a gateway upstream reporting its provider's failure as a 200 holding only
-    an error object: retried, then answered by the other tier, as a 5xx would be; an error object
-    naming 401 is routegate's key refused, as a 401 status is: not tried again."""
+    """Malformed JSON (NaN is not JSON), an object without choices, or a gateway upstream
+    reporting its provider's failure as a 200 holding only an error object: retried, then answered
+    by the other tier, as a 5xx would be; an error object naming 401 is routegate's key refused, as
+    a 401 status is: not tried again."""
     if body == "malformed_json":
         strong.behaviour.malformed_json = True
-    elif body == "error_object":
-        strong.behaviour.answer_body = b'{"error": {"message": "provider overloaded", "code": 502}}'
     else:
-        strong.behaviour.answer_body = b'{"error": {"message": "Invalid API key", "code": 401}}'
+        strong.behaviour.answer_body = NO_ANSWERS[body]
     reason, tries = ("http_auth", 1) if body == "refused_key" else ("invalid_response", 2)
     delta = MetricDelta(fault_proxy.metrics)
     raw = chat(fault_proxy)
@@ -338,7 +348,7 @@ def test_a_200_that_is_no_answer_falls_back(fault_proxy: Proxy, strong: FakeUpst
     assert delta("routegate_upstream_errors_total", tier="strong", reason=reason) == tries == len(strong.received)
     assert delta("routegate_requests_total", tier="strong", status="200") == 0
     # a malformed answer was made and thrown away: each charged its prompt and a token per four bytes
-    made = 2 if body == "malformed_json" else 0
+    made = 2 if body in ("malformed_json", "not_json_constant") else 0
     assert delta("routegate_usage_estimated_total", tier="strong") == made
     assert delta("routegate_tokens_total", tier="strong", kind="prompt") == made * PROMPT_ESTIMATE
     assert (delta("routegate_tokens_total", tier="strong", kind="completion") > 0) == bool(made)
@@ -618,6 +628,56 @@ def test_an_upstream_content_type_with_a_byte_beyond_ascii_is_relayed_not_a_500(
     assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
     assert streamed.text.rstrip().endswith("data: [DONE]")
     assert counted("routegate_requests_total") == 2 and counted("routegate_requests_total", status="500") == 0
+
+
+ANSWER = json.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": STRONG_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "raw answer"}, "finish_reason": "stop"}],
+    }
+).encode()
+EVENT = {
+    "id": "c",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": STRONG_MODEL,
+    "choices": [{"index": 0, "delta": {"content": "raw"}, "finish_reason": "stop"}],
+}
+EVENTS = b"data: " + json.dumps(EVENT).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def test_an_upstream_header_value_with_a_control_character_is_replaced_not_a_dropped_connection(
+    weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The HTTP server refuses to send a header value holding a control character by dropping the
+    connection: the client got no response while the request was counted answered. Such a
+    ``content-type`` is sent as its stand-in, such a ``retry-after`` not at all."""
+    with RawUpstream().running() as strong:
+        env = proxy_env(strong, weak, retries="0", fallback="false")  # type: ignore[arg-type]
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            strong.answer = raw_response(b"HTTP/1.1 200 OK", [b"content-type: application/json\x7f"], ANSWER)
+            plain = client(proxy).chat.completions.with_raw_response.create(model=STRONG_MODEL, messages=MESSAGES)
+            refusal = b'{"error": {"message": "slow down", "type": "rate_limit", "param": null, "code": null}}'
+            strong.answer = raw_response(b"HTTP/1.1 429 X", [b"content-type: application/json", b"retry-after: 1\x01"], refusal)
+            limited = httpx.post(f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES})
+            strong.answer = raw_response(b"HTTP/1.1 200 OK", [b"content-type: text/event-stream; x=\x01"], EVENTS)
+            streamed = httpx.post(
+                f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES, "stream": True}
+            )
+            counted = delta.after()
+            log = proxy.log()
+    assert plain.headers["content-type"] == "application/json" and plain.parse().choices[0].message.content == "raw answer"
+    assert (
+        limited.status_code == 429 and "retry-after" not in limited.headers and limited.json()["error"]["message"] == "slow down"
+    )
+    assert streamed.status_code == 200 and streamed.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert counted("routegate_requests_total", status="200") == 2 and counted("routegate_requests_total", status="429") == 1
+    assert "Traceback" not in log
 
 
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
