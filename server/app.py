@@ -292,8 +292,10 @@ def _check_client_key(request: Request, settings: Settings) -> None:
 def _check_same_machine_origin(request: Request, allowed: list[str]) -> None:
     """Without client keys, only this machine's programs may call a loopback gateway: a browser
     request from a page of another site (its ``Origin``), which any web page the operator opens
-    could send, or through a DNS name rebound to 127.0.0.1, is refused. Clients that are not
-    browsers send no ``Origin``; a page served from this machine, or from an ``allowed`` origin, may call."""
+    could send, or send through a DNS name rebound to 127.0.0.1, is refused. Clients that are not
+    browsers send no ``Origin``, and neither does a browser's same-origin GET (a rebound page can
+    read the GET endpoints: docs/operations.md); a page served from this machine, or from an
+    ``allowed`` origin, may call."""
     origin = request.headers.get("origin")
     if origin is None or origin.rstrip("/").lower() in allowed:
         return
