@@ -251,13 +251,18 @@ def message_text(message: dict[str, Any]) -> str:
 
 
 def routed_text(messages: list[dict[str, Any]], mode: str, turns: int, max_chars: int) -> str:
-    """What the router scores: the last user message (``last_user``) or the last ``turns``
-    messages (``conversation``), keeping the most recent ``max_chars`` characters."""
+    """What the router scores, its first ``max_chars`` characters: the last user message with
+    text (``last_user``), or the last ``turns`` user and assistant messages newest first
+    (``conversation``: the encoders read a text's first tokens, and the newest turn is what is
+    asked). Without user text (a system prompt alone, an image alone), the last system or
+    developer message's text."""
     if mode == "conversation":
         recent = [message for message in messages if message.get("role") in ("user", "assistant")][-turns:]
-        text = "\n\n".join(f"{message['role']}: {message_text(message)}" for message in recent)
-        return text[-max_chars:]
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message_text(message)[:max_chars]
+        text = "\n\n".join(f"{message['role']}: {message_text(message)}" for message in reversed(recent))
+        if any(message["role"] == "user" and message_text(message).strip() for message in recent):
+            return text[:max_chars]
+    for roles in (("user",), ("system", "developer")):
+        for message in reversed(messages):
+            if message.get("role") in roles and (text := message_text(message)).strip():
+                return text[:max_chars]
     return ""

@@ -204,6 +204,8 @@ class Scorer:
                     if not future.done():
                         future.set_exception(error)
                 continue
+            for text, score in by_text.items():  # also for callers that stopped waiting: the next one has it
+                self.cache.put(text, score)
             for text, future in batch:
                 if not future.done():
                     future.set_result(by_text[text])

@@ -29,21 +29,33 @@ def test_last_user_message_with_text_parts_only():
     assert routed_text(CONVERSATION, "last_user", 4, 1000) == "second\nquestion"
 
 
-def test_conversation_mode_keeps_recent_turns_and_the_end_of_long_text():
-    assert routed_text(CONVERSATION, "conversation", 2, 1000) == "assistant: first answer\n\nuser: second\nquestion"
-    assert routed_text(CONVERSATION, "conversation", 4, 8) == "question"
+def test_conversation_mode_puts_the_newest_turn_first_and_keeps_it_when_the_text_is_cut():
+    """The encoders read a text's first 128 tokens: oldest first, a long earlier answer would
+    leave the new question unread."""
+    assert routed_text(CONVERSATION, "conversation", 2, 1000) == "user: second\nquestion\n\nassistant: first answer"
+    long_answer = [*CONVERSATION[:2], {"role": "assistant", "content": "x" * 5000}, {"role": "user", "content": "thanks!"}]
+    assert routed_text(long_answer, "conversation", 4, 20) == "user: thanks!\n\nassis"
 
 
-def test_no_user_message_scores_empty_text():
-    assert routed_text([{"role": "system", "content": "s"}], "last_user", 4, 100) == ""
+def test_without_user_text_the_system_prompt_is_scored():
+    """A system prompt alone, or a last user message without text (an image): not the empty text
+    every such request would share, whatever it asks."""
+    system_only = [{"role": "system", "content": "Prove the Riemann hypothesis."}]
+    assert routed_text(system_only, "last_user", 4, 100) == "Prove the Riemann hypothesis."
+    assert routed_text(system_only, "conversation", 4, 100) == "Prove the Riemann hypothesis."
+    image_only = [*system_only, {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    assert routed_text(image_only, "last_user", 4, 100) == "Prove the Riemann hypothesis."
+    follow_up = [{"role": "user", "content": "What is on it?"}, {"role": "user", "content": "  "}]
+    assert routed_text(follow_up, "last_user", 4, 100) == "What is on it?"  # the last user message with text
+    assert routed_text([{"role": "user", "content": None}], "last_user", 4, 100) == ""
 
 
 @pytest.mark.parametrize(
     ("settings", "scored"),
     [
         ({}, "second\nquestion"),
-        ({"route_on": "conversation", "conversation_turns": "2"}, "assistant: first answer\n\nuser: second\nquestion"),
-        ({"route_on": "conversation", "conversation_turns": "4", "max_router_chars": "8"}, "question"),
+        ({"route_on": "conversation", "conversation_turns": "2"}, "user: second\nquestion\n\nassistant: first answer"),
+        ({"route_on": "conversation", "conversation_turns": "4", "max_router_chars": "8"}, "user: se"),
     ],
 )
 def test_the_gateway_scores_what_the_settings_say(

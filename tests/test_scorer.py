@@ -105,6 +105,27 @@ async def test_a_cached_text_is_not_scored_again() -> None:
     assert router.batches == [["same"]]
 
 
+async def test_a_score_that_comes_after_its_caller_timed_out_is_kept_for_the_next_request() -> None:
+    """A router slower than the score timeout: the score its batch computes for a caller that
+    stopped waiting is cached, so the next request for that text has it at once instead of
+    starting (and timing out) again."""
+    router = RecordingRouter(hold=True)
+    scorer = Scorer(router, batch_size=8, batch_wait=0.0, cache_size=4, threads=1)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await scorer.score("slow text")
+        router.release()
+        for _ in range(200):  # the batch finishes on its own
+            if scorer.cache.get("slow text") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await scorer.score("slow text") == 0.09
+    finally:
+        await scorer.aclose()
+    assert router.batches == [["slow text"]]
+
+
 async def test_a_router_failure_reaches_every_request_of_its_batch_and_the_scorer_goes_on() -> None:
     router = RecordingRouter(hold=True)
     scorer = Scorer(router, batch_size=8, batch_wait=0.0, cache_size=0, threads=1)
