@@ -7,7 +7,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -48,6 +48,21 @@ _STAGED: ContextVar[tuple[Path, Path] | None] = ContextVar("routegate_staged_che
 #: files that say a folder holds a checkpoint: loaders refuse a folder without them
 MANIFESTS = (MANIFEST, "config.json")  # lookahead's is config.json
 STAGING_PREFIX = ".training-"
+
+
+def check_same_router(router: str, folder: Path) -> None:
+    """SystemExit when ``folder`` holds a checkpoint of another router: training ``router`` into it
+    would leave that router's weights beside the new manifest (``--out`` naming the wrong folder)."""
+    holder: object = None
+    if (folder / MANIFEST).is_file():
+        try:
+            holder = json.loads((folder / MANIFEST).read_text()).get("router")
+        except (OSError, ValueError, AttributeError):
+            holder = None  # unreadable: nothing to protect that could be loaded
+    elif (folder / "config.json").is_file():
+        holder = "lookahead"
+    if isinstance(holder, str) and holder != router:
+        raise SystemExit(f"routegate train {router}: {folder} holds a '{holder}' checkpoint; name another --out folder")
 
 
 @contextmanager
@@ -135,6 +150,16 @@ def read_manifest(directory: Path, router: str) -> dict[str, Any]:
     if manifest.get("router") != router:
         raise CheckpointError(f"{directory} holds a '{manifest.get('router')}' checkpoint, not '{router}'")
     return manifest
+
+
+def refuse_unless_finite(router: str, weights: Iterable[Any]) -> None:
+    """SystemExit before anything is written when training diverged (a weight that is not finite):
+    an earlier checkpoint in ``--out`` stays as it was."""
+    import numpy as np
+
+    arrays = (weight.detach().float().cpu() if hasattr(weight, "detach") else weight for weight in weights)  # torch or numpy
+    if not all(np.isfinite(np.asarray(array, dtype=np.float64)).all() for array in arrays):
+        raise SystemExit(f"routegate train {router}: training diverged (weights not finite); nothing written: try a lower --lr")
 
 
 def model_indices(models: list[str], strong: str, weak: str, directory: Path) -> tuple[int, int]:

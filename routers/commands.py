@@ -69,8 +69,8 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "--score-as",
         nargs=2,
         metavar=("STRONG", "WEAK"),
-        help="score the prompts as this pair, ranked against the outcomes of --strong/--weak (as a gateway whose "
-        "upstreams the router knows under other names, or not at all, scores them)",
+        help="score the prompts as this pair (names the router knows), ranked against the outcomes of --strong/--weak: "
+        "as a gateway scores upstreams the router knows under other names, or the default pair for upstreams it does not know",
     )
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
@@ -173,7 +173,8 @@ def _load(name: str, args: argparse.Namespace, pair: Sequence[str] | None = None
 
 def score_all(router: Router, prompts: list[str], batch_size: int, label: str) -> list[float]:
     """Scores of ``prompts`` (in their order) with a progress bar; batches group prompts of similar
-    length, so that little of each batch is padding."""
+    length, so that little of each batch is padding. SystemExit for a score outside [0, 1] (NaN
+    included): a broken checkpoint, whose numbers would look plausible in a table."""
     from tqdm import tqdm
 
     by_length = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
@@ -183,6 +184,10 @@ def score_all(router: Router, prompts: list[str], batch_size: int, label: str) -
             batch = by_length[start : start + batch_size]
             for index, score in zip(batch, router.score([prompts[index] for index in batch]), strict=True):
                 scores[index] = float(score)
+                if not 0.0 <= scores[index] <= 1.0:
+                    raise SystemExit(
+                        f"routegate: router {router.name} scored {scores[index]} (not in [0, 1]): its checkpoint is broken"
+                    )
             progress.update(len(batch))
     return scores
 
@@ -194,13 +199,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def run_trainer(router: str, argv: list[str]) -> None:
     """Run ``routegate train ROUTER ARGV...``: the router's trainer with its own options."""
-    from routers.checkpoint import staged_checkpoint, training_command
+    from routers.checkpoint import check_same_router, staged_checkpoint, training_command
 
     module = load_trainer(router)
     parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     check_device(getattr(args, "device", "auto"))
+    check_same_router(router, args.out)
     with training_command(router, argv), staged_checkpoint(args.out) as staging:
         module.run(argparse.Namespace(**{**vars(args), "out": staging}))
 
@@ -290,8 +296,9 @@ def _eval(args: argparse.Namespace) -> int:
     if quality.gap > 0:
         print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
-    for name in args.router:
-        curves[name] = score_all(_load(name, args, args.score_as), prompts, args.batch_size or 64, f"eval {name}")
+    routers = {name: _load(name, args, args.score_as) for name in args.router}  # all found before any is scored
+    for name, router in routers.items():
+        curves[name] = score_all(router, prompts, args.batch_size or 64, f"eval {name}")
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")

@@ -21,6 +21,7 @@ import numpy as np
 EMBEDDING_DIM = 384
 #: tokens the encoder reads (MiniLM was trained on 128; the package's default of 256 halves CPU speed)
 MAX_TOKENS = 128
+ENCODER_LAYERS = 6  # transformer layers of the MiniLM-L6 backbone (bert and lookahead train its top ones)
 CACHE_DIR = Path(os.environ.get("ROUTEGATE_CACHE_DIR", Path.home() / ".cache" / "routegate"))
 #: new entries that make the cache file be written before the command ends (it is written then too)
 SAVE_EVERY = 4096

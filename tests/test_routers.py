@@ -546,6 +546,16 @@ RECORD = '{{"id": "{id}", "prompt": "question {id}", "split": "{split}", "scores
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--device", "gpu"], "--device: must be auto, cpu, cuda or cuda:N"),
         (["train", "sw_ranking", "--data", "{data}", "--out", "{out}", "--feature-weight", "nan"], "at least 0"),
         (["train", "mf", "--data", "{data}", "--out", "{out}", "--weight-decay", "-1"], "must be a number of at least 0"),
+        # NaN or negative weights trained NaN checkpoints over good ones
+        (["train", "bert", "--data", "{data}", "--out", "{out}", "--head-lr", "nan"], "--head-lr: must be a number above 0"),
+        (["train", "causal_llm", "--data", "{data}", "--out", "{out}", "--hidden-l2", "nan"], "--hidden-l2: must be a number"),
+        (["train", "lookahead", "--data", "{data}", "--out", "{out}", "--reconstruction-weight", "-1"], "at least 0"),
+        (["train", "lookahead", "--data", "{data}", "--out", "{out}", "--block-size", "0"], "--block-size: must be"),
+        (["train", "lookahead", "--data", "{data}", "--out", "{out}", "--trainable-layers", "99"], "invalid choice: 99"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--offset-l2", "-5"], "--offset-l2: must be a number above 0"),
+        (["train", "mf", "--data", "{data}", "--out", "{out}", "--neighbour-weight", "nan"], "--neighbour-weight: must be"),
+        (["train", "sw_ranking", "--data", "{data}", "{data}", "--out", "{out}"], "a file is named twice"),
+        (["eval", "--router", "random", "mff", "--data", "{data}", "--strong", "a", "--weak", "b"], "unknown router 'mff'"),
         (["score", "--router", "random", "--input", "{data}", "--output", "{folder}"], "is a folder: name a file to write"),
         (["demo", "--port", "70000"], "--port: must be a port from 1 to 65535, not '70000'"),
         (["demo", "--router", "mff"], "router 'mff' cannot serve here; installed:"),
@@ -563,6 +573,69 @@ def test_bad_options_and_records_are_one_line_errors(tmp_path: Path, argv: list[
     run = subprocess.run([sys.executable, "-m", "server.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode in (1, 2) and said in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "out").exists()  # not even an empty checkpoint folder
+
+
+def test_eval_finds_every_router_before_it_scores_any(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing second router used to be found after the first had scored every prompt."""
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(RECORD.format(id=n, split="dev") for n in range(4)) + "\n")
+    argv = ["eval", "--router", "random", "sw_ranking", "--checkpoint-dir", str(tmp_path / "none"), "--data", str(data)]
+    with pytest.raises(SystemExit, match="cannot load router 'sw_ranking'"):
+        main([*argv, "--strong", "a", "--weak", "b", "--plot", str(tmp_path / "e.png")])
+    assert "eval random" not in capsys.readouterr().err  # no progress bar: nothing was scored
+
+
+def test_training_into_another_routers_checkpoint_is_refused(tmp_path: Path) -> None:
+    """``--out`` naming the wrong folder would have left mf's weights beside a sw_ranking manifest."""
+    data, folder = tmp_path / "records.jsonl", tmp_path / "mf"
+    data.write_text("\n".join(RECORD.format(id=n, split="train") for n in range(4)) + "\n")
+    folder.mkdir()
+    (folder / "router.json").write_text('{"router": "mf", "models": ["a", "b"]}')
+    (folder / "weights.npz").write_bytes(b"mf weights")
+    with pytest.raises(SystemExit, match="holds a 'mf' checkpoint; name another --out folder"):
+        main(["train", "sw_ranking", "--data", str(data), "--out", str(folder)])
+    assert sorted(path.name for path in folder.iterdir()) == ["router.json", "weights.npz"]
+    assert (folder / "weights.npz").read_bytes() == b"mf weights"
+
+
+def test_scores_outside_0_1_from_a_broken_checkpoint_stop_the_command() -> None:
+    """A NaN score made a plausible APGR in eval's table, a line that is not JSON in score's output
+    and a NaN threshold in calibrate's file."""
+    from routers.base import Router
+    from routers.commands import score_all
+
+    class Broken(Router):
+        name = "broken"
+
+        def score(self, prompts: list[str]) -> list[float]:
+            return [float("nan")] * len(prompts)
+
+    with pytest.raises(SystemExit, match="router broken scored nan"):
+        score_all(Broken(), ["a", "b"], 2, "eval broken")
+
+
+def test_training_that_diverged_writes_nothing() -> None:
+    from routers.checkpoint import refuse_unless_finite
+
+    refuse_unless_finite("bert", [torch.nn.Parameter(torch.ones(2)), np.ones(3), torch.ones(2).half()])
+    with pytest.raises(SystemExit, match="training diverged"):
+        refuse_unless_finite("bert", [torch.ones(2), torch.tensor([1.0, float("nan")]).half()])
+
+
+def test_the_lookahead_ablation_needs_its_figure_named_and_real_checkpoints(tmp_path: Path) -> None:
+    """Its figure used to default to docs/lookahead_ablation.png (a smoke run replaced the docs'),
+    and a checkpoint without LABEL= or a missing folder ended in a traceback."""
+    from routers.lookahead.evaluation import main as ablation
+
+    data = str(tmp_path / "d.jsonl")
+    for argv in (
+        ["--checkpoint", f"L={CHECKPOINT_ROOT / 'lookahead'}", "--data", data],
+        ["--checkpoint", str(CHECKPOINT_ROOT / "lookahead"), "--data", data, "--png", "a.png"],
+        ["--checkpoint", f"L={tmp_path / 'none'}", "--data", data, "--png", "a.png"],
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            ablation(argv)
+        assert stopped.value.code == 2
 
 
 def test_a_record_nested_too_deeply_or_with_an_id_json_cannot_write_is_a_named_error(tmp_path: Path) -> None:

@@ -19,26 +19,24 @@ from tqdm import tqdm
 
 from routers.arguments import positive_float, positive_int, random_seed, torch_device
 from routers.bert.router import TRAINED, classify, load_classifier
-from routers.checkpoint import published_path, write_manifest
-from routers.embedding import MAX_TOKENS, resolve_device
+from routers.checkpoint import published_path, refuse_unless_finite, write_manifest
+from routers.embedding import ENCODER_LAYERS, MAX_TOKENS, resolve_device
 from routers.feature_head import FEATURE_HEAD
 from routers.training.feature_head import fit_alone, untrained_head
 from routers.training.pairwise import add_training_data_arguments, build_comparisons, load_training_records, pairwise_loss
 from routers.training.state_cache import cached_states
-
-LAYERS = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``routegate train bert``."""
     add_training_data_arguments(parser)
     parser.add_argument(
-        "--train-layers", type=int, default=1, choices=range(1, LAYERS + 1), help="top encoder layers to train (6 = all)"
+        "--train-layers", type=int, default=1, choices=range(1, ENCODER_LAYERS + 1), help="top encoder layers to train (6 = all)"
     )
     parser.add_argument("--epochs", type=positive_int, default=3)
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--lr", type=positive_float, default=5e-5)
-    parser.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the classifier")
+    parser.add_argument("--head-lr", type=positive_float, default=1e-3, help="learning rate of the classifier")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps (timing runs)")
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda")
@@ -86,9 +84,9 @@ def run(args: argparse.Namespace) -> None:
         f"models, top {args.train_layers} layer(s) trained"
     )
     tokenizer, model = load_classifier(len(comparisons.models), device)
-    first_trained = LAYERS - args.train_layers
-    trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, LAYERS)) + ("classifier.",)
-    if args.train_layers == LAYERS:
+    first_trained = ENCODER_LAYERS - args.train_layers
+    trained_prefixes = tuple(f"bert.encoder.layer.{layer}." for layer in range(first_trained, ENCODER_LAYERS)) + ("classifier.",)
+    if args.train_layers == ENCODER_LAYERS:
         trained_prefixes += ("bert.embeddings.",)
     feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
     fit_alone(feature_head, feature_inputs, comparisons)
@@ -98,7 +96,11 @@ def run(args: argparse.Namespace) -> None:
     body = [p for n, p in model.named_parameters() if n.startswith(trained_prefixes) and not n.startswith("classifier.")]
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith(trained_prefixes)
-    states = None if args.train_layers == LAYERS else frozen_states(model, tokenizer, comparisons.prompts, first_trained, device)
+    states = (
+        None
+        if args.train_layers == ENCODER_LAYERS
+        else frozen_states(model, tokenizer, comparisons.prompts, first_trained, device)
+    )
 
     optimizer = torch.optim.AdamW([{"params": body, "lr": args.lr}, {"params": head, "lr": args.head_lr}], weight_decay=0.01)
     steps = args.epochs * ((len(records) + args.batch_size - 1) // args.batch_size)
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> None:
         for name, tensor in model.state_dict().items()
         if name.startswith(trained_prefixes)
     }
+    refuse_unless_finite("bert", [*trained.values(), *feature_head.parameters()])
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(trained, str(args.out / TRAINED))
     feature_head.save(args.out / FEATURE_HEAD)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from routers.arguments import positive_float, positive_int, random_seed, torch_device
+from routers.arguments import non_negative_float, positive_float, positive_int, random_seed, torch_device
 from routers.causal_llm.router import HEAD, PACKAGED_SMOLLM2, TEMPLATE, label_token_ids, last_hidden, load_causal_lm
-from routers.checkpoint import published_path, write_manifest
+from routers.checkpoint import published_path, refuse_unless_finite, write_manifest
 from routers.data import Record
 from routers.embedding import resolve_device
 from routers.feature_head import FEATURE_HEAD, FeatureHead
@@ -49,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=positive_int, default=200, help="full-batch optimiser steps over cached hidden states")
     parser.add_argument("--lr", type=positive_float, default=1e-2)
-    parser.add_argument("--hidden-l2", type=float, default=0.1, help="penalty on the differences between the label rows")
-    parser.add_argument("--feature-l2", type=float, default=1e-4, help="penalty on the structural-feature weights")
+    parser.add_argument(
+        "--hidden-l2", type=non_negative_float, default=0.1, help="penalty on the differences between the label rows"
+    )
+    parser.add_argument("--feature-l2", type=non_negative_float, default=1e-4, help="penalty on the structural-feature weights")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward pass of the base model")
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument("--device", type=torch_device, default="auto", help="auto, cpu or cuda")
@@ -128,6 +130,7 @@ def run(args: argparse.Namespace) -> None:
     feature_head, feature_inputs = untrained_head(comparisons.prompts, len(comparisons.models))
     lm_rows = model.get_output_embeddings().weight[labels].detach().float().cpu()
     rows = fit_label_head(hidden, feature_head, feature_inputs, lm_rows, comparisons, args)
+    refuse_unless_finite("causal_llm", [rows, *feature_head.parameters()])
     args.out.mkdir(parents=True, exist_ok=True)
     save_file({"rows": rows.contiguous()}, str(args.out / HEAD))
     feature_head.save(args.out / FEATURE_HEAD)

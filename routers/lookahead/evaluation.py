@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from routers.arguments import positive_int
 from routers.data import load_records
 from routers.evaluation.metrics import PairQuality, apgr
 
@@ -162,11 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", action="append", required=True, help="LABEL=DIR of a Lookahead checkpoint (repeatable)")
     parser.add_argument("--router", action="append", default=[], help="a registry router to add for the pair rows (e.g. mf)")
     parser.add_argument("--data", nargs="+", required=True, help="record files; their dev split is evaluated")
-    parser.add_argument("--png", type=Path, default=Path("docs/lookahead_ablation.png"))
+    parser.add_argument("--png", type=Path, required=True, help="the figure to write (docs/lookahead_ablation.png for the docs')")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
-    parser.add_argument("--limit", type=int, help="only the first N dev prompts per file (a smoke run)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--limit", type=positive_int, help="only the first N dev prompts per file (a smoke run)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    for spec in args.checkpoint:
+        label, _, directory = spec.partition("=")
+        if not label or not (Path(directory) / "config.json").is_file():
+            parser.error(f"--checkpoint {spec!r}: give LABEL=DIR, DIR a lookahead checkpoint folder (with config.json)")
     torch.set_num_threads(args.threads)
     dev_sets = [dev for dev in (load_dev_set(path, args.limit) for path in args.data) if dev is not None]
     columns: dict[str, dict[str, dict[str, float]]] = {}

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import AutoTokenizer, BertModel
 
-from routers.arguments import positive_int, random_seed
-from routers.checkpoint import published_path
+from routers.arguments import non_negative_float, positive_int, random_seed
+from routers.checkpoint import published_path, refuse_unless_finite
 from routers.data import Record, licence_of, load_records
+from routers.embedding import ENCODER_LAYERS
 from routers.lookahead.inputs import IGNORE, InputLayout, build_example, mask_ratio, normalise_scores
 from routers.lookahead.model import LookaheadConfig, LookaheadNet, backbone_dir, collate, layout_for, new_net, save_checkpoint
 
@@ -173,11 +174,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--steps", type=positive_int, default=120)
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--block-size", type=int, default=8, help="m: model-ID tokens per candidate block")
-    parser.add_argument("--prompt-tokens", type=int, default=64, help="prompts are truncated to this many tokens")
-    parser.add_argument("--trainable-layers", type=int, default=2, help="top encoder layers to train (the rest stay frozen)")
+    parser.add_argument("--block-size", type=positive_int, default=8, help="m: model-ID tokens per candidate block")
+    parser.add_argument("--prompt-tokens", type=positive_int, default=64, help="prompts are truncated to this many tokens")
+    parser.add_argument(
+        "--trainable-layers",
+        type=int,
+        default=2,
+        choices=range(1, ENCODER_LAYERS + 1),
+        help="top encoder layers to train (the rest stay frozen)",
+    )
     parser.add_argument("--no-reconstruction", action="store_true", help="ablation (MLC): no response reconstruction")
-    parser.add_argument("--reconstruction-weight", type=float, default=0.5)
+    parser.add_argument("--reconstruction-weight", type=non_negative_float, default=0.5)
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--threads",
@@ -257,6 +264,7 @@ def run(args: argparse.Namespace) -> Path:
         "threads": torch.get_num_threads(),
         **{key: round(value, 4) for key, value in losses.items()},
     }
+    refuse_unless_finite("lookahead", net.trained_state().values())
     save_checkpoint(net, config, args.out)
     print(f"wrote {published_path(args.out)} ({len(items)} prompts, {args.steps} steps, {config.training['wall_seconds']} s)")
     return args.out

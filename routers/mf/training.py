@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import random
 import sys
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=positive_int, default=48, help="model pairs sampled per prompt (all pairs when fewer)")
     parser.add_argument(
         "--offset-l2",
-        type=float,
+        type=positive_float,
         default=1e6,
         help="L2 penalty of the per-(file, model) offsets, used in training and dropped at serving; the default all but "
         "switches them off (0.001 lets them absorb each file's judge and answer format)",
@@ -95,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=random_seed, default=0)
     parser.add_argument(
         "--neighbour-weight",
-        type=float,
+        type=non_negative_float,
         default=8.0,
         help="weight of the scored pair's outcomes on the most similar training prompts (every train record, "
         "not only --limit's) in the pair's score; 0: the latent model alone",
@@ -109,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--feature-clip",
-        type=float,
+        type=non_negative_float,
         default=3.0,
         help="limit standardised structural features to +-this many standard deviations, in the latent model and the "
         "neighbour table (a feature rare in training cannot push a prompt's score arbitrarily far); 0: no limit",
@@ -213,8 +212,6 @@ def parse_weights(pairs: list[str], stems: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> None:
     """Train and write ``weights.npz``, ``neighbours.npz`` (unless ``--neighbour-weight 0``) and
     ``router.json`` into ``args.out``."""
-    if args.neighbour_weight < 0 or not (math.isfinite(args.feature_clip) and args.feature_clip >= 0):
-        raise SystemExit("routegate train mf: --neighbour-weight and --feature-clip must be 0 or more")
     stems = [file_stem(path) for path in args.data]
     if len(set(stems)) < len(stems):  # files are told apart (and --weight keyed) by their stem
         twice = sorted({str(path) for path, stem in zip(args.data, stems, strict=True) if stems.count(stem) > 1})

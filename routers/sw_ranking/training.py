@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from routers.arguments import non_negative_float, positive_float, positive_int, torch_device
 from routers.checkpoint import published_path, write_manifest
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Write ``neighbours.npz`` and ``router.json`` into ``args.out``."""
+    if len({Path(path).resolve() for path in args.data}) < len(args.data):
+        raise SystemExit("routegate train sw_ranking: a file is named twice; its neighbour table holds each file's prompts once")
     every_record = {path: comparable(load_records([path], "train")) for path in args.data}
     for path in [path for path, records in every_record.items() if not records]:
         print(f"sw_ranking: skipping {path}: no train record scores two models")

@@ -56,7 +56,7 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         nargs="+",
         required=True,
-        help="record files (.jsonl or .jsonl.gz); only 'train' records are used; a file named twice counts twice",
+        help="record files (.jsonl or .jsonl.gz); only 'train' records are used",
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     parser.add_argument("--limit", type=positive_int, help="a seeded random sample of at most this many train records per file")
