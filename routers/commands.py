@@ -76,7 +76,9 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=positive_int, help="prompts scored at once (default 64; 256 with --leave-one-out)")
     evaluate.add_argument(
-        "--leave-one-out", action="store_true", help="cross-domain evaluation over the record files in --data-dir"
+        "--leave-one-out",
+        action="store_true",
+        help="cross-domain evaluation over the data's 19 record files, found by name in --data-dir, in five families",
     )
     evaluate.add_argument("--data-dir", type=Path, help="folder of the record files (--leave-one-out; default ../shared/data)")
     evaluate.add_argument("--families", nargs="+", help="held-out families to run (default all)")
