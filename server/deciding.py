@@ -77,7 +77,7 @@ class Decider:
         """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
-            metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)  # a new UTC day, or others' spend
+            metrics.budget_remaining_usd().set(self.budget.remaining_usd)  # a new UTC day, or others' spend
         decision = await self._choose(route, payload, headers, request_id, override)
         if decision.tier != self.ladder.lowest_price and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":

@@ -137,11 +137,6 @@ TARGET_THRESHOLD = Gauge(
     ["router", "target"],
     multiprocess_mode="mostrecent",
 )
-BUDGET_REMAINING_USD = Gauge(
-    "routegate_budget_remaining_usd",
-    "Daily strong-tier budget left today (UTC), summed over live workers.",
-    multiprocess_mode="livesum",
-)
 STICKY_CONVERSATIONS = Gauge(
     "routegate_sticky_conversations",
     "Conversations remembered as strong (route_on=sticky), summed over live workers.",
@@ -232,6 +227,17 @@ def threshold_label(threshold: float) -> str:
     """A threshold in [0, 1] as a label value, to two decimals: at most 101 per router, however
     many thresholds clients name."""
     return f"{round(threshold, 2):g}"
+
+
+@functools.cache
+def budget_remaining_usd() -> Gauge:
+    """``routegate_budget_remaining_usd``, made when a gateway with a daily budget first reads it:
+    a gateway without one exports no such series (an unlabelled gauge would read 0, "spent")."""
+    return Gauge(
+        "routegate_budget_remaining_usd",
+        "Daily strong-tier budget left today (UTC), summed over live workers; absent without a budget.",
+        multiprocess_mode="livesum",
+    )
 
 
 def initialise(

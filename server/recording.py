@@ -43,6 +43,13 @@ class Outcome:
     estimated_tokens: tuple[int, int] | None = None
 
 
+def _answered(outcome: Outcome) -> bool:
+    """Whether the client had a whole answer: an upstream's 2xx relayed as 2xx (a stream cut by its
+    upstream, the shutdown or its client's leaving is spend, not an answer for the books)."""
+    upstream_status = outcome.upstream_status
+    return upstream_status is not None and 200 <= upstream_status < 300 and 200 <= outcome.status < 300
+
+
 @dataclass(frozen=True)
 class Usage:
     """An answer's ``(prompt, completion)`` tokens (reported, or estimated when none were) and their
@@ -83,9 +90,9 @@ class Recorder:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and (outcome.upstream_status is not None or outcome.estimated_tokens is not None):
             usage = self._usage(upstream, outcome.usage, outcome.estimated_tokens)
-            if decision is not None and outcome.upstream_status is not None and 200 <= outcome.upstream_status < 300:
+            if decision is not None and _answered(outcome):
                 await self._keep_books(decision, upstream, usage)
-            await self._charge(upstream, usage)  # after the books: the request's count goes with its cost
+            await self._charge(upstream, usage, answered=_answered(outcome))  # after the books: count, then cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
             decision.request_id if decision is not None else "-",
@@ -124,7 +131,7 @@ class Recorder:
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
             await self.budget.record_cost(charged, cost, all_best_cost)
-            metrics.BUDGET_REMAINING_USD.set(self.budget.remaining_usd)
+            metrics.budget_remaining_usd().set(self.budget.remaining_usd)
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""

@@ -60,7 +60,7 @@ def api_root(value: str) -> str:
 class UpstreamSettings(BaseModel):
     """One OpenAI-compatible upstream (the strong or the weak tier)."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     base_url: str = Field(
         OPENAI_BASE_URL, description="the upstream's OpenAI-compatible API root (a key goes in `api_key`, not in the URL)"
@@ -80,8 +80,11 @@ class UpstreamSettings(BaseModel):
     @field_validator("model")
     @classmethod
     def _non_empty(cls, value: str) -> str:
+        """A model name that can be sent as it is (it is also the ``x-routegate-model`` header)."""
         if not value.strip():
             raise ValueError("must not be empty")
+        if value != value.strip() or not value.isascii() or not value.isprintable():
+            raise ValueError("must be printable ASCII without spaces around it, as an upstream's model names are")
         return value
 
 
@@ -120,7 +123,7 @@ class JudgeSettings(BaseModel):
     """The LLM that judges shadowed answers; unset fields are the strong upstream's (its key only for the
     strong upstream's own base URL)."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     base_url: str | None = Field(None, description="judge's OpenAI-compatible API (unset: the strong upstream's)")
     api_key: SecretStr | None = Field(
@@ -153,6 +156,7 @@ class Settings(BaseSettings):
         extra="forbid",
         validate_default=True,
         env_ignore_empty=True,  # an empty variable (compose's ${X:-}) means "not set"
+        allow_inf_nan=False,  # an infinite timeout or price is a typo; nothing here means "forever"
     )
 
     host: str = Field("127.0.0.1", description="listen address")
@@ -208,7 +212,7 @@ class Settings(BaseSettings):
     )
 
     target_share: float = Field(0.3, ge=0.0, le=1.0, description="target share listed in /v1/models (router-<r>-30%)")
-    target_window: int = Field(500, ge=10, description="recent scores a target route's threshold is the quantile of")
+    target_window: int = Field(500, ge=10, le=100_000, description="recent scores a target route's threshold is the quantile of")
     target_feedback_horizon: int = Field(
         100, ge=10, description="decisions the realised-share feedback remembers (under 10 it overshoots)"
     )
@@ -228,7 +232,11 @@ class Settings(BaseSettings):
     )
     redis_prefix: str = Field("routegate:", min_length=1, description="namespace of every key routegate writes to Redis")
     redis_timeout_ms: float = Field(250.0, gt=0, description="longest wait for one Redis operation (connect included)")
-    redis_retry_seconds: float = Field(1.0, gt=0, description="after a Redis failure, in-process state decides this long")
+    redis_retry_seconds: float = Field(
+        1.0,
+        ge=0.1,
+        description="after a Redis failure, in-process state decides this long; also how often Redis is pinged",
+    )
     redis_max_connections: int = Field(
         32, ge=1, description="Redis connections per process; an operation that finds all busy waits for one within its timeout"
     )
@@ -267,7 +275,7 @@ class Settings(BaseSettings):
     total_timeout: float = Field(300.0, gt=0, description="deadline for all tries of one request, seconds")
     client_send_timeout: float = Field(
         60.0,
-        gt=0,
+        ge=0.1,
         description="seconds a client may take to accept the next chunk of a stream (slower is treated as gone, 499) "
         "or 64 KiB piece of a plain answer (slower has its connection dropped)",
     )
@@ -377,7 +385,7 @@ class Settings(BaseSettings):
     )
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of routed answers also sent to the other tier and judged")
     shadow_max_concurrent: int = Field(4, ge=1, description="shadow jobs (shadow call + two judge calls) at once")
-    shadow_queue_size: int = Field(100, ge=0, description="shadow jobs waiting; more are dropped and counted")
+    shadow_queue_size: int = Field(100, ge=1, description="shadow jobs waiting; more are dropped and counted")
     shadow_daily_budget_usd: float | None = Field(
         None,
         gt=0,
@@ -524,6 +532,38 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _batch_wait_within_score_timeout(self) -> Settings:
+        """A batch that waits as long as a request may wait for its score would score nothing in time."""
+        if self.score_batch_wait_ms >= self.score_timeout * 1000:
+            raise ValueError(
+                f"ROUTEGATE_SCORE_BATCH_WAIT_MS ({self.score_batch_wait_ms:g}) is not below ROUTEGATE_SCORE_TIMEOUT "
+                f"({self.score_timeout:g} s): every request would time out waiting for its batch"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _override_keys_are_client_keys(self) -> Settings:
+        """With client keys, an override key that is not one of them could never be presented."""
+        client_keys = {key.get_secret_value() for key in self.api_keys}
+        if client_keys and any(key.get_secret_value() not in client_keys for key in self.override_keys):
+            raise ValueError(
+                "ROUTEGATE_OVERRIDE_KEYS holds a key that is not in ROUTEGATE_API_KEYS: a request with it is refused "
+                "before it could override; add it to ROUTEGATE_API_KEYS too"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _router_pair_is_two_models(self) -> Settings:
+        """The router scores one model against another: the same model twice has nothing to compare."""
+        strong, weak = self.router_strong_model, self.router_weak_model
+        if strong is not None and weak is not None and strong.strip().lower() == weak.strip().lower():
+            raise ValueError(
+                f"ROUTEGATE_ROUTER_STRONG_MODEL and ROUTEGATE_ROUTER_WEAK_MODEL both name {strong!r}: "
+                "the router scores two different models"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _metrics_port_is_its_own(self) -> Settings:
         """ROUTEGATE_METRICS_PORT is a second listener: on the API's port it would take the port first."""
         if self.metrics_port is not None and self.metrics_port == self.port:
@@ -554,6 +594,8 @@ class Settings(BaseSettings):
             raise ValueError("a client key is empty or blank: every key must have characters")
         if any(not key.get_secret_value().isascii() or not key.get_secret_value().isprintable() for key in keys):
             raise ValueError("a client key holds a character that is not printable ASCII: no client could send it")
+        if any(key.get_secret_value() != key.get_secret_value().strip() for key in keys):
+            raise ValueError("a client key has spaces around it, which no HTTP header keeps: remove them")
         return value
 
     @field_validator("target_share")
@@ -577,7 +619,7 @@ class Settings(BaseSettings):
         for origin in origins:
             if "://" not in origin or "/" in origin.split("://", 1)[1]:
                 raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], as https://chat.example.com")
-        return origins
+        return [_without_default_port(origin) for origin in origins]
 
     @field_validator("aliases")
     @classmethod
@@ -601,6 +643,14 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def _without_default_port(origin: str) -> str:
+    """``origin`` as a browser sends it: without its scheme's default port (``https://a:443`` is ``https://a``)."""
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin.removesuffix(port)
+    return origin
 
 
 def is_loopback(host: str) -> bool:

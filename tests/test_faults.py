@@ -610,6 +610,10 @@ def test_stream_cut_midway_without_done_ends_with_an_error_event(
     assert delta("routegate_fallbacks_total") == 0
     assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="502") == 1)
     assert delta("routegate_requests_total", status="200") == 0  # not counted as answered
+    assert delta("routegate_threshold_decisions_total") == 0  # nor as the router's answered choice
+    assert delta("routegate_usage_estimated_total", tier="strong") == 1  # its spend is still metered
+    assert delta("routegate_cost_usd_total", tier="strong") > 0
+    assert delta("routegate_all_strong_cost_usd_total") == 0  # and is no answer of the counterfactual
 
 
 def test_an_upstream_content_type_with_a_byte_beyond_ascii_is_relayed_not_a_500(fault_proxy: Proxy, strong: FakeUpstream) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, "routegate_most_capable_tier_info", tier="strong") == 1
     assert ("routegate_most_capable_tier_info", (("tier", "weak"),)) not in metrics
     assert not [key for key in metrics if key[0] == "routegate_shared_state_up"]  # no Redis: no "down" to alert on
+    assert not [key for key in metrics if key[0] == "routegate_budget_remaining_usd"]  # no budget: none "spent"
     assert value(metrics, "routegate_requests_in_flight") == 0
 
 
@@ -219,6 +221,50 @@ def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], 
     assert result.returncode == 2
     assert named in result.stderr
     assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        # an endless wait put into a Retry-After header is an error, not a 429
+        ({"ROUTEGATE_QUEUE_TIMEOUT": "inf"}, "ROUTEGATE_QUEUE_TIMEOUT"),
+        ({"ROUTEGATE_SCORE_TIMEOUT": "Infinity"}, "ROUTEGATE_SCORE_TIMEOUT"),
+        ({"ROUTEGATE_ROUTER_RETRY_SECONDS": "inf"}, "ROUTEGATE_ROUTER_RETRY_SECONDS"),
+        ({"ROUTEGATE_STRONG__OUTPUT_PRICE": "inf"}, "ROUTEGATE_STRONG__OUTPUT_PRICE"),
+        # no HTTP header keeps the spaces around a key, so no client could present it
+        ({"ROUTEGATE_API_KEYS": '[" key-1"]'}, "spaces around it"),
+        ({"ROUTEGATE_API_KEYS": '["key-1"]', "ROUTEGATE_METRICS_KEY": "m-key "}, "spaces around it"),
+        ({"ROUTEGATE_API_KEYS": '["key-1"]', "ROUTEGATE_OVERRIDE_KEYS": '["key-2"]'}, "not in ROUTEGATE_API_KEYS"),
+        # the model is also the x-routegate-model header, which holds printable ASCII only
+        ({"ROUTEGATE_WEAK__MODEL": "modèle"}, "ROUTEGATE_WEAK__MODEL"),
+        ({"ROUTEGATE_STRONG__MODEL": "gpt-4o "}, "ROUTEGATE_STRONG__MODEL"),
+        ({"ROUTEGATE_SCORE_BATCH_WAIT_MS": "5000"}, "ROUTEGATE_SCORE_BATCH_WAIT_MS"),  # = the 5 s score timeout
+        ({"ROUTEGATE_TARGET_WINDOW": str(2**63)}, "ROUTEGATE_TARGET_WINDOW"),
+        ({"ROUTEGATE_SHADOW_QUEUE_SIZE": "0"}, "ROUTEGATE_SHADOW_QUEUE_SIZE"),  # shadowing that never runs
+        ({"ROUTEGATE_CLIENT_SEND_TIMEOUT": "1e-9"}, "ROUTEGATE_CLIENT_SEND_TIMEOUT"),  # checked every loop turn
+        ({"ROUTEGATE_REDIS_RETRY_SECONDS": "1e-9"}, "ROUTEGATE_REDIS_RETRY_SECONDS"),  # pinged every loop turn
+        ({"ROUTEGATE_ROUTER_STRONG_MODEL": "gpt-4o", "ROUTEGATE_ROUTER_WEAK_MODEL": "GPT-4o"}, "both name 'gpt-4o'"),
+    ],
+)
+def test_settings_that_could_never_work_are_refused(env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch):
+    from server.settings import SettingsError, load_settings
+
+    for name in list(os.environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_FEEDBACK_DB", "off")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=re.escape(said)):
+        load_settings()
+
+
+def test_an_allowed_origin_is_kept_as_a_browser_sends_it(monkeypatch: pytest.MonkeyPatch):
+    """A browser leaves its scheme's default port out of ``Origin``: ``https://a:443`` would never match."""
+    from server.settings import load_settings
+
+    monkeypatch.setenv("ROUTEGATE_ALLOWED_ORIGINS", '["https://chat.example.com:443", "HTTP://a.test:80/", "http://b.test:8080"]')
+    assert load_settings().allowed_origins == ["https://chat.example.com", "http://a.test", "http://b.test:8080"]
 
 
 def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
