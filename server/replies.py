@@ -108,7 +108,8 @@ async def _whole(
     for name in _RELAYED_HEADERS:
         if name in result.headers and (value := _sendable(result.headers[name]) or _STAND_INS.get(name)):
             headers[name] = value
-    body = upstream.redact(result.body)  # an error body may quote the key, also as an answer's error object in a 200
+    # an error body may quote the key, also as an answer's error object in a 200
+    body = upstream.redact_answer(result.body) if result.status < 300 else upstream.redact(result.body)
     if result.status >= 400:
         parsed = json_value(body)
         if not _is_openai_error(parsed):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
@@ -152,7 +153,7 @@ def _relay_stream(
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher(choices=exchange.choices)
-    events = EventGate(exchange.hide_usage, redact=upstream.redact, hold=upstream.longest_secret)
+    events = EventGate(exchange.hide_usage, redact=upstream.redact_answer, hold=upstream.longest_secret)
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)

@@ -33,6 +33,9 @@ _Outcome = tuple[str | None, bool, float | None, _T | None]
 # failures a second try would only repeat
 NOT_RETRIED = frozenset({"too_large", "http_auth", "http_not_found", "http_redirect", "stream_ignored", "not_event_stream"})
 REDACTED = b"[redacted]"
+#: a key this long is blanked out of answers too; a shorter one (``ollama``, ``EMPTY``) is a word an
+#: answer may hold, and only error bodies and events are searched for it
+ANSWER_SECRET_CHARS = 20
 #: a stream's first event (a ``data:`` line): what commits it to the client, ending retries and fallback
 _FIRST_EVENT = re.compile(rb"(?:^(?:\xef\xbb\xbf)?|[\r\n])data[:\r\n]")  # a data line (after a BOM)
 #: comments held before the first event at most (and ROUTEGATE_STREAM_HOLD_SECONDS): then the stream is relayed as it is
@@ -128,10 +131,12 @@ class Upstream:
         # identity: bodies are relayed byte for byte and read for usage, so they must not be compressed
         self._headers = {"content-type": "application/json", "accept-encoding": "identity", "user-agent": "routegate"}
         self._secrets: tuple[bytes, ...] = ()  # the key as sent, and as a JSON string may spell it ("\/" for "/")
+        self._answer_secrets: tuple[bytes, ...] = ()  # those blanked out of answers too
         if upstream.api_key is not None:
             key = upstream.api_key.get_secret_value()
             self._headers["authorization"] = f"Bearer {key}"
             self._secrets = tuple({key.encode(), json.dumps(key)[1:-1].replace("/", "\\/").encode()} - {b""})
+            self._answer_secrets = self._secrets if len(key) >= ANSWER_SECRET_CHARS else ()
         self._pool = ConnectionPool(settings.max_connections, settings.connect_timeout, settings.read_timeout)
 
     async def aclose(self) -> None:
@@ -149,10 +154,21 @@ class Upstream:
 
     def redact(self, data: bytes) -> bytes:
         """``data`` with this upstream's key blanked out (upstream error bodies and events may quote it)."""
-        for secret in self._secrets:
-            if secret in data:
-                data = data.replace(secret, REDACTED)
-        return data
+        return _blanked(data, self._secrets)
+
+    def redact_answer(self, data: bytes) -> bytes:
+        """An answer's ``data`` (a 2xx body, stream events) with the key blanked out: everywhere in an
+        error object (``"error"``), elsewhere only a key of ``ANSWER_SECRET_CHARS`` or more, so that
+        an answer about ``ollama`` is not changed by a key that reads ``ollama``."""
+        return _blanked(data, self._secrets if b'"error"' in data else self._answer_secrets)
+
+
+def _blanked(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` with each of ``secrets`` replaced by ``REDACTED``."""
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, REDACTED)
+    return data
 
 
 class Attempts:

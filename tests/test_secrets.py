@@ -92,3 +92,35 @@ def test_keys_appear_nowhere(strong: FakeUpstream, weak: FakeUpstream, tmp_path:
     for secret in SECRETS:  # not the key, nor any 10 characters of it
         for start in range(len(secret) - WINDOW + 1):
             assert secret[start : start + WINDOW] not in everything, f"part of a key leaked: {secret[:6]}..."
+
+
+def test_a_short_key_that_is_a_word_is_blanked_out_of_errors_not_answers(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: pytest.TempPathFactory
+) -> None:
+    """Local servers take any key, and the docs' own is ``ollama``: an answer about ollama arrives
+    as sent, whole and streamed, while an error that quotes the key still has it blanked out."""
+    text = "Install ollama, then run `ollama serve`."
+    weak.behaviour.answer = text
+    weak.behaviour.extra_event = json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}}],
+        }
+    ).encode()
+    with running_proxy(proxy_env(strong, weak, weak__api_key="ollama", retries="0", fallback="false"), tmp_path) as proxy:
+        sdk = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+        whole = sdk.chat.completions.create(model="router-random-1", messages=MESSAGES)
+        streamed = "".join(
+            choice.delta.content or ""
+            for chunk in sdk.chat.completions.create(model="router-random-1", messages=MESSAGES, stream=True)
+            for choice in chunk.choices
+        )
+        weak.behaviour.echo_key, weak.behaviour.fail_statuses = True, [400]
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(model="router-random-1", messages=MESSAGES)
+    assert whole.choices[0].message.content == text
+    assert text in streamed
+    assert refused.value.body["message"] == "weak failed for Bearer [redacted]"
