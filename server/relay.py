@@ -273,9 +273,11 @@ class WholeResponse(Response):
                 watch.since = time.monotonic()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except OSError:  # the client went away while we were sending
-                pass
+                return
             finally:
                 watch.stop()
+        if not sending.cancelled_caught and self.background is not None:  # as a whole answer sent at once
+            await self.background()
 
 
 class RelayResponse(Response):

@@ -474,6 +474,19 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     assert post_feedback(proxy, {"request_id": request_id, "rating": "up"}, key="wrong").status_code == 401
 
 
+def test_an_answer_sent_in_pieces_is_recorded_and_can_be_rated(shadowing: tuple[Proxy, Path], weak: FakeUpstream) -> None:
+    """A whole answer over 64 KiB is sent in pieces; its decision is stored as a smaller one's is."""
+    proxy, db = shadowing
+    weak.behaviour.huge_bytes = 100_000
+    reply = client(proxy).chat.completions.with_raw_response.create(
+        model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-routegate-no-shadow": "1"}
+    )
+    assert len(reply.parse().choices[0].message.content) == 100_000
+    request_id = reply.headers["x-request-id"]
+    assert stored(db, "routegate_decisions", request_id)[6] == "weak"
+    assert post_feedback(proxy, {"request_id": request_id, "rating": "down"}).status_code == 200
+
+
 def test_a_judge_elsewhere_without_a_key_never_gets_the_strong_key(
     strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
 ) -> None:
