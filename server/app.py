@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -316,6 +317,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
     settings = settings or load_settings()
     gateway = Gateway(settings)
+    created = int(time.time())  # a model object's ``created``, which OpenAI's always has: when this process began
+
+    def model_object(name: str) -> dict[str, object]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "routegate"}
+
     BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
     BoundedHeadersProtocol.head_timeout = settings.head_timeout
 
@@ -370,7 +376,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {
                 "object": "list",
-                "data": [{"id": name, "object": "model", "owned_by": "routegate"} for name in gateway.names.listed()],
+                "data": [model_object(name) for name in gateway.names.listed()],
             }
         )
 
@@ -390,7 +396,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             route = None
         if route is None or not gateway.names.serves(model, route):
             raise APIError(404, f"The model '{model[:200]}' does not exist.", param="model", code="model_not_found")
-        return JSONResponse({"id": model, "object": "model", "owned_by": "routegate"})
+        return JSONResponse(model_object(model))
 
     @app.get("/v1/routers", tags=["models"])
     async def list_routers(request: Request) -> JSONResponse:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from starlette.responses import Response
 
@@ -28,14 +28,31 @@ from server.upstream import (
     answer_error_status,
 )
 
-_RELAYED_HEADERS = ("content-type", "retry-after")
-_STAND_INS = {"content-type": "application/json"}  # for an upstream's value that cannot be sent on
+#: the upstream's headers a client may use, by the name each is sent on as: when to retry, how long
+#: the upstream worked, and its own request id (for its operator's support). Not its rate-limit
+#: headers: they speak of routegate's key, which every client shares.
+_RELAYED_HEADERS = {
+    "retry-after": "retry-after",
+    "retry-after-ms": "retry-after-ms",
+    "openai-processing-ms": "openai-processing-ms",
+    "x-request-id": "x-upstream-request-id",
+}
 MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
 Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a header value (a tab is)
+
+
+def _relayed_headers(upstream_headers: Mapping[str, str]) -> dict[str, str]:
+    """``_RELAYED_HEADERS`` that the upstream sent, each under its name to the client; one that
+    cannot be sent on is left out."""
+    return {
+        sent: value
+        for name, sent in _RELAYED_HEADERS.items()
+        if name in upstream_headers and (value := _sendable(upstream_headers[name])) is not None
+    }
 
 
 def _sendable(value: str) -> str | None:
@@ -105,9 +122,9 @@ async def _whole(
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if reported_tokens(usage) is None and status < 300:
             estimate = (prompt_tokens(), answer_tokens(answer))
-    for name in _RELAYED_HEADERS:
-        if name in result.headers and (value := _sendable(result.headers[name]) or _STAND_INS.get(name)):
-            headers[name] = value
+    headers.update(_relayed_headers(result.headers))
+    if "content-type" in result.headers:
+        headers["content-type"] = _sendable(result.headers["content-type"]) or "application/json"
     # an error body may quote the key, also as an answer's error object in a 200
     body = upstream.redact_answer(result.body) if result.status < 300 else upstream.redact(result.body)
     if result.status >= 400:
@@ -203,7 +220,13 @@ def _relay_stream(
 
     media_type = _sendable(start.response.headers.get("content-type", "")) or "text/event-stream"
     return RelayResponse(
-        relayed, headers, on_close, media_type=media_type, on_cancel=on_cancel, watcher=watcher, send_timeout=send_timeout
+        relayed,
+        {**headers, **_relayed_headers(start.response.headers)},
+        on_close,
+        media_type=media_type,
+        on_cancel=on_cancel,
+        watcher=watcher,
+        send_timeout=send_timeout,
     )
 
 

@@ -72,6 +72,7 @@ class Behaviour:
     preamble_split: int = 0  # the preamble goes in two writes, split at this byte (0: one write)
     stream_content_type: str = "text/event-stream"  # the content-type of streams
     stream_headers: dict[str, str] = field(default_factory=dict)  # more headers on streams
+    answer_headers: dict[str, str] = field(default_factory=dict)  # more headers on whole answers and failures
     usage: dict | None = None  # non-streamed answers carry this usage object instead of the usual one
     fault_rate: float = 0.0  # this share of requests gets one of RANDOM_FAULTS (the soak's faults)
 
@@ -242,7 +243,7 @@ class FakeUpstream:
             del answer["usage"]
         if behaviour.no_choices:
             answer["choices"] = []
-        return JSONResponse(answer)
+        return JSONResponse(answer, headers=behaviour.answer_headers)
 
     async def _wait_unless_abandoned(self, request: Request, seconds: float) -> bool:
         """Wait ``seconds``; False (and counted in ``abandoned``) if the caller disconnects first."""
@@ -264,6 +265,7 @@ class FakeUpstream:
     def _failure(self, status: int, authorization: str) -> Response:
         behaviour = self.behaviour
         headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
+        headers.update(behaviour.answer_headers)
         if behaviour.fail_body is not None:
             return Response(behaviour.fail_body, status_code=status, headers=headers, media_type=behaviour.fail_content_type)
         message = f"{self.name} failed" + (f" for {authorization}" if behaviour.echo_key else "")

@@ -634,6 +634,36 @@ def test_an_upstream_content_type_with_a_byte_beyond_ascii_is_relayed_not_a_500(
     assert counted("routegate_requests_total") == 2 and counted("routegate_requests_total", status="500") == 0
 
 
+UPSTREAM_HEADERS = {
+    "x-request-id": "req_upstream_7",
+    "openai-processing-ms": "412",
+    "retry-after-ms": "1500",
+    "x-ratelimit-remaining-requests": "4",
+}
+
+
+def test_the_upstreams_own_headers_a_client_uses_are_relayed_and_its_rate_limits_are_not(
+    fault_proxy: Proxy, strong: FakeUpstream
+) -> None:
+    """Its request id (as ``x-upstream-request-id``, beside routegate's), processing time and
+    retry hints reach the client on answers, errors and streams; its rate-limit headers, which
+    speak of routegate's key, do not."""
+    strong.behaviour.answer_headers = strong.behaviour.stream_headers = UPSTREAM_HEADERS
+    plain = client(fault_proxy).chat.completions.with_raw_response.create(
+        model=ROUTED_STRONG, messages=MESSAGES, extra_headers={"x-request-id": "mine-1"}
+    )
+    streamed = raw_stream(fault_proxy)
+    strong.behaviour.fail_statuses = [400]
+    refused = httpx.post(f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES})
+    for response in (plain, streamed, refused):
+        assert response.headers["x-upstream-request-id"] == "req_upstream_7"
+        assert response.headers["openai-processing-ms"] == "412" and response.headers["retry-after-ms"] == "1500"
+        assert "x-ratelimit-remaining-requests" not in response.headers
+        assert response.headers["x-request-id"] != "req_upstream_7"
+    assert plain.headers["x-request-id"] == "mine-1"
+    assert refused.status_code == 400
+
+
 ANSWER = json.dumps(
     {
         "id": "c",

@@ -392,7 +392,9 @@ def test_bad_requests_get_openai_400(proxy: Proxy, strong: FakeUpstream, content
 def test_a_model_a_client_may_name_can_be_retrieved(proxy: Proxy):
     models = client(proxy).models
     for name in ("auto", "router-random-0.5", "router-random-0.42", "router-random-30%", STRONG_MODEL):
-        assert (models.retrieve(name).id, models.retrieve(name).object) == (name, "model")
+        retrieved = models.retrieve(name)
+        assert (retrieved.id, retrieved.object, retrieved.owned_by) == (name, "model", "routegate")
+        assert isinstance(retrieved.created, int) and retrieved.created > 1_700_000_000  # typed clients require it
     for name in ("gpt-9", "router-nosuch-0.5", "router-random-1.5", "a/b"):
         with pytest.raises(openai.NotFoundError) as raised:
             models.retrieve(name)
@@ -413,8 +415,9 @@ def test_unknown_model_is_404_listing_valid_names(proxy: Proxy):
 
 
 def test_models_endpoint_lists_routers_aliases_and_upstreams(proxy: Proxy):
-    names = {model.id for model in client(proxy).models.list()}
-    assert {"auto", "router-random-0.5", STRONG_MODEL, WEAK_MODEL} <= names
+    listed = client(proxy).models.list().data
+    assert {"auto", "router-random-0.5", STRONG_MODEL, WEAK_MODEL} <= {model.id for model in listed}
+    assert all(isinstance(model.created, int) and model.created > 1_700_000_000 for model in listed)
 
 
 def test_health_and_ready(proxy: Proxy):
