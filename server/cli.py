@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from routers.arguments import port
@@ -96,8 +98,9 @@ def _run(settings: Settings) -> int:
         "ws": "none",  # no WebSocket routes: an upgrade request is answered as plain HTTP, an OpenAI-style 404
     }
     if settings.workers > 1:
-        from server.workers import run_workers
+        from server.workers import forget_own_metrics, run_workers
 
+        forget_own_metrics()  # the app was made to check the settings; its series are not a worker's
         run_workers(
             uvicorn.Config("server.app:create_app", factory=True, workers=settings.workers, **server_options),
             settings.worker_ready_timeout,
@@ -106,10 +109,19 @@ def _run(settings: Settings) -> int:
         from server.shutdown import DrainingServer
 
         server = DrainingServer(uvicorn.Config(app, **server_options))
+        signal.signal(signal.SIGHUP, _restart_needs_workers)  # its default action would end the process at once
         server.run()
         if not server.started:
             return 1
     return 0
+
+
+def _restart_needs_workers(sig: int, frame: FrameType | None) -> None:
+    """SIGHUP to a single process: nothing to replace it with while it serves on."""
+    logging.getLogger("routegate").warning(
+        "SIGHUP ignored: it replaces worker processes one by one, and this is one process (ROUTEGATE_WORKERS=1); "
+        "restart it to apply new settings"
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,7 +19,9 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import ClassVar
 
 import uvicorn
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -28,11 +30,20 @@ from uvicorn.supervisors import multiprocess
 from server.log_setup import configure_logging
 from server.shutdown import DrainingServer
 
+KILL_MARGIN_SECONDS = 5.0  # past its grace period, a worker that has not ended is killed
+
 
 class DrainingWorker(multiprocess.Process):
     """A worker process whose server drains on SIGTERM and stops at once on SIGINT."""
 
     ready_timeout = 120.0  # seconds a replacement may take to load its routers (set by run_workers)
+    #: workers started and not yet joined: the supervisor's, and a SIGHUP replacement not yet among them
+    running: ClassVar[list[DrainingWorker]] = []
+    _drained = False
+
+    def start(self) -> None:
+        super().start()
+        DrainingWorker.running.append(self)
 
     @property
     def server(self) -> uvicorn.Server:
@@ -63,15 +74,29 @@ class DrainingWorker(multiprocess.Process):
             self.parent_conn.close()
             self.child_conn.close()
 
-    def drain(self) -> None:
-        """Stop this worker with the service: SIGTERM, it drains."""
-        super().terminate()
+    def drain(self, again: bool = False) -> None:
+        """Stop this worker with the service: SIGTERM, it drains (once: a second SIGTERM, ``again``,
+        ends its grace period)."""
+        if again or not self._drained:
+            self._drained = True
+            super().terminate()
+
+    def kill(self) -> None:
+        """Stop a replacement the supervisor gives up on (not ready in time, or the service stopping):
+        drained, so that the requests it holds waiting for its routers are answered (503
+        ``shutting_down``) rather than cut by SIGKILL, which follows only if it outlives its grace."""
+        self.drain()
+        self.process.join((self.config.timeout_graceful_shutdown or 0.0) + KILL_MARGIN_SECONDS)
+        if self.process.exitcode is None:
+            self.process.kill()
 
     def join(self) -> None:
         """Wait for the process to end (the supervisor joins every worker it retires or loses);
         then its ``live*`` gauges (requests in flight, queued, sticky conversations ...) leave the
         sums the other workers report."""
         super().join()
+        with contextlib.suppress(ValueError):
+            DrainingWorker.running.remove(self)
         if self.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             with contextlib.suppress(FileNotFoundError):  # listed, then removed by another process first
                 prometheus_multiprocess.mark_process_dead(self.pid)
@@ -79,8 +104,9 @@ class DrainingWorker(multiprocess.Process):
 
 class DrainingSupervisor(multiprocess.Multiprocess):
     """uvicorn's supervisor, whose workers drain when it stops. A stop signal is acted on at once,
-    even during a SIGHUP restart (uvicorn would only queue it); a second one is passed on to the
-    workers, which then end their grace period."""
+    even during a SIGHUP restart (uvicorn would only queue it, and finish retiring a worker first):
+    every running worker drains, a replacement being tried and one being retired included; a
+    second one is passed on to the workers, which then end their grace period."""
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         super().__init__(config, sockets)
@@ -89,16 +115,15 @@ class DrainingSupervisor(multiprocess.Multiprocess):
 
     def _on_stop_signal(self, sig: int, frame: FrameType | None) -> None:
         self.signal_queue.append(sig)
-        if self.should_exit.is_set():
-            for worker in self.processes:
-                if isinstance(worker, DrainingWorker):
-                    worker.drain()
+        again = self.should_exit.is_set()
+        for worker in list(DrainingWorker.running):
+            worker.drain(again)
         self.should_exit.set()
 
     def terminate_all(self) -> None:
         for worker in self.processes:
             if isinstance(worker, DrainingWorker):
-                worker.drain()
+                worker.drain()  # done already, unless it started after the stop signal
             else:  # not started by run_workers: uvicorn's own stop
                 worker.terminate()
 
@@ -112,6 +137,16 @@ def _gateway_ready(config: uvicorn.Config) -> bool:
             return bool(gateway.ready)
         app = getattr(app, "app", None)
     return False
+
+
+def forget_own_metrics() -> None:
+    """Remove this (supervisor) process's files from ``PROMETHEUS_MULTIPROC_DIR``: it never dies
+    while the service runs, so a gauge it set (the most capable tier, say) would be summed with the
+    workers' values through every SIGHUP that changes them."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for path in Path(directory).glob(f"*_{os.getpid()}.db"):
+            path.unlink(missing_ok=True)
 
 
 def run_workers(config: uvicorn.Config, ready_timeout: float) -> None:

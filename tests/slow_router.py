@@ -1,7 +1,8 @@
 """A router that takes ``SLOW_ROUTER_SECONDS`` (default 0.5) per batch, for scoring-overload tests,
 and ``SLOW_ROUTER_LOAD_SECONDS`` (default 0) to load, for readiness tests; with
 ``SLOW_ROUTER_NEEDS`` set, loading fails while that file does not exist; with
-``SLOW_ROUTER_LOADS`` set, each load appends a line to that file.
+``SLOW_ROUTER_LOADS`` set, each load appends a line to that file; with ``SLOW_ROUTER_HANG_WHILE``
+set, loading waits while that file exists.
 
 ``python -m tests.slow_router serve ...`` runs ``routegate`` with it registered as ``slow``; it is
 installed where ``<checkpoint_dir>/slow`` exists.
@@ -32,6 +33,8 @@ class SlowRouter(Router):
             with open(loads, "a") as count:
                 count.write("load\n")
         time.sleep(float(os.environ.get("SLOW_ROUTER_LOAD_SECONDS", "0")))
+        while (hang := os.environ.get("SLOW_ROUTER_HANG_WHILE")) and os.path.exists(hang):
+            time.sleep(0.1)  # a load that never ends while that file exists
         needs = os.environ.get("SLOW_ROUTER_NEEDS")
         if needs is not None and not os.path.exists(needs):
             raise FileNotFoundError(needs)

@@ -78,6 +78,8 @@ def test_two_workers_report_the_total(strong: FakeUpstream, weak: FakeUpstream, 
             assert time.monotonic() < deadline, f"one worker took all {sent} requests: {by_process}"
         totals = _scraped_totals(proxy.url, 12)
         log = proxy.log()
+        supervisors = list(metrics_dir.glob(f"*_{proxy.process.pid}.db"))
+    assert not supervisors, "the supervisor, which never dies, would add its gauges to the workers' through every SIGHUP"
     assert len(strong.received) == sent
     assert log.count("INFO routegate.proxy request_id=") == sent  # each worker logs its requests
     assert log.count("INFO routegate router random loaded") == 2 and "Clearing labels" not in log

@@ -328,6 +328,52 @@ def test_a_restart_whose_new_workers_cannot_load_their_router_keeps_the_old_ones
     assert log.count("router slow loaded") == 2  # the replacement never did
 
 
+def test_sighup_to_a_single_process_is_ignored_not_fatal(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """A systemd ``ExecReload=kill -HUP`` must not end a one-process gateway (SIGHUP's default
+    action), nor the request it is answering."""
+    weak.behaviour.delay = 1.0
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(_plain_answer, proxy.api)
+        assert wait_for(lambda: bool(weak.received), timeout=10)
+        proxy.process.send_signal(signal.SIGHUP)
+        assert held.result(timeout=30) == "answer from weak"
+        assert httpx.get(f"{proxy.url}/health").status_code == 200
+        assert proxy.process.poll() is None
+        assert "SIGHUP ignored" in proxy.log()
+
+
+def test_requests_held_by_a_replacement_that_never_gets_ready_are_answered(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """A replacement whose router load hangs takes its share of new connections and holds their
+    requests while it waits for the router; given up on, it is drained, so each of them is
+    answered (503 ``shutting_down``) instead of cut by SIGKILL."""
+    hang = tmp_path / "hang"
+    env = proxy_env(strong, weak, router="slow", checkpoint_dir=str(tmp_path / "checkpoints"), workers="2")
+    env.update(ROUTEGATE_WORKER_READY_TIMEOUT="3", SLOW_ROUTER_SECONDS="0", SLOW_ROUTER_HANG_WHILE=str(hang))
+    (tmp_path / "checkpoints" / "slow").mkdir(parents=True)
+
+    def one() -> int | str:
+        try:
+            body = {"model": "router-slow-0.0", "messages": MESSAGES}
+            return httpx.post(f"{proxy.api}/chat/completions", json=body, headers={"connection": "close"}, timeout=60).status_code
+        except httpx.TransportError as error:
+            return type(error).__name__
+
+    with running_proxy(env, tmp_path, module="tests.slow_router") as proxy, ThreadPoolExecutor(16) as pool:
+        assert wait_for(lambda: proxy.log().count("router slow loaded") == 2, timeout=30)
+        hang.touch()
+        proxy.process.send_signal(signal.SIGHUP)
+        sent = []
+        for _ in range(50):  # across the replacement's 3 s
+            sent.append(pool.submit(one))
+            time.sleep(0.1)
+        outcomes = [future.result(timeout=90) for future in sent]
+        assert wait_for(lambda: "was not ready in time; keeping worker" in proxy.log(), timeout=30)
+    assert set(outcomes) <= {200, 503}, outcomes
+    assert 200 in outcomes  # the old workers served on
+
+
 def test_a_request_cut_on_a_retired_worker_is_answered_shutting_down(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
     weak.behaviour.delay = 300.0  # outlives the retired worker's grace period, however long the restart takes
     env = proxy_env(strong, weak, shutdown_grace_seconds="1", workers="2")
@@ -349,6 +395,25 @@ def test_a_stop_signal_during_a_restart_is_acted_on_at_once(strong: FakeUpstream
         assert wait_for(lambda: "router slow" in proxy.log().split("Received SIGHUP")[-1], timeout=30)
         proxy.process.send_signal(signal.SIGTERM)  # say, Kubernetes stopping the pod
         assert proxy.process.wait(timeout=30) == 0  # not after the 120 s the restart would have waited
+
+
+def test_a_stop_signal_while_a_restart_retires_a_worker_drains_every_worker_at_once(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """SIGHUP has brought a replacement in and waits for the worker it retires to finish its
+    requests; a stop signal then drains every worker at once, the replacement too, rather than
+    after that wait (which would leave the pod ready and taking requests for its grace period)."""
+    weak.behaviour.delay = 300.0  # requests in flight on both old workers until the grace period ends
+    env = proxy_env(strong, weak, shutdown_grace_seconds="15", workers="2")
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(8) as pool:
+        for _ in range(8):
+            pool.submit(httpx.post, f"{proxy.api}/chat/completions", json={"model": WEAK_MODEL, "messages": MESSAGES}, timeout=60)
+        assert wait_for(lambda: len(weak.received) == 8, timeout=10)
+        proxy.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "Waiting for child process" in proxy.log().split("Received SIGHUP")[-1], timeout=30)
+        proxy.process.send_signal(signal.SIGTERM)
+        assert _drains(proxy.url, probes=6)
+        assert proxy.process.wait(timeout=60) == 0
 
 
 def test_a_second_signal_reaches_every_worker(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
