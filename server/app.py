@@ -183,7 +183,8 @@ class Gateway:
         )
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             await self.targets.budget.refresh()  # with Redis: what the other replicas spent today
-            metrics.budget_remaining_usd().set(self.targets.budget.remaining_usd)
+            metrics.report_budget_remaining(self.targets.budget.remaining_usd, DRAIN.stopping)
+            DRAIN.when_stopping(lambda: metrics.report_budget_remaining(0.0, stopping=True))
         self._loading = asyncio.create_task(self._load_routers())
         self._sampling = asyncio.create_task(_sample_gauges(self.sticky))
         if self.shared_state is not None:

@@ -240,6 +240,13 @@ def budget_remaining_usd() -> Gauge:
     )
 
 
+def report_budget_remaining(remaining_usd: float, stopping: bool) -> None:
+    """Set ``routegate_budget_remaining_usd`` to this process's part of the budget left; 0 once it
+    is ``stopping``: the gauge sums the live processes, and a worker that SIGHUP retires lives
+    beside its replacement (which reports that part) until its last requests end."""
+    budget_remaining_usd().set(0.0 if stopping else remaining_usd)
+
+
 def initialise(
     routers: Iterable[str],
     models: Mapping[str, str],

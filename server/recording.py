@@ -21,6 +21,7 @@ from server.decision import Decision
 from server.ladder import Ladder
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
+from server.shutdown import DRAIN
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -131,7 +132,7 @@ class Recorder:
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
             await self.budget.record_cost(charged, cost, all_best_cost)
-            metrics.budget_remaining_usd().set(self.budget.remaining_usd)
+            metrics.report_budget_remaining(self.budget.remaining_usd, DRAIN.stopping)
 
     async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
         """Sticky memory and target feedback for an answered request."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -24,6 +25,7 @@ class Drain:
     def __init__(self) -> None:
         self.started_at: float | None = None
         self._stopping = False
+        self._when_stopping: list[Callable[[], None]] = []  # run once, on the event loop, as the process stops
 
     @property
     def draining(self) -> bool:
@@ -39,6 +41,17 @@ class Drain:
     def stop(self) -> None:
         """The process stops without a drain phase (a retired worker): it serves what it has."""
         self._stopping = True
+
+    def when_stopping(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop once the process stops (within 0.1 s of its signal)."""
+        self._when_stopping.append(callback)
+
+    def tell_stopping(self) -> None:
+        """Run the ``when_stopping`` callbacks, once, if the process is stopping."""
+        if self.stopping:
+            callbacks, self._when_stopping = self._when_stopping, []
+            for callback in callbacks:
+                callback()
 
     def begin(self) -> None:
         """Start draining (idempotent)."""
@@ -75,6 +88,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
+        DRAIN.tell_stopping()
         if await super().on_tick(counter):
             return True
         if not DRAIN.draining:

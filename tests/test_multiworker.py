@@ -122,3 +122,35 @@ def test_a_retired_workers_gauges_leave_the_sums(strong: FakeUpstream, weak: Fak
             time.sleep(0.2)  # the supervisor marks a worker dead once it has joined it
         metrics = proxy.metrics()
     assert metric_sum(metrics, "routegate_sticky_conversations") == 0
+
+
+def test_a_retired_worker_holding_requests_adds_nothing_to_the_budget_left(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The budget left is summed over live workers, each reporting its part; a worker that SIGHUP
+    retires lives on beside its replacement while it finishes its requests, and reports 0 then."""
+    weak.behaviour.delay = 6.0
+    env = proxy_env(strong, weak, workers="2", daily_budget_usd="100", shutdown_grace_seconds="10")
+    with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(6) as pool:
+        deadline = time.monotonic() + 30
+        while metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each worker reports its half once its app has started
+        held = [
+            pool.submit(
+                httpx.post,
+                f"{proxy.api}/chat/completions",
+                json={"model": "router-random-1.0", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=60,
+            )
+            for _ in range(6)
+        ]
+        deadline = time.monotonic() + 10
+        while len(weak.received) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proxy.process.send_signal(signal.SIGHUP)
+        while "Shutting down" not in proxy.log().split("Received SIGHUP")[-1] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first old worker is retired, its requests still running
+        readings = [metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") for _ in range(10)]
+        assert [reply.result(timeout=60).status_code for reply in held] == [200] * 6
+        assert "Shutting down" in proxy.log().split("Received SIGHUP")[-1]
+    assert readings == [100] * 10
