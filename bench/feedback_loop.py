@@ -191,7 +191,8 @@ def main() -> int:
         contains = "-" if found.retained is None else "yes" if inside else "no"
         print(f"| {judged} | {estimate} | {interval} | {contains} | {regret} | {waste} |")
         figures.append({"judged_requests": judged, **found.__dict__})
-    print(f"\nexport: {exported}")
+    if args.export:  # otherwise it was written to the work folder, removed above
+        print(f"\nexport: {exported}")
     if args.out:
         args.out.write_text(json.dumps({"true_retained": truth, "strong_share": strong_share, "points": figures}, indent=2))
     return 0

@@ -11,7 +11,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -83,8 +83,32 @@ def _rows(database: Database, since: float) -> Iterator[tuple]:
         connection.close()
 
 
-def record_of(row: tuple) -> dict[str, Any] | None:
-    """A shared/data record for one stored request (None without prompt text or usable scores)."""
+class RouterNames:
+    """Each upstream model name as the router that routed a request knows it (``gpt-4o-mini`` is
+    the data's ``gpt-4o-mini-2024-07-18``, as when serving), so that a router trained on the export
+    and the public files learns one model from both, and scores it when it routes again; a name
+    the router does not know is kept."""
+
+    def __init__(self, checkpoint_dir: Path | None) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self._known: dict[str, list[str]] = {}
+
+    def __call__(self, router: str, model: str) -> str:
+        from routers.checkpoint import CheckpointError
+        from routers.model_names import match_model
+        from routers.registry import CHECKPOINT_ROOT, router_models
+
+        if router not in self._known:
+            try:
+                self._known[router] = router_models(router, self.checkpoint_dir or CHECKPOINT_ROOT)
+            except CheckpointError:  # a manifest that cannot be read: names as the upstreams spell them
+                self._known[router] = []
+        return match_model(model, self._known[router]) or model
+
+
+def record_of(row: tuple, names: Callable[[str, str], str] = lambda router, model: model) -> dict[str, Any] | None:
+    """A shared/data record for one stored request (None without prompt text or usable scores);
+    ``names`` spells each model for the request's router (by default as the upstream does)."""
     (
         request_id,
         created_at,
@@ -103,9 +127,9 @@ def record_of(row: tuple) -> dict[str, Any] | None:
     ) = row
     if prompt is None:
         return None
-    models = {"strong": strong_model, "weak": weak_model}
+    models = {"strong": names(router, strong_model), "weak": names(router, weak_model)}
     scores: dict[str, float] = {}
-    if verdict in VERDICT_SCORES and strong_model != weak_model:  # one model behind two URLs compares nothing
+    if verdict in VERDICT_SCORES and models["strong"] != models["weak"]:  # one model behind two URLs compares nothing
         chosen, other = VERDICT_SCORES[verdict]
         scores = {models[chosen_tier]: chosen, models["weak" if chosen_tier == "strong" else "strong"]: other}
     elif feedback_score is not None:
@@ -174,13 +198,14 @@ def _export(args: argparse.Namespace) -> int:
         raise SystemExit(f"routegate: --out {args.out} is the feedback store being read; name another file")
     check_writable(args.out, replaced=True)
     rows = _read_rows(database, args.since)
+    names = RouterNames(args.checkpoint_dir)
     written = without_text = 0
     with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is
         replaced_on_success(args.out, private=True) as staging,
         _open_text(staging, compressed=args.out.suffix == ".gz") as out,
     ):
         for row in rows:
-            record = record_of(row)
+            record = record_of(row, names)
             if record is None:
                 without_text += row[6] is None
                 continue
@@ -273,5 +298,12 @@ def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
                 type=Path,
                 required=True,
                 help="JSONL file to write (gzip-compressed when it ends in .gz), readable by its owner only",
+            )
+            action.add_argument(
+                "--checkpoint-dir",
+                type=Path,
+                help="checkpoints whose model names the export uses for each request's router (as "
+                "ROUTEGATE_CHECKPOINT_DIR; default: the shipped ones): gpt-4o-mini is written as the "
+                "router's gpt-4o-mini-2024-07-18",
             )
         action.set_defaults(run=run)

@@ -47,6 +47,8 @@ def test_the_estimate_of_a_fully_judged_replay_is_the_true_value(tmp_path: Path)
             "0,10,30",
             "--out",
             str(out),
+            "--export",
+            str(tmp_path / "export.jsonl"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -60,3 +62,4 @@ def test_the_estimate_of_a_fully_judged_replay_is_the_true_value(tmp_path: Path)
     assert points[0]["retained"] is None and points[10]["judged"] == 10
     assert points[30]["retained"] == pytest.approx(figures["true_retained"], rel=1e-12)
     assert "export:" in run.stdout and "30 records" in run.stdout
+    assert len((tmp_path / "export.jsonl").read_text().splitlines()) == 30

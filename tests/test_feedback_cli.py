@@ -126,6 +126,26 @@ async def test_a_verdict_between_one_model_behind_two_urls_is_not_exported(datab
     assert [(record["id"], record["scores"]) for record in records] == [("r-rated", {"m-same": 1.0})]
 
 
+async def test_the_export_spells_each_model_as_the_requests_router_knows_it(database: Database, tmp_path: Path) -> None:  # noqa: F811
+    """Upstreams named ``gpt-4o`` / ``gpt-4o-mini`` are the shipped ``mf``'s dated snapshots: trained
+    under the upstream names, the labels would make a model of their own, which the retrained router
+    would then score instead of the one the public files describe."""
+    store = FeedbackStore(database, retention_days=30, queue_size=10)
+    store.start()
+    store.record(decision("r-judged", "weak", "which is larger?", models=("gpt-4o", "gpt-4o-mini")))
+    store.record(judgement("r-judged", "weak", "other_better"))
+    await store.aclose()
+    out = tmp_path / "feedback.jsonl"
+    routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["scores"] == {"gpt-4o-2024-05-13": 1.0, "gpt-4o-mini-2024-07-18": 0.0}
+    empty = tmp_path / "no-routers"
+    (empty / "mf").mkdir(parents=True)  # a router that knows no models: the names as the upstreams spell them
+    routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d", "--checkpoint-dir", str(empty))
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["scores"] == {"gpt-4o": 1.0, "gpt-4o-mini": 0.0}
+
+
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811
     await fill(database)
     printed = routegate("feedback", "stats", "--db", database.url, "--since", "2d")
