@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -443,9 +442,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             """Prometheus metrics in the text exposition format; needs ROUTEGATE_METRICS_KEY when set."""
             if settings.metrics_key is not None and not bearer_matches(request.headers, [settings.metrics_key]):
                 raise APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
-            # on a thread: with many workers' files to read (each SIGHUP leaves the replaced workers'
-            # counters) a scrape takes a while, which the event loop's requests should not wait out
-            body, content_type = await anyio.to_thread.run_sync(render_metrics)
+            body, content_type = render_metrics()
             return Response(body, media_type=content_type)
 
     _install_error_handlers(app)
