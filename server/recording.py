@@ -1,7 +1,9 @@
 """The record step: one request's outcome written to the books, once, after it ended.
 
-Metrics count every outcome. Sticky memory, target-share feedback and the daily budget are
-only written for requests an upstream answered with a 2xx (budget spend: for any answer with
+Metrics count every outcome. Sticky memory is written for requests an upstream answered with a
+2xx (a stream its client stopped too: the conversation went strong), the router's decision
+counts and target-share feedback only for answers the client had whole, and the daily budget
+for requests an upstream answered (budget spend: for any answer with
 usage, reported or, for a 2xx without, estimated, and for a request whose client left while an
 upstream had it, its prompt estimated; and for each failed try an upstream worked on, such as one
 that timed out or whose answer was not JSON, its prompt and answer bytes estimated); requests
@@ -44,11 +46,15 @@ class Outcome:
     estimated_tokens: tuple[int, int] | None = None
 
 
+def _upstream_answered(outcome: Outcome) -> bool:
+    """Whether an upstream answered with a 2xx (its stream may still have been cut or left)."""
+    return outcome.upstream_status is not None and 200 <= outcome.upstream_status < 300
+
+
 def _answered(outcome: Outcome) -> bool:
     """Whether the client had a whole answer: an upstream's 2xx relayed as 2xx (a stream cut by its
     upstream, the shutdown or its client's leaving is spend, not an answer for the books)."""
-    upstream_status = outcome.upstream_status
-    return upstream_status is not None and 200 <= upstream_status < 300 and 200 <= outcome.status < 300
+    return _upstream_answered(outcome) and 200 <= outcome.status < 300
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,10 @@ class Recorder:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and (outcome.upstream_status is not None or outcome.estimated_tokens is not None):
             usage = self._usage(upstream, outcome.usage, outcome.estimated_tokens)
-            if decision is not None and _answered(outcome):
-                await self._keep_books(decision, upstream, usage)
+            if decision is not None and _upstream_answered(outcome):
+                await self._remember(decision)
+                if _answered(outcome):
+                    await self._keep_books(decision, upstream, usage)
             await self._charge(upstream, usage, answered=_answered(outcome))  # after the books: count, then cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
@@ -134,20 +142,24 @@ class Recorder:
             await self.budget.record_cost(charged, cost, all_best_cost)
             metrics.report_budget_remaining(self.budget.remaining_usd, DRAIN.stopping)
 
-    async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
-        """Sticky memory and target feedback for an answered request."""
+    async def _remember(self, decision: Decision) -> None:
+        """Sticky memory: a conversation answered by the more capable tier keeps it for later turns."""
+        if self.sticky is None or decision.sticky_key is None:
+            return
         kept = max(decision.tier, decision.chosen, key=self.ladder.rank)  # the more capable, though a fallback answered
+        if self.ladder.pair and kept == self.ladder.best:
+            await self.sticky.remember(decision.sticky_key)
+        elif not self.ladder.pair and self.ladder.rank(kept) > 0:  # later turns: never a less capable one
+            await self.sticky.remember(decision.sticky_key, kept, self.ladder.by_capability())
+        metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
+
+    async def _keep_books(self, decision: Decision, upstream: Upstream, usage: Usage | None) -> None:
+        """The router's decision counts and target feedback for an answer the client had whole."""
         # a threshold route's own choice (not forced, sticky or redirected); a target route's counts apart
         threshold = decision.threshold if decision.reason == "score" and decision.target is None else None
         if threshold is not None:  # fallback or not
             metrics.ROUTER_THRESHOLD.labels(decision.router).set(threshold)
             metrics.THRESHOLD_DECISIONS.labels(decision.router, metrics.threshold_label(threshold), decision.chosen).inc()
-        if self.sticky is not None and decision.sticky_key is not None:
-            if self.ladder.pair and kept == self.ladder.best:
-                await self.sticky.remember(decision.sticky_key)
-            elif not self.ladder.pair and self.ladder.rank(kept) > 0:  # later turns: never a less capable one
-                await self.sticky.remember(decision.sticky_key, kept, self.ladder.by_capability())
-            metrics.STICKY_CONVERSATIONS.set(len(self.sticky))
         if decision.target is None or self.targets is None:
             return
         effective = decision.effective_target if decision.effective_target is not None else decision.target

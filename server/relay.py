@@ -134,8 +134,9 @@ class EventGate:
     most that much is held. With ``drop_usage`` the usage-only event (``"choices": []`` beside a
     ``usage`` object) is taken out, for a client that did not ask for it: routegate asks upstreams
     for usage on every stream. ``redact`` blanks secrets out of every byte that passes: a whole
-    event at once, an oversized one as its bytes pass, with the last ``hold`` bytes waiting for the
-    next chunk, so that a secret cut between two chunks is whole when it is blanked out."""
+    event at once, an oversized one as its bytes pass (with ``redact_pieces``, when given: a piece
+    cannot tell whether its event is an error), with the last ``hold`` bytes waiting for the next
+    chunk, so that a secret cut between two chunks is whole when it is blanked out."""
 
     def __init__(
         self,
@@ -143,10 +144,12 @@ class EventGate:
         max_event_bytes: int = 1 << 16,
         redact: Callable[[bytes], bytes] = bytes,
         hold: int = 0,
+        redact_pieces: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.drop_usage = drop_usage
         self.max_event_bytes = max_event_bytes
         self._redact = redact
+        self._redact_pieces = redact_pieces or redact
         self._hold = max(hold, _SEPARATOR_MAX - 1)  # also what may begin a separator that spans chunks
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
@@ -161,13 +164,15 @@ class EventGate:
             if match is None:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
                 if self._passing or len(self._pending) > self.max_event_bytes:
-                    self._pending[:] = self._redact(bytes(self._pending))
+                    self._pending[:] = self._redact_pieces(bytes(self._pending))
                     passed = max(0, len(self._pending) - self._hold)
                     ready += self._pending[:passed]
                     del self._pending[:passed]
                     self._searched, self._passing = 0, True
                 return bytes(ready)
-            if self._passing or not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):
+            if self._passing:  # the rest of an oversized event
+                ready += self._redact_pieces(bytes(self._pending[: match.end()]))
+            elif not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):
                 ready += self._redact(bytes(self._pending[: match.end()]))
             del self._pending[: match.end()]
             self._searched, self._passing = 0, False
@@ -179,7 +184,7 @@ class EventGate:
         self._pending.clear()
         if self.drop_usage and not self._passing and _usage_only(rest):
             return b""
-        return self._redact(rest)
+        return self._redact_pieces(rest) if self._passing else self._redact(rest)
 
     def cut_off(self) -> bytes:
         """Drop the unfinished event of a stream that ends early; the blank line that closes the

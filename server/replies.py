@@ -170,7 +170,9 @@ def _relay_stream(
 ) -> RelayResponse:
     upstream = exchange.upstream
     watcher = StreamWatcher(choices=exchange.choices)
-    events = EventGate(exchange.hide_usage, redact=upstream.redact_answer, hold=upstream.longest_secret)
+    events = EventGate(
+        exchange.hide_usage, redact=upstream.redact_answer, hold=upstream.longest_secret, redact_pieces=upstream.redact
+    )
 
     def to_client(chunk: bytes) -> bytes:
         watcher.feed(chunk)

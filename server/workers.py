@@ -40,6 +40,7 @@ class DrainingWorker(multiprocess.Process):
     #: workers started and not yet joined: the supervisor's, and a SIGHUP replacement not yet among them
     running: ClassVar[list[DrainingWorker]] = []
     _drained = False
+    _given_up = False  # a replacement not ready in time: the supervisor will stop it
 
     def start(self) -> None:
         super().start()
@@ -65,7 +66,9 @@ class DrainingWorker(multiprocess.Process):
 
     def wait_until_ready(self, timeout: float, should_exit: threading.Event | None = None) -> bool:
         """uvicorn waits ``timeout_worker_healthcheck`` (5 s), less than a router takes to load."""
-        return super().wait_until_ready(self.ready_timeout, should_exit)
+        ready = super().wait_until_ready(self.ready_timeout, should_exit)
+        self._given_up = not ready
+        return ready
 
     def terminate(self) -> None:
         """Retire this worker while the others serve on: SIGINT, no drain phase."""
@@ -82,9 +85,13 @@ class DrainingWorker(multiprocess.Process):
             super().terminate()
 
     def kill(self) -> None:
-        """Stop a replacement the supervisor gives up on (not ready in time, or the service stopping):
+        """Stop a replacement the supervisor gave up on (not ready in time, or the service stopping)
         drained, so that the requests it holds waiting for its routers are answered (503
-        ``shutting_down``) rather than cut by SIGKILL, which follows only if it outlives its grace."""
+        ``shutting_down``) rather than cut by SIGKILL, which follows only if it outlives its grace.
+        A worker that stopped answering the supervisor's health check is killed at once, as uvicorn does."""
+        if not self._given_up:
+            super().kill()
+            return
         self.drain()
         self.process.join((self.config.timeout_graceful_shutdown or 0.0) + KILL_MARGIN_SECONDS)
         if self.process.exitcode is None:

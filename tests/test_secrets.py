@@ -118,9 +118,15 @@ def test_a_short_key_that_is_a_word_is_blanked_out_of_errors_not_answers(
             for chunk in sdk.chat.completions.create(model="router-random-1", messages=MESSAGES, stream=True)
             for choice in chunk.choices
         )
+        # an error event over 64 KiB passes on in pieces, only the first of which says "error"
+        weak.behaviour.extra_event = json.dumps({"error": {"message": "x" * 200_000 + " bad key ollama"}}).encode()
+        oversized = httpx.post(
+            f"{proxy.api}/chat/completions", json={"model": "router-random-1", "messages": MESSAGES, "stream": True}, timeout=30
+        )
         weak.behaviour.echo_key, weak.behaviour.fail_statuses = True, [400]
         with pytest.raises(openai.BadRequestError) as refused:
             sdk.chat.completions.create(model="router-random-1", messages=MESSAGES)
     assert whole.choices[0].message.content == text
     assert text in streamed
     assert refused.value.body["message"] == "weak failed for Bearer [redacted]"
+    assert "bad key [redacted]" in oversized.text and "ollama" not in oversized.text

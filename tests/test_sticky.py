@@ -177,3 +177,20 @@ def test_a_conversation_routed_strong_stays_strong_though_a_fallback_answered(st
     assert (headers["x-routegate-tier"], headers["x-routegate-fallback"]) == ("weak", "strong->weak:http_5xx")
     headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "Next"}], conversation_id="fell-back")
     assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
+
+
+def test_a_strong_stream_its_client_stopped_keeps_the_conversation_strong(sticky_proxy: Proxy, strong, weak) -> None:
+    """ "Stop generating" on a strong answer: the conversation went strong, and its next turn stays there."""
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 50, 0.05
+    client = OpenAI(base_url=sticky_proxy.api, api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model=ALWAYS_STRONG,
+        messages=[{"role": "user", "content": "write a long story"}],
+        stream=True,
+        extra_headers={"x-routegate-conversation-id": "conv-stopped"},
+    )
+    next(iter(stream))
+    stream.close()  # the client leaves after its first chunk
+    assert wait_for(lambda: metric_sum(sticky_proxy.metrics(), "routegate_requests_total", status="499") >= 1)
+    headers, _ = _ask(sticky_proxy, ALWAYS_WEAK, [{"role": "user", "content": "shorter, please"}], conversation_id="conv-stopped")
+    assert (headers["x-routegate-tier"], headers["x-routegate-decision"]) == ("strong", "sticky")
