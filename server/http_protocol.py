@@ -19,6 +19,10 @@ answered 400 with an OpenAI-style error, as everything else is, and counted rath
 A response the app leaves unfinished (a streaming client that stopped reading was let go, see
 ``server.relay.SendWatch``) makes uvicorn close the connection, which waits for the client to read
 what is buffered: a client that never reads would keep it, and its buffer, open. It is aborted.
+
+Requests sent one behind another without waiting for the answers (pipelined) each hold a request
+object until their turn: past ``MAX_PIPELINED`` waiting on one connection it is aborted (counted
+``pipelined``), so that what a client that does not read its answers makes the process hold is bounded.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ DEFAULT_HEAD_TIMEOUT = 20.0
 SHUTDOWN_HEAD_GRACE = 2.0
 #: a connection accepted this recently, no byte received yet, counts as one whose request is on its way
 JUST_ACCEPTED = 1.0
+#: requests waiting behind the one being answered on one connection; more abort it (clients that
+#: pipeline at all send a few)
+MAX_PIPELINED = 16
 
 
 class WithoutInvalidRequestWarnings(logging.Filter):
@@ -170,12 +177,19 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._refused:  # more heads in the bytes that made this connection's refusal
+            return
         self._reading_head = False
         self._stop_head_deadline()  # the app's from here: its body read has its own timeout
         if self._head_size > self.max_header_bytes:
             self._refused = True  # answered once the parser returns; the app never sees it
             return
         super().on_headers_complete()
+        if len(self.pipeline) > MAX_PIPELINED:  # each waiting request holds its objects until its turn
+            self._refused = True
+            metrics.HTTP_REFUSED.labels("pipelined").inc()
+            self.transport.abort()
+            return
         if self._stopping and self.cycle is not None:  # answered, then closed: the server is stopping
             self.cycle.keep_alive = False
 

@@ -186,7 +186,7 @@ BODY_BYTES_PENDING = Gauge(
     "ROUTEGATE_MAX_PENDING_BODY_BYTES each process allows.",
     multiprocess_mode="livesum",
 )
-HTTP_REFUSED_REASONS = ("invalid_http", "headers_too_large", "head_timeout")
+HTTP_REFUSED_REASONS = ("invalid_http", "headers_too_large", "head_timeout", "pipelined")
 HTTP_REFUSED = Counter(
     "routegate_http_refused_total",
     f"Requests answered by the HTTP layer before the app saw them, by reason ({'|'.join(HTTP_REFUSED_REASONS)}).",

@@ -3,6 +3,7 @@ passed through as the OpenAI API would accept it; never a 500, never a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -353,6 +354,22 @@ def test_a_pipelined_request_behind_a_large_body_is_not_taken_for_oversized_head
         while received := connection.recv(65536):
             answer += received
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"200"]
+
+
+def test_a_connection_piling_up_pipelined_requests_is_cut(proxy: Proxy) -> None:
+    """Each request waiting behind the one being answered holds its objects until its turn: a client
+    sending hundreds at once (and reading nothing) would make the gateway hold tens of MB."""
+    before = metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="pipelined")
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 500)
+        answers = b""
+        with contextlib.suppress(ConnectionResetError):
+            while received := connection.recv(65536):
+                answers += received
+    assert answers.count(b"HTTP/1.1 200 ") < 100  # cut, not answered 500 times
+    assert metric_sum(proxy.metrics(), "routegate_http_refused_total", reason="pipelined") == before + 1
+    assert httpx.get(f"{proxy.url}/health").status_code == 200
 
 
 @pytest.mark.parametrize(
