@@ -50,6 +50,7 @@ MAX_NESTING = 512
 # chat request needs a hundred thousand objects or one object of a million keys
 MAX_CONTAINERS = 100_000
 MAX_MEMBERS = 200_000
+MAX_INT_DIGITS = 100  # a 64-bit seed has 20; vendors' ids and nonces a few more
 # A JSON string, escapes included: its brackets are text, not structure. One that never closes
 # (invalid JSON, refused later) runs to the end of the body, so that each byte is read once: a
 # pattern that must find the closing quote starts again after every quote, and a body of escaped
@@ -113,7 +114,7 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         raise bad_request(f"The JSON body's objects and arrays hold more than {MAX_MEMBERS} members.", code="invalid_json")
     try:
         payload = json.loads(  # a str: bytes would pass encoded surrogates
-            body.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float
+            body.decode("utf-8-sig"), parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_short_int
         )
         if _SURROGATE_ESCAPE.search(body):
             json.dumps(payload, ensure_ascii=False).encode()  # raises on a lone surrogate
@@ -190,6 +191,15 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number out of range: {text[:32]}")
     return value
+
+
+def _short_int(text: str) -> int:
+    """A JSON integer of at most ``MAX_INT_DIGITS`` digits; ValueError for a longer one: Python reads
+    and writes integers of thousands of digits in time that grows with their square, so a body of
+    them would hold the event loop many times longer than its size says."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
 
 
 def _check_tools(tools: object) -> None:
