@@ -121,9 +121,9 @@ class Decider:
         if remembered == self.ladder.best:
             return dataclasses.replace(base, tier=remembered, reason="sticky")
         if self.ladder.pair:
-            score: float | tuple[float, ...] | None = await self._score(route.router, payload)
+            score: float | tuple[float, ...] | None = await self._score(route.router, payload, headers)
         else:
-            score = await self._score(route.router, payload, per_model=True)
+            score = await self._score(route.router, payload, headers, per_model=True)
         if score is None:
             unscored = dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
             return self._not_below(unscored, remembered)
@@ -176,17 +176,20 @@ class Decider:
             beaten=tuple(float(value) for value in beaten[0]),
         )
 
-    async def _score(self, router: str, payload: dict[str, Any], per_model: bool = False) -> float | tuple[float, ...] | None:
+    async def _score(
+        self, router: str, payload: dict[str, Any], headers: Headers, per_model: bool = False
+    ) -> float | tuple[float, ...] | None:
         """The router's score (``per_model``: its logit per ladder model); None when scoring is
         overloaded and the overload outcome routes unscored."""
         text = routed_text(
             payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
         )
+        scope = client_fingerprint(headers, self.settings.api_keys)  # no client learns what another sent
         scorer: Scorer | None = None
         try:
             async with asyncio.timeout(self.settings.score_timeout):  # a router still loading counts against it
                 scorer = await self.scorers.get(router)
-                return await (scorer.model_logits(text) if per_model else scorer.score(text))
+                return await (scorer.model_logits(text, scope) if per_model else scorer.score(text, scope))
         except TimeoutError:
             reason = "timeout" if scorer is not None else "loading"
         except APIError:

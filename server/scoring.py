@@ -89,7 +89,7 @@ class Scorer:
         self.batch_wait = batch_wait
         self.threads = threads
         self.cache = ScoreCache(cache_size if router.cacheable else 0)
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Score]]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[str, str, asyncio.Future[Score]]] = asyncio.Queue(queue_size)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"score-{router.name}")
         self._workers: list[asyncio.Task[None]] = []
         self._hit = metrics.SCORE_CACHE_LOOKUPS.labels(router.name, "hit")
@@ -118,49 +118,52 @@ class Scorer:
             raise ValueError(f"the router {self.router.name} returned a logit that is not finite")
         return list(rows)
 
-    async def score(self, text: str) -> float:
-        """The router's pair score for ``text``."""
-        score = await self._answer(text)
+    async def score(self, text: str, scope: str = "") -> float:
+        """The router's pair score for ``text``; ``scope`` (a client key's fingerprint) keeps its
+        cached score to that client's requests, so that no client learns from a cache hit (in the
+        metrics, or by the time it saves) that another one sent the same text."""
+        score = await self._answer(text, scope)
         assert isinstance(score, float)
         metrics.ROUTER_SCORE.labels(self.router.name).observe(score)
         return score
 
-    async def model_logits(self, text: str) -> tuple[float, ...]:
-        """The router's logit for each ladder model on ``text`` (``models`` order)."""
-        logits = await self._answer(text)
+    async def model_logits(self, text: str, scope: str = "") -> tuple[float, ...]:
+        """The router's logit for each ladder model on ``text`` (``models`` order); ``scope`` as in ``score``."""
+        logits = await self._answer(text, scope)
         assert isinstance(logits, tuple)
         return logits
 
-    async def _answer(self, text: str) -> Score:
+    async def _answer(self, text: str, scope: str) -> Score:
         """Cached, shared or newly computed; records the time taken in the metrics, also when the
         wait ends in a timeout (a router too slow to answer is what the latency alert is for)."""
         started = time.perf_counter()
         try:
-            return await self._lookup_or_compute(text)
+            return await self._lookup_or_compute(text, f"{scope}\0{text}" if scope else text)
         finally:
             metrics.ROUTING_SECONDS.labels(self.router.name).observe(time.perf_counter() - started)
 
-    async def _lookup_or_compute(self, text: str) -> Score:
-        score = self.cache.get(text) if self.cache.size else None
+    async def _lookup_or_compute(self, text: str, key: str) -> Score:
+        """``text``'s score, cached under ``key`` (the text, or the text in a client's scope)."""
+        score = self.cache.get(key) if self.cache.size else None
         if score is None and self.shared is not None:
-            score = await self.shared.get(self.shared_as, text)
+            score = await self.shared.get(self.shared_as, key)
             if score is not None:
-                self.cache.put(text, score)
+                self.cache.put(key, score)
         if score is not None:
             self._hit.inc()
         else:
             if self.cache.size or self.shared is not None:
                 self._miss.inc()
             if self.router.blocking:
-                score = await self._batched(text)
+                score = await self._batched(text, key)
             else:
                 score = self._call([text])[0]
-            self.cache.put(text, score)
+            self.cache.put(key, score)
             if self.shared is not None and isinstance(score, float):
-                await self.shared.put(self.shared_as, text, score)
+                await self.shared.put(self.shared_as, key, score)
         return score
 
-    async def _batched(self, text: str) -> Score:
+    async def _batched(self, text: str, key: str) -> Score:
         if not self._workers:  # each worker forms a batch from the queue, scores it, and takes the next
             self._workers = [
                 asyncio.create_task(self._run_batches(), name=f"scorer-{self.router.name}-{index}")
@@ -168,12 +171,12 @@ class Scorer:
             ]
         future: asyncio.Future[Score] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((text, future))
+            self._queue.put_nowait((text, key, future))
         except asyncio.QueueFull:
             raise ScoreQueueFull(self.router.name) from None
         return await future
 
-    async def _next_batch(self) -> list[tuple[str, asyncio.Future[Score]]]:
+    async def _next_batch(self) -> list[tuple[str, str, asyncio.Future[Score]]]:
         batch = [await self._queue.get()]
         deadline = time.monotonic() + self.batch_wait
         while len(batch) < self.batch_size:
@@ -187,7 +190,7 @@ class Scorer:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        return [(text, future) for text, future in batch if not future.done()]
+        return [(text, key, future) for text, key, future in batch if not future.done()]
 
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,18 +198,17 @@ class Scorer:
             batch = await self._next_batch()
             if not batch:
                 continue
-            texts = list(dict.fromkeys(text for text, _ in batch))
+            texts = list(dict.fromkeys(text for text, _, _ in batch))
             try:
                 scores = await loop.run_in_executor(self._executor, self._call, texts)
                 by_text = dict(zip(texts, scores, strict=True))
             except Exception as error:  # the router failed: every waiting request hears of it
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for text, score in by_text.items():  # also for callers that stopped waiting: the next one has it
-                self.cache.put(text, score)
-            for text, future in batch:
+            for text, key, future in batch:  # cached also for callers that stopped waiting: the next one has it
+                self.cache.put(key, by_text[text])
                 if not future.done():
                     future.set_result(by_text[text])
 

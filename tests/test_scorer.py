@@ -105,6 +105,20 @@ async def test_a_cached_text_is_not_scored_again() -> None:
     assert router.batches == [["same"]]
 
 
+async def test_a_text_cached_for_one_client_is_scored_anew_for_another() -> None:
+    """With client keys, a cache hit would tell a client (in the metrics, or by the time it saves)
+    that another client sent the very same text: each client's scores are cached apart."""
+    router = RecordingRouter()
+    scorer = Scorer(router, batch_size=8, batch_wait=0.0, cache_size=4, threads=2)
+    try:
+        assert await scorer.score("payroll", scope="client-a") == 0.07
+        assert await scorer.score("payroll", scope="client-b") == 0.07
+        assert await scorer.score("payroll", scope="client-a") == 0.07
+    finally:
+        await scorer.aclose()
+    assert router.batches == [["payroll"], ["payroll"]]
+
+
 async def test_a_score_that_comes_after_its_caller_timed_out_is_kept_for_the_next_request() -> None:
     """A router slower than the score timeout: the score its batch computes for a caller that
     stopped waiting is cached, so the next request for that text has it at once instead of

@@ -130,3 +130,27 @@ def test_a_short_key_that_is_a_word_is_blanked_out_of_errors_not_answers(
     assert text in streamed
     assert refused.value.body["message"] == "weak failed for Bearer [redacted]"
     assert "bad key [redacted]" in oversized.text and "ollama" not in oversized.text
+
+
+def test_a_client_cannot_tell_from_the_score_cache_what_another_client_sent(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: pytest.TempPathFactory
+) -> None:
+    """With client keys, scores are cached per client: a second client's guess at a first client's
+    prompt is scored anew (no hit in the metrics, no time saved), the first client's repeat is a hit."""
+    from tests.conftest import running_proxy as started
+    from tests.metrics_text import metric_sum
+
+    (tmp_path / "checkpoints" / "standin").mkdir(parents=True)
+    env = proxy_env(
+        strong, weak, router="standin", checkpoint_dir=str(tmp_path / "checkpoints"), api_keys=json.dumps(CLIENT_KEYS)
+    )
+    secret = [{"role": "user", "content": "Our Q3 layoff list: Alice, Bob"}]
+    with started(env, tmp_path, module="tests.standin_router") as proxy:
+
+        def hits_after(key: str) -> float:
+            sdk = openai.OpenAI(base_url=proxy.api, api_key=key, max_retries=0)
+            sdk.chat.completions.create(model="router-standin-0.5", messages=secret)
+            scraped = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {key}"}).text
+            return metric_sum(scraped, "routegate_score_cache_lookups_total", result="hit")
+
+        assert [hits_after(CLIENT_KEYS[0]), hits_after(CLIENT_KEYS[1]), hits_after(CLIENT_KEYS[0])] == [0, 0, 1]
