@@ -80,6 +80,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._requests_begun = 0
         self._stopping = False
         self._accepted_at = 0.0
+        self._running: Any = None  # the cycle being answered; uvicorn's ``cycle`` is the last one parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -87,7 +88,14 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         self._start_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Also tell the request being answered, when pipelined ones were parsed behind it (uvicorn
+        tells only the last parsed): its handler then sees its client gone (499, the upstream
+        request cancelled) instead of answering a closed connection."""
         self._stop_head_deadline()
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
 
     def _answering(self) -> bool:
@@ -153,6 +161,7 @@ class BoundedHeadersProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
         running = set(self.tasks)
         super()._start_asgi_task(cycle, app)
         for task in self.tasks - running:

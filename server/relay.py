@@ -134,9 +134,9 @@ class EventGate:
     most that much is held. With ``drop_usage`` the usage-only event (``"choices": []`` beside a
     ``usage`` object) is taken out, for a client that did not ask for it: routegate asks upstreams
     for usage on every stream. ``redact`` blanks secrets out of every byte that passes: a whole
-    event at once, an oversized one as its bytes pass (with ``redact_pieces``, when given: a piece
-    cannot tell whether its event is an error), with the last ``hold`` bytes waiting for the next
-    chunk, so that a secret cut between two chunks is whole when it is blanked out."""
+    event at once, an oversized one as its bytes pass (with ``redact_pieces`` when its first piece
+    says ``"error"``, which its later pieces cannot), with the last ``hold`` bytes waiting for the
+    next chunk, so that a secret cut between two chunks is whole when it is blanked out."""
 
     def __init__(
         self,
@@ -150,6 +150,7 @@ class EventGate:
         self.max_event_bytes = max_event_bytes
         self._redact = redact
         self._redact_pieces = redact_pieces or redact
+        self._redact_passing = redact  # for the oversized event passing on: chosen from its first piece
         self._hold = max(hold, _SEPARATOR_MAX - 1)  # also what may begin a separator that spans chunks
         self._pending = bytearray()
         self._searched = 0  # bytes of _pending known to start no separator
@@ -164,14 +165,16 @@ class EventGate:
             if match is None:
                 self._searched = max(0, len(self._pending) - _SEPARATOR_MAX + 1)  # a separator may span chunks
                 if self._passing or len(self._pending) > self.max_event_bytes:
-                    self._pending[:] = self._redact_pieces(bytes(self._pending))
+                    if not self._passing:
+                        self._redact_passing = self._redact_pieces if b'"error"' in self._pending else self._redact
+                    self._pending[:] = self._redact_passing(bytes(self._pending))
                     passed = max(0, len(self._pending) - self._hold)
                     ready += self._pending[:passed]
                     del self._pending[:passed]
                     self._searched, self._passing = 0, True
                 return bytes(ready)
             if self._passing:  # the rest of an oversized event
-                ready += self._redact_pieces(bytes(self._pending[: match.end()]))
+                ready += self._redact_passing(bytes(self._pending[: match.end()]))
             elif not (self.drop_usage and _usage_only(bytes(self._pending[: match.start()]))):
                 ready += self._redact(bytes(self._pending[: match.end()]))
             del self._pending[: match.end()]
@@ -184,7 +187,7 @@ class EventGate:
         self._pending.clear()
         if self.drop_usage and not self._passing and _usage_only(rest):
             return b""
-        return self._redact_pieces(rest) if self._passing else self._redact(rest)
+        return self._redact_passing(rest) if self._passing else self._redact(rest)
 
     def cut_off(self) -> bytes:
         """Drop the unfinished event of a stream that ends early; the blank line that closes the

@@ -1,8 +1,9 @@
 """Router scores shared by every replica (``ROUTEGATE_SHARED_SCORE_CACHE``, with Redis): a prompt
 scored on one replica is not scored again on another.
 
-A score is kept under ``<prefix>score:<scorer>:<sha256 of the routed text>`` (the text itself is
-not stored) for ``SCORE_TTL_S``; Redis's eviction policy bounds how many are kept. ``<scorer>``
+A score is kept under ``<prefix>score:<scorer>:<sha256 of the routed text>`` (with client keys, of
+the key's fingerprint and the text: clients never share a score; the text itself is not stored)
+for ``SCORE_TTL_S``; Redis's eviction policy bounds how many are kept. ``<scorer>``
 (``scorer_identity``) names the router with a digest of the pair it scores and of its checkpoint's
 files, so that gateways routing other pairs, or a rolling deploy of a retrained checkpoint, never
 read each other's scores from a shared Redis. The in-process LRU cache is asked first; a failing

@@ -356,6 +356,37 @@ def test_a_pipelined_request_behind_a_large_body_is_not_taken_for_oversized_head
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"200"]
 
 
+def test_a_request_answered_when_its_connection_is_cut_for_pipelining_sees_its_client_gone(
+    proxy: Proxy, strong: FakeUpstream
+) -> None:
+    """The cut reaches the request being answered, not only the last one parsed behind it: it is
+    counted as a client that left (499), keeps no books, and logs no traceback for a closed connection."""
+    strong.behaviour.delay = 2.0
+    before = proxy.metrics()
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}]}).encode()
+    post = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    port = int(proxy.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as connection:
+        connection.sendall(post + b"content-length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.5)  # at the upstream
+        connection.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" * 20)
+        with contextlib.suppress(ConnectionResetError):
+            while connection.recv(65536):
+                pass
+
+    def counted(name: str, **labels: str) -> float:
+        return metric_sum(proxy.metrics(), name, **labels) - metric_sum(before, name, **labels)
+
+    deadline = time.monotonic() + 10
+    while counted("routegate_requests_total", status="499") < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.5)  # past the upstream's answer, which nobody waits for any more
+    assert counted("routegate_requests_total", status="499") == 1
+    assert counted("routegate_requests_total", status="200") == 0
+    assert counted("routegate_threshold_decisions_total") == 0
+    assert "Exception in ASGI application" not in proxy.log()
+
+
 def test_integers_too_long_to_be_parameters_are_refused_and_long_ones_pass_as_sent(proxy: Proxy, strong: FakeUpstream) -> None:
     """Python reads and writes an integer in time that grows with the square of its digits: a body
     of 4,000-digit integers held the event loop twelve times longer than a body of text its size."""

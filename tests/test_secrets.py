@@ -118,6 +118,19 @@ def test_a_short_key_that_is_a_word_is_blanked_out_of_errors_not_answers(
             for chunk in sdk.chat.completions.create(model="router-random-1", messages=MESSAGES, stream=True)
             for choice in chunk.choices
         )
+        # an answer event over 64 KiB passes on in pieces, as it is
+        weak.behaviour.extra_event = json.dumps(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"content": "y" * 200_000 + text}}],
+            }
+        ).encode()
+        large = httpx.post(
+            f"{proxy.api}/chat/completions", json={"model": "router-random-1", "messages": MESSAGES, "stream": True}, timeout=30
+        )
         # an error event over 64 KiB passes on in pieces, only the first of which says "error"
         weak.behaviour.extra_event = json.dumps({"error": {"message": "x" * 200_000 + " bad key ollama"}}).encode()
         oversized = httpx.post(
@@ -130,6 +143,7 @@ def test_a_short_key_that_is_a_word_is_blanked_out_of_errors_not_answers(
     assert text in streamed
     assert refused.value.body["message"] == "weak failed for Bearer [redacted]"
     assert "bad key [redacted]" in oversized.text and "ollama" not in oversized.text
+    assert text in large.text
 
 
 def test_a_client_cannot_tell_from_the_score_cache_what_another_client_sent(
