@@ -183,8 +183,8 @@ class Gateway:
         )
         if self.targets.budget is not None:  # here, in each serving process only: the gauge sums live processes
             await self.targets.budget.refresh()  # with Redis: what the other replicas spent today
-            self._report_budget()
-            DRAIN.when_stopping(lambda: metrics.report_budget_remaining(0.0, stopping=True))
+            metrics.report_budget_remaining(self.targets.budget.remaining_usd)
+            DRAIN.when_stopping(lambda: metrics.count_budget_part(False))
         self._loading = asyncio.create_task(self._load_routers())
         self._sampling = asyncio.create_task(_sample_gauges(self.sticky))
         if self.shared_state is not None:
@@ -203,7 +203,7 @@ class Gateway:
                 except APIError:
                     pass  # logged by the pool; its requests are answered 503 router_unavailable
         self.routers_settled = True
-        self._report_budget()
+        self._count_budget_part()
         while self.load_error is not None:
             await asyncio.sleep(self.settings.router_retry_seconds)
             await self._load_default_router()
@@ -218,13 +218,13 @@ class Gateway:
             return
         self.load_error = None
         log.info("router %s loaded", self.settings.router)
-        self._report_budget()
+        self._count_budget_part()
 
-    def _report_budget(self) -> None:
-        """This process's part of the budget left, as 0 until it is ready: a SIGHUP replacement that
-        is loading its routers serves beside the worker it replaces, which reports that part."""
+    def _count_budget_part(self) -> None:
+        """Count this process's part of the budget left once it is ready (not while it loads its
+        routers beside the worker a SIGHUP replaces, which reports that part)."""
         if self.targets.budget is not None:
-            metrics.report_budget_remaining(self.targets.budget.remaining_usd, DRAIN.stopping or not self.ready)
+            metrics.count_budget_part(self.ready and not DRAIN.stopping)
 
     async def aclose(self) -> None:
         """Close the upstream pools and stop scoring."""

@@ -37,7 +37,6 @@ from server.scoring import ScoreQueueFull, Scorer, ScorerPool
 from server.settings import Settings
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
-from server.shutdown import DRAIN
 
 log = logging.getLogger("routegate.deciding")
 
@@ -78,7 +77,7 @@ class Decider:
         """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
-            metrics.report_budget_remaining(self.budget.remaining_usd, DRAIN.stopping)  # a new UTC day, others' spend
+            metrics.report_budget_remaining(self.budget.remaining_usd)  # a new UTC day, others' spend
         decision = await self._choose(route, payload, headers, request_id, override)
         if decision.tier != self.ladder.lowest_price and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":

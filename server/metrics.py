@@ -240,11 +240,32 @@ def budget_remaining_usd() -> Gauge:
     )
 
 
-def report_budget_remaining(remaining_usd: float, stopping: bool) -> None:
-    """Set ``routegate_budget_remaining_usd`` to this process's part of the budget left; 0 once it
-    is ``stopping``: the gauge sums the live processes, and a worker that SIGHUP retires lives
-    beside its replacement (which reports that part) until its last requests end."""
-    budget_remaining_usd().set(0.0 if stopping else remaining_usd)
+class _BudgetPart:
+    """This process's part of ``routegate_budget_remaining_usd``, which sums the live processes. It
+    counts while the process is ready and not stopping, and reads 0 otherwise: a SIGHUP replacement
+    loading its routers, and a retired worker finishing its last requests, live beside the worker
+    that reports that part."""
+
+    remaining_usd = 0.0
+    counted = False
+
+    def show(self) -> None:
+        budget_remaining_usd().set(self.remaining_usd if self.counted else 0.0)
+
+
+_BUDGET_PART = _BudgetPart()
+
+
+def report_budget_remaining(remaining_usd: float) -> None:
+    """The budget left today (this process's part of it), shown while the part is counted."""
+    _BUDGET_PART.remaining_usd = remaining_usd
+    _BUDGET_PART.show()
+
+
+def count_budget_part(counted: bool) -> None:
+    """Whether this process's part of the budget left counts (ready and not stopping)."""
+    _BUDGET_PART.counted = counted
+    _BUDGET_PART.show()
 
 
 def initialise(

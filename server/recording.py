@@ -23,7 +23,6 @@ from server.decision import Decision
 from server.ladder import Ladder
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
-from server.shutdown import DRAIN
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate.proxy")
@@ -140,7 +139,7 @@ class Recorder:
         if self.budget is not None:
             charged = "weak" if upstream.tier == self.ladder.lowest_price else "strong"
             await self.budget.record_cost(charged, cost, all_best_cost)
-            metrics.report_budget_remaining(self.budget.remaining_usd, DRAIN.stopping)
+            metrics.report_budget_remaining(self.budget.remaining_usd)
 
     async def _remember(self, decision: Decision) -> None:
         """Sticky memory: a conversation answered by the more capable tier keeps it for later turns."""
