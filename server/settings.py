@@ -79,7 +79,7 @@ class UpstreamSettings(BaseModel):
 
     @field_validator("model")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
+    def _sendable_model_name(cls, value: str) -> str:
         """A model name that can be sent as it is (it is also the ``x-routegate-model`` header)."""
         if not value.strip():
             raise ValueError("must not be empty")
