@@ -274,7 +274,7 @@ def test_a_fallback_does_not_move_a_sticky_conversation_down_the_ladder(
 def test_a_sticky_conversation_stays_up_the_ladder_when_it_cannot_be_scored(
     fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
 ) -> None:
-    env = many_env(entries(fakes), checkpoints, route_on="sticky", score_timeout="0.3", scoring_overload="weak")
+    env = many_env(entries(fakes), checkpoints, route_on="sticky", score_timeout="0.8", scoring_overload="weak")
     with running_proxy(env, tmp_path, module=MODULE) as sticky_proxy:
         conversation = {"x-routegate-conversation-id": "c-overload"}
         headers, _ = ask(sticky_proxy, TO_MID, False, extra_headers=conversation)
@@ -288,7 +288,9 @@ def test_a_sticky_conversation_stays_up_the_ladder_when_it_cannot_be_scored(
 def test_sticky_conversations_hold_across_replicas(fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path) -> None:
     """With Redis the conversation's model is shared: a turn on another replica stays on it."""
     with running_redis(tmp_path / "redis") as redis_server:
-        env = many_env(entries(fakes), checkpoints, route_on="sticky", redis_url=redis_server.url, redis_prefix="many:")
+        # a Redis timeout that a busy machine does not reach
+        redis = {"redis_url": redis_server.url, "redis_prefix": "many:", "redis_timeout_ms": "2000"}
+        env = many_env(entries(fakes), checkpoints, route_on="sticky", **redis)
         with running_proxy(env, tmp_path, module=MODULE) as first, running_proxy(env, tmp_path, module=MODULE) as second:
             conversation = {"x-routegate-conversation-id": "shared"}
             assert ask(first, TO_MID, False, extra_headers=conversation)[0]["x-routegate-upstream"] == "mid"

@@ -177,7 +177,7 @@ def test_a_router_loaded_on_a_request_is_waited_for_within_the_score_timeout_and
     with running_proxy(env, tmp_path, module="tests.slow_router") as proxy:  # ready: the default router, random
         assert wait_for(lambda: "could not load router slow" in proxy.log(), timeout=30)
         mounted_late.write_text("weights")
-        time.sleep(0.6)  # past ROUTEGATE_ROUTER_RETRY_SECONDS
+        time.sleep(1.5)  # well past ROUTEGATE_ROUTER_RETRY_SECONDS
         delta = MetricDelta(proxy.metrics)
         waited = httpx.post(f"{proxy.api}/chat/completions", json=routed, timeout=30)
         assert waited.status_code == 429 and waited.json()["error"]["code"] == "overloaded"

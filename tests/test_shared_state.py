@@ -117,7 +117,14 @@ def test_gateways_scoring_other_pairs_keep_target_routes_of_their_own(
     client = redis_server.client()
     with ExitStack() as stack:
         for index, strong_model in enumerate(("strong-model-a", "strong-model-b")):
-            env = proxy_env(strong, weak, redis_url=redis_server.url, redis_prefix="pairs:", strong__model=strong_model)
+            env = proxy_env(
+                strong,
+                weak,
+                redis_url=redis_server.url,
+                redis_prefix="pairs:",
+                redis_timeout_ms=REDIS_TIMEOUT_MS,
+                strong__model=strong_model,
+            )
             (tmp_path / str(index)).mkdir()
             proxy = stack.enter_context(running_proxy(env, tmp_path / str(index)))
             _ask(proxy, "router-random-50%", [{"role": "user", "content": f"question {index}"}])
@@ -460,6 +467,7 @@ def test_shared_books_are_written_once_from_answered_requests(
         weak,
         redis_url=redis_server.url,
         redis_prefix="once:",
+        redis_timeout_ms=REDIS_TIMEOUT_MS,
         route_on="sticky",
         daily_budget_usd="100",
         fallback="false",

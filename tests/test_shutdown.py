@@ -242,8 +242,10 @@ def test_a_second_signal_ends_the_grace_period_at_once(strong: FakeUpstream, wea
 
 
 def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:
-    weak.behaviour.delay = 1.5  # a plain answer in flight when the signal comes
-    env = proxy_env(strong, weak, shutdown_grace_seconds=str(GRACE_SECONDS), workers="2")
+    # A plain answer in flight when the signal comes, still running through the probes below:
+    # the idle worker stops at once, so this one is the only one left to answer them.
+    weak.behaviour.delay = 4.0
+    env = proxy_env(strong, weak, shutdown_grace_seconds="8", workers="2")
     with running_proxy(env, tmp_path) as proxy, ThreadPoolExecutor(1) as pool:
         answered = pool.submit(_plain_answer, proxy.api)
         deadline = time.monotonic() + 10
@@ -257,7 +259,7 @@ def test_with_several_workers_each_worker_drains(strong: FakeUpstream, weak: Fak
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
 
         assert answered.result(timeout=10) == "answer from weak"
-        assert proxy.process.wait(timeout=GRACE_SECONDS + 10) == 0
+        assert proxy.process.wait(timeout=10) == 0
     assert len(weak.received) == 1  # the refused request never went upstream
 
 
@@ -383,8 +385,8 @@ def test_requests_held_by_a_replacement_that_never_gets_ready_are_answered(
             time.sleep(0.1)
         outcomes = [future.result(timeout=90) for future in sent]
         assert wait_for(lambda: "was not ready in time; keeping worker" in proxy.log(), timeout=30)
+        assert one() == 200  # the old workers serve on
     assert set(outcomes) <= {200, 503}, outcomes
-    assert 200 in outcomes  # the old workers served on
 
 
 def test_a_request_cut_on_a_retired_worker_is_answered_shutting_down(strong: FakeUpstream, weak: FakeUpstream, tmp_path) -> None:

@@ -72,12 +72,12 @@ def test_the_sticky_gauge_counts_live_conversations_and_falls_as_they_expire(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
     """Expired conversations are not counted, and the gauge falls without a request."""
-    env = proxy_env(strong, weak, route_on="sticky", sticky_ttl_seconds="1")
+    env = proxy_env(strong, weak, route_on="sticky", sticky_ttl_seconds="4")  # room for three requests on a busy machine
     with running_proxy(env, tmp_path) as proxy:
         for conversation in range(3):
             _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": f"question {conversation}"}])
         assert metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 3
-        assert wait_for(lambda: metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 0, timeout=5)
+        assert wait_for(lambda: metric_sum(proxy.metrics(), "routegate_sticky_conversations") == 0, timeout=10)
 
 
 def test_conversation_id_header_keys_the_conversation(sticky_proxy: Proxy, strong, weak) -> None:
