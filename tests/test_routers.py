@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -756,8 +757,11 @@ def test_eval_among_models_where_no_model_scores_is_a_report_not_a_division_by_z
     data = tmp_path / "zeros.jsonl"
     data.write_text("".join(RECORD.replace('"a": 1', '"a": 0').format(id=n, split="dev") + "\n" for n in range(2)))
     argv = ["eval", "--router", "random", "--data", str(data), "--models", "a,b", "--prices", "a=0/0,b=0/0"]
-    assert main([*argv, "--plot", str(tmp_path / "m.png")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a warning on the way (a division by zero, an empty log axis)
+        assert main([*argv, "--plot", str(tmp_path / "m.png")]) == 0
     assert "n/a (the best model scores 0)" in capsys.readouterr().out
+    assert (tmp_path / "m.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

@@ -351,7 +351,8 @@ def plot(data: ModelSet, curves: list[Curve], path: Path) -> None:
     axes.scatter([costs.mean()], [means.mean()], marker="x", color="grey", label="random model")
     for curve in curves:
         axes.plot(1000 * curve.costs, curve.qualities, label=f"{curve.name} (threshold sweep)")
-    axes.set_xscale("log")
+    if (costs > 0).all():  # prices of 0 (local models) have no place on a log scale
+        axes.set_xscale("log")
     axes.set_xlabel(f"USD per 1000 prompts ({data.cost_source})")
     axes.set_ylabel("mean quality")
     axes.set_title(f"{data.name}: {len(data.prompts)} prompts, {len(data.models)} models", fontsize=9)

@@ -57,9 +57,12 @@ def load_dev_set(path: str, limit: int | None = None) -> DevSet | None:
 
 
 def gap_closed(choice: np.ndarray, quality: np.ndarray) -> float:
-    """Share of the random->oracle gap closed by picking column ``choice[i]`` for prompt ``i``."""
+    """Share of the random->oracle gap closed by picking column ``choice[i]`` for prompt ``i``
+    (NaN where there is no gap: every model scores alike)."""
     picked = quality[np.arange(len(quality)), choice].mean()
     random_mean, oracle = quality.mean(axis=1).mean(), quality.max(axis=1).mean()
+    if oracle == random_mean:
+        return float("nan")
     return float((picked - random_mean) / (oracle - random_mean))
 
 
