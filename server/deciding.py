@@ -25,7 +25,6 @@ from starlette.datastructures import Headers
 from routers.multi_model import beaten_from_logits, choose
 from server import metrics
 from server.chat_request import routed_text
-from server.client_keys import client_fingerprint
 from server.conversations import CONVERSATION_HEADER, conversation_keys
 from server.cost_targets import CostTargets
 from server.decision import Decision
@@ -72,13 +71,14 @@ class Decider:
         return self.budget is None or self.budget.remaining_usd > 0
 
     async def decide(
-        self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str, override: Override
+        self, route: Target, payload: dict[str, Any], headers: Headers, client: str, request_id: str, override: Override
     ) -> Decision:
-        """The tier for this request; 429 when scoring is overloaded (shed) or the budget refuses."""
+        """The tier for this request (``client``: its client key's fingerprint, which keeps its sticky
+        conversations and cached scores apart); 429 when scoring is overloaded (shed) or the budget refuses."""
         if self.budget is not None:
             await self.budget.refresh()  # today's spend over all replicas (one Redis read; none in-process)
             metrics.report_budget_remaining(self.budget.remaining_usd)  # a new UTC day, others' spend
-        decision = await self._choose(route, payload, headers, request_id, override)
+        decision = await self._choose(route, payload, headers, client, request_id, override)
         if decision.tier != self.ladder.lowest_price and not self.strong_affordable():
             if self.settings.budget_exhausted == "reject":
                 metrics.REJECTED.labels("budget_exhausted").inc()
@@ -92,14 +92,13 @@ class Decider:
         return decision
 
     async def _choose(
-        self, route: Target, payload: dict[str, Any], headers: Headers, request_id: str, override: Override
+        self, route: Target, payload: dict[str, Any], headers: Headers, client: str, request_id: str, override: Override
     ) -> Decision:
         if route.tier is not None:
             return Decision(router="none", tier=route.tier, reason="direct", request_id=request_id)
         assert route.router is not None
         previous = sticky_key = None
         if self.sticky is not None:
-            client = client_fingerprint(headers, self.settings.api_keys)
             keys = conversation_keys(payload["messages"], headers.get(CONVERSATION_HEADER), client)
             previous, sticky_key = keys.previous, keys.current
         effective = None
@@ -120,9 +119,9 @@ class Decider:
         if remembered == self.ladder.best:
             return dataclasses.replace(base, tier=remembered, reason="sticky")
         if self.ladder.pair:
-            score: float | tuple[float, ...] | None = await self._score(route.router, payload, headers)
+            score: float | tuple[float, ...] | None = await self._score(route.router, payload, client)
         else:
-            score = await self._score(route.router, payload, headers, per_model=True)
+            score = await self._score(route.router, payload, client, per_model=True)
         if score is None:
             unscored = dataclasses.replace(base, tier=self.tiers[self.settings.scoring_overload], reason="unscored")
             return self._not_below(unscored, remembered)
@@ -176,19 +175,19 @@ class Decider:
         )
 
     async def _score(
-        self, router: str, payload: dict[str, Any], headers: Headers, per_model: bool = False
+        self, router: str, payload: dict[str, Any], client: str, per_model: bool = False
     ) -> float | tuple[float, ...] | None:
-        """The router's score (``per_model``: its logit per ladder model); None when scoring is
-        overloaded and the overload outcome routes unscored."""
+        """The router's score (``per_model``: its logit per ladder model), cached in ``client``'s
+        scope (no client learns what another sent); None when scoring is overloaded and the
+        overload outcome routes unscored."""
         text = routed_text(
             payload["messages"], self.settings.route_on, self.settings.conversation_turns, self.settings.max_router_chars
         )
-        scope = client_fingerprint(headers, self.settings.api_keys)  # no client learns what another sent
         scorer: Scorer | None = None
         try:
             async with asyncio.timeout(self.settings.score_timeout):  # a router still loading counts against it
                 scorer = await self.scorers.get(router)
-                return await (scorer.model_logits(text, scope) if per_model else scorer.score(text, scope))
+                return await (scorer.model_logits(text, client) if per_model else scorer.score(text, client))
         except TimeoutError:
             reason = "timeout" if scorer is not None else "loading"
         except APIError:

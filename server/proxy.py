@@ -113,7 +113,8 @@ class ChatProxy:
         """Answer one ``POST /v1/chat/completions``."""
         request_id = request_id_of(request)
         started = time.monotonic()
-        ticket = Ticket(self.admission, self.bodies.hold(client_fingerprint(request.headers, self.settings.api_keys)))
+        client = client_fingerprint(request.headers, self.settings.api_keys)  # who sent it: "" without client keys
+        ticket = Ticket(self.admission, self.bodies.hold(client))
         decision: Decision | None = None
         sent = Sent()  # the upstream that has the request
         exchange: Exchange | None = None
@@ -155,7 +156,7 @@ class ChatProxy:
             override = read_override(request.headers, self.settings) if route.router else NO_OVERRIDE  # before a slot
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit
-                decision = await self.decider.decide(route, payload, request.headers, request_id, override)  # decide
+                decision = await self.decider.decide(route, payload, request.headers, client, request_id, override)  # decide
                 exchange = await self.forwarder.forward(decision, payload, sent, self.decider.strong_affordable())  # forward
             # relay; it records the outcome now, or when the stream closes
             estimate = functools.partial(prompt_tokens, payload)

@@ -96,11 +96,12 @@ class Recorder:
             metrics.UPSTREAM_SECONDS.labels(upstream.tier, upstream.model).observe(now - outcome.sent_at)
         if upstream is not None and (outcome.upstream_status is not None or outcome.estimated_tokens is not None):
             usage = self._usage(upstream, outcome.usage, outcome.estimated_tokens)
+            answered = _answered(outcome)
             if decision is not None and _upstream_answered(outcome):
                 await self._remember(decision)
-                if _answered(outcome):
+                if answered:
                     await self._keep_books(decision, upstream, usage)
-            await self._charge(upstream, usage, answered=_answered(outcome))  # after the books: count, then cost
+            await self._charge(upstream, usage, answered=answered)  # after the books: count, then cost
         log.info(
             "request_id=%s router=%s score=%s tier=%s model=%s status=%d duration_ms=%.1f",
             decision.request_id if decision is not None else "-",
