@@ -72,6 +72,11 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         help="score the prompts as this pair (names the router knows), ranked against the outcomes of --strong/--weak: "
         "as a gateway scores upstreams the router knows under other names, or the default pair for upstreams it does not know",
     )
+    evaluate.add_argument(
+        "--by-category",
+        action="store_true",
+        help="also print, per record category, the strong model's lead and where each router ranks its prompts",
+    )
     evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=positive_int, help="prompts scored at once (default 64; 256 with --leave-one-out)")
@@ -257,8 +262,9 @@ def _eval(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise SystemExit(f"routegate eval: --plot {args.plot} must end in {', '.join(PLOT_SUFFIXES)}")
-    if args.score_as and (args.leave_one_out or args.models):
-        raise SystemExit("routegate eval: --score-as applies to one pair (--data FILE --strong M --weak M)")
+    for option, given in (("--score-as", args.score_as), ("--by-category", args.by_category)):
+        if given and (args.leave_one_out or args.models):
+            raise SystemExit(f"routegate eval: {option} applies to one pair (--data FILE --strong M --weak M)")
     _check_mode_options(args)
     for path in (args.plot, args.table):
         if path is not None:
@@ -304,6 +310,10 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
+    if args.by_category:
+        from routers.evaluation.categories import category_table
+
+        print(category_table([record.get("category") for record in records], quality, curves))
     plot_routing_curves(curves, quality, plot, title=f"{args.data.name} ({args.split}): {strong} vs {weak}")
     print(f"  plot: {plot}")
     return 0

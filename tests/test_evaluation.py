@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from routers.calibration import threshold_for_share
+from routers.evaluation.categories import category_table, percentiles, rank_correlation, ranks
 from routers.evaluation.metrics import PairQuality, apgr, cpt, routing_curve
 
 QUALITY = PairQuality.of(strong=[1, 1, 1, 0], weak=[0, 0, 1, 0])  # strong helps on the first two only
@@ -69,3 +70,27 @@ def test_threshold_for_share_sends_that_share():
     threshold = threshold_for_share(scores, 0.3)
     assert (scores >= threshold).mean() == pytest.approx(0.3)
     assert (scores >= threshold_for_share(scores, 0.0)).mean() == 0
+
+
+def test_ranks_share_ties_and_percentiles_run_from_zero_to_one():
+    assert ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [2.5, 0.0, 2.5, 1.0]
+    assert percentiles([10.0, 30.0, 20.0]).tolist() == [0.0, 1.0, 0.5]
+    assert rank_correlation([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert np.isnan(rank_correlation([1, 2, 3], [5, 5, 5]))
+
+
+def test_category_table_orders_by_lead_and_shows_where_each_router_ranks_a_category():
+    # the strong model leads on "proof" (+1), less on "sum" (+0.5) and the uncategorised prompt, never on "poem"
+    categories = ["proof", "proof", "sum", "sum", "poem", "poem", None]
+    quality = PairQuality.of(strong=[1, 1, 1, 0, 1, 0, 1], weak=[0, 0, 0, 0, 1, 0, 0.75])
+    curves = {"right": [7, 6, 5, 4, 2, 1, 3], "inverted": [1, 2, 3, 4, 6, 7, 5]}
+    lines = category_table(categories, quality, curves).splitlines()
+    assert lines[0].split()[-2:] == ["right,", "inverted"]
+    assert [line.split() for line in lines[1:5]] == [
+        ["proof", "2", "+1.000", "0.92", "0.08"],
+        ["sum", "2", "+0.500", "0.58", "0.42"],
+        ["(none)", "1", "+0.250", "0.33", "0.67"],
+        ["poem", "2", "+0.000", "0.08", "0.92"],
+    ]
+    assert lines[5].endswith("right: rank correlation of category means with their lead +1.00")
+    assert lines[6].endswith("inverted: rank correlation of category means with their lead -1.00")

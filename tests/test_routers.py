@@ -366,6 +366,27 @@ def test_eval_score_as_ranks_one_pairs_outcomes_with_another_pairs_scores(
         main(["eval", "--router", "mf", "--leave-one-out", "--score-as", strong, weak])
 
 
+def test_eval_by_category_shows_each_categorys_lead_and_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "kinds.jsonl"
+    # the strong model leads on the long "proof" prompts only: prompt length ranks that category highest
+    kinds = [("proof", "Prove it, step by step, for every case. " * 4, 1.0), ("chat", "hi", 0.0), ("sum", "1+1?", 0.0)]
+    records = [
+        {"id": f"{kind}{n}", "prompt": f"{prompt} #{n}", "category": kind, "split": "dev", "scores": {"big": lead, "small": 0.0}}
+        for kind, prompt, lead in kinds
+        for n in range(4)
+    ]
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    argv = ["eval", "--router", "random", "--data", str(data), "--strong", "big", "--weak", "small"]
+    assert main([*argv, "--plot", str(tmp_path / "a.png"), "--by-category"]) == 0
+    report = capsys.readouterr().out.splitlines()
+    header = next(n for n, line in enumerate(report) if line.split()[:3] == ["category", "prompts", "lead"])
+    assert report[header + 1].split()[:4] == ["proof", "4", "+1.000", "0.86"]  # the 4 longest of 12: ranks 8-11 of 0-11
+    assert {line.split()[0] for line in report[header + 2 : header + 4]} == {"chat", "sum"}
+    assert "prompt length (baseline): rank correlation of category means with their lead" in report[header + 4]
+    with pytest.raises(SystemExit, match="--by-category applies to one pair"):
+        main(["eval", "--router", "mf", "--leave-one-out", "--by-category"])
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_calibrate_threshold_yields_the_requested_share(
     fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

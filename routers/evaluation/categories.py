@@ -1,0 +1,63 @@
+"""Where a router's ranking goes wrong: per record category, the strong model's lead and where
+each router ranks the category's prompts (``routegate eval --by-category``).
+
+APGR says how well a router ranks a file's prompts; this says which kinds of prompt it puts too
+high or too low. A router that ranks well puts the categories with the largest lead highest.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+
+from routers.evaluation.metrics import PairQuality, Scores
+
+NO_CATEGORY = "(none)"
+
+
+def ranks(values: Scores) -> np.ndarray:
+    """0-based ranks of ``values``, ties sharing their mean rank."""
+    _, inverse, counts = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + ends - 1) / 2.0)[inverse]
+
+
+def percentiles(scores: Scores) -> np.ndarray:
+    """Each prompt's rank among all of them, from 0 (lowest score) to 1 (highest); ties share the mean rank."""
+    if len(scores) < 2:
+        return np.full(len(scores), 0.5)
+    return ranks(scores) / (len(scores) - 1.0)
+
+
+def rank_correlation(a: Scores, b: Scores) -> float:
+    """Spearman's rank correlation of two equally long sequences; NaN when either is constant."""
+    first, second = ranks(a), ranks(b)
+    if first.std() == 0 or second.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(first, second)[0, 1])
+
+
+def category_table(categories: list[str | None], quality: PairQuality, curves: Mapping[str, Scores]) -> str:
+    """Rows of (category, prompts, strong lead, each curve's mean percentile), largest lead first,
+    then each curve's rank correlation between its category means and the categories' leads."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for position, category in enumerate(categories):
+        rows[NO_CATEGORY if category is None else str(category)].append(position)
+    lead = quality.strong - quality.weak
+    ranked = {name: percentiles(scores) for name, scores in curves.items()}
+    order = sorted(rows, key=lambda category: -float(lead[rows[category]].mean()))
+    width = max(len("category"), *(len(category) for category in order))
+    lines = [f"  {'category':<{width}} {'prompts':>7} {'lead':>7}  mean rank: " + ", ".join(curves)]
+    for category in order:
+        positions = rows[category]
+        ranks = "  ".join(f"{ranked[name][positions].mean():.2f}" for name in curves)
+        lines.append(f"  {category:<{width}} {len(positions):>7} {lead[positions].mean():>+7.3f}  {ranks}")
+    if len(order) >= 3:
+        leads = [float(lead[rows[category]].mean()) for category in order]
+        for name in curves:
+            means = [float(ranked[name][rows[category]].mean()) for category in order]
+            correlation = rank_correlation(leads, means)
+            lines.append(f"  {name}: rank correlation of category means with their lead {correlation:+.2f}")
+    return "\n".join(lines)
