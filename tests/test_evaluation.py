@@ -94,3 +94,16 @@ def test_category_table_orders_by_lead_and_shows_where_each_router_ranks_a_categ
     ]
     assert lines[5].endswith("right: rank correlation of category means with their lead +1.00")
     assert lines[6].endswith("inverted: rank correlation of category means with their lead -1.00")
+
+
+def test_category_table_keeps_categories_of_other_json_types_apart_on_one_line_each():
+    categories = [1, "1", "a\nb", None, {"k": 1}, 1]
+    quality = PairQuality.of(strong=[1, 0.8, 0.6, 0.4, 0.2, 1], weak=[0] * 6)
+    lines = category_table(categories, quality, {"length": [1, 2, 3, 4, 5, 6]}).splitlines()
+    assert [line.split()[:3] for line in lines[1:6]] == [
+        ["1", "2", "+1.000"],
+        ["1", "1", "+0.800"],
+        ["a\\nb", "1", "+0.600"],
+        ["(none)", "1", "+0.400"],
+        ['{"k":', "1}", "1"],
+    ]

@@ -383,8 +383,9 @@ def test_eval_by_category_shows_each_categorys_lead_and_rank(tmp_path: Path, cap
     assert report[header + 1].split()[:4] == ["proof", "4", "+1.000", "0.86"]  # the 4 longest of 12: ranks 8-11 of 0-11
     assert {line.split()[0] for line in report[header + 2 : header + 4]} == {"chat", "sum"}
     assert "prompt length (baseline): rank correlation of category means with their lead" in report[header + 4]
-    with pytest.raises(SystemExit, match="--by-category applies to one pair"):
-        main(["eval", "--router", "mf", "--leave-one-out", "--by-category"])
+    for other_mode in (["--leave-one-out"], ["--data", str(data), "--models", "big,small"]):
+        with pytest.raises(SystemExit, match="--by-category applies to one pair"):
+            main(["eval", "--router", "random", *other_mode, "--by-category"])
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])

@@ -7,6 +7,7 @@ high or too low. A router that ranks well puts the categories with the largest l
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -39,21 +40,34 @@ def rank_correlation(a: Scores, b: Scores) -> float:
     return float(np.corrcoef(first, second)[0, 1])
 
 
-def category_table(categories: list[str | None], quality: PairQuality, curves: Mapping[str, Scores]) -> str:
+def label(category: object) -> str:
+    """How a record's category is shown: a string as it is (control characters escaped), anything
+    else as JSON, ``(none)`` for a record without one."""
+    if category is None:
+        return NO_CATEGORY
+    text = json.dumps(category, ensure_ascii=False, sort_keys=True)
+    return text[1:-1] if isinstance(category, str) else text
+
+
+def category_table(categories: list[object], quality: PairQuality, curves: Mapping[str, Scores]) -> str:
     """Rows of (category, prompts, strong lead, each curve's mean percentile), largest lead first,
-    then each curve's rank correlation between its category means and the categories' leads."""
+    then, with three categories or more, each curve's rank correlation between its category means
+    and the categories' leads."""
     rows: dict[str, list[int]] = defaultdict(list)
+    labels: dict[str, str] = {}
     for position, category in enumerate(categories):
-        rows[NO_CATEGORY if category is None else str(category)].append(position)
+        key = json.dumps(category, sort_keys=True)  # 1 and "1" are two categories
+        labels[key] = label(category)
+        rows[key].append(position)
     lead = quality.strong - quality.weak
     ranked = {name: percentiles(scores) for name, scores in curves.items()}
     order = sorted(rows, key=lambda category: -float(lead[rows[category]].mean()))
-    width = max(len("category"), *(len(category) for category in order))
+    width = max(len("category"), *(len(labels[key]) for key in order))
     lines = [f"  {'category':<{width}} {'prompts':>7} {'lead':>7}  mean rank: " + ", ".join(curves)]
-    for category in order:
-        positions = rows[category]
+    for key in order:
+        positions = rows[key]
         ranks = "  ".join(f"{ranked[name][positions].mean():.2f}" for name in curves)
-        lines.append(f"  {category:<{width}} {len(positions):>7} {lead[positions].mean():>+7.3f}  {ranks}")
+        lines.append(f"  {labels[key]:<{width}} {len(positions):>7} {lead[positions].mean():>+7.3f}  {ranks}")
     if len(order) >= 3:
         leads = [float(lead[rows[category]].mean()) for category in order]
         for name in curves:
