@@ -33,12 +33,13 @@ JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model,
     FROM routegate_decisions d
     LEFT JOIN routegate_judgements j ON j.request_id = d.request_id
     LEFT JOIN routegate_feedback f ON f.request_id = d.request_id
-    WHERE d.created_at >= ? AND (j.request_id IS NOT NULL OR f.request_id IS NOT NULL)
+    WHERE d.created_at >= ? AND d.created_at < ? AND (j.request_id IS NOT NULL OR f.request_id IS NOT NULL)
     ORDER BY d.created_at"""
 
 
-def parse_since(value: str, now: float | None = None) -> float:
-    """Epoch seconds of ``--since``: a duration back from now (``30m``, ``24h``, ``7d``) or an ISO date/time (UTC)."""
+def parse_moment(value: str, now: float | None = None) -> float:
+    """Epoch seconds of ``--since`` / ``--until``: a duration back from now (``30m``, ``24h``, ``7d``)
+    or an ISO date/time (UTC)."""
     now = time.time() if now is None else now
     match = _DURATION.match(value.strip())
     if match:
@@ -46,7 +47,7 @@ def parse_since(value: str, now: float | None = None) -> float:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--since: '{value}' is neither a duration (30m, 24h, 7d) nor an ISO date") from None
+        raise argparse.ArgumentTypeError(f"'{value}' is neither a duration (30m, 24h, 7d) nor an ISO date") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return _in_range(moment.timestamp())
@@ -68,13 +69,13 @@ def split_of(prompt: str) -> str:
 FETCH_ROWS = 1000
 
 
-def _rows(database: Database, since: float) -> Iterator[tuple]:
+def _rows(database: Database, since: float, until: float) -> Iterator[tuple]:
     connection = database.connect(create_schema=False)  # reading needs no more than SELECT
     try:
         # PostgreSQL: a server-side cursor, else psycopg holds the whole result in memory at execute
         cursor = connection.cursor(name="routegate_read") if database.postgres else connection.cursor()
         try:
-            cursor.execute(database.sql(JOINED), (since,))
+            cursor.execute(database.sql(JOINED), (since, until))
             while rows := cursor.fetchmany(FETCH_ROWS):
                 yield from rows
         finally:
@@ -180,11 +181,11 @@ def _database(args: argparse.Namespace) -> Database:
     return database
 
 
-def _read_rows(database: Database, since: float) -> Iterator[tuple]:
-    """Every stored request since ``since``, as they are read (none from a store no gateway has
+def _read_rows(database: Database, since: float, until: float) -> Iterator[tuple]:
+    """Every request stored from ``since`` to before ``until``, as they are read (none from a store no gateway has
     opened); a one-line exit when the database cannot be read, at the start or part way."""
     try:
-        yield from _rows(database, since)
+        yield from _rows(database, since, until)
     except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
         if database.has_no_tables(error):
             print(f"{database.describe()} has no requests yet: no gateway has written to it", file=sys.stderr)
@@ -192,12 +193,29 @@ def _read_rows(database: Database, since: float) -> Iterator[tuple]:
         raise SystemExit(f"routegate: cannot read {database.describe()}: {database.error_text(error)}") from None
 
 
+def _check_window(args: argparse.Namespace) -> None:
+    """SystemExit when ``--until`` is not after ``--since``: such a window holds no request."""
+    if args.until is not None and args.until <= args.since:
+        raise SystemExit(f"routegate: --until ({_iso(args.until)}) must be after --since ({_iso(args.since)})")
+
+
+def _window_end(args: argparse.Namespace) -> float:
+    """``--until``, or past every printable date without it."""
+    return _LAST_SECOND + 1.0 if args.until is None else args.until
+
+
+def _iso(moment: float) -> str:
+    """Epoch seconds as an ISO date and time in UTC, to the second."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+
+
 def _export(args: argparse.Namespace) -> int:
+    _check_window(args)
     database = _database(args)
     if database.path is not None and _is_store_file(args.out, database.path):
         raise SystemExit(f"routegate: --out {args.out} is the feedback store being read; name another file")
     check_writable(args.out, replaced=True)
-    rows = _read_rows(database, args.since)
+    rows = _read_rows(database, args.since, _window_end(args))
     names = RouterNames(args.checkpoint_dir)
     written = without_text = 0
     with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is
@@ -267,10 +285,11 @@ def _fmt(value: float | None) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    _check_window(args)
     database = _database(args)
-    rows = _read_rows(database, args.since)
-    since = datetime.fromtimestamp(args.since, UTC).isoformat(timespec="seconds")
-    print(f"{database.describe()}, since {since}:")
+    rows = _read_rows(database, args.since, _window_end(args))
+    until = "" if args.until is None else f" until {_iso(args.until)}"
+    print(f"{database.describe()}, since {_iso(args.since)}{until}:")
     print("\n".join(stats_lines(rows)))
     return 0
 
@@ -288,9 +307,14 @@ def add_feedback_commands(commands: argparse._SubParsersAction) -> None:
         action.add_argument("--config", help="YAML settings file to read ROUTEGATE_FEEDBACK_DB from")
         action.add_argument(
             "--since",
-            type=parse_since,
-            default=parse_since("30d"),
+            type=parse_moment,
+            default=parse_moment("30d"),
             help="window start: a duration back from now (30m, 24h, 7d) or an ISO date (default 30d)",
+        )
+        action.add_argument(
+            "--until",
+            type=parse_moment,
+            help="window end (requests before it): a duration back from now or an ISO date (default: no end)",
         )
         if name == "export":
             action.add_argument(

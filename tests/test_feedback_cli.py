@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,26 @@ async def test_stats_prints_the_quality_figures_of_the_window(database: Database
     assert "since 9999-12-31T23:59:59+00:00:" in routegate(
         "feedback", "stats", "--db", database.url, "--since", "9999-12-31T23:59:59-01:00"
     )
+
+
+async def test_until_ends_the_window_of_stats_and_export(database: Database, tmp_path: Path) -> None:  # noqa: F811
+    await fill(database)
+    window = ("--since", "4d", "--until", "2d")  # only "too old", stored 3 days ago
+    printed = routegate("feedback", "stats", "--db", database.url, *window).splitlines()
+    until = datetime.fromisoformat(printed[0].rsplit(" until ", 1)[1].removesuffix(":")).timestamp()
+    assert NOW - 2 * 86400 <= until < NOW - 2 * 86400 + 120  # two days before the command ran
+    assert printed[2].split()[:3] == ["mf", "1", "0"]
+    out = tmp_path / "old.jsonl"
+    assert "1 records" in routegate("feedback", "export", "--db", database.url, "--out", str(out), *window)
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == ["too old"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "server.cli", "feedback", "stats", "--db", database.url, "--since", "2d", "--until", "3d"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1 and "--until (" in refused.stderr and "must be after --since" in refused.stderr
 
 
 async def test_export_refuses_to_write_over_the_store_it_reads(tmp_path: Path) -> None:
