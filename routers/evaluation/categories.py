@@ -57,21 +57,21 @@ def category_table(categories: list[object], quality: PairQuality, curves: Mappi
     labels: dict[str, str] = {}
     for position, category in enumerate(categories):
         key = json.dumps(category, sort_keys=True)  # 1 and "1" are two categories
-        labels[key] = label(category)
+        if key not in rows:
+            labels[key] = label(category)
         rows[key].append(position)
     lead = quality.strong - quality.weak
+    leads = {key: float(lead[positions].mean()) for key, positions in rows.items()}
+    order = sorted(rows, key=lambda key: -leads[key])
     ranked = {name: percentiles(scores) for name, scores in curves.items()}
-    order = sorted(rows, key=lambda category: -float(lead[rows[category]].mean()))
+    mean_ranks = {name: [float(ranked[name][rows[key]].mean()) for key in order] for name in curves}
     width = max(len("category"), *(len(labels[key]) for key in order))
     lines = [f"  {'category':<{width}} {'prompts':>7} {'lead':>7}  mean rank: " + ", ".join(curves)]
-    for key in order:
-        positions = rows[key]
-        ranks = "  ".join(f"{ranked[name][positions].mean():.2f}" for name in curves)
-        lines.append(f"  {labels[key]:<{width}} {len(positions):>7} {lead[positions].mean():>+7.3f}  {ranks}")
+    for row, key in enumerate(order):
+        ranks_shown = "  ".join(f"{means[row]:.2f}" for means in mean_ranks.values())
+        lines.append(f"  {labels[key]:<{width}} {len(rows[key]):>7} {leads[key]:>+7.3f}  {ranks_shown}")
     if len(order) >= 3:
-        leads = [float(lead[rows[category]].mean()) for category in order]
-        for name in curves:
-            means = [float(ranked[name][rows[category]].mean()) for category in order]
-            correlation = rank_correlation(leads, means)
+        for name, means in mean_ranks.items():
+            correlation = rank_correlation([leads[key] for key in order], means)
             lines.append(f"  {name}: rank correlation of category means with their lead {correlation:+.2f}")
     return "\n".join(lines)
