@@ -77,7 +77,12 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also print, per record category, the strong model's lead and where each router ranks its prompts",
     )
-    evaluate.add_argument("--split", default="dev", help="records of this split ('all' for every record; default dev)")
+    evaluate.add_argument(
+        "--split",
+        default="dev",
+        help="records of this split ('all' for every record; default dev); with --leave-one-out, the held-out family's "
+        "records (none of either split is trained on in its fold)",
+    )
     evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
     evaluate.add_argument("--batch-size", type=positive_int, help="prompts scored at once (default 64; 256 with --leave-one-out)")
     evaluate.add_argument(
@@ -96,7 +101,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--table", type=Path, help="also write the Markdown table here (--leave-one-out)")
     evaluate.add_argument(
-        "--max-prompts", type=positive_int, help="a seeded sample of at most this many dev prompts per pair (--leave-one-out)"
+        "--max-prompts", type=positive_int, help="a seeded sample of at most this many prompts per pair (--leave-one-out)"
     )
     evaluate.add_argument("--models", help="route among these models of --data (comma-separated, or 'all'): quality/cost curves")
     evaluate.add_argument("--prices", help="MODEL=IN/OUT,... USD per 1M tokens (--models; default: routers/evaluation/prices.py)")
@@ -364,8 +369,15 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
             f"routegate eval: {retrained} cannot be retrained per fold; trainable: {trainable_routers()} "
             "(shipped:NAME scores a shipped checkpoint as it is)"
         )
-    installed = installed_routers(args.checkpoint_dir)
     shipped = [name.removeprefix("shipped:") for name in args.router if name.startswith("shipped:")]
+    if args.split not in ("dev", "train", "all"):
+        raise SystemExit(f"routegate eval: --leave-one-out --split is dev, train or all, not {args.split!r}")
+    if shipped and args.split != "dev":
+        raise SystemExit(
+            f"routegate eval: --split {args.split} scores records that shipped checkpoints were trained on: "
+            "shipped:NAME is measured on dev records only"
+        )
+    installed = installed_routers(args.checkpoint_dir)
     missing = sorted(name for name in shipped if name not in installed)
     if missing:
         raise SystemExit(f"routegate eval: no checkpoint in {args.checkpoint_dir} for {missing}; installed: {installed}")
@@ -382,6 +394,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
         parse_train_options(args.train_options),
         args.checkpoint_dir,
         args.max_prompts,
+        args.split,
     )
     text = table.format()
     print(text)

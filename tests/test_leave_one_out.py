@@ -120,12 +120,14 @@ def test_fold_files_hold_only_the_kept_training_records(data_dir: Path, tmp_path
     assert all(record["category"] == "anatomy" for record in written["routellm-mmlu"])
 
 
-def test_eval_records_are_dev_records_scored_for_the_pair(data_dir: Path) -> None:
+@pytest.mark.parametrize("split", ["dev", "train", "all"])
+def test_eval_records_are_the_splits_records_scored_for_the_pair(data_dir: Path, split: str) -> None:
     pair = EVAL_PAIRS["chat"][0]
     records = [json.loads(line) for line in gzip.open(data_dir / f"{pair.file}.jsonl.gz", "rt")]
-    selected = eval_records(records, pair)
-    assert selected and all(r["split"] == "dev" and pair.strong in r["scores"] for r in selected)
-    assert len(selected) == sum(r["split"] == "dev" for r in records)
+    records.append({"id": "other-pair", "prompt": "p", "split": "dev", "scores": {pair.strong: 1.0, "someone": 0.0}})
+    selected = eval_records(records, pair, split) if split != "dev" else eval_records(records, pair)
+    assert selected and all(pair.strong in r["scores"] and pair.weak in r["scores"] for r in selected)
+    assert [r["id"] for r in selected] == [r["id"] for r in records[:-1] if split in ("all", r["split"])]
 
 
 @pytest.mark.parametrize(
@@ -220,6 +222,22 @@ def test_eval_leave_one_out_trains_scores_and_writes_table_and_plot(data_dir: Pa
     assert manifest["command"].endswith(f"--out {out} --epochs 1 --hidden 8 --dim 4")
 
 
+def test_eval_leave_one_out_on_every_held_out_record(data_dir: Path, tmp_path: Path) -> None:
+    """``--split all``: the held-out family's train records are scored too (its fold trains on neither split)."""
+    table = tmp_path / "loo.md"
+    command = ["eval", "--leave-one-out", "--router", "mf", "--data-dir", str(data_dir), "--families", "mixed"]
+    options = ["--train-options", "mf=--epochs 1 --hidden 8 --dim 4", "--device", "cpu", "--plot", str(tmp_path / "loo.png")]
+    assert main([*command, "--work-dir", str(tmp_path / "work"), "--split", "all", "--table", str(table), *options]) == 0
+    rows = table.read_text().splitlines()
+    assert rows[6] == "| family | file | strong | weak | prompts | random | prompt length | mf |"
+    pair = EVAL_PAIRS["mixed"][0]
+    assert rows[8].startswith(f"| mixed | llmrouter | {pair.strong} | {pair.weak} | 12 | ")  # 4 dev, 8 train records
+    fold_prompts = {
+        json.loads(line)["prompt"] for path in (tmp_path / "work" / "mixed" / "data").iterdir() for line in gzip.open(path, "rt")
+    }
+    assert not any("llmrouter" in prompt for prompt in fold_prompts)
+
+
 def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
     clear, tied = EvalPair("llmrouter", "big", "small"), EvalPair("llmrouter", "big", "medium")
     table = LeaveOneOutTable(pairs={"mixed": [clear, tied]})
@@ -237,17 +255,19 @@ def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("routers", "said"),
+    ("routers", "extra", "said"),
     [
-        (["random"], "['random'] cannot be retrained per fold"),
-        (["shipped:mf"], "no checkpoint in"),
+        (["random"], [], "['random'] cannot be retrained per fold"),
+        (["shipped:mf"], [], "no checkpoint in"),
+        (["mf", "shipped:mf"], ["--split", "all"], "shipped:NAME is measured on dev records only"),
+        (["mf"], ["--split", "test"], "--split is dev, train or all, not 'test'"),
     ],
 )
 def test_routers_that_cannot_run_are_refused_before_any_fold(
-    routers: list[str], said: str, data_dir: Path, tmp_path: Path
+    routers: list[str], extra: list[str], said: str, data_dir: Path, tmp_path: Path
 ) -> None:
     work = tmp_path / "work"
-    command = ["eval", "--leave-one-out", "--router", *routers, "--data-dir", str(data_dir), "--work-dir", str(work)]
+    command = ["eval", "--leave-one-out", "--router", *routers, *extra, "--data-dir", str(data_dir), "--work-dir", str(work)]
     with pytest.raises(SystemExit, match=re.escape(said)):
         main([*command, "--checkpoint-dir", str(tmp_path / "no-checkpoints")])
     assert not work.exists()  # refused before writing a fold

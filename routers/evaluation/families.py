@@ -101,6 +101,8 @@ def training_records(data_dir: Path, held_out: str | None) -> dict[str, list[Rec
     return kept
 
 
-def eval_records(records: Iterable[Record], pair: EvalPair) -> list[Record]:
-    """``dev`` records scored for both models of ``pair``."""
-    return [r for r in records if r.get("split") == "dev" and pair.strong in r["scores"] and pair.weak in r["scores"]]
+def eval_records(records: Iterable[Record], pair: EvalPair, split: str = "dev") -> list[Record]:
+    """Records of ``split`` (``all``: every record) scored for both models of ``pair``. A held-out
+    family's ``train`` records are as unseen by its fold as its ``dev`` records: no fold trains on
+    any record of the family it holds out."""
+    return [r for r in records if split in ("all", r.get("split")) and pair.strong in r["scores"] and pair.weak in r["scores"]]

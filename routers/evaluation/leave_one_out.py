@@ -1,5 +1,6 @@
 """``routegate eval --leave-one-out``: train on every domain family but one, measure APGR on the
-held-out family's dev records, for every family; beside the prompt-length and random baselines.
+held-out family's dev records (or those of another split), for every family; beside the
+prompt-length and random baselines.
 
 For a router with a trainer, each fold's training records are written as record files into a
 work folder (one per source file, ``train`` split only, minus every prompt that occurs in the
@@ -34,7 +35,8 @@ class LeaveOneOutTable:
 
     pairs: dict[str, list[EvalPair]] = field(default_factory=dict)
     apgr: dict[tuple[str, str, EvalPair], float] = field(default_factory=dict)
-    quality: dict[tuple[str, EvalPair], PairQuality] = field(default_factory=dict)  # of the sampled dev prompts
+    quality: dict[tuple[str, EvalPair], PairQuality] = field(default_factory=dict)  # of the sampled prompts
+    split: str = "dev"  # the held-out records' split ("all": every record)
 
     def counted(self, family: str, pair: EvalPair) -> bool:
         return self.quality[(family, pair)].separable
@@ -55,7 +57,8 @@ class LeaveOneOutTable:
             known = [m for m in means if not np.isnan(m)]
             overall = float(np.mean(known)) if known else float("nan")
             lines.append(f"| {router} | " + " | ".join(map(_cell, means)) + f" | {_cell(overall)} |")
-        lines += ["", "| family | file | strong | weak | dev prompts | " + " | ".join(self.routers()) + " |"]
+        heading = "prompts" if self.split == "all" else f"{self.split} prompts"
+        lines += ["", f"| family | file | strong | weak | {heading} | " + " | ".join(self.routers()) + " |"]
         lines.append("|---|---|---|---|---:|" + "---:|" * len(self.routers()))
         for family in families:
             for pair in self.pairs[family]:
@@ -117,18 +120,19 @@ def run_leave_one_out(
     train_options: dict[str, list[str]],
     checkpoint_dir: Path,
     max_prompts: int | None = None,
+    split: str = "dev",
 ) -> LeaveOneOutTable:
-    """Train and score every router on every held-out family."""
+    """Train and score every router on every held-out family, on its records of ``split``."""
     from routers.commands import score_all
     from routers.registry import RouterOptions, load_router_for_pair
 
-    table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families})
+    table = LeaveOneOutTable(pairs={family: list(EVAL_PAIRS[family]) for family in families}, split=split)
     for family in families:
         records: dict[str, list[Record]] = {stem: list(iter_records(data_path(data_dir, stem))) for stem in FAMILIES[family]}
         paths = write_fold(data_dir, family, work / family / "data") if any(not r.startswith("shipped:") for r in routers) else []
         cases: dict[EvalPair, tuple[list[str], PairQuality]] = {}
         for pair in table.pairs[family]:
-            selected = sample_records(eval_records(records[pair.file], pair), max_prompts)
+            selected = sample_records(eval_records(records[pair.file], pair, split), max_prompts)
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
             cases[pair] = (prompts, quality)

@@ -55,7 +55,8 @@ def plot_leave_one_out(table: LeaveOneOutTable, path: Path) -> None:
     axes.set_xticks(np.arange(len(families)), families)
     axes.set_ylabel("held-out APGR (mean over the family's pairs)")
     axes.set_ylim(0.3, 0.85)
-    axes.set_title("leave one family out: train on the others, evaluate on this family's dev records", fontsize=9)
+    records = "records" if table.split == "all" else f"{table.split} records"
+    axes.set_title(f"leave one family out: train on the others, evaluate on this family's {records}", fontsize=9)
     axes.legend(fontsize=8, ncol=3)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
