@@ -10,6 +10,7 @@ import asyncio
 import functools
 import os
 from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +22,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from server import metric_files
 
 disable_created_metrics()
 
@@ -318,10 +321,12 @@ def render_metrics() -> tuple[bytes, str]:
         EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
     except RuntimeError:  # no running loop: nothing to sample
         pass
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        with metric_files.reading(Path(directory)):  # no ended worker's files folded away meanwhile
+            return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 
 

@@ -15,6 +15,7 @@ its workers are made from the module's ``Process`` class, which is replaced here
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -28,8 +29,10 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from uvicorn.supervisors import multiprocess
 
 from server.log_setup import configure_logging
+from server.metric_files import fold_retired
 from server.shutdown import DrainingServer
 
+log = logging.getLogger("routegate")
 KILL_MARGIN_SECONDS = 5.0  # past its grace period, a worker that has not ended is killed
 
 
@@ -100,13 +103,18 @@ class DrainingWorker(multiprocess.Process):
     def join(self) -> None:
         """Wait for the process to end (the supervisor joins every worker it retires or loses);
         then its ``live*`` gauges (requests in flight, queued, sticky conversations ...) leave the
-        sums the other workers report."""
+        sums the other workers report, and its other metric files are folded into the archive."""
         super().join()
         with contextlib.suppress(ValueError):
             DrainingWorker.running.remove(self)
-        if self.pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self.pid is not None and directory:
             with contextlib.suppress(FileNotFoundError):  # listed, then removed by another process first
                 prometheus_multiprocess.mark_process_dead(self.pid)
+            try:
+                fold_retired(Path(directory), self.pid)
+            except OSError as error:  # its files stay and are still counted: only the folding is lost
+                log.warning("could not fold the metric files of ended worker %d: %s", self.pid, error)
 
 
 class DrainingSupervisor(multiprocess.Multiprocess):

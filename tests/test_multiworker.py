@@ -124,6 +124,40 @@ def test_a_retired_workers_gauges_leave_the_sums(strong: FakeUpstream, weak: Fak
     assert metric_sum(metrics, "routegate_sticky_conversations") == 0
 
 
+def _pids_with_files(metrics_dir: Path) -> set[str]:
+    return {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("*.db")} - {"archive"}
+
+
+def test_restarts_keep_the_totals_and_leave_no_files_of_ended_workers(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """Each SIGHUP replaces both workers; the counts of the ended ones stay in the totals, folded
+    into one archive file per kind, so the files a scrape reads do not grow with every restart."""
+    metrics_dir = tmp_path / "metrics"
+    env = {**proxy_env(strong, weak), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    sent, ended = 0, set()
+    with running_proxy(env, tmp_path, "--workers", "2") as proxy:
+        for restart in (1, 2):
+            _send(proxy.api, 10)
+            sent += 10
+            ended |= _pids_with_files(metrics_dir)
+            proxy.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while proxy.log().count("Finished server process") < 2 * restart and time.monotonic() < deadline:
+                time.sleep(0.2)
+            while ended & _pids_with_files(metrics_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)  # folded once the supervisor has joined the ended worker
+            assert not ended & _pids_with_files(metrics_dir), (ended, sorted(p.name for p in metrics_dir.iterdir()))
+        _send(proxy.api, 10)
+        sent += 10
+        totals = _scraped_totals(proxy.url, 6)
+        text = proxy.metrics()
+    assert len(ended) >= 4  # two workers per run before each restart
+    assert totals == [(sent, pytest.approx(sent * STRONG_COST))] * 6
+    assert metric_sum(text, "routegate_upstream_duration_seconds_count", tier="strong") == sent
+    assert {"counter_archive.db", "histogram_archive.db"} <= {path.name for path in metrics_dir.glob("*_archive.db")}
+
+
 def test_a_retired_worker_holding_requests_adds_nothing_to_the_budget_left(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
