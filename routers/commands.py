@@ -109,6 +109,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         "--output-tokens", type=positive_int, help="output tokens per call for costs (--models; default: recorded ones, else 256)"
     )
     evaluate.add_argument("--knn", type=positive_int, help="neighbours of the kNN baseline (--models; default 20)")
+    _max_chars_option(evaluate)
     evaluate.set_defaults(run=_eval)
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
@@ -310,8 +311,9 @@ def _eval(args: argparse.Namespace) -> int:
         print("  random baseline: APGR 0.5000, CPT(50%) 0.5000, CPT(80%) 0.8000")
     curves: dict[str, list[float]] = {"prompt length (baseline)": [float(len(p)) for p in prompts]}
     routers = {name: _load(name, args, args.score_as) for name in args.router}  # all found before any is scored
+    routed = [prompt[: args.max_chars] for prompt in prompts]  # what the gateway gives its router
     for name, router in routers.items():
-        curves[name] = score_all(router, prompts, args.batch_size or 64, f"eval {name}")
+        curves[name] = score_all(router, routed, args.batch_size or 64, f"eval {name}")
     print(f"  {'router':<26} {'APGR':>7} {'CPT(50%)':>9} {'CPT(80%)':>9}")
     for name, scores in curves.items():
         print(f"  {name:<26} {apgr(scores, quality):7.4f} {cpt(scores, quality, 0.5):9.4f} {cpt(scores, quality, 0.8):9.4f}")
@@ -395,6 +397,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
         args.checkpoint_dir,
         args.max_prompts,
         args.split,
+        args.max_chars,
     )
     text = table.format()
     print(text)

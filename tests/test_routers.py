@@ -388,6 +388,36 @@ def test_eval_by_category_shows_each_categorys_lead_and_rank(tmp_path: Path, cap
             main(["eval", "--router", "random", *other_mode, "--by-category"])
 
 
+def test_eval_gives_its_routers_what_the_gateway_gives_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The routers ``eval`` measures read the first ROUTEGATE_MAX_ROUTER_CHARS characters of a
+    prompt, as the gateway's do: a long prompt and its first 4,000 characters score alike."""
+    strong, weak = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    long = "Explain each step of the proof. " + "1234 + 5678 = ? " * 400
+    kinds = [("long", long, 1.0), ("cut", long[:4000], 0.0), ("short", "Write a haiku about autumn.", 0.0)]
+    data = tmp_path / "long.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": kind, "prompt": prompt, "category": kind, "split": "dev", "scores": {strong: lead, weak: 0.0}})
+            + "\n"
+            for kind, prompt, lead in kinds
+        )
+    )
+
+    def mean_ranks(*extra: str) -> dict[str, str]:
+        """Each category's mean rank under ``mf`` (one prompt each: its rank)."""
+        argv = ["eval", "--router", "mf", "--data", str(data), "--strong", strong, "--weak", weak, "--by-category"]
+        # one prompt per batch: two equal texts padded alike score exactly alike
+        assert main([*argv, "--batch-size", "1", "--plot", str(tmp_path / "long.png"), *extra]) == 0
+        report = capsys.readouterr().out.splitlines()
+        header = next(n for n, line in enumerate(report) if line.split()[:3] == ["category", "prompts", "lead"])
+        return {line.split()[0]: line.split()[4] for line in report[header + 1 : header + 4]}
+
+    cut = mean_ranks()
+    assert cut["long"] == cut["cut"] == "0.75"  # tied: both the mean of ranks 1 and 2 of 0-2
+    whole = mean_ranks("--max-chars", str(len(long)))
+    assert whole["long"] != whole["cut"]
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_calibrate_threshold_yields_the_requested_share(
     fraction: float, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

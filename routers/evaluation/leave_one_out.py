@@ -121,8 +121,10 @@ def run_leave_one_out(
     checkpoint_dir: Path,
     max_prompts: int | None = None,
     split: str = "dev",
+    max_chars: int | None = None,
 ) -> LeaveOneOutTable:
-    """Train and score every router on every held-out family, on its records of ``split``."""
+    """Train and score every router on every held-out family, on its records of ``split``; a
+    router reads the first ``max_chars`` characters of each prompt (all with None)."""
     from routers.commands import score_all
     from routers.registry import RouterOptions, load_router_for_pair
 
@@ -135,7 +137,7 @@ def run_leave_one_out(
             selected = sample_records(eval_records(records[pair.file], pair, split), max_prompts)
             quality = PairQuality.of([r["scores"][pair.strong] for r in selected], [r["scores"][pair.weak] for r in selected])
             prompts = [r["prompt"] for r in selected]
-            cases[pair] = (prompts, quality)
+            cases[pair] = ([prompt[:max_chars] for prompt in prompts], quality)
             table.quality[(family, pair)] = quality
             table.apgr[(RANDOM, family, pair)] = 0.5
             table.apgr[(LENGTH, family, pair)] = apgr([float(len(p)) for p in prompts], quality)

@@ -195,8 +195,9 @@ def check_routers(names: list[str]) -> None:
         )
 
 
-def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str) -> np.ndarray:
-    """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts, models)."""
+def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str, max_chars: int | None = None) -> np.ndarray:
+    """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts,
+    models); it reads the first ``max_chars`` characters of each prompt (all with None)."""
     from routers.registry import RouterOptions, load_router_or_exit, router_models_or_exit
 
     known = router_models_or_exit(name, checkpoint_dir) or list(data.models)  # random knows every name
@@ -209,7 +210,7 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
     logits = []
     with tqdm(total=len(data.prompts), desc=f"{name} on {data.name}", unit="prompt") as progress:
         for start in range(0, len(data.prompts), SCORE_BATCH):
-            batch = data.prompts[start : start + SCORE_BATCH]
+            batch = [prompt[:max_chars] for prompt in data.prompts[start : start + SCORE_BATCH]]
             batch_logits = router.model_logits(batch, names)
             assert batch_logits is not None  # a multi-model router
             logits.append(np.asarray(batch_logits))
@@ -373,7 +374,9 @@ def run(args: argparse.Namespace) -> int:
     path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")
     check_writable(path)  # before the scoring, as a given --plot is
     curves = [
-        routing_curve(name, router_predictions(name, data, Path(args.checkpoint_dir), args.device), data, logits=True)
+        routing_curve(
+            name, router_predictions(name, data, Path(args.checkpoint_dir), args.device, args.max_chars), data, logits=True
+        )
         for name in args.router
     ]
     if data.train_prompts:
