@@ -173,6 +173,8 @@ class Recorder:
         if self.budget is not None:
             self.budget.count_request()
         labels = (decision.router, f"{decision.target:g}")
+        for tier in self.ladder.names:  # every tier's series from the route's first answer: their first counts show in increase()
+            metrics.TARGET_DECISIONS.labels(*labels, tier)
         metrics.TARGET_DECISIONS.labels(*labels, decision.chosen).inc()
         metrics.TARGET_SHARE.labels(*labels).set(decision.target)
         metrics.TARGET_EFFECTIVE_SHARE.labels(*labels).set(effective)

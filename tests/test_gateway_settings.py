@@ -75,6 +75,8 @@ def test_metrics_after_a_known_sequence(strong: FakeUpstream, weak: FakeUpstream
     assert value(metrics, "routegate_upstream_ttfb_seconds_count", tier="weak", model=WEAK_MODEL) == weak_answers
     assert value(metrics, "routegate_router_threshold", router="random") == 1.0  # the threshold routes', not the target route's
     assert value(metrics, "routegate_target_decisions_total", router="random", target="0.5", tier=targeted_tier) == 1
+    other_tier = {"strong": "weak", "weak": "strong"}[targeted_tier]  # at 0 from the route's first answer, for increase()
+    assert value(metrics, "routegate_target_decisions_total", router="random", target="0.5", tier=other_tier) == 0
     threshold_decisions = "routegate_threshold_decisions_total"  # the 15 threshold-route answers, not the target route's
     assert value(metrics, threshold_decisions, router="random", threshold="0", tier="strong") == 10
     assert value(metrics, threshold_decisions, router="random", threshold="1", tier="weak") == 5
