@@ -112,8 +112,9 @@ class DrainingWorker(multiprocess.Process):
             with contextlib.suppress(FileNotFoundError):  # listed, then removed by another process first
                 prometheus_multiprocess.mark_process_dead(self.pid)
             try:
-                fold_retired(Path(directory), self.pid)
-            except OSError as error:  # its files stay and are still counted: only the folding is lost
+                if not fold_retired(Path(directory), self.pid):
+                    log.warning("metric files of ended worker %d left unfolded: scrapes held them too long", self.pid)
+            except Exception as error:  # a file it left half-written, a full disk: housekeeping must not stop the supervisor
                 log.warning("could not fold the metric files of ended worker %d: %s", self.pid, error)
 
 

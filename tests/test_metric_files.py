@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from server.metric_files import fold_retired
+from server.metric_files import fold_retired, reading
 
 #: a process's metrics, one of each kind the gateway uses; the process's number scales its values
 WORKER = textwrap.dedent(
@@ -76,3 +78,49 @@ def test_a_fold_adds_to_the_archive_of_earlier_folds(tmp_path: Path) -> None:
     assert scraped['requests_total{tier="strong"}'] == 5
     assert scraped['latency_seconds_bucket{le="0.1"}'] == 1 and scraped['latency_seconds_bucket{le="1.0"}'] == 2
     assert scraped["share"] == pytest.approx(0.4) and scraped["threshold"] == 4
+
+
+def test_a_scrape_during_folds_counts_every_worker_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/metrics`` collects under the lock that folds take: scraped while twenty workers' files are
+    folded one after another, every scrape reads the same total."""
+    from server.metrics import render_metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    pids = [_run_worker(tmp_path, 1) for _ in range(20)]
+
+    def total() -> float:
+        lines = render_metrics()[0].decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("requests_total{"))
+
+    assert total() == 20 * 11
+    totals: list[float] = []
+    folding = threading.Event()
+    folding.set()
+
+    def scrape() -> None:
+        while folding.is_set():
+            totals.append(total())
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for pid in pids:
+            fold_retired(tmp_path, pid)
+            time.sleep(0.005)
+    finally:
+        folding.clear()
+        scraper.join()
+    assert len(totals) > 20 and set(totals) == {20 * 11}
+
+
+def test_a_fold_that_cannot_have_the_lock_leaves_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pid = _run_worker(tmp_path, 2)
+    before = _scrape(tmp_path)
+    monkeypatch.setattr("server.metric_files.LOCK_TIMEOUT_SECONDS", 0.1)
+    with reading(tmp_path):  # a scrape that does not finish
+        assert fold_retired(tmp_path, pid) is False
+    assert (tmp_path / f"counter_{pid}.db").exists() and not list(tmp_path.glob("*archive*"))
+    assert not list(tmp_path.glob(".*"))  # no staged file left behind
+    assert _scrape(tmp_path) == before
+    assert fold_retired(tmp_path, pid) is True
+    assert _scrape(tmp_path) == pytest.approx(before)
