@@ -87,7 +87,9 @@ def reading(directory: Path) -> Iterator[None]:
 
 def fold_retired(directory: Path, pid: int) -> bool:
     """Fold the files of the ended worker ``pid`` into the archive files and remove them; False
-    when a kind's file was left as it is because scrapes held the lock too long."""
+    when a kind's file was left as it is because scrapes held the lock past ``LOCK_TIMEOUT_SECONDS``
+    (one deadline for the whole fold, so the supervisor waits that long at most)."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
     folded = True
     for path in sorted(directory.glob(f"*_{pid}.db")):
         kind = path.name.removesuffix(f"_{pid}.db")
@@ -109,7 +111,7 @@ def fold_retired(directory: Path, pid: int) -> bool:
         finally:
             written.close()
         with open(directory / LOCK_FILE, "a") as lock:
-            if not _try_exclusive(lock, time.monotonic() + LOCK_TIMEOUT_SECONDS):
+            if not _try_exclusive(lock, deadline):
                 staged.unlink()
                 folded = False
                 continue
