@@ -238,6 +238,23 @@ def test_eval_leave_one_out_on_every_held_out_record(data_dir: Path, tmp_path: P
     assert not any("llmrouter" in prompt for prompt in fold_prompts)
 
 
+def test_eval_leave_one_out_gives_its_routers_what_the_gateway_gives_them(data_dir: Path, tmp_path: Path) -> None:
+    """``--max-chars`` cuts the held-out prompts the routers score, not those prompt length reads:
+    cut to ``mixed llmrouter`` every prompt scores alike, a tie whose APGR is exactly 0.5."""
+    command = ["eval", "--leave-one-out", "--router", "mf", "--data-dir", str(data_dir), "--families", "mixed"]
+    options = ["--train-options", "mf=--epochs 1 --hidden 8 --dim 4", "--device", "cpu", "--plot", str(tmp_path / "loo.png")]
+
+    def mixed_row(*extra: str) -> dict[str, str]:
+        table = tmp_path / "loo.md"
+        assert main([*command, "--work-dir", str(tmp_path / "work"), "--table", str(table), *options, *extra]) == 0
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.read_text().splitlines()[2:5]]
+        return {row[0]: row[1] for row in rows}
+
+    whole, cut = mixed_row(), mixed_row("--max-chars", str(len("mixed llmrouter")))
+    assert cut["mf"] == "0.500" != whole["mf"]
+    assert cut["prompt length"] == whole["prompt length"] != "0.500"
+
+
 def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
     clear, tied = EvalPair("llmrouter", "big", "small"), EvalPair("llmrouter", "big", "medium")
     table = LeaveOneOutTable(pairs={"mixed": [clear, tied]})

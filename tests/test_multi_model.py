@@ -472,6 +472,7 @@ def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys
     """The lookahead router's per-candidate logits drive the table; prices come from the list."""
     import json
 
+    from routers.evaluation.multi_model import load_model_set, router_predictions
     from routers.evaluation.prices import list_price
     from routers.lookahead.evaluation import gap_closed
     from routers.lookahead.router import LookaheadRouter
@@ -514,6 +515,12 @@ def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys
     logits = router.logits([record["prompt"] for record in dev], [router.candidates.index(model) for model in models])
     quality = np.array([[record["scores"][model] for model in models] for record in dev])
     assert float(_table_row(report, "lookahead")[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), quality), abs=1e-3)
+
+    # what --max-chars gives the router: the first characters of each prompt, as the gateway does
+    data_set = load_model_set(data, ",".join(models), "", 256, "dev")
+    cut = router.logits([record["prompt"][:5] for record in dev], [router.candidates.index(model) for model in models])
+    assert not np.allclose(cut, logits, atol=1e-3)
+    np.testing.assert_allclose(router_predictions("lookahead", data_set, REPO_CHECKPOINTS, "cpu", 5), cut, atol=1e-4)
 
 
 def test_a_small_default_threshold_makes_a_model_name_that_resolves(monkeypatch):  # type: ignore[no-untyped-def]
