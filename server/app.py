@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +42,9 @@ from server.targets import Targets
 from server.upstream import Upstream
 
 log = logging.getLogger("routegate")
+#: a model object's ``created``, which OpenAI's always has: when this routegate was installed (its
+#: code's mtime), the same in every worker and in every replica of one image
+INSTALLED_AT = int(Path(__file__).stat().st_mtime)
 BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
 
 
@@ -326,10 +328,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; without ``settings`` they are read from the environment (uvicorn ``--factory``)."""
     settings = settings or load_settings()
     gateway = Gateway(settings)
-    created = int(time.time())  # a model object's ``created``, which OpenAI's always has: when this process began
 
     def model_object(name: str) -> dict[str, object]:
-        return {"id": name, "object": "model", "created": created, "owned_by": "routegate"}
+        return {"id": name, "object": "model", "created": INSTALLED_AT, "owned_by": "routegate"}
 
     BoundedHeadersProtocol.max_header_bytes = settings.max_header_bytes  # this process's HTTP protocol
     BoundedHeadersProtocol.head_timeout = settings.head_timeout

@@ -420,6 +420,15 @@ def test_models_endpoint_lists_routers_aliases_and_upstreams(proxy: Proxy):
     assert all(isinstance(model.created, int) and model.created > 1_700_000_000 for model in listed)
 
 
+def test_every_gateway_process_gives_a_model_the_same_created(proxy: Proxy, strong, weak, tmp_path):
+    """Workers and replicas of one install list their models alike: ``created`` is when routegate
+    was installed, not when the answering process began."""
+    listed = {model.id: model.created for model in client(proxy).models.list().data}
+    time.sleep(1.1)  # a process started a second later
+    with running_proxy(proxy_env(strong, weak), tmp_path) as later:
+        assert {model.id: model.created for model in client(later).models.list().data} == listed
+
+
 def test_health_and_ready(proxy: Proxy):
     assert httpx.get(f"{proxy.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{proxy.url}/ready").json() == {"status": "ready", "router": "random"}
