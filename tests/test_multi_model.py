@@ -512,13 +512,14 @@ def test_eval_models_with_the_shipped_lookahead_and_list_prices(tmp_path, capsys
     cost = np.mean([price.cost(len(record["prompt"]) / 4, 256) for record in dev])
     assert float(_table_row(report, "internlm2_5-20b-chat")[1]) == pytest.approx(1000 * cost, abs=1e-4)
     router = LookaheadRouter.from_directory(REPO_CHECKPOINTS / "lookahead")
-    logits = router.logits([record["prompt"] for record in dev], [router.candidates.index(model) for model in models])
+    candidates = [router.candidates.index(model) for model in models]
+    logits = router.logits([record["prompt"] for record in dev], candidates)
     quality = np.array([[record["scores"][model] for model in models] for record in dev])
     assert float(_table_row(report, "lookahead")[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), quality), abs=1e-3)
 
     # what --max-chars gives the router: the first characters of each prompt, as the gateway does
     data_set = load_model_set(data, ",".join(models), "", 256, "dev")
-    cut = router.logits([record["prompt"][:5] for record in dev], [router.candidates.index(model) for model in models])
+    cut = router.logits([record["prompt"][:5] for record in dev], candidates)
     assert not np.allclose(cut, logits, atol=1e-3)
     np.testing.assert_allclose(router_predictions("lookahead", data_set, REPO_CHECKPOINTS, "cpu", 5), cut, atol=1e-4)
 
