@@ -1,7 +1,9 @@
 """How `mf` scores eight kinds of chat request for one pair: writing, role-play, reasoning, math,
-coding, extraction, STEM and humanities, eight hand-written requests each in the style of
-MT-Bench's categories (no labels: on open chat, GPT-4-class models lead Mixtral-class ones
-most on math, coding, extraction and reasoning, least on writing and role-play).
+coding, extraction, STEM and humanities, eight requests each, written for this bench rather than
+taken from a benchmark (open-chat benchmarks such as MT-Bench are kept for evaluation, so the
+bench does not look at their questions). They carry no labels: on open chat, GPT-4-class models
+are known to lead Mixtral-class ones most on math, coding, extraction and reasoning, least on
+writing and role-play.
 
 Prints each kind's mean margin in logits, split into the latent model's part and the
 neighbour step's, highest first:
@@ -24,111 +26,95 @@ from routers.registry import CHECKPOINT_ROOT
 
 REQUESTS: dict[str, list[str]] = {
     "writing": [
-        "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural "
-        "experiences and must-see attractions.",
-        "Draft a professional email seeking your supervisor's feedback on the 'Quarterly Financial "
-        "Report' you prepared. Keep it short.",
-        "Write a persuasive essay to convince your introverted friend to volunteer as a guest speaker at a local event.",
-        "Describe a vivid and unique character, using strong imagery and creative language. Please "
-        "answer in fewer than two paragraphs.",
-        "Write a descriptive paragraph about a bustling marketplace, with the smells, sounds and colours of the place.",
-        "Write a short story that begins with: The old abandoned house at the end of the street held a "
-        "secret no one had discovered.",
-        "Help me write a wedding toast for my best friend who is marrying her college sweetheart.",
-        "Write a haiku sequence about autumn in the city.",
+        "Write a short welcome letter for new volunteers joining a community garden, mentioning what to bring on the first day.",
+        "Draft a product description for a reusable water bottle that keeps drinks cold for 24 hours. Keep it under 100 words.",
+        "Write a limerick about a cat who refuses to get off a laptop keyboard.",
+        "Compose a heartfelt thank-you note to a teacher who helped you through a difficult school year.",
+        "Write the opening paragraph of a mystery novel set on a night train across Europe.",
+        "Write a LinkedIn post announcing that our small bakery is opening a second location.",
+        "Write a bedtime story for a five-year-old about a turtle who wants to fly.",
+        "Rewrite this to sound more formal: hey, we can't make the meeting tomorrow, can we move it to friday?",
     ],
     "role-play": [
-        "Pretend to be Elon Musk in all the following conversations and speak like him. Why do we need to go to Mars?",
-        "Embrace the role of Sheldon from The Big Bang Theory as we delve into our conversation. What "
-        "is your opinion on hand dryers?",
-        "Imagine yourself as a doctor devising innovative remedies. Start with a patient who has intense abdominal discomfort.",
-        "Please take on the role of a relationship coach. I'll describe two people in conflict, and you "
-        "suggest ways to resolve it.",
-        "Now you are a machine learning engineer. Explain what a language model is to a customer without a technical background.",
-        "You are a pirate captain. Give a rousing speech to your crew before a storm.",
-        "Act as a travel agent and recommend a 5-day itinerary for Japan for a family with kids.",
-        "Role-play as a medieval knight explaining to a peasant why he must pay taxes.",
+        "You are a grumpy lighthouse keeper. A tourist asks why you never leave the island. Answer in character.",
+        "Act as my personal running coach. I want to run my first 10k in three months; talk me through the plan.",
+        "Pretend you are a barista at a busy café and a customer is upset that their order is wrong. Respond to them.",
+        "Play the role of a job interviewer for a junior marketing position and ask me your first three questions.",
+        "You are Sherlock Holmes. Tell me what you deduce about a visitor who arrives with muddy boots and a sunburnt neck.",
+        "Imagine you are a tour guide in ancient Rome, showing visitors the Colosseum on its opening day.",
+        "Act as a support agent for an internet provider and help me with a connection that keeps dropping.",
+        "You are a wise old dragon guarding a treasure. A young adventurer asks you for a single coin. What do you say?",
     ],
     "reasoning": [
-        "You are in a race and have just overtaken the second person. What's your current position? "
-        "Where is the person you overtook?",
-        "Thomas is very healthy, but he has to go to the hospital every day. What could be the reasons?",
-        "David has three sisters. Each of them has one brother. How many brothers does David have?",
-        "Oranges cost more than apples. Oranges cost less than bananas. Bananas cost more than apples and bananas cost more than "
-        "oranges. If the first two statements are true, is the third true, false, or uncertain?",
-        "A is the father of B. B is the father of C. What is the relationship between A and C?",
-        "Which word does not belong with the others? tyre, steering wheel, car, engine",
-        "One morning after sunrise, Suresh stood facing a pole. The shadow of the pole fell exactly to his right. "
-        "Which direction was the shadow pointing: east, south, west, or north? Explain your reasoning.",
-        "A train leaves at 3pm at 60 mph and another leaves the same station at 4pm at 80 mph in the same direction. "
-        "When does the second catch up?",
+        "Anna is taller than Ben and Ben is taller than Carl. Is Carl taller than Anna? Explain.",
+        "If all bloops are razzies and all razzies are lazzies, are all bloops definitely lazzies? Why?",
+        "A shop opens every day except Mondays and public holidays. Today is Sunday and not a holiday; tomorrow is a "
+        "holiday. Is the shop open today, and tomorrow?",
+        "Five friends sit in a row. Maya sits at one end, Leo sits next to Maya and Priya sits in the middle. "
+        "Who can be at the other end, if the other two friends are Sam and Ava?",
+        "If the day after tomorrow is a Friday, what day was the day before yesterday?",
+        "Lena finished a race ahead of Omar but behind Jo, and Kim finished ahead of Jo. Who came last of the four?",
+        "Every time it rains, the street gets wet. The street is wet this morning. Does that mean it rained? Explain.",
+        "A meeting needs Ravi or Sofia but not both, and Sofia only comes if Tim comes. Tim is away this week. Who "
+        "comes to the meeting, and why?",
     ],
     "math": [
-        "The vertices of a triangle are at points (0, 0), (-1, 1), and (3, 3). What is the area of the triangle?",
-        "A startup invests $8000 in software development in the first year, then half of that in the second. What's the total?",
-        "When rolling two dice, what is the probability that you roll a total number that is at least 3?",
-        "Given that f(x) = 4x^3 - 9x - 14, find the value of f(2).",
-        "Find x such that 3x + 10 = 5(x - 2).",
-        "How many integers are in the solution of the inequality |x + 5| < 10?",
-        "When a number is divided by 10, the remainder is 4. What is the remainder when twice the number is divided by 4?",
-        "Some people got on a bus at the terminal. At the first stop, half of them got off and 4 more got on. "
-        "At the second stop, 6 got off and 8 more got on. 25 people headed to the third stop. How many got on at the terminal?",
+        "What is the sum of the interior angles of a hexagon?",
+        "Solve for x: 2x^2 - 8x + 6 = 0.",
+        "A shirt costs $40 after a 20% discount. What was its original price?",
+        "What is the least common multiple of 12, 18 and 30?",
+        "Compute the derivative of g(x) = x^2 ln(x).",
+        "A bag holds 5 red and 3 blue marbles. Two are drawn without replacement. What is the probability that both are red?",
+        "The sum of three consecutive even integers is 78. What are the integers?",
+        "A car travels 150 km in 2.5 hours and then 90 km in 1.5 hours. What is its average speed over the whole trip?",
     ],
     "coding": [
-        "Develop a Python program that reads all the text files under a directory and returns the top-5 most frequent words.",
-        "Write a C++ program to find the nth Fibonacci number using recursion.",
-        "Write a simple website in HTML. When a user clicks the button, it shows a random joke from a list of 4 jokes.",
-        "Can you identify any bug in this function?\n\ndef lcs_length(a, b):\n    m, n = len(a), len(b)\n"
-        "    dp = [[0] * (n + 1) for _ in range(m + 1)]\n    for i in range(1, m + 1):\n        for j in range(1, n + 1):\n"
-        "            if a[i - 1] == b[j - 1]:\n                dp[i][j] = dp[i - 1][j - 1] + 1\n            else:\n"
-        "                dp[i][j] = max(dp[i - 1][j], dp[i][j - 1])\n    return dp[m][n]",
-        "Write a function to find the highest common ancestor (not LCA) of two nodes in a binary tree.",
-        "Implement a function to find the median of two sorted arrays of different sizes with O(1) space and O(n) time.",
-        "Write a function to find the majority element in a given integer array using the Boyer-Moore Voting Algorithm.",
-        "Implement a program to find the common elements in two arrays without using any extra data structures.",
+        "Write a Python function that checks whether a string is a valid IPv4 address.",
+        "Write a SQL query that returns the three customers with the highest total order value (tables customers, orders).",
+        "Implement a stack in Java with push, pop and getMin, each in O(1) time.",
+        "Write a bash script that renames every .jpeg file in a directory to .jpg.",
+        "Why does changing one cell change every row here?\n\nrows = [[0] * 3] * 3\nrows[0][0] = 1\nprint(rows)",
+        "Write a JavaScript function that debounces another function by a given number of milliseconds.",
+        "Implement binary search over a sorted slice in Rust, returning the index as an Option.",
+        "Write a Python class for an LRU cache whose get and put run in O(1).",
     ],
     "extraction": [
-        "Extract the book, author, main character and year of publication from these texts, one book per line as "
-        "\"main character, book, author, year\".\na) J.K. Rowling's 'Harry Potter and the Philosopher's Stone', published in "
-        "1997, tells the story of Harry.\nb) In J.R.R. Tolkien's 'The Fellowship of the Ring', published in 1954, we meet Frodo.",
-        "Which company had the highest profit in 2021, and who is its CEO?\na) Company X, CEO Amy Williams, $30 billion revenue, "
-        "$3 billion profit.\nb) Company Y, CEO Mark Thompson, $60 billion revenue, $6 billion profit.\nc) Company Z, CEO Sarah "
-        "Johnson, $20 billion revenue, $7 billion profit.",
-        "Identify the countries, their capitals and the languages spoken in these sentences, as JSON.\na) Copenhagen, Denmark's "
-        "capital, captivates visitors with its art scene and the Danish language.\nb) Buenos Aires, the capital of Argentina, is "
-        "a bustling metropolis where Spanish is spoken.",
-        'Count how many times the words "Amazon", "river" and "you" appear below, one "word, count" per line.\nThe Amazon is '
-        "home to the legendary Amazon River. As you venture further, you will discover the Amazon river's wonders.",
-        "List the named entities (people, organizations, locations) in this article as a JSON dictionary of three groups.\n"
-        "Adamson Emerson, the CEO of Faraday, and Dieter Zetsche, the CEO of Daimler AG, announced a new Gigafactory in Berlin.",
-        "Assign each question to Literature, History, Science or Art: 1. Themes of Tolstoy's 'War and Peace'. 2. US strategy in "
-        "World War II. 3. The Lewis structure of water. 4. Leonardo da Vinci's techniques in the 'Mona Lisa'.",
-        "Rate these movie reviews from 1 (very negative) to 5 (very positive) and return a JSON array.\n1. Phenomenal.\n"
-        "2. Never have I been so disappointed with a movie.\n3. The movie was okay, some parts lackluster.",
-        "Extract all unique variable names from each equation, as a JSON string with one line per equation.\n"
-        "1) y = (3/4)x^3 - e^(2x) + sin(pi*x) - sqrt(7)\n2) 2A - B/(3+C) * sum(N=1 to 5; ln(N)^2) = "
-        "5D*integral(a=0 to pi; cos(a))",
+        "Extract the meeting date, time and room from this email as JSON.\nHi team, let's meet on Thursday 14 March at 10:30 "
+        "in room B204 to review the budget. Thanks, Omar",
+        "List every price in this text with the item it belongs to.\nThe café sells espresso for $2.50, a croissant for $3.10 "
+        "and a sandwich for $7.95; tea is $2.20.",
+        "List the people named below and their job titles, one per line.\nAt the launch, engineer Lena Fischer showed the "
+        "prototype, marketing director Raj Patel took questions and chief executive Tom Baker closed the event.",
+        "Classify each review as positive, negative or neutral and return a JSON list.\n1. The battery lasts all day, love it."
+        "\n2. It broke after a week.\n3. It does what it says.",
+        "Extract the ingredients and their quantities from this recipe as a table.\nMix 200 g flour, 2 eggs and 300 ml milk; "
+        "add a pinch of salt and 1 tbsp of melted butter.",
+        "Which IP addresses below got a 500 error?\n10.0.0.5 GET /home 200\n10.0.0.9 POST /login 500\n10.0.0.7 GET /api 500"
+        "\n10.0.0.5 GET /img 404",
+        "Turn the dates in this paragraph into a timeline.\nThe company was founded in 1998, went public in 2004, bought its "
+        "main rival in 2011 and moved its headquarters to Dublin in 2019.",
+        "Name the cities in this text and the country of each, as JSON.\nOur tour starts in Porto, goes on to Seville and "
+        "Lyon, and ends in Turin.",
     ],
     "STEM": [
-        "In quantum physics, what is superposition, and how does it relate to quantum entanglement?",
-        "A satellite is in a circular orbit around the Earth and its speed decreases. What happens to its orbital radius and "
-        "period? Justify your answer using principles of physics.",
-        "Outline the two main stages of photosynthesis, including where they take place within the chloroplast.",
-        "What is the central dogma of molecular biology? What processes are involved? Who named it?",
-        "Describe the reaction of solid calcium carbonate with hydrochloric acid and write its balanced chemical equation.",
-        "Explain the base rate fallacy and give five examples of how politicians use it in campaigns.",
-        "How does a vaccine train the immune system?",
-        "What are the key differences between renewable and non-renewable energy sources?",
+        "Why is the sky blue during the day but red at sunset?",
+        "Explain how a transistor works as a switch.",
+        "What is the difference between mitosis and meiosis?",
+        "How does GPS work out where you are on Earth?",
+        "Explain what entropy means in thermodynamics, with an everyday example.",
+        "Why do antibiotics not work against viral infections?",
+        "What causes the seasons on Earth?",
+        "Explain how public-key cryptography lets two strangers communicate securely.",
     ],
     "humanities": [
-        "Explain the correlation between GDP, inflation and unemployment, and how fiscal and monetary policy affect them.",
-        "How do the stages of life shape our understanding of time and mortality?",
-        "Discuss antitrust laws and their impact on market competition. Compare the US and China with some case studies.",
-        "Create a lesson plan that uses drama or mime in a history class: 3 class periods on the Opium Wars.",
-        "Share ideas for adapting art masterpieces into interactive experiences for children: 5 artworks and an idea for each.",
-        "Explain what a social contract is and how Hobbes, Locke and Rousseau differ on it.",
-        "What were the main causes of the French Revolution?",
-        "Compare and contrast the political philosophies of Plato and Aristotle.",
+        "What were the main consequences of the printing press for European society?",
+        "Explain the difference between a parliamentary and a presidential system of government.",
+        "How did the Silk Road shape the exchange of ideas between East and West?",
+        "What is utilitarianism, and what is one common criticism of it?",
+        "Discuss the place of the Harlem Renaissance in American culture.",
+        "Why did the Roman Republic become an empire?",
+        "Explain supply and demand to a high-school student with an example from the housing market.",
+        "What does Kant mean by the categorical imperative?",
     ],
 }
 

@@ -741,7 +741,7 @@ def test_score_and_calibrate_read_what_the_gateway_gives_its_router(tmp_path: Pa
 def test_score_reads_a_conversation_as_the_gateway_routes_it(tmp_path: Path) -> None:
     """A prompt given as a conversation is scored as the gateway routes it by default: its last
     user turn, or its last user message's text."""
-    turns = ["Compose a travel blog post about Hawaii.", "Now solve 12 * 17 step by step."]
+    turns = ["Write a travel blog post about Lisbon.", "Now solve 12 * 17 step by step."]
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Write a haiku about autumn."},

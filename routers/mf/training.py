@@ -30,7 +30,7 @@ Why the recipe looks like this (the leave-one-out table in docs/ is what chose i
   score of an unparsed answer (``routers.format_failures``) only for prompts in its prompt's format
   (answer options or none), so MMLU's LaTeX grading does not tell free-form math that GPT-4 loses
   it. ``--drop-format-failures`` (the default) also leaves such scores out of the
-  latent model, which otherwise scores one-line math requests for GPT-4 vs Mixtral far below
+  latent model, which otherwise scores one-line math requests for GPT-4 vs Mixtral further below
   writing ones; held out it changed the leave-one-out mean by less than seed noise.
 """
 
