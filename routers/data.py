@@ -80,6 +80,7 @@ def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...])
         raise RecordError(f"{where}: not a JSON record (nested too deeply to read)") from None
     if not isinstance(record, dict):
         raise RecordError(f"{where}: not a JSON object")
+    sent_fields = list(record)  # before 'prompt' and 'scores' are filled in below
     if "prompt" not in record and isinstance(record.get("messages"), list):  # a logged request body
         record["prompt"] = record["messages"]
     if isinstance(record.get("prompt"), list):
@@ -99,7 +100,7 @@ def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...])
     if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
         raise RecordError(f"{where}: the prompt holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text")
     for field in require:
-        _check_field(record, field, where)
+        _check_field(record, field, where, sent_fields)
     return record
 
 
@@ -110,15 +111,15 @@ _REQUIRED = {
 }
 
 
-def _check_field(record: dict[str, Any], field: str, where: str) -> None:
-    """RecordError naming the record's own fields when it lacks ``field`` (a key of ``_REQUIRED``)."""
+def _check_field(record: dict[str, Any], field: str, where: str, sent_fields: list[str]) -> None:
+    """RecordError naming the fields the record was sent with when it lacks ``field`` (a key of ``_REQUIRED``)."""
     value = record.get(field)
     if field == "prompt":
         present = isinstance(value, str)
     else:
         present = field in record and _finite_json(value)
     if not present:
-        fields = ", ".join(repr(name) for name in list(record)[:12]) or "none"
+        fields = ", ".join(repr(name) for name in sent_fields[:12]) or "none"
         raise RecordError(f"{where}: a record needs {_REQUIRED[field]}; this one has {fields}")
 
 

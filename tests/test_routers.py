@@ -507,7 +507,7 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
         (  # an MT-Bench question file: the record's own fields say what to rename
             ["score", "--input", "{data}", "--output", "{out}"],
             ['{"id": "a", "prompt": "x"}', "", "", '{"question_id": 81, "category": "writing", "turns": ["Compose"]}'],
-            ":4: a record needs an 'id' (any JSON value but NaN or infinity); this one has 'question_id', 'category', 'turns'",
+            ":4: a record needs an 'id' (any JSON value but NaN or infinity); this one has 'question_id', 'category', 'turns'\n",
         ),
         (  # Python's json reads NaN, but a score line with it would not be JSON
             ["score", "--input", "{data}", "--output", "{out}"],
