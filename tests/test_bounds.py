@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.feedback import AnswerText
-from server.relay import EventGate, StreamWatcher
+from server.relay import EVENT_SEPARATOR, EventGate, StreamWatcher, data_fields
 from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import FakeUpstream
 
@@ -107,6 +107,23 @@ def test_stream_watcher_reads_events_split_anywhere() -> None:
         assert watcher.choice_chunks == 2, size  # the estimate of a stream without usage: one token per choice chunk
 
 
+def test_an_event_ends_at_two_line_ends_of_any_kind_and_one_crlf_is_one_line_end() -> None:
+    for blank in (b"\n\n", b"\r\r", b"\r\n\r\n", b"\r\n\n", b"\n\r\n", b"\r\r\n", b"\n\r"):
+        assert EVENT_SEPARATOR.search(b"data: 1" + blank + b"data: 2").group() == blank, blank
+    assert EVENT_SEPARATOR.search(b"data: 1\r\ndata: 2\r\n") is None  # two lines of one event
+    assert data_fields(b"data: 1\rdata: 2\r\ndata: 3\nid: 4") == [b"1", b"2", b"3"]
+
+
+def test_a_stream_watcher_reads_bare_cr_events_split_anywhere() -> None:
+    choice = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}\r\r'
+    events = choice * 2 + b'data: {"choices": [], "usage": {"total_tokens": 9}}\r\rdata: [DONE]\r\r'
+    for size in (1, 2, 3, 5, 7):
+        watcher = StreamWatcher()
+        for start in range(0, len(events), size):
+            watcher.feed(events[start : start + size])
+        assert watcher.done and watcher.usage == {"total_tokens": 9} and watcher.choice_chunks == 2, size
+
+
 def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> None:
     answer = AnswerText(max_chars=100)
     answer.feed(b"data: ")
@@ -129,6 +146,8 @@ def test_the_event_gate_drops_only_the_usage_only_event_however_the_bytes_are_cu
     kept = b'data: {"choices":[],"usage":null}\n\n: comment\n\ndata: [DONE]\n\n'
     for size in (1, 2, 3, 5, 7, 1000):
         assert _gated(content + usage_only + kept, size) == content + kept, size
+        bare_cr = (content + usage_only + kept).replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        assert _gated(bare_cr, size) == bare_cr.replace(usage_only.replace(b"\n", b"\r"), b""), size
     oversized = b"data: " + b"x" * 1000 + b"\n\n" + usage_only + b"data: [DONE]"  # ends without a blank line
     assert _gated(oversized, 10, max_event_bytes=64) == oversized.replace(usage_only, b"")
 

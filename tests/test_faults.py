@@ -714,6 +714,24 @@ def test_an_upstream_header_value_with_a_control_character_is_replaced_not_a_dro
     assert "Traceback" not in log
 
 
+@pytest.mark.parametrize("line_end", [b"\r", b"\r\n", b"\n"])
+def test_a_stream_with_any_sse_line_end_is_relayed_whole(weak: FakeUpstream, tmp_path: Path, line_end: bytes) -> None:
+    """SSE lines may end in CRLF, LF or a bare CR: whichever an upstream sends, its events are
+    relayed as sent and the stream counts as an answer, not as one cut short."""
+    events = b"data: " + json.dumps(EVENT).encode() + line_end * 2 + b"data: [DONE]" + line_end * 2
+    with RawUpstream().running() as strong:
+        env = proxy_env(strong, weak, retries="0", fallback="false")  # type: ignore[arg-type]
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            strong.answer = raw_response(b"HTTP/1.1 200 OK", [b"content-type: text/event-stream"], events)
+            streamed = httpx.post(
+                f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES, "stream": True}
+            )
+            assert wait_for(lambda: delta.after()("routegate_requests_total", status="200") == 1)
+            assert delta("routegate_upstream_errors_total") == 0
+    assert streamed.status_code == 200 and streamed.content == events  # no stream_cut error event added
+
+
 def test_stream_cut_midway_with_done_is_relayed_as_sent(fault_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.cut_after, strong.behaviour.cut_mode = 2, "done"
     delta = MetricDelta(fault_proxy.metrics)
