@@ -96,9 +96,14 @@ def test_stream_watcher_scans_each_byte_once() -> None:
     assert large.bytes_scanned / small.bytes_scanned < 17  # linear: 16 times the bytes, 16 times the work
 
 
-def test_stream_watcher_reads_events_split_anywhere() -> None:
-    choice = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}\r\n\r\n'
-    events = choice * 2 + b'data: {"a": 1}\n\ndata: {"choices": [], "usage": {"total_tokens": 9}}\n\ndata: [DONE]\r\n\r\n'
+_CHOICE_EVENT = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}'
+_USAGE_EVENT = b'data: {"choices": [], "usage": {"total_tokens": 9}}'
+_MIXED_ENDS = (_CHOICE_EVENT + b"\r\n\r\n") * 2 + b'data: {"a": 1}\n\n' + _USAGE_EVENT + b"\n\ndata: [DONE]\r\n\r\n"
+_BARE_CR_ENDS = (_CHOICE_EVENT + b"\r\r") * 2 + _USAGE_EVENT + b"\r\rdata: [DONE]\r\r"
+
+
+@pytest.mark.parametrize("events", [_MIXED_ENDS, _BARE_CR_ENDS], ids=["crlf-and-lf", "bare-cr"])
+def test_stream_watcher_reads_events_split_anywhere(events: bytes) -> None:
     for size in (1, 2, 3, 5, 7):
         watcher = StreamWatcher()
         for start in range(0, len(events), size):
@@ -112,16 +117,6 @@ def test_an_event_ends_at_two_line_ends_of_any_kind_and_one_crlf_is_one_line_end
         assert EVENT_SEPARATOR.search(b"data: 1" + blank + b"data: 2").group() == blank, blank
     assert EVENT_SEPARATOR.search(b"data: 1\r\ndata: 2\r\n") is None  # two lines of one event
     assert data_fields(b"data: 1\rdata: 2\r\ndata: 3\nid: 4") == [b"1", b"2", b"3"]
-
-
-def test_a_stream_watcher_reads_bare_cr_events_split_anywhere() -> None:
-    choice = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": null}\r\r'
-    events = choice * 2 + b'data: {"choices": [], "usage": {"total_tokens": 9}}\r\rdata: [DONE]\r\r'
-    for size in (1, 2, 3, 5, 7):
-        watcher = StreamWatcher()
-        for start in range(0, len(events), size):
-            watcher.feed(events[start : start + size])
-        assert watcher.done and watcher.usage == {"total_tokens": 9} and watcher.choice_chunks == 2, size
 
 
 def test_the_feedback_reader_of_streamed_text_holds_no_more_than_one_event() -> None:
