@@ -71,6 +71,7 @@ FEEDBACK_OPENAPI: dict[str, Any] = {
                 ("404", "no such request (unknown, or older than the retention)"),
                 ("408", "body not received in time"),
                 ("413", "body too large"),
+                ("415", "compressed body (send it uncompressed)"),
                 ("503", "the feedback store is off or unavailable"),
             )
         },

@@ -111,6 +111,7 @@ def chat_completion_openapi(models: list[str]) -> dict[str, object]:
                     "404": "unknown model",
                     "408": "request body not received in time",
                     "413": "body too large",
+                    "415": "compressed body (send it uncompressed)",
                     "431": "request headers too large",
                     "429": "upstream rate limit, or routegate at its concurrency limit (Retry-After)",
                     "502": "upstream failed",

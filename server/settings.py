@@ -370,7 +370,7 @@ class Settings(BaseSettings):
     # Learning from traffic (docs/feedback.md): the store, shadow judging and the judge.
     feedback_db: SecretStr = Field(  # secret: a postgresql:// URL may hold a password
         SecretStr(""),
-        description="sqlite file path, sqlite:///path, postgresql://... or off; "
+        description="sqlite file path, sqlite:///absolute/path, postgresql://... or off; "
         "empty: `~/.local/state/routegate/feedback.sqlite3`",
     )
     feedback_store_text: bool = Field(False, description="store prompt text (else only its sha1)")
