@@ -37,7 +37,7 @@ from server.shared_scores import SharedScores
 from server.shared_state import shared_state_from
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
-from server.shutdown import DRAIN
+from server.shutdown import CLOSING_SECONDS, DRAIN
 from server.targets import Targets
 from server.upstream import Upstream
 
@@ -229,17 +229,19 @@ class Gateway:
             metrics.count_budget_part(self.ready and not DRAIN.stopping)
 
     async def aclose(self) -> None:
-        """Close the upstream pools and stop scoring."""
+        """Close the upstream pools and stop scoring; what is left to write gets ``CLOSING_SECONDS``."""
+        deadline = asyncio.get_running_loop().time() + CLOSING_SECONDS
         for task in (self._loading, self._sampling, self._probing):
             if task is not None:
                 task.cancel()
         await self.scorers.aclose()
-        await self.feedback.aclose()
+        await self.feedback.aclose(deadline)
         for upstream in self.upstreams.values():
             await upstream.aclose()
         if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas
+            left = deadline - asyncio.get_running_loop().time()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.targets.budget.flush(), BUDGET_FLUSH_TIMEOUT_S)
+                await asyncio.wait_for(self.targets.budget.flush(), max(0.0, min(BUDGET_FLUSH_TIMEOUT_S, left)))
         if self.shared_state is not None:
             await self.shared_state.aclose()
 

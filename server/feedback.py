@@ -33,9 +33,9 @@ from server.shared_state import SharedState
 from server.upstream import answer_error_status
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
-#: at shutdown, how long the store waits for streams still closing (cut at the end of the grace
-#: period, their recording still at work) to hand over their decision rows
-CLOSING_STREAMS_WAIT_S = 10.0
+#: at shutdown, the part of the clean-up's time kept for the store's own writes: the streams still
+#: closing (cut at the end of the grace period, their recording still at work) get the rest
+STORE_WRITE_S = 3.0
 
 
 class AnswerText:
@@ -125,15 +125,15 @@ class Feedback:
         if self.shadow is not None:
             self.shadow.start()
 
-    async def aclose(self) -> None:
-        """Stop shadowing, then write what the store still holds."""
+    async def aclose(self, deadline: float) -> None:
+        """Stop shadowing, then write what the store still holds, by ``deadline`` (event-loop time)."""
+        loop = asyncio.get_running_loop()
         if self.shadow is not None:
-            await self.shadow.aclose()
+            await self.shadow.aclose(deadline)
         if self.store is not None:
-            deadline = time.monotonic() + CLOSING_STREAMS_WAIT_S
-            while self._open_streams and time.monotonic() < deadline:
+            while self._open_streams and loop.time() < deadline - STORE_WRITE_S:
                 await asyncio.sleep(0.05)
-            await self.store.aclose()
+            await self.store.aclose(max(0.0, deadline - loop.time()))
 
     def client_of(self, headers: Headers) -> str:
         """Who sent a request, for the store: a fingerprint of its client key (empty without

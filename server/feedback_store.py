@@ -347,16 +347,18 @@ class FeedbackStore:
         self._thread.start()
 
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Write what is queued (within ``timeout`` seconds) and stop the thread."""
+        """Write what is queued (within ``timeout`` seconds in all) and stop the thread."""
         self._closed = True  # a write after this point would wait in a queue that nobody reads
         if not self._thread.is_alive():
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
         except queue.Full:
             self._abandon(f"busy for {timeout:g} s at shutdown")
             return
-        await asyncio.to_thread(self._thread.join, timeout)
+        await asyncio.to_thread(self._thread.join, max(0.0, deadline - loop.time()))
         if self._thread.is_alive():
             self._abandon(f"still writing {timeout:g} s after shutdown began")
 

@@ -189,9 +189,9 @@ class Shadower:
         self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers={"user-agent": "routegate-shadow"})
         self._tasks = [asyncio.create_task(self._work(), name=f"routegate-shadow-{n}") for n in range(self.workers)]
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float) -> None:
         """Stop the workers and close the client; queued and running jobs are abandoned (counted
-        and logged)."""
+        and logged). The spend of cancelled jobs is sent to Redis by ``deadline`` (event-loop time)."""
         self._closed = True  # a job offered from here on (a stream closing late) is abandoned at once
         for task in self._tasks:
             task.cancel()
@@ -201,7 +201,8 @@ class Shadower:
         if self._abandoned:
             log.warning("shutdown abandoned %d shadow jobs, queued or under way", self._abandoned)
         with contextlib.suppress(Exception):  # spend a cancelled job had not yet added to the replicas' total
-            await asyncio.wait_for(self.budget.flush(), FLUSH_TIMEOUT_S)
+            left = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait_for(self.budget.flush(), max(0.0, min(FLUSH_TIMEOUT_S, left)))
         if self._client is not None:
             await self._client.aclose()
 

@@ -64,6 +64,11 @@ class Drain:
 
 
 DRAIN = Drain()  # one per process: the process is what shuts down
+#: after the grace period, the most the clean-up takes: the decisions of streams cut at its end,
+#: the feedback store's queue, the spend Redis did not take. Whoever kills a stopping process
+#: (the worker supervisor, Docker's stop_grace_period, Kubernetes' terminationGracePeriodSeconds)
+#: waits longer than the grace period plus this.
+CLOSING_SECONDS = 10.0
 
 
 class DrainingServer(uvicorn.Server):

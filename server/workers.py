@@ -30,10 +30,10 @@ from uvicorn.supervisors import multiprocess
 
 from server.log_setup import configure_logging
 from server.metric_files import fold_retired
-from server.shutdown import DrainingServer
+from server.shutdown import CLOSING_SECONDS, DrainingServer
 
 log = logging.getLogger("routegate")
-KILL_MARGIN_SECONDS = 5.0  # past its grace period, a worker that has not ended is killed
+KILL_MARGIN_SECONDS = CLOSING_SECONDS + 2.0  # past its grace period, a worker that has not ended is killed
 
 
 class DrainingWorker(multiprocess.Process):

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from server.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from server.shutdown import CLOSING_SECONDS
 from tests.conftest import REPO, stop_process
 from tests.tools import require_tool
 
@@ -195,6 +196,14 @@ def test_gateways_run_hardened_with_caches_in_tmp(compose: dict[str, Any]) -> No
         assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"], name
         assert service["environment"]["XDG_CACHE_HOME"].startswith("/tmp/"), name
+
+
+def test_docker_stops_a_gateway_only_after_its_grace_period_and_clean_up(compose: dict[str, Any]) -> None:
+    for name in GATEWAYS:
+        service = compose["services"][name]
+        grace = float(service["environment"]["ROUTEGATE_SHUTDOWN_GRACE_SECONDS"])
+        stop_after = float(service["stop_grace_period"].removesuffix("s"))
+        assert grace + CLOSING_SECONDS < stop_after <= grace + CLOSING_SECONDS + 10, name
 
 
 def test_publishing_the_gateways_leaves_prometheus_and_grafana_on_loopback() -> None:

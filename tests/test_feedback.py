@@ -4,6 +4,7 @@ that shadowing changes nothing the client receives, nor when."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -640,7 +641,7 @@ async def test_a_job_offered_once_the_shadow_workers_stopped_is_counted_abandone
 
     shadower = Shadower(load_settings(shadow_rate=1.0), store=None)
     shadower.start()
-    await shadower.aclose()
+    await shadower.aclose(asyncio.get_running_loop().time() + 1)
     labels = {"tier": "strong", "outcome": "abandoned"}
     before = REGISTRY.get_sample_value("routegate_shadow_requests_total", labels) or 0.0
     shadower.offer(ShadowJob("late", "random", "weak", {"model": "m", "messages": QUESTION}, "an answer"), {})

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from server.settings import SettingsError, load_settings
+from server.shutdown import CLOSING_SECONDS
 from tests.conftest import REPO
 from tests.test_deploy_files import _setting_exists
 from tests.tools import require_tool
@@ -115,8 +116,8 @@ def test_deployment_probes_drain_and_resources_fit_routegate() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
     pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     grace = float(settings["ROUTEGATE_SHUTDOWN_GRACE_SECONDS"])
-    # the pod leaves the endpoints during the pause, then drains; the kubelet kills only after both
-    assert pause + grace < pod["terminationGracePeriodSeconds"] <= pause + grace + 15
+    # the pod leaves the endpoints during the pause, drains, then cleans up; the kubelet kills only after all three
+    assert pause + grace + CLOSING_SECONDS < pod["terminationGracePeriodSeconds"] <= pause + grace + CLOSING_SECONDS + 10
     assert pause >= 2 * container["readinessProbe"]["periodSeconds"]
     resources = container["resources"]
     assert _quantity_mib(resources["requests"]["memory"]) >= MEASURED_RSS_MIB

@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from server.shutdown import CLOSING_SECONDS
 from tests.conftest import STRONG_MODEL, WEAK_MODEL, Proxy, proxy_env, running_proxy, started_proxy
 from tests.fake_upstream import Blackhole, FakeUpstream
 from tests.metric_values import wait_for
@@ -196,6 +197,43 @@ def test_a_stream_cut_by_the_shutdown_while_redis_is_slow_keeps_its_decision_row
         hole.close()
     stored = sqlite3.connect(database).execute("SELECT request_id, tier FROM routegate_decisions").fetchall()
     assert stored == [("cut-stream", "strong")], log[-2000:]
+
+
+def test_the_clean_up_after_the_grace_period_ends_in_time_and_logs_what_it_could_not_write(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path
+) -> None:
+    """Everything after the grace period (a cut stream's recording, which waits on Redis; the
+    store's queue, whose database is locked; the spend for Redis) shares one deadline,
+    CLOSING_SECONDS, which the deploy files leave before they kill the process: the writes it
+    could not make are logged as lost, not cut off unseen by a kill."""
+    strong.behaviour.chunks, strong.behaviour.chunk_delay = 1000, 0.05  # 50 s: longer than any grace
+    hole = Blackhole()  # Redis that never answers: each call takes the whole timeout
+    database = tmp_path / "feedback.sqlite3"
+    env = proxy_env(
+        strong, weak, feedback_db=str(database), shutdown_grace_seconds="1", daily_budget_usd="100",
+        redis_url=f"redis://127.0.0.1:{hole.port}/0", redis_timeout_ms="6000",
+    )  # fmt: skip
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            lock = sqlite3.connect(database, timeout=30)
+            lock.execute("BEGIN EXCLUSIVE")  # the store's writes wait on it, then fail
+            assert _plain_answer(proxy.api)
+            client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0, timeout=60)
+            stream = client.chat.completions.create(model=STRONG_MODEL, messages=MESSAGES, stream=True)
+            next(iter(stream))
+            stopped_at = time.monotonic()
+            proxy.process.send_signal(signal.SIGTERM)
+            with pytest.raises(openai.APIError):
+                for _ in stream:
+                    pass
+            assert proxy.process.wait(timeout=60) == 0
+            took = time.monotonic() - stopped_at
+            log = proxy.log()
+            lock.close()
+    finally:
+        hole.close()
+    assert took < 1 + CLOSING_SECONDS + 1.5, log[-2000:]  # the grace period, the clean-up, the interpreter's exit
+    assert "queued writes lost" in log or "writes lost" in log, log[-2000:]
 
 
 def test_a_request_cut_at_its_upstream_by_the_shutdown_is_recorded_under_its_decision(
