@@ -27,7 +27,7 @@ from server.feedback_store import Database, DecisionRow, FeedbackStore
 from server.judge import answer_text, tool_calls_text
 from server.metrics import reported_tokens, token_count
 from server.relay import EventSplitter, RelayResponse, data_fields, json_value
-from server.settings import Settings
+from server.settings import Settings, SettingsError
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 from server.shared_state import SharedState
 from server.upstream import answer_error_status
@@ -110,6 +110,13 @@ class Feedback:
         url = settings.feedback_db.get_secret_value().strip()
         if url.lower() != "off" and not settings.models:  # it records the strong/weak pair only
             database = Database(url)
+            try:
+                database.make_file()  # an SQLite file that cannot be written would lose every row
+            except OSError as error:
+                raise SettingsError(
+                    f"invalid settings:\n  ROUTEGATE_FEEDBACK_DB: cannot write {database.describe()}: "
+                    f"{error.strerror or error}; give a writable file, a postgresql:// URL or off"
+                ) from None
             self.store = FeedbackStore(
                 database, settings.feedback_retention_days, settings.feedback_queue_size, settings.feedback_max_rows
             )

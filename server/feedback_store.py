@@ -192,6 +192,15 @@ class Database:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
+    def make_file(self) -> None:
+        """Make an SQLite store's file (and its folder) if missing, and open it for writing once:
+        OSError where it cannot be (a file in the way of its folder, a read-only mount, no permission)."""
+        if self.path is None or str(self.path) == ":memory:":
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the owner's alone (prompts and clients' requests); SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+
     def has_no_tables(self, error: Exception) -> bool:
         """Whether ``error`` says the store's tables do not exist: no gateway has opened it yet."""
         if self.postgres:
@@ -230,10 +239,7 @@ class Database:
             assert self.path is not None
             if not create_schema:
                 return _read_only_sqlite(self.path)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # the owner's alone (prompts and clients' requests); SQLite gives its -wal and -shm files the same mode
-            if str(self.path) != ":memory:":
-                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            self.make_file()
             connection = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False)
             connection.execute("PRAGMA journal_mode=WAL")
         if not create_schema:

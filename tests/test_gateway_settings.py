@@ -363,6 +363,16 @@ def test_a_broken_config_file_is_named_without_quoting_it(config: str, said: str
     assert "Traceback" not in result.stderr and "sk-in-a-broken-file" not in result.stderr
 
 
+def test_a_feedback_store_file_that_cannot_be_written_stops_start_up(tmp_path: Path):
+    """Else the gateway would serve and lose every decision row, a warning a batch."""
+    env = proxy_env(FakeUpstream("unused"), FakeUpstream("unused"), port=str(free_port()), feedback_db=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"ROUTEGATE_FEEDBACK_DB: cannot write sqlite:{tmp_path}: Is a directory" in result.stderr
+
+
 def test_a_missing_input_file_is_one_line_not_a_traceback(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "score", "--router", "random", "--input", str(tmp_path / "none.jsonl")]
