@@ -140,7 +140,11 @@ async def handle_feedback(request: Request, store: FeedbackStore | None, body_ti
             known = await store.record_feedback(FeedbackRow(request_id, time.time(), score, rating, comment), client)
     except StoreUnavailable:
         raise APIError(
-            503, "The feedback store is unavailable; try again later.", type="server_error", code="feedback_unavailable"
+            503,
+            "The feedback store is unavailable; try again later.",
+            type="server_error",
+            code="feedback_unavailable",
+            headers={"retry-after": "1"},
         ) from None
     if not known:
         raise APIError(

@@ -745,6 +745,7 @@ def test_a_down_database_fails_no_request_and_leaks_no_secret(
         )
         answer = post_feedback(proxy, {"request_id": request_id, "rating": "up"})
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "feedback_unavailable"
+        assert answer.headers["retry-after"] == "1"  # for the client that tries again itself
         metrics_text = proxy.metrics()
     log = proxy.log()
     assert "writes lost" in log and "postgresql://routegate@127.0.0.1" in log
