@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from routers.model_names import match_model, normal_form
+from routers.output_files import replaced_on_success
 
 log = logging.getLogger("routegate.calibration")
 CALIBRATION_FILE = "calibration.json"
@@ -58,6 +59,22 @@ def _entries(path: Path) -> list[dict[str, Any]]:
         log.warning("ignoring calibration %s: %s", path, error)
         return []
     return [body, *others]
+
+
+def check_calibration_target(path: Path, inputs: Sequence[Path] = ()) -> None:
+    """SystemExit unless ``path`` may take a calibration: a new file, or a calibration file to add
+    a pair to; never one of ``inputs`` (the reference prompts) or another kind of file (a
+    checkpoint's router.json, a data file), which writing would destroy."""
+    if any(path.resolve() == given.resolve() for given in inputs):
+        raise SystemExit(f"routegate: --write {path} is one of the --data files: name another file")
+    if not path.is_file():
+        return
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        body = None
+    if not (isinstance(body, dict) and isinstance(body.get("thresholds"), dict)):
+        raise SystemExit(f"routegate: --write {path} exists and is not a calibration file: name a new file or a calibration.json")
 
 
 def _pair_of(entry: dict[str, Any]) -> tuple[str, str] | None:
@@ -112,7 +129,8 @@ def write_calibration(path: Path, scores: Sequence[float], steps: int = 100, **i
     first, *others = merged
     body = {**first, "pairs": others} if others else first
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=1) + "\n")
+    with replaced_on_success(path) as staging:
+        staging.write_text(json.dumps(body, indent=1) + "\n")
     return table
 
 

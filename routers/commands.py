@@ -409,13 +409,14 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from routers.calibration import format_threshold, threshold_for_share, write_calibration
+    from routers.calibration import check_calibration_target, format_threshold, threshold_for_share, write_calibration
     from routers.model_names import match_model
 
     if not 0.0 <= args.strong_fraction <= 1.0:
         raise SystemExit("routegate: --strong-fraction must be in [0, 1]")
     if args.write is not None:
-        check_writable(args.write)
+        check_writable(args.write, replaced=True)
+        check_calibration_target(args.write, args.data)
     prompts = []
     for path in args.data:
         selected = [record["prompt"][: args.max_chars] for record in _select(path, args.split, scores=False)]

@@ -445,6 +445,21 @@ def test_calibrate_write_records_the_scored_pair_and_the_printed_threshold(
     assert read_calibration(written)[0.3] == threshold
 
 
+def test_calibrate_write_refuses_a_file_that_is_not_a_calibration_before_scoring(
+    data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "router.json"
+    checkpoint.write_text((CHECKPOINT_ROOT / "mf" / "router.json").read_text())
+    command = ["calibrate", "--router", "mf", "--data", str(data_slice), "--strong-fraction", "0.3", "--write"]
+    kept = {path: path.read_bytes() for path in (checkpoint, data_slice)}
+    with pytest.raises(SystemExit, match="router.json exists and is not a calibration file"):
+        main([*command, str(checkpoint)])
+    with pytest.raises(SystemExit, match="is one of the --data files"):
+        main([*command, str(data_slice)])
+    assert {path: path.read_bytes() for path in kept} == kept  # both whole
+    assert "threshold" not in capsys.readouterr().out  # nothing scored
+
+
 def test_eval_stops_before_scoring_when_its_default_plot_cannot_be_written(
     data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
