@@ -227,13 +227,10 @@ def run_trainer(router: str, argv: list[str]) -> None:
 def _select(path: Path, split: str, scores: bool = True) -> list[dict]:
     from routers.data import load_records
 
-    records = load_records([path], None if split == "all" else split, scores)
+    records = load_records([path], None if split == "all" else split, scores, require=("prompt",))
     if not records:
         hint = " (records without a 'split' are in none: --split all reads every record)" if split != "all" else ""
         raise SystemExit(f"routegate: no '{split}' records in {path}{hint}")
-    missing = [number for number, record in enumerate(records, 1) if not isinstance(record.get("prompt"), str)]
-    if missing:
-        raise SystemExit(f"routegate: {path}: records {missing[:5]} (of the '{split}' split) lack a 'prompt' string")
     return records
 
 

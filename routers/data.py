@@ -174,9 +174,17 @@ def _is_score(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
-def load_records(paths: Iterable[str | Path], split: str | None = None, scores: bool = True) -> list[Record]:
-    """All records of ``paths``, only those of ``split`` when it is given (``scores``: as ``iter_records``)."""
-    return [record for path in paths for record in iter_records(path, scores) if split is None or record.get("split") == split]
+def load_records(
+    paths: Iterable[str | Path], split: str | None = None, scores: bool = True, require: tuple[str, ...] = ()
+) -> list[Record]:
+    """All records of ``paths``, only those of ``split`` when it is given (``scores`` and
+    ``require``: as ``iter_records``)."""
+    return [
+        record
+        for path in paths
+        for record in iter_records(path, scores, require)
+        if split is None or record.get("split") == split
+    ]
 
 
 def normal_text(prompt: str) -> str:

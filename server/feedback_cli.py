@@ -215,6 +215,8 @@ def _export(args: argparse.Namespace) -> int:
     if database.path is not None and _is_store_file(args.out, database.path):
         raise SystemExit(f"routegate: --out {args.out} is the feedback store being read; name another file")
     check_writable(args.out, replaced=True)
+    if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
+        raise SystemExit(f"routegate: --checkpoint-dir {args.checkpoint_dir} is not a folder")
     rows = _read_rows(database, args.since, _window_end(args))
     names = RouterNames(args.checkpoint_dir)
     written = without_text = 0

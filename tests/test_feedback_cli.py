@@ -145,6 +145,10 @@ async def test_the_export_spells_each_model_as_the_requests_router_knows_it(data
     routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d", "--checkpoint-dir", str(empty))
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["scores"] == {"gpt-4o": 1.0, "gpt-4o-mini": 0.0}
+    typo = [sys.executable, "-m", "server.cli", "feedback", "export", "--db", database.url, "--out", str(out)]
+    run = subprocess.run([*typo, "--checkpoint-dir", str(tmp_path / "no-ruoters")], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip() == f"routegate: --checkpoint-dir {tmp_path / 'no-ruoters'} is not a folder"
+    assert [json.loads(line)["scores"] for line in out.read_text().splitlines()] == [record["scores"]]  # the last export kept
 
 
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811

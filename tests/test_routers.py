@@ -539,10 +539,11 @@ def test_score_all_batches_by_length_and_returns_scores_in_input_order() -> None
             ['{"id": "a", "prompt": "x", "scores": {"m": 7, "n": 0}}'],
             ":1: 'scores' must be an object of numbers from 0 to 1",
         ),
-        (
-            ["calibrate", "--data", "{data}", "--split", "all", "--strong-fraction", "0.3"],
-            ['{"id": "a"}'],
-            "lack a 'prompt' string",
+        (  # named by its line in the file (blank lines count); every split's records are checked
+            ["calibrate", "--data", "{data}", "--split", "dev", "--strong-fraction", "0.3"],
+            ['{"id": "a", "prompt": "x", "split": "dev"}', "", '{"id": "b", "split": "train"}', '{"id": "c", "split": "dev"}'],
+            ":3: a record needs a 'prompt' (a string, a list of user turns, or a list of chat messages) or a request's "
+            "'messages'; this one has 'id', 'split'\n",
         ),
         (
             ["calibrate", "--data", "{data}", "--per-file", "0"],
