@@ -9,6 +9,7 @@ import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from routers.arguments import positive_int
 from routers.base import Router
@@ -215,13 +216,19 @@ def run_trainer(router: str, argv: list[str]) -> None:
     from routers.checkpoint import check_same_router, staged_checkpoint, training_command
 
     module = load_trainer(router)
-    parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
-    module.add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = trainer_parser(router, module).parse_args(argv)
     check_device(getattr(args, "device", "auto"))
     check_same_router(router, args.out)
     with training_command(router, argv), staged_checkpoint(args.out) as staging:
         module.run(argparse.Namespace(**{**vars(args), "out": staging}))
+
+
+def trainer_parser(router: str, module: ModuleType | None = None) -> argparse.ArgumentParser:
+    """The parser of ``routegate train ROUTER``'s options (of ``module``, the router's trainer)."""
+    module = module or load_trainer(router)
+    parser = argparse.ArgumentParser(prog=f"routegate train {router}", description=(module.__doc__ or "").strip())
+    module.add_arguments(parser)
+    return parser
 
 
 def _select(path: Path, split: str, scores: bool = True) -> list[dict]:
@@ -355,7 +362,7 @@ def _check_mode_options(args: argparse.Namespace) -> None:
 def _eval_leave_one_out(args: argparse.Namespace) -> int:
     from routers.embedding import use_disk_cache
     from routers.evaluation.families import FAMILIES
-    from routers.evaluation.leave_one_out import parse_train_options, run_leave_one_out
+    from routers.evaluation.leave_one_out import check_train_options, parse_train_options, run_leave_one_out
     from routers.evaluation.plot import plot_leave_one_out
 
     families = args.families or list(FAMILIES)
@@ -380,6 +387,8 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     missing = sorted(name for name in shipped if name not in installed)
     if missing:
         raise SystemExit(f"routegate eval: no checkpoint in {args.checkpoint_dir} for {missing}; installed: {installed}")
+    train_options = parse_train_options(args.train_options)
+    check_train_options(train_options, [name for name in args.router if not name.startswith("shipped:")])
     plot = args.plot or Path("leave-one-out.png")
     check_writable(plot)  # before the folds, as a given --plot is
     use_disk_cache()
@@ -390,7 +399,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
         families,
         args.device,
         args.batch_size or 256,
-        parse_train_options(args.train_options),
+        train_options,
         args.checkpoint_dir,
         args.max_prompts,
         args.split,

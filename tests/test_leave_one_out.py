@@ -255,6 +255,24 @@ def test_eval_leave_one_out_gives_its_routers_what_the_gateway_gives_them(data_d
     assert cut["prompt length"] == whole["prompt length"] != "0.500"
 
 
+@pytest.mark.parametrize(
+    ("train_options", "said"),
+    [
+        ("mf=--train-layer 1", "routegate train mf: error: unrecognized arguments: --train-layer 1"),
+        ("mff=--epochs 1", "--train-options for ['mff'], which this run does not retrain: ['mf']"),
+    ],
+)
+def test_eval_leave_one_out_refuses_train_options_before_any_fold(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], train_options: str, said: str
+) -> None:
+    command = ["eval", "--leave-one-out", "--router", "mf", "--data-dir", str(data_dir), "--families", "mixed"]
+    command += ["--work-dir", str(tmp_path / "work"), "--plot", str(tmp_path / "p.png")]
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "--train-options", train_options])
+    assert said in f"{stopped.value.code}{capsys.readouterr().err}"
+    assert not (tmp_path / "work").exists()  # no fold's data written, nothing trained
+
+
 def test_a_pair_without_a_lead_beyond_noise_is_shown_but_not_averaged() -> None:
     clear, tied = EvalPair("llmrouter", "big", "small"), EvalPair("llmrouter", "big", "medium")
     table = LeaveOneOutTable(pairs={"mixed": [clear, tied]})

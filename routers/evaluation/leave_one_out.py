@@ -158,6 +158,18 @@ def run_leave_one_out(
     return table
 
 
+def check_train_options(options: dict[str, list[str]], retrained: list[str]) -> None:
+    """SystemExit before any fold: options for a router this run does not retrain, or that its
+    trainer refuses (argparse names the option, exit status 2)."""
+    from routers.commands import trainer_parser
+
+    stray = sorted(set(options) - set(retrained))
+    if stray:
+        raise SystemExit(f"routegate eval: --train-options for {stray}, which this run does not retrain: {retrained}")
+    for router, extra in options.items():
+        trainer_parser(router).parse_args(["--data", "data.jsonl", "--out", "checkpoint", *extra])
+
+
 def parse_train_options(items: list[str]) -> dict[str, list[str]]:
     """``ROUTER=OPTIONS`` items -> {router: [option, ...]}."""
     options: dict[str, list[str]] = {}
