@@ -84,7 +84,11 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
         help="records of this split ('all' for every record; default dev); with --leave-one-out, the held-out family's "
         "records (none of either split is trained on in its fold)",
     )
-    evaluate.add_argument("--plot", type=Path, help="PNG to write (default eval-<data>-<split>.png, or leave-one-out.png)")
+    evaluate.add_argument(
+        "--plot",
+        type=Path,
+        help="PNG to write (default eval-<data>-<split>.png; eval-models-<data>-<split>.png with --models; leave-one-out.png)",
+    )
     evaluate.add_argument("--batch-size", type=positive_int, help="prompts scored at once (default 64; 256 with --leave-one-out)")
     evaluate.add_argument(
         "--leave-one-out",

@@ -324,6 +324,9 @@ def test_file_costs_win_over_list_prices(tmp_path):  # type: ignore[no-untyped-d
     loaded = load_model_set(data, "best-model,cheap-model", "", None, "dev")
     assert loaded.cost_source == "meta.cost of the file"
     assert loaded.costs[0].tolist() == [0.01, 0.001]
+    for prices, output_tokens in (("cheap-model=1/1", None), ("", 100)):  # the file prices them: refused, not ignored
+        with pytest.raises(SystemExit, match="meta.cost, which prices them: leave out --prices and --output-tokens"):
+            load_model_set(data, "best-model,cheap-model", prices, output_tokens, "dev")
 
 
 # --- ROUTEGATE_MODELS ------------------------------------------------------------------------------

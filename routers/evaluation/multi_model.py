@@ -36,7 +36,8 @@ from routers.output_files import check_writable
 
 CHARS_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 256
-SCORE_BATCH = 64  # prompts per router call, so that the progress bar moves
+SCORE_BATCH = 64  # prompts per router call by default, so that the progress bar moves
+FILE_COSTS = "meta.cost of the file"  # where the costs come from when the records carry them
 
 
 @dataclass
@@ -102,7 +103,7 @@ def prompt_costs(
         costs = np.array([[record["meta"]["cost"][model] for model in models] for record in records], dtype=object)
         if not all(_is_price(value) for value in costs.flat):
             raise SystemExit("routegate eval: meta.cost holds a value that is not a number of USD at least 0")
-        return costs.astype(float), "meta.cost of the file"
+        return costs.astype(float), FILE_COSTS
     missing = [model for model in models if model not in prices]
     if missing:
         raise SystemExit(f"routegate eval: no list price for {missing}; give them with --prices MODEL=IN/OUT,...")
@@ -146,6 +147,10 @@ def load_model_set(path: Path, models_spec: str, price_spec: str, output_tokens:
         given[found] = price
     prices = {model: given.get(model) or list_price(model) for model in models}
     costs, source = prompt_costs(evaluated, models, {m: p for m, p in prices.items() if p is not None}, output_tokens)
+    if source == FILE_COSTS and (given or output_tokens is not None):
+        raise SystemExit(
+            "routegate eval: the file's records carry meta.cost, which prices them: leave out --prices and --output-tokens"
+        )
     train = [record for record in load_records([path], "train") if record["scores"]]  # a scored record has a prompt
     return ModelSet(
         name=path.name.split(".")[0],
@@ -195,7 +200,9 @@ def check_routers(names: list[str]) -> None:
         )
 
 
-def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: str, max_chars: int | None = None) -> np.ndarray:
+def router_predictions(
+    name: str, data: ModelSet, checkpoint_dir: Path, device: str, max_chars: int | None = None, batch_size: int = SCORE_BATCH
+) -> np.ndarray:
     """Per-model logits of a registry router on the prompts (``Router.model_logits``), (prompts,
     models); it reads the first ``max_chars`` characters of each prompt (all with None)."""
     from routers.registry import RouterOptions, load_router_or_exit, router_models_or_exit
@@ -209,8 +216,8 @@ def router_predictions(name: str, data: ModelSet, checkpoint_dir: Path, device: 
     router = load_router_or_exit(name, RouterOptions(checkpoint_dir, device, strong_model=names[0], weak_model=names[1]))
     logits = []
     with tqdm(total=len(data.prompts), desc=f"{name} on {data.name}", unit="prompt") as progress:
-        for start in range(0, len(data.prompts), SCORE_BATCH):
-            batch = [prompt[:max_chars] for prompt in data.prompts[start : start + SCORE_BATCH]]
+        for start in range(0, len(data.prompts), batch_size):
+            batch = [prompt[:max_chars] for prompt in data.prompts[start : start + batch_size]]
             batch_logits = router.model_logits(batch, names)
             assert batch_logits is not None  # a multi-model router
             logits.append(np.asarray(batch_logits))
@@ -375,7 +382,12 @@ def run(args: argparse.Namespace) -> int:
     check_writable(path)  # before the scoring, as a given --plot is
     curves = [
         routing_curve(
-            name, router_predictions(name, data, Path(args.checkpoint_dir), args.device, args.max_chars), data, logits=True
+            name,
+            router_predictions(
+                name, data, Path(args.checkpoint_dir), args.device, args.max_chars, args.batch_size or SCORE_BATCH
+            ),
+            data,
+            logits=True,
         )
         for name in args.router
     ]
