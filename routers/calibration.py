@@ -67,13 +67,7 @@ def check_calibration_target(path: Path, inputs: Sequence[Path] = ()) -> None:
     checkpoint's router.json, a data file), which writing would destroy."""
     if any(path.resolve() == given.resolve() for given in inputs):
         raise SystemExit(f"routegate: --write {path} is one of the --data files: name another file")
-    if not path.is_file():
-        return
-    try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError):
-        body = None
-    if not (isinstance(body, dict) and isinstance(body.get("thresholds"), dict)):
+    if path.is_file() and not read_calibration(path):
         raise SystemExit(f"routegate: --write {path} exists and is not a calibration file: name a new file or a calibration.json")
 
 

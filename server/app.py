@@ -37,7 +37,7 @@ from server.shared_scores import SharedScores
 from server.shared_state import shared_state_from
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
-from server.shutdown import CLOSING_SECONDS, DRAIN
+from server.shutdown import CLOSING_SECONDS, DRAIN, seconds_left
 from server.targets import Targets
 from server.upstream import Upstream
 
@@ -239,9 +239,8 @@ class Gateway:
         for upstream in self.upstreams.values():
             await upstream.aclose()
         if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas
-            left = deadline - asyncio.get_running_loop().time()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.targets.budget.flush(), max(0.0, min(BUDGET_FLUSH_TIMEOUT_S, left)))
+                await asyncio.wait_for(self.targets.budget.flush(), seconds_left(deadline, BUDGET_FLUSH_TIMEOUT_S))
         if self.shared_state is not None:
             await self.shared_state.aclose()
 

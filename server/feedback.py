@@ -30,6 +30,7 @@ from server.relay import EventSplitter, RelayResponse, data_fields, json_value
 from server.settings import Settings, SettingsError
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 from server.shared_state import SharedState
+from server.shutdown import seconds_left
 from server.upstream import answer_error_status
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
@@ -134,13 +135,12 @@ class Feedback:
 
     async def aclose(self, deadline: float) -> None:
         """Stop shadowing, then write what the store still holds, by ``deadline`` (event-loop time)."""
-        loop = asyncio.get_running_loop()
         if self.shadow is not None:
             await self.shadow.aclose(deadline)
         if self.store is not None:
-            while self._open_streams and loop.time() < deadline - STORE_WRITE_S:
+            while self._open_streams and seconds_left(deadline) > STORE_WRITE_S:
                 await asyncio.sleep(0.05)
-            await self.store.aclose(max(0.0, deadline - loop.time()))
+            await self.store.aclose(seconds_left(deadline))
 
     def client_of(self, headers: Headers) -> str:
         """Who sent a request, for the store: a fingerprint of its client key (empty without

@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from server import feedback_metrics as fm
 from server.settings import store_kind
+from server.shutdown import seconds_left
 
 log = logging.getLogger("routegate.feedback")
 DEFAULT_SQLITE = Path("~/.local/state/routegate/feedback.sqlite3")
@@ -357,14 +358,13 @@ class FeedbackStore:
         self._closed = True  # a write after this point would wait in a queue that nobody reads
         if not self._thread.is_alive():
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             await asyncio.to_thread(self._queue.put, _STOP, True, timeout)
         except queue.Full:
             self._abandon(f"busy for {timeout:g} s at shutdown")
             return
-        await asyncio.to_thread(self._thread.join, max(0.0, deadline - loop.time()))
+        await asyncio.to_thread(self._thread.join, seconds_left(deadline))
         if self._thread.is_alive():
             self._abandon(f"still writing {timeout:g} s after shutdown began")
 

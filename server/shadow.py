@@ -28,6 +28,7 @@ from server.metrics import reported_tokens, tokens_cost
 from server.settings import Settings
 from server.shared_state import SharedState
 from server.shared_targets import SharedBudget
+from server.shutdown import seconds_left
 from server.token_estimate import answer_tokens, bytes_tokens, prompt_tokens
 
 log = logging.getLogger("routegate.shadow")
@@ -201,8 +202,7 @@ class Shadower:
         if self._abandoned:
             log.warning("shutdown abandoned %d shadow jobs, queued or under way", self._abandoned)
         with contextlib.suppress(Exception):  # spend a cancelled job had not yet added to the replicas' total
-            left = deadline - asyncio.get_running_loop().time()
-            await asyncio.wait_for(self.budget.flush(), max(0.0, min(FLUSH_TIMEOUT_S, left)))
+            await asyncio.wait_for(self.budget.flush(), seconds_left(deadline, FLUSH_TIMEOUT_S))
         if self._client is not None:
             await self._client.aclose()
 

@@ -11,6 +11,8 @@ what is in flight is cut as when it runs out (a third SIGINT leaves without the 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -69,6 +71,11 @@ DRAIN = Drain()  # one per process: the process is what shuts down
 #: (the worker supervisor, Docker's stop_grace_period, Kubernetes' terminationGracePeriodSeconds)
 #: waits longer than the grace period plus this.
 CLOSING_SECONDS = 10.0
+
+
+def seconds_left(deadline: float, at_most: float = math.inf) -> float:
+    """Seconds from now to ``deadline`` (event-loop time), at most ``at_most``, never below 0."""
+    return max(0.0, min(at_most, deadline - asyncio.get_running_loop().time()))
 
 
 class DrainingServer(uvicorn.Server):
