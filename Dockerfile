@@ -1,7 +1,8 @@
 # routegate image. CPU by default:
 #   docker build -t routegate .
-#   docker run -p 127.0.0.1:8000:8000 --stop-timeout 35 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' routegate
-# (--stop-timeout: SIGTERM lets requests in flight finish for ROUTEGATE_SHUTDOWN_GRACE_SECONDS, 30 by default)
+#   docker run -p 127.0.0.1:8000:8000 --stop-timeout 45 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' routegate
+# (--stop-timeout: SIGTERM lets requests in flight finish for ROUTEGATE_SHUTDOWN_GRACE_SECONDS, 30 by default,
+# then the clean-up takes up to 10 s more)
 # It listens on 0.0.0.0, so it refuses to start without client keys (ROUTEGATE_API_KEYS) unless
 # told that is intended (e.g. behind an authenticating proxy): -e ROUTEGATE_ALLOW_UNAUTHENTICATED=true
 # GPU hosts (NVIDIA driver + container toolkit): pick the CUDA torch build at build time,
