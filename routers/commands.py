@@ -115,7 +115,7 @@ def add_router_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--knn", type=positive_int, help="neighbours of the kNN baseline (--models; default 20)")
     _max_chars_option(evaluate)
-    evaluate.set_defaults(run=_eval)
+    evaluate.set_defaults(run=_eval, strong=None, weak=None)  # filled in for one pair, refused with --models and --leave-one-out
 
     calibrate = subparsers.add_parser("calibrate", help="threshold that sends a given share of prompts to the strong model")
     _router_options(calibrate)
@@ -276,13 +276,20 @@ def _eval(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise SystemExit(f"routegate eval: --plot {args.plot} must end in {', '.join(PLOT_SUFFIXES)}")
-    for option, given in (("--score-as", args.score_as), ("--by-category", args.by_category)):
+    for option, given in (
+        ("--strong", args.strong),
+        ("--weak", args.weak),
+        ("--score-as", args.score_as),
+        ("--by-category", args.by_category),
+    ):
         if given and (args.leave_one_out or args.models):
             raise SystemExit(f"routegate eval: {option} applies to one pair (--data FILE --strong M --weak M)")
+    defaults = RouterOptions()
+    args.strong, args.weak = args.strong or defaults.strong_model, args.weak or defaults.weak_model
     _check_mode_options(args)
     for path in (args.plot, args.table):
         if path is not None:
-            check_writable(path)
+            check_writable(path, replaced=True)
     if args.leave_one_out:
         return _eval_leave_one_out(args)
     if args.data is None:
@@ -301,7 +308,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not records:
         raise SystemExit(f"routegate: no records in {args.data} score both {args.strong!r} and {args.weak!r}")
     plot = args.plot or Path(f"eval-{args.data.name.split('.')[0]}-{args.split}.png")
-    check_writable(plot)  # before the scoring, as a given --plot is
+    check_writable(plot, replaced=True)  # before the scoring, as a given --plot is
     quality = PairQuality.of([r["scores"][strong] for r in records], [r["scores"][weak] for r in records])
     prompts = [record["prompt"] for record in records]
     print(f"{args.data.name} ({args.split}): {len(records)} prompts, strong {strong}, weak {weak}")
@@ -394,7 +401,7 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     train_options = parse_train_options(args.train_options)
     check_train_options(train_options, [name for name in args.router if not name.startswith("shipped:")])
     plot = args.plot or Path("leave-one-out.png")
-    check_writable(plot)  # before the folds, as a given --plot is
+    check_writable(plot, replaced=True)  # before the folds, as a given --plot is
     use_disk_cache()
     table = run_leave_one_out(
         args.router,
@@ -412,7 +419,8 @@ def _eval_leave_one_out(args: argparse.Namespace) -> int:
     text = table.format()
     print(text)
     if args.table is not None:  # before the plot: a plot that cannot be written loses no table
-        args.table.write_text(text + "\n")
+        with replaced_on_success(args.table) as staging:
+            staging.write_text(text + "\n")
     plot_leave_one_out(table, plot)
     print(f"plot: {plot}")
     return 0

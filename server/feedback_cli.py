@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tqdm import tqdm
+
 from routers.data import question_key
 from routers.output_files import check_writable, replaced_on_success
 from server.quality import Verdicts, quality
@@ -35,6 +37,7 @@ JOINED = """SELECT d.request_id, d.created_at, d.router, d.tier, d.strong_model,
     LEFT JOIN routegate_feedback f ON f.request_id = d.request_id
     WHERE d.created_at >= ? AND d.created_at < ? AND (j.request_id IS NOT NULL OR f.request_id IS NOT NULL)
     ORDER BY d.created_at"""
+COUNTED = f"SELECT COUNT(*) FROM ({JOINED.rsplit('ORDER BY', 1)[0]}) counted"
 
 
 def parse_moment(value: str, now: float | None = None) -> float:
@@ -69,15 +72,23 @@ def split_of(prompt: str) -> str:
 FETCH_ROWS = 1000
 
 
-def _rows(database: Database, since: float, until: float) -> Iterator[tuple]:
+def _rows(database: Database, since: float, until: float, desc: str) -> Iterator[tuple]:
     connection = database.connect(create_schema=False)  # reading needs no more than SELECT
     try:
+        counter = connection.cursor()
+        try:
+            counter.execute(database.sql(COUNTED), (since, until))
+            (total,) = counter.fetchone()
+        finally:
+            counter.close()
         # PostgreSQL: a server-side cursor, else psycopg holds the whole result in memory at execute
         cursor = connection.cursor(name="routegate_read") if database.postgres else connection.cursor()
         try:
             cursor.execute(database.sql(JOINED), (since, until))
-            while rows := cursor.fetchmany(FETCH_ROWS):
-                yield from rows
+            with tqdm(total=total, desc=desc, unit="request") as progress:
+                while rows := cursor.fetchmany(FETCH_ROWS):
+                    yield from rows
+                    progress.update(len(rows))
         finally:
             cursor.close()
     finally:
@@ -181,11 +192,12 @@ def _database(args: argparse.Namespace) -> Database:
     return database
 
 
-def _read_rows(database: Database, since: float, until: float) -> Iterator[tuple]:
-    """Every request stored from ``since`` to before ``until``, as they are read (none from a store no gateway has
-    opened); a one-line exit when the database cannot be read, at the start or part way."""
+def _read_rows(database: Database, since: float, until: float, desc: str) -> Iterator[tuple]:
+    """Every judged or rated request stored from ``since`` to before ``until``, as they are read, with a
+    progress bar named ``desc`` (none from a store no gateway has opened); a one-line exit when the
+    database cannot be read, at the start or part way."""
     try:
-        yield from _rows(database, since, until)
+        yield from _rows(database, since, until, desc)
     except Exception as error:  # the driver's errors (sqlite3, psycopg): name the store, not a traceback
         if database.has_no_tables(error):
             print(f"{database.describe()} has no requests yet: no gateway has written to it", file=sys.stderr)
@@ -217,7 +229,7 @@ def _export(args: argparse.Namespace) -> int:
     check_writable(args.out, replaced=True)
     if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
         raise SystemExit(f"routegate: --checkpoint-dir {args.checkpoint_dir} is not a folder")
-    rows = _read_rows(database, args.since, _window_end(args))
+    rows = _read_rows(database, args.since, _window_end(args), desc="export")
     names = RouterNames(args.checkpoint_dir)
     written = without_text = 0
     with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is
@@ -289,7 +301,7 @@ def _fmt(value: float | None) -> str:
 def _stats(args: argparse.Namespace) -> int:
     _check_window(args)
     database = _database(args)
-    rows = _read_rows(database, args.since, _window_end(args))
+    rows = _read_rows(database, args.since, _window_end(args), desc="read")
     until = "" if args.until is None else f" until {_iso(args.until)}"
     print(f"{database.describe()}, since {_iso(args.since)}{until}:")
     print("\n".join(stats_lines(rows)))

@@ -84,18 +84,25 @@ async def fill(into: Database) -> None:
     await store.aclose()
 
 
-def routegate(*args: str) -> str:
+def routegate_run(*args: str) -> subprocess.CompletedProcess[str]:
     run = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    return run.stdout
+    return run
+
+
+def routegate(*args: str) -> str:
+    return routegate_run(*args).stdout
 
 
 @pytest.mark.parametrize("name", ["feedback.jsonl", "feedback.jsonl.gz"])
 async def test_export_writes_shared_data_records(database: Database, tmp_path: Path, name: str) -> None:  # noqa: F811
     await fill(database)
     out = tmp_path / name
-    printed = routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
+    run = routegate_run("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
+    printed = run.stdout
     records = {record["id"]: record for record in iter_records(out)}  # as routegate train reads it
+    # a progress bar over the window's nine judged or rated requests, with or without text
+    assert "export: 100%" in run.stderr and "9/9" in run.stderr, run.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # prompts and comments: the owner's alone, as the store
     assert set(records) == {"r-strong-win", "r-tie", "r-weak-win", "r-kept", "r-rated", "r-repeat-0", "r-repeat-8"}
     assert "7 records" in printed and "1 judged or rated requests have no stored prompt text" in printed

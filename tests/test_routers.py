@@ -384,8 +384,9 @@ def test_eval_by_category_shows_each_categorys_lead_and_rank(tmp_path: Path, cap
     assert {line.split()[0] for line in report[header + 2 : header + 4]} == {"chat", "sum"}
     assert "prompt length (baseline): rank correlation of category means with their lead" in report[header + 4]
     for other_mode in (["--leave-one-out"], ["--data", str(data), "--models", "big,small"]):
-        with pytest.raises(SystemExit, match="--by-category applies to one pair"):
-            main(["eval", "--router", "random", *other_mode, "--by-category"])
+        for option in (["--by-category"], ["--strong", "big"], ["--weak", "small"]):
+            with pytest.raises(SystemExit, match=f"{option[0]} applies to one pair"):  # it would be ignored
+                main(["eval", "--router", "random", *other_mode, *option])
 
 
 def test_eval_gives_its_routers_what_the_gateway_gives_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -872,6 +873,41 @@ def test_an_output_is_replaced_only_once_it_is_written(tmp_path: Path) -> None:
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it
     assert link.is_symlink() and len(out.read_text().splitlines()) == 3  # written through the link
+
+
+@pytest.mark.parametrize(("suffix", "start"), [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_a_plot_is_replaced_only_once_it_is_drawn(tmp_path: Path, suffix: str, start: bytes) -> None:
+    """A plot that fails while it is written (SVG and PDF open the file before drawing into it)
+    leaves the earlier one whole; a written one is in the format its name says."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
+
+    from routers.evaluation.plot import save_figure
+
+    class FailsWhenWritten(Artist):
+        """Draws for the tight bounding box, then fails as a full disk would."""
+
+        draws = 0
+
+        def draw(self, renderer: object) -> None:
+            self.draws += 1
+            if self.draws > 1:
+                raise OSError("No space left on device")
+
+    plot = tmp_path / f"curve{suffix}"
+    plot.write_bytes(b"earlier plot")
+    figure, axes = plt.subplots()
+    axes.add_artist(FailsWhenWritten())
+    with pytest.raises(OSError, match="No space left"):
+        save_figure(figure, plot)
+    assert plot.read_bytes() == b"earlier plot" and [path.name for path in tmp_path.iterdir()] == [plot.name]
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [0, 1])
+    save_figure(figure, plot)
+    assert plot.read_bytes().startswith(start) and [path.name for path in tmp_path.iterdir()] == [plot.name]
 
 
 def test_an_output_in_a_folder_the_user_cannot_write_is_refused_before_the_scoring(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from routers.data import Record, load_records
+from routers.evaluation.plot import save_figure
 from routers.evaluation.prices import Price, list_price, parse_prices
 from routers.model_names import match_model
 from routers.multi_model import beaten_from_logits, beaten_from_scores, most_capable, picked, sweep
@@ -366,9 +367,7 @@ def plot(data: ModelSet, curves: list[Curve], path: Path) -> None:
     axes.set_title(f"{data.name}: {len(data.prompts)} prompts, {len(data.models)} models", fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
     use_disk_cache()
     data = load_model_set(args.data, args.models, args.prices, args.output_tokens, args.split)
     path = args.plot or Path(f"eval-models-{data.name}-{args.split}.png")
-    check_writable(path)  # before the scoring, as a given --plot is
+    check_writable(path, replaced=True)  # before the scoring, as a given --plot is
     curves = [
         routing_curve(
             name,

@@ -8,9 +8,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from routers.evaluation.metrics import PairQuality, routing_curve
+from routers.output_files import replaced_on_success
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from routers.evaluation.leave_one_out import LeaveOneOutTable
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """Write ``figure`` to ``path`` in the format its suffix names, replacing an earlier plot whole
+    (a failed write leaves the old one), and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with replaced_on_success(path) as staging:
+            figure.savefig(staging, format=path.suffix.lstrip(".").lower(), dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
 
 
 def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, path: Path, title: str) -> None:
@@ -32,9 +48,7 @@ def plot_routing_curves(curves: dict[str, list[float]], quality: PairQuality, pa
     axes.set_title(title, fontsize=9)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_leave_one_out(table: LeaveOneOutTable, path: Path) -> None:
@@ -58,6 +72,4 @@ def plot_leave_one_out(table: LeaveOneOutTable, path: Path) -> None:
     records = "records" if table.split == "all" else f"{table.split} records"
     axes.set_title(f"leave one family out: train on the others, evaluate on this family's {records}", fontsize=9)
     axes.legend(fontsize=8, ncol=3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    save_figure(figure, path)

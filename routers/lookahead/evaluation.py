@@ -26,6 +26,7 @@ from tqdm import tqdm
 from routers.arguments import positive_int
 from routers.data import load_records
 from routers.evaluation.metrics import PairQuality, apgr
+from routers.evaluation.plot import save_figure
 
 
 @dataclass
@@ -157,8 +158,7 @@ def plot(dev_sets: list[DevSet], columns: dict[str, dict[str, dict[str, float]]]
         axis.set_title(title)
         axis.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:
