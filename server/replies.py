@@ -26,6 +26,7 @@ from server.upstream import (
     Upstream,
     UpstreamFailure,
     answer_error_status,
+    media_type,
 )
 
 #: the upstream's headers a client may use, by the name each is sent on as: when to retry, how long
@@ -37,6 +38,8 @@ _RELAYED_HEADERS = {
     "openai-processing-ms": "openai-processing-ms",
     "x-request-id": "x-upstream-request-id",
 }
+#: sent with every relayed answer: a browser must not read an answer as anything but its content-type
+_NO_SNIFFING = {"x-content-type-options": "nosniff"}
 MAX_RELAYED_MESSAGE = 500  # characters of another server's error text kept in the OpenAI-style message
 Finish = Callable[[Outcome], Awaitable[None]]
 PromptTokens = Callable[[], int]
@@ -122,9 +125,11 @@ async def _whole(
         usage = answer.get("usage") if isinstance(answer, dict) else None
         if reported_tokens(usage) is None and status < 300:
             estimate = (prompt_tokens(), answer_tokens(answer))
-    headers.update(_relayed_headers(result.headers))
-    if "content-type" in result.headers:
-        headers["content-type"] = _sendable(result.headers["content-type"]) or "application/json"
+    headers.update(_relayed_headers(result.headers), **_NO_SNIFFING)
+    # every whole answer is JSON (an answer, an OpenAI-style error, or the error that replaces another body):
+    # the upstream's own spelling of that type is kept, any other type (text/html) is not relayed
+    sent_type = _sendable(result.headers.get("content-type", "")) or ""
+    headers["content-type"] = sent_type if media_type(sent_type) == "application/json" else "application/json"
     # an error body may quote the key, also as an answer's error object in a 200
     body = upstream.redact_answer(result.body) if result.status < 300 else upstream.redact(result.body)
     if result.status >= 400:
@@ -223,7 +228,7 @@ def _relay_stream(
     media_type = _sendable(start.response.headers.get("content-type", "")) or "text/event-stream"
     return RelayResponse(
         relayed,
-        {**headers, **_relayed_headers(start.response.headers)},
+        {**headers, **_relayed_headers(start.response.headers), **_NO_SNIFFING},
         on_close,
         media_type=media_type,
         on_cancel=on_cancel,

@@ -112,9 +112,9 @@ def _encoded(headers: Mapping[str, str]) -> bool:
     return headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
 
 
-def _media_type(headers: Mapping[str, str]) -> str:
-    """The ``content-type`` without its parameters, in lower case."""
-    return headers.get("content-type", "").split(";")[0].strip().lower()
+def media_type(content_type: str) -> str:
+    """A ``content-type`` value without its parameters, in lower case."""
+    return content_type.split(";")[0].strip().lower()
 
 
 class Upstream:
@@ -289,12 +289,13 @@ class Attempts:
                         return "too_large", False, None, None
                     reason, retry_after = status_failure(response)
                     return reason, False, retry_after, CompletedResponse(response.status_code, read[0], response.headers)
-                if _media_type(response.headers) == "application/json":  # it ignored "stream": no events to relay
+                sent_type = media_type(response.headers.get("content-type", ""))
+                if sent_type == "application/json":  # it ignored "stream": no events to relay
                     read = await read_at_most(response, upstream.max_response_bytes)  # a whole answer, billed
                     await response.aclose()
                     self._on_spent(upstream.max_response_bytes if read is None else len(read[0]))
                     return "stream_ignored", False, None, None
-                if _media_type(response.headers) not in ("", "text/event-stream") or _encoded(response.headers):
+                if sent_type not in ("", "text/event-stream") or _encoded(response.headers):
                     await response.aclose()  # a page or a compressed body, not events: it would be so again
                     self._on_spent(0)
                     return "not_event_stream", False, None, None

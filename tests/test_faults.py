@@ -714,6 +714,37 @@ def test_an_upstream_header_value_with_a_control_character_is_replaced_not_a_dro
     assert "Traceback" not in log
 
 
+def test_an_answer_is_sent_as_json_whatever_type_the_upstream_gave_it(weak: FakeUpstream, tmp_path: Path) -> None:
+    """A JSON answer or error that an upstream labelled ``text/html`` would render as a page, with
+    whatever a prompt made the model write, on the gateway's origin: whole answers go out as
+    ``application/json`` (an upstream's own spelling of JSON is kept), and every relayed answer
+    says ``nosniff``."""
+    refusal = b'{"error": {"message": "slow down", "type": "rate_limit", "param": null, "code": null}}'
+    with RawUpstream().running() as strong:
+        env = proxy_env(strong, weak, retries="0", fallback="false")  # type: ignore[arg-type]
+        with running_proxy(env, tmp_path) as proxy:
+            sent = {}
+            for name, status, content_type, body in (
+                ("html answer", b"200 OK", b"text/html", ANSWER),
+                ("html refusal", b"429 X", b"text/html; charset=utf-8", refusal),
+                ("json answer", b"200 OK", b"application/json; charset=utf-8", ANSWER),
+            ):
+                strong.answer = raw_response(b"HTTP/1.1 " + status, [b"content-type: " + content_type], body)
+                sent[name] = httpx.post(f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES})
+            strong.answer = raw_response(b"HTTP/1.1 200 OK", [b"content-type: text/event-stream"], EVENTS)
+            streamed = httpx.post(
+                f"{proxy.api}/chat/completions", json={"model": STRONG_MODEL, "messages": MESSAGES, "stream": True}
+            )
+    assert sent["html answer"].status_code == 200 and sent["html answer"].headers["content-type"] == "application/json"
+    assert sent["html answer"].json()["choices"][0]["message"]["content"] == "raw answer"
+    assert sent["html refusal"].status_code == 429 and sent["html refusal"].headers["content-type"] == "application/json"
+    assert sent["html refusal"].json()["error"]["message"] == "slow down"
+    assert sent["json answer"].headers["content-type"] == "application/json; charset=utf-8"
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    for response in (*sent.values(), streamed):
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
 @pytest.mark.parametrize("line_end", [b"\r", b"\r\n", b"\n"])
 def test_a_stream_with_any_sse_line_end_is_relayed_whole(weak: FakeUpstream, tmp_path: Path, line_end: bytes) -> None:
     """SSE lines may end in CRLF, LF or a bare CR: whichever an upstream sends, its events are
