@@ -449,9 +449,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
         )
         async def prometheus_metrics(request: Request) -> Response:
-            """Prometheus metrics in the text exposition format; needs ROUTEGATE_METRICS_KEY when set."""
-            if settings.metrics_key is not None and not bearer_matches(request.headers, [settings.metrics_key]):
-                raise APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
+            """Prometheus metrics in the text exposition format; needs ROUTEGATE_METRICS_KEY when set, else a
+            client key where other hosts reach the gateway and ROUTEGATE_API_KEYS is set."""
+            if settings.metrics_key is not None:
+                if not bearer_matches(request.headers, [settings.metrics_key]):
+                    raise APIError(401, "/metrics needs 'Authorization: Bearer <ROUTEGATE_METRICS_KEY>'.", code="invalid_api_key")
+            elif not is_loopback(settings.host):  # spend, budget and models are not for whoever reaches the port
+                _check_client_key(request, settings)
             body, content_type = render_metrics()
             return Response(body, media_type=content_type)
 

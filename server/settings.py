@@ -265,7 +265,11 @@ class Settings(BaseSettings):
         description="browser origins (https://chat.example.com) a loopback gateway without client keys serves, "
         "beside this machine's own",
     )
-    metrics_key: SecretStr | None = Field(None, description="Bearer key /metrics requires; unset = none")
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="Bearer key /metrics requires; unset: on the API port, a client key where ROUTEGATE_HOST is not "
+        "loopback (none with ROUTEGATE_ALLOW_UNAUTHENTICATED), none on loopback or ROUTEGATE_METRICS_PORT",
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve /metrics on this port instead of the API port (another than ROUTEGATE_PORT)"
     )

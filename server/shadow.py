@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,7 +188,15 @@ class Shadower:
     def start(self) -> None:
         """Start the worker tasks (in the serving event loop)."""
         limits = httpx.Limits(max_connections=3 * self.workers, max_keepalive_connections=3 * self.workers)
-        self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits, headers={"user-agent": "routegate-shadow"})
+        # as the serving pool: straight to the configured URLs (no proxy from the environment: the calls carry
+        # upstream keys), trusting the system's certificate authorities (and SSL_CERT_FILE)
+        self._client = httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=limits,
+            headers={"user-agent": "routegate-shadow"},
+            trust_env=False,
+            verify=ssl.create_default_context(),
+        )
         self._tasks = [asyncio.create_task(self._work(), name=f"routegate-shadow-{n}") for n in range(self.workers)]
 
     async def aclose(self, deadline: float) -> None:

@@ -229,15 +229,18 @@ def test_ports_agree(compose: dict[str, Any]) -> None:
     assert f"EXPOSE {gateway_port}" in stages["routegate"]
     assert services["routegate"]["build"]["target"] == "routegate"
     assert services["local-llm"]["build"]["target"] == "local-llm"
-    for name in ("routegate", "routegate-local"):
-        assert [port["target"] for port in services[name]["ports"]] == [gateway_port]
+    metrics_port = int(services["routegate"]["environment"]["ROUTEGATE_METRICS_PORT"])
+    for name in ("routegate", "routegate-local", "routegate-scaled"):
+        # the API port is published (not the scaled replicas': nginx is), /metrics is on a port of its own that is not
+        assert [port["target"] for port in services[name].get("ports", [])] == ([] if name.endswith("scaled") else [gateway_port])
         assert "ROUTEGATE_PORT" not in services[name]["environment"]
-    # Prometheus scrapes each gateway service on the gateway's port.
+        assert int(services[name]["environment"]["ROUTEGATE_METRICS_PORT"]) == metrics_port != gateway_port
+    # Prometheus scrapes each gateway service on its metrics port.
     scrape = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
     targets = [target for job in scrape for group in job["static_configs"] for target in group["targets"]]
-    assert targets == [f"routegate:{gateway_port}"]  # always up; the profiles' gateways are found by DNS
+    assert targets == [f"routegate:{metrics_port}"]  # always up; the profiles' gateways are found by DNS
     found = [(name, sd["port"]) for job in scrape for sd in job["dns_sd_configs"] for name in sd["names"]]
-    assert sorted(found) == [("routegate-local", gateway_port), ("routegate-scaled", gateway_port)]
+    assert sorted(found) == [("routegate-local", metrics_port), ("routegate-scaled", metrics_port)]
     # Grafana reaches Prometheus on the port Prometheus serves.
     datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
@@ -291,7 +294,7 @@ def test_scale_profile_puts_the_balancer_in_front_of_replicas_sharing_redis(comp
     listen = int(re.search(r"^\s*listen (\d+);", conf, re.M).group(1))
     assert [port["target"] for port in balancer["ports"]] == [listen]
     sd = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]["dns_sd_configs"]
-    assert {"names": ["routegate-scaled"], "type": "A", "port": gateway_port} in sd
+    assert {"names": ["routegate-scaled"], "type": "A", "port": int(replicas["environment"]["ROUTEGATE_METRICS_PORT"])} in sd
 
 
 def test_balancers_let_go_of_idle_connections_before_routegate_closes_them() -> None:

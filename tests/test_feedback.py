@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -784,3 +785,26 @@ def test_a_postgresql_store_gets_the_decision_judgement_and_feedback(
         assert connection.info.get_parameters()["keepalives"] == "1"  # a silently dropped connection is noticed
     finally:
         connection.close()
+
+
+def test_shadow_and_judge_calls_ignore_proxy_variables(
+    strong: FakeUpstream, weak: FakeUpstream, judge: FakeJudge, tmp_path: Path
+) -> None:
+    """Shadow and judge calls carry upstream keys: like the serving calls, they go straight to the
+    configured URLs, not through a proxy named in the gateway's environment."""
+    with socket.create_server(("127.0.0.1", 0)) as trap:  # a "proxy" that takes connections and answers nothing
+        trap.settimeout(0.2)
+        trap_url = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3")
+        env.update({name: trap_url for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy")})
+        strong.received.clear()
+        with running_proxy(env, tmp_path) as proxy:
+            before = shadow_total(proxy)
+            reply = client(proxy).chat.completions.with_raw_response.create(model=WEAK_ROUTE, messages=QUESTION)
+            judged(proxy, before)
+            outcomes = proxy.metrics()
+        with pytest.raises(TimeoutError):
+            trap.accept()[0].close()
+    assert reply.headers["x-routegate-tier"] == "weak"
+    assert len(strong.received) == 1 and len(judge.received) == 2  # the shadow answer, judged in both orders
+    assert metric_sum(outcomes, "routegate_shadow_requests_total", outcome="judged") == 1

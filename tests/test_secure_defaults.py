@@ -65,6 +65,25 @@ def test_metrics_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -
     assert keyed.status_code == 200 and "routegate_requests_total" in keyed.text
 
 
+@pytest.mark.parametrize(
+    ("host", "keys", "anonymous_status"),
+    [("0.0.0.0", "client-key-for-metrics", 401), ("0.0.0.0", None, 200), ("127.0.0.1", "client-key-for-metrics", 200)],
+)
+def test_metrics_of_a_gateway_other_hosts_reach_need_a_client_key(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, host: str, keys: str | None, anonymous_status: int
+) -> None:
+    """Without a metrics key or port of their own, the API port's /metrics is guarded as its API is
+    where other hosts reach it (a loopback gateway's stay open to the machine's Prometheus)."""
+    settings = {"api_keys": f'["{keys}"]'} if keys else {"allow_unauthenticated": "true"}
+    with running_proxy(proxy_env(strong, weak, host=host, **settings), tmp_path) as proxy:
+        anonymous = httpx.get(f"{proxy.url}/metrics")
+        keyed = httpx.get(f"{proxy.url}/metrics", headers={"authorization": f"Bearer {keys}"}) if keys else anonymous
+    assert anonymous.status_code == anonymous_status
+    if anonymous_status == 401:
+        assert anonymous.json()["error"]["code"] == "invalid_api_key" and "routegate_" not in anonymous.text
+    assert keyed.status_code == 200 and "routegate_requests_total" in keyed.text
+
+
 def test_metrics_on_their_own_port(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     port = free_port()
     env = proxy_env(strong, weak, metrics_port=str(port), metrics_key="metrics-secret-key", head_timeout="1")
