@@ -60,7 +60,8 @@ ROUTER_SCORE = Histogram(
 )
 ROUTER_THRESHOLD = Gauge(
     "routegate_router_threshold",
-    "Threshold of the latest routed request, by router.",
+    "Threshold of the latest answer (had whole by its client) of a threshold route decided by score, by router "
+    "(not forced thresholds; target routes: routegate_target_threshold).",
     ["router"],
     multiprocess_mode="mostrecent",
 )
@@ -100,7 +101,7 @@ COST_USD = Counter("routegate_cost_usd_total", "Cost in USD of the tokens used, 
 ALL_STRONG_COST_USD = Counter(
     "routegate_all_strong_cost_usd_total",
     "Cost in USD the same answers' tokens would have had on the most capable upstream (strong with two tiers): "
-    "the all-best-model counterfactual (failed tries are not counted).",
+    "the all-best-model counterfactual (failed tries, and streams cut or left by their client, are not counted).",
     ["tier", "model"],
 )
 USAGE_ESTIMATED = Counter(
@@ -177,10 +178,10 @@ UPSTREAM_ACTIVE = Gauge(
     multiprocess_mode="livesum",
 )
 QUEUED = Gauge("routegate_requests_queued", "Requests waiting for an upstream slot.", multiprocess_mode="livesum")
+REJECTED_REASONS = ("queue_full", "queue_timeout", "body_budget_full", "scoring_overload", "budget_exhausted", "shutting_down")
 REJECTED = Counter(
     "routegate_requests_rejected_total",
-    "Requests refused before reaching an upstream, by reason "
-    "(queue_full|queue_timeout|body_budget_full|scoring_overload|budget_exhausted|shutting_down).",
+    f"Requests refused before reaching an upstream, by reason ({'|'.join(REJECTED_REASONS)}).",
     ["reason"],
 )
 BODY_BYTES_PENDING = Gauge(
@@ -195,9 +196,10 @@ HTTP_REFUSED = Counter(
     f"Requests answered by the HTTP layer before the app saw them, by reason ({'|'.join(HTTP_REFUSED_REASONS)}).",
     ["reason"],
 )
+UNSCORED_REASONS = ("timeout", "queue_full", "loading")
 UNSCORED = Counter(
     "routegate_scoring_overload_total",
-    "Requests whose router could not score them in time, by router and reason (timeout|queue_full|loading).",
+    f"Requests whose router could not score them in time, by router and reason ({'|'.join(UNSCORED_REASONS)}).",
     ["router", "reason"],
 )
 THRESHOLD_DECISIONS = Counter(
@@ -290,9 +292,13 @@ def initialise(
     MOST_CAPABLE_TIER.labels(most_capable).set(1)
     for reason in HTTP_REFUSED_REASONS:
         HTTP_REFUSED.labels(reason)
+    for reason in REJECTED_REASONS:
+        REJECTED.labels(reason)
     for router in routers:  # histograms too: a router's first scores must show in rate()
         ROUTING_SECONDS.labels(router)
         ROUTER_SCORE.labels(router)
+        for reason in UNSCORED_REASONS:
+            UNSCORED.labels(router, reason)
     for tier, model in models.items():
         for router in (*routers, "none"):
             REQUESTS.labels(router, tier, model, "200")

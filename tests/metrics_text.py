@@ -24,5 +24,19 @@ def metric_sum(text: str, name: str, allow_absent: bool = False, **labels: str) 
                 if all(sample.labels.get(key) == value for key, value in labels.items()):
                     total += sample.value
     assert declared or allow_absent, f"no metric {name} in the exposition"
+    keys = keys or _declared_labels(name)  # a metric without samples yet: the labels routegate declares for it
     assert not keys or set(labels) <= keys, f"{name} has no label {sorted(set(labels) - keys)} (its labels: {sorted(keys)})"
     return total
+
+
+def _declared_labels(name: str) -> set[str]:
+    """The label names (and ``le`` of a histogram's buckets) routegate's metric ``name`` is declared with; none for another."""
+    from prometheus_client import REGISTRY
+
+    import server.feedback_metrics
+    import server.metrics  # noqa: F401  (both declare their metrics in prometheus_client's registry)
+
+    collector = REGISTRY._names_to_collectors.get(name)
+    if collector is None:
+        return set()
+    return set(getattr(collector, "_labelnames", ())) | ({"le"} if name.endswith("_bucket") else set())

@@ -38,6 +38,27 @@ async def _concurrent_chats(proxy: Proxy, count: int) -> list[object]:
         return await asyncio.gather(*calls, return_exceptions=True)
 
 
+def test_every_refusal_reason_is_a_series_before_its_first_refusal(small_proxy: Proxy) -> None:
+    """A counter series that first appears with its first increment loses that increment in
+    ``rate()``/``increase()``: a process's first refusal of each kind must count on the dashboard."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.metrics import REJECTED_REASONS, UNSCORED_REASONS
+
+    series = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in text_string_to_metric_families(small_proxy.metrics())
+        for sample in family.samples
+    }
+    for reason in REJECTED_REASONS:
+        assert ("routegate_requests_rejected_total", (("reason", reason),)) in series
+    routers = {dict(labels)["router"] for name, labels in series if name == "routegate_routing_duration_seconds_count"}
+    assert routers  # the routers the gateway serves
+    for router in routers:
+        for reason in UNSCORED_REASONS:
+            assert ("routegate_scoring_overload_total", (("reason", reason), ("router", router))) in series
+
+
 def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong: FakeUpstream) -> None:
     strong.behaviour.delay = 3.0  # both slots stay busy well past the 1 s queue wait
     delta = MetricDelta(small_proxy.metrics)
