@@ -121,12 +121,15 @@ def test_upstream_model_name_bypasses_routing(proxy: Proxy, strong: FakeUpstream
     assert weak.received[0].body["model"] == WEAK_MODEL and not strong.received
 
 
-def test_auto_alias_uses_default_router_and_threshold(proxy: Proxy):
-    raw = client(proxy).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
-    assert raw.headers["x-routegate-router"] == "random"
-    assert raw.headers["x-routegate-threshold"] == "0.5"
-    score = float(raw.headers["x-routegate-score"])
-    assert raw.headers["x-routegate-tier"] == ("strong" if score >= 0.5 else "weak")
+def test_auto_alias_uses_default_router_and_threshold(proxy: Proxy, strong: FakeUpstream, weak: FakeUpstream):
+    for _ in range(12):  # the random router's scores fall on both sides of 0.5
+        raw = client(proxy).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+        assert raw.headers["x-routegate-router"] == "random"
+        assert raw.headers["x-routegate-threshold"] == "0.5"
+        expected = "strong" if float(raw.headers["x-routegate-score"]) >= 0.5 else "weak"
+        assert raw.headers["x-routegate-tier"] == expected
+        assert raw.parse().choices[0].message.content == f"answer from {expected}"  # the upstream that answered
+    assert len(strong.received) + len(weak.received) == 12
 
 
 def test_client_request_id_is_kept(proxy: Proxy, strong: FakeUpstream):

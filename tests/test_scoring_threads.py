@@ -115,14 +115,16 @@ def test_scoring_threads_default_to_one_per_core_on_the_cpu_and_one_on_a_gpu(dev
 
 
 @pytest.mark.parametrize(
-    ("cpu_max", "quota_cores"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("150000 100000\n", 2), ("max 100000\n", None)]
+    ("cpu_max", "cores"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("150000 100000\n", 2), ("max 100000\n", 64)]
 )
-def test_a_container_cpu_limit_caps_the_cores_threads_are_sized_by(tmp_path: Path, cpu_max: str, quota_cores: int | None) -> None:
+def test_a_container_cpu_limit_caps_the_cores_threads_are_sized_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, cores: int
+) -> None:
     """Kubernetes' ``cpu: 2`` on a 64-core node: 2 scoring threads, not 64 (affinity shows all 64)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # the node's cores
     (tmp_path / "cpu.max").write_text(cpu_max)
-    affinity = len(os.sched_getaffinity(0))
-    assert available_cores(tmp_path / "cpu.max") == (affinity if quota_cores is None else min(affinity, quota_cores))
-    assert available_cores(tmp_path / "missing") == affinity
+    assert available_cores(tmp_path / "cpu.max") == cores
+    assert available_cores(tmp_path / "missing") == 64
 
 
 if __name__ == "__main__":

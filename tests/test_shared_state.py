@@ -113,7 +113,8 @@ def test_gateways_scoring_other_pairs_keep_target_routes_of_their_own(
 ) -> None:
     """Two gateways on one Redis and prefix, routing other strong models (or a rolling deploy of a
     retrained checkpoint): a router's scores for one pair are on another scale than for the other,
-    so the same share's window is not mixed; the score cache keeps them apart the same way."""
+    so the same share's window is not mixed (the score cache keeps them apart the same way:
+    ``test_a_gateway_scoring_another_pair_does_not_read_the_shared_scores``)."""
     client = redis_server.client()
     with ExitStack() as stack:
         for index, strong_model in enumerate(("strong-model-a", "strong-model-b")):
