@@ -82,7 +82,8 @@ SCORE_CACHE_LOOKUPS = Counter(
 )
 UPSTREAM_SECONDS = Histogram(
     "routegate_upstream_duration_seconds",
-    "Time from sending a request upstream to its last byte, by tier and model.",
+    "Time from sending a request's first try upstream to its answer's last byte (a stream is read as fast as its "
+    "client takes it) or to the failure that ended its tries, retries and their waits included, by tier and model.",
     ["tier", "model"],
     buckets=LATENCY_BUCKETS,
 )
