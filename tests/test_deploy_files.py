@@ -191,11 +191,14 @@ GATEWAYS = ("routegate", "routegate-local", "routegate-scaled")
 
 
 def test_gateways_run_hardened_with_caches_in_tmp(compose: dict[str, Any]) -> None:
-    for name in GATEWAYS:
+    for name in (*GATEWAYS, "local-llm"):  # every service built from this repository
         service = compose["services"][name]
         assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"], name
-        assert service["environment"]["XDG_CACHE_HOME"].startswith("/tmp/"), name
+        if name in GATEWAYS:
+            assert service["environment"]["XDG_CACHE_HOME"].startswith("/tmp/"), name
+    # the local LLM writes its converted model to its cache, a volume, where the home it runs in is read-only
+    assert [volume["target"] for volume in compose["services"]["local-llm"]["volumes"]] == ["/home/routegate/.cache"]
 
 
 def test_docker_stops_a_gateway_only_after_its_grace_period_and_clean_up(compose: dict[str, Any]) -> None:
