@@ -754,6 +754,65 @@ def _env_name(location: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(part).upper() for part in location)
 
 
+def _config_keys() -> set[str]:
+    """The top-level keys of the config file in use (none without one, or one that is no mapping)."""
+    named = os.environ.get(CONFIG_ENV)
+    try:
+        loaded = yaml.safe_load(Path(named).read_text(encoding="utf-8")) if named else None
+    except (OSError, yaml.YAMLError):
+        return set()
+    return {str(key).lower() for key in loaded} if isinstance(loaded, dict) else set()
+
+
+def _from_file(location: tuple[str | int, ...], file_keys: set[str]) -> bool:
+    """Whether the setting at ``location`` comes from the config file: its key is there and no variable sets it."""
+    variable = _env_name(location[:1])
+    given = any(name.upper() == variable or name.upper().startswith(variable + "__") for name in os.environ)
+    return bool(location) and str(location[0]).lower() in file_keys and not given
+
+
+def _fields_at(location: tuple[str | int, ...]) -> list[str]:
+    """The field names of the settings model at ``location`` (list positions skipped); none where it is no model."""
+    model: type[BaseModel] = Settings
+    for part in location:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        found = [kind for kind in (field.annotation, *typing.get_args(field.annotation)) if isinstance(kind, type)]
+        nested = next((kind for kind in found if issubclass(kind, BaseModel)), None)
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _issue_line(issue: Mapping[str, Any], file_keys: set[str]) -> str:
+    """One validation problem, named as the operator gave it: ``ROUTEGATE_X__Y`` or ``<config file>: x.y``."""
+    location = tuple(issue["loc"])
+    message = str(issue["msg"]).removeprefix("Value error, ")
+    in_file = _from_file(location, file_keys)
+
+    def named(at: tuple[str | int, ...]) -> str:
+        return ".".join(str(part) for part in at) if in_file else _env_name(at)
+
+    if issue["type"] == "extra_forbidden" and location:
+        nearest = difflib.get_close_matches(str(location[-1]).lower(), _fields_at(location[:-1]), n=1)
+        message = "not a routegate setting" + (f" (did you mean {named((*location[:-1], nearest[0]))}?)" if nearest else "")
+    if not location:
+        return message
+    return f"{os.environ.get(CONFIG_ENV)}: {named(location)}: {message}" if in_file else f"{named(location)}: {message}"
+
+
+def _unparsable(error: Exception) -> str:
+    """pydantic-settings' error for a variable whose value cannot be parsed, naming the variable."""
+    found = re.search(r'field "(\w+)" from source "(\w+)"', str(error))
+    if found is None or found[2] != "EnvSettingsSource":
+        return str(error)
+    return f"{_env_name((found[1],))}: not valid JSON (a setting that holds a list or a mapping takes JSON, e.g. '[\"key-1\"]')"
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and ``config_file`` (YAML); raise SettingsError when invalid."""
     named = config_file if config_file is not None else os.environ.get(CONFIG_ENV)
@@ -766,13 +825,13 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     except (yaml.YAMLError, ValueError) as error:  # a config file that is not YAML, or not a mapping
         if isinstance(error, pydantic_settings.SettingsError):  # e.g. a list setting that is not JSON
-            raise SettingsError(f"invalid settings: {error}") from None
+            raise SettingsError(f"invalid settings: {_unparsable(error)}") from None
         if not isinstance(error, ValidationError):
             if os.environ.get(CONFIG_ENV) is None:
                 raise
             raise SettingsError(f"invalid config file {os.environ.get(CONFIG_ENV)}: {_config_problem(error)}") from None
-        lines = [
-            f"{_env_name(issue['loc'])}: {issue['msg']}" if issue["loc"] else issue["msg"]
-            for issue in error.errors(include_url=False, include_input=False)
-        ]
+        file_keys = _config_keys()
+        lines = [_issue_line(issue, file_keys) for issue in error.errors(include_url=False, include_input=False)]
+        if len(lines) == 1:
+            raise SettingsError(f"invalid settings: {lines[0]}") from None
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -199,7 +199,7 @@ def test_yaml_config_file_with_env_override(strong: FakeUpstream, weak: FakeUpst
         ({"ROUTEGATE_TARGET_SHARE": "0.305"}, "ROUTEGATE_TARGET_SHARE"),
         ({"ROUTEGATE_HOST": "0.0.0.0"}, "ROUTEGATE_ALLOW_UNAUTHENTICATED"),  # open to the network without client keys
         ({"ROUTEGATE_HOST": "::"}, "ROUTEGATE_API_KEYS"),
-        ({"ROUTEGATE_API_KEYS": "not-json"}, "api_keys"),
+        ({"ROUTEGATE_API_KEYS": "not-json"}, "ROUTEGATE_API_KEYS: not valid JSON"),
         ({"ROUTEGATE_CONFIG": "/no/such/routegate.yaml"}, "config file not found: /no/such/routegate.yaml"),
         ({"ROUTEGATE_FEEDBACK_DB": "mysql://routegate:hunter2@db/feedback"}, "ROUTEGATE_FEEDBACK_DB"),
         ({"ROUTEGATE_MAX_PENDING_BODY_BYTES": "2048"}, "ROUTEGATE_MAX_PENDING_BODY_BYTES"),  # below the largest body
@@ -341,6 +341,41 @@ def test_both_tiers_failing_is_a_502_naming_the_last_tier_tried(strong: FakeUpst
     assert (response.headers["x-routegate-tier"], response.headers["x-routegate-model"]) == ("strong", STRONG_MODEL)
     assert "strong upstream" in response.json()["error"]["message"]
     assert len(weak.received) == 1 and len(strong.received) == 1
+
+
+def test_a_setting_is_named_where_it_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A problem in the config file names the file and its key, one in a variable the variable
+    (also where it overrides the file's key); a misspelt name, nested or not, gets the nearest
+    setting; one problem is one line, without pydantic's "Value error, " prefix."""
+    from server.settings import SettingsError, load_settings
+
+    for name in list(os.environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_FEEDBACK_DB", "off")
+    config = tmp_path / "routegate.yaml"
+    config.write_text("treshold: 0.3\nstrong:\n  modle: gpt-4o\ntarget_share: 0.305\n")
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config)
+    lines = str(refused.value).splitlines()
+    assert lines[0] == "invalid settings:"
+    assert sorted(line.strip() for line in lines[1:]) == [
+        f"{config}: strong.modle: not a routegate setting (did you mean strong.model?)",
+        f"{config}: target_share: must be a whole percent (e.g. 0.3 for 30%)",
+        f"{config}: treshold: not a routegate setting (did you mean threshold?)",
+    ]
+    config.write_text("threshold: 0.3\n")
+    monkeypatch.setenv("ROUTEGATE_THRESHOLD", "2")  # the variable wins over the file, and is what is wrong
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config)
+    assert str(refused.value) == "invalid settings: ROUTEGATE_THRESHOLD: Input should be less than or equal to 1"
+    monkeypatch.delenv("ROUTEGATE_THRESHOLD")
+    monkeypatch.setenv("ROUTEGATE_WEAK__MODLE", "gpt-4o-mini")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        "invalid settings: ROUTEGATE_WEAK__MODLE: not a routegate setting (did you mean ROUTEGATE_WEAK__MODEL?)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -449,7 +449,7 @@ def test_an_unreadable_feedback_db_url_is_refused_without_its_password(monkeypat
         ([THREE[0], {key: value for key, value in THREE[1].items() if key != "output_price"}], "OUTPUT_PRICE: Field required"),
         ([THREE[0], {**THREE[1], "router_model": " "}], "must not be empty"),
         ([THREE[0], {**THREE[1], "base_url": "ftp://x"}], "http:// or https://"),
-        ([THREE[0], {**THREE[1], "colour": "blue"}], "Extra inputs are not permitted"),
+        ([THREE[0], {**THREE[1], "colour": "blue"}], r"MODELS__1__COLOUR: not a routegate setting"),
         ([{**THREE[0], "name": f"m{number}"} for number in range(17)], "at most 16 models"),
     ],
 )
