@@ -66,6 +66,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "routegate"
 
 
+def converted_dir(gguf: Path, cache_dir: Path | None = None) -> Path:
+    """Where the converted copy of ``gguf`` is kept (in ``cache_dir``, else ``default_cache_dir()``)."""
+    return (cache_dir or default_cache_dir()) / f"{gguf.stem}-{gguf.stat().st_size}"
+
+
+def is_converted(gguf: Path, cache_dir: Path | None = None) -> bool:
+    """Whether a start finds ``gguf`` converted already (and loads in seconds, not a minute)."""
+    return (converted_dir(gguf, cache_dir) / "config.json").is_file()
+
+
 class LocalModel:
     """A causal LM and its tokenizer loaded from one GGUF file (through a converted copy in
     ``cache_dir`` when there is one); generates one request at a time."""
@@ -75,8 +85,8 @@ class LocalModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = gguf.stem
-        converted = (cache_dir or default_cache_dir()) / f"{gguf.stem}-{gguf.stat().st_size}"
-        if (converted / "config.json").is_file():
+        converted = converted_dir(gguf, cache_dir)
+        if is_converted(gguf, cache_dir):
             self.tokenizer = AutoTokenizer.from_pretrained(str(converted))
             self.model = AutoModelForCausalLM.from_pretrained(str(converted))
         else:

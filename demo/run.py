@@ -55,6 +55,16 @@ def demo_router(settings: Settings, wanted: str | None) -> str:
     return "random"
 
 
+def _model_converted() -> bool:
+    """Whether the local LLM will find its model converted already (False where it cannot be found: it says why)."""
+    from demo.local_llm import is_converted, packaged_gguf
+
+    try:
+        return is_converted(packaged_gguf())
+    except FileNotFoundError:
+        return False
+
+
 def _wait_for_llm(process: subprocess.Popen, url: str, log_path: Path) -> None:
     deadline = time.monotonic() + LLM_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -135,10 +145,9 @@ def run_demo(host: str, port: int, llm_port: int | None, router: str | None) -> 
         print(f"routegate demo: {error}", file=sys.stderr)
         return 1
     llm_log = Path(tempfile.mkdtemp(prefix="routegate-demo-")) / "local-llm.log"
-    print(
-        f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} (about a minute on a laptop CPU; log: {llm_log}) ...",
-        flush=True,
-    )
+    first_start = not _model_converted()
+    how_long = "30 s to a few minutes, this first time" if first_start else "a few seconds"
+    print(f"routegate demo: loading SmolLM2-135M-Instruct on {llm_url} ({how_long}; log: {llm_log}) ...", flush=True)
     # uvicorn re-raises SIGTERM once it has shut down; exit through ``finally`` so the LLM stops too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     llm: subprocess.Popen[bytes] | None = None

@@ -61,6 +61,7 @@ def test_demo_answers_a_real_completion_plain_and_streamed(tmp_path: Path) -> No
         # nothing but the demo's own progress line before the banner: no uvicorn, model-loading or polling lines
         before_banner = [line for line in printed.split(READY_LINE)[0].splitlines() if line.strip()]
         assert len(before_banner) == 1 and before_banner[0].startswith("routegate demo: loading"), printed
+        assert "this first time" in before_banner[0]  # an empty cache: the model is converted, which takes a while
 
         client = OpenAI(base_url=api, api_key="demo")
         messages = [{"role": "user", "content": "What is the capital of France?"}]

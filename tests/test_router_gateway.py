@@ -45,8 +45,12 @@ def test_default_proxy_serves_shipped_routers(strong: FakeUpstream, weak: FakeUp
             assert _routed(client, f"router-{router}-{score + 2e-6:.6f}", PROMPTS[1])[0] == "weak"
         auto = client.chat.completions.with_raw_response.create(model="auto", messages=[{"role": "user", "content": PROMPTS[0]}])
         assert auto.headers["x-routegate-router"] == "mf"
+        log = proxy.log()
     sent = [received.body["messages"][-1]["content"] for received in strong.received + weak.received]
     assert sorted(set(sent)) == sorted(PROMPTS)
+    # the log holds routegate's lines, not the model libraries' progress bars and INFO lines
+    assert "router mf loaded" in log and "Loading weights" not in log and "it/s]" not in log
+    assert " INFO sentence_transformers" not in log and " INFO transformers" not in log
 
 
 def test_proxy_serves_a_trained_causal_llm_router(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
