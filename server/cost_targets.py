@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from routers.multi_model import cost_share_curve, threshold_on_curve
-from server.targets import RouteKey, make_room
+from server.targets import RouteKey, RoutePlaces
 
 #: window growth (as a share of the window) after which the threshold is computed again
 RECOMPUTE_EVERY = 0.02
@@ -109,23 +109,21 @@ class CostTargets:
         self.best = best
         self.prices = list(prices)  # (input, output) USD per 1M tokens, ladder order
         self.order = [input_price + output_price for input_price, output_price in self.prices]  # as routing tries them
-        self.max_routes = max_routes
-        self.pinned = frozenset(pinned)
+        self.places = RoutePlaces(max_routes, pinned)
         self._controllers: dict[RouteKey, CostShareController] = {}
-        self._used: dict[RouteKey, float] = {}
         self._clock = clock
         self._tokens = [1.0, 1.0]  # prompt and completion tokens answered (a prior of one each)
         self._answers = 1
 
-    def controller(self, router: str, target: float) -> CostShareController:
-        """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``max_routes``
-        routes besides the pinned ones are live and in use (``make_room``)."""
+    def controller(self, router: str, target: float, client: str = "") -> CostShareController:
+        """The controller of ``router`` at ``target``; TooManyRoutes when it is new and ``client`` (a
+        client key's fingerprint) may open no more (``RoutePlaces``)."""
         key, now = (router, target), self._clock()
         controller = self._controllers.get(key)
         if controller is None:
-            make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
+            self.places.make_room(self._controllers, key, client, now)
             controller = self._controllers[key] = CostShareController(self.window, self.feedback_horizon, self.best)
-        self._used[key] = now
+        self.places.use(key, now)
         return controller
 
     def unit_costs(self) -> list[float]:
@@ -148,7 +146,7 @@ class CostTargets:
     ) -> None:
         """An answered request of this route: its prompt's ``beaten`` (when scored), its cost and
         all-best cost, and its token counts (reported or estimated; None without either). The
-        route's own books only while it holds its place (``make_room``): the answer stands."""
+        route's own books only while it holds its place (``RoutePlaces``): the answer stands."""
         if tokens is not None:
             self._tokens = [self._tokens[0] + tokens[0], self._tokens[1] + tokens[1]]
             self._answers += 1

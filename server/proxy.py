@@ -152,7 +152,7 @@ class ChatProxy:
             request.state.chat_payload = payload  # read by server.feedback once the answer is out
             if self.names.fixed_routes and not trusted(request.headers, self.settings):
                 self.names.check_alias(payload["model"])  # ROUTEGATE_FIXED_ROUTES: auto and the aliases only
-            route = self.resolve(payload["model"])  # resolve model
+            route = self.resolve(payload["model"], client)  # resolve model
             override = read_override(request.headers, self.settings) if route.router else NO_OVERRIDE  # before a slot
             async with cancelled_on_disconnect(request):  # a client that leaves cancels the steps inside
                 await ticket.admit()  # admit
@@ -188,21 +188,22 @@ class ChatProxy:
         body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout, held.cover)
         return parse_chat_request(body)
 
-    def resolve(self, model: str) -> Target:
+    def resolve(self, model: str, client: str = "") -> Target:
         """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES
-        places here (400 ``invalid_target`` when none is left). Among more than two models, a
-        router that scores only a pair is refused (400 ``router_not_multi_model``)."""
+        places here, ``client`` (a client key's fingerprint) at most a quarter of them (400
+        ``invalid_target`` when none is left). Among more than two models, a router that scores
+        only a pair is refused (400 ``router_not_multi_model``)."""
         route = self.names.resolve(model)
         if route.router is not None and not self.ladder.pair:
             self._check_multi_model(route)
         controllers = self.cost_targets or self.targets
         if route.target is not None and route.router is not None and controllers is not None:
             try:
-                controllers.controller(route.router, route.target)
-            except TooManyRoutes:
+                controllers.controller(route.router, route.target, client)
+            except TooManyRoutes as refused:
                 raise bad_request(
-                    f"routegate already serves its limit of {controllers.max_routes} target routes "
-                    "(router-<router>-<percent>%); use one of those.",
+                    f"routegate serves no more target routes (router-<router>-<percent>%) now: {refused}, "
+                    "each used in the last 10 minutes; use one of those.",
                     param="model",
                     code="invalid_target",
                 ) from None

@@ -219,8 +219,8 @@ class Settings(BaseSettings):
     max_target_routes: int = Field(
         32,
         ge=1,
-        description="target routes (router and whole percent) clients may open besides the listed ones; a new one "
-        "takes the place of one idle for 10 minutes, else gets 400",
+        description="target routes (router and whole percent) clients may open besides the listed ones, each client "
+        "key a quarter of them (at least one); a new one takes the place of one idle for 10 minutes, else gets 400",
     )
     daily_budget_usd: float | None = Field(None, gt=0, description="strong-tier USD per UTC day; tightens target routes")
     budget_exhausted: Literal["weak", "reject"] = Field(

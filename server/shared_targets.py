@@ -344,14 +344,10 @@ class SharedTargets:
         self._seeded: set[tuple[str, float]] = set()
         self._realised: dict[tuple[str, float], float] = {}
 
-    @property
-    def max_routes(self) -> int:
-        return self.local.max_routes
-
-    def controller(self, router: str, target: float) -> ShareController:
-        """This process's controller of the route (TooManyRoutes when it is new and none is left):
-        it bounds the routes this replica serves and stands in while Redis fails."""
-        return self.local.controller(router, target)
+    def controller(self, router: str, target: float, client: str = "") -> ShareController:
+        """This process's controller of the route (TooManyRoutes when it is new and ``client`` may
+        open no more): it bounds the routes this replica serves and stands in while Redis fails."""
+        return self.local.controller(router, target, client)
 
     def _keys(self, router: str, target: float) -> list[str] | None:
         """The route's keys in Redis; None without them (no Redis, or a router not loaded yet, whose

@@ -203,7 +203,7 @@ class TargetDecision:
 
 
 class TooManyRoutes(Exception):
-    """``max_routes`` target routes are live already; a new one is refused."""
+    """A new target route is refused: ``max_routes`` of them are live, or the client's share of them."""
 
 
 RouteKey = tuple[str, float]  # (router, target share)
@@ -212,27 +212,44 @@ RouteKey = tuple[str, float]  # (router, target share)
 ROUTE_IDLE_SECONDS = 600.0  # a route clients opened that has had no request this long gives its place up
 
 
-def make_room(
-    live: dict[RouteKey, Any],
-    used: dict[RouteKey, float],
-    key: RouteKey,
-    pinned: frozenset[RouteKey],
-    max_routes: int,
-    now: float,
-) -> None:
-    """Make room for new route ``key`` among the ``max_routes`` routes that clients opened (the
-    ``pinned`` ones, those /v1/models lists, do not count and are never refused): the least
-    recently ``used`` goes when it has been idle ``ROUTE_IDLE_SECONDS``, else TooManyRoutes."""
-    if key in pinned:
-        return
-    opened = [route for route in live if route not in pinned]
-    if len(opened) < max_routes:
-        return
-    oldest = min(opened, key=lambda route: used.get(route, -math.inf))
-    if now - used.get(oldest, -math.inf) < ROUTE_IDLE_SECONDS:
-        raise TooManyRoutes(f"{max_routes} target routes are live")
-    del live[oldest]
-    used.pop(oldest, None)
+class RoutePlaces:
+    """The ``max_routes`` places of the target routes that clients open (the ``pinned`` ones,
+    those /v1/models lists, take none and are never refused), each client key holding at most a
+    quarter of them (at least one), so that one client cannot keep the others from routes of their own."""
+
+    def __init__(self, max_routes: int, pinned: Iterable[RouteKey]) -> None:
+        self.max_routes = max_routes
+        self.per_client = max(1, max_routes // 4)
+        self.pinned = frozenset(pinned)
+        self._used: dict[RouteKey, float] = {}  # when each route last had a request
+        self._opener: dict[RouteKey, str] = {}  # the client key fingerprint that opened it ("" without keys)
+
+    def use(self, key: RouteKey, now: float) -> None:
+        """A request of route ``key`` at ``now``."""
+        self._used[key] = now
+
+    def make_room(self, live: dict[RouteKey, Any], key: RouteKey, client: str, now: float) -> None:
+        """Make room in ``live`` for new route ``key`` opened by ``client``: when ``client`` (a
+        client key) holds its share, or all places are taken, the least recently used of those
+        routes goes if it has been idle ``ROUTE_IDLE_SECONDS``, else TooManyRoutes."""
+        if key in self.pinned:
+            return
+        if client:
+            own = [route for route in live if self._opener.get(route) == client and route not in self.pinned]
+            if len(own) >= self.per_client:
+                self._free(live, own, now, f"this client key opened {self.per_client} target routes")
+        opened = [route for route in live if route not in self.pinned]
+        if len(opened) >= self.max_routes:
+            self._free(live, opened, now, f"{self.max_routes} target routes are live")
+        self._opener[key] = client
+
+    def _free(self, live: dict[RouteKey, Any], among: list[RouteKey], now: float, refusal: str) -> None:
+        oldest = min(among, key=lambda route: self._used.get(route, -math.inf))
+        if now - self._used.get(oldest, -math.inf) < ROUTE_IDLE_SECONDS:
+            raise TooManyRoutes(refusal)
+        del live[oldest]
+        self._used.pop(oldest, None)
+        self._opener.pop(oldest, None)
 
 
 class Targets:
@@ -256,25 +273,23 @@ class Targets:
         self.checkpoint_dir = checkpoint_dir
         self.scored_pair = scored_pair  # the pair a router scores, once it is loaded: its calibration's entry
         self._clock = clock
-        self._used: dict[RouteKey, float] = {}
+        self.places = RoutePlaces(max_routes, pinned)
         self.budget = budget
         self.seed_count = min(seed_count, window)
-        self.max_routes = max_routes
-        self.pinned = frozenset(pinned)
         self._controllers: dict[RouteKey, ShareController] = {}
         # router -> (its calibration's mtime, the pair read for, seeds)
         self._seeds: dict[str, tuple[int, tuple[str, str] | None, list[float]]] = {}
         self._unpaired: set[RouteKey] = set()  # routes seeded before their router's pair was known
 
-    def controller(self, router: str, target: float) -> ShareController:
+    def controller(self, router: str, target: float, client: str = "") -> ShareController:
         """The controller of ``router`` at ``target``, seeded from its calibration when first used
         (again once the router has loaded, if it was seeded before the pair it scores was known and
-        has decided nothing); TooManyRoutes when it is new and ``max_routes`` routes besides the
-        pinned ones are live."""
+        has decided nothing); TooManyRoutes when it is new and ``client`` (a client key's
+        fingerprint) may open no more (``RoutePlaces``)."""
         key, now = (router, target), self._clock()
         controller = self._controllers.get(key)
         if controller is None:
-            make_room(self._controllers, self._used, key, self.pinned, self.max_routes, now)
+            self.places.make_room(self._controllers, key, client, now)
             self._unpaired.intersection_update(self._controllers)  # a route that gave its place up
         elif key in self._unpaired and self.scored_pair(router) is not None:
             self._unpaired.discard(key)
@@ -284,7 +299,7 @@ class Targets:
             self._controllers[key] = controller
             if self.scored_pair(router) is None:
                 self._unpaired.add(key)
-        self._used[key] = now
+        self.places.use(key, now)
         return controller
 
     def seeds(self, router: str) -> list[float]:
@@ -326,7 +341,7 @@ class Targets:
     def record(self, router: str, target: float, effective_target: float, strong: bool, score: float | None = None) -> None:
         """Count a decision on this route (scored, sticky or forced) whose request an upstream
         answered; its ``score``, when it was scored, joins the window. Nothing for a route that
-        gave its place up while the request ran (``make_room``): the answer stands."""
+        gave its place up while the request ran (``RoutePlaces``): the answer stands."""
         controller = self._controllers.get((router, target))
         if controller is None:
             return

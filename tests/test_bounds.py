@@ -216,6 +216,28 @@ def test_the_listed_and_aliased_target_routes_are_served_when_the_table_is_full(
     assert answers[1].json()["error"]["code"] == "invalid_target"
 
 
+def test_one_client_key_cannot_take_every_target_route(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """With client keys, each key opens at most a quarter of ROUTEGATE_MAX_TARGET_ROUTES: one
+    client naming percent after percent leaves the others routes of their own."""
+    keys = ["client-key-aaaaaaaaaaaa", "client-key-bbbbbbbbbbbb"]
+    env = proxy_env(strong, weak, max_target_routes="8", api_keys=json.dumps(keys))
+
+    def chat(key: str, model: str) -> httpx.Response:
+        headers = {"authorization": f"Bearer {key}"}
+        return httpx.post(f"{proxy.api}/chat/completions", json={"model": model, "messages": MESSAGES}, headers=headers)
+
+    with running_proxy(env, tmp_path) as proxy:
+        first = [chat(keys[0], f"router-random-{percent}%") for percent in range(1, 11)]
+        other = [chat(keys[1], f"router-random-{percent}%") for percent in (50, 51)]
+        shared = chat(keys[1], "router-random-1%")  # a route the first key opened serves every client
+        listed = chat(keys[0], "router-random-30%")  # /v1/models lists it: it takes no place
+    assert [answer.status_code for answer in first] == [200, 200] + [400] * 8
+    refusal = first[2].json()["error"]
+    assert refusal["code"] == "invalid_target" and refusal["param"] == "model"
+    assert "this client key opened 2 target routes" in refusal["message"] and keys[0] not in refusal["message"]
+    assert [answer.status_code for answer in (*other, shared, listed)] == [200, 200, 200, 200]
+
+
 def test_names_too_long_to_parse_are_refused_not_a_server_error(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     # a percent of 5,000 digits is past Python's int() limit; a router name of 100,000 letters
     # must not come back whole in the refusal

@@ -203,6 +203,39 @@ def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUps
     assert abs(remaining - (1.0 - strong_cost)) < 1e-9
 
 
+def test_a_client_key_opens_at_most_a_quarter_of_the_target_routes(tmp_path: Path) -> None:
+    """One client key filling every place would keep the others from target routes for ten minutes:
+    each key holds a quarter of them; its own least recently used route gives its place up once
+    idle; a route another key opened is served to it as to anyone; without client keys ("") the
+    only bound is the table's."""
+    from server.cost_targets import CostTargets
+    from server.targets import ROUTE_IDLE_SECONDS, TooManyRoutes
+
+    now = [0.0]
+    listed = [("mf", 0.3)]
+    tables = [
+        Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path, max_routes=8, pinned=listed, clock=lambda: now[0]),
+        CostTargets(50, 50, best=1, prices=[(0.1, 0.4), (2.5, 10.0)], max_routes=8, pinned=listed, clock=lambda: now[0]),
+    ]
+    for table in tables:
+        now[0] = 0.0
+        table.controller("mf", 0.1, "key-a")
+        table.controller("mf", 0.2, "key-a")
+        with pytest.raises(TooManyRoutes, match="this client key opened 2 target routes"):
+            table.controller("mf", 0.4, "key-a")
+        table.controller("mf", 0.3, "key-a")  # a listed route takes no place
+        table.controller("mf", 0.4, "key-b")  # another key's share is its own
+        table.controller("mf", 0.4, "key-a")  # and its route is served to every client
+        for percent in range(5, 11):  # without client keys: the table's eight places
+            table.controller("mf", percent / 100, "")
+        with pytest.raises(TooManyRoutes, match="8 target routes are live"):
+            table.controller("mf", 0.11, "")
+        now[0] = ROUTE_IDLE_SECONDS + 1
+        table.controller("mf", 0.2, "key-a")  # in use again
+        table.controller("mf", 0.12, "key-a")  # key-a's idle 0.1 gives its place up
+        assert ("mf", 0.1) not in table._controllers and {("mf", 0.2), ("mf", 0.12)} <= set(table._controllers)
+
+
 def test_a_route_idle_for_ten_minutes_gives_its_place_to_a_new_one(tmp_path: Path) -> None:
     """One client opening every route it may does not close target routes to the others for good:
     the least recently used route that has been idle ten minutes goes; a busy table still refuses."""
