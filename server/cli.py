@@ -18,6 +18,7 @@ from routers.arguments import port
 from routers.checkpoint import CheckpointError
 from routers.commands import add_router_commands
 from routers.data import RecordError
+from server.client_keys import short_key_warnings
 from server.feedback_cli import add_feedback_commands
 from server.log_setup import configure_logging
 from server.settings import Settings, SettingsError, load_settings, unknown_variable_warnings
@@ -68,7 +69,7 @@ def _run(settings: Settings) -> int:
     """Start uvicorn with ``settings``: one process, or ``settings.workers`` worker processes."""
     configure_logging(settings.log_level)
     warn_missing_keys(settings)
-    for line in unknown_variable_warnings(os.environ):
+    for line in unknown_variable_warnings(os.environ) + short_key_warnings(settings.api_keys, settings.metrics_key):
         logging.getLogger("routegate").warning(line)
 
     import uvicorn

@@ -8,6 +8,9 @@ import hmac
 from pydantic import SecretStr
 from starlette.datastructures import Headers
 
+#: a client or metrics key shorter than this can be guessed from a fingerprint in the feedback store or Redis
+MIN_KEY_CHARS = 20
+
 
 def presented_key(headers: Headers) -> tuple[str, str]:
     """The scheme and the key (spaces around it dropped) of a request's ``Authorization`` header."""
@@ -34,3 +37,17 @@ def bearer_matches(headers: Headers, keys: list[SecretStr]) -> bool:
     for key in keys:  # every key compared, whatever matches
         matched |= hmac.compare_digest(given_bytes, key.get_secret_value().encode())
     return scheme.lower() == "bearer" and matched
+
+
+def short_key_warnings(api_keys: list[SecretStr], metrics_key: SecretStr | None) -> list[str]:
+    """One line per client or metrics key under ``MIN_KEY_CHARS`` characters, by its place in its
+    setting, never its value: requests are told apart by a fingerprint of the key, which the
+    feedback store and Redis keep, and a short key can be found from it by trying them all."""
+    named = [(f"ROUTEGATE_API_KEYS[{place}]", key) for place, key in enumerate(api_keys)]
+    named += [("ROUTEGATE_METRICS_KEY", metrics_key)] if metrics_key is not None else []
+    return [
+        f"{name} is {len(key.get_secret_value())} characters long: use {MIN_KEY_CHARS} or more random characters "
+        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        for name, key in named
+        if len(key.get_secret_value()) < MIN_KEY_CHARS
+    ]

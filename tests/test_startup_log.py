@@ -30,6 +30,22 @@ def test_an_upstream_without_a_key_is_warned_about(strong: FakeUpstream, weak: F
     assert STRONG_KEY[:10] not in log and WEAK_KEY[:10] not in log
 
 
+def test_a_short_client_or_metrics_key_is_warned_about(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
+    """A short key can be found from its fingerprint (kept in the feedback store and Redis) by
+    trying them all: named by its place, never shown."""
+    keys = ["s3cr3t-short", "a-long-enough-client-key-0123456789"]
+    env = proxy_env(strong, weak, api_keys=json.dumps(keys), metrics_key="m3trics-shrt")
+    with running_proxy(env, tmp_path) as proxy:
+        log = proxy.log()
+    warnings = [line for line in log.splitlines() if "random characters" in line]
+    assert [line.split(" routegate ", 1)[1].split(" is ")[0] for line in warnings] == [
+        "ROUTEGATE_API_KEYS[0]",
+        "ROUTEGATE_METRICS_KEY",
+    ], log
+    assert all("WARNING" in line and "12 characters long" in line for line in warnings)
+    assert "s3cr3t" not in log and "m3trics" not in log and "a-long-enough" not in log
+
+
 def test_among_several_models_the_entry_without_a_key_is_warned_about(monkeypatch):
     for name in ("OPENAI_API_KEY", "ROUTEGATE_STRONG__API_KEY", "ROUTEGATE_WEAK__API_KEY"):
         monkeypatch.delenv(name, raising=False)
