@@ -8,7 +8,8 @@ import hmac
 from pydantic import SecretStr
 from starlette.datastructures import Headers
 
-#: a client or metrics key shorter than this can be guessed from a fingerprint in the feedback store or Redis
+#: a client or metrics key shorter than this could be found by trying keys: against the gateway,
+#: or (a client key) against its fingerprint in the feedback store or Redis
 MIN_KEY_CHARS = 20
 
 
@@ -41,12 +42,12 @@ def bearer_matches(headers: Headers, keys: list[SecretStr]) -> bool:
 
 def short_key_warnings(api_keys: list[SecretStr], metrics_key: SecretStr | None) -> list[str]:
     """One line per client or metrics key under ``MIN_KEY_CHARS`` characters, by its place in its
-    setting, never its value: requests are told apart by a fingerprint of the key, which the
-    feedback store and Redis keep, and a short key can be found from it by trying them all."""
+    setting, never its value or length: such a key could be found by trying keys against the
+    gateway, and a client key also against its fingerprint, which the feedback store and Redis keep."""
     named = [(f"ROUTEGATE_API_KEYS[{place}]", key) for place, key in enumerate(api_keys)]
     named += [("ROUTEGATE_METRICS_KEY", metrics_key)] if metrics_key is not None else []
     return [
-        f"{name} is {len(key.get_secret_value())} characters long: use {MIN_KEY_CHARS} or more random characters "
+        f"{name} is under {MIN_KEY_CHARS} characters: use {MIN_KEY_CHARS} or more random characters "
         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         for name, key in named
         if len(key.get_secret_value()) < MIN_KEY_CHARS

@@ -188,7 +188,7 @@ class ChatProxy:
         body = await read_body(request, self.settings.max_body_bytes, self.settings.body_timeout, held.cover)
         return parse_chat_request(body)
 
-    def resolve(self, model: str, client: str = "") -> Target:
+    def resolve(self, model: str, client: str) -> Target:
         """The route ``model`` names; a new target route takes one of the ROUTEGATE_MAX_TARGET_ROUTES
         places here, ``client`` (a client key's fingerprint) at most a quarter of them (400
         ``invalid_target`` when none is left). Among more than two models, a router that scores

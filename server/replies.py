@@ -225,12 +225,12 @@ def _relay_stream(
             Outcome(exchange.decision, upstream, status, started, exchange.sent_at, watcher.usage, upstream_status, estimate)
         )
 
-    media_type = _sendable(start.response.headers.get("content-type", "")) or "text/event-stream"
+    stream_type = _sendable(start.response.headers.get("content-type", "")) or "text/event-stream"
     return RelayResponse(
         relayed,
         {**headers, **_relayed_headers(start.response.headers), **_NO_SNIFFING},
         on_close,
-        media_type=media_type,
+        media_type=stream_type,
         on_cancel=on_cancel,
         watcher=watcher,
         send_timeout=send_timeout,

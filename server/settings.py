@@ -765,9 +765,10 @@ def _config_keys() -> set[str]:
 
 
 def _from_file(location: tuple[str | int, ...], file_keys: set[str]) -> bool:
-    """Whether the setting at ``location`` comes from the config file: its key is there and no variable sets it."""
-    variable = _env_name(location[:1])
-    given = any(name.upper() == variable or name.upper().startswith(variable + "__") for name in os.environ)
+    """Whether the setting at ``location`` comes from the config file: its top-level key is there,
+    and no variable with a value (empty ones are ignored) names it or a setting holding it."""
+    variables = {_env_name(location[:end]) for end in range(1, len(location) + 1)}
+    given = any(value != "" and name.upper() in variables for name, value in os.environ.items())
     return bool(location) and str(location[0]).lower() in file_keys and not given
 
 

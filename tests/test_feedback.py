@@ -796,6 +796,8 @@ def test_shadow_and_judge_calls_ignore_proxy_variables(
         trap.settimeout(0.2)
         trap_url = f"http://127.0.0.1:{trap.getsockname()[1]}"
         env = shadow_env(strong, weak, judge, tmp_path / "feedback.sqlite3")
+        for name in ("NO_PROXY", "no_proxy"):  # a host's own exceptions would let the calls past the trap
+            env.pop(name, None)
         env.update({name: trap_url for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy")})
         strong.received.clear()
         with running_proxy(env, tmp_path) as proxy:

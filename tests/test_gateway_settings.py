@@ -354,6 +354,7 @@ def test_a_setting_is_named_where_it_was_given(tmp_path: Path, monkeypatch: pyte
             monkeypatch.delenv(name)
     monkeypatch.setenv("ROUTEGATE_FEEDBACK_DB", "off")
     config = tmp_path / "routegate.yaml"
+    monkeypatch.setenv("ROUTEGATE_CONFIG", str(config))  # load_settings sets it: undone after the test
     config.write_text("treshold: 0.3\nstrong:\n  modle: gpt-4o\ntarget_share: 0.305\n")
     with pytest.raises(SettingsError) as refused:
         load_settings(config)
@@ -369,7 +370,18 @@ def test_a_setting_is_named_where_it_was_given(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(SettingsError) as refused:
         load_settings(config)
     assert str(refused.value) == "invalid settings: ROUTEGATE_THRESHOLD: Input should be less than or equal to 1"
+    monkeypatch.setenv("ROUTEGATE_THRESHOLD", "")  # an empty variable is ignored: the file's value is the one
+    config.write_text("threshold: 2\nweak:\n  modle: x\n")
+    monkeypatch.setenv("ROUTEGATE_WEAK__BASE_URL", "http://127.0.0.1:9/v1")  # a sibling sets nothing of weak.modle
+    with pytest.raises(SettingsError) as refused:
+        load_settings(config)
+    assert sorted(line.strip() for line in str(refused.value).splitlines()[1:]) == [
+        f"{config}: threshold: Input should be less than or equal to 1",
+        f"{config}: weak.modle: not a routegate setting (did you mean weak.model?)",
+    ]
     monkeypatch.delenv("ROUTEGATE_THRESHOLD")
+    monkeypatch.delenv("ROUTEGATE_WEAK__BASE_URL")
+    monkeypatch.delenv("ROUTEGATE_CONFIG")
     monkeypatch.setenv("ROUTEGATE_WEAK__MODLE", "gpt-4o-mini")
     with pytest.raises(SettingsError) as refused:
         load_settings()

@@ -31,8 +31,8 @@ def test_an_upstream_without_a_key_is_warned_about(strong: FakeUpstream, weak: F
 
 
 def test_a_short_client_or_metrics_key_is_warned_about(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path):
-    """A short key can be found from its fingerprint (kept in the feedback store and Redis) by
-    trying them all: named by its place, never shown."""
+    """A short key could be found by trying keys (a client key also against its fingerprint, kept in
+    the feedback store and Redis): named by its place, never shown."""
     keys = ["s3cr3t-short", "a-long-enough-client-key-0123456789"]
     env = proxy_env(strong, weak, api_keys=json.dumps(keys), metrics_key="m3trics-shrt")
     with running_proxy(env, tmp_path) as proxy:
@@ -42,7 +42,7 @@ def test_a_short_client_or_metrics_key_is_warned_about(strong: FakeUpstream, wea
         "ROUTEGATE_API_KEYS[0]",
         "ROUTEGATE_METRICS_KEY",
     ], log
-    assert all("WARNING" in line and "12 characters long" in line for line in warnings)
+    assert all("WARNING" in line and "is under 20 characters" in line for line in warnings)
     assert "s3cr3t" not in log and "m3trics" not in log and "a-long-enough" not in log
 
 

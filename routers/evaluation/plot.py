@@ -16,15 +16,17 @@ if TYPE_CHECKING:
     from routers.evaluation.leave_one_out import LeaveOneOutTable
 
 
-def save_figure(figure: Figure, path: Path, dpi: int = 120) -> None:
-    """Write ``figure`` to ``path`` in the format its suffix names, replacing an earlier plot whole
-    (a failed write leaves the old one), and close it."""
+def save_figure(figure: Figure, path: Path, dpi: int = 120, tight: bool = True) -> None:
+    """Write ``figure`` to ``path`` in the format its suffix names (PNG without one), cropped to
+    its content when ``tight``, replacing an earlier plot whole (a failed write leaves the old
+    one), and close it."""
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with replaced_on_success(path) as staging:
-            figure.savefig(staging, format=path.suffix.lstrip(".").lower(), dpi=dpi, bbox_inches="tight")
+            kind = path.suffix.lstrip(".").lower() or "png"
+            figure.savefig(staging, format=kind, dpi=dpi, bbox_inches="tight" if tight else None)
     finally:
         plt.close(figure)
 

@@ -158,7 +158,7 @@ def plot(dev_sets: list[DevSet], columns: dict[str, dict[str, dict[str, float]]]
         axis.set_title(title)
         axis.legend()
     figure.tight_layout()
-    save_figure(figure, path, dpi=110)
+    save_figure(figure, path, dpi=110, tight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
