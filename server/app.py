@@ -63,10 +63,10 @@ class Gateway:
             try:
                 route = self.names.resolve(alias)
             except APIError as error:
-                raise SettingsError(f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
+                raise SettingsError(f"invalid settings: ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
             if alias in settings.aliases and not self.names.serves(alias, route):  # auto's is ROUTEGATE_ROUTER's check
                 raise SettingsError(
-                    f"invalid settings:\n  ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
+                    f"invalid settings: ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
                     f"strong/weak pair; routing among the models of ROUTEGATE_MODELS needs one of {usable}"
                 )
             if route.threshold is not None:
@@ -263,7 +263,7 @@ def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Pa
         if name not in installed:
             setting = "ROUTEGATE_ROUTER" if name == settings.router else "ROUTEGATE_ROUTERS"
             raise SettingsError(
-                f"invalid settings:\n  {setting}: router '{name}' is unknown or has no checkpoint in "
+                f"invalid settings: {setting}: router '{name}' is unknown or has no checkpoint in "
                 f"{checkpoint_dir}; installed: {installed}"
             )
     return wanted
@@ -278,13 +278,13 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
     able = [name for name in routers if name in multi_model_routers()]
     if settings.router not in able:
         raise SettingsError(
-            f"invalid settings:\n  ROUTEGATE_ROUTER: router '{settings.router}' scores only a strong/weak pair; "
+            f"invalid settings: ROUTEGATE_ROUTER: router '{settings.router}' scores only a strong/weak pair; "
             f"routing among the {len(ladder.entries)} models of ROUTEGATE_MODELS needs one of {multi_model_routers()}"
         )
     try:
         return {name: ladder_router_models(name, ladder.entries, router_models(name, checkpoint_dir)) for name in able}
     except (ValueError, CheckpointError) as error:
-        raise SettingsError(f"invalid settings:\n  {error}") from None
+        raise SettingsError(f"invalid settings: {error}") from None
 
 
 def _check_client_key(request: Request, settings: Settings) -> None:

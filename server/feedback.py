@@ -115,7 +115,7 @@ class Feedback:
                 database.make_file()  # an SQLite file that cannot be written would lose every row
             except OSError as error:
                 raise SettingsError(
-                    f"invalid settings:\n  ROUTEGATE_FEEDBACK_DB: cannot write {database.describe()}: "
+                    f"invalid settings: ROUTEGATE_FEEDBACK_DB: cannot write {database.describe()}: "
                     f"{error.strerror or error}; give a writable file, a postgresql:// URL or off"
                 ) from None
             self.store = FeedbackStore(
