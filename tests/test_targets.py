@@ -7,6 +7,7 @@ import json
 import random
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from openai import OpenAI
 
 from routers.calibration import read_calibration, write_calibration
+from server.cost_targets import CostTargets
 from server.targets import DailyBudget, ShareController, Targets, seed_scores, utc_day_start
 from tests.conftest import proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
@@ -203,20 +205,24 @@ def test_budget_left_is_the_sum_over_workers(strong: FakeUpstream, weak: FakeUps
     assert abs(remaining - (1.0 - strong_cost)) < 1e-9
 
 
+def _route_tables(tmp_path: Path, max_routes: int, clock: Callable[[], float]) -> list[Targets | CostTargets]:
+    """Both tables of target routes (shares of strong calls; cost shares among several models), router-mf-30% listed."""
+    listed = [("mf", 0.3)]
+    return [
+        Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path, max_routes=max_routes, pinned=listed, clock=clock),
+        CostTargets(50, 50, best=1, prices=[(0.1, 0.4), (2.5, 10.0)], max_routes=max_routes, pinned=listed, clock=clock),
+    ]
+
+
 def test_a_client_key_opens_at_most_a_quarter_of_the_target_routes(tmp_path: Path) -> None:
     """One client key filling every place would keep the others from target routes for ten minutes:
     each key holds a quarter of them; its own least recently used route gives its place up once
     idle; a route another key opened is served to it as to anyone; without client keys ("") the
     only bound is the table's."""
-    from server.cost_targets import CostTargets
     from server.targets import ROUTE_IDLE_SECONDS, TooManyRoutes
 
     now = [0.0]
-    listed = [("mf", 0.3)]
-    tables = [
-        Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path, max_routes=8, pinned=listed, clock=lambda: now[0]),
-        CostTargets(50, 50, best=1, prices=[(0.1, 0.4), (2.5, 10.0)], max_routes=8, pinned=listed, clock=lambda: now[0]),
-    ]
+    tables = _route_tables(tmp_path, max_routes=8, clock=lambda: now[0])
     for table in tables:
         now[0] = 0.0
         table.controller("mf", 0.1, "key-a")
@@ -239,15 +245,10 @@ def test_a_client_key_opens_at_most_a_quarter_of_the_target_routes(tmp_path: Pat
 def test_a_route_idle_for_ten_minutes_gives_its_place_to_a_new_one(tmp_path: Path) -> None:
     """One client opening every route it may does not close target routes to the others for good:
     the least recently used route that has been idle ten minutes goes; a busy table still refuses."""
-    from server.cost_targets import CostTargets
     from server.targets import ROUTE_IDLE_SECONDS, TooManyRoutes
 
     now = [0.0]
-    listed = [("mf", 0.3)]
-    tables = [
-        Targets(window=50, feedback_horizon=50, checkpoint_dir=tmp_path, max_routes=2, pinned=listed, clock=lambda: now[0]),
-        CostTargets(50, 50, best=1, prices=[(0.1, 0.4), (2.5, 10.0)], max_routes=2, pinned=listed, clock=lambda: now[0]),
-    ]
+    tables = _route_tables(tmp_path, max_routes=2, clock=lambda: now[0])
     for table in tables:
         now[0] = 0.0
         table.controller("mf", 0.1)
