@@ -280,6 +280,13 @@ def test_eval_models_prints_costs_baselines_and_curves(tmp_path, capsys):  # typ
     assert float(knn[2]) == 1.0  # at the best fixed model's cost, kNN routing gets every prompt right
     mf = _table_row(report, "mf")
     assert -1.0 <= float(mf[1]) <= 1.0 and mf[4] in ("cheap-model", "mid-model", "best-model")
+    # mf's gap closed is that of the model its per-model logits rank first on each dev prompt
+    from routers.evaluation.multi_model import load_model_set, router_predictions
+    from routers.lookahead.evaluation import gap_closed
+
+    data_set = load_model_set(data, "cheap-model,mid-model,best-model", prices, 100, "dev")
+    logits = router_predictions("mf", data_set, checkpoints, "cpu")
+    assert float(mf[1]) == pytest.approx(gap_closed(logits.argmax(axis=1), data_set.quality), abs=1e-3), mf
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
