@@ -71,9 +71,9 @@ def converted_dir(gguf: Path, cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / f"{gguf.stem}-{gguf.stat().st_size}"
 
 
-def is_converted(gguf: Path, cache_dir: Path | None = None) -> bool:
-    """Whether a start finds ``gguf`` converted already (and loads in seconds, not a minute)."""
-    return (converted_dir(gguf, cache_dir) / "config.json").is_file()
+def is_converted(converted: Path) -> bool:
+    """Whether ``converted`` (a ``converted_dir``) holds a converted model: a start loads it in seconds, not a minute."""
+    return (converted / "config.json").is_file()
 
 
 class LocalModel:
@@ -86,7 +86,7 @@ class LocalModel:
 
         self.name = gguf.stem
         converted = converted_dir(gguf, cache_dir)
-        if is_converted(gguf, cache_dir):
+        if is_converted(converted):
             self.tokenizer = AutoTokenizer.from_pretrained(str(converted))
             self.model = AutoModelForCausalLM.from_pretrained(str(converted))
         else:

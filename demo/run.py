@@ -57,10 +57,10 @@ def demo_router(settings: Settings, wanted: str | None) -> str:
 
 def _model_converted() -> bool:
     """Whether the local LLM will find its model converted already (False where it cannot be found: it says why)."""
-    from demo.local_llm import is_converted, packaged_gguf
+    from demo.local_llm import converted_dir, is_converted, packaged_gguf
 
     try:
-        return is_converted(packaged_gguf())
+        return is_converted(converted_dir(packaged_gguf()))
     except FileNotFoundError:
         return False
 

@@ -43,7 +43,7 @@ from server.settings import Settings
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedTargets
 from server.shutdown import DRAIN
-from server.targets import TooManyRoutes
+from server.targets import ROUTE_IDLE_SECONDS, TooManyRoutes
 from server.token_estimate import prompt_tokens
 from server.upstream import StreamStart, Upstream
 
@@ -203,7 +203,7 @@ class ChatProxy:
             except TooManyRoutes as refused:
                 raise bad_request(
                     f"routegate serves no more target routes (router-<router>-<percent>%) now: {refused}, "
-                    "each used in the last 10 minutes; use one of those.",
+                    f"each used in the last {ROUTE_IDLE_SECONDS / 60:g} minutes; use one of those.",
                     param="model",
                     code="invalid_target",
                 ) from None

@@ -235,7 +235,7 @@ class RoutePlaces:
         if key in self.pinned:
             return
         if client:
-            own = [route for route in live if self._opener.get(route) == client and route not in self.pinned]
+            own = [route for route in live if self._opener.get(route) == client]  # a pinned route has no opener
             if len(own) >= self.per_client:
                 self._free(live, own, now, f"this client key opened {self.per_client} target routes")
         opened = [route for route in live if route not in self.pinned]
