@@ -7,7 +7,7 @@
 # told that is intended (e.g. behind an authenticating proxy): -e ROUTEGATE_ALLOW_UNAUTHENTICATED=true
 # GPU hosts (NVIDIA driver + container toolkit): pick the CUDA torch build at build time,
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t routegate:cuda .
-#   docker run --gpus all -p 127.0.0.1:8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' -e ROUTEGATE_DEVICE=cuda routegate:cuda
+#   docker run --gpus all --stop-timeout 45 -p 127.0.0.1:8000:8000 -e OPENAI_API_KEY -e ROUTEGATE_API_KEYS='["<client key>"]' -e ROUTEGATE_DEVICE=cuda routegate:cuda
 # The `local-llm` target adds SmolLM2-135M-Instruct and serves it OpenAI-style on port 8080
 # (docker-compose.yml's local-llm profile): docker build --target local-llm -t routegate-local-llm .
 # Settings come from ROUTEGATE_* environment variables (README "Main settings", docs/configuration.md).

