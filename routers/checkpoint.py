@@ -94,11 +94,38 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
     for name in (*MANIFESTS, CALIBRATION_FILE):
         (final / name).unlink(missing_ok=True)
     made = sorted(staging.iterdir(), key=lambda path: path.name in MANIFESTS)  # manifests last
+    private = trained_on_own_data(staging)
     for path in made:
+        if private:
+            _owner_only(path)
         if (final / path.name).is_dir():
             shutil.rmtree(final / path.name)
         os.replace(path, final / path.name)
     staging.rmdir()
+    if private:
+        print(
+            f"{final}: readable by you alone, as the data it was trained on: it holds a similarity vector of "
+            "each training prompt (a neighbour table), which can confirm a guessed prompt",
+            file=sys.stderr,
+        )
+
+
+def trained_on_own_data(folder: Path) -> bool:
+    """Whether the checkpoint in ``folder`` was trained on a file that is not one of the public
+    data files (``routers.data.licence_of``: "your own data", e.g. a feedback export)."""
+    for name in MANIFESTS:
+        path = folder / name
+        if path.is_file():
+            manifest = json.loads(path.read_text())
+            licences = manifest.get("data_licences") or (manifest.get("training") or {}).get("data_licences", {})
+            return "your own data" in licences.values()
+    return False
+
+
+def _owner_only(path: Path) -> None:
+    """Make ``path`` (a file, or a folder and what it holds) readable by its owner alone."""
+    for item in (path, *path.rglob("*")) if path.is_dir() else (path,):
+        item.chmod(0o700 if item.is_dir() else 0o600)
 
 
 def _running(pid: str) -> bool:

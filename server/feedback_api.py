@@ -19,7 +19,7 @@ from server.errors import APIError, bad_request
 from server.feedback_store import FeedbackRow, FeedbackStore, StoreUnavailable
 from server.openapi import ERROR_SCHEMA
 
-MAX_BODY_BYTES = 16 * 1024
+MAX_BODY_BYTES = 32 * 1024  # the longest comment as clients may escape it (12 bytes an emoji) and the rest
 MAX_REQUEST_ID = 128  # as the proxy accepts a client's x-request-id
 MAX_COMMENT = 2000
 RATING_SCORES = {"up": 1.0, "down": 0.0}

@@ -98,16 +98,28 @@ def _rows(database: Database, since: float, until: float, desc: str) -> Iterator
 class RouterNames:
     """Each upstream model name as the router that routed a request knows it (``gpt-4o-mini`` is
     the data's ``gpt-4o-mini-2024-07-18``, as when serving), so that a router trained on the export
-    and the public files learns one model from both, and scores it when it routes again; a name
-    the router does not know is kept."""
+    and the public files learns one model from both, and scores it when it routes again. A name
+    that router does not know (``random`` knows none) is spelt as another installed router knows
+    it, so that one upstream model has one name in the export whichever router routed its
+    requests; a name no router knows is kept."""
 
     def __init__(self, checkpoint_dir: Path | None) -> None:
         self.checkpoint_dir = checkpoint_dir
         self._known: dict[str, list[str]] = {}
 
     def __call__(self, router: str, model: str) -> str:
-        from routers.checkpoint import CheckpointError
         from routers.model_names import match_model
+        from routers.registry import available_routers
+
+        for name in dict.fromkeys((router, *available_routers())):
+            found = match_model(model, self._models(name))
+            if found is not None:
+                return found
+        return model
+
+    def _models(self, router: str) -> list[str]:
+        """The model names ``router``'s checkpoint knows (none when it cannot be read)."""
+        from routers.checkpoint import CheckpointError
         from routers.registry import CHECKPOINT_ROOT, router_models
 
         if router not in self._known:
@@ -115,7 +127,7 @@ class RouterNames:
                 self._known[router] = router_models(router, self.checkpoint_dir or CHECKPOINT_ROOT)
             except CheckpointError:  # a manifest that cannot be read: names as the upstreams spell them
                 self._known[router] = []
-        return match_model(model, self._known[router]) or model
+        return self._known[router]
 
 
 def record_of(row: tuple, names: Callable[[str, str], str] = lambda router, model: model) -> dict[str, Any] | None:

@@ -127,7 +127,9 @@ class JudgeSettings(BaseModel):
 
     base_url: str | None = Field(None, description="judge's OpenAI-compatible API (unset: the strong upstream's)")
     api_key: SecretStr | None = Field(
-        None, description="judge's key (unset: the strong upstream's if the judge uses the strong base URL, else none)"
+        None,
+        description="judge's key (unset: the strong upstream's if the judge uses the strong base URL, OPENAI_API_KEY "
+        "on the OpenAI API, else none)",
     )
     model: str | None = Field(None, description="judge model (unset: the strong upstream's)")
     input_price: float | None = Field(None, ge=0, description="USD per 1M prompt tokens")
@@ -493,12 +495,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _openai_key_from_env(self) -> Settings:
-        """Upstreams on the OpenAI API with no key of their own take ``OPENAI_API_KEY``."""
+        """Upstreams (and a judge) on the OpenAI API with no key of their own take ``OPENAI_API_KEY``."""
         openai_key = os.environ.get("OPENAI_API_KEY")
         for upstream in (self.strong, self.weak, *self.models):
             if upstream.api_key is None and openai_key and upstream.base_url == OPENAI_BASE_URL:
                 upstream.api_key = SecretStr(openai_key)
+        if self.judge.api_key is None and openai_key and self.judge.base_url == OPENAI_BASE_URL:
+            self.judge.api_key = SecretStr(openai_key)
         return self
+
+    @property
+    def judge_base_url(self) -> str:
+        """The judge's API root: its own, or the strong upstream's."""
+        return self.judge.base_url or self.strong.base_url
+
+    @property
+    def judge_api_key(self) -> SecretStr | None:
+        """The judge's key: its own, or the strong upstream's when the judge uses the strong base URL."""
+        if self.judge.api_key is not None:
+            return self.judge.api_key
+        return self.strong.api_key if self.judge_base_url == self.strong.base_url else None
 
     @property
     def pending_body_limit(self) -> int:

@@ -68,14 +68,13 @@ def endpoints(settings: Settings) -> tuple[dict[str, Endpoint], Endpoint]:
         )
         for tier, upstream in (("strong", settings.strong), ("weak", settings.weak))
     }
-    judge, strong = settings.judge, tiers["strong"]
-    base_url = judge.base_url or strong.base_url
-    api_key = judge.api_key.get_secret_value() if judge.api_key else (strong.api_key if base_url == strong.base_url else None)
+    judge, strong, api_key = settings.judge, tiers["strong"], settings.judge_api_key
     prices = (
         strong.prices[0] if judge.input_price is None else judge.input_price,
         strong.prices[1] if judge.output_price is None else judge.output_price,
     )
-    return tiers, Endpoint(base_url, api_key, judge.model or strong.model, prices)
+    key = api_key.get_secret_value() if api_key else None
+    return tiers, Endpoint(settings.judge_base_url, key, judge.model or strong.model, prices)
 
 
 def excluded(headers: Any, payload: dict[str, Any], shadow_tools: bool) -> bool:

@@ -451,6 +451,11 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"object": "feedback", "request_id": request_id, "score": 1.0, "rating": "up"}
     assert stored(db, "routegate_feedback", request_id)[2:] == (1.0, "up", "spot on")
+    # the longest comment, as Python's json writes it: each emoji escaped to 12 bytes, 24,000 in all
+    longest = "\U0001f600" * 2000
+    escaped = json.dumps({"request_id": request_id, "rating": "down", "comment": longest}).encode()
+    assert len(escaped) > 24_000 and post_feedback(proxy, escaped).status_code == 200
+    assert query(db, "SELECT comment FROM routegate_feedback WHERE request_id = ?", request_id) == [(longest,)]
     assert post_feedback(proxy, {"request_id": request_id, "score": 0.25}).status_code == 200
     assert query(db, "SELECT score, rating, comment FROM routegate_feedback WHERE request_id = ?", request_id) == [
         (0.25, None, None)

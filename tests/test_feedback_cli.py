@@ -28,12 +28,17 @@ NOW = time.time()
 
 
 def decision(
-    request_id: str, tier: str, prompt: str | None, created_at: float = NOW, models: tuple[str, str] = ("m-strong", "m-weak")
+    request_id: str,
+    tier: str,
+    prompt: str | None,
+    created_at: float = NOW,
+    models: tuple[str, str] = ("m-strong", "m-weak"),
+    router: str = "mf",
 ) -> DecisionRow:
     return DecisionRow(
         request_id,
         created_at,
-        "mf",
+        router,
         "score",
         0.4,
         0.5,
@@ -142,20 +147,28 @@ async def test_the_export_spells_each_model_as_the_requests_router_knows_it(data
     store.start()
     store.record(decision("r-judged", "weak", "which is larger?", models=("gpt-4o", "gpt-4o-mini")))
     store.record(judgement("r-judged", "weak", "other_better"))
+    # routed by a router that knows no models (an A/B test against router-random-30%): one model, one name
+    store.record(decision("r-random", "strong", "which is smaller?", models=("gpt-4o", "gpt-4o-mini"), router="random"))
+    store.record(judgement("r-random", "strong", "tie"))
     await store.aclose()
     out = tmp_path / "feedback.jsonl"
     routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
-    [record] = [json.loads(line) for line in out.read_text().splitlines()]
-    assert record["scores"] == {"gpt-4o-2024-05-13": 1.0, "gpt-4o-mini-2024-07-18": 0.0}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [record["scores"] for record in records] == [
+        {"gpt-4o-2024-05-13": 1.0, "gpt-4o-mini-2024-07-18": 0.0},
+        {"gpt-4o-2024-05-13": 0.5, "gpt-4o-mini-2024-07-18": 0.5},
+    ]
     empty = tmp_path / "no-routers"
-    (empty / "mf").mkdir(parents=True)  # a router that knows no models: the names as the upstreams spell them
+    (empty / "mf").mkdir(parents=True)  # routers that know no models: the names as the upstreams spell them
     routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d", "--checkpoint-dir", str(empty))
-    [record] = [json.loads(line) for line in out.read_text().splitlines()]
-    assert record["scores"] == {"gpt-4o": 1.0, "gpt-4o-mini": 0.0}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [record["scores"] for record in records] == [{"gpt-4o": 1.0, "gpt-4o-mini": 0.0}, {"gpt-4o": 0.5, "gpt-4o-mini": 0.5}]
     typo = [sys.executable, "-m", "server.cli", "feedback", "export", "--db", database.url, "--out", str(out)]
     run = subprocess.run([*typo, "--checkpoint-dir", str(tmp_path / "no-ruoters")], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.strip() == f"routegate: --checkpoint-dir {tmp_path / 'no-ruoters'} is not a folder"
-    assert [json.loads(line)["scores"] for line in out.read_text().splitlines()] == [record["scores"]]  # the last export kept
+    assert [json.loads(line)["scores"] for line in out.read_text().splitlines()] == [
+        r["scores"] for r in records
+    ]  # the last export kept
 
 
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811

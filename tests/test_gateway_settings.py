@@ -289,6 +289,35 @@ def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.Monke
     assert settings.weak.api_key.get_secret_value() == "sk-from-openai-env"
 
 
+def test_a_judge_on_the_openai_api_takes_openai_api_key_and_one_elsewhere_without_a_key_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """With the strong tier on a local server, a judge on the OpenAI API got no key: every judgement
+    was refused (401) after its shadow call had been paid for, and nothing said why at start."""
+    from server.settings import load_settings
+    from server.shadow import endpoints
+    from server.upstream_keys import missing_key_warnings
+
+    for name in list(os.environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("ROUTEGATE_STRONG__API_KEY", "sk-local-strong-0123456789")
+    monkeypatch.setenv("ROUTEGATE_SHADOW_RATE", "0.1")
+    monkeypatch.setenv("ROUTEGATE_JUDGE__BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
+    settings = load_settings()
+    assert endpoints(settings)[1].api_key == "sk-from-openai-env"
+    assert missing_key_warnings(settings) == []
+    monkeypatch.setenv("ROUTEGATE_JUDGE__BASE_URL", "http://127.0.0.1:10/v1")  # a judge of its own, no key
+    warnings = missing_key_warnings(load_settings())
+    assert endpoints(load_settings())[1].api_key is None  # never the strong tier's key, on another URL
+    assert len(warnings) == 1 and "the judge (http://127.0.0.1:10/v1) has no API key" in warnings[0]
+    assert "ROUTEGATE_JUDGE__API_KEY" in warnings[0] and "sk-" not in warnings[0]
+    monkeypatch.setenv("ROUTEGATE_SHADOW_RATE", "0")  # no judging: nothing to warn about
+    assert missing_key_warnings(load_settings()) == []
+
+
 def test_shadow_judging_among_several_models_fails_at_start(monkeypatch: pytest.MonkeyPatch):
     """It compares the strong and the weak tier's answers; among several models it would start workers that never run."""
     from server.settings import SettingsError, load_settings

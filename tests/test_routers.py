@@ -134,6 +134,18 @@ def test_a_record_scoring_one_model_takes_no_place_in_the_limit(tmp_path: Path) 
     out = tmp_path / "mf"
     assert main(["train", "mf", "--data", str(data), "--out", str(out), "--limit", "8", *TRAIN_OPTIONS["mf"]]) == 0
     assert json.loads((out / "router.json").read_text())["prompts"] == 8  # all 8 compared records, not 4 of them
+    # trained on your own data (its neighbour table holds a vector per prompt): readable by you alone
+    assert {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()} == {
+        "router.json": 0o600,
+        "weights.npz": 0o600,
+        "neighbours.npz": 0o600,
+    }
+    public = tmp_path / "routellm-gsm8k.jsonl"  # a name of the public data: its licence, not yours
+    public.write_text(data.read_text())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert main(["train", "mf", "--data", str(public), "--out", str(tmp_path / "public"), *TRAIN_OPTIONS["mf"]]) == 0
+    assert (tmp_path / "public" / "neighbours.npz").stat().st_mode & 0o777 == 0o666 & ~umask
     sample = load_training_records([str(data)], limit=8)  # sw_ranking's, bert's and causal_llm's
     assert sorted(record["id"] for record in sample) == [f"req-{number}" for number in (1, 11, 13, 15, 3, 5, 7, 9)]
 
