@@ -16,6 +16,7 @@ import gzip
 import json
 import os
 import random
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -58,6 +59,7 @@ def iter_records(path: str | Path, scores: bool = True, require: tuple[str, ...]
     lacks a field of ``require`` ("id", a JSON value other than NaN or infinity; "prompt", text)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    mended: list[int] = []  # lines whose prompt held a lone surrogate escape
     try:
         with opener(path, "rb") as lines:
             for number, raw in enumerate(lines, 1):
@@ -66,9 +68,20 @@ def iter_records(path: str | Path, scores: bool = True, require: tuple[str, ...]
                 except UnicodeDecodeError:
                     raise RecordError(f"{path}:{number}: not UTF-8 text (a gzip file must be named .gz)") from None
                 if line.strip():
-                    yield _record(line, f"{path}:{number}", scores, require)
+                    record = _record(line, f"{path}:{number}", scores, require)
+                    if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
+                        record["prompt"] = _mended(record["prompt"])
+                        mended.append(number)
+                    yield record
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
+    if mended:
+        lines_named = ", ".join(map(str, mended[:5])) + (" ..." if len(mended) > 5 else "")
+        print(
+            f"routegate: {path}: {len(mended)} prompt(s) held a lone surrogate escape (\\ud800-\\udfff), read with "
+            f"U+FFFD in its place (line {lines_named})",
+            file=sys.stderr,
+        )
 
 
 def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...]) -> Record:
@@ -97,8 +110,6 @@ def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...])
         raise RecordError(f"{where}: 'scores' must be an object of numbers from 0 to 1")
     if check_scores and scores and (not isinstance(record.get("prompt"), str) or "id" not in record):
         raise RecordError(f"{where}: a scored record needs an 'id' and a 'prompt' string")
-    if isinstance(record.get("prompt"), str) and not _encodable(record["prompt"]):
-        raise RecordError(f"{where}: the prompt holds a lone surrogate escape (\\ud800-\\udfff): not Unicode text")
     for field in require:
         _check_field(record, field, where, sent_fields)
     return record
@@ -159,6 +170,11 @@ def content_text(content: object) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
+
+
+def _mended(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (a pair, however it came, joined)."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _encodable(text: str) -> bool:

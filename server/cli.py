@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``routegate`` console script."""
     args = build_parser().parse_args(argv)
+    # the model libraries' bars (loading weights) would cut into each command's own progress bar
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.run(args)
     except OSError as error:  # a file named on the command line that is missing or unreadable; a full disk

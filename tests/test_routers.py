@@ -1048,8 +1048,6 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     }
     files["late.jsonl"] = b'{"id": "a", "prompt": "x"}\n' * 899 + '{"id": "b", "prompt": "caf\u00e9"}\n'.encode("latin-1")
     expected["late.jsonl"] = "late.jsonl:900: not UTF-8 text"
-    files["surrogate.jsonl"] = b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "abc \\ud800 def"}\n'
-    expected["surrogate.jsonl"] = "surrogate.jsonl:2: the prompt holds a lone surrogate"
     files["empty.jsonl"] = b"\n"
     expected["empty.jsonl"] = "no records in"
     for name, content in files.items():
@@ -1058,6 +1056,14 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
             ["score", "--router", "random", "--input", str(tmp_path / name), "--output", str(tmp_path / "s.jsonl")], capsys
         )
         assert expected[name] in said, said
+    # a prompt with a lone surrogate escape (scraped text cut inside an emoji) is scored, with U+FFFD in its place
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "abc \\ud800 def \\ud83d\\ude00"}\n')
+    assert [record["prompt"] for record in iter_records(surrogate)] == ["x", "abc \ufffd def \U0001f600"]
+    capsys.readouterr()
+    assert main(["score", "--router", "random", "--input", str(surrogate), "--output", str(tmp_path / "s.jsonl")]) == 0
+    assert [record["id"] for record in iter_records(tmp_path / "s.jsonl", scores=False)] == ["a", "b"]
+    assert "surrogate.jsonl: 1 prompt(s) held a lone surrogate escape" in capsys.readouterr().err
     dev_only = tmp_path / "dev.jsonl"
     dev_only.write_bytes(line)
     out = str(tmp_path / "mf")

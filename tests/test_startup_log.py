@@ -103,6 +103,7 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr  # the encoder loaded, without a bar of its own inside score's
     written = {path: path.stat().st_mtime_ns for path in cache.glob("minilm*-embeddings.npz")}
     assert written != written_before  # the subprocess wrote the new embedding into the session's cache directory
     assert not (home / ".cache" / "routegate").exists()
