@@ -18,6 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import REPO, STRONG_KEY, STRONG_MODEL, WEAK_KEY, WEAK_MODEL, proxy_env, running_proxy
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
 
+
+def without_routegate_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every ROUTEGATE_ variable for the test (the settings then come from it alone)."""
+    for name in list(os.environ):
+        if name.startswith("ROUTEGATE_"):
+            monkeypatch.delenv(name)
+
+
 MESSAGES = [{"role": "user", "content": "Name a prime number."}]
 STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # prices in proxy_env
 WEAK_COST = (PROMPT_TOKENS * 0.5 + COMPLETION_TOKENS * 1.5) / 1e6
@@ -251,9 +259,7 @@ def test_invalid_settings_fail_at_start_naming_the_setting(env: dict[str, str], 
 def test_settings_that_could_never_work_are_refused(env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch):
     from server.settings import SettingsError, load_settings
 
-    for name in list(os.environ):
-        if name.startswith("ROUTEGATE_"):
-            monkeypatch.delenv(name)
+    without_routegate_variables(monkeypatch)
     monkeypatch.setenv("ROUTEGATE_FEEDBACK_DB", "off")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -272,9 +278,7 @@ def test_an_allowed_origin_is_kept_as_a_browser_sends_it(monkeypatch: pytest.Mon
 def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
     from server.settings import load_settings
 
-    for name in list(os.environ):
-        if name.startswith("ROUTEGATE_"):
-            monkeypatch.delenv(name)
+    without_routegate_variables(monkeypatch)
     monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("ROUTEGATE_WEAK__MODEL", "my-small-model")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-env")
@@ -298,9 +302,7 @@ def test_a_judge_on_the_openai_api_takes_openai_api_key_and_one_elsewhere_withou
     from server.shadow import endpoints
     from server.upstream_keys import missing_key_warnings
 
-    for name in list(os.environ):
-        if name.startswith("ROUTEGATE_"):
-            monkeypatch.delenv(name)
+    without_routegate_variables(monkeypatch)
     monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("ROUTEGATE_STRONG__API_KEY", "sk-local-strong-0123456789")
     monkeypatch.setenv("ROUTEGATE_SHADOW_RATE", "0.1")
@@ -322,9 +324,7 @@ def test_shadow_judging_among_several_models_fails_at_start(monkeypatch: pytest.
     """It compares the strong and the weak tier's answers; among several models it would start workers that never run."""
     from server.settings import SettingsError, load_settings
 
-    for name in list(os.environ):
-        if name.startswith("ROUTEGATE_"):
-            monkeypatch.delenv(name)
+    without_routegate_variables(monkeypatch)
     nowhere = {"base_url": "http://127.0.0.1:9/v1", "api_key": "k", "input_price": 1, "output_price": 1}
     monkeypatch.setenv(
         "ROUTEGATE_MODELS", json.dumps([{"name": "a", "model": "x", **nowhere}, {"name": "b", "model": "y", **nowhere}])
@@ -378,9 +378,7 @@ def test_a_setting_is_named_where_it_was_given(tmp_path: Path, monkeypatch: pyte
     setting; one problem is one line, without pydantic's "Value error, " prefix."""
     from server.settings import SettingsError, load_settings
 
-    for name in list(os.environ):
-        if name.startswith("ROUTEGATE_"):
-            monkeypatch.delenv(name)
+    without_routegate_variables(monkeypatch)
     monkeypatch.setenv("ROUTEGATE_FEEDBACK_DB", "off")
     config = tmp_path / "routegate.yaml"
     monkeypatch.setenv("ROUTEGATE_CONFIG", str(config))  # load_settings sets it: undone after the test
