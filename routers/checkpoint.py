@@ -80,7 +80,7 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
     staging = final / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)  # an earlier process's with this process's number
-    staging.mkdir()
+    staging.mkdir(mode=0o700)  # the owner's alone until published: the data may be yours (trained_on_own_data)
     token = _STAGED.set((staging, final))
     try:
         yield staging
@@ -97,17 +97,25 @@ def staged_checkpoint(final: Path) -> Iterator[Path]:
     private = trained_on_own_data(staging)
     for path in made:
         if private:
-            _owner_only(path)
+            path.chmod(0o600)
         if (final / path.name).is_dir():
             shutil.rmtree(final / path.name)
         os.replace(path, final / path.name)
     staging.rmdir()
     if private:
-        print(
-            f"{final}: readable by you alone, as the data it was trained on: it holds a similarity vector of "
-            "each training prompt (a neighbour table), which can confirm a guessed prompt",
-            file=sys.stderr,
-        )
+        _keep_private(final, made_final)
+
+
+def _keep_private(final: Path, made_final: bool) -> None:
+    """Say that a checkpoint trained on your own data was written for its owner alone (and make a
+    folder the training made the owner's too)."""
+    if made_final:
+        final.chmod(0o700)
+    print(
+        f"{final}: the new files are readable by you alone: the data they were trained on is yours, and a "
+        "checkpoint can give it away (mf's and sw_ranking's neighbour tables hold a vector of each training prompt)",
+        file=sys.stderr,
+    )
 
 
 def trained_on_own_data(folder: Path) -> bool:
@@ -120,12 +128,6 @@ def trained_on_own_data(folder: Path) -> bool:
             licences = manifest.get("data_licences") or (manifest.get("training") or {}).get("data_licences", {})
             return "your own data" in licences.values()
     return False
-
-
-def _owner_only(path: Path) -> None:
-    """Make ``path`` (a file, or a folder and what it holds) readable by its owner alone."""
-    for item in (path, *path.rglob("*")) if path.is_dir() else (path,):
-        item.chmod(0o700 if item.is_dir() else 0o600)
 
 
 def _running(pid: str) -> bool:

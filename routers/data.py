@@ -47,9 +47,15 @@ DATA_LICENCES = {
 
 
 def licence_of(path: str | Path) -> str:
-    """The data licence of a record file, by its name; 'your own data' for other files."""
+    """The data licence of one of the public record files, by its name (``mmlu-pro.jsonl.gz``);
+    'your own data' for any other file (``mmlu-pro-ours.jsonl`` too)."""
+    from routers.evaluation.families import FAMILIES  # here: that module reads records with this one
+
     name = Path(path).name
-    return next((licence for prefix, licence in DATA_LICENCES.items() if name.startswith(prefix)), "your own data")
+    stem = name.removesuffix(".gz").removesuffix(".jsonl")
+    if stem not in {public for stems in FAMILIES.values() for public in stems}:
+        return "your own data"
+    return next(licence for prefix, licence in DATA_LICENCES.items() if name.startswith(prefix))
 
 
 def iter_records(path: str | Path, scores: bool = True, require: tuple[str, ...] = ()) -> Iterator[Record]:
@@ -76,12 +82,7 @@ def iter_records(path: str | Path, scores: bool = True, require: tuple[str, ...]
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
         raise RecordError(f"{path}: not a whole gzip file ({error or 'it ends early'})") from None
     if mended:
-        lines_named = ", ".join(map(str, mended[:5])) + (" ..." if len(mended) > 5 else "")
-        print(
-            f"routegate: {path}: {len(mended)} prompt(s) held a lone surrogate escape (\\ud800-\\udfff), read with "
-            f"U+FFFD in its place (line {lines_named})",
-            file=sys.stderr,
-        )
+        _report_mended(path, mended)
 
 
 def _record(line: str, where: str, check_scores: bool, require: tuple[str, ...]) -> Record:
@@ -170,6 +171,23 @@ def content_text(content: object) -> str:
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
         )
     return ""
+
+
+#: record files whose mended prompts were reported: a file read again (a leave-one-out fold) is not reported again
+_REPORTED: set[Path] = set()
+
+
+def _report_mended(path: Path, lines: list[int]) -> None:
+    """Say once per file on stderr which lines' prompts were read with U+FFFD for a lone surrogate (the first five)."""
+    if path.resolve() in _REPORTED:
+        return
+    _REPORTED.add(path.resolve())
+    named = ", ".join(map(str, lines[:5])) + (" ..." if len(lines) > 5 else "")
+    print(
+        f"routegate: {path}: {len(lines)} prompt(s) held a lone surrogate escape (\\ud800-\\udfff), read with "
+        f"U+FFFD in its place (line {named})",
+        file=sys.stderr,
+    )
 
 
 def _mended(text: str) -> str:

@@ -95,44 +95,44 @@ def _rows(database: Database, since: float, until: float, desc: str) -> Iterator
         connection.close()
 
 
-class RouterNames:
-    """Each upstream model name as the router that routed a request knows it (``gpt-4o-mini`` is
-    the data's ``gpt-4o-mini-2024-07-18``, as when serving), so that a router trained on the export
-    and the public files learns one model from both, and scores it when it routes again. A name
-    that router does not know (``random`` knows none) is spelt as another installed router knows
-    it, so that one upstream model has one name in the export whichever router routed its
-    requests; a name no router knows is kept."""
+class ModelNames:
+    """Each upstream model name as the installed routers know it (``gpt-4o-mini`` is the data's
+    ``gpt-4o-mini-2024-07-18``, as when serving), so that a router trained on the export and the
+    public files learns one model from both, and scores it when it routes again. The name is
+    matched once against every installed router's models (``mf``'s first), so one upstream model
+    has one name whichever router routed its requests (``random`` knows none); a name no router
+    knows is kept."""
 
     def __init__(self, checkpoint_dir: Path | None) -> None:
         self.checkpoint_dir = checkpoint_dir
-        self._known: dict[str, list[str]] = {}
+        self._known: list[str] | None = None
+        self._spelt: dict[str, str] = {}
 
-    def __call__(self, router: str, model: str) -> str:
+    def __call__(self, model: str) -> str:
         from routers.model_names import match_model
-        from routers.registry import available_routers
 
-        for name in dict.fromkeys((router, *available_routers())):
-            found = match_model(model, self._models(name))
-            if found is not None:
-                return found
-        return model
+        if model not in self._spelt:
+            self._spelt[model] = match_model(model, self._models()) or model
+        return self._spelt[model]
 
-    def _models(self, router: str) -> list[str]:
-        """The model names ``router``'s checkpoint knows (none when it cannot be read)."""
+    def _models(self) -> list[str]:
+        """The model names of every installed router's checkpoint (one that cannot be read knows none)."""
         from routers.checkpoint import CheckpointError
-        from routers.registry import CHECKPOINT_ROOT, router_models
+        from routers.registry import CHECKPOINT_ROOT, available_routers, router_models
 
-        if router not in self._known:
-            try:
-                self._known[router] = router_models(router, self.checkpoint_dir or CHECKPOINT_ROOT)
-            except CheckpointError:  # a manifest that cannot be read: names as the upstreams spell them
-                self._known[router] = []
-        return self._known[router]
+        if self._known is None:
+            self._known = []
+            for router in sorted(available_routers(), key=lambda name: name != "mf"):
+                try:
+                    self._known += router_models(router, self.checkpoint_dir or CHECKPOINT_ROOT)
+                except CheckpointError:  # a manifest that cannot be read: names as the upstreams spell them
+                    continue
+        return self._known
 
 
-def record_of(row: tuple, names: Callable[[str, str], str] = lambda router, model: model) -> dict[str, Any] | None:
+def record_of(row: tuple, names: Callable[[str], str] = lambda model: model) -> dict[str, Any] | None:
     """A shared/data record for one stored request (None without prompt text or usable scores);
-    ``names`` spells each model for the request's router (by default as the upstream does)."""
+    ``names`` spells each model (by default as the upstream does)."""
     (
         request_id,
         created_at,
@@ -151,7 +151,7 @@ def record_of(row: tuple, names: Callable[[str, str], str] = lambda router, mode
     ) = row
     if prompt is None:
         return None
-    models = {"strong": names(router, strong_model), "weak": names(router, weak_model)}
+    models = {"strong": names(strong_model), "weak": names(weak_model)}
     scores: dict[str, float] = {}
     if verdict in VERDICT_SCORES and models["strong"] != models["weak"]:  # one model behind two URLs compares nothing
         chosen, other = VERDICT_SCORES[verdict]
@@ -242,7 +242,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
         raise SystemExit(f"routegate: --checkpoint-dir {args.checkpoint_dir} is not a folder")
     rows = _read_rows(database, args.since, _window_end(args), desc="export")
-    names = RouterNames(args.checkpoint_dir)
+    names = ModelNames(args.checkpoint_dir)
     written = without_text = 0
     with (  # a failure leaves an earlier export whole; prompts and comments: the owner's alone, as the store is
         replaced_on_success(args.out, private=True) as staging,

@@ -121,7 +121,7 @@ TIER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class JudgeSettings(BaseModel):
     """The LLM that judges shadowed answers; unset fields are the strong upstream's (its key only for the
-    strong upstream's own base URL)."""
+    strong upstream's own base URL; on another URL, the OpenAI API's, ``OPENAI_API_KEY``)."""
 
     model_config = {"extra": "forbid", "allow_inf_nan": False}
 
@@ -500,8 +500,9 @@ class Settings(BaseSettings):
         for upstream in (self.strong, self.weak, *self.models):
             if upstream.api_key is None and openai_key and upstream.base_url == OPENAI_BASE_URL:
                 upstream.api_key = SecretStr(openai_key)
-        if self.judge.api_key is None and openai_key and self.judge.base_url == OPENAI_BASE_URL:
-            self.judge.api_key = SecretStr(openai_key)
+        judge = self.judge  # on the strong upstream's URL it takes the strong key, which may be another account's
+        if judge.api_key is None and openai_key and judge.base_url == OPENAI_BASE_URL != self.strong.base_url:
+            judge.api_key = SecretStr(openai_key)
         return self
 
     @property

@@ -68,13 +68,13 @@ def endpoints(settings: Settings) -> tuple[dict[str, Endpoint], Endpoint]:
         )
         for tier, upstream in (("strong", settings.strong), ("weak", settings.weak))
     }
-    judge, strong, api_key = settings.judge, tiers["strong"], settings.judge_api_key
+    judge, strong, secret = settings.judge, tiers["strong"], settings.judge_api_key
     prices = (
         strong.prices[0] if judge.input_price is None else judge.input_price,
         strong.prices[1] if judge.output_price is None else judge.output_price,
     )
-    key = api_key.get_secret_value() if api_key else None
-    return tiers, Endpoint(settings.judge_base_url, key, judge.model or strong.model, prices)
+    api_key = secret.get_secret_value() if secret else None
+    return tiers, Endpoint(settings.judge_base_url, api_key, judge.model or strong.model, prices)
 
 
 def excluded(headers: Any, payload: dict[str, Any], shadow_tools: bool) -> bool:

@@ -456,6 +456,8 @@ def test_feedback_is_stored_overwritten_and_refused_for_unknown_ids(shadowing: t
     escaped = json.dumps({"request_id": request_id, "rating": "down", "comment": longest}).encode()
     assert len(escaped) > 24_000 and post_feedback(proxy, escaped).status_code == 200
     assert query(db, "SELECT comment FROM routegate_feedback WHERE request_id = ?", request_id) == [(longest,)]
+    padded = escaped[:-1] + b" " * (32 * 1024 + 1 - len(escaped)) + b"}"  # one byte over 32 KiB
+    assert len(padded) == 32 * 1024 + 1 and post_feedback(proxy, padded).status_code == 413
     assert post_feedback(proxy, {"request_id": request_id, "score": 0.25}).status_code == 200
     assert query(db, "SELECT score, rating, comment FROM routegate_feedback WHERE request_id = ?", request_id) == [
         (0.25, None, None)

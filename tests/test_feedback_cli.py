@@ -139,7 +139,7 @@ async def test_a_verdict_between_one_model_behind_two_urls_is_not_exported(datab
     assert [(record["id"], record["scores"]) for record in records] == [("r-rated", {"m-same": 1.0})]
 
 
-async def test_the_export_spells_each_model_as_the_requests_router_knows_it(database: Database, tmp_path: Path) -> None:  # noqa: F811
+async def test_the_export_spells_each_model_as_the_installed_routers_know_it(database: Database, tmp_path: Path) -> None:  # noqa: F811
     """Upstreams named ``gpt-4o`` / ``gpt-4o-mini`` are the shipped ``mf``'s dated snapshots: trained
     under the upstream names, the labels would make a model of their own, which the retrained router
     would then score instead of the one the public files describe."""
@@ -150,6 +150,9 @@ async def test_the_export_spells_each_model_as_the_requests_router_knows_it(data
     # routed by a router that knows no models (an A/B test against router-random-30%): one model, one name
     store.record(decision("r-random", "strong", "which is smaller?", models=("gpt-4o", "gpt-4o-mini"), router="random"))
     store.record(judgement("r-random", "strong", "tie"))
+    # causal_llm knows GPT-4 only as gpt-4-0314, mf as gpt-4: the name is the installed routers' best match, whoever routed
+    store.record(decision("r-causal", "weak", "which is odd?", models=("gpt-4", "gpt-4o-mini"), router="causal_llm"))
+    store.record(judgement("r-causal", "weak", "chosen_better"))
     await store.aclose()
     out = tmp_path / "feedback.jsonl"
     routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d")
@@ -157,18 +160,22 @@ async def test_the_export_spells_each_model_as_the_requests_router_knows_it(data
     assert [record["scores"] for record in records] == [
         {"gpt-4o-2024-05-13": 1.0, "gpt-4o-mini-2024-07-18": 0.0},
         {"gpt-4o-2024-05-13": 0.5, "gpt-4o-mini-2024-07-18": 0.5},
+        {"gpt-4": 0.0, "gpt-4o-mini-2024-07-18": 1.0},
     ]
     empty = tmp_path / "no-routers"
     (empty / "mf").mkdir(parents=True)  # routers that know no models: the names as the upstreams spell them
     routegate("feedback", "export", "--db", database.url, "--out", str(out), "--since", "2d", "--checkpoint-dir", str(empty))
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [record["scores"] for record in records] == [{"gpt-4o": 1.0, "gpt-4o-mini": 0.0}, {"gpt-4o": 0.5, "gpt-4o-mini": 0.5}]
+    assert [record["scores"] for record in records] == [
+        {"gpt-4o": 1.0, "gpt-4o-mini": 0.0},
+        {"gpt-4o": 0.5, "gpt-4o-mini": 0.5},
+        {"gpt-4": 0.0, "gpt-4o-mini": 1.0},
+    ]
     typo = [sys.executable, "-m", "server.cli", "feedback", "export", "--db", database.url, "--out", str(out)]
     run = subprocess.run([*typo, "--checkpoint-dir", str(tmp_path / "no-ruoters")], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.strip() == f"routegate: --checkpoint-dir {tmp_path / 'no-ruoters'} is not a folder"
-    assert [json.loads(line)["scores"] for line in out.read_text().splitlines()] == [
-        r["scores"] for r in records
-    ]  # the last export kept
+    kept = [json.loads(line)["scores"] for line in out.read_text().splitlines()]
+    assert kept == [record["scores"] for record in records]  # the last export kept
 
 
 async def test_stats_prints_the_quality_figures_of_the_window(database: Database) -> None:  # noqa: F811

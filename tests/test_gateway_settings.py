@@ -318,6 +318,10 @@ def test_a_judge_on_the_openai_api_takes_openai_api_key_and_one_elsewhere_withou
     assert "ROUTEGATE_JUDGE__API_KEY" in warnings[0] and "sk-" not in warnings[0]
     monkeypatch.setenv("ROUTEGATE_SHADOW_RATE", "0")  # no judging: nothing to warn about
     assert missing_key_warnings(load_settings()) == []
+    # a judge on the strong upstream's URL takes the strong key, before OPENAI_API_KEY
+    monkeypatch.setenv("ROUTEGATE_STRONG__BASE_URL", "https://api.openai.com/v1")
+    monkeypatch.setenv("ROUTEGATE_JUDGE__BASE_URL", "https://api.openai.com/v1")
+    assert endpoints(load_settings())[1].api_key == "sk-local-strong-0123456789"
 
 
 def test_shadow_judging_among_several_models_fails_at_start(monkeypatch: pytest.MonkeyPatch):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from routers.calibration import read_calibration
-from routers.checkpoint import CheckpointError
+from routers.checkpoint import CheckpointError, trained_on_own_data
 from routers.data import RecordError, iter_records, licence_of
 from routers.evaluation import metrics
 from routers.evaluation.metrics import PairQuality
@@ -140,6 +140,11 @@ def test_a_record_scoring_one_model_takes_no_place_in_the_limit(tmp_path: Path) 
         "weights.npz": 0o600,
         "neighbours.npz": 0o600,
     }
+    assert out.stat().st_mode & 0o777 == 0o700  # the folder the training made
+    lookahead = tmp_path / "lookahead"  # lookahead's manifest keeps its files under "training"
+    lookahead.mkdir()
+    (lookahead / "config.json").write_text(json.dumps({"training": {"data_licences": {"export.jsonl": licence_of(data)}}}))
+    assert trained_on_own_data(lookahead) and licence_of("mmlu-pro-ours.jsonl") == "your own data"
     public = tmp_path / "routellm-gsm8k.jsonl"  # a name of the public data: its licence, not yours
     public.write_text(data.read_text())
     umask = os.umask(0)
@@ -1059,11 +1064,12 @@ def test_record_files_that_cannot_be_read_and_nothing_to_learn_are_one_line_erro
     # a prompt with a lone surrogate escape (scraped text cut inside an emoji) is scored, with U+FFFD in its place
     surrogate = tmp_path / "surrogate.jsonl"
     surrogate.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "abc \\ud800 def \\ud83d\\ude00"}\n')
-    assert [record["prompt"] for record in iter_records(surrogate)] == ["x", "abc \ufffd def \U0001f600"]
     capsys.readouterr()
     assert main(["score", "--router", "random", "--input", str(surrogate), "--output", str(tmp_path / "s.jsonl")]) == 0
     assert [record["id"] for record in iter_records(tmp_path / "s.jsonl", scores=False)] == ["a", "b"]
     assert "surrogate.jsonl: 1 prompt(s) held a lone surrogate escape" in capsys.readouterr().err
+    assert [record["prompt"] for record in iter_records(surrogate)] == ["x", "abc \ufffd def \U0001f600"]
+    assert "surrogate" not in capsys.readouterr().err  # said once per file
     dev_only = tmp_path / "dev.jsonl"
     dev_only.write_bytes(line)
     out = str(tmp_path / "mf")

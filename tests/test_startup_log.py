@@ -97,7 +97,7 @@ def test_tests_keep_router_caches_out_of_the_home_directory(tmp_path: Path):
     done = subprocess.run(
         [sys.executable, "-m", "server.cli", *command],
         cwd=REPO,
-        env={**os.environ, "HOME": str(home)},
+        env={**{k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}, "HOME": str(home)},
         capture_output=True,
         text=True,
         timeout=300,
