@@ -31,7 +31,6 @@ from server.settings import Settings, SettingsError
 from server.shadow import OTHER_TIER, Shadower, ShadowJob, endpoints
 from server.shared_state import SharedState
 from server.shutdown import seconds_left
-from server.upstream import answer_error_status
 
 PAYLOAD_STATE = "chat_payload"  # request.state attribute holding the parsed request body
 #: at shutdown, the part of the clean-up's time kept for the store's own writes: the streams still
@@ -167,11 +166,13 @@ class Feedback:
             self._watch_stream(response, request.headers, payload, shadow)
         elif 200 <= response.status_code < 300 and response.background is None:
             response.background = BackgroundTask(self._after_complete, response, request.headers, payload, shadow)
+        elif shadow:  # the upstream's error (the client's mistake, sent with its 4xx): nothing to judge
+            _unanswered(response.headers)
         return response
 
     async def _after_complete(self, response: Response, headers: Headers, payload: dict[str, Any], shadow: bool) -> None:
         completion = json_value(bytes(response.body))
-        if isinstance(completion, dict) and answer_error_status(completion) is None:  # not the upstream's error object
+        if isinstance(completion, dict):  # an upstream's error object went out with its 4xx, not as an answer
             self._answered(response.headers, headers, payload, completion.get("usage"), answer_text(completion), shadow)
         elif shadow:
             _unanswered(response.headers)

@@ -132,15 +132,16 @@ async def _whole(
     headers["content-type"] = sent_type if media_type(sent_type) == "application/json" else "application/json"
     # an error body may quote the key, also as an answer's error object in a 200
     body = upstream.redact_answer(result.body) if result.status < 300 else upstream.redact(result.body)
-    if result.status >= 400:
+    if status >= 400:
         parsed = json_value(body)
         if not _is_openai_error(parsed):  # an HTML page from a load balancer, FastAPI's {"detail": ...}: the SDK needs one
             message = f"The {upstream.tier} upstream answered {result.status} without an OpenAI-style error body"
             said = _message_in(parsed)
             message += f": {said[:MAX_RELAYED_MESSAGE]}" if said else "."
-            body = json.dumps(APIError(result.status, message, type="upstream_error", code="upstream_error").body()).encode()
+            body = json.dumps(APIError(status, message, type="upstream_error", code="upstream_error").body()).encode()
             headers["content-type"] = "application/json"
-    response = WholeResponse(body, result.status, headers, send_timeout)
+    # an error object in a 2xx goes out with the 4xx it names: an SDK raises it rather than read an answer without choices
+    response = WholeResponse(body, status, headers, send_timeout)
     await finish(Outcome(exchange.decision, upstream, status, started, exchange.sent_at, usage, status, estimate))  # once built
     return response
 

@@ -921,18 +921,23 @@ def test_a_first_event_that_names_a_client_error_is_relayed_not_retried(fault_pr
 def test_a_200_holding_an_error_that_names_a_client_error_is_relayed_and_counted_as_it(
     fault_proxy: Proxy, strong: FakeUpstream
 ) -> None:
-    """The same in a whole 200 body: relayed as it came, counted as the 400 it names, not as an
-    answer (no estimated tokens charged, no upstream error)."""
+    """The same in a whole 200 body: sent with the 400 it names (an SDK raises it, where a 200 would
+    be read as an answer without choices), counted as that 400, not as an answer (no estimated
+    tokens charged, no upstream error)."""
     strong.behaviour.answer_body = b'{"error": {"message": "context length exceeded", "type": "invalid_request_error"}}'
     delta = MetricDelta(fault_proxy.metrics)
     response = httpx.post(f"{fault_proxy.api}/chat/completions", json={"model": ROUTED_STRONG, "messages": MESSAGES}, timeout=30)
     delta.after()
-    assert response.status_code == 200 and response.json()["error"]["message"] == "context length exceeded"
+    assert response.status_code == 400 and response.json()["error"]["message"] == "context length exceeded"
     assert len(strong.received) == 1
     assert delta("routegate_requests_total", tier="strong", status="400") == 1
     assert delta("routegate_requests_total", tier="strong", status="200") == 0
     assert delta("routegate_upstream_errors_total", tier="strong") == 0
     assert delta("routegate_usage_estimated_total", tier="strong") == 0
+    with pytest.raises(openai.BadRequestError, match="context length exceeded"):
+        openai.OpenAI(base_url=fault_proxy.api, api_key="unused", max_retries=0).chat.completions.create(
+            model=ROUTED_STRONG, messages=MESSAGES
+        )
 
 
 def test_keep_alive_comments_are_relayed_once_held_long_enough(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:

@@ -248,7 +248,7 @@ def test_an_upstream_error_naming_the_clients_mistake_is_not_an_answer(
     weak.behaviour.answer_body = json.dumps(error).encode()
     whole = {"model": WEAK_ROUTE, "messages": QUESTION}
     relayed = httpx.post(f"{proxy.api}/chat/completions", json=whole, headers={**headers, "x-request-id": "req-error-whole"})
-    assert relayed.status_code == 200 and relayed.json() == error
+    assert relayed.status_code == 400 and relayed.json() == error  # the status its error object stands for
     wait_until(lambda: shadow_total(proxy, tier="strong", outcome="unanswered") == before + 2, "two unanswered outcomes")
     weak.reset()
     client(proxy).chat.completions.create(model=WEAK_ROUTE, messages=QUESTION, extra_headers={"x-request-id": "req-after"})
