@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 MAX_MODELS = 16
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # the whole name: fullmatch
-#: names that already mean something as a request's ``model``
-RESERVED = ("auto",)
+#: names that already mean something: a request's ``model`` (``auto``), or the tier label of refused requests (``none``)
+RESERVED = ("auto", "none")
 
 
 def check_name(name: str) -> str:
@@ -28,7 +28,9 @@ def check_name(name: str) -> str:
             f"name {name[:80]!r} must be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
         )
     if name in RESERVED or name.startswith("router-"):
-        raise ValueError(f"name {name!r} is reserved (`auto` and `router-...` are routed model names)")
+        raise ValueError(
+            f"name {name!r} is reserved (`auto` and `router-...` are routed model names; `none` labels refused requests)"
+        )
     return name
 
 
@@ -43,6 +45,10 @@ def check_models(entries: Sequence[ModelEntry]) -> None:
         if entry.name.lower() in seen:
             raise ValueError(f"name {entry.name!r} appears twice (names are compared case-insensitively)")
         seen.add(entry.name.lower())
+    for entry in entries:  # a client naming that model would reach the entry named so, not the one serving it
+        for other in entries:
+            if other is not entry and other.model == entry.name:
+                raise ValueError(f"name {entry.name!r} is the model of entry {other.name!r}: give one of them another name")
     capable = [entry.name for entry in entries if entry.most_capable]
     if len(capable) > 1:
         raise ValueError(f"at most one model may set most_capable; {capable} do")

@@ -450,6 +450,8 @@ def test_an_unreadable_feedback_db_url_is_refused_without_its_password(monkeypat
         ([THREE[0], {**THREE[1], "name": "SMALL"}], "'SMALL' appears twice"),
         ([THREE[0], {**THREE[1], "name": "router-mf-0.5"}], "reserved"),
         ([THREE[0], {**THREE[1], "name": "auto"}], "reserved"),
+        ([THREE[0], {**THREE[1], "name": "none"}], "reserved"),  # the tier label of refused requests
+        ([THREE[0], {**THREE[1], "name": THREE[0]["model"]}], "is the model of entry"),  # it would take that model's clients
         ([THREE[0], {**THREE[1], "name": "has space"}], "must be 1-64 letters"),
         ([THREE[0], {**THREE[1], "name": "newline\n"}], "must be 1-64 letters"),  # it would break a header
         ([THREE[0], {**THREE[1], "input_price": -1}], "greater than or equal to 0"),
