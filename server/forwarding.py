@@ -107,7 +107,7 @@ class Forwarder:
             upstream = self.upstreams[tier]
             if tier != decision.tier:
                 decision = dataclasses.replace(decision, tier=tier, quality=None, fallback_from=decision.chosen)
-            tier_deadline = self._tier_deadline(deadline, fallback_left=position + 1 < len(tiers))
+            tier_deadline = self._tier_deadline(deadline, fallbacks_left=len(tiers) - position - 1)
             attempts = Attempts(self.settings, tier_deadline, sent.trying(decision, upstream), sent.spending(upstream, payload))
             sent_at = time.monotonic()
             try:
@@ -155,14 +155,13 @@ class Forwarder:
             return result
         return await attempts.stream(upstream, request_body(payload, upstream), request_id)
 
-    def _tier_deadline(self, deadline: float, fallback_left: bool) -> float:
+    def _tier_deadline(self, deadline: float, fallbacks_left: int) -> float:
         """When this tier's tries must end: the request's deadline for the last tier; for one with
-        a fallback after it, early enough to leave the fallback a read timeout, or half the time
-        left when there is less."""
-        if not fallback_left:
-            return deadline
+        fallbacks after it, early enough to leave each of them a read timeout, or an equal share
+        of the time left when there is less (on a ladder of several models the most capable one,
+        tried last, is not left the scraps of the rungs before it)."""
         now = time.monotonic()
-        return max(deadline - self.settings.read_timeout, now + (deadline - now) / 2)
+        return max(deadline - fallbacks_left * self.settings.read_timeout, now + (deadline - now) / (fallbacks_left + 1))
 
 
 def _refuses_stream_options(result: CompletedResponse) -> bool:

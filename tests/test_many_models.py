@@ -210,6 +210,21 @@ def test_fallback_climbs_the_ladder(proxy: Proxy, fakes: dict[str, FakeUpstream]
     assert delta("routegate_fallbacks_total", from_tier="mid", to_tier="big", reason="http_5xx") == 1
 
 
+def test_each_rung_of_a_hanging_ladder_gets_its_share_of_the_total_timeout(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+):
+    """small and mid hold the request past the whole deadline (3 s, less than a read timeout):
+    each rung's tries end at an equal share of the time left, so big, tried last, has a third of
+    it. Before, each rung left only the next one half of what remained: big had 0.75 s."""
+    fakes["small"].behaviour.delay = fakes["mid"].behaviour.delay = 10.0
+    env = many_env(entries(fakes), checkpoints, read_timeout="10", total_timeout="3")
+    with running_proxy(env, tmp_path, module=MODULE) as running:
+        headers, text = ask(running, TO_SMALL, False)
+    assert text == "answer from big" and headers["x-routegate-fallback"] == "small->mid:timeout,mid->big:timeout"
+    small, mid, big = (fakes[name].received[0].at for name in ("small", "mid", "big"))
+    assert 0.8 < mid - small < 1.3 and 0.8 < big - mid < 1.3
+
+
 def test_the_most_capable_falls_back_to_the_next_less_capable(proxy: Proxy, fakes: dict[str, FakeUpstream]):
     fakes["big"].behaviour.fail_statuses = [502]
     headers, text = ask(proxy, TO_BIG, False)
