@@ -61,12 +61,12 @@ def test_keys_appear_nowhere(strong: FakeUpstream, weak: FakeUpstream, tmp_path:
         strong.behaviour.extra_event = json.dumps({"error": {"message": f"quota spent for {STRONG_KEY}"}}).encode()
         quoted = chat(good, stream=True)
         assert quoted.status_code == 200 and "quota spent for [redacted]" in quoted.text
-        strong.reset()  # the same error object as a whole answer, as gateway upstreams send it: a 200
+        strong.reset()  # the same error object as a whole answer in a 200, as gateway upstreams send it: sent as its 400
         strong.behaviour.answer_body = json.dumps(
             {"error": {"message": f"bad request for {STRONG_KEY}", "type": "invalid_request_error", "param": None, "code": None}}
         ).encode()
         in_200 = chat(good)
-        assert in_200.status_code == 200 and in_200.json()["error"]["message"] == "bad request for [redacted]"
+        assert in_200.status_code == 400 and in_200.json()["error"]["message"] == "bad request for [redacted]"
         strong.reset()
         refusal = json.dumps({"error": {"code": 401, "message": f"Incorrect API key provided: {STRONG_KEY}"}})
         strong.behaviour.stream_preamble = f"data: {refusal}\n\n".encode()
