@@ -63,14 +63,15 @@ class Ticket:
     """What one request holds while it is handled (its in-flight count, its body's bytes, then an
     upstream slot); ``close`` gives them back, once."""
 
-    def __init__(self, admission: Admission, body: Hold) -> None:
+    def __init__(self, admission: Admission, body: Hold, client: str = "") -> None:
         self.admission = admission
         self.body = body
+        self.client = client
         self.admitted = self.closed = False
         metrics.IN_FLIGHT.inc()
 
     async def admit(self) -> None:
-        await self.admission.acquire()
+        await self.admission.acquire(self.client)
         self.admitted = True
 
     def close(self) -> None:
@@ -79,7 +80,7 @@ class Ticket:
             metrics.IN_FLIGHT.dec()
             self.body.release()
             if self.admitted:
-                self.admission.release()
+                self.admission.release(self.client)
 
 
 class ChatProxy:
@@ -103,7 +104,12 @@ class ChatProxy:
         self.targets = targets
         self.cost_targets = cost_targets  # target routes among more than two models
         budget = targets.budget if targets is not None else None
-        self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests, settings.queue_timeout)
+        self.admission = Admission(
+            settings.max_concurrent_requests,
+            settings.max_queued_requests,
+            settings.queue_timeout,
+            len({key.get_secret_value() for key in settings.api_keys}),
+        )
         self.bodies = BodyBudget(settings.pending_body_limit, settings.queue_timeout, settings.client_body_share)
         self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)
         self.forwarder = Forwarder(settings, ladder, upstreams)
@@ -114,7 +120,7 @@ class ChatProxy:
         request_id = request_id_of(request)
         started = time.monotonic()
         client = client_fingerprint(request.headers, self.settings.api_keys)  # who sent it: "" without client keys
-        ticket = Ticket(self.admission, self.bodies.hold(client))
+        ticket = Ticket(self.admission, self.bodies.hold(client), client)
         decision: Decision | None = None
         sent = Sent()  # the upstream that has the request
         exchange: Exchange | None = None

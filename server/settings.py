@@ -331,7 +331,9 @@ class Settings(BaseSettings):
         "sent as routegate closes the connection fails with a 502 there",
     )
     max_response_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest non-streamed upstream answer")
-    max_concurrent_requests: int = Field(512, ge=1, description="upstream requests handled at once")
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="upstream requests handled at once (with two or more client keys, half of them per key)"
+    )
     max_queued_requests: int = Field(1024, ge=0, description="requests waiting for a slot; more are refused with 429")
     queue_timeout: float = Field(5.0, ge=0, description="seconds a request may wait for a slot before a 429")
     shutdown_grace_seconds: float = Field(30.0, ge=0, description="time in-flight requests get to finish on SIGTERM")

@@ -6,10 +6,12 @@ outside a request) after ROUTEGATE_HEAD_TIMEOUT, instead of holding their connec
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import openai
@@ -74,6 +76,37 @@ def test_requests_past_the_cap_and_the_queue_get_429(small_proxy: Proxy, strong:
     assert delta("routegate_requests_rejected_total", reason="queue_full") == 2  # the queue holds two ...
     assert delta("routegate_requests_rejected_total", reason="queue_timeout") == 2  # ... who wait 1 s in vain
     assert delta("routegate_requests_total", status="429") == 4
+
+
+def test_one_client_key_cannot_take_every_slot_and_queue_place(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """With two client keys and 4 slots, 4 queue places: the busy key holds 2 slots and waits with
+    2 places, the rest of its requests refused at once; the other key is served at once. Before,
+    the busy key's 8 requests took all 8 and the other key got 429."""
+    settings = {**OVERLOAD_SETTINGS, "max_concurrent_requests": "4", "max_queued_requests": "4"}
+    keys = ["busy-client-key-0123456789", "quiet-client-key-0123456789"]
+    strong.behaviour.delay = 3.0  # the busy key's slots stay taken past its queue wait (1 s)
+
+    async def both(proxy: Proxy) -> tuple[list[object], object]:
+        busy = openai.AsyncOpenAI(base_url=proxy.api, api_key=keys[0], max_retries=0, timeout=30)
+        quiet = openai.AsyncOpenAI(base_url=proxy.api, api_key=keys[1], max_retries=0, timeout=30)
+        async with busy, quiet:
+            flood = [
+                asyncio.ensure_future(busy.chat.completions.create(model="router-random-0", messages=MESSAGES)) for _ in range(8)
+            ]
+            await asyncio.sleep(0.5)  # the flood is in
+            started = time.monotonic()
+            answer = await quiet.chat.completions.create(model="router-random-0", messages=MESSAGES)
+            assert time.monotonic() - started < 5.0
+            return list(await asyncio.gather(*flood, return_exceptions=True)), answer
+
+    env = proxy_env(strong, weak, api_keys=json.dumps(keys), **settings)
+    with running_proxy(env, tmp_path) as proxy:
+        flood, answer = asyncio.run(both(proxy))
+    assert isinstance(answer, openai.types.chat.ChatCompletion)
+    answered = [result for result in flood if isinstance(result, openai.types.chat.ChatCompletion)]
+    refused = [result for result in flood if isinstance(result, openai.RateLimitError)]
+    assert len(answered) == 2 and len(refused) == 6, flood
+    assert sum("this client key's share" in error.body["message"] for error in refused) == 4  # the 2 queued timed out
 
 
 def test_a_short_wait_in_the_queue_is_served(small_proxy: Proxy, strong: FakeUpstream) -> None:
