@@ -20,7 +20,7 @@ from routers.commands import add_router_commands
 from routers.data import RecordError
 from server.client_keys import short_key_warnings
 from server.feedback_cli import add_feedback_commands
-from server.log_setup import configure_logging
+from server.log_setup import configure_logging, quiet_progress_bars
 from server.settings import Settings, SettingsError, load_settings, unknown_variable_warnings
 from server.upstream_keys import warn_missing_keys
 
@@ -160,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``routegate`` console script."""
     args = build_parser().parse_args(argv)
-    # the model libraries' bars (loading weights) would cut into each command's own progress bar
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    quiet_progress_bars()  # the model libraries' bars (loading weights) would cut into each command's own
     try:
         return args.run(args)
     except OSError as error:  # a file named on the command line that is missing or unreadable; a full disk

@@ -17,6 +17,12 @@ def configure_logging(level: str | int) -> None:
     logging.basicConfig(level=level.upper() if isinstance(level, str) else level, format=LOG_FORMAT)
     for name in MODEL_LOADING_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    quiet_progress_bars()
+
+
+def quiet_progress_bars() -> None:
+    """No progress bars from the libraries that load the routers' models (loading weights): a
+    served log is not a terminal, and a command's own bar would be cut into."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
     if "transformers" in sys.modules:  # imported already: its bars are switched off where they are kept
         from transformers.utils import logging as transformers_logging

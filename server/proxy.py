@@ -108,7 +108,7 @@ class ChatProxy:
             settings.max_concurrent_requests,
             settings.max_queued_requests,
             settings.queue_timeout,
-            len({key.get_secret_value() for key in settings.api_keys}),
+            settings.client_key_count,
         )
         self.bodies = BodyBudget(settings.pending_body_limit, settings.queue_timeout, settings.client_body_share)
         self.decider = Decider(settings, ladder, scorers, targets, sticky, budget, cost_targets)

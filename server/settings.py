@@ -527,10 +527,16 @@ class Settings(BaseSettings):
         return max(64 * 1024 * 1024, self.max_body_bytes)
 
     @property
+    def client_key_count(self) -> int:
+        """How many distinct client keys ROUTEGATE_API_KEYS holds: with two or more, each key gets a share
+        of the request bodies and of the upstream slots (one client is every client)."""
+        return len({key.get_secret_value() for key in self.api_keys})
+
+    @property
     def client_body_share(self) -> int:
         """What of ``pending_body_limit`` one client key's bodies may hold: half of it, or the largest
         body when that is more; all of it with fewer than two client keys (one client is every client)."""
-        if len({key.get_secret_value() for key in self.api_keys}) < 2:
+        if self.client_key_count < 2:
             return self.pending_body_limit
         return max(self.pending_body_limit // 2, self.max_body_bytes)
 
