@@ -14,6 +14,7 @@ from typing import Any
 
 from server import metrics
 from server.decision import Decision
+from server.http_client import Delivery
 from server.ladder import Ladder
 from server.relay import json_value
 from server.settings import Settings
@@ -58,18 +59,27 @@ class Exchange:
 @dataclass
 class Sent:
     """The upstream whose try has the request now (None before a try, after a failed one and while
-    waiting to retry): what a client that leaves while waiting for the answer is charged for."""
+    waiting to retry), and how much of the request it has: what a client that leaves while waiting
+    for the answer is charged for."""
 
     decision: Decision | None = None
     upstream: Upstream | None = None
+    delivery: Delivery | None = None  # of the request's body to ``upstream``
     # failed tries an upstream worked on: the upstream and their estimated (prompt, completion) tokens
     spent: list[tuple[Upstream, tuple[int, int]]] = field(default_factory=list)
 
-    def trying(self, decision: Decision, upstream: Upstream) -> Callable[[bool], None]:
-        """The callback ``Attempts`` calls as a try of ``upstream`` starts (True) and fails (False)."""
+    @property
+    def billing(self) -> Upstream | None:
+        """The upstream that has the whole request now and may bill its prompt: None also while its
+        body is still being sent."""
+        return self.upstream if self.delivery is not None and self.delivery.whole else None
 
-        def mark(under_way: bool) -> None:
-            self.decision, self.upstream = decision, upstream if under_way else None
+    def trying(self, decision: Decision, upstream: Upstream) -> Callable[[Delivery | None], None]:
+        """The callback ``Attempts`` calls as a try of ``upstream`` starts (with its body's delivery)
+        and fails (None)."""
+
+        def mark(delivery: Delivery | None) -> None:
+            self.decision, self.upstream, self.delivery = decision, upstream if delivery is not None else None, delivery
 
         return mark
 

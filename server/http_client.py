@@ -100,6 +100,25 @@ class UpstreamResponse:
             self._response.close()
 
 
+class Delivery:
+    """How much of one try's request body reached the upstream: it may bill a prompt only once it
+    has all of it (a client that leaves while a large body is still being sent costs nothing)."""
+
+    def __init__(self) -> None:
+        self._tracker: aiohttp.UploadTracker | None = None
+        self._size = 0
+
+    def track(self, body: bytes) -> aiohttp.UploadTracker:
+        """The tracker to send ``body`` with."""
+        self._tracker, self._size = aiohttp.UploadTracker(), len(body)
+        return self._tracker
+
+    @property
+    def whole(self) -> bool:
+        """Whether every byte of the body was handed to the operating system to send."""
+        return self._tracker is not None and self._tracker.bytes_written >= self._size
+
+
 class ConnectionPool:
     """Up to ``max_connections`` keep-alive HTTP/1.1 connections, created in the running loop on first use."""
 
@@ -119,13 +138,14 @@ class ConnectionPool:
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         return self._session
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes, tier: str) -> UpstreamResponse:
-        """Send ``body``; return once the response headers arrived."""
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, tier: str, delivery: Delivery) -> UpstreamResponse:
+        """Send ``body``, followed by ``delivery``; return once the response headers arrived."""
         try:
             response = await self._session_in_loop().post(
                 url,
                 headers=headers,
                 data=body,
+                upload_tracker=delivery.track(body),
                 timeout=self._timeout,
                 allow_redirects=False,
                 skip_auto_headers=("accept-encoding", "user-agent"),

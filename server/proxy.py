@@ -135,12 +135,13 @@ class ChatProxy:
 
         async def finish_unanswered(status: int) -> None:
             """Record a request that ended before its answer (the client left, the shutdown cut it, a
-            defect in routegate): the upstream that has its prompt may bill it, so it is charged an
-            estimate, as a stream left early is."""
-            if sent.upstream is None:
+            defect in routegate): an upstream that has its whole prompt may bill it, so it is charged
+            an estimate, as a stream left early is."""
+            billing = sent.billing
+            if billing is None:
                 await finish(Outcome(decision, None, status, started))
             else:
-                await finish(Outcome(sent.decision, sent.upstream, status, started, estimated_tokens=(prompt_tokens(payload), 0)))
+                await finish(Outcome(sent.decision, billing, status, started, estimated_tokens=(prompt_tokens(payload), 0)))
 
         async def answer_cut_short(error: APIError, headers: dict[str, str] | None = None) -> Response:
             """``error`` for a request cut short by the shutdown or a defect in routegate, counted once:

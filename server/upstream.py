@@ -16,8 +16,8 @@ from typing import TypeVar
 from server import metrics
 from server.http_client import (
     ConnectionPool,
+    Delivery,
     UpstreamConnectError,
-    UpstreamConnectTimeout,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -143,9 +143,10 @@ class Upstream:
         """Close the connection pool."""
         await self._pool.aclose()
 
-    async def open_stream(self, body: bytes, request_id: str) -> UpstreamResponse:
-        """Send the request and return once the response headers arrived; the body is not read."""
-        return await self._pool.post(self._url, {**self._headers, "x-request-id": request_id}, body, self.tier)
+    async def open_stream(self, body: bytes, request_id: str, delivery: Delivery) -> UpstreamResponse:
+        """Send the request, followed by ``delivery``, and return once the response headers arrived;
+        the body is not read."""
+        return await self._pool.post(self._url, {**self._headers, "x-request-id": request_id}, body, self.tier, delivery)
 
     @property
     def longest_secret(self) -> int:
@@ -175,13 +176,13 @@ class Attempts:
     """Tries one upstream up to ``1 + retries`` times inside the request's total deadline."""
 
     def __init__(
-        self, settings: Settings, deadline: float, on_try: Callable[[bool], None], on_spent: Callable[[int], None]
+        self, settings: Settings, deadline: float, on_try: Callable[[Delivery | None], None], on_spent: Callable[[int], None]
     ) -> None:
         self.retries = settings.retries
         self.backoff = settings.retry_backoff
         self.hold = settings.stream_hold_seconds
         self.deadline = deadline
-        self._on_try = on_try  # told as each try starts (True) and fails (False)
+        self._on_try = on_try  # told as each try starts (with its body's delivery) and fails (None)
         # told of a failed try the upstream worked on, and may bill (it timed out after sending, or its
         # answer was too large, not JSON or not a stream): the answer bytes that came
         self._on_spent = on_spent
@@ -197,16 +198,17 @@ class Attempts:
         await asyncio.sleep(delay)
         return True
 
-    async def _retrying(self, upstream: Upstream, try_once: Callable[[], Awaitable[_Outcome[_T]]]) -> _T:
+    async def _retrying(self, upstream: Upstream, try_once: Callable[[Delivery], Awaitable[_Outcome[_T]]]) -> _T:
         """Call ``try_once`` until it succeeds, no try is left, or the deadline would pass."""
         attempt = 0
         while True:
-            self._on_try(True)
-            reason, timeout, retry_after, result = await try_once()
+            delivery = Delivery()
+            self._on_try(delivery)
+            reason, timeout, retry_after, result = await try_once(delivery)
             if reason is None:
                 assert result is not None, "a try without a failure brings its result"
                 return result
-            self._on_try(False)
+            self._on_try(None)
             metrics.UPSTREAM_ERRORS.labels(upstream.tier, reason).inc()
             if reason in NOT_RETRIED or not await self._pause(upstream.tier, reason, attempt, retry_after):
                 # a 429 is relayed when nothing else answers
@@ -217,16 +219,18 @@ class Attempts:
 
     async def complete(self, upstream: Upstream, body: bytes, request_id: str) -> tuple[CompletedResponse, float]:
         """A non-streamed request: the upstream's answer (2xx or a relayable 4xx) and its TTFB."""
-        return await self._retrying(upstream, lambda: self._try_complete(upstream, body, request_id))
+        return await self._retrying(upstream, lambda delivery: self._try_complete(upstream, body, request_id, delivery))
 
-    async def _try_complete(self, upstream: Upstream, body: bytes, request_id: str) -> _Outcome[tuple[CompletedResponse, float]]:
+    async def _try_complete(
+        self, upstream: Upstream, body: bytes, request_id: str, delivery: Delivery
+    ) -> _Outcome[tuple[CompletedResponse, float]]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:
             return "timeout", True, None, None
         try:
             async with asyncio.timeout(remaining):
-                response = await upstream.open_stream(body, request_id)
+                response = await upstream.open_stream(body, request_id, delivery)
                 try:
                     read = await read_at_most(response, upstream.max_response_bytes)
                 finally:
@@ -237,7 +241,7 @@ class Attempts:
                     return "too_large", False, None, None
         except (UpstreamTimeout, TimeoutError) as error:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
-            self._spent_on_timeout(error)
+            self._spent_on_timeout(delivery)
             return "timeout", True, None, None
         except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)
@@ -260,9 +264,9 @@ class Attempts:
                 reason = "invalid_response"
         return reason, False, retry_after, result
 
-    def _spent_on_timeout(self, error: BaseException) -> None:
-        """A timeout after the request was sent: the upstream may have answered it (and bill it)."""
-        if not isinstance(error, UpstreamConnectTimeout):
+    def _spent_on_timeout(self, delivery: Delivery) -> None:
+        """A timeout after the whole request was sent: the upstream may have answered it (and bill it)."""
+        if delivery.whole:
             self._on_spent(0)
 
     async def stream(self, upstream: Upstream, body: bytes, request_id: str) -> StreamStart | CompletedResponse:
@@ -271,9 +275,11 @@ class Attempts:
         Failures before its first event are retried like non-streamed ones (comments before it
         are held: ``_held_start``); a 2xx that is not an event stream is ``not_event_stream``.
         """
-        return await self._retrying(upstream, lambda: self._try_stream(upstream, body, request_id))
+        return await self._retrying(upstream, lambda delivery: self._try_stream(upstream, body, request_id, delivery))
 
-    async def _try_stream(self, upstream: Upstream, body: bytes, request_id: str) -> _Outcome[StreamStart | CompletedResponse]:
+    async def _try_stream(
+        self, upstream: Upstream, body: bytes, request_id: str, delivery: Delivery
+    ) -> _Outcome[StreamStart | CompletedResponse]:
         started = time.monotonic()
         remaining = self.deadline - started
         if remaining <= 0:
@@ -281,7 +287,7 @@ class Attempts:
         response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(remaining):
-                response = await upstream.open_stream(body, request_id)
+                response = await upstream.open_stream(body, request_id, delivery)
                 if not response.is_success:
                     read = await read_at_most(response, upstream.max_response_bytes)
                     await response.aclose()
@@ -313,7 +319,7 @@ class Attempts:
             log.debug("%s upstream timed out: %r", upstream.tier, error)
             if response is not None:
                 await response.aclose()
-            self._spent_on_timeout(error)
+            self._spent_on_timeout(delivery)
             return "timeout", True, None, None
         except UpstreamConnectError as error:
             log.debug("%s upstream connect failed: %r", upstream.tier, error)

@@ -111,6 +111,32 @@ class Blackhole:
             sock.close()
 
 
+class NeverReads:
+    """A port on 127.0.0.1 that takes connections and never reads from them: a request body larger
+    than the sockets between can buffer is never all sent (an upstream that stalls mid-upload)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its connections' too
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.setblocking(False)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        self._connections: list[socket.socket] = []
+
+    def connected(self) -> bool:
+        """Whether a connection came (it is taken and held, unread)."""
+        try:
+            self._connections.append(self._listener.accept()[0])
+        except BlockingIOError:
+            pass
+        return bool(self._connections)
+
+    def close(self) -> None:
+        for sock in [*self._connections, self._listener]:
+            sock.close()
+
+
 def closed_port_url() -> str:
     """The ``/v1`` URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
     return f"http://127.0.0.1:{free_port()}/v1"

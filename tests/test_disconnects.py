@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Proxy, proxy_env, running_proxy
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, NeverReads
 from tests.leaving_client import post_and_leave
 from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
@@ -98,6 +98,52 @@ def test_a_client_that_leaves_while_a_refused_try_waits_to_be_retried_is_not_cha
         assert delta("routegate_tokens_total", kind="prompt") == 0 and delta("routegate_usage_estimated_total") == 0
         assert metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") == 1
     assert len(strong.received) == 1  # the retry never went
+
+
+def test_a_client_that_leaves_while_its_prompt_is_still_being_sent_is_not_charged(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """An upstream bills a prompt only once it has all of it: a client that leaves while its large
+    body is still on the way to the upstream is not charged the prompt's estimate (24 MB here,
+    about $60 at the strong price), so abandoned uploads cannot spend the daily budget."""
+    upstream = NeverReads()
+    env = proxy_env(strong, weak, daily_budget_usd="1", max_body_bytes=str(32 << 20))
+    env["ROUTEGATE_STRONG__BASE_URL"] = upstream.url
+    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 24_000_000}]}
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            post_and_leave(f"{proxy.api}/chat/completions", body, leave_when=upstream.connected)
+            assert wait_for(lambda: delta.after()("routegate_requests_total", status="499") == 1, timeout=10)
+            assert delta("routegate_requests_total", tier="none", status="499") == 1
+            assert delta("routegate_tokens_total", kind="prompt") == 0 and delta("routegate_usage_estimated_total") == 0
+            assert metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") == 1
+    finally:
+        upstream.close()
+
+
+def test_a_try_that_times_out_before_its_prompt_was_all_sent_is_not_charged(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The strong upstream stalls while taking a large body; its try runs out of time and the weak
+    upstream answers. A try that timed out after the whole prompt was sent is charged its estimate
+    (the upstream may have answered it); this one never had the whole prompt, so it costs nothing."""
+    upstream = NeverReads()
+    env = proxy_env(strong, weak, max_body_bytes=str(32 << 20), total_timeout="4", read_timeout="2")
+    env["ROUTEGATE_STRONG__BASE_URL"] = upstream.url
+    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 24_000_000}]}
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            answer = httpx.post(f"{proxy.api}/chat/completions", json=body, timeout=30)
+            delta.after()
+    finally:
+        upstream.close()
+    assert answer.status_code == 200 and answer.headers["x-routegate-fallback"] == "strong->weak:timeout"
+    assert len(weak.received) == 1
+    assert delta("routegate_usage_estimated_total", tier="strong") == 0
+    assert delta("routegate_cost_usd_total", tier="strong") == 0
+    assert delta("routegate_cost_usd_total", tier="weak") > 0
 
 
 async def _leave_after_first_chunk(client: httpx.AsyncClient, url: str, slots: asyncio.Semaphore) -> None:
