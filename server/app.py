@@ -56,7 +56,8 @@ class Gateway:
         checkpoint_dir = settings.checkpoint_dir or CHECKPOINT_ROOT
         self.routers = allowed_routers(settings, installed_routers(checkpoint_dir), checkpoint_dir)
         self.ladder = Ladder.from_settings(settings)
-        usable = self.routers if self.ladder.pair else [name for name in self.routers if name in multi_model_routers()]
+        among_models = ladder_models(settings, self.ladder, self.routers, checkpoint_dir)  # none with two
+        usable = self.routers if self.ladder.pair else list(among_models)
         self.names = ModelNames(settings, self.routers, self.ladder, listed_routers=usable)
         alias_thresholds = set()  # auto's and the aliases': their series are exported from the start
         for alias in self.names.aliases:
@@ -65,9 +66,11 @@ class Gateway:
             except APIError as error:
                 raise SettingsError(f"invalid settings: ROUTEGATE_ALIASES: alias '{alias}': {error.message}") from None
             if alias in settings.aliases and not self.names.serves(alias, route):  # auto's is ROUTEGATE_ROUTER's check
+                pair_only = route.router not in multi_model_routers()
+                why = "scores only a strong/weak pair" if pair_only else "does not know every model"
                 raise SettingsError(
-                    f"invalid settings: ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' scores only a "
-                    f"strong/weak pair; routing among the models of ROUTEGATE_MODELS needs one of {usable}"
+                    f"invalid settings: ROUTEGATE_ALIASES: alias '{alias}': router '{route.router}' {why}; "
+                    f"routing among the models of ROUTEGATE_MODELS needs one of {usable}"
                 )
             if route.threshold is not None:
                 alias_thresholds.add(route.threshold)
@@ -101,7 +104,7 @@ class Gateway:
             if settings.models
             else "ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL",
             shared=shared_scores,
-            ladder_models=ladder_models(settings, self.ladder, self.routers, checkpoint_dir),
+            ladder_models=among_models,
             ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),
             retry_seconds=settings.router_retry_seconds,
             shared_names=self.shared_state is not None,
@@ -270,9 +273,10 @@ def allowed_routers(settings: Settings, installed: list[str], checkpoint_dir: Pa
 
 
 def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkpoint_dir: Path) -> dict[str, tuple[str, ...]]:
-    """Among more than two models: each allowed router that predicts per model, with its names for
-    the ladder's models (none with two); SettingsError when the default router scores only a
-    pair or a router does not know an entry's model."""
+    """Among more than two models: each allowed router that predicts per model and knows every
+    entry's model, with its names for them (none with two). SettingsError when the default router
+    scores only a pair or does not know an entry's model; another allowed router that does not is
+    left out, with a warning (an entry's ``router_model`` that suited it could break the default)."""
     if ladder.pair:
         return {}
     able = [name for name in routers if name in multi_model_routers()]
@@ -281,10 +285,15 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
             f"invalid settings: ROUTEGATE_ROUTER: router '{settings.router}' scores only a strong/weak pair; "
             f"routing among the {len(ladder.entries)} models of ROUTEGATE_MODELS needs one of {multi_model_routers()}"
         )
-    try:
-        return {name: ladder_router_models(name, ladder.entries, router_models(name, checkpoint_dir)) for name in able}
-    except (ValueError, CheckpointError) as error:
-        raise SettingsError(f"invalid settings: {error}") from None
+    names: dict[str, tuple[str, ...]] = {}
+    for name in able:
+        try:
+            names[name] = ladder_router_models(name, ladder.entries, router_models(name, checkpoint_dir))
+        except (ValueError, CheckpointError) as error:
+            if name == settings.router:
+                raise SettingsError(f"invalid settings: {error}") from None
+            log.warning("router '%s' cannot route among ROUTEGATE_MODELS and is left out: %s", name, error)
+    return names
 
 
 def _check_client_key(request: Request, settings: Settings) -> None:

@@ -160,17 +160,21 @@ class Decider:
         return name if name in self.ladder.names else None
 
     def _choose_model(self, base: Decision, logits: tuple[float, ...], threshold: float, reason: str) -> Decision:
-        """``routers.multi_model.choose`` on one prompt's logits (ladder order)."""
+        """``routers.multi_model.choose`` on one prompt's logits (ladder order). Its score, as with
+        two tiers, is the most capable model's predicted chance of beating the cheapest one
+        (``score >= threshold``: not the cheapest), observed in ``routegate_router_score``."""
         best = self.ladder.best_index
         beaten = beaten_from_logits(np.array([logits]), best)
         chosen = int(choose(beaten, self.ladder.prices, best, threshold)[0])
-        quality = 1.0 - float(beaten[0, chosen])
+        score = float(beaten[0, self.ladder.names.index(self.ladder.cheapest)])
+        metrics.ROUTER_SCORE.labels(base.router).observe(score)
         return dataclasses.replace(
             base,
             tier=self.ladder.names[chosen],
             reason=reason,
+            score=score,
             threshold=threshold,
-            quality=quality,
+            quality=1.0 - float(beaten[0, chosen]),
             beaten=tuple(float(value) for value in beaten[0]),
         )
 

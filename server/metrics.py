@@ -54,7 +54,7 @@ REQUESTS = Counter(
 )
 ROUTER_SCORE = Histogram(
     "routegate_router_score",
-    "Router scores: the strong model's predicted win probability.",
+    "Router scores: the strong (most capable) model's predicted probability of beating the weak (cheapest) one.",
     ["router"],
     buckets=SCORE_BUCKETS,
 )

@@ -220,8 +220,9 @@ class ChatProxy:
         able = list(self.scorers.ladder_models)
         if route.router not in able:
             raise bad_request(
-                f"The router '{route.router}' scores only a strong/weak pair; routing among the "
-                f"{len(self.ladder.entries)} models of ROUTEGATE_MODELS needs one of: {', '.join(able) or 'none configured'}.",
+                f"The router '{route.router}' cannot route among the {len(self.ladder.entries)} models of ROUTEGATE_MODELS "
+                "(it scores only a strong/weak pair, or does not know one of them: routegate's start-up log says which); "
+                f"use one of: {', '.join(able) or 'none configured'}.",
                 param="model",
                 code="router_not_multi_model",
             )

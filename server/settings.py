@@ -776,7 +776,11 @@ def _config_problem(error: Exception) -> str:
 
 
 def _env_name(location: tuple[str | int, ...]) -> str:
-    return ENV_PREFIX + "__".join(str(part).upper() for part in location)
+    """The variable that sets ``location``; inside a list, which its variable gives whole as JSON,
+    the variable and the place in it: ``ROUTEGATE_MODELS[1].output_price``."""
+    end = next((at for at, part in enumerate(location) if isinstance(part, int)), len(location))
+    inside = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[end:])
+    return ENV_PREFIX + "__".join(str(part).upper() for part in location[:end]) + inside
 
 
 def _config_keys() -> set[str]:

@@ -4,7 +4,8 @@ can compute what the policy must choose, and ``wait=<seconds>`` makes its scorin
 (on the scoring threads), for tests of scoring overload.
 
 ``python -m tests.standin_multi_router serve ...`` runs ``routegate`` with it registered as
-``standin_multi``, beside the pair-only ``standin`` of ``tests/standin_router.py``.
+``standin_multi`` and again as ``standin_multi_b`` (a second router, with a checkpoint of its
+own), beside the pair-only ``standin`` of ``tests/standin_router.py``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class StatedLogitsRouter(Router):
 
 if __name__ == "__main__":
     registry.register(NAME, "tests.standin_multi_router:StatedLogitsRouter.from_options", multi_model=True)
+    registry.register(f"{NAME}_b", "tests.standin_multi_router:StatedLogitsRouter.from_options", multi_model=True)
     registry.register(PAIR_NAME, "tests.standin_router:MathinessRouter.from_options")
     from server.cli import main
 

@@ -42,6 +42,8 @@ def sigmoid(value: float) -> float:
     return 1.0 / (1.0 + math.exp(-value))
 
 
+# prompt -> the router's score: P(big beats small), the most capable against the cheapest
+SCORES = {TO_SMALL: sigmoid(2.5 - 3), TO_MID: sigmoid(2 - 0), TO_BIG: sigmoid(3)}
 # prompt -> (entry, predicted quality = 1 - P(big beats it))
 EXPECTED = {
     TO_SMALL: ("small", 1 - sigmoid(2.5 - 3)),
@@ -155,6 +157,8 @@ def test_the_cheapest_good_enough_model_answers(proxy: Proxy, fakes: dict[str, F
     assert headers["x-routegate-decision"] == "score"
     assert headers["x-routegate-threshold"] == "0.5"
     assert float(headers["x-routegate-predicted-quality"]) == pytest.approx(quality, abs=1e-6)
+    # the score, as with two tiers: the most capable model's chance of beating the cheapest one
+    assert float(headers["x-routegate-score"]) == pytest.approx(SCORES[prompt], abs=1e-6)
 
 
 def test_the_threshold_moves_the_choice(proxy: Proxy, fakes: dict[str, FakeUpstream]):
@@ -178,10 +182,14 @@ def test_models_are_listed_and_named_directly(proxy: Proxy, fakes: dict[str, Fak
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_metrics_carry_the_model_and_the_all_best_cost(proxy: Proxy, stream: bool):
     delta = MetricDelta(proxy.metrics)
-    ask(proxy, TO_MID, stream, stream_options={"include_usage": True} if stream else None)
+    headers, _ = ask(proxy, TO_MID, stream, stream_options={"include_usage": True} if stream else None)
     delta.after()
     labels = {"router": "standin_multi", "tier": "mid", "model": "mid-model", "status": "200"}
     assert delta("routegate_requests_total", **labels) == 1
+    assert delta("routegate_router_score_count", router="standin_multi") == 1
+    assert delta("routegate_router_score_sum", router="standin_multi") == pytest.approx(SCORES[TO_MID])
+    logged = [line for line in proxy.log().splitlines() if f"request_id={headers['x-request-id']} " in line]
+    assert logged and f"score={SCORES[TO_MID]:.4f} tier=mid" in logged[-1]
     assert delta("routegate_tokens_total", tier="mid", model="mid-model", kind="prompt") == PROMPT_TOKENS
     cost = (PROMPT_TOKENS * 1.0 + COMPLETION_TOKENS * 4.0) / 1e6
     all_best = (PROMPT_TOKENS * 10.0 + COMPLETION_TOKENS * 30.0) / 1e6
@@ -336,6 +344,35 @@ def test_an_unknown_router_model_fails_start_up(fakes: dict[str, FakeUpstream], 
     message = str(raised.value)
     assert "'no-such-model' of entry 'mid'" in message and "GET /v1/routers" in message
     assert "sk-mid-upstream-secret" not in message
+
+
+def test_a_second_router_that_lacks_a_model_is_left_out_with_a_warning(
+    fakes: dict[str, FakeUpstream], checkpoints: Path, tmp_path: Path
+) -> None:
+    """ROUTEGATE_ROUTERS names a second per-model router whose checkpoint does not know mid's
+    model: routegate starts and routes with the default; that router is not listed, its routes
+    get 400 ``router_not_multi_model`` naming the routers that can, and the log says why."""
+    both = tmp_path / "checkpoints"
+    (both / "standin_multi_b").mkdir(parents=True)
+    (both / "standin_multi_b" / "router.json").write_text(
+        json.dumps({"router": "standin_multi_b", "models": ["small-model", "big-model"]})
+    )
+    (both / "standin_multi").symlink_to(checkpoints / "standin_multi")
+    env = many_env(entries(fakes), both, routers='["standin_multi", "standin_multi_b"]')
+    with running_proxy(env, tmp_path, module=MODULE) as proxy:
+        headers, _ = ask(proxy, TO_MID, False)
+        with pytest.raises(openai.BadRequestError) as raised:
+            ask(proxy, TO_MID, False, model="router-standin_multi_b-0.5")
+        listed = [model.id for model in client(proxy).models.list()]
+        log_text = proxy.log()
+    assert headers["x-routegate-upstream"] == "mid"
+    error = raised.value.body
+    assert isinstance(error, dict) and error["code"] == "router_not_multi_model"
+    assert "use one of: standin_multi." in error["message"]
+    assert "router-standin_multi-0.5" in listed and not any(name.startswith("router-standin_multi_b") for name in listed)
+    assert "router 'standin_multi_b' cannot route among ROUTEGATE_MODELS and is left out" in log_text
+    assert "'mid-model' of entry 'mid'" in log_text and "sk-mid-upstream-secret" not in log_text
+    assert len(fakes["mid"].received) == 1
 
 
 def test_a_broken_router_manifest_fails_start_up_in_one_line(fakes: dict[str, FakeUpstream], tmp_path: Path) -> None:

@@ -455,10 +455,13 @@ def test_an_unreadable_feedback_db_url_is_refused_without_its_password(monkeypat
         ([THREE[0], {**THREE[1], "name": "has space"}], "must be 1-64 letters"),
         ([THREE[0], {**THREE[1], "name": "newline\n"}], "must be 1-64 letters"),  # it would break a header
         ([THREE[0], {**THREE[1], "input_price": -1}], "greater than or equal to 0"),
-        ([THREE[0], {key: value for key, value in THREE[1].items() if key != "output_price"}], "OUTPUT_PRICE: Field required"),
+        (
+            [THREE[0], {key: value for key, value in THREE[1].items() if key != "output_price"}],
+            r"ROUTEGATE_MODELS\[1\]\.output_price: Field required",  # not ..._MODELS__1__..., which no variable sets
+        ),
         ([THREE[0], {**THREE[1], "router_model": " "}], "must not be empty"),
         ([THREE[0], {**THREE[1], "base_url": "ftp://x"}], "http:// or https://"),
-        ([THREE[0], {**THREE[1], "colour": "blue"}], r"MODELS__1__COLOUR: not a routegate setting"),
+        ([THREE[0], {**THREE[1], "colour": "blue"}], r"ROUTEGATE_MODELS\[1\]\.colour: not a routegate setting"),
         ([{**THREE[0], "name": f"m{number}"} for number in range(17)], "at most 16 models"),
     ],
 )
