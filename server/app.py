@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.checkpoint import CheckpointError
@@ -46,6 +47,13 @@ log = logging.getLogger("routegate")
 #: code's mtime), the same in every worker and in every replica of one image
 INSTALLED_AT = int(Path(__file__).stat().st_mtime)
 BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
+#: the answers' headers that a page of a ROUTEGATE_ALLOWED_ORIGINS site may read (CORS)
+BROWSER_READABLE_HEADERS = [
+    "x-request-id",
+    "retry-after",
+    *(f"x-routegate-{name}" for name in ("router", "tier", "upstream", "model", "decision", "score", "threshold")),
+    *(f"x-routegate-{name}" for name in ("predicted-quality", "target", "effective-target", "fallback")),
+]
 
 
 class Gateway:
@@ -363,6 +371,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # a path with a trailing slash is a 404 error body, not a bare redirect
     )
     app.state.gateway = gateway
+    if settings.allowed_origins:  # their pages may call: preflights are answered, answers readable
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],  # the openai SDKs' own headers too; a client key still has to match
+            expose_headers=BROWSER_READABLE_HEADERS,
+            max_age=600,
+        )
 
     @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])
     async def chat_completions(request: Request) -> Response:

@@ -212,6 +212,41 @@ def test_without_client_keys_a_page_of_another_site_cannot_spend_the_upstreams(
     assert len(strong.received) + len(weak.received) == 5  # only the served ones reached an upstream
 
 
+def test_pages_of_allowed_origins_may_call_with_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    """A browser sends a JSON POST with a key only after a preflight (``OPTIONS``) allows it, and
+    lets the page read the answer and its headers only when they name its origin: routegate answers
+    both for ROUTEGATE_ALLOWED_ORIGINS and for no other site; the client key is still checked."""
+    site, other = "https://chat.example.com", "https://evil.example"
+    env = proxy_env(strong, weak, api_keys='["client-key-1"]', allowed_origins=f'["{site}"]')
+    asked = {"access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type"}
+    body = {"model": "router-random-0.5", "messages": [{"role": "user", "content": "Hello?"}]}
+    with running_proxy(env, tmp_path) as proxy:
+        url = f"{proxy.api}/chat/completions"
+        preflight = httpx.options(url, headers={"origin": site, **asked})
+        refused_preflight = httpx.options(url, headers={"origin": other, **asked})
+        answer = httpx.post(url, json=body, headers={"origin": site, "authorization": "Bearer client-key-1"}, timeout=30)
+        keyless = httpx.post(url, json=body, headers={"origin": site}, timeout=30)
+        elsewhere = httpx.post(url, json=body, headers={"origin": other, "authorization": "Bearer client-key-1"}, timeout=30)
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == site
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    assert refused_preflight.status_code == 400 and "access-control-allow-origin" not in refused_preflight.headers
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == site
+    exposed = answer.headers["access-control-expose-headers"].lower()
+    assert "x-routegate-tier" in exposed and "x-request-id" in exposed
+    assert keyless.status_code == 401 and keyless.json()["error"]["code"] == "invalid_api_key"
+    assert elsewhere.status_code == 200 and "access-control-allow-origin" not in elsewhere.headers  # unreadable there
+    assert len(strong.received) + len(weak.received) == 2
+
+
+def test_without_allowed_origins_no_preflight_is_answered(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
+    asked = {"origin": "https://chat.example.com", "access-control-request-method": "POST"}
+    with running_proxy(proxy_env(strong, weak), tmp_path) as proxy:
+        preflight = httpx.options(f"{proxy.api}/chat/completions", headers=asked)
+    assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
+    assert preflight.json()["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize("exhausted", ["weak", "reject"])
 def test_the_budget_caps_strong_requests_by_model_name(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, exhausted: str
