@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from routers.checkpoint import CheckpointError
@@ -21,6 +20,7 @@ from routers.registry import CHECKPOINT_ROOT, RouterOptions, installed_routers, 
 from server import metrics
 from server.client_keys import bearer_matches, presented_key
 from server.conversations import StickyStore
+from server.cors import ApiCors
 from server.cost_targets import CostTargets
 from server.disconnects import ClientGone
 from server.errors import APIError, retry_after
@@ -47,13 +47,6 @@ log = logging.getLogger("routegate")
 #: code's mtime), the same in every worker and in every replica of one image
 INSTALLED_AT = int(Path(__file__).stat().st_mtime)
 BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
-#: the answers' headers that a page of a ROUTEGATE_ALLOWED_ORIGINS site may read (CORS)
-BROWSER_READABLE_HEADERS = [
-    "x-request-id",
-    "retry-after",
-    *(f"x-routegate-{name}" for name in ("router", "tier", "upstream", "model", "decision", "score", "threshold")),
-    *(f"x-routegate-{name}" for name in ("predicted-quality", "target", "effective-target", "fallback")),
-]
 
 
 class Gateway:
@@ -120,7 +113,7 @@ class Gateway:
         budget = None
         if settings.daily_budget_usd is not None:  # in-process: each worker process keeps its part of the budget
             budget = SharedBudget.of(settings.daily_budget_usd, self.shared_state, settings.workers)
-        listed_routes = [(router, settings.target_share) for router in self.routers]  # in /v1/models: never refused
+        listed_routes = [(router, settings.target_share) for router in usable]  # in /v1/models: never refused
         for alias in self.names.aliases:  # and the target routes aliases name
             try:
                 route = self.names.resolve(alias)
@@ -371,15 +364,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # a path with a trailing slash is a 404 error body, not a bare redirect
     )
     app.state.gateway = gateway
-    if settings.allowed_origins:  # their pages may call: preflights are answered, answers readable
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.allowed_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["*"],  # the openai SDKs' own headers too; a client key still has to match
-            expose_headers=BROWSER_READABLE_HEADERS,
-            max_age=600,
-        )
+    if settings.allowed_origins:  # their pages may call the API: preflights are answered, answers readable
+        app.add_middleware(ApiCors, origins=settings.allowed_origins)
 
     @app.post("/v1/chat/completions", openapi_extra=chat_completion_openapi(gateway.names.listed()), tags=["chat"])
     async def chat_completions(request: Request) -> Response:

@@ -100,23 +100,26 @@ class UpstreamResponse:
             self._response.close()
 
 
+#: how much of a request body is handed to a connection at a time: aiohttp's writer waits for the
+#: socket once it buffers more than 64 KiB
+PIECE_BYTES = 64 * 1024
+
+
 class Delivery:
-    """How much of one try's request body reached the upstream: it may bill a prompt only once it
-    has all of it (a client that leaves while a large body is still being sent costs nothing)."""
+    """Whether one try's request body was all handed to its connection: an upstream may bill a
+    prompt only once it has all of it. The body goes in pieces of ``PIECE_BYTES``, each once the
+    connection's buffer has room, so a try cut short mid-upload leaves the upstream a body shorter
+    than its ``Content-Length``, which no server answers; handed over whole, the buffered rest would
+    still reach it as the connection closes."""
 
     def __init__(self) -> None:
-        self._tracker: aiohttp.UploadTracker | None = None
-        self._size = 0
+        self.whole = False
 
-    def track(self, body: bytes) -> aiohttp.UploadTracker:
-        """The tracker to send ``body`` with."""
-        self._tracker, self._size = aiohttp.UploadTracker(), len(body)
-        return self._tracker
-
-    @property
-    def whole(self) -> bool:
-        """Whether every byte of the body was handed to the operating system to send."""
-        return self._tracker is not None and self._tracker.bytes_written >= self._size
+    async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
+        """``body`` in pieces; ``whole`` once the last was written."""
+        for start in range(0, len(body), PIECE_BYTES):
+            yield body[start : start + PIECE_BYTES]  # a small body is passed on as it is, not copied
+        self.whole = True
 
 
 class ConnectionPool:
@@ -143,9 +146,8 @@ class ConnectionPool:
         try:
             response = await self._session_in_loop().post(
                 url,
-                headers=headers,
-                data=body,
-                upload_tracker=delivery.track(body),
+                headers={**headers, "content-length": str(len(body))},  # not chunked: the size is known
+                data=delivery.pieces(body),
                 timeout=self._timeout,
                 allow_redirects=False,
                 skip_auto_headers=("accept-encoding", "user-agent"),

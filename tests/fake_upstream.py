@@ -137,6 +137,38 @@ class NeverReads:
             sock.close()
 
 
+class SlowReader:
+    """A port on 127.0.0.1 that reads what one connection sends, 64 KiB every 5 ms (at most 13 MB/s),
+    and never answers: ``received`` counts the bytes, and ``ended`` is set once the sender closed."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        self.received = 0
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            connection = self._listener.accept()[0]
+        except OSError:  # closed before anyone came
+            return
+        with connection:
+            try:
+                while chunk := connection.recv(65536):
+                    self.received += len(chunk)
+                    time.sleep(0.005)
+            except OSError:
+                pass
+        self.ended.set()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
 def closed_port_url() -> str:
     """The ``/v1`` URL of a port on 127.0.0.1 that nothing listens on: connections are refused."""
     return f"http://127.0.0.1:{free_port()}/v1"

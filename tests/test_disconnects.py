@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import Proxy, proxy_env, running_proxy
-from tests.fake_upstream import FakeUpstream, NeverReads
+from tests.fake_upstream import FakeUpstream, NeverReads, SlowReader
 from tests.leaving_client import post_and_leave
 from tests.metric_values import MetricDelta, wait_for
 from tests.metrics_text import metric_sum
@@ -104,22 +104,25 @@ def test_a_client_that_leaves_while_its_prompt_is_still_being_sent_is_not_charge
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
     """An upstream bills a prompt only once it has all of it: a client that leaves while its large
-    body is still on the way to the upstream is not charged the prompt's estimate (24 MB here,
-    about $60 at the strong price), so abandoned uploads cannot spend the daily budget."""
-    upstream = NeverReads()
+    body is still on the way to a slow upstream is not charged the prompt's estimate (24 MB here,
+    about $60 at the strong price), so abandoned uploads cannot spend the daily budget, and the
+    upstream never gets the whole body (what routegate had buffered must not follow as it closes)."""
+    upstream = SlowReader()
     env = proxy_env(strong, weak, daily_budget_usd="1", max_body_bytes=str(32 << 20))
     env["ROUTEGATE_STRONG__BASE_URL"] = upstream.url
     body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 24_000_000}]}
     try:
         with running_proxy(env, tmp_path) as proxy:
             delta = MetricDelta(proxy.metrics)
-            post_and_leave(f"{proxy.api}/chat/completions", body, leave_when=upstream.connected)
+            post_and_leave(f"{proxy.api}/chat/completions", body, leave_when=lambda: upstream.received > 1 << 20)
             assert wait_for(lambda: delta.after()("routegate_requests_total", status="499") == 1, timeout=10)
+            assert upstream.ended.wait(timeout=10), "routegate kept the upstream connection open"
             assert delta("routegate_requests_total", tier="none", status="499") == 1
             assert delta("routegate_tokens_total", kind="prompt") == 0 and delta("routegate_usage_estimated_total") == 0
             assert metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") == 1
     finally:
         upstream.close()
+    assert upstream.received < 12_000_000  # a part only: it cannot have answered, or billed
 
 
 def test_a_try_that_times_out_before_its_prompt_was_all_sent_is_not_charged(

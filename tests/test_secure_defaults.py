@@ -215,7 +215,8 @@ def test_without_client_keys_a_page_of_another_site_cannot_spend_the_upstreams(
 def test_pages_of_allowed_origins_may_call_with_a_client_key(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
     """A browser sends a JSON POST with a key only after a preflight (``OPTIONS``) allows it, and
     lets the page read the answer and its headers only when they name its origin: routegate answers
-    both for ROUTEGATE_ALLOWED_ORIGINS and for no other site; the client key is still checked."""
+    both for ROUTEGATE_ALLOWED_ORIGINS and for no other site, on the API's paths only (not
+    /metrics); the client key is still checked."""
     site, other = "https://chat.example.com", "https://evil.example"
     env = proxy_env(strong, weak, api_keys='["client-key-1"]', allowed_origins=f'["{site}"]')
     asked = {"access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type"}
@@ -227,6 +228,7 @@ def test_pages_of_allowed_origins_may_call_with_a_client_key(strong: FakeUpstrea
         answer = httpx.post(url, json=body, headers={"origin": site, "authorization": "Bearer client-key-1"}, timeout=30)
         keyless = httpx.post(url, json=body, headers={"origin": site}, timeout=30)
         elsewhere = httpx.post(url, json=body, headers={"origin": other, "authorization": "Bearer client-key-1"}, timeout=30)
+        metrics_page = httpx.get(f"{proxy.url}/metrics", headers={"origin": site})  # the API only
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == site
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
@@ -236,6 +238,7 @@ def test_pages_of_allowed_origins_may_call_with_a_client_key(strong: FakeUpstrea
     assert "x-routegate-tier" in exposed and "x-request-id" in exposed
     assert keyless.status_code == 401 and keyless.json()["error"]["code"] == "invalid_api_key"
     assert elsewhere.status_code == 200 and "access-control-allow-origin" not in elsewhere.headers  # unreadable there
+    assert metrics_page.status_code == 200 and "access-control-allow-origin" not in metrics_page.headers
     assert len(strong.received) + len(weak.received) == 2
 
 
