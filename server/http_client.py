@@ -106,20 +106,22 @@ PIECE_BYTES = 64 * 1024
 
 
 class Delivery:
-    """Whether one try's request body was all handed to its connection: an upstream may bill a
-    prompt only once it has all of it. The body goes in pieces of ``PIECE_BYTES``, each once the
-    connection's buffer has room, so a try cut short mid-upload leaves the upstream a body shorter
-    than its ``Content-Length``, which no server answers; handed over whole, the buffered rest would
-    still reach it as the connection closes."""
+    """Whether one try's request body was all handed to its connection, which sends what it holds
+    even as it closes: an upstream may bill a prompt only once it has all of it. The body goes in
+    pieces of ``PIECE_BYTES``, each once the connection's buffer has room, so a try cut short
+    mid-upload leaves the upstream a body shorter than its ``Content-Length``, which no server
+    answers; handed over whole, all of it would reach the upstream as the connection closes."""
 
     def __init__(self) -> None:
         self.whole = False
 
     async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
-        """``body`` in pieces; ``whole`` once the last was written."""
+        """``body`` in pieces; ``whole`` as the last goes (aiohttp writes a piece to the connection
+        as it takes it, with no pause in between in which the try could be cut short)."""
         for start in range(0, len(body), PIECE_BYTES):
-            yield body[start : start + PIECE_BYTES]  # a small body is passed on as it is, not copied
-        self.whole = True
+            end = start + PIECE_BYTES
+            self.whole = end >= len(body)
+            yield body[start:end]  # a small body is passed on as it is, not copied
 
 
 class ConnectionPool:
