@@ -32,7 +32,7 @@ from server.metrics import render_metrics
 from server.model_names import ModelNames
 from server.openapi import ERROR_SCHEMA, chat_completion_openapi
 from server.proxy import ChatProxy, request_id_of
-from server.scoring import ScorerPool, ladder_router_models
+from server.scoring import ScorerPool, UnknownModel, ladder_router_models
 from server.settings import Settings, SettingsError, is_loopback, load_settings
 from server.shared_scores import SharedScores
 from server.shared_state import shared_state_from
@@ -293,7 +293,17 @@ def ladder_models(settings: Settings, ladder: Ladder, routers: list[str], checkp
         except (ValueError, CheckpointError) as error:
             if name == settings.router:
                 raise SettingsError(f"invalid settings: {error}") from None
-            log.warning("router '%s' cannot route among ROUTEGATE_MODELS and is left out: %s", name, error)
+            why = (
+                f"it does not know the model {error.model!r} of entry '{error.entry}'"
+                if isinstance(error, UnknownModel)
+                else str(error)
+            )
+            log.warning(
+                "router '%s' cannot route among ROUTEGATE_MODELS and is left out: %s; leave it out of "
+                "ROUTEGATE_ROUTERS, or retrain it with that model",
+                name,
+                why,
+            )
     return names
 
 

@@ -18,7 +18,8 @@ BROWSER_READABLE_HEADERS = [
 class ApiCors:
     """Starlette's ``CORSMiddleware`` for ``origins`` in front of the ``/v1/`` paths: preflights for
     ``GET`` and ``POST`` with any request headers (the openai SDKs send their own; the client key is
-    still checked), and answers that name the page's site."""
+    still checked), also from a public site to a private address (Chrome's Private Network Access),
+    and answers that name the page's site."""
 
     def __init__(self, app: ASGIApp, origins: list[str]) -> None:
         self.app = app
@@ -27,6 +28,7 @@ class ApiCors:
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
+            allow_private_network=True,  # a listed site's page may call a gateway on this machine or network
             expose_headers=BROWSER_READABLE_HEADERS,
             max_age=600,
         )

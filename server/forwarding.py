@@ -14,7 +14,7 @@ from typing import Any
 
 from server import metrics
 from server.decision import Decision
-from server.http_client import Delivery
+from server.delivery import Delivery
 from server.ladder import Ladder
 from server.relay import json_value
 from server.settings import Settings

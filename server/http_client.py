@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import aiohttp
 
 from server import metrics
+from server.delivery import TRYING, Delivery, DeliveryConnector
 
 
 class UpstreamError(Exception):
@@ -100,30 +101,6 @@ class UpstreamResponse:
             self._response.close()
 
 
-#: how much of a request body is handed to a connection at a time: aiohttp's writer waits for the
-#: socket once it buffers more than 64 KiB
-PIECE_BYTES = 64 * 1024
-
-
-class Delivery:
-    """Whether one try's request body was all handed to its connection, which sends what it holds
-    even as it closes: an upstream may bill a prompt only once it has all of it. The body goes in
-    pieces of ``PIECE_BYTES``, each once the connection's buffer has room, so a try cut short
-    mid-upload leaves the upstream a body shorter than its ``Content-Length``, which no server
-    answers; handed over whole, all of it would reach the upstream as the connection closes."""
-
-    def __init__(self) -> None:
-        self.whole = False
-
-    async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
-        """``body`` in pieces; ``whole`` as the last goes (aiohttp writes a piece to the connection
-        as it takes it, with no pause in between in which the try could be cut short)."""
-        for start in range(0, len(body), PIECE_BYTES):
-            end = start + PIECE_BYTES
-            self.whole = end >= len(body)
-            yield body[start:end]  # a small body is passed on as it is, not copied
-
-
 class ConnectionPool:
     """Up to ``max_connections`` keep-alive HTTP/1.1 connections, created in the running loop on first use."""
 
@@ -137,16 +114,25 @@ class ConnectionPool:
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_expiry
-            )
+            connector = DeliveryConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_expiry)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         return self._session
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, tier: str, delivery: Delivery) -> UpstreamResponse:
-        """Send ``body``, followed by ``delivery``; return once the response headers arrived."""
+        """Send ``body``, followed by ``delivery``; return once the response headers arrived. A try
+        that ends before then settles how much of the body the upstream has (``Delivery.cut``)."""
+        trying = TRYING.set(delivery)
         try:
-            response = await self._session_in_loop().post(
+            return UpstreamResponse(await self._send(url, headers, body, delivery), tier)
+        except BaseException:  # a failure, a timeout, or the client left (cancelled)
+            delivery.cut()
+            raise
+        finally:
+            TRYING.reset(trying)
+
+    async def _send(self, url: str, headers: Mapping[str, str], body: bytes, delivery: Delivery) -> aiohttp.ClientResponse:
+        try:
+            return await self._session_in_loop().post(
                 url,
                 headers={**headers, "content-length": str(len(body))},  # not chunked: the size is known
                 data=delivery.pieces(body),
@@ -162,7 +148,6 @@ class ConnectionPool:
             raise UpstreamConnectError(str(error)) from error
         except aiohttp.ClientError as error:
             raise UpstreamProtocolError(str(error) or type(error).__name__) from error
-        return UpstreamResponse(response, tier)
 
     async def aclose(self) -> None:
         if self._session is not None:

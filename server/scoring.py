@@ -266,19 +266,27 @@ def limit_inference_threads(torch_threads: int, scoring_threads: int) -> None:
         torch.set_num_threads(torch_threads or max(1, (available_cores() - 1) // scoring_threads))
 
 
+class UnknownModel(ValueError):
+    """A router that does not know a ladder entry's model."""
+
+    def __init__(self, router: str, model: str, entry: str) -> None:
+        self.router, self.model, self.entry = router, model, entry
+        super().__init__(
+            f"ROUTEGATE_MODELS: the router '{router}' does not know the model {model!r} of entry '{entry}'; set its "
+            f"router_model to one of the models in the router's router.json (GET /v1/routers lists them once routegate runs)"
+        )
+
+
 def ladder_router_models(router: str, entries: Sequence[ModelEntry], known: Sequence[str]) -> tuple[str, ...]:
     """Each ladder entry's model by ``router``'s name for it: its ``router_model``, else its ``model``,
     matched among ``known`` (the router's checkpoint's models; none known: taken as given) as a
-    pair's models are. ValueError naming the first entry the router does not know."""
+    pair's models are. UnknownModel naming the first entry the router does not know."""
     names = []
     for entry in entries:
         asked = entry.router_model or entry.model
         found = match_model(asked, known) if known else asked
         if found is None:
-            raise ValueError(
-                f"ROUTEGATE_MODELS: the router '{router}' does not know the model {asked!r} of entry '{entry.name}'; "
-                f"set its router_model to one of the models GET /v1/routers lists for '{router}'"
-            )
+            raise UnknownModel(router, asked, entry.name)
         names.append(found)
     return tuple(names)
 

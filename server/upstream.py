@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from server import metrics
+from server.delivery import Delivery
 from server.http_client import (
     ConnectionPool,
-    Delivery,
     UpstreamConnectError,
     UpstreamError,
     UpstreamResponse,

@@ -123,14 +123,29 @@ class NeverReads:
         self._listener.setblocking(False)
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
         self._connections: list[socket.socket] = []
+        self._first_at = 0.0
 
-    def connected(self) -> bool:
-        """Whether a connection came (it is taken and held, unread)."""
+    def connected(self, for_seconds: float = 0.0) -> bool:
+        """Whether a connection came at least ``for_seconds`` ago (it is taken and held, unread)."""
         try:
             self._connections.append(self._listener.accept()[0])
+            self._first_at = self._first_at or time.monotonic()
         except BlockingIOError:
             pass
-        return bool(self._connections)
+        return bool(self._connections) and time.monotonic() - self._first_at >= for_seconds
+
+    def reset(self) -> bool:
+        """Whether the sender reset a connection (what it had sent and this side had not read is
+        then dropped) rather than closing it or leaving it open."""
+        for connection in self._connections:
+            try:
+                while connection.recv(1 << 20, socket.MSG_DONTWAIT):
+                    pass
+            except ConnectionResetError:
+                return True
+            except BlockingIOError:
+                pass
+        return False
 
     def close(self) -> None:
         for sock in [*self._connections, self._listener]:

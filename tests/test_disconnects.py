@@ -125,16 +125,43 @@ def test_a_client_that_leaves_while_its_prompt_is_still_being_sent_is_not_charge
     assert upstream.received < 12_000_000  # a part only: it cannot have answered, or billed
 
 
-def test_a_try_that_times_out_before_its_prompt_was_all_sent_is_not_charged(
+def test_a_prompt_queued_on_this_machine_for_an_upstream_that_never_read_it_is_not_charged(
     strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
 ) -> None:
-    """The strong upstream stalls while taking a large body; its try runs out of time and the weak
+    """A 200 KB body fits in this machine's socket buffers, so routegate hands all of it over at
+    once, but the stalled upstream has read none of it when the client leaves: it is not charged,
+    and the connection is reset, so that the queued body never reaches the upstream later."""
+    upstream = NeverReads()
+    env = proxy_env(strong, weak, daily_budget_usd="1")
+    env["ROUTEGATE_STRONG__BASE_URL"] = upstream.url
+    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 200_000}]}
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            post_and_leave(f"{proxy.api}/chat/completions", body, leave_when=lambda: upstream.connected(for_seconds=0.5))
+            assert wait_for(lambda: delta.after()("routegate_requests_total", status="499") == 1, timeout=10)
+            assert delta("routegate_requests_total", tier="none", status="499") == 1
+            assert (
+                delta("routegate_usage_estimated_total") == 0
+                and metric_sum(proxy.metrics(), "routegate_budget_remaining_usd") == 1
+            )
+            assert wait_for(upstream.reset, timeout=5)
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize("prompt_chars", [200_000, 24_000_000], ids=["queued-here", "mid-upload"])
+def test_a_try_that_times_out_before_its_prompt_was_all_sent_is_not_charged(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path, prompt_chars: int
+) -> None:
+    """The strong upstream stalls while taking a body; its try runs out of time and the weak
     upstream answers. A try that timed out after the whole prompt was sent is charged its estimate
-    (the upstream may have answered it); this one never had the whole prompt, so it costs nothing."""
+    (the upstream may have answered it); this one never had the whole prompt, so it costs nothing,
+    whether the body was still being sent or all queued on this machine."""
     upstream = NeverReads()
     env = proxy_env(strong, weak, max_body_bytes=str(32 << 20), total_timeout="4", read_timeout="2")
     env["ROUTEGATE_STRONG__BASE_URL"] = upstream.url
-    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 24_000_000}]}
+    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * prompt_chars}]}
     try:
         with running_proxy(env, tmp_path) as proxy:
             delta = MetricDelta(proxy.metrics)

@@ -372,6 +372,8 @@ def test_a_second_router_that_lacks_a_model_is_left_out_with_a_warning(
     assert "router-standin_multi-0.5" in listed and not any(name.startswith("router-standin_multi_b") for name in listed)
     assert "router 'standin_multi_b' cannot route among ROUTEGATE_MODELS and is left out" in log_text
     assert "'mid-model' of entry 'mid'" in log_text and "sk-mid-upstream-secret" not in log_text
+    warning = next(line for line in log_text.splitlines() if "is left out" in line)
+    assert "leave it out of ROUTEGATE_ROUTERS" in warning and "router_model" not in warning  # it would break the default
     assert len(fakes["mid"].received) == 1
 
 

@@ -224,12 +224,15 @@ def test_pages_of_allowed_origins_may_call_with_a_client_key(strong: FakeUpstrea
     with running_proxy(env, tmp_path) as proxy:
         url = f"{proxy.api}/chat/completions"
         preflight = httpx.options(url, headers={"origin": site, **asked})
+        # Chrome asks a page of a public site for leave to call a private address (this loopback gateway)
+        private = httpx.options(url, headers={"origin": site, **asked, "access-control-request-private-network": "true"})
         refused_preflight = httpx.options(url, headers={"origin": other, **asked})
         answer = httpx.post(url, json=body, headers={"origin": site, "authorization": "Bearer client-key-1"}, timeout=30)
         keyless = httpx.post(url, json=body, headers={"origin": site}, timeout=30)
         elsewhere = httpx.post(url, json=body, headers={"origin": other, "authorization": "Bearer client-key-1"}, timeout=30)
         metrics_page = httpx.get(f"{proxy.url}/metrics", headers={"origin": site})  # the API only
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == site
+    assert private.status_code == 200 and private.headers["access-control-allow-private-network"] == "true"
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
     assert refused_preflight.status_code == 400 and "access-control-allow-origin" not in refused_preflight.headers
