@@ -643,12 +643,8 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins")
     @classmethod
     def _origins_as_browsers_send_them(cls, value: list[str]) -> list[str]:
-        """``scheme://host[:port]``, lower case, no trailing slash: how an ``Origin`` header reads."""
-        origins = [origin.strip().rstrip("/").lower() for origin in value]
-        for origin in origins:
-            if "://" not in origin or "/" in origin.split("://", 1)[1]:
-                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port], as https://chat.example.com")
-        return [_without_default_port(origin) for origin in origins]
+        """Each origin as an ``Origin`` header reads it (``_as_origin``)."""
+        return [_as_origin(origin) for origin in value]
 
     @field_validator("aliases")
     @classmethod
@@ -672,6 +668,34 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
+
+
+def _as_origin(given: str) -> str:
+    """``given`` as a browser's ``Origin`` header spells it: ``http(s)://host[:port]`` in lower case,
+    without a trailing slash or its scheme's default port, the host in ASCII (punycode); ValueError
+    for what no browser sends, which could never match: a wildcard, user, path, query or fragment."""
+    text = given.strip().rstrip("/")
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        host = ""
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not host
+        or "*" in text
+        or "@" in parts.netloc
+        or parts.path
+        or "?" in text
+        or "#" in text
+    ):
+        raise ValueError(
+            f"{given!r} is not an origin: http(s)://host[:port], as https://chat.example.com "
+            "(each site by its own name: no wildcard, user, path or query)"
+        )
+    netloc = f"[{host}]" if ":" in host else host
+    return _without_default_port(f"{parts.scheme.lower()}://{netloc}" + (f":{port}" if port is not None else ""))
 
 
 def _without_default_port(origin: str) -> str:

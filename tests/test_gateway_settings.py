@@ -271,8 +271,36 @@ def test_an_allowed_origin_is_kept_as_a_browser_sends_it(monkeypatch: pytest.Mon
     """A browser leaves its scheme's default port out of ``Origin``: ``https://a:443`` would never match."""
     from server.settings import load_settings
 
-    monkeypatch.setenv("ROUTEGATE_ALLOWED_ORIGINS", '["https://chat.example.com:443", "HTTP://a.test:80/", "http://b.test:8080"]')
-    assert load_settings().allowed_origins == ["https://chat.example.com", "http://a.test", "http://b.test:8080"]
+    monkeypatch.setenv(
+        "ROUTEGATE_ALLOWED_ORIGINS",
+        '["https://chat.example.com:443", "HTTP://a.test:80/", "http://b.test:8080", "https://bücher.test"]',
+    )
+    assert load_settings().allowed_origins == [
+        "https://chat.example.com",
+        "http://a.test",
+        "http://b.test:8080",
+        "https://xn--bcher-kva.test",  # browsers send a host in punycode
+    ]
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://*.example.com",
+        "https://user@chat.example.com",
+        "https://chat.example.com/app",
+        "https://a.test?x=1",
+        "ws://a.test",
+    ],
+)
+def test_an_origin_no_browser_sends_is_refused(monkeypatch: pytest.MonkeyPatch, origin: str):
+    """A wildcard, a user, a path, a query or another scheme could never match a browser's ``Origin``:
+    refused at start rather than silently serving no one."""
+    from server.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("ROUTEGATE_ALLOWED_ORIGINS", json.dumps([origin]))
+    with pytest.raises(SettingsError, match="ROUTEGATE_ALLOWED_ORIGINS.*is not an origin"):
+        load_settings()
 
 
 def test_a_tier_given_in_part_keeps_the_other_defaults(monkeypatch: pytest.MonkeyPatch):
