@@ -33,6 +33,7 @@ class Delivery:
     def __init__(self) -> None:
         self.whole = False
         self.transport: asyncio.Transport | None = None  # the try's connection, once it has one
+        self._unacknowledged_at_close: int | None = None
 
     async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
         """``body`` in pieces; ``whole`` as the last goes (aiohttp writes a piece to the connection
@@ -42,11 +43,18 @@ class Delivery:
             self.whole = end >= len(body)
             yield body[start:end]  # a small body is passed on as it is, not copied
 
+    def closing(self) -> None:
+        """aiohttp is about to close or release the try's connection: what the upstream has not
+        acknowledged now is what counts (closing a TLS connection queues an alert of its own)."""
+        self._unacknowledged_at_close = _unacknowledged_bytes(self.transport)
+
     def cut(self) -> None:
         """The try ended before its answer came: unless the upstream's machine acknowledged the
         whole body, it is not whole and the connection is reset. Where that cannot be told (the
         socket already closed, a system without ``SIOCOUTQ``), a body handed over whole counts."""
-        unacknowledged = _unacknowledged_bytes(self.transport)
+        unacknowledged = self._unacknowledged_at_close
+        if unacknowledged is None:
+            unacknowledged = _unacknowledged_bytes(self.transport)
         if unacknowledged is None or (self.whole and unacknowledged == 0):
             return
         self.whole = False
@@ -81,4 +89,5 @@ class DeliveryConnector(aiohttp.TCPConnector):
         delivery = TRYING.get()
         if delivery is not None:
             delivery.transport = connection.transport
+            connection.add_callback(delivery.closing)  # called before aiohttp closes or releases it
         return connection

@@ -199,7 +199,8 @@ def free_port() -> int:
 class FakeUpstream:
     """An OpenAI-compatible upstream called ``name`` serving on ``url`` (``.../v1``)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: the certificate and key files to serve HTTPS with."""
         self.name = name
         self.received: list[Received] = []
         self.behaviour = Behaviour()
@@ -211,9 +212,13 @@ class FakeUpstream:
         self.in_flight = 0
         self.max_in_flight = 0
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/v1"
         app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        certificate, key = tls or (None, None)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", ssl_certfile=certificate, ssl_keyfile=key
+        )
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self) -> FakeUpstream:

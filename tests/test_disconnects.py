@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,32 @@ def test_a_client_that_leaves_before_the_answer_is_charged_its_prompt(
         assert delta("routegate_cost_usd_total", tier="strong") == pytest.approx(prompt * 10 / 1e6)
         remaining = metric_sum(proxy.metrics(), "routegate_budget_remaining_usd")
         assert remaining == pytest.approx(1 - prompt * 10 / 1e6)
+
+
+def test_a_client_that_leaves_an_https_upstream_with_its_prompt_is_charged_it(weak: FakeUpstream, tmp_path: Path) -> None:
+    """Over TLS too: closing the connection queues a TLS alert of its own, which must not read as
+    part of the prompt the upstream has not acknowledged."""
+    certificate, key = tmp_path / "upstream.pem", tmp_path / "upstream-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+        check=True,
+        capture_output=True,
+    )
+    secure = FakeUpstream("strong", tls=(str(certificate), str(key))).start()
+    secure.behaviour.delay = 5.0
+    env = proxy_env(secure, weak, daily_budget_usd="1")
+    env["SSL_CERT_FILE"] = str(certificate)  # the upstream's self-signed certificate is the one trusted
+    body = {**REQUEST, "stream": False, "messages": [{"role": "user", "content": "x" * 200_000}]}
+    try:
+        with running_proxy(env, tmp_path) as proxy:
+            delta = MetricDelta(proxy.metrics)
+            post_and_leave(f"{proxy.api}/chat/completions", body, leave_when=lambda: bool(secure.received))
+            assert wait_for(lambda: delta.after()("routegate_requests_total", tier="strong", status="499") == 1, timeout=10)
+            assert delta("routegate_usage_estimated_total", tier="strong") == 1
+            assert delta("routegate_tokens_total", tier="strong", kind="prompt") == 1 + 200_000 // 4
+    finally:
+        secure.stop()
 
 
 def test_a_client_that_leaves_while_a_refused_try_waits_to_be_retried_is_not_charged(
