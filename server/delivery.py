@@ -33,6 +33,7 @@ class Delivery:
     def __init__(self) -> None:
         self.whole = False
         self.transport: asyncio.Transport | None = None  # the try's connection, once it has one
+        self.answered = False  # the answer's headers came: nothing left to settle
         self._unacknowledged_at_close: int | None = None
 
     async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
@@ -46,7 +47,8 @@ class Delivery:
     def closing(self) -> None:
         """aiohttp is about to close or release the try's connection: what the upstream has not
         acknowledged now is what counts (closing a TLS connection queues an alert of its own)."""
-        self._unacknowledged_at_close = _unacknowledged_bytes(self.transport)
+        if not self.answered:
+            self._unacknowledged_at_close = _unacknowledged_bytes(self.transport)
 
     def cut(self) -> None:
         """The try ended before its answer came: unless the upstream's machine acknowledged the
