@@ -14,6 +14,7 @@ import asyncio
 import fcntl
 import socket
 import struct
+import sys
 import termios
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -45,9 +46,11 @@ class Delivery:
             yield body[start:end]  # a small body is passed on as it is, not copied
 
     def closing(self) -> None:
-        """aiohttp is about to close or release the try's connection: what the upstream has not
-        acknowledged now is what counts (closing a TLS connection queues an alert of its own)."""
-        if not self.answered:
+        """aiohttp is about to close or release the try's connection. When it closes it because the
+        try failed or was cut short (it does so while handling that exception), what the upstream
+        has not acknowledged now is what counts: closing a TLS connection queues an alert of its
+        own. An answer read whole releases the connection too, and costs no system call here."""
+        if not self.answered and sys.exc_info()[1] is not None:
             self._unacknowledged_at_close = _unacknowledged_bytes(self.transport)
 
     def cut(self) -> None:
