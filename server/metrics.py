@@ -108,7 +108,8 @@ ALL_STRONG_COST_USD = Counter(
 USAGE_ESTIMATED = Counter(
     "routegate_usage_estimated_total",
     "Answers the upstream reported no usage for (a stream the client left or that was cut, an upstream that "
-    "omits usage) and failed tries an upstream worked on, whose tokens and cost were estimated, by tier and model.",
+    "omits usage), requests whose client left once an upstream had the whole prompt, and failed tries an upstream "
+    "worked on, whose tokens and cost were estimated, by tier and model.",
     ["tier", "model"],
 )
 FALLBACKS = Counter(

@@ -76,7 +76,8 @@ _DECISION_HEADERS = {
         "x-routegate-tier": "strong or weak: the tier that answered (ROUTEGATE_MODELS: the entry's name)",
         "x-routegate-upstream": "the upstream that answered: its tier or ROUTEGATE_MODELS entry name",
         "x-routegate-model": "the upstream model that answered",
-        "x-routegate-score": "the router's score (routed requests)",
+        "x-routegate-score": "the router's score: the strong (most capable) model's predicted probability of "
+        "beating the weak (cheapest) one (scored requests)",
         "x-routegate-threshold": "the threshold it was compared with (routed requests)",
         "x-routegate-predicted-quality": "among three or more models, a scored request: the chosen model's "
         "predicted probability of not being beaten by the most capable one",

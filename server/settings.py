@@ -264,8 +264,9 @@ class Settings(BaseSettings):
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="browser origins (https://chat.example.com) whose pages may call routegate (CORS); a loopback "
-        "gateway without client keys serves these beside this machine's own",
+        description="browser origins (https://chat.example.com) whose pages may call routegate (CORS), each "
+        "http(s)://host[:port] (no wildcard, path, query or user); a loopback gateway without client keys serves "
+        "these beside this machine's own",
     )
     metrics_key: SecretStr | None = Field(
         None,
