@@ -34,7 +34,6 @@ class Delivery:
     def __init__(self) -> None:
         self.whole = False
         self.transport: asyncio.Transport | None = None  # the try's connection, once it has one
-        self.answered = False  # the answer's headers came: nothing left to settle
         self._unacknowledged_at_close: int | None = None
 
     async def pieces(self, body: bytes) -> AsyncIterator[bytes]:
@@ -50,7 +49,7 @@ class Delivery:
         try failed or was cut short (it does so while handling that exception), what the upstream
         has not acknowledged now is what counts: closing a TLS connection queues an alert of its
         own. An answer read whole releases the connection too, and costs no system call here."""
-        if not self.answered and sys.exc_info()[1] is not None:
+        if sys.exc_info()[1] is not None:
             self._unacknowledged_at_close = _unacknowledged_bytes(self.transport)
 
     def cut(self) -> None:
@@ -64,8 +63,19 @@ class Delivery:
             return
         self.whole = False
         assert self.transport is not None
-        self.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()  # closed now, with a reset: the queued rest is dropped, not sent
+        _reset(self.transport)
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close ``transport`` now with a reset, so that what is queued is dropped, not sent. Called while
+    the try's own exception propagates, so it raises nothing: a socket already gone is left as it is."""
+    sock = transport.get_extra_info("socket")
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (OSError, ValueError):  # closed meanwhile (uvloop raises ValueError)
+        pass
+    transport.abort()
 
 
 def _unacknowledged_bytes(transport: asyncio.Transport | None) -> int | None:

@@ -123,9 +123,7 @@ class ConnectionPool:
         that ends before then settles how much of the body the upstream has (``Delivery.cut``)."""
         trying = TRYING.set(delivery)
         try:
-            response = await self._send(url, headers, body, delivery)
-            delivery.answered = True
-            return UpstreamResponse(response, tier)
+            return UpstreamResponse(await self._send(url, headers, body, delivery), tier)
         except BaseException:  # a failure, a timeout, or the client left (cancelled)
             delivery.cut()
             raise
