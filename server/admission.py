@@ -74,7 +74,10 @@ class Admission:
         """The semaphore of ``client``'s share of the slots; None when slots are not shared out."""
         if not (self._shared and client):
             return None
-        return self._own_slots.setdefault(client, asyncio.Semaphore(self.client_slots))
+        own = self._own_slots.get(client)
+        if own is None:  # not made on every call, as setdefault's argument would be
+            own = self._own_slots[client] = asyncio.Semaphore(self.client_slots)
+        return own
 
     async def _take(self, own: asyncio.Semaphore | None) -> None:
         """A place in the client's share (when shared), then one of the slots."""

@@ -106,7 +106,7 @@ class Gateway:
             else "ROUTEGATE_ROUTER_STRONG_MODEL / ROUTEGATE_ROUTER_WEAK_MODEL",
             shared=shared_scores,
             ladder_models=among_models,
-            ladder_pair=(self.ladder.best_index, self.ladder.names.index(self.ladder.cheapest)),
+            ladder_pair=(self.ladder.best_index, self.ladder.cheapest_index),
             retry_seconds=settings.router_retry_seconds,
             shared_names=self.shared_state is not None,
         )

@@ -166,7 +166,7 @@ class Decider:
         best = self.ladder.best_index
         beaten = beaten_from_logits(np.array([logits]), best)
         chosen = int(choose(beaten, self.ladder.prices, best, threshold)[0])
-        score = float(beaten[0, self.ladder.names.index(self.ladder.cheapest)])
+        score = float(beaten[0, self.ladder.cheapest_index])
         metrics.ROUTER_SCORE.labels(base.router).observe(score)
         return dataclasses.replace(
             base,

@@ -44,6 +44,11 @@ class Ladder:
         return next(entry.name for entry in self.entries if entry.name != self.best)
 
     @property
+    def cheapest_index(self) -> int:
+        """The ``cheapest`` entry's position in price order."""
+        return self.names.index(self.cheapest)
+
+    @property
     def lowest_price(self) -> str:
         """The cheapest entry by price, the most capable included: what the daily budget does not
         count, and all that is used once it is spent (two tiers: ``weak``, unless priced above ``strong``)."""
