@@ -239,7 +239,8 @@ class Gateway:
             if task is not None:
                 task.cancel()
         await self.scorers.aclose()
-        await self.feedback.aclose(deadline)
+        # a slow or hung database must leave the spend flush below its time
+        await self.feedback.aclose(deadline - (BUDGET_FLUSH_TIMEOUT_S if self.targets.budget is not None else 0.0))
         for upstream in self.upstreams.values():
             await upstream.aclose()
         if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas

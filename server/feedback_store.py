@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import queue
 import re
@@ -37,6 +38,7 @@ CONNECT_TIMEOUT = 5
 # PostgreSQL: TCP keepalives find a connection that a failover dropped without a word
 POSTGRES_KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 ANSWER_TIMEOUT = 30.0  # longest wait for a feedback write's answer
+LOG_INTERVAL = 60.0  # at most one message a minute about lost writes
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS routegate_decisions (
@@ -132,7 +134,8 @@ def _upsert(table: str, row: type[Row], extra: tuple[str, ...] = (), only_if: st
 
 UPSERTS: dict[type[Row], str] = {
     JudgementRow: _upsert("routegate_judgements", JudgementRow),
-    FeedbackRow: _upsert("routegate_feedback", FeedbackRow),
+    # a post written late (its replica's database hung) leaves a later post of the request alone
+    FeedbackRow: _upsert("routegate_feedback", FeedbackRow, only_if="routegate_feedback.created_at <= excluded.created_at"),
 }
 #: another client's request under the same id leaves the row alone, and so does an earlier request
 #: written late (another worker's or replica's queue was behind): the later request is kept
@@ -311,6 +314,7 @@ class _Feedback:
     oldest: float
     done: Callable[[bool | Exception], None]
     client: str
+    expires: float  # time.monotonic() when its poster stops waiting: not written after that
 
 
 @dataclass
@@ -347,6 +351,10 @@ class FeedbackStore:
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
         self._next_retention = 0.0
+        self._down_until = 0.0  # time.time() before which no connection is tried after a failed one
+        self._writing = 0  # items of the batch the thread is writing
+        self._lost_unlogged = 0
+        self._lost_logged_at = -math.inf
         self._closed = False
 
     def start(self) -> None:
@@ -371,7 +379,7 @@ class FeedbackStore:
     def _abandon(self, why: str) -> None:
         """Log and count the writes still queued as lost: the process exits without them."""
         with self._queue.mutex:
-            left = sum(1 for item in self._queue.queue if item is not _STOP)
+            left = self._writing + sum(1 for item in self._queue.queue if item is not _STOP)
         log.warning("feedback store %s: %s: %d queued writes lost", self.database.describe(), why, left)
         fm.STORE_ERRORS.labels("unavailable").inc(left)
 
@@ -412,7 +420,8 @@ class FeedbackStore:
             raise StoreUnavailable("the feedback store is closed: the gateway is stopping")
         if self._feedback_slots == 0:
             raise StoreUnavailable("too many feedback posts are waiting for the feedback store")
-        if not self._put(_Feedback(row, time.time() - self.retention_seconds, done, client)):
+        expires = time.monotonic() + ANSWER_TIMEOUT
+        if not self._put(_Feedback(row, time.time() - self.retention_seconds, done, client, expires)):
             raise StoreUnavailable("the feedback store's queue is full")
         self._feedback_slots -= 1
         try:
@@ -444,7 +453,9 @@ class FeedbackStore:
             items = [item for item in batch if item is not _STOP]
             fm.STORE_QUEUED.dec(len(items))
             if items or time.time() >= self._next_retention:
+                self._writing = len(items)
                 self._write(items)
+                self._writing = 0
             if stop:
                 if self._connection is not None:
                     self._connection.close()
@@ -454,7 +465,9 @@ class FeedbackStore:
         """Write ``items`` in one transaction, then delete what is past retention when that is due.
         A batch that fails is tried once more on a new connection (the old one may have died: a
         failover, an idle timeout); failing again (the database may have refused one value), it is
-        written item by item, so that such a value loses only its row."""
+        written item by item, so that such a value loses only its row. A feedback post whose
+        poster has stopped waiting (and was told to try again) is not written."""
+        items = self._still_awaited(items)
         if not self._connected(items):
             return
         try:
@@ -473,20 +486,35 @@ class FeedbackStore:
                 return
         for item, result in zip(items, results, strict=True):
             _settle(item, result)
+        if items and (self._lost_unlogged or self._lost_logged_at > -math.inf):
+            self._log_lost(None)
         if time.time() >= self._next_retention:
             self._retain()
+
+    def _still_awaited(self, items: list[object]) -> list[object]:
+        """``items`` less the feedback posts whose posters gave up waiting (counted as lost)."""
+        now = time.monotonic()
+        late = [item for item in items if isinstance(item, _Feedback) and item.expires <= now]
+        if late:
+            fm.STORE_ERRORS.labels("unavailable").inc(len(late))
+            self._lost_unlogged += len(late)
+        return [item for item in items if item not in late] if late else items
 
     def _connected(self, items: list[object]) -> bool:
         """Whether there is a connection (opened now if needed); if none can be opened, ``items``
         are lost (or, with none, retention is put off)."""
         if self._connection is not None:
             return True
+        if items and time.time() < self._down_until:  # the last try failed a moment ago: no new one yet
+            self._fail(items, StoreUnavailable("the database was unreachable less than a second ago"))
+            return False
         try:
             self._connection = self.database.connect()
             return True
         except Exception as error:
             if items:
-                self._next_retention = max(self._next_retention, time.time() + 1.0)  # a down database: no busy loop
+                self._down_until = time.time() + 1.0  # a down database: one connection attempt a second
+                self._next_retention = max(self._next_retention, self._down_until)
                 self._fail(items, error)
             else:  # only retention was due, and the database is not there
                 self._retention_failed(error)
@@ -607,16 +635,40 @@ class FeedbackStore:
             )
         self._next_retention = time.time() + RETENTION_INTERVAL
 
+    def _log_lost(self, error: Exception | None) -> None:
+        """Say how many writes were lost since the last message: on a failure at most once a
+        minute, and once more when a write succeeds again (``error`` None)."""
+        now = time.monotonic()
+        if error is None:
+            log.warning(
+                "feedback store %s: writing again; %d writes lost since the last message",
+                self.database.describe(),
+                self._lost_unlogged,
+            )
+            self._lost_logged_at = -math.inf
+        elif now - self._lost_logged_at >= LOG_INTERVAL:
+            log.warning(
+                "feedback store %s: %d writes lost since the last message: %s",
+                self.database.describe(),
+                self._lost_unlogged,
+                self.database.error_text(error),
+            )
+            self._lost_logged_at = now
+        else:
+            return
+        self._lost_unlogged = 0
+
     def _fail(self, items: list[object], error: Exception) -> None:
         """Lose ``items`` and drop the connection (the next write opens a new one)."""
         self._lose(items, error)
         self._close()
 
     def _lose(self, items: list[object], error: Exception) -> None:
-        """Log and count ``items`` as lost; their feedback callers get StoreUnavailable."""
-        message = self.database.error_text(error)
-        log.warning("feedback store %s: %d writes lost: %s", self.database.describe(), len(items), message)
+        """Count ``items`` as lost (and log it, at most once a minute); their feedback callers get
+        StoreUnavailable."""
         fm.STORE_ERRORS.labels("unavailable").inc(len(items))
+        self._lost_unlogged += len(items)
+        self._log_lost(error)
         for item in items:
             if isinstance(item, _Feedback):
                 item.done(StoreUnavailable("the feedback store's database is unavailable"))

@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from server import metrics
 from server.settings import Settings
@@ -83,7 +84,9 @@ class SharedState:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            # once more on a fresh connection when a pooled one was closed while idle (Redis's
+            # ``timeout``, a proxy or NAT in between); never after a timeout, which may have run
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=True,
         )
         self.redis = Redis(connection_pool=pool)

@@ -424,6 +424,74 @@ async def test_a_database_that_refuses_every_write_loses_the_batch_after_two_tri
         await store.aclose()
     assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 5
     assert [line.split(": ")[1] for line in caplog.text.splitlines() if "writes lost" in line] == [
-        "1 writes lost",
-        "4 writes lost",
-    ]  # one row alone, then the rest at once: not a transaction and a warning per row
+        "1 writes lost since the last message",
+    ]  # one row alone, then the rest at once, and one warning a minute: not a warning per row
+
+
+async def test_a_down_database_is_tried_once_a_second_and_logged_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traffic while the database is down: every write is counted, but one connection attempt a
+    second and one warning a minute, not one of each per batch; its return is said once."""
+    database = Database(f"postgresql://routegate:{PASSWORD}@127.0.0.1:{free_port()}/postgres")
+    attempts = 0
+    connect = database.connect
+
+    def counted_connect(create_schema: bool = True) -> object:
+        nonlocal attempts
+        attempts += 1
+        return connect(create_schema)
+
+    monkeypatch.setattr(database, "connect", counted_connect)
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    with caplog.at_level(logging.WARNING, logger="routegate.feedback"):
+        for index in range(20):  # a batch each, over 0.6 s
+            store.record(decision(f"req-{index}"))
+            await asyncio.sleep(0.03)
+        await store.aclose()
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 20
+    assert attempts == 1
+    assert [line.split(": ")[1] for line in caplog.text.splitlines() if "writes lost" in line] == [
+        "1 writes lost since the last message"
+    ]
+
+
+async def test_a_feedback_post_whose_poster_gave_up_is_not_written_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A post answered 503 because the database kept the writer busy past the wait is not written
+    once the database answers again: its client was told to try again."""
+    from server import feedback_store
+
+    monkeypatch.setattr(feedback_store, "ANSWER_TIMEOUT", 0.3)
+    database = Database(str(tmp_path / "feedback.sqlite3"))
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("rated"))
+    assert await store.record_feedback(FeedbackRow("rated", time.time(), 1.0, "up", None))  # the decision is written
+    lost_before = counter("routegate_feedback_store_errors_total", reason="unavailable")
+    locker = sqlite3.connect(database.path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # the writer waits on the lock (SQLite's busy timeout)
+    store.record(decision("blocked"))
+    await asyncio.sleep(0.1)  # the writer is inside that batch
+    with pytest.raises(StoreUnavailable):
+        await store.record_feedback(FeedbackRow("rated", time.time(), 0.0, "down", None))
+    locker.execute("COMMIT")
+    locker.close()
+    await store.aclose()
+    assert [row[0] for row in rows(database, "routegate_decisions")] == ["blocked", "rated"]
+    assert [(row[0], row[3]) for row in rows(database, "routegate_feedback")] == [("rated", "up")]
+    assert counter("routegate_feedback_store_errors_total", reason="unavailable") - lost_before == 1
+
+
+async def test_a_feedback_post_written_late_does_not_replace_a_later_one(database: Database) -> None:
+    """Two posts on one request reach the database out of order (another replica's database was
+    slow): the later post stays."""
+    store = FeedbackStore(database, retention_days=30, queue_size=100)
+    store.start()
+    store.record(decision("req-1"))
+    now = time.time()
+    assert await store.record_feedback(FeedbackRow("req-1", now, 0.0, "down", None))
+    assert await store.record_feedback(FeedbackRow("req-1", now - 5, 1.0, "up", None))
+    await store.aclose()
+    assert [(row[0], row[2], row[3]) for row in rows(database, "routegate_feedback")] == [("req-1", 0.0, "down")]

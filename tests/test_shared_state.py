@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -31,6 +32,7 @@ from tests.fake_judge import FakeJudge
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream, free_port
 from tests.metric_values import wait_for
 from tests.metrics_text import metric_sum
+from tests.postgres_server import running_postgres
 from tests.redis_server import RedisServer, running_redis
 
 STRONG_COST = (PROMPT_TOKENS * 10 + COMPLETION_TOKENS * 30) / 1e6  # proxy_env's strong prices
@@ -148,6 +150,52 @@ def test_spend_redis_missed_is_sent_when_the_replica_stops(strong: FakeUpstream,
         budget = server.client().hgetall(f"flush:budget:{datetime.now(UTC):%Y-%m-%d}")
     assert float(budget["spent"]) == pytest.approx(STRONG_COST, abs=1e-12)
     assert budget["priced"] == "1"
+
+
+def test_spend_redis_missed_is_sent_when_the_replica_stops_with_its_feedback_database_hung(
+    strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path
+) -> None:
+    """The feedback store's last write waits on a PostgreSQL that does not answer (its backend
+    stopped): it may use the cleanup's time, but not the part that sends the unsent spend."""
+    import os
+    import signal
+
+    import psycopg
+
+    with running_postgres() as database, running_redis(tmp_path / "redis") as server:
+        env = proxy_env(strong, weak, redis_url=server.url, redis_prefix="hung:", daily_budget_usd="100", feedback_db=database)
+        with running_proxy(env, tmp_path) as proxy, psycopg.connect(database, autocommit=True) as admin:
+            _ask(proxy, ALWAYS_WEAK, [{"role": "user", "content": "while the database answers"}])
+            _wait(lambda: _count(admin, "routegate_decisions") == 1, "the first decision row")
+            backends = [
+                pid
+                for (pid,) in admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            ]
+            assert backends, "the gateway's store holds a connection"
+            for pid in backends:
+                os.kill(pid, signal.SIGSTOP)  # its writes now wait without an answer
+            try:
+                server.kill()
+                headers, _ = _ask(proxy, ALWAYS_STRONG, [{"role": "user", "content": "while Redis is down"}])
+                assert headers["x-routegate-tier"] == "strong"
+                server.start()
+                time.sleep(1.5)  # past ROUTEGATE_REDIS_RETRY_SECONDS: the flush may try Redis again
+                proxy.process.terminate()
+                proxy.process.wait(timeout=30)
+            finally:
+                for pid in backends:
+                    os.kill(pid, signal.SIGCONT)
+        budget = server.client().hgetall(f"hung:budget:{datetime.now(UTC):%Y-%m-%d}")
+    assert float(budget["spent"]) == pytest.approx(STRONG_COST, abs=1e-12)
+
+
+def _count(connection: Any, table: str) -> int:
+    try:
+        return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except Exception:  # no table yet
+        return 0
 
 
 def test_an_idle_replica_reports_redis_up_again_once_it_answers(strong: FakeUpstream, weak: FakeUpstream, tmp_path: Path) -> None:
@@ -957,3 +1005,29 @@ async def test_a_cancelled_request_stays_cancelled_when_its_redis_answer_lands_a
     with pytest.raises(asyncio.CancelledError):
         await request
     await state.aclose()
+
+
+async def test_a_connection_that_redis_closed_while_idle_is_opened_again_not_taken_for_a_failed_redis(
+    redis_server: RedisServer,
+) -> None:
+    """Redis's ``timeout`` (or a proxy or NAT in between) closes connections left idle: the first
+    operations after the pause reconnect and succeed, rather than counting a healthy Redis as down
+    and resting from it."""
+    import asyncio
+
+    from server import metrics
+    from server.shared_state import SharedState
+
+    state = SharedState(redis_server.url, "idle:", 2.0, 5.0, 4)
+    errors_before = metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get()
+    admin = redis_server.client()
+    admin.config_set("timeout", 1)
+    try:
+        assert await asyncio.gather(*(state.run("sticky_get", lambda: state.redis.ping()) for _ in range(4))) == [True] * 4
+        await asyncio.sleep(2.5)  # Redis closes the four idle connections
+        assert await asyncio.gather(*(state.run("sticky_get", lambda: state.redis.ping()) for _ in range(4))) == [True] * 4
+        assert state.up and metrics.shared_state_up()._value.get() == 1
+        assert metrics.SHARED_STATE_ERRORS.labels("sticky_get")._value.get() == errors_before
+    finally:
+        admin.config_set("timeout", 0)
+        await state.aclose()
