@@ -441,13 +441,19 @@ def _calibrate(args: argparse.Namespace) -> int:
         if args.per_file is not None and len(selected) > args.per_file:
             selected = random.Random(0).sample(selected, args.per_file)
         prompts += selected
-    scores = score_all(_load(args.router, args), prompts, args.batch_size, f"calibrate {args.router}")
+    router = _load(args.router, args)
+    print(f"calibrate {args.router}: {args.strong} (strong) vs {args.weak} (weak)", file=sys.stderr)
+    scores = score_all(router, prompts, args.batch_size, f"calibrate {args.router}")
     threshold = threshold_for_share(scores, args.strong_fraction)
     share = sum(score >= threshold for score in scores) / len(scores)
     print(f"threshold {threshold!r} sends {share:.1%} of {len(scores)} prompts to the strong model")
     print(
         f"ROUTEGATE_ROUTER={args.router} ROUTEGATE_THRESHOLD={threshold!r}  (or the model name "
         f"router-{args.router}-{format_threshold(threshold)})"
+    )
+    print(
+        f"  for a gateway whose {args.router} scores {args.strong} vs {args.weak} (its /ready and GET /v1/routers "
+        "name the pair it scores); another pair's scores have another scale: give its models with --strong and --weak"
     )
     if args.write is not None:
         data = [path.name for path in args.data]

@@ -46,6 +46,10 @@ log = logging.getLogger("routegate")
 #: a model object's ``created``, which OpenAI's always has: when this routegate was installed (its
 #: code's mtime), the same in every worker and in every replica of one image
 INSTALLED_AT = int(Path(__file__).stat().st_mtime)
+SERVED_ENDPOINTS = (
+    "routegate serves POST /v1/chat/completions, GET /v1/models, GET /v1/routers and POST /v1/feedback "
+    "(and /health, /ready, /metrics)."
+)
 BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
 
 
@@ -551,9 +555,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return APIError(400, "Invalid request.", code="invalid_request").to_response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
-        return APIError(error.status_code, str(error.detail), code=code, headers=dict(error.headers or {})).to_response()
+        message = str(error.detail)
+        if error.status_code == 404:  # an SDK call to an endpoint routegate does not serve (embeddings, responses ...)
+            message = f"Not Found: {request.url.path[:200]!r}. {SERVED_ENDPOINTS}"
+        return APIError(error.status_code, message, code=code, headers=dict(error.headers or {})).to_response()
 
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, error: ClientGone) -> Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from server.scoring import ScoreQueueFull, Scorer, ScorerPool
 from server.settings import Settings
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
+from server.targets import utc_day_start
 
 log = logging.getLogger("routegate.deciding")
 
@@ -87,6 +89,11 @@ class Decider:
                     "routegate's daily budget for the strong tier is spent; retry after 00:00 UTC or use a weaker model.",
                     type="insufficient_quota",
                     code="budget_exhausted",
+                    # the openai SDKs retry a 429 at once unless told not to: it cannot succeed before the new day
+                    headers={
+                        "retry-after": retry_after(utc_day_start(time.time()) + 86400 - time.time()),
+                        "x-should-retry": "false",
+                    },
                 )
             decision = dataclasses.replace(decision, tier=self.ladder.lowest_price, reason="budget", quality=None)
         return decision

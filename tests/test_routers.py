@@ -455,7 +455,10 @@ def test_calibrate_write_records_the_scored_pair_and_the_printed_threshold(
     capsys.readouterr()
     command = ["calibrate", "--router", "mf", "--data", str(data_slice), "--strong-fraction", "0.3", "--write", str(written)]
     assert main(command) == 0
-    threshold = float(capsys.readouterr().out.split()[1])
+    printed = capsys.readouterr()
+    threshold = float(printed.out.split()[1])
+    assert f"calibrate mf: {STRONG} (strong) vs {WEAK} (weak)" in printed.err
+    assert f"for a gateway whose mf scores {STRONG} vs {WEAK}" in printed.out  # not a threshold for any pair
     body = json.loads(written.read_text())
     known = json.loads((CHECKPOINT_ROOT / "mf" / "router.json").read_text())["models"]
     assert (body["router"], body["strong"], body["weak"]) == ("mf", match_model(STRONG, known), match_model(WEAK, known))

@@ -7,6 +7,7 @@ import select
 import socket
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -274,6 +275,9 @@ def test_the_budget_caps_strong_requests_by_model_name(
         assert second.json()["choices"][0]["message"]["content"] == "answer from weak"
     else:
         assert second.status_code == 429 and second.json()["error"]["code"] == "budget_exhausted"
+        assert second.headers["x-should-retry"] == "false"  # the openai SDKs would otherwise try twice more
+        midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        assert abs(int(second.headers["retry-after"]) - (midnight - datetime.now(UTC)).total_seconds()) % 86400 < 5
         assert metric_sum(metrics, "routegate_requests_rejected_total", reason="budget_exhausted") == 1
     assert third.status_code == 502 and "x-routegate-fallback" not in third.headers
 
