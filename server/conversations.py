@@ -86,6 +86,11 @@ class StickyStore:
         self._expiry.move_to_end(key)
         return kept[1]
 
+    def peek(self, key: str) -> str | None:
+        """What ``recall`` answers, without refreshing it."""
+        kept = self._expiry.get(key)
+        return kept[1] if kept is not None and kept[0] > self._clock() else None
+
     def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
         seconds; with ``order`` (the models from least to most capable), one remembered with a

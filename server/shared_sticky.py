@@ -8,11 +8,14 @@ the process's ``StickyStore``. With Redis, ``remember`` sets ``<prefix>sticky:<k
 ``ttl`` seconds (in a Lua script that never lowers the model it holds, with more than two models)
 and ``is_strong`` refreshes it with one ``PEXPIRE`` (which answers whether it
 exists: one atomic round trip); the in-process store is kept too, so that a conversation this
-process saw stays sticky while Redis is down or after it lost its data.
+process saw stays sticky while Redis is down or after it lost its data. Once Redis answers again,
+what this process remembered meanwhile is written to it, and so is a conversation that Redis lost
+(found here but not there), so that the other replicas see it too.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from server.conversations import StickyStore, capability_rank
@@ -36,6 +39,8 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
+MAX_UNSHARED = 10_000  # conversations remembered while Redis was away, kept to write once it answers
+SHARE_BATCH = 256  # of those, written with one request's sticky operation
 
 
 class SharedSticky:
@@ -46,6 +51,8 @@ class SharedSticky:
         self.state = state
         self._ttl_ms = max(1, round(local.ttl * 1000))
         self._raise = state.script(RAISE) if state is not None else None
+        self._unshared: OrderedDict[str, None] = OrderedDict()  # keys Redis has not taken, oldest first
+        self._order: Sequence[str] = ()  # the models from least to most capable, as the last caller gave them
 
     def __len__(self) -> int:
         """Conversations this process remembers."""
@@ -65,13 +72,16 @@ class SharedSticky:
             return known_here
         if known_shared and not known_here:
             self.local.remember(key)
+        elif known_here and not known_shared:  # remembered while Redis was away, or Redis lost it
+            self._unshared[key] = None
+        await self._share()
         return known_shared or known_here
 
     async def recall(self, key: str | None, order: Sequence[str] = ()) -> str | None:
         """The upstream ``key``'s conversation was remembered with (on any replica); refreshes it.
         With ``order`` (the models from least to most capable), the more capable of what this
         process and Redis remember (Redis lost the key, or another replica remembered it while
-        Redis was down); deciding only reads: the answer's recording raises Redis to it."""
+        Redis was down), written back to Redis when it holds less."""
         if key is None:
             return None
         known_here = self.local.recall(key)
@@ -82,12 +92,16 @@ class SharedSticky:
             found = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
         except SharedStateUnavailable:
             return known_here
-        if found is None:
+        self._order = order
+        known_shared = None if found is None else str(found)
+        if known_here is not None and (
+            known_shared is None or capability_rank(known_here, order) > capability_rank(known_shared, order)
+        ):
+            self._unshared[key] = None  # Redis lost it, or holds a less capable model
+            await self._share()
             return known_here
-        known_shared = str(found)
-        if known_here is not None and capability_rank(known_here, order) > capability_rank(known_shared, order):
-            return known_here  # Redis lost it, or holds a less capable model
-        if known_shared != known_here:
+        await self._share()
+        if known_shared is not None and known_shared != known_here:
             self.local.remember(key, known_shared)
         return known_shared
 
@@ -98,9 +112,42 @@ class SharedSticky:
         self.local.remember(key, upstream, order)
         if self.state is None or self._raise is None:
             return
+        self._order = order
         name, raise_to = self.state.key("sticky", key), self._raise
         args: list[str | int] = [upstream, self._ttl_ms, *order]
         try:
             await self.state.run("sticky_set", lambda: raise_to(keys=[name], args=args))
         except SharedStateUnavailable:
-            pass
+            self._keep_unshared([key])
+            return
+        await self._share()
+
+    def _keep_unshared(self, keys: Sequence[str]) -> None:
+        """Keep ``keys`` to write to Redis once it answers (the oldest beyond ``MAX_UNSHARED`` are dropped)."""
+        for key in keys:
+            self._unshared[key] = None
+            self._unshared.move_to_end(key)
+        while len(self._unshared) > MAX_UNSHARED:
+            self._unshared.popitem(last=False)
+
+    async def _share(self) -> None:
+        """Write up to ``SHARE_BATCH`` of the conversations Redis has not taken, in one round trip:
+        each with the upstream this process remembers (still unexpired) and a fresh TTL."""
+        if not self._unshared or self.state is None or self._raise is None:
+            return
+        keys = [self._unshared.popitem(last=False)[0] for _ in range(min(SHARE_BATCH, len(self._unshared)))]
+        entries = [(key, upstream) for key in keys if (upstream := self.local.peek(key)) is not None]
+        if not entries:
+            return
+        state, raise_to, order = self.state, self._raise, list(self._order)
+
+        async def write_all() -> None:
+            pipe = state.redis.pipeline(transaction=False)
+            for key, upstream in entries:
+                await raise_to(keys=[state.key("sticky", key)], args=[upstream, self._ttl_ms, *order], client=pipe)
+            await pipe.execute()
+
+        try:
+            await state.run("sticky_set", write_all)
+        except SharedStateUnavailable:
+            self._keep_unshared([key for key, _ in entries])

@@ -845,8 +845,8 @@ async def test_a_conversation_kept_in_redis_never_goes_back_to_a_less_capable_mo
 
 async def test_a_replica_that_remembers_a_more_capable_model_than_redis_keeps_it(redis_server: RedisServer) -> None:
     """Redis lost the key (eviction, a restart) and another replica then remembered a less capable
-    model: the replica that saw the capable turn still answers with it; deciding writes nothing,
-    and recording that turn's answer raises Redis to it again."""
+    model: the replica that saw the capable turn still answers with it, and raises Redis to it
+    again, so that the other replica follows."""
     from server.conversations import StickyStore
     from server.shared_state import SharedState
     from server.shared_sticky import SharedSticky
@@ -858,9 +858,8 @@ async def test_a_replica_that_remembers_a_more_capable_model_than_redis_keeps_it
     redis_server.client().delete("lost:sticky:conversation")
     await second.remember("conversation", "medium", order)  # the next turn landed on the other replica
     assert await first.recall("conversation", order) == "large"
-    assert redis_server.client().get("lost:sticky:conversation") == "medium"  # read only
-    await first.remember("conversation", "large", order)  # that turn answered on the large model
-    assert await second.recall("conversation", order) == "large"  # and the other replica follows Redis up
+    assert redis_server.client().get("lost:sticky:conversation") == "large"
+    assert await second.recall("conversation", order) == "large"  # the other replica follows Redis up
     await state.aclose()
 
 
@@ -1031,3 +1030,32 @@ async def test_a_connection_that_redis_closed_while_idle_is_opened_again_not_tak
     finally:
         admin.config_set("timeout", 0)
         await state.aclose()
+
+
+async def test_a_conversation_remembered_while_redis_was_away_is_shared_once_it_answers(redis_server: RedisServer) -> None:
+    """Replica A remembers a strong conversation while Redis is down, and one whose key Redis
+    lost: once Redis answers A again, replica B finds both."""
+    import asyncio
+
+    from server.conversations import StickyStore
+    from server.shared_state import SharedState
+    from server.shared_sticky import SharedSticky
+
+    state_a, state_b = (SharedState(redis_server.url, "unshared:", 0.5, 0.3, 4) for _ in range(2))
+    replica_a, replica_b = (SharedSticky(StickyStore(100, 3600), state) for state in (state_a, state_b))
+    try:
+        redis_server.kill()
+        await replica_a.remember("during-outage")
+        redis_server.start()
+        await asyncio.sleep(0.4)  # past A's rest after the failure
+        assert not await replica_b.is_strong("during-outage")  # A has not written it yet
+        assert not await replica_a.is_strong("another conversation")  # A's first operation since: it writes what it kept
+        assert await replica_b.is_strong("during-outage")
+
+        await replica_a.remember("lost")
+        redis_server.client().delete("unshared:sticky:lost")  # as a restart without persistence would
+        assert await replica_a.is_strong("lost")  # A still knows it, and gives it back to Redis
+        assert await replica_b.is_strong("lost")
+    finally:
+        await state_a.aclose()
+        await state_b.aclose()
