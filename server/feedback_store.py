@@ -59,6 +59,7 @@ SCHEMA = (
         rating TEXT, comment TEXT)""",
     "CREATE INDEX IF NOT EXISTS routegate_feedback_created ON routegate_feedback (created_at)",
 )
+SCHEMA_LOCK = 0x726F757465676174  # PostgreSQL advisory lock held while the tables are created ("routegat")
 _CREATED = re.compile(r"IF NOT EXISTS (\w+)")  # the name a schema statement creates
 TABLES = ("routegate_decisions", "routegate_judgements", "routegate_feedback")
 LABEL_TABLES = TABLES[1:]  # rows about a decision: each needs its decision
@@ -250,7 +251,12 @@ class Database:
             return connection
         try:
             with self.transaction(connection) as cursor:
+                locked = False
                 for statement in SCHEMA:
+                    if self.postgres and not locked and not self._exists(cursor, statement):
+                        # replicas starting together on an empty database: one creates, the others wait
+                        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                        locked = True
                     if not (self.postgres and self._exists(cursor, statement)):
                         cursor.execute(statement)
                 self._add_client_column(cursor)

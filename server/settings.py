@@ -444,6 +444,8 @@ class Settings(BaseSettings):
                     "is not a redis://, rediss:// or unix:// URL that can be read; "
                     "percent-encode any '/', '#', '?' or '@' in its password"
                 ) from None
+            if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):  # redis-py would use database 0
+                raise ValueError("has a path that is not a database number: give one, as in redis://redis:6379/0, or none")
         return url
 
     @model_validator(mode="before")

@@ -495,3 +495,35 @@ async def test_a_feedback_post_written_late_does_not_replace_a_later_one(databas
     assert await store.record_feedback(FeedbackRow("req-1", now - 5, 1.0, "up", None))
     await store.aclose()
     assert [(row[0], row[2], row[3]) for row in rows(database, "routegate_feedback")] == [("req-1", 0.0, "down")]
+
+
+def test_replicas_starting_together_on_an_empty_postgres_create_its_tables_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Several processes' first connections to a database without tables: each finds the schema in
+    place, none fails on another's concurrent CREATE (PostgreSQL's catalog is not guarded by IF NOT EXISTS)."""
+    import psycopg
+
+    url = request.getfixturevalue("postgres_url")
+    with psycopg.connect(url, autocommit=True) as admin:
+        for round_ in range(4):
+            admin.execute(f"CREATE DATABASE fresh_{round_}")
+            fresh = Database(url.rsplit("/", 1)[0] + f"/fresh_{round_}")
+            barrier = threading.Barrier(6)
+            errors: list[Exception] = []
+
+            def first_connection(
+                database: Database = fresh, barrier: threading.Barrier = barrier, errors: list[Exception] = errors
+            ) -> None:
+                barrier.wait()
+                try:
+                    database.connect().close()
+                except Exception as error:  # the finding
+                    errors.append(error)
+
+            threads = [threading.Thread(target=first_connection) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
