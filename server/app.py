@@ -46,9 +46,9 @@ log = logging.getLogger("routegate")
 #: a model object's ``created``, which OpenAI's always has: when this routegate was installed (its
 #: code's mtime), the same in every worker and in every replica of one image
 INSTALLED_AT = int(Path(__file__).stat().st_mtime)
-SERVED_ENDPOINTS = (
-    "routegate serves POST /v1/chat/completions, GET /v1/models, GET /v1/routers and POST /v1/feedback "
-    "(and /health, /ready, /metrics)."
+SERVED_ENDPOINTS_TEXT = (
+    "routegate serves POST /v1/chat/completions, GET /v1/models (and /v1/models/{model}), GET /v1/routers "
+    "and POST /v1/feedback; /openapi.json describes them."
 )
 BUDGET_FLUSH_TIMEOUT_S = 2.0  # at shutdown, for sending spend that Redis did not take earlier
 
@@ -244,7 +244,8 @@ class Gateway:
                 task.cancel()
         await self.scorers.aclose()
         # a slow or hung database must leave the spend flush below its time
-        await self.feedback.aclose(deadline - (BUDGET_FLUSH_TIMEOUT_S if self.targets.budget is not None else 0.0))
+        flushes_spend = self.targets.budget is not None and self.shared_state is not None
+        await self.feedback.aclose(deadline - (BUDGET_FLUSH_TIMEOUT_S if flushes_spend else 0.0))
         for upstream in self.upstreams.values():
             await upstream.aclose()
         if self.targets.budget is not None:  # spend a failed or busy Redis left unsent, for the other replicas
@@ -559,7 +560,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         message = str(error.detail)
         if error.status_code == 404:  # an SDK call to an endpoint routegate does not serve (embeddings, responses ...)
-            message = f"Not Found: {request.url.path[:200]!r}. {SERVED_ENDPOINTS}"
+            message = f"Not Found: {request.url.path[:200]!r}. {SERVED_ENDPOINTS_TEXT}"
         return APIError(error.status_code, message, code=code, headers=dict(error.headers or {})).to_response()
 
     @app.exception_handler(ClientGone)

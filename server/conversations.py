@@ -86,10 +86,12 @@ class StickyStore:
         self._expiry.move_to_end(key)
         return kept[1]
 
-    def peek(self, key: str) -> str | None:
-        """What ``recall`` answers, without refreshing it."""
+    def peek(self, key: str) -> tuple[str, float] | None:
+        """The upstream ``key``'s conversation was remembered with and its seconds left, unless
+        expired; without refreshing it."""
         kept = self._expiry.get(key)
-        return kept[1] if kept is not None and kept[0] > self._clock() else None
+        now = self._clock()
+        return (kept[1], kept[0] - now) if kept is not None and kept[0] > now else None
 
     def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``

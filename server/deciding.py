@@ -37,7 +37,7 @@ from server.scoring import ScoreQueueFull, Scorer, ScorerPool
 from server.settings import Settings
 from server.shared_sticky import SharedSticky
 from server.shared_targets import SharedBudget, SharedTargets
-from server.targets import utc_day_start
+from server.targets import seconds_to_next_utc_day
 
 log = logging.getLogger("routegate.deciding")
 
@@ -90,10 +90,7 @@ class Decider:
                     type="insufficient_quota",
                     code="budget_exhausted",
                     # the openai SDKs retry a 429 at once unless told not to: it cannot succeed before the new day
-                    headers={
-                        "retry-after": retry_after(utc_day_start(time.time()) + 86400 - time.time()),
-                        "x-should-retry": "false",
-                    },
+                    headers={"retry-after": retry_after(seconds_to_next_utc_day(time.time())), "x-should-retry": "false"},
                 )
             decision = dataclasses.replace(decision, tier=self.ladder.lowest_price, reason="budget", quality=None)
         return decision

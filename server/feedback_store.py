@@ -343,6 +343,37 @@ def _settle(item: object, written: bool) -> None:
         fm.STORE_ERRORS.labels("no_decision").inc()
 
 
+class _LossLog:
+    """Warnings about lost writes: the first at once, then at most one a minute with the count since
+    the last; one when writes succeed again after a logged loss; and what is left when the store stops."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.unlogged = 0
+        self.logged_at = -math.inf
+        self.logged = False  # a loss was logged, and no write has succeeded since
+
+    def lost(self, count: int, why: str | None) -> None:
+        """``count`` writes lost; ``why`` (None: posts whose posters gave up) may be logged now."""
+        self.unlogged += count
+        now = time.monotonic()
+        if why is not None and now - self.logged_at >= LOG_INTERVAL:
+            log.warning("feedback store %s: %d writes lost since the last message: %s", self.where, self.unlogged, why)
+            self.logged_at, self.logged, self.unlogged = now, True, 0
+
+    def written(self) -> None:
+        """A batch was written: say so once after a logged loss."""
+        if self.logged:
+            log.warning("feedback store %s: writing again; %d writes lost since the last message", self.where, self.unlogged)
+            self.logged, self.unlogged = False, 0
+
+    def stopped(self) -> None:
+        """The store stops: the losses not logged yet."""
+        if self.unlogged:
+            log.warning("feedback store %s: %d writes lost since the last message", self.where, self.unlogged)
+            self.unlogged = 0
+
+
 class FeedbackStore:
     """Writes rows through a bounded queue and one thread; ``retention_days`` and ``max_rows`` bound every table."""
 
@@ -357,10 +388,9 @@ class FeedbackStore:
         self._thread = threading.Thread(target=self._run, name="routegate-feedback-store", daemon=True)
         self._connection: Any = None
         self._next_retention = 0.0
-        self._down_until = 0.0  # time.time() before which no connection is tried after a failed one
-        self._writing = 0  # items of the batch the thread is writing
-        self._lost_unlogged = 0
-        self._lost_logged_at = -math.inf
+        self._down_until = 0.0  # time.monotonic() before which no connection is tried after a failed one
+        self._unsettled = 0  # items of the batch being written that are neither written nor lost yet
+        self._losses = _LossLog(database.describe())
         self._closed = False
 
     def start(self) -> None:
@@ -385,7 +415,7 @@ class FeedbackStore:
     def _abandon(self, why: str) -> None:
         """Log and count the writes still queued as lost: the process exits without them."""
         with self._queue.mutex:
-            left = self._writing + sum(1 for item in self._queue.queue if item is not _STOP)
+            left = self._unsettled + sum(1 for item in self._queue.queue if item is not _STOP)
         log.warning("feedback store %s: %s: %d queued writes lost", self.database.describe(), why, left)
         fm.STORE_ERRORS.labels("unavailable").inc(left)
 
@@ -459,12 +489,11 @@ class FeedbackStore:
             items = [item for item in batch if item is not _STOP]
             fm.STORE_QUEUED.dec(len(items))
             if items or time.time() >= self._next_retention:
-                self._writing = len(items)
                 self._write(items)
-                self._writing = 0
             if stop:
                 if self._connection is not None:
                     self._connection.close()
+                self._losses.stopped()
                 return
 
     def _write(self, items: list[object]) -> None:
@@ -474,6 +503,7 @@ class FeedbackStore:
         written item by item, so that such a value loses only its row. A feedback post whose
         poster has stopped waiting (and was told to try again) is not written."""
         items = self._still_awaited(items)
+        self._unsettled = len(items)
         if not self._connected(items):
             return
         try:
@@ -492,35 +522,44 @@ class FeedbackStore:
                 return
         for item, result in zip(items, results, strict=True):
             _settle(item, result)
-        if items and (self._lost_unlogged or self._lost_logged_at > -math.inf):
-            self._log_lost(None)
+        self._unsettled = 0
+        if items:
+            self._losses.written()
         if time.time() >= self._next_retention:
             self._retain()
 
     def _still_awaited(self, items: list[object]) -> list[object]:
-        """``items`` less the feedback posts whose posters gave up waiting (counted as lost)."""
+        """``items`` less the feedback posts whose posters gave up waiting (counted as lost; their
+        places among the waiting posts are given back)."""
         now = time.monotonic()
-        late = [item for item in items if isinstance(item, _Feedback) and item.expires <= now]
+        awaited: list[object] = []
+        late = 0
+        for item in items:
+            if isinstance(item, _Feedback) and item.expires <= now:
+                item.done(StoreUnavailable("the feedback store did not answer in time"))
+                late += 1
+            else:
+                awaited.append(item)
         if late:
-            fm.STORE_ERRORS.labels("unavailable").inc(len(late))
-            self._lost_unlogged += len(late)
-        return [item for item in items if item not in late] if late else items
+            fm.STORE_ERRORS.labels("unavailable").inc(late)
+            self._losses.lost(late, None)
+        return awaited
 
     def _connected(self, items: list[object]) -> bool:
         """Whether there is a connection (opened now if needed); if none can be opened, ``items``
         are lost (or, with none, retention is put off)."""
         if self._connection is not None:
             return True
-        if items and time.time() < self._down_until:  # the last try failed a moment ago: no new one yet
+        if items and time.monotonic() < self._down_until:  # the last try failed a moment ago: no new one yet
             self._fail(items, StoreUnavailable("the database was unreachable less than a second ago"))
             return False
         try:
             self._connection = self.database.connect()
             return True
         except Exception as error:
+            self._down_until = time.monotonic() + 1.0  # a down database: one connection attempt a second
             if items:
-                self._down_until = time.time() + 1.0  # a down database: one connection attempt a second
-                self._next_retention = max(self._next_retention, self._down_until)
+                self._next_retention = max(self._next_retention, time.time() + 1.0)
                 self._fail(items, error)
             else:  # only retention was due, and the database is not there
                 self._retention_failed(error)
@@ -549,6 +588,7 @@ class FeedbackStore:
                 continue
             failed_before = False
             _settle(item, result)
+            self._unsettled -= 1
 
     def _retain(self) -> None:
         """Delete what is past retention, in a transaction of its own: its failure loses no write."""
@@ -641,29 +681,6 @@ class FeedbackStore:
             )
         self._next_retention = time.time() + RETENTION_INTERVAL
 
-    def _log_lost(self, error: Exception | None) -> None:
-        """Say how many writes were lost since the last message: on a failure at most once a
-        minute, and once more when a write succeeds again (``error`` None)."""
-        now = time.monotonic()
-        if error is None:
-            log.warning(
-                "feedback store %s: writing again; %d writes lost since the last message",
-                self.database.describe(),
-                self._lost_unlogged,
-            )
-            self._lost_logged_at = -math.inf
-        elif now - self._lost_logged_at >= LOG_INTERVAL:
-            log.warning(
-                "feedback store %s: %d writes lost since the last message: %s",
-                self.database.describe(),
-                self._lost_unlogged,
-                self.database.error_text(error),
-            )
-            self._lost_logged_at = now
-        else:
-            return
-        self._lost_unlogged = 0
-
     def _fail(self, items: list[object], error: Exception) -> None:
         """Lose ``items`` and drop the connection (the next write opens a new one)."""
         self._lose(items, error)
@@ -673,8 +690,8 @@ class FeedbackStore:
         """Count ``items`` as lost (and log it, at most once a minute); their feedback callers get
         StoreUnavailable."""
         fm.STORE_ERRORS.labels("unavailable").inc(len(items))
-        self._lost_unlogged += len(items)
-        self._log_lost(error)
+        self._unsettled = max(0, self._unsettled - len(items))
+        self._losses.lost(len(items), self.database.error_text(error))
         for item in items:
             if isinstance(item, _Feedback):
                 item.done(StoreUnavailable("the feedback store's database is unavailable"))

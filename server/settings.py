@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import pydantic_settings
 import yaml
@@ -444,7 +444,8 @@ class Settings(BaseSettings):
                     "is not a redis://, rediss:// or unix:// URL that can be read; "
                     "percent-encode any '/', '#', '?' or '@' in its password"
                 ) from None
-            if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):  # redis-py would use database 0
+            database = unquote(parts.path).replace("/", "")  # as redis-py reads it; a ?db= wins
+            if parts.scheme != "unix" and not database.isdigit() and database and "db" not in parse_qs(parts.query):
                 raise ValueError("has a path that is not a database number: give one, as in redis://redis:6379/0, or none")
         return url
 

@@ -31,8 +31,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from server import metrics
 from server.settings import Settings
@@ -84,9 +84,10 @@ class SharedState:
             timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            # once more on a fresh connection when a pooled one was closed while idle (Redis's
-            # ``timeout``, a proxy or NAT in between); never after a timeout, which may have run
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry=Retry(NoBackoff(), 0),  # never sent twice: a target route's record is not idempotent
+            # with maintenance notifications on, redis-py skips its check that a pooled connection is
+            # still open, so one that Redis (``timeout``) or a proxy closed while idle failed its next call
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
             decode_responses=True,
         )
         self.redis = Redis(connection_pool=pool)

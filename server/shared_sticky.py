@@ -15,6 +15,8 @@ what this process remembered meanwhile is written to it, and so is a conversatio
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -51,8 +53,9 @@ class SharedSticky:
         self.state = state
         self._ttl_ms = max(1, round(local.ttl * 1000))
         self._raise = state.script(RAISE) if state is not None else None
-        self._unshared: OrderedDict[str, None] = OrderedDict()  # keys Redis has not taken, oldest first
-        self._order: Sequence[str] = ()  # the models from least to most capable, as the last caller gave them
+        # conversations Redis has not taken, oldest first, each with its models from least to most capable
+        self._unshared: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._sharing: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         """Conversations this process remembers."""
@@ -73,8 +76,8 @@ class SharedSticky:
         if known_shared and not known_here:
             self.local.remember(key)
         elif known_here and not known_shared:  # remembered while Redis was away, or Redis lost it
-            self._unshared[key] = None
-        await self._share()
+            self._keep_unshared([key], ())
+        self._share_soon()
         return known_shared or known_here
 
     async def recall(self, key: str | None, order: Sequence[str] = ()) -> str | None:
@@ -92,18 +95,19 @@ class SharedSticky:
             found = await self.state.run("sticky_get", lambda: redis.getex(name, px=self._ttl_ms))
         except SharedStateUnavailable:
             return known_here
-        self._order = order
         known_shared = None if found is None else str(found)
+        remembered: str | None
         if known_here is not None and (
             known_shared is None or capability_rank(known_here, order) > capability_rank(known_shared, order)
         ):
-            self._unshared[key] = None  # Redis lost it, or holds a less capable model
-            await self._share()
-            return known_here
-        await self._share()
-        if known_shared is not None and known_shared != known_here:
-            self.local.remember(key, known_shared)
-        return known_shared
+            self._keep_unshared([key], order)  # Redis lost it, or holds a less capable model
+            remembered = known_here
+        else:
+            if known_shared is not None and known_shared != known_here:
+                self.local.remember(key, known_shared)
+            remembered = known_shared
+        self._share_soon()
+        return remembered
 
     async def remember(self, key: str, upstream: str = "1", order: Sequence[str] = ()) -> None:
         """Mark ``key``'s conversation strong (or as sent to ``upstream``) for the next ``ttl``
@@ -112,42 +116,59 @@ class SharedSticky:
         self.local.remember(key, upstream, order)
         if self.state is None or self._raise is None:
             return
-        self._order = order
         name, raise_to = self.state.key("sticky", key), self._raise
         args: list[str | int] = [upstream, self._ttl_ms, *order]
         try:
             await self.state.run("sticky_set", lambda: raise_to(keys=[name], args=args))
         except SharedStateUnavailable:
-            self._keep_unshared([key])
+            self._keep_unshared([key], order)
             return
-        await self._share()
+        self._share_soon()
 
-    def _keep_unshared(self, keys: Sequence[str]) -> None:
+    def _keep_unshared(self, keys: Sequence[str], order: Sequence[str]) -> None:
         """Keep ``keys`` to write to Redis once it answers (the oldest beyond ``MAX_UNSHARED`` are dropped)."""
         for key in keys:
-            self._unshared[key] = None
+            self._unshared[key] = tuple(order)
             self._unshared.move_to_end(key)
+        self._trim()
+
+    def _trim(self) -> None:
         while len(self._unshared) > MAX_UNSHARED:
             self._unshared.popitem(last=False)
 
+    def _share_soon(self) -> None:
+        """Redis answered: write what it has not taken, in the background (off the request's path)."""
+        if self._unshared and (self._sharing is None or self._sharing.done()):
+            self._sharing = asyncio.create_task(self._share())
+
     async def _share(self) -> None:
-        """Write up to ``SHARE_BATCH`` of the conversations Redis has not taken, in one round trip:
-        each with the upstream this process remembers (still unexpired) and a fresh TTL."""
-        if not self._unshared or self.state is None or self._raise is None:
-            return
-        keys = [self._unshared.popitem(last=False)[0] for _ in range(min(SHARE_BATCH, len(self._unshared)))]
-        entries = [(key, upstream) for key in keys if (upstream := self.local.peek(key)) is not None]
-        if not entries:
-            return
-        state, raise_to, order = self.state, self._raise, list(self._order)
+        """Write the conversations Redis has not taken, ``SHARE_BATCH`` to a round trip, each with
+        the upstream and the time left that this process remembers (expired ones are dropped); what
+        Redis does not take goes back for later."""
+        assert self.state is not None
+        while self._unshared:
+            batch = [self._unshared.popitem(last=False) for _ in range(min(SHARE_BATCH, len(self._unshared)))]
+            entries = [(key, kept, order) for key, order in batch if (kept := self.local.peek(key)) is not None]
+            try:
+                if entries:
+                    await self.state.run("sticky_set", functools.partial(self._write, entries))
+            except SharedStateUnavailable:  # Redis away again: kept for the next time it answers
+                self._restore(batch)
+                return
+            except BaseException:  # the process stops
+                self._restore(batch)
+                raise
 
-        async def write_all() -> None:
-            pipe = state.redis.pipeline(transaction=False)
-            for key, upstream in entries:
-                await raise_to(keys=[state.key("sticky", key)], args=[upstream, self._ttl_ms, *order], client=pipe)
-            await pipe.execute()
+    def _restore(self, batch: list[tuple[str, tuple[str, ...]]]) -> None:
+        for key, order in batch:
+            self._unshared.setdefault(key, order)
+        self._trim()
 
-        try:
-            await state.run("sticky_set", write_all)
-        except SharedStateUnavailable:
-            self._keep_unshared([key for key, _ in entries])
+    async def _write(self, entries: list[tuple[str, tuple[str, float], tuple[str, ...]]]) -> None:
+        """Raise each conversation in Redis to what this process remembers, in one pipeline."""
+        assert self.state is not None and self._raise is not None
+        pipe = self.state.redis.pipeline(transaction=False)
+        for key, (upstream, seconds_left), order in entries:
+            ttl_ms = max(1, round(seconds_left * 1000))
+            await self._raise(keys=[self.state.key("sticky", key)], args=[upstream, ttl_ms, *order], client=pipe)
+        await pipe.execute()

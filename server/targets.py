@@ -123,6 +123,11 @@ def utc_day_start(now: float) -> float:
     return day.timestamp()
 
 
+def seconds_to_next_utc_day(now: float) -> float:
+    """Seconds from ``now`` to the next 00:00 UTC, when the daily budget starts again."""
+    return utc_day_start(now) + 86400 - now
+
+
 class DailyBudget:
     """Strong-tier spend against a daily USD budget (this process's part of it), reset at 00:00 UTC.
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import httpx
 import openai
 import pytest
-from openai import OpenAI
 
 from server.chat_request import FIELD_TYPES, MAX_CONTAINERS, MAX_MEMBERS, MAX_NESTING, RANGES
 from tests.conftest import Proxy
@@ -483,14 +482,14 @@ def test_health_and_readiness_answer_head_as_load_balancers_check(proxy: Proxy) 
 def test_wrong_method_and_path_are_openai_errors(proxy: Proxy) -> None:
     assert openai_error(httpx.get(f"{proxy.api}/chat/completions"), 405)["code"] == "method_not_allowed"
     assert openai_error(httpx.post(f"{proxy.api}/completions", json={}), 404)["code"] == "not_found"
+    # not a bare 307 to the path without its slash, which clients would follow without the body
+    assert openai_error(httpx.post(f"{proxy.api}/chat/completions/", json={}), 404)["code"] == "not_found"
 
 
 def test_an_endpoint_routegate_does_not_serve_is_named_with_those_it_serves(proxy: Proxy) -> None:
     """An SDK call to embeddings or the Responses API says what routegate serves instead."""
-    client = OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=proxy.api, api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError) as raised:
         client.embeddings.create(model="text-embedding-3-small", input="hello")
     message = raised.value.body["message"]  # type: ignore[index]
     assert "'/v1/embeddings'" in message and "POST /v1/chat/completions" in message
-    # not a bare 307 to the path without its slash, which clients would follow without the body
-    assert openai_error(httpx.post(f"{proxy.api}/chat/completions/", json={}), 404)["code"] == "not_found"

@@ -434,7 +434,13 @@ def test_an_unreadable_redis_url_is_refused_without_its_password(monkeypatch):  
     assert "123" not in str(error.value) and "abc" not in str(error.value)
     with pytest.raises(SettingsError, match="not a database number"):  # redis-py would quietly use database 0
         _settings(monkeypatch, REDIS_URL="redis://:secret@redis:6379/notadb")
-    assert _settings(monkeypatch, REDIS_URL="redis://:secret@redis:6379/2").redis_url is not None
+    for readable in (
+        "redis://:secret@redis:6379/2",
+        "redis://:secret@redis:6379/0/",
+        "redis://:secret@redis:6379/%32",
+        "redis://redis",
+    ):
+        assert _settings(monkeypatch, REDIS_URL=readable).redis_url is not None
 
 
 @pytest.mark.parametrize("password", ["Zm9v/YmFy", "Zm9v?YmFy", "Zm9v#YmFy", "ab/cd"])

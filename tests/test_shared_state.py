@@ -858,7 +858,7 @@ async def test_a_replica_that_remembers_a_more_capable_model_than_redis_keeps_it
     redis_server.client().delete("lost:sticky:conversation")
     await second.remember("conversation", "medium", order)  # the next turn landed on the other replica
     assert await first.recall("conversation", order) == "large"
-    assert redis_server.client().get("lost:sticky:conversation") == "large"
+    await _until(lambda: redis_server.client().get("lost:sticky:conversation") == "large")  # written back
     assert await second.recall("conversation", order) == "large"  # the other replica follows Redis up
     await state.aclose()
 
@@ -1050,12 +1050,25 @@ async def test_a_conversation_remembered_while_redis_was_away_is_shared_once_it_
         await asyncio.sleep(0.4)  # past A's rest after the failure
         assert not await replica_b.is_strong("during-outage")  # A has not written it yet
         assert not await replica_a.is_strong("another conversation")  # A's first operation since: it writes what it kept
+        await _until(lambda: redis_server.client().exists("unshared:sticky:during-outage") == 1)
+        assert 0 < redis_server.client().pttl("unshared:sticky:during-outage") <= 3600 * 1000  # the time A had left
         assert await replica_b.is_strong("during-outage")
 
         await replica_a.remember("lost")
         redis_server.client().delete("unshared:sticky:lost")  # as a restart without persistence would
         assert await replica_a.is_strong("lost")  # A still knows it, and gives it back to Redis
+        await _until(lambda: redis_server.client().exists("unshared:sticky:lost") == 1)
         assert await replica_b.is_strong("lost")
     finally:
         await state_a.aclose()
         await state_b.aclose()
+
+
+async def _until(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    """Wait (letting the event loop run) until ``condition()`` holds."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
