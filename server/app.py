@@ -252,6 +252,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.targets.budget.flush(), seconds_left(deadline, BUDGET_FLUSH_TIMEOUT_S))
         if self.shared_state is not None:
+            await self.sticky.aclose()
             await self.shared_state.aclose()
 
 

@@ -11,6 +11,7 @@ its first write and then hourly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -362,10 +363,16 @@ class _LossLog:
             self.logged_at, self.logged, self.unlogged = now, True, 0
 
     def written(self) -> None:
-        """A batch was written: say so once after a logged loss."""
+        """A batch was written: say so once after a logged loss, and say losses not said yet (at
+        most once a minute)."""
         if self.logged:
             log.warning("feedback store %s: writing again; %d writes lost since the last message", self.where, self.unlogged)
-            self.logged, self.unlogged = False, 0
+        elif self.unlogged and time.monotonic() - self.logged_at >= LOG_INTERVAL:
+            log.warning("feedback store %s: %d writes lost since the last message", self.where, self.unlogged)
+            self.logged_at = time.monotonic()
+        else:
+            return
+        self.logged, self.unlogged = False, 0
 
     def stopped(self) -> None:
         """The store stops: the losses not logged yet."""
@@ -450,7 +457,8 @@ class FeedbackStore:
                 else:
                     future.set_result(result)
 
-            loop.call_soon_threadsafe(settle)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the store was abandoned at shutdown
+                loop.call_soon_threadsafe(settle)
 
         if self._closed:
             raise StoreUnavailable("the feedback store is closed: the gateway is stopping")

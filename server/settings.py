@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import pydantic_settings
 import yaml
@@ -435,7 +435,7 @@ class Settings(BaseSettings):
         if url is not None:
             value = url.get_secret_value()
             try:
-                parse_url(value)
+                options = parse_url(value)
                 parts = urlsplit(value)
                 if parts.scheme != "unix" and not _host_part_whole(parts):
                     raise ValueError
@@ -444,8 +444,8 @@ class Settings(BaseSettings):
                     "is not a redis://, rediss:// or unix:// URL that can be read; "
                     "percent-encode any '/', '#', '?' or '@' in its password"
                 ) from None
-            database = unquote(parts.path).replace("/", "")  # as redis-py reads it; a ?db= wins
-            if parts.scheme != "unix" and not database.isdigit() and database and "db" not in parse_qs(parts.query):
+            path = unquote(parts.path).replace("/", "")
+            if parts.scheme != "unix" and path and "db" not in options:  # redis-py would use database 0
                 raise ValueError("has a path that is not a database number: give one, as in redis://redis:6379/0, or none")
         return url
 

@@ -16,14 +16,17 @@ what this process remembered meanwhile is written to it, and so is a conversatio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from server.conversations import StickyStore, capability_rank
 from server.shared_state import SharedState, SharedStateUnavailable
 
-# KEYS[1] the conversation; ARGV[1] the upstream that answered it, ARGV[2] the TTL in ms, ARGV[3..]
+# KEYS[1] the conversation; ARGV[1] the upstream that answered it, ARGV[2] the TTL in ms (a longer
+# one already set stays), ARGV[3..]
 # the models from least to most capable. A turn answered by a less capable model than the one
 # remembered (two turns of one conversation at once) refreshes the TTL and keeps the more capable.
 RAISE = """
@@ -33,16 +36,18 @@ local function rank(name)
   end
   return 0
 end
+local ttl = math.max(tonumber(ARGV[2]), redis.call('PTTL', KEYS[1]))  -- never shortened (a write-back's time left)
 local current = redis.call('GET', KEYS[1])
 if current and rank(current) > rank(ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ttl)
   return current
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 return ARGV[1]
 """
+log = logging.getLogger("routegate.shared_state")
 MAX_UNSHARED = 10_000  # conversations remembered while Redis was away, kept to write once it answers
-SHARE_BATCH = 256  # of those, written with one request's sticky operation
+SHARE_BATCH = 256  # of those, written in one round trip
 
 
 class SharedSticky:
@@ -153,16 +158,30 @@ class SharedSticky:
                 if entries:
                     await self.state.run("sticky_set", functools.partial(self._write, entries))
             except SharedStateUnavailable:  # Redis away again: kept for the next time it answers
-                self._restore(batch)
+                self._restore(entries)
                 return
-            except BaseException:  # the process stops
-                self._restore(batch)
+            except asyncio.CancelledError:  # the process stops
+                self._restore(entries)
                 raise
+            except Exception:  # a defect here must not fail every later sticky operation
+                self._restore(entries)
+                log.exception("shared state: writing sticky conversations to Redis failed")
+                return
 
-    def _restore(self, batch: list[tuple[str, tuple[str, ...]]]) -> None:
-        for key, order in batch:
-            self._unshared.setdefault(key, order)
+    def _restore(self, entries: list[tuple[str, tuple[str, float], tuple[str, ...]]]) -> None:
+        """Put ``entries`` back where they were taken from, the oldest end (a key kept again since keeps its newer place)."""
+        for key, _, order in reversed(entries):
+            if key not in self._unshared:
+                self._unshared[key] = order
+                self._unshared.move_to_end(key, last=False)
         self._trim()
+
+    async def aclose(self) -> None:
+        """Stop writing to Redis (before its connections close)."""
+        if self._sharing is not None:
+            self._sharing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sharing
 
     async def _write(self, entries: list[tuple[str, tuple[str, float], tuple[str, ...]]]) -> None:
         """Raise each conversation in Redis to what this process remembers, in one pipeline."""
