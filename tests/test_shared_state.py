@@ -1075,3 +1075,33 @@ async def _until(condition, timeout: float = 10) -> None:  # type: ignore[no-unt
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
+
+
+async def test_conversations_redis_did_not_take_in_a_write_back_are_kept_for_the_next(redis_server: RedisServer) -> None:
+    """Redis fails again just as the background write-back starts: what it was writing is kept,
+    and written once Redis answers again."""
+    import asyncio
+
+    from server.conversations import StickyStore
+    from server.shared_state import SharedState
+    from server.shared_sticky import SharedSticky
+
+    state_a, state_b = (SharedState(redis_server.url, "kept:", 0.5, 0.3, 4) for _ in range(2))
+    replica_a, replica_b = (SharedSticky(StickyStore(100, 3600), state) for state in (state_a, state_b))
+    try:
+        redis_server.kill()
+        await replica_a.remember("during-outage")
+        redis_server.start()
+        await asyncio.sleep(0.4)  # past A's rest after the failure
+        assert not await replica_a.is_strong("another conversation")  # Redis answers: the write-back is scheduled
+        redis_server.kill()  # before it runs
+        await asyncio.sleep(0.2)  # it fails
+        redis_server.start()
+        await asyncio.sleep(0.4)
+        assert not await replica_b.is_strong("during-outage")
+        assert not await replica_a.is_strong("a third conversation")  # Redis answers A again
+        await _until(lambda: redis_server.client().exists("kept:sticky:during-outage") == 1)
+        assert await replica_b.is_strong("during-outage")
+    finally:
+        await state_a.aclose()
+        await state_b.aclose()
