@@ -254,12 +254,15 @@ class Database:
             with self.transaction(connection) as cursor:
                 locked = False
                 for statement in SCHEMA:
-                    if self.postgres and not locked and not self._exists(cursor, statement):
+                    if self.postgres and self._exists(cursor, statement):
+                        continue
+                    if self.postgres and not locked:
                         # replicas starting together on an empty database: one creates, the others wait
                         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                         locked = True
-                    if not (self.postgres and self._exists(cursor, statement)):
-                        cursor.execute(statement)
+                        if self._exists(cursor, statement):  # made by the one this process waited for
+                            continue
+                    cursor.execute(statement)
                 self._add_client_column(cursor)
         except Exception:
             connection.close()
@@ -359,26 +362,28 @@ class _LossLog:
         self.unlogged += count
         now = time.monotonic()
         if why is not None and now - self.logged_at >= LOG_INTERVAL:
-            log.warning("feedback store %s: %d writes lost since the last message: %s", self.where, self.unlogged, why)
-            self.logged_at, self.logged, self.unlogged = now, True, 0
+            self._say(after=f": {why}")
+            self.logged_at, self.logged = now, True
 
     def written(self) -> None:
         """A batch was written: say so once after a logged loss, and say losses not said yet (at
         most once a minute)."""
+        now = time.monotonic()
         if self.logged:
-            log.warning("feedback store %s: writing again; %d writes lost since the last message", self.where, self.unlogged)
-        elif self.unlogged and time.monotonic() - self.logged_at >= LOG_INTERVAL:
-            log.warning("feedback store %s: %d writes lost since the last message", self.where, self.unlogged)
-            self.logged_at = time.monotonic()
-        else:
-            return
-        self.logged, self.unlogged = False, 0
+            self._say(before="writing again; ")
+            self.logged = False
+        elif self.unlogged and now - self.logged_at >= LOG_INTERVAL:
+            self._say()
+            self.logged_at = now
 
     def stopped(self) -> None:
         """The store stops: the losses not logged yet."""
         if self.unlogged:
-            log.warning("feedback store %s: %d writes lost since the last message", self.where, self.unlogged)
-            self.unlogged = 0
+            self._say()
+
+    def _say(self, before: str = "", after: str = "") -> None:
+        log.warning("feedback store %s: %s%d writes lost since the last message%s", self.where, before, self.unlogged, after)
+        self.unlogged = 0
 
 
 class FeedbackStore:

@@ -125,7 +125,7 @@ def utc_day_start(now: float) -> float:
 
 def seconds_to_next_utc_day(now: float) -> float:
     """Seconds from ``now`` to the next 00:00 UTC, when the daily budget starts again."""
-    return utc_day_start(now) + 86400 - now
+    return utc_day_start(now) + SECONDS_PER_DAY - now
 
 
 class DailyBudget:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -1067,7 +1067,7 @@ async def test_a_conversation_remembered_while_redis_was_away_is_shared_once_it_
         await state_b.aclose()
 
 
-async def _until(condition, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
     """Wait (letting the event loop run) until ``condition()`` holds."""
     import asyncio
 
